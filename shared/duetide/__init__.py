@@ -1,0 +1,1 @@
+"""duetide: tasks, series, reminders and notifications as serverless functions."""
