@@ -1,0 +1,13 @@
+"""tasks: the HTTP JSON API and the command intake (POST /commands)."""
+
+import functions_framework
+from flask import Request, Response
+
+from duetide import api, entry
+
+entry.start("tasks")
+
+
+@functions_framework.http
+def tasks(request: Request) -> Response:
+    return api.handle(request)

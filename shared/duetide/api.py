@@ -1,0 +1,213 @@
+"""The tasks function's HTTP API: routing and request decoding over tasks.py and series.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Request, Response
+from sqlmodel import Session, col, select
+from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import Map, Rule
+
+from duetide import auth, commands, db, outbox, series, tasks
+from duetide.config import get_settings
+from duetide.errors import BadRequest, MethodNotAllowed, NotFound
+from duetide.http import guarded, json_response, parse_model, read_json
+from duetide.models import Notification
+from duetide.schemas import (
+    ForecastQuery,
+    PageQuery,
+    ReminderIn,
+    TaskCreate,
+    TaskQuery,
+    TaskUpdate,
+    reminder_out,
+    rfc3339,
+)
+
+ROUTES = Map(
+    [
+        Rule("/healthz", methods=["GET"], endpoint="health"),
+        Rule("/tasks", methods=["GET"], endpoint="list_tasks"),
+        Rule("/tasks", methods=["POST"], endpoint="create_task"),
+        Rule("/tasks/<task_id>", methods=["GET"], endpoint="get_task"),
+        Rule("/tasks/<task_id>", methods=["PATCH"], endpoint="update_task"),
+        Rule("/tasks/<task_id>", methods=["DELETE"], endpoint="delete_task"),
+        Rule("/tasks/<task_id>/complete", methods=["POST"], endpoint="complete_task"),
+        Rule("/tasks/<task_id>/reopen", methods=["POST"], endpoint="reopen_task"),
+        Rule("/tasks/<task_id>/reminders", methods=["POST"], endpoint="add_reminder"),
+        Rule("/series/<series_id>", methods=["GET"], endpoint="get_series"),
+        Rule("/series/<series_id>/occurrences", methods=["GET"], endpoint="forecast"),
+        Rule("/notifications", methods=["GET"], endpoint="notifications"),
+        Rule("/commands", methods=["POST"], endpoint="commands"),
+    ],
+    strict_slashes=False,
+)
+
+
+def _query(request: Request) -> dict[str, Any]:
+    return {k: v for k, v in request.args.items()}
+
+
+def _body(request: Request) -> Any:
+    return read_json(request, get_settings().duetide_max_body_bytes)
+
+
+def _write(
+    user: str, work: Callable[[Session], tuple[Any, list[str]]], status: int = 200
+) -> Response:
+    """Run a state change in one transaction, answer after the commit, then publish."""
+    with db.session_scope() as session:
+        body, event_ids = work(session)
+    outbox.publish_after_commit(event_ids)
+    return json_response(body, status)
+
+
+def health(request: Request, user: str) -> Response:
+    return json_response({"status": "ok"})
+
+
+def list_tasks(request: Request, user: str) -> Response:
+    query = parse_model(TaskQuery, _query(request))
+    with db.session_scope() as session:
+        return json_response(tasks.list_tasks(session, user, query))
+
+
+def create_task(request: Request, user: str) -> Response:
+    spec = parse_model(TaskCreate, _body(request))
+
+    def work(session: Session) -> tuple[Any, list[str]]:
+        task, ids = tasks.create(session, user, spec)
+        return tasks.show(session, task), ids
+
+    return _write(user, work, 201)
+
+
+def get_task(request: Request, user: str, task_id: str) -> Response:
+    with db.session_scope() as session:
+        return json_response(tasks.show(session, tasks.get_owned(session, user, task_id)))
+
+
+def _task_change(user: str, change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
+    def work(session: Session) -> tuple[Any, list[str]]:
+        task, ids = change(session)
+        return tasks.show(session, task), ids
+
+    return _write(user, work)
+
+
+def update_task(request: Request, user: str, task_id: str) -> Response:
+    spec = parse_model(TaskUpdate, _body(request))
+    return _task_change(user, lambda s: tasks.update(s, user, task_id, spec))
+
+
+def complete_task(request: Request, user: str, task_id: str) -> Response:
+    return _task_change(user, lambda s: tasks.complete(s, user, task_id))
+
+
+def reopen_task(request: Request, user: str, task_id: str) -> Response:
+    return _task_change(user, lambda s: tasks.reopen(s, user, task_id))
+
+
+def delete_task(request: Request, user: str, task_id: str) -> Response:
+    with db.session_scope() as session:
+        ids = tasks.delete(session, user, task_id)
+    outbox.publish_after_commit(ids)
+    return json_response(None, 204)
+
+
+def add_reminder(request: Request, user: str, task_id: str) -> Response:
+    spec = parse_model(ReminderIn, _body(request))
+    with db.session_scope() as session:
+        _, reminder = tasks.add_reminder(session, user, task_id, spec)
+        return json_response(reminder_out(reminder), 201)
+
+
+def get_series(request: Request, user: str, series_id: str) -> Response:
+    with db.session_scope() as session:
+        return json_response(series.series_out(series.get_owned(session, user, series_id)))
+
+
+def forecast(request: Request, user: str, series_id: str) -> Response:
+    query = parse_model(ForecastQuery, _query(request))
+    with db.session_scope() as session:
+        found = series.get_owned(session, user, series_id)
+        return json_response({"items": series.forecast(found, query.count)})
+
+
+def notifications(request: Request, user: str) -> Response:
+    query = parse_model(PageQuery, _query(request))
+    offset = _offset_cursor(query.cursor)
+    with db.session_scope() as session:
+        rows = session.exec(
+            select(Notification)
+            .where(Notification.owner == user)
+            .order_by(col(Notification.delivered_at).desc(), col(Notification.id).desc())
+            .offset(offset)
+            .limit(query.limit + 1)
+        ).all()
+    items = [
+        {
+            "id": n.id,
+            "reminder_id": n.reminder_id,
+            "task_id": n.task_id,
+            "channel": n.channel,
+            "scheduled_at": rfc3339(n.scheduled_at),
+            "delivered_at": rfc3339(n.delivered_at),
+        }
+        for n in rows[: query.limit]
+    ]
+    more = len(rows) > query.limit
+    return json_response(
+        {"items": items, "next_cursor": str(offset + query.limit) if more else None}
+    )
+
+
+def _offset_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.isdigit() or len(cursor) > 9:
+        raise BadRequest("invalid cursor: pass back `next_cursor`")
+    return int(cursor)
+
+
+ENDPOINTS: dict[str, Callable[..., Response]] = {
+    name: globals()[name]
+    for name in (
+        "health",
+        "list_tasks",
+        "create_task",
+        "get_task",
+        "update_task",
+        "delete_task",
+        "complete_task",
+        "reopen_task",
+        "add_reminder",
+        "get_series",
+        "forecast",
+        "notifications",
+    )
+}
+
+
+@guarded
+def handle(request: Request) -> Response:
+    """Route a request; every route but /healthz needs a bearer token."""
+    adapter = ROUTES.bind("duetide", path_info=request.path)
+    try:
+        endpoint, args = adapter.match(request.path, method=request.method)
+    except RouteNotFound:
+        raise NotFound(f"no route {request.path}") from None
+    except RouteMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.valid_methods or []))
+        raise MethodNotAllowed(
+            f"{request.method} is not allowed here", headers={"Allow": allowed}
+        ) from None
+    if endpoint == "health":
+        return health(request, "")
+    if endpoint == "commands":
+        return commands.handle(request)
+    user = auth.authenticate(request)
+    return ENDPOINTS[endpoint](request, user, **args)

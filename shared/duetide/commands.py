@@ -1,0 +1,74 @@
+"""Command intake: other systems create and complete tasks with CloudEvents.
+
+Commands arrive at `POST /commands` directly (binary or structured mode, with a
+bearer token) or are produced onto the commands topic and delivered here by a
+KafkaSource. A KafkaSource forwards only CloudEvent attributes, so a command from
+the topic carries its producer's token in the `authtoken` extension attribute.
+The command's (source, id) makes a retried command idempotent, per user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Request, Response
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from duetide import auth, db, events, outbox, tasks
+from duetide.config import get_settings
+from duetide.errors import InvalidCloudEvent, Unauthorized
+from duetide.http import json_response, parse_model
+from duetide.models import ProcessedEvent
+from duetide.schemas import TaskCreate
+from duetide.sink import Incoming, decode
+
+CONSUMER = "commands"
+
+
+def _user(request: Request, event: Incoming) -> str:
+    if request.headers.get("Authorization"):
+        return auth.authenticate(request)
+    token = event.extensions.get("authtoken")
+    if not token:
+        raise Unauthorized()
+    return auth.verify(str(token))
+
+
+def _payload(event: Incoming) -> Any:
+    model = events.PAYLOADS[event.type]
+    try:
+        return model.model_validate(event.data)
+    except Exception:
+        raise InvalidCloudEvent(f"invalid {event.type} data") from None
+
+
+def handle(request: Request) -> Response:
+    event = decode(request, get_settings().duetide_max_body_bytes)
+    if event.type not in (events.CMD_TASK_CREATE, events.CMD_TASK_COMPLETE):
+        raise InvalidCloudEvent(
+            f"unknown command type {event.type!r}; expected "
+            f"{events.CMD_TASK_CREATE} or {events.CMD_TASK_COMPLETE}"
+        )
+    user = _user(request, event)
+    payload = _payload(event)
+    spec = parse_model(TaskCreate, payload.task) if event.type == events.CMD_TASK_CREATE else None
+    key = {"consumer": CONSUMER, "source": f"{user}|{event.source}"[:512], "event_id": event.id}
+    try:
+        with db.session_scope(immediate=True) as session:
+            if session.exec(
+                select(ProcessedEvent.event_id).where(
+                    *(getattr(ProcessedEvent, k) == v for k, v in key.items())
+                )
+            ).first():
+                return json_response({"status": "duplicate"})
+            if spec is not None:
+                task, ids = tasks.create(session, user, spec)
+            else:
+                task, ids = tasks.complete(session, user, payload.task_id)
+            body = {"status": "processed", "task": tasks.show(session, task)}
+            session.add(ProcessedEvent(**key))
+    except IntegrityError:
+        return json_response({"status": "duplicate"})
+    outbox.publish_after_commit(ids)
+    return json_response(body, 201 if spec is not None else 200)

@@ -1,0 +1,128 @@
+"""CloudEvent types, their payload models, and encoding/decoding with the CloudEvents SDK.
+
+Types are versioned reverse-DNS names; a payload model per type gives both the
+validation of incoming events and the published JSON Schema (`duetide schemas`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from cloudevents.conversion import to_binary as to_http_binary
+from cloudevents.http import CloudEvent
+from cloudevents.kafka import KafkaMessage
+from cloudevents.kafka import to_binary as to_kafka_binary
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+PREFIX = "dev.duetide."
+TASK_CREATED = "dev.duetide.task.created.v1"
+TASK_UPDATED = "dev.duetide.task.updated.v1"
+TASK_COMPLETED = "dev.duetide.task.completed.v1"
+TASK_REOPENED = "dev.duetide.task.reopened.v1"
+TASK_DELETED = "dev.duetide.task.deleted.v1"
+REMINDER_DUE = "dev.duetide.reminder.due.v1"
+REMINDER_MISSED = "dev.duetide.reminder.missed.v1"
+CMD_TASK_CREATE = "dev.duetide.task.create.v1"
+CMD_TASK_COMPLETE = "dev.duetide.task.complete.v1"
+PING = "dev.knative.sources.ping"
+
+SOURCE_TASKS = "/duetide/tasks"
+SOURCE_SWEEP = "/duetide/sweep"
+SOURCE_RECURRENCE = "/duetide/recurrence"
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TaskEvent(Payload):
+    """The state of a task after the change the event type names."""
+
+    task_id: str = Field(max_length=36)
+    owner: str = Field(max_length=255)
+    title: str
+    status: str
+    due_at: AwareDatetime | None = None
+    completed_at: AwareDatetime | None = None
+    series_id: str | None = None
+    scheduled_at: AwareDatetime | None = None
+    occurrence_index: int | None = None
+
+
+class ReminderEvent(Payload):
+    """A reminder that is due (or was missed): what notify needs to deliver it."""
+
+    reminder_id: str = Field(max_length=36)
+    task_id: str = Field(max_length=36)
+    owner: str = Field(max_length=255)
+    title: str
+    due_at: AwareDatetime | None = None
+    scheduled_at: AwareDatetime
+
+
+class TaskCreateCommand(Payload):
+    """A command from another system; the owner comes from the command's token."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: dict[str, Any]
+
+
+class TaskCompleteCommand(Payload):
+    model_config = ConfigDict(extra="forbid")
+    task_id: str = Field(max_length=36)
+
+
+PAYLOADS: dict[str, type[Payload]] = {
+    TASK_CREATED: TaskEvent,
+    TASK_UPDATED: TaskEvent,
+    TASK_COMPLETED: TaskEvent,
+    TASK_REOPENED: TaskEvent,
+    TASK_DELETED: TaskEvent,
+    REMINDER_DUE: ReminderEvent,
+    REMINDER_MISSED: ReminderEvent,
+    CMD_TASK_CREATE: TaskCreateCommand,
+    CMD_TASK_COMPLETE: TaskCompleteCommand,
+}
+
+
+def build(
+    *,
+    event_id: str,
+    type: str,
+    source: str,
+    subject: str,
+    data: dict[str, Any],
+    time: datetime | None = None,
+) -> CloudEvent:
+    attributes = {
+        "id": event_id,
+        "type": type,
+        "source": source,
+        "subject": subject,
+        "datacontenttype": "application/json",
+    }
+    if time is not None:
+        attributes["time"] = time.isoformat()
+    return CloudEvent(attributes, data)
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
+def to_kafka(event: CloudEvent, key: str) -> KafkaMessage:
+    """Binary-mode Kafka record: `ce_*` headers, JSON value, the aggregate id as key."""
+    return to_kafka_binary(event, data_marshaller=_json_bytes, key_mapper=lambda _: key.encode())
+
+
+def to_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
+    """Binary-mode HTTP request headers and body."""
+    headers, body = to_http_binary(event, data_marshaller=_json_bytes)
+    return headers, body
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each event type's `data`, generated from its model."""
+    return {name: model.model_json_schema() for name, model in sorted(PAYLOADS.items())}

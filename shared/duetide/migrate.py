@@ -1,0 +1,29 @@
+"""Schema migrations (Alembic), applied by the local stack at start and in production as a Job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from duetide.config import get_settings
+
+SCRIPTS = Path(__file__).parent / "migrations"
+
+
+def alembic_config(url: str | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    config.set_main_option("sqlalchemy.url", url or get_settings().effective_database_url)
+    return config
+
+
+def upgrade(url: str | None = None) -> None:
+    """Bring the database at `url` (default: the configured one) to the newest schema."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def revision(message: str, url: str) -> None:
+    """Autogenerate a migration by comparing the models with the database at `url`."""
+    command.revision(alembic_config(url), message=message, autogenerate=True)

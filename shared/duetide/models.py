@@ -1,0 +1,211 @@
+"""Tables. Request and response shapes live in schemas.py: tables never leak out unfiltered.
+
+Times are stored in UTC (`UTCDateTime`) and converted at the edges: SQLite drops
+offsets, so every stored value is UTC and reads back aware.
+"""
+
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, Relationship, SQLModel
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _created() -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+def _owner() -> Any:
+    return Field(sa_column=Column(String(255), nullable=False, index=True))
+
+
+PRIORITIES = ("none", "low", "medium", "high", "urgent")
+
+
+class Series(SQLModel, table=True):
+    """A recurring series: the rule, its policies, and the template for each occurrence."""
+
+    __tablename__ = "series"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    owner: str = _owner()
+    rrule: str = Field(sa_column=Column(Text, nullable=False))
+    timezone: str = Field(max_length=64)
+    dtstart: datetime = _utc(nullable=False)
+    mode: str = Field(default="schedule", max_length=16)
+    month_end: str = Field(default="skip", max_length=16)
+    catch_up: str = Field(default="next_in_series", max_length=16)
+    status: str = Field(default="active", max_length=16)
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    priority: int = 0
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Relative reminders (seconds before due), re-armed on every occurrence.
+    reminder_offsets: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    last_index: int = 0
+    last_at: datetime = _utc(nullable=False)
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
+
+
+class Task(SQLModel, table=True):
+    """A task; in a series, one occurrence keyed by (series_id, scheduled_at)."""
+
+    __tablename__ = "task"
+    __table_args__ = (
+        UniqueConstraint("series_id", "scheduled_at", name="uq_task_occurrence"),
+        Index("ix_task_owner_created", "owner", "created_at", "id"),
+        Index("ix_task_owner_due", "owner", "due_at", "id"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    owner: str = _owner()
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    status: str = Field(default="open", max_length=8)
+    priority: int = 0
+    due_at: datetime | None = _utc()
+    completed_at: datetime | None = _utc()
+    series_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(36), ForeignKey("series.id", ondelete="SET NULL"), index=True),
+    )
+    occurrence_index: int | None = None
+    scheduled_at: datetime | None = _utc()
+    # The occurrence this one follows: unique, so one completed occurrence has at most
+    # one successor even in completion mode, where the next time depends on when.
+    previous_id: str | None = Field(default=None, max_length=36, unique=True)
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
+
+    tag_rows: list["TaskTag"] = Relationship(
+        sa_relationship_kwargs={"cascade": "all, delete-orphan", "lazy": "selectin"}
+    )
+    reminders: list["Reminder"] = Relationship(
+        sa_relationship_kwargs={
+            "cascade": "all, delete-orphan",
+            "lazy": "selectin",
+            "order_by": "Reminder.created_at",
+        }
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        return sorted(row.tag for row in self.tag_rows)
+
+    def set_tags(self, tags: list[str]) -> None:
+        wanted = set(tags)
+        self.tag_rows = [row for row in self.tag_rows if row.tag in wanted]
+        have = {row.tag for row in self.tag_rows}
+        self.tag_rows.extend(TaskTag(tag=tag) for tag in sorted(wanted - have))
+
+
+class TaskTag(SQLModel, table=True):
+    __tablename__ = "task_tag"
+    __table_args__ = (Index("ix_task_tag_tag", "tag"),)
+
+    task_id: str = Field(
+        sa_column=Column(String(36), ForeignKey("task.id", ondelete="CASCADE"), primary_key=True)
+    )
+    tag: str = Field(primary_key=True, max_length=64)
+
+
+class Reminder(SQLModel, table=True):
+    """A reminder of a task: absolute (`at`) or relative (`before_due_s`)."""
+
+    __tablename__ = "reminder"
+    __table_args__ = (Index("ix_reminder_due", "state", "fire_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    owner: str = _owner()
+    task_id: str = Field(
+        sa_column=Column(String(36), ForeignKey("task.id", ondelete="CASCADE"), nullable=False)
+    )
+    at: datetime | None = _utc()
+    before_due_s: int | None = None
+    fire_at: datetime | None = _utc()
+    state: str = Field(default="pending", max_length=16)
+    fired_at: datetime | None = _utc()
+    created_at: datetime = _created()
+
+
+class Notification(SQLModel, table=True):
+    """One delivery on one channel; unique per reminder firing so a redelivery is a no-op."""
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        UniqueConstraint("reminder_id", "scheduled_at", "channel", name="uq_notification_once"),
+        Index("ix_notification_owner_delivered", "owner", "delivered_at", "id"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    owner: str = _owner()
+    reminder_id: str = Field(max_length=36)
+    task_id: str = Field(max_length=36)
+    channel: str = Field(max_length=16)
+    scheduled_at: datetime = _utc(nullable=False)
+    delivered_at: datetime = _created()
+
+
+class Outbox(SQLModel, table=True):
+    """An event written in the same transaction as the change it reports."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_pending", "sent_at", "created_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    topic: str = Field(max_length=255)
+    key: str = Field(max_length=255)
+    type: str = Field(max_length=255)
+    source: str = Field(max_length=255)
+    subject: str = Field(default="", max_length=255)
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _created()
+    sent_at: datetime | None = _utc()
+    attempts: int = 0
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """(consumer, source, id) of each CloudEvent whose effect has committed."""
+
+    __tablename__ = "processed_event"
+
+    consumer: str = Field(primary_key=True, max_length=64)
+    source: str = Field(primary_key=True, max_length=512)
+    event_id: str = Field(primary_key=True, max_length=255)
+    processed_at: datetime = _created()

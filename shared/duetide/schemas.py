@@ -1,0 +1,183 @@
+"""Request and response shapes of the HTTP API (pydantic), apart from the tables.
+
+Request models forbid unknown fields (a typo is a 422, not silently dropped) but
+ignore server-owned ones (`id`, `owner`, timestamps): the owner always comes from
+the token, never from the body.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from duetide import models
+
+SERVER_OWNED = frozenset(
+    {"id", "owner", "owner_id", "user_id", "created_at", "updated_at", "completed_at"}
+)
+MAX_REMINDERS_PER_TASK = 10
+MAX_TAGS = 20
+MAX_PAGE = 200
+MAX_FORECAST = 500
+
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+Priority = Literal["none", "low", "medium", "high", "urgent"]
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_server_owned(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in SERVER_OWNED}
+        return data
+
+
+class RecurrenceIn(RequestModel):
+    """A rule as raw RRULE text, or in friendly fields turned into one."""
+
+    rrule: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    frequency: Literal["minutely", "hourly", "daily", "weekly", "monthly", "yearly"] | None = None
+    interval: int | None = Field(None, ge=1, le=1000)
+    weekdays: list[str] | None = Field(None, max_length=7)
+    month_days: list[int] | None = Field(None, max_length=31)
+    months: list[int] | None = Field(None, max_length=12)
+    set_positions: list[int] | None = Field(None, max_length=10)
+    count: int | None = Field(None, ge=1)
+    until: datetime | None = None
+    timezone: Annotated[str, StringConstraints(max_length=64)] = "UTC"
+    mode: Literal["schedule", "completion"] = "schedule"
+    month_end: Literal["skip", "clamp"] = "skip"
+    catch_up: Literal["next_in_series", "next_future"] = "next_in_series"
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RecurrenceIn:
+        if (self.rrule is None) == (self.frequency is None):
+            raise ValueError("give either `rrule` or `frequency`, not both or neither")
+        return self
+
+    def friendly(self) -> dict[str, Any]:
+        fields = ("frequency", "interval", "weekdays", "month_days", "months", "set_positions")
+        spec = {k: getattr(self, k) for k in (*fields, "count") if getattr(self, k) is not None}
+        if self.until is not None:
+            spec["until"] = self.until.isoformat()
+        return spec
+
+
+class ReminderIn(RequestModel):
+    at: AwareDatetime | None = None
+    before_due: timedelta | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ReminderIn:
+        if (self.at is None) == (self.before_due is None):
+            raise ValueError("give either `at` or `before_due`")
+        if self.before_due is not None and not (
+            timedelta(0) <= self.before_due <= timedelta(days=366)
+        ):
+            raise ValueError("`before_due` must be between PT0S and P366D")
+        return self
+
+
+class TaskCreate(RequestModel):
+    title: Title
+    description: Description = ""
+    priority: Priority = "none"
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    due_at: AwareDatetime | None = None
+    reminders: list[ReminderIn] = Field(default_factory=list, max_length=MAX_REMINDERS_PER_TASK)
+    recurrence: RecurrenceIn | None = None
+
+    @model_validator(mode="after")
+    def _recurrence_needs_due(self) -> TaskCreate:
+        if self.recurrence is not None and self.due_at is None:
+            raise ValueError("a recurring task needs `due_at`: it is the first occurrence")
+        if self.due_at is None and any(r.before_due is not None for r in self.reminders):
+            raise ValueError("a `before_due` reminder needs the task to have `due_at`")
+        return self
+
+
+class TaskUpdate(RequestModel):
+    title: Title | None = None
+    description: Description | None = None
+    priority: Priority | None = None
+    tags: list[Tag] | None = Field(None, max_length=MAX_TAGS)
+    due_at: AwareDatetime | None = None
+
+    @field_validator("title", "priority", "tags", "description")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+
+class TaskQuery(RequestModel):
+    status: Literal["open", "done"] | None = None
+    priority: Priority | None = None
+    tag: Tag | None = None
+    due_before: AwareDatetime | None = None
+    due_after: AwareDatetime | None = None
+    q: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    series_id: Annotated[str, StringConstraints(max_length=36)] | None = None
+    sort: Literal["created_at", "due_at", "priority", "title"] = "created_at"
+    order: Literal["asc", "desc"] = "asc"
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class PageQuery(RequestModel):
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class ForecastQuery(RequestModel):
+    count: int = Field(10, ge=1, le=MAX_FORECAST)
+
+
+def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(zone or UTC).isoformat()
+
+
+def reminder_out(reminder: models.Reminder) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": reminder.id, "state": reminder.state}
+    if reminder.before_due_s is not None:
+        out["before_due"] = f"PT{reminder.before_due_s}S"
+    else:
+        out["at"] = rfc3339(reminder.at)
+    out["fire_at"] = rfc3339(reminder.fire_at)
+    return out
+
+
+def task_out(task: models.Task, zone: Any = None) -> dict[str, Any]:
+    """A task as the API shows it; times in the series' zone for occurrences, else UTC."""
+    return {
+        "id": task.id,
+        "title": task.title,
+        "description": task.description,
+        "status": task.status,
+        "priority": models.PRIORITIES[task.priority],
+        "tags": task.tags,
+        "due_at": rfc3339(task.due_at, zone),
+        "completed_at": rfc3339(task.completed_at, zone),
+        "series_id": task.series_id,
+        "created_at": rfc3339(task.created_at),
+        "updated_at": rfc3339(task.updated_at),
+        "reminders": [reminder_out(r) for r in task.reminders],
+    }

@@ -1,0 +1,174 @@
+"""The sink contract every CloudEvent entry point follows (see DESIGN.md).
+
+functions-framework's own CloudEvent path answers bad events with HTML or hands raw
+bytes to the function, so the event functions are HTTP functions that decode here:
+400 (JSON) for an unparsable or invalid event, 405 for non-POST, 413/415 for size and
+media type, 2xx only after the commit, a 2xx no-op for duplicates, 503 for transient
+trouble so Knative retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from cloudevents import exceptions as ce_errors
+from cloudevents.http import from_http
+from flask import Request, Response
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from duetide import db, outbox
+from duetide.config import get_settings
+from duetide.errors import InvalidCloudEvent, MethodNotAllowed, UnsupportedMediaType
+from duetide.http import Handler, guarded, json_response, read_body
+from duetide.models import ProcessedEvent
+
+log = logging.getLogger("duetide.sink")
+
+REQUIRED = ("id", "source", "type", "specversion")
+STRUCTURED = "application/cloudevents+json"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A decoded CloudEvent: its context attributes and its JSON data."""
+
+    id: str
+    source: str
+    type: str
+    subject: str = ""
+    time: str = ""
+    data: Any = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype in ("", "application/json") or mimetype.endswith("+json")
+
+
+def decode(request: Request, max_bytes: int) -> Incoming:
+    """A strictly decoded CloudEvent (binary or structured mode), or a 4xx ApiError."""
+    body = read_body(request, max_bytes)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    binary = "ce-specversion" in headers or any(k.startswith("ce-") for k in headers)
+    if not binary and request.mimetype != STRUCTURED:
+        if not _is_json(request.mimetype):
+            raise UnsupportedMediaType(
+                f"expected a binary-mode CloudEvent or {STRUCTURED}, got {request.mimetype!r}"
+            )
+        raise InvalidCloudEvent("not a CloudEvent: no ce-specversion header and not structured")
+    if binary:
+        missing = [a for a in REQUIRED if f"ce-{a}" not in headers]
+        if missing:
+            raise InvalidCloudEvent(f"missing required attributes: {', '.join(missing)}")
+        if not _is_json(request.mimetype):
+            raise UnsupportedMediaType(f"event data must be JSON, got {request.mimetype!r}")
+    try:
+        event = from_http(headers, body, data_unmarshaller=lambda raw: raw)
+    except ce_errors.GenericException as exc:
+        raise InvalidCloudEvent(_sdk_message(exc, binary)) from None
+    attributes = event.get_attributes()
+    missing = [a for a in REQUIRED if not attributes.get(a)]
+    if missing:
+        raise InvalidCloudEvent(f"missing required attributes: {', '.join(missing)}")
+    if attributes["specversion"] != "1.0":
+        raise InvalidCloudEvent("unsupported specversion: only 1.0 is accepted")
+    return Incoming(
+        id=str(attributes["id"]),
+        source=str(attributes["source"]),
+        type=str(attributes["type"]),
+        subject=str(attributes.get("subject") or ""),
+        time=str(attributes.get("time") or ""),
+        data=_json_data(event.get_data()),
+        extensions={k: v for k, v in attributes.items() if k not in _CONTEXT},
+    )
+
+
+_CONTEXT = {"id", "source", "type", "specversion", "subject", "time", "datacontenttype"}
+
+
+def _sdk_message(exc: Exception, binary: bool) -> str:
+    """The SDK's messages echo the raw body; ours name the problem without it."""
+    if isinstance(exc, ce_errors.MissingRequiredFields):
+        if not binary:
+            return "structured CloudEvent is not a JSON object with specversion, id, source, type"
+        return "missing required CloudEvent attributes"
+    if isinstance(exc, ce_errors.InvalidRequiredFields):
+        return "invalid CloudEvent attributes (specversion must be 1.0)"
+    return "the CloudEvent could not be parsed"
+
+
+def _json_data(raw: Any) -> Any:
+    if raw is None or raw in (b"", ""):
+        return None
+    if isinstance(raw, dict | list):
+        return raw
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidCloudEvent("event data is not valid JSON") from None
+
+
+EventHandler = Callable[[Session | None, Incoming], list[str] | None]
+
+
+def cloudevent_sink(
+    consumer: str, handler: EventHandler, accepts: frozenset[str], *, dedupe: bool = True
+) -> Handler:
+    """Wrap `handler` in the sink contract, with exactly-once effect per (source, id).
+
+    The handler runs in one transaction with the record of the event id, so a
+    redelivered event finds its id and changes nothing. It may return ids of
+    outbox rows to publish right after the commit. With `dedupe=False` (the sweep,
+    whose work is idempotent by its own claims) it gets no session and manages
+    its own transactions.
+    """
+
+    @guarded
+    def endpoint(request: Request) -> Response:
+        if request.method == "GET" and request.path.rstrip("/") == "/healthz":
+            return json_response({"status": "ok"})
+        if request.method != "POST":
+            raise MethodNotAllowed("event sinks accept POST only", headers={"Allow": "POST"})
+        event = decode(request, get_settings().duetide_max_body_bytes)
+        if event.type not in accepts:
+            return json_response({"status": "ignored", "reason": f"type {event.type} not handled"})
+        if not dedupe:
+            published = handler(None, event)
+            if published:
+                outbox.publish_after_commit(published)
+            return json_response({"status": "processed"})
+        try:
+            with db.session_scope(immediate=True) as session:
+                if _seen(session, consumer, event):
+                    return json_response({"status": "duplicate"})
+                published = handler(session, event)
+                session.add(ProcessedEvent(consumer=consumer, source=event.source, event_id=event.id))
+        except IntegrityError:
+            # A concurrent delivery of the same event committed first.
+            return json_response({"status": "duplicate"})
+        except pydantic.ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidCloudEvent(f"invalid {event.type} data at {where}: {first['msg']}") from None
+        if published:
+            outbox.publish_after_commit(published)
+        return json_response({"status": "processed"})
+
+    return endpoint
+
+
+def _seen(session: Session, consumer: str, event: Incoming) -> bool:
+    found = session.exec(
+        select(ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer == consumer,
+            ProcessedEvent.source == event.source,
+            ProcessedEvent.event_id == event.id,
+        )
+    ).first()
+    return found is not None

@@ -1,0 +1,269 @@
+"""Task operations: state change and outbox event in the caller's one transaction.
+
+Every query is scoped to `owner`; another user's id is simply not found (404).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, case, or_
+from sqlmodel import Session, col, select
+
+from duetide import events, outbox, recurrence, reminders
+from duetide.errors import BadRequest, NotFound, ValidationFailed
+from duetide.models import PRIORITIES, Reminder, Series, Task, TaskTag, utcnow
+from duetide.schemas import (
+    MAX_REMINDERS_PER_TASK,
+    RecurrenceIn,
+    ReminderIn,
+    TaskCreate,
+    TaskQuery,
+    TaskUpdate,
+    task_out,
+)
+
+
+def event_data(task: Task) -> dict[str, Any]:
+    return events.TaskEvent(
+        task_id=task.id,
+        owner=task.owner,
+        title=task.title,
+        status=task.status,
+        due_at=task.due_at,
+        completed_at=task.completed_at,
+        series_id=task.series_id,
+        scheduled_at=task.scheduled_at,
+        occurrence_index=task.occurrence_index,
+    ).model_dump(mode="json")
+
+
+def emit(session: Session, task: Task, event_type: str, source: str = events.SOURCE_TASKS) -> str:
+    row = outbox.record(session, type=event_type, key=task.id, data=event_data(task), source=source)
+    return row.id
+
+
+def zone_of(session: Session, task: Task) -> ZoneInfo | None:
+    if task.series_id is None:
+        return None
+    series = session.get(Series, task.series_id)
+    return ZoneInfo(series.timezone) if series else None
+
+
+def show(session: Session, task: Task) -> dict[str, Any]:
+    return task_out(task, zone_of(session, task))
+
+
+def get_owned(session: Session, owner: str, task_id: str) -> Task:
+    task = session.get(Task, task_id)
+    if task is None or task.owner != owner:
+        raise NotFound(f"no task {task_id}")
+    return task
+
+
+def _add_reminder(task: Task, spec: ReminderIn) -> Reminder:
+    before = int(spec.before_due.total_seconds()) if spec.before_due is not None else None
+    reminder = Reminder(owner=task.owner, task_id=task.id, at=spec.at, before_due_s=before)
+    reminder.fire_at = reminders.fire_time(reminder.at, before, task.due_at)
+    task.reminders.append(reminder)
+    return reminder
+
+
+def _series_rule(spec: RecurrenceIn, dtstart: datetime) -> recurrence.SeriesRule:
+    try:
+        text = spec.rrule or recurrence.friendly_to_rrule(spec.friendly())
+        policy = recurrence.Policy(spec.mode, spec.month_end, spec.catch_up)
+        return recurrence.parse(text, spec.timezone, dtstart, policy)
+    except recurrence.RecurrenceError as exc:
+        raise ValidationFailed(f"invalid recurrence: {exc}", details=[
+            {"field": "recurrence", "message": str(exc)}
+        ]) from None
+
+
+def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[str]]:
+    task = Task(
+        owner=owner,
+        title=spec.title,
+        description=spec.description,
+        priority=PRIORITIES.index(spec.priority),
+        due_at=spec.due_at,
+    )
+    task.set_tags(spec.tags)
+    if spec.recurrence is not None and spec.due_at is not None:
+        rule = _series_rule(spec.recurrence, spec.due_at)
+        series = Series(
+            owner=owner,
+            rrule=rule.rrule,
+            timezone=rule.timezone,
+            dtstart=spec.due_at,
+            mode=rule.policy.mode,
+            month_end=rule.policy.month_end,
+            catch_up=rule.policy.catch_up,
+            title=spec.title,
+            description=spec.description,
+            priority=task.priority,
+            tags=sorted(set(spec.tags)),
+            reminder_offsets=[
+                int(r.before_due.total_seconds()) for r in spec.reminders if r.before_due is not None
+            ],
+            last_index=0,
+            last_at=spec.due_at,
+        )
+        session.add(series)
+        task.series_id, task.occurrence_index, task.scheduled_at = series.id, 0, spec.due_at
+    for reminder in spec.reminders:
+        _add_reminder(task, reminder)
+    session.add(task)
+    session.flush()
+    return task, [emit(session, task, events.TASK_CREATED)]
+
+
+def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tuple[Task, list[str]]:
+    task = get_owned(session, owner, task_id)
+    changes = spec.model_dump(exclude_unset=True)
+    if "title" in changes:
+        task.title = changes["title"]
+    if "description" in changes:
+        task.description = changes["description"]
+    if "priority" in changes:
+        task.priority = PRIORITIES.index(changes["priority"])
+    if "tags" in changes:
+        task.set_tags(changes["tags"])
+    if "due_at" in changes:
+        task.due_at = spec.due_at
+        for reminder in task.reminders:
+            if reminder.state == "pending":
+                reminder.fire_at = reminders.fire_time(reminder.at, reminder.before_due_s, task.due_at)
+    task.updated_at = utcnow()
+    session.add(task)
+    return task, [emit(session, task, events.TASK_UPDATED)]
+
+
+def delete(session: Session, owner: str, task_id: str) -> list[str]:
+    task = get_owned(session, owner, task_id)
+    event_id = emit(session, task, events.TASK_DELETED)
+    session.delete(task)
+    return [event_id]
+
+
+def complete(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
+    """Mark done; completing a done task again changes nothing and emits nothing."""
+    task = get_owned(session, owner, task_id)
+    if task.status == "done":
+        return task, []
+    task.status, task.completed_at = "done", utcnow()
+    task.updated_at = task.completed_at
+    session.add(task)
+    return task, [emit(session, task, events.TASK_COMPLETED)]
+
+
+def reopen(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
+    task = get_owned(session, owner, task_id)
+    if task.status == "open":
+        return task, []
+    task.status, task.completed_at, task.updated_at = "open", None, utcnow()
+    session.add(task)
+    return task, [emit(session, task, events.TASK_REOPENED)]
+
+
+def add_reminder(
+    session: Session, owner: str, task_id: str, spec: ReminderIn
+) -> tuple[Task, Reminder]:
+    task = get_owned(session, owner, task_id)
+    if len(task.reminders) >= MAX_REMINDERS_PER_TASK:
+        raise ValidationFailed(f"a task has at most {MAX_REMINDERS_PER_TASK} reminders")
+    if spec.before_due is not None and task.due_at is None:
+        raise ValidationFailed("a `before_due` reminder needs the task to have `due_at`")
+    reminder = _add_reminder(task, spec)
+    task.updated_at = utcnow()
+    session.add(task)
+    session.flush()
+    return task, reminder
+
+
+# --- listing with keyset pagination -------------------------------------------------
+
+SORT_COLUMNS: dict[str, Any] = {
+    "created_at": Task.created_at,
+    "due_at": Task.due_at,
+    "priority": Task.priority,
+    "title": Task.title,
+}
+
+
+def _cursor_value(task: Task, sort: str) -> Any:
+    value = getattr(task, sort)
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def encode_cursor(task: Task, query: TaskQuery) -> str:
+    raw = {"s": query.sort, "o": query.order, "v": _cursor_value(task, query.sort), "id": task.id}
+    return base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, query: TaskQuery) -> tuple[Any, str]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if raw["s"] != query.sort or raw["o"] != query.order:
+            raise ValueError("sort changed")
+        value = raw["v"]
+        if query.sort in ("created_at", "due_at") and value is not None:
+            value = datetime.fromisoformat(value)
+        return value, str(raw["id"])
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest("invalid cursor: pass back `next_cursor` with the same sort and order") from None
+
+
+def _after_cursor(column: Any, value: Any, last_id: str, descending: bool) -> Any:
+    """Rows strictly after (value, id) in the sort order; NULLs sort last either way."""
+    tie = col(Task.id) < last_id if descending else col(Task.id) > last_id
+    if value is None:
+        return and_(column.is_(None), tie)
+    beyond = column < value if descending else column > value
+    return or_(beyond, and_(column == value, tie), column.is_(None))
+
+
+def list_tasks(session: Session, owner: str, query: TaskQuery) -> dict[str, Any]:
+    stmt = select(Task).where(Task.owner == owner)
+    if query.status:
+        stmt = stmt.where(Task.status == query.status)
+    if query.priority:
+        stmt = stmt.where(Task.priority == PRIORITIES.index(query.priority))
+    if query.tag:
+        stmt = stmt.where(
+            select(TaskTag.task_id)
+            .where(TaskTag.task_id == Task.id, TaskTag.tag == query.tag)
+            .exists()
+        )
+    if query.due_before:
+        stmt = stmt.where(col(Task.due_at) < query.due_before)
+    if query.due_after:
+        stmt = stmt.where(col(Task.due_at) >= query.due_after)
+    if query.series_id:
+        stmt = stmt.where(Task.series_id == query.series_id)
+    if query.q:
+        stmt = stmt.where(
+            or_(
+                col(Task.title).icontains(query.q, autoescape=True),
+                col(Task.description).icontains(query.q, autoescape=True),
+            )
+        )
+    column = SORT_COLUMNS[query.sort]
+    descending = query.order == "desc"
+    if query.cursor:
+        value, last_id = decode_cursor(query.cursor, query)
+        stmt = stmt.where(_after_cursor(column, value, last_id, descending))
+    nulls_last = case((column.is_(None), 1), else_=0)
+    ordering = (column.desc(), col(Task.id).desc()) if descending else (column, col(Task.id))
+    stmt = stmt.order_by(nulls_last, *ordering).limit(query.limit + 1)
+    rows = list(session.exec(stmt).all())
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return {
+        "items": [show(session, task) for task in rows],
+        "next_cursor": encode_cursor(rows[-1], query) if more and rows else None,
+    }

@@ -1,0 +1,103 @@
+"""Integration fixtures: the functions against SQLite and PostgreSQL, real connections.
+
+PostgreSQL comes from DUETIDE_TEST_POSTGRES_URL (scripts/test defaults it to the
+local server). When it is set and the server is not there, the tests fail loudly;
+only an explicitly empty value leaves PostgreSQL out.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import functions_framework
+import psycopg
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import text
+from sqlmodel import SQLModel
+
+from duetide import db, migrate
+from duetide.auth import issue_local_token
+from duetide.config import get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+POSTGRES_URL = os.environ.get("DUETIDE_TEST_POSTGRES_URL", "")
+BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database per backend for the session; PostgreSQL in its own schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'duetide.db'}"
+        migrate.upgrade(url)
+        yield url
+        return
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(_libpq(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"DUETIDE_TEST_POSTGRES_URL={POSTGRES_URL} is not reachable: {exc}")
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    migrate.upgrade(url)
+    yield url
+    with psycopg.connect(_libpq(POSTGRES_URL), autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Configure the process as a function would be, on empty tables."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("DUETIDE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DUETIDE_JWT_SECRET", "integration-test-secret-of-enough-length")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+    _reset_caches()
+    with db.session_scope() as session:
+        for table in reversed(SQLModel.metadata.sorted_tables):
+            session.exec(text(f"DELETE FROM {table.name}"))
+    yield database_url
+    db.get_engine().dispose()
+    _reset_caches()
+
+
+def _reset_caches() -> None:
+    from duetide import outbox
+
+    get_settings.cache_clear()
+    db.get_engine.cache_clear()
+    outbox._publisher = None
+
+
+def function_client(name: str) -> FlaskClient:
+    """The real functions-framework app of one function, driven through WSGI."""
+    app = functions_framework.create_app(name, str(ROOT / "functions" / name / "main.py"))
+    return app.test_client()
+
+
+@pytest.fixture
+def client(env: str) -> FlaskClient:
+    return function_client("tasks")
+
+
+def auth_headers(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_local_token(user)}"}
+
+
+@pytest.fixture
+def alice(env: str) -> dict[str, str]:
+    return auth_headers("alice")
+
+
+@pytest.fixture
+def bob(env: str) -> dict[str, str]:
+    return auth_headers("bob")
