@@ -45,10 +45,11 @@ class Delivery:
     dead_letter_sink: SinkRef | None = None
 
     def backoff(self, attempt: int) -> float:
-        """Delay before retry number `attempt` (1-based), as Knative computes it."""
+        """Delay before retry number `attempt` (1-based), as Knative's Kafka dispatcher
+        computes it: delay * 2^attempt (exponential) or delay * attempt (linear)."""
         if self.backoff_policy == "linear":
             return self.backoff_delay_s * attempt
-        return self.backoff_delay_s * (2 ** (attempt - 1))
+        return self.backoff_delay_s * (2**attempt)
 
 
 @dataclass(frozen=True)
