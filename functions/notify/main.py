@@ -4,7 +4,8 @@ import functions_framework
 from flask import Request, Response
 from sqlmodel import Session
 
-from duetide import entry, events, notify as notifier
+from duetide import entry, events
+from duetide import notify as notifier
 from duetide.models import utcnow
 from duetide.sink import Incoming, cloudevent_sink
 

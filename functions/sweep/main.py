@@ -6,7 +6,8 @@ import functions_framework
 from flask import Request, Response
 from sqlmodel import Session
 
-from duetide import entry, events, outbox, sweep as sweeper
+from duetide import entry, events, outbox
+from duetide import sweep as sweeper
 from duetide.config import get_settings
 from duetide.models import utcnow
 from duetide.sink import Incoming, cloudevent_sink
@@ -17,7 +18,7 @@ entry.start("sweep")
 def on_ping(_session: Session | None, _event: Incoming) -> list[str]:
     settings = get_settings()
     now = utcnow()
-    result = sweeper.sweep(
+    sweeper.sweep(
         now, timedelta(seconds=settings.duetide_reminder_grace_s), settings.duetide_sweep_batch
     )
     outbox.relay_pending(settings.duetide_sweep_batch)

@@ -15,7 +15,8 @@ SCRIPTS = Path(__file__).parent / "migrations"
 def alembic_config(url: str | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(SCRIPTS))
-    config.set_main_option("sqlalchemy.url", url or get_settings().effective_database_url)
+    url = url or get_settings().effective_database_url
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser escaping
     return config
 
 

@@ -4,7 +4,6 @@ Times are stored in UTC (`UTCDateTime`) and converted at the edges: SQLite drops
 offsets, so every stored value is UTC and reads back aware.
 """
 
-
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +75,9 @@ class Series(SQLModel, table=True):
     priority: int = 0
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Relative reminders (seconds before due), re-armed on every occurrence.
-    reminder_offsets: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    reminder_offsets: list[int] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
     last_index: int = 0
     last_at: datetime = _utc(nullable=False)
     created_at: datetime = _created()

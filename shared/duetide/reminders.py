@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 
-def fire_time(at: datetime | None, before_due_s: int | None, due_at: datetime | None) -> datetime | None:
+def fire_time(
+    at: datetime | None, before_due_s: int | None, due_at: datetime | None
+) -> datetime | None:
     """When a reminder fires: its `at`, or `before_due` ahead of the due time (None: no due)."""
     if at is not None:
         return at

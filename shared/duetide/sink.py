@@ -148,14 +148,18 @@ def cloudevent_sink(
                 if _seen(session, consumer, event):
                     return json_response({"status": "duplicate"})
                 published = handler(session, event)
-                session.add(ProcessedEvent(consumer=consumer, source=event.source, event_id=event.id))
+                session.add(
+                    ProcessedEvent(consumer=consumer, source=event.source, event_id=event.id)
+                )
         except IntegrityError:
             # A concurrent delivery of the same event committed first.
             return json_response({"status": "duplicate"})
         except pydantic.ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise InvalidCloudEvent(f"invalid {event.type} data at {where}: {first['msg']}") from None
+            raise InvalidCloudEvent(
+                f"invalid {event.type} data at {where}: {first['msg']}"
+            ) from None
         if published:
             outbox.publish_after_commit(published)
         return json_response({"status": "processed"})

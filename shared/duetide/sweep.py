@@ -93,5 +93,7 @@ def purge_processed(now: datetime, engine: Engine | None = None) -> None:
     """Forget processed-event ids older than any redelivery could be."""
     with db.session_scope(engine) as session:
         session.exec(
-            delete(ProcessedEvent).where(col(ProcessedEvent.processed_at) < now - PROCESSED_EVENT_TTL)
+            delete(ProcessedEvent).where(
+                col(ProcessedEvent.processed_at) < now - PROCESSED_EVENT_TTL
+            )
         )

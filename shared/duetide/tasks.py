@@ -79,9 +79,9 @@ def _series_rule(spec: RecurrenceIn, dtstart: datetime) -> recurrence.SeriesRule
         policy = recurrence.Policy(spec.mode, spec.month_end, spec.catch_up)
         return recurrence.parse(text, spec.timezone, dtstart, policy)
     except recurrence.RecurrenceError as exc:
-        raise ValidationFailed(f"invalid recurrence: {exc}", details=[
-            {"field": "recurrence", "message": str(exc)}
-        ]) from None
+        raise ValidationFailed(
+            f"invalid recurrence: {exc}", details=[{"field": "recurrence", "message": str(exc)}]
+        ) from None
 
 
 def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[str]]:
@@ -108,7 +108,9 @@ def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[s
             priority=task.priority,
             tags=sorted(set(spec.tags)),
             reminder_offsets=[
-                int(r.before_due.total_seconds()) for r in spec.reminders if r.before_due is not None
+                int(r.before_due.total_seconds())
+                for r in spec.reminders
+                if r.before_due is not None
             ],
             last_index=0,
             last_at=spec.due_at,
@@ -137,7 +139,9 @@ def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tupl
         task.due_at = spec.due_at
         for reminder in task.reminders:
             if reminder.state == "pending":
-                reminder.fire_at = reminders.fire_time(reminder.at, reminder.before_due_s, task.due_at)
+                reminder.fire_at = reminders.fire_time(
+                    reminder.at, reminder.before_due_s, task.due_at
+                )
     task.updated_at = utcnow()
     session.add(task)
     return task, [emit(session, task, events.TASK_UPDATED)]
@@ -215,7 +219,9 @@ def decode_cursor(cursor: str, query: TaskQuery) -> tuple[Any, str]:
             value = datetime.fromisoformat(value)
         return value, str(raw["id"])
     except (ValueError, KeyError, TypeError):
-        raise BadRequest("invalid cursor: pass back `next_cursor` with the same sort and order") from None
+        raise BadRequest(
+            "invalid cursor: pass back `next_cursor` with the same sort and order"
+        ) from None
 
 
 def _after_cursor(column: Any, value: Any, last_id: str, descending: bool) -> Any:

@@ -51,7 +51,9 @@ def test_another_users_task_is_not_found_for_every_verb(client, alice, bob):
         client.patch(f"/tasks/{task_id}", json={"title": "x"}, headers=bob),
         client.post(f"/tasks/{task_id}/complete", headers=bob),
         client.post(f"/tasks/{task_id}/reopen", headers=bob),
-        client.post(f"/tasks/{task_id}/reminders", json={"at": "2030-01-01T00:00:00Z"}, headers=bob),
+        client.post(
+            f"/tasks/{task_id}/reminders", json={"at": "2030-01-01T00:00:00Z"}, headers=bob
+        ),
         client.delete(f"/tasks/{task_id}", headers=bob),
     ]
     assert [r.status_code for r in attempts] == [404] * len(attempts)
@@ -195,13 +197,19 @@ def test_reminders_can_be_added_and_are_capped(client, alice):
     assert response.status_code == 201
     assert response.json["fire_at"] == "2030-01-01T08:45:00+00:00"
     for _ in range(9):
-        client.post(f"/tasks/{task['id']}/reminders", json={"at": "2030-01-01T08:00:00Z"}, headers=alice)
-    over = client.post(f"/tasks/{task['id']}/reminders", json={"at": "2030-01-01T08:00:00Z"}, headers=alice)
+        client.post(
+            f"/tasks/{task['id']}/reminders", json={"at": "2030-01-01T08:00:00Z"}, headers=alice
+        )
+    over = client.post(
+        f"/tasks/{task['id']}/reminders", json={"at": "2030-01-01T08:00:00Z"}, headers=alice
+    )
     assert over.status_code == 422
     assert len(client.get(f"/tasks/{task['id']}", headers=alice).json["reminders"]) == 10
 
 
 def test_moving_due_moves_relative_reminders(client, alice):
     task = create(client, alice, due_at="2030-01-01T09:00:00Z", reminders=[{"before_due": "PT1H"}])
-    moved = client.patch(f"/tasks/{task['id']}", json={"due_at": "2030-01-02T09:00:00Z"}, headers=alice)
+    moved = client.patch(
+        f"/tasks/{task['id']}", json={"due_at": "2030-01-02T09:00:00Z"}, headers=alice
+    )
     assert moved.json["reminders"][0]["fire_at"] == "2030-01-02T08:00:00+00:00"

@@ -20,6 +20,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from duetide.local.manifests import ManifestError, SinkRef, Wiring, load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import requests
 
 from duetide import migrate
 from duetide.local import manifests
-from duetide.local.broker import EmbeddedBroker, ensure_topics
+from duetide.local.broker import EmbeddedBroker, ensure_topics, free_loopback_port
 from duetide.local.eventing import KafkaSourceDispatcher, PingTimer
 
 READY_TIMEOUT_S = 60.0
@@ -43,12 +42,6 @@ def project_root() -> Path:
     raise StackError(
         "cannot find the duetide checkout (knative/, functions/); set DUETIDE_PROJECT_DIR"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -137,7 +130,7 @@ class Stack:
         return env
 
     def _start_function(self, service: manifests.ServiceSpec) -> None:
-        port = self.port if service.function == "tasks" else free_port()
+        port = self.port if service.function == "tasks" else free_loopback_port()
         source = self.root / "functions" / service.function / "main.py"
         if not source.exists():
             raise StackError(f"Service {service.name}: no function source at {source}")

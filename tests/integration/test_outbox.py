@@ -1,0 +1,104 @@
+"""The outbox publisher against the embedded broker over the Kafka protocol."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka import KafkaConsumer
+from sqlmodel import col, select
+
+from duetide import db, events, outbox
+from duetide.local.broker import consumer_settings, ensure_topics, free_loopback_port
+from duetide.local.manifests import TopicSpec
+from duetide.models import Outbox
+
+
+@pytest.fixture
+def topics(broker, unique_topic, monkeypatch, env):
+    names = {"tasks": unique_topic("tasks"), "reminders": unique_topic("reminders")}
+    ensure_topics(broker.bootstrap_servers, [TopicSpec(n, partitions=3) for n in names.values()])
+    monkeypatch.setenv("DUETIDE_TOPIC_TASK_EVENTS", names["tasks"])
+    monkeypatch.setenv("DUETIDE_TOPIC_REMINDERS", names["reminders"])
+    return names
+
+
+def use_broker(monkeypatch, servers: str) -> None:
+    from tests.integration.conftest import _reset_caches
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+    monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", "1")
+    _reset_caches()
+
+
+def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) -> list:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+        **consumer_settings(),
+    )
+    records, deadline = [], time.monotonic() + timeout_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        # One more short poll: anything beyond `expected` is a duplicate we must see.
+        for batch in consumer.poll(timeout_ms=1000).values():
+            records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def pending() -> list[Outbox]:
+    with db.session_scope() as session:
+        return list(session.exec(select(Outbox).where(col(Outbox.sent_at).is_(None))).all())
+
+
+def test_events_are_published_after_commit_as_binary_cloudevents(
+    client, alice, broker, topics, monkeypatch
+):
+    use_broker(monkeypatch, broker.bootstrap_servers)
+    task = client.post("/tasks", json={"title": "x"}, headers=alice).json
+    client.post(f"/tasks/{task['id']}/complete", headers=alice)
+    assert pending() == []
+    records = consume(broker.bootstrap_servers, topics["tasks"], expected=2)
+    assert len(records) == 2
+    with db.session_scope() as session:
+        rows = {r.id: r for r in session.exec(select(Outbox)).all()}
+    for record in records:
+        headers = {k: v.decode() for k, v in record.headers}
+        assert record.key == task["id"].encode()  # per-task ordering
+        assert headers["ce_id"] in rows  # ce_id is the outbox row id
+        assert headers["ce_specversion"] == "1.0"
+        assert headers["ce_source"] == events.SOURCE_TASKS
+        assert headers["ce_subject"] == task["id"]
+        assert headers["content-type"] == "application/json"
+    types = [dict(r.headers)["ce_type"].decode() for r in records]
+    assert types == [events.TASK_CREATED, events.TASK_COMPLETED]
+    assert len({r.partition for r in records}) == 1
+
+
+def test_broker_down_keeps_events_until_it_is_back(client, alice, broker, topics, monkeypatch):
+    use_broker(monkeypatch, f"127.0.0.1:{free_loopback_port()}")  # nothing listens there
+    created = [client.post("/tasks", json={"title": f"t{i}"}, headers=alice) for i in range(3)]
+    assert [r.status_code for r in created] == [201, 201, 201]
+    assert len(pending()) == 3
+    assert outbox.relay_pending() == 0  # still down: nothing marked sent
+    assert len(pending()) == 3
+    use_broker(monkeypatch, broker.bootstrap_servers)
+    assert outbox.relay_pending() == 3
+    assert pending() == []
+    assert outbox.relay_pending() == 0  # sent rows are not sent again
+    records = consume(broker.bootstrap_servers, topics["tasks"], expected=3)
+    assert sorted(dict(r.headers)["ce_id"].decode() for r in records) == sorted(
+        r.id for r in _all_rows()
+    )
+
+
+def _all_rows() -> list[Outbox]:
+    with db.session_scope() as session:
+        return list(session.exec(select(Outbox)).all())
