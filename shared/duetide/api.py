@@ -15,16 +15,17 @@ from duetide import auth, commands, db, outbox, series, tasks
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound
 from duetide.http import guarded, json_response, parse_model, read_json
-from duetide.models import Notification
+from duetide.models import Notification, utcnow
 from duetide.schemas import (
     ForecastQuery,
     PageQuery,
     ReminderIn,
+    SeriesUpdate,
     TaskCreate,
     TaskQuery,
     TaskUpdate,
+    notification_out,
     reminder_out,
-    rfc3339,
 )
 
 ROUTES = Map(
@@ -38,8 +39,15 @@ ROUTES = Map(
         Rule("/tasks/<task_id>/complete", methods=["POST"], endpoint="complete_task"),
         Rule("/tasks/<task_id>/reopen", methods=["POST"], endpoint="reopen_task"),
         Rule("/tasks/<task_id>/reminders", methods=["POST"], endpoint="add_reminder"),
+        Rule("/series", methods=["GET"], endpoint="list_series"),
         Rule("/series/<series_id>", methods=["GET"], endpoint="get_series"),
+        Rule("/series/<series_id>", methods=["PATCH"], endpoint="update_series"),
+        Rule("/series/<series_id>", methods=["DELETE"], endpoint="end_series"),
         Rule("/series/<series_id>/occurrences", methods=["GET"], endpoint="forecast"),
+        Rule("/series/<series_id>/history", methods=["GET"], endpoint="series_history"),
+        Rule("/series/<series_id>/pause", methods=["POST"], endpoint="pause_series"),
+        Rule("/series/<series_id>/resume", methods=["POST"], endpoint="resume_series"),
+        Rule("/series/<series_id>/skip", methods=["POST"], endpoint="skip_series"),
         Rule("/notifications", methods=["GET"], endpoint="notifications"),
         Rule("/commands", methods=["POST"], endpoint="commands"),
     ],
@@ -125,9 +133,54 @@ def add_reminder(request: Request, user: str, task_id: str) -> Response:
         return json_response(reminder_out(reminder), 201)
 
 
+def list_series(request: Request, user: str) -> Response:
+    query = parse_model(PageQuery, _query(request))
+    offset = _offset_cursor(query.cursor)
+    with db.session_scope() as session:
+        rows = series.list_series(session, user, offset, query.limit + 1)
+        return _offset_page(rows, offset, query.limit, series.series_out)
+
+
 def get_series(request: Request, user: str, series_id: str) -> Response:
     with db.session_scope() as session:
         return json_response(series.series_out(series.get_owned(session, user, series_id)))
+
+
+def update_series(request: Request, user: str, series_id: str) -> Response:
+    spec = parse_model(SeriesUpdate, _body(request))
+    with db.session_scope() as session:
+        return json_response(series.series_out(series.update(session, user, series_id, spec)))
+
+
+def _series_change(user: str, change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
+    def work(session: Session) -> tuple[Any, list[str]]:
+        changed, ids = change(session)
+        return series.series_out(changed), ids
+
+    return _write(user, work)
+
+
+def pause_series(request: Request, user: str, series_id: str) -> Response:
+    return _series_change(user, lambda s: (series.pause(s, user, series_id), []))
+
+
+def resume_series(request: Request, user: str, series_id: str) -> Response:
+    return _series_change(user, lambda s: series.resume(s, user, series_id, utcnow()))
+
+
+def skip_series(request: Request, user: str, series_id: str) -> Response:
+    return _series_change(user, lambda s: series.skip(s, user, series_id, utcnow()))
+
+
+def end_series(request: Request, user: str, series_id: str) -> Response:
+    with db.session_scope() as session:
+        series.end(session, user, series_id)
+    return json_response(None, 204)
+
+
+def series_history(request: Request, user: str, series_id: str) -> Response:
+    with db.session_scope() as session:
+        return json_response({"items": series.history(session, user, series_id)})
 
 
 def forecast(request: Request, user: str, series_id: str) -> Response:
@@ -148,20 +201,19 @@ def notifications(request: Request, user: str) -> Response:
             .offset(offset)
             .limit(query.limit + 1)
         ).all()
-    items = [
-        {
-            "id": n.id,
-            "reminder_id": n.reminder_id,
-            "task_id": n.task_id,
-            "channel": n.channel,
-            "scheduled_at": rfc3339(n.scheduled_at),
-            "delivered_at": rfc3339(n.delivered_at),
-        }
-        for n in rows[: query.limit]
-    ]
-    more = len(rows) > query.limit
+        return _offset_page(list(rows), offset, query.limit, notification_out)
+
+
+def _offset_page(
+    rows: list[Any], offset: int, limit: int, render: Callable[[Any], Any]
+) -> Response:
+    """A page of `limit` rendered rows; `rows` holds one more if another page follows."""
+    more = len(rows) > limit
     return json_response(
-        {"items": items, "next_cursor": str(offset + query.limit) if more else None}
+        {
+            "items": [render(row) for row in rows[:limit]],
+            "next_cursor": str(offset + limit) if more else None,
+        }
     )
 
 
@@ -185,7 +237,14 @@ ENDPOINTS: dict[str, Callable[..., Response]] = {
         "complete_task",
         "reopen_task",
         "add_reminder",
+        "list_series",
         "get_series",
+        "update_series",
+        "end_series",
+        "series_history",
+        "pause_series",
+        "resume_series",
+        "skip_series",
         "forecast",
         "notifications",
     )

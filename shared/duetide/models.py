@@ -78,6 +78,9 @@ class Series(SQLModel, table=True):
     reminder_offsets: list[int] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
+    # The rule applies from `dtstart`, which is occurrence number `rule_base` of the
+    # series: a "this and future" change re-anchors the rule without renumbering.
+    rule_base: int = 0
     last_index: int = 0
     last_at: datetime = _utc(nullable=False)
     created_at: datetime = _created()
@@ -134,6 +137,22 @@ class Task(SQLModel, table=True):
         self.tag_rows = [row for row in self.tag_rows if row.tag in wanted]
         have = {row.tag for row in self.tag_rows}
         self.tag_rows.extend(TaskTag(tag=tag) for tag in sorted(wanted - have))
+
+
+class OccurrenceLog(SQLModel, table=True):
+    """An occurrence that never became a task to complete: skipped by the user or missed."""
+
+    __tablename__ = "occurrence_log"
+    __table_args__ = (UniqueConstraint("series_id", "scheduled_at", name="uq_occurrence_log"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    series_id: str = Field(
+        sa_column=Column(String(36), ForeignKey("series.id", ondelete="CASCADE"), nullable=False)
+    )
+    occurrence_index: int
+    scheduled_at: datetime = _utc(nullable=False)
+    outcome: str = Field(max_length=16)
+    recorded_at: datetime = _created()
 
 
 class TaskTag(SQLModel, table=True):

@@ -188,8 +188,9 @@ def friendly_to_rrule(spec: Mapping[str, Any]) -> str:
     items = [f"FREQ={frequency.upper()}"]
     for key, (part, kind) in _FRIENDLY_PARTS.items():
         value = spec.get(key)
-        if value is not None and not (key == "interval" and value == 1):
-            items.append(f"{part}={_friendly_list(key, value, kind)}")
+        text = None if value is None else _friendly_list(key, value, kind)
+        if text is not None and not (key == "interval" and text == "1"):
+            items.append(f"{part}={text}")
     if spec.get("until") is not None:
         items.append(f"UNTIL={_friendly_until(spec['until'])}")
     text = ";".join(items)

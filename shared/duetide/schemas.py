@@ -126,6 +126,23 @@ class TaskUpdate(RequestModel):
         return value
 
 
+class SeriesUpdate(RequestModel):
+    """A "this and future" change: a new rule and policies, and the occurrence template."""
+
+    recurrence: RecurrenceIn | None = None
+    title: Title | None = None
+    description: Description | None = None
+    priority: Priority | None = None
+    tags: list[Tag] | None = Field(None, max_length=MAX_TAGS)
+
+    @field_validator("recurrence", "title", "priority", "tags", "description")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+
 class TaskQuery(RequestModel):
     status: Literal["open", "done"] | None = None
     priority: Priority | None = None
@@ -180,4 +197,15 @@ def task_out(task: models.Task, zone: Any = None) -> dict[str, Any]:
         "created_at": rfc3339(task.created_at),
         "updated_at": rfc3339(task.updated_at),
         "reminders": [reminder_out(r) for r in task.reminders],
+    }
+
+
+def notification_out(notification: models.Notification) -> dict[str, Any]:
+    return {
+        "id": notification.id,
+        "reminder_id": notification.reminder_id,
+        "task_id": notification.task_id,
+        "channel": notification.channel,
+        "scheduled_at": rfc3339(notification.scheduled_at),
+        "delivered_at": rfc3339(notification.delivered_at),
     }

@@ -1,9 +1,10 @@
-"""Series state: reading, forecasting, and materialising the next occurrence.
+"""Series state: reading, forecasting, changing, and materialising the next occurrence.
 
 Materialisation is idempotent by natural keys: an occurrence is unique by
 (series_id, scheduled_at), and a completed occurrence has at most one successor
 (`Task.previous_id` is unique). A duplicate, reordered or replayed `task.completed`
-therefore never yields a second copy.
+therefore never yields a second copy. A series has at most one open occurrence:
+the next one appears only when the open one is completed or skipped.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from duetide import events, recurrence, reminders
-from duetide.errors import NotFound
-from duetide.models import Reminder, Series, Task, utcnow
-from duetide.schemas import rfc3339
-from duetide.tasks import emit
+from duetide.errors import Conflict, NotFound, ValidationFailed
+from duetide.models import PRIORITIES, OccurrenceLog, Reminder, Series, Task, utcnow
+from duetide.schemas import RecurrenceIn, SeriesUpdate, rfc3339
+from duetide.task_events import emit
 
 log = logging.getLogger("duetide.series")
 
@@ -28,6 +29,35 @@ def rule_of(series: Series) -> recurrence.SeriesRule:
     policy = recurrence.Policy(series.mode, series.month_end, series.catch_up)
     zone = ZoneInfo(series.timezone)
     return recurrence.parse(series.rrule, series.timezone, series.dtstart.astimezone(zone), policy)
+
+
+def build_rule(spec: RecurrenceIn, dtstart: datetime) -> recurrence.SeriesRule:
+    """A validated rule from API input, or a 422 that names the problem."""
+    try:
+        text = spec.rrule or recurrence.friendly_to_rrule(spec.friendly())
+        policy = recurrence.Policy(spec.mode, spec.month_end, spec.catch_up)
+        return recurrence.parse(text, spec.timezone, dtstart, policy)
+    except recurrence.RecurrenceError as exc:
+        detail = [{"field": "recurrence", "message": str(exc)}]
+        raise ValidationFailed(f"invalid recurrence: {exc}", details=detail) from None
+
+
+def next_for(
+    series: Series, previous: Task, completed_at: datetime, now: datetime
+) -> recurrence.Next | None:
+    """The occurrence after `previous`, numbered in the series (the rule may be re-based)."""
+    assert previous.scheduled_at is not None and previous.occurrence_index is not None
+    local_index = previous.occurrence_index - series.rule_base
+    if local_index < 0 or previous.scheduled_at < series.dtstart:
+        return None  # an occurrence from before a "this and future" change
+    following = rule_of(series).next(
+        previous.scheduled_at, local_index, completed_at=completed_at, now=now
+    )
+    if following is None:
+        return None
+    return recurrence.Next(
+        following.scheduled_at, following.index + series.rule_base, following.missed
+    )
 
 
 def get_owned(session: Session, owner: str, series_id: str) -> Series:
@@ -49,6 +79,9 @@ def series_out(series: Series) -> dict[str, Any]:
         "catch_up": series.catch_up,
         "status": series.status,
         "title": series.title,
+        "description": series.description,
+        "priority": PRIORITIES[series.priority],
+        "tags": series.tags,
         "last_index": series.last_index,
         "last_scheduled_at": rfc3339(series.last_at, zone),
         "created_at": rfc3339(series.created_at),
@@ -56,34 +89,80 @@ def series_out(series: Series) -> dict[str, Any]:
     }
 
 
+def list_series(session: Session, owner: str, offset: int, limit: int) -> list[Series]:
+    return list(
+        session.exec(
+            select(Series)
+            .where(Series.owner == owner)
+            .order_by(col(Series.created_at), col(Series.id))
+            .offset(offset)
+            .limit(limit)
+        ).all()
+    )
+
+
 def forecast(series: Series, count: int) -> list[str]:
+    """The next `count` occurrences of the current rule, from its start."""
     return [at.isoformat() for at in rule_of(series).forecast(count)]
+
+
+def _occurrences(session: Session, series_id: str) -> list[Task]:
+    return list(
+        session.exec(
+            select(Task)
+            .where(Task.series_id == series_id)
+            .order_by(col(Task.occurrence_index).desc())
+        ).all()
+    )
+
+
+def _successor(session: Session, task_id: str) -> Task | None:
+    return session.exec(select(Task).where(Task.previous_id == task_id)).first()
 
 
 def materialise_next(session: Session, data: events.TaskEvent, now: datetime) -> list[str]:
     """On `task.completed`: create the one next occurrence, or do nothing if it exists.
 
-    Stale events are no-ops: the task was reopened since (not done now), deleted, or
-    already has its successor. Returns the outbox ids to publish.
+    Stale events are no-ops: the task was reopened since (not done now), deleted, the
+    series is paused or ended, or the occurrence already has its successor. Returns
+    the outbox ids to publish.
     """
-    if data.series_id is None or data.scheduled_at is None or data.occurrence_index is None:
+    if data.series_id is None:
         return []
     series = session.get(Series, data.series_id)
+    task = session.get(Task, data.task_id)
     if series is None or series.owner != data.owner or series.status != "active":
         return []
-    task = session.get(Task, data.task_id)
-    if task is not None and task.status != "done":
+    if task is None or task.series_id != series.id or task.status != "done":
         return []
-    if session.exec(select(Task.id).where(Task.previous_id == data.task_id)).first():
+    return _continue_after(session, series, task, task.completed_at or now, now)
+
+
+def _continue_after(
+    session: Session, series: Series, previous: Task, completed_at: datetime, now: datetime
+) -> list[str]:
+    if _successor(session, previous.id) is not None:
         return []
-    following = rule_of(series).next(
-        data.scheduled_at, data.occurrence_index, completed_at=data.completed_at or now, now=now
-    )
+    following = next_for(series, previous, completed_at, now)
     if following is None:
         series.status, series.updated_at = "ended", now
         session.add(series)
         return []
-    return [_create_occurrence(session, series, data.task_id, following)]
+    _log_missed(session, series, following)
+    return [_create_occurrence(session, series, previous.id, following)]
+
+
+def _log_missed(session: Session, series: Series, following: recurrence.Next) -> None:
+    first_missed = following.index - len(following.missed)
+    for offset, at in enumerate(following.missed):
+        session.add(
+            OccurrenceLog(
+                series_id=series.id,
+                occurrence_index=first_missed + offset,
+                scheduled_at=at,
+                outcome="missed",
+            )
+        )
 
 
 def _create_occurrence(
@@ -122,3 +201,140 @@ def _create_occurrence(
         extra={"series_id": series.id, "task_id": task.id, "index": following.index},
     )
     return emit(session, task, events.TASK_CREATED, source=events.SOURCE_RECURRENCE)
+
+
+# --- user actions on a series ----------------------------------------------------------
+
+
+def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> Series:
+    """Change the rule, policies or template from the next occurrence on.
+
+    The new rule is anchored at the latest occurrence (its scheduled time is the new
+    DTSTART, its number the new `rule_base`), so the open occurrence stays as it is
+    and what follows it comes from the new rule. A COUNT in the new rule counts from
+    that anchor.
+    """
+    series = get_owned(session, owner, series_id)
+    if series.status == "ended":
+        raise Conflict("the series has ended; create a new recurring task instead")
+    if spec.recurrence is not None:
+        zone = ZoneInfo(spec.recurrence.timezone) if _known_zone(spec.recurrence) else None
+        anchor = series.last_at.astimezone(zone) if zone else series.last_at
+        rule = build_rule(spec.recurrence, anchor)
+        series.rrule, series.timezone = rule.rrule, rule.timezone
+        series.mode, series.month_end, series.catch_up = (
+            rule.policy.mode,
+            rule.policy.month_end,
+            rule.policy.catch_up,
+        )
+        series.dtstart, series.rule_base = series.last_at, series.last_index
+    if spec.title is not None:
+        series.title = spec.title
+    if spec.description is not None:
+        series.description = spec.description
+    if spec.priority is not None:
+        series.priority = PRIORITIES.index(spec.priority)
+    if spec.tags is not None:
+        series.tags = sorted(set(spec.tags))
+    series.updated_at = utcnow()
+    session.add(series)
+    return series
+
+
+def _known_zone(spec: RecurrenceIn) -> bool:
+    try:
+        ZoneInfo(spec.timezone)
+        return True
+    except (ValueError, KeyError, OSError):
+        return False  # build_rule reports it as a 422
+
+
+def pause(session: Session, owner: str, series_id: str) -> Series:
+    series = get_owned(session, owner, series_id)
+    if series.status == "ended":
+        raise Conflict("the series has ended")
+    series.status, series.updated_at = "paused", utcnow()
+    session.add(series)
+    return series
+
+
+def resume(session: Session, owner: str, series_id: str, now: datetime) -> tuple[Series, list[str]]:
+    """Resume, and materialise what a completion during the pause would have."""
+    series = get_owned(session, owner, series_id)
+    if series.status == "ended":
+        raise Conflict("the series has ended")
+    if series.status == "active":
+        return series, []
+    series.status, series.updated_at = "active", now
+    session.add(series)
+    latest = next(iter(_occurrences(session, series.id)), None)
+    if latest is None or latest.status != "done":
+        return series, []
+    return series, _continue_after(session, series, latest, latest.completed_at or now, now)
+
+
+def skip(session: Session, owner: str, series_id: str, now: datetime) -> tuple[Series, list[str]]:
+    """Skip the open occurrence: record it as skipped and put the one after it in place."""
+    series = get_owned(session, owner, series_id)
+    if series.status != "active":
+        raise Conflict(f"the series is {series.status}; only an active series can skip")
+    open_ones = [t for t in _occurrences(session, series.id) if t.status == "open"]
+    if not open_ones:
+        raise Conflict("the series has no open occurrence to skip")
+    skipped = open_ones[0]
+    assert skipped.scheduled_at is not None and skipped.occurrence_index is not None
+    session.add(
+        OccurrenceLog(
+            series_id=series.id,
+            occurrence_index=skipped.occurrence_index,
+            scheduled_at=skipped.scheduled_at,
+            outcome="skipped",
+        )
+    )
+    ids = [emit(session, skipped, events.TASK_DELETED)]
+    following = next_for(series, skipped, now, now)
+    session.delete(skipped)
+    session.flush()
+    if following is None:
+        series.status = "ended"
+    else:
+        _log_missed(session, series, following)
+        ids.append(_create_occurrence(session, series, skipped.id, following))
+    series.updated_at = now
+    session.add(series)
+    return series, ids
+
+
+def end(session: Session, owner: str, series_id: str) -> None:
+    """End the series: no further occurrences; its tasks and history stay."""
+    series = get_owned(session, owner, series_id)
+    series.status, series.updated_at = "ended", utcnow()
+    session.add(series)
+
+
+def history(session: Session, owner: str, series_id: str) -> list[dict[str, Any]]:
+    """Every occurrence so far, oldest first: completed, open, skipped or missed."""
+    series = get_owned(session, owner, series_id)
+    zone = ZoneInfo(series.timezone)
+    entries = [
+        {
+            "index": task.occurrence_index,
+            "scheduled_at": rfc3339(task.scheduled_at, zone),
+            "outcome": "completed" if task.status == "done" else "open",
+            "at": rfc3339(task.completed_at),
+            "task_id": task.id,
+        }
+        for task in _occurrences(session, series.id)
+    ]
+    logged = session.exec(select(OccurrenceLog).where(OccurrenceLog.series_id == series.id)).all()
+    entries += [
+        {
+            "index": row.occurrence_index,
+            "scheduled_at": rfc3339(row.scheduled_at, zone),
+            "outcome": row.outcome,
+            "at": rfc3339(row.recorded_at),
+            "task_id": None,
+        }
+        for row in logged
+    ]
+    return sorted(entries, key=lambda e: (e["index"], e["scheduled_at"]))

@@ -14,37 +14,19 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, case, or_
 from sqlmodel import Session, col, select
 
-from duetide import events, outbox, recurrence, reminders
-from duetide.errors import BadRequest, NotFound, ValidationFailed
+from duetide import events, reminders
+from duetide import series as series_rules
+from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from duetide.models import PRIORITIES, Reminder, Series, Task, TaskTag, utcnow
 from duetide.schemas import (
     MAX_REMINDERS_PER_TASK,
-    RecurrenceIn,
     ReminderIn,
     TaskCreate,
     TaskQuery,
     TaskUpdate,
     task_out,
 )
-
-
-def event_data(task: Task) -> dict[str, Any]:
-    return events.TaskEvent(
-        task_id=task.id,
-        owner=task.owner,
-        title=task.title,
-        status=task.status,
-        due_at=task.due_at,
-        completed_at=task.completed_at,
-        series_id=task.series_id,
-        scheduled_at=task.scheduled_at,
-        occurrence_index=task.occurrence_index,
-    ).model_dump(mode="json")
-
-
-def emit(session: Session, task: Task, event_type: str, source: str = events.SOURCE_TASKS) -> str:
-    row = outbox.record(session, type=event_type, key=task.id, data=event_data(task), source=source)
-    return row.id
+from duetide.task_events import emit
 
 
 def zone_of(session: Session, task: Task) -> ZoneInfo | None:
@@ -73,17 +55,6 @@ def _add_reminder(task: Task, spec: ReminderIn) -> Reminder:
     return reminder
 
 
-def _series_rule(spec: RecurrenceIn, dtstart: datetime) -> recurrence.SeriesRule:
-    try:
-        text = spec.rrule or recurrence.friendly_to_rrule(spec.friendly())
-        policy = recurrence.Policy(spec.mode, spec.month_end, spec.catch_up)
-        return recurrence.parse(text, spec.timezone, dtstart, policy)
-    except recurrence.RecurrenceError as exc:
-        raise ValidationFailed(
-            f"invalid recurrence: {exc}", details=[{"field": "recurrence", "message": str(exc)}]
-        ) from None
-
-
 def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[str]]:
     task = Task(
         owner=owner,
@@ -94,7 +65,7 @@ def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[s
     )
     task.set_tags(spec.tags)
     if spec.recurrence is not None and spec.due_at is not None:
-        rule = _series_rule(spec.recurrence, spec.due_at)
+        rule = series_rules.build_rule(spec.recurrence, spec.due_at)
         series = Series(
             owner=owner,
             rrule=rule.rrule,
@@ -166,12 +137,26 @@ def complete(session: Session, owner: str, task_id: str) -> tuple[Task, list[str
 
 
 def reopen(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
+    """Reopen a done task. In a series only the latest occurrence can be reopened, and
+    its open successor is withdrawn, so a series never has two open occurrences."""
     task = get_owned(session, owner, task_id)
     if task.status == "open":
         return task, []
+    ids = []
+    successor = session.exec(select(Task).where(Task.previous_id == task.id)).first()
+    if successor is not None:
+        if successor.status == "done":
+            raise Conflict("a later occurrence of this series is done; reopen that one instead")
+        ids.append(emit(session, successor, events.TASK_DELETED))
+        session.delete(successor)
+        series = session.get(Series, task.series_id) if task.series_id else None
+        if series is not None and series.last_index == successor.occurrence_index:
+            series.last_index, series.last_at = task.occurrence_index or 0, task.scheduled_at
+            session.add(series)
     task.status, task.completed_at, task.updated_at = "open", None, utcnow()
     session.add(task)
-    return task, [emit(session, task, events.TASK_REOPENED)]
+    session.flush()
+    return task, [*ids, emit(session, task, events.TASK_REOPENED)]
 
 
 def add_reminder(

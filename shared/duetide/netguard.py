@@ -1,0 +1,262 @@
+"""SSRF defence for user-supplied URLs (webhooks): only globally routable destinations.
+
+`check_url` parses the URL, resolves its host once and rejects it when any resolved
+address is private, loopback, link-local, multicast, reserved, unspecified, shared
+(100.64/10), a cloud metadata address, or an IPv6 address that embeds such an IPv4
+address (IPv4-mapped, IPv4-compatible, 6to4, NAT64). The returned `Target` is pinned
+to the checked address: the caller connects to `Target.address`, never to the name,
+so a resolver that answers differently a second time (DNS rebinding) cannot redirect
+the request.
+
+Numeric host forms that `inet_aton` and `getaddrinfo` accept (`2130706433`,
+`0x7f000001`, `0177.0.0.1`, `127.1`) are parsed here with the same rules, so they
+are checked as the address the operating system would connect to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[..., list[tuple[Any, ...]]]
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+# Explicit, so the answer does not depend on the Python version's is_global tables.
+BLOCKED_V4 = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network", 0.0.0.0 reaches the local host on Linux
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, cloud metadata
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, includes 255.255.255.255
+    )
+)
+BLOCKED_V6 = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "::/128",
+        "::1/128",
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
+        "100::/64",  # discard-only
+        "2001::/32",  # Teredo: tunnels to an embedded IPv4 peer
+        "2001:db8::/32",  # documentation
+        "fc00::/7",  # unique local, includes fd00:ec2::254
+        "fe80::/10",  # link-local
+        "fec0::/10",  # deprecated site-local
+        "ff00::/8",  # multicast
+    )
+)
+LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+HOSTNAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
+
+
+class UnsafeDestination(ValueError):
+    """The URL is malformed or points at an address the service must not reach."""
+
+
+class ResolutionFailed(OSError):
+    """The host name did not resolve (possibly transient: a delivery may retry)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked destination; connect to `address`:`port`, send `host` as Host/SNI."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str
+
+    @property
+    def request_target(self) -> str:
+        """Path and query for the request line (never the fragment)."""
+        parts = urlsplit(self.url)
+        path = parts.path or "/"
+        return f"{path}?{parts.query}" if parts.query else path
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port == DEFAULT_PORTS[self.scheme]:
+            return host
+        return f"{host}:{self.port}"
+
+
+def check_url(
+    url: str, *, allow_loopback: bool = False, resolver: Resolver = socket.getaddrinfo
+) -> Target:
+    """Parse `url`, resolve its host once and reject unsafe destinations.
+
+    Raises `UnsafeDestination` for a bad URL or a disallowed address (any of the
+    resolved addresses), `ResolutionFailed` when the name does not resolve.
+    `allow_loopback` (local development only) admits 127.0.0.0/8 and ::1, nothing else.
+    """
+    scheme, host, port = _parse(url)
+    addresses = _resolve(host, port, resolver)
+    for address in addresses:
+        problem = address_problem(address, allow_loopback=allow_loopback)
+        if problem:
+            raise UnsafeDestination(f"destination {host!r} resolves to {address}: {problem}")
+    return Target(url=url, scheme=scheme, host=host, port=port, address=str(addresses[0]))
+
+
+def address_problem(address: IPAddress, *, allow_loopback: bool = False) -> str | None:
+    """Why `address` must not be reached, or None when it is globally routable."""
+    if address in METADATA_ADDRESSES:
+        return "cloud metadata address"
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            kind, ipv4 = embedded
+            problem = address_problem(ipv4, allow_loopback=allow_loopback)
+            return f"{kind} address embedding {ipv4}: {problem}" if problem else None
+    if allow_loopback and any(address in net for net in LOOPBACK_NETWORKS):
+        return None
+    blocked = BLOCKED_V4 if isinstance(address, ipaddress.IPv4Address) else BLOCKED_V6
+    for network in blocked:
+        if address in network:
+            return f"not globally routable ({network})"
+    if not address.is_global:
+        return "not globally routable"
+    return None
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """The IPv4 address an IPv6 address stands for, when the network would reach it."""
+    if address.ipv4_mapped is not None:
+        return "IPv4-mapped", address.ipv4_mapped
+    packed = int(address)
+    if packed >> 32 == 0 and packed > 1:  # ::a.b.c.d, deprecated (RFC 4291 2.5.5.1)
+        return "IPv4-compatible", ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return "6to4", address.sixtofour
+    if address in NAT64:
+        return "NAT64", ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    return None
+
+
+def _parse(url: str) -> tuple[str, str, int]:
+    if not isinstance(url, str) or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise UnsafeDestination("URL must be text without spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise UnsafeDestination("URL is malformed or has an invalid port") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise UnsafeDestination("URL scheme must be http or https")
+    if "@" in parts.netloc:
+        raise UnsafeDestination("URL must not contain user information (credentials)")
+    host = _normalise_host(parts.hostname or "", bracketed="[" in parts.netloc)
+    if port == 0:
+        raise UnsafeDestination("URL port must be between 1 and 65535")
+    return scheme, host, port or DEFAULT_PORTS[scheme]
+
+
+def _normalise_host(host: str, *, bracketed: bool) -> str:
+    if not host:
+        raise UnsafeDestination("URL has no host")
+    if bracketed:
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise UnsafeDestination("URL has an invalid IPv6 literal") from None
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UnsafeDestination("URL host is not a valid domain name") from None
+    host = host.lower()
+    if not HOSTNAME.match(host) or len(host) > 253:
+        raise UnsafeDestination("URL host is not a valid domain name")
+    return host
+
+
+def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
+    """The host's addresses: numeric forms parsed here, names asked of `resolver` once."""
+    literal = _ip_literal(host)
+    if literal is not None:
+        return [literal]
+    try:
+        answers = resolver(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ResolutionFailed(f"cannot resolve {host!r}: {exc}") from None
+    addresses: list[IPAddress] = []
+    for family, _type, _proto, _canon, sockaddr in answers:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            raise UnsafeDestination(f"destination {host!r} resolves to a non-IP address")
+        address = _parse_answer(host, str(sockaddr[0]))
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise ResolutionFailed(f"cannot resolve {host!r}: no addresses")
+    return addresses
+
+
+def _parse_answer(host: str, text: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        raise UnsafeDestination(f"destination {host!r} resolves to an invalid address") from None
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return _inet_aton(host)
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """IPv4 in the legacy `inet_aton` forms: 1-4 parts, each decimal, 0-octal or 0x-hex.
+
+    The last part fills the remaining bytes: `127.1` is 127.0.0.1, `2130706433` is
+    127.0.0.1. None when `host` is not such a number (then it is a name).
+    """
+    parts = host.removesuffix(".").split(".") if host.endswith(".") else host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values = [_inet_aton_part(part) for part in parts]
+    if any(value is None for value in values):
+        return None
+    *head, last = values
+    if any(value > 0xFF for value in head) or last >= 1 << (8 * (5 - len(values))):
+        return None
+    number = 0
+    for value in head:
+        number = number << 8 | value
+    return ipaddress.IPv4Address(number << (8 * (5 - len(values))) | last)
+
+
+def _inet_aton_part(part: str) -> int | None:
+    try:
+        if part[:2] in ("0x", "0X"):
+            return int(part[2:], 16) if part[2:] else 0
+        if len(part) > 1 and part.startswith("0"):
+            return int(part, 8)
+        return int(part, 10) if part.isdigit() else None
+    except ValueError:
+        return None

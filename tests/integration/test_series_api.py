@@ -1,0 +1,298 @@
+"""The series API and its policies, through the tasks and recurrence functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from sqlalchemy import text
+from sqlmodel import SQLModel, select
+
+from duetide import db, events
+from duetide.models import Outbox
+from tests.integration.conftest import auth_headers, function_client
+
+
+class Bus:
+    """Stands in for Kafka + the KafkaSource: delivers the outbox's task.completed events."""
+
+    def __init__(self) -> None:
+        self.recurrence = function_client("recurrence")
+
+    def completed_events(self) -> list[tuple[str, dict[str, Any]]]:
+        with db.session_scope() as session:
+            rows = session.exec(
+                select(Outbox)
+                .where(Outbox.type == events.TASK_COMPLETED)
+                .order_by(Outbox.created_at)
+            ).all()
+            return [(row.id, row.data) for row in rows]
+
+    def deliver(self, event_id: str, data: dict[str, Any]) -> None:
+        event = events.build(
+            event_id=event_id, type=events.TASK_COMPLETED, source=events.SOURCE_TASKS,
+            subject=data["task_id"], data=data,
+        )  # fmt: skip
+        headers, body = events.to_http(event)
+        response = self.recurrence.post("/", headers=headers, data=body)
+        assert response.status_code == 200, response.json
+
+    def flush(self) -> None:
+        for event_id, data in self.completed_events():
+            self.deliver(event_id, data)
+
+
+@pytest.fixture
+def bus(env) -> Bus:
+    return Bus()
+
+
+def recurring(client, headers, **recurrence: Any) -> dict[str, Any]:
+    due = recurrence.pop("due_at", "2026-01-05T09:00:00+01:00")
+    response = client.post(
+        "/tasks",
+        json={
+            "title": "r",
+            "due_at": due,
+            "recurrence": {"timezone": "Europe/Berlin", **recurrence},
+        },
+        headers=headers,
+    )
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def open_occurrences(client, headers, series_id: str) -> list[dict[str, Any]]:
+    url = f"/tasks?series_id={series_id}&status=open"
+    return client.get(url, headers=headers).json["items"]
+
+
+def history(client, headers, series_id: str) -> list[tuple[int, str, str]]:
+    items = client.get(f"/series/{series_id}/history", headers=headers).json["items"]
+    return [(e["index"], e["scheduled_at"], e["outcome"]) for e in items]
+
+
+def complete_open(client, headers, bus: Bus, series_id: str) -> None:
+    (task,) = open_occurrences(client, headers, series_id)
+    client.post(f"/tasks/{task['id']}/complete", headers=headers)
+    bus.flush()
+
+
+def test_friendly_input_is_shown_back_as_rrule(client, alice):
+    task = recurring(client, alice, frequency="weekly", interval=2, weekdays=["MO", "WE"], count=10)
+    shown = client.get(f"/series/{task['series_id']}", headers=alice).json
+    assert shown["rrule"] == "FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,WE;COUNT=10"
+    assert shown["status"] == "active" and shown["timezone"] == "Europe/Berlin"
+    listed = client.get("/series", headers=alice).json["items"]
+    assert [s["id"] for s in listed] == [task["series_id"]]
+
+
+@pytest.mark.parametrize(
+    ("recurrence", "fragment"),
+    [
+        ({"rrule": "FREQ=FORTNIGHTLY"}, "FREQ"),
+        ({"rrule": "FREQ=DAILY;COUNT=3;UNTIL=20270101T000000Z"}, "COUNT"),
+        ({"rrule": "FREQ=DAILY", "timezone": "Mars/Olympus"}, "Mars/Olympus"),
+        ({"rrule": "FREQ=MONTHLY;BYMONTH=2;BYMONTHDAY=30"}, "occurrence"),
+        ({"rrule": "FREQ=DAILY;COUNT=1000000"}, "COUNT"),
+        ({"frequency": "weekly", "weekdays": ["XX"]}, "XX"),
+    ],
+)
+def test_invalid_rules_are_422_naming_the_problem(client, alice, recurrence, fragment):
+    body = {"title": "x", "due_at": "2026-01-05T09:00:00Z", "recurrence": recurrence}
+    response = client.post("/tasks", json=body, headers=alice)
+    assert response.status_code == 422, response.json
+    assert fragment in response.json["error"]["message"]
+    assert client.get("/tasks", headers=alice).json["items"] == []
+
+
+def test_monthly_31st_clamp_through_the_system(client, alice, bus):
+    task = recurring(
+        client, alice, rrule="FREQ=MONTHLY", month_end="clamp", due_at="2026-01-31T09:00:00+01:00"
+    )
+    dues = [task["due_at"]]
+    for _ in range(3):
+        complete_open(client, alice, bus, task["series_id"])
+        dues.append(open_occurrences(client, alice, task["series_id"])[0]["due_at"])
+    assert dues == [
+        "2026-01-31T09:00:00+01:00",
+        "2026-02-28T09:00:00+01:00",
+        "2026-03-31T09:00:00+02:00",
+        "2026-04-30T09:00:00+02:00",
+    ]
+
+
+def test_pause_holds_the_series_and_resume_continues_it(client, alice, bus):
+    series_id = recurring(client, alice, rrule="FREQ=DAILY")["series_id"]
+    assert client.post(f"/series/{series_id}/pause", headers=alice).json["status"] == "paused"
+    complete_open(client, alice, bus, series_id)
+    assert open_occurrences(client, alice, series_id) == []
+    resumed = client.post(f"/series/{series_id}/resume", headers=alice)
+    assert resumed.json["status"] == "active"
+    (following,) = open_occurrences(client, alice, series_id)
+    assert following["due_at"] == "2026-01-06T09:00:00+01:00"
+    bus.flush()  # the completion event again, now that the series is active: no copy
+    assert len(open_occurrences(client, alice, series_id)) == 1
+
+
+def test_skip_replaces_the_open_occurrence_and_is_recorded(client, alice, bus):
+    series_id = recurring(client, alice, rrule="FREQ=WEEKLY")["series_id"]
+    response = client.post(f"/series/{series_id}/skip", headers=alice)
+    assert response.status_code == 200
+    (following,) = open_occurrences(client, alice, series_id)
+    assert following["due_at"] == "2026-01-12T09:00:00+01:00"
+    complete_open(client, alice, bus, series_id)
+    assert history(client, alice, series_id) == [
+        (0, "2026-01-05T09:00:00+01:00", "skipped"),
+        (1, "2026-01-12T09:00:00+01:00", "completed"),
+        (2, "2026-01-19T09:00:00+01:00", "open"),
+    ]
+
+
+def test_next_future_catch_up_records_missed_occurrences(client, alice, bus):
+    series_id = recurring(
+        client, alice, rrule="FREQ=DAILY", catch_up="next_future", due_at="2020-01-01T09:00:00Z"
+    )["series_id"]
+    complete_open(client, alice, bus, series_id)
+    (following,) = open_occurrences(client, alice, series_id)
+    outcomes = [outcome for _, _, outcome in history(client, alice, series_id)]
+    assert outcomes[0] == "completed" and outcomes[-1] == "open"
+    assert set(outcomes[1:-1]) == {"missed"} and len(outcomes) > 2000
+    series = client.get(f"/series/{series_id}", headers=alice).json
+    assert series["last_scheduled_at"] == following["due_at"]
+
+
+def test_patch_changes_the_rule_from_the_next_occurrence_on(client, alice, bus):
+    series_id = recurring(client, alice, rrule="FREQ=DAILY")["series_id"]
+    complete_open(client, alice, bus, series_id)  # open: Jan 6
+    response = client.patch(
+        f"/series/{series_id}",
+        json={"recurrence": {"rrule": "FREQ=WEEKLY", "timezone": "Europe/Berlin"}, "title": "new"},
+        headers=alice,
+    )
+    assert response.status_code == 200, response.json
+    assert response.json["rrule"] == "FREQ=WEEKLY"
+    (current,) = open_occurrences(client, alice, series_id)
+    assert current["due_at"] == "2026-01-06T09:00:00+01:00"  # the open one stays
+    forecast = client.get(f"/series/{series_id}/occurrences?count=2", headers=alice).json["items"]
+    assert forecast == ["2026-01-06T09:00:00+01:00", "2026-01-13T09:00:00+01:00"]
+    complete_open(client, alice, bus, series_id)
+    (following,) = open_occurrences(client, alice, series_id)
+    assert following["due_at"] == "2026-01-13T09:00:00+01:00"
+    assert following["title"] == "new"
+    assert [i for i, _, _ in history(client, alice, series_id)] == [0, 1, 2]
+
+
+def test_end_keeps_history_and_stops_the_series(client, alice, bus):
+    series_id = recurring(client, alice, rrule="FREQ=DAILY")["series_id"]
+    assert client.delete(f"/series/{series_id}", headers=alice).status_code == 204
+    complete_open(client, alice, bus, series_id)
+    assert open_occurrences(client, alice, series_id) == []
+    assert client.get(f"/series/{series_id}", headers=alice).json["status"] == "ended"
+    assert history(client, alice, series_id)[0][2] == "completed"
+    assert client.post(f"/series/{series_id}/skip", headers=alice).status_code == 409
+
+
+def test_reopen_withdraws_the_open_successor_and_refuses_history_edits(client, alice, bus):
+    first = recurring(client, alice, rrule="FREQ=DAILY")
+    series_id = first["series_id"]
+    complete_open(client, alice, bus, series_id)
+    reopened = client.post(f"/tasks/{first['id']}/reopen", headers=alice)
+    assert reopened.status_code == 200
+    assert [t["id"] for t in open_occurrences(client, alice, series_id)] == [first["id"]]
+    complete_open(client, alice, bus, series_id)  # completes the first again
+    complete_open(client, alice, bus, series_id)  # and its successor
+    refused = client.post(f"/tasks/{first['id']}/reopen", headers=alice)
+    assert refused.status_code == 409
+    assert len(open_occurrences(client, alice, series_id)) == 1
+
+
+def test_series_of_another_user_is_not_found(client, alice, bob):
+    series_id = recurring(client, alice, rrule="FREQ=DAILY")["series_id"]
+    for method, path in [
+        ("get", ""), ("patch", ""), ("delete", ""), ("get", "/occurrences"),
+        ("get", "/history"), ("post", "/pause"), ("post", "/resume"), ("post", "/skip"),
+    ]:  # fmt: skip
+        kwargs = {"json": {"title": "x"}} if method == "patch" else {}
+        response = getattr(client, method)(f"/series/{series_id}{path}", headers=bob, **kwargs)
+        assert response.status_code == 404, (method, path)
+    assert client.get("/series", headers=bob).json["items"] == []
+    assert client.get(f"/series/{series_id}", headers=alice).json["status"] == "active"
+
+
+class SeriesMachine(RuleBasedStateMachine):
+    """Any interleaving of user actions and (duplicated, late) events keeps a series sane:
+    at most one open occurrence, and a history that is strictly numbered and dated."""
+
+    @initialize()
+    def start(self) -> None:
+        with db.session_scope() as session:
+            for table in reversed(SQLModel.metadata.sorted_tables):
+                session.exec(text(f"DELETE FROM {table.name}"))
+        self.client = function_client("tasks")
+        self.headers = auth_headers("alice")
+        self.bus = Bus()
+        self.series_id = recurring(self.client, self.headers, rrule="FREQ=DAILY;COUNT=30")[
+            "series_id"
+        ]
+
+    def _open(self) -> list[dict[str, Any]]:
+        return open_occurrences(self.client, self.headers, self.series_id)
+
+    @rule()
+    def complete(self) -> None:
+        for task in self._open():
+            self.client.post(f"/tasks/{task['id']}/complete", headers=self.headers)
+
+    @rule()
+    def deliver_all(self) -> None:
+        self.bus.flush()
+
+    @rule(pick=st.integers(0, 1000))
+    def deliver_one_late_or_again(self, pick: int) -> None:
+        seen = self.bus.completed_events()
+        if seen:
+            self.bus.deliver(*seen[pick % len(seen)])
+
+    @rule(pick=st.integers(0, 1000))
+    def reopen_one(self, pick: int) -> None:
+        items = self.client.get(
+            f"/tasks?series_id={self.series_id}&status=done", headers=self.headers
+        ).json["items"]
+        if items:
+            response = self.client.post(
+                f"/tasks/{items[pick % len(items)]['id']}/reopen", headers=self.headers
+            )
+            assert response.status_code in (200, 409)
+
+    @rule(action=st.sampled_from(["skip", "pause", "resume"]))
+    def series_action(self, action: str) -> None:
+        response = self.client.post(f"/series/{self.series_id}/{action}", headers=self.headers)
+        assert response.status_code in (200, 409), response.json
+
+    @invariant()
+    def at_most_one_open_occurrence(self) -> None:
+        assert len(self._open()) <= 1
+
+    @invariant()
+    def history_is_consistent(self) -> None:
+        entries = history(self.client, self.headers, self.series_id)
+        indexes = [i for i, _, _ in entries]
+        assert indexes == sorted(set(indexes)), entries
+        times = [at for _, at, _ in entries]
+        assert times == sorted(times), entries
+        assert [o for _, _, o in entries].count("open") <= 1
+
+
+def test_series_state_machine(env):
+    machine = SeriesMachine.TestCase
+    machine.settings = settings(
+        max_examples=15,
+        stateful_step_count=12,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    machine().runTest()
