@@ -2,24 +2,23 @@
 
 import functions_framework
 from flask import Request, Response
-from sqlmodel import Session
 
 from duetide import entry, events
 from duetide import notify as notifier
 from duetide.models import utcnow
-from duetide.sink import Incoming, cloudevent_sink
+from duetide.sink import Incoming, event_endpoint
 
 entry.start("notify")
 
 
-def on_due(session: Session | None, event: Incoming) -> None:
-    assert session is not None
-    notifier.deliver(session, events.ReminderEvent.model_validate(event.data), utcnow())
+def on_due(event: Incoming) -> str:
+    due = events.ReminderEvent.model_validate(event.data)
+    return notifier.deliver(event.source, event.id, due, utcnow())
 
 
-_sink = cloudevent_sink("notify", on_due, frozenset({events.REMINDER_DUE}))
+_endpoint = event_endpoint(frozenset({events.REMINDER_DUE}), on_due)
 
 
 @functions_framework.http
 def notify(request: Request) -> Response:
-    return _sink(request)
+    return _endpoint(request)

@@ -6,19 +6,20 @@ from sqlmodel import Session
 
 from duetide import entry, events, series
 from duetide.models import utcnow
-from duetide.sink import Incoming, cloudevent_sink
+from duetide.sink import Incoming, event_endpoint, exactly_once
 
 entry.start("recurrence")
 
 
-def on_completed(session: Session | None, event: Incoming) -> list[str]:
-    assert session is not None
+def on_completed(session: Session, event: Incoming) -> list[str]:
     return series.materialise_next(session, events.TaskEvent.model_validate(event.data), utcnow())
 
 
-_sink = cloudevent_sink("recurrence", on_completed, frozenset({events.TASK_COMPLETED}))
+_endpoint = event_endpoint(
+    frozenset({events.TASK_COMPLETED}), exactly_once("recurrence", on_completed)
+)
 
 
 @functions_framework.http
 def recurrence(request: Request) -> Response:
-    return _sink(request)
+    return _endpoint(request)

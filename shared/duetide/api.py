@@ -11,7 +11,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, Rule
 
-from duetide import auth, commands, db, outbox, series, tasks
+from duetide import auth, commands, db, outbox, preferences, reminder_actions, series, tasks
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound
 from duetide.http import guarded, json_response, parse_model, read_json
@@ -19,8 +19,10 @@ from duetide.models import Notification, utcnow
 from duetide.schemas import (
     ForecastQuery,
     PageQuery,
+    PreferencesUpdate,
     ReminderIn,
     SeriesUpdate,
+    SnoozeIn,
     TaskCreate,
     TaskQuery,
     TaskUpdate,
@@ -49,6 +51,11 @@ ROUTES = Map(
         Rule("/series/<series_id>/resume", methods=["POST"], endpoint="resume_series"),
         Rule("/series/<series_id>/skip", methods=["POST"], endpoint="skip_series"),
         Rule("/notifications", methods=["GET"], endpoint="notifications"),
+        Rule("/preferences", methods=["GET"], endpoint="get_preferences"),
+        Rule("/preferences", methods=["PATCH"], endpoint="update_preferences"),
+        Rule("/reminders/upcoming", methods=["GET"], endpoint="upcoming_reminders"),
+        Rule("/reminders/<reminder_id>/snooze", methods=["POST"], endpoint="snooze_reminder"),
+        Rule("/reminders/<reminder_id>/dismiss", methods=["POST"], endpoint="dismiss_reminder"),
         Rule("/commands", methods=["POST"], endpoint="commands"),
     ],
     strict_slashes=False,
@@ -190,6 +197,35 @@ def forecast(request: Request, user: str, series_id: str) -> Response:
         return json_response({"items": series.forecast(found, query.count)})
 
 
+def get_preferences(request: Request, user: str) -> Response:
+    with db.session_scope() as session:
+        return json_response(preferences.preference_out(preferences.load(session, user)))
+
+
+def update_preferences(request: Request, user: str) -> Response:
+    spec = parse_model(PreferencesUpdate, _body(request))
+    with db.session_scope() as session:
+        return json_response(preferences.preference_out(preferences.update(session, user, spec)))
+
+
+def upcoming_reminders(request: Request, user: str) -> Response:
+    query = parse_model(PageQuery, _query(request))
+    with db.session_scope() as session:
+        return json_response({"items": reminder_actions.upcoming(session, user, query.limit)})
+
+
+def snooze_reminder(request: Request, user: str, reminder_id: str) -> Response:
+    spec = parse_model(SnoozeIn, _body(request))
+    with db.session_scope() as session:
+        reminder = reminder_actions.snooze(session, user, reminder_id, spec, utcnow())
+        return json_response(reminder_out(reminder))
+
+
+def dismiss_reminder(request: Request, user: str, reminder_id: str) -> Response:
+    with db.session_scope() as session:
+        return json_response(reminder_out(reminder_actions.dismiss(session, user, reminder_id)))
+
+
 def notifications(request: Request, user: str) -> Response:
     query = parse_model(PageQuery, _query(request))
     offset = _offset_cursor(query.cursor)
@@ -247,6 +283,11 @@ ENDPOINTS: dict[str, Callable[..., Response]] = {
         "skip_series",
         "forecast",
         "notifications",
+        "get_preferences",
+        "update_preferences",
+        "upcoming_reminders",
+        "snooze_reminder",
+        "dismiss_reminder",
     )
 }
 

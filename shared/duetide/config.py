@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     )
     duetide_reminder_grace_s: int = Field(3600, ge=0)
     duetide_sweep_batch: int = Field(500, ge=1, le=10_000)
+    duetide_allow_loopback_webhooks: bool = Field(
+        False, description="Local development only: let webhooks target 127.0.0.1/::1."
+    )
+    duetide_smtp_host: str = ""
+    duetide_smtp_port: int = Field(587, ge=1, le=65535)
+    duetide_smtp_starttls: bool = True
+    duetide_smtp_username: str = ""
+    duetide_smtp_password: str = ""
+    duetide_smtp_sender: str = "duetide@localhost"
 
     @field_validator("database_url")
     @classmethod

@@ -184,6 +184,28 @@ class Reminder(SQLModel, table=True):
     created_at: datetime = _created()
 
 
+class Preference(SQLModel, table=True):
+    """A user's reminder preferences; absent means the defaults of `preferences.DEFAULTS`."""
+
+    __tablename__ = "preference"
+
+    owner: str = Field(primary_key=True, max_length=255)
+    timezone: str = Field(default="UTC", max_length=64)
+    default_reminders: list[int] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    channels: list[str] = Field(
+        default_factory=lambda: ["log"], sa_column=Column(JSON, nullable=False)
+    )
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_secret: str | None = Field(default=None, max_length=128)
+    email: str | None = Field(default=None, max_length=320)
+    quiet_start: str | None = Field(default=None, max_length=5)
+    quiet_end: str | None = Field(default=None, max_length=5)
+    grace_s: int | None = None
+    updated_at: datetime = _created()
+
+
 class Notification(SQLModel, table=True):
     """One delivery on one channel; unique per reminder firing so a redelivery is a no-op."""
 
@@ -200,6 +222,9 @@ class Notification(SQLModel, table=True):
     channel: str = Field(max_length=16)
     scheduled_at: datetime = _utc(nullable=False)
     delivered_at: datetime = _created()
+    # "delivered", or "failed" when the channel refused it for good (a 4xx, an unsafe URL).
+    status: str = Field(default="delivered", max_length=16)
+    detail: str = Field(default="", max_length=255)
 
 
 class Outbox(SQLModel, table=True):

@@ -1,7 +1,10 @@
 """Deliver `reminder.due` on the user's channels and record each delivery once.
 
-The record is unique per (reminder, scheduled time, channel): a redelivered event
-finds it and does not notify again.
+Each channel's delivery is recorded in its own transaction, unique per (reminder,
+scheduled time, channel): a redelivered event skips the channels already done and
+retries only the ones that failed for a transient reason. A webhook receiver can
+deduplicate the remaining window (sent, then crashed before the record) by the
+`Idempotency-Key` header. The database transaction never spans a network call.
 """
 
 from __future__ import annotations
@@ -9,56 +12,136 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
+from typing import Any
 
-from sqlmodel import Session, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
 
-from duetide import events
-from duetide.models import Notification
+from duetide import channels, db, events, preferences
+from duetide.config import get_settings
+from duetide.errors import Unavailable
+from duetide.models import Notification, Preference, ProcessedEvent, Reminder
 
 log = logging.getLogger("duetide.notify")
 
-DEFAULT_CHANNELS = ("log",)
+CONSUMER = "notify"
 
 
-def deliver_log(notification: Notification) -> None:
+def deliver_log(due: events.ReminderEvent) -> channels.DeliveryResult:
     """One structured line; ids only, no titles or other personal data."""
     log.info(
         json.dumps(
             {
                 "event": "notification.delivered",
-                "channel": notification.channel,
-                "notification_id": notification.id,
-                "reminder_id": notification.reminder_id,
-                "task_id": notification.task_id,
-                "scheduled_at": notification.scheduled_at.isoformat(),
+                "channel": "log",
+                "reminder_id": due.reminder_id,
+                "task_id": due.task_id,
+                "scheduled_at": due.scheduled_at.isoformat(),
             }
         )
     )
+    return channels.DeliveryResult(ok=True, status=None, attempts=1)
 
 
-def deliver(session: Session, due: events.ReminderEvent, now: datetime) -> int:
-    """Record and deliver on each channel not yet delivered; returns how many were new."""
-    delivered = 0
-    for channel in DEFAULT_CHANNELS:
-        exists = session.exec(
-            select(Notification.id).where(
-                Notification.reminder_id == due.reminder_id,
-                Notification.scheduled_at == due.scheduled_at,
-                Notification.channel == channel,
-            )
-        ).first()
-        if exists:
-            continue
-        notification = Notification(
-            owner=due.owner,
-            reminder_id=due.reminder_id,
-            task_id=due.task_id,
-            channel=channel,
-            scheduled_at=due.scheduled_at,
-            delivered_at=now,
+def _payload(due: events.ReminderEvent) -> dict[str, Any]:
+    return {
+        "type": events.REMINDER_DUE,
+        "reminder_id": due.reminder_id,
+        "task_id": due.task_id,
+        "title": due.title,
+        "due_at": due.due_at.isoformat() if due.due_at else None,
+        "scheduled_at": due.scheduled_at.isoformat(),
+    }
+
+
+def send(channel: str, due: events.ReminderEvent, pref: Preference) -> channels.DeliveryResult:
+    settings = get_settings()
+    if channel == "webhook" and pref.webhook_url and pref.webhook_secret:
+        return channels.deliver_webhook(
+            pref.webhook_url,
+            _payload(due),
+            secret=pref.webhook_secret.encode(),
+            idempotency_key=f"{due.reminder_id}:{due.scheduled_at.isoformat()}",
+            allow_loopback=settings.duetide_allow_loopback_webhooks,
         )
-        session.add(notification)
-        session.flush()
-        deliver_log(notification)
-        delivered += 1
-    return delivered
+    if channel == "email" and pref.email and settings.duetide_smtp_host:
+        due_text = due.due_at.isoformat() if due.due_at else "no due time"
+        return channels.deliver_email(
+            host=settings.duetide_smtp_host,
+            port=settings.duetide_smtp_port,
+            sender=settings.duetide_smtp_sender,
+            to=pref.email,
+            subject=f"Reminder: {due.title}"[:200],
+            body=f"{due.title}\n\nDue: {due_text}\n",
+            starttls=settings.duetide_smtp_starttls,
+            username=settings.duetide_smtp_username or None,
+            password=settings.duetide_smtp_password or None,
+        )
+    if channel == "log":
+        return deliver_log(due)
+    return channels.DeliveryResult(
+        ok=False, status=None, attempts=0, error=f"{channel} channel is not configured"
+    )
+
+
+def _current(reminder: Reminder | None, due: events.ReminderEvent) -> bool:
+    """Is this firing still wanted? Not if dismissed, snoozed since, or gone with its task."""
+    if reminder is None or reminder.owner != due.owner or reminder.state == "dismissed":
+        return False
+    return reminder.fire_at == due.scheduled_at
+
+
+def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: datetime) -> str:
+    """Deliver on every channel not yet done; 503 (retry) if one failed transiently."""
+    with db.session_scope() as session:
+        if session.get(ProcessedEvent, (CONSUMER, event_source, event_id)) is not None:
+            return "duplicate"
+        if not _current(session.get(Reminder, due.reminder_id), due):
+            return "obsolete"
+        pref = preferences.load(session, due.owner)
+        done = set(
+            session.exec(
+                select(Notification.channel).where(
+                    Notification.reminder_id == due.reminder_id,
+                    Notification.scheduled_at == due.scheduled_at,
+                )
+            ).all()
+        )
+    transient = []
+    for channel in pref.channels:
+        if channel in done:
+            continue
+        result = send(channel, due, pref)
+        if not result.ok and result.retryable:
+            transient.append(channel)
+            continue
+        _record(due, channel, result, now)
+    if transient:
+        raise Unavailable(f"delivery failed on {', '.join(transient)}; retry later")
+    with db.session_scope() as session:
+        session.merge(ProcessedEvent(consumer=CONSUMER, source=event_source, event_id=event_id))
+    return "processed"
+
+
+def _record(due: events.ReminderEvent, channel: str, result: Any, now: datetime) -> None:
+    if not result.ok:
+        log.warning(
+            "delivery failed for good",
+            extra={"channel": channel, "reminder_id": due.reminder_id, "status": result.status},
+        )
+    try:
+        with db.session_scope() as session:
+            session.add(
+                Notification(
+                    owner=due.owner,
+                    reminder_id=due.reminder_id,
+                    task_id=due.task_id,
+                    channel=channel,
+                    scheduled_at=due.scheduled_at,
+                    delivered_at=now,
+                    status="delivered" if result.ok else "failed",
+                    detail=(result.error or "")[:255],
+                )
+            )
+    except IntegrityError:
+        pass  # a concurrent delivery of the same firing recorded it first

@@ -143,6 +143,49 @@ class SeriesUpdate(RequestModel):
         return value
 
 
+ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+Channel = Literal["log", "webhook", "email"]
+
+
+class QuietHours(RequestModel):
+    start: ClockTime
+    end: ClockTime
+
+
+class PreferencesUpdate(RequestModel):
+    """Reminder preferences; a field left out keeps its value, `null` clears it."""
+
+    timezone: Annotated[str, StringConstraints(max_length=64)] | None = None
+    default_reminders: list[timedelta] | None = Field(None, max_length=MAX_REMINDERS_PER_TASK)
+    channels: list[Channel] | None = Field(None, min_length=1, max_length=3)
+    webhook_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    email: Annotated[str, StringConstraints(max_length=320)] | None = None
+    quiet_hours: QuietHours | None = None
+    grace: timedelta | None = None
+
+    @field_validator("default_reminders")
+    @classmethod
+    def _offsets_in_range(cls, value: list[timedelta] | None) -> list[timedelta] | None:
+        for offset in value or []:
+            if not timedelta(0) <= offset <= timedelta(days=366):
+                raise ValueError("each default reminder must be between PT0S and P366D")
+        return value
+
+    @field_validator("grace")
+    @classmethod
+    def _grace_in_range(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and not timedelta(0) <= value <= timedelta(days=7):
+            raise ValueError("grace must be between PT0S and P7D")
+        return value
+
+
+class SnoozeIn(RequestModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    for_: timedelta | None = Field(None, alias="for")
+    until: AwareDatetime | None = None
+
+
 class TaskQuery(RequestModel):
     status: Literal["open", "done"] | None = None
     priority: Priority | None = None

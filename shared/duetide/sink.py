@@ -20,7 +20,7 @@ from cloudevents import exceptions as ce_errors
 from cloudevents.http import from_http
 from flask import Request, Response
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from duetide import db, outbox
 from duetide.config import get_settings
@@ -114,19 +114,15 @@ def _json_data(raw: Any) -> Any:
         raise InvalidCloudEvent("event data is not valid JSON") from None
 
 
-EventHandler = Callable[[Session | None, Incoming], list[str] | None]
+EventHandler = Callable[[Session, Incoming], list[str] | None]
+Process = Callable[[Incoming], str]
 
 
-def cloudevent_sink(
-    consumer: str, handler: EventHandler, accepts: frozenset[str], *, dedupe: bool = True
-) -> Handler:
-    """Wrap `handler` in the sink contract, with exactly-once effect per (source, id).
+def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
+    """The HTTP side of the sink contract around `process`, which returns a status word.
 
-    The handler runs in one transaction with the record of the event id, so a
-    redelivered event finds its id and changes nothing. It may return ids of
-    outbox rows to publish right after the commit. With `dedupe=False` (the sweep,
-    whose work is idempotent by its own claims) it gets no session and manages
-    its own transactions.
+    Events of other types get a 2xx no-op (a KafkaSource on a shared topic delivers
+    every type); data that does not fit its type's model is a 400.
     """
 
     @guarded
@@ -138,41 +134,43 @@ def cloudevent_sink(
         event = decode(request, get_settings().duetide_max_body_bytes)
         if event.type not in accepts:
             return json_response({"status": "ignored", "reason": f"type {event.type} not handled"})
-        if not dedupe:
-            published = handler(None, event)
-            if published:
-                outbox.publish_after_commit(published)
-            return json_response({"status": "processed"})
         try:
-            with db.session_scope(immediate=True) as session:
-                if _seen(session, consumer, event):
-                    return json_response({"status": "duplicate"})
-                published = handler(session, event)
-                session.add(
-                    ProcessedEvent(consumer=consumer, source=event.source, event_id=event.id)
-                )
-        except IntegrityError:
-            # A concurrent delivery of the same event committed first.
-            return json_response({"status": "duplicate"})
+            return json_response({"status": process(event)})
         except pydantic.ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(p) for p in first["loc"])
             raise InvalidCloudEvent(
                 f"invalid {event.type} data at {where}: {first['msg']}"
             ) from None
-        if published:
-            outbox.publish_after_commit(published)
-        return json_response({"status": "processed"})
 
     return endpoint
 
 
+def exactly_once(consumer: str, handler: EventHandler) -> Process:
+    """Run `handler` in one transaction with the record of the event's (source, id).
+
+    A redelivered event finds its id and changes nothing. The handler may return ids
+    of outbox rows to publish right after the commit.
+    """
+
+    def process(event: Incoming) -> str:
+        try:
+            with db.session_scope(immediate=True) as session:
+                if _seen(session, consumer, event):
+                    return "duplicate"
+                published = handler(session, event)
+                session.add(
+                    ProcessedEvent(consumer=consumer, source=event.source, event_id=event.id)
+                )
+        except IntegrityError:
+            return "duplicate"  # a concurrent delivery of the same event committed first
+        if published:
+            outbox.publish_after_commit(published)
+        return "processed"
+
+    return process
+
+
 def _seen(session: Session, consumer: str, event: Incoming) -> bool:
-    found = session.exec(
-        select(ProcessedEvent.event_id).where(
-            ProcessedEvent.consumer == consumer,
-            ProcessedEvent.source == event.source,
-            ProcessedEvent.event_id == event.id,
-        )
-    ).first()
+    found = session.get(ProcessedEvent, (consumer, event.source, event.id))
     return found is not None

@@ -10,14 +10,15 @@ fire each reminder exactly once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from duetide import db, events, outbox
-from duetide.models import ProcessedEvent, Reminder, Task
+from duetide import db, events, outbox, preferences
+from duetide.models import Preference, ProcessedEvent, Reminder, Task
+from duetide.quiet_hours import defer_for_quiet_hours
 from duetide.reminders import is_missed
 
 log = logging.getLogger("duetide.sweep")
@@ -27,18 +28,21 @@ PROCESSED_EVENT_TTL = timedelta(days=7)
 
 @dataclass
 class SweepResult:
+    seen: int = 0
     fired: int = 0
     missed: int = 0
+    deferred: int = 0
     batches: int = 0
-    outbox_ids: list[str] | None = None
+    outbox_ids: list[str] = field(default_factory=list)
 
 
-def claim_batch(
-    now: datetime, grace: timedelta, limit: int, engine: Engine | None = None
-) -> tuple[int, int, list[str]]:
-    """Claim up to `limit` due reminders in one transaction: (fired, missed, outbox ids)."""
-    fired = missed = 0
-    ids: list[str] = []
+def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> SweepResult:
+    """Claim up to `limit` due reminders in one transaction.
+
+    A reminder due inside its owner's quiet hours is moved to their end and stays
+    pending; one claimed later than the owner's grace period is reported missed.
+    """
+    result = SweepResult(batches=1)
     with db.session_scope(engine, immediate=True) as session:
         rows = session.exec(
             select(Reminder, Task)
@@ -52,41 +56,67 @@ def claim_batch(
             .limit(limit)
             .with_for_update(skip_locked=True, of=Reminder)
         ).all()
+        result.seen = len(rows)
+        prefs = _preferences(session, {task.owner for _, task in rows})
         for reminder, task in rows:
-            late = is_missed(reminder.fire_at, now, grace)
+            pref = prefs[task.owner]
+            window = preferences.quiet_window(pref)
+            if window is not None:
+                reminder.fire_at = defer_for_quiet_hours(reminder.fire_at, pref.timezone, *window)
+                if reminder.fire_at > now:
+                    session.add(reminder)  # deferred to the end of quiet hours
+                    result.deferred += 1
+                    continue
+            late = is_missed(reminder.fire_at, now, preferences.grace(pref))
             reminder.state, reminder.fired_at = ("missed" if late else "fired"), now
             session.add(reminder)
-            data = events.ReminderEvent(
-                reminder_id=reminder.id,
-                task_id=task.id,
-                owner=task.owner,
-                title=task.title,
-                due_at=task.due_at,
-                scheduled_at=reminder.fire_at,
-            ).model_dump(mode="json")
-            event_type = events.REMINDER_MISSED if late else events.REMINDER_DUE
-            row = outbox.record(
-                session, type=event_type, key=task.id, data=data, source=events.SOURCE_SWEEP
-            )
-            ids.append(row.id)
-            missed += late
-            fired += not late
-    return fired, missed, ids
-
-
-def sweep(now: datetime, grace: timedelta, batch: int, engine: Engine | None = None) -> SweepResult:
-    """Claim every due reminder, batch after batch, then relay unsent outbox rows."""
-    result = SweepResult(outbox_ids=[])
-    while True:
-        fired, missed, ids = claim_batch(now, grace, batch, engine)
-        result.fired, result.missed = result.fired + fired, result.missed + missed
-        result.batches += 1
-        result.outbox_ids.extend(ids)
-        if fired + missed < batch:
-            break
-    if result.fired or result.missed:
-        log.info("sweep claimed %d due, %d missed", result.fired, result.missed)
+            result.outbox_ids.append(_emit(session, reminder, task, late))
+            result.missed += late
+            result.fired += not late
     return result
+
+
+def _preferences(session: Session, owners: set[str]) -> dict[str, Preference]:
+    stored = session.exec(select(Preference).where(col(Preference.owner).in_(owners))).all()
+    found = {p.owner: p for p in stored}
+    return {owner: found.get(owner) or Preference(owner=owner) for owner in owners}
+
+
+def _emit(session: Session, reminder: Reminder, task: Task, late: bool) -> str:
+    data = events.ReminderEvent(
+        reminder_id=reminder.id,
+        task_id=task.id,
+        owner=task.owner,
+        title=task.title,
+        due_at=task.due_at,
+        scheduled_at=reminder.fire_at,
+    ).model_dump(mode="json")
+    event_type = events.REMINDER_MISSED if late else events.REMINDER_DUE
+    row = outbox.record(
+        session, type=event_type, key=task.id, data=data, source=events.SOURCE_SWEEP
+    )
+    return row.id
+
+
+def sweep(now: datetime, batch: int, engine: Engine | None = None) -> SweepResult:
+    """Claim every due reminder, batch after batch, until a batch comes back short."""
+    total = SweepResult()
+    while True:
+        claimed = claim_batch(now, batch, engine)
+        total.seen += claimed.seen
+        total.fired += claimed.fired
+        total.missed += claimed.missed
+        total.deferred += claimed.deferred
+        total.batches += 1
+        total.outbox_ids += claimed.outbox_ids
+        if claimed.seen < batch:
+            break
+    if total.seen:
+        log.info(
+            "sweep claimed reminders",
+            extra={"fired": total.fired, "missed": total.missed, "deferred": total.deferred},
+        )
+    return total
 
 
 def purge_processed(now: datetime, engine: Engine | None = None) -> None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, case, or_
 from sqlmodel import Session, col, select
 
-from duetide import events, reminders
+from duetide import events, preferences, reminders
 from duetide import series as series_rules
 from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from duetide.models import PRIORITIES, Reminder, Series, Task, TaskTag, utcnow
@@ -88,11 +88,19 @@ def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[s
         )
         session.add(series)
         task.series_id, task.occurrence_index, task.scheduled_at = series.id, 0, spec.due_at
-    for reminder in spec.reminders:
+    for reminder in _reminders_of(session, owner, spec):
         _add_reminder(task, reminder)
     session.add(task)
     session.flush()
     return task, [emit(session, task, events.TASK_CREATED)]
+
+
+def _reminders_of(session: Session, owner: str, spec: TaskCreate) -> list[ReminderIn]:
+    """The reminders asked for; without a `reminders` field, the user's defaults."""
+    if "reminders" in spec.model_fields_set or spec.due_at is None:
+        return spec.reminders
+    offsets = preferences.load(session, owner).default_reminders
+    return [ReminderIn(before_due=timedelta(seconds=s)) for s in offsets]
 
 
 def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tuple[Task, list[str]]:

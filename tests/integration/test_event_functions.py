@@ -238,13 +238,21 @@ def test_sweep_claims_due_reminders_once_and_never_early(client, alice, env):
     assert count(Outbox, Outbox.type == events.REMINDER_MISSED) == 1
 
 
+def due_reminder_event(client, alice, title: str = "secret title") -> dict[str, Any]:
+    """A reminder due now, claimed by a real sweep: the reminder.due data it wrote."""
+    at = (utcnow() - timedelta(seconds=1)).isoformat()
+    task = client.post("/tasks", json={"title": title, "reminders": [{"at": at}]}, headers=alice)
+    assert ping(function_client("sweep")).status_code == 200
+    with db.session_scope() as session:
+        row = session.exec(
+            select(Outbox).where(Outbox.type == events.REMINDER_DUE, Outbox.key == task.json["id"])
+        ).one()
+        return row.data
+
+
 def test_notify_delivers_once_per_firing_and_lists_it(client, alice, bob, env, caplog):
     notify = function_client("notify")
-    task = client.post("/tasks", json={"title": "secret title"}, headers=alice).json
-    data = events.ReminderEvent(
-        reminder_id=str(uuid.uuid4()), task_id=task["id"], owner="alice", title="secret title",
-        scheduled_at=utcnow(),
-    ).model_dump(mode="json")  # fmt: skip
+    data = due_reminder_event(client, alice)
     with caplog.at_level("INFO", logger="duetide.notify"):
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
         # The same firing redelivered under another event id: still one notification.
@@ -254,5 +262,17 @@ def test_notify_delivers_once_per_firing_and_lists_it(client, alice, bob, env, c
     assert "secret title" not in caplog.text
     assert count(Notification) == 1
     listed = client.get("/notifications", headers=alice).json["items"]
-    assert [(n["task_id"], n["channel"]) for n in listed] == [(task["id"], "log")]
+    assert [(n["task_id"], n["channel"]) for n in listed] == [(data["task_id"], "log")]
     assert client.get("/notifications", headers=bob).json["items"] == []
+
+
+def test_notify_skips_dismissed_snoozed_and_forged_firings(client, alice, env):
+    notify = function_client("notify")
+    dismissed = due_reminder_event(client, alice, "a")
+    client.post(f"/reminders/{dismissed['reminder_id']}/dismiss", headers=alice)
+    snoozed = due_reminder_event(client, alice, "b")
+    client.post(f"/reminders/{snoozed['reminder_id']}/snooze", json={"for": "PT1H"}, headers=alice)
+    forged = {**due_reminder_event(client, alice, "c"), "owner": "mallory"}
+    for data in (dismissed, snoozed, forged):
+        assert post(notify, events.REMINDER_DUE, data).json["status"] == "obsolete"
+    assert count(Notification) == 0
