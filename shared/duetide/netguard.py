@@ -68,6 +68,9 @@ BLOCKED_V6 = tuple(
 )
 LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+HEX_PART = re.compile(r"0[xX][0-9a-fA-F]*")
+OCTAL_PART = re.compile(r"0[0-7]+")
+DECIMAL_PART = re.compile(r"0|[1-9][0-9]*")
 HOSTNAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
 
 
@@ -118,7 +121,8 @@ def check_url(
     for address in addresses:
         problem = address_problem(address, allow_loopback=allow_loopback)
         if problem:
-            raise UnsafeDestination(f"destination {host!r} resolves to {address}: {problem}")
+            where = host if str(address) == host else f"{host} (resolved to {address})"
+            raise UnsafeDestination(f"destination {where} is not allowed: {problem}")
     return Target(url=url, scheme=scheme, host=host, port=port, address=str(addresses[0]))
 
 
@@ -236,7 +240,7 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     The last part fills the remaining bytes: `127.1` is 127.0.0.1, `2130706433` is
     127.0.0.1. None when `host` is not such a number (then it is a name).
     """
-    parts = host.removesuffix(".").split(".") if host.endswith(".") else host.split(".")
+    parts = host.removesuffix(".").split(".")
     if not 1 <= len(parts) <= 4:
         return None
     values = [_inet_aton_part(part) for part in parts]
@@ -252,11 +256,10 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
 
 
 def _inet_aton_part(part: str) -> int | None:
-    try:
-        if part[:2] in ("0x", "0X"):
-            return int(part[2:], 16) if part[2:] else 0
-        if len(part) > 1 and part.startswith("0"):
-            return int(part, 8)
-        return int(part, 10) if part.isdigit() else None
-    except ValueError:
-        return None
+    if HEX_PART.fullmatch(part):
+        return int(part[2:] or "0", 16)
+    if OCTAL_PART.fullmatch(part):
+        return int(part, 8)
+    if DECIMAL_PART.fullmatch(part):
+        return int(part, 10)
+    return None

@@ -52,9 +52,9 @@ _FREQS = {"YEARLY": YEARLY, "MONTHLY": MONTHLY, "WEEKLY": WEEKLY, "DAILY": DAILY
 _FREQS |= {"HOURLY": HOURLY, "MINUTELY": MINUTELY}
 _FREQ_NAMES = {value: name for name, value in _FREQS.items()}
 _WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
-_WEEKDAY_RE = re.compile(r"([+-]?)(\d{1,2})?(MO|TU|WE|TH|FR|SA|SU)")
+_WEEKDAY_RE = re.compile(r"([+-]?)([0-9]{1,2})?(MO|TU|WE|TH|FR|SA|SU)")
 _INT_RE = re.compile(r"[+-]?[0-9]{1,7}")
-_UNTIL_RE = re.compile(r"\d{8}(T\d{6}Z?)?")
+_UNTIL_RE = re.compile(r"[0-9]{8}(T[0-9]{6}Z?)?")
 _LAST_WALL = datetime(MAXYEAR, 12, 31, 23, 59, 59)
 
 
@@ -243,7 +243,7 @@ def _parse_rrule(text: str) -> _Parts:
     """Parse and check RRULE value text (RFC 5545 3.3.10 grammar, case-insensitive)."""
     values: dict[str, Any] = {}
     for item in filter(None, _rule_body(text).upper().split(";")):
-        name, _, value = item.partition("=")
+        name, _, value = (text.strip() for text in item.partition("="))
         if name not in _PARSERS or not value:
             raise RecurrenceError(f"cannot read RRULE part {item!r}")
         attribute, read = _PARSERS[name]
@@ -568,8 +568,7 @@ class _Expansion:
 
     def gap_source(self, at: datetime) -> datetime | None:
         """The nonexistent wall time that RFC 5545 3.3.5 shifts onto instant ``at``, if any."""
-        offset_before = (at - timedelta(days=1)).astimezone(self.zone).utcoffset()
-        assert offset_before is not None
+        offset_before = (at - timedelta(days=1)).astimezone(self.zone).utcoffset() or timedelta()
         candidate = (at + offset_before).replace(tzinfo=None)
         if candidate == _wall(at, self.zone) or _to_instant(candidate, self.zone) != at:
             return None
@@ -616,11 +615,9 @@ class _Expansion:
                 unit = "hours" if p.freq == HOURLY else "minutes"
                 return at + timedelta(**{unit: p.interval})
             day = _add_period(at.astimezone(self.zone).date(), p.freq, p.interval, self.month_end)
-            return (
-                None
-                if day is None
-                else _to_instant(datetime.combine(day, self.start_wall.time()), self.zone)
-            )
+            if day is None:
+                return None
+            return _to_instant(datetime.combine(day, self.start_wall.time()), self.zone)
         except OverflowError:
             return None
 
@@ -786,18 +783,23 @@ _FRIENDLY_PARTS: dict[str, tuple[str, type]] = {
 
 
 def _friendly_list(key: str, value: Any, kind: type) -> str:
+    """One value or a list as RRULE list text; text items are single tokens like MO or -1FR."""
     items = list(value) if isinstance(value, list | tuple) else [value]
-    if not items or any(isinstance(item, bool) or not isinstance(item, kind) for item in items):
-        expected = "an integer or a list of integers" if kind is int else "text or a list of text"
+    words = [str(item).strip().upper() for item in items]
+    wrong = [item for item in items if isinstance(item, bool) or not isinstance(item, kind)]
+    if not items or wrong or not all(re.fullmatch(r"[+-]?[0-9A-Z]+", word) for word in words):
+        expected = (
+            "an integer or a list of integers" if kind is int else "a word or a list of words"
+        )
         raise RecurrenceError(f"{key} must be {expected}")
-    return ",".join(str(item).strip().upper() for item in items)
+    return ",".join(words)
 
 
 def _friendly_until(value: Any) -> str:
     """RFC 3339 text or a datetime/date as UNTIL: aware -> UTC, naive -> floating, date -> date."""
     if isinstance(value, str):
         try:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value.strip()):
                 value = date.fromisoformat(value.strip())
             else:
                 value = datetime.fromisoformat(value.strip())
@@ -806,7 +808,7 @@ def _friendly_until(value: Any) -> str:
     if isinstance(value, datetime):
         if value.utcoffset() is None:
             return f"{value:%Y%m%dT%H%M%S}"
-        return f"{value.astimezone(UTC):%Y%m%dT%H%M%S}Z"
+        return f"{_instant(value, 'until'):%Y%m%dT%H%M%S}Z"
     if isinstance(value, date):
         return f"{value:%Y%m%d}"
     raise RecurrenceError("until must be an RFC 3339 date-time or a date")
