@@ -1,0 +1,302 @@
+"""Reminders as a guarantee: preferences, quiet hours, snooze, channels, concurrent sweeps."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+import uuid
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import insert
+from sqlmodel import select
+
+from duetide import channels, db, events
+from duetide.local.broker import free_loopback_port
+from duetide.models import Notification, Outbox, Reminder, Task, utcnow
+from duetide.sweep import sweep
+from tests.integration.conftest import _reset_caches, function_client
+from tests.integration.test_event_functions import post
+
+T0 = datetime.fromisoformat("2026-11-23T12:00:00+00:00")
+
+
+def reminder_states() -> dict[str, str]:
+    with db.session_scope() as session:
+        return {r.task_id: r.state for r in session.exec(select(Reminder)).all()}
+
+
+def due_events() -> list[dict[str, Any]]:
+    with db.session_scope() as session:
+        rows = session.exec(select(Outbox).where(Outbox.type == events.REMINDER_DUE)).all()
+        return [row.data for row in rows]
+
+
+def make_task(client, headers, **body: Any) -> dict[str, Any]:
+    response = client.post("/tasks", json={"title": "t", **body}, headers=headers)
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def test_preferences_defaults_update_and_validation(client, alice):
+    shown = client.get("/preferences", headers=alice).json
+    assert shown["channels"] == ["log"] and shown["timezone"] == "UTC"
+    assert shown["quiet_hours"] is None and shown["grace"] == "PT3600S"
+    changed = client.patch(
+        "/preferences",
+        json={"timezone": "Europe/Berlin", "default_reminders": ["PT15M", "P1D"],
+              "quiet_hours": {"start": "22:00", "end": "07:00"}, "grace": "PT10M"},
+        headers=alice,
+    )  # fmt: skip
+    assert changed.status_code == 200, changed.json
+    assert changed.json["default_reminders"] == ["PT900S", "PT86400S"]
+    assert changed.json["quiet_hours"] == {"start": "22:00", "end": "07:00"}
+    for bad in (
+        {"timezone": "Nowhere/City"},
+        {"quiet_hours": {"start": "25:00", "end": "07:00"}},
+        {"channels": ["pigeon"]},
+        {"channels": ["webhook"]},  # no webhook_url
+        {"webhook_url": "http://169.254.169.254/latest/meta-data"},
+        {"webhook_url": "http://127.0.0.1:9/hook"},
+        {"email": "a@b.c\r\nBcc: x@y.z"},
+    ):
+        response = client.patch("/preferences", json=bad, headers=alice)
+        assert response.status_code == 422, (bad, response.json)
+    assert client.get("/preferences", headers=alice).json == changed.json
+
+
+def test_default_reminders_apply_only_when_none_are_given(client, alice):
+    client.patch("/preferences", json={"default_reminders": ["PT15M"]}, headers=alice)
+    with_default = make_task(client, alice, due_at="2030-01-01T09:00:00Z")
+    assert [r["before_due"] for r in with_default["reminders"]] == ["PT900S"]
+    explicit_none = make_task(client, alice, due_at="2030-01-01T09:00:00Z", reminders=[])
+    assert explicit_none["reminders"] == []
+    no_due = make_task(client, alice)
+    assert no_due["reminders"] == []
+
+
+def test_quiet_hours_defer_to_their_end_in_the_users_zone(client, alice, env):
+    client.patch(
+        "/preferences",
+        json={"timezone": "Europe/Berlin", "quiet_hours": {"start": "22:00", "end": "07:00"}},
+        headers=alice,
+    )
+    # 23:30 Berlin (22:30 UTC) is inside the window: deferred to 07:00 Berlin = 06:00 UTC.
+    task = make_task(client, alice, reminders=[{"at": "2026-11-23T22:30:00Z"}])
+    sweep(datetime.fromisoformat("2026-11-23T22:31:00+00:00"), 100)
+    (reminder,) = client.get(f"/tasks/{task['id']}", headers=alice).json["reminders"]
+    assert reminder["state"] == "pending"
+    assert reminder["fire_at"] == "2026-11-24T06:00:00+00:00"
+    assert due_events() == []
+    sweep(datetime.fromisoformat("2026-11-24T06:00:01+00:00"), 100)
+    assert reminder_states() == {task["id"]: "fired"}
+    assert [e["scheduled_at"] for e in due_events()] == ["2026-11-24T06:00:00Z"]
+
+
+def test_snooze_rearms_and_dismiss_silences(client, alice, env):
+    task = make_task(client, alice, reminders=[{"at": "2026-11-23T11:59:00Z"}])
+    reminder_id = task["reminders"][0]["id"]
+    sweep(T0, 100)
+    snoozed = client.post(f"/reminders/{reminder_id}/snooze", json={"for": "PT10M"}, headers=alice)
+    assert snoozed.status_code == 200
+    assert snoozed.json["state"] == "pending"
+    upcoming = client.get("/reminders/upcoming", headers=alice).json["items"]
+    assert [u["id"] for u in upcoming] == [reminder_id]
+    for bad in ({"for": "-PT1M"}, {"for": "PT1M", "until": "2030-01-01T00:00:00Z"}, {}):
+        response = client.post(f"/reminders/{reminder_id}/snooze", json=bad, headers=alice)
+        assert response.status_code == 422, bad
+    client.post(f"/reminders/{reminder_id}/dismiss", headers=alice)
+    assert client.get("/reminders/upcoming", headers=alice).json["items"] == []
+    sweep(utcnow() + timedelta(hours=1), 100)
+    assert reminder_states() == {task["id"]: "dismissed"}
+
+
+def test_reminders_of_another_user_are_not_found(client, alice, bob):
+    task = make_task(client, alice, reminders=[{"at": "2030-01-01T00:00:00Z"}])
+    reminder_id = task["reminders"][0]["id"]
+    snooze = client.post(f"/reminders/{reminder_id}/snooze", json={"for": "PT5M"}, headers=bob)
+    assert snooze.status_code == 404
+    assert client.post(f"/reminders/{reminder_id}/dismiss", headers=bob).status_code == 404
+    assert client.get("/reminders/upcoming", headers=bob).json["items"] == []
+
+
+def test_clock_forward_fires_or_misses_once_and_back_fires_nothing(client, alice, env):
+    client.patch("/preferences", json={"grace": "PT1H"}, headers=alice)
+    times = [T0 + timedelta(minutes=m) for m in (0, 30, 150, 170, 200)]
+    tasks = [make_task(client, alice, reminders=[{"at": t.isoformat()}]) for t in times]
+    sweep(T0 - timedelta(minutes=1), 100)  # before any: nothing
+    assert set(reminder_states().values()) == {"pending"}
+    forward = T0 + timedelta(hours=3)  # the clock jumps three hours
+    sweep(forward, 100)
+    states = reminder_states()
+    expected = ["missed", "missed", "fired", "fired", "pending"]  # 1 h grace from 3 h later
+    assert [states[t["id"]] for t in tasks] == expected
+    sweep(T0, 100)  # the clock moves back: nothing again, nothing early
+    sweep(forward, 100)
+    assert reminder_states() == states
+    assert len(due_events()) == 2
+
+
+def _bulk_reminders(owner: str, count: int, at: datetime) -> None:
+    with db.session_scope() as session:
+        tasks = [{"id": str(uuid.uuid4()), "owner": owner, "title": "bulk", "description": "",
+                  "status": "open", "priority": 0, "created_at": at, "updated_at": at}
+                 for _ in range(count)]  # fmt: skip
+        session.execute(insert(Task), tasks)
+        session.execute(
+            insert(Reminder),
+            [{"id": str(uuid.uuid4()), "owner": owner, "task_id": t["id"], "at": at,
+              "fire_at": at, "state": "pending", "created_at": at} for t in tasks],
+        )  # fmt: skip
+
+
+def _sweep_in_child(database_url: str, now: str, queue: Any) -> None:
+    os.environ["DATABASE_URL"] = database_url
+    _reset_caches()
+    result = sweep(datetime.fromisoformat(now), 100)
+    queue.put(result.fired)
+
+
+def test_two_concurrent_sweeps_fire_each_of_1000_reminders_once(env):
+    _bulk_reminders("alice", 1000, T0 - timedelta(seconds=1))
+    if env.startswith("postgresql"):  # two processes, as two sweep replicas would be
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        workers = [
+            context.Process(target=_sweep_in_child, args=(env, T0.isoformat(), queue))
+            for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        fired = [queue.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+    else:  # SQLite: two threads against one file
+        fired = []
+        threads = [threading.Thread(target=lambda: fired.append(sweep(T0, 100).fired))
+                   for _ in range(2)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert sum(fired) == 1000
+    reminder_ids = [e["reminder_id"] for e in due_events()]
+    assert len(reminder_ids) == 1000 and len(set(reminder_ids)) == 1000
+    assert set(reminder_states().values()) == {"fired"}
+
+
+class Receiver(BaseHTTPRequestHandler):
+    script: list[int] = []
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.seen.append({"headers": dict(self.headers), "body": body})
+        status = Receiver.script.pop(0) if Receiver.script else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    Receiver.script, Receiver.seen = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DUETIDE_ALLOW_LOOPBACK_WEBHOOKS", "true")
+    _reset_caches()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+def claim_due(client, alice, title: str = "Pay rent") -> dict[str, Any]:
+    make_task(client, alice, title=title, reminders=[{"at": "2026-11-23T11:59:00Z"}])
+    sweep(T0, 100)
+    (data,) = [e for e in due_events() if e["title"] == title]
+    return data
+
+
+def test_webhook_is_signed_retried_and_not_repeated(client, alice, env, receiver):
+    prefs = client.patch(
+        "/preferences",
+        json={"webhook_url": receiver, "channels": ["webhook", "log"]},
+        headers=alice,
+    ).json
+    notify = function_client("notify")
+    data = claim_due(client, alice)
+    Receiver.script = [500, 500, 500]  # one delivery's attempts all fail: 503, retried later
+    first = post(notify, events.REMINDER_DUE, data, event_id="e1")
+    assert first.status_code == 503 and first.json["error"]["code"] == "unavailable"
+    second = post(notify, events.REMINDER_DUE, data, event_id="e1")  # Knative's retry
+    assert second.status_code == 200
+    assert post(notify, events.REMINDER_DUE, data, event_id="e1").json["status"] == "duplicate"
+    assert post(notify, events.REMINDER_DUE, data, event_id="e2").json["status"] == "processed"
+    assert len(Receiver.seen) == 4  # 3 failed attempts + 1 success, nothing after
+    keys = {r["headers"]["Idempotency-Key"] for r in Receiver.seen}
+    assert len(keys) == 1
+    last = Receiver.seen[-1]
+    assert channels.verify_signature(
+        prefs["webhook_secret"].encode(), last["headers"]["Duetide-Signature"], last["body"],
+        now=utcnow().timestamp(),
+    )  # fmt: skip
+    assert json.loads(last["body"])["title"] == "Pay rent"
+    with db.session_scope() as session:
+        delivered = session.exec(select(Notification.channel, Notification.status)).all()
+    assert sorted(delivered) == [("log", "delivered"), ("webhook", "delivered")]
+
+
+def test_webhook_refusal_is_recorded_as_failed_not_retried(client, alice, env, receiver):
+    client.patch(
+        "/preferences", json={"webhook_url": receiver, "channels": ["webhook"]}, headers=alice
+    )
+    Receiver.script = [410]
+    response = post(function_client("notify"), events.REMINDER_DUE, claim_due(client, alice))
+    assert response.status_code == 200
+    assert len(Receiver.seen) == 1
+    with db.session_scope() as session:
+        (row,) = session.exec(select(Notification)).all()
+    assert (row.channel, row.status) == ("webhook", "failed")
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+def test_email_goes_through_the_smtp_relay(client, alice, env, monkeypatch):
+    inbox = Inbox()
+    port = free_loopback_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        monkeypatch.setenv("DUETIDE_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("DUETIDE_SMTP_PORT", str(port))
+        monkeypatch.setenv("DUETIDE_SMTP_STARTTLS", "false")
+        _reset_caches()
+        client.patch(
+            "/preferences",
+            json={"email": "alice@example.org", "channels": ["email"]},
+            headers=alice,
+        )
+        data = claim_due(client, alice, title="Dentist")
+        response = post(function_client("notify"), events.REMINDER_DUE, data)
+        assert response.status_code == 200, response.json
+    finally:
+        controller.stop()
+    (message,) = inbox.messages
+    assert message.rcpt_tos == ["alice@example.org"]
+    assert b"Subject: Reminder: Dentist" in message.content
