@@ -11,7 +11,17 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, Rule
 
-from duetide import auth, commands, db, outbox, preferences, reminder_actions, series, tasks
+from duetide import (
+    auth,
+    commands,
+    db,
+    outbox,
+    preferences,
+    ratelimit,
+    reminder_actions,
+    series,
+    tasks,
+)
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound
 from duetide.http import guarded, json_response, parse_model, read_json
@@ -310,4 +320,6 @@ def handle(request: Request) -> Response:
     if endpoint == "commands":
         return commands.handle(request)
     user = auth.authenticate(request)
+    if request.method != "GET":
+        ratelimit.charge_write(user)
     return ENDPOINTS[endpoint](request, user, **args)

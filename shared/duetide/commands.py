@@ -15,7 +15,7 @@ from flask import Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from duetide import auth, db, events, outbox, tasks
+from duetide import auth, db, events, outbox, ratelimit, tasks
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent, Unauthorized
 from duetide.http import json_response, parse_model
@@ -51,6 +51,7 @@ def handle(request: Request) -> Response:
             f"{events.CMD_TASK_CREATE} or {events.CMD_TASK_COMPLETE}"
         )
     user = _user(request, event)
+    ratelimit.charge_write(user)
     payload = _payload(event)
     spec = parse_model(TaskCreate, payload.task) if event.type == events.CMD_TASK_CREATE else None
     key = {"consumer": CONSUMER, "source": f"{user}|{event.source}"[:512], "event_id": event.id}

@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 
 
 class ConfigError(RuntimeError):
@@ -33,7 +37,22 @@ class Settings(BaseSettings):
         "", description="Comma-separated host:port list; empty disables publishing (rows wait)."
     )
     duetide_jwt_secret: str = Field("", description="HS256 secret; generated into DUETIDE_HOME.")
-    duetide_auth: Literal["hs256", "jwks"] = "hs256"
+    duetide_auth: Literal["hs256", "jwks"] = Field(
+        "hs256", description="jwks in production; hs256 (shared secret) is the local opt-in."
+    )
+    duetide_jwks_url: str = ""
+    duetide_jwt_issuer: str = ""
+    duetide_jwt_audience: str = ""
+    duetide_jwt_algorithms_csv: str = Field(
+        "RS256,ES256,EdDSA", validation_alias="DUETIDE_JWT_ALGORITHMS"
+    )
+    # Knative's sender identity (OIDC) on the event endpoints; off when the audience is empty.
+    duetide_event_oidc_audience: str = ""
+    duetide_event_oidc_jwks_url: str = ""
+    duetide_event_oidc_issuer: str = ""
+    duetide_write_rate_per_minute: int = Field(
+        120, ge=0, description="Writes per user per minute before 429; 0 turns the limit off."
+    )
     duetide_log_level: str = "INFO"
     duetide_topic_task_events: str = "duetide-task-events"
     duetide_topic_reminders: str = "duetide-reminders"
@@ -61,6 +80,33 @@ class Settings(BaseSettings):
         if value.startswith(("postgresql://", "postgres://")):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
+
+    @field_validator("duetide_jwt_algorithms_csv")
+    @classmethod
+    def _asymmetric_only(cls, value: str) -> str:
+        algorithms = [a.strip() for a in value.split(",") if a.strip()]
+        unknown = sorted(set(algorithms) - ASYMMETRIC_ALGORITHMS)
+        if not algorithms or unknown:
+            raise ValueError(f"allowed: {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}")
+        return ",".join(algorithms)
+
+    @model_validator(mode="after")
+    def _jwks_is_complete(self) -> Settings:
+        if self.duetide_auth == "jwks":
+            missing = [
+                name.upper()
+                for name in ("duetide_jwks_url", "duetide_jwt_issuer", "duetide_jwt_audience")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"DUETIDE_AUTH=jwks needs {', '.join(missing)}")
+        if self.duetide_event_oidc_audience and not self.duetide_event_oidc_jwks_url:
+            raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE needs DUETIDE_EVENT_OIDC_JWKS_URL")
+        return self
+
+    @property
+    def duetide_jwt_algorithms(self) -> list[str]:
+        return self.duetide_jwt_algorithms_csv.split(",")
 
     @property
     def effective_database_url(self) -> str:

@@ -19,18 +19,24 @@ from duetide.config import get_settings
 
 
 def make_engine(url: str) -> Engine:
-    """An engine tuned per backend: WAL and a busy timeout on SQLite, a small pool on PG."""
+    """An engine tuned per backend: WAL and a busy timeout on SQLite, a small pool on PG.
+
+    `hide_parameters` keeps row values (titles, e-mail addresses) out of error messages
+    and logs.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own BEGIN handling defers locks; we issue BEGIN ourselves so a
         # claim can ask for BEGIN IMMEDIATE (session_scope(immediate=True)).
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True, hide_parameters=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -93,8 +93,8 @@ def guarded(handler: Handler) -> Handler:
             return error_response(err)
         except pydantic.ValidationError as exc:
             return error_response(validation_failed(exc))
-        except OperationalError:
-            log.exception("database unavailable")
+        except OperationalError as exc:
+            log.warning("database unavailable: %s", str(exc.orig)[:200])
             return error_response(
                 Unavailable("the database is unavailable; retry", headers={"Retry-After": "1"})
             )

@@ -245,6 +245,16 @@ class Outbox(SQLModel, table=True):
     attempts: int = 0
 
 
+class RateWindow(SQLModel, table=True):
+    """Writes per user per minute: a fixed-window counter shared by every replica."""
+
+    __tablename__ = "rate_window"
+
+    owner: str = Field(primary_key=True, max_length=255)
+    window: int = Field(primary_key=True)  # minutes since the epoch
+    count: int = 0
+
+
 class ProcessedEvent(SQLModel, table=True):
     """(consumer, source, id) of each CloudEvent whose effect has committed."""
 

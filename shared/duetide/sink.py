@@ -22,7 +22,7 @@ from flask import Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from duetide import db, outbox
+from duetide import auth, db, outbox
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent, MethodNotAllowed, UnsupportedMediaType
 from duetide.http import Handler, guarded, json_response, read_body
@@ -131,6 +131,9 @@ def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
             return json_response({"status": "ok"})
         if request.method != "POST":
             raise MethodNotAllowed("event sinks accept POST only", headers={"Allow": "POST"})
+        sender = auth.event_verifier()
+        if sender is not None:  # Knative's OIDC sender identity, when the cluster uses it
+            sender.claims(auth.bearer_token(request))
         event = decode(request, get_settings().duetide_max_body_bytes)
         if event.type not in accepts:
             return json_response({"status": "ignored", "reason": f"type {event.type} not handled"})

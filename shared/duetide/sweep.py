@@ -10,13 +10,14 @@ fire each reminder exactly once.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, col, select
 
-from duetide import db, events, outbox, preferences
+from duetide import db, events, outbox, preferences, ratelimit
 from duetide.models import Preference, ProcessedEvent, Reminder, Task
 from duetide.quiet_hours import defer_for_quiet_hours
 from duetide.reminders import is_missed
@@ -101,6 +102,7 @@ def _emit(session: Session, reminder: Reminder, task: Task, late: bool) -> str:
 def sweep(now: datetime, batch: int, engine: Engine | None = None) -> SweepResult:
     """Claim every due reminder, batch after batch, until a batch comes back short."""
     total = SweepResult()
+    started = time.perf_counter()
     while True:
         claimed = claim_batch(now, batch, engine)
         total.seen += claimed.seen
@@ -114,14 +116,21 @@ def sweep(now: datetime, batch: int, engine: Engine | None = None) -> SweepResul
     if total.seen:
         log.info(
             "sweep claimed reminders",
-            extra={"fired": total.fired, "missed": total.missed, "deferred": total.deferred},
+            extra={
+                "fired": total.fired,
+                "missed": total.missed,
+                "deferred": total.deferred,
+                "batches": total.batches,
+                "ms_per_batch": round((time.perf_counter() - started) * 1000 / total.batches, 1),
+            },
         )
     return total
 
 
 def purge_processed(now: datetime, engine: Engine | None = None) -> None:
-    """Forget processed-event ids older than any redelivery could be."""
+    """Forget processed-event ids older than any redelivery could be, and spent rate windows."""
     with db.session_scope(engine) as session:
+        ratelimit.purge(session, now)
         session.exec(
             delete(ProcessedEvent).where(
                 col(ProcessedEvent.processed_at) < now - PROCESSED_EVENT_TTL

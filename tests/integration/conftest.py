@@ -73,9 +73,11 @@ def env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 
 
 def _reset_caches() -> None:
-    from duetide import outbox
+    from duetide import auth, outbox
 
     get_settings.cache_clear()
+    auth.api_verifier.cache_clear()
+    auth.event_verifier.cache_clear()
     db.get_engine.cache_clear()
     outbox._publisher = None
 

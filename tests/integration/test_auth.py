@@ -1,0 +1,195 @@
+"""Production authentication: JWTs verified against a JWKS served on loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from tests.integration.conftest import _reset_caches, function_client
+from tests.integration.test_event_functions import binary
+
+ISSUER = "https://issuer.example"
+AUDIENCE = "duetide-api"
+KEYS = {
+    "rsa": (rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256", RSAAlgorithm),
+    "ec": (ec.generate_private_key(ec.SECP256R1()), "ES256", ECAlgorithm),
+    "ed": (ed25519.Ed25519PrivateKey.generate(), "EdDSA", OKPAlgorithm),
+}
+
+
+def jwk(kid: str) -> dict[str, Any]:
+    private, alg, algorithm = KEYS[kid]
+    key = json.loads(algorithm.to_jwk(private.public_key()))
+    return {**key, "kid": kid, "alg": alg, "use": "sig"}
+
+
+class JwksServer(BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self) -> None:
+        JwksServer.hits += 1
+        body = json.dumps({"keys": [jwk(kid) for kid in KEYS]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def jwks(env, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), JwksServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    JwksServer.hits = 0
+    url = f"http://127.0.0.1:{server.server_port}/jwks.json"
+    monkeypatch.setenv("DUETIDE_AUTH", "jwks")
+    monkeypatch.setenv("DUETIDE_JWKS_URL", url)
+    monkeypatch.setenv("DUETIDE_JWT_ISSUER", ISSUER)
+    monkeypatch.setenv("DUETIDE_JWT_AUDIENCE", AUDIENCE)
+    _reset_caches()
+    from duetide import auth
+
+    auth._jwks.cache_clear()
+    yield url
+    server.shutdown()
+    server.server_close()
+    auth._jwks.cache_clear()
+
+
+def token(kid: str = "rsa", headers: dict[str, Any] | None = None, **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    private, alg, _ = KEYS[kid]
+    return jwt.encode(claims, private, algorithm=alg, headers={"kid": kid, **(headers or {})})
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def public_pem() -> bytes:
+    return (
+        KEYS["rsa"][0]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def tampered() -> str:
+    head, payload, signature = token().split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["sub"] = "mallory"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    return f"{head}.{forged}.{signature}"
+
+
+def confused() -> str:
+    """HS256 'signed' with the RSA public key: the classic algorithm-confusion attack."""
+    import hashlib
+    import hmac
+
+    head = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT","kid":"rsa"}').decode().rstrip("=")
+    now = int(time.time())
+    body = {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300}
+    payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+    mac = hmac.new(public_pem(), f"{head}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{head}.{payload}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+
+
+@pytest.mark.parametrize("kid", ["rsa", "ec", "ed"])
+def test_valid_asymmetric_tokens_are_accepted(jwks, kid):
+    response = function_client("tasks").get(
+        "/tasks", headers={"Authorization": f"Bearer {token(kid)}"}
+    )
+    assert response.status_code == 200, response.json
+
+
+BAD_TOKENS = {
+    "none": lambda: None,
+    "alg none": lambda: unsigned({"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "exp": 2**31}),
+    "hs256 with the public key": confused,
+    "expired": lambda: token(exp=int(time.time()) - 3600),
+    "not yet valid": lambda: token(nbf=int(time.time()) + 3600),
+    "wrong issuer": lambda: token(iss="https://evil.example"),
+    "wrong audience": lambda: token(aud="another-api"),
+    "missing sub": lambda: token(sub=None),
+    "missing exp": lambda: token(exp=None),
+    "unknown kid": lambda: token(headers={"kid": "nope"}),
+    "tampered payload": tampered,
+    "100 KB token": lambda: token(padding="x" * 100_000),
+    "garbage": lambda: "not.a.jwt",
+}
+
+
+@pytest.mark.parametrize("name", BAD_TOKENS)
+def test_bad_tokens_are_401_never_500(jwks, name):
+    value = BAD_TOKENS[name]()
+    headers = {"Authorization": f"Bearer {value}"} if value else {}
+    response = function_client("tasks").get("/tasks", headers=headers)
+    assert response.status_code == 401, (name, response.json)
+    assert response.json["error"]["code"] == "unauthorized"
+    assert "Bearer" in response.headers["WWW-Authenticate"]
+
+
+def test_unknown_kids_refetch_the_jwks_at_a_bounded_rate(jwks):
+    client = function_client("tasks")
+    assert client.get("/tasks", headers={"Authorization": f"Bearer {token()}"}).status_code == 200
+    for i in range(20):
+        forged = token(headers={"kid": f"forged-{i}"})
+        assert (
+            client.get("/tasks", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+        )
+    assert JwksServer.hits <= 2
+
+
+def test_jwks_mode_without_issuer_fails_at_start(monkeypatch, env):
+    from duetide.config import ConfigError, get_settings
+
+    monkeypatch.setenv("DUETIDE_AUTH", "jwks")
+    monkeypatch.delenv("DUETIDE_JWT_ISSUER", raising=False)
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="DUETIDE_JWT_ISSUER"):
+        get_settings()
+
+
+def test_symmetric_algorithms_cannot_be_configured_for_jwks(monkeypatch, env):
+    from duetide.config import ConfigError, get_settings
+
+    monkeypatch.setenv("DUETIDE_JWT_ALGORITHMS", "RS256,HS256")
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="DUETIDE_JWT_ALGORITHMS"):
+        get_settings()
+
+
+def test_event_endpoints_can_require_knatives_sender_identity(jwks, monkeypatch):
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide-recurrence")
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", jwks)
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_ISSUER", ISSUER)
+    _reset_caches()
+    sink = function_client("recurrence")
+    headers, body = binary("dev.duetide.task.created.v1", {"x": 1})
+    assert sink.post("/", headers=headers, data=body).status_code == 401
+    wrong = token(aud=AUDIENCE)
+    response = sink.post("/", headers={**headers, "Authorization": f"Bearer {wrong}"}, data=body)
+    assert response.status_code == 401
+    good = token(aud="duetide-recurrence", sub="system:serviceaccount:default:kafkasource")
+    response = sink.post("/", headers={**headers, "Authorization": f"Bearer {good}"}, data=body)
+    assert response.status_code == 200 and response.json["status"] == "ignored"
