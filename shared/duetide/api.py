@@ -15,6 +15,7 @@ from duetide import (
     auth,
     commands,
     db,
+    openapi,
     outbox,
     preferences,
     ratelimit,
@@ -43,6 +44,7 @@ from duetide.schemas import (
 ROUTES = Map(
     [
         Rule("/healthz", methods=["GET"], endpoint="health"),
+        Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
         Rule("/tasks", methods=["GET"], endpoint="list_tasks"),
         Rule("/tasks", methods=["POST"], endpoint="create_task"),
         Rule("/tasks/<task_id>", methods=["GET"], endpoint="get_task"),
@@ -317,6 +319,8 @@ def handle(request: Request) -> Response:
         ) from None
     if endpoint == "health":
         return health(request, "")
+    if endpoint == "openapi":
+        return json_response(openapi.document())
     if endpoint == "commands":
         return commands.handle(request)
     user = auth.authenticate(request)

@@ -1,0 +1,25 @@
+"""The OpenAPI document covers every route and is a valid OpenAPI 3.1 document."""
+
+from duetide.api import ROUTES
+from duetide.openapi import ENDPOINTS, document
+
+
+def test_every_route_is_documented_and_nothing_else():
+    routes = {(r.rule.replace("<", "{").replace(">", "}"), m.lower())
+              for r in ROUTES.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"}}  # fmt: skip
+    documented = {(path, method) for path, ops in document()["paths"].items() for method in ops}
+    assert routes == documented
+    assert {r.endpoint for r in ROUTES.iter_rules()} == set(ENDPOINTS)
+
+
+def test_document_validates_against_the_openapi_31_metaschema():
+    from openapi_spec_validator import validate
+
+    validate(document())
+
+
+def test_writes_declare_the_rate_limit_and_reads_need_a_token():
+    paths = document()["paths"]
+    assert "429" in paths["/tasks"]["post"]["responses"]
+    assert paths["/tasks"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in paths["/healthz"]["get"]
