@@ -1,0 +1,563 @@
+"""The webhook and email channels against real servers on loopback.
+
+The webhook receiver is a ThreadingHTTPServer (plain, and TLS with a throwaway CA);
+the SMTP relay is aiosmtpd. Names are answered by injected resolvers: no DNS traffic.
+Backoff sleeps are recorded, not slept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import email
+import email.policy
+import ipaddress
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from duetide.channels import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    deliver_email,
+    deliver_webhook,
+    verify_signature,
+)
+
+SECRET = b"whsec-integration-test"
+PAYLOAD = {"type": "reminder.due", "task_id": "t-1", "title": "Pay rent", "note": "Grüße"}
+
+
+# --- webhook receiver -------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: Message
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """What the receiver saw, and the answers it gives in order (then 200)."""
+
+    server: ThreadingHTTPServer
+    scheme: str = "http"
+    script: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[Received] = field(default_factory=list)
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def answer(self, *actions: dict[str, Any]) -> None:
+        self.script.extend(actions)
+
+    def next_action(self) -> dict[str, Any]:
+        with self.lock:
+            return self.script.pop(0) if self.script else {}
+
+
+class CountingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    receiver: Receiver
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection = super().get_request()
+        self.receiver.connections += 1
+        return connection
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: CountingServer
+
+    def do_POST(self) -> None:
+        receiver = self.server.receiver
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        receiver.requests.append(Received(self.command, self.path, self.headers, body))
+        action = receiver.next_action()
+        time.sleep(action.get("delay", 0))
+        payload = action.get("body", b'{"received": true}')
+        self.send_response(action.get("status", 200))
+        for name, value in action.get("headers", {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        # The client may read what it wants (the size cap) and hang up.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(payload)
+
+    do_GET = do_POST
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    server = CountingServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    receiver = Receiver(server, scheme="https" if tls else "http")
+    server.receiver = receiver
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+def post(url: str, sleeps: list[float], **options: Any):
+    """deliver_webhook with the test secret, a fixed key and recorded backoff."""
+    options.setdefault("allow_loopback", True)
+    options.setdefault("idempotency_key", "notification-42")
+    return deliver_webhook(url, PAYLOAD, secret=SECRET, sleep=sleeps.append, **options)
+
+
+def resolving_to(*addresses: str, calls: list[str] | None = None):
+    def resolve(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
+        if calls is not None:
+            calls.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    return resolve
+
+
+# --- signed delivery --------------------------------------------------------------------
+
+
+def test_a_delivery_is_signed_json_with_an_idempotency_key(receiver: Receiver, sleeps):
+    result = post(f"{receiver.url}/hooks/in?source=duetide", sleeps)
+
+    assert (result.ok, result.status, result.attempts, result.error) == (True, 200, 1, "")
+    [request] = receiver.requests
+    assert (request.method, request.path) == ("POST", "/hooks/in?source=duetide")
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"].startswith("duetide-webhook/")
+    assert request.headers["Host"] == f"127.0.0.1:{receiver.port}"
+    assert request.headers[IDEMPOTENCY_HEADER] == "notification-42"
+    assert json.loads(request.body) == PAYLOAD
+    signature = request.headers[SIGNATURE_HEADER]
+    assert verify_signature(SECRET, signature, request.body, now=time.time())
+
+
+def test_the_signature_fails_for_another_secret_body_or_time(receiver: Receiver, sleeps):
+    post(receiver.url, sleeps)
+    [request] = receiver.requests
+    signature = request.headers[SIGNATURE_HEADER]
+    now = time.time()
+    assert not verify_signature(b"another secret", signature, request.body, now=now)
+    assert not verify_signature(SECRET, signature, request.body + b" ", now=now)
+    assert not verify_signature(SECRET, signature, request.body, now=now + 301)
+    assert not verify_signature(SECRET, "", request.body, now=now)
+    assert not verify_signature(SECRET, None, request.body, now=now)
+
+
+def test_five_hundred_twice_then_ok_takes_three_attempts_with_one_key(receiver, sleeps):
+    receiver.answer({"status": 500}, {"status": 503})
+
+    result = post(receiver.url, sleeps, backoff_s=0.5)
+
+    assert (result.ok, result.status, result.attempts) == (True, 200, 3)
+    assert sleeps == [0.5, 1.0]
+    keys = {r.headers[IDEMPOTENCY_HEADER] for r in receiver.requests}
+    assert len(receiver.requests) == 3 and keys == {"notification-42"}
+    for request in receiver.requests:  # each attempt is signed afresh, body unchanged
+        assert verify_signature(
+            SECRET, request.headers[SIGNATURE_HEADER], request.body, time.time()
+        )
+    assert len({r.body for r in receiver.requests}) == 1
+
+
+def test_too_many_requests_is_retried(receiver: Receiver, sleeps):
+    receiver.answer({"status": 429})
+    result = post(receiver.url, sleeps)
+    assert (result.ok, result.attempts) == (True, 2)
+
+
+def test_attempts_are_bounded_and_the_failure_is_retryable(receiver: Receiver, sleeps):
+    receiver.answer(*[{"status": 500}] * 5)
+
+    result = post(receiver.url, sleeps, attempts=3)
+
+    assert (result.ok, result.status, result.attempts, result.retryable) == (False, 500, 3, True)
+    assert result.error == "HTTP 500"
+    assert len(receiver.requests) == 3
+
+
+def test_a_client_error_is_final_after_one_attempt(receiver: Receiver, sleeps):
+    receiver.answer({"status": 400})
+
+    result = post(receiver.url, sleeps)
+
+    assert (result.ok, result.status, result.attempts, result.retryable) == (False, 400, 1, False)
+    assert len(receiver.requests) == 1
+    assert sleeps == []
+
+
+def test_a_response_larger_than_the_cap_is_cut_without_error(receiver: Receiver, sleeps):
+    receiver.answer({"status": 200, "body": b"x" * (8 * 1024 * 1024)})
+    started = time.monotonic()
+
+    result = post(receiver.url, sleeps, max_response_bytes=1024)
+
+    assert (result.ok, result.status, result.attempts) == (True, 200, 1)
+    assert time.monotonic() - started < 2
+
+
+def test_a_redirect_is_not_followed(receiver: Receiver, sleeps):
+    receiver.answer({"status": 302, "headers": {"Location": f"{receiver.url}/elsewhere"}})
+
+    result = post(f"{receiver.url}/hook", sleeps)
+
+    assert (result.ok, result.status, result.attempts, result.retryable) == (False, 302, 1, False)
+    assert "redirect not followed" in result.error
+    assert [r.path for r in receiver.requests] == ["/hook"]
+
+
+def test_a_slow_receiver_times_out_and_is_retried(receiver: Receiver, sleeps):
+    receiver.answer({"delay": 1.0})
+
+    result = post(receiver.url, sleeps, timeout_s=0.2)
+
+    assert (result.ok, result.attempts) == (True, 2)
+
+
+def test_a_refused_connection_is_retried_then_reported(sleeps):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    result = post(f"http://127.0.0.1:{port}/", sleeps)
+
+    assert (result.ok, result.status, result.attempts, result.retryable) == (False, None, 3, True)
+    assert "ConnectionRefusedError" in result.error
+
+
+def test_a_failed_lookup_is_retried_and_the_name_resolved_afresh(receiver: Receiver, sleeps):
+    answers = iter([socket.gaierror(socket.EAI_AGAIN, "Temporary failure"), "127.0.0.1"])
+
+    def flaky(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answer, port))]
+
+    result = post(f"http://hooks.example.test:{receiver.port}/", sleeps, resolver=flaky)
+
+    assert (result.ok, result.attempts) == (True, 2)
+
+
+def test_the_signature_carries_the_send_time(receiver: Receiver, sleeps):
+    post(receiver.url, sleeps, now=lambda: 1_700_000_000.7)
+    [request] = receiver.requests
+    assert request.headers[SIGNATURE_HEADER].startswith("t=1700000000,v1=")
+    assert verify_signature(SECRET, request.headers[SIGNATURE_HEADER], request.body, 1_700_000_100)
+
+
+# --- SSRF at send time ------------------------------------------------------------------
+
+
+def test_loopback_is_refused_unless_allowed(receiver: Receiver, sleeps):
+    result = post(receiver.url, sleeps, allow_loopback=False)
+
+    assert (result.ok, result.status, result.attempts, result.retryable) == (False, None, 0, False)
+    assert "127.0.0.0/8" in result.error
+    assert (receiver.connections, receiver.requests) == (0, [])
+    assert post(receiver.url, sleeps, allow_loopback=True).ok
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.7", "169.254.169.254"])
+def test_a_public_looking_name_resolving_privately_is_refused_before_connecting(
+    receiver: Receiver, sleeps, address: str
+):
+    url = f"http://hooks.example.com:{receiver.port}/hook"
+
+    result = post(url, sleeps, allow_loopback=False, resolver=resolving_to(address))
+
+    assert (result.ok, result.attempts) == (False, 0)
+    assert "hooks.example.com" in result.error and address in result.error
+    assert (receiver.connections, receiver.requests) == (0, [])
+    assert sleeps == []
+
+
+def test_the_connection_goes_to_the_checked_address_without_a_second_lookup(
+    receiver: Receiver, sleeps, monkeypatch: pytest.MonkeyPatch
+):
+    system_lookups: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def recording_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        system_lookups.append(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    checked: list[str] = []
+    url = f"http://hooks.example.test:{receiver.port}/hook"
+
+    result = post(url, sleeps, resolver=resolving_to("127.0.0.1", calls=checked))
+
+    assert result.ok
+    assert checked == ["hooks.example.test"]
+    assert "hooks.example.test" not in system_lookups
+    assert receiver.requests[0].headers["Host"] == f"hooks.example.test:{receiver.port}"
+
+
+def test_credentials_in_the_url_are_refused_and_not_echoed(receiver: Receiver, sleeps):
+    result = post(f"http://admin:hunter2@127.0.0.1:{receiver.port}/", sleeps)
+    assert not result.ok and "hunter2" not in result.error
+    assert receiver.connections == 0
+
+
+# --- HTTPS: pinned address, certificate checked against the URL's name ------------------
+
+
+@dataclass
+class Tls:
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """A throwaway CA and a server certificate for hooks.example.test and 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca_key, ca_cert = _certificate("duetide test CA", None, None)
+    key, cert = _certificate("hooks.example.test", ca_key, ca_cert)
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    client = ssl.create_default_context(cadata=ca_pem)
+    return Tls(server=server, client=client)
+
+
+def _certificate(name: str, issuer_key: Any, issuer: x509.Certificate | None) -> tuple[Any, Any]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        return key, builder.sign(key, hashes.SHA256())
+    names = [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
+    return key, builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture
+def tls_receiver(tls: Tls) -> Iterator[Receiver]:
+    with serve(tls.server) as running:
+        yield running
+
+
+def test_https_connects_to_the_pinned_address_and_verifies_the_urls_name(tls_receiver, tls, sleeps):
+    url = f"https://hooks.example.test:{tls_receiver.port}/hook"
+
+    result = post(url, sleeps, resolver=resolving_to("127.0.0.1"), ssl_context=tls.client)
+
+    assert (result.ok, result.status) == (True, 200)
+    assert tls_receiver.requests[0].headers["Host"] == f"hooks.example.test:{tls_receiver.port}"
+
+
+def test_https_with_a_certificate_for_another_name_fails_without_retry(tls_receiver, tls, sleeps):
+    url = f"https://other.example.test:{tls_receiver.port}/hook"
+
+    result = post(url, sleeps, resolver=resolving_to("127.0.0.1"), ssl_context=tls.client)
+
+    assert (result.ok, result.attempts, result.retryable) == (False, 1, False)
+    assert result.error == "TLS certificate verification failed"
+    assert tls_receiver.requests == []
+
+
+# --- email ------------------------------------------------------------------------------
+
+
+@dataclass
+class Mailbox:
+    """An aiosmtpd handler: keeps each message; refuses some recipients with a reply."""
+
+    messages: list[tuple[Any, bool]] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.messages.append((envelope, session.ssl is not None))
+        return "250 Message accepted for delivery"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Relay:
+    mailbox: Mailbox
+    port: int
+
+
+@contextlib.contextmanager
+def running_relay(**smtp_options: Any) -> Iterator[Relay]:
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(), **smtp_options)
+    controller.start()
+    try:
+        yield Relay(mailbox, controller.port)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    with running_relay() as running:
+        yield running
+
+
+def send(relay: Relay, **overrides: Any):
+    message = {
+        "host": "127.0.0.1",
+        "port": relay.port,
+        "sender": "duetide <noreply@duetide.test>",
+        "to": "Alice <alice@example.test>",
+        "subject": "Reminder: Pay rent",
+        "body": "Pay rent is due at 09:00.\n",
+        "starttls": False,
+        "timeout_s": 5,
+    }
+    return deliver_email(**{**message, **overrides})
+
+
+def test_an_email_arrives_with_subject_and_body(relay: Relay):
+    result = send(relay, subject="Erinnerung: Miete zahlen ✓")
+
+    assert (result.ok, result.attempts, result.error) == (True, 1, "")
+    [(envelope, _tls)] = relay.mailbox.messages
+    assert envelope.mail_from == "noreply@duetide.test"
+    assert envelope.rcpt_tos == ["alice@example.test"]
+    message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+    assert message["Subject"] == "Erinnerung: Miete zahlen ✓"
+    assert message["To"] == "Alice <alice@example.test>"
+    assert message.get_content().replace("\r\n", "\n") == "Pay rent is due at 09:00.\n"
+    assert message["Message-ID"].endswith("@duetide.test>")
+
+
+@pytest.mark.parametrize(
+    "field_name,value",
+    [
+        ("subject", "Hello\r\nBcc: victim@example.test"),
+        ("subject", "Hello\nX-Injected: 1"),
+        ("to", "alice@example.test\r\nBcc: victim@example.test"),
+        ("to", "alice@example.test, mallory@example.test"),
+        ("to", "not an address"),
+        ("to", ""),
+        ("sender", "noreply@duetide.test\nBcc: victim@example.test"),
+    ],
+)
+def test_header_injection_and_bad_addresses_are_refused_before_sending(
+    relay: Relay, field_name: str, value: str
+):
+    with pytest.raises(ValueError):
+        send(relay, **{field_name: value})
+    assert relay.mailbox.messages == []
+
+
+def test_a_refused_recipient_is_final_and_a_busy_one_retryable(relay: Relay):
+    relay.mailbox.refuse["nobody@example.test"] = "550 5.1.1 No such user"
+    relay.mailbox.refuse["busy@example.test"] = "451 4.3.0 Try again later"
+
+    refused = send(relay, to="nobody@example.test")
+    busy = send(relay, to="busy@example.test")
+
+    assert (refused.ok, refused.status, refused.retryable) == (False, 550, False)
+    assert (busy.ok, busy.status, busy.retryable) == (False, 451, True)
+    assert relay.mailbox.messages == []
+
+
+def test_an_unreachable_relay_is_retryable():
+    result = deliver_email(
+        host="127.0.0.1",
+        port=free_port(),
+        sender="noreply@duetide.test",
+        to="alice@example.test",
+        subject="s",
+        body="b",
+        starttls=False,
+        timeout_s=2,
+    )
+    assert (result.ok, result.retryable) == (False, True)
+    assert "SMTP" in result.error
+
+
+def test_credentials_are_never_sent_without_starttls(relay: Relay):
+    with pytest.raises(ValueError, match="STARTTLS"):
+        send(relay, username="duetide", password="hunter2")
+
+
+def test_starttls_upgrades_before_the_message_is_sent(tls: Tls):
+    with running_relay(tls_context=tls.server, require_starttls=True) as relay:
+        refused = send(relay)  # the relay demands STARTTLS first
+        result = send(relay, starttls=True, ssl_context=tls.client)
+
+    assert (refused.ok, refused.status, refused.retryable) == (False, 530, False)
+    assert result.ok
+    [(_envelope, upgraded)] = relay.mailbox.messages
+    assert upgraded
