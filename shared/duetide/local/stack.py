@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -88,6 +89,7 @@ class Stack:
         return self.home / "logs"
 
     def start(self) -> None:
+        _check_port_free(self.port)
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.wiring = manifests.load(self.root)
@@ -217,6 +219,16 @@ class Stack:
         if self.broker is not None:
             self.broker.stop()
         self.timers, self.dispatchers, self.functions = [], [], {}
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise StackError(
+                f"port {port} is in use; stop what runs there or choose another with --port"
+            ) from None
 
 
 def _terminate(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
