@@ -27,7 +27,7 @@ log = logging.getLogger("duetide.notify")
 CONSUMER = "notify"
 
 
-def deliver_log(due: events.ReminderEvent) -> channels.DeliveryResult:
+def deliver_log(due: events.ReminderEvent) -> None:
     """One structured line; ids only, no titles or other personal data."""
     log.info(
         json.dumps(
@@ -40,7 +40,6 @@ def deliver_log(due: events.ReminderEvent) -> channels.DeliveryResult:
             }
         )
     )
-    return channels.DeliveryResult(ok=True, status=None, attempts=1)
 
 
 def _payload(due: events.ReminderEvent) -> dict[str, Any]:
@@ -77,8 +76,6 @@ def send(channel: str, due: events.ReminderEvent, pref: Preference) -> channels.
             username=settings.duetide_smtp_username or None,
             password=settings.duetide_smtp_password or None,
         )
-    if channel == "log":
-        return deliver_log(due)
     return channels.DeliveryResult(
         ok=False, status=None, attempts=0, error=f"{channel} channel is not configured"
     )
@@ -92,8 +89,12 @@ def _current(reminder: Reminder | None, due: events.ReminderEvent) -> bool:
 
 
 def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: datetime) -> str:
-    """Deliver on every channel not yet done; 503 (retry) if one failed transiently."""
-    with db.session_scope() as session:
+    """Deliver on every channel not yet done; 503 (retry) if one failed transiently.
+
+    The log channel needs no network, so it is recorded in the same transaction as the
+    checks (and logged after the commit); network channels each get their own record.
+    """
+    with db.session_scope(immediate=True) as session:
         if session.get(ProcessedEvent, (CONSUMER, event_source, event_id)) is not None:
             return "duplicate"
         if not _current(session.get(Reminder, due.reminder_id), due):
@@ -107,10 +108,19 @@ def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: da
                 )
             ).all()
         )
+        pending = [channel for channel in pref.channels if channel not in done]
+        local = "log" in pending
+        if local:
+            session.add(_notification(due, "log", OK, now))
+        remote = [channel for channel in pending if channel != "log"]
+        if not remote:
+            session.add(ProcessedEvent(consumer=CONSUMER, source=event_source, event_id=event_id))
+    if local:
+        deliver_log(due)
+    if not remote:
+        return "processed"
     transient = []
-    for channel in pref.channels:
-        if channel in done:
-            continue
+    for channel in remote:
         result = send(channel, due, pref)
         if not result.ok and result.retryable:
             transient.append(channel)
@@ -123,7 +133,27 @@ def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: da
     return "processed"
 
 
-def _record(due: events.ReminderEvent, channel: str, result: Any, now: datetime) -> None:
+OK = channels.DeliveryResult(ok=True, status=None, attempts=1)
+
+
+def _notification(
+    due: events.ReminderEvent, channel: str, result: channels.DeliveryResult, now: datetime
+) -> Notification:
+    return Notification(
+        owner=due.owner,
+        reminder_id=due.reminder_id,
+        task_id=due.task_id,
+        channel=channel,
+        scheduled_at=due.scheduled_at,
+        delivered_at=now,
+        status="delivered" if result.ok else "failed",
+        detail=(result.error or "")[:255],
+    )
+
+
+def _record(
+    due: events.ReminderEvent, channel: str, result: channels.DeliveryResult, now: datetime
+) -> None:
     if not result.ok:
         log.warning(
             "delivery failed for good",
@@ -131,17 +161,6 @@ def _record(due: events.ReminderEvent, channel: str, result: Any, now: datetime)
         )
     try:
         with db.session_scope() as session:
-            session.add(
-                Notification(
-                    owner=due.owner,
-                    reminder_id=due.reminder_id,
-                    task_id=due.task_id,
-                    channel=channel,
-                    scheduled_at=due.scheduled_at,
-                    delivered_at=now,
-                    status="delivered" if result.ok else "failed",
-                    detail=(result.error or "")[:255],
-                )
-            )
+            session.add(_notification(due, channel, result, now))
     except IntegrityError:
         pass  # a concurrent delivery of the same firing recorded it first
