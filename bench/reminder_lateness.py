@@ -33,12 +33,15 @@ def _seed(start: datetime) -> None:
     tasks, reminders = [], []
     for i in range(COUNT):
         at = start + timedelta(seconds=SPREAD_S * i / COUNT)
-        task_id = str(uuid.uuid4())
-        tasks.append({"id": task_id, "owner": f"user{i % 100}", "title": "bench",
-                      "description": "", "status": "open", "priority": 0,
-                      "created_at": start, "updated_at": start})  # fmt: skip
-        reminders.append({"id": str(uuid.uuid4()), "owner": f"user{i % 100}", "task_id": task_id,
-                          "at": at, "fire_at": at, "state": "pending", "created_at": start})  # fmt: skip
+        task_id, owner = str(uuid.uuid4()), f"user{i % 100}"
+        tasks.append(
+            {"id": task_id, "owner": owner, "title": "bench", "description": "", "status": "open",
+             "priority": 0, "created_at": start, "updated_at": start}
+        )  # fmt: skip
+        reminders.append(
+            {"id": str(uuid.uuid4()), "owner": owner, "task_id": task_id, "at": at,
+             "fire_at": at, "state": "pending", "created_at": start}
+        )  # fmt: skip
     with db.session_scope() as session:
         session.execute(insert(Task), tasks)
         session.execute(insert(Reminder), reminders)

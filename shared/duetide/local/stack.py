@@ -23,7 +23,12 @@ import requests
 
 from duetide import migrate
 from duetide.local import manifests
-from duetide.local.broker import EmbeddedBroker, ensure_topics, free_loopback_port
+from duetide.local.broker import (
+    EmbeddedBroker,
+    consumer_settings,
+    ensure_topics,
+    free_loopback_port,
+)
 from duetide.local.eventing import KafkaSourceDispatcher, PingTimer
 
 READY_TIMEOUT_S = 60.0
@@ -197,6 +202,7 @@ class Stack:
                 self.bootstrap_servers,
                 self.sink_url(source.sink),
                 dead_letter_topic=dead_letter_topic,
+                consumer_config=consumer_settings(),
             )
             dispatcher.start()
             self.dispatchers.append(dispatcher)

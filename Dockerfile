@@ -1,0 +1,37 @@
+# One image for the four functions; each Knative Service picks its function with the
+# environment variable FUNCTION_TARGET (tasks, recurrence, sweep or notify), and Knative
+# sets PORT. The same image runs the database migrations: `duetide migrate` (the Job in
+# deploy/migrate-job.yaml sets it as the command).
+#
+#   docker build -t ghcr.io/<you>/duetide:<version> .
+#   docker run --rm -e FUNCTION_TARGET=tasks -e PORT=8080 -p 8080:8080 ghcr.io/<you>/duetide:<version>
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+# The package only (non-editable): pyproject.toml, its README and the library in shared/.
+COPY pyproject.toml README.md ./
+COPY shared/ shared/
+RUN python -m venv /opt/duetide \
+    && /opt/duetide/bin/pip install . \
+    && /opt/duetide/bin/python -m compileall -q /opt/duetide/lib
+
+FROM python:3.11-slim
+ENV PATH=/opt/duetide/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PORT=8080 \
+    # Local state only (the SQLite default, a generated JWT secret); production sets
+    # DATABASE_URL and DUETIDE_JWT_SECRET, so nothing is written here.
+    DUETIDE_HOME=/tmp/duetide
+COPY --from=build /opt/duetide /opt/duetide
+WORKDIR /app
+COPY functions/ functions/
+# Bytecode of the entry points, written now: the runtime user cannot write here.
+RUN python -m compileall -q functions/
+# Numeric, so that the kubelet can check the Services' runAsNonRoot.
+USER 10001:10001
+EXPOSE 8080
+# sh -c for the variables; exec so that functions-framework (gunicorn) gets SIGTERM.
+ENTRYPOINT ["/bin/sh", "-c", "exec functions-framework --source \"functions/${FUNCTION_TARGET:?set FUNCTION_TARGET to tasks, recurrence, sweep or notify}/main.py\" --target \"$FUNCTION_TARGET\" --host 0.0.0.0 --port \"${PORT:-8080}\""]
