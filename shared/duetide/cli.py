@@ -1,4 +1,4 @@
-"""The `duetide` command: run the local stack, one function, migrations, tokens."""
+"""The `duetide` command: run the local stack, one function, migrations, tokens, dead letters."""
 
 from __future__ import annotations
 
@@ -119,6 +119,95 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bootstrap_servers() -> str:
+    from duetide.config import ConfigError, get_settings
+
+    servers = get_settings().kafka_bootstrap_servers
+    if not servers:
+        raise ConfigError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: point it at the Kafka cluster that holds "
+            "the dead-letter topic (`duetide up` prints the local broker's address)"
+        )
+    return servers
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    """List dead letters (no payloads), or replay them onto the topic they came from."""
+    from kafka.errors import KafkaError
+
+    from duetide import deadletters
+
+    servers = _bootstrap_servers()
+    try:
+        if args.action == "list":
+            for letter in deadletters.read(servers, args.topic, args.limit):
+                print(letter.line())
+        else:
+            _replay(servers, args)
+    except deadletters.DeadLetterError as exc:
+        print(f"duetide: {exc}", file=sys.stderr)
+        return 1
+    except KafkaError as exc:
+        print(f"duetide: Kafka at {servers}: {exc!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _replay(servers: str, args: argparse.Namespace) -> None:
+    from duetide import deadletters
+
+    letters = deadletters.distinct_events(deadletters.read(servers, args.topic), args.id)
+    if args.id is not None and not letters:
+        raise deadletters.DeadLetterError(f"no dead letter with id {args.id!r} on {args.topic}")
+    wiring = None if args.to else _wiring()
+    for letter, topic in deadletters.replay(servers, letters, to=args.to, wiring=wiring):
+        print(f"replayed {letter.line()} to={topic}")
+
+
+def _wiring():  # type: ignore[no-untyped-def]
+    """The KafkaSources of knative/, which map a dead letter's destination to its topic."""
+    from duetide.deadletters import DeadLetterError
+    from duetide.local import manifests
+    from duetide.local.stack import StackError, project_root
+
+    try:
+        return manifests.load(project_root())
+    except (StackError, manifests.ManifestError) as exc:
+        raise DeadLetterError(f"cannot read the KafkaSources ({exc}); pass --to TOPIC") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _add_deadletters(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from duetide.deadletters import DEFAULT_TOPIC
+
+    dead = sub.add_parser(
+        "deadletters", help="list or replay dead letters (KAFKA_BOOTSTRAP_SERVERS)"
+    )
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="one line per dead letter, without payloads")
+    listing.add_argument("--topic", default=DEFAULT_TOPIC, help=f"({DEFAULT_TOPIC})")
+    listing.add_argument("--limit", type=_positive, help="only the newest N")
+    replay = actions.add_parser(
+        "replay", help="re-produce dead letters (same ce_id) onto their original topic"
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", help="the CloudEvent id of the dead letter to replay")
+    which.add_argument("--all", action="store_true", help="every distinct dead letter")
+    replay.add_argument(
+        "--to", help="target topic (default: the KafkaSource topic of knativeerrordest)"
+    )
+    replay.add_argument(
+        "--topic", default=DEFAULT_TOPIC, help=f"dead-letter topic ({DEFAULT_TOPIC})"
+    )
+    dead.set_defaults(func=cmd_deadletters)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="duetide", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -140,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write the JSON Schema of each event type")
     schemas.add_argument("--out", default="docs/events")
     schemas.set_defaults(func=cmd_schemas)
+    _add_deadletters(sub)
     return root
 
 

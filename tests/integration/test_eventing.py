@@ -7,10 +7,13 @@ is a real HTTP server that records each request and answers scripted statuses.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,10 +65,19 @@ class Received:
 
 
 class RecordingSink:
-    """An HTTP/1.1 server that records each POST and answers the next scripted status."""
+    """An HTTP/1.1 server that records each POST and answers the next scripted status.
+
+    `on_request` (if set) runs in the request's thread before the answer, so a test can
+    block a delivery there; `peak` is the most requests in progress at once, per key
+    of `classify`.
+    """
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.on_request: Callable[[Received], None] | None = None
+        self.classify: Callable[[Received], Any] = lambda _received: "all"
+        self.peak: Counter[Any] = Counter()
+        self._active: Counter[Any] = Counter()
         self._statuses: list[int] = []
         self._then = 200
         self._error_body = b""
@@ -98,6 +110,17 @@ class RecordingSink:
             status = self._statuses.pop(0) if self._statuses else self._then
             return status, (b"" if 200 <= status < 300 else self._error_body)
 
+    def _enter(self, received: Received) -> Any:
+        key = self.classify(received)
+        with self._lock:
+            self._active[key] += 1
+            self.peak[key] = max(self.peak[key], self._active[key])
+        return key
+
+    def _leave(self, key: Any) -> None:
+        with self._lock:
+            self._active[key] -= 1
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         sink = self
 
@@ -107,12 +130,19 @@ class RecordingSink:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 headers = {name.lower(): value for name, value in self.headers.items()}
-                status, reply = sink._answer(Received(self.path, headers, body))
-                sink._released.wait(WAIT_S)
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                received = Received(self.path, headers, body)
+                key = sink._enter(received)
+                try:
+                    status, reply = sink._answer(received)
+                    if sink.on_request is not None:
+                        sink.on_request(received)
+                    sink._released.wait(WAIT_S)
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                finally:
+                    sink._leave(key)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -176,14 +206,20 @@ def source_spec(topic: str, retry: int = 3, timeout_s: float = 2.0) -> KafkaSour
 
 
 def dispatcher(
-    broker: EmbeddedBroker, spec: KafkaSourceSpec, sink_url: str, dead_letters: str | None
+    broker: EmbeddedBroker,
+    spec: KafkaSourceSpec,
+    sink_url: str,
+    dead_letters: str | None,
+    consumer_config: dict[str, Any] | None = None,
+    **options: Any,
 ) -> KafkaSourceDispatcher:
     return KafkaSourceDispatcher(
         spec,
         broker.bootstrap_servers,
         sink_url,
         dead_letter_topic=dead_letters,
-        consumer_config=consumer_settings(),
+        consumer_config={**consumer_settings(), **(consumer_config or {})},
+        **options,
     )
 
 
@@ -214,17 +250,49 @@ def read_all(broker: EmbeddedBroker, topic: str, count: int) -> list[Any]:
         consumer.close()
 
 
-def committed_offset(broker: EmbeddedBroker, spec: KafkaSourceSpec) -> int | None:
-    """The group's committed offset on partition 0 (an offset fetch; it joins no group)."""
+def committed_offset(
+    broker: EmbeddedBroker, spec: KafkaSourceSpec, partition: int = 0
+) -> int | None:
+    """The group's committed offset on `partition` (an offset fetch; it joins no group)."""
     consumer = KafkaConsumer(
         bootstrap_servers=broker.bootstrap_servers,
         group_id=spec.consumer_group,
         enable_auto_commit=False,
     )
     try:
-        return consumer.committed(TopicPartition(spec.topics[0], 0))
+        return consumer.committed(TopicPartition(spec.topics[0], partition))
     finally:
         consumer.close(autocommit=False)
+
+
+def produce_plain(
+    producer: KafkaProducer, topic: str, partition: int, count: int, *, one_by_one: bool = False
+) -> None:
+    """`count` plain records onto `partition` (each becomes `partition:N/offset:M`);
+    `one_by_one` waits for each, so that each record is a batch of its own."""
+    for n in range(count):
+        sent = producer.send(topic, value=f"p{partition}-{n}".encode(), partition=partition)
+        if one_by_one:
+            sent.get(timeout=10)
+    producer.flush(timeout=10)
+
+
+_POSITION = re.compile(r"partition:(\d+)/offset:(\d+)")
+
+
+def position(request: Received) -> tuple[int, int]:
+    """(partition, offset) of a delivered plain record, from its CloudEvent id."""
+    match = _POSITION.fullmatch(request.headers["ce-id"])
+    assert match is not None, request.headers["ce-id"]
+    return int(match[1]), int(match[2])
+
+
+def offsets_by_partition(requests: list[Received]) -> dict[int, list[int]]:
+    delivered: dict[int, list[int]] = {}
+    for request in requests:
+        partition, offset = position(request)
+        delivered.setdefault(partition, []).append(offset)
+    return delivered
 
 
 def ce_headers(**attributes: str) -> dict[str, str]:
@@ -445,6 +513,164 @@ def test_stop_interrupts_a_hung_delivery_and_leaves_the_record_uncommitted(
     assert not running.running
     assert committed_offset(broker, spec) is None
     assert record_count(broker, wiring.dead_letters) == 0
+
+
+# --------------------------------------------- KafkaSource ordering and offsets
+
+
+@pytest.fixture
+def two_partitions(broker: EmbeddedBroker, unique_topic: Callable[[str], str]) -> Wiring:
+    topic, dead_letters = unique_topic("events"), unique_topic("dead")
+    ensure_topics(
+        broker.bootstrap_servers, [TopicSpec(topic, partitions=2), TopicSpec(dead_letters)]
+    )
+    return Wiring(topic, dead_letters, source_spec(topic))
+
+
+def test_ordered_source_runs_partitions_in_parallel_each_in_order_and_resumes_after_restart(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, two_partitions: Wiring
+) -> None:
+    wiring = two_partitions
+    produce_plain(producer, wiring.topic, 0, 4)
+    produce_plain(producer, wiring.topic, 1, 4)
+    # Each partition's first record waits for the other's: serial dispatch cannot pass.
+    both_started = threading.Barrier(2, timeout=5)
+    unblocked = threading.Event()
+    broken: list[tuple[int, int]] = []
+
+    def hook(request: Received) -> None:
+        partition, offset = position(request)
+        if offset == 0:
+            try:
+                both_started.wait()
+            except threading.BrokenBarrierError:
+                broken.append((partition, offset))
+        if (partition, offset) == (0, 2):
+            unblocked.wait(WAIT_S)  # a hung delivery: cut off by stop()
+
+    sink.on_request = hook
+    sink.classify = lambda request: position(request)[0]
+    running = dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters).start()
+    try:
+        await_condition(
+            lambda: offsets_by_partition(sink.received()) == {0: [0, 1, 2], 1: [0, 1, 2, 3]},
+            "partition 1 done and partition 0 stuck at offset 2",
+        )
+        await_condition(
+            lambda: (
+                committed_offset(broker, wiring.spec, 1) == 4
+                and committed_offset(broker, wiring.spec, 0) == 2
+            ),
+            "the commits of the done prefixes",
+        )
+    finally:
+        running.stop()
+        unblocked.set()
+
+    assert not broken, f"partitions were not delivered in parallel: {broken}"
+    assert sink.peak == {0: 1, 1: 1}  # one record at a time per partition
+    assert committed_offset(broker, wiring.spec, 0) == 2  # offset 2 was cut off
+
+    sink.on_request = None
+    before = len(sink.received())
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
+        await_condition(
+            lambda: committed_offset(broker, wiring.spec, 0) == 4, "the commit after restart"
+        )
+    # Only the uncommitted tail comes again: nothing is lost, nothing else repeated.
+    assert offsets_by_partition(sink.received()[before:]) == {0: [2, 3]}
+    assert committed_offset(broker, wiring.spec, 1) == 4
+
+
+def test_unordered_source_delivers_concurrently_and_commits_only_a_done_prefix(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    spec = dataclasses.replace(wiring.spec, ordering="unordered")
+    produce_plain(producer, wiring.topic, 0, 6)
+    first_four = threading.Barrier(4, timeout=5)
+    arrivals: list[int] = []
+    arrivals_lock = threading.Lock()
+    unblocked = threading.Event()
+    broken: list[int] = []
+
+    def hook(request: Received) -> None:
+        _, offset = position(request)
+        with arrivals_lock:
+            arrivals.append(offset)
+            arrival = len(arrivals)
+        if arrival <= 4:
+            try:
+                first_four.wait()  # four deliveries under way at once
+            except threading.BrokenBarrierError:
+                broken.append(offset)
+        if offset == 0:
+            unblocked.wait(WAIT_S)  # the oldest record hangs; later ones are done
+
+    sink.on_request = hook
+    running = dispatcher(broker, spec, sink.url, wiring.dead_letters, max_in_flight=4).start()
+    try:
+        await_condition(
+            lambda: len(sink.received()) == 6 and running.in_flight() == 1,
+            "offsets 1-5 done while offset 0 hangs",
+        )
+    finally:
+        running.stop()
+        unblocked.set()
+
+    assert not broken, f"deliveries were not concurrent: {broken}"
+    assert sink.peak["all"] == 4  # bounded by max_in_flight
+    assert committed_offset(broker, spec) is None  # 1-5 are done, but 0 is not
+
+    sink.on_request = None
+    before = len(sink.received())
+    with dispatcher(broker, spec, sink.url, wiring.dead_letters):
+        await_condition(lambda: committed_offset(broker, spec) == 6, "the commit after restart")
+    assert sorted(offsets_by_partition(sink.received()[before:])[0]) == list(range(6))
+
+
+def test_slow_sink_pauses_partitions_instead_of_buffering_and_all_arrive_once_resumed(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, two_partitions: Wiring
+) -> None:
+    wiring, count, limit = two_partitions, 100, 4
+    for partition in (0, 1):
+        produce_plain(producer, wiring.topic, partition, count, one_by_one=True)
+    partitions = {TopicPartition(wiring.topic, p) for p in (0, 1)}
+    sink.hold()
+
+    with dispatcher(
+        broker,
+        wiring.spec,
+        sink.url,
+        wiring.dead_letters,
+        # Small fetches: a poll then adds a few records, not the whole partition.
+        consumer_config={"fetch_max_bytes": 256},  # the embedded broker honours this one
+        max_buffered_per_partition=limit,
+    ) as running:
+        await_condition(lambda: running.paused_partitions() == partitions, "both paused")
+        # Paused, it goes on polling (heartbeats, commits) without taking in more records.
+        samples: list[int] = []
+
+        def sampled() -> bool:
+            samples.append(running.buffered())
+            return len(samples) >= 10
+
+        await_condition(sampled, "10 samples of the buffer")
+        assert len(set(samples)) == 1, samples  # nothing more was taken in
+        assert samples[0] < count  # far from the whole backlog (2 x count)
+        assert len(sink.received()) == 2  # ordered: one in flight per partition
+        # Released, the partitions are paused and resumed many times over; none stalls.
+        sink.release()
+        await_condition(
+            lambda: (
+                committed_offset(broker, wiring.spec, 0) == count
+                and committed_offset(broker, wiring.spec, 1) == count
+            ),
+            "all records committed",
+        )
+        assert running.paused_partitions() == set()
+
+    expected = list(range(count))
+    assert offsets_by_partition(sink.received()) == {0: expected, 1: expected}
 
 
 # ------------------------------------------------------------------- PingSource

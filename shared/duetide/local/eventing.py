@@ -5,9 +5,12 @@ behaves as Knative's data plane does, so that the functions see the same HTTP
 CloudEvents locally as on a cluster:
 
 - `KafkaSourceDispatcher` mirrors knative-extensions/eventing-kafka-broker's
-  dispatcher (`RecordDispatcherImpl`, `InvalidCloudEventInterceptor`): ordered
-  delivery, the retry/backoff/dead-letter contract, offsets committed after each
-  record whatever its outcome.
+  dispatcher (`RecordDispatcherImpl`, `InvalidCloudEventInterceptor`,
+  `OrderedConsumerVerticle`, `UnorderedConsumerVerticle`, `OffsetManager`):
+  `ordering: ordered` delivers one record at a time per partition with partitions
+  in parallel, `unordered` delivers concurrently (bounded); the retry/backoff/
+  dead-letter contract; a record's offset becomes committable once it is handled,
+  whatever its outcome, and each partition commits its contiguous handled prefix.
 - `PingTimer` mirrors knative/eventing's mt-ping adapter (`pkg/adapter/mtping`):
   a new event id per tick, 0-500 ms jitter, 5 retries at 50 ms exponential
   backoff, no dead-letter sink, missed ticks not replayed.
@@ -28,8 +31,9 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -40,7 +44,7 @@ from cloudevents.http import CloudEvent
 from cloudevents.kafka import KafkaMessage
 from cloudevents.kafka import from_binary as kafka_from_binary
 from cloudevents.kafka import to_binary as kafka_to_binary
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -305,28 +309,287 @@ def _kafka_parts(event: CloudEvent, key: Any) -> KafkaMessage:
 # ------------------------------------------------------------- KafkaSource
 
 
+ORDERED = "ordered"
+UNORDERED = "unordered"
+# Deliveries in flight at once: partitions in parallel (ordered), records (unordered).
+# Knative bounds unordered in-flight records by max.poll.records (500 on a cluster);
+# the local stack keeps a smaller bound, one thread and HTTP connection per delivery.
+DEFAULT_MAX_IN_FLIGHT = 16
+# Records polled but not yet started, per partition, before the partition is paused.
+DEFAULT_MAX_BUFFERED_PER_PARTITION = 100
+# Every poll takes all the records the consumer has fetched. kafka-python 3.0.12 can
+# strand a partition for good when it is paused while part of a fetched batch is still
+# undelivered: the rest is parked and, once the partition is resumed, only restored in a
+# state its fetcher need not reach again (`Fetcher.fetched_records`, KAFKA-7548 port);
+# the partition is not fetched meanwhile. Draining each fetch keeps that path unused;
+# what one poll adds is still bounded by one fetch response (`fetch_max_bytes`,
+# `max_partition_fetch_bytes`).
+_POLL_ALL_FETCHED = 1 << 30
+# Poll timeout while deliveries are under way: how soon completions are committed and
+# paused partitions resumed.
+_BUSY_POLL_MS = 20
+# How long the stopping poll thread waits for its workers (their sinks are aborted).
+_WORKER_JOIN_S = 2.0
+
+
 def _source_retries(status: int | None) -> bool:
     return status is None or status >= 500 or status in _SOURCE_RETRIED_STATUSES
 
 
-class _AssignmentListener(ConsumerRebalanceListener):
-    def __init__(self, assigned: threading.Event) -> None:
-        self._assigned = assigned
+@dataclass(eq=False)
+class _Partition:
+    """One assigned partition: its buffered records and what of them is done.
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self._assigned.clear()
+    `received` holds the offsets handed to this dispatcher in this assignment (its
+    epoch), oldest first, up to the first that is not done yet; `done` the offsets
+    done out of turn (unordered). `commit_to` is one past the last offset of the
+    contiguous done prefix: the offset to commit.
+    """
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self._assigned.set()
+    epoch: int = 0
+    assigned: bool = True
+    paused: bool = False
+    in_flight: int = 0
+    pending: deque[Any] = field(default_factory=deque)
+    received: deque[int] = field(default_factory=deque)
+    done: set[int] = field(default_factory=set)
+    commit_to: int | None = None
+    committed: int | None = None
+
+
+class _WorkQueue:
+    """Polled records per partition, shared by the poll thread, the workers and the
+    rebalance listener (all under one lock).
+
+    Ordered: a partition's next record starts only when its previous one is done, so
+    partitions proceed in parallel and each in order (Knative's `OrderedAsyncExecutor`
+    per partition). Unordered: any buffered record may start, partitions taken in turn.
+    Either way the offset to commit is the end of the contiguous done prefix
+    (Knative's `OffsetManager`), so a record not done is never committed.
+    """
+
+    def __init__(self, ordered: bool) -> None:
+        self.ordered = ordered
+        self._cond = threading.Condition()
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._ready: deque[TopicPartition] = deque()  # partitions a worker may take from
+        self._ready_set: set[TopicPartition] = set()
+        self._buffered = 0
+        self._busy = 0
+
+    # the poll thread
+
+    def add(self, tp: TopicPartition, records: list[Any]) -> None:
+        with self._cond:
+            state = self._partitions.get(tp)
+            if state is None:
+                state = self._partitions[tp] = _Partition()
+            state.assigned = True  # (re)assigned: an old epoch's delivery may still run
+            for record in records:
+                state.pending.append(record)
+                state.received.append(record.offset)
+            self._buffered += len(records)
+            self._mark_ready(tp, state)
+            self._cond.notify(len(records))
+
+    def startable(self) -> int:
+        """How many deliveries could start now (workers wanted)."""
+        with self._cond:
+            return self._buffered if not self.ordered else len(self._ready)
+
+    def idle_workers(self, workers: int) -> int:
+        with self._cond:
+            return workers - self._busy
+
+    def has_work(self) -> bool:
+        with self._cond:
+            return bool(self._busy or self._buffered) or any(
+                s.commit_to != s.committed for s in self._partitions.values() if s.assigned
+            )
+
+    def backpressure(
+        self, assigned: set[TopicPartition], limit: int
+    ) -> tuple[list[TopicPartition], list[TopicPartition]]:
+        """Partitions to pause (buffer full) and to resume (buffer half drained)."""
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
+        with self._cond:
+            for tp, state in self._partitions.items():
+                if not state.assigned or tp not in assigned:
+                    continue
+                if not state.paused and len(state.pending) >= limit:
+                    state.paused = True
+                    pause.append(tp)
+                elif state.paused and len(state.pending) <= limit // 2:
+                    state.paused = False
+                    resume.append(tp)
+        return pause, resume
+
+    def to_commit(self, assigned: set[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        """{partition: (offset to commit, epoch)} where the done prefix moved on."""
+        with self._cond:
+            return {
+                tp: (state.commit_to, state.epoch)
+                for tp, state in self._partitions.items()
+                if state.assigned
+                and tp in assigned
+                and state.commit_to is not None
+                and state.commit_to != state.committed
+            }
+
+    def committed(self, offsets: Mapping[TopicPartition, tuple[int, int]]) -> None:
+        with self._cond:
+            for tp, (offset, epoch) in offsets.items():
+                state = self._partitions.get(tp)
+                if state is not None and state.epoch == epoch:
+                    state.committed = offset
+
+    # the rebalance listener
+
+    def revoke(self, partitions: Any) -> dict[TopicPartition, int]:
+        """Drop the buffered work of `partitions`; the offsets still to commit for them.
+
+        A delivery under way goes on (it cannot be called back), but its outcome is
+        no longer counted: the new owner starts from the committed offset.
+        """
+        offsets: dict[TopicPartition, int] = {}
+        with self._cond:
+            for tp in partitions:
+                state = self._partitions.get(tp)
+                if state is None:
+                    continue
+                if state.commit_to is not None and state.commit_to != state.committed:
+                    offsets[tp] = state.commit_to
+                if tp in self._ready_set:
+                    self._ready_set.discard(tp)
+                    self._ready.remove(tp)
+                self._buffered -= len(state.pending)
+                state.pending.clear()
+                state.received.clear()
+                state.done.clear()
+                state.commit_to = state.committed = None
+                state.paused = False
+                state.epoch += 1
+                if state.in_flight:
+                    state.assigned = False
+                else:
+                    del self._partitions[tp]
+        return offsets
+
+    # the workers
+
+    def take(self, stopping: threading.Event) -> tuple[TopicPartition, int, Any] | None:
+        """The next record to deliver (partition, epoch, record); None once stopping."""
+        with self._cond:
+            while True:
+                if stopping.is_set():
+                    return None
+                if self._ready:
+                    break
+                self._cond.wait(1.0)
+            tp = self._ready.popleft()
+            self._ready_set.discard(tp)
+            state = self._partitions[tp]
+            record = state.pending.popleft()
+            self._buffered -= 1
+            state.in_flight += 1
+            self._busy += 1
+            self._mark_ready(tp, state)  # unordered: the partition's turn comes again
+            return tp, state.epoch, record
+
+    def finish(self, tp: TopicPartition, epoch: int, offset: int, handled: bool) -> None:
+        """A delivery ended; `handled` (any final outcome) makes its offset committable."""
+        with self._cond:
+            self._busy -= 1
+            state = self._partitions[tp]
+            state.in_flight -= 1
+            if handled and epoch == state.epoch:
+                state.done.add(offset)
+                while state.received and state.received[0] in state.done:
+                    next_done = state.received.popleft()
+                    state.done.discard(next_done)
+                    state.commit_to = next_done + 1
+            if not state.assigned and not state.in_flight:
+                del self._partitions[tp]
+                return
+            if self._mark_ready(tp, state):
+                self._cond.notify()
+
+    def wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # introspection
+
+    def buffered(self) -> int:
+        with self._cond:
+            return self._buffered
+
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._busy
+
+    def paused(self) -> set[TopicPartition]:
+        with self._cond:
+            return {tp for tp, state in self._partitions.items() if state.paused}
+
+    def _mark_ready(self, tp: TopicPartition, state: _Partition) -> bool:
+        if tp in self._ready_set or not state.pending:
+            return False
+        if self.ordered and state.in_flight:
+            return False
+        self._ready.append(tp)
+        self._ready_set.add(tp)
+        return True
+
+
+class _RebalanceListener(AsyncConsumerRebalanceListener):
+    """Commits the done prefix of revoked partitions and drops their buffered records.
+
+    kafka-python 3 runs listeners on its IO thread, inside the poll thread's `poll()`;
+    a blocking consumer call would deadlock there, so the commit is awaited instead.
+    """
+
+    def __init__(self, dispatcher: KafkaSourceDispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._owned: set[TopicPartition] = set()
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._forget(revoked)
+        await self._dispatcher._revoke(revoked, commit=True)
+
+    async def on_partitions_lost(self, lost: Any) -> None:
+        self._forget(lost)
+        await self._dispatcher._revoke(lost, commit=False)  # no longer a member: no commit
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._owned |= set(assigned)
+        if self._owned:
+            self._dispatcher._assigned.set()
+
+    def _forget(self, partitions: Any) -> None:
+        self._owned -= set(partitions)
+        if not self._owned:
+            self._dispatcher._assigned.clear()
 
 
 class KafkaSourceDispatcher:
-    """One KafkaSource: a consumer group that POSTs each record to the sink, in order.
+    """One KafkaSource: a consumer group that POSTs each record to the sink.
 
     `sink_url` is the sink Service's URL with the source's `sink.uri` path joined;
     `dead_letter_topic` is the topic of the KafkaSink named as dead-letter sink.
     `consumer_config` is passed to `KafkaConsumer` (the local stack passes
     `duetide.local.broker.consumer_settings()`).
+
+    As Knative's dispatcher (`OrderedConsumerVerticle`, `UnorderedConsumerVerticle`,
+    `OffsetManager`): one thread polls, pauses and resumes partitions and commits;
+    up to `max_in_flight` worker threads deliver, each with its own HTTP connection.
+    With `spec.ordering` "ordered" each partition delivers one record at a time and
+    partitions proceed in parallel; "unordered" delivers any buffered record. A
+    partition with `max_buffered_per_partition` records waiting is paused until half
+    of them have started (one poll may add a fetch's worth beyond that). The committed
+    offset of a partition is always the end of its contiguous prefix of handled
+    records, so an undelivered one stays uncommitted.
     """
 
     def __init__(
@@ -339,22 +602,36 @@ class KafkaSourceDispatcher:
         consumer_config: Mapping[str, Any] | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         poll_timeout_s: float = 0.2,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_buffered_per_partition: int = DEFAULT_MAX_BUFFERED_PER_PARTITION,
     ) -> None:
         if spec.initial_offset not in ("earliest", "latest"):
             raise ValueError(f"KafkaSource {spec.name}: initialOffset {spec.initial_offset!r}")
+        if spec.ordering not in (ORDERED, UNORDERED):
+            raise ValueError(f"KafkaSource {spec.name}: ordering {spec.ordering!r}")
+        if min(max_in_flight, max_buffered_per_partition) < 1:
+            raise ValueError(f"KafkaSource {spec.name}: dispatcher bounds must be positive")
+        HttpSink(sink_url, 1.0)  # validates the URL now rather than in a worker
         self.spec = spec
         self.bootstrap_servers = bootstrap_servers
         self.sink_url = sink_url
         self.dead_letter_topic = dead_letter_topic
         self.namespace = namespace
+        self.max_in_flight = max_in_flight
+        self.max_buffered_per_partition = max_buffered_per_partition
         self._consumer_config = dict(consumer_config or {})
         self._poll_timeout_ms = int(poll_timeout_s * 1000)
         self._delivery = spec.delivery
-        self._sink = HttpSink(sink_url, spec.delivery.timeout_s or DEFAULT_ATTEMPT_TIMEOUT_S)
+        self._attempt_timeout_s = spec.delivery.timeout_s or DEFAULT_ATTEMPT_TIMEOUT_S
+        self._queue = _WorkQueue(ordered=spec.ordering == ORDERED)
         self._stopping = threading.Event()
         self._assigned = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+        self._producer_lock = threading.Lock()
+        self._sinks: list[HttpSink] = []
+        self._sinks_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
         self._thread: threading.Thread | None = None
 
     # lifecycle
@@ -363,9 +640,7 @@ class KafkaSourceDispatcher:
         if self._thread is not None:
             raise RuntimeError(f"KafkaSource {self.spec.name} dispatcher already started")
         self._consumer = KafkaConsumer(**self._consumer_kwargs())
-        self._consumer.subscribe(
-            topics=list(self.spec.topics), listener=_AssignmentListener(self._assigned)
-        )
+        self._consumer.subscribe(topics=list(self.spec.topics), listener=_RebalanceListener(self))
         self._thread = threading.Thread(
             target=self._run, name=f"kafkasource-{self.spec.name}", daemon=True
         )
@@ -381,9 +656,8 @@ class KafkaSourceDispatcher:
         return self._assigned.wait(timeout_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop after the record in hand; an undelivered record stays uncommitted."""
-        self._stopping.set()
-        self._sink.abort()
+        """Stop after the deliveries in hand; an undelivered record stays uncommitted."""
+        self._halt()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -397,6 +671,20 @@ class KafkaSourceDispatcher:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    # introspection (tests, diagnostics)
+
+    def buffered(self) -> int:
+        """Records polled and not yet started."""
+        return self._queue.buffered()
+
+    def in_flight(self) -> int:
+        """Deliveries under way."""
+        return self._queue.in_flight()
+
+    def paused_partitions(self) -> set[TopicPartition]:
+        """Partitions paused because their buffer is full."""
+        return self._queue.paused()
+
     def _consumer_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
@@ -404,7 +692,7 @@ class KafkaSourceDispatcher:
             "group_id": self.spec.consumer_group,
             "enable_auto_commit": False,
             "auto_offset_reset": self.spec.initial_offset,
-            # One record can take all its retries; the group must not evict us meanwhile.
+            # The poll thread never waits on a delivery; this only guards against surprises.
             "max_poll_interval_ms": self._worst_case_record_ms(),
         }
         kwargs.update(self._consumer_config)
@@ -414,52 +702,151 @@ class KafkaSourceDispatcher:
         delivery = self._delivery
         attempts = delivery.retry + 1
         backoff = sum(delivery.backoff(n) for n in range(1, delivery.retry + 1))
-        worst = attempts * (delivery.timeout_s or DEFAULT_ATTEMPT_TIMEOUT_S) + backoff + 60
+        worst = attempts * self._attempt_timeout_s + backoff + 60
         return max(300_000, int(worst * 1000))
 
-    # the loop
+    def _halt(self) -> None:
+        """Stop starting deliveries and break those under way (safe from any thread)."""
+        self._stopping.set()
+        with self._sinks_lock:
+            sinks = list(self._sinks)
+        for sink in sinks:
+            sink.abort()
+        self._queue.wake_all()
+
+    # the poll thread: the only one that calls the consumer (besides its listener)
 
     def _run(self) -> None:
         assert self._consumer is not None
+        consumer = self._consumer
         try:
             while not self._stopping.is_set():
-                self._poll_once(self._consumer)
+                self._poll_once(consumer)
+                self._commit_done(consumer)
         except Exception:
             log.exception("KafkaSource %s: dispatcher stopped by an error", self.spec.name)
         finally:
+            self._halt()
+            self._join_workers()
+            with contextlib.suppress(Exception):
+                self._commit_done(consumer, timeout_ms=2000)  # what finished meanwhile
             self._close_clients()
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
+        self._apply_backpressure(consumer)
+        timeout_ms = _BUSY_POLL_MS if self._queue.has_work() else self._poll_timeout_ms
         try:
-            batches = consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=50)
+            batches = consumer.poll(timeout_ms=timeout_ms, max_records=_POLL_ALL_FETCHED)
         except KafkaError as exc:
             log.warning("KafkaSource %s: poll failed: %r", self.spec.name, exc)
             self._stopping.wait(1.0)
             return
-        for records in batches.values():
-            for record in records:
-                if self._stopping.is_set() or not self._handle(record):
-                    return
-                self._commit(consumer, record)
+        if not batches or self._stopping.is_set():
+            return
+        assigned = consumer.assignment()
+        for tp, records in batches.items():
+            if tp in assigned and records:
+                self._queue.add(tp, records)
+        self._spawn_workers()
 
-    def _handle(self, record: Any) -> bool:
+    def _apply_backpressure(self, consumer: KafkaConsumer) -> None:
+        assigned = consumer.assignment()
+        pause, resume = self._queue.backpressure(assigned, self.max_buffered_per_partition)
+        for tp in pause:
+            with contextlib.suppress(KeyError):  # revoked meanwhile
+                consumer.pause(tp)
+                log.debug("KafkaSource %s: paused %s (buffer full)", self.spec.name, tp)
+        for tp in resume:
+            with contextlib.suppress(KeyError):
+                consumer.resume(tp)
+                log.debug("KafkaSource %s: resumed %s", self.spec.name, tp)
+
+    def _commit_done(self, consumer: KafkaConsumer, timeout_ms: int | None = None) -> None:
+        offsets = self._queue.to_commit(consumer.assignment())
+        if not offsets:
+            return
+        wire = {tp: OffsetAndMetadata(offset, "", -1) for tp, (offset, _) in offsets.items()}
+        try:
+            consumer.commit(wire, timeout_ms=timeout_ms)
+        except KafkaError as exc:
+            # A rebalance took the partition: the new owner redelivers (at-least-once).
+            log.warning("KafkaSource %s: commit failed: %r", self.spec.name, exc)
+            return
+        self._queue.committed(offsets)
+
+    async def _revoke(self, partitions: Any, *, commit: bool) -> None:
+        """Rebalance: commit the revoked partitions' done prefix, drop their buffers."""
+        offsets = self._queue.revoke(partitions)
+        if not (commit and offsets and self._consumer is not None):
+            return
+        wire = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+        try:
+            await self._consumer.commit_async(wire)
+        except Exception as exc:
+            log.warning("KafkaSource %s: commit on revocation failed: %r", self.spec.name, exc)
+
+    def _spawn_workers(self) -> None:
+        while len(self._workers) < self.max_in_flight and self._queue.startable() > (
+            self._queue.idle_workers(len(self._workers))
+        ):
+            sink = HttpSink(self.sink_url, self._attempt_timeout_s)
+            with self._sinks_lock:
+                if self._stopping.is_set():
+                    return
+                self._sinks.append(sink)
+            worker = threading.Thread(
+                target=self._work,
+                args=(sink,),
+                name=f"kafkasource-{self.spec.name}-{len(self._workers)}",
+                daemon=True,
+            )
+            self._workers.append(worker)
+            worker.start()
+
+    def _join_workers(self) -> None:
+        deadline = time.monotonic() + _WORKER_JOIN_S
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("KafkaSource %s: a delivery did not stop in time", self.spec.name)
+
+    # the workers
+
+    def _work(self, sink: HttpSink) -> None:
+        try:
+            while (item := self._queue.take(self._stopping)) is not None:
+                tp, epoch, record = item
+                handled = False
+                try:
+                    handled = self._handle(record, sink)
+                finally:
+                    self._queue.finish(tp, epoch, record.offset, handled)
+        except Exception:
+            log.exception("KafkaSource %s: dispatcher stopped by an error", self.spec.name)
+            self._halt()
+        finally:
+            sink.close()
+
+    def _handle(self, record: Any, sink: HttpSink) -> bool:
         """Deliver one record; False if stopping interrupted it (it stays uncommitted)."""
         event = record_to_event(record, self.spec.name, self.namespace)
         headers, body = _http_parts(event)
-        response = self._deliver(headers, body)
+        response = self._deliver(sink, headers, body)
         if response is None:
             return False
         if not response.ok:
             self._fail(record, event, response)
         return True
 
-    def _deliver(self, headers: dict[str, str], body: bytes | None) -> SinkResponse | None:
+    def _deliver(
+        self, sink: HttpSink, headers: dict[str, str], body: bytes | None
+    ) -> SinkResponse | None:
         """The final answer after retries, or None if stop() cut the delivery short."""
         response = SinkResponse(None, error="not sent")
         for attempt in range(self._delivery.retry + 1):
             if attempt and self._stopping.wait(self._delivery.backoff(attempt)):
                 return None
-            response = self._sink.post(headers, body)
+            response = sink.post(headers, body)
             if response.ok:
                 return response
             if self._stopping.is_set():
@@ -507,26 +894,23 @@ class KafkaSourceDispatcher:
         )
 
     def _dead_letter_producer(self) -> KafkaProducer:
-        if self._producer is None:
-            self._producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                client_id=f"duetide-kafkasource-{self.spec.name}-dls",
-                linger_ms=0,
-            )
-        return self._producer
-
-    def _commit(self, consumer: KafkaConsumer, record: Any) -> None:
-        partition = TopicPartition(record.topic, record.partition)
-        try:
-            consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "", -1)})
-        except KafkaError as exc:
-            # A rebalance took the partition: the new owner redelivers (at-least-once).
-            log.warning("KafkaSource %s: commit failed: %r", self.spec.name, exc)
+        with self._producer_lock:  # KafkaProducer is thread-safe; its creation is not
+            if self._producer is None:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap_servers,
+                    client_id=f"duetide-kafkasource-{self.spec.name}-dls",
+                    linger_ms=0,
+                )
+            return self._producer
 
     def _close_clients(self) -> None:
-        self._sink.close()
-        if self._producer is not None:
-            self._producer.close(timeout=2)
+        with self._sinks_lock:
+            sinks = list(self._sinks)
+        for sink in sinks:
+            sink.close()
+        with self._producer_lock:
+            if self._producer is not None:
+                self._producer.close(timeout=2)
         if self._consumer is not None:
             self._consumer.close(autocommit=False, timeout_ms=2000)
 

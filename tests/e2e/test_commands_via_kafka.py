@@ -1,0 +1,225 @@
+"""Command intake end to end: the local stack (functions, embedded broker, KafkaSource
+dispatchers from knative/) on the test database, commands produced by librdkafka
+(`confluent-kafka`, a different Kafka client than ours) or posted to `/commands`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import psycopg
+import pytest
+import requests
+from cloudevents.conversion import to_structured
+
+from duetide import deadletters, events
+from duetide.auth import issue_local_token
+from duetide.config import get_settings
+from duetide.local import stack as stack_module
+from duetide.local.broker import consumer_settings, free_loopback_port
+from duetide.local.eventing import KafkaSourceDispatcher
+
+ROOT = Path(__file__).resolve().parents[2]
+POSTGRES_URL = os.environ.get("DUETIDE_TEST_POSTGRES_URL", "")
+JWT_SECRET = "e2e-commands-secret-of-enough-length"
+COMMANDS_TOPIC = "duetide-commands"
+WAIT_S = 30.0
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test database: a fresh schema on PostgreSQL when configured, else SQLite."""
+    if not POSTGRES_URL:
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'duetide.db'}"
+        return
+    libpq = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://", 1)
+    schema = f"e2e_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"DUETIDE_TEST_POSTGRES_URL={POSTGRES_URL} is not reachable: {exc}")
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@dataclass
+class Running:
+    stack: stack_module.Stack
+    token: str
+
+    @property
+    def base(self) -> str:
+        return self.stack.functions["tasks"].url
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def tasks(self, tag: str) -> list[dict[str, Any]]:
+        answer = requests.get(f"{self.base}/tasks?tag={tag}", headers=self.auth, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["items"]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Running]:
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            "DUETIDE_HOME": str(home),
+            "DUETIDE_JWT_SECRET": JWT_SECRET,
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": "",
+        }.items():
+            patch.setenv(name, value)
+        # Group joins on the embedded broker take half the session timeout (~23 s with
+        # the client default); the test gives the dispatchers the local tuning.
+        patch.setattr(
+            stack_module,
+            "KafkaSourceDispatcher",
+            functools.partial(KafkaSourceDispatcher, consumer_config=consumer_settings()),
+        )
+        get_settings.cache_clear()
+        stack = stack_module.Stack(
+            root=ROOT, home=home, port=free_loopback_port(), echo=False, database_url=database_url
+        )
+        try:
+            stack.start()
+            yield Running(stack, issue_local_token("carol"))
+        finally:
+            stack.stop()
+            get_settings.cache_clear()
+
+
+def command(event_id: str, event_type: str, data: Any, **extensions: str) -> Any:
+    event = events.build(event_id=event_id, type=event_type, source="/crm", subject="", data=data)
+    for name, value in extensions.items():
+        event[name] = value
+    return event
+
+
+def produce_with_librdkafka(running: Running, *commands: Any, key: str = "crm") -> None:
+    """Binary-mode records (CloudEvents SDK headers), produced by librdkafka."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": running.stack.bootstrap_servers})
+    for event in commands:
+        message = events.to_kafka(event, key)
+        producer.produce(
+            COMMANDS_TOPIC,
+            value=message.value,
+            key=message.key,
+            headers=list(message.headers.items()),
+        )
+    assert producer.flush(10) == 0
+
+
+def create(title: str, tag: str) -> dict[str, Any]:
+    return {"task": {"title": title, "tags": [tag]}}
+
+
+# ------------------------------------------------------------ via the commands topic
+
+
+def test_commands_produced_by_librdkafka_create_and_complete_a_task_once(running: Running):
+    tag, marker = f"crm-{uuid.uuid4().hex[:8]}", f"marker-{uuid.uuid4().hex[:8]}"
+    created = command(
+        "crm-1", events.CMD_TASK_CREATE, create("Call the customer", tag),
+        authtoken=running.token,
+    )  # fmt: skip
+    # The same command produced twice (a retrying producer), then a marker on the same
+    # key: the marker is delivered after both copies (one partition, ordered delivery).
+    produce_with_librdkafka(running, created, created)
+    produce_with_librdkafka(
+        running,
+        command("crm-2", events.CMD_TASK_CREATE, create("marker", marker), authtoken=running.token),
+    )
+    wait_for(lambda: running.tasks(marker), "the marker task")
+    [task] = running.tasks(tag)
+    assert task["title"] == "Call the customer" and task["status"] == "open"
+
+    completing = command(
+        "crm-3", events.CMD_TASK_COMPLETE, {"task_id": task["id"]}, authtoken=running.token
+    )
+    produce_with_librdkafka(running, completing)
+    wait_for(lambda: running.tasks(tag)[0]["status"] == "done", "the completion")
+    assert len(running.tasks(tag)) == 1
+
+
+def test_command_with_an_invalid_token_is_dead_lettered_with_401(running: Running):
+    tag = f"forged-{uuid.uuid4().hex[:8]}"
+    event_id = f"forged-{uuid.uuid4().hex[:8]}"
+    forged = issue_local_token("carol").rsplit(".", 1)[0] + ".bad-signature"
+    produce_with_librdkafka(
+        running, command(event_id, events.CMD_TASK_CREATE, create("x", tag), authtoken=forged)
+    )
+
+    def dead_lettered() -> list[deadletters.DeadLetter]:
+        letters = deadletters.read(running.stack.bootstrap_servers, "duetide-dead-letters")
+        return [letter for letter in letters if letter.event_id == event_id]
+
+    [letter] = wait_for(dead_lettered, "the dead letter")
+    assert letter.attribute("knativeerrorcode") == "401"
+    assert letter.destination == f"{running.base}/commands"
+    assert running.tasks(tag) == []
+
+
+# ---------------------------------------------------------------- POST /commands
+
+
+def post(running: Running, event: Any, *, structured: bool = False, **headers: str) -> Any:
+    if structured:
+        wire, body = to_structured(event, data_marshaller=lambda d: json.dumps(d).encode())
+    else:
+        wire, body = events.to_http(event)
+    return requests.post(
+        f"{running.base}/commands", headers={**wire, **headers}, data=body, timeout=10
+    )
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])
+def test_posted_command_creates_a_task_and_its_retry_is_a_duplicate(
+    running: Running, structured: bool
+):
+    tag = f"posted-{uuid.uuid4().hex[:8]}"
+    event = command(f"post-{tag}", events.CMD_TASK_CREATE, create("Posted", tag))
+    first = post(running, event, structured=structured, **running.auth)
+    assert first.status_code == 201, first.text
+    assert first.json()["task"]["title"] == "Posted"
+    again = post(running, event, structured=structured, **running.auth)
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    assert [t["id"] for t in running.tasks(tag)] == [first.json()["task"]["id"]]
+
+
+def test_posted_commands_without_a_valid_token_or_of_unknown_type_are_refused(
+    running: Running,
+):
+    tag = f"refused-{uuid.uuid4().hex[:8]}"
+    event = command(f"r-{tag}", events.CMD_TASK_CREATE, create("Refused", tag))
+    assert post(running, event).status_code == 401
+    assert post(running, event, Authorization="Bearer not-a-token").status_code == 401
+    assert post(running, event, structured=True).status_code == 401
+    unknown = command(f"u-{tag}", "dev.duetide.task.archive.v1", {"task_id": "x"})
+    answer = post(running, unknown, **running.auth)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_cloudevent"
+    assert running.tasks(tag) == []

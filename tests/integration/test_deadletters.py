@@ -1,0 +1,185 @@
+"""`duetide deadletters list|replay` against the embedded broker.
+
+Dead letters are made the way Knative makes them: the local KafkaSource dispatcher
+gives up on a failing sink and writes the event, with its knativeerror* extensions,
+to the dead-letter topic. The command is run through `duetide.cli.main`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from duetide import events
+from duetide.cli import main
+from duetide.config import get_settings
+from duetide.local.broker import EmbeddedBroker, consumer_settings, ensure_topics
+from duetide.local.eventing import KafkaSourceDispatcher
+from duetide.local.manifests import TopicSpec
+from tests.integration.test_eventing import RecordingSink, await_condition, source_spec
+from tests.integration.test_reliability import read_topic
+
+SECRET = "card number 4111"  # a payload the listing must never show
+
+
+@pytest.fixture
+def kafka(broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
+    get_settings.cache_clear()
+    yield broker.bootstrap_servers
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def dead_topic(broker: EmbeddedBroker, unique_topic: Callable[[str], str]) -> str:
+    name = unique_topic("dead")
+    ensure_topics(broker.bootstrap_servers, [TopicSpec(name)])
+    return name
+
+
+@pytest.fixture(scope="module")
+def producer(broker: EmbeddedBroker) -> Iterator[KafkaProducer]:
+    client = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
+    yield client
+    client.close(timeout=5)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
+    """`duetide deadletters ...`: (exit code, stdout lines, stderr)."""
+    code = main(["deadletters", *argv])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+def dead_letter(
+    producer: KafkaProducer, topic: str, event_id: str, destination: str, code: str = "500"
+) -> None:
+    """A dead letter as Knative writes it: the event plus knativeerror* extensions."""
+    event = events.build(
+        event_id=event_id, type=events.TASK_COMPLETED, source="/duetide/tasks",
+        subject=f"task-{event_id}", data={"note": SECRET},
+    )  # fmt: skip
+    event["knativeerrordest"] = destination
+    event["knativeerrorcode"] = code
+    event["knativeerrordata"] = "eyJlcnJvciI6ICJkb3duIn0="
+    message = events.to_kafka(event, f"task-{event_id}")
+    headers = list(message.headers.items())
+    producer.send(topic, value=message.value, key=message.key, headers=headers).get(timeout=10)
+
+
+def headers_of(record: Any) -> dict[str, str]:
+    return {name: value.decode() for name, value in record.headers}
+
+
+def test_failed_event_is_listed_without_its_payload_and_replayed_with_the_same_id(
+    broker, kafka, dead_topic, producer, unique_topic, capsys
+):
+    topic = unique_topic("events")
+    ensure_topics(kafka, [TopicSpec(topic)])
+    event = events.build(
+        event_id="dl-1", type=events.TASK_COMPLETED, source="/duetide/tasks", subject="task-1",
+        data={"note": SECRET},
+    )  # fmt: skip
+    message = events.to_kafka(event, "task-1")
+    producer.send(
+        topic, value=message.value, key=message.key, headers=list(message.headers.items())
+    ).get(timeout=10)
+
+    with RecordingSink() as sink:
+        sink.script(then=500, error_body=json.dumps({"error": SECRET}).encode())
+        spec = source_spec(topic, retry=1)
+        with KafkaSourceDispatcher(
+            spec, kafka, sink.url, dead_letter_topic=dead_topic,
+            consumer_config=consumer_settings(),
+        ):  # fmt: skip
+            await_condition(lambda: len(read_topic(kafka, dead_topic)) == 1, "the dead letter")
+            code, lines, _ = run(capsys, "list", "--topic", dead_topic)
+            assert code == 0
+            assert lines == [
+                "offset=0:0 type=dev.duetide.task.completed.v1 id=dl-1 subject=task-1 "
+                f"knativeerrorcode=500 knativeerrordest={sink.url}"
+            ]
+            assert SECRET not in "\n".join(lines)
+
+            sink.script(then=200)  # the function is fixed
+            code, lines, _ = run(capsys, "replay", "--id", "dl-1", "--topic", dead_topic,
+                                 "--to", topic)  # fmt: skip
+            assert code == 0 and lines[0].startswith("replayed offset=0:0")
+            await_condition(lambda: len(sink.received()) == 3, "the replayed delivery")
+
+    first, replayed = sink.received()[0], sink.received()[-1]
+    assert replayed.headers["ce-id"] == "dl-1"
+    assert not [name for name in replayed.headers if name.startswith("ce-knativeerror")]
+    assert (replayed.headers, replayed.body) == (first.headers, first.body)
+
+
+def test_replay_finds_the_topic_of_the_kafkasource_whose_sink_failed(
+    broker, kafka, dead_topic, producer, capsys
+):
+    ensure_topics(kafka, [TopicSpec("duetide-task-events", 6), TopicSpec("duetide-commands", 3)])
+    recurrence = "http://duetide-recurrence.default.svc.cluster.local"
+    dead_letter(producer, dead_topic, "to-recurrence", recurrence)
+    dead_letter(producer, dead_topic, "to-recurrence", recurrence)  # dead-lettered twice
+    # The local stack's sinks are on loopback: a unique sink path still names its source.
+    dead_letter(producer, dead_topic, "to-commands", "http://127.0.0.1:8080/commands", "401")
+
+    code, lines, err = run(capsys, "replay", "--all", "--topic", dead_topic)
+
+    assert code == 0, err
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [
+        "to=duetide-task-events",
+        "to=duetide-commands",
+    ]
+    for topic, event_id in (("duetide-task-events", "to-recurrence"),
+                            ("duetide-commands", "to-commands")):  # fmt: skip
+        [record] = [r for r in read_topic(kafka, topic) if headers_of(r)["ce_id"] == event_id]
+        headers = headers_of(record)
+        assert not [name for name in headers if name.startswith("ce_knativeerror")]
+        assert headers["ce_type"] == events.TASK_COMPLETED
+        assert record.key == f"task-{event_id}".encode()
+        assert json.loads(record.value) == {"note": SECRET}
+
+
+def test_replay_without_a_known_destination_asks_for_to_and_sends_nothing(
+    broker, kafka, dead_topic, producer, capsys
+):
+    ensure_topics(kafka, [TopicSpec("duetide-task-events", 6)])
+    before = len(read_topic(kafka, "duetide-task-events"))
+    dead_letter(producer, dead_topic, "ok", "http://duetide-recurrence.default.svc.cluster.local")
+    dead_letter(producer, dead_topic, "where", "http://127.0.0.1:41234")  # recurrence or notify?
+
+    code, lines, err = run(capsys, "replay", "--all", "--topic", dead_topic)
+
+    assert code == 1 and lines == []
+    assert "id=where" in err and "--to TOPIC" in err
+    assert len(read_topic(kafka, "duetide-task-events")) == before  # not even the known one
+
+
+def test_list_limit_shows_the_newest(broker, kafka, dead_topic, producer, capsys):
+    for n in range(4):
+        dead_letter(producer, dead_topic, f"e{n}", "http://x/")
+    code, lines, _ = run(capsys, "list", "--topic", dead_topic, "--limit", "2")
+    assert code == 0
+    assert [line.split()[2] for line in lines] == ["id=e2", "id=e3"]
+
+
+def test_unknown_id_and_unknown_topic_are_errors(broker, kafka, dead_topic, producer, capsys):
+    dead_letter(producer, dead_topic, "known", "http://x/")
+    code, _, err = run(capsys, "replay", "--id", "unknown", "--topic", dead_topic, "--to", "t")
+    assert code == 1 and "no dead letter with id 'unknown'" in err
+    code, _, err = run(capsys, "list", "--topic", "no-such-topic")
+    assert code == 1 and "no topic 'no-such-topic'" in err
+
+
+def test_without_kafka_bootstrap_servers_it_says_so(monkeypatch, capsys):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+    get_settings.cache_clear()
+    try:
+        code, _, err = run(capsys, "list")
+    finally:
+        get_settings.cache_clear()
+    assert code == 2 and "KAFKA_BOOTSTRAP_SERVERS is not set" in err
