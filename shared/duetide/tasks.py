@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from duetide import events, preferences, reminders
 from duetide import series as series_rules
 from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
-from duetide.models import PRIORITIES, Reminder, Series, Task, TaskTag, utcnow
+from duetide.models import PRIORITIES, OccurrenceLog, Reminder, Series, Task, TaskTag, utcnow
 from duetide.schemas import (
     MAX_REMINDERS_PER_TASK,
     ReminderIn,
@@ -145,26 +145,43 @@ def complete(session: Session, owner: str, task_id: str) -> tuple[Task, list[str
 
 
 def reopen(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
-    """Reopen a done task. In a series only the latest occurrence can be reopened, and
-    its open successor is withdrawn, so a series never has two open occurrences."""
+    """Reopen a done task. In a series only the latest occurrence can be reopened: its
+    open successor (and any occurrences recorded missed on the way) is withdrawn, so a
+    series never has two open occurrences; after a later one was done or skipped,
+    reopening is a 409."""
     task = get_owned(session, owner, task_id)
     if task.status == "open":
         return task, []
-    ids = []
-    successor = session.exec(select(Task).where(Task.previous_id == task.id)).first()
-    if successor is not None:
-        if successor.status == "done":
-            raise Conflict("a later occurrence of this series is done; reopen that one instead")
-        ids.append(emit(session, successor, events.TASK_DELETED))
-        session.delete(successor)
-        series = session.get(Series, task.series_id) if task.series_id else None
-        if series is not None and series.last_index == successor.occurrence_index:
-            series.last_index, series.last_at = task.occurrence_index or 0, task.scheduled_at
-            session.add(series)
+    ids = _withdraw_later_occurrences(session, task) if task.series_id else []
     task.status, task.completed_at, task.updated_at = "open", None, utcnow()
     session.add(task)
     session.flush()
     return task, [*ids, emit(session, task, events.TASK_REOPENED)]
+
+
+def _withdraw_later_occurrences(session: Session, task: Task) -> list[str]:
+    index = task.occurrence_index or 0
+    later = session.exec(
+        select(Task).where(Task.series_id == task.series_id, col(Task.occurrence_index) > index)
+    ).all()
+    logged = session.exec(
+        select(OccurrenceLog).where(
+            OccurrenceLog.series_id == task.series_id, col(OccurrenceLog.occurrence_index) > index
+        )
+    ).all()
+    if any(t.status == "done" for t in later) or any(r.outcome == "skipped" for r in logged):
+        raise Conflict("a later occurrence of this series is done or skipped; it cannot reopen")
+    ids = []
+    for successor in later:
+        ids.append(emit(session, successor, events.TASK_DELETED))
+        session.delete(successor)
+    for row in logged:
+        session.delete(row)
+    series = session.get(Series, task.series_id)
+    if series is not None and series.last_index > index:
+        series.last_index, series.last_at = index, task.scheduled_at
+        session.add(series)
+    return ids
 
 
 def add_reminder(
