@@ -76,7 +76,7 @@ class EmbeddedBroker:
         *,
         log_path: Path | None = None,
         start_timeout_s: float = 20.0,
-        stop_timeout_s: float = 5.0,
+        stop_timeout_s: float = 1.0,  # Tansu waits for open client connections; memory only
     ) -> None:
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
