@@ -25,7 +25,7 @@ from duetide import (
 )
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound
-from duetide.http import guarded, json_response, parse_model, read_json
+from duetide.http import guarded, json_response, parse_model, read_json, reject_nul
 from duetide.models import Notification, utcnow
 from duetide.schemas import (
     ForecastQuery,
@@ -75,7 +75,9 @@ ROUTES = Map(
 
 
 def _query(request: Request) -> dict[str, Any]:
-    return {k: v for k, v in request.args.items()}
+    query = {k: v for k, v in request.args.items()}
+    reject_nul(query)
+    return query
 
 
 def _body(request: Request) -> Any:
@@ -268,7 +270,7 @@ def _offset_page(
 def _offset_cursor(cursor: str | None) -> int:
     if cursor is None:
         return 0
-    if not cursor.isdigit() or len(cursor) > 9:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 9:  # not "²"
         raise BadRequest("invalid cursor: pass back `next_cursor`")
     return int(cursor)
 
@@ -309,9 +311,11 @@ def handle(request: Request) -> Response:
     """Route a request; every route but /healthz needs a bearer token."""
     adapter = ROUTES.bind("duetide", path_info=request.path)
     try:
+        if "\x00" in request.path:  # no id has one, and PostgreSQL could not compare it
+            raise RouteNotFound()
         endpoint, args = adapter.match(request.path, method=request.method)
     except RouteNotFound:
-        raise NotFound(f"no route {request.path}") from None
+        raise NotFound(f"no route {request.path!r}") from None
     except RouteMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.valid_methods or []))
         raise MethodNotAllowed(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import pydantic
@@ -63,16 +63,52 @@ def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def read_json(request: Request, max_bytes: int) -> Any:
-    """The JSON body of a request: 413 if too large, 415 if not JSON, 400 if unparsable."""
+    """The JSON body of a request: 413 if too large, 415 if not JSON, 400 if unparsable,
+    422 if a text holds a NUL character."""
     body = read_body(request, max_bytes)
     if not body:
         raise BadRequest("a JSON request body is required")
     if request.mimetype not in ("application/json", "") and not request.mimetype.endswith("+json"):
         raise UnsupportedMediaType("the request body must be application/json")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
+    reject_nul(data)
+    return data
+
+
+def nul_at(data: Any) -> str | None:
+    """Where (`field.0.name`) the first text holding a NUL character is, if any.
+
+    PostgreSQL cannot store U+0000 in text, so it is refused at the edge on every
+    backend. Iterative: the value may be nested as deeply as json.loads allows.
+    """
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, str) and "\x00" in value:
+            return where
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return where
+                pending.append((f"{where}.{key}" if where else key, item))
+        elif isinstance(value, list):
+            pending.extend((f"{where}.{i}" if where else str(i), v) for i, v in enumerate(value))
+    return None
+
+
+def reject_nul(data: Any, field: str | None = None) -> None:
+    where = nul_at(data)
+    if where is not None:
+        field = ".".join(part for part in (field, where) if part) or None
+        raise ValidationFailed(
+            f"invalid value for {field or 'body'}: NUL characters are not accepted",
+            details=[{"field": field, "message": "NUL characters (U+0000) are not accepted"}],
+        )
 
 
 def parse_model(model: type[M], data: Any) -> M:

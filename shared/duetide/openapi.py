@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from duetide import schemas
+from duetide.sink import MAX_ATTRIBUTE_CHARS
 
 DateTime = str  # RFC 3339 with offset; described by `format: date-time` below
 
@@ -151,6 +152,42 @@ class CommandResult(Out):
     task: TaskOut | None = None
 
 
+class CreateCommandData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: schemas.TaskCreate
+
+
+class CompleteCommandData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: str = Field(max_length=36)
+
+
+class Command(BaseModel):
+    """A command as a structured-mode CloudEvent; binary mode (`ce-*` headers and the
+    data as an application/json body) is accepted as well. Other attributes are passed
+    over, except the extension `authtoken`: the producer's bearer token, used when the
+    request has no Authorization header (commands relayed from Kafka)."""
+
+    model_config = ConfigDict(extra="allow")
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS["id"])
+    source: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS["source"])
+
+
+class CreateCommand(Command):
+    type: Literal["dev.duetide.task.create.v1"]
+    data: CreateCommandData
+
+
+class CompleteCommand(Command):
+    type: Literal["dev.duetide.task.complete.v1"]
+    data: CompleteCommandData
+
+
+class CommandEvent(RootModel[CreateCommand | CompleteCommand]):
+    pass
+
+
 # endpoint -> (summary, request body model, query model, {status: response model})
 Spec = tuple[str, type[BaseModel] | None, type[BaseModel] | None, dict[int, type[BaseModel] | None]]
 ERRORS = (400, 401, 404, 413, 415, 422, 429)
@@ -184,10 +221,11 @@ ENDPOINTS: dict[str, Spec] = {
                            {200: UpcomingPage}),
     "snooze_reminder": ("Snooze a reminder", schemas.SnoozeIn, None, {200: ReminderOut}),
     "dismiss_reminder": ("Dismiss a reminder", None, None, {200: ReminderOut}),
-    "commands": ("Command intake: a task.create/complete CloudEvent", None, None,
+    "commands": ("Command intake: a task.create/complete CloudEvent", CommandEvent, None,
                  {200: CommandResult, 201: CommandResult}),
 }  # fmt: skip
 PUBLIC = {"health", "openapi"}
+MEDIA_TYPES = {"commands": "application/cloudevents+json"}
 
 
 def _ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +282,9 @@ def _operation(endpoint: str, arguments: list[str], components: dict[str, Any]) 
     if body is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref(body, components)}},
+            "content": {
+                MEDIA_TYPES.get(endpoint, "application/json"): {"schema": _ref(body, components)}
+            },
         }
     for status, model in responses.items():
         response: dict[str, Any] = {"description": str(status)}
@@ -278,7 +318,8 @@ def document() -> dict[str, Any]:
             "title": "duetide tasks API",
             "version": "1",
             "description": "Tasks, recurring series, reminders. Errors are "
-            '`{"error": {"code", "message", "details"}}`.',
+            '`{"error": {"code", "message", "details"}}`. Text anywhere in a request '
+            "must not hold NUL (U+0000): 422 in a body or query, 404 in a path.",
         },
         "paths": paths,
         "components": {

@@ -7,15 +7,19 @@ the token, never from the body.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -30,10 +34,94 @@ MAX_TAGS = 20
 MAX_PAGE = 200
 MAX_FORECAST = 500
 
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+# Not blank, and stripped of blanks around it. ASCII blanks only: regex `\s` and
+# str.strip() disagree on which Unicode characters are white space, and the document's
+# pattern must mean here what it means to every client.
+_BLANKS = " \t\n\r\f\v"
+_NOT_BLANK = r"[^ \t\n\r\f\v]"
+
+
+def _strip_blanks(value: str) -> str:
+    return value.strip(_BLANKS)
+
+
+Tag = Annotated[
+    str, StringConstraints(max_length=64, pattern=_NOT_BLANK), AfterValidator(_strip_blanks)
+]
+Title = Annotated[
+    str, StringConstraints(max_length=500, pattern=_NOT_BLANK), AfterValidator(_strip_blanks)
+]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
 Priority = Literal["none", "low", "medium", "high", "urgent"]
+
+
+# Years 1900-8999: room for reminder offsets and recurrence maths within Python's years.
+_YEAR = r"(19|[2-8][0-9])[0-9]{2}"
+_DATE = _YEAR + r"-[0-9]{2}-[0-9]{2}"
+_TIME = r"[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+_OFFSET = r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+# The document pairs `format` (which says the rest) with the year range.
+_IN_RANGE = {"type": "string", "pattern": f"^{_YEAR}-"}
+
+
+def _text(kind: str, pattern: str, native: type) -> BeforeValidator:
+    """Times and durations are JSON text of the one form the OpenAPI document names;
+    pydantic alone would also read `0` as 1970, `false` as no time and "900" as 15
+    minutes. `native` values come from our own code."""
+    shape = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, native):
+            return value
+        if not isinstance(value, str) or not shape.fullmatch(value):
+            raise ValueError(f"must be {kind}")
+        if re.fullmatch(_DATE, value):
+            return date.fromisoformat(value)  # a date UNTIL is inclusive: keep it a date
+        return value
+
+    return BeforeValidator(check)
+
+
+Instant = Annotated[
+    AwareDatetime,
+    _text("an RFC 3339 date-time from year 1900 to 8999", _DATE + _TIME + _OFFSET, datetime),
+    WithJsonSchema({**_IN_RANGE, "format": "date-time"}),
+]
+Duration = Annotated[
+    timedelta, _text("an ISO 8601 duration such as PT15M", r"P[0-9A-Z.,]+", timedelta)
+]
+Until = Annotated[
+    datetime | date,
+    _text("a date-time (UTC or local) or a date", f"{_DATE}({_TIME}{_OFFSET}?)?", date),
+    WithJsonSchema(
+        {
+            "anyOf": [{**_IN_RANGE, "format": "date-time"}, {**_IN_RANGE, "format": "date"}],
+            "description": "an RFC 3339 date-time or a date (inclusive); a local date-time "
+            "without offset, such as 2027-06-30T09:00:00, is read in the series' zone",
+        }
+    ),
+]
+
+
+def _json_integer(value: Any) -> Any:
+    if isinstance(value, bool | str):  # JSON Schema: an integer is a number (2 or 2.0)
+        raise ValueError("must be an integer")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_json_integer)]
+# Bounds go before the validator, or pydantic writes them as `ge`/`le` into the document.
+Count = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
+Interval = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_json_integer)]
+
+
+def exactly_one(*fields: str) -> dict[str, Any]:
+    """JSON Schema for "exactly one of `fields` is given and not null"."""
+    return {
+        "oneOf": [
+            {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in fields
+        ]
+    }
 
 
 class RequestModel(BaseModel):
@@ -50,15 +138,17 @@ class RequestModel(BaseModel):
 class RecurrenceIn(RequestModel):
     """A rule as raw RRULE text, or in friendly fields turned into one."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one("rrule", "frequency"))
+
     rrule: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
     frequency: Literal["minutely", "hourly", "daily", "weekly", "monthly", "yearly"] | None = None
-    interval: int | None = Field(None, ge=1, le=1000)
+    interval: Interval | None = None
     weekdays: list[str] | None = Field(None, max_length=7)
-    month_days: list[int] | None = Field(None, max_length=31)
-    months: list[int] | None = Field(None, max_length=12)
-    set_positions: list[int] | None = Field(None, max_length=10)
-    count: int | None = Field(None, ge=1)
-    until: datetime | None = None
+    month_days: list[Int] | None = Field(None, max_length=31)
+    months: list[Int] | None = Field(None, max_length=12)
+    set_positions: list[Int] | None = Field(None, max_length=10)
+    count: Count | None = None
+    until: Until | None = None
     timezone: Annotated[str, StringConstraints(max_length=64)] = "UTC"
     mode: Literal["schedule", "completion"] = "schedule"
     month_end: Literal["skip", "clamp"] = "skip"
@@ -79,8 +169,10 @@ class RecurrenceIn(RequestModel):
 
 
 class ReminderIn(RequestModel):
-    at: AwareDatetime | None = None
-    before_due: timedelta | None = None
+    model_config = ConfigDict(json_schema_extra=exactly_one("at", "before_due"))
+
+    at: Instant | None = None
+    before_due: Duration | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> ReminderIn:
@@ -93,12 +185,40 @@ class ReminderIn(RequestModel):
         return self
 
 
+# `due_at` (not null) is required by a recurrence and by a `before_due` reminder.
+_NEEDS_DUE = {"required": ["due_at"], "properties": {"due_at": {"type": "string"}}}
+_TASK_CREATE_RULES = {
+    "allOf": [
+        {
+            "if": {"required": ["recurrence"], "properties": {"recurrence": {"type": "object"}}},
+            "then": _NEEDS_DUE,
+        },
+        {
+            "if": {
+                "required": ["reminders"],
+                "properties": {
+                    "reminders": {
+                        "contains": {
+                            "required": ["before_due"],
+                            "properties": {"before_due": {"type": "string"}},
+                        }
+                    }
+                },
+            },
+            "then": _NEEDS_DUE,
+        },
+    ]
+}
+
+
 class TaskCreate(RequestModel):
+    model_config = ConfigDict(json_schema_extra=_TASK_CREATE_RULES)
+
     title: Title
     description: Description = ""
     priority: Priority = "none"
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
-    due_at: AwareDatetime | None = None
+    due_at: Instant | None = None
     reminders: list[ReminderIn] = Field(default_factory=list, max_length=MAX_REMINDERS_PER_TASK)
     recurrence: RecurrenceIn | None = None
 
@@ -121,7 +241,7 @@ class TaskUpdate(RequestModel):
     description: Description = None  # type: ignore[assignment]
     priority: Priority = None  # type: ignore[assignment]
     tags: list[Tag] = Field(None, max_length=MAX_TAGS)  # type: ignore[assignment]
-    due_at: AwareDatetime | None = None
+    due_at: Instant | None = None
 
 
 class SeriesUpdate(RequestModel):
@@ -147,12 +267,12 @@ class PreferencesUpdate(RequestModel):
     """Reminder preferences; a field left out keeps its value, `null` clears it."""
 
     timezone: Annotated[str, StringConstraints(max_length=64)] | None = None
-    default_reminders: list[timedelta] | None = Field(None, max_length=MAX_REMINDERS_PER_TASK)
+    default_reminders: list[Duration] | None = Field(None, max_length=MAX_REMINDERS_PER_TASK)
     channels: list[Channel] | None = Field(None, min_length=1, max_length=3)
     webhook_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
     email: Annotated[str, StringConstraints(max_length=320)] | None = None
     quiet_hours: QuietHours | None = None
-    grace: timedelta | None = None
+    grace: Duration | None = None
 
     @field_validator("default_reminders")
     @classmethod
@@ -171,18 +291,20 @@ class PreferencesUpdate(RequestModel):
 
 
 class SnoozeIn(RequestModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, json_schema_extra=exactly_one("for", "until")
+    )
 
-    for_: timedelta | None = Field(None, alias="for")
-    until: AwareDatetime | None = None
+    for_: Duration | None = Field(None, alias="for")
+    until: Instant | None = None
 
 
 class TaskQuery(RequestModel):
     status: Literal["open", "done"] | None = None
     priority: Priority | None = None
     tag: Tag | None = None
-    due_before: AwareDatetime | None = None
-    due_after: AwareDatetime | None = None
+    due_before: Instant | None = None
+    due_after: Instant | None = None
     q: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     series_id: Annotated[str, StringConstraints(max_length=36)] | None = None
     sort: Literal["created_at", "due_at", "priority", "title"] = "created_at"
@@ -193,7 +315,8 @@ class TaskQuery(RequestModel):
 
 class PageQuery(RequestModel):
     limit: int = Field(50, ge=1, le=MAX_PAGE)
-    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    # An offset, as the previous page's `next_cursor` gave it.
+    cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")] | None = None
 
 
 class ForecastQuery(RequestModel):
@@ -201,9 +324,14 @@ class ForecastQuery(RequestModel):
 
 
 def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
+    """RFC 3339 text in `zone`, or in UTC where the zone's offset then had seconds (LMT)."""
     if value is None:
         return None
-    return value.astimezone(zone or UTC).isoformat()
+    local = value.astimezone(zone or UTC)
+    offset = local.utcoffset()
+    if offset is not None and offset.seconds % 60:
+        local = value.astimezone(UTC)
+    return local.isoformat()
 
 
 def reminder_out(reminder: models.Reminder) -> dict[str, Any]:

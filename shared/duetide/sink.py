@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +25,16 @@ from sqlmodel import Session
 from duetide import auth, db, outbox
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent, MethodNotAllowed, UnsupportedMediaType
-from duetide.http import Handler, guarded, json_response, read_body
+from duetide.http import Handler, guarded, json_response, nul_at, read_body
 from duetide.models import ProcessedEvent
 
 log = logging.getLogger("duetide.sink")
 
 REQUIRED = ("id", "source", "type", "specversion")
 STRUCTURED = "application/cloudevents+json"
+# (source, id) is stored to deduplicate (`processed_event`: 512 and 255 characters; a
+# command's source is prefixed with the user id, itself at most 255).
+MAX_ATTRIBUTE_CHARS = {"id": 255, "source": 255}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,35 @@ def decode(request: Request, max_bytes: int) -> Incoming:
     """A strictly decoded CloudEvent (binary or structured mode), or a 4xx ApiError."""
     body = read_body(request, max_bytes)
     headers = {k.lower(): v for k, v in request.headers.items()}
+    binary = _binary_mode(request, headers)
+    try:
+        event = from_http(headers, body, data_unmarshaller=lambda raw: raw)
+    except ce_errors.GenericException as exc:
+        raise InvalidCloudEvent(_sdk_message(exc, binary)) from None
+    except (ValueError, TypeError, RecursionError):
+        # The SDK also lets these out: a body that is not UTF-8 (UnicodeDecodeError), a
+        # null required attribute, an unhashable specversion (found by tests/fuzz), JSON
+        # nested too deeply.
+        raise InvalidCloudEvent("the CloudEvent could not be parsed") from None
+    attributes = event.get_attributes()
+    _check_attributes(attributes)
+    incoming = Incoming(
+        id=attributes["id"],
+        source=attributes["source"],
+        type=attributes["type"],
+        subject=str(attributes.get("subject") or ""),
+        time=str(attributes.get("time") or ""),
+        data=_json_data(event.get_data()),
+        extensions={k: v for k, v in attributes.items() if k not in _CONTEXT},
+    )
+    where = nul_at({"attributes": attributes, "data": incoming.data})
+    if where is not None:  # PostgreSQL cannot store U+0000: a poison event, not a retry
+        raise InvalidCloudEvent(f"a NUL character in the event at {where}")
+    return incoming
+
+
+def _binary_mode(request: Request, headers: dict[str, str]) -> bool:
+    """Whether the event is in binary mode; 400/415 for a request that is neither mode."""
     binary = "ce-specversion" in headers or any(k.startswith("ce-") for k in headers)
     if not binary and request.mimetype != STRUCTURED:
         if not _is_json(request.mimetype):
@@ -68,25 +100,21 @@ def decode(request: Request, max_bytes: int) -> Incoming:
             raise InvalidCloudEvent(f"missing required attributes: {', '.join(missing)}")
         if not _is_json(request.mimetype):
             raise UnsupportedMediaType(f"event data must be JSON, got {request.mimetype!r}")
-    try:
-        event = from_http(headers, body, data_unmarshaller=lambda raw: raw)
-    except ce_errors.GenericException as exc:
-        raise InvalidCloudEvent(_sdk_message(exc, binary)) from None
-    attributes = event.get_attributes()
+    return binary
+
+
+def _check_attributes(attributes: Mapping[str, Any]) -> None:
     missing = [a for a in REQUIRED if not attributes.get(a)]
     if missing:
         raise InvalidCloudEvent(f"missing required attributes: {', '.join(missing)}")
+    not_text = [a for a in REQUIRED if not isinstance(attributes[a], str)]
+    if not_text:  # structured mode: JSON could give numbers or objects
+        raise InvalidCloudEvent(f"attributes must be strings: {', '.join(not_text)}")
     if attributes["specversion"] != "1.0":
         raise InvalidCloudEvent("unsupported specversion: only 1.0 is accepted")
-    return Incoming(
-        id=str(attributes["id"]),
-        source=str(attributes["source"]),
-        type=str(attributes["type"]),
-        subject=str(attributes.get("subject") or ""),
-        time=str(attributes.get("time") or ""),
-        data=_json_data(event.get_data()),
-        extensions={k: v for k, v in attributes.items() if k not in _CONTEXT},
-    )
+    for name, limit in MAX_ATTRIBUTE_CHARS.items():
+        if len(attributes[name]) > limit:
+            raise InvalidCloudEvent(f"the {name} attribute is longer than {limit} characters")
 
 
 _CONTEXT = {"id", "source", "type", "specversion", "subject", "time", "datacontenttype"}
@@ -110,7 +138,7 @@ def _json_data(raw: Any) -> Any:
         return raw
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidCloudEvent("event data is not valid JSON") from None
 
 

@@ -220,18 +220,30 @@ def encode_cursor(task: Task, query: TaskQuery) -> str:
 
 
 def decode_cursor(cursor: str, query: TaskQuery) -> tuple[Any, str]:
+    """The (value, id) a cursor names; a forged or stale one is a 400, never a query."""
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if raw["s"] != query.sort or raw["o"] != query.order:
+        if raw["s"] != query.sort or raw["o"] != query.order or not isinstance(raw["id"], str):
             raise ValueError("sort changed")
-        value = raw["v"]
-        if query.sort in ("created_at", "due_at") and value is not None:
-            value = datetime.fromisoformat(value)
-        return value, str(raw["id"])
-    except (ValueError, KeyError, TypeError):
+        return _cursor_value_of(query.sort, raw["v"]), raw["id"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise BadRequest(
             "invalid cursor: pass back `next_cursor` with the same sort and order"
         ) from None
+
+
+def _cursor_value_of(sort: str, value: Any) -> Any:
+    if value is None and sort == "due_at":
+        return None
+    if sort == "priority" and type(value) is int:
+        return value
+    if sort == "title" and isinstance(value, str):
+        return value
+    if sort in ("created_at", "due_at") and isinstance(value, str):
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is not None:
+            return parsed
+    raise ValueError("cursor value does not fit the sort")
 
 
 def _after_cursor(column: Any, value: Any, last_id: str, descending: bool) -> Any:

@@ -1,0 +1,447 @@
+"""Every input limit of the tasks function, on the real app (SQLite and PostgreSQL).
+
+Body size (413), field lengths and list sizes (422), page size, recurrence expansion
+(COUNT, instances per period, forecast size), reminders per task, text the databases can
+store (no NUL), JSON nesting, CloudEvent attribute lengths, and the per-user write rate
+(429 with Retry-After). Where a value can be built, a limit is shown at its boundary: the
+last value accepted and the first refused; a refusal writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlmodel import SQLModel, func, select
+
+from duetide import db, ratelimit, recurrence
+from duetide.models import Notification, Task
+from duetide.schemas import MAX_FORECAST, MAX_PAGE, MAX_REMINDERS_PER_TASK, MAX_TAGS
+from tests.integration.conftest import _reset_caches, auth_headers, function_client
+
+DUE = "2031-03-02T09:00:00+01:00"
+HOURS, MINUTES = ",".join(map(str, range(24))), ",".join(map(str, range(60)))
+# A valid rule of the longest length accepted: 500 characters.
+LONGEST_RULE = f"FREQ=DAILY;BYHOUR={HOURS};BYMINUTE={MINUTES};BYSETPOS=" + ",".join(
+    [*map(str, range(1, 80)), "-366"]
+)
+
+
+def rows() -> dict[str, int]:
+    """Row counts per table, rate counters aside."""
+    with db.session_scope() as session:
+        return {
+            table.name: session.exec(select(func.count()).select_from(table)).one()
+            for table in SQLModel.metadata.sorted_tables
+            if table.name != "rate_window"
+        }
+
+
+def refused(response: Any, status: int, code: str, field: str | None = None) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    assert response.json["error"]["code"] == code, response.json
+    if field is not None:
+        fields = [detail["field"] for detail in response.json["error"]["details"]]
+        assert any(f == field or f.startswith(f"{field}.") for f in fields), fields
+
+
+def create(client: FlaskClient, headers: dict[str, str], **body: Any) -> Any:
+    return client.post("/tasks", json={"title": "t", **body}, headers=headers)
+
+
+# --- request body size ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_bodies(env: str, monkeypatch: pytest.MonkeyPatch) -> FlaskClient:
+    monkeypatch.setenv("DUETIDE_MAX_BODY_BYTES", "2048")
+    _reset_caches()
+    return function_client("tasks")
+
+
+def padded(size: int) -> bytes:
+    """A valid task body of exactly `size` bytes."""
+    head = json.dumps({"title": "t", "description": ""}).encode()
+    return head[:-2] + b"x" * (size - len(head)) + b'"}'
+
+
+def test_a_body_over_the_limit_is_413_and_one_at_the_limit_is_read(small_bodies, alice):
+    before = rows()
+    too_big = small_bodies.post(
+        "/tasks", data=padded(2049), headers={**alice, "Content-Type": "application/json"}
+    )
+    refused(too_big, 413, "payload_too_large")
+    assert rows() == before
+    at_limit = small_bodies.post(
+        "/tasks", data=padded(2048), headers={**alice, "Content-Type": "application/json"}
+    )
+    assert at_limit.status_code == 201, at_limit.json
+
+
+def test_a_chunked_body_without_content_length_is_cut_at_the_limit(small_bodies, alice):
+    response = small_bodies.post(
+        "/tasks",
+        input_stream=io.BytesIO(padded(1_000_000)),
+        headers={**alice, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn does for chunked
+    )
+    refused(response, 413, "payload_too_large")
+
+
+def test_commands_have_the_same_body_limit(small_bodies, alice):
+    event = {
+        "specversion": "1.0", "id": "c-1", "source": "/test",
+        "type": "dev.duetide.task.create.v1", "data": {"task": {"title": "x" * 3000}},
+    }  # fmt: skip
+    headers = {**alice, "Content-Type": "application/cloudevents+json"}
+    refused(small_bodies.post("/commands", json=event, headers=headers), 413, "payload_too_large")
+
+
+# --- field lengths and list sizes ---------------------------------------------------------
+
+TOO_LONG = {
+    "title": ({"title": "x" * 501}, {"title": "x" * 500}),
+    "description": ({"description": "x" * 10_001}, {"description": "x" * 10_000}),
+    "tags": ({"tags": [f"t{i}" for i in range(MAX_TAGS + 1)]}, {"tags": ["t"] * MAX_TAGS}),
+    "tags.0": ({"tags": ["x" * 65]}, {"tags": ["x" * 64]}),
+    "reminders": (
+        {"due_at": DUE, "reminders": [{"before_due": "PT1M"}] * (MAX_REMINDERS_PER_TASK + 1)},
+        {"due_at": DUE, "reminders": [{"before_due": "PT1M"}] * MAX_REMINDERS_PER_TASK},
+    ),
+    "recurrence.rrule": (
+        {"due_at": DUE, "recurrence": {"rrule": LONGEST_RULE + "0"}},
+        {"due_at": DUE, "recurrence": {"rrule": LONGEST_RULE}},
+    ),
+    "recurrence.timezone": (
+        {"due_at": DUE, "recurrence": {"frequency": "daily", "timezone": "X" * 65}},
+        {"due_at": DUE, "recurrence": {"frequency": "daily", "timezone": "Europe/Berlin"}},
+    ),
+    "recurrence.weekdays": (
+        {"due_at": DUE, "recurrence": {"frequency": "weekly", "weekdays": ["MO"] * 8}},
+        {"due_at": DUE, "recurrence": {"frequency": "weekly", "weekdays": ["MO", "FR"]}},
+    ),
+    "recurrence.interval": (
+        {"due_at": DUE, "recurrence": {"frequency": "daily", "interval": 1001}},
+        {"due_at": DUE, "recurrence": {"frequency": "daily", "interval": 1000}},
+    ),
+}
+
+
+@pytest.mark.parametrize("field", TOO_LONG)
+def test_task_fields_and_lists_are_bounded(client, alice, field):
+    assert len(LONGEST_RULE) == 500
+    too_long, at_limit = TOO_LONG[field]
+    before = rows()
+    refused(create(client, alice, **too_long), 422, "validation_failed", field)
+    assert rows() == before
+    response = create(client, alice, **at_limit)
+    assert response.status_code == 201, response.json
+
+
+PREFERENCES = {
+    "timezone": "X" * 65,
+    "webhook_url": "https://example.com/" + "x" * 2030,
+    "email": "a@" + "x" * 319,
+    "default_reminders": ["PT1M"] * (MAX_REMINDERS_PER_TASK + 1),
+    "channels": ["log", "log", "log", "log"],
+}
+
+
+@pytest.mark.parametrize("field", PREFERENCES)
+def test_preference_fields_are_bounded(client, alice, field):
+    response = client.patch("/preferences", json={field: PREFERENCES[field]}, headers=alice)
+    refused(response, 422, "validation_failed", field)
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [("q=" + "x" * 201, "q"), ("tag=" + "x" * 65, "tag"), ("series_id=" + "x" * 37, "series_id")],
+)
+def test_query_text_is_bounded(client, alice, query, field):
+    refused(client.get(f"/tasks?{query}", headers=alice), 422, "validation_failed", field)
+
+
+def test_an_update_is_bounded_like_a_create(client, alice):
+    task_id = create(client, alice).json["id"]
+    response = client.patch(f"/tasks/{task_id}", json={"title": "x" * 501}, headers=alice)
+    refused(response, 422, "validation_failed", "title")
+
+
+# --- page size ----------------------------------------------------------------------------
+
+LISTS = ["/tasks", "/series", "/notifications", "/reminders/upcoming"]
+
+
+@pytest.mark.parametrize("path", LISTS)
+@pytest.mark.parametrize("limit", [0, MAX_PAGE + 1, "many"])
+def test_page_size_outside_1_to_200_is_refused(client, alice, path, limit):
+    refused(client.get(f"{path}?limit={limit}", headers=alice), 422, "validation_failed", "limit")
+
+
+@pytest.mark.parametrize("path", LISTS)
+def test_a_page_holds_at_most_limit_items(client, alice, path):
+    for i in range(3):
+        reminders = [{"before_due": f"PT{i + 1}M"}]
+        create(client, alice, due_at=DUE, reminders=reminders, recurrence={"frequency": "daily"})
+    with db.session_scope() as session:
+        for task in session.exec(select(Task)).all():
+            session.add(
+                Notification(
+                    owner="alice",
+                    reminder_id=task.reminders[0].id,
+                    task_id=task.id,
+                    channel="log",
+                    scheduled_at=task.due_at,
+                )
+            )
+    page = client.get(f"{path}?limit=2", headers=alice).json
+    assert len(page["items"]) == 2
+    if "next_cursor" in page:
+        assert page["next_cursor"] is not None
+    full = client.get(f"{path}?limit={MAX_PAGE}", headers=alice)
+    assert full.status_code == 200 and len(full.json["items"]) == 3
+
+
+def test_the_default_page_is_50(client, alice):
+    with db.session_scope() as session:
+        session.add_all(Task(owner="alice", title=f"t{i}") for i in range(51))
+    page = client.get("/tasks", headers=alice).json
+    assert len(page["items"]) == 50 and page["next_cursor"]
+
+
+@pytest.mark.parametrize("path", ["/series", "/notifications"])
+@pytest.mark.parametrize("cursor", ["1234567890", "-1", "²", "abc"])
+def test_an_offset_cursor_is_at_most_nine_ascii_digits(client, alice, path, cursor):
+    refused(client.get(f"{path}?cursor={cursor}", headers=alice), 422, "validation_failed")
+
+
+def forged_cursor(sort: str, value: Any) -> str:
+    raw = json.dumps({"s": sort, "o": "asc", "v": value, "id": "x"}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "sort, value", [("priority", {"a": 1}), ("created_at", "2020-01-01"), ("title", [1])]
+)
+def test_a_forged_task_cursor_is_400(client, alice, sort, value):
+    response = client.get(f"/tasks?sort={sort}&cursor={forged_cursor(sort, value)}", headers=alice)
+    refused(response, 400, "bad_request")
+
+
+# --- recurrence expansion -----------------------------------------------------------------
+
+EVERY_MINUTE_OF_A_MONTH = f"FREQ=MONTHLY;BYHOUR={HOURS};BYMINUTE={MINUTES}"  # 44 640 a month
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        pytest.param({"rrule": f"FREQ=DAILY;COUNT={recurrence.MAX_COUNT + 1}"}, id="COUNT"),
+        pytest.param({"frequency": "daily", "count": recurrence.MAX_COUNT + 1}, id="count"),
+        pytest.param({"rrule": EVERY_MINUTE_OF_A_MONTH}, id="instances-per-period"),
+        pytest.param({"rrule": "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30"}, id="never"),
+        pytest.param({"rrule": "FREQ=SECONDLY"}, id="SECONDLY"),
+        pytest.param({"rrule": "FREQ=MINUTELY;BYSECOND=1,2"}, id="sub-minute"),
+    ],
+)
+def test_recurrence_expansion_is_bounded(client, alice, rule):
+    before = rows()
+    started = time.monotonic()
+    response = create(client, alice, due_at=DUE, recurrence={"timezone": "UTC", **rule})
+    assert time.monotonic() - started < 5
+    refused(response, 422, "validation_failed", "recurrence")
+    assert rows() == before
+
+
+def test_count_at_the_limit_is_accepted(client, alice):
+    rule = {"rrule": f"FREQ=DAILY;COUNT={recurrence.MAX_COUNT}"}
+    assert create(client, alice, due_at=DUE, recurrence=rule).status_code == 201
+
+
+def test_forecast_size_is_bounded(client, alice):
+    series_id = create(
+        client, alice, due_at=DUE, recurrence={"rrule": "FREQ=MINUTELY;INTERVAL=7"}
+    ).json["series_id"]
+    url = f"/series/{series_id}/occurrences"
+    too_many = client.get(f"{url}?count={MAX_FORECAST + 1}", headers=alice)
+    refused(too_many, 422, "validation_failed", "count")
+    refused(client.get(f"{url}?count=0", headers=alice), 422, "validation_failed", "count")
+    started = time.monotonic()
+    response = client.get(f"{url}?count={MAX_FORECAST}", headers=alice)
+    assert response.status_code == 200 and len(response.json["items"]) == MAX_FORECAST
+    assert time.monotonic() - started < 2
+
+
+# --- reminders per task -------------------------------------------------------------------
+
+
+def test_a_task_has_at_most_ten_reminders(client, alice):
+    reminders = [{"before_due": f"PT{i}M"} for i in range(MAX_REMINDERS_PER_TASK - 1)]
+    task = create(client, alice, due_at=DUE, reminders=reminders)
+    url = f"/tasks/{task.json['id']}/reminders"
+    assert client.post(url, json={"before_due": "PT1H"}, headers=alice).status_code == 201
+    before = rows()
+    refused(client.post(url, json={"before_due": "PT2H"}, headers=alice), 422, "validation_failed")
+    assert rows() == before
+    assert len(client.get(f"/tasks/{task.json['id']}", headers=alice).json["reminders"]) == 10
+
+
+# --- what the databases can store, and how deep JSON may nest -----------------------------
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"due_at": "0001-01-01T00:00:00+01:00"}, "due_at"),  # before year 1 in UTC
+        ({"due_at": "9999-12-31T23:59:59-01:00"}, "due_at"),  # after year 9999 in UTC
+        ({"due_at": "1899-12-31T23:59:59Z"}, "due_at"),
+        ({"due_at": 0}, "due_at"),  # not 1970: times are text
+        ({"due_at": "1700000000"}, "due_at"),
+        ({"reminders": [{"at": "9000-01-01T00:00:00Z"}]}, "reminders.0.at"),
+        ({"due_at": DUE, "reminders": [{"before_due": "900"}]}, "reminders.0.before_due"),
+        ({"due_at": DUE, "reminders": [{"before_due": False}]}, "reminders.0.before_due"),
+    ],
+)
+def test_times_are_rfc_3339_text_from_year_1900_to_8999(client, alice, body, field):
+    before = rows()
+    refused(create(client, alice, **body), 422, "validation_failed", field)
+    assert rows() == before
+
+
+def test_the_first_and_last_accepted_instants(client, alice):
+    for due in ("1900-01-01T00:00:00Z", "8999-12-31T23:59:59+14:00"):
+        response = create(client, alice, due_at=due, reminders=[{"before_due": "P366D"}])
+        assert response.status_code == 201, response.json
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"title": "a\x00b"}, "title"),
+        ({"title": "t", "tags": ["ok", "\x00"]}, "tags.1"),
+        ({"title": "t", "recurrence": {"rrule": "FREQ=DAILY\x00"}, "due_at": DUE},
+         "recurrence.rrule"),
+    ],
+)  # fmt: skip
+def test_text_with_a_nul_character_is_422_on_every_backend(client, alice, body, field):
+    before = rows()
+    refused(client.post("/tasks", json=body, headers=alice), 422, "validation_failed", field)
+    assert rows() == before
+
+
+def test_a_nul_character_in_a_query_or_path_is_refused(client, alice):
+    refused(client.get("/tasks?q=a%00b", headers=alice), 422, "validation_failed", "q")
+    refused(client.get("/tasks/a%00b", headers=alice), 404, "not_found")
+
+
+def test_json_nested_deeper_than_the_parser_allows_is_400(client, alice):
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = client.post(
+        "/tasks", data=body, headers={**alice, "Content-Type": "application/json"}
+    )
+    refused(response, 400, "bad_request")
+
+
+def structured(**attributes: Any) -> dict[str, Any]:
+    return {
+        "specversion": "1.0", "id": "c-1", "source": "/test",
+        "type": "dev.duetide.task.create.v1", "data": {"task": {"title": "t"}}, **attributes,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(structured(id="x" * 256), id="id-256"),
+        pytest.param(structured(source="/" + "x" * 255), id="source-256"),
+        pytest.param(structured(source="/a\x00b"), id="nul-source"),
+        pytest.param(structured(data={"task": {"title": "a\x00"}}), id="nul-data"),
+        pytest.param(structured(id=7), id="number-id"),
+        pytest.param(structured(type=None), id="null-type"),
+    ],
+)
+def test_command_attributes_are_bounded_and_text(client, alice, event):
+    before = rows()
+    headers = {**alice, "Content-Type": "application/cloudevents+json"}
+    refused(client.post("/commands", json=event, headers=headers), 400, "invalid_cloudevent")
+    assert rows() == before
+
+
+def test_command_attributes_at_the_limit_are_accepted(client, alice):
+    event = structured(id="x" * 255, source="/" + "x" * 254)
+    headers = {**alice, "Content-Type": "application/cloudevents+json"}
+    assert client.post("/commands", json=event, headers=headers).status_code == 201
+
+
+def test_a_sink_refuses_an_event_id_longer_than_its_dedup_key(env):
+    sink = function_client("recurrence")
+    headers = {
+        "ce-specversion": "1.0", "ce-id": "x" * 256, "ce-source": "/test",
+        "ce-type": "dev.duetide.task.completed.v1", "Content-Type": "application/json",
+    }  # fmt: skip
+    refused(sink.post("/", headers=headers, data=b"{}"), 400, "invalid_cloudevent")
+
+
+# --- per-user write rate --------------------------------------------------------------------
+
+FROZEN = datetime(2031, 3, 2, 9, 41, 45, tzinfo=UTC)
+
+
+@pytest.fixture
+def three_writes_a_minute(env: str, monkeypatch: pytest.MonkeyPatch) -> FlaskClient:
+    monkeypatch.setenv("DUETIDE_WRITE_RATE_PER_MINUTE", "3")
+    monkeypatch.setattr(ratelimit, "utcnow", lambda: FROZEN)  # one fixed-window minute
+    _reset_caches()
+    return function_client("tasks")
+
+
+def test_the_fourth_write_in_a_minute_is_429_with_retry_after(three_writes_a_minute, alice):
+    client = three_writes_a_minute
+    task_id = create(client, alice).json["id"]
+    assert client.patch(f"/tasks/{task_id}", json={"title": "u"}, headers=alice).status_code == 200
+    assert client.post(f"/tasks/{task_id}/complete", headers=alice).status_code == 200
+    before = rows()
+
+    response = create(client, alice)
+
+    refused(response, 429, "rate_limited")
+    assert response.headers["Retry-After"] == "15"  # the window ends at 09:42:00
+    assert rows() == before
+
+
+def test_reads_are_not_limited_and_each_user_has_a_budget(three_writes_a_minute, alice, bob):
+    client = three_writes_a_minute
+    for _ in range(3):
+        assert create(client, alice).status_code == 201
+    assert create(client, alice).status_code == 429
+    for _ in range(10):
+        assert client.get("/tasks", headers=alice).status_code == 200
+    assert create(client, bob).status_code == 201
+    carol = auth_headers("carol")
+    assert client.patch("/preferences", json={"timezone": "UTC"}, headers=carol).status_code == 200
+
+
+def test_commands_count_against_the_same_budget(three_writes_a_minute, alice):
+    client = three_writes_a_minute
+    headers = {**alice, "Content-Type": "application/cloudevents+json"}
+    for i in range(3):
+        event = structured(id=f"c-{i}")
+        assert client.post("/commands", json=event, headers=headers).status_code == 201
+    response = client.post("/commands", json=structured(id="c-9"), headers=headers)
+    refused(response, 429, "rate_limited")
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_the_budget_returns_in_the_next_minute(three_writes_a_minute, alice, monkeypatch):
+    client = three_writes_a_minute
+    for _ in range(3):
+        create(client, alice)
+    assert create(client, alice).status_code == 429
+    monkeypatch.setattr(ratelimit, "utcnow", lambda: FROZEN.replace(minute=42, second=0))
+    assert create(client, alice).status_code == 201
