@@ -5,18 +5,15 @@ dispatchers from knative/) on the test database, commands produced by librdkafka
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import confluent_kafka
-import psycopg
 import pytest
 import requests
 from cloudevents.conversion import to_structured
@@ -25,43 +22,20 @@ from duetide import deadletters, events
 from duetide.auth import issue_local_token
 from duetide.config import get_settings
 from duetide.local import stack as stack_module
-from duetide.local.broker import consumer_settings, free_loopback_port
-from duetide.local.eventing import KafkaSourceDispatcher
+from duetide.local.broker import free_loopback_port
+from tests.support import migrated_database, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_URL = os.environ.get("DUETIDE_TEST_POSTGRES_URL", "")
 JWT_SECRET = "e2e-commands-secret-of-enough-length"
 COMMANDS_TOPIC = "duetide-commands"
-WAIT_S = 30.0
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The test database: a fresh schema on PostgreSQL when configured, else SQLite."""
-    if not POSTGRES_URL:
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'duetide.db'}"
-        return
-    libpq = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://", 1)
-    schema = f"e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"DUETIDE_TEST_POSTGRES_URL={POSTGRES_URL} is not reachable: {exc}")
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with migrated_database(POSTGRES_URL or None, tmp_path_factory.mktemp("db")) as url:
+        yield url
 
 
 @dataclass
@@ -94,13 +68,6 @@ def running(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iter
             "KAFKA_BOOTSTRAP_SERVERS": "",
         }.items():
             patch.setenv(name, value)
-        # Group joins on the embedded broker take half the session timeout (~23 s with
-        # the client default); the test gives the dispatchers the local tuning.
-        patch.setattr(
-            stack_module,
-            "KafkaSourceDispatcher",
-            functools.partial(KafkaSourceDispatcher, consumer_config=consumer_settings()),
-        )
         get_settings.cache_clear()
         stack = stack_module.Stack(
             root=ROOT, home=home, port=free_loopback_port(), echo=False, database_url=database_url

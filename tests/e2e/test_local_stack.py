@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,19 +23,10 @@ import pytest
 import requests
 
 from duetide.local.broker import free_loopback_port
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def processes_with_home(home: Path) -> list[int]:
@@ -141,7 +132,7 @@ def test_completing_an_occurrence_materialises_the_next(stack: Stack):
     def open_occurrences() -> list[dict[str, Any]]:
         return stack.call("GET", f"/tasks?series_id={series}&status=open").json()["items"]
 
-    following = wait_for(open_occurrences, 30, "the next occurrence")
+    following = wait_for(open_occurrences, "the next occurrence")
     assert [t["due_at"] for t in following] == ["2026-04-03T09:30:00+02:00"]
     # Completing the done one again (and a moment of redelivery) adds nothing.
     stack.call("POST", f"/tasks/{first['id']}/complete")
@@ -161,7 +152,7 @@ def test_reminder_is_delivered_once(stack: Stack):
         items = stack.call("GET", "/notifications").json()["items"]
         return [n for n in items if n["task_id"] == task_id]
 
-    notes = wait_for(delivered, 30, "the reminder's notification")
+    notes = wait_for(delivered, "the reminder's notification")
     assert len(notes) == 1
     assert datetime.fromisoformat(notes[0]["delivered_at"]) >= at
     # A few more pings pass; still exactly one delivery, one log line.
@@ -179,4 +170,4 @@ def test_ctrl_c_stops_everything(stack: Stack):
     assert processes_with_home(stack.home), "the stack's processes should be visible while up"
     stack.process.send_signal(signal.SIGINT)
     assert stack.process.wait(timeout=30) == 0
-    wait_for(lambda: not processes_with_home(stack.home), 10, "all stack processes to exit")
+    wait_for(lambda: not processes_with_home(stack.home), "all stack processes to exit", 10)

@@ -8,28 +8,23 @@ only an explicitly empty value leaves PostgreSQL out.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import functions_framework
-import psycopg
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from duetide import db, migrate
+from duetide import db
 from duetide.auth import issue_local_token
 from duetide.config import get_settings
+from tests.support import migrated_database
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_URL = os.environ.get("DUETIDE_TEST_POSTGRES_URL", "")
 BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -37,23 +32,9 @@ def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A migrated database per backend for the session; PostgreSQL in its own schema."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'duetide.db'}"
-        migrate.upgrade(url)
+    postgres = POSTGRES_URL if request.param == "postgresql" else None
+    with migrated_database(postgres, tmp_path_factory.mktemp("db")) as url:
         yield url
-        return
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(_libpq(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"DUETIDE_TEST_POSTGRES_URL={POSTGRES_URL} is not reachable: {exc}")
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
-    migrate.upgrade(url)
-    yield url
-    with psycopg.connect(_libpq(POSTGRES_URL), autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture

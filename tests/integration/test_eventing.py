@@ -38,20 +38,10 @@ from duetide.local.manifests import (
     SinkRef,
     TopicSpec,
 )
+from tests.support import wait_for
 
 WAIT_S = 15.0  # a group join takes ~3 s on the embedded broker
 JSON = {"content-type": "application/json"}
-
-
-def await_condition(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 # ------------------------------------------------------------------ the sink
@@ -244,7 +234,7 @@ def read_all(broker: EmbeddedBroker, topic: str, count: int) -> list[Any]:
                 records.extend(batch)
             return len(records) >= count
 
-        await_condition(enough, f"{count} records on {topic}")
+        wait_for(enough, f"{count} records on {topic}")
         return records
     finally:
         consumer.close()
@@ -327,7 +317,7 @@ def test_cloudevent_records_binary_or_structured_pass_through_unchanged(
     produce(producer, wiring.topic, envelope, **{"content-type": "application/cloudevents+json"})
 
     with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
-        binary, from_structured = await_condition(
+        binary, from_structured = wait_for(
             lambda: len(sink.received()) >= 2 and sink.received(), "2 deliveries"
         )
 
@@ -356,7 +346,7 @@ def test_plain_record_becomes_kafka_event_with_partition_and_offset(
 
     with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters) as running:
         assert running.wait_assigned(WAIT_S)
-        first, second = await_condition(
+        first, second = wait_for(
             lambda: len(sink.received()) >= 2 and sink.received(), "2 deliveries"
         )
 
@@ -384,7 +374,7 @@ def test_sink_failing_k_times_then_succeeding_is_called_k_plus_one_times(
     )
 
     with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
-        await_condition(lambda: committed_offset(broker, wiring.spec) == 1, "the commit")
+        wait_for(lambda: committed_offset(broker, wiring.spec) == 1, "the commit")
 
     assert [r.headers["ce-id"] for r in sink.received()] == ["r-1"] * 4
     assert record_count(broker, wiring.dead_letters) == 0
@@ -410,7 +400,7 @@ def test_sink_always_failing_ends_in_dead_letter_topic_with_error_code_and_data(
 
     with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
         [dead] = read_all(broker, wiring.dead_letters, 1)
-        await_condition(lambda: committed_offset(broker, wiring.spec) == 1, "the commit")
+        wait_for(lambda: committed_offset(broker, wiring.spec) == 1, "the commit")
 
     assert len(sink.received()) == 1 + wiring.spec.delivery.retry
     attributes = {name: value.decode() for name, value in dead.headers}
@@ -482,7 +472,7 @@ def test_record_from_librdkafka_producer_with_binary_headers_is_delivered(
     assert rdkafka.flush(10) == 0
 
     with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
-        [request] = await_condition(sink.received, "the delivery")
+        [request] = wait_for(sink.received, "the delivery")
 
     assert request.headers["ce-id"] == "rd-1"
     assert request.headers["ce-type"] == "dev.duetide.task.command.v1"
@@ -503,7 +493,7 @@ def test_stop_interrupts_a_hung_delivery_and_leaves_the_record_uncommitted(
     )
     running = dispatcher(broker, spec, sink.url, wiring.dead_letters).start()
     try:
-        await_condition(sink.received, "the delivery to start")
+        wait_for(sink.received, "the delivery to start")
     finally:
         started = time.monotonic()
         running.stop()
@@ -552,11 +542,11 @@ def test_ordered_source_runs_partitions_in_parallel_each_in_order_and_resumes_af
     sink.classify = lambda request: position(request)[0]
     running = dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters).start()
     try:
-        await_condition(
+        wait_for(
             lambda: offsets_by_partition(sink.received()) == {0: [0, 1, 2], 1: [0, 1, 2, 3]},
             "partition 1 done and partition 0 stuck at offset 2",
         )
-        await_condition(
+        wait_for(
             lambda: (
                 committed_offset(broker, wiring.spec, 1) == 4
                 and committed_offset(broker, wiring.spec, 0) == 2
@@ -574,9 +564,7 @@ def test_ordered_source_runs_partitions_in_parallel_each_in_order_and_resumes_af
     sink.on_request = None
     before = len(sink.received())
     with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
-        await_condition(
-            lambda: committed_offset(broker, wiring.spec, 0) == 4, "the commit after restart"
-        )
+        wait_for(lambda: committed_offset(broker, wiring.spec, 0) == 4, "the commit after restart")
     # Only the uncommitted tail comes again: nothing is lost, nothing else repeated.
     assert offsets_by_partition(sink.received()[before:]) == {0: [2, 3]}
     assert committed_offset(broker, wiring.spec, 1) == 4
@@ -609,7 +597,7 @@ def test_unordered_source_delivers_concurrently_and_commits_only_a_done_prefix(
     sink.on_request = hook
     running = dispatcher(broker, spec, sink.url, wiring.dead_letters, max_in_flight=4).start()
     try:
-        await_condition(
+        wait_for(
             lambda: len(sink.received()) == 6 and running.in_flight() == 1,
             "offsets 1-5 done while offset 0 hangs",
         )
@@ -624,7 +612,7 @@ def test_unordered_source_delivers_concurrently_and_commits_only_a_done_prefix(
     sink.on_request = None
     before = len(sink.received())
     with dispatcher(broker, spec, sink.url, wiring.dead_letters):
-        await_condition(lambda: committed_offset(broker, spec) == 6, "the commit after restart")
+        wait_for(lambda: committed_offset(broker, spec) == 6, "the commit after restart")
     assert sorted(offsets_by_partition(sink.received()[before:])[0]) == list(range(6))
 
 
@@ -646,7 +634,7 @@ def test_slow_sink_pauses_partitions_instead_of_buffering_and_all_arrive_once_re
         consumer_config={"fetch_max_bytes": 256},  # the embedded broker honours this one
         max_buffered_per_partition=limit,
     ) as running:
-        await_condition(lambda: running.paused_partitions() == partitions, "both paused")
+        wait_for(lambda: running.paused_partitions() == partitions, "both paused")
         # Paused, it goes on polling (heartbeats, commits) without taking in more records.
         samples: list[int] = []
 
@@ -654,13 +642,13 @@ def test_slow_sink_pauses_partitions_instead_of_buffering_and_all_arrive_once_re
             samples.append(running.buffered())
             return len(samples) >= 10
 
-        await_condition(sampled, "10 samples of the buffer")
+        wait_for(sampled, "10 samples of the buffer")
         assert len(set(samples)) == 1, samples  # nothing more was taken in
         assert samples[0] < count  # far from the whole backlog (2 x count)
         assert len(sink.received()) == 2  # ordered: one in flight per partition
         # Released, the partitions are paused and resumed many times over; none stalls.
         sink.release()
-        await_condition(
+        wait_for(
             lambda: (
                 committed_offset(broker, wiring.spec, 0) == count
                 and committed_offset(broker, wiring.spec, 1) == count
@@ -688,7 +676,7 @@ def test_ping_timer_posts_ping_events_with_distinct_ids_and_stops_cleanly(
     )
     timer = PingTimer(spec, sink.url, interval_s=0.2).start()
     try:
-        pings = await_condition(lambda: len(sink.received()) >= 3 and sink.received(), "3 pings")
+        pings = wait_for(lambda: len(sink.received()) >= 3 and sink.received(), "3 pings")
     finally:
         started = time.monotonic()
         timer.stop()
@@ -709,9 +697,7 @@ def test_ping_timer_posts_ping_events_with_distinct_ids_and_stops_cleanly(
 def test_ping_timer_on_a_cron_schedule_with_seconds_ticks_each_second(sink: RecordingSink) -> None:
     spec = PingSourceSpec(name="fast", schedule="* * * * * *", sink=SinkRef("Service", "sweep"))
     with PingTimer(spec, sink.url):
-        first, second = await_condition(
-            lambda: len(sink.received()) >= 2 and sink.received(), "2 pings"
-        )
+        first, second = wait_for(lambda: len(sink.received()) >= 2 and sink.received(), "2 pings")
 
     assert first.headers["ce-id"] != second.headers["ce-id"]
     assert first.body == b"" and "content-type" not in first.headers  # no data in the spec

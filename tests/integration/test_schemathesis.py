@@ -9,27 +9,25 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from duetide import migrate
 from duetide.auth import issue_local_token
 from duetide.config import Settings
+from duetide.local.broker import free_loopback_port
 from duetide.openapi import PUBLIC, document
-from tests.integration.conftest import BACKENDS, POSTGRES_URL, ROOT, _libpq
+from tests.integration.conftest import BACKENDS, POSTGRES_URL, ROOT
+from tests.support import migrated_database
 
 SECRET = "schemathesis-test-secret-of-enough-length"
 OTHER_SECRET = "not-the-servers-secret-but-long-enough"
@@ -39,34 +37,14 @@ START_TIMEOUT_S = 30.0
 EXAMPLES = int(os.environ.get("DUETIDE_SCHEMATHESIS_EXAMPLES", "15"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def server_database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A fresh migrated database for the served function: an SQLite file or a PG schema."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('served') / 'duetide.db'}"
-        migrate.upgrade(url)
+    postgres = POSTGRES_URL if request.param == "postgresql" else None
+    with migrated_database(postgres, tmp_path_factory.mktemp("served")) as url:
         yield url
-        return
-    schema = f"fuzz_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(_libpq(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"DUETIDE_TEST_POSTGRES_URL={POSTGRES_URL} is not reachable: {exc}")
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
-    migrate.upgrade(url)
-    yield url
-    with psycopg.connect(_libpq(POSTGRES_URL), autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @dataclass(frozen=True)
@@ -84,7 +62,7 @@ def server(served: Served) -> str:
 def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The tasks function under functions-framework (gunicorn) on a free loopback port."""
     home = tmp_path_factory.mktemp("home")
-    port = _free_port()
+    port = free_loopback_port()
     env = {
         **os.environ,
         "DATABASE_URL": server_database,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from duetide.config import Settings
 from duetide.local.broker import free_loopback_port
 from duetide.local.manifests import SinkRef
 from duetide.local.stack import Stack
+from tests.support import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "wiring-test-secret-of-a-sufficient-length-0123456789"
@@ -58,16 +58,6 @@ def probe(request: Request) -> dict:
 '''
 
 Doc = dict[str, Any]
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def _edit(path: Path, change: Callable[[list[Doc]], None]) -> None:
@@ -163,7 +153,7 @@ def test_knative_edits_change_the_schedule_and_the_sink_the_stack_runs(stack: St
         return records if len(records) == 2 else []
 
     records = wait_for(
-        both_reminders_at_the_probe, DELIVERY_TIMEOUT_S, "two reminders at the probe"
+        both_reminders_at_the_probe, "two reminders at the probe", DELIVERY_TIMEOUT_S
     )
     assert {r["headers"]["ce-type"] for r in records} == {"dev.duetide.reminder.due.v1"}
     claimed = sorted(

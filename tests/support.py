@@ -1,0 +1,57 @@
+"""Helpers the test layers share: awaiting a condition, a fresh migrated database."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from duetide import migrate
+
+
+def wait_for(
+    condition: Callable[[], Any], what: str, timeout_s: float = 30.0, interval_s: float = 0.05
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@contextmanager
+def migrated_database(postgres_url: str | None, folder: Path) -> Iterator[str]:
+    """A fresh database at the newest schema: a PostgreSQL schema of its own when
+    `postgres_url` is given (a server that is not there fails the test), else SQLite."""
+    if not postgres_url:
+        url = f"sqlite:///{folder / 'duetide.db'}"
+        migrate.upgrade(url)
+        yield url
+        return
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(libpq(postgres_url), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"DUETIDE_TEST_POSTGRES_URL={postgres_url} is not reachable: {exc}")
+    separator = "&" if "?" in postgres_url else "?"
+    url = f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(libpq(postgres_url), autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
