@@ -20,8 +20,9 @@ from duetide.config import get_settings
 from duetide.local.broker import EmbeddedBroker, consumer_settings, ensure_topics
 from duetide.local.eventing import KafkaSourceDispatcher
 from duetide.local.manifests import TopicSpec
-from tests.integration.test_eventing import RecordingSink, await_condition, source_spec
+from tests.integration.test_eventing import RecordingSink, source_spec
 from tests.integration.test_reliability import read_topic
+from tests.support import wait_for
 
 SECRET = "card number 4111"  # a payload the listing must never show
 
@@ -96,7 +97,7 @@ def test_failed_event_is_listed_without_its_payload_and_replayed_with_the_same_i
             spec, kafka, sink.url, dead_letter_topic=dead_topic,
             consumer_config=consumer_settings(),
         ):  # fmt: skip
-            await_condition(lambda: len(read_topic(kafka, dead_topic)) == 1, "the dead letter")
+            wait_for(lambda: len(read_topic(kafka, dead_topic)) == 1, "the dead letter")
             code, lines, _ = run(capsys, "list", "--topic", dead_topic)
             assert code == 0
             assert lines == [
@@ -109,7 +110,7 @@ def test_failed_event_is_listed_without_its_payload_and_replayed_with_the_same_i
             code, lines, _ = run(capsys, "replay", "--id", "dl-1", "--topic", dead_topic,
                                  "--to", topic)  # fmt: skip
             assert code == 0 and lines[0].startswith("replayed offset=0:0")
-            await_condition(lambda: len(sink.received()) == 3, "the replayed delivery")
+            wait_for(lambda: len(sink.received()) == 3, "the replayed delivery")
 
     first, replayed = sink.received()[0], sink.received()[-1]
     assert replayed.headers["ce-id"] == "dl-1"
