@@ -84,9 +84,7 @@ def _body(request: Request) -> Any:
     return read_json(request, get_settings().duetide_max_body_bytes)
 
 
-def _write(
-    user: str, work: Callable[[Session], tuple[Any, list[str]]], status: int = 200
-) -> Response:
+def _write(work: Callable[[Session], tuple[Any, list[str]]], status: int = 200) -> Response:
     """Run a state change in one transaction, answer after the commit, then publish."""
     with db.session_scope() as session:
         body, event_ids = work(session)
@@ -111,7 +109,7 @@ def create_task(request: Request, user: str) -> Response:
         task, ids = tasks.create(session, user, spec)
         return tasks.show(session, task), ids
 
-    return _write(user, work, 201)
+    return _write(work, 201)
 
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
@@ -119,25 +117,25 @@ def get_task(request: Request, user: str, task_id: str) -> Response:
         return json_response(tasks.show(session, tasks.get_owned(session, user, task_id)))
 
 
-def _task_change(user: str, change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
+def _task_change(change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
     def work(session: Session) -> tuple[Any, list[str]]:
         task, ids = change(session)
         return tasks.show(session, task), ids
 
-    return _write(user, work)
+    return _write(work)
 
 
 def update_task(request: Request, user: str, task_id: str) -> Response:
     spec = parse_model(TaskUpdate, _body(request))
-    return _task_change(user, lambda s: tasks.update(s, user, task_id, spec))
+    return _task_change(lambda s: tasks.update(s, user, task_id, spec))
 
 
 def complete_task(request: Request, user: str, task_id: str) -> Response:
-    return _task_change(user, lambda s: tasks.complete(s, user, task_id))
+    return _task_change(lambda s: tasks.complete(s, user, task_id))
 
 
 def reopen_task(request: Request, user: str, task_id: str) -> Response:
-    return _task_change(user, lambda s: tasks.reopen(s, user, task_id))
+    return _task_change(lambda s: tasks.reopen(s, user, task_id))
 
 
 def delete_task(request: Request, user: str, task_id: str) -> Response:
@@ -173,24 +171,24 @@ def update_series(request: Request, user: str, series_id: str) -> Response:
         return json_response(series.series_out(series.update(session, user, series_id, spec)))
 
 
-def _series_change(user: str, change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
+def _series_change(change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
     def work(session: Session) -> tuple[Any, list[str]]:
         changed, ids = change(session)
         return series.series_out(changed), ids
 
-    return _write(user, work)
+    return _write(work)
 
 
 def pause_series(request: Request, user: str, series_id: str) -> Response:
-    return _series_change(user, lambda s: (series.pause(s, user, series_id), []))
+    return _series_change(lambda s: (series.pause(s, user, series_id), []))
 
 
 def resume_series(request: Request, user: str, series_id: str) -> Response:
-    return _series_change(user, lambda s: series.resume(s, user, series_id, utcnow()))
+    return _series_change(lambda s: series.resume(s, user, series_id, utcnow()))
 
 
 def skip_series(request: Request, user: str, series_id: str) -> Response:
-    return _series_change(user, lambda s: series.skip(s, user, series_id, utcnow()))
+    return _series_change(lambda s: series.skip(s, user, series_id, utcnow()))
 
 
 def end_series(request: Request, user: str, series_id: str) -> Response:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete
@@ -34,7 +34,6 @@ class SweepResult:
     missed: int = 0
     deferred: int = 0
     batches: int = 0
-    outbox_ids: list[str] = field(default_factory=list)
 
 
 def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> SweepResult:
@@ -71,7 +70,7 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
             late = is_missed(reminder.fire_at, now, preferences.grace(pref))
             reminder.state, reminder.fired_at = ("missed" if late else "fired"), now
             session.add(reminder)
-            result.outbox_ids.append(_emit(session, reminder, task, late))
+            _emit(session, reminder, task, late)
             result.missed += late
             result.fired += not late
     return result
@@ -83,7 +82,7 @@ def _preferences(session: Session, owners: set[str]) -> dict[str, Preference]:
     return {owner: found.get(owner) or Preference(owner=owner) for owner in owners}
 
 
-def _emit(session: Session, reminder: Reminder, task: Task, late: bool) -> str:
+def _emit(session: Session, reminder: Reminder, task: Task, late: bool) -> None:
     data = events.ReminderEvent(
         reminder_id=reminder.id,
         task_id=task.id,
@@ -93,10 +92,7 @@ def _emit(session: Session, reminder: Reminder, task: Task, late: bool) -> str:
         scheduled_at=reminder.fire_at,
     ).model_dump(mode="json")
     event_type = events.REMINDER_MISSED if late else events.REMINDER_DUE
-    row = outbox.record(
-        session, type=event_type, key=task.id, data=data, source=events.SOURCE_SWEEP
-    )
-    return row.id
+    outbox.record(session, type=event_type, key=task.id, data=data, source=events.SOURCE_SWEEP)
 
 
 def sweep(now: datetime, batch: int, engine: Engine | None = None) -> SweepResult:
@@ -110,7 +106,6 @@ def sweep(now: datetime, batch: int, engine: Engine | None = None) -> SweepResul
         total.missed += claimed.missed
         total.deferred += claimed.deferred
         total.batches += 1
-        total.outbox_ids += claimed.outbox_ids
         if claimed.seen < batch:
             break
     if total.seen:
