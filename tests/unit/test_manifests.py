@@ -1,7 +1,7 @@
 """The deployment manifests: valid for the cluster, and wired as the local stack runs them.
 
 Custom resources are checked against the CRD schemas their projects publish (copied
-unchanged to ../shared/schemas), core kinds with kubernetes-validate. OpenAPI schemas
+unchanged to tests/crds, see its README for origin and version), core kinds with kubernetes-validate. OpenAPI schemas
 accept unknown fields unless told otherwise, and the API server would silently prune
 them, so a misspelt field is looked for separately.
 """
@@ -24,7 +24,7 @@ import yaml
 from duetide.local.manifests import ManifestError, SinkRef, Wiring, load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
+SCHEMAS = REPO_ROOT / "tests" / "crds"
 PRODUCTION_OVERLAY = REPO_ROOT / "kafka" / "overlays" / "production"
 # A version that kubernetes-validate ships schemas for.
 KUBERNETES_VERSION = "1.33.0"
@@ -137,14 +137,7 @@ def _manifest(relative: str, kind: str, name: str) -> Doc:
 
 @cache
 def _crd_schemas() -> dict[tuple[str, str], Doc]:
-    """openAPIV3Schema by (apiVersion, kind), for every CRD in the shared schemas folder."""
-    if not SCHEMAS.is_dir():
-        pytest.fail(
-            f"CRD schemas not found at {SCHEMAS}: the manifests cannot be validated. "
-            "The folder shared/ (with schemas/, see its README.md) must sit beside the "
-            "repository root.",
-            pytrace=False,
-        )
+    """openAPIV3Schema by (apiVersion, kind), for every CRD vendored in tests/crds."""
     schemas = {}
     for path in sorted(SCHEMAS.rglob("*.yaml")):
         for crd in _yaml_documents(path):
