@@ -98,7 +98,7 @@ def health(request: Request, user: str) -> Response:
 
 def list_tasks(request: Request, user: str) -> Response:
     query = parse_model(TaskQuery, _query(request))
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         return json_response(tasks.list_tasks(session, user, query))
 
 
@@ -113,7 +113,7 @@ def create_task(request: Request, user: str) -> Response:
 
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         return json_response(tasks.show(session, tasks.get_owned(session, user, task_id)))
 
 
@@ -155,13 +155,13 @@ def add_reminder(request: Request, user: str, task_id: str) -> Response:
 def list_series(request: Request, user: str) -> Response:
     query = parse_model(PageQuery, _query(request))
     offset = _offset_cursor(query.cursor)
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         rows = series.list_series(session, user, offset, query.limit + 1)
         return _offset_page(rows, offset, query.limit, series.series_out)
 
 
 def get_series(request: Request, user: str, series_id: str) -> Response:
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         return json_response(series.series_out(series.get_owned(session, user, series_id)))
 
 
@@ -198,19 +198,19 @@ def end_series(request: Request, user: str, series_id: str) -> Response:
 
 
 def series_history(request: Request, user: str, series_id: str) -> Response:
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         return json_response({"items": series.history(session, user, series_id)})
 
 
 def forecast(request: Request, user: str, series_id: str) -> Response:
     query = parse_model(ForecastQuery, _query(request))
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         found = series.get_owned(session, user, series_id)
         return json_response({"items": series.forecast(found, query.count)})
 
 
 def get_preferences(request: Request, user: str) -> Response:
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         return json_response(preferences.preference_out(preferences.load(session, user)))
 
 
@@ -222,7 +222,7 @@ def update_preferences(request: Request, user: str) -> Response:
 
 def upcoming_reminders(request: Request, user: str) -> Response:
     query = parse_model(PageQuery, _query(request))
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         return json_response({"items": reminder_actions.upcoming(session, user, query.limit)})
 
 
@@ -241,7 +241,7 @@ def dismiss_reminder(request: Request, user: str, reminder_id: str) -> Response:
 def notifications(request: Request, user: str) -> Response:
     query = parse_model(PageQuery, _query(request))
     offset = _offset_cursor(query.cursor)
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         rows = session.exec(
             select(Notification)
             .where(Notification.owner == user)

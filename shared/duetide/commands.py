@@ -56,7 +56,7 @@ def handle(request: Request) -> Response:
     spec = parse_model(TaskCreate, payload.task) if event.type == events.CMD_TASK_CREATE else None
     key = {"consumer": CONSUMER, "source": f"{user}|{event.source}"[:512], "event_id": event.id}
     try:
-        with db.session_scope(immediate=True) as session:
+        with db.session_scope() as session:
             if session.exec(
                 select(ProcessedEvent.event_id).where(
                     *(getattr(ProcessedEvent, k) == v for k, v in key.items())

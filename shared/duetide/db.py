@@ -33,7 +33,7 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own BEGIN handling defers locks; we issue BEGIN ourselves so a
-        # claim can ask for BEGIN IMMEDIATE (session_scope(immediate=True)).
+        # writer can ask for BEGIN IMMEDIATE (see session_scope).
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True, hide_parameters=True)
@@ -60,15 +60,20 @@ def get_engine() -> Engine:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None, *, immediate: bool = False) -> Iterator[Session]:
+def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception.
 
-    `immediate` takes SQLite's write lock at BEGIN: the SQLite counterpart of
-    PostgreSQL's row locks for claims, so two sweeps cannot read the same due rows
-    and both update them. It changes nothing on PostgreSQL.
+    On SQLite a unit of work that may write takes the write lock at BEGIN (BEGIN
+    IMMEDIATE): a deferred transaction that reads and later writes cannot wait for the
+    lock (SQLite answers "database is locked" at once, whatever the busy timeout, when
+    another writer committed in between), while BEGIN IMMEDIATE waits up to the busy
+    timeout. It is also SQLite's counterpart of PostgreSQL's row locks for claims: two
+    sweeps cannot read the same due rows and both update them. `read_only` units keep
+    the deferred BEGIN, so readers never queue behind writers (WAL). Nothing changes on
+    PostgreSQL, where writers lock rows, not the database.
     """
     bind = engine or get_engine()
-    if immediate:
+    if not read_only:
         bind = bind.execution_options(sqlite_begin="IMMEDIATE")
     with Session(bind, expire_on_commit=False) as session:
         try:

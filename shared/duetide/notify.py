@@ -94,7 +94,7 @@ def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: da
     The log channel needs no network, so it is recorded in the same transaction as the
     checks (and logged after the commit); network channels each get their own record.
     """
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         if session.get(ProcessedEvent, (CONSUMER, event_source, event_id)) is not None:
             return "duplicate"
         if not _current(session.get(Reminder, due.reminder_id), due):

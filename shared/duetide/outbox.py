@@ -184,7 +184,7 @@ def relay_pending(limit: int = 500) -> int:
     publisher = get_publisher()
     if publisher is None:
         return 0
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         rows = session.exec(
             select(Outbox)
             .where(col(Outbox.sent_at).is_(None))

@@ -186,7 +186,7 @@ def exactly_once(consumer: str, handler: EventHandler) -> Process:
 
     def process(event: Incoming) -> str:
         try:
-            with db.session_scope(immediate=True) as session:
+            with db.session_scope() as session:
                 if _seen(session, consumer, event):
                     return "duplicate"
                 published = handler(session, event)

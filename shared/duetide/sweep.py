@@ -43,7 +43,7 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
     pending; one claimed later than the owner's grace period is reported missed.
     """
     result = SweepResult(batches=1)
-    with db.session_scope(engine, immediate=True) as session:
+    with db.session_scope(engine) as session:
         rows = session.exec(
             select(Reminder, Task)
             .join(Task, col(Task.id) == col(Reminder.task_id))
