@@ -1,9 +1,9 @@
 """The deployment manifests: valid for the cluster, and wired as the local stack runs them.
 
 Custom resources are checked against the CRD schemas their projects publish (copied
-unchanged to tests/crds, see its README for origin and version), core kinds with kubernetes-validate. OpenAPI schemas
-accept unknown fields unless told otherwise, and the API server would silently prune
-them, so a misspelt field is looked for separately.
+unchanged to tests/crds; its README gives origin and version), core kinds with
+kubernetes-validate. OpenAPI schemas accept unknown fields unless told otherwise, and the
+API server would silently prune them, so a misspelt field is looked for separately.
 """
 
 from __future__ import annotations
