@@ -18,13 +18,16 @@ from sqlalchemy import Engine, delete
 from sqlmodel import Session, col, select
 
 from duetide import db, events, outbox, preferences, ratelimit
-from duetide.models import Preference, ProcessedEvent, Reminder, Task
+from duetide.models import Outbox, Preference, ProcessedEvent, Reminder, Task
 from duetide.quiet_hours import defer_for_quiet_hours
 from duetide.reminders import is_missed
 
 log = logging.getLogger("duetide.sweep")
 
 PROCESSED_EVENT_TTL = timedelta(days=7)
+# Sent outbox rows are kept this long: what a replaced memory-only broker lost can be
+# sent again (consumers deduplicate), and an operator can see what went out.
+SENT_OUTBOX_TTL = PROCESSED_EVENT_TTL
 
 
 @dataclass
@@ -123,7 +126,8 @@ def sweep(now: datetime, batch: int, engine: Engine | None = None) -> SweepResul
 
 
 def purge_processed(now: datetime, engine: Engine | None = None) -> None:
-    """Forget processed-event ids older than any redelivery could be, and spent rate windows."""
+    """Forget processed-event ids older than any redelivery could be, spent rate windows
+    and sent outbox rows past their keeping time (unsent rows are never purged)."""
     with db.session_scope(engine) as session:
         ratelimit.purge(session, now)
         session.exec(
@@ -131,3 +135,4 @@ def purge_processed(now: datetime, engine: Engine | None = None) -> None:
                 col(ProcessedEvent.processed_at) < now - PROCESSED_EVENT_TTL
             )
         )
+        session.exec(delete(Outbox).where(col(Outbox.sent_at) < now - SENT_OUTBOX_TTL))

@@ -591,6 +591,23 @@ def test_processed_ids_are_purged_after_the_redelivery_window(env):
         assert session.exec(select(ProcessedEvent.event_id)).all() == ["recent"]
 
 
+def test_sent_outbox_rows_are_purged_after_their_keeping_time_and_unsent_ones_never(env):
+    now = utcnow()
+    old = now - sweep.SENT_OUTBOX_TTL - timedelta(minutes=1)
+    recent = now - sweep.SENT_OUTBOX_TTL + timedelta(minutes=1)
+    with db.session_scope() as session:
+        for key, created, sent in (
+            ("old", old, old),
+            ("recent", old, recent),
+            ("unsent", old, None),
+        ):
+            session.add(Outbox(topic="t", key=key, type="x", source="/s", data={},
+                               created_at=created, sent_at=sent))  # fmt: skip
+    sweep.purge_processed(now)
+    with db.session_scope() as session:
+        assert sorted(session.exec(select(Outbox.key)).all()) == ["recent", "unsent"]
+
+
 # ------------------------- 8. malformed CloudEvents, structured mode and /commands
 
 STRUCTURED = {"content-type": "application/cloudevents+json"}
