@@ -85,8 +85,13 @@ def _body(request: Request) -> Any:
 
 
 def _write(work: Callable[[Session], tuple[Any, list[str]]], status: int = 200) -> Response:
-    """Run a state change in one transaction, answer after the commit, then publish."""
-    with db.session_scope() as session:
+    """Run a state change in one transaction, answer after the commit, then publish.
+
+    On SQLite the transaction takes the write lock at BEGIN: the counterpart of the
+    row locks the changes take on PostgreSQL (`series.lock`), and no BUSY error for a
+    transaction that read before another writer committed.
+    """
+    with db.session_scope(immediate=True) as session:
         body, event_ids = work(session)
     outbox.publish_after_commit(event_ids)
     return json_response(body, status)
@@ -139,15 +144,30 @@ def reopen_task(request: Request, user: str, task_id: str) -> Response:
 
 
 def delete_task(request: Request, user: str, task_id: str) -> Response:
-    with db.session_scope() as session:
-        ids = tasks.delete(session, user, task_id)
-    outbox.publish_after_commit(ids)
-    return json_response(None, 204)
+    """204 for a one-off task; for an occurrence of a series, 200 and what happened to
+    the series (deleting the open occurrence skips it, see `series.delete_occurrence`)."""
+    with db.session_scope(immediate=True) as session:
+        deleted = tasks.delete(session, user, task_id)
+        body = _deletion_out(session, task_id, deleted)
+    outbox.publish_after_commit(deleted.event_ids)
+    return json_response(None, 204) if body is None else json_response(body)
+
+
+def _deletion_out(session: Session, task_id: str, deleted: series.Deletion) -> Any:
+    if deleted.series is None:
+        return None
+    following = deleted.open_occurrence
+    return {
+        "deleted": task_id,
+        "outcome": "skipped" if deleted.skipped else "deleted",
+        "series": series.series_out(deleted.series),
+        "open_occurrence": tasks.show(session, following) if following is not None else None,
+    }
 
 
 def add_reminder(request: Request, user: str, task_id: str) -> Response:
     spec = parse_model(ReminderIn, _body(request))
-    with db.session_scope() as session:
+    with db.session_scope(immediate=True) as session:
         _, reminder = tasks.add_reminder(session, user, task_id, spec)
         return json_response(reminder_out(reminder), 201)
 
@@ -167,7 +187,7 @@ def get_series(request: Request, user: str, series_id: str) -> Response:
 
 def update_series(request: Request, user: str, series_id: str) -> Response:
     spec = parse_model(SeriesUpdate, _body(request))
-    with db.session_scope() as session:
+    with db.session_scope(immediate=True) as session:
         return json_response(series.series_out(series.update(session, user, series_id, spec)))
 
 
@@ -192,7 +212,7 @@ def skip_series(request: Request, user: str, series_id: str) -> Response:
 
 
 def end_series(request: Request, user: str, series_id: str) -> Response:
-    with db.session_scope() as session:
+    with db.session_scope(immediate=True) as session:
         series.end(session, user, series_id)
     return json_response(None, 204)
 

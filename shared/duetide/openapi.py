@@ -84,6 +84,22 @@ class SeriesPage(Out):
     next_cursor: str | None
 
 
+class OccurrenceDeleted(Out):
+    """The answer to deleting an occurrence of a recurring series (a one-off task: 204).
+
+    Deleting the open occurrence skips it, as in Todoist or Google Tasks: `outcome` is
+    `skipped`, history records it so, and `open_occurrence` is the next one, now in
+    place (null if the rule has no more: the series has then ended). To stop a series,
+    end it with `DELETE /series/{series_id}`. Deleting a completed or an earlier
+    occurrence, or any of an ended series, removes just that one (`deleted`). The
+    latest occurrence of a paused series cannot be deleted (409): resume or end it."""
+
+    deleted: str
+    outcome: Literal["skipped", "deleted"]
+    series: SeriesOut
+    open_occurrence: TaskOut | None
+
+
 class Forecast(Out):
     items: list[str]
 
@@ -198,7 +214,8 @@ ENDPOINTS: dict[str, Spec] = {
     "create_task": ("Create a task, maybe recurring", schemas.TaskCreate, None, {201: TaskOut}),
     "get_task": ("Read a task", None, None, {200: TaskOut}),
     "update_task": ("Change a task", schemas.TaskUpdate, None, {200: TaskOut}),
-    "delete_task": ("Delete a task", None, None, {204: None}),
+    "delete_task": ("Delete a task; deleting the open occurrence of a series skips it", None,
+                    None, {200: OccurrenceDeleted, 204: None, 409: ErrorBody}),
     "complete_task": ("Complete a task (idempotent)", None, None, {200: TaskOut}),
     "reopen_task": ("Reopen a task", None, None, {200: TaskOut, 409: ErrorBody}),
     "add_reminder": ("Add a reminder to a task", schemas.ReminderIn, None, {201: ReminderOut}),

@@ -5,11 +5,16 @@ Materialisation is idempotent by natural keys: an occurrence is unique by
 (`Task.previous_id` is unique). A duplicate, reordered or replayed `task.completed`
 therefore never yields a second copy. A series has at most one open occurrence:
 the next one appears only when the open one is completed or skipped.
+
+Every change to the occurrences of a series runs under the series' row lock (`lock`),
+so complete, reopen, delete, skip, pause, resume, end, update and materialisation of
+the same series happen one after another, each on the state the previous one left.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -63,6 +68,39 @@ def next_for(
 def get_owned(session: Session, owner: str, series_id: str) -> Series:
     series = session.get(Series, series_id)
     if series is None or series.owner != owner:
+        raise NotFound(f"no series {series_id}")
+    return series
+
+
+def lock(session: Session, series_id: str, owner: str | None = None) -> Series | None:
+    """The series row, locked until the transaction ends and read fresh.
+
+    Take it first in every operation that changes the occurrences of a series or its
+    status (complete, reopen, delete of an occurrence, skip, pause, resume, end,
+    update, materialise_next), then read the occurrences: concurrent changes of one
+    series then run one after another, and each sees what the one before committed.
+    Without it, a reopen and the materialisation of the same completion each saw the
+    other's work as not yet done, and the series kept two open occurrences.
+
+    Lock order: the series row before any of its tasks' rows (`tasks.lock_task`), and
+    never two series in one transaction, so two such operations cannot deadlock.
+
+    PostgreSQL: SELECT ... FOR UPDATE; at READ COMMITTED (the default) every statement
+    after it sees each change committed before the lock was granted. SQLite renders no
+    FOR UPDATE: the transaction must begin with `db.session_scope(immediate=True)`,
+    which takes the database's write lock at BEGIN and so serialises every writer.
+    """
+    query = select(Series).where(Series.id == series_id)
+    if owner is not None:
+        query = query.where(Series.owner == owner)
+    locked = query.with_for_update().execution_options(populate_existing=True)
+    return session.exec(locked).first()
+
+
+def get_locked(session: Session, owner: str, series_id: str) -> Series:
+    """`get_owned` under the series lock (see `lock`)."""
+    series = lock(session, series_id, owner)
+    if series is None:
         raise NotFound(f"no series {series_id}")
     return series
 
@@ -124,15 +162,17 @@ def materialise_next(session: Session, data: events.TaskEvent, now: datetime) ->
     """On `task.completed`: create the one next occurrence, or do nothing if it exists.
 
     Stale events are no-ops: the task was reopened since (not done now), deleted, the
-    series is paused or ended, or the occurrence already has its successor. Returns
-    the outbox ids to publish.
+    series is paused or ended, or the occurrence already has its successor. The state
+    is read under the series lock, so a reopen that committed first is seen (nothing to
+    do), and one that waits for this commit sees the successor and withdraws it.
+    Returns the outbox ids to publish.
     """
     if data.series_id is None:
         return []
-    series = session.get(Series, data.series_id)
-    task = session.get(Task, data.task_id)
-    if series is None or series.owner != data.owner or series.status != "active":
+    series = lock(session, data.series_id, data.owner)
+    if series is None or series.status != "active":
         return []
+    task = session.get(Task, data.task_id, populate_existing=True)
     if task is None or task.series_id != series.id or task.status != "done":
         return []
     return _continue_after(session, series, task, task.completed_at or now, now)
@@ -214,7 +254,7 @@ def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> 
     and what follows it comes from the new rule. A COUNT in the new rule counts from
     that anchor.
     """
-    series = get_owned(session, owner, series_id)
+    series = get_locked(session, owner, series_id)
     if series.status == "ended":
         raise Conflict("the series has ended; create a new recurring task instead")
     if spec.recurrence is not None:
@@ -250,7 +290,7 @@ def _known_zone(spec: RecurrenceIn) -> bool:
 
 
 def pause(session: Session, owner: str, series_id: str) -> Series:
-    series = get_owned(session, owner, series_id)
+    series = get_locked(session, owner, series_id)
     if series.status == "ended":
         raise Conflict("the series has ended")
     series.status, series.updated_at = "paused", utcnow()
@@ -260,7 +300,7 @@ def pause(session: Session, owner: str, series_id: str) -> Series:
 
 def resume(session: Session, owner: str, series_id: str, now: datetime) -> tuple[Series, list[str]]:
     """Resume, and materialise what a completion during the pause would have."""
-    series = get_owned(session, owner, series_id)
+    series = get_locked(session, owner, series_id)
     if series.status == "ended":
         raise Conflict("the series has ended")
     if series.status == "active":
@@ -275,13 +315,16 @@ def resume(session: Session, owner: str, series_id: str, now: datetime) -> tuple
 
 def skip(session: Session, owner: str, series_id: str, now: datetime) -> tuple[Series, list[str]]:
     """Skip the open occurrence: record it as skipped and put the one after it in place."""
-    series = get_owned(session, owner, series_id)
+    series = get_locked(session, owner, series_id)
     if series.status != "active":
         raise Conflict(f"the series is {series.status}; only an active series can skip")
     open_ones = [t for t in _occurrences(session, series.id) if t.status == "open"]
     if not open_ones:
         raise Conflict("the series has no open occurrence to skip")
-    skipped = open_ones[0]
+    return series, _skip(session, series, open_ones[0], now)
+
+
+def _skip(session: Session, series: Series, skipped: Task, now: datetime) -> list[str]:
     assert skipped.scheduled_at is not None and skipped.occurrence_index is not None
     session.add(
         OccurrenceLog(
@@ -302,12 +345,67 @@ def skip(session: Session, owner: str, series_id: str, now: datetime) -> tuple[S
         ids.append(_create_occurrence(session, series, skipped.id, following))
     series.updated_at = now
     session.add(series)
-    return series, ids
+    return ids
+
+
+@dataclass
+class Deletion:
+    """What deleting a task did. For an occurrence, `series` is its series, `skipped`
+    says it was recorded as skipped with the next one put in place, and
+    `open_occurrence` is the series' open occurrence afterwards (None if it has none)."""
+
+    event_ids: list[str]
+    series: Series | None = None
+    skipped: bool = False
+    open_occurrence: Task | None = None
+
+
+def delete_occurrence(session: Session, series: Series, task: Task, now: datetime) -> Deletion:
+    """Delete an occurrence of `series` (locked by the caller) so the series stays whole.
+
+    Deleting the open occurrence of an active series skips it, as deleting one
+    occurrence of a recurring task does in Todoist or Google Tasks: it is recorded as
+    skipped and the next occurrence takes its place (to stop the series, end it). A
+    completed latest occurrence whose successor is not there yet gets it first, as the
+    recurrence function would have, so the series does not stop either. Any other
+    occurrence (an earlier one, or any of an ended series) is just removed. In a paused
+    series the latest occurrence cannot be deleted (409), as it cannot be skipped.
+    """
+    if series.status == "ended" or _later_exists(session, series.id, task):
+        ids = [emit(session, task, events.TASK_DELETED)]
+        session.delete(task)
+        session.flush()
+        return Deletion(ids, series, False, _open_occurrence(session, series.id))
+    if series.status == "paused":
+        raise Conflict(
+            "the series is paused, and deleting its latest occurrence would move it on; "
+            f"resume the series first, or end it with DELETE /series/{series.id}"
+        )
+    if task.status == "open":
+        ids = _skip(session, series, task, now)
+        return Deletion(ids, series, True, _open_occurrence(session, series.id))
+    ids = _continue_after(session, series, task, task.completed_at or now, now)
+    ids.append(emit(session, task, events.TASK_DELETED))
+    session.delete(task)
+    session.flush()
+    return Deletion(ids, series, False, _open_occurrence(session, series.id))
+
+
+def _later_exists(session: Session, series_id: str, task: Task) -> bool:
+    later = select(Task.id).where(
+        Task.series_id == series_id, col(Task.occurrence_index) > (task.occurrence_index or 0)
+    )
+    return session.exec(later).first() is not None
+
+
+def _open_occurrence(session: Session, series_id: str) -> Task | None:
+    query = select(Task).where(Task.series_id == series_id, Task.status == "open")
+    return session.exec(query.order_by(col(Task.occurrence_index).desc())).first()
 
 
 def end(session: Session, owner: str, series_id: str) -> None:
     """End the series: no further occurrences; its tasks and history stay."""
-    series = get_owned(session, owner, series_id)
+    series = get_locked(session, owner, series_id)
     series.status, series.updated_at = "ended", utcnow()
     session.add(series)
 

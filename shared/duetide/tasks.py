@@ -47,6 +47,31 @@ def get_owned(session: Session, owner: str, task_id: str) -> Task:
     return task
 
 
+def lock_task(session: Session, owner: str, task_id: str) -> tuple[Task, Series | None]:
+    """The task and, for an occurrence, its series, both locked and read fresh.
+
+    The series first, then the task (the lock order of `series.lock`): a change to an
+    occurrence waits for any other change to the same series, then sees its result
+    (a task completed, reopened, withdrawn or skipped meanwhile is read as it is now,
+    or not found). The first read takes no lock; it only names the series to lock.
+    """
+    found = session.exec(
+        select(Task.id, Task.series_id).where(Task.id == task_id, Task.owner == owner)
+    ).first()
+    if found is None:
+        raise NotFound(f"no task {task_id}")
+    series = series_rules.lock(session, found.series_id, owner) if found.series_id else None
+    task = session.exec(
+        select(Task)
+        .where(Task.id == task_id, Task.owner == owner)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    return task, series
+
+
 def _add_reminder(task: Task, spec: ReminderIn) -> Reminder:
     before = int(spec.before_due.total_seconds()) if spec.before_due is not None else None
     reminder = Reminder(owner=task.owner, task_id=task.id, at=spec.at, before_due_s=before)
@@ -104,7 +129,7 @@ def _reminders_of(session: Session, owner: str, spec: TaskCreate) -> list[Remind
 
 
 def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tuple[Task, list[str]]:
-    task = get_owned(session, owner, task_id)
+    task, _ = lock_task(session, owner, task_id)
     changes = spec.model_dump(exclude_unset=True)
     if "title" in changes:
         task.title = changes["title"]
@@ -126,16 +151,20 @@ def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tupl
     return task, [emit(session, task, events.TASK_UPDATED)]
 
 
-def delete(session: Session, owner: str, task_id: str) -> list[str]:
-    task = get_owned(session, owner, task_id)
+def delete(session: Session, owner: str, task_id: str) -> series_rules.Deletion:
+    """Delete a task. An occurrence of a series is deleted so that the series goes on:
+    deleting the open one skips it (`series.delete_occurrence`)."""
+    task, series = lock_task(session, owner, task_id)
+    if series is not None:
+        return series_rules.delete_occurrence(session, series, task, utcnow())
     event_id = emit(session, task, events.TASK_DELETED)
     session.delete(task)
-    return [event_id]
+    return series_rules.Deletion([event_id])
 
 
 def complete(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
     """Mark done; completing a done task again changes nothing and emits nothing."""
-    task = get_owned(session, owner, task_id)
+    task, _ = lock_task(session, owner, task_id)
     if task.status == "done":
         return task, []
     task.status, task.completed_at = "done", utcnow()
@@ -148,8 +177,10 @@ def reopen(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]
     """Reopen a done task. In a series only the latest occurrence can be reopened: its
     open successor (and any occurrences recorded missed on the way) is withdrawn, so a
     series never has two open occurrences; after a later one was done or skipped,
-    reopening is a 409."""
-    task = get_owned(session, owner, task_id)
+    reopening is a 409. Under the series lock a concurrent materialisation of the next
+    occurrence either committed first (its successor is withdrawn here) or runs after
+    this commit and finds the task open (it does nothing)."""
+    task, _ = lock_task(session, owner, task_id)
     if task.status == "open":
         return task, []
     ids = _withdraw_later_occurrences(session, task) if task.series_id else []
@@ -187,7 +218,7 @@ def _withdraw_later_occurrences(session: Session, task: Task) -> list[str]:
 def add_reminder(
     session: Session, owner: str, task_id: str, spec: ReminderIn
 ) -> tuple[Task, Reminder]:
-    task = get_owned(session, owner, task_id)
+    task, _ = lock_task(session, owner, task_id)
     if len(task.reminders) >= MAX_REMINDERS_PER_TASK:
         raise ValidationFailed(f"a task has at most {MAX_REMINDERS_PER_TASK} reminders")
     if spec.before_due is not None and task.due_at is None:

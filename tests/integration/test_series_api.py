@@ -152,6 +152,65 @@ def test_skip_replaces_the_open_occurrence_and_is_recorded(client, alice, bus):
     ]
 
 
+def test_deleting_the_open_occurrence_skips_it_and_says_so(client, alice, bus):
+    first = recurring(client, alice, rrule="FREQ=WEEKLY")
+    series_id = first["series_id"]
+    response = client.delete(f"/tasks/{first['id']}", headers=alice)
+    assert response.status_code == 200, response.json
+    assert response.json["deleted"] == first["id"] and response.json["outcome"] == "skipped"
+    assert response.json["series"]["status"] == "active"
+    following = response.json["open_occurrence"]
+    assert following["due_at"] == "2026-01-12T09:00:00+01:00"
+    assert [t["id"] for t in open_occurrences(client, alice, series_id)] == [following["id"]]
+    assert history(client, alice, series_id) == [
+        (0, "2026-01-05T09:00:00+01:00", "skipped"),
+        (1, "2026-01-12T09:00:00+01:00", "open"),
+    ]
+    assert client.post(f"/series/{series_id}/skip", headers=alice).status_code == 200
+
+
+def test_deleting_the_last_occurrence_ends_the_series(client, alice, bus):
+    first = recurring(client, alice, rrule="FREQ=DAILY;COUNT=1")
+    response = client.delete(f"/tasks/{first['id']}", headers=alice)
+    assert response.status_code == 200, response.json
+    assert response.json["outcome"] == "skipped" and response.json["open_occurrence"] is None
+    assert response.json["series"]["status"] == "ended"
+
+
+def test_deleting_a_completed_occurrence_before_its_event_keeps_the_series_going(
+    client, alice, bus
+):
+    first = recurring(client, alice, rrule="FREQ=DAILY")
+    series_id = first["series_id"]
+    client.post(f"/tasks/{first['id']}/complete", headers=alice)
+    response = client.delete(f"/tasks/{first['id']}", headers=alice)
+    assert response.status_code == 200, response.json
+    assert response.json["outcome"] == "deleted"
+    assert response.json["open_occurrence"]["due_at"] == "2026-01-06T09:00:00+01:00"
+    bus.flush()  # the completion arrives after the delete: nothing more
+    assert history(client, alice, series_id) == [(1, "2026-01-06T09:00:00+01:00", "open")]
+    complete_open(client, alice, bus, series_id)  # an earlier one deleted: just removed
+    done = client.get(f"/tasks?series_id={series_id}&status=done", headers=alice).json["items"]
+    response = client.delete(f"/tasks/{done[0]['id']}", headers=alice)
+    assert response.json["outcome"] == "deleted"
+    assert response.json["open_occurrence"]["due_at"] == "2026-01-07T09:00:00+01:00"
+
+
+def test_deleting_in_a_paused_or_ended_series(client, alice, bus):
+    first = recurring(client, alice, rrule="FREQ=DAILY")
+    series_id = first["series_id"]
+    client.post(f"/series/{series_id}/pause", headers=alice)
+    refused = client.delete(f"/tasks/{first['id']}", headers=alice)
+    assert refused.status_code == 409
+    assert f"DELETE /series/{series_id}" in refused.json["error"]["message"]
+    assert [t["id"] for t in open_occurrences(client, alice, series_id)] == [first["id"]]
+    assert client.delete(f"/series/{series_id}", headers=alice).status_code == 204
+    response = client.delete(f"/tasks/{first['id']}", headers=alice)
+    assert response.status_code == 200 and response.json["outcome"] == "deleted"
+    assert response.json["open_occurrence"] is None
+    assert history(client, alice, series_id) == []
+
+
 def test_next_future_catch_up_records_missed_occurrences(client, alice, bus):
     series_id = recurring(
         client, alice, rrule="FREQ=DAILY", catch_up="next_future", due_at="2020-01-01T09:00:00Z"
@@ -267,6 +326,12 @@ class SeriesMachine(RuleBasedStateMachine):
                 f"/tasks/{items[pick % len(items)]['id']}/reopen", headers=self.headers
             )
             assert response.status_code in (200, 409)
+
+    @rule()
+    def delete_open(self) -> None:
+        for task in self._open():
+            response = self.client.delete(f"/tasks/{task['id']}", headers=self.headers)
+            assert response.status_code in (200, 409), response.json
 
     @rule(action=st.sampled_from(["skip", "pause", "resume"]))
     def series_action(self, action: str) -> None:
