@@ -91,7 +91,7 @@ def _write(work: Callable[[Session], tuple[Any, list[str]]], status: int = 200) 
     row locks the changes take on PostgreSQL (`series.lock`), and no BUSY error for a
     transaction that read before another writer committed.
     """
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         body, event_ids = work(session)
     outbox.publish_after_commit(event_ids)
     return json_response(body, status)
@@ -146,7 +146,7 @@ def reopen_task(request: Request, user: str, task_id: str) -> Response:
 def delete_task(request: Request, user: str, task_id: str) -> Response:
     """204 for a one-off task; for an occurrence of a series, 200 and what happened to
     the series (deleting the open occurrence skips it, see `series.delete_occurrence`)."""
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         deleted = tasks.delete(session, user, task_id)
         body = _deletion_out(session, task_id, deleted)
     outbox.publish_after_commit(deleted.event_ids)
@@ -167,7 +167,7 @@ def _deletion_out(session: Session, task_id: str, deleted: series.Deletion) -> A
 
 def add_reminder(request: Request, user: str, task_id: str) -> Response:
     spec = parse_model(ReminderIn, _body(request))
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         _, reminder = tasks.add_reminder(session, user, task_id, spec)
         return json_response(reminder_out(reminder), 201)
 
@@ -187,7 +187,7 @@ def get_series(request: Request, user: str, series_id: str) -> Response:
 
 def update_series(request: Request, user: str, series_id: str) -> Response:
     spec = parse_model(SeriesUpdate, _body(request))
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         return json_response(series.series_out(series.update(session, user, series_id, spec)))
 
 
@@ -212,7 +212,7 @@ def skip_series(request: Request, user: str, series_id: str) -> Response:
 
 
 def end_series(request: Request, user: str, series_id: str) -> Response:
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         series.end(session, user, series_id)
     return json_response(None, 204)
 

@@ -87,7 +87,7 @@ def lock(session: Session, series_id: str, owner: str | None = None) -> Series |
 
     PostgreSQL: SELECT ... FOR UPDATE; at READ COMMITTED (the default) every statement
     after it sees each change committed before the lock was granted. SQLite renders no
-    FOR UPDATE: the transaction must begin with `db.session_scope(immediate=True)`,
+    FOR UPDATE: a writing `db.session_scope()` begins with BEGIN IMMEDIATE,
     which takes the database's write lock at BEGIN and so serialises every writer.
     """
     query = select(Series).where(Series.id == series_id)

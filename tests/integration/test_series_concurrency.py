@@ -249,7 +249,7 @@ def hold_then_race(first: Callable[[Any], Any], second: Callable[[], int]) -> in
     in another thread, its own connection) is seen waiting for it; then commit, and
     return the status `second` answers once it gets the lock."""
     answer: list[int] = []
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         first(session)
         pid = backend_pid(session)
         waiter = threading.Thread(target=lambda: answer.append(second()))
