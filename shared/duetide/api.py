@@ -22,12 +22,14 @@ from duetide import (
     reminder_actions,
     series,
     tasks,
+    verification,
 )
 from duetide.config import get_settings
-from duetide.errors import BadRequest, MethodNotAllowed, NotFound
+from duetide.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable, ValidationFailed
 from duetide.http import guarded, json_response, parse_model, read_json, reject_nul
 from duetide.models import Notification, utcnow
 from duetide.schemas import (
+    EmailCodeIn,
     ForecastQuery,
     PageQuery,
     PreferencesUpdate,
@@ -65,6 +67,9 @@ ROUTES = Map(
         Rule("/notifications", methods=["GET"], endpoint="notifications"),
         Rule("/preferences", methods=["GET"], endpoint="get_preferences"),
         Rule("/preferences", methods=["PATCH"], endpoint="update_preferences"),
+        Rule("/preferences/email/verify", methods=["POST"], endpoint="verify_email"),
+        Rule("/preferences/email/resend", methods=["POST"], endpoint="resend_email"),
+        Rule("/preferences/webhook/verify", methods=["POST"], endpoint="verify_webhook"),
         Rule("/reminders/upcoming", methods=["GET"], endpoint="upcoming_reminders"),
         Rule("/reminders/<reminder_id>/snooze", methods=["POST"], endpoint="snooze_reminder"),
         Rule("/reminders/<reminder_id>/dismiss", methods=["POST"], endpoint="dismiss_reminder"),
@@ -234,10 +239,53 @@ def get_preferences(request: Request, user: str) -> Response:
         return json_response(preferences.preference_out(preferences.load(session, user)))
 
 
-def update_preferences(request: Request, user: str) -> Response:
-    spec = parse_model(PreferencesUpdate, _body(request))
+def _preferences(user: str) -> Response:
     with db.session_scope() as session:
-        return json_response(preferences.preference_out(preferences.update(session, user, spec)))
+        return json_response(preferences.preference_out(preferences.load(session, user)))
+
+
+def update_preferences(request: Request, user: str) -> Response:
+    """Commit the change, then send the confirmation of a new target (bounded in time).
+
+    A confirmation that could not be sent does not undo the change: the answer shows
+    `email_confirmation_sent_at: null` or `webhook_verified: false`, and the resend and
+    verify routes try again.
+    """
+    spec = preferences.validated(parse_model(PreferencesUpdate, _body(request)))
+    with db.session_scope(immediate=True) as session:
+        _, outgoing = preferences.update(session, user, spec, utcnow())
+    for item in outgoing:
+        verification.send(item)
+    return _preferences(user)
+
+
+def verify_email(request: Request, user: str) -> Response:
+    spec = parse_model(EmailCodeIn, _body(request))
+    with db.session_scope(immediate=True) as session:
+        preference = preferences.verify_email(session, user, spec.code, utcnow())
+        return json_response(preferences.preference_out(preference))
+
+
+def resend_email(request: Request, user: str) -> Response:
+    with db.session_scope(immediate=True) as session:
+        _, confirmation = preferences.resend_email(session, user, utcnow())
+    result = verification.send(confirmation)
+    if not result.ok and result.retryable:
+        raise Unavailable(f"the confirmation mail could not be sent ({result.error}); retry later")
+    if not result.ok:
+        message = f"the mail relay refused the address ({result.error})"
+        raise ValidationFailed(message, details=[{"field": "email", "message": message}])
+    return _preferences(user)
+
+
+def verify_webhook(request: Request, user: str) -> Response:
+    with db.session_scope(immediate=True) as session:
+        _, challenge = preferences.challenge_webhook(session, user, utcnow())
+    result = None if challenge is None else verification.send(challenge)
+    if result is not None and not result.ok:
+        message = f"the webhook did not echo the url_verification challenge: {result.error}"
+        raise ValidationFailed(message, details=[{"field": "webhook_url", "message": message}])
+    return _preferences(user)
 
 
 def upcoming_reminders(request: Request, user: str) -> Response:
@@ -317,6 +365,9 @@ ENDPOINTS: dict[str, Callable[..., Response]] = {
         "notifications",
         "get_preferences",
         "update_preferences",
+        "verify_email",
+        "resend_email",
+        "verify_webhook",
         "upcoming_reminders",
         "snooze_reminder",
         "dismiss_reminder",

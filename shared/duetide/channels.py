@@ -2,7 +2,10 @@
 
 Each returns a `DeliveryResult` for what happened on the wire; malformed input (a bad
 address, a header value with CR/LF) raises `ValueError` before anything is sent.
-The log channel lives in notify.py.
+`validate_address` is THE e-mail address check: preferences use it when an address is
+stored and the email channel when it sends, so whatever was stored can be sent to.
+`header_text` folds user text (a task title) into one header line. The log channel
+lives in notify.py.
 
 Webhook receivers verify a delivery with `verify_signature` (or the same steps in
 their own language): read the `Duetide-Signature` header `t=<unix seconds>,v1=<hex>`,
@@ -24,7 +27,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from typing import Any
@@ -41,13 +44,16 @@ MAX_ERROR_CHARS = 200
 @dataclass(frozen=True)
 class DeliveryResult:
     """What one delivery did. `error` never holds secrets, URLs or response bodies;
-    `retryable` says a later try may succeed (transient failure, attempts used up)."""
+    `retryable` says a later try may succeed (transient failure, attempts used up).
+    `body` is the start of a webhook's answer, kept only when the caller asked for it
+    (`capture_bytes`: the URL verification reads the echoed challenge)."""
 
     ok: bool
     status: int | None
     attempts: int
     error: str = ""
     retryable: bool = False
+    body: bytes = field(default=b"", repr=False)
 
 
 # --- signatures -------------------------------------------------------------------------
@@ -115,6 +121,7 @@ class _Outcome:
     status: int | None
     error: str
     retry: bool
+    body: bytes = b""
 
 
 def deliver_webhook(
@@ -128,6 +135,7 @@ def deliver_webhook(
     backoff_s: float = 0.5,
     timeout_s: float = 5.0,
     max_response_bytes: int = 64 * 1024,
+    capture_bytes: int = 0,
     now: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
     resolver: netguard.Resolver = socket.getaddrinfo,
@@ -137,8 +145,9 @@ def deliver_webhook(
 
     Each attempt checks the URL with netguard (the SSRF rules) and connects to the
     address it checked; redirects are not followed; at most `max_response_bytes` of
-    the answer are read. Backoff doubles from `backoff_s`. Other 4xx and 3xx answers,
-    an unsafe destination and a certificate failure are final.
+    the answer are read, of which the first `capture_bytes` are returned. Backoff
+    doubles from `backoff_s`. Other 4xx and 3xx answers, an unsafe destination, a name
+    that does not exist and a certificate failure are final.
     """
     if not secret:
         raise ValueError("webhook secret must not be empty")
@@ -157,12 +166,15 @@ def deliver_webhook(
         except netguard.UnsafeDestination as exc:
             return DeliveryResult(False, None, attempt - 1, _clip(str(exc)))
         except netguard.ResolutionFailed as exc:
+            if exc.permanent:  # the user's host name does not exist: retrying cannot help
+                return DeliveryResult(False, None, attempt - 1, _clip(str(exc)))
             outcome = _Outcome(None, _clip(str(exc)), retry=True)
             continue
         headers = _webhook_headers(target, secret, idempotency_key, int(now()), data)
-        outcome = _post_once(target, headers, data, timeout_s, max_response_bytes, ssl_context)
+        limits = (timeout_s, max_response_bytes, capture_bytes)
+        outcome = _post_once(target, headers, data, limits, ssl_context)
         if outcome.status is not None and 200 <= outcome.status < 300:
-            return DeliveryResult(True, outcome.status, attempt)
+            return DeliveryResult(True, outcome.status, attempt, body=outcome.body)
         if not outcome.retry:
             return DeliveryResult(False, outcome.status, attempt, outcome.error)
     return DeliveryResult(False, outcome.status, attempts, outcome.error, retryable=True)
@@ -185,10 +197,11 @@ def _post_once(
     target: netguard.Target,
     headers: dict[str, str],
     data: bytes,
-    timeout_s: float,
-    max_response_bytes: int,
+    limits: tuple[float, int, int],
     ssl_context: ssl.SSLContext | None,
 ) -> _Outcome:
+    """One POST; `limits` is (timeout in seconds, bytes to read, bytes to keep)."""
+    timeout_s, max_response_bytes, capture_bytes = limits
     context = None
     if target.scheme == "https":
         context = ssl_context or ssl.create_default_context()
@@ -196,8 +209,10 @@ def _post_once(
     try:
         connection.request("POST", target.request_target, body=data, headers=headers)
         response = connection.getresponse()
-        _read_capped(response, max_response_bytes, time.monotonic() + timeout_s)
-        return _classify(response.status)
+        deadline = time.monotonic() + timeout_s
+        kept = _read_capped(response, max_response_bytes, capture_bytes, deadline)
+        outcome = _classify(response.status)
+        return _Outcome(outcome.status, outcome.error, outcome.retry, kept)
     except ssl.SSLCertVerificationError:
         return _Outcome(None, "TLS certificate verification failed", retry=False)
     except (OSError, http.client.HTTPException) as exc:
@@ -206,15 +221,21 @@ def _post_once(
         connection.close()
 
 
-def _read_capped(response: http.client.HTTPResponse, limit: int, deadline: float) -> int:
-    """Read and drop at most `limit` bytes of the answer, stopping at `deadline`."""
+def _read_capped(
+    response: http.client.HTTPResponse, limit: int, keep: int, deadline: float
+) -> bytes:
+    """Read at most `limit` bytes of the answer, stopping at `deadline`; return the
+    first `keep` of them and drop the rest."""
     seen = 0
+    kept = bytearray()
     while seen < limit and time.monotonic() < deadline:
         chunk = response.read1(min(8192, limit - seen))
         if not chunk:
             break
         seen += len(chunk)
-    return seen
+        if len(kept) < keep:
+            kept += chunk[: keep - len(kept)]
+    return bytes(kept)
 
 
 def _classify(status: int) -> _Outcome:
@@ -244,19 +265,47 @@ def _clip(text: str) -> str:
 # --- email ------------------------------------------------------------------------------
 
 
+# An ASCII dot-atom local part and a host name of letters, digits and hyphens: what every
+# relay takes without the SMTPUTF8 extension (smtplib refuses non-ASCII addresses on a
+# relay that lacks it, a failure no retry would fix). Quoted local parts and address
+# literals are not accepted.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+ADDRESS = re.compile(rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>{_LABEL}(?:\.{_LABEL})*)")
+
+
 def validate_address(value: str) -> str:
-    """The bare address of one mailbox (`a@b` or `Name <a@b>`); ValueError otherwise."""
+    """The bare address of one mailbox (`a@b.example` or `Name <a@b.example>`); ValueError
+    otherwise. The one address check of duetide: preferences store only what passes it,
+    and the email channel sends only to what passes it. Messages never repeat the value."""
     _no_line_breaks("address", value)
     mailboxes = getaddresses([value])
     _name, address = parseaddr(value)
     if len(mailboxes) != 1 or mailboxes[0][1] != address:
         raise ValueError("address must name exactly one mailbox")
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or any(ch.isspace() for ch in address):
-        raise ValueError("address must look like name@domain")
+    match = ADDRESS.fullmatch(address)
+    if match is None:
+        raise ValueError("address must look like name@domain, in ASCII without quotes")
+    if len(match["local"]) > 64:
+        raise ValueError("the part before @ is longer than 64 characters")
     if len(address) > 254:
         raise ValueError("address is longer than 254 characters")
     return address
+
+
+# Line breaks and other control characters a header line must not hold; str.split()
+# already folds CR, LF, VT, FF, the separators 0x1c-0x1f, NEL and U+2028/U+2029.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def header_text(value: str, limit: int) -> str:
+    """`value` as one header line of at most `limit` characters: every run of line breaks,
+    control characters and white space becomes one space; lone surrogates (which no
+    encoding can send) become U+FFFD. User text (a task title) is folded, not refused:
+    it is the user's content and should still be delivered."""
+    text = _SURROGATES.sub("\ufffd", _CONTROLS.sub(" ", value))
+    return " ".join(text.split())[:limit]
 
 
 def deliver_email(

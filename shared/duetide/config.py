@@ -71,6 +71,22 @@ class Settings(BaseSettings):
     duetide_smtp_username: str = ""
     duetide_smtp_password: str = ""
     duetide_smtp_sender: str = "duetide@localhost"
+    duetide_verification_sends_per_hour: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Confirmation mails, and webhook challenges, per user per hour (each).",
+    )
+    duetide_email_code_ttl_s: int = Field(
+        86_400, ge=300, le=7 * 86_400, description="How long an e-mail confirmation code holds."
+    )
+    duetide_verification_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=30,
+        description="Bound on the confirmation mail or webhook challenge that"
+        " a preferences request sends.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -102,6 +118,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"DUETIDE_AUTH=jwks needs {', '.join(missing)}")
         if self.duetide_event_oidc_audience and not self.duetide_event_oidc_jwks_url:
             raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE needs DUETIDE_EVENT_OIDC_JWKS_URL")
+        if self.duetide_smtp_username and not self.duetide_smtp_starttls:
+            # channels.deliver_email refuses to send credentials in clear; say so at start,
+            # not as a failure of every delivery.
+            raise ValueError("DUETIDE_SMTP_USERNAME needs DUETIDE_SMTP_STARTTLS=true")
         return self
 
     @property

@@ -8,7 +8,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Relationship, SQLModel
 
@@ -204,6 +214,21 @@ class Preference(SQLModel, table=True):
     quiet_end: str | None = Field(default=None, max_length=5)
     grace_s: int | None = None
     updated_at: datetime = _created()
+    # Targets are verified before anything but the confirmation is sent there (see
+    # verification.py). Set when the current address or URL was confirmed; a new
+    # address or URL clears it.
+    email_verified_at: datetime | None = _utc()
+    webhook_verified_at: datetime | None = _utc()
+    # The pending e-mail code: SHA-256 of (owner, address, code), never the code itself.
+    email_code_hash: str | None = Field(default=None, max_length=64)
+    email_code_expires_at: datetime | None = _utc()
+    email_code_sent_at: datetime | None = _utc()  # when its confirmation mail went out
+    # {"email": [unix seconds, ...], "webhook": [...]}: confirmations sent in the last
+    # hour, at most the hourly budget of entries per kind.
+    verification_sends: dict[str, list[int]] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False, server_default=text("'{}'")),
+    )
 
 
 class Notification(SQLModel, table=True):
@@ -222,7 +247,8 @@ class Notification(SQLModel, table=True):
     channel: str = Field(max_length=16)
     scheduled_at: datetime = _utc(nullable=False)
     delivered_at: datetime = _created()
-    # "delivered", or "failed" when the channel refused it for good (a 4xx, an unsafe URL).
+    # "delivered", or "failed" for good: the channel refused it (a 4xx, an unsafe URL), or
+    # the event or the user's settings cannot be sent (an unverified or invalid target).
     status: str = Field(default="delivered", max_length=16)
     detail: str = Field(default="", max_length=255)
 

@@ -79,7 +79,19 @@ class UnsafeDestination(ValueError):
 
 
 class ResolutionFailed(OSError):
-    """The host name did not resolve (possibly transient: a delivery may retry)."""
+    """The host name did not resolve. `permanent` when the name does not exist (or has
+    no address): a delivery gives up at once; otherwise (a resolver timeout or server
+    failure) it may retry."""
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# getaddrinfo's answers for "no such name" and "no address for this name".
+NO_SUCH_NAME = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
 
 
 @dataclass(frozen=True)
@@ -207,7 +219,8 @@ def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
     try:
         answers = resolver(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise ResolutionFailed(f"cannot resolve {host!r}: {exc}") from None
+        permanent = isinstance(exc, socket.gaierror) and exc.errno in NO_SUCH_NAME
+        raise ResolutionFailed(f"cannot resolve {host!r}: {exc}", permanent=permanent) from None
     addresses: list[IPAddress] = []
     for family, _type, _proto, _canon, sockaddr in answers:
         if family not in (socket.AF_INET, socket.AF_INET6):
@@ -216,7 +229,7 @@ def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise ResolutionFailed(f"cannot resolve {host!r}: no addresses")
+        raise ResolutionFailed(f"cannot resolve {host!r}: no addresses", permanent=True)
     return addresses
 
 

@@ -5,6 +5,15 @@ scheduled time, channel): a redelivered event skips the channels already done an
 retries only the ones that failed for a transient reason. A webhook receiver can
 deduplicate the remaining window (sent, then crashed before the record) by the
 `Idempotency-Key` header. The database transaction never spans a network call.
+
+Failures are classified by cause. Only transient trouble on the wire (the SMTP relay
+down or busy, a webhook's 5xx, 429, timeout or broken connection) answers 503 so the
+event is retried. A failure caused by the event's content or the user's settings (an
+address that fails the channel's check, a target not yet verified, a URL no longer
+allowed, a refusal by the receiver) is permanent: recorded as a `failed` notification
+with a detail that names the cause (never the address or the title), and answered
+2xx, so a poison event never holds its partition for the retry budget. A title is the
+user's content: it is folded into one subject line, never a reason to fail.
 """
 
 from __future__ import annotations
@@ -53,31 +62,65 @@ def _payload(due: events.ReminderEvent) -> dict[str, Any]:
     }
 
 
+SUBJECT_CHARS = 200
+
+
 def send(channel: str, due: events.ReminderEvent, pref: Preference) -> channels.DeliveryResult:
+    """Deliver on one network channel; content a channel cannot send is a permanent
+    failure (a `ValueError` from the channel never escapes as a 500)."""
+    try:
+        if channel == "webhook":
+            return _send_webhook(due, pref)
+        if channel == "email":
+            return _send_email(due, pref)
+    except ValueError as exc:
+        log.warning("content refused", extra={"channel": channel, "error": type(exc).__name__})
+        return refused(f"the {channel} channel cannot send this reminder's content")
+    return refused(f"{channel} channel is not configured")
+
+
+def refused(detail: str) -> channels.DeliveryResult:
+    """A permanent failure caused by the event or the user's settings, not the wire."""
+    return channels.DeliveryResult(ok=False, status=None, attempts=0, error=detail)
+
+
+def _send_webhook(due: events.ReminderEvent, pref: Preference) -> channels.DeliveryResult:
+    if not pref.webhook_url or not pref.webhook_secret:
+        return refused("no webhook URL is set")
+    if pref.webhook_verified_at is None:
+        return refused("webhook not verified")
+    return channels.deliver_webhook(
+        pref.webhook_url,
+        _payload(due),
+        secret=pref.webhook_secret.encode(),
+        idempotency_key=f"{due.reminder_id}:{due.scheduled_at.isoformat()}",
+        allow_loopback=get_settings().duetide_allow_loopback_webhooks,
+    )
+
+
+def _send_email(due: events.ReminderEvent, pref: Preference) -> channels.DeliveryResult:
     settings = get_settings()
-    if channel == "webhook" and pref.webhook_url and pref.webhook_secret:
-        return channels.deliver_webhook(
-            pref.webhook_url,
-            _payload(due),
-            secret=pref.webhook_secret.encode(),
-            idempotency_key=f"{due.reminder_id}:{due.scheduled_at.isoformat()}",
-            allow_loopback=settings.duetide_allow_loopback_webhooks,
-        )
-    if channel == "email" and pref.email and settings.duetide_smtp_host:
-        due_text = due.due_at.isoformat() if due.due_at else "no due time"
-        return channels.deliver_email(
-            host=settings.duetide_smtp_host,
-            port=settings.duetide_smtp_port,
-            sender=settings.duetide_smtp_sender,
-            to=pref.email,
-            subject=f"Reminder: {due.title}"[:200],
-            body=f"{due.title}\n\nDue: {due_text}\n",
-            starttls=settings.duetide_smtp_starttls,
-            username=settings.duetide_smtp_username or None,
-            password=settings.duetide_smtp_password or None,
-        )
-    return channels.DeliveryResult(
-        ok=False, status=None, attempts=0, error=f"{channel} channel is not configured"
+    if not settings.duetide_smtp_host:
+        return refused("email channel is not configured")
+    if not pref.email:
+        return refused("no email address is set")
+    try:
+        address = channels.validate_address(pref.email)  # the check PATCH /preferences uses
+    except ValueError:
+        return refused("email address is not valid")
+    if pref.email_verified_at is None:
+        return refused("email not verified")
+    due_text = due.due_at.isoformat() if due.due_at else "no due time"
+    return channels.deliver_email(
+        host=settings.duetide_smtp_host,
+        port=settings.duetide_smtp_port,
+        sender=settings.duetide_smtp_sender,
+        to=address,
+        subject=channels.header_text(f"Reminder: {due.title}", SUBJECT_CHARS),
+        body=f"{due.title}\n\nDue: {due_text}\n",
+        starttls=settings.duetide_smtp_starttls,
+        username=settings.duetide_smtp_username or None,
+        password=settings.duetide_smtp_password or None,
     )
 
 

@@ -123,6 +123,8 @@ class NotificationOut(Out):
     channel: Literal["log", "webhook", "email"]
     scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
     delivered_at: str = Field(json_schema_extra={"format": "date-time"})
+    status: Literal["delivered", "failed"]
+    detail: str = Field(description="Why a delivery failed for good; empty when delivered")
 
 
 class NotificationPage(Out):
@@ -154,6 +156,17 @@ class PreferencesOut(Out):
     webhook_url: str | None
     webhook_secret: str | None
     email: str | None
+    email_verified: bool = Field(
+        description="Nothing but the confirmation mail is sent until the code is confirmed"
+    )
+    email_confirmation_sent_at: str | None = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When the relay took the confirmation mail of the current code; null if "
+        "it could not be sent (POST /preferences/email/resend)",
+    )
+    webhook_verified: bool = Field(
+        description="Nothing but url_verification challenges are sent until one is echoed"
+    )
     quiet_hours: QuietHoursOut | None
     grace: str
     updated_at: str = Field(json_schema_extra={"format": "date-time"})
@@ -232,8 +245,15 @@ ENDPOINTS: dict[str, Spec] = {
     "notifications": ("Delivered notifications, newest first", None, schemas.PageQuery,
                       {200: NotificationPage}),
     "get_preferences": ("Reminder preferences", None, None, {200: PreferencesOut}),
-    "update_preferences": ("Change reminder preferences", schemas.PreferencesUpdate, None,
-                           {200: PreferencesOut}),
+    "update_preferences": ("Change reminder preferences; a new e-mail address gets a "
+                           "confirmation mail, a new webhook URL a url_verification challenge",
+                           schemas.PreferencesUpdate, None, {200: PreferencesOut}),
+    "verify_email": ("Confirm the e-mail address with the code from the confirmation mail",
+                     schemas.EmailCodeIn, None, {200: PreferencesOut, 409: ErrorBody}),
+    "resend_email": ("Send a new confirmation code to the unverified e-mail address", None,
+                     None, {200: PreferencesOut, 409: ErrorBody, 503: ErrorBody}),
+    "verify_webhook": ("Send the webhook URL a new url_verification challenge; 422 if it is "
+                       "not echoed", None, None, {200: PreferencesOut, 409: ErrorBody}),
     "upcoming_reminders": ("Pending reminders, soonest first", None, schemas.PageQuery,
                            {200: UpcomingPage}),
     "snooze_reminder": ("Snooze a reminder", schemas.SnoozeIn, None, {200: ReminderOut}),

@@ -290,6 +290,12 @@ class PreferencesUpdate(RequestModel):
         return value
 
 
+class EmailCodeIn(RequestModel):
+    """The code from the confirmation mail; dashes, spaces and case do not matter."""
+
+    code: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
 class SnoozeIn(RequestModel):
     model_config = ConfigDict(
         extra="forbid", populate_by_name=True, json_schema_extra=exactly_one("for", "until")
@@ -370,4 +376,6 @@ def notification_out(notification: models.Notification) -> dict[str, Any]:
         "channel": notification.channel,
         "scheduled_at": rfc3339(notification.scheduled_at),
         "delivered_at": rfc3339(notification.delivered_at),
+        "status": notification.status,
+        "detail": notification.detail,
     }

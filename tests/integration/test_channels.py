@@ -285,6 +285,28 @@ def test_a_failed_lookup_is_retried_and_the_name_resolved_afresh(receiver: Recei
     assert (result.ok, result.attempts) == (True, 2)
 
 
+def test_a_name_that_does_not_exist_is_final_without_retry(receiver: Receiver, sleeps):
+    def no_such_name(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    url = f"http://gone.example.test:{receiver.port}/"
+    result = post(url, sleeps, resolver=no_such_name)
+
+    assert (result.ok, result.attempts, result.retryable) == (False, 0, False)
+    assert "cannot resolve" in result.error
+    assert sleeps == [] and receiver.connections == 0
+
+
+def test_the_answer_is_kept_only_when_asked_and_only_up_to_the_limit(receiver: Receiver, sleeps):
+    receiver.answer({"body": b"challenge-echo" + b"x" * 5000}, {"body": b"kept?"})
+
+    asked = post(receiver.url, sleeps, capture_bytes=14)
+    not_asked = post(receiver.url, sleeps)
+
+    assert (asked.ok, asked.body) == (True, b"challenge-echo")
+    assert (not_asked.ok, not_asked.body) == (True, b"")
+
+
 def test_the_signature_carries_the_send_time(receiver: Receiver, sleeps):
     post(receiver.url, sleeps, now=lambda: 1_700_000_000.7)
     [request] = receiver.requests

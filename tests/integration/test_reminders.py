@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import re
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -191,32 +194,56 @@ def test_two_concurrent_sweeps_fire_each_of_1000_reminders_once(env):
 
 
 class Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver: echoes url_verification challenges as a real one would (kept
+    apart in `challenges`), answers reminders with the statuses of `script`, then 200."""
+
     script: list[int] = []
     seen: list[dict[str, Any]] = []
+    challenges: list[dict[str, Any]] = []
+    echo = True
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        Receiver.seen.append({"headers": dict(self.headers), "body": body})
-        status = Receiver.script.pop(0) if Receiver.script else 200
+        request = {"headers": dict(self.headers), "body": body}
+        payload = json.loads(body)
+        answer = b""
+        if payload.get("type") == "url_verification":
+            Receiver.challenges.append(request)
+            if Receiver.echo:
+                answer = json.dumps({"challenge": payload["challenge"]}).encode()
+            status = 200
+        else:
+            Receiver.seen.append(request)
+            status = Receiver.script.pop(0) if Receiver.script else 200
         self.send_response(status)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
+        self.wfile.write(answer)
 
     def log_message(self, *args: Any) -> None:
         pass
 
 
-@pytest.fixture
-def receiver(monkeypatch):
-    Receiver.script, Receiver.seen = [], []
+@contextlib.contextmanager
+def serving_receiver(monkeypatch) -> Iterator[str]:
+    """The Receiver on a loopback port (loopback webhooks allowed); yields its URL."""
+    Receiver.script, Receiver.seen, Receiver.challenges, Receiver.echo = [], [], [], True
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("DUETIDE_ALLOW_LOOPBACK_WEBHOOKS", "true")
     _reset_caches()
-    yield f"http://127.0.0.1:{server.server_port}/hook"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    with serving_receiver(monkeypatch) as url:
+        yield url
 
 
 def claim_due(client, alice, title: str = "Pay rent") -> dict[str, Any]:
@@ -232,6 +259,7 @@ def test_webhook_is_signed_retried_and_not_repeated(client, alice, env, receiver
         json={"webhook_url": receiver, "channels": ["webhook", "log"]},
         headers=alice,
     ).json
+    assert prefs["webhook_verified"] and len(Receiver.challenges) == 1  # echoed at once
     notify = function_client("notify")
     data = claim_due(client, alice)
     Receiver.script = [500, 500, 500]  # one delivery's attempts all fail: 503, retried later
@@ -256,9 +284,10 @@ def test_webhook_is_signed_retried_and_not_repeated(client, alice, env, receiver
 
 
 def test_webhook_refusal_is_recorded_as_failed_not_retried(client, alice, env, receiver):
-    client.patch(
+    prefs = client.patch(
         "/preferences", json={"webhook_url": receiver, "channels": ["webhook"]}, headers=alice
-    )
+    ).json
+    assert prefs["webhook_verified"]
     Receiver.script = [410]
     response = post(function_client("notify"), events.REMINDER_DUE, claim_due(client, alice))
     assert response.status_code == 200
@@ -277,6 +306,25 @@ class Inbox:
         return "250 OK"
 
 
+def confirmation_code(envelope: Any) -> str:
+    """The code in a captured confirmation mail."""
+    found = re.search(rb"Confirmation code: ([A-Z0-9-]+)", envelope.content)
+    assert found, "not a confirmation mail"
+    return found.group(1).decode()
+
+
+def verify_email_by_mail(client, headers, inbox: Inbox, address: str) -> dict[str, Any]:
+    """Set `address` and confirm it the way a user does: the code from the mail."""
+    changed = client.patch("/preferences", json={"email": address}, headers=headers)
+    assert changed.status_code == 200 and not changed.json["email_verified"], changed.json
+    confirmation = inbox.messages[-1]
+    assert confirmation.rcpt_tos == [address]
+    code = confirmation_code(confirmation)
+    verified = client.post("/preferences/email/verify", json={"code": code}, headers=headers)
+    assert verified.status_code == 200 and verified.json["email_verified"], verified.json
+    return verified.json
+
+
 def test_email_goes_through_the_smtp_relay(client, alice, env, monkeypatch):
     inbox = Inbox()
     port = free_loopback_port()
@@ -287,16 +335,13 @@ def test_email_goes_through_the_smtp_relay(client, alice, env, monkeypatch):
         monkeypatch.setenv("DUETIDE_SMTP_PORT", str(port))
         monkeypatch.setenv("DUETIDE_SMTP_STARTTLS", "false")
         _reset_caches()
-        client.patch(
-            "/preferences",
-            json={"email": "alice@example.org", "channels": ["email"]},
-            headers=alice,
-        )
+        verify_email_by_mail(client, alice, inbox, "alice@example.org")
+        client.patch("/preferences", json={"channels": ["email"]}, headers=alice)
         data = claim_due(client, alice, title="Dentist")
         response = post(function_client("notify"), events.REMINDER_DUE, data)
         assert response.status_code == 200, response.json
     finally:
         controller.stop()
-    (message,) = inbox.messages
+    _confirmation, message = inbox.messages
     assert message.rcpt_tos == ["alice@example.org"]
     assert b"Subject: Reminder: Dentist" in message.content

@@ -125,7 +125,7 @@ POSITIVE_DEFAULT = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # - 422 for rules checked beyond the document: an RRULE must parse (RFC 5545) and have an
 #   occurrence within 400 years, a zone must be in tzdata, durations have ranges
 #   (`before_due` PT0S..P366D, grace P7D), a webhook URL must be public, an e-mail plain,
-#   a channel needs its address.
+#   a channel needs its address; a confirmation code must be the one that was mailed.
 KNOWN_REFUSALS = {
     "list_tasks": (400, r"^invalid cursor"),
     "create_task": (422, r"^(recurrence|reminders\.\d+): "),
@@ -135,6 +135,9 @@ KNOWN_REFUSALS = {
         422,
         r"^(timezone|default_reminders|grace|webhook_url|email|channels): ",
     ),
+    "verify_email": (422, r"^code: the code is wrong or has expired"),
+    "verify_webhook": (422, r"^webhook_url: the webhook did not echo"),
+    "resend_email": (422, r"^email: the mail relay refused"),
 }
 
 
@@ -208,6 +211,7 @@ BODIES = {
     "update_series": {"title": "t"},
     "update_preferences": {"timezone": "UTC"},
     "snooze_reminder": {"for": "PT5M"},
+    "verify_email": {"code": "ABCD-2345-WXYZ"},
     "commands": {
         "specversion": "1.0", "id": "c-1", "source": "/test",
         "type": "dev.duetide.task.create.v1", "data": {"task": {"title": "t"}},

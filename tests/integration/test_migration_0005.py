@@ -1,0 +1,74 @@
+"""Migration 0005 on both backends: targets stored before it start unverified, and it
+goes down again (SQLite through batch operations)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, inspect, text
+
+from duetide import migrate
+from tests.integration.conftest import BACKENDS, POSTGRES_URL
+from tests.support import libpq
+
+NEW_COLUMNS = {
+    "email_verified_at",
+    "webhook_verified_at",
+    "email_code_hash",
+    "email_code_expires_at",
+    "email_code_sent_at",
+    "verification_sends",
+}
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migration.db'}"
+        return
+    schema = f"mig_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(libpq(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        separator = "&" if "?" in POSTGRES_URL else "?"
+        yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(libpq(POSTGRES_URL), autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_targets_stored_before_0005_start_unverified_and_it_goes_down(empty_database: str):
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0004")
+    engine = create_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO preference (owner, timezone, default_reminders, channels,"
+                    " webhook_url, webhook_secret, email, updated_at) VALUES ('alice', 'UTC',"
+                    " '[]', '[\"email\", \"webhook\"]', 'https://example.org/hook', 's',"
+                    " 'alice@example.org', CURRENT_TIMESTAMP)"
+                )
+            )
+
+        command.upgrade(config, "0005")
+
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM preference")).mappings().one()
+        assert row["email"] == "alice@example.org"
+        assert row["email_verified_at"] is None and row["webhook_verified_at"] is None
+        assert row["email_code_hash"] is None
+        assert row["verification_sends"] in ({}, "{}")
+
+        command.downgrade(config, "0004")
+
+        columns = {column["name"] for column in inspect(engine).get_columns("preference")}
+        assert not columns & NEW_COLUMNS and "email" in columns
+    finally:
+        engine.dispose()
