@@ -252,7 +252,7 @@ def update_preferences(request: Request, user: str) -> Response:
     verify routes try again.
     """
     spec = preferences.validated(parse_model(PreferencesUpdate, _body(request)))
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         _, outgoing = preferences.update(session, user, spec, utcnow())
     for item in outgoing:
         verification.send(item)
@@ -261,13 +261,13 @@ def update_preferences(request: Request, user: str) -> Response:
 
 def verify_email(request: Request, user: str) -> Response:
     spec = parse_model(EmailCodeIn, _body(request))
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         preference = preferences.verify_email(session, user, spec.code, utcnow())
         return json_response(preferences.preference_out(preference))
 
 
 def resend_email(request: Request, user: str) -> Response:
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         _, confirmation = preferences.resend_email(session, user, utcnow())
     result = verification.send(confirmation)
     if not result.ok and result.retryable:
@@ -279,7 +279,7 @@ def resend_email(request: Request, user: str) -> Response:
 
 
 def verify_webhook(request: Request, user: str) -> Response:
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         _, challenge = preferences.challenge_webhook(session, user, utcnow())
     result = None if challenge is None else verification.send(challenge)
     if result is not None and not result.ok:

@@ -34,7 +34,7 @@ def locked(session: Session, owner: str) -> Preference:
 
     Changes that keep an invariant across requests (the confirmation budget, a target
     and its verification) go through here: `FOR UPDATE` on PostgreSQL, and on SQLite
-    the caller's `session_scope(immediate=True)` write lock. The insert of a missing
+    the write lock a writing `session_scope()` takes at BEGIN. The insert of a missing
     row does nothing when a concurrent request inserted it first.
     """
     dialect = session.get_bind().dialect.name

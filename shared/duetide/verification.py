@@ -268,7 +268,7 @@ def challenge(item: WebhookChallenge) -> channels.DeliveryResult:
 
 def _record(item: Outgoing, now: datetime) -> None:
     """Note the outcome, unless the target changed meanwhile (a concurrent PATCH)."""
-    with db.session_scope(immediate=True) as session:
+    with db.session_scope() as session:
         query = select(Preference).where(Preference.owner == item.owner).with_for_update()
         preference = session.exec(query).one_or_none()
         if preference is not None:
