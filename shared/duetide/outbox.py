@@ -7,8 +7,9 @@ sent only after the broker acknowledged it, so a broker outage delays events but
 loses none; a crash between the ack and the mark re-sends with the same `ce_id`,
 which consumers deduplicate.
 
-The publisher recovers from any broker loss (restarted, replaced, metadata stale)
-without a process restart:
+The publisher recovers from broker loss (a broker restarted or replaced at the same
+address, a producer id it does not know, stale connections or metadata) without a
+process restart:
 
 - The producer is not idempotent. kafka-python's idempotent producer keeps a producer
   id, an epoch and sequence numbers per partition. A broker that lost its state (the

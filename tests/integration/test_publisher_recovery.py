@@ -40,6 +40,10 @@ def topics(env: str, unique_topic: Callable[[str], str], monkeypatch: pytest.Mon
     monkeypatch.setenv("DUETIDE_TOPIC_REMINDERS", names["reminders"])
     _reset_caches()
     yield names
+    close_publisher()
+
+
+def close_publisher() -> None:
     publisher = outbox.get_publisher()
     if publisher is not None:
         publisher.close()
@@ -63,6 +67,7 @@ def brokers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
         return running.start()
 
     yield start
+    close_publisher()  # a broker with no client connected stops at once
     for running in started:
         running.stop()
 
