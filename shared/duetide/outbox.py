@@ -306,7 +306,7 @@ def publish_after_commit(ids: list[str]) -> int:
     if publisher is None or not ids or not publisher.available or publisher.busy:
         return 0
     try:
-        with db.session_scope() as session:
+        with db.session_scope(read_only=True) as session:
             rows = session.exec(
                 select(Outbox)
                 .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
