@@ -12,16 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Request, Response
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import Session
 
-from duetide import auth, db, events, outbox, ratelimit, tasks
+from duetide import auth, events, ratelimit, tasks
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent, Unauthorized
 from duetide.http import json_response, parse_model
-from duetide.models import ProcessedEvent
 from duetide.schemas import TaskCreate
-from duetide.sink import Incoming, decode
+from duetide.sink import EventKey, Incoming, decode, run_once
 
 CONSUMER = "commands"
 
@@ -54,22 +52,16 @@ def handle(request: Request) -> Response:
     ratelimit.charge_write(user)
     payload = _payload(event)
     spec = parse_model(TaskCreate, payload.task) if event.type == events.CMD_TASK_CREATE else None
-    key = {"consumer": CONSUMER, "source": f"{user}|{event.source}"[:512], "event_id": event.id}
-    try:
-        with db.session_scope() as session:
-            if session.exec(
-                select(ProcessedEvent.event_id).where(
-                    *(getattr(ProcessedEvent, k) == v for k, v in key.items())
-                )
-            ).first():
-                return json_response({"status": "duplicate"})
-            if spec is not None:
-                task, ids = tasks.create(session, user, spec)
-            else:
-                task, ids = tasks.complete(session, user, payload.task_id)
-            body = {"status": "processed", "task": tasks.show(session, task)}
-            session.add(ProcessedEvent(**key))
-    except IntegrityError:
+    key = EventKey.of(CONSUMER, event, scope=user)
+
+    def work(session: Session) -> tuple[dict[str, Any], list[str]]:
+        if spec is not None:
+            task, ids = tasks.create(session, user, spec)
+        else:
+            task, ids = tasks.complete(session, user, payload.task_id)
+        return {"status": "processed", "task": tasks.show(session, task)}, ids
+
+    body = run_once(key, work)
+    if body is None:
         return json_response({"status": "duplicate"})
-    outbox.publish_after_commit(ids)
     return json_response(body, 201 if spec is not None else 200)

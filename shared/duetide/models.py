@@ -282,11 +282,17 @@ class RateWindow(SQLModel, table=True):
 
 
 class ProcessedEvent(SQLModel, table=True):
-    """(consumer, source, id) of each CloudEvent whose effect has committed."""
+    """(consumer, scope, source, id) of each CloudEvent whose effect has committed.
+
+    `scope` is the user a command acts for ("" for events between the functions): two
+    users may send the same (source, id), and each is its own command. Separate columns,
+    not a joined string, so no choice of user and source can collide with another's.
+    """
 
     __tablename__ = "processed_event"
 
     consumer: str = Field(primary_key=True, max_length=64)
+    scope: str = Field(default="", primary_key=True, max_length=255)
     source: str = Field(primary_key=True, max_length=512)
     event_id: str = Field(primary_key=True, max_length=255)
     processed_at: datetime = _created()

@@ -29,7 +29,8 @@ from sqlmodel import select
 from duetide import channels, db, events, preferences
 from duetide.config import get_settings
 from duetide.errors import Unavailable
-from duetide.models import Notification, Preference, ProcessedEvent, Reminder
+from duetide.models import Notification, Preference, Reminder
+from duetide.sink import EventKey, already_processed, mark_processed
 
 log = logging.getLogger("duetide.notify")
 
@@ -137,8 +138,9 @@ def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: da
     The log channel needs no network, so it is recorded in the same transaction as the
     checks (and logged after the commit); network channels each get their own record.
     """
+    key = EventKey(CONSUMER, event_source, event_id)
     with db.session_scope() as session:
-        if session.get(ProcessedEvent, (CONSUMER, event_source, event_id)) is not None:
+        if already_processed(session, key):
             return "duplicate"
         if not _current(session.get(Reminder, due.reminder_id), due):
             return "obsolete"
@@ -157,7 +159,7 @@ def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: da
             session.add(_notification(due, "log", OK, now))
         remote = [channel for channel in pending if channel != "log"]
         if not remote:
-            session.add(ProcessedEvent(consumer=CONSUMER, source=event_source, event_id=event_id))
+            mark_processed(session, key)
     if local:
         deliver_log(due)
     if not remote:
@@ -172,7 +174,7 @@ def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: da
     if transient:
         raise Unavailable(f"delivery failed on {', '.join(transient)}; retry later")
     with db.session_scope() as session:
-        session.merge(ProcessedEvent(consumer=CONSUMER, source=event_source, event_id=event_id))
+        mark_processed(session, key)
     return "processed"
 
 

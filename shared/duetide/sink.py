@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 from cloudevents import exceptions as ce_errors
@@ -32,8 +32,7 @@ log = logging.getLogger("duetide.sink")
 
 REQUIRED = ("id", "source", "type", "specversion")
 STRUCTURED = "application/cloudevents+json"
-# (source, id) is stored to deduplicate (`processed_event`: 512 and 255 characters; a
-# command's source is prefixed with the user id, itself at most 255).
+# (source, id) is stored to deduplicate (`processed_event`: 512 and 255 characters).
 MAX_ATTRIBUTE_CHARS = {"id": 255, "source": 255}
 
 
@@ -177,31 +176,68 @@ def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
     return endpoint
 
 
-def exactly_once(consumer: str, handler: EventHandler) -> Process:
-    """Run `handler` in one transaction with the record of the event's (source, id).
+@dataclass(frozen=True)
+class EventKey:
+    """What makes two deliveries the same event for one consumer.
 
-    A redelivered event finds its id and changes nothing. The handler may return ids
-    of outbox rows to publish right after the commit.
+    `scope` is the user a command acts for ("" between the functions): the same
+    (source, id) from two users is two commands. Each part is its own column, so no
+    choice of values can make one key read as another.
     """
 
+    consumer: str
+    source: str
+    event_id: str
+    scope: str = ""
+
+    @classmethod
+    def of(cls, consumer: str, event: Incoming, scope: str = "") -> EventKey:
+        return cls(consumer, event.source, event.id, scope)
+
+    def row(self) -> ProcessedEvent:
+        return ProcessedEvent(
+            consumer=self.consumer, scope=self.scope, source=self.source, event_id=self.event_id
+        )
+
+
+def already_processed(session: Session, key: EventKey) -> bool:
+    found = session.get(ProcessedEvent, (key.consumer, key.scope, key.source, key.event_id))
+    return found is not None
+
+
+def mark_processed(session: Session, key: EventKey) -> None:
+    """Record `key` in the caller's transaction (a no-op if it is there already)."""
+    session.merge(key.row())
+
+
+T = TypeVar("T")
+
+
+def run_once(key: EventKey, work: Callable[[Session], tuple[T, list[str]]]) -> T | None:
+    """Run `work` in one transaction with the record of `key`; None if it ran before.
+
+    A redelivered event finds its key and changes nothing; a concurrent delivery of
+    the same event loses on the key's uniqueness. `work` returns its answer and the ids
+    of outbox rows to publish right after the commit.
+    """
+    try:
+        with db.session_scope() as session:
+            if already_processed(session, key):
+                return None
+            answer, published = work(session)
+            session.add(key.row())
+    except IntegrityError:
+        return None  # a concurrent delivery of the same event committed first
+    if published:
+        outbox.publish_after_commit(published)
+    return answer
+
+
+def exactly_once(consumer: str, handler: EventHandler) -> Process:
+    """The sink side of `run_once`: `handler` runs once per (source, id) for `consumer`."""
+
     def process(event: Incoming) -> str:
-        try:
-            with db.session_scope() as session:
-                if _seen(session, consumer, event):
-                    return "duplicate"
-                published = handler(session, event)
-                session.add(
-                    ProcessedEvent(consumer=consumer, source=event.source, event_id=event.id)
-                )
-        except IntegrityError:
-            return "duplicate"  # a concurrent delivery of the same event committed first
-        if published:
-            outbox.publish_after_commit(published)
-        return "processed"
+        done = run_once(EventKey.of(consumer, event), lambda s: (True, handler(s, event) or []))
+        return "duplicate" if done is None else "processed"
 
     return process
-
-
-def _seen(session: Session, consumer: str, event: Incoming) -> bool:
-    found = session.get(ProcessedEvent, (consumer, event.source, event.id))
-    return found is not None

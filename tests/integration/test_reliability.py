@@ -108,12 +108,12 @@ def deliver_record(sink: Any, record: Any) -> Any:
 
 
 def count(model: Any, *where: Any) -> int:
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         return session.exec(select(func.count()).select_from(model).where(*where)).one()
 
 
 def outbox_rows(event_type: str, key: str | None = None) -> list[Outbox]:
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         query = select(Outbox).where(Outbox.type == event_type)
         if key is not None:
             query = query.where(Outbox.key == key)
@@ -121,13 +121,13 @@ def outbox_rows(event_type: str, key: str | None = None) -> list[Outbox]:
 
 
 def pending() -> list[Outbox]:
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         return list(session.exec(select(Outbox).where(col(Outbox.sent_at).is_(None))).all())
 
 
 def occurrences(series_id: str) -> list[tuple[str, str]]:
     """(scheduled_at, status) of every task of the series, in schedule order."""
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         rows = session.exec(
             select(Task.scheduled_at, Task.status)
             .where(Task.series_id == series_id)
@@ -138,7 +138,7 @@ def occurrences(series_id: str) -> list[tuple[str, str]]:
 
 def state() -> dict[str, Any]:
     """What a redelivery must not change: tasks, outbox, notifications, processed ids."""
-    with db.session_scope() as session:
+    with db.session_scope(read_only=True) as session:
         tasks = session.exec(select(Task.id, Task.status, Task.scheduled_at)).all()
         return {
             "tasks": sorted((t, s, str(at)) for t, s, at in tasks),
@@ -575,6 +575,22 @@ def test_command_answer_lost_after_commit_retry_changes_nothing(client, alice):
     again = client.post("/commands", headers={**headers, **alice}, data=body)
     assert (again.status_code, again.json["status"]) == (200, "duplicate")
     assert state() == before
+
+
+def test_command_keys_of_two_users_never_collide_whatever_their_text(client):
+    """User `team|alice` from `/shop` and user `team` from `alice|/shop`, same id: once
+    joined with "|" into one key, the second was taken for a duplicate of the first."""
+    sent = []
+    for user, source in (("team|alice", "/shop"), ("team", "alice|/shop")):
+        event = events.build(
+            event_id="order-9", type=events.CMD_TASK_CREATE, source=source, subject="",
+            data={"task": {"title": f"for {user}"}},
+        )  # fmt: skip
+        headers, body = events.to_http(event)
+        answer = client.post("/commands", headers={**headers, **auth_headers(user)}, data=body)
+        sent.append((answer.status_code, answer.json["status"]))
+    assert sent == [(201, "processed"), (201, "processed")]
+    assert count(Task) == 2
 
 
 def test_processed_ids_are_purged_after_the_redelivery_window(env):

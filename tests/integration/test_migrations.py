@@ -1,5 +1,5 @@
-"""Migration 0005 on both backends: targets stored before it start unverified, and it
-goes down again (SQLite through batch operations)."""
+"""Migrations that move data, on both backends: what was stored before keeps its meaning,
+and each goes down again (SQLite through batch operations)."""
 
 from __future__ import annotations
 
@@ -70,5 +70,43 @@ def test_targets_stored_before_0005_start_unverified_and_it_goes_down(empty_data
 
         columns = {column["name"] for column in inspect(engine).get_columns("preference")}
         assert not columns & NEW_COLUMNS and "email" in columns
+    finally:
+        engine.dispose()
+
+
+def test_0006_splits_command_keys_into_user_and_source_and_goes_down(empty_database: str):
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0005")
+    engine = create_engine(empty_database)
+    insert = text(
+        "INSERT INTO processed_event (consumer, source, event_id, processed_at) VALUES"
+        " ('commands', 'team|alice|/shop', 'order-9', CURRENT_TIMESTAMP),"
+        " ('notify', '/sweep', 'r-1', CURRENT_TIMESTAMP)"
+    )
+    select_all = text("SELECT consumer, scope, source, event_id FROM processed_event")
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert)
+
+        command.upgrade(config, "0006")
+
+        with engine.connect() as conn:
+            rows = sorted(tuple(row) for row in conn.execute(select_all))
+        assert rows == [
+            ("commands", "team", "alice|/shop", "order-9"),
+            ("notify", "", "/sweep", "r-1"),
+        ]
+        key = inspect(engine).get_pk_constraint("processed_event")["constrained_columns"]
+        assert key == ["consumer", "scope", "source", "event_id"]
+
+        command.downgrade(config, "0005")
+
+        with engine.connect() as conn:
+            old = sorted(
+                tuple(row) for row in conn.execute(text("SELECT source FROM processed_event"))
+            )
+        assert old == [("/sweep",), ("team|alice|/shop",)]
+        key = inspect(engine).get_pk_constraint("processed_event")["constrained_columns"]
+        assert key == ["consumer", "source", "event_id"]
     finally:
         engine.dispose()
