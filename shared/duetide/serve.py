@@ -247,6 +247,9 @@ def _error_headers(err: ApiError) -> list[tuple[bytes, bytes]]:
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """The whole answer at once, its length named (without it uvicorn would chunk it)."""
+    if not any(name == b"content-length" for name, _ in headers):
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
