@@ -6,7 +6,11 @@ Servers compared (each one worker process, THREADS threads, SQLite):
 - `functions-framework` as it starts itself (the baseline: gunicorn gthread with
   `limit_request_line=0` and no request deadline);
 - `gthread+limits`: the same gunicorn worker with request line and header limits only;
-- `duetide.serve`: the launcher the image and the local stack use (see duetide/serve.py).
+- `duetide.serve`: the launcher the image and the local stack use (see duetide/serve.py):
+  the same Flask app behind uvicorn, each request read whole (bounded) on the event loop
+  before it takes one of the THREADS threads.
+functions-framework's own `--asgi` mode is not compared: it serves Starlette functions
+(`functions_framework.aio`), and ours take Flask requests.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,7 +69,9 @@ def serving(name: str, home: Path) -> Iterator[int]:
                DUETIDE_JWT_SECRET=SECRET, KAFKA_BOOTSTRAP_SERVERS="", THREADS=THREADS,
                WORKERS="1", DUETIDE_LOG_LEVEL="WARNING")  # fmt: skip
     command = SERVERS[name](str(project_root() / SOURCE), port)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -121,7 +126,9 @@ def attackers(kind: str, port: int) -> Iterator[None]:
     stop = threading.Event()
     target, count = {"slow-body": (_slow_body, SLOW_CLIENTS),
                      "16MiB-lines": (_long_line, LONG_LINE_CLIENTS)}[kind]  # fmt: skip
-    threads = [threading.Thread(target=target, args=(port, stop), daemon=True) for _ in range(count)]
+    threads = [
+        threading.Thread(target=target, args=(port, stop), daemon=True) for _ in range(count)
+    ]
     for thread in threads:
         thread.start()
     time.sleep(1.0)  # let them occupy the server before measuring
@@ -168,7 +175,7 @@ def run() -> list[dict[str, object]]:
                 else:
                     with attackers(scenario, port):
                         median, count, bad = wrk_median_ms(port, token)
-            row[f"{scenario} p50 ms"] = round(median, 1)
+            row[f"{scenario} p50 ms"] = round(median, 1) if count else "none answered"
             row[f"{scenario} requests"] = f"{count} ({bad} failed)" if bad else count
         rows.append(row)
         print(row, flush=True)
@@ -177,9 +184,11 @@ def run() -> list[dict[str, object]]:
 
 def describe() -> str:
     return (__doc__ or "").strip() + (
-        f"\n\nwrk -t2 -c4 -d{DURATION_S}s on loopback, THREADS={THREADS}; slow body: "
-        f"{SLOW_CLIENTS} connections each announcing 1 MB and sending a byte every 0.5 s "
-        f"(reconnecting when cut); long lines: {LONG_LINE_CLIENTS} clients each sending "
-        "16 MiB request lines back to back. Medians: "
-        + str(statistics.median([1]))[:0]
+        f"\n\n`wrk -t2 -c4 -d{DURATION_S}s --latency` on loopback against `GET /tasks` with a "
+        f"bearer token, THREADS={THREADS}. Slow body: {SLOW_CLIENTS} connections each "
+        "announcing a 1 MB body and sending one byte every 0.5 s, reconnecting when cut off. "
+        f"Long lines: {LONG_LINE_CLIENTS} clients each sending 16 MiB request lines back to "
+        "back. `p50 ms` is wrk's median latency; `requests` counts the GETs answered in the "
+        "run (0: none was answered at all). The machine has 2 cores shared with wrk and the "
+        "abusive clients, so compare within a run."
     )

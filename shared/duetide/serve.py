@@ -115,6 +115,12 @@ class EdgeProtocol(H11Protocol):
         super().on_response_complete()
         self._watch_head()
 
+    def shutdown(self) -> None:
+        if self._refused:  # answered and lingering: h11 may be in its error state
+            self.transport.close()
+            return
+        super().shutdown()
+
     def _watch_head(self) -> None:
         """Time the head while h11 waits for one and bytes of it are due or have come."""
         waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()

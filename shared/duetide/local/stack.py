@@ -2,8 +2,9 @@
 
 Order of start: database migrations, the embedded broker (unless
 KAFKA_BOOTSTRAP_SERVERS names one), the topics of kafka/, one function server
-(`python -m duetide.serve`, as in the image) per Knative Service of knative/, then the eventing stand-ins (a dispatcher
-per KafkaSource, a timer per PingSource). Stop runs in reverse.
+(`python -m duetide.serve`, as in the image) per Knative Service of knative/, then the
+eventing stand-ins (a dispatcher per KafkaSource, a timer per PingSource). Stop runs in
+reverse.
 """
 
 from __future__ import annotations
