@@ -26,7 +26,7 @@ from duetide import (
 )
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable, ValidationFailed
-from duetide.http import guarded, json_response, parse_model, read_json, reject_nul
+from duetide.http import guarded, json_response, parse_model, read_json, reject_unstorable
 from duetide.models import Notification, utcnow
 from duetide.schemas import (
     EmailCodeIn,
@@ -81,7 +81,7 @@ ROUTES = Map(
 
 def _query(request: Request) -> dict[str, Any]:
     query = {k: v for k, v in request.args.items()}
-    reject_nul(query)
+    reject_unstorable(query)
     return query
 
 

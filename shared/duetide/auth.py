@@ -25,6 +25,7 @@ from duetide.errors import Unauthorized
 from duetide.models import utcnow
 
 MAX_TOKEN_BYTES = 8192
+MAX_SUBJECT_CHARS = 255
 LOCAL_TOKEN_TTL = timedelta(days=30)
 JWKS_COOLDOWN_S = 30.0
 
@@ -67,8 +68,13 @@ class Verifier:
             raise Unauthorized("the bearer token is invalid or expired") from None
 
     def subject(self, token: str) -> str:
+        """The user id: 1 to 255 printable characters. A validly signed token can still
+        carry a NUL, a control character or a lone surrogate (JSON's "\\ud800") in `sub`,
+        which no database can store or compare; it is refused like any bad token."""
         subject = self.claims(token).get("sub")
-        if not isinstance(subject, str) or not subject or len(subject) > 255:
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+            raise Unauthorized("the bearer token has no usable subject")
+        if not subject.isprintable():
             raise Unauthorized("the bearer token has no usable subject")
         return subject
 

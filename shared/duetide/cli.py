@@ -78,12 +78,14 @@ def _banner(stack, token: str, user: str, seconds: float) -> str:  # type: ignor
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """One function alone under functions-framework: the local `func run`."""
+    """One function alone, served as in the image (`--debug`: Flask's development server
+    through functions-framework): the local `func run`."""
     from duetide.local.stack import project_root
 
     source = project_root() / "functions" / args.function / "main.py"
+    server = "functions_framework" if args.debug else "duetide.serve"
     command = [
-        sys.executable, "-m", "functions_framework",
+        sys.executable, "-m", server,
         "--source", str(source), "--target", args.function,
         "--host", args.host, "--port", str(args.port),
     ]  # fmt: skip
@@ -216,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--user", default="me", help="user of the printed token (me)")
     up.add_argument("--quiet", action="store_true", help="do not echo function logs")
     up.set_defaults(func=cmd_up)
-    run = sub.add_parser("run", help="run one function under functions-framework")
+    run = sub.add_parser("run", help="run one function as the image serves it")
     run.add_argument("function", choices=FUNCTIONS)
     run.add_argument("--port", type=int, default=8080)
     run.add_argument("--host", default="127.0.0.1")

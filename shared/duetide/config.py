@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     duetide_topic_task_events: str = "duetide-task-events"
     duetide_topic_reminders: str = "duetide-reminders"
     duetide_max_body_bytes: int = Field(1_048_576, ge=1024)
+    # The HTTP edge (duetide.serve): what one client may hold of a function's server.
+    duetide_http_max_head_bytes: int = Field(
+        16_384, ge=4096, le=1_048_576, description="Request line and headers together (431)."
+    )
+    duetide_http_read_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="For the request head, and again for the body (408)."
+    )
+    duetide_http_max_connections: int = Field(
+        256, ge=1, description="Open connections per process; more are answered 503."
+    )
     duetide_publish_timeout_s: float = Field(
         2.0, gt=0, description="Bound on the fast-path publish after commit; the sweep catches up."
     )

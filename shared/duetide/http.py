@@ -64,7 +64,7 @@ def read_body(request: Request, max_bytes: int) -> bytes:
 
 def read_json(request: Request, max_bytes: int) -> Any:
     """The JSON body of a request: 413 if too large, 415 if not JSON, 400 if unparsable,
-    422 if a text holds a NUL character."""
+    422 if a text holds a NUL character or a lone surrogate."""
     body = read_body(request, max_bytes)
     if not body:
         raise BadRequest("a JSON request body is required")
@@ -76,38 +76,52 @@ def read_json(request: Request, max_bytes: int) -> Any:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("the request body is nested too deeply") from None
-    reject_nul(data)
+    reject_unstorable(data)
     return data
 
 
-def nul_at(data: Any) -> str | None:
-    """Where (`field.0.name`) the first text holding a NUL character is, if any.
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be stored, if it cannot: PostgreSQL refuses U+0000 in text, and a
+    lone surrogate (JSON's "\\ud800") has no UTF-8 form, so no database driver can send it."""
+    if "\x00" in text:
+        return "NUL characters (U+0000) are not accepted"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "lone surrogates (U+D800 to U+DFFF) are not text"
+    return None
 
-    PostgreSQL cannot store U+0000 in text, so it is refused at the edge on every
-    backend. Iterative: the value may be nested as deeply as json.loads allows.
+
+def unstorable_at(data: Any) -> tuple[str, str] | None:
+    """Where (`field.0.name`) the first text that cannot be stored is, and why.
+
+    Refused at the edge on every backend. Iterative: the value may be nested as deeply
+    as json.loads allows.
     """
     pending: list[tuple[str, Any]] = [("", data)]
     while pending:
         where, value = pending.pop()
-        if isinstance(value, str) and "\x00" in value:
-            return where
+        if isinstance(value, str) and (problem := text_problem(value)):
+            return where, problem
         if isinstance(value, Mapping):
             for key, item in value.items():
-                if "\x00" in key:
-                    return where
-                pending.append((f"{where}.{key}" if where else key, item))
+                if isinstance(key, str) and (problem := text_problem(key)):
+                    return where, problem
+                pending.append((f"{where}.{key}" if where else str(key), item))
         elif isinstance(value, list):
             pending.extend((f"{where}.{i}" if where else str(i), v) for i, v in enumerate(value))
     return None
 
 
-def reject_nul(data: Any, field: str | None = None) -> None:
-    where = nul_at(data)
-    if where is not None:
+def reject_unstorable(data: Any, field: str | None = None) -> None:
+    found = unstorable_at(data)
+    if found is not None:
+        where, problem = found
         field = ".".join(part for part in (field, where) if part) or None
         raise ValidationFailed(
-            f"invalid value for {field or 'body'}: NUL characters are not accepted",
-            details=[{"field": field, "message": "NUL characters (U+0000) are not accepted"}],
+            f"invalid value for {field or 'body'}: {problem}",
+            details=[{"field": field, "message": problem}],
         )
 
 

@@ -48,8 +48,11 @@ def _strip_blanks(value: str) -> str:
 Tag = Annotated[
     str, StringConstraints(max_length=64, pattern=_NOT_BLANK), AfterValidator(_strip_blanks)
 ]
+MAX_TITLE_CHARS = 500
 Title = Annotated[
-    str, StringConstraints(max_length=500, pattern=_NOT_BLANK), AfterValidator(_strip_blanks)
+    str,
+    StringConstraints(max_length=MAX_TITLE_CHARS, pattern=_NOT_BLANK),
+    AfterValidator(_strip_blanks),
 ]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
 Priority = Literal["none", "low", "medium", "high", "urgent"]

@@ -25,7 +25,7 @@ from sqlmodel import Session
 from duetide import auth, db, outbox
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent, MethodNotAllowed, UnsupportedMediaType
-from duetide.http import Handler, guarded, json_response, nul_at, read_body
+from duetide.http import Handler, guarded, json_response, read_body, unstorable_at
 from duetide.models import ProcessedEvent
 
 log = logging.getLogger("duetide.sink")
@@ -68,6 +68,9 @@ def decode(request: Request, max_bytes: int) -> Incoming:
         # nested too deeply.
         raise InvalidCloudEvent("the CloudEvent could not be parsed") from None
     attributes = event.get_attributes()
+    found = unstorable_at({"attributes": dict(attributes)})
+    if found is not None:  # structured JSON can carry "\u0000" or "\ud800": a poison event
+        raise InvalidCloudEvent(f"the event at {found[0]}: {found[1]}")
     _check_attributes(attributes)
     incoming = Incoming(
         id=attributes["id"],
@@ -78,9 +81,9 @@ def decode(request: Request, max_bytes: int) -> Incoming:
         data=_json_data(event.get_data()),
         extensions={k: v for k, v in attributes.items() if k not in _CONTEXT},
     )
-    where = nul_at({"attributes": attributes, "data": incoming.data})
-    if where is not None:  # PostgreSQL cannot store U+0000: a poison event, not a retry
-        raise InvalidCloudEvent(f"a NUL character in the event at {where}")
+    found = unstorable_at({"data": incoming.data})
+    if found is not None:  # text no database can store: a poison event, not a retry
+        raise InvalidCloudEvent(f"the event at {found[0]}: {found[1]}")
     return incoming
 
 

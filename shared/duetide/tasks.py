@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -17,9 +17,11 @@ from sqlmodel import Session, col, select
 from duetide import events, preferences, reminders
 from duetide import series as series_rules
 from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from duetide.http import text_problem
 from duetide.models import PRIORITIES, OccurrenceLog, Reminder, Series, Task, TaskTag, utcnow
 from duetide.schemas import (
     MAX_REMINDERS_PER_TASK,
+    MAX_TITLE_CHARS,
     ReminderIn,
     TaskCreate,
     TaskQuery,
@@ -250,30 +252,45 @@ def encode_cursor(task: Task, query: TaskQuery) -> str:
     return base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
 
 
+# What a cursor can name: a stored value. Times are stored from year 1900 to 8999 in
+# their own offset (schemas.Instant), so in UTC from late 1899 to early 9000; created_at
+# is the server's clock. A wider forged time could overflow on the way to UTC.
+CURSOR_TIMES = (datetime(1899, 12, 30, tzinfo=UTC), datetime(9000, 1, 2, tzinfo=UTC))
+MAX_CURSOR_ID_CHARS = 64
+
+
 def decode_cursor(cursor: str, query: TaskQuery) -> tuple[Any, str]:
     """The (value, id) a cursor names; a forged or stale one is a 400, never a query."""
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if raw["s"] != query.sort or raw["o"] != query.order or not isinstance(raw["id"], str):
+        if raw["s"] != query.sort or raw["o"] != query.order:
             raise ValueError("sort changed")
-        return _cursor_value_of(query.sort, raw["v"]), raw["id"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return _cursor_value_of(query.sort, raw["v"]), _cursor_text(raw["id"], MAX_CURSOR_ID_CHARS)
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise BadRequest(
             "invalid cursor: pass back `next_cursor` with the same sort and order"
         ) from None
 
 
+def _cursor_text(value: Any, max_chars: int) -> str:
+    if not isinstance(value, str) or len(value) > max_chars or text_problem(value):
+        raise ValueError("cursor text is not storable text")
+    return value
+
+
 def _cursor_value_of(sort: str, value: Any) -> Any:
     if value is None and sort == "due_at":
         return None
-    if sort == "priority" and type(value) is int:
+    if sort == "priority" and type(value) is int and 0 <= value < len(PRIORITIES):
         return value
-    if sort == "title" and isinstance(value, str):
-        return value
+    if sort == "title":
+        return _cursor_text(value, MAX_TITLE_CHARS)
     if sort in ("created_at", "due_at") and isinstance(value, str):
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is not None:
-            return parsed
+            utc = parsed.astimezone(UTC)  # OverflowError beyond year 1 or 9999
+            if CURSOR_TIMES[0] <= utc <= CURSOR_TIMES[1]:
+                return utc
     raise ValueError("cursor value does not fit the sort")
 
 

@@ -60,7 +60,7 @@ def server(served: Served) -> str:
 
 @pytest.fixture(scope="module")
 def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The tasks function under functions-framework (gunicorn) on a free loopback port."""
+    """The tasks function served as in the image (duetide.serve) on a free loopback port."""
     home = tmp_path_factory.mktemp("home")
     port = free_loopback_port()
     env = {
@@ -74,7 +74,7 @@ def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
     }
     log_path = home / "tasks.log"
     command = [
-        *(sys.executable, "-m", "functions_framework"),
+        *(sys.executable, "-m", "duetide.serve"),
         *("--source", str(ROOT / "functions" / "tasks" / "main.py"), "--target", "tasks"),
         *("--host", "127.0.0.1", "--port", str(port)),
     ]

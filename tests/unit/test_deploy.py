@@ -565,10 +565,10 @@ def test_image_installs_the_package_and_the_functions() -> None:
 
 
 def run_entrypoint(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """The image's ENTRYPOINT under sh, with a functions-framework that prints its argv."""
+    """The image's ENTRYPOINT under sh, with a `python` that prints its argv."""
     (entrypoint,) = re.findall(r"^ENTRYPOINT (.+)$", dockerfile(), re.M)
     argv = json.loads(entrypoint)
-    fake = tmp_path / "bin" / "functions-framework"
+    fake = tmp_path / "bin" / "python"
     fake.parent.mkdir()
     fake.write_text('#!/bin/sh\nfor arg in "$@"; do echo "$arg"; done\n')
     fake.chmod(0o755)
@@ -586,6 +586,7 @@ def test_image_starts_the_function_named_by_its_environment(tmp_path: Path) -> N
     result = run_entrypoint(tmp_path, {"FUNCTION_TARGET": "sweep", "PORT": "9090"})
     assert result.returncode == 0, result.stderr
     args = result.stdout.split()
+    assert args[:2] == ["-m", "duetide.serve"]
     assert args[args.index("--source") + 1] == "functions/sweep/main.py"
     assert args[args.index("--target") + 1] == "sweep"
     assert args[args.index("--port") + 1] == "9090"

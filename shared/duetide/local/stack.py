@@ -1,9 +1,10 @@
 """`duetide up`: the whole system on one machine, wired by the same manifests as production.
 
 Order of start: database migrations, the embedded broker (unless
-KAFKA_BOOTSTRAP_SERVERS names one), the topics of kafka/, one functions-framework
-process per Knative Service of knative/, then the eventing stand-ins (a dispatcher
-per KafkaSource, a timer per PingSource). Stop runs in reverse.
+KAFKA_BOOTSTRAP_SERVERS names one), the topics of kafka/, one function server
+(`python -m duetide.serve`, as in the image) per Knative Service of knative/, then the
+eventing stand-ins (a dispatcher per KafkaSource, a timer per PingSource). Stop runs in
+reverse.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class Stack:
         if not source.exists():
             raise StackError(f"Service {service.name}: no function source at {source}")
         command = [
-            sys.executable, "-m", "functions_framework",
+            sys.executable, "-m", "duetide.serve",
             "--source", str(source), "--target", service.function,
             "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip

@@ -1,0 +1,194 @@
+"""The HTTP edge under abusive clients: wrk's median for an authenticated `GET /tasks` on
+the served tasks function, alone, beside 12 slow-body connections, and beside 3 clients
+sending 16 MiB request lines, for each way of serving the function.
+
+Servers compared (each one worker process, THREADS threads, SQLite):
+- `functions-framework` as it starts itself (the baseline: gunicorn gthread with
+  `limit_request_line=0` and no request deadline);
+- `gthread+limits`: the same gunicorn worker with request line and header limits only;
+- `duetide.serve`: the launcher the image and the local stack use (see duetide/serve.py):
+  the same Flask app behind uvicorn, each request read whole (bounded) on the event loop
+  before it takes one of the THREADS threads.
+functions-framework's own `--asgi` mode is not compared: it serves Starlette functions
+(`functions_framework.aio`), and ours take Flask requests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from duetide import migrate
+from duetide.auth import issue_local_token
+from duetide.config import get_settings
+from duetide.local.broker import free_loopback_port
+from duetide.local.stack import project_root
+
+DURATION_S = int(os.environ.get("BENCH_HTTP_SECONDS", "10"))
+THREADS = os.environ.get("BENCH_HTTP_THREADS", "10")
+SLOW_CLIENTS = 12
+LONG_LINE_CLIENTS = 3
+LONG_LINE_BYTES = 16 * 1024 * 1024
+SECRET = "bench-http-edge-secret-of-enough-length"
+
+SOURCE = "functions/tasks/main.py"
+GTHREAD_LIMITS = (
+    "import sys, functions_framework as ff; from functions_framework._http import gunicorn as g;"
+    "app = ff.create_app('tasks', sys.argv[1]);"
+    "g.GunicornApplication(app, '127.0.0.1', sys.argv[2], False,"
+    " limit_request_line=8190, limit_request_field_size=8190).run()"
+)
+SERVERS: dict[str, Callable[[str, int], list[str]]] = {
+    "functions-framework": lambda src, port: [
+        sys.executable, "-m", "functions_framework", "--target", "tasks", "--source", src,
+        "--host", "127.0.0.1", "--port", str(port),
+    ],
+    "gthread+limits": lambda src, port: [sys.executable, "-c", GTHREAD_LIMITS, src, str(port)],
+    "duetide.serve": lambda src, port: [
+        sys.executable, "-m", "duetide.serve", "--target", "tasks", "--source", src,
+        "--host", "127.0.0.1", "--port", str(port),
+    ],
+}  # fmt: skip
+
+
+@contextmanager
+def serving(name: str, home: Path) -> Iterator[int]:
+    port = free_loopback_port()
+    env = dict(os.environ, DUETIDE_HOME=str(home), DATABASE_URL=f"sqlite:///{home / 'db'}",
+               DUETIDE_JWT_SECRET=SECRET, KAFKA_BOOTSTRAP_SERVERS="", THREADS=THREADS,
+               WORKERS="1", DUETIDE_LOG_LEVEL="WARNING")  # fmt: skip
+    command = SERVERS[name](str(project_root() / SOURCE), port)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{name} did not start")
+            time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _slow_body(port: int, stop: threading.Event) -> None:
+    """A POST announcing a 1 MB body, then one byte every 0.5 s; reconnects when cut off."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(
+                    b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000000\r\n\r\n{"
+                )
+                while not stop.wait(0.5):
+                    sock.sendall(b" ")
+        except OSError:
+            stop.wait(0.1)
+
+
+def _long_line(port: int, stop: threading.Event) -> None:
+    """GET requests whose request line is 16 MiB long, one after the other."""
+    chunk = b"a" * (1024 * 1024)
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /tasks?q=")
+                for _ in range(LONG_LINE_BYTES // len(chunk)):
+                    if stop.is_set():
+                        break
+                    sock.sendall(chunk)
+                sock.sendall(b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.recv(1024)
+        except OSError:
+            stop.wait(0.05)
+
+
+@contextmanager
+def attackers(kind: str, port: int) -> Iterator[None]:
+    stop = threading.Event()
+    target, count = {"slow-body": (_slow_body, SLOW_CLIENTS),
+                     "16MiB-lines": (_long_line, LONG_LINE_CLIENTS)}[kind]  # fmt: skip
+    threads = [
+        threading.Thread(target=target, args=(port, stop), daemon=True) for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # let them occupy the server before measuring
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_median_ms(port: int, token: str) -> tuple[float, int, int]:
+    """wrk's 50th percentile latency (ms), request count and non-2xx/socket errors."""
+    out = subprocess.run(
+        ["wrk", "-t2", "-c4", f"-d{DURATION_S}s", "--timeout", "15s", "--latency",
+         "-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}/tasks"],
+        capture_output=True, text=True, timeout=DURATION_S + 30, check=True,
+    ).stdout  # fmt: skip
+    value, unit = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    timeouts = re.search(r"Socket errors:.*timeout (\d+)", out)
+    bad = (int(errors.group(1)) if errors else 0) + (int(timeouts.group(1)) if timeouts else 0)
+    return float(value) * _UNITS[unit], count, bad
+
+
+def run() -> list[dict[str, object]]:
+    home = Path(tempfile.mkdtemp(prefix="duetide-bench-http-"))
+    migrate.upgrade(f"sqlite:///{home / 'db'}")
+    os.environ["DUETIDE_JWT_SECRET"] = SECRET
+    get_settings.cache_clear()
+    token = issue_local_token("bench")
+    names = os.environ.get("BENCH_HTTP_SERVERS", ",".join(SERVERS)).split(",")
+    rows = []
+    for name in names:
+        row: dict[str, object] = {"server": name}
+        for scenario in ("alone", "slow-body", "16MiB-lines"):
+            with serving(name, home) as port:
+                if scenario == "alone":
+                    median, count, bad = wrk_median_ms(port, token)
+                else:
+                    with attackers(scenario, port):
+                        median, count, bad = wrk_median_ms(port, token)
+            row[f"{scenario} p50 ms"] = round(median, 1) if count else "none answered"
+            row[f"{scenario} requests"] = f"{count} ({bad} failed)" if bad else count
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def describe() -> str:
+    return (__doc__ or "").strip() + (
+        f"\n\n`wrk -t2 -c4 -d{DURATION_S}s --latency` on loopback against `GET /tasks` with a "
+        f"bearer token, THREADS={THREADS}. Slow body: {SLOW_CLIENTS} connections each "
+        "announcing a 1 MB body and sending one byte every 0.5 s, reconnecting when cut off. "
+        f"Long lines: {LONG_LINE_CLIENTS} clients each sending 16 MiB request lines back to "
+        "back. `p50 ms` is wrk's median latency; `requests` counts the GETs answered in the "
+        "run (0: none was answered at all). The machine has 2 cores shared with wrk and the "
+        "abusive clients, so compare within a run."
+    )

@@ -1,0 +1,182 @@
+"""Crafted input that once made the functions answer 500 (issue 10, item 11), posted
+through the real functions-framework app on SQLite and PostgreSQL: each is a 4xx in
+the JSON error shape, changes nothing, and logs nothing of the token."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.integration.conftest import function_client
+from tests.integration.test_limits import refused, rows
+
+SECRET = "integration-test-secret-of-enough-length"  # the `env` fixture's
+
+
+def cursor(sort: str, value: Any, order: str = "asc") -> str:
+    raw = json.dumps({"s": sort, "o": order, "v": value, "id": "x"}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "sort, value",
+    [
+        pytest.param("due_at", "0001-01-01T00:00:00+14:00", id="before-year-1-in-utc"),
+        pytest.param("created_at", "9999-12-31T23:00:00-14:00", id="after-year-9999-in-utc"),
+        pytest.param("due_at", "0001-01-01T00:00:00+00:00", id="year-1"),
+        pytest.param("priority", 2**70, id="priority-2**70"),
+        pytest.param("priority", -(2**70), id="priority--2**70"),
+        pytest.param("priority", 2**31, id="priority-2**31"),
+        pytest.param("title", "a\ud800", id="lone-surrogate-title"),
+        pytest.param("title", "a\x00", id="nul-title"),
+        pytest.param("title", "x" * 501, id="title-longer-than-a-title"),
+    ],
+)
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_a_cursor_out_of_range_is_400(client, alice, sort, value, order):
+    client.post("/tasks", json={"title": "t", "due_at": "2031-01-01T00:00:00Z"}, headers=alice)
+    url = f"/tasks?sort={sort}&order={order}&cursor={cursor(sort, value, order)}"
+    refused(client.get(url, headers=alice), 400, "bad_request")
+
+
+def test_a_cursor_with_a_lone_surrogate_id_is_400(client, alice):
+    raw = json.dumps({"s": "created_at", "o": "desc", "v": None, "id": "\ud800"}).encode()
+    forged = base64.urlsafe_b64encode(raw).decode()
+    refused(client.get(f"/tasks?cursor={forged}", headers=alice), 400, "bad_request")
+
+
+def test_cursors_at_the_edges_of_what_is_stored_still_page(client, alice):
+    for due in ("1900-01-01T00:00:00Z", "8999-12-31T23:59:59+14:00"):
+        client.post("/tasks", json={"title": "t", "due_at": due}, headers=alice)
+    first = client.get("/tasks?sort=due_at&limit=1", headers=alice).json
+    second = client.get(f"/tasks?sort=due_at&limit=1&cursor={first['next_cursor']}", headers=alice)
+    assert second.status_code == 200, second.json
+    assert [t["due_at"][:4] for t in first["items"] + second.json["items"]] == ["1900", "8999"]
+
+
+def structured_event(event_id: str) -> bytes:
+    event = {
+        "specversion": "1.0", "id": event_id, "source": "/test",
+        "type": "dev.duetide.task.create.v1", "data": {"task": {"title": "t"}},
+    }  # fmt: skip
+    # json.dumps escapes the surrogate as \ud800: the exact bytes a client can send.
+    return json.dumps(event).encode()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("id", "\ud800"), ("source", "/\udfff"), ("type", "x\ud83d"), ("subject", "\ud800")],
+)
+def test_a_lone_surrogate_in_a_structured_command_is_400(client, alice, field, value):
+    event = json.loads(structured_event("c-1"))
+    event[field] = value
+    before = rows()
+    response = client.post(
+        "/commands",
+        data=json.dumps(event).encode(),
+        headers={**alice, "Content-Type": "application/cloudevents+json"},
+    )
+    refused(response, 400, "invalid_cloudevent")
+    assert rows() == before
+
+
+@pytest.mark.parametrize("function", ["recurrence", "notify"])
+def test_a_lone_surrogate_in_a_structured_event_is_400_at_every_sink(env, function):
+    event = {
+        "specversion": "1.0", "id": "\ud800", "source": "/test",
+        "type": "dev.duetide.task.completed.v1", "data": {"task_id": "\udc00"},
+    }  # fmt: skip
+    sink = function_client(function)
+    response = sink.post(
+        "/", data=json.dumps(event), headers={"Content-Type": "application/cloudevents+json"}
+    )
+    refused(response, 400, "invalid_cloudevent")
+
+
+def test_a_lone_surrogate_in_event_data_is_400(client, alice):
+    event = json.loads(structured_event("c-2"))
+    event["data"] = {"task": {"title": "a\ud800"}}
+    response = client.post(
+        "/commands",
+        data=json.dumps(event).encode(),
+        headers={**alice, "Content-Type": "application/cloudevents+json"},
+    )
+    refused(response, 400, "invalid_cloudevent")
+
+
+def signed(sub: Any) -> str:
+    now = datetime.now(UTC)
+    claims = {"sub": sub, "iat": now, "exp": now + timedelta(hours=1)}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "sub",
+    [
+        pytest.param("a\x00b", id="nul"),
+        pytest.param("a\ud800", id="lone-surrogate"),
+        pytest.param("x" * 256, id="256-chars"),
+        pytest.param("", id="empty"),
+        pytest.param(7, id="number"),
+        pytest.param("a\x1fb", id="control"),
+    ],
+)
+@pytest.mark.parametrize(
+    "method, path", [("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/preferences")]
+)
+def test_a_validly_signed_token_with_an_unusable_sub_is_401(client, method, path, sub, caplog):
+    token = signed(sub)
+    before = rows()
+    with caplog.at_level(logging.DEBUG):
+        response = client.open(
+            path, method=method, json={"title": "t"}, headers={"Authorization": f"Bearer {token}"}
+        )
+    refused(response, 401, "unauthorized")
+    assert rows() == before
+    logged = caplog.text + json.dumps([r.__dict__ for r in caplog.records], default=str)
+    assert token not in logged and token.split(".")[1] not in logged
+
+
+def test_a_command_carrying_a_token_with_an_unusable_sub_is_401(client, alice):
+    event = json.loads(structured_event("c-3"))
+    event["authtoken"] = signed("a\x00b")
+    response = client.post(
+        "/commands",
+        data=json.dumps(event).encode(),
+        headers={"Content-Type": "application/cloudevents+json"},
+    )
+    refused(response, 401, "unauthorized")
+
+
+def test_a_sub_of_255_printable_characters_is_a_user(client):
+    token = signed("u" * 255)
+    response = client.get("/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.json
+
+
+def test_a_token_over_8_kb_is_401(client):
+    token = signed("alice" + " " * 9000)
+    refused(client.get("/tasks", headers={"Authorization": f"Bearer {token}"}), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ('{"title": "t", "tags": ["\\ud800"]}', "tags.0"),
+        ('{"title": "t", "description": "a\\udfffb"}', "description"),
+        ('{"title": "t", "\\ud800": 1}', None),
+    ],
+)
+def test_a_lone_surrogate_in_a_json_body_is_422(client, alice, body, field):
+    before = rows()
+    response = client.post(
+        "/tasks", data=body.encode(), headers={**alice, "Content-Type": "application/json"}
+    )
+    refused(response, 422, "validation_failed", field)
+    assert rows() == before
