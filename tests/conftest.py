@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from duetide.local.broker import EmbeddedBroker
+
+# Tests reach loopback only: webhooks (and the DNS look-ups their checks would make for
+# generated host names) are limited to it for every process the tests start.
+os.environ["DUETIDE_WEBHOOK_HOSTS"] = "127.0.0.1,localhost,::1"
 
 
 @pytest.fixture(scope="session")

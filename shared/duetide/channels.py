@@ -26,7 +26,7 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
@@ -131,6 +131,7 @@ def deliver_webhook(
     secret: bytes,
     idempotency_key: str,
     allow_loopback: bool = False,
+    hosts: Sequence[str] = (),
     attempts: int = 3,
     backoff_s: float = 0.5,
     timeout_s: float = 5.0,
@@ -162,7 +163,9 @@ def deliver_webhook(
         if attempt > 1:
             sleep(backoff_s * 2 ** (attempt - 2))
         try:
-            target = netguard.check_url(url, allow_loopback=allow_loopback, resolver=resolver)
+            target = netguard.check_url(
+                url, allow_loopback=allow_loopback, hosts=hosts, resolver=resolver
+            )
         except netguard.UnsafeDestination as exc:
             return DeliveryResult(False, None, attempt - 1, _clip(str(exc)))
         except netguard.ResolutionFailed as exc:

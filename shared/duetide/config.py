@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     duetide_allow_loopback_webhooks: bool = Field(
         False, description="Local development only: let webhooks target 127.0.0.1/::1."
     )
+    duetide_webhook_hosts: str = Field(
+        "",
+        description="Egress allowlist for webhooks: comma-separated host names or addresses, "
+        "`*.example.com` for a domain; checked before any DNS look-up. Empty: any public host.",
+    )
     duetide_smtp_host: str = ""
     duetide_smtp_port: int = Field(587, ge=1, le=65535)
     duetide_smtp_starttls: bool = True
@@ -137,6 +142,10 @@ class Settings(BaseSettings):
     @property
     def duetide_jwt_algorithms(self) -> list[str]:
         return self.duetide_jwt_algorithms_csv.split(",")
+
+    @property
+    def webhook_hosts(self) -> tuple[str, ...]:
+        return tuple(h.strip() for h in self.duetide_webhook_hosts.split(",") if h.strip())
 
     @property
     def effective_database_url(self) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -120,15 +120,23 @@ class Target:
 
 
 def check_url(
-    url: str, *, allow_loopback: bool = False, resolver: Resolver = socket.getaddrinfo
+    url: str,
+    *,
+    allow_loopback: bool = False,
+    hosts: Sequence[str] = (),
+    resolver: Resolver = socket.getaddrinfo,
 ) -> Target:
     """Parse `url`, resolve its host once and reject unsafe destinations.
 
     Raises `UnsafeDestination` for a bad URL or a disallowed address (any of the
     resolved addresses), `ResolutionFailed` when the name does not resolve.
     `allow_loopback` (local development only) admits 127.0.0.0/8 and ::1, nothing else.
+    `hosts`, when not empty, is an egress allowlist checked before any DNS look-up:
+    exact host names or addresses, or `*.example.com` for any name under that domain.
     """
     scheme, host, port = _parse(url)
+    if hosts and not host_allowed(host, hosts):
+        raise UnsafeDestination(f"destination {host} is not in the allowed webhook hosts")
     addresses = _resolve(host, port, resolver)
     for address in addresses:
         problem = address_problem(address, allow_loopback=allow_loopback)
@@ -136,6 +144,15 @@ def check_url(
             where = host if str(address) == host else f"{host} (resolved to {address})"
             raise UnsafeDestination(f"destination {where} is not allowed: {problem}")
     return Target(url=url, scheme=scheme, host=host, port=port, address=str(addresses[0]))
+
+
+def host_allowed(host: str, hosts: Sequence[str]) -> bool:
+    """Whether `host` (as `_parse` gives it: lower case, no brackets) matches `hosts`."""
+    for pattern in hosts:
+        pattern = pattern.strip().lower().strip("[]")
+        if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
 
 
 def address_problem(address: IPAddress, *, allow_loopback: bool = False) -> str | None:

@@ -96,6 +96,7 @@ def _send_webhook(due: events.ReminderEvent, pref: Preference) -> channels.Deliv
         secret=pref.webhook_secret.encode(),
         idempotency_key=f"{due.reminder_id}:{due.scheduled_at.isoformat()}",
         allow_loopback=get_settings().duetide_allow_loopback_webhooks,
+        hosts=get_settings().webhook_hosts,
     )
 
 

@@ -191,8 +191,13 @@ def challenge_webhook(
 def _checked_webhook(url: str | None) -> str | None:
     if not url:
         return None
+    settings = get_settings()
     try:
-        netguard.check_url(url, allow_loopback=get_settings().duetide_allow_loopback_webhooks)
+        netguard.check_url(
+            url,
+            allow_loopback=settings.duetide_allow_loopback_webhooks,
+            hosts=settings.webhook_hosts,
+        )
     except (netguard.UnsafeDestination, netguard.ResolutionFailed) as exc:
         raise _invalid("webhook_url", str(exc)) from None
     return url

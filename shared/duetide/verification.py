@@ -256,6 +256,7 @@ def challenge(item: WebhookChallenge) -> channels.DeliveryResult:
         secret=item.secret.encode(),
         idempotency_key=f"url-verification-{item.challenge[:16]}",
         allow_loopback=settings.duetide_allow_loopback_webhooks,
+        hosts=settings.webhook_hosts,
         attempts=1,
         timeout_s=settings.duetide_verification_timeout_s,
         capture_bytes=CHALLENGE_KEEP_BYTES,

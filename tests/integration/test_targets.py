@@ -195,20 +195,20 @@ def test_a_stored_webhook_url_the_guard_now_refuses_is_failed_at_once(
     assert Receiver.seen == []
 
 
-def test_content_the_channel_cannot_encode_is_failed_not_a_server_error(
+def test_content_no_channel_can_encode_is_a_permanent_400_not_a_server_error(
     client, alice, inbox, notify
 ):
+    """A lone surrogate cannot be stored or sent: the event is refused whole (400 goes to
+    the dead-letter sink at once, never retried) and nothing is recorded or sent."""
     email_channel(client, alice, inbox)
     data = claim_due(client, alice)
-    data["title"] = "broken \ud800 text"  # a lone surrogate: no encoding can send it
+    data["title"] = "broken \ud800 text"
 
     response = post(notify, events.REMINDER_DUE, data)
 
-    assert response.status_code == 200, response.json
-    assert recorded() == [
-        ("email", "failed", "the email channel cannot send this reminder's content"),
-        ("log", "delivered", ""),
-    ]
+    assert response.status_code == 400, response.json
+    assert response.json["error"]["code"] == "invalid_cloudevent"
+    assert recorded() == []
 
 
 def test_a_relay_that_is_down_is_transient_and_retried(client, alice, relay, notify):

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from duetide.netguard import ResolutionFailed, Target, UnsafeDestination, check_url
+from duetide.netguard import ResolutionFailed, Target, UnsafeDestination, check_url, host_allowed
 
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
@@ -247,3 +247,45 @@ def test_allow_loopback_admits_a_name_for_loopback():
 def test_allow_loopback_admits_nothing_else_private(host: str):
     with pytest.raises(UnsafeDestination):
         check_url(f"http://{host}/", allow_loopback=True, resolver=no_dns)
+
+
+# --- the egress allowlist ---------------------------------------------------------------
+
+ALLOWED = ("hooks.example.com", "*.partner.example", "93.184.215.14", "2606:2800::1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/in",
+        "https://HOOKS.example.com:8443/in",
+        "https://a.partner.example/in",
+        "https://deep.a.partner.example/in",
+        "https://93.184.215.14/in",
+        "https://[2606:2800::1]/in",
+    ],
+)
+def test_an_allowlisted_host_is_checked_as_usual(url: str):
+    resolver = FakeResolver(PUBLIC_V4)
+    assert check_url(url, hosts=ALLOWED, resolver=resolver).address
+    assert host_allowed(check_url(url, resolver=resolver).host, ALLOWED)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://other.example.com/in",
+        "https://partner.example/in",  # the wildcard is for names under it only
+        "https://hooks.example.com.evil.test/in",
+        "https://evilpartner.example/in",
+        "https://93.184.215.15/in",
+    ],
+)
+def test_a_host_outside_the_allowlist_is_refused_before_any_lookup(url: str):
+    with pytest.raises(UnsafeDestination, match="not in the allowed webhook hosts"):
+        check_url(url, hosts=ALLOWED, resolver=no_dns)
+
+
+def test_an_allowlisted_name_resolving_to_a_private_address_is_still_refused():
+    with pytest.raises(UnsafeDestination, match="not globally routable"):
+        check_url("https://hooks.example.com/", hosts=ALLOWED, resolver=FakeResolver("10.0.0.7"))
