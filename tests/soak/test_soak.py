@@ -43,6 +43,9 @@ from tests.support import migrated_database, wait_for
 
 pytestmark = pytest.mark.soak
 
+if not hasattr(Stack, "restarts"):  # until `up` supervises its children (issue 10 item 6)
+    pytest.skip("the local stack does not supervise its children yet", allow_module_level=True)
+
 SERIES, REMINDERS, COMMANDS = 12, 60, 40
 LOAD_S = float(os.environ.get("DUETIDE_SOAK_SECONDS", "45"))
 CHAOS_EVERY_S = 4.0
