@@ -24,6 +24,7 @@ import base64
 import contextlib
 import datetime as dt
 import http.client
+import itertools
 import json
 import logging
 import random
@@ -61,6 +62,8 @@ DEFAULT_ATTEMPT_TIMEOUT_S = 600.0
 ERROR_DATA_MAX_BYTES = 1024
 # Response bodies are not used beyond knativeerrordata; a longer one closes the connection.
 _RESPONSE_READ_LIMIT = 64 * 1024
+_DLS_BACKOFF_CAP_S = 5.0
+"""Longest wait between attempts to write a dead letter while the broker is away."""
 # KafkaSource retries these (and every 5xx, connection error and timeout).
 _SOURCE_RETRIED_STATUSES = frozenset({404, 408, 409, 429})
 # PingSource sends through the CloudEvents Go SDK, whose default retriable set is this
@@ -629,6 +632,8 @@ class KafkaSourceDispatcher:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
+        self.dead_lettered: list[str] = []
+        """Ids of the events this dispatcher dead-lettered (diagnostics, the soak's ledger)."""
         self._sinks: list[HttpSink] = []
         self._sinks_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
@@ -835,7 +840,7 @@ class KafkaSourceDispatcher:
         if response is None:
             return False
         if not response.ok:
-            self._fail(record, event, response)
+            return self._fail(record, event, response)
         return True
 
     def _deliver(
@@ -855,7 +860,13 @@ class KafkaSourceDispatcher:
                 return response
         return response
 
-    def _fail(self, record: Any, event: CloudEvent, response: SinkResponse) -> None:
+    def _fail(self, record: Any, event: CloudEvent, response: SinkResponse) -> bool:
+        """Dead-letter a record that failed; False if stop() came first (it stays uncommitted).
+
+        Unlike Knative's dispatcher, which commits a record whose dead-lettering failed,
+        this one retries with backoff until the dead-letter topic takes it: an event is
+        never dropped because the broker was briefly away.
+        """
         if self.dead_letter_topic is None:
             log.warning(
                 "KafkaSource %s: dropped event type=%s id=%s after %s (no dead-letter sink)",
@@ -864,26 +875,33 @@ class KafkaSourceDispatcher:
                 event["id"],
                 response.describe(),
             )
-            return
+            return True
         dead = dead_letter_event(event, self.sink_url, response)
         message = _kafka_parts(dead, record.key)
-        try:
-            self._dead_letter_producer().send(
-                self.dead_letter_topic,
-                key=message.key,
-                value=message.value,
-                headers=list(message.headers.items()),
-            ).get(timeout=10)
-        except KafkaError as exc:
-            log.error(
-                "KafkaSource %s: could not dead-letter type=%s id=%s to %s: %r",
-                self.spec.name,
-                event["type"],
-                event["id"],
-                self.dead_letter_topic,
-                exc,
-            )
-            return
+        for attempt in itertools.count():
+            if attempt and self._stopping.wait(min(0.25 * 2**attempt, _DLS_BACKOFF_CAP_S)):
+                return False
+            try:
+                self._dead_letter_producer().send(
+                    self.dead_letter_topic,
+                    key=message.key,
+                    value=message.value,
+                    headers=list(message.headers.items()),
+                ).get(timeout=10)
+            except KafkaError as exc:
+                self._discard_producer()
+                log.error(
+                    "KafkaSource %s: could not dead-letter type=%s id=%s to %s (%r); retrying",
+                    self.spec.name,
+                    event["type"],
+                    event["id"],
+                    self.dead_letter_topic,
+                    exc,
+                )
+                continue
+            break
+        with self._producer_lock:
+            self.dead_lettered.append(str(event["id"]))
         log.warning(
             "KafkaSource %s: dead-lettered type=%s id=%s code=%s to %s",
             self.spec.name,
@@ -892,16 +910,30 @@ class KafkaSourceDispatcher:
             response.describe(),
             self.dead_letter_topic,
         )
+        return True
 
     def _dead_letter_producer(self) -> KafkaProducer:
         with self._producer_lock:  # KafkaProducer is thread-safe; its creation is not
             if self._producer is None:
+                # Not idempotent: an idempotent producer's id dies with the broker that
+                # issued it (UnknownProducerId), and a dead letter sent twice is harmless.
                 self._producer = KafkaProducer(
                     bootstrap_servers=self.bootstrap_servers,
                     client_id=f"duetide-kafkasource-{self.spec.name}-dls",
                     linger_ms=0,
+                    acks="all",
+                    enable_idempotence=False,
+                    max_in_flight_requests_per_connection=1,
                 )
             return self._producer
+
+    def _discard_producer(self) -> None:
+        """Drop a producer that failed; the next dead letter connects afresh."""
+        with self._producer_lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=0)
 
     def _close_clients(self) -> None:
         with self._sinks_lock:
