@@ -178,6 +178,27 @@ def _wiring():  # type: ignore[no-untyped-def]
         raise DeadLetterError(f"cannot read the KafkaSources ({exc}); pass --to TOPIC") from None
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """Send events again that a broker acknowledged and then lost (DATABASE_URL)."""
+    from duetide import outbox
+
+    count = outbox.requeue_sent_since(args.since)
+    print(f"requeued {count} events sent since {args.since.isoformat()}; the next sweep sends them")
+    return 0
+
+
+def _instant(text: str):  # type: ignore[no-untyped-def]
+    from datetime import datetime
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("an ISO 8601 instant, e.g. 2026-12-01T09:00Z") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("needs an offset or Z: the outbox stores UTC")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -232,6 +253,13 @@ def parser() -> argparse.ArgumentParser:
     schemas.add_argument("--out", default="docs/events")
     schemas.set_defaults(func=cmd_schemas)
     _add_deadletters(sub)
+    box = sub.add_parser("outbox", help="operate the transactional outbox (DATABASE_URL)")
+    box_actions = box.add_subparsers(dest="action", required=True)
+    requeue = box_actions.add_parser(
+        "requeue", help="send again the events sent since an instant (a broker lost them)"
+    )
+    requeue.add_argument("--since", type=_instant, required=True, help="ISO 8601 with offset")
+    box.set_defaults(func=cmd_outbox)
     return root
 
 

@@ -46,6 +46,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -292,6 +293,21 @@ def mark_sent(session: Session, ids: list[str]) -> None:
             .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
             .values(sent_at=utcnow())
         )
+
+
+def requeue_sent_since(since: datetime) -> int:
+    """Mark rows sent at or after `since` unsent again, so the relay sends them once more.
+
+    For a broker that lost acknowledged records: an embedded broker restarted empty, or a
+    cluster after an unclean leader election. Consumers see those events a second time
+    with the same `ce_id` and drop them as duplicates, so erring early is harmless.
+    Rows older than the sweep's purge (`sweep.SENT_OUTBOX_TTL`) are gone and cannot come back.
+    """
+    with db.session_scope() as session:
+        result = session.exec(
+            update(Outbox).where(col(Outbox.sent_at) >= since).values(sent_at=None, attempts=0)
+        )
+        return int(result.rowcount or 0)
 
 
 def publish_after_commit(ids: list[str]) -> int:

@@ -270,3 +270,39 @@ def test_open_breaker_keeps_requests_off_the_broker_and_the_relay_closes_it(
     assert publisher.available
     create_tasks(client, alice, 1)
     assert pending() == []  # the fast path publishes again
+
+
+def test_events_a_lost_broker_had_acknowledged_are_sent_again_after_a_requeue(
+    client, alice, topics, brokers, monkeypatch, capsys
+):
+    from duetide.cli import main
+
+    first = brokers()
+    create_topics(first.bootstrap_servers, topics)
+    use_broker(monkeypatch, first.bootstrap_servers)
+    before = create_tasks(client, alice, 1)
+    since = outbox_rows(events.TASK_CREATED)[-1].sent_at
+    assert since is not None
+    lost = create_tasks(client, alice, 2)  # acknowledged by a broker about to lose them
+    assert pending() == []
+
+    first.stop()
+    second = brokers()  # empty, as an embedded broker restarted
+    create_topics(second.bootstrap_servers, topics)
+    assert main(["outbox", "requeue", "--since", since.isoformat()]) == 0
+    assert "requeued 3 events" in capsys.readouterr().out  # `before` too: sent at `since`
+    outbox.relay_pending()
+
+    assert pending() == []
+    records = read_topic(second.bootstrap_servers, topics["tasks"])
+    expected = task_event_ids(before) | task_event_ids(lost)
+    assert Counter(ce_id(r) for r in records) == {i: 1 for i in expected}
+
+
+def test_requeue_refuses_an_instant_without_an_offset(capsys):
+    from duetide.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["outbox", "requeue", "--since", "2026-12-01T09:00"])
+    assert exit_.value.code == 2
+    assert "needs an offset" in capsys.readouterr().err
