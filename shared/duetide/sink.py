@@ -1,4 +1,4 @@
-"""The sink contract every CloudEvent entry point follows (see DESIGN.md).
+"""The sink contract every CloudEvent entry point follows (README, "Design notes").
 
 functions-framework's own CloudEvent path answers bad events with HTML or hands raw
 bytes to the function, so the event functions are HTTP functions that decode here:
