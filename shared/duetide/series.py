@@ -181,7 +181,10 @@ def materialise_next(session: Session, data: events.TaskEvent, now: datetime) ->
 def _continue_after(
     session: Session, series: Series, previous: Task, completed_at: datetime, now: datetime
 ) -> list[str]:
-    if _successor(session, previous.id) is not None:
+    # Its successor, or a later occurrence (the successor was skipped or deleted and
+    # replaced): the series has moved past it, and a late completion event must not
+    # bring a second open occurrence back.
+    if _successor(session, previous.id) is not None or _later_exists(session, series.id, previous):
         return []
     following = next_for(series, previous, completed_at, now)
     if following is None:

@@ -196,6 +196,26 @@ def test_deleting_a_completed_occurrence_before_its_event_keeps_the_series_going
     assert response.json["open_occurrence"]["due_at"] == "2026-01-07T09:00:00+01:00"
 
 
+def test_a_completion_arriving_after_its_successor_was_skipped_brings_nothing_back(
+    client, alice, bus
+):
+    """Found by the state machine: complete, pause, resume (puts the successor in place),
+    delete the successor (skips it), then the completion event: still one open one."""
+    first = recurring(client, alice, rrule="FREQ=DAILY")
+    series_id = first["series_id"]
+    client.post(f"/tasks/{first['id']}/complete", headers=alice)
+    for action in ("pause", "resume"):
+        assert client.post(f"/series/{series_id}/{action}", headers=alice).status_code == 200
+    [successor] = open_occurrences(client, alice, series_id)
+    assert client.delete(f"/tasks/{successor['id']}", headers=alice).json["outcome"] == "skipped"
+    bus.flush()
+    assert history(client, alice, series_id) == [
+        (0, "2026-01-05T09:00:00+01:00", "completed"),
+        (1, "2026-01-06T09:00:00+01:00", "skipped"),
+        (2, "2026-01-07T09:00:00+01:00", "open"),
+    ]
+
+
 def test_deleting_in_a_paused_or_ended_series(client, alice, bus):
     first = recurring(client, alice, rrule="FREQ=DAILY")
     series_id = first["series_id"]
