@@ -10,12 +10,12 @@ topic its KafkaSource reads, so a consumer that did process it after all dedupli
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from duetide import topic_reader
 from duetide.local.manifests import Wiring
 
 DEFAULT_TOPIC = "duetide-dead-letters"
@@ -78,46 +78,28 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or "-"
 
 
-def read(bootstrap_servers: str, topic: str, limit: int | None = None) -> list[DeadLetter]:
+def read(
+    bootstrap_servers: str,
+    topic: str,
+    limit: int | None = None,
+    *,
+    timeout_s: float = READ_TIMEOUT_S,
+) -> list[DeadLetter]:
     """The dead letters on `topic`, oldest first; with `limit`, only the newest `limit`.
 
+    Every letter the broker acknowledged before the call is included: the topic is read
+    to the high watermark of a fresh fetch, not to the end a ListOffsets request reports,
+    which the embedded broker under-reports after a burst (see `duetide.topic_reader`).
     Reads partitions directly (no consumer group), so listing commits nothing and does
     not disturb anyone else reading the topic.
     """
-    from kafka import KafkaConsumer  # the CLI's other commands need no Kafka client
-    from kafka.structs import TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     try:
-        numbers = consumer.partitions_for_topic(topic)
-        if not numbers:
-            raise DeadLetterError(f"no topic {topic!r} on {bootstrap_servers}")
-        partitions = [TopicPartition(topic, n) for n in sorted(numbers)]
-        consumer.assign(partitions)
-        ends = consumer.end_offsets(partitions)
-        starts = consumer.beginning_offsets(partitions)
-        for partition in partitions:
-            first = starts[partition]
-            if limit is not None:
-                first = max(first, ends[partition] - limit)
-            consumer.seek(partition, first)
-        letters = _read_until(consumer, topic, ends)
-    finally:
-        consumer.close(autocommit=False)
-    letters.sort(key=lambda d: (d.timestamp, d.partition, d.offset))
-    return letters[-limit:] if limit is not None else letters
-
-
-def _read_until(consumer: Any, topic: str, ends: dict[Any, int]) -> list[DeadLetter]:
-    """Poll the assigned partitions up to the end offsets taken before reading."""
-    letters: list[DeadLetter] = []
-    deadline = time.monotonic() + READ_TIMEOUT_S
-    while any(consumer.position(p) < end for p, end in ends.items()):
-        if time.monotonic() > deadline:
-            raise DeadLetterError(f"timed out after {READ_TIMEOUT_S:g} s reading {topic}")
-        for partition, records in consumer.poll(timeout_ms=200).items():
-            letters.extend(_letter(r) for r in records if r.offset < ends[partition])
-    return letters
+        records = topic_reader.read_records(
+            bootstrap_servers, topic, limit=limit, timeout_s=timeout_s
+        )
+    except topic_reader.TopicReadError as exc:
+        raise DeadLetterError(str(exc)) from None
+    return [_letter(record) for record in records]
 
 
 def _letter(record: Any) -> DeadLetter:

@@ -8,11 +8,14 @@ to the dead-letter topic. The command is run through `duetide.cli.main`.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
 
 from duetide import events
 from duetide.cli import main
@@ -184,3 +187,104 @@ def test_without_kafka_bootstrap_servers_it_says_so(monkeypatch, capsys):
     finally:
         get_settings.cache_clear()
     assert code == 2 and "KAFKA_BOOTSTRAP_SERVERS is not set" in err
+
+
+def dead_letter_burst(
+    servers: str, topic: str, event_ids: list[str], destination: str = "http://x/"
+) -> list[int]:
+    """Dead letters written within a millisecond or so, as one batch (a KafkaSource whose
+    sink is down dead-letters a backlog this way); returns their offsets once acked."""
+    client = KafkaProducer(bootstrap_servers=servers, linger_ms=20)  # one batch
+    try:
+        futures = []
+        for event_id in event_ids:
+            event = events.build(
+                event_id=event_id, type=events.REMINDER_DUE, source="/duetide/sweep",
+                subject=f"reminder-{event_id}", data={"note": SECRET},
+            )  # fmt: skip
+            event["knativeerrordest"] = destination
+            event["knativeerrorcode"] = "503"
+            message = events.to_kafka(event, event_id)
+            headers = list(message.headers.items())
+            sent = client.send(topic, value=message.value, key=message.key, headers=headers)
+            futures.append(sent)
+        return [future.get(timeout=10).offset for future in futures]
+    finally:
+        client.close(timeout=5)
+
+
+def listed_end(servers: str, topic: str) -> int:
+    """What a ListOffsets request says the end of partition 0 is."""
+    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    try:
+        partition = TopicPartition(topic, 0)
+        return consumer.end_offsets([partition])[partition]
+    finally:
+        consumer.close()
+
+
+def test_a_burst_of_dead_letters_is_listed_and_replayed_whole(
+    broker, kafka, dead_topic, producer, unique_topic, capsys
+):
+    """The incident: five dead letters, the last three within a millisecond; the broker's
+    ListOffsets answered 3 and the listing and replay stopped there."""
+    dead_letter(producer, dead_topic, "r0", "http://x/")
+    dead_letter(producer, dead_topic, "r1", "http://x/")
+    assert dead_letter_burst(kafka, dead_topic, ["r2", "r3", "r4"]) == [2, 3, 4]
+    under = listed_end(kafka, dead_topic)  # Tansu: base offset of the last batch + 1
+
+    code, lines, err = run(capsys, "list", "--topic", dead_topic)
+    assert code == 0, err
+    assert [line.split()[2] for line in lines] == [f"id=r{n}" for n in range(5)], under
+    code, lines, _ = run(capsys, "list", "--topic", dead_topic, "--limit", "2")
+    assert [line.split()[2] for line in lines] == ["id=r3", "id=r4"], under
+
+    target = unique_topic("reminders")
+    ensure_topics(kafka, [TopicSpec(target)])
+    code, lines, err = run(capsys, "replay", "--all", "--topic", dead_topic, "--to", target)
+    assert code == 0, err
+    assert len(lines) == 5
+    assert sorted(headers_of(r)["ce_id"] for r in read_topic(kafka, target)) == [
+        f"r{n}" for n in range(5)
+    ]
+
+
+def test_dead_letters_written_during_a_listing_do_not_hide_the_earlier_ones(
+    broker, kafka, dead_topic, capsys
+):
+    """Bursts keep arriving while the list runs: every letter acked before it started is
+    listed, nothing twice, nothing that was never written, and the listing ends while
+    the writes go on (it reads to the end as of its start, it does not chase the topic)."""
+    acked = [f"a{n}" for n in range(10)]
+    dead_letter_burst(kafka, dead_topic, acked[:5])
+    dead_letter_burst(kafka, dead_topic, acked[5:])
+    written: list[str] = list(acked)
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        deadline = time.monotonic() + 60  # bounded even if the listing never returns
+        round_ = 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            round_ += 1
+            ids = [f"c{round_}-{n}" for n in range(5)]
+            dead_letter_burst(kafka, dead_topic, ids)
+            written.extend(ids)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        wait_for(lambda: len(written) > len(acked), "the concurrent writer's first burst")
+        code, lines, err = run(capsys, "list", "--topic", dead_topic)
+        still_writing = writer.is_alive()
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert code == 0, err
+    assert still_writing
+    listed = [line.split()[2].removeprefix("id=") for line in lines]
+    assert len(listed) == len(set(listed))
+    assert set(acked) <= set(listed)
+    assert set(listed) <= set(written)
+    # And read again once the writes are over: all of them.
+    code, lines, _ = run(capsys, "list", "--topic", dead_topic)
+    assert sorted(line.split()[2].removeprefix("id=") for line in lines) == sorted(written)

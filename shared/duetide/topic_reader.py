@@ -1,0 +1,122 @@
+"""Read every record of a topic up to its true end, without a consumer group.
+
+The end of a partition is not what a ListOffsets request (kafka-python's `end_offsets`)
+says on every broker: the embedded Tansu broker answers "latest" with the base offset of
+the partition's *last batch* plus one, so five dead letters produced within a millisecond
+(batches [0], [1], [2, 3, 4]) show an end of 3 while offsets 0-4 exist. A reader that
+stops at that figure silently loses the newest records. The high watermark a Fetch
+response carries is right on every broker (it is what consumers advance on), so the
+reader here stops each partition at the larger of
+
+- the high watermark of its first fetch, made *after* the read began, and
+- a ListOffsets end re-read once that fetch has answered (a broker that gets this one
+  right and the fetch wrong is covered too),
+
+so every record acknowledged before the call is included, and a topic that keeps growing
+while it is read does not keep the reader chasing it. The whole read is bounded by a
+deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+POLL_MS = 200
+FETCH_WAIT_MS = 100
+DEFAULT_TIMEOUT_S = 15.0
+
+
+class TopicReadError(RuntimeError):
+    """The topic does not exist or could not be read to its end in time."""
+
+
+def targets(
+    highwaters: Mapping[Any, int | None], listed_ends: Mapping[Any, int]
+) -> dict[Any, int] | None:
+    """Where to stop each partition, or None while a partition's high watermark is unknown.
+
+    The target is the larger of the first fetch's high watermark and the ListOffsets end
+    (either may be the one a broker gets right). Both were taken after the read began,
+    so every record acknowledged before it lies below its target. Records written later
+    may or may not be read; the read does not chase a topic that keeps growing.
+    """
+    if any(highwater is None for highwater in highwaters.values()):
+        return None
+    return {p: max(highwater or 0, listed_ends.get(p, 0)) for p, highwater in highwaters.items()}
+
+
+def caught_up(positions: Mapping[Any, int], stop_at: Mapping[Any, int]) -> bool:
+    """True when every partition's position reached its target."""
+    return all(position >= stop_at[p] for p, position in positions.items())
+
+
+def first_offsets(
+    starts: Mapping[Any, int], listed_ends: Mapping[Any, int], limit: int | None
+) -> dict[Any, int]:
+    """Where to start each partition: its beginning, or `limit` before its listed end.
+
+    A listed end can only be too low (see the module docstring), so starting `limit`
+    before it reads at least the newest `limit` records; the caller keeps the newest.
+    """
+    if limit is None:
+        return dict(starts)
+    return {p: max(start, listed_ends[p] - limit) for p, start in starts.items()}
+
+
+def read_records(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    limit: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[Any]:
+    """The records of `topic` (kafka-python ConsumerRecords), ordered by (timestamp,
+    partition, offset); with `limit`, the newest `limit` of them.
+
+    Partitions are assigned, not subscribed: nothing is committed and no group is joined,
+    so reading disturbs no one else reading the topic.
+    """
+    from kafka import KafkaConsumer  # the CLI's other commands need no Kafka client
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_WAIT_MS,  # an empty partition's first fetch answers soon
+    )
+    try:
+        numbers = consumer.partitions_for_topic(topic)
+        if not numbers:
+            raise TopicReadError(f"no topic {topic!r} on {bootstrap_servers}")
+        partitions = [TopicPartition(topic, n) for n in sorted(numbers)]
+        consumer.assign(partitions)
+        starts = consumer.beginning_offsets(partitions)
+        ends = consumer.end_offsets(partitions)
+        for partition, offset in first_offsets(starts, ends, limit).items():
+            consumer.seek(partition, offset)
+        records = _drain(consumer, topic, partitions, timeout_s)
+    finally:
+        consumer.close(autocommit=False)
+    records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+    return records[-limit:] if limit is not None else records
+
+
+def _drain(consumer: Any, topic: str, partitions: list[Any], timeout_s: float) -> list[Any]:
+    records: list[Any] = []
+    stop_at: dict[Any, int] | None = None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for batch in consumer.poll(timeout_ms=POLL_MS).values():
+            records.extend(batch)
+        highwaters = {p: consumer.highwater(p) for p in partitions}
+        if stop_at is None and None not in highwaters.values():
+            # Re-read now, after the first fetches answered: the first reading may be stale.
+            stop_at = targets(highwaters, consumer.end_offsets(partitions))
+        if stop_at is not None and caught_up(
+            {p: consumer.position(p) for p in partitions}, stop_at
+        ):
+            return records
+        if time.monotonic() > deadline:
+            raise TopicReadError(f"could not read {topic} to its end within {timeout_s:g} s")
