@@ -12,8 +12,10 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +23,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from duetide.local import orphans
 from duetide.local.manifests import TopicSpec
 
 LOOPBACK = "127.0.0.1"
@@ -67,8 +70,10 @@ def free_loopback_port() -> int:
 class EmbeddedBroker:
     """A Tansu broker with memory storage on a free loopback port, as a child process.
 
-    Use as a context manager, or call `start()` and `stop()`. The child runs in its
-    own process group so that stopping it never signals the caller's group.
+    Use as a context manager, or call `start()` and `stop()`; `restart()` starts a new
+    (empty) broker at the same address after this one died. The child runs in its own
+    process group so that stopping it never signals the caller's group, and it is
+    SIGKILLed when the caller dies (`duetide.local.orphans`).
     """
 
     def __init__(
@@ -82,6 +87,11 @@ class EmbeddedBroker:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.port: int | None = None
+        self.started_at: datetime | None = None
+        """When the running broker was spawned: every record it holds came after."""
+        self.last_pid: int | None = None
+        """The pid of the newest broker process, running or not."""
+        self._last_returncode: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -94,6 +104,19 @@ class EmbeddedBroker:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The broker process's pid (also its process group's), None when it is down."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """How the newest broker process ended (negative: by that signal); None while it
+        runs or before the first start."""
+        process = self._process
+        return self._last_returncode if process is None else process.poll()
 
     def start(self) -> EmbeddedBroker:
         """Start the broker and return once it answers a Kafka metadata request."""
@@ -115,6 +138,26 @@ class EmbeddedBroker:
                     raise
         raise AssertionError("unreachable")
 
+    def restart(self, cancel: threading.Event | None = None) -> EmbeddedBroker:
+        """Start a new, empty broker at the port of the previous one (which must be down).
+
+        Clients were configured with this address, so it is the same one or none: a port
+        that another process took meanwhile is a BrokerError (the caller retries later).
+        Setting `cancel` makes the wait for readiness give up (BrokerError) and stop it.
+        """
+        if self.port is None:
+            return self.start()
+        if self.running:
+            return self
+        self.stop()  # reap the dead one, close its log
+        self._spawn(broker_binary(), self.port)
+        try:
+            self._wait_ready(cancel)
+        except BrokerError:
+            self.stop()
+            raise
+        return self
+
     def stop(self) -> None:
         """Terminate the broker (SIGTERM, then SIGKILL after `stop_timeout_s`)."""
         process, self._process = self._process, None
@@ -125,6 +168,8 @@ class EmbeddedBroker:
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
                 process.wait(timeout=self.stop_timeout_s)
+        if process is not None:
+            self._last_returncode = process.returncode
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -141,26 +186,32 @@ class EmbeddedBroker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         output: IO[bytes] | int = self._log if self._log is not None else subprocess.DEVNULL
+        self.started_at = datetime.now(UTC)
         self._process = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
+            orphans.guarded(
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ]
+            ),
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
             start_new_session=True,
         )
+        self.last_pid = self._process.pid
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, cancel: threading.Event | None = None) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                raise BrokerError("the embedded broker's start was cancelled")
             self._check_alive()
             if _port_open(self.port) and _answers_metadata(self.bootstrap_servers):
                 return

@@ -5,10 +5,22 @@ KAFKA_BOOTSTRAP_SERVERS names one), the topics of kafka/, one function server
 (`python -m duetide.serve`, as in the image) per Knative Service of knative/, then the
 eventing stand-ins (a dispatcher per KafkaSource, a timer per PingSource). Stop runs in
 reverse.
+
+While it runs, a supervisor thread watches the children like a process manager: a
+function or broker that dies is reported on the console and started again after a
+backoff (`duetide.local.supervision`), at the same port, because the dispatchers, the
+timers and the functions were configured with those addresses. A new broker is empty:
+the supervisor re-creates the topics, starts the dispatchers afresh (their consumer
+groups are gone, so they read the new topics from the earliest offset) and calls
+`on_broker_restart`. Every child is SIGKILLed by the kernel if `up` dies without
+stopping them (`duetide.local.orphans`), so nothing is left holding a port.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -16,14 +28,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import requests
 
 from duetide import migrate
-from duetide.local import manifests
+from duetide.local import manifests, orphans
 from duetide.local.broker import (
     EmbeddedBroker,
     consumer_settings,
@@ -31,8 +45,18 @@ from duetide.local.broker import (
     free_loopback_port,
 )
 from duetide.local.eventing import KafkaSourceDispatcher, PingTimer
+from duetide.local.supervision import Restart, RestartPolicy
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
+WATCH_INTERVAL_S = 0.1
+HEALTH_TIMEOUT_S = 0.5
+EXTERNAL_DISPATCHER_STOP_S = 10.0
+BROKER_STOP_S = 0.3
+"""The embedded broker holds nothing worth a graceful stop (memory only)."""
+DISPATCHER_STOP_S = 15.0
+"""How long a broker restart waits at most for the old dispatchers to end."""
 
 
 class StackError(RuntimeError):
@@ -53,6 +77,8 @@ def project_root() -> Path:
 
 @dataclass
 class FunctionProcess:
+    """One function server; `process` is replaced when the supervisor restarts it."""
+
     service: manifests.ServiceSpec
     port: int
     process: subprocess.Popen[bytes]
@@ -89,6 +115,23 @@ class Stack:
     dispatchers: list[KafkaSourceDispatcher] = field(default_factory=list)
     timers: list[PingTimer] = field(default_factory=list)
     wiring: manifests.Wiring | None = None
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    restarts: list[Restart] = field(default_factory=list)
+    """Every death of a child and the restart it got, oldest first."""
+    on_broker_restart: Callable[[datetime], None] | None = None
+    """Called after a dead broker was replaced (topics re-created, dispatchers restarted)
+    with the time the *lost* broker had been started: every record it held, and so every
+    outbox row marked sent since then, may be gone. Errors are reported, not raised."""
+    stop_grace_s: float = 1.0
+    """How long a function may take to exit after SIGTERM on stop, before SIGKILL."""
+    report: Callable[[str], None] | None = None
+    """Where supervisor messages go (default: stdout, "duetide: ..."); also logs/up.log."""
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _acting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _supervisor: threading.Thread | None = field(default=None, init=False, repr=False)
+    _retiring: list[KafkaSourceDispatcher] = field(default_factory=list, init=False, repr=False)
+    _retiring_until: float = field(default=0.0, init=False, repr=False)
 
     @property
     def logs(self) -> Path:
@@ -109,6 +152,10 @@ class Stack:
             self._start_function(service)
         self._await_ready()
         self._start_eventing()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="duetide-supervisor", daemon=True
+        )
+        self._supervisor.start()
 
     def _step(self, what: str, action: Any) -> None:
         try:
@@ -119,7 +166,9 @@ class Stack:
     def _start_broker(self) -> None:
         if self.bootstrap_servers:
             return
-        self.broker = EmbeddedBroker(log_path=self.logs / "broker.log")
+        self.broker = EmbeddedBroker(
+            log_path=self.logs / "broker.log", stop_timeout_s=BROKER_STOP_S
+        )
         self._step("starting the embedded broker", self.broker.start)
         self.bootstrap_servers = self.broker.bootstrap_servers
 
@@ -142,27 +191,33 @@ class Stack:
         source = self.root / "functions" / service.function / "main.py"
         if not source.exists():
             raise StackError(f"Service {service.name}: no function source at {source}")
+        log_path = self.logs / f"{service.function}.log"
+        child = FunctionProcess(service, port, self._spawn_function(service, port), log_path)
+        self._pump_output(child)
+        self.functions[service.function] = child
+
+    def _spawn_function(self, service: manifests.ServiceSpec, port: int) -> subprocess.Popen[bytes]:
+        source = self.root / "functions" / service.function / "main.py"
         command = [
             sys.executable, "-m", "duetide.serve",
             "--source", str(source), "--target", service.function,
             "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
-        log_path = self.logs / f"{service.function}.log"
-        process = subprocess.Popen(
-            command,
+        return subprocess.Popen(
+            orphans.guarded(command),
             env=self.child_env(service),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        child = FunctionProcess(service, port, process, log_path)
+
+    def _pump_output(self, child: FunctionProcess) -> None:
         child.pump = threading.Thread(
             target=_pump,
-            args=(service.function, process.stdout, log_path, self.echo),
+            args=(child.service.function, child.process.stdout, child.log_path, self.echo),
             daemon=True,
         )
         child.pump.start()
-        self.functions[service.function] = child
 
     def _await_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -193,13 +248,26 @@ class Stack:
 
     def _start_eventing(self) -> None:
         assert self.wiring is not None
+        self._start_dispatchers()
+        for ping in self.wiring.ping_sources:
+            timer = PingTimer(ping, self.sink_url(ping.sink), interval_s=self.ping_interval_s)
+            timer.start()
+            self.timers.append(timer)
+
+    def _start_dispatchers(self, *, from_earliest: bool = False) -> None:
+        """A dispatcher per KafkaSource; `from_earliest` on a new broker, whose consumer
+        groups are gone and whose every record is one no dispatcher has seen."""
+        assert self.wiring is not None
         for source in self.wiring.kafka_sources:
             dls = source.delivery.dead_letter_sink
             dead_letter_topic = (
                 self.wiring.kafka_sinks[dls.name].topic if dls and dls.kind == "KafkaSink" else None
             )
+            spec = (
+                dataclasses.replace(source, initial_offset="earliest") if from_earliest else source
+            )
             dispatcher = KafkaSourceDispatcher(
-                source,
+                spec,
                 self.bootstrap_servers,
                 self.sink_url(source.sink),
                 dead_letter_topic=dead_letter_topic,
@@ -207,25 +275,148 @@ class Stack:
             )
             dispatcher.start()
             self.dispatchers.append(dispatcher)
-        for ping in self.wiring.ping_sources:
-            timer = PingTimer(ping, self.sink_url(ping.sink), interval_s=self.ping_interval_s)
-            timer.start()
-            self.timers.append(timer)
 
     def stop(self) -> None:
-        """Stop everything, newest first; safe to call twice or after a failed start."""
-        for timer in self.timers:
-            timer.stop()
-        for dispatcher in self.dispatchers:
-            dispatcher.stop()
-        for child in self.functions.values():
-            _terminate(child.process)
-        for child in self.functions.values():
-            if child.pump is not None:
-                child.pump.join(timeout=2)
+        """Stop everything, with the embedded broker within about `stop_grace_s` + 0.5 s;
+        safe to call twice or after a failed start.
+
+        The supervisor first finishes (or cancels) a restart under way and restarts
+        nothing more. Then timers and dispatchers stop while the functions get SIGTERM,
+        all at once (a dispatcher that is stopping leaves an interrupted delivery
+        uncommitted rather than retrying it); a function still running after
+        `stop_grace_s` gets SIGKILL. The broker goes last, after the dispatchers'
+        final commits.
+        """
+        began = time.monotonic()
+        self._stopping.set()
+        with self._acting:
+            pass
+        stoppers = [
+            threading.Thread(target=part.stop, name=f"stop-{n}", daemon=True)
+            for n, part in enumerate([*self.timers, *self.dispatchers, *self._retiring])
+        ]
+        for stopper in stoppers:
+            stopper.start()
+        processes = [child.process for child in self.functions.values()]
+        _terminate_all(processes, self.stop_grace_s)
+        # A dispatcher's last commit matters to an external broker; the embedded one is
+        # memory only and goes next, so its dispatchers get the functions' grace, no more.
+        wait_s = EXTERNAL_DISPATCHER_STOP_S if self.broker is None else self.stop_grace_s
+        deadline = began + wait_s
+        for thread in [*stoppers, *(c.pump for c in self.functions.values() if c.pump)]:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.broker is not None:
             self.broker.stop()
+        self._released.set()  # the children it spawned are gone: it may end now
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=HEALTH_TIMEOUT_S + 0.5)
         self.timers, self.dispatchers, self.functions = [], [], {}
+
+    # the supervisor thread
+
+    def _say(self, message: str) -> None:
+        line = f"duetide: {message}"
+        with contextlib.suppress(OSError), (self.logs / "up.log").open("a") as up_log:
+            up_log.write(f"{datetime.now(UTC).isoformat()} {message}\n")
+        if self.report is not None:
+            self.report(line)
+        else:
+            print(line, flush=True)
+
+    def _supervise(self) -> None:
+        """Watch the children until stop(); stay alive until stop() released them, since
+        the kernel SIGKILLs the children this thread spawned when it ends."""
+        watches = {name: _Watch(time.monotonic()) for name in self.functions}
+        broker_watch = _Watch(time.monotonic())
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            try:
+                for name, child in self.functions.items():
+                    self._watch_function(name, child, watches[name])
+                if self.broker is not None:
+                    self._watch_broker(self.broker, broker_watch)
+            except Exception:  # the supervisor must outlive any one failure
+                log.exception("duetide: the supervisor hit an error; it carries on")
+        self._released.wait()
+
+    def _died(self, name: str, pid: int, returncode: int, watch: _Watch) -> None:
+        now = time.monotonic()
+        failures = self.restart_policy.failures_after(watch.failures, now - watch.started)
+        delay = self.restart_policy.delay(failures)
+        record = Restart(name, pid, returncode, failures, delay, datetime.now(UTC))
+        self.restarts.append(record)
+        self._say(record.line())
+        watch.failures, watch.due, watch.back = failures, now + delay, False
+
+    def _watch_function(self, name: str, child: FunctionProcess, watch: _Watch) -> None:
+        returncode = child.process.poll()
+        if watch.due is None and returncode is not None:
+            self._died(name, child.process.pid, returncode, watch)
+        elif watch.due is not None and time.monotonic() >= watch.due:
+            with self._acting:
+                if self._stopping.is_set():
+                    return
+                child.process = self._spawn_function(child.service, child.port)
+            self._pump_output(child)
+            watch.due, watch.started = None, time.monotonic()
+        elif not watch.back and returncode is None and watch.failures and _healthy(child.url):
+            watch.back = True
+            self._say(f"{name} is back (pid {child.process.pid}) at {child.url}")
+
+    def _watch_broker(self, broker: EmbeddedBroker, watch: _Watch) -> None:
+        if watch.due is None:
+            returncode = broker.returncode
+            if returncode is not None:
+                self._died("broker", broker.last_pid or 0, returncode, watch)
+                self._retire_dispatchers()
+            return
+        if time.monotonic() < watch.due or self._dispatchers_retiring():
+            return
+        lost_started_at = broker.started_at or datetime.now(UTC)
+        with self._acting:
+            if self._stopping.is_set():
+                return
+            try:
+                broker.restart(cancel=self._stopping)
+                assert self.wiring is not None
+                ensure_topics(self.bootstrap_servers, self.wiring.topics)
+            except Exception as exc:  # BrokerError, KafkaError: try again after a backoff
+                if self._stopping.is_set():
+                    return
+                self._say(f"the broker did not come back: {exc}")
+                broker.stop()
+                self._died("broker", broker.last_pid or 0, broker.returncode or 1, watch)
+                return
+            self._start_dispatchers(from_earliest=True)
+        watch.due, watch.started, watch.back = None, time.monotonic(), True
+        self._say(
+            f"broker is back (pid {broker.pid}) at {self.bootstrap_servers}; topics "
+            "re-created, dispatchers restarted from the earliest offset"
+        )
+        if self.on_broker_restart is not None:
+            try:
+                self.on_broker_restart(lost_started_at)
+            except Exception as exc:
+                log.exception("on_broker_restart failed")
+                self._say(f"on_broker_restart failed: {exc!r}")
+
+    def _retire_dispatchers(self) -> None:
+        """Stop the dispatchers of a dead broker (in the background)."""
+        old, self.dispatchers = self.dispatchers, []
+        for dispatcher in old:
+            threading.Thread(target=dispatcher.stop, daemon=True).start()
+        self._retiring = old
+        self._retiring_until = time.monotonic() + DISPATCHER_STOP_S
+
+    def _dispatchers_retiring(self) -> bool:
+        """True while an old dispatcher still runs (within DISPATCHER_STOP_S): one could
+        commit its offsets into the new broker's empty consumer group and skip records."""
+        running = [d for d in self._retiring if d.running]
+        if running and time.monotonic() < self._retiring_until:
+            return True
+        if running:
+            self._say(f"{len(running)} dispatcher(s) of the lost broker did not stop in time")
+        self._retiring = []
+        return False
 
 
 def _check_port_free(port: int) -> None:
@@ -238,17 +429,41 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
-def _terminate(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
+@dataclass
+class _Watch:
+    """The supervisor's view of one child."""
+
+    started: float  # monotonic time the current process was started
+    failures: int = 0  # deaths in a row
+    due: float | None = None  # when a dead child is to be restarted
+    back: bool = True  # False from a death until it answers its health check again
+
+
+def _healthy(url: str) -> bool:
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace_s)
-    except ProcessLookupError:
-        pass
+        return requests.get(url + "/healthz", timeout=HEALTH_TIMEOUT_S).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+def _terminate_all(processes: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM every process group at once; SIGKILL those still there after `grace_s`."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for process in running:
+        if process.poll() is None:
+            _signal_group(process, signal.SIGKILL)
+            process.wait(timeout=5)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
