@@ -1,0 +1,306 @@
+"""`duetide up` supervises its children: what dies comes back, and nothing outlives `up`.
+
+Real processes throughout: `duetide up` runs as a subprocess on a free loopback port with
+a home of its own (SQLite), the test kills its children with SIGKILL and reads its
+console; then an in-process `Stack` for what the soak relies on (its `restarts`, the
+replaced `process`, `broker.pid`, the `on_broker_restart` hook) and for the backoff of a
+child that cannot start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from duetide.config import get_settings
+from duetide.local.broker import LOOPBACK, free_loopback_port
+from duetide.local.stack import Stack
+from duetide.local.supervision import RestartPolicy
+from tests.support import wait_for
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 90
+STOP_LIMIT_S = 2.0
+
+
+def children_of(pid: int) -> dict[str, int]:
+    """The live child processes of `pid` by role: function name, or "broker"."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) != pid or fields[0] == "Z":
+            continue
+        words = [a.decode(errors="replace") for a in argv]
+        if "--listener-url" in words:
+            found["broker"] = int(entry.name)
+        elif "--target" in words:
+            found[words[words.index("--target") + 1]] = int(entry.name)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Up:
+    """`duetide up` as a subprocess, with its console collected line by line."""
+
+    def __init__(self, home: Path, port: int) -> None:
+        self.home, self.port = home, port
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT / "shared"),
+            "DUETIDE_HOME": str(home),
+            "DUETIDE_PING_INTERVAL": "1",
+            "DATABASE_URL": "",
+            "KAFKA_BOOTSTRAP_SERVERS": "",
+            "DUETIDE_JWT_SECRET": "",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "duetide.cli", "up", "--port", str(port), "--quiet"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        found = self.await_line(r"export DUETIDE_TOKEN=(\S+)", START_TIMEOUT_S)
+        self.headers = {"Authorization": f"Bearer {found.group(1)}"}
+        self.broker = self.await_line(r"^\s+broker\s+(\S+)", 1).group(1)
+        self.base = f"http://{LOOPBACK}:{port}"
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def await_line(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
+        def seen() -> re.Match[str] | None:
+            for line in list(self.lines):
+                if found := re.search(pattern, line):
+                    return found
+            if self.process.poll() is not None and not self._reader.is_alive():
+                pytest.fail("duetide up ended:\n" + "\n".join(self.lines))
+            return None
+
+        return wait_for(seen, f"a console line {pattern!r}", timeout_s)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(
+            method, self.base + path, headers=self.headers, timeout=10, **kwargs
+        )
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=30)
+        for pid in children_of(self.process.pid).values():  # only if the test failed
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    running = Up(tmp_path_factory.mktemp("up"), free_loopback_port())
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def next_occurrence_is_made(up: Up, title: str) -> None:
+    """A recurring task completed now is followed by its next occurrence: the completion
+    travels through the outbox, the broker, a KafkaSource dispatcher and recurrence."""
+    first = up.call(
+        "POST",
+        "/tasks",
+        json={
+            "title": title,
+            "due_at": "2026-03-27T09:30:00+01:00",
+            "recurrence": {"rrule": "FREQ=WEEKLY;COUNT=5", "timezone": "Europe/Berlin"},
+        },
+    )
+    assert first.status_code == 201, first.text
+    series, task_id = first.json()["series_id"], first.json()["id"]
+    assert up.call("POST", f"/tasks/{task_id}/complete").status_code == 200
+
+    def following() -> list[dict[str, Any]]:
+        return up.call("GET", f"/tasks?series_id={series}&status=open").json()["items"]
+
+    [after] = wait_for(following, f"the next occurrence of {title!r}", 60)
+    assert after["due_at"] == "2026-04-03T09:30:00+02:00"
+
+
+def test_up_starts_four_functions_and_the_broker_as_its_children(up: Up):
+    assert set(children_of(up.process.pid)) == {"tasks", "recurrence", "sweep", "notify", "broker"}
+
+
+def test_a_killed_function_is_restarted_and_the_console_says_so(up: Up):
+    old = children_of(up.process.pid)["recurrence"]
+    os.kill(old, signal.SIGKILL)
+
+    up.await_line(rf"recurrence \(pid {old}\) killed by SIGKILL; restarting in 0\.5 s")
+    back = up.await_line(r"recurrence is back \(pid (\d+)\)")
+    new = int(back.group(1))
+    assert new != old and not alive(old)
+    assert children_of(up.process.pid)["recurrence"] == new
+    next_occurrence_is_made(up, "after recurrence died")
+
+
+def test_a_killed_broker_comes_back_at_the_same_address_and_new_events_are_delivered(up: Up):
+    old = children_of(up.process.pid)["broker"]
+    os.killpg(old, signal.SIGKILL)
+
+    up.await_line(rf"broker \(pid {old}\) killed by SIGKILL; restarting in")
+    back = up.await_line(r"broker is back \(pid (\d+)\) at (\S+);")
+    assert back.group(2) == up.broker  # the address functions and dispatchers were given
+    assert children_of(up.process.pid)["broker"] == int(back.group(1)) != old
+    next_occurrence_is_made(up, "after the broker died")
+
+
+def test_ctrl_c_stops_up_and_every_child_in_under_two_seconds(up: Up):
+    pids = list(children_of(up.process.pid).values())
+    assert len(pids) == 5
+    began = time.monotonic()
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(timeout=30) == 0
+    wait_for(lambda: not any(alive(pid) for pid in pids), "every child to exit", 10, 0.01)
+    took = time.monotonic() - began
+    print(f"SIGINT to the last child's exit: {took:.2f} s")
+    assert took < STOP_LIMIT_S, took
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, up.port))  # the port is free for the next `up`
+
+
+def test_a_sigkilled_up_leaves_no_child_behind(tmp_path: Path):
+    doomed = Up(tmp_path / "home", free_loopback_port())
+    try:
+        pids = children_of(doomed.process.pid)
+        assert set(pids) == {"tasks", "recurrence", "sweep", "notify", "broker"}
+        doomed.process.kill()
+        doomed.process.wait(timeout=10)
+        wait_for(
+            lambda: not [name for name, pid in pids.items() if alive(pid)],
+            "every child of the killed up to die",
+            10,
+        )
+        again = Up(tmp_path / "home", doomed.port)  # the port is free: a new `up` starts
+        again.close()
+    finally:
+        doomed.close()
+
+
+# ------------------------------------------------------------- the Stack object
+
+
+@pytest.fixture
+def supervised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Stack, list[str]]]:
+    """A Stack with short restart delays; its console messages in a list."""
+    monkeypatch.setenv("DUETIDE_HOME", str(tmp_path))
+    monkeypatch.setenv("DUETIDE_JWT_SECRET", "e2e-supervision-secret-of-enough-length")
+    monkeypatch.setenv("DATABASE_URL", "")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+    get_settings.cache_clear()
+    messages: list[str] = []
+    running = Stack(
+        root=ROOT,
+        home=tmp_path,
+        port=free_loopback_port(),
+        echo=False,
+        ping_interval_s=1.0,
+        report=messages.append,
+        restart_policy=RestartPolicy(base_s=0.2, cap_s=0.8, healthy_after_s=30.0),
+    )
+    try:
+        running.start()
+        yield running, messages
+    finally:
+        running.stop()
+        get_settings.cache_clear()
+
+
+def test_the_stack_replaces_the_process_records_the_restart_and_calls_the_hook(
+    supervised: tuple[Stack, list[str]],
+):
+    stack, messages = supervised
+    hook: list[datetime] = []
+    stack.on_broker_restart = hook.append
+    assert stack.broker is not None
+    lost_started_at, address = stack.broker.started_at, stack.bootstrap_servers
+    old_function = stack.functions["notify"].process.pid
+    os.kill(old_function, signal.SIGKILL)
+    wait_for(lambda: stack.functions["notify"].process.pid != old_function, "a new notify")
+
+    old_broker = stack.broker.pid
+    assert old_broker is not None
+    os.killpg(old_broker, signal.SIGKILL)
+    wait_for(lambda: hook, "the on_broker_restart hook")
+
+    assert hook == [lost_started_at]
+    assert stack.broker.pid not in (None, old_broker)
+    assert stack.bootstrap_servers == address
+    assert stack.broker.started_at is not None and lost_started_at is not None
+    assert stack.broker.started_at > lost_started_at
+    assert [(r.child, r.pid, r.returncode) for r in stack.restarts] == [
+        ("notify", old_function, -signal.SIGKILL),
+        ("broker", old_broker, -signal.SIGKILL),
+    ]
+    assert {d.spec.initial_offset for d in stack.dispatchers} == {"earliest"}
+    assert all(d.running for d in stack.dispatchers)
+    wait_for(lambda: any(m.startswith("duetide: notify is back") for m in messages), "notify back")
+
+
+def test_a_function_that_cannot_start_is_retried_with_growing_backoff(
+    supervised: tuple[Stack, list[str]],
+):
+    stack, messages = supervised
+    child = stack.functions["sweep"]
+    with socket.socket() as squatter:
+        os.kill(child.process.pid, signal.SIGKILL)
+        child.process.wait(timeout=10)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((LOOPBACK, child.port))
+        squatter.listen()
+        # Each new sweep finds its port taken and exits at once: deaths in a row.
+        wait_for(lambda: len(stack.restarts) >= 4, "four deaths of sweep in a row", 30)
+    delays = [r.delay_s for r in stack.restarts[:4]]
+    assert delays == [0.2, 0.4, 0.8, 0.8]
+    assert [r.failures for r in stack.restarts[:4]] == [1, 2, 3, 4]
+    assert all(r.child == "sweep" for r in stack.restarts)
+    assert stack.restarts[1].returncode > 0  # exited by itself: the port was taken
+    wait_for(
+        lambda: any(m.startswith("duetide: sweep is back") for m in messages),
+        "sweep to come back once its port is free",
+        30,
+    )
+    assert requests.get(child.url + "/healthz", timeout=5).status_code == 200
