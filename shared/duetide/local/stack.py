@@ -103,6 +103,14 @@ def _pump(name: str, stream: IO[bytes], log_path: Path, echo: bool) -> None:
 
 @dataclass
 class Stack:
+    """The local system: call `start()`, then `stop()` (also after a failed start).
+
+    Call `start()` from a thread that lives until `stop()` (the main thread in `up`): the
+    kernel kills a child when the *thread* that spawned it ends (`duetide.local.orphans`).
+    While it runs, `restarts` lists what died, `functions[name].process` is the current
+    process of each function and `broker.pid` the broker's (None while it is down).
+    """
+
     root: Path
     home: Path
     port: int = 8080
@@ -116,8 +124,6 @@ class Stack:
     timers: list[PingTimer] = field(default_factory=list)
     wiring: manifests.Wiring | None = None
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
-    restarts: list[Restart] = field(default_factory=list)
-    """Every death of a child and the restart it got, oldest first."""
     on_broker_restart: Callable[[datetime], None] | None = None
     """Called after a dead broker was replaced (topics re-created, dispatchers restarted)
     with the time the *lost* broker had been started: every record it held, and so every
@@ -130,8 +136,15 @@ class Stack:
     _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _acting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _supervisor: threading.Thread | None = field(default=None, init=False, repr=False)
+    _restarts: list[Restart] = field(default_factory=list, init=False, repr=False)
     _retiring: list[KafkaSourceDispatcher] = field(default_factory=list, init=False, repr=False)
     _retiring_until: float = field(default=0.0, init=False, repr=False)
+
+    @property
+    def restarts(self) -> list[Restart]:
+        """Every death of a child and the restart it got, oldest first (a class-level
+        attribute, so that callers can tell a supervising Stack from an older one)."""
+        return self._restarts
 
     @property
     def logs(self) -> Path:
@@ -343,7 +356,7 @@ class Stack:
         failures = self.restart_policy.failures_after(watch.failures, now - watch.started)
         delay = self.restart_policy.delay(failures)
         record = Restart(name, pid, returncode, failures, delay, datetime.now(UTC))
-        self.restarts.append(record)
+        self._restarts.append(record)
         self._say(record.line())
         watch.failures, watch.due, watch.back = failures, now + delay, False
 
