@@ -124,7 +124,7 @@ class Stack:
     timers: list[PingTimer] = field(default_factory=list)
     wiring: manifests.Wiring | None = None
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
-    on_broker_restart: Callable[[datetime], None] | None = None
+    on_broker_restart: Callable[[datetime], object] | None = None
     """Called after a dead broker was replaced (topics re-created, dispatchers restarted)
     with the time the *lost* broker had been started: every record it held, and so every
     outbox row marked sent since then, may be gone. Errors are reported, not raised."""
