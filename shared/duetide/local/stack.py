@@ -55,8 +55,11 @@ HEALTH_TIMEOUT_S = 0.5
 EXTERNAL_DISPATCHER_STOP_S = 10.0
 BROKER_STOP_S = 0.3
 """The embedded broker holds nothing worth a graceful stop (memory only)."""
-DISPATCHER_STOP_S = 15.0
-"""How long a broker restart waits at most for the old dispatchers to end."""
+DISPATCHER_STOP_S = 5.0
+"""How long a broker restart waits at most for the old dispatchers to end. Waiting keeps
+an old consumer from rejoining the new broker's group and committing offsets of the lost
+broker's records there; past this bound its commits would carry the lost broker's member
+id, which the new broker refuses (UnknownMemberId), so going on is safe."""
 
 
 class StackError(RuntimeError):
