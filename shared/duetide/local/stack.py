@@ -53,6 +53,7 @@ READY_TIMEOUT_S = 60.0
 WATCH_INTERVAL_S = 0.1
 HEALTH_TIMEOUT_S = 0.5
 EXTERNAL_DISPATCHER_STOP_S = 10.0
+EMBEDDED_DISPATCHER_STOP_S = 0.3
 BROKER_STOP_S = 0.3
 """The embedded broker holds nothing worth a graceful stop (memory only)."""
 DISPATCHER_STOP_S = 5.0
@@ -293,8 +294,8 @@ class Stack:
             self.dispatchers.append(dispatcher)
 
     def stop(self) -> None:
-        """Stop everything, with the embedded broker within about `stop_grace_s` + 0.5 s;
-        safe to call twice or after a failed start.
+        """Stop everything, with the embedded broker within about `stop_grace_s` + 0.6 s
+        (typically 0.8 s); safe to call twice or after a failed start.
 
         The supervisor first finishes (or cancels) a restart under way and restarts
         nothing more. Then timers and dispatchers stop while the functions get SIGTERM,
@@ -316,9 +317,11 @@ class Stack:
         processes = [child.process for child in self.functions.values()]
         _terminate_all(processes, self.stop_grace_s)
         # A dispatcher's last commit matters to an external broker; the embedded one is
-        # memory only and goes next, so its dispatchers get the functions' grace, no more.
-        wait_s = EXTERNAL_DISPATCHER_STOP_S if self.broker is None else self.stop_grace_s
-        deadline = began + wait_s
+        # memory only and goes next, so its dispatchers get a moment to close, no more.
+        if self.broker is None:
+            deadline = began + EXTERNAL_DISPATCHER_STOP_S
+        else:
+            deadline = time.monotonic() + EMBEDDED_DISPATCHER_STOP_S
         for thread in [*stoppers, *(c.pump for c in self.functions.values() if c.pump)]:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.broker is not None:
