@@ -49,6 +49,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select, update
 
@@ -295,7 +296,7 @@ def mark_sent(session: Session, ids: list[str]) -> None:
         )
 
 
-def requeue_sent_since(since: datetime) -> int:
+def requeue_sent_since(since: datetime, engine: Engine | None = None) -> int:
     """Mark rows sent at or after `since` unsent again, so the relay sends them once more.
 
     For a broker that lost acknowledged records: an embedded broker restarted empty, or a
@@ -303,7 +304,7 @@ def requeue_sent_since(since: datetime) -> int:
     with the same `ce_id` and drop them as duplicates, so erring early is harmless.
     Rows older than the sweep's purge (`sweep.SENT_OUTBOX_TTL`) are gone and cannot come back.
     """
-    with db.session_scope() as session:
+    with db.session_scope(engine) as session:
         result = session.exec(
             update(Outbox).where(col(Outbox.sent_at) >= since).values(sent_at=None, attempts=0)
         )

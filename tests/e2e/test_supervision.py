@@ -183,6 +183,7 @@ def test_a_killed_broker_comes_back_at_the_same_address_and_new_events_are_deliv
     back = up.await_line(r"broker is back \(pid (\d+)\) at (\S+);")
     assert back.group(2) == up.broker  # the address functions and dispatchers were given
     assert children_of(up.process.pid)["broker"] == int(back.group(1)) != old
+    up.await_line(r"requeued \d+ events the lost broker held")  # sent again, deduplicated
     next_occurrence_is_made(up, "after the broker died")
 
 

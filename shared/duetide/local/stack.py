@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import requests
 
-from duetide import migrate
+from duetide import db, migrate, outbox
 from duetide.local import manifests, orphans
 from duetide.local.broker import (
     EmbeddedBroker,
@@ -131,7 +131,8 @@ class Stack:
     on_broker_restart: Callable[[datetime], object] | None = None
     """Called after a dead broker was replaced (topics re-created, dispatchers restarted)
     with the time the *lost* broker had been started: every record it held, and so every
-    outbox row marked sent since then, may be gone. Errors are reported, not raised."""
+    outbox row marked sent since then, may be gone. Errors are reported, not raised.
+    None: `requeue_lost_events`."""
     stop_grace_s: float = 1.0
     """How long a function may take to exit after SIGTERM on stop, before SIGKILL."""
     report: Callable[[str], None] | None = None
@@ -411,12 +412,23 @@ class Stack:
             f"broker is back (pid {broker.pid}) at {self.bootstrap_servers}; topics "
             "re-created, dispatchers restarted from the earliest offset"
         )
-        if self.on_broker_restart is not None:
-            try:
-                self.on_broker_restart(lost_started_at)
-            except Exception as exc:
-                log.exception("on_broker_restart failed")
-                self._say(f"on_broker_restart failed: {exc!r}")
+        hook = self.on_broker_restart or self.requeue_lost_events
+        try:
+            hook(lost_started_at)
+        except Exception as exc:
+            log.exception("on_broker_restart failed")
+            self._say(f"on_broker_restart failed: {exc!r}")
+
+    def requeue_lost_events(self, since: datetime) -> int:
+        """The default `on_broker_restart`: the embedded broker kept its records in memory,
+        so every event sent since it started is sent again (consumers drop duplicates)."""
+        engine = db.make_engine(self.database_url)
+        try:
+            count = outbox.requeue_sent_since(since, engine)
+        finally:
+            engine.dispose()
+        self._say(f"requeued {count} events the lost broker held; the next sweep sends them")
+        return count
 
     def _retire_dispatchers(self) -> None:
         """Stop the dispatchers of a dead broker (in the background)."""
