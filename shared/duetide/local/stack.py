@@ -143,6 +143,9 @@ class Stack:
     _supervisor: threading.Thread | None = field(default=None, init=False, repr=False)
     _restarts: list[Restart] = field(default_factory=list, init=False, repr=False)
     _retiring: list[KafkaSourceDispatcher] = field(default_factory=list, init=False, repr=False)
+    retired_dispatchers: list[KafkaSourceDispatcher] = field(default_factory=list, init=False)
+    """The dispatchers of brokers that died: what they dead-lettered died with the broker
+    (its original events were requeued), which an operator or the soak accounts for."""
     _retiring_until: float = field(default=0.0, init=False, repr=False)
 
     @property
@@ -436,6 +439,7 @@ class Stack:
         for dispatcher in old:
             threading.Thread(target=dispatcher.stop, daemon=True).start()
         self._retiring = old
+        self.retired_dispatchers.extend(old)
         self._retiring_until = time.monotonic() + DISPATCHER_STOP_S
 
     def _dispatchers_retiring(self) -> bool:
