@@ -415,7 +415,7 @@ def _read_weekdays(name: str, value: str) -> tuple[weekday, ...]:
     for item in value.split(","):
         match = _WEEKDAY_RE.fullmatch(item)
         ordinal = int(match.group(2)) if match and match.group(2) else None
-        if not match or ordinal == 0 or (ordinal or 0) > 53:
+        if not match or ordinal == 0:  # past 53 (or 5 in a month): _check_combination
             raise RecurrenceError(f"{name} takes weekdays like MO, 1FR or -1SU, got {item}")
         n = None if ordinal is None else (-ordinal if match.group(1) == "-" else ordinal)
         days.append(weekday(_WEEKDAYS.index(match.group(3)), n))
