@@ -15,6 +15,7 @@ BENCHMARKS = {
     "recurrence_next": "next occurrence of old series vs dateutil's after()",
     "reminder_lateness": "10,000 reminders due within a minute, 1 s ping, local stack",
     "http_edge": "GET /tasks median beside slow-body clients and 16 MiB request lines",
+    "recurrence_budget": "a sparse rule's forecasts vs GET /tasks, main beside this branch",
 }
 RESULTS = Path(__file__).parent / "results"
 

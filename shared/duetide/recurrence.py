@@ -26,6 +26,17 @@ Semantics, in one place (each rule is repeated where it is implemented):
   other rules expand as with "skip".
 - ``next()`` re-anchors dateutil at the previous occurrence instead of iterating from DTSTART
   (see ``_Expansion.anchor``); the property tests check it against plain iteration.
+- BYDAY is a set (RFC 5545 3.3.10): ``MO,TU,-1MO`` is every Monday and Tuesday, where
+  dateutil would want both "a Monday" and "the last Monday" (``_byday_as_set``). A numbered
+  weekday counts within the month (MONTHLY, YEARLY with BYMONTH) or year; one past what a
+  month (5) or year (53) can hold never matches and is refused.
+- Cost is bounded by counted work, not time (``rrule_meter``): ``parse()`` refuses a rule
+  too sparse for its FREQ (fewer than ``DENSITY_OCCURRENCES`` occurrences within their
+  share of work), a forecast stops at ``forecast_budget(count)`` and says it was truncated,
+  and ``next()`` raises ``WorkLimitExceeded`` past ``NEXT_WORK`` (``MAX_WORK`` for a
+  catch-up). HOURLY, MINUTELY, BYWEEKNO and BYYEARDAY are supported within these bounds.
+- A series re-based on an adjusted occurrence (clamped, or moved by a gap) keeps the
+  occurrence's nominal wall time as its pattern (``SeriesRule.nominal``).
 """
 
 from __future__ import annotations

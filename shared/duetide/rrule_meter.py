@@ -10,7 +10,8 @@ timeout would make answers depend on the machine's load; counting work does not.
 dateutil looks at them, with the same contents, so the expansion is unchanged:
 
 - ``_bysetpos`` is read once per period (``if bysetpos and timeset`` in ``rrule._iter``):
-  its truth test charges ``PERIOD_WORK[freq]``, a weight for the period's day filtering.
+  its truth test charges ``PERIOD_WORK[freq]``, a weight for the period's day filtering,
+  times one more for each BYSETPOS value (each lists the period's days again).
 - ``_byhour`` and ``_byminute`` are searched on every step of HOURLY's and MINUTELY's hunt
   for the next BYHOUR/BYMINUTE (``__mod_distance`` and MINUTELY's loop over a day's
   minutes, up to 1440 steps per period): each ``in`` charges ``STEP_WORK``.
@@ -33,7 +34,7 @@ from dateutil.rrule import DAILY, HOURLY, MINUTELY, MONTHLY, WEEKLY, YEARLY, rru
 
 PERIOD_WORK = {YEARLY: 400, MONTHLY: 60, WEEKLY: 40, DAILY: 30, HOURLY: 35, MINUTELY: 45}
 """Work charged per FREQ period dateutil expands (a YEARLY period filters 366 days)."""
-STEP_WORK = 3
+STEP_WORK = 4
 """Work charged per BYHOUR/BYMINUTE membership test (HOURLY/MINUTELY stepping)."""
 INSTANCE_WORK = 40
 """Work charged per instance dateutil yields (duetide turns each into a zoned instant)."""
@@ -84,7 +85,7 @@ class _StepProbe(tuple[int, ...]):
 def meter(rule: rrule, m: Meter) -> rrule:
     """Make ``rule`` charge ``m`` as it iterates (see the module docstring); returns it."""
     period = _PeriodProbe(rule._bysetpos or ())
-    period.meter, period.weight = m, PERIOD_WORK[rule._freq]
+    period.meter, period.weight = m, PERIOD_WORK[rule._freq] * (1 + len(period))
     rule._bysetpos = period
     for name in ("_byhour", "_byminute"):
         if getattr(rule, name):

@@ -54,6 +54,14 @@ def test_meter_charges_empty_periods_too() -> None:
     assert work.used == 2 * PERIOD_WORK[YEARLY]  # 2027 (empty) and 2028
 
 
+def test_meter_charges_bysetpos_periods_per_position() -> None:
+    """dateutil lists a period's days again for each BYSETPOS value: each is charged."""
+    work = Meter(10**9)
+    rule = rrule(YEARLY, dtstart=datetime(2026, 1, 1), byweekday=range(7), bysetpos=(1, -1))
+    assert next(iter(rrule_meter.meter(rule, work))) == datetime(2026, 1, 1)
+    assert work.used == 3 * PERIOD_WORK[YEARLY]
+
+
 def test_meter_charges_minutely_steps_towards_byhour() -> None:
     work = Meter(10**9)
     rule = rrule(MINUTELY, dtstart=datetime(2026, 1, 1, 3, 59), byhour=3, cache=False)
