@@ -72,8 +72,8 @@ NEXT_WORK = 10 * OCCURRENCE_WORK
 """Budget of one ``next()`` step: ten times the average gap an accepted rule may have."""
 FORECAST_BASE_WORK = 200_000
 """What any forecast may spend, whatever its count (the first period can be large)."""
-MAX_WORK = 2_500_000
-"""Ceiling of any one computation (forecast, catch-up, admission): about a quarter second."""
+MAX_WORK = 2_000_000
+"""Ceiling of any one computation (forecast, catch-up): at most about a quarter second."""
 DIAGNOSIS_WORK = 1_500_000
 """Budget for telling "no occurrence at all" from "too sparse" when a rule is refused."""
 
