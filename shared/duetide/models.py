@@ -91,6 +91,9 @@ class Series(SQLModel, table=True):
     # The rule applies from `dtstart`, which is occurrence number `rule_base` of the
     # series: a "this and future" change re-anchors the rule without renumbering.
     rule_base: int = 0
+    # The wall time `dtstart` stands for when it is an adjusted instant (clamped to a
+    # month's end, or moved by a DST gap); see recurrence.SeriesRule.nominal.
+    nominal_start: str | None = Field(default=None, max_length=19)
     last_index: int = 0
     last_at: datetime = _utc(nullable=False)
     created_at: datetime = _created()

@@ -101,7 +101,14 @@ class OccurrenceDeleted(Out):
 
 
 class Forecast(Out):
+    """Up to `count` occurrences from the rule's start. Each forecast has a work budget
+    proportional to `count` (at most about a quarter second of CPU): `truncated` is true
+    when it ran out before `count` occurrences were found; the items are then correct but
+    fewer, and the series may go on after them (ask for fewer). A series that ends (COUNT,
+    UNTIL) gives fewer items with `truncated: false`."""
+
     items: list[str]
+    truncated: bool
 
 
 class HistoryEntry(Out):

@@ -26,6 +26,17 @@ Semantics, in one place (each rule is repeated where it is implemented):
   other rules expand as with "skip".
 - ``next()`` re-anchors dateutil at the previous occurrence instead of iterating from DTSTART
   (see ``_Expansion.anchor``); the property tests check it against plain iteration.
+- BYDAY is a set (RFC 5545 3.3.10): ``MO,TU,-1MO`` is every Monday and Tuesday, where
+  dateutil would want both "a Monday" and "the last Monday" (``_byday_as_set``). A numbered
+  weekday counts within the month (MONTHLY, YEARLY with BYMONTH) or year; one past what a
+  month (5) or year (53) can hold never matches and is refused.
+- Cost is bounded by counted work, not time (``rrule_meter``): ``parse()`` refuses a rule
+  too sparse for its FREQ (fewer than ``DENSITY_OCCURRENCES`` occurrences within their
+  share of work), a forecast stops at ``forecast_budget(count)`` and says it was truncated,
+  and ``next()`` raises ``WorkLimitExceeded`` past ``NEXT_WORK`` (``MAX_WORK`` for a
+  catch-up). HOURLY, MINUTELY, BYWEEKNO and BYYEARDAY are supported within these bounds.
+- A series re-based on an adjusted occurrence (clamped, or moved by a gap) keeps the
+  occurrence's nominal wall time as its pattern (``SeriesRule.nominal``).
 """
 
 from __future__ import annotations
@@ -35,11 +46,14 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta
-from itertools import chain, islice
+from itertools import islice
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.rrule import DAILY, HOURLY, MINUTELY, MONTHLY, WEEKLY, YEARLY, rrule, weekday
+
+from duetide import rrule_meter
+from duetide.rrule_meter import INSTANCE_WORK, Meter, WorkExhausted
 
 MAX_COUNT = 10_000
 """Upper bound for COUNT and for ``forecast(count)``."""
@@ -48,6 +62,21 @@ MAX_PER_PERIOD = 10_000
 SEARCH_YEARS = 400
 """A rule must produce an occurrence within this many years after DTSTART (one Gregorian cycle)."""
 
+# Work budgets, in the units of ``rrule_meter`` (about 0.1 microsecond of CPU each).
+OCCURRENCE_WORK = 20_000
+"""What one occurrence may cost on average: the density a rule must have to be accepted."""
+DENSITY_OCCURRENCES = 10
+"""``parse()`` wants this many occurrences after DTSTART (or the rule's end) within
+``DENSITY_OCCURRENCES * OCCURRENCE_WORK``; a sparser rule is refused as too sparse."""
+NEXT_WORK = 10 * OCCURRENCE_WORK
+"""Budget of one ``next()`` step: ten times the average gap an accepted rule may have."""
+FORECAST_BASE_WORK = 200_000
+"""What any forecast may spend, whatever its count (the first period can be large)."""
+MAX_WORK = 2_000_000
+"""Ceiling of any one computation (forecast, catch-up): at most about a quarter second."""
+DIAGNOSIS_WORK = 1_500_000
+"""Budget for telling "no occurrence at all" from "too sparse" when a rule is refused."""
+
 _FREQS = {"YEARLY": YEARLY, "MONTHLY": MONTHLY, "WEEKLY": WEEKLY, "DAILY": DAILY}
 _FREQS |= {"HOURLY": HOURLY, "MINUTELY": MINUTELY}
 _FREQ_NAMES = {value: name for name, value in _FREQS.items()}
@@ -55,11 +84,16 @@ _WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 _WEEKDAY_RE = re.compile(r"([+-]?)([0-9]{1,2})?(MO|TU|WE|TH|FR|SA|SU)")
 _INT_RE = re.compile(r"[+-]?[0-9]{1,7}")
 _UNTIL_RE = re.compile(r"[0-9]{8}(T[0-9]{6}Z?)?")
+_NOMINAL_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})")
 _LAST_WALL = datetime(MAXYEAR, 12, 31, 23, 59, 59)
 
 
 class RecurrenceError(ValueError):
     """A rule, zone or policy a client sent that cannot be used; the message names the problem."""
+
+
+class WorkLimitExceeded(RecurrenceError):
+    """A computation on an accepted rule ran out of its work budget (see ``rrule_meter``)."""
 
 
 @dataclass(frozen=True)
@@ -90,17 +124,44 @@ class Next:
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """Up to ``count`` occurrences from DTSTART, and whether the work budget cut them short.
+
+    ``truncated`` is True only when the budget ran out before ``count`` occurrences were
+    found: the series may well go on. A series that ends (COUNT/UNTIL) is not truncated.
+    """
+
+    occurrences: tuple[datetime, ...]
+    truncated: bool
+    work: int
+    budget: int
+
+
+def forecast_budget(count: int) -> int:
+    """The work a forecast of ``count`` occurrences may spend: proportional, with a ceiling."""
+    return min(MAX_WORK, FORECAST_BASE_WORK + count * OCCURRENCE_WORK)
+
+
+@dataclass(frozen=True)
 class SeriesRule:
     """A validated series: rule text (kept verbatim), IANA zone, first occurrence and policy.
 
-    Constructing one validates it (``RecurrenceError``), so a row loaded from the database can
-    be rebuilt with ``SeriesRule(...)``; ``parse()`` is the friendlier entry point for input.
+    Constructing one checks the rule's structure (``RecurrenceError``), cheaply, so a row
+    loaded from the database can be rebuilt with ``SeriesRule(...)``; ``parse()`` is the entry
+    point for input and also refuses rules too sparse to expand within budget.
+
+    ``nominal`` is the local wall time occurrence 0 stands for when DTSTART is an adjusted
+    instant (``YYYY-MM-DDTHH:MM:SS``; the day may be past the month's end, e.g. 2026-02-31
+    for a clamped Feb 28, and the time may not exist, e.g. 02:30 in a spring-forward gap).
+    The defaults a rule takes from DTSTART (time of day, day of month) come from it, so a
+    series re-based on an adjusted occurrence keeps its pattern (see ``nominal_of``).
     """
 
     rrule: str
     timezone: str
     dtstart: datetime
     policy: Policy = Policy()
+    nominal: str | None = None
     _expansion: _Expansion = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -110,14 +171,29 @@ class SeriesRule:
         """The first ``count`` occurrences from DTSTART, aware in the series' zone.
 
         Exactly what materialisation yields in schedule mode (in completion mode it is the plan
-        the completions start from).
+        the completions start from). Raises ``WorkLimitExceeded`` where ``preview`` would be
+        truncated.
         """
+        found = self.preview(count)
+        if found.truncated:
+            raise WorkLimitExceeded(_budget_message(len(found.occurrences), count, found.budget))
+        return list(found.occurrences)
+
+    def preview(self, count: int) -> Forecast:
+        """Like ``forecast``, but within ``forecast_budget(count)``: what was found by then."""
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
             raise RecurrenceError(f"count must be an integer from 0 to {MAX_COUNT}")
-        exp = self._expansion
-        rest = exp.numbered(exp.walk(exp.start_wall, exp.start), 0)
-        occurrences = islice(chain([(0, exp.start)], rest), count)
-        return [at.astimezone(exp.zone) for _, at in occurrences]
+        exp, work = self._expansion, Meter(forecast_budget(count))
+        found = [exp.start][:count]
+        try:
+            rest = exp.numbered(exp.walk(exp.start_wall, exp.start, work), 0)
+            for _, at in islice(rest, max(0, count - 1)):
+                found.append(at)
+            truncated = False
+        except WorkExhausted:
+            truncated = True
+        occurrences = tuple(at.astimezone(exp.zone) for at in found)
+        return Forecast(occurrences, truncated, work.used, work.budget)
 
     def next(
         self,
@@ -134,6 +210,9 @@ class SeriesRule:
         never returns a time at or before ``previous_at``. With ``catch_up="next_future"``
         occurrences at or before ``now`` are skipped, counted, and listed in ``missed``; if the
         series ends among them the answer is None.
+
+        Budget: ``NEXT_WORK``, or ``MAX_WORK`` when occurrences up to ``now`` are skipped;
+        ``WorkLimitExceeded`` past it (an accepted rule needs far less for one step).
         """
         exp = self._expansion
         previous = _instant(previous_at, "previous_at")
@@ -141,32 +220,84 @@ class SeriesRule:
             raise RecurrenceError("previous_index must be an integer")
         if previous_index < 0 or previous < exp.start:
             raise RecurrenceError("previous_at/previous_index do not name an occurrence")
-        if self.policy.mode == "completion":
-            if completed_at is None:
-                raise RecurrenceError("a completion-mode series needs completed_at")
-            instants = exp.after_completion(_instant(completed_at, "completed_at"), previous)
-        else:
-            instants = exp.after(previous)
         skip_until = None
         if now is not None and self.policy.catch_up == "next_future":
             skip_until = _instant(now, "now")
-        return _first_due(exp.numbered(instants, previous_index), skip_until, exp.zone)
+        work = Meter(NEXT_WORK if skip_until is None else MAX_WORK)
+        try:
+            if self.policy.mode == "completion":
+                if completed_at is None:
+                    raise RecurrenceError("a completion-mode series needs completed_at")
+                instants = exp.after_completion(_instant(completed_at, "completed_at"), previous)
+            else:
+                instants = exp.after(previous, work)
+            return _first_due(exp.numbered(instants, previous_index), skip_until, exp.zone)
+        except WorkExhausted:
+            raise WorkLimitExceeded(
+                f"the occurrence after {previous_at.isoformat()} was not found within "
+                f"{work.budget:,} units of expansion work; the rule is too sparse to go on"
+                + (" (or too many occurrences were missed to catch up)" if skip_until else "")
+            ) from None
+
+    def nominal_of(self, at: datetime, index: int) -> str | None:
+        """The nominal wall time of occurrence ``index`` at ``at``, where it was adjusted.
+
+        None when the occurrence is at its nominal wall time. Adjusted ones: moved forward
+        by a spring-forward gap (02:30 -> 03:30 gives ``...T02:30:00``) or clamped to a
+        month's last day (the 31st of February gives ``...-02-31T...``). A re-based rule
+        given this as ``nominal`` continues the pattern rather than the adjusted instant.
+        """
+        exp = self._expansion
+        instant = _instant(at, "at")
+        if instant == exp.start:
+            return self.nominal
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise RecurrenceError("index must be a non-negative integer")
+        try:
+            wall = exp.anchor(instant, Meter(NEXT_WORK))
+        except WorkExhausted:
+            wall = _wall(instant, exp.zone).replace(microsecond=0)
+        day, last = wall.day, calendar.monthrange(wall.year, wall.month)[1]
+        if exp.clamp_day and wall.day == last < exp.clamp_day:
+            day = exp.clamp_day
+        if day == wall.day and wall == _wall(instant, exp.zone).replace(microsecond=0):
+            return None
+        return f"{wall:%Y-%m}-{day:02d}T{wall:%H:%M:%S}"
 
 
-def parse(rrule: str, timezone: str, dtstart: datetime, policy: Policy = Policy()) -> SeriesRule:
+def parse(
+    rrule: str,
+    timezone: str,
+    dtstart: datetime,
+    policy: Policy = Policy(),
+    nominal: str | None = None,
+) -> SeriesRule:
     """Validate client input into a ``SeriesRule``; raises ``RecurrenceError`` with the reason.
 
     Accepts the RRULE value with or without an ``RRULE:`` prefix (the prefix is dropped; the
     rest is kept verbatim). Rejects: an unparsable rule or unknown part, DTSTART (or any other
     property) inside the text, an unknown IANA zone, a naive ``dtstart``, COUNT with UNTIL
     (RFC 5545 3.3.10), FREQ=SECONDLY or several BYSECOND values (nothing finer than a minute),
-    COUNT above ``MAX_COUNT``, more than ``MAX_PER_PERIOD`` instances per period, UNTIL before
-    DTSTART, BYxxx parts in completion mode, and a rule with no occurrence after DTSTART within
-    ``SEARCH_YEARS`` years (February 30, BYSETPOS past the set, ...).
+    COUNT above ``MAX_COUNT``, more than ``MAX_PER_PERIOD`` instances per period, a BYDAY
+    ordinal that can never match (10SA in a month), UNTIL before DTSTART, BYxxx parts in
+    completion mode, a rule with no occurrence after DTSTART within ``SEARCH_YEARS`` years
+    (February 30, BYSETPOS past the set, ...), and a rule too sparse for its FREQ: fewer than
+    ``DENSITY_OCCURRENCES`` occurrences after DTSTART (unless it ends sooner) within
+    ``DENSITY_OCCURRENCES * OCCURRENCE_WORK`` units of work (Feb 29 on a Monday with
+    FREQ=MINUTELY walks ten thousand days per occurrence; with FREQ=YEARLY it is accepted).
     """
     if not isinstance(rrule, str):
         raise RecurrenceError("rrule must be a string such as FREQ=WEEKLY;BYDAY=MO")
-    return SeriesRule(_rule_body(rrule), timezone, dtstart, policy)
+    rule = SeriesRule(_rule_body(rrule), timezone, dtstart, policy, nominal)
+    rule._expansion.check_density()
+    return rule
+
+
+def _budget_message(found: int, count: int, budget: int) -> str:
+    return (
+        f"only {found} of {count} occurrences were found within the work budget "
+        f"({budget:,} units); ask for fewer"
+    )
 
 
 def friendly_to_rrule(spec: Mapping[str, Any]) -> str:
@@ -295,7 +426,7 @@ def _read_weekdays(name: str, value: str) -> tuple[weekday, ...]:
     for item in value.split(","):
         match = _WEEKDAY_RE.fullmatch(item)
         ordinal = int(match.group(2)) if match and match.group(2) else None
-        if not match or ordinal == 0 or (ordinal or 0) > 53:
+        if not match or ordinal == 0:  # past 53 (or 5 in a month): _check_combination
             raise RecurrenceError(f"{name} takes weekdays like MO, 1FR or -1SU, got {item}")
         n = None if ordinal is None else (-ordinal if match.group(1) == "-" else ordinal)
         days.append(weekday(_WEEKDAYS.index(match.group(3)), n))
@@ -345,10 +476,51 @@ def _check_combination(p: _Parts) -> None:
         raise RecurrenceError("BYMONTHDAY is not valid with FREQ=WEEKLY")
     if any(day.n for day in p.byday) and (p.freq not in (MONTHLY, YEARLY) or p.byweekno):
         raise RecurrenceError("BYDAY with a number (like 1MO) needs FREQ=MONTHLY or FREQ=YEARLY")
+    scope = _ordinal_scope(p)
+    for day in p.byday:
+        if day.n and abs(day.n) > scope:
+            where = "a month" if scope == 5 else "a year"
+            raise RecurrenceError(
+                f"BYDAY={_weekday_text(day)} never matches: {where} has at most {scope} "
+                f"{_WEEKDAYS[day.weekday]} (a number counts within the "
+                f"{'month' if scope == 5 else 'year'} with FREQ={freq}"
+                f"{';BYMONTH' if p.bymonth and p.freq == YEARLY else ''})"
+            )
     if p.bysetpos and not (p.date_filters or p.byhour or p.byminute or p.bysecond):
         raise RecurrenceError("BYSETPOS needs another BYxxx rule part")
     if len(p.bysecond) > 1:
         raise RecurrenceError("BYSECOND takes one value: occurrences are at least a minute apart")
+
+
+def _ordinal_scope(p: _Parts) -> int:
+    """How many of one weekday the period a BYDAY ordinal counts in can hold (RFC 5545 3.3.10).
+
+    MONTHLY, and YEARLY with BYMONTH, count within the month (at most 5); YEARLY otherwise
+    within the year (at most 53).
+    """
+    return 5 if p.freq == MONTHLY or (p.freq == YEARLY and p.bymonth) else 53
+
+
+def _weekday_text(day: weekday) -> str:
+    return f"{day.n or ''}{_WEEKDAYS[day.weekday]}"
+
+
+def _byday_as_set(p: _Parts) -> _Parts:
+    """BYDAY as the set RFC 5545 3.3.10 means when plain and numbered weekdays are mixed.
+
+    dateutil keeps plain weekdays (MO) and numbered ones (-1MO) as two filters that must both
+    match, so ``BYDAY=MO,TU,-1MO`` gave only last Mondays and ``BYDAY=SU,1FR`` nothing. A
+    plain weekday in a MONTHLY/YEARLY rule is every numbered one of its period (1MO..5MO in a
+    month, 1MO..53MO in a year; dateutil drops positions a period lacks), so writing it out
+    leaves one filter: the union.
+    """
+    numbered = [day for day in p.byday if day.n]
+    plain = [day for day in p.byday if not day.n]
+    if not numbered or not plain:
+        return p
+    scope = _ordinal_scope(p)
+    every = [weekday(day.weekday, n) for day in plain for n in range(1, scope + 1)]
+    return replace(p, byday=tuple(dict.fromkeys([*every, *numbered])))
 
 
 # --- compiling: explicit defaults, policies, validation -------------------------------------
@@ -365,18 +537,48 @@ def _compile(rule: SeriesRule) -> _Expansion:
     )
     if rule.policy.mode == "completion" and by_parts:
         raise RecurrenceError("completion mode takes FREQ, INTERVAL, COUNT, UNTIL only (no BYxxx)")
-    start_wall = _wall(start, zone).replace(microsecond=0)
+    start_wall, nominal_day = _start_wall(start, zone, rule.nominal)
     until = None if parts.until is None else _normalise_until(parts.until, zone)
     if until is not None and until < start:
         raise RecurrenceError(f"UNTIL={parts.until} is before the first occurrence")
-    parts = _explicit_defaults(parts, start_wall)
-    _check_size(parts)
-    if rule.policy.month_end == "clamp":
-        parts = _clamp_month_end(parts)
+    parts = _byday_as_set(parts)
+    explicit = _explicit_defaults(parts, start_wall, nominal_day)
+    clamped = _clamp_month_end(explicit) if rule.policy.month_end == "clamp" else explicit
+    clamp_day = explicit.bymonthday[0] if clamped is not explicit else None
+    if clamp_day is None and nominal_day != start_wall.day:  # "Feb 31" only means a clamp
+        explicit = clamped = _explicit_defaults(parts, start_wall, start_wall.day)
+    _check_size(explicit)
     until_wall = None if until is None else _wall_plus_day(until, zone)
-    expansion = _Expansion(zone, start, start_wall, parts, until, until_wall, rule.policy.month_end)
-    expansion.check_recurs()
-    return expansion
+    return _Expansion(
+        zone, start, start_wall, clamped, until, until_wall, rule.policy.month_end, clamp_day
+    )
+
+
+def _start_wall(start: datetime, zone: ZoneInfo, nominal: str | None) -> tuple[datetime, int]:
+    """DTSTART's wall time for expansion, and the day of month its defaults take.
+
+    Without ``nominal`` both come from the instant. With it, the wall time is the nominal one
+    (02:30 in a gap, whose instant is 03:30) on its date, the day capped at the month's end,
+    and the day of month is the nominal day (31 for a clamped Feb 28). The nominal must name
+    DTSTART: the same instant, or for a day past the month's end, its last day.
+    """
+    actual = _wall(start, zone).replace(microsecond=0)
+    if nominal is None:
+        return actual, actual.day
+    match = _NOMINAL_RE.fullmatch(nominal) if isinstance(nominal, str) else None
+    try:
+        if match is None:
+            raise ValueError(nominal)
+        year, month, day, hour, minute, second = map(int, match.groups())
+        last = calendar.monthrange(year, month)[1]
+        wall = datetime(year, month, min(day, last), hour, minute, second)
+        if day > 31 or (day > last and day < 29):
+            raise ValueError(nominal)
+    except ValueError:
+        raise RecurrenceError(f"nominal start {nominal!r} is not YYYY-MM-DDTHH:MM:SS") from None
+    if _to_instant(wall, zone) != start.replace(microsecond=0):
+        raise RecurrenceError(f"nominal start {nominal} does not name DTSTART")
+    return wall, day
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -405,12 +607,13 @@ def _normalise_until(value: str, zone: ZoneInfo) -> datetime:
         raise RecurrenceError(f"UNTIL={value} is not a valid date or date-time") from exc
 
 
-def _explicit_defaults(p: _Parts, start: datetime) -> _Parts:
+def _explicit_defaults(p: _Parts, start: datetime, day: int) -> _Parts:
     """Write out what dateutil derives from DTSTART, so the rule can start anywhere.
 
     Mirrors ``dateutil.rrule.rrule.__init__``: times of day finer than FREQ come from DTSTART;
     without BYWEEKNO/BYYEARDAY/BYMONTHDAY/BYDAY a YEARLY rule takes DTSTART's month (unless
     BYMONTH) and day, MONTHLY its day, WEEKLY its weekday (RFC 5545 3.3.10, last paragraph).
+    ``day`` is DTSTART's nominal day of month (see ``SeriesRule.nominal``).
     """
     changes: dict[str, Any] = {}
     if p.freq < HOURLY and not p.byhour:
@@ -422,9 +625,9 @@ def _explicit_defaults(p: _Parts, start: datetime) -> _Parts:
     if not (p.byweekno or p.byyearday or p.bymonthday or p.byday):
         if p.freq == YEARLY:
             changes["bymonth"] = p.bymonth or (start.month,)
-            changes["bymonthday"] = (start.day,)
+            changes["bymonthday"] = (day,)
         elif p.freq == MONTHLY:
-            changes["bymonthday"] = (start.day,)
+            changes["bymonthday"] = (day,)
         elif p.freq == WEEKLY:
             changes["byday"] = (weekday(start.weekday()),)
     return replace(p, **changes)
@@ -485,9 +688,12 @@ class _Expansion:
     until: datetime | None
     until_wall: datetime | None
     month_end: str
+    clamp_day: int | None = None  # the day 29..31 a clamped rule stands for
 
-    def rule(self, anchor: datetime, until: datetime | None = None) -> rrule:
+    def rule(self, anchor: datetime, work: Meter, until: datetime | None = None) -> rrule:
         """dateutil's rule started at wall time ``anchor``; all parts explicit, COUNT ours.
+
+        Its iteration charges ``work`` (``rrule_meter``) and stops when that is spent.
 
         dateutil 2.9 builds the first WEEKLY period from DTSTART's day onwards rather than the
         whole week, which changes what BYSETPOS picks in that week (and would make restarting
@@ -497,7 +703,7 @@ class _Expansion:
         p = self.parts
         if p.freq == WEEKLY and p.bysetpos:
             anchor = datetime.combine(_week_start(anchor.date(), p.wkst), time())
-        return rrule(
+        expansion = rrule(
             p.freq,
             dtstart=anchor,
             interval=p.interval,
@@ -514,15 +720,21 @@ class _Expansion:
             bysecond=p.bysecond or None,
             cache=False,
         )
+        return rrule_meter.meter(expansion, work)
 
-    def walk(self, anchor: datetime, after: datetime) -> Iterator[datetime]:
-        """Distinct instants after ``after``, expanding from wall time ``anchor``; UNTIL applied."""
+    def walk(self, anchor: datetime, after: datetime, work: Meter) -> Iterator[datetime]:
+        """Distinct instants after ``after``, expanding from wall time ``anchor``; UNTIL applied.
+
+        Raises ``WorkExhausted`` when ``work`` is spent, ``_Unreachable`` when dateutil finds
+        BYHOUR/BYMINUTE unreachable from ``anchor`` with this INTERVAL.
+        """
         try:
-            walls = _iterate(self.rule(anchor, until=self.until_wall))
-        except ValueError as exc:  # dateutil: BYHOUR/BYMINUTE unreachable from this anchor
-            raise RecurrenceError("previous_at is not an occurrence of this series") from exc
+            walls = _iterate(self.rule(anchor, work, until=self.until_wall))
+        except ValueError as exc:
+            raise _Unreachable(str(exc)) from exc
         last = after
         for wall in walls:
+            work.charge(INSTANCE_WORK)
             try:
                 at = _to_instant(wall, self.zone)
             except OverflowError:  # past year 9999 in UTC
@@ -537,19 +749,27 @@ class _Expansion:
     def numbered(
         self, instants: Iterator[datetime], previous: int
     ) -> Iterator[tuple[int, datetime]]:
-        """Number occurrences after occurrence ``previous``, ending at COUNT and UNTIL."""
-        for index, at in enumerate(instants, start=previous + 1):
-            if self.parts.count is not None and index >= self.parts.count:
+        """Number occurrences after occurrence ``previous``, ending at COUNT and UNTIL.
+
+        COUNT is checked before asking for the next instant: expanding past the last one
+        could walk a sparse rule's empty periods for nothing.
+        """
+        index = previous
+        while self.parts.count is None or index + 1 < self.parts.count:
+            at = next(instants, None)
+            if at is None or (self.until is not None and at > self.until):
                 return
-            if self.until is not None and at > self.until:
-                return
+            index += 1
             yield index, at
 
-    def after(self, previous: datetime) -> Iterator[datetime]:
+    def after(self, previous: datetime, work: Meter) -> Iterator[datetime]:
         """Schedule mode: occurrences after ``previous``, never iterating from DTSTART."""
-        return self.walk(self.anchor(previous), previous)
+        try:
+            yield from self.walk(self.anchor(previous, work), previous, work)
+        except _Unreachable as exc:
+            raise RecurrenceError("previous_at is not an occurrence of this series") from exc
 
-    def anchor(self, previous: datetime) -> datetime:
+    def anchor(self, previous: datetime, work: Meter) -> datetime:
         """The wall time that produced occurrence ``previous``: where dateutil restarts.
 
         Restarting dateutil at an occurrence with the DTSTART-derived parts made explicit gives
@@ -562,7 +782,7 @@ class _Expansion:
         if previous == self.start:
             return self.start_wall
         source = self.gap_source(previous)
-        if source is not None and self.is_occurrence(source):
+        if source is not None and self.is_occurrence(source, work):
             return source
         return _wall(previous, self.zone).replace(microsecond=0)
 
@@ -574,11 +794,19 @@ class _Expansion:
             return None
         return candidate
 
-    def is_occurrence(self, wall: datetime) -> bool:
+    def is_occurrence(self, wall: datetime, work: Meter) -> bool:
         """Whether the rule expanded from DTSTART yields ``wall``, without iterating from there."""
         if wall < self.rule_start or not self.aligned(wall):
             return False
-        return wall in _iterate(self.rule(wall, until=wall))
+        try:
+            candidates = _iterate(self.rule(wall, work, until=wall))
+        except ValueError:  # dateutil: BYHOUR/BYMINUTE unreachable from this wall time
+            return False
+        for candidate in candidates:
+            work.charge(INSTANCE_WORK)
+            if candidate >= wall:
+                return candidate == wall
+        return False
 
     @property
     def rule_start(self) -> datetime:
@@ -621,28 +849,80 @@ class _Expansion:
         except OverflowError:
             return None
 
-    def check_recurs(self) -> None:
-        """Reject a rule with no occurrence after DTSTART within ``SEARCH_YEARS`` years.
+    def check_density(self) -> None:
+        """Refuse a rule without occurrences, or too sparse to expand within budget.
 
-        dateutil keeps iterating empty periods until year 9999, past UNTIL (about a second for
-        an impossible MINUTELY rule), so the search runs on DTSTART moved by whole 400-year
-        Gregorian cycles (same dates and weekdays, same periods) to near year 9999, where
-        dateutil stops by itself. A cheap YEARLY scan of the day filters goes first.
+        Admission for ``parse()``: the rule must yield ``DENSITY_OCCURRENCES`` occurrences
+        after DTSTART, or end (COUNT, UNTIL), within ``DENSITY_OCCURRENCES * OCCURRENCE_WORK``
+        units, so every later step has a budget an accepted rule fits (``NEXT_WORK`` is ten
+        average gaps). A refused rule is diagnosed to say whether it has no occurrence at all.
         """
         if self.parts.count == 1:
             return
+        work = Meter(DENSITY_OCCURRENCES * OCCURRENCE_WORK)
+        found = 0
+        try:
+            for _ in self.numbered(self.walk(self.start_wall, self.start, work), 0):
+                found += 1
+                if found == DENSITY_OCCURRENCES:
+                    return
+            ended = True  # by COUNT or UNTIL (or year 9999) before that many
+        except (WorkExhausted, _Unreachable):
+            ended = False
+        if ended and found:
+            return
+        recurs = self.recurs()
+        if recurs is False:
+            raise RecurrenceError(
+                f"the rule has no occurrence after the first one within {SEARCH_YEARS} years"
+            )
+        if ended:
+            return
+        freq = _FREQ_NAMES[self.parts.freq]
+        raise RecurrenceError(
+            f"the rule is too sparse for FREQ={freq}: {found} of the first "
+            f"{DENSITY_OCCURRENCES} occurrences after the first were found within "
+            f"{work.budget:,} units of expansion work (FREQ={freq} steps through every "
+            f"{_STEP_NAMES[self.parts.freq]} in between); use a coarser FREQ, "
+            "e.g. FREQ=YEARLY with the same BYxxx parts"
+        )
+
+    def recurs(self) -> bool | None:
+        """Whether the rule has an occurrence after DTSTART within ``SEARCH_YEARS`` years;
+        None when ``DIAGNOSIS_WORK`` did not suffice to tell.
+
+        dateutil keeps iterating empty periods until year 9999, past UNTIL, so the search runs
+        on DTSTART moved by whole 400-year Gregorian cycles (same dates and weekdays, same
+        periods) to near year 9999, where dateutil stops by itself. A cheap YEARLY scan of the
+        day filters goes first. UNTIL and COUNT are ignored: this is about the pattern.
+        """
+        work = Meter(DIAGNOSIS_WORK)
         cycles = max(0, (MAXYEAR - SEARCH_YEARS - self.start_wall.year) // 400)
         probe = self.start_wall.replace(year=self.start_wall.year + 400 * cycles)
         end = _LAST_WALL if probe.year + SEARCH_YEARS > MAXYEAR else _add_years(probe, SEARCH_YEARS)
         try:
-            found = self.parts.freq < WEEKLY or _days_exist(self.parts, probe.year, end)
-            found = found and any(wall > probe for wall in _iterate(self.rule(probe, until=end)))
+            if self.parts.freq >= WEEKLY and not _days_exist(self.parts, probe.year, end, work):
+                return False
+            walls = _iterate(self.rule(probe, work, until=end))
+            return any(wall > probe for wall in walls)
         except ValueError:  # dateutil: BYHOUR/BYMINUTE never reached with this INTERVAL
-            found = False
-        if not found:
-            raise RecurrenceError(
-                f"the rule has no occurrence after the first one within {SEARCH_YEARS} years"
-            )
+            return False
+        except WorkExhausted:
+            return None
+
+
+class _Unreachable(Exception):
+    """dateutil refused the rule from this anchor: BYHOUR/BYMINUTE cannot be reached."""
+
+
+_STEP_NAMES = {
+    YEARLY: "year",
+    MONTHLY: "month",
+    WEEKLY: "week",
+    DAILY: "day",
+    HOURLY: "hour (every day when days are filtered)",
+    MINUTELY: "minute (every day when days are filtered)",
+}
 
 
 def _first_due(
@@ -657,7 +937,7 @@ def _first_due(
     return None
 
 
-def _days_exist(p: _Parts, year: int, end: datetime) -> bool:
+def _days_exist(p: _Parts, year: int, end: datetime, work: Meter) -> bool:
     """Whether any day from Jan 1 of ``year`` to ``end`` passes the rule's day filters.
 
     A YEARLY scan is a few thousand steps even to year 9999, while a DAILY or MINUTELY rule
@@ -675,7 +955,7 @@ def _days_exist(p: _Parts, year: int, end: datetime) -> bool:
         byweekday=p.byday or None,
         cache=False,
     )
-    return any(True for _ in _iterate(probe))
+    return any(True for _ in _iterate(rrule_meter.meter(probe, work)))
 
 
 def _iterate(rule: rrule) -> Iterator[datetime]:

@@ -31,20 +31,35 @@ log = logging.getLogger("duetide.series")
 
 
 def rule_of(series: Series) -> recurrence.SeriesRule:
-    policy = recurrence.Policy(series.mode, series.month_end, series.catch_up)
-    zone = ZoneInfo(series.timezone)
-    return recurrence.parse(series.rrule, series.timezone, series.dtstart.astimezone(zone), policy)
+    """The stored rule, rebuilt without the admission checks (it passed them when stored;
+    a row from before a stricter check still works, within the work budgets), or a 422."""
+    try:
+        policy = recurrence.Policy(series.mode, series.month_end, series.catch_up)
+        zone = ZoneInfo(series.timezone)
+        return recurrence.SeriesRule(
+            series.rrule, series.timezone, series.dtstart.astimezone(zone), policy,
+            series.nominal_start,
+        )  # fmt: skip
+    except recurrence.RecurrenceError as exc:
+        raise _invalid(exc, "the series' stored rule cannot be used") from None
 
 
-def build_rule(spec: RecurrenceIn, dtstart: datetime) -> recurrence.SeriesRule:
+def _invalid(exc: recurrence.RecurrenceError, what: str = "invalid recurrence") -> ValidationFailed:
+    """The 422 for a rule problem, its reason in `details` as for any invalid field."""
+    detail = [{"field": "recurrence", "message": str(exc)}]
+    return ValidationFailed(f"{what}: {exc}", details=detail)
+
+
+def build_rule(
+    spec: RecurrenceIn, dtstart: datetime, nominal: str | None = None
+) -> recurrence.SeriesRule:
     """A validated rule from API input, or a 422 that names the problem."""
     try:
         text = spec.rrule or recurrence.friendly_to_rrule(spec.friendly())
         policy = recurrence.Policy(spec.mode, spec.month_end, spec.catch_up)
-        return recurrence.parse(text, spec.timezone, dtstart, policy)
+        return recurrence.parse(text, spec.timezone, dtstart, policy, nominal)
     except recurrence.RecurrenceError as exc:
-        detail = [{"field": "recurrence", "message": str(exc)}]
-        raise ValidationFailed(f"invalid recurrence: {exc}", details=detail) from None
+        raise _invalid(exc) from None
 
 
 def next_for(
@@ -55,9 +70,12 @@ def next_for(
     local_index = previous.occurrence_index - series.rule_base
     if local_index < 0 or previous.scheduled_at < series.dtstart:
         return None  # an occurrence from before a "this and future" change
-    following = rule_of(series).next(
-        previous.scheduled_at, local_index, completed_at=completed_at, now=now
-    )
+    try:
+        following = rule_of(series).next(
+            previous.scheduled_at, local_index, completed_at=completed_at, now=now
+        )
+    except recurrence.RecurrenceError as exc:  # a legacy rule over its work budget
+        raise _invalid(exc, "the series cannot compute its next occurrence") from None
     if following is None:
         return None
     return recurrence.Next(
@@ -139,9 +157,20 @@ def list_series(session: Session, owner: str, offset: int, limit: int) -> list[S
     )
 
 
-def forecast(series: Series, count: int) -> list[str]:
-    """The next `count` occurrences of the current rule, from its start."""
-    return [at.isoformat() for at in rule_of(series).forecast(count)]
+def forecast(series: Series, count: int) -> dict[str, Any]:
+    """Up to `count` occurrences of the current rule from its start, within the work budget.
+
+    `truncated` is true when the budget (`recurrence.forecast_budget`) ran out first: the
+    items are correct but fewer than asked, and the series may go on after them.
+    """
+    try:
+        found = rule_of(series).preview(count)
+    except recurrence.RecurrenceError as exc:
+        raise _invalid(exc) from None
+    return {
+        "items": [at.isoformat() for at in found.occurrences],
+        "truncated": found.truncated,
+    }
 
 
 def _occurrences(session: Session, series_id: str) -> list[Task]:
@@ -263,7 +292,7 @@ def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> 
     if spec.recurrence is not None:
         zone = ZoneInfo(spec.recurrence.timezone) if _known_zone(spec.recurrence) else None
         anchor = series.last_at.astimezone(zone) if zone else series.last_at
-        rule = build_rule(spec.recurrence, anchor)
+        rule = build_rule(spec.recurrence, anchor, _nominal_of_latest(series, spec.recurrence))
         series.rrule, series.timezone = rule.rrule, rule.timezone
         series.mode, series.month_end, series.catch_up = (
             rule.policy.mode,
@@ -271,6 +300,7 @@ def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> 
             rule.policy.catch_up,
         )
         series.dtstart, series.rule_base = series.last_at, series.last_index
+        series.nominal_start = rule.nominal
     if spec.title is not None:
         series.title = spec.title
     if spec.description is not None:
@@ -282,6 +312,21 @@ def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> 
     series.updated_at = utcnow()
     session.add(series)
     return series
+
+
+def _nominal_of_latest(series: Series, spec: RecurrenceIn) -> str | None:
+    """The latest occurrence's nominal wall time, for the rule re-based on it.
+
+    Its instant may be adjusted (a clamped Feb 28 of "the 31st", 03:30 for a 02:30 in the
+    spring-forward gap); the new rule takes its defaults (day of month, time of day) from
+    the nominal one, so the pattern goes on. A new zone re-reads the instant instead.
+    """
+    if spec.timezone != series.timezone:
+        return None
+    try:
+        return rule_of(series).nominal_of(series.last_at, series.last_index - series.rule_base)
+    except (ValidationFailed, recurrence.RecurrenceError):
+        return None  # an unusable stored rule: the new one starts from the instant
 
 
 def _known_zone(spec: RecurrenceIn) -> bool:

@@ -1023,13 +1023,22 @@ def build(case: tuple[str, str, datetime], policy: Policy = SCHEDULE) -> SeriesR
     try:
         return parse(rule, zone_name, start, policy)
     except RecurrenceError as error:
-        assume("no occurrence" not in str(error))  # e.g. BYMONTH=2;BYMONTHDAY=30
+        assume("no occurrence" not in str(error) and "too sparse" not in str(error))
         raise
+
+
+def mixed_byday(rule: str) -> bool:
+    """BYDAY mixing plain and numbered weekdays, where dateutil reads the list as "all must
+    match" instead of RFC 5545's set; tests/unit/test_recurrence_reference.py covers those."""
+    days = next((p[6:].split(",") for p in rule.split(";") if p.startswith("BYDAY=")), [])
+    numbered = [day[:-2] not in ("", "+") for day in days]
+    return any(numbered) and not all(numbered)
 
 
 def oracle(rule: str, start: datetime, limit: int) -> list[datetime]:
     """Plain dateutil iteration from DTSTART, as UTC instants, with RFC 5545's DTSTART-first and
     duplicates-ignored rules; COUNT counts the distinct instants."""
+    assert not mixed_byday(rule), "dateutil is no oracle for a mixed BYDAY list"
     parts = rule.split(";")
     counts = [int(part[6:]) for part in parts if part.startswith("COUNT=")]
     text = ";".join(part for part in parts if not part.startswith("COUNT="))
@@ -1064,6 +1073,7 @@ N = 40
 @settings(max_examples=400, deadline=None)
 @given(case=series_cases())
 def test_forecast_matches_plain_dateutil_iteration(case: tuple[str, str, datetime]) -> None:
+    assume(not mixed_byday(case[0]))
     case = week_aligned(case)
     series = build(case)
     got = series.forecast(N)

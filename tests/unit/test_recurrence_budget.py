@@ -1,0 +1,243 @@
+"""Work budgets of the recurrence engine (issue 10, item 2).
+
+Assertions are on the work counter (``rrule_meter.Meter``), never on time: the counter is
+what bounds CPU, and it is deterministic.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from dateutil.rrule import DAILY, MINUTELY, YEARLY, rrule
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duetide import recurrence, rrule_meter
+from duetide.recurrence import (
+    DENSITY_OCCURRENCES,
+    MAX_WORK,
+    NEXT_WORK,
+    OCCURRENCE_WORK,
+    Policy,
+    RecurrenceError,
+    SeriesRule,
+    WorkLimitExceeded,
+    forecast_budget,
+    parse,
+)
+from duetide.rrule_meter import PERIOD_WORK, STEP_WORK, Meter, WorkExhausted
+
+ISSUE_RULE = "FREQ=MINUTELY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO;BYHOUR=0;BYMINUTE=0"
+BERLIN = ZoneInfo("Europe/Berlin")
+START = datetime(2026, 1, 5, 9, 0, tzinfo=BERLIN)  # a Monday
+
+
+# --- the meter sees dateutil's work -----------------------------------------------------------
+
+
+def test_meter_charges_every_period_dateutil_expands() -> None:
+    work = Meter(10**9)
+    walls = rrule_meter.meter(rrule(DAILY, dtstart=datetime(2026, 1, 1), cache=False), work)
+    taken = [wall for _, wall in zip(range(10), walls, strict=False)]
+    assert len(taken) == 10
+    assert work.used == 10 * PERIOD_WORK[DAILY]
+
+
+def test_meter_charges_empty_periods_too() -> None:
+    """Feb 29 with FREQ=YEARLY: four periods per leap year, each charged though empty."""
+    work = Meter(10**9)
+    rule = rrule(YEARLY, dtstart=datetime(2027, 3, 1), bymonth=2, bymonthday=29, cache=False)
+    assert next(iter(rrule_meter.meter(rule, work))) == datetime(2028, 2, 29)
+    assert work.used == 2 * PERIOD_WORK[YEARLY]  # 2027 (empty) and 2028
+
+
+def test_meter_charges_bysetpos_periods_per_position() -> None:
+    """dateutil lists a period's days again for each BYSETPOS value: each is charged."""
+    work = Meter(10**9)
+    rule = rrule(YEARLY, dtstart=datetime(2026, 1, 1), byweekday=range(7), bysetpos=(1, -1))
+    assert next(iter(rrule_meter.meter(rule, work))) == datetime(2026, 1, 1)
+    assert work.used == 3 * PERIOD_WORK[YEARLY]
+
+
+def test_meter_charges_minutely_steps_towards_byhour() -> None:
+    work = Meter(10**9)
+    rule = rrule(MINUTELY, dtstart=datetime(2026, 1, 1, 3, 59), byhour=3, cache=False)
+    walls = iter(rrule_meter.meter(rule, work))
+    assert next(walls) == datetime(2026, 1, 1, 3, 59)
+    assert next(walls) == datetime(2026, 1, 2, 3, 0)  # 23 hours of minutes stepped over
+    steps = (work.used - 2 * PERIOD_WORK[MINUTELY]) // STEP_WORK
+    assert steps >= 23 * 60
+
+
+def test_meter_stops_dateutil_when_spent_and_never_overcharges() -> None:
+    work = Meter(1000)
+    rule = rrule(MINUTELY, dtstart=datetime(2026, 1, 1), bymonth=2, bymonthday=30, cache=False)
+    with pytest.raises(WorkExhausted):
+        next(iter(rrule_meter.meter(rule, work)))
+    assert 1000 - PERIOD_WORK[MINUTELY] < work.used <= 1000
+
+
+def test_metered_expansion_equals_plain_dateutil() -> None:
+    kwargs = {"byhour": (9, 17), "byminute": (0, 30), "byweekday": (0, 2)}
+    plain = rrule(MINUTELY, dtstart=datetime(2026, 1, 1), interval=15, **kwargs)
+    metered = rrule_meter.meter(
+        rrule(MINUTELY, dtstart=datetime(2026, 1, 1), interval=15, cache=False, **kwargs),
+        Meter(10**9),
+    )
+    assert list(zip(range(200), metered, strict=False)) == list(
+        zip(range(200), plain, strict=False)
+    )
+
+
+# --- the issue's rule -------------------------------------------------------------------------
+
+
+def test_issue_rule_is_refused_as_too_sparse_with_the_reason() -> None:
+    with pytest.raises(RecurrenceError, match="too sparse for FREQ=MINUTELY") as refused:
+        parse(ISSUE_RULE, "Europe/Berlin", START)
+    assert "coarser FREQ" in str(refused.value)
+
+
+def test_same_pattern_with_yearly_freq_is_accepted() -> None:
+    rule = parse(ISSUE_RULE.replace("MINUTELY", "YEARLY"), "Europe/Berlin", START)
+    assert [at.date().isoformat() for at in rule.forecast(4)][1:] == [
+        "2044-02-29",
+        "2072-02-29",
+        "2112-02-29",
+    ]
+
+
+def test_stored_issue_rule_forecast_is_bounded_by_the_work_budget() -> None:
+    """A row stored before admission checked density: 500 asked, the budget holds."""
+    legacy = SeriesRule(ISSUE_RULE, "Europe/Berlin", START)
+    found = legacy.preview(500)
+    assert found.truncated
+    assert found.budget == forecast_budget(500) == MAX_WORK
+    assert found.work <= found.budget
+    assert 1 < len(found.occurrences) < 10  # a few of the 2044, 2072, ... Mondays, correct
+    assert all(at.month == 2 and at.day == 29 and at.weekday() == 0 for at in found.occurrences[1:])
+    with pytest.raises(WorkLimitExceeded, match="work budget"):
+        legacy.forecast(500)
+
+
+def test_stored_issue_rule_next_is_bounded_by_its_budget() -> None:
+    legacy = SeriesRule(ISSUE_RULE, "Europe/Berlin", START)
+    with pytest.raises(WorkLimitExceeded, match=f"{NEXT_WORK:,} units"):
+        legacy.next(START, 0)
+
+
+def test_accepted_sparse_rule_forecast_stops_at_its_budget_with_correct_items() -> None:
+    """Feb 29 on a Monday, FREQ=YEARLY: accepted; 500 of them need centuries of periods."""
+    rule = parse("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO", "Europe/Berlin", START)
+    found = rule.preview(500)
+    assert found.truncated and found.work <= found.budget == MAX_WORK
+    assert 10 < len(found.occurrences) < 500
+    assert all(at.month == 2 and at.day == 29 and at.weekday() == 0 for at in found.occurrences[1:])
+    assert list(found.occurrences) == rule.forecast(len(found.occurrences))
+
+
+def test_budget_is_proportional_to_the_count_asked() -> None:
+    assert forecast_budget(1) < forecast_budget(10) < forecast_budget(100) <= MAX_WORK
+    rule = parse("FREQ=DAILY", "Europe/Berlin", START)
+    small, large = rule.preview(10), rule.preview(500)
+    assert not small.truncated and not large.truncated
+    assert small.work < large.work
+
+
+def test_series_ending_early_is_not_truncated() -> None:
+    found = parse("FREQ=DAILY;COUNT=3", "Europe/Berlin", START).preview(500)
+    assert len(found.occurrences) == 3 and not found.truncated
+
+
+def test_count_one_series_never_expands() -> None:
+    legacy = SeriesRule(ISSUE_RULE + ";COUNT=1", "Europe/Berlin", START)
+    found = legacy.preview(500)
+    assert found.occurrences == (START,) and not found.truncated and found.work == 0
+    assert legacy.next(START, 0) is None
+
+
+def test_impossible_rules_still_say_no_occurrence() -> None:
+    for rule in ("FREQ=MINUTELY;BYMONTH=4;BYMONTHDAY=31", "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30"):
+        with pytest.raises(RecurrenceError, match="no occurrence"):
+            parse(rule, "Europe/Berlin", START)
+
+
+# --- property: random sparse rules ------------------------------------------------------------
+
+
+@st.composite
+def sparse_rules(draw: st.DrawFn) -> str:
+    """Rules whose day filters are rare (Feb 29, a weekday on the 13th, day 31 of short months)
+    at every FREQ, with narrow BYHOUR/BYMINUTE and large INTERVALs."""
+    freq = draw(st.sampled_from(["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY"]))
+    parts = [f"FREQ={freq}"]
+    interval = draw(st.sampled_from([1, 1, 2, 3, 7, 13, 400]))
+    if interval > 1:
+        parts.append(f"INTERVAL={interval}")
+    months = draw(st.sets(st.sampled_from([2, 4, 6, 9, 11, 12]), min_size=0, max_size=2))
+    if months:
+        parts.append("BYMONTH=" + ",".join(map(str, sorted(months))))
+    if freq != "WEEKLY" and draw(st.booleans()):
+        days = draw(st.sets(st.sampled_from([13, 29, 30, 31, -1]), min_size=1, max_size=2))
+        parts.append("BYMONTHDAY=" + ",".join(map(str, sorted(days))))
+    if draw(st.booleans()):
+        parts.append("BYDAY=" + draw(st.sampled_from(["MO", "FR", "SA,SU", "TU"])))
+    if freq in ("DAILY", "WEEKLY", "MONTHLY", "YEARLY", "HOURLY") and draw(st.booleans()):
+        parts.append(f"BYHOUR={draw(st.integers(0, 23))}")
+    if freq in ("HOURLY", "MINUTELY") and draw(st.booleans()):
+        parts.append(f"BYMINUTE={draw(st.sampled_from([0, 59, 30]))}")
+    return ";".join(parts)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    rule=sparse_rules(), day=st.integers(0, 3000), zone=st.sampled_from(["UTC", "Europe/Berlin"])
+)
+def test_every_sparse_rule_is_refused_or_expands_within_its_budget(
+    rule: str, day: int, zone: str
+) -> None:
+    start = (datetime(2020, 1, 1, 0, 0, tzinfo=UTC) + timedelta(days=day)).astimezone(
+        ZoneInfo(zone)
+    )
+    try:
+        series = parse(rule, zone, start)
+    except RecurrenceError as refused:
+        assert any(
+            reason in str(refused)
+            for reason in ("too sparse", "no occurrence", "limit", "BYSETPOS")
+        ), str(refused)
+        return
+    # Accepted: the admission promise holds for the first DENSITY_OCCURRENCES + 1 (DTSTART)...
+    first = series.preview(DENSITY_OCCURRENCES + 1)
+    assert not first.truncated
+    assert first.work <= DENSITY_OCCURRENCES * OCCURRENCE_WORK + forecast_budget(0)
+    # ...each next step from them fits NEXT_WORK, and a large forecast stays in its budget.
+    for index, at in enumerate(first.occurrences):
+        following = series.next(at, index)
+        later = first.occurrences[index + 1 : index + 2]
+        assert (following.scheduled_at,) == later if later else following is not None
+    found = series.preview(500)
+    assert found.work <= found.budget <= MAX_WORK
+    if len(found.occurrences) < 500 and not found.truncated:  # ended (year 9999 here)
+        assert series.next(found.occurrences[-1], len(found.occurrences) - 1) is None
+
+
+def test_next_catch_up_over_many_missed_occurrences_is_bounded() -> None:
+    series = parse(
+        "FREQ=MINUTELY", "UTC", datetime(2026, 1, 1, tzinfo=UTC), Policy(catch_up="next_future")
+    )
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    answer = series.next(start, 0, now=start + timedelta(hours=2))
+    assert answer is not None and len(answer.missed) == 120
+    with pytest.raises(WorkLimitExceeded, match="catch up"):
+        series.next(start, 0, now=start + timedelta(days=365))
+
+
+def test_recurrence_module_stays_pure() -> None:
+    """No database or clock in the engine: the budget is work, never wall time."""
+    source = "".join(Path(m.__file__).read_text() for m in (recurrence, rrule_meter))
+    for word in ("sqlmodel", "import time", "perf_counter", "datetime.now", "monotonic"):
+        assert word not in source
