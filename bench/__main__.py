@@ -16,7 +16,7 @@ BENCHMARKS = {
     "reminder_lateness": "10,000 reminders due within a minute, 1 s ping, local stack",
     "http_edge": "GET /tasks median beside slow-body clients and 16 MiB request lines",
     "up_supervision": "duetide up: a killed child back, Ctrl-C and SIGKILL of up, all children",
-    "recurrence_budget": "a sparse rule's forecasts vs GET /tasks, a baseline checkout beside this one",
+    "recurrence_budget": "a sparse rule's forecasts vs GET /tasks, before and after the budgets",
 }
 RESULTS = Path(__file__).parent / "results"
 

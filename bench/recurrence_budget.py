@@ -1,4 +1,4 @@
-"""Issue 10 item 2: one sparse rule against the tasks API, the code before the budgets beside this one.
+"""Issue 10 item 2: one sparse rule against the tasks API, before and after the budgets.
 
 The rule is FREQ=MINUTELY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO;BYHOUR=0;BYMINUTE=0 (Feb 29 on a
 Monday: a few times a century, and FREQ=MINUTELY walks every day in between).
