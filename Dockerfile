@@ -10,9 +10,10 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# The package only (non-editable): pyproject.toml, its README and the library in shared/.
+# The runtime package only (non-editable): pyproject.toml, its README and shared/duetide;
+# the developer tooling (shared/tools) stays out of the image.
 COPY pyproject.toml README.md ./
-COPY shared/ shared/
+COPY shared/duetide/ shared/duetide/
 RUN python -m venv /opt/duetide \
     && /opt/duetide/bin/pip install . \
     && /opt/duetide/bin/python -m compileall -q /opt/duetide/lib

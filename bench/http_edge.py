@@ -32,8 +32,8 @@ import requests
 from duetide import migrate
 from duetide.auth import issue_local_token
 from duetide.config import get_settings
-from duetide.local.broker import free_loopback_port
-from duetide.local.stack import project_root
+from duetide_tools.local.broker import free_loopback_port
+from duetide_tools.local.stack import project_root
 
 DURATION_S = int(os.environ.get("BENCH_HTTP_SECONDS", "10"))
 THREADS = os.environ.get("BENCH_HTTP_THREADS", "10")

@@ -32,8 +32,8 @@ import requests
 
 from duetide.auth import issue_local_token
 from duetide.config import get_settings
-from duetide.local.broker import free_loopback_port
-from duetide.local.stack import project_root
+from duetide_tools.local.broker import free_loopback_port
+from duetide_tools.local.stack import project_root
 
 RULE = "FREQ=MINUTELY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO;BYHOUR=0;BYMINUTE=0"
 COUNT = 500

@@ -19,9 +19,9 @@ from sqlmodel import select
 
 from duetide import db, migrate
 from duetide.config import get_settings
-from duetide.local.broker import free_loopback_port
-from duetide.local.stack import Stack, project_root
 from duetide.models import Notification, Reminder, Task
+from duetide_tools.local.broker import free_loopback_port
+from duetide_tools.local.stack import Stack, project_root
 
 COUNT = int(os.environ.get("BENCH_REMINDERS", "10000"))
 SPREAD_S = 60

@@ -29,7 +29,7 @@ import requests
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from duetide.local.broker import free_loopback_port
+from duetide_tools.local.broker import free_loopback_port
 
 RUNS = int(os.environ.get("BENCH_UP_RUNS", "5"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def _start_up(home: Path) -> tuple[subprocess.Popen[str], str, int]:
     env = {**os.environ, "DUETIDE_HOME": str(home), "DATABASE_URL": "",
            "KAFKA_BOOTSTRAP_SERVERS": "", "DUETIDE_JWT_SECRET": ""}  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-m", "duetide.cli", "up", "--port", str(port), "--quiet"],
+        [sys.executable, "-m", "duetide_tools.cli", "up", "--port", str(port), "--quiet"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert process.stdout is not None

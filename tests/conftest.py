@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from duetide.local.broker import EmbeddedBroker
+from duetide_tools.local.broker import EmbeddedBroker
 
 # Tests reach loopback only: webhooks (and the DNS look-ups their checks would make for
 # generated host names) are limited to it for every process the tests start.

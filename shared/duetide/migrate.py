@@ -28,3 +28,14 @@ def upgrade(url: str | None = None) -> None:
 def revision(message: str, url: str) -> None:
     """Autogenerate a migration by comparing the models with the database at `url`."""
     command.revision(alembic_config(url), message=message, autogenerate=True)
+
+
+def main() -> int:
+    """`duetide-migrate`: the production image's migration command (the Job's)."""
+    upgrade()
+    print("database schema is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

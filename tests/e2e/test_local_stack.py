@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from duetide.local.broker import free_loopback_port
+from duetide_tools.local.broker import free_loopback_port
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,9 +26,9 @@ import pytest
 import requests
 
 from duetide.config import get_settings
-from duetide.local.broker import LOOPBACK, free_loopback_port
-from duetide.local.stack import Stack
-from duetide.local.supervision import RestartPolicy
+from duetide_tools.local.broker import LOOPBACK, free_loopback_port
+from duetide_tools.local.stack import Stack
+from duetide_tools.local.supervision import RestartPolicy
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +83,7 @@ class Up:
             "DUETIDE_JWT_SECRET": "",
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "duetide.cli", "up", "--port", str(port), "--quiet"],
+            [sys.executable, "-m", "duetide_tools.cli", "up", "--port", str(port), "--quiet"],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -2,7 +2,7 @@
 
 Dead letters are made the way Knative makes them: the local KafkaSource dispatcher
 gives up on a failing sink and writes the event, with its knativeerror* extensions,
-to the dead-letter topic. The command is run through `duetide.cli.main`.
+to the dead-letter topic. The command is run through `duetide_tools.cli.main`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from duetide import events
-from duetide.cli import main
 from duetide.config import get_settings
-from duetide.local.broker import EmbeddedBroker, consumer_settings, ensure_topics
-from duetide.local.eventing import KafkaSourceDispatcher
-from duetide.local.manifests import TopicSpec
+from duetide_tools.cli import main
+from duetide_tools.local.broker import EmbeddedBroker, consumer_settings, ensure_topics
+from duetide_tools.local.eventing import KafkaSourceDispatcher
+from duetide_tools.manifests import TopicSpec
 from tests.integration.test_eventing import RecordingSink, source_spec
 from tests.integration.test_reliability import read_topic
 from tests.support import wait_for

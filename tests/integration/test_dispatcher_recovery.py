@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from kafka import KafkaProducer
 
-from duetide.local.broker import ensure_topics
-from duetide.local.manifests import TopicSpec
+from duetide_tools.local.broker import ensure_topics
+from duetide_tools.manifests import TopicSpec
 from tests.integration.test_eventing import (
     RecordingSink,
     ce_headers,

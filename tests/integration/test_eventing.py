@@ -24,14 +24,14 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from duetide.local.broker import (
+from duetide_tools.local.broker import (
     EmbeddedBroker,
     consumer_settings,
     ensure_topics,
     free_loopback_port,
 )
-from duetide.local.eventing import CronSchedule, KafkaSourceDispatcher, PingTimer
-from duetide.local.manifests import (
+from duetide_tools.local.eventing import CronSchedule, KafkaSourceDispatcher, PingTimer
+from duetide_tools.manifests import (
     Delivery,
     KafkaSourceSpec,
     PingSourceSpec,

@@ -25,7 +25,7 @@ import requests
 from duetide import migrate
 from duetide.auth import issue_local_token
 from duetide.config import get_settings
-from duetide.local.broker import free_loopback_port
+from duetide_tools.local.broker import free_loopback_port
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""A child started through `duetide.local.orphans` dies with its parent, even on SIGKILL.
+"""A child started through `duetide_tools.local.orphans` dies with its parent, even on SIGKILL.
 
 Real processes: a parent Python process spawns a long sleep in its own session (as
 `duetide up` spawns its children), the test SIGKILLs the parent and awaits the child's end.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from duetide.local import orphans
+from duetide_tools.local import orphans
 from tests.support import wait_for
 
 pytestmark = pytest.mark.skipif(not orphans.supported(), reason="PR_SET_PDEATHSIG is Linux only")
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not orphans.supported(), reason="PR_SET_PDEATHSI
 SHARED = str(Path(orphans.__file__).resolve().parents[2])
 PARENT = """
 import subprocess, sys
-from duetide.local import orphans
+from duetide_tools.local import orphans
 command = orphans.guarded(["sleep", "60"]) if sys.argv[1] == "guarded" else ["sleep", "60"]
 child = subprocess.Popen(command, start_new_session=True)
 print(child.pid, flush=True)
@@ -75,6 +75,6 @@ def test_the_guard_keeps_the_pid_and_the_exit_status_of_the_command():
 
 def test_a_parent_already_gone_when_the_guard_runs_means_no_child():
     """The race between the parent's death and prctl: the wrapper checks its parent."""
-    wrapper = [sys.executable, "-m", "duetide.local.orphans", "1", "sleep", "60"]
+    wrapper = [sys.executable, "-m", "duetide_tools.local.orphans", "1", "sleep", "60"]
     process = subprocess.Popen(wrapper, env={**os.environ, "PYTHONPATH": SHARED})
     assert process.wait(timeout=10) == 1

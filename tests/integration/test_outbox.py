@@ -9,9 +9,9 @@ from kafka import KafkaConsumer
 from sqlmodel import col, select
 
 from duetide import db, events, outbox
-from duetide.local.broker import consumer_settings, ensure_topics, free_loopback_port
-from duetide.local.manifests import TopicSpec
 from duetide.models import Outbox
+from duetide_tools.local.broker import consumer_settings, ensure_topics, free_loopback_port
+from duetide_tools.manifests import TopicSpec
 
 
 @pytest.fixture

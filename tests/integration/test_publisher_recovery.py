@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from duetide import events, outbox
-from duetide.local import broker as broker_module
-from duetide.local.broker import LOOPBACK, EmbeddedBroker, ensure_topics, free_loopback_port
-from duetide.local.manifests import TopicSpec
+from duetide_tools.local import broker as broker_module
+from duetide_tools.local.broker import LOOPBACK, EmbeddedBroker, ensure_topics, free_loopback_port
+from duetide_tools.manifests import TopicSpec
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_reliability import ce_id, outbox_rows, pending, ping, read_topic
 from tests.support import wait_for
@@ -275,7 +275,7 @@ def test_open_breaker_keeps_requests_off_the_broker_and_the_relay_closes_it(
 def test_events_a_lost_broker_had_acknowledged_are_sent_again_after_a_requeue(
     client, alice, topics, brokers, monkeypatch, capsys
 ):
-    from duetide.cli import main
+    from duetide_tools.cli import main
 
     first = brokers()
     create_topics(first.bootstrap_servers, topics)
@@ -300,7 +300,7 @@ def test_events_a_lost_broker_had_acknowledged_are_sent_again_after_a_requeue(
 
 
 def test_requeue_refuses_an_instant_without_an_offset(capsys):
-    from duetide.cli import main
+    from duetide_tools.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["outbox", "requeue", "--since", "2026-12-01T09:00"])

@@ -26,12 +26,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, col, func, select
 
-from duetide import db, events, outbox, sweep, topic_reader
-from duetide.local import broker as broker_module
-from duetide.local.broker import EmbeddedBroker, ensure_topics, free_loopback_port
-from duetide.local.eventing import record_to_event
-from duetide.local.manifests import TopicSpec
+from duetide import db, events, outbox, sweep
 from duetide.models import Notification, Outbox, ProcessedEvent, Task, utcnow
+from duetide_tools import topic_reader
+from duetide_tools.local import broker as broker_module
+from duetide_tools.local.broker import EmbeddedBroker, ensure_topics, free_loopback_port
+from duetide_tools.local.eventing import record_to_event
+from duetide_tools.manifests import TopicSpec
 from tests.integration.conftest import _reset_caches, auth_headers, function_client
 
 DAILY = {
@@ -72,7 +73,7 @@ def read_topic(bootstrap_servers: str, topic: str) -> list[Any]:
     """Every record on `topic` (all partitions, to the true end), read without a group.
 
     Not to the ListOffsets end: the embedded broker under-reports it after a burst, which
-    would hide the very duplicates these tests count (see `duetide.topic_reader`)."""
+    would hide the very duplicates these tests count (see `duetide_tools.topic_reader`)."""
     return topic_reader.read_records(bootstrap_servers, topic)
 
 

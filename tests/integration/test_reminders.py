@@ -20,9 +20,9 @@ from sqlalchemy import insert
 from sqlmodel import select
 
 from duetide import channels, db, events
-from duetide.local.broker import free_loopback_port
 from duetide.models import Notification, Outbox, Reminder, Task, utcnow
 from duetide.sweep import sweep
+from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import post
 

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, settings
 
 from duetide.auth import issue_local_token
 from duetide.config import Settings
-from duetide.local.broker import free_loopback_port
 from duetide.openapi import PUBLIC, document
+from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import BACKENDS, POSTGRES_URL, ROOT
 from tests.support import migrated_database
 

@@ -23,8 +23,8 @@ from sqlmodel import select
 
 from duetide import channels, db, events
 from duetide.config import get_settings
-from duetide.local.broker import free_loopback_port
 from duetide.models import Notification, Preference, ProcessedEvent, utcnow
+from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import function_client
 from tests.integration.test_event_functions import post
 from tests.integration.test_reminders import (

@@ -24,9 +24,9 @@ import yaml
 
 from duetide.auth import issue_local_token
 from duetide.config import Settings
-from duetide.local.broker import free_loopback_port
-from duetide.local.manifests import SinkRef
-from duetide.local.stack import Stack
+from duetide_tools.local.broker import free_loopback_port
+from duetide_tools.local.stack import Stack
+from duetide_tools.manifests import SinkRef
 from tests.support import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -33,11 +33,12 @@ import requests
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from duetide import db, deadletters
+from duetide import db
 from duetide.auth import issue_local_token
-from duetide.local.broker import free_loopback_port
-from duetide.local.stack import Stack, project_root
 from duetide.models import Notification, Outbox, Reminder, Series, Task
+from duetide_tools import deadletters
+from duetide_tools.local.broker import free_loopback_port
+from duetide_tools.local.stack import Stack, project_root
 from tests.integration.conftest import POSTGRES_URL, _reset_caches
 from tests.support import migrated_database, wait_for
 

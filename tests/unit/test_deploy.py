@@ -1,7 +1,7 @@
 """scripts/deploy: every command it would run is derived from the manifests, and idempotent.
 
 The dry-run output is parsed back here as a shell script would be (continuation lines,
-`guard || command`, quoted heredocs) and compared with what `duetide.local.manifests`
+`guard || command`, quoted heredocs) and compared with what `duetide_tools.manifests`
 reads from knative/ and with the documents themselves. Also here: the migration Job,
 the Dockerfile and the func.yaml files, which restate parts of the same manifests.
 """
@@ -22,8 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from duetide import deploy
-from duetide.local import manifests
+from duetide_tools import deploy, manifests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"  # as in test_manifests.py
@@ -90,7 +89,7 @@ def dry_run(capsys: pytest.CaptureFixture[str], *args: str, root: Path = REPO_RO
     return capsys.readouterr().out
 
 
-# --- the manifests, read independently of duetide.deploy ----------------------------------
+# --- the manifests, read independently of duetide_tools.deploy ----------------------------------
 
 
 def _documents(path: Path) -> list[Doc]:
@@ -533,7 +532,7 @@ def test_migration_job_is_valid_for_the_cluster() -> None:
 def test_migration_job_runs_duetide_migrate_with_the_functions_configuration() -> None:
     job = migrate_job()
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["duetide", "migrate"]
+    assert container["command"] == ["duetide-migrate"]  # the runtime package's script
     assert container["image"] == MANIFEST_IMAGE
     service = of_kind(knative_documents(), "Service")["duetide-tasks"]
     assert container["envFrom"] == service["spec"]["template"]["spec"]["containers"][0]["envFrom"]

@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from duetide.local.manifests import ManifestError, SinkRef, Wiring, load
+from duetide_tools.manifests import ManifestError, SinkRef, Wiring, load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO_ROOT / "tests" / "crds"

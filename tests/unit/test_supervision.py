@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from datetime import UTC, datetime
 
-from duetide.local.supervision import Restart, RestartPolicy, describe_exit
+from duetide_tools.local.supervision import Restart, RestartPolicy, describe_exit
 
 
 def test_the_delay_doubles_with_each_death_in_a_row_up_to_the_cap():

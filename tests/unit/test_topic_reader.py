@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from duetide.topic_reader import caught_up, first_offsets, targets
+from duetide_tools.topic_reader import caught_up, first_offsets, targets
 
 
 def test_a_read_waits_for_every_partitions_first_fetch():

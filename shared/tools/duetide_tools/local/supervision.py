@@ -1,6 +1,6 @@
 """What `duetide up` does when one of its children dies: the restart policy and its record.
 
-Pure functions only; `duetide.local.stack` watches the processes and acts on them.
+Pure functions only; `duetide_tools.local.stack` watches the processes and acts on them.
 A child that dies is started again after a delay that doubles with each death in a row
 (0.5 s, 1 s, 2 s, ... capped at 30 s), so a child that cannot start does not spin; a
 child that stayed up for a healthy period starts the count again from the shortest delay.

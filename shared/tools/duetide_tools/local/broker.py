@@ -23,8 +23,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from duetide.local import orphans
-from duetide.local.manifests import TopicSpec
+from duetide_tools.local import orphans
+from duetide_tools.manifests import TopicSpec
 
 LOOPBACK = "127.0.0.1"
 _LOG_TAIL_BYTES = 4000
@@ -73,7 +73,7 @@ class EmbeddedBroker:
     Use as a context manager, or call `start()` and `stop()`; `restart()` starts a new
     (empty) broker at the same address after this one died. The child runs in its own
     process group so that stopping it never signals the caller's group, and it is
-    SIGKILLed when the caller dies (`duetide.local.orphans`).
+    SIGKILLed when the caller dies (`duetide_tools.local.orphans`).
     """
 
     def __init__(

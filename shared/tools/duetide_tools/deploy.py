@@ -2,7 +2,7 @@
 
 Nothing here restates a manifest: names, topics, consumer groups, sinks, schedules,
 delivery, resources and probes are read from knative/ (through
-`duetide.local.manifests`, the same reader the local stack uses, plus the raw
+`duetide_tools.manifests`, the same reader the local stack uses, plus the raw
 documents that knative/kustomization.yaml deploys), kafka/ and deploy/.
 
 A deployment is a list of `Step`s, each one command. Every step is idempotent:
@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from duetide.local import manifests
+from duetide_tools import manifests
 
 Doc = dict[str, Any]
 

@@ -7,13 +7,13 @@ On Linux the kernel can send a signal to a process when its parent dies
 (`prctl(PR_SET_PDEATHSIG)`); it survives `execve`, so this module is a tiny wrapper that
 sets it and then execs the real command, keeping the pid:
 
-    python -m duetide.local.orphans PARENT_PID COMMAND [ARG ...]
+    python -m duetide_tools.local.orphans PARENT_PID COMMAND [ARG ...]
 
 It is a wrapper rather than a `preexec_fn` because `up` forks while threads run (log
 pumps, dispatchers, the supervisor), and running Python between fork and exec in a
 threaded parent can deadlock. The kernel's "parent" is the *thread* that forked: the
 stack spawns from its main thread and its supervisor thread, which both outlive the
-children (see `duetide.local.stack`).
+children (see `duetide_tools.local.stack`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def guarded(command: list[str]) -> list[str]:
     """`command` wrapped so that it is SIGKILLed when this process dies (Linux only)."""
     if not supported():
         return command
-    return [sys.executable, "-m", "duetide.local.orphans", str(os.getpid()), *command]
+    return [sys.executable, "-m", "duetide_tools.local.orphans", str(os.getpid()), *command]
 
 
 def main(argv: list[str]) -> None:

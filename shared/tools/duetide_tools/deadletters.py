@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from duetide import topic_reader
-from duetide.local.manifests import Wiring
+from duetide_tools import topic_reader
+from duetide_tools.manifests import Wiring
 
 DEFAULT_TOPIC = "duetide-dead-letters"
 ERROR_EXTENSION_PREFIX = "ce_knativeerror"
@@ -89,7 +89,7 @@ def read(
 
     Every letter the broker acknowledged before the call is included: the topic is read
     to the high watermark of a fresh fetch, not to the end a ListOffsets request reports,
-    which the embedded broker under-reports after a burst (see `duetide.topic_reader`).
+    which the embedded broker under-reports after a burst (see `duetide_tools.topic_reader`).
     Reads partitions directly (no consumer group), so listing commits nothing and does
     not disturb anyone else reading the topic.
     """

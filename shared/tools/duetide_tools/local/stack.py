@@ -8,12 +8,12 @@ reverse.
 
 While it runs, a supervisor thread watches the children like a process manager: a
 function or broker that dies is reported on the console and started again after a
-backoff (`duetide.local.supervision`), at the same port, because the dispatchers, the
+backoff (`duetide_tools.local.supervision`), at the same port, because the dispatchers, the
 timers and the functions were configured with those addresses. A new broker is empty:
 the supervisor re-creates the topics, starts the dispatchers afresh (their consumer
 groups are gone, so they read the new topics from the earliest offset) and calls
 `on_broker_restart`. Every child is SIGKILLed by the kernel if `up` dies without
-stopping them (`duetide.local.orphans`), so nothing is left holding a port.
+stopping them (`duetide_tools.local.orphans`), so nothing is left holding a port.
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ from typing import IO, Any
 import requests
 
 from duetide import db, migrate, outbox
-from duetide.local import manifests, orphans
-from duetide.local.broker import (
+from duetide_tools import manifests
+from duetide_tools.local import orphans
+from duetide_tools.local.broker import (
     EmbeddedBroker,
     consumer_settings,
     ensure_topics,
     free_loopback_port,
 )
-from duetide.local.eventing import KafkaSourceDispatcher, PingTimer
-from duetide.local.supervision import Restart, RestartPolicy
+from duetide_tools.local.eventing import KafkaSourceDispatcher, PingTimer
+from duetide_tools.local.supervision import Restart, RestartPolicy
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Stack:
     """The local system: call `start()`, then `stop()` (also after a failed start).
 
     Call `start()` from a thread that lives until `stop()` (the main thread in `up`): the
-    kernel kills a child when the *thread* that spawned it ends (`duetide.local.orphans`).
+    kernel kills a child when the *thread* that spawned it ends (`duetide_tools.local.orphans`).
     While it runs, `restarts` lists what died, `functions[name].process` is the current
     process of each function and `broker.pid` the broker's (None while it is down).
     """

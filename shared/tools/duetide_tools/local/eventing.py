@@ -1,6 +1,6 @@
 """A local stand-in for Knative eventing: KafkaSource dispatchers and PingSource timers.
 
-Each class runs one manifest object (see `duetide.local.manifests`) in a thread and
+Each class runs one manifest object (see `duetide_tools.manifests`) in a thread and
 behaves as Knative's data plane does, so that the functions see the same HTTP
 CloudEvents locally as on a cluster:
 
@@ -49,7 +49,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from duetide.local.manifests import KafkaSourceSpec, PingSourceSpec
+from duetide_tools.manifests import KafkaSourceSpec, PingSourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -582,7 +582,7 @@ class KafkaSourceDispatcher:
     `sink_url` is the sink Service's URL with the source's `sink.uri` path joined;
     `dead_letter_topic` is the topic of the KafkaSink named as dead-letter sink.
     `consumer_config` is passed to `KafkaConsumer` (the local stack passes
-    `duetide.local.broker.consumer_settings()`).
+    `duetide_tools.local.broker.consumer_settings()`).
 
     As Knative's dispatcher (`OrderedConsumerVerticle`, `UnorderedConsumerVerticle`,
     `OffsetManager`): one thread polls, pauses and resumes partitions and commits;

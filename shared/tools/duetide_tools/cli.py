@@ -23,7 +23,7 @@ def _home() -> Path:
 def cmd_up(args: argparse.Namespace) -> int:
     from duetide.auth import issue_local_token
     from duetide.config import get_settings
-    from duetide.local.stack import Stack, StackError, project_root
+    from duetide_tools.local.stack import Stack, StackError, project_root
 
     settings = get_settings()
     interval = os.environ.get("DUETIDE_PING_INTERVAL")
@@ -85,7 +85,7 @@ def _banner(stack, token: str, user: str, seconds: float) -> str:  # type: ignor
 def cmd_run(args: argparse.Namespace) -> int:
     """One function alone, served as in the image (`--debug`: Flask's development server
     through functions-framework): the local `func run`."""
-    from duetide.local.stack import project_root
+    from duetide_tools.local.stack import project_root
 
     source = project_root() / "functions" / args.function / "main.py"
     server = "functions_framework" if args.debug else "duetide.serve"
@@ -142,7 +142,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
     """List dead letters (no payloads), or replay them onto the topic they came from."""
     from kafka.errors import KafkaError
 
-    from duetide import deadletters
+    from duetide_tools import deadletters
 
     servers = _bootstrap_servers()
     try:
@@ -161,7 +161,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 
 
 def _replay(servers: str, args: argparse.Namespace) -> None:
-    from duetide import deadletters
+    from duetide_tools import deadletters
 
     letters = deadletters.distinct_events(deadletters.read(servers, args.topic), args.id)
     if args.id is not None and not letters:
@@ -173,9 +173,9 @@ def _replay(servers: str, args: argparse.Namespace) -> None:
 
 def _wiring():  # type: ignore[no-untyped-def]
     """The KafkaSources of knative/, which map a dead letter's destination to its topic."""
-    from duetide.deadletters import DeadLetterError
-    from duetide.local import manifests
-    from duetide.local.stack import StackError, project_root
+    from duetide_tools import manifests
+    from duetide_tools.deadletters import DeadLetterError
+    from duetide_tools.local.stack import StackError, project_root
 
     try:
         return manifests.load(project_root())
@@ -212,7 +212,7 @@ def _positive(text: str) -> int:
 
 
 def _add_deadletters(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from duetide.deadletters import DEFAULT_TOPIC
+    from duetide_tools.deadletters import DEFAULT_TOPIC
 
     dead = sub.add_parser(
         "deadletters", help="list or replay dead letters (KAFKA_BOOTSTRAP_SERVERS)"
