@@ -18,9 +18,10 @@ import pytest
 import requests
 from cloudevents.conversion import to_structured
 
+from duetide import events
 from duetide.auth import issue_local_token
 from duetide.config import get_settings
-from duetide_tools import deadletters, events
+from duetide_tools import deadletters
 from duetide_tools.local import stack as stack_module
 from duetide_tools.local.broker import free_loopback_port
 from tests.support import migrated_database, wait_for
