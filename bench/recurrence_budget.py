@@ -117,7 +117,7 @@ def _forecast(base: str, headers: dict[str, str], series_id: str) -> tuple[float
 
 def _tasks_latency(base: str, headers: dict[str, str], stop: threading.Event) -> list[float]:
     """Sequential GET /tasks until `stop`; a timed-out request counts as PROBE_TIMEOUT_S + 1."""
-    samples = []
+    samples: list[float] = []
     while not stop.is_set() or not samples:
         start = time.perf_counter()
         try:

@@ -45,6 +45,7 @@ def run(repeat: int = 20) -> list[dict[str, object]]:
         # The latest occurrence before "now" (2026-11-23): what a completion event names.
         now = datetime(2026, 11, 23, 12, 0)
         previous = baseline.before(now)
+        assert previous is not None, name
         index = baseline.between(start, previous, inc=True).__len__() - 1
         previous_at = previous.replace(tzinfo=ZONE)
         ours = rule.next(previous_at, index)

@@ -90,7 +90,7 @@ def run() -> list[dict[str, object]]:
             ).all()
     finally:
         stack.stop()
-    claim_late = [(fired - due).total_seconds() for due, fired in claims if fired]
+    claim_late = [(fired - due).total_seconds() for due, fired in claims if due and fired]
     deliver_late = [(done - due).total_seconds() for due, done in deliveries]
     early = sum(1 for value in claim_late + deliver_late if value < 0)
     batches = _sweep_batches(home / "logs" / "sweep.log")

@@ -32,4 +32,8 @@ def unique_name(prefix: str) -> str:
 def unique_topic(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """Make topic names unique to this test: `unique_topic("events")`."""
     test = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:30]
-    return lambda prefix="topic": unique_name(f"{prefix}-{test}")
+
+    def named(prefix: str = "topic") -> str:
+        return unique_name(f"{prefix}-{test}")
+
+    return named

@@ -1,4 +1,5 @@
-"""Helpers the test layers share: awaiting a condition, a fresh migrated database."""
+"""Helpers the test layers share: awaiting a condition, a fresh migrated database, a
+response's JSON body."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from werkzeug.test import TestResponse
 
 from duetide import migrate
 
@@ -26,6 +28,12 @@ def wait_for(
             return result
         time.sleep(interval_s)
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def json_of(response: TestResponse) -> Any:
+    """The JSON body of a test client's response; the test fails when it is not JSON."""
+    assert response.is_json, (response.status_code, response.get_data(as_text=True)[:200])
+    return response.json
 
 
 def libpq(url: str) -> str:

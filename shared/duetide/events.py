@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cloudevents.conversion import to_binary as to_http_binary
 from cloudevents.http import CloudEvent
-from cloudevents.kafka import KafkaMessage
 from cloudevents.kafka import to_binary as to_kafka_binary
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -112,9 +111,20 @@ def _json_bytes(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), default=str).encode()
 
 
-def to_kafka(event: CloudEvent, key: str) -> KafkaMessage:
+class KafkaRecord(NamedTuple):
+    """The SDK's `KafkaMessage` as `to_kafka` builds it: key and value are bytes (the
+    SDK's type also allows text and no key), as a producer wants them."""
+
+    headers: dict[str, bytes]
+    key: bytes
+    value: bytes
+
+
+def to_kafka(event: CloudEvent, key: str) -> KafkaRecord:
     """Binary-mode Kafka record: `ce_*` headers, JSON value, the aggregate id as key."""
-    return to_kafka_binary(event, data_marshaller=_json_bytes, key_mapper=lambda _: key.encode())
+    message = to_kafka_binary(event, data_marshaller=_json_bytes, key_mapper=lambda _: key.encode())
+    assert isinstance(message.key, bytes) and isinstance(message.value, bytes)  # marshalled so
+    return KafkaRecord(message.headers, message.key, message.value)
 
 
 def to_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:

@@ -20,7 +20,19 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Field, Relationship, SQLModel
+from sqlmodel import AutoString, Field, Relationship, SQLModel
+
+from duetide.vocabulary import (
+    CatchUp,
+    Channel,
+    Mode,
+    MonthEnd,
+    NotificationStatus,
+    OccurrenceOutcome,
+    ReminderState,
+    SeriesStatus,
+    TaskStatus,
+)
 
 
 def new_id() -> str:
@@ -55,6 +67,16 @@ def _utc(nullable: bool = True, index: bool = False) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
 
 
+def _word(length: int, default: str | None = None) -> Any:
+    """A column holding one word of a closed set (`vocabulary`): a plain VARCHAR.
+
+    The field's type is a Literal, which SQLModel cannot map, so the column type is given.
+    """
+    if default is None:
+        return Field(sa_type=AutoString(length=length))
+    return Field(default=default, sa_type=AutoString(length=length))
+
+
 def _created() -> Any:
     return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
@@ -76,10 +98,10 @@ class Series(SQLModel, table=True):
     rrule: str = Field(sa_column=Column(Text, nullable=False))
     timezone: str = Field(max_length=64)
     dtstart: datetime = _utc(nullable=False)
-    mode: str = Field(default="schedule", max_length=16)
-    month_end: str = Field(default="skip", max_length=16)
-    catch_up: str = Field(default="next_in_series", max_length=16)
-    status: str = Field(default="active", max_length=16)
+    mode: Mode = _word(16, "schedule")
+    month_end: MonthEnd = _word(16, "skip")
+    catch_up: CatchUp = _word(16, "next_in_series")
+    status: SeriesStatus = _word(16, "active")
     title: str = Field(sa_column=Column(Text, nullable=False))
     description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     priority: int = 0
@@ -114,7 +136,7 @@ class Task(SQLModel, table=True):
     owner: str = _owner()
     title: str = Field(sa_column=Column(Text, nullable=False))
     description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    status: str = Field(default="open", max_length=8)
+    status: TaskStatus = _word(8, "open")
     priority: int = 0
     due_at: datetime | None = _utc()
     completed_at: datetime | None = _utc()
@@ -149,7 +171,7 @@ class Task(SQLModel, table=True):
         wanted = set(tags)
         self.tag_rows = [row for row in self.tag_rows if row.tag in wanted]
         have = {row.tag for row in self.tag_rows}
-        self.tag_rows.extend(TaskTag(tag=tag) for tag in sorted(wanted - have))
+        self.tag_rows.extend(TaskTag(task_id=self.id, tag=tag) for tag in sorted(wanted - have))
 
 
 class OccurrenceLog(SQLModel, table=True):
@@ -164,7 +186,7 @@ class OccurrenceLog(SQLModel, table=True):
     )
     occurrence_index: int
     scheduled_at: datetime = _utc(nullable=False)
-    outcome: str = Field(max_length=16)
+    outcome: OccurrenceOutcome = _word(16)
     recorded_at: datetime = _created()
 
 
@@ -192,7 +214,7 @@ class Reminder(SQLModel, table=True):
     at: datetime | None = _utc()
     before_due_s: int | None = None
     fire_at: datetime | None = _utc()
-    state: str = Field(default="pending", max_length=16)
+    state: ReminderState = _word(16, "pending")
     fired_at: datetime | None = _utc()
     created_at: datetime = _created()
 
@@ -207,7 +229,7 @@ class Preference(SQLModel, table=True):
     default_reminders: list[int] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
-    channels: list[str] = Field(
+    channels: list[Channel] = Field(
         default_factory=lambda: ["log"], sa_column=Column(JSON, nullable=False)
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
@@ -247,12 +269,12 @@ class Notification(SQLModel, table=True):
     owner: str = _owner()
     reminder_id: str = Field(max_length=36)
     task_id: str = Field(max_length=36)
-    channel: str = Field(max_length=16)
+    channel: Channel = _word(16)
     scheduled_at: datetime = _utc(nullable=False)
     delivered_at: datetime = _created()
     # "delivered", or "failed" for good: the channel refused it (a 4xx, an unsafe URL), or
     # the event or the user's settings cannot be sent (an unverified or invalid target).
-    status: str = Field(default="delivered", max_length=16)
+    status: NotificationStatus = _word(16, "delivered")
     detail: str = Field(default="", max_length=255)
 
 

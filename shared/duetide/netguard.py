@@ -273,8 +273,9 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     parts = host.removesuffix(".").split(".")
     if not 1 <= len(parts) <= 4:
         return None
-    values = [_inet_aton_part(part) for part in parts]
-    if any(value is None for value in values):
+    read = [_inet_aton_part(part) for part in parts]
+    values = [value for value in read if value is not None]
+    if len(values) < len(read):
         return None
     *head, last = values
     if any(value > 0xFF for value in head) or last >= 1 << (8 * (5 - len(values))):

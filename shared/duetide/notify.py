@@ -31,6 +31,7 @@ from duetide.config import get_settings
 from duetide.errors import Unavailable
 from duetide.models import Notification, Preference, Reminder
 from duetide.sink import EventKey, already_processed, mark_processed
+from duetide.vocabulary import Channel
 
 log = logging.getLogger("duetide.notify")
 
@@ -66,7 +67,7 @@ def _payload(due: events.ReminderEvent) -> dict[str, Any]:
 SUBJECT_CHARS = 200
 
 
-def send(channel: str, due: events.ReminderEvent, pref: Preference) -> channels.DeliveryResult:
+def send(channel: Channel, due: events.ReminderEvent, pref: Preference) -> channels.DeliveryResult:
     """Deliver on one network channel; content a channel cannot send is a permanent
     failure (a `ValueError` from the channel never escapes as a 500)."""
     try:
@@ -183,7 +184,7 @@ OK = channels.DeliveryResult(ok=True, status=None, attempts=1)
 
 
 def _notification(
-    due: events.ReminderEvent, channel: str, result: channels.DeliveryResult, now: datetime
+    due: events.ReminderEvent, channel: Channel, result: channels.DeliveryResult, now: datetime
 ) -> Notification:
     return Notification(
         owner=due.owner,
@@ -198,7 +199,7 @@ def _notification(
 
 
 def _record(
-    due: events.ReminderEvent, channel: str, result: channels.DeliveryResult, now: datetime
+    due: events.ReminderEvent, channel: Channel, result: channels.DeliveryResult, now: datetime
 ) -> None:
     if not result.ok:
         log.warning(

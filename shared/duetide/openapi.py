@@ -14,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from duetide import schemas
 from duetide.sink import MAX_ATTRIBUTE_CHARS
+from duetide.vocabulary import (
+    CatchUp,
+    Channel,
+    Mode,
+    MonthEnd,
+    NotificationStatus,
+    ReminderState,
+    SeriesStatus,
+    TaskStatus,
+)
 
 DateTime = str  # RFC 3339 with offset; described by `format: date-time` below
 
@@ -34,7 +44,7 @@ class ErrorBody(Out):
 
 class ReminderOut(Out):
     id: str
-    state: Literal["pending", "fired", "missed", "dismissed"]
+    state: ReminderState
     at: str | None = Field(None, json_schema_extra={"format": "date-time"})
     before_due: str | None = Field(None, description="ISO 8601 duration")
     fire_at: str | None = Field(json_schema_extra={"format": "date-time"})
@@ -44,8 +54,8 @@ class TaskOut(Out):
     id: str
     title: str
     description: str
-    status: Literal["open", "done"]
-    priority: Literal["none", "low", "medium", "high", "urgent"]
+    status: TaskStatus
+    priority: schemas.Priority
     tags: list[str]
     due_at: str | None = Field(json_schema_extra={"format": "date-time"})
     completed_at: str | None = Field(json_schema_extra={"format": "date-time"})
@@ -65,13 +75,13 @@ class SeriesOut(Out):
     rrule: str
     timezone: str
     start: str = Field(json_schema_extra={"format": "date-time"})
-    mode: Literal["schedule", "completion"]
-    month_end: Literal["skip", "clamp"]
-    catch_up: Literal["next_in_series", "next_future"]
-    status: Literal["active", "paused", "ended"]
+    mode: Mode
+    month_end: MonthEnd
+    catch_up: CatchUp
+    status: SeriesStatus
     title: str
     description: str
-    priority: Literal["none", "low", "medium", "high", "urgent"]
+    priority: schemas.Priority
     tags: list[str]
     last_index: int
     last_scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
@@ -127,10 +137,10 @@ class NotificationOut(Out):
     id: str
     reminder_id: str
     task_id: str
-    channel: Literal["log", "webhook", "email"]
+    channel: Channel
     scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
     delivered_at: str = Field(json_schema_extra={"format": "date-time"})
-    status: Literal["delivered", "failed"]
+    status: NotificationStatus
     detail: str = Field(description="Why a delivery failed for good; empty when delivered")
 
 
@@ -159,7 +169,7 @@ class QuietHoursOut(Out):
 class PreferencesOut(Out):
     timezone: str
     default_reminders: list[str]
-    channels: list[Literal["log", "webhook", "email"]]
+    channels: list[Channel]
     webhook_url: str | None
     webhook_secret: str | None
     email: str | None
@@ -352,7 +362,7 @@ def document() -> dict[str, Any]:
     for rule in ROUTES.iter_rules():
         path = rule.rule.replace("<", "{").replace(">", "}")
         arguments = sorted(rule.arguments)
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(
                 rule.endpoint, arguments, components
             )

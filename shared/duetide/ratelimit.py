@@ -26,9 +26,9 @@ def charge(session: Session, owner: str, now: datetime, per_minute: int) -> None
         insert(RateWindow)
         .values(owner=owner, window=window, count=1)
         .on_conflict_do_update(
-            index_elements=["owner", "window"], set_={"count": RateWindow.count + 1}
+            index_elements=["owner", "window"], set_={"count": col(RateWindow.count) + 1}
         )
-        .returning(RateWindow.count)
+        .returning(col(RateWindow.count))
     )
     used = session.execute(statement).scalar_one()
     if used > per_minute:

@@ -54,6 +54,7 @@ from dateutil.rrule import DAILY, HOURLY, MINUTELY, MONTHLY, WEEKLY, YEARLY, rru
 
 from duetide import rrule_meter
 from duetide.rrule_meter import INSTANCE_WORK, Meter, WorkExhausted
+from duetide.vocabulary import CatchUp, Mode, MonthEnd
 
 MAX_COUNT = 10_000
 """Upper bound for COUNT and for ``forecast(count)``."""
@@ -77,7 +78,9 @@ MAX_WORK = 2_000_000
 DIAGNOSIS_WORK = 1_500_000
 """Budget for telling "no occurrence at all" from "too sparse" when a rule is refused."""
 
-_FREQS = {"YEARLY": YEARLY, "MONTHLY": MONTHLY, "WEEKLY": WEEKLY, "DAILY": DAILY}
+Freq = Literal[0, 1, 2, 3, 4, 5]
+"""A dateutil frequency, YEARLY (0) to MINUTELY (5); SECONDLY is not supported."""
+_FREQS: dict[str, Freq] = {"YEARLY": YEARLY, "MONTHLY": MONTHLY, "WEEKLY": WEEKLY, "DAILY": DAILY}
 _FREQS |= {"HOURLY": HOURLY, "MINUTELY": MINUTELY}
 _FREQ_NAMES = {value: name for name, value in _FREQS.items()}
 _WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
@@ -100,9 +103,9 @@ class WorkLimitExceeded(RecurrenceError):
 class Policy:
     """How a series moves on: by its schedule or from each completion, and at month ends."""
 
-    mode: Literal["schedule", "completion"] = "schedule"
-    month_end: Literal["skip", "clamp"] = "skip"
-    catch_up: Literal["next_in_series", "next_future"] = "next_in_series"
+    mode: Mode = "schedule"
+    month_end: MonthEnd = "skip"
+    catch_up: CatchUp = "next_in_series"
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -336,7 +339,7 @@ def friendly_to_rrule(spec: Mapping[str, Any]) -> str:
 class _Parts:
     """The rule's parts as values; an empty tuple means the part is absent."""
 
-    freq: int
+    freq: Freq
     interval: int = 1
     count: int | None = None
     until: str | None = None
@@ -388,7 +391,7 @@ def _parse_rrule(text: str) -> _Parts:
     return parts
 
 
-def _read_freq(name: str, value: str) -> int:
+def _read_freq(name: str, value: str) -> Freq:
     if value == "SECONDLY":
         raise RecurrenceError("FREQ=SECONDLY is not supported; the finest frequency is MINUTELY")
     if value not in _FREQS:

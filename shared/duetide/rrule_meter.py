@@ -84,12 +84,13 @@ class _StepProbe(tuple[int, ...]):
 
 def meter(rule: rrule, m: Meter) -> rrule:
     """Make ``rule`` charge ``m`` as it iterates (see the module docstring); returns it."""
-    period = _PeriodProbe(rule._bysetpos or ())
-    period.meter, period.weight = m, PERIOD_WORK[rule._freq] * (1 + len(period))
-    rule._bysetpos = period
+    parts = vars(rule)  # dateutil's parsed parts: private, so its stubs do not declare them
+    period = _PeriodProbe(parts["_bysetpos"] or ())
+    period.meter, period.weight = m, PERIOD_WORK[parts["_freq"]] * (1 + len(period))
+    parts["_bysetpos"] = period
     for name in ("_byhour", "_byminute"):
-        if getattr(rule, name):
-            step = _StepProbe(getattr(rule, name))
+        if parts[name]:
+            step = _StepProbe(parts[name])
             step.meter = m
-            setattr(rule, name, step)
+            parts[name] = step
     return rule

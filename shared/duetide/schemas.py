@@ -23,8 +23,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 from duetide import models
+from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, TaskStatus
 
 SERVER_OWNED = frozenset(
     {"id", "owner", "owner_id", "user_id", "created_at", "updated_at", "completed_at"}
@@ -153,9 +155,9 @@ class RecurrenceIn(RequestModel):
     count: Count | None = None
     until: Until | None = None
     timezone: Annotated[str, StringConstraints(max_length=64)] = "UTC"
-    mode: Literal["schedule", "completion"] = "schedule"
-    month_end: Literal["skip", "clamp"] = "skip"
-    catch_up: Literal["next_in_series", "next_future"] = "next_in_series"
+    mode: Mode = "schedule"
+    month_end: MonthEnd = "skip"
+    catch_up: CatchUp = "next_in_series"
 
     @model_validator(mode="after")
     def _one_form(self) -> RecurrenceIn:
@@ -189,8 +191,8 @@ class ReminderIn(RequestModel):
 
 
 # `due_at` (not null) is required by a recurrence and by a `before_due` reminder.
-_NEEDS_DUE = {"required": ["due_at"], "properties": {"due_at": {"type": "string"}}}
-_TASK_CREATE_RULES = {
+_NEEDS_DUE: JsonDict = {"required": ["due_at"], "properties": {"due_at": {"type": "string"}}}
+_TASK_CREATE_RULES: JsonDict = {
     "allOf": [
         {
             "if": {"required": ["recurrence"], "properties": {"recurrence": {"type": "object"}}},
@@ -243,7 +245,7 @@ class TaskUpdate(RequestModel):
     title: Title = None  # type: ignore[assignment]
     description: Description = None  # type: ignore[assignment]
     priority: Priority = None  # type: ignore[assignment]
-    tags: list[Tag] = Field(None, max_length=MAX_TAGS)  # type: ignore[assignment]
+    tags: list[Tag] = Field(None, max_length=MAX_TAGS)  # type: ignore[arg-type]
     due_at: Instant | None = None
 
 
@@ -254,11 +256,10 @@ class SeriesUpdate(RequestModel):
     title: Title = None  # type: ignore[assignment]
     description: Description = None  # type: ignore[assignment]
     priority: Priority = None  # type: ignore[assignment]
-    tags: list[Tag] = Field(None, max_length=MAX_TAGS)  # type: ignore[assignment]
+    tags: list[Tag] = Field(None, max_length=MAX_TAGS)  # type: ignore[arg-type]
 
 
 ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
-Channel = Literal["log", "webhook", "email"]
 
 
 class QuietHours(RequestModel):
@@ -309,7 +310,7 @@ class SnoozeIn(RequestModel):
 
 
 class TaskQuery(RequestModel):
-    status: Literal["open", "done"] | None = None
+    status: TaskStatus | None = None
     priority: Priority | None = None
     tag: Tag | None = None
     due_before: Instant | None = None

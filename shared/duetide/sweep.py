@@ -62,18 +62,21 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
         result.seen = len(rows)
         prefs = _preferences(session, {task.owner for _, task in rows})
         for reminder, task in rows:
+            fire_at = reminder.fire_at
+            assert fire_at is not None  # `fire_at <= now` matches no NULL
             pref = prefs[task.owner]
             window = preferences.quiet_window(pref)
             if window is not None:
-                reminder.fire_at = defer_for_quiet_hours(reminder.fire_at, pref.timezone, *window)
-                if reminder.fire_at > now:
+                fire_at = defer_for_quiet_hours(fire_at, pref.timezone, *window)
+                reminder.fire_at = fire_at
+                if fire_at > now:
                     session.add(reminder)  # deferred to the end of quiet hours
                     result.deferred += 1
                     continue
-            late = is_missed(reminder.fire_at, now, preferences.grace(pref))
+            late = is_missed(fire_at, now, preferences.grace(pref))
             reminder.state, reminder.fired_at = ("missed" if late else "fired"), now
             session.add(reminder)
-            _emit(session, reminder, task, late)
+            _emit(session, reminder, task, fire_at, late)
             result.missed += late
             result.fired += not late
     return result
@@ -85,14 +88,14 @@ def _preferences(session: Session, owners: set[str]) -> dict[str, Preference]:
     return {owner: found.get(owner) or Preference(owner=owner) for owner in owners}
 
 
-def _emit(session: Session, reminder: Reminder, task: Task, late: bool) -> None:
+def _emit(session: Session, reminder: Reminder, task: Task, fire_at: datetime, late: bool) -> None:
     data = events.ReminderEvent(
         reminder_id=reminder.id,
         task_id=task.id,
         owner=task.owner,
         title=task.title,
         due_at=task.due_at,
-        scheduled_at=reminder.fire_at,
+        scheduled_at=fire_at,
     ).model_dump(mode="json")
     event_type = events.REMINDER_MISSED if late else events.REMINDER_DUE
     outbox.record(session, type=event_type, key=task.id, data=data, source=events.SOURCE_SWEEP)

@@ -62,7 +62,8 @@ def lock_task(session: Session, owner: str, task_id: str) -> tuple[Task, Series 
     ).first()
     if found is None:
         raise NotFound(f"no task {task_id}")
-    series = series_rules.lock(session, found.series_id, owner) if found.series_id else None
+    _, series_id = found
+    series = series_rules.lock(session, series_id, owner) if series_id else None
     task = session.exec(
         select(Task)
         .where(Task.id == task_id, Task.owner == owner)
@@ -212,6 +213,7 @@ def _withdraw_later_occurrences(session: Session, task: Task) -> list[str]:
         session.delete(row)
     series = session.get(Series, task.series_id)
     if series is not None and series.last_index > index:
+        assert task.scheduled_at is not None  # an occurrence always has its scheduled time
         series.last_index, series.last_at = index, task.scheduled_at
         session.add(series)
     return ids

@@ -188,6 +188,6 @@ def test_posted_commands_without_a_valid_token_or_of_unknown_type_are_refused(
     assert post(running, event, Authorization="Bearer not-a-token").status_code == 401
     assert post(running, event, structured=True).status_code == 401
     unknown = command(f"u-{tag}", "dev.duetide.task.archive.v1", {"task_id": "x"})
-    answer = post(running, unknown, **running.auth)
+    answer = post(running, unknown, Authorization=running.auth["Authorization"])
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_cloudevent"
     assert running.tasks(tag) == []

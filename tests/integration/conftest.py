@@ -47,7 +47,7 @@ def env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     _reset_caches()
     with db.session_scope() as session:
         for table in reversed(SQLModel.metadata.sorted_tables):
-            session.exec(text(f"DELETE FROM {table.name}"))
+            session.execute(text(f"DELETE FROM {table.name}"))
     yield database_url
     db.get_engine().dispose()
     _reset_caches()

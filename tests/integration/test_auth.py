@@ -17,10 +17,13 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import binary
+from tests.support import json_of
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "duetide-api"
-KEYS = {
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+# (key, JWS alg, the pyjwt algorithm class: each one's to_jwk takes its own kind of key)
+KEYS: dict[str, tuple[PrivateKey, str, Any]] = {
     "rsa": (rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256", RSAAlgorithm),
     "ec": (ec.generate_private_key(ec.SECP256R1()), "ES256", ECAlgorithm),
     "ed": (ed25519.Ed25519PrivateKey.generate(), "EdDSA", OKPAlgorithm),
@@ -145,7 +148,7 @@ def test_bad_tokens_are_401_never_500(jwks, name):
     headers = {"Authorization": f"Bearer {value}"} if value else {}
     response = function_client("tasks").get("/tasks", headers=headers)
     assert response.status_code == 401, (name, response.json)
-    assert response.json["error"]["code"] == "unauthorized"
+    assert json_of(response)["error"]["code"] == "unauthorized"
     assert "Bearer" in response.headers["WWW-Authenticate"]
 
 
@@ -192,4 +195,4 @@ def test_event_endpoints_can_require_knatives_sender_identity(jwks, monkeypatch)
     assert response.status_code == 401
     good = token(aud="duetide-recurrence", sub="system:serviceaccount:default:kafkasource")
     response = sink.post("/", headers={**headers, "Authorization": f"Bearer {good}"}, data=body)
-    assert response.status_code == 200 and response.json["status"] == "ignored"
+    assert response.status_code == 200 and json_of(response)["status"] == "ignored"

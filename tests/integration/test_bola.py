@@ -18,6 +18,7 @@ from sqlmodel import SQLModel
 from duetide import db
 from duetide.models import Notification, utcnow
 from duetide.openapi import document
+from tests.support import json_of
 
 # Bob writes too, so his per-minute write counter legitimately moves.
 UNCHANGED_TABLES = [t for t in SQLModel.metadata.sorted_tables if t.name != "rate_window"]
@@ -84,7 +85,7 @@ def own_objects(client: FlaskClient, headers: dict[str, str], who: str) -> dict[
         headers=headers,
     )
     assert response.status_code == 201, response.json
-    task = response.json
+    task = json_of(response)
     return {
         "task_id": task["id"],
         "series_id": task["series_id"],
@@ -153,7 +154,7 @@ def test_lists_never_show_another_users_rows(
     for path in LISTS:
         response = client.get(path, headers=bob)
         assert response.status_code == 200, (path, response.json)
-        listed = {item["id"] for item in response.json["items"]}
+        listed = {item["id"] for item in json_of(response)["items"]}
         assert listed, f"{path}: bob's own rows are missing"
         assert listed <= set(rows["bob"].values()), path
         assert not listed & alices, path
@@ -175,5 +176,5 @@ def test_a_command_cannot_complete_another_users_task(
     response = client.post("/commands", json=event, headers=headers)
 
     assert response.status_code == 404, response.json
-    assert response.json["error"]["code"] == "not_found"
+    assert json_of(response)["error"]["code"] == "not_found"
     assert snapshot() == before

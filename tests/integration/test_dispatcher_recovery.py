@@ -29,7 +29,7 @@ def poison(broker_servers: str, topic: str, event_id: str) -> None:
     client = KafkaProducer(bootstrap_servers=broker_servers, linger_ms=0)
     try:
         headers = ce_headers(specversion="1.0", id=event_id, type="t", source="/s")
-        produce(client, topic, b"{}", key=event_id.encode(), **headers)
+        produce(client, topic, b"{}", event_id.encode(), **headers)
     finally:
         client.close(timeout=5)
 

@@ -15,6 +15,7 @@ from sqlmodel import func, select
 from duetide import db, events
 from duetide.models import Notification, Outbox, ProcessedEvent, Reminder, Task, utcnow
 from tests.integration.conftest import function_client
+from tests.support import json_of
 
 
 def binary(event_type: str, data: Any, event_id: str | None = None, source: str = "/test"):
@@ -173,7 +174,7 @@ def test_malformed_cloudevents_get_4xx_json_and_write_nothing(
 ):
     response = function_client(name).post("/", headers=headers, data=body)
     assert response.status_code == status, response.json
-    assert response.json["error"]["code"] == code
+    assert json_of(response)["error"]["code"] == code
     assert count(ProcessedEvent) == 0 and count(Task) == 0
 
 
@@ -192,7 +193,7 @@ def test_event_with_invalid_data_for_its_type_is_400(env, name, event_type):
 def test_sinks_answer_405_to_other_methods_and_200_to_health(env, name):
     sink = function_client(name)
     assert sink.get("/").status_code == 405
-    assert sink.put("/", data=b"{}").json["error"]["code"] == "method_not_allowed"
+    assert json_of(sink.put("/", data=b"{}"))["error"]["code"] == "method_not_allowed"
     assert sink.get("/healthz").status_code == 200
 
 

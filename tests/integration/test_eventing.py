@@ -214,7 +214,7 @@ def dispatcher(
 
 
 def produce(
-    producer: KafkaProducer, topic: str, value: bytes, key: bytes | None = None, **headers: str
+    producer: KafkaProducer, topic: str, value: bytes, key: bytes | None = None, /, **headers: str
 ) -> None:
     wire = [(name, text.encode()) for name, text in headers.items()]
     producer.send(topic, value=value, key=key, headers=wire).get(timeout=10)

@@ -105,7 +105,7 @@ def test_commands_have_the_same_body_limit(small_bodies, alice):
 
 # --- field lengths and list sizes ---------------------------------------------------------
 
-TOO_LONG = {
+TOO_LONG: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "title": ({"title": "x" * 501}, {"title": "x" * 500}),
     "description": ({"description": "x" * 10_001}, {"description": "x" * 10_000}),
     "tags": ({"tags": [f"t{i}" for i in range(MAX_TAGS + 1)]}, {"tags": ["t"] * MAX_TAGS}),
@@ -191,6 +191,7 @@ def test_a_page_holds_at_most_limit_items(client, alice, path):
         create(client, alice, due_at=DUE, reminders=reminders, recurrence={"frequency": "daily"})
     with db.session_scope() as session:
         for task in session.exec(select(Task)).all():
+            assert task.due_at is not None
             session.add(
                 Notification(
                     owner="alice",

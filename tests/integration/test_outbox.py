@@ -6,6 +6,7 @@ import time
 
 import pytest
 from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
 from sqlmodel import col, select
 
 from duetide import db, events, outbox
@@ -31,7 +32,9 @@ def use_broker(monkeypatch, servers: str) -> None:
     _reset_caches()
 
 
-def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) -> list:
+def consume(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0
+) -> list[ConsumerRecord]:
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -40,7 +43,8 @@ def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) 
         consumer_timeout_ms=500,
         **consumer_settings(),
     )
-    records, deadline = [], time.monotonic() + timeout_s
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout_s
     try:
         while len(records) < expected and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -297,6 +297,12 @@ def test_webhook_refusal_is_recorded_as_failed_not_retried(client, alice, env, r
     assert (row.channel, row.status) == ("webhook", "failed")
 
 
+class Captures(Protocol):
+    """An SMTP handler that keeps the envelopes it received (`Inbox`, or a test's own)."""
+
+    messages: list[Any]
+
+
 class Inbox:
     def __init__(self) -> None:
         self.messages: list[Any] = []
@@ -313,7 +319,7 @@ def confirmation_code(envelope: Any) -> str:
     return found.group(1).decode()
 
 
-def verify_email_by_mail(client, headers, inbox: Inbox, address: str) -> dict[str, Any]:
+def verify_email_by_mail(client, headers, inbox: Captures, address: str) -> dict[str, Any]:
     """Set `address` and confirm it the way a user does: the code from the mail."""
     changed = client.patch("/preferences", json={"email": address}, headers=headers)
     assert changed.status_code == 200 and not changed.json["email_verified"], changed.json

@@ -9,11 +9,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy import text
-from sqlmodel import SQLModel, select
+from sqlmodel import SQLModel, col, select
 
 from duetide import db, events
 from duetide.models import Outbox
 from tests.integration.conftest import auth_headers, function_client
+from tests.support import json_of
 
 
 class Bus:
@@ -27,7 +28,7 @@ class Bus:
             rows = session.exec(
                 select(Outbox)
                 .where(Outbox.type == events.TASK_COMPLETED)
-                .order_by(Outbox.created_at)
+                .order_by(col(Outbox.created_at))
             ).all()
             return [(row.id, row.data) for row in rows]
 
@@ -310,7 +311,7 @@ class SeriesMachine(RuleBasedStateMachine):
     def start(self) -> None:
         with db.session_scope() as session:
             for table in reversed(SQLModel.metadata.sorted_tables):
-                session.exec(text(f"DELETE FROM {table.name}"))
+                session.execute(text(f"DELETE FROM {table.name}"))
         self.client = function_client("tasks")
         self.headers = auth_headers("alice")
         self.bus = Bus()
@@ -338,9 +339,9 @@ class SeriesMachine(RuleBasedStateMachine):
 
     @rule(pick=st.integers(0, 1000))
     def reopen_one(self, pick: int) -> None:
-        items = self.client.get(
-            f"/tasks?series_id={self.series_id}&status=done", headers=self.headers
-        ).json["items"]
+        items = json_of(
+            self.client.get(f"/tasks?series_id={self.series_id}&status=done", headers=self.headers)
+        )["items"]
         if items:
             response = self.client.post(
                 f"/tasks/{items[pick % len(items)]['id']}/reopen", headers=self.headers

@@ -101,7 +101,9 @@ class Driver:
 def completed_events(series_id: str | None) -> list[tuple[str, dict[str, Any]]]:
     with db.session_scope() as session:
         rows = session.exec(
-            select(Outbox).where(Outbox.type == events.TASK_COMPLETED).order_by(Outbox.created_at)
+            select(Outbox)
+            .where(Outbox.type == events.TASK_COMPLETED)
+            .order_by(col(Outbox.created_at))
         ).all()
     return [
         (row.id, row.data)
@@ -232,10 +234,10 @@ def backend_pid(session: Any) -> int:
 
 def blocked_by(pid: int) -> bool:
     with db.session_scope() as session:
-        waiting = session.exec(
+        waiting = session.execute(
             text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
-            params={"pid": pid},
-        ).one()[0]
+            {"pid": pid},
+        ).scalar_one()
     return waiting > 0
 
 
@@ -263,7 +265,7 @@ def hold_then_race(first: Callable[[Any], Any], second: Callable[[], int]) -> in
 def occurrences(series_id: str) -> list[tuple[int | None, str]]:
     with db.session_scope() as session:
         rows = session.exec(
-            select(Task).where(Task.series_id == series_id).order_by(Task.occurrence_index)
+            select(Task).where(Task.series_id == series_id).order_by(col(Task.occurrence_index))
         ).all()
     return [(t.occurrence_index, t.status) for t in rows]
 

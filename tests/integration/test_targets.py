@@ -55,7 +55,7 @@ class Mailbox:
 
     def parsed(self, index: int) -> email.message.EmailMessage:
         raw = self.messages[index].content
-        return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+        return email.message_from_bytes(raw, policy=email.policy.default)
 
 
 @dataclass

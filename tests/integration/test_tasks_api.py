@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from duetide import db, events
 from duetide.models import Outbox, Task
@@ -21,7 +21,7 @@ def create(client: Any, headers: dict[str, str], **fields: Any) -> dict[str, Any
 
 def outbox_types() -> list[str]:
     with db.session_scope() as session:
-        rows = session.exec(select(Outbox).order_by(Outbox.created_at)).all()
+        rows = session.exec(select(Outbox).order_by(col(Outbox.created_at))).all()
         return [row.type for row in rows]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlmodel import col, select
+
 from duetide import db
 from duetide.models import Task
 from tests.integration.conftest import auth_headers
@@ -41,5 +43,5 @@ def test_concurrent_read_then_write_requests_all_succeed(client):
     refused = [s for statuses in results for s in statuses if s != 200]
     assert refused == [], f"{len(refused)} of {WRITERS * ROUNDS * 3} writes refused: {refused}"
     with db.session_scope(read_only=True) as session:
-        titles = {session.get(Task, task_id).title for task_id in ids}
-    assert titles == {f"r{ROUNDS - 1}"}
+        titles = session.exec(select(Task.title).where(col(Task.id).in_(ids))).all()
+    assert len(titles) == len(ids) and set(titles) == {f"r{ROUNDS - 1}"}

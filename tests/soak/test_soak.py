@@ -216,13 +216,15 @@ def _completed_without_successor() -> list[str]:
             .join(Series, col(Series.id) == col(Task.series_id))
             .where(Series.status == "active")
         ).all()
+    # Joined on `series_id`, so it is never NULL here.
+    occurrences = [(task_id, s, index or 0, status) for task_id, s, index, status in rows if s]
     latest: dict[str, int] = {}
-    for _id, series_id, index, _status in rows:
-        latest[series_id] = max(latest.get(series_id, -1), index or 0)
+    for _id, series_id, index, _status in occurrences:
+        latest[series_id] = max(latest.get(series_id, -1), index)
     return [
         task_id
-        for task_id, series_id, index, status in rows
-        if status == "done" and (index or 0) >= latest[series_id]
+        for task_id, series_id, index, status in occurrences
+        if status == "done" and index >= latest[series_id]
     ]
 
 
@@ -245,7 +247,7 @@ def test_the_stack_keeps_its_contracts_while_its_parts_die(stack: Stack):
     series_ids: dict[str, list[str]] = {user: [] for user in USERS}
     for n in range(SERIES):
         user = USERS[n % len(USERS)]
-        body = {
+        body: dict[str, Any] = {
             "title": f"series {n}",
             "due_at": (start - timedelta(days=40 - n)).isoformat(),
             "recurrence": {"rrule": "FREQ=DAILY", "timezone": "Europe/Berlin"},

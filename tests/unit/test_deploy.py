@@ -13,7 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,7 +214,9 @@ def test_kn_mode_patches_what_the_kafka_plugin_cannot_set(
         assert spec["ordering"] == source.ordering
         delivery = {k: v for k, v in spec["delivery"].items() if v is not None}
         assert delivery == docs[source.name]["spec"]["delivery"]
-        assert delivery["deadLetterSink"]["ref"]["name"] == source.delivery.dead_letter_sink.name
+        dead_letter_sink = source.delivery.dead_letter_sink
+        assert dead_letter_sink is not None
+        assert delivery["deadLetterSink"]["ref"]["name"] == dead_letter_sink.name
     assert patches["duetide-commands"]["spec"]["sink"]["uri"] == "/commands"
 
 
@@ -448,7 +450,7 @@ def test_a_broken_reference_in_the_manifests_stops_before_any_command(
 class FakeCluster:
     """Records what would run; `describe` succeeds for `existing`, `failing` commands fail."""
 
-    def __init__(self, existing: set[str] = frozenset(), failing: str = "") -> None:
+    def __init__(self, existing: Set[str] = frozenset(), failing: str = "") -> None:
         self.existing = existing
         self.failing = failing
         self.ran: list[tuple[list[str], str]] = []

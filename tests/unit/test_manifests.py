@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,7 @@ def _unknown_fields(node: Any, schema: Any, path: str) -> list[str]:
     )
     errors = []
     for key, value in node.items():
-        if closed and key not in properties:
+        if closed and key not in (properties or {}):
             errors.append(f"{path}.{key}: field not declared in the schema")
         else:
             errors += _unknown_fields(value, (properties or {}).get(key, extra), f"{path}.{key}")
@@ -239,9 +239,9 @@ def test_every_kind_in_the_manifests_is_validated() -> None:
     }
 
 
-def _set(path: list[str | int], value: Any) -> Callable[[Doc], None]:
+def _set(path: Sequence[str | int], value: Any) -> Callable[[Doc], None]:
     def mutate(doc: Doc) -> None:
-        node = doc
+        node: Any = doc
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
@@ -249,9 +249,9 @@ def _set(path: list[str | int], value: Any) -> Callable[[Doc], None]:
     return mutate
 
 
-def _rename(path: list[str | int], old: str, new: str) -> Callable[[Doc], None]:
+def _rename(path: Sequence[str | int], old: str, new: str) -> Callable[[Doc], None]:
     def mutate(doc: Doc) -> None:
-        node = doc
+        node: Any = doc
         for key in path:
             node = node[key]
         node[new] = node.pop(old)
@@ -260,7 +260,15 @@ def _rename(path: list[str | int], old: str, new: str) -> Callable[[Doc], None]:
 
 
 TEMPLATE_SPEC = ["spec", "template", "spec"]
-CRONJOB_CONTAINER = ["spec", "jobTemplate", "spec", "template", "spec", "containers", 0]
+CRONJOB_CONTAINER: list[str | int] = [
+    "spec",
+    "jobTemplate",
+    "spec",
+    "template",
+    "spec",
+    "containers",
+    0,
+]
 
 
 @pytest.mark.parametrize(

@@ -16,16 +16,16 @@ NEW_YORK = ZoneInfo("America/New_York")
 NIGHT = (time(22, 0), time(7, 0))
 
 
-def berlin(*args: int, fold: int = 0) -> datetime:
-    return datetime(*args, tzinfo=BERLIN, fold=fold)
+def berlin(y: int, mo: int, d: int, h: int = 0, mi: int = 0, *, fold: int = 0) -> datetime:
+    return datetime(y, mo, d, h, mi, tzinfo=BERLIN, fold=fold)
 
 
-def new_york(*args: int, fold: int = 0) -> datetime:
-    return datetime(*args, tzinfo=NEW_YORK, fold=fold)
+def new_york(y: int, mo: int, d: int, h: int = 0, mi: int = 0, *, fold: int = 0) -> datetime:
+    return datetime(y, mo, d, h, mi, tzinfo=NEW_YORK, fold=fold)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> datetime:
+    return datetime(y, mo, d, h, mi, s, tzinfo=UTC)
 
 
 # --- plain days -------------------------------------------------------------------------

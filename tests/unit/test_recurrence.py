@@ -6,6 +6,7 @@ properties checked against plain python-dateutil iteration from DTSTART (the ora
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from itertools import pairwise
@@ -713,7 +714,7 @@ def test_next_does_not_iterate_from_dtstart(monkeypatch: pytest.MonkeyPatch) -> 
             starts.append(kwargs["dtstart"])  # type: ignore[arg-type]
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
-        def __iter__(self):  # type: ignore[no-untyped-def]
+        def __iter__(self) -> Iterator[datetime]:
             for item in super().__iter__():
                 produced.append(item)
                 yield item

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import UTC, date, datetime, timedelta
+from typing import Literal, TypedDict
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -25,6 +26,17 @@ WEEKDAYS = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]
 NEW_YORK = ZoneInfo("America/New_York")
 
 
+class Rule(TypedDict):
+    """A MONTHLY/YEARLY rule as parts; BYDAY entries are (ordinal or None, weekday 0-6)."""
+
+    FREQ: Literal["MONTHLY", "YEARLY"]
+    INTERVAL: int
+    BYMONTH: set[int]
+    BYMONTHDAY: set[int]
+    BYDAY: list[tuple[int | None, int]]
+    BYSETPOS: set[int]
+
+
 # --- reference expander -----------------------------------------------------------------------
 
 
@@ -33,7 +45,7 @@ def nth_in(day: date, first: date, last: date) -> tuple[int, int]:
     return (day - first).days // 7 + 1, -((last - day).days // 7 + 1)
 
 
-def day_matches(rule: dict[str, object], day: date) -> bool:
+def day_matches(rule: Rule, day: date) -> bool:
     months, monthdays, byday = rule["BYMONTH"], rule["BYMONTHDAY"], rule["BYDAY"]
     if months and day.month not in months:
         return False
@@ -52,10 +64,10 @@ def day_matches(rule: dict[str, object], day: date) -> bool:
     return False
 
 
-def reference(rule: dict[str, object], start: date, end: date) -> list[date]:
+def reference(rule: Rule, start: date, end: date) -> list[date]:
     """Days of a MONTHLY/YEARLY rule from ``start`` (DTSTART first) to ``end``, day by day."""
     freq, interval = rule["FREQ"], rule["INTERVAL"]
-    rule = dict(rule)
+    rule = rule.copy()
     if not rule["BYMONTHDAY"] and not rule["BYDAY"]:  # RFC 5545: derived from DTSTART
         rule["BYMONTHDAY"] = {start.day}
         if freq == "YEARLY" and not rule["BYMONTH"]:
@@ -85,7 +97,7 @@ def reference(rule: dict[str, object], start: date, end: date) -> list[date]:
     return found
 
 
-def text(rule: dict[str, object]) -> str:
+def text(rule: Rule) -> str:
     parts = [f"FREQ={rule['FREQ']}"]
     if rule["INTERVAL"] > 1:
         parts.append(f"INTERVAL={rule['INTERVAL']}")
@@ -103,9 +115,9 @@ def text(rule: dict[str, object]) -> str:
 
 
 @st.composite
-def rules(draw: st.DrawFn, wide_ordinals: bool = False) -> dict[str, object]:
+def rules(draw: st.DrawFn, wide_ordinals: bool = False) -> Rule:
     """MONTHLY/YEARLY rules with BYDAY lists mixing plain and numbered weekdays."""
-    freq = draw(st.sampled_from(["MONTHLY", "YEARLY"]))
+    freq: Literal["MONTHLY", "YEARLY"] = draw(st.sampled_from(["MONTHLY", "YEARLY"]))
     months = draw(st.sets(st.integers(1, 12), max_size=3))
     yearly_scope = freq == "YEARLY" and not months
     if wide_ordinals:
@@ -138,7 +150,7 @@ START_DAYS = st.dates(date(2024, 1, 1), date(2027, 12, 31))
 
 @settings(max_examples=300, deadline=None)
 @given(rule=rules(), start=START_DAYS)
-def test_mixed_byday_lists_are_sets(rule: dict[str, object], start: date) -> None:
+def test_mixed_byday_lists_are_sets(rule: Rule, start: date) -> None:
     end = start + timedelta(days=3 * 366)
     try:
         series = parse(
@@ -155,9 +167,7 @@ def test_mixed_byday_lists_are_sets(rule: dict[str, object], start: date) -> Non
 
 @settings(max_examples=200, deadline=None)
 @given(rule=rules(wide_ordinals=True), start=START_DAYS)
-def test_ordinals_past_the_period_are_refused_and_the_rest_expand(
-    rule: dict[str, object], start: date
-) -> None:
+def test_ordinals_past_the_period_are_refused_and_the_rest_expand(rule: Rule, start: date) -> None:
     scope = 5 if rule["FREQ"] == "MONTHLY" or rule["BYMONTH"] else 53
     never = [n for n, _ in rule["BYDAY"] if n is not None and abs(n) > scope]
     dtstart = datetime.combine(start, datetime.min.time(), UTC).replace(hour=9)

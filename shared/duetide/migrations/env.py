@@ -12,6 +12,8 @@ target_metadata = SQLModel.metadata
 
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no sqlalchemy.url: run the migrations through duetide.migrate")
     engine = make_engine(url)
     with engine.connect() as connection:
         context.configure(

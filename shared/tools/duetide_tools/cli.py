@@ -211,7 +211,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_deadletters(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_deadletters(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from duetide_tools.deadletters import DEFAULT_TOPIC
 
     dead = sub.add_parser(

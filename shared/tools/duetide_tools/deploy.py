@@ -378,7 +378,8 @@ def _config_steps(project: Project, namespace: str) -> list[Step]:
     for secret in project.of_kind("Secret"):
         name = secret["metadata"]["name"]
         literals = " ".join(
-            f"--from-literal={key}=..." for key in secret.get("stringData", secret.get("data", {}))
+            f"--from-literal={key}=..."
+            for key in secret.get("stringData") or secret.get("data") or {}
         )
         steps.append(
             Step(
@@ -425,18 +426,23 @@ class _Fields:
     def take(self, *path: str | int, default: Any = None) -> Any:
         node: Any = self.doc
         for key in path[:-1]:
-            if not isinstance(node, dict | list):
+            if not _has(node, key):
                 return default
-            try:
-                node = node[key]
-            except (KeyError, IndexError):
-                return default
+            node = node[key]
         if isinstance(node, dict):
             return node.pop(path[-1], default)
         return default
 
     def leftover(self) -> list[str]:
         return _leaf_paths(self.doc, "")
+
+
+def _has(node: Any, key: str | int) -> bool:
+    """Whether `node[key]` is there: a key of a mapping or an index of a list (a name
+    where the document has a list, or the reverse, is not there rather than an error)."""
+    if isinstance(node, dict):
+        return key in node
+    return isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node)
 
 
 def _leaf_paths(node: Any, path: str) -> list[str]:

@@ -8,7 +8,7 @@ Create Date: 2026-11-23 09:27:33.961274
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import duetide.models

@@ -8,7 +8,7 @@ Create Date: 2026-11-23 09:34:00.938278
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = "0004"

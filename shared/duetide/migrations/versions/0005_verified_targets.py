@@ -11,7 +11,7 @@ confirmation is sent to them until their owner confirms (the point of verifying)
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import duetide.models

@@ -13,7 +13,7 @@ its first `|` only when that leaves a user part, which a command row always has.
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import duetide.models

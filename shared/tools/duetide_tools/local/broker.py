@@ -35,7 +35,7 @@ class BrokerError(RuntimeError):
     """The embedded broker could not be found, started or reached; the message says why."""
 
 
-def consumer_settings() -> dict[str, int]:
+def consumer_settings() -> dict[str, Any]:
     """Consumer-group tuning for the embedded broker (local stack and tests only).
 
     Tansu completes a group join in about half of `session_timeout_ms`; with

@@ -115,6 +115,7 @@ class HttpSink:
         self.url = url
         self.timeout_s = timeout_s
         self._parts = parts
+        self._host = parts.hostname
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._conn: http.client.HTTPConnection | None = None
         self._aborted = False
@@ -152,7 +153,7 @@ class HttpSink:
             if self._conn is None:
                 https = self._parts.scheme == "https"
                 cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
-                self._conn = cls(self._parts.hostname, self._parts.port, timeout=self.timeout_s)
+                self._conn = cls(self._host, self._parts.port, timeout=self.timeout_s)
             conn = self._conn
         if conn.sock is None:
             conn.connect()
@@ -645,7 +646,11 @@ class KafkaSourceDispatcher:
         if self._thread is not None:
             raise RuntimeError(f"KafkaSource {self.spec.name} dispatcher already started")
         self._consumer = KafkaConsumer(**self._consumer_kwargs())
-        self._consumer.subscribe(topics=list(self.spec.topics), listener=_RebalanceListener(self))
+        self._consumer.subscribe(
+            topics=list(self.spec.topics),
+            # kafka-python 3 takes an async listener; its stubs name only the sync kind.
+            listener=_RebalanceListener(self),  # type: ignore[arg-type]
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"kafkasource-{self.spec.name}", daemon=True
         )

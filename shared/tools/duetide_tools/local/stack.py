@@ -313,9 +313,14 @@ class Stack:
         self._stopping.set()
         with self._acting:
             pass
+        parts: list[PingTimer | KafkaSourceDispatcher] = [
+            *self.timers,
+            *self.dispatchers,
+            *self._retiring,
+        ]
         stoppers = [
             threading.Thread(target=part.stop, name=f"stop-{n}", daemon=True)
-            for n, part in enumerate([*self.timers, *self.dispatchers, *self._retiring])
+            for n, part in enumerate(parts)
         ]
         for stopper in stoppers:
             stopper.start()
