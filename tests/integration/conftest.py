@@ -63,6 +63,13 @@ def _reset_caches() -> None:
     outbox._publisher = None
 
 
+def use_broker(monkeypatch: pytest.MonkeyPatch, servers: str, timeout_s: float = 1.0) -> None:
+    """Point this process's publisher at `servers`: a fresh publisher, the only reset here."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+    monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", str(timeout_s))
+    _reset_caches()
+
+
 def function_client(name: str) -> FlaskClient:
     """The real functions-framework app of one function, driven through WSGI."""
     app = functions_framework.create_app(name, str(ROOT / "functions" / name / "main.py"))

@@ -13,6 +13,7 @@ from duetide import db, events, outbox
 from duetide.models import Outbox
 from duetide_tools.local.broker import consumer_settings, ensure_topics, free_loopback_port
 from duetide_tools.manifests import TopicSpec
+from tests.integration.conftest import use_broker
 
 
 @pytest.fixture
@@ -22,14 +23,6 @@ def topics(broker, unique_topic, monkeypatch, env):
     monkeypatch.setenv("DUETIDE_TOPIC_TASK_EVENTS", names["tasks"])
     monkeypatch.setenv("DUETIDE_TOPIC_REMINDERS", names["reminders"])
     return names
-
-
-def use_broker(monkeypatch, servers: str) -> None:
-    from tests.integration.conftest import _reset_caches
-
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
-    monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", "1")
-    _reset_caches()
 
 
 def consume(

@@ -21,16 +21,9 @@ from duetide import events, outbox
 from duetide_tools.local import broker as broker_module
 from duetide_tools.local.broker import LOOPBACK, EmbeddedBroker, ensure_topics, free_loopback_port
 from duetide_tools.manifests import TopicSpec
-from tests.integration.conftest import _reset_caches, function_client
+from tests.integration.conftest import _reset_caches, function_client, use_broker
 from tests.integration.test_reliability import ce_id, outbox_rows, pending, ping, read_topic
 from tests.support import wait_for
-
-
-def use_broker(monkeypatch: pytest.MonkeyPatch, servers: str, timeout_s: float = 1.0) -> None:
-    """Point the process's publisher at `servers`: a fresh publisher, the only reset here."""
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
-    monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", str(timeout_s))
-    _reset_caches()
 
 
 @pytest.fixture

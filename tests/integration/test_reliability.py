@@ -33,7 +33,7 @@ from duetide_tools.local import broker as broker_module
 from duetide_tools.local.broker import EmbeddedBroker, ensure_topics, free_loopback_port
 from duetide_tools.local.eventing import record_to_event
 from duetide_tools.manifests import TopicSpec
-from tests.integration.conftest import _reset_caches, auth_headers, function_client
+from tests.integration.conftest import _reset_caches, auth_headers, function_client, use_broker
 from tests.support import json_of
 
 DAILY = {
@@ -44,13 +44,6 @@ DAILY = {
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def use_broker(monkeypatch: pytest.MonkeyPatch, servers: str) -> None:
-    """Configure the process's publisher for `servers` (a fresh publisher)."""
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
-    monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", "1")
-    _reset_caches()
 
 
 @pytest.fixture
