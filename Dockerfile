@@ -34,7 +34,7 @@ RUN python -m compileall -q functions/
 # Numeric, so that the kubelet can check the Services' runAsNonRoot.
 USER 10001:10001
 EXPOSE 8080
-# duetide.serve runs functions-framework's app for the function behind uvicorn with
-# bounded requests (see shared/duetide/serve.py). sh -c for the variables; exec so that
+# duetide.web.serve runs functions-framework's app for the function behind uvicorn with
+# bounded requests (see shared/duetide/web/serve.py). sh -c for the variables; exec so that
 # the server gets SIGTERM.
-ENTRYPOINT ["/bin/sh", "-c", "exec python -m duetide.serve --source \"functions/${FUNCTION_TARGET:?set FUNCTION_TARGET to tasks, recurrence, sweep or notify}/main.py\" --target \"$FUNCTION_TARGET\" --host 0.0.0.0 --port \"${PORT:-8080}\""]
+ENTRYPOINT ["/bin/sh", "-c", "exec python -m duetide.web.serve --source \"functions/${FUNCTION_TARGET:?set FUNCTION_TARGET to tasks, recurrence, sweep or notify}/main.py\" --target \"$FUNCTION_TARGET\" --host 0.0.0.0 --port \"${PORT:-8080}\""]

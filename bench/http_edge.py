@@ -6,7 +6,7 @@ Servers compared (each one worker process, THREADS threads, SQLite):
 - `functions-framework` as it starts itself (the baseline: gunicorn gthread with
   `limit_request_line=0` and no request deadline);
 - `gthread+limits`: the same gunicorn worker with request line and header limits only;
-- `duetide.serve`: the launcher the image and the local stack use (see duetide/serve.py):
+- `duetide.web.serve`: the launcher the image and the local stack use (see duetide/web/serve.py):
   the same Flask app behind uvicorn, each request read whole (bounded) on the event loop
   before it takes one of the THREADS threads.
 functions-framework's own `--asgi` mode is not compared: it serves Starlette functions
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import requests
 
-from duetide import migrate
-from duetide.auth import issue_local_token
 from duetide.config import get_settings
+from duetide.storage import migrate
+from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import free_loopback_port
 from duetide_tools.local.stack import project_root
 
@@ -55,8 +55,8 @@ SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         "--host", "127.0.0.1", "--port", str(port),
     ],
     "gthread+limits": lambda src, port: [sys.executable, "-c", GTHREAD_LIMITS, src, str(port)],
-    "duetide.serve": lambda src, port: [
-        sys.executable, "-m", "duetide.serve", "--target", "tasks", "--source", src,
+    "duetide.web.serve": lambda src, port: [
+        sys.executable, "-m", "duetide.web.serve", "--target", "tasks", "--source", src,
         "--host", "127.0.0.1", "--port", str(port),
     ],
 }  # fmt: skip

@@ -7,9 +7,9 @@ Baseline: `BASELINE` (main before the work budgets; `DUETIDE_BENCH_BASELINE` to 
 checked out into a temporary git worktree, served and migrated with its own
 code on its own SQLite file. This branch refuses the rule at creation (422), so its series is
 created as FREQ=DAILY and the stored row then rewritten to the rule: a row stored before the
-density check, which the work budget must still hold. Each server: `duetide.serve`, one
+density check, which the work budget must still hold. Each server: `duetide.web.serve`, one
 worker, THREADS=10. Then the engine alone: CPU per work budget for rule shapes that are
-expensive per unit, which is what calibrates the units (`duetide/rrule_meter.py`).
+expensive per unit, which is what calibrates the units (`duetide/rules/rrule_meter.py`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import requests
 
-from duetide.auth import issue_local_token
 from duetide.config import get_settings
+from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import free_loopback_port
 from duetide_tools.local.stack import project_root
 
@@ -73,7 +73,7 @@ def serving(code: Path, home: Path) -> Iterator[str]:
     subprocess.run([sys.executable, "-c", migrate], env=env, check=True, cwd=code)
     port = free_loopback_port()
     source = str(code / "functions/tasks/main.py")
-    command = [sys.executable, "-m", "duetide.serve", "--target", "tasks", "--source", source,
+    command = [sys.executable, "-m", "duetide.web.serve", "--target", "tasks", "--source", source,
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(
         command, env=env, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -201,7 +201,7 @@ def calibration() -> dict[str, str]:
     """CPU seconds of one forecast that spends the whole budget (or 10,000 occurrences)."""
     script = (
         "import json, sys, time; from datetime import datetime, UTC;"
-        "from duetide.recurrence import SeriesRule;"
+        "from duetide.rules.recurrence import SeriesRule;"
         "out = {};"
         "cases = json.loads(sys.argv[1]);"
         "[out.__setitem__(name, None) for name in cases];"

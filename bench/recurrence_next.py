@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from dateutil.rrule import rrulestr
 
-from duetide.recurrence import parse
+from duetide.rules.recurrence import parse
 
 ZONE = ZoneInfo("Europe/Berlin")
 CASES = {

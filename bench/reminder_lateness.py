@@ -17,9 +17,9 @@ from pathlib import Path
 from sqlalchemy import func, insert
 from sqlmodel import select
 
-from duetide import db, migrate
 from duetide.config import get_settings
-from duetide.models import Notification, Reminder, Task
+from duetide.storage import db, migrate
+from duetide.storage.models import Notification, Reminder, Task
 from duetide_tools.local.broker import free_loopback_port
 from duetide_tools.local.stack import Stack, project_root
 
@@ -66,7 +66,7 @@ def _sweep_batches(log: Path) -> list[float]:
 
 def run() -> list[dict[str, object]]:
     home = Path(tempfile.mkdtemp(prefix="duetide-bench-"))
-    url = f"sqlite:///{home / 'duetide.db'}"
+    url = f"sqlite:///{home / 'duetide.storage.db'}"
     os.environ.update(DUETIDE_HOME=str(home), DATABASE_URL=url, KAFKA_BOOTSTRAP_SERVERS="")
     get_settings.cache_clear()
     db.get_engine.cache_clear()

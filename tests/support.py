@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from werkzeug.test import TestResponse
 
-from duetide import migrate
+from duetide.storage import migrate
 
 
 def wait_for(
@@ -45,7 +45,7 @@ def migrated_database(postgres_url: str | None, folder: Path) -> Iterator[str]:
     """A fresh database at the newest schema: a PostgreSQL schema of its own when
     `postgres_url` is given (a server that is not there fails the test), else SQLite."""
     if not postgres_url:
-        url = f"sqlite:///{folder / 'duetide.db'}"
+        url = f"sqlite:///{folder / 'duetide.storage.db'}"
         migrate.upgrade(url)
         yield url
         return

@@ -3,10 +3,11 @@
 import functions_framework
 from flask import Request, Response
 
-from duetide import entry, events
-from duetide import notify as notifier
-from duetide.models import utcnow
-from duetide.sink import Incoming, event_endpoint
+from duetide import events
+from duetide.services import notify as notifier
+from duetide.storage.models import utcnow
+from duetide.web import entry
+from duetide.web.sink import Incoming, event_endpoint
 
 entry.start("notify")
 

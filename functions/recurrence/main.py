@@ -4,9 +4,11 @@ import functions_framework
 from flask import Request, Response
 from sqlmodel import Session
 
-from duetide import entry, events, series
-from duetide.models import utcnow
-from duetide.sink import Incoming, event_endpoint, exactly_once
+from duetide import events
+from duetide.services import series
+from duetide.storage.models import utcnow
+from duetide.web import entry
+from duetide.web.sink import Incoming, event_endpoint, exactly_once
 
 entry.start("recurrence")
 

@@ -3,11 +3,13 @@
 import functions_framework
 from flask import Request, Response
 
-from duetide import entry, events, outbox
-from duetide import sweep as sweeper
+from duetide import events
 from duetide.config import get_settings
-from duetide.models import utcnow
-from duetide.sink import Incoming, event_endpoint
+from duetide.services import sweep as sweeper
+from duetide.storage import outbox
+from duetide.storage.models import utcnow
+from duetide.web import entry
+from duetide.web.sink import Incoming, event_endpoint
 
 entry.start("sweep")
 

@@ -3,7 +3,7 @@
 import functions_framework
 from flask import Request, Response
 
-from duetide import api, entry
+from duetide.web import api, entry
 
 entry.start("tasks")
 

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     duetide_topic_task_events: str = "duetide-task-events"
     duetide_topic_reminders: str = "duetide-reminders"
     duetide_max_body_bytes: int = Field(1_048_576, ge=1024)
-    # The HTTP edge (duetide.serve): what one client may hold of a function's server.
+    # The HTTP edge (duetide.web.serve): what one client may hold of a function's server.
     duetide_http_max_head_bytes: int = Field(
         16_384, ge=4096, le=1_048_576, description="Request line and headers together (431)."
     )
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.duetide_home / 'duetide.db'}"
+        return f"sqlite:///{self.duetide_home / 'duetide.storage.db'}"
 
     def jwt_secret(self) -> str:
         """The HS256 secret: from the environment, else generated once into DUETIDE_HOME."""

@@ -19,8 +19,8 @@ import requests
 from cloudevents.conversion import to_structured
 
 from duetide import events
-from duetide.auth import issue_local_token
 from duetide.config import get_settings
+from duetide.web.auth import issue_local_token
 from duetide_tools import deadletters
 from duetide_tools.local import stack as stack_module
 from duetide_tools.local.broker import free_loopback_port

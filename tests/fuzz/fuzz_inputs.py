@@ -2,7 +2,7 @@
 
 One input drives one of three paths, chosen by its first byte:
 
-- ``C``: a CloudEvent over HTTP, ``duetide.sink.decode`` on a Werkzeug request. The rest
+- ``C``: a CloudEvent over HTTP, ``duetide.web.sink.decode`` on a Werkzeug request. The rest
   of the input is HTTP-like text: ``name: value`` header lines, a blank line, the body.
 - ``R``: RRULE text through ``recurrence.parse``, then ``forecast`` and ``next``. The rest is
   NUL-separated: rule, zone, DTSTART (ISO 8601), mode, month_end, catch_up.
@@ -28,9 +28,10 @@ import atheris
 from flask import Request
 from werkzeug.test import EnvironBuilder
 
-# Imported first so that only the parsing code below is instrumented (a faster start).
-from duetide import auth, db, http, models  # noqa: F401
 from duetide.errors import InvalidCloudEvent, PayloadTooLarge, UnsupportedMediaType
+
+# Imported first so that only the parsing code below is instrumented (a faster start).
+from duetide.web import auth, http  # noqa: F401
 
 # Coverage instrumentation only when fuzzing: test_fuzz.py replays seeds in its own process.
 with (
@@ -38,7 +39,8 @@ with (
     if __name__ == "__main__"
     else contextlib.nullcontext()
 ):
-    from duetide import recurrence, sink
+    from duetide.rules import recurrence
+    from duetide.web import sink
 
 MAX_BODY = 4096
 SINK_ERRORS = (InvalidCloudEvent, PayloadTooLarge, UnsupportedMediaType)

@@ -17,9 +17,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from duetide import db
-from duetide.auth import issue_local_token
 from duetide.config import get_settings
+from duetide.storage import db
+from duetide.web.auth import issue_local_token
 from tests.support import migrated_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,8 @@ def env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 
 
 def _reset_caches() -> None:
-    from duetide import auth, outbox
+    from duetide.storage import outbox
+    from duetide.web import auth
 
     get_settings.cache_clear()
     auth.api_verifier.cache_clear()

@@ -63,7 +63,7 @@ def jwks(env, monkeypatch):
     monkeypatch.setenv("DUETIDE_JWT_ISSUER", ISSUER)
     monkeypatch.setenv("DUETIDE_JWT_AUDIENCE", AUDIENCE)
     _reset_caches()
-    from duetide import auth
+    from duetide.web import auth
 
     auth._jwks.cache_clear()
     yield url

@@ -15,9 +15,9 @@ import pytest
 from flask.testing import FlaskClient
 from sqlmodel import SQLModel
 
-from duetide import db
-from duetide.models import Notification, utcnow
-from duetide.openapi import document
+from duetide.storage import db
+from duetide.storage.models import Notification, utcnow
+from duetide.web.openapi import document
 from tests.support import json_of
 
 # Bob writes too, so his per-minute write counter legitimately moves.

@@ -12,8 +12,9 @@ import pytest
 from cloudevents.conversion import to_structured
 from sqlmodel import func, select
 
-from duetide import db, events
-from duetide.models import Notification, Outbox, ProcessedEvent, Reminder, Task, utcnow
+from duetide import events
+from duetide.storage import db
+from duetide.storage.models import Notification, Outbox, ProcessedEvent, Reminder, Task, utcnow
 from tests.integration.conftest import function_client
 from tests.support import json_of
 
@@ -254,11 +255,13 @@ def due_reminder_event(client, alice, title: str = "secret title") -> dict[str, 
 def test_notify_delivers_once_per_firing_and_lists_it(client, alice, bob, env, caplog):
     notify = function_client("notify")
     data = due_reminder_event(client, alice)
-    with caplog.at_level("INFO", logger="duetide.notify"):
+    with caplog.at_level("INFO", logger="duetide.services.notify"):
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
         # The same firing redelivered under another event id: still one notification.
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "duetide.notify"]
+    lines = [
+        json.loads(r.getMessage()) for r in caplog.records if r.name == "duetide.services.notify"
+    ]
     assert len(lines) == 1 and lines[0]["event"] == "notification.delivered"
     assert "secret title" not in caplog.text
     assert count(Notification) == 1

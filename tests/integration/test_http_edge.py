@@ -1,4 +1,4 @@
-"""The served functions' HTTP edge over real sockets: `python -m duetide.serve` (what the
+"""The served functions' HTTP edge over real sockets: `python -m duetide.web.serve` (what the
 image and the local stack run) on loopback, fed raw bytes.
 
 Request heads, bodies, read times and connections are bounded, and every refusal,
@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import requests
 
-from duetide import migrate
-from duetide.auth import issue_local_token
 from duetide.config import get_settings
+from duetide.storage import migrate
+from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import free_loopback_port
 from tests.support import wait_for
 
@@ -36,9 +36,9 @@ MAX_HEAD = 16_384
 
 @contextmanager
 def served(home: Path, **settings: str) -> Iterator[int]:
-    """The tasks function under duetide.serve on a free loopback port, on SQLite."""
+    """The tasks function under duetide.web.serve on a free loopback port, on SQLite."""
     home.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{home / 'duetide.db'}"
+    url = f"sqlite:///{home / 'duetide.storage.db'}"
     migrate.upgrade(url)
     port = free_loopback_port()
     env = {
@@ -52,7 +52,7 @@ def served(home: Path, **settings: str) -> Iterator[int]:
         **settings,
     }
     command = [
-        *(sys.executable, "-m", "duetide.serve"),
+        *(sys.executable, "-m", "duetide.web.serve"),
         *("--source", str(ROOT / "functions" / "tasks" / "main.py"), "--target", "tasks"),
         *("--host", "127.0.0.1", "--port", str(port)),
     ]
@@ -68,7 +68,7 @@ def served(home: Path, **settings: str) -> Iterator[int]:
             except requests.RequestException:
                 return False
 
-        wait_for(healthy, "duetide.serve to answer /healthz")
+        wait_for(healthy, "duetide.web.serve to answer /healthz")
         yield port
     finally:
         process.terminate()

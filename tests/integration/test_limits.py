@@ -20,9 +20,11 @@ import pytest
 from flask.testing import FlaskClient
 from sqlmodel import SQLModel, func, select
 
-from duetide import db, ratelimit, recurrence
-from duetide.models import Notification, Task
-from duetide.schemas import MAX_FORECAST, MAX_PAGE, MAX_REMINDERS_PER_TASK, MAX_TAGS
+from duetide.rules import recurrence
+from duetide.services import ratelimit
+from duetide.services.schemas import MAX_FORECAST, MAX_PAGE, MAX_REMINDERS_PER_TASK, MAX_TAGS
+from duetide.storage import db
+from duetide.storage.models import Notification, Task
 from tests.integration.conftest import _reset_caches, auth_headers, function_client
 
 DUE = "2031-03-02T09:00:00+01:00"

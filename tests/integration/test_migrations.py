@@ -12,7 +12,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
-from duetide import migrate
+from duetide.storage import migrate
 from tests.integration.conftest import BACKENDS, POSTGRES_URL
 from tests.support import libpq
 

@@ -9,8 +9,9 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlmodel import col, select
 
-from duetide import db, events, outbox
-from duetide.models import Outbox
+from duetide import events
+from duetide.storage import db, outbox
+from duetide.storage.models import Outbox
 from duetide_tools.local.broker import consumer_settings, ensure_topics, free_loopback_port
 from duetide_tools.manifests import TopicSpec
 from tests.integration.conftest import use_broker

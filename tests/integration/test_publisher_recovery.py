@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from duetide import events, outbox
+from duetide import events
+from duetide.storage import outbox
 from duetide_tools.local import broker as broker_module
 from duetide_tools.local.broker import LOOPBACK, EmbeddedBroker, ensure_topics, free_loopback_port
 from duetide_tools.manifests import TopicSpec

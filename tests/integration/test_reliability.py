@@ -26,8 +26,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, col, func, select
 
-from duetide import db, events, outbox, sweep
-from duetide.models import Notification, Outbox, ProcessedEvent, Task, utcnow
+from duetide import events
+from duetide.services import sweep
+from duetide.storage import db, outbox
+from duetide.storage.models import Notification, Outbox, ProcessedEvent, Task, utcnow
 from duetide_tools import topic_reader
 from duetide_tools.local import broker as broker_module
 from duetide_tools.local.broker import EmbeddedBroker, ensure_topics, free_loopback_port

@@ -19,9 +19,10 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import insert
 from sqlmodel import select
 
-from duetide import channels, db, events
-from duetide.models import Notification, Outbox, Reminder, Task, utcnow
-from duetide.sweep import sweep
+from duetide import channels, events
+from duetide.services.sweep import sweep
+from duetide.storage import db
+from duetide.storage.models import Notification, Outbox, Reminder, Task, utcnow
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import post

@@ -22,9 +22,9 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from duetide.auth import issue_local_token
 from duetide.config import Settings
-from duetide.openapi import PUBLIC, document
+from duetide.web.auth import issue_local_token
+from duetide.web.openapi import PUBLIC, document
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import BACKENDS, POSTGRES_URL, ROOT
 from tests.support import migrated_database
@@ -60,7 +60,7 @@ def server(served: Served) -> str:
 
 @pytest.fixture(scope="module")
 def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The tasks function served as in the image (duetide.serve) on a free loopback port."""
+    """The tasks function served as in the image (duetide.web.serve) on a free loopback port."""
     home = tmp_path_factory.mktemp("home")
     port = free_loopback_port()
     env = {
@@ -74,7 +74,7 @@ def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
     }
     log_path = home / "tasks.log"
     command = [
-        *(sys.executable, "-m", "duetide.serve"),
+        *(sys.executable, "-m", "duetide.web.serve"),
         *("--source", str(ROOT / "functions" / "tasks" / "main.py"), "--target", "tasks"),
         *("--host", "127.0.0.1", "--port", str(port)),
     ]

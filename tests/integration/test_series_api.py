@@ -11,8 +11,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from sqlalchemy import text
 from sqlmodel import SQLModel, col, select
 
-from duetide import db, events
-from duetide.models import Outbox
+from duetide import events
+from duetide.storage import db
+from duetide.storage.models import Outbox
 from tests.integration.conftest import auth_headers, function_client
 from tests.support import json_of
 

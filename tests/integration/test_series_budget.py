@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from duetide import db
-from duetide.models import Series
+from duetide.storage import db
+from duetide.storage.models import Series
 from tests.integration.test_series_api import bus, complete_open, open_occurrences, recurring
 
 __all__ = ["bus"]  # the fixture, imported for these tests

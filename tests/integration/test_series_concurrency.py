@@ -21,11 +21,12 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import col, select
 
-from duetide import db, events
-from duetide import series as series_ops
-from duetide import tasks as task_ops
+from duetide import events
 from duetide.config import get_settings
-from duetide.models import OccurrenceLog, Outbox, Series, Task, utcnow
+from duetide.services import series as series_ops
+from duetide.services import tasks as task_ops
+from duetide.storage import db
+from duetide.storage.models import OccurrenceLog, Outbox, Series, Task, utcnow
 from tests.integration.conftest import auth_headers, function_client
 from tests.support import wait_for
 

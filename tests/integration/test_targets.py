@@ -21,9 +21,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlmodel import select
 
-from duetide import channels, db, events
+from duetide import channels, events
 from duetide.config import get_settings
-from duetide.models import Notification, Preference, ProcessedEvent, utcnow
+from duetide.storage import db
+from duetide.storage.models import Notification, Preference, ProcessedEvent, utcnow
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import function_client
 from tests.integration.test_event_functions import post

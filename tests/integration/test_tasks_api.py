@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from duetide import db, events
-from duetide.models import Outbox, Task
+from duetide import events
+from duetide.storage import db
+from duetide.storage.models import Outbox, Task
 
 RENT = {"title": "Pay rent", "tags": ["home"], "due_at": "2026-12-01T09:00:00+01:00"}
 

@@ -22,8 +22,8 @@ import pytest
 import requests
 import yaml
 
-from duetide.auth import issue_local_token
 from duetide.config import Settings
+from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import free_loopback_port
 from duetide_tools.local.stack import Stack
 from duetide_tools.manifests import SinkRef

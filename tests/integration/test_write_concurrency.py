@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlmodel import col, select
 
-from duetide import db
-from duetide.models import Task
+from duetide.storage import db
+from duetide.storage.models import Task
 from tests.integration.conftest import auth_headers
 
 WRITERS, ROUNDS = 8, 6

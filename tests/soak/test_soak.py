@@ -33,9 +33,9 @@ import requests
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from duetide import db
-from duetide.auth import issue_local_token
-from duetide.models import Notification, Outbox, Reminder, Series, Task
+from duetide.storage import db
+from duetide.storage.models import Notification, Outbox, Reminder, Series, Task
+from duetide.web.auth import issue_local_token
 from duetide_tools import deadletters
 from duetide_tools.local.broker import free_loopback_port
 from duetide_tools.local.stack import Stack, project_root

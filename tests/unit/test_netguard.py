@@ -10,7 +10,13 @@ import socket
 
 import pytest
 
-from duetide.netguard import ResolutionFailed, Target, UnsafeDestination, check_url, host_allowed
+from duetide.channels.netguard import (
+    ResolutionFailed,
+    Target,
+    UnsafeDestination,
+    check_url,
+    host_allowed,
+)
 
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"

@@ -1,7 +1,7 @@
 """The OpenAPI document covers every route and is a valid OpenAPI 3.1 document."""
 
-from duetide.api import ROUTES
-from duetide.openapi import ENDPOINTS, document
+from duetide.web.api import ROUTES
+from duetide.web.openapi import ENDPOINTS, document
 
 
 def test_every_route_is_documented_and_nothing_else():

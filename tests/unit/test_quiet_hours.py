@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duetide.quiet_hours import MAX_SNOOZE, defer_for_quiet_hours, is_quiet, snooze_until
+from duetide.rules.quiet_hours import MAX_SNOOZE, defer_for_quiet_hours, is_quiet, snooze_until
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

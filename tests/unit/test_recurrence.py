@@ -1,4 +1,4 @@
-"""Specification of duetide.recurrence.
+"""Specification of duetide.rules.recurrence.
 
 Three layers: the RFC 5545 section 3.8.5.3 examples as a table, named rules, and hypothesis
 properties checked against plain python-dateutil iteration from DTSTART (the oracle).
@@ -17,8 +17,8 @@ from dateutil.rrule import rrule, rrulestr
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from duetide import recurrence
-from duetide.recurrence import (
+from duetide.rules import recurrence
+from duetide.rules.recurrence import (
     Next,
     Policy,
     RecurrenceError,

@@ -16,8 +16,8 @@ from dateutil.rrule import DAILY, MINUTELY, YEARLY, rrule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duetide import recurrence, rrule_meter
-from duetide.recurrence import (
+from duetide.rules import recurrence, rrule_meter
+from duetide.rules.recurrence import (
     DENSITY_OCCURRENCES,
     MAX_WORK,
     NEXT_WORK,
@@ -29,7 +29,7 @@ from duetide.recurrence import (
     forecast_budget,
     parse,
 )
-from duetide.rrule_meter import PERIOD_WORK, STEP_WORK, Meter, WorkExhausted
+from duetide.rules.rrule_meter import PERIOD_WORK, STEP_WORK, Meter, WorkExhausted
 
 ISSUE_RULE = "FREQ=MINUTELY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO;BYHOUR=0;BYMINUTE=0"
 BERLIN = ZoneInfo("Europe/Berlin")

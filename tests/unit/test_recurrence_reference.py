@@ -19,7 +19,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from duetide.recurrence import Policy, RecurrenceError, SeriesRule, parse
+from duetide.rules.recurrence import Policy, RecurrenceError, SeriesRule, parse
 from tests.unit.test_recurrence import series_cases
 
 WEEKDAYS = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from duetide.reminders import fire_time, is_missed
+from duetide.rules.reminders import fire_time, is_missed
 
 DUE = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 

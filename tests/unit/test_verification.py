@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from duetide import channels, verification
+from duetide import channels
+from duetide.channels import verification
 from duetide.errors import RateLimited
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

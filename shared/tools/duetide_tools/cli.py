@@ -21,8 +21,8 @@ def _home() -> Path:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from duetide.auth import issue_local_token
     from duetide.config import get_settings
+    from duetide.web.auth import issue_local_token
     from duetide_tools.local.stack import Stack, StackError, project_root
 
     settings = get_settings()
@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from duetide_tools.local.stack import project_root
 
     source = project_root() / "functions" / args.function / "main.py"
-    server = "functions_framework" if args.debug else "duetide.serve"
+    server = "functions_framework" if args.debug else "duetide.web.serve"
     command = [
         sys.executable, "-m", server,
         "--source", str(source), "--target", args.function,
@@ -101,14 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from duetide.auth import issue_local_token
+    from duetide.web.auth import issue_local_token
 
     print(issue_local_token(args.user))
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from duetide import migrate
+    from duetide.storage import migrate
 
     migrate.upgrade()
     print("database is at the newest schema")
@@ -185,7 +185,7 @@ def _wiring():  # type: ignore[no-untyped-def]
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Send events again that a broker acknowledged and then lost (DATABASE_URL)."""
-    from duetide import outbox
+    from duetide.storage import outbox
 
     count = outbox.requeue_sent_since(args.since)
     print(f"requeued {count} events sent since {args.since.isoformat()}; the next sweep sends them")

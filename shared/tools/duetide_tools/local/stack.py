@@ -2,7 +2,7 @@
 
 Order of start: database migrations, the embedded broker (unless
 KAFKA_BOOTSTRAP_SERVERS names one), the topics of kafka/, one function server
-(`python -m duetide.serve`, as in the image) per Knative Service of knative/, then the
+(`python -m duetide.web.serve`, as in the image) per Knative Service of knative/, then the
 eventing stand-ins (a dispatcher per KafkaSource, a timer per PingSource). Stop runs in
 reverse.
 
@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import requests
 
-from duetide import db, migrate, outbox
+from duetide.storage import db, migrate, outbox
 from duetide_tools import manifests
 from duetide_tools.local import orphans
 from duetide_tools.local.broker import (
@@ -164,7 +164,7 @@ class Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.wiring = manifests.load(self.root)
-        self.database_url = self.database_url or f"sqlite:///{self.home / 'duetide.db'}"
+        self.database_url = self.database_url or f"sqlite:///{self.home / 'duetide.storage.db'}"
         self._step("migrating the database", lambda: migrate.upgrade(self.database_url))
         self._start_broker()
         self._step(
@@ -221,7 +221,7 @@ class Stack:
     def _spawn_function(self, service: manifests.ServiceSpec, port: int) -> subprocess.Popen[bytes]:
         source = self.root / "functions" / service.function / "main.py"
         command = [
-            sys.executable, "-m", "duetide.serve",
+            sys.executable, "-m", "duetide.web.serve",
             "--source", str(source), "--target", service.function,
             "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip

@@ -1,0 +1,385 @@
+"""Request and response shapes of the HTTP API (pydantic), apart from the tables.
+
+Request models forbid unknown fields (a typo is a 422, not silently dropped) but
+ignore server-owned ones (`id`, `owner`, timestamps): the owner always comes from
+the token, never from the body.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonDict
+
+from duetide.storage import models
+from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, TaskStatus
+
+SERVER_OWNED = frozenset(
+    {"id", "owner", "owner_id", "user_id", "created_at", "updated_at", "completed_at"}
+)
+MAX_REMINDERS_PER_TASK = 10
+MAX_TAGS = 20
+MAX_PAGE = 200
+MAX_FORECAST = 500
+
+# Not blank, and stripped of blanks around it. ASCII blanks only: regex `\s` and
+# str.strip() disagree on which Unicode characters are white space, and the document's
+# pattern must mean here what it means to every client.
+_BLANKS = " \t\n\r\f\v"
+_NOT_BLANK = r"[^ \t\n\r\f\v]"
+
+
+def _strip_blanks(value: str) -> str:
+    return value.strip(_BLANKS)
+
+
+Tag = Annotated[
+    str, StringConstraints(max_length=64, pattern=_NOT_BLANK), AfterValidator(_strip_blanks)
+]
+MAX_TITLE_CHARS = 500
+Title = Annotated[
+    str,
+    StringConstraints(max_length=MAX_TITLE_CHARS, pattern=_NOT_BLANK),
+    AfterValidator(_strip_blanks),
+]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+Priority = Literal["none", "low", "medium", "high", "urgent"]
+
+
+# Years 1900-8999: room for reminder offsets and recurrence maths within Python's years.
+_YEAR = r"(19|[2-8][0-9])[0-9]{2}"
+_DATE = _YEAR + r"-[0-9]{2}-[0-9]{2}"
+_TIME = r"[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+_OFFSET = r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+# The document pairs `format` (which says the rest) with the year range.
+_IN_RANGE = {"type": "string", "pattern": f"^{_YEAR}-"}
+
+
+def _text(kind: str, pattern: str, native: type) -> BeforeValidator:
+    """Times and durations are JSON text of the one form the OpenAPI document names;
+    pydantic alone would also read `0` as 1970, `false` as no time and "900" as 15
+    minutes. `native` values come from our own code."""
+    shape = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, native):
+            return value
+        if not isinstance(value, str) or not shape.fullmatch(value):
+            raise ValueError(f"must be {kind}")
+        if re.fullmatch(_DATE, value):
+            return date.fromisoformat(value)  # a date UNTIL is inclusive: keep it a date
+        return value
+
+    return BeforeValidator(check)
+
+
+Instant = Annotated[
+    AwareDatetime,
+    _text("an RFC 3339 date-time from year 1900 to 8999", _DATE + _TIME + _OFFSET, datetime),
+    WithJsonSchema({**_IN_RANGE, "format": "date-time"}),
+]
+Duration = Annotated[
+    timedelta, _text("an ISO 8601 duration such as PT15M", r"P[0-9A-Z.,]+", timedelta)
+]
+Until = Annotated[
+    datetime | date,
+    _text("a date-time (UTC or local) or a date", f"{_DATE}({_TIME}{_OFFSET}?)?", date),
+    WithJsonSchema(
+        {
+            "anyOf": [{**_IN_RANGE, "format": "date-time"}, {**_IN_RANGE, "format": "date"}],
+            "description": "an RFC 3339 date-time or a date (inclusive); a local date-time "
+            "without offset, such as 2027-06-30T09:00:00, is read in the series' zone",
+        }
+    ),
+]
+
+
+def _json_integer(value: Any) -> Any:
+    if isinstance(value, bool | str):  # JSON Schema: an integer is a number (2 or 2.0)
+        raise ValueError("must be an integer")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_json_integer)]
+# Bounds go before the validator, or pydantic writes them as `ge`/`le` into the document.
+Count = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
+Interval = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_json_integer)]
+
+
+def exactly_one(*fields: str) -> dict[str, Any]:
+    """JSON Schema for "exactly one of `fields` is given and not null"."""
+    return {
+        "oneOf": [
+            {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in fields
+        ]
+    }
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_server_owned(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in SERVER_OWNED}
+        return data
+
+
+class RecurrenceIn(RequestModel):
+    """A rule as raw RRULE text, or in friendly fields turned into one."""
+
+    model_config = ConfigDict(json_schema_extra=exactly_one("rrule", "frequency"))
+
+    rrule: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    frequency: Literal["minutely", "hourly", "daily", "weekly", "monthly", "yearly"] | None = None
+    interval: Interval | None = None
+    weekdays: list[str] | None = Field(None, max_length=7)
+    month_days: list[Int] | None = Field(None, max_length=31)
+    months: list[Int] | None = Field(None, max_length=12)
+    set_positions: list[Int] | None = Field(None, max_length=10)
+    count: Count | None = None
+    until: Until | None = None
+    timezone: Annotated[str, StringConstraints(max_length=64)] = "UTC"
+    mode: Mode = "schedule"
+    month_end: MonthEnd = "skip"
+    catch_up: CatchUp = "next_in_series"
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RecurrenceIn:
+        if (self.rrule is None) == (self.frequency is None):
+            raise ValueError("give either `rrule` or `frequency`, not both or neither")
+        return self
+
+    def friendly(self) -> dict[str, Any]:
+        fields = ("frequency", "interval", "weekdays", "month_days", "months", "set_positions")
+        spec = {k: getattr(self, k) for k in (*fields, "count") if getattr(self, k) is not None}
+        if self.until is not None:
+            spec["until"] = self.until.isoformat()
+        return spec
+
+
+class ReminderIn(RequestModel):
+    model_config = ConfigDict(json_schema_extra=exactly_one("at", "before_due"))
+
+    at: Instant | None = None
+    before_due: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ReminderIn:
+        if (self.at is None) == (self.before_due is None):
+            raise ValueError("give either `at` or `before_due`")
+        if self.before_due is not None and not (
+            timedelta(0) <= self.before_due <= timedelta(days=366)
+        ):
+            raise ValueError("`before_due` must be between PT0S and P366D")
+        return self
+
+
+# `due_at` (not null) is required by a recurrence and by a `before_due` reminder.
+_NEEDS_DUE: JsonDict = {"required": ["due_at"], "properties": {"due_at": {"type": "string"}}}
+_TASK_CREATE_RULES: JsonDict = {
+    "allOf": [
+        {
+            "if": {"required": ["recurrence"], "properties": {"recurrence": {"type": "object"}}},
+            "then": _NEEDS_DUE,
+        },
+        {
+            "if": {
+                "required": ["reminders"],
+                "properties": {
+                    "reminders": {
+                        "contains": {
+                            "required": ["before_due"],
+                            "properties": {"before_due": {"type": "string"}},
+                        }
+                    }
+                },
+            },
+            "then": _NEEDS_DUE,
+        },
+    ]
+}
+
+
+class TaskCreate(RequestModel):
+    model_config = ConfigDict(json_schema_extra=_TASK_CREATE_RULES)
+
+    title: Title
+    description: Description = ""
+    priority: Priority = "none"
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    due_at: Instant | None = None
+    reminders: list[ReminderIn] = Field(default_factory=list, max_length=MAX_REMINDERS_PER_TASK)
+    recurrence: RecurrenceIn | None = None
+
+    @model_validator(mode="after")
+    def _recurrence_needs_due(self) -> TaskCreate:
+        if self.recurrence is not None and self.due_at is None:
+            raise ValueError("a recurring task needs `due_at`: it is the first occurrence")
+        if self.due_at is None and any(r.before_due is not None for r in self.reminders):
+            raise ValueError("a `before_due` reminder needs the task to have `due_at`")
+        return self
+
+
+# Update models: a field left out is None (unchanged); only `due_at` accepts null (clear).
+# The other fields are typed non-nullable so that a null is a 422 and the OpenAPI
+# document says so.
+
+
+class TaskUpdate(RequestModel):
+    title: Title = None  # type: ignore[assignment]
+    description: Description = None  # type: ignore[assignment]
+    priority: Priority = None  # type: ignore[assignment]
+    tags: list[Tag] = Field(None, max_length=MAX_TAGS)  # type: ignore[arg-type]
+    due_at: Instant | None = None
+
+
+class SeriesUpdate(RequestModel):
+    """A "this and future" change: a new rule and policies, and the occurrence template."""
+
+    recurrence: RecurrenceIn = None  # type: ignore[assignment]
+    title: Title = None  # type: ignore[assignment]
+    description: Description = None  # type: ignore[assignment]
+    priority: Priority = None  # type: ignore[assignment]
+    tags: list[Tag] = Field(None, max_length=MAX_TAGS)  # type: ignore[arg-type]
+
+
+ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class QuietHours(RequestModel):
+    start: ClockTime
+    end: ClockTime
+
+
+class PreferencesUpdate(RequestModel):
+    """Reminder preferences; a field left out keeps its value, `null` clears it."""
+
+    timezone: Annotated[str, StringConstraints(max_length=64)] | None = None
+    default_reminders: list[Duration] | None = Field(None, max_length=MAX_REMINDERS_PER_TASK)
+    channels: list[Channel] | None = Field(None, min_length=1, max_length=3)
+    webhook_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    email: Annotated[str, StringConstraints(max_length=320)] | None = None
+    quiet_hours: QuietHours | None = None
+    grace: Duration | None = None
+
+    @field_validator("default_reminders")
+    @classmethod
+    def _offsets_in_range(cls, value: list[timedelta] | None) -> list[timedelta] | None:
+        for offset in value or []:
+            if not timedelta(0) <= offset <= timedelta(days=366):
+                raise ValueError("each default reminder must be between PT0S and P366D")
+        return value
+
+    @field_validator("grace")
+    @classmethod
+    def _grace_in_range(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and not timedelta(0) <= value <= timedelta(days=7):
+            raise ValueError("grace must be between PT0S and P7D")
+        return value
+
+
+class EmailCodeIn(RequestModel):
+    """The code from the confirmation mail; dashes, spaces and case do not matter."""
+
+    code: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class SnoozeIn(RequestModel):
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, json_schema_extra=exactly_one("for", "until")
+    )
+
+    for_: Duration | None = Field(None, alias="for")
+    until: Instant | None = None
+
+
+class TaskQuery(RequestModel):
+    status: TaskStatus | None = None
+    priority: Priority | None = None
+    tag: Tag | None = None
+    due_before: Instant | None = None
+    due_after: Instant | None = None
+    q: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    series_id: Annotated[str, StringConstraints(max_length=36)] | None = None
+    sort: Literal["created_at", "due_at", "priority", "title"] = "created_at"
+    order: Literal["asc", "desc"] = "asc"
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class PageQuery(RequestModel):
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    # An offset, as the previous page's `next_cursor` gave it.
+    cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")] | None = None
+
+
+class ForecastQuery(RequestModel):
+    count: int = Field(10, ge=1, le=MAX_FORECAST)
+
+
+def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
+    """RFC 3339 text in `zone`, or in UTC where the zone's offset then had seconds (LMT)."""
+    if value is None:
+        return None
+    local = value.astimezone(zone or UTC)
+    offset = local.utcoffset()
+    if offset is not None and offset.seconds % 60:
+        local = value.astimezone(UTC)
+    return local.isoformat()
+
+
+def reminder_out(reminder: models.Reminder) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": reminder.id, "state": reminder.state}
+    if reminder.before_due_s is not None:
+        out["before_due"] = f"PT{reminder.before_due_s}S"
+    else:
+        out["at"] = rfc3339(reminder.at)
+    out["fire_at"] = rfc3339(reminder.fire_at)
+    return out
+
+
+def task_out(task: models.Task, zone: Any = None) -> dict[str, Any]:
+    """A task as the API shows it; times in the series' zone for occurrences, else UTC."""
+    return {
+        "id": task.id,
+        "title": task.title,
+        "description": task.description,
+        "status": task.status,
+        "priority": models.PRIORITIES[task.priority],
+        "tags": task.tags,
+        "due_at": rfc3339(task.due_at, zone),
+        "completed_at": rfc3339(task.completed_at, zone),
+        "series_id": task.series_id,
+        "created_at": rfc3339(task.created_at),
+        "updated_at": rfc3339(task.updated_at),
+        "reminders": [reminder_out(r) for r in task.reminders],
+    }
+
+
+def notification_out(notification: models.Notification) -> dict[str, Any]:
+    return {
+        "id": notification.id,
+        "reminder_id": notification.reminder_id,
+        "task_id": notification.task_id,
+        "channel": notification.channel,
+        "scheduled_at": rfc3339(notification.scheduled_at),
+        "delivered_at": rfc3339(notification.delivered_at),
+        "status": notification.status,
+        "detail": notification.detail,
+    }

@@ -1,0 +1,487 @@
+"""Series state: reading, forecasting, changing, and materialising the next occurrence.
+
+Materialisation is idempotent by natural keys: an occurrence is unique by
+(series_id, scheduled_at), and a completed occurrence has at most one successor
+(`Task.previous_id` is unique). A duplicate, reordered or replayed `task.completed`
+therefore never yields a second copy. A series has at most one open occurrence:
+the next one appears only when the open one is completed or skipped.
+
+Every change to the occurrences of a series runs under the series' row lock (`lock`),
+so complete, reopen, delete, skip, pause, resume, end, update and materialisation of
+the same series happen one after another, each on the state the previous one left.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, select
+
+from duetide import events
+from duetide.errors import Conflict, NotFound, ValidationFailed
+from duetide.rules import recurrence, reminders
+from duetide.services.schemas import RecurrenceIn, SeriesUpdate, rfc3339
+from duetide.services.task_events import emit
+from duetide.storage.models import PRIORITIES, OccurrenceLog, Reminder, Series, Task, utcnow
+
+log = logging.getLogger("duetide.services.series")
+
+
+def rule_of(series: Series) -> recurrence.SeriesRule:
+    """The stored rule, rebuilt without the admission checks (it passed them when stored;
+    a row from before a stricter check still works, within the work budgets), or a 422."""
+    try:
+        policy = recurrence.Policy(series.mode, series.month_end, series.catch_up)
+        zone = ZoneInfo(series.timezone)
+        return recurrence.SeriesRule(
+            series.rrule, series.timezone, series.dtstart.astimezone(zone), policy,
+            series.nominal_start,
+        )  # fmt: skip
+    except recurrence.RecurrenceError as exc:
+        raise _invalid(exc, "the series' stored rule cannot be used") from None
+
+
+def _invalid(exc: recurrence.RecurrenceError, what: str = "invalid recurrence") -> ValidationFailed:
+    """The 422 for a rule problem, its reason in `details` as for any invalid field."""
+    detail = [{"field": "recurrence", "message": str(exc)}]
+    return ValidationFailed(f"{what}: {exc}", details=detail)
+
+
+def build_rule(
+    spec: RecurrenceIn, dtstart: datetime, nominal: str | None = None
+) -> recurrence.SeriesRule:
+    """A validated rule from API input, or a 422 that names the problem."""
+    try:
+        text = spec.rrule or recurrence.friendly_to_rrule(spec.friendly())
+        policy = recurrence.Policy(spec.mode, spec.month_end, spec.catch_up)
+        return recurrence.parse(text, spec.timezone, dtstart, policy, nominal)
+    except recurrence.RecurrenceError as exc:
+        raise _invalid(exc) from None
+
+
+def next_for(
+    series: Series, previous: Task, completed_at: datetime, now: datetime
+) -> recurrence.Next | None:
+    """The occurrence after `previous`, numbered in the series (the rule may be re-based)."""
+    assert previous.scheduled_at is not None and previous.occurrence_index is not None
+    local_index = previous.occurrence_index - series.rule_base
+    if local_index < 0 or previous.scheduled_at < series.dtstart:
+        return None  # an occurrence from before a "this and future" change
+    try:
+        following = rule_of(series).next(
+            previous.scheduled_at, local_index, completed_at=completed_at, now=now
+        )
+    except recurrence.RecurrenceError as exc:  # a legacy rule over its work budget
+        raise _invalid(exc, "the series cannot compute its next occurrence") from None
+    if following is None:
+        return None
+    return recurrence.Next(
+        following.scheduled_at, following.index + series.rule_base, following.missed
+    )
+
+
+def get_owned(session: Session, owner: str, series_id: str) -> Series:
+    series = session.get(Series, series_id)
+    if series is None or series.owner != owner:
+        raise NotFound(f"no series {series_id}")
+    return series
+
+
+def lock(session: Session, series_id: str, owner: str | None = None) -> Series | None:
+    """The series row, locked until the transaction ends and read fresh.
+
+    Take it first in every operation that changes the occurrences of a series or its
+    status (complete, reopen, delete of an occurrence, skip, pause, resume, end,
+    update, materialise_next), then read the occurrences: concurrent changes of one
+    series then run one after another, and each sees what the one before committed.
+    Without it, a reopen and the materialisation of the same completion each saw the
+    other's work as not yet done, and the series kept two open occurrences.
+
+    Lock order: the series row before any of its tasks' rows (`tasks.lock_task`), and
+    never two series in one transaction, so two such operations cannot deadlock.
+
+    PostgreSQL: SELECT ... FOR UPDATE; at READ COMMITTED (the default) every statement
+    after it sees each change committed before the lock was granted. SQLite renders no
+    FOR UPDATE: a writing `db.session_scope()` begins with BEGIN IMMEDIATE,
+    which takes the database's write lock at BEGIN and so serialises every writer.
+    """
+    query = select(Series).where(Series.id == series_id)
+    if owner is not None:
+        query = query.where(Series.owner == owner)
+    locked = query.with_for_update().execution_options(populate_existing=True)
+    return session.exec(locked).first()
+
+
+def get_locked(session: Session, owner: str, series_id: str) -> Series:
+    """`get_owned` under the series lock (see `lock`)."""
+    series = lock(session, series_id, owner)
+    if series is None:
+        raise NotFound(f"no series {series_id}")
+    return series
+
+
+def series_out(series: Series) -> dict[str, Any]:
+    zone = ZoneInfo(series.timezone)
+    return {
+        "id": series.id,
+        "rrule": series.rrule,
+        "timezone": series.timezone,
+        "start": rfc3339(series.dtstart, zone),
+        "mode": series.mode,
+        "month_end": series.month_end,
+        "catch_up": series.catch_up,
+        "status": series.status,
+        "title": series.title,
+        "description": series.description,
+        "priority": PRIORITIES[series.priority],
+        "tags": series.tags,
+        "last_index": series.last_index,
+        "last_scheduled_at": rfc3339(series.last_at, zone),
+        "created_at": rfc3339(series.created_at),
+        "updated_at": rfc3339(series.updated_at),
+    }
+
+
+def list_series(session: Session, owner: str, offset: int, limit: int) -> list[Series]:
+    return list(
+        session.exec(
+            select(Series)
+            .where(Series.owner == owner)
+            .order_by(col(Series.created_at), col(Series.id))
+            .offset(offset)
+            .limit(limit)
+        ).all()
+    )
+
+
+def forecast(series: Series, count: int) -> dict[str, Any]:
+    """Up to `count` occurrences of the current rule from its start, within the work budget.
+
+    `truncated` is true when the budget (`recurrence.forecast_budget`) ran out first: the
+    items are correct but fewer than asked, and the series may go on after them.
+    """
+    try:
+        found = rule_of(series).preview(count)
+    except recurrence.RecurrenceError as exc:
+        raise _invalid(exc) from None
+    return {
+        "items": [at.isoformat() for at in found.occurrences],
+        "truncated": found.truncated,
+    }
+
+
+def _occurrences(session: Session, series_id: str) -> list[Task]:
+    return list(
+        session.exec(
+            select(Task)
+            .where(Task.series_id == series_id)
+            .order_by(col(Task.occurrence_index).desc())
+        ).all()
+    )
+
+
+def _successor(session: Session, task_id: str) -> Task | None:
+    return session.exec(select(Task).where(Task.previous_id == task_id)).first()
+
+
+def materialise_next(session: Session, data: events.TaskEvent, now: datetime) -> list[str]:
+    """On `task.completed`: create the one next occurrence, or do nothing if it exists.
+
+    Stale events are no-ops: the task was reopened since (not done now), deleted, the
+    series is paused or ended, or the occurrence already has its successor. The state
+    is read under the series lock, so a reopen that committed first is seen (nothing to
+    do), and one that waits for this commit sees the successor and withdraws it.
+    Returns the outbox ids to publish.
+    """
+    if data.series_id is None:
+        return []
+    series = lock(session, data.series_id, data.owner)
+    if series is None or series.status != "active":
+        return []
+    task = session.get(Task, data.task_id, populate_existing=True)
+    if task is None or task.series_id != series.id or task.status != "done":
+        return []
+    return _continue_after(session, series, task, task.completed_at or now, now)
+
+
+def _continue_after(
+    session: Session, series: Series, previous: Task, completed_at: datetime, now: datetime
+) -> list[str]:
+    # Its successor, or a later occurrence (the successor was skipped or deleted and
+    # replaced): the series has moved past it, and a late completion event must not
+    # bring a second open occurrence back.
+    if _successor(session, previous.id) is not None or _later_exists(session, series.id, previous):
+        return []
+    following = next_for(series, previous, completed_at, now)
+    if following is None:
+        series.status, series.updated_at = "ended", now
+        session.add(series)
+        return []
+    _log_missed(session, series, following)
+    return [_create_occurrence(session, series, previous.id, following)]
+
+
+def _log_missed(session: Session, series: Series, following: recurrence.Next) -> None:
+    first_missed = following.index - len(following.missed)
+    for offset, at in enumerate(following.missed):
+        session.add(
+            OccurrenceLog(
+                series_id=series.id,
+                occurrence_index=first_missed + offset,
+                scheduled_at=at,
+                outcome="missed",
+            )
+        )
+
+
+def _create_occurrence(
+    session: Session, series: Series, previous_id: str, following: recurrence.Next
+) -> str:
+    scheduled = following.scheduled_at
+    task = Task(
+        owner=series.owner,
+        title=series.title,
+        description=series.description,
+        priority=series.priority,
+        due_at=scheduled,
+        series_id=series.id,
+        occurrence_index=following.index,
+        scheduled_at=scheduled,
+        previous_id=previous_id,
+    )
+    task.set_tags(series.tags)
+    for offset in series.reminder_offsets:
+        task.reminders.append(
+            Reminder(
+                owner=series.owner,
+                task_id=task.id,
+                before_due_s=offset,
+                fire_at=reminders.fire_time(None, offset, scheduled),
+            )
+        )
+    session.add(task)
+    if following.index > series.last_index:
+        series.last_index, series.last_at = following.index, scheduled
+    series.updated_at = utcnow()
+    session.add(series)
+    session.flush()  # the unique constraints speak here, inside the transaction
+    log.info(
+        "materialised occurrence",
+        extra={"series_id": series.id, "task_id": task.id, "index": following.index},
+    )
+    return emit(session, task, events.TASK_CREATED, source=events.SOURCE_RECURRENCE)
+
+
+# --- user actions on a series ----------------------------------------------------------
+
+
+def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> Series:
+    """Change the rule, policies or template from the next occurrence on.
+
+    The new rule is anchored at the latest occurrence (its scheduled time is the new
+    DTSTART, its number the new `rule_base`), so the open occurrence stays as it is
+    and what follows it comes from the new rule. A COUNT in the new rule counts from
+    that anchor.
+    """
+    series = get_locked(session, owner, series_id)
+    if series.status == "ended":
+        raise Conflict("the series has ended; create a new recurring task instead")
+    if spec.recurrence is not None:
+        zone = ZoneInfo(spec.recurrence.timezone) if _known_zone(spec.recurrence) else None
+        anchor = series.last_at.astimezone(zone) if zone else series.last_at
+        rule = build_rule(spec.recurrence, anchor, _nominal_of_latest(series, spec.recurrence))
+        series.rrule, series.timezone = rule.rrule, rule.timezone
+        series.mode, series.month_end, series.catch_up = (
+            rule.policy.mode,
+            rule.policy.month_end,
+            rule.policy.catch_up,
+        )
+        series.dtstart, series.rule_base = series.last_at, series.last_index
+        series.nominal_start = rule.nominal
+    if spec.title is not None:
+        series.title = spec.title
+    if spec.description is not None:
+        series.description = spec.description
+    if spec.priority is not None:
+        series.priority = PRIORITIES.index(spec.priority)
+    if spec.tags is not None:
+        series.tags = sorted(set(spec.tags))
+    series.updated_at = utcnow()
+    session.add(series)
+    return series
+
+
+def _nominal_of_latest(series: Series, spec: RecurrenceIn) -> str | None:
+    """The latest occurrence's nominal wall time, for the rule re-based on it.
+
+    Its instant may be adjusted (a clamped Feb 28 of "the 31st", 03:30 for a 02:30 in the
+    spring-forward gap); the new rule takes its defaults (day of month, time of day) from
+    the nominal one, so the pattern goes on. A new zone re-reads the instant instead.
+    """
+    if spec.timezone != series.timezone:
+        return None
+    try:
+        return rule_of(series).nominal_of(series.last_at, series.last_index - series.rule_base)
+    except (ValidationFailed, recurrence.RecurrenceError):
+        return None  # an unusable stored rule: the new one starts from the instant
+
+
+def _known_zone(spec: RecurrenceIn) -> bool:
+    try:
+        ZoneInfo(spec.timezone)
+        return True
+    except (ValueError, KeyError, OSError):
+        return False  # build_rule reports it as a 422
+
+
+def pause(session: Session, owner: str, series_id: str) -> Series:
+    series = get_locked(session, owner, series_id)
+    if series.status == "ended":
+        raise Conflict("the series has ended")
+    series.status, series.updated_at = "paused", utcnow()
+    session.add(series)
+    return series
+
+
+def resume(session: Session, owner: str, series_id: str, now: datetime) -> tuple[Series, list[str]]:
+    """Resume, and materialise what a completion during the pause would have."""
+    series = get_locked(session, owner, series_id)
+    if series.status == "ended":
+        raise Conflict("the series has ended")
+    if series.status == "active":
+        return series, []
+    series.status, series.updated_at = "active", now
+    session.add(series)
+    latest = next(iter(_occurrences(session, series.id)), None)
+    if latest is None or latest.status != "done":
+        return series, []
+    return series, _continue_after(session, series, latest, latest.completed_at or now, now)
+
+
+def skip(session: Session, owner: str, series_id: str, now: datetime) -> tuple[Series, list[str]]:
+    """Skip the open occurrence: record it as skipped and put the one after it in place."""
+    series = get_locked(session, owner, series_id)
+    if series.status != "active":
+        raise Conflict(f"the series is {series.status}; only an active series can skip")
+    open_ones = [t for t in _occurrences(session, series.id) if t.status == "open"]
+    if not open_ones:
+        raise Conflict("the series has no open occurrence to skip")
+    return series, _skip(session, series, open_ones[0], now)
+
+
+def _skip(session: Session, series: Series, skipped: Task, now: datetime) -> list[str]:
+    assert skipped.scheduled_at is not None and skipped.occurrence_index is not None
+    session.add(
+        OccurrenceLog(
+            series_id=series.id,
+            occurrence_index=skipped.occurrence_index,
+            scheduled_at=skipped.scheduled_at,
+            outcome="skipped",
+        )
+    )
+    ids = [emit(session, skipped, events.TASK_DELETED)]
+    following = next_for(series, skipped, now, now)
+    session.delete(skipped)
+    session.flush()
+    if following is None:
+        series.status = "ended"
+    else:
+        _log_missed(session, series, following)
+        ids.append(_create_occurrence(session, series, skipped.id, following))
+    series.updated_at = now
+    session.add(series)
+    return ids
+
+
+@dataclass
+class Deletion:
+    """What deleting a task did. For an occurrence, `series` is its series, `skipped`
+    says it was recorded as skipped with the next one put in place, and
+    `open_occurrence` is the series' open occurrence afterwards (None if it has none)."""
+
+    event_ids: list[str]
+    series: Series | None = None
+    skipped: bool = False
+    open_occurrence: Task | None = None
+
+
+def delete_occurrence(session: Session, series: Series, task: Task, now: datetime) -> Deletion:
+    """Delete an occurrence of `series` (locked by the caller) so the series stays whole.
+
+    Deleting the open occurrence of an active series skips it, as deleting one
+    occurrence of a recurring task does in Todoist or Google Tasks: it is recorded as
+    skipped and the next occurrence takes its place (to stop the series, end it). A
+    completed latest occurrence whose successor is not there yet gets it first, as the
+    recurrence function would have, so the series does not stop either. Any other
+    occurrence (an earlier one, or any of an ended series) is just removed. In a paused
+    series the latest occurrence cannot be deleted (409), as it cannot be skipped.
+    """
+    if series.status == "ended" or _later_exists(session, series.id, task):
+        ids = [emit(session, task, events.TASK_DELETED)]
+        session.delete(task)
+        session.flush()
+        return Deletion(ids, series, False, _open_occurrence(session, series.id))
+    if series.status == "paused":
+        raise Conflict(
+            "the series is paused, and deleting its latest occurrence would move it on; "
+            f"resume the series first, or end it with DELETE /series/{series.id}"
+        )
+    if task.status == "open":
+        ids = _skip(session, series, task, now)
+        return Deletion(ids, series, True, _open_occurrence(session, series.id))
+    ids = _continue_after(session, series, task, task.completed_at or now, now)
+    ids.append(emit(session, task, events.TASK_DELETED))
+    session.delete(task)
+    session.flush()
+    return Deletion(ids, series, False, _open_occurrence(session, series.id))
+
+
+def _later_exists(session: Session, series_id: str, task: Task) -> bool:
+    later = select(Task.id).where(
+        Task.series_id == series_id, col(Task.occurrence_index) > (task.occurrence_index or 0)
+    )
+    return session.exec(later).first() is not None
+
+
+def _open_occurrence(session: Session, series_id: str) -> Task | None:
+    query = select(Task).where(Task.series_id == series_id, Task.status == "open")
+    return session.exec(query.order_by(col(Task.occurrence_index).desc())).first()
+
+
+def end(session: Session, owner: str, series_id: str) -> None:
+    """End the series: no further occurrences; its tasks and history stay."""
+    series = get_locked(session, owner, series_id)
+    series.status, series.updated_at = "ended", utcnow()
+    session.add(series)
+
+
+def history(session: Session, owner: str, series_id: str) -> list[dict[str, Any]]:
+    """Every occurrence so far, oldest first: completed, open, skipped or missed."""
+    series = get_owned(session, owner, series_id)
+    zone = ZoneInfo(series.timezone)
+    entries = [
+        {
+            "index": task.occurrence_index,
+            "scheduled_at": rfc3339(task.scheduled_at, zone),
+            "outcome": "completed" if task.status == "done" else "open",
+            "at": rfc3339(task.completed_at),
+            "task_id": task.id,
+        }
+        for task in _occurrences(session, series.id)
+    ]
+    logged = session.exec(select(OccurrenceLog).where(OccurrenceLog.series_id == series.id)).all()
+    entries += [
+        {
+            "index": row.occurrence_index,
+            "scheduled_at": rfc3339(row.scheduled_at, zone),
+            "outcome": row.outcome,
+            "at": rfc3339(row.recorded_at),
+            "task_id": None,
+        }
+        for row in logged
+    ]
+    return sorted(entries, key=lambda e: (e["index"], e["scheduled_at"]))

@@ -1,0 +1,357 @@
+"""Task operations: state change and outbox event in the caller's one transaction.
+
+Every query is scoped to `owner`; another user's id is simply not found (404).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, case, or_
+from sqlmodel import Session, col, select
+
+from duetide import events
+from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from duetide.rules import reminders
+from duetide.rules.text import text_problem
+from duetide.services import preferences
+from duetide.services import series as series_rules
+from duetide.services.schemas import (
+    MAX_REMINDERS_PER_TASK,
+    MAX_TITLE_CHARS,
+    ReminderIn,
+    TaskCreate,
+    TaskQuery,
+    TaskUpdate,
+    task_out,
+)
+from duetide.services.task_events import emit
+from duetide.storage.models import (
+    PRIORITIES,
+    OccurrenceLog,
+    Reminder,
+    Series,
+    Task,
+    TaskTag,
+    utcnow,
+)
+
+
+def zone_of(session: Session, task: Task) -> ZoneInfo | None:
+    if task.series_id is None:
+        return None
+    series = session.get(Series, task.series_id)
+    return ZoneInfo(series.timezone) if series else None
+
+
+def show(session: Session, task: Task) -> dict[str, Any]:
+    return task_out(task, zone_of(session, task))
+
+
+def get_owned(session: Session, owner: str, task_id: str) -> Task:
+    task = session.get(Task, task_id)
+    if task is None or task.owner != owner:
+        raise NotFound(f"no task {task_id}")
+    return task
+
+
+def lock_task(session: Session, owner: str, task_id: str) -> tuple[Task, Series | None]:
+    """The task and, for an occurrence, its series, both locked and read fresh.
+
+    The series first, then the task (the lock order of `series.lock`): a change to an
+    occurrence waits for any other change to the same series, then sees its result
+    (a task completed, reopened, withdrawn or skipped meanwhile is read as it is now,
+    or not found). The first read takes no lock; it only names the series to lock.
+    """
+    found = session.exec(
+        select(Task.id, Task.series_id).where(Task.id == task_id, Task.owner == owner)
+    ).first()
+    if found is None:
+        raise NotFound(f"no task {task_id}")
+    _, series_id = found
+    series = series_rules.lock(session, series_id, owner) if series_id else None
+    task = session.exec(
+        select(Task)
+        .where(Task.id == task_id, Task.owner == owner)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    return task, series
+
+
+def _add_reminder(task: Task, spec: ReminderIn) -> Reminder:
+    before = int(spec.before_due.total_seconds()) if spec.before_due is not None else None
+    reminder = Reminder(owner=task.owner, task_id=task.id, at=spec.at, before_due_s=before)
+    reminder.fire_at = reminders.fire_time(reminder.at, before, task.due_at)
+    task.reminders.append(reminder)
+    return reminder
+
+
+def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[str]]:
+    task = Task(
+        owner=owner,
+        title=spec.title,
+        description=spec.description,
+        priority=PRIORITIES.index(spec.priority),
+        due_at=spec.due_at,
+    )
+    task.set_tags(spec.tags)
+    if spec.recurrence is not None and spec.due_at is not None:
+        rule = series_rules.build_rule(spec.recurrence, spec.due_at)
+        series = Series(
+            owner=owner,
+            rrule=rule.rrule,
+            timezone=rule.timezone,
+            dtstart=spec.due_at,
+            mode=rule.policy.mode,
+            month_end=rule.policy.month_end,
+            catch_up=rule.policy.catch_up,
+            title=spec.title,
+            description=spec.description,
+            priority=task.priority,
+            tags=sorted(set(spec.tags)),
+            reminder_offsets=[
+                int(r.before_due.total_seconds())
+                for r in spec.reminders
+                if r.before_due is not None
+            ],
+            last_index=0,
+            last_at=spec.due_at,
+        )
+        session.add(series)
+        task.series_id, task.occurrence_index, task.scheduled_at = series.id, 0, spec.due_at
+    for reminder in _reminders_of(session, owner, spec):
+        _add_reminder(task, reminder)
+    session.add(task)
+    session.flush()
+    return task, [emit(session, task, events.TASK_CREATED)]
+
+
+def _reminders_of(session: Session, owner: str, spec: TaskCreate) -> list[ReminderIn]:
+    """The reminders asked for; without a `reminders` field, the user's defaults."""
+    if "reminders" in spec.model_fields_set or spec.due_at is None:
+        return spec.reminders
+    offsets = preferences.load(session, owner).default_reminders
+    return [ReminderIn(before_due=timedelta(seconds=s)) for s in offsets]
+
+
+def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tuple[Task, list[str]]:
+    task, _ = lock_task(session, owner, task_id)
+    changes = spec.model_dump(exclude_unset=True)
+    if "title" in changes:
+        task.title = changes["title"]
+    if "description" in changes:
+        task.description = changes["description"]
+    if "priority" in changes:
+        task.priority = PRIORITIES.index(changes["priority"])
+    if "tags" in changes:
+        task.set_tags(changes["tags"])
+    if "due_at" in changes:
+        task.due_at = spec.due_at
+        for reminder in task.reminders:
+            if reminder.state == "pending":
+                reminder.fire_at = reminders.fire_time(
+                    reminder.at, reminder.before_due_s, task.due_at
+                )
+    task.updated_at = utcnow()
+    session.add(task)
+    return task, [emit(session, task, events.TASK_UPDATED)]
+
+
+def delete(session: Session, owner: str, task_id: str) -> series_rules.Deletion:
+    """Delete a task. An occurrence of a series is deleted so that the series goes on:
+    deleting the open one skips it (`series.delete_occurrence`)."""
+    task, series = lock_task(session, owner, task_id)
+    if series is not None:
+        return series_rules.delete_occurrence(session, series, task, utcnow())
+    event_id = emit(session, task, events.TASK_DELETED)
+    session.delete(task)
+    return series_rules.Deletion([event_id])
+
+
+def complete(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
+    """Mark done; completing a done task again changes nothing and emits nothing."""
+    task, _ = lock_task(session, owner, task_id)
+    if task.status == "done":
+        return task, []
+    task.status, task.completed_at = "done", utcnow()
+    task.updated_at = task.completed_at
+    session.add(task)
+    return task, [emit(session, task, events.TASK_COMPLETED)]
+
+
+def reopen(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
+    """Reopen a done task. In a series only the latest occurrence can be reopened: its
+    open successor (and any occurrences recorded missed on the way) is withdrawn, so a
+    series never has two open occurrences; after a later one was done or skipped,
+    reopening is a 409. Under the series lock a concurrent materialisation of the next
+    occurrence either committed first (its successor is withdrawn here) or runs after
+    this commit and finds the task open (it does nothing)."""
+    task, _ = lock_task(session, owner, task_id)
+    if task.status == "open":
+        return task, []
+    ids = _withdraw_later_occurrences(session, task) if task.series_id else []
+    task.status, task.completed_at, task.updated_at = "open", None, utcnow()
+    session.add(task)
+    session.flush()
+    return task, [*ids, emit(session, task, events.TASK_REOPENED)]
+
+
+def _withdraw_later_occurrences(session: Session, task: Task) -> list[str]:
+    index = task.occurrence_index or 0
+    later = session.exec(
+        select(Task).where(Task.series_id == task.series_id, col(Task.occurrence_index) > index)
+    ).all()
+    logged = session.exec(
+        select(OccurrenceLog).where(
+            OccurrenceLog.series_id == task.series_id, col(OccurrenceLog.occurrence_index) > index
+        )
+    ).all()
+    if any(t.status == "done" for t in later) or any(r.outcome == "skipped" for r in logged):
+        raise Conflict("a later occurrence of this series is done or skipped; it cannot reopen")
+    ids = []
+    for successor in later:
+        ids.append(emit(session, successor, events.TASK_DELETED))
+        session.delete(successor)
+    for row in logged:
+        session.delete(row)
+    series = session.get(Series, task.series_id)
+    if series is not None and series.last_index > index:
+        assert task.scheduled_at is not None  # an occurrence always has its scheduled time
+        series.last_index, series.last_at = index, task.scheduled_at
+        session.add(series)
+    return ids
+
+
+def add_reminder(
+    session: Session, owner: str, task_id: str, spec: ReminderIn
+) -> tuple[Task, Reminder]:
+    task, _ = lock_task(session, owner, task_id)
+    if len(task.reminders) >= MAX_REMINDERS_PER_TASK:
+        raise ValidationFailed(f"a task has at most {MAX_REMINDERS_PER_TASK} reminders")
+    if spec.before_due is not None and task.due_at is None:
+        raise ValidationFailed("a `before_due` reminder needs the task to have `due_at`")
+    reminder = _add_reminder(task, spec)
+    task.updated_at = utcnow()
+    session.add(task)
+    session.flush()
+    return task, reminder
+
+
+# --- listing with keyset pagination -------------------------------------------------
+
+SORT_COLUMNS: dict[str, Any] = {
+    "created_at": Task.created_at,
+    "due_at": Task.due_at,
+    "priority": Task.priority,
+    "title": Task.title,
+}
+
+
+def _cursor_value(task: Task, sort: str) -> Any:
+    value = getattr(task, sort)
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def encode_cursor(task: Task, query: TaskQuery) -> str:
+    raw = {"s": query.sort, "o": query.order, "v": _cursor_value(task, query.sort), "id": task.id}
+    return base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
+
+
+# What a cursor can name: a stored value. Times are stored from year 1900 to 8999 in
+# their own offset (schemas.Instant), so in UTC from late 1899 to early 9000; created_at
+# is the server's clock. A wider forged time could overflow on the way to UTC.
+CURSOR_TIMES = (datetime(1899, 12, 30, tzinfo=UTC), datetime(9000, 1, 2, tzinfo=UTC))
+MAX_CURSOR_ID_CHARS = 64
+
+
+def decode_cursor(cursor: str, query: TaskQuery) -> tuple[Any, str]:
+    """The (value, id) a cursor names; a forged or stale one is a 400, never a query."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if raw["s"] != query.sort or raw["o"] != query.order:
+            raise ValueError("sort changed")
+        return _cursor_value_of(query.sort, raw["v"]), _cursor_text(raw["id"], MAX_CURSOR_ID_CHARS)
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        raise BadRequest(
+            "invalid cursor: pass back `next_cursor` with the same sort and order"
+        ) from None
+
+
+def _cursor_text(value: Any, max_chars: int) -> str:
+    if not isinstance(value, str) or len(value) > max_chars or text_problem(value):
+        raise ValueError("cursor text is not storable text")
+    return value
+
+
+def _cursor_value_of(sort: str, value: Any) -> Any:
+    if value is None and sort == "due_at":
+        return None
+    if sort == "priority" and type(value) is int and 0 <= value < len(PRIORITIES):
+        return value
+    if sort == "title":
+        return _cursor_text(value, MAX_TITLE_CHARS)
+    if sort in ("created_at", "due_at") and isinstance(value, str):
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is not None:
+            utc = parsed.astimezone(UTC)  # OverflowError beyond year 1 or 9999
+            if CURSOR_TIMES[0] <= utc <= CURSOR_TIMES[1]:
+                return utc
+    raise ValueError("cursor value does not fit the sort")
+
+
+def _after_cursor(column: Any, value: Any, last_id: str, descending: bool) -> Any:
+    """Rows strictly after (value, id) in the sort order; NULLs sort last either way."""
+    tie = col(Task.id) < last_id if descending else col(Task.id) > last_id
+    if value is None:
+        return and_(column.is_(None), tie)
+    beyond = column < value if descending else column > value
+    return or_(beyond, and_(column == value, tie), column.is_(None))
+
+
+def list_tasks(session: Session, owner: str, query: TaskQuery) -> dict[str, Any]:
+    stmt = select(Task).where(Task.owner == owner)
+    if query.status:
+        stmt = stmt.where(Task.status == query.status)
+    if query.priority:
+        stmt = stmt.where(Task.priority == PRIORITIES.index(query.priority))
+    if query.tag:
+        stmt = stmt.where(
+            select(TaskTag.task_id)
+            .where(TaskTag.task_id == Task.id, TaskTag.tag == query.tag)
+            .exists()
+        )
+    if query.due_before:
+        stmt = stmt.where(col(Task.due_at) < query.due_before)
+    if query.due_after:
+        stmt = stmt.where(col(Task.due_at) >= query.due_after)
+    if query.series_id:
+        stmt = stmt.where(Task.series_id == query.series_id)
+    if query.q:
+        stmt = stmt.where(
+            or_(
+                col(Task.title).icontains(query.q, autoescape=True),
+                col(Task.description).icontains(query.q, autoescape=True),
+            )
+        )
+    column = SORT_COLUMNS[query.sort]
+    descending = query.order == "desc"
+    if query.cursor:
+        value, last_id = decode_cursor(query.cursor, query)
+        stmt = stmt.where(_after_cursor(column, value, last_id, descending))
+    nulls_last = case((column.is_(None), 1), else_=0)
+    ordering = (column.desc(), col(Task.id).desc()) if descending else (column, col(Task.id))
+    stmt = stmt.order_by(nulls_last, *ordering).limit(query.limit + 1)
+    rows = list(session.exec(stmt).all())
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return {
+        "items": [show(session, task) for task in rows],
+        "next_cursor": encode_cursor(rows[-1], query) if more and rows else None,
+    }

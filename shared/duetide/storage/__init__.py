@@ -1,0 +1,1 @@
+"""Storage: the tables, sessions, schema migrations and the transactional outbox."""

@@ -1,0 +1,372 @@
+"""Transactional outbox: events commit with the change they report, and are sent later.
+
+`record` adds the event row inside the caller's transaction. Publishing happens
+right after the commit (`publish_after_commit`, best effort and bounded in time)
+and, for anything still unsent, on every sweep (`relay_pending`). A row is marked
+sent only after the broker acknowledged it, so a broker outage delays events but
+loses none; a crash between the ack and the mark re-sends with the same `ce_id`,
+which consumers deduplicate.
+
+The publisher recovers from broker loss (a broker restarted or replaced at the same
+address, a producer id it does not know, stale connections or metadata) without a
+process restart:
+
+- The producer is not idempotent. kafka-python's idempotent producer keeps a producer
+  id, an epoch and sequence numbers per partition. A broker that lost its state (the
+  embedded Tansu keeps everything in memory, so a restart is an empty broker) answers
+  the next produce with UnknownProducerId; kafka-python 3.0 then bumps the epoch
+  (KIP-360: InitProducerId carrying the old id), which that broker refuses (Tansu:
+  UnknownError), and the producer turns fatal: every later send fails at once with
+  KafkaError until the process restarts. What idempotence adds, no duplicate from a
+  retry inside the producer, the consumers already give: they deduplicate by `ce_id`,
+  as they must anyway for the re-send after a crash between ack and mark. Order per key
+  holds without it: acks=all and one request in flight per connection (kafka-python then
+  mutes a partition while its batch is out and puts a retried batch back at the head).
+  Across a failure a re-sent row can land after a later one of the same key; consumers
+  are order-tolerant by design (RELIABILITY.md, scenarios 4 and 5).
+- A send that fails in any way discards its producer, so the next one starts fresh
+  (connections, metadata, no state from the lost broker). The discarded one is closed on
+  a daemon thread: `close(timeout)` flushes first, and a flush that times out raises and
+  leaves the producer's I/O thread running; given the delivery timeout, every pending
+  record has completed (acked or expired) and the close finishes.
+- All broker I/O runs on a short-lived worker thread, one send at a time. The fast path
+  never queues behind it: while a send is under way or the breaker is open it returns at
+  once and leaves its rows to the relay, else it waits for its own send at most
+  `duetide_publish_timeout_s` and holds no database connection meanwhile. The relay waits
+  for its turn and ignores the breaker: it is the probe that finds the broker back, and
+  a send that succeeds closes the breaker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select, update
+
+from duetide import events
+from duetide.config import get_settings
+from duetide.storage import db
+from duetide.storage.models import Outbox, utcnow
+
+log = logging.getLogger("duetide.storage.outbox")
+
+# After a failed send the fast path stays off this long (or until a relay succeeds);
+# the sweep relays regardless.
+BREAKER_S = 10.0
+
+
+def topic_for(event_type: str) -> str:
+    settings = get_settings()
+    if event_type.startswith("dev.duetide.reminder."):
+        return settings.duetide_topic_reminders
+    return settings.duetide_topic_task_events
+
+
+def record(
+    session: Session, *, type: str, key: str, data: dict[str, Any], source: str, subject: str = ""
+) -> Outbox:
+    """Add an event to the caller's transaction; `key` is the aggregate id (Kafka key)."""
+    row = Outbox(
+        topic=topic_for(type),
+        key=key,
+        type=type,
+        source=source,
+        subject=subject or key,
+        data=data,
+    )
+    session.add(row)
+    return row
+
+
+def to_cloudevent(row: Outbox) -> Any:
+    return events.build(
+        event_id=row.id,
+        type=row.type,
+        source=row.source,
+        subject=row.subject,
+        data=row.data,
+        time=row.created_at,
+    )
+
+
+class _Record(NamedTuple):
+    """One row as a Kafka record, built on the caller's thread (ORM rows stay there)."""
+
+    row_id: str
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def _records(rows: Iterable[Outbox]) -> list[_Record]:
+    """The rows as records; a row that cannot be encoded is logged and stays pending."""
+    records: list[_Record] = []
+    for row in rows:
+        try:
+            message = events.to_kafka(to_cloudevent(row), row.key)
+        except Exception as exc:  # the relay retries it; it must not take the batch down
+            log.error("outbox row %s cannot be encoded: %s", row.id, type(exc).__name__)
+            continue
+        headers = list(message.headers.items())
+        records.append(_Record(row.id, row.topic, message.key, message.value, headers))
+    return records
+
+
+def _close_quietly(producer: Any, timeout_s: float) -> None:
+    try:
+        producer.close(timeout=timeout_s)
+    except Exception as exc:  # nothing left to save: its rows are pending for the relay
+        log.info("closing a discarded producer failed: %s", type(exc).__name__)
+
+
+class Publisher:
+    """One producer per process (acks=all, not idempotent), created lazily, with a breaker.
+
+    `_sending` is held for one send, from the caller that starts it until its worker
+    thread ends; request threads only ever try it without waiting.
+    """
+
+    def __init__(self, bootstrap_servers: str, timeout_s: float):
+        self.bootstrap_servers = bootstrap_servers
+        self.timeout_s = timeout_s
+        timeout_ms = int(timeout_s * 1000)
+        self._request_timeout_ms = max(timeout_ms, 1000)
+        self._delivery_timeout_ms = max(timeout_ms * 2, 5000)
+        # A send's steps are each bounded by timeout_s: bootstrap, the metadata of each of
+        # the two topics, the flush. The relay waits that long for its turn and its send.
+        self.send_bound_s = 4 * timeout_s + 1.0
+        self._close_grace_s = (self._delivery_timeout_ms + self._request_timeout_ms) / 1000
+        self._producer: Any = None
+        self._open_until = 0.0
+        self._sending = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open (after a failed send)."""
+        return time.monotonic() >= self._open_until
+
+    @property
+    def busy(self) -> bool:
+        """A send is under way (its worker may be waiting for the broker)."""
+        return self._sending.locked()
+
+    def try_send(self, rows: Iterable[Outbox]) -> list[str]:
+        """The fast path: send now unless busy or the breaker is open; wait <= timeout_s.
+
+        Returns the ids the broker acknowledged in time; the others wait for the relay.
+        """
+        records = _records(rows)
+        if not records or not self.available or not self._sending.acquire(blocking=False):
+            return []
+        return self._start(records, wait_s=self.timeout_s)
+
+    def send(self, rows: Iterable[Outbox]) -> list[str]:
+        """The relay path: wait for the turn, then send even if the breaker is open."""
+        records = _records(rows)
+        if not records:
+            return []
+        if not self._sending.acquire(timeout=self.send_bound_s):
+            log.warning("publish skipped, an earlier send is still running")
+            return []
+        return self._start(records, wait_s=self.send_bound_s)
+
+    def wait_idle(self) -> None:
+        """Wait (bounded) until no send is under way, e.g. before taking database locks."""
+        if self._sending.acquire(timeout=self.send_bound_s):
+            self._sending.release()
+
+    def close(self) -> None:
+        """Close the producer (tests, shutdown) once a running send is over (bounded)."""
+        acquired = self._sending.acquire(timeout=self.send_bound_s)
+        producer, self._producer = self._producer, None
+        if acquired:
+            self._sending.release()
+        if producer is not None:
+            _close_quietly(producer, self._close_grace_s)
+
+    def _start(self, records: list[_Record], wait_s: float) -> list[str]:
+        """Send on a worker thread (the caller holds `_sending`; the worker releases it)."""
+        done: Future[list[str]] = Future()
+        worker = threading.Thread(
+            target=self._work, args=(records, done), name="duetide-publish", daemon=True
+        )
+        try:
+            worker.start()
+        except BaseException:
+            self._sending.release()
+            raise
+        try:
+            return done.result(timeout=wait_s)
+        except FutureTimeout:  # its late acks are lost: the relay re-sends, same ce_id
+            log.warning("publish still running after %g s, events stay pending", wait_s)
+            return []
+
+    def _work(self, records: list[_Record], done: Future[list[str]]) -> None:
+        try:
+            acked = self._deliver(records)
+        finally:
+            self._sending.release()
+        done.set_result(acked)
+
+    def _deliver(self, records: list[_Record]) -> list[str]:
+        """Send in order and wait for the acks; any failure discards the producer."""
+        futures: list[tuple[str, Any]] = []
+        failure: BaseException | None = None
+        try:
+            if self._producer is None:
+                self._producer = self._connect()
+            for record in records:
+                future = self._producer.send(record.topic, record.value, record.key, record.headers)
+                futures.append((record.row_id, future))
+            self._producer.flush(timeout=self.timeout_s)  # all futures are done after it
+        except Exception as exc:  # any broker trouble: unacked rows stay for the relay
+            failure = exc
+        acked = [row_id for row_id, future in futures if future.succeeded()]
+        if failure is None and len(acked) < len(records):
+            failed = (future.exception for _, future in futures if future.failed())
+            failure = next(failed, None) or TimeoutError("not acknowledged")
+        if failure is None:
+            self._open_until = 0.0
+        else:
+            self._discard(failure, len(records) - len(acked))
+        return acked
+
+    def _discard(self, failure: BaseException, unacked: int) -> None:
+        """Open the breaker and drop the producer; the next send builds a fresh one."""
+        self._open_until = time.monotonic() + BREAKER_S
+        producer, self._producer = self._producer, None
+        log.warning("publish failed, %d events stay pending: %s", unacked, type(failure).__name__)
+        if producer is not None:
+            threading.Thread(
+                target=_close_quietly,
+                args=(producer, self._close_grace_s),
+                name="duetide-publish-close",
+                daemon=True,
+            ).start()
+
+    def _connect(self) -> Any:
+        from kafka import KafkaProducer  # imported on first publish: a cold start need not
+
+        timeout_ms = int(self.timeout_s * 1000)
+        return KafkaProducer(
+            bootstrap_servers=self.bootstrap_servers.split(","),
+            acks="all",
+            enable_idempotence=False,  # see the module docstring
+            max_in_flight_requests_per_connection=1,  # order per partition without it
+            linger_ms=0,
+            max_block_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+            request_timeout_ms=self._request_timeout_ms,
+            delivery_timeout_ms=self._delivery_timeout_ms,
+        )
+
+
+_publisher: tuple[int, Publisher | None] | None = None
+
+
+def get_publisher() -> Publisher | None:
+    """The process's publisher; None when KAFKA_BOOTSTRAP_SERVERS is unset (rows wait)."""
+    global _publisher
+    if _publisher is None or _publisher[0] != os.getpid():  # a producer must not cross a fork
+        settings = get_settings()
+        servers = settings.kafka_bootstrap_servers
+        _publisher = (
+            os.getpid(),
+            Publisher(servers, settings.duetide_publish_timeout_s) if servers else None,
+        )
+    return _publisher[1]
+
+
+def mark_sent(session: Session, ids: list[str]) -> None:
+    if ids:
+        session.exec(
+            update(Outbox)
+            .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
+            .values(sent_at=utcnow())
+        )
+
+
+def requeue_sent_since(since: datetime, engine: Engine | None = None) -> int:
+    """Mark rows sent at or after `since` unsent again, so the relay sends them once more.
+
+    For a broker that lost acknowledged records: an embedded broker restarted empty, or a
+    cluster after an unclean leader election. Consumers see those events a second time
+    with the same `ce_id` and drop them as duplicates, so erring early is harmless.
+    Rows older than the sweep's purge (`sweep.SENT_OUTBOX_TTL`) are gone and cannot come back.
+    """
+    with db.session_scope(engine) as session:
+        result = session.exec(
+            update(Outbox).where(col(Outbox.sent_at) >= since).values(sent_at=None, attempts=0)
+        )
+        return int(result.rowcount or 0)
+
+
+def publish_after_commit(ids: list[str]) -> int:
+    """The fast path: send just-committed rows now, unless the publisher is busy or off.
+
+    Best effort: the change is committed and its answer must say so, so database
+    trouble here (reading the rows, marking them sent) is logged and left to the relay,
+    which re-sends any row not marked, with the same `ce_id`. The broker is waited for
+    at most `duetide_publish_timeout_s`, with no database connection held meanwhile.
+    """
+    publisher = get_publisher()
+    if publisher is None or not ids or not publisher.available or publisher.busy:
+        return 0
+    try:
+        with db.session_scope(read_only=True) as session:
+            rows = session.exec(
+                select(Outbox)
+                .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
+                .order_by(col(Outbox.created_at))
+            ).all()
+        acked = publisher.try_send(rows)
+        if acked:
+            with db.session_scope() as session:
+                mark_sent(session, acked)
+    except SQLAlchemyError as exc:
+        log.warning("fast-path publish left events for the relay: %s", type(exc).__name__)
+        return 0
+    return len(acked)
+
+
+def relay_pending(limit: int = 500) -> int:
+    """The catch-up path (each sweep): send unsent rows, oldest first, once per relay.
+
+    On PostgreSQL rows are locked with SKIP LOCKED, so concurrent relays share the
+    work instead of sending the same rows twice; SQLite takes its write lock at BEGIN
+    (a read that later writes would fail once another writer committed in between).
+    A send under way (a request's fast path) is waited for before those locks are taken.
+    """
+    publisher = get_publisher()
+    if publisher is None:
+        return 0
+    publisher.wait_idle()
+    with db.session_scope() as session:
+        rows = session.exec(
+            select(Outbox)
+            .where(col(Outbox.sent_at).is_(None))
+            .order_by(col(Outbox.created_at))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        acked = publisher.send(rows)
+        if len(acked) < len(rows):
+            acked_ids = set(acked)
+            session.exec(
+                update(Outbox)
+                .where(col(Outbox.id).in_([r.id for r in rows if r.id not in acked_ids]))
+                .values(attempts=Outbox.attempts + 1)
+            )
+        mark_sent(session, acked)
+    return len(acked)

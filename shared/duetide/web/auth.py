@@ -1,0 +1,140 @@
+"""Bearer-token authentication: the token's `sub` is the user every query is scoped to.
+
+Two modes, chosen by DUETIDE_AUTH:
+- `jwks` (production): asymmetric tokens (RS256, ES256, EdDSA by default) verified
+  against a JWKS URL, with required `exp`/`sub` and the configured issuer and
+  audience. PyJWT's JWKS client caches the key set and refetches it on an unknown
+  `kid` at most once per cooldown, so forged kids cannot make us hammer the issuer.
+- `hs256` (explicit opt-in; the local default): a shared secret, DUETIDE_JWT_SECRET.
+The algorithm list is fixed by the server, never taken from the token's header.
+The same verifier checks Knative's OIDC sender tokens on the event endpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from flask import Request
+
+from duetide.config import Settings, get_settings
+from duetide.errors import Unauthorized
+from duetide.storage.models import utcnow
+
+MAX_TOKEN_BYTES = 8192
+MAX_SUBJECT_CHARS = 255
+LOCAL_TOKEN_TTL = timedelta(days=30)
+JWKS_COOLDOWN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """How tokens of one audience are checked; `jwks_url` empty means HS256."""
+
+    algorithms: tuple[str, ...]
+    secret: str = ""
+    jwks_url: str = ""
+    issuer: str = ""
+    audience: str = ""
+
+    def claims(self, token: str) -> dict[str, Any]:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthorized("the bearer token is too large")
+        required = [
+            "exp",
+            "sub",
+            *(["iss"] if self.issuer else []),
+            *(["aud"] if self.audience else []),
+        ]
+        try:
+            key: Any = (
+                _jwks(self.jwks_url).get_signing_key_from_jwt(token).key
+                if self.jwks_url
+                else self.secret
+            )
+            return jwt.decode(
+                token,
+                key,
+                algorithms=list(self.algorithms),
+                issuer=self.issuer or None,
+                audience=self.audience or None,
+                options={"require": required, "verify_aud": bool(self.audience)},
+                leeway=30,
+            )
+        except (jwt.PyJWTError, ValueError):
+            raise Unauthorized("the bearer token is invalid or expired") from None
+
+    def subject(self, token: str) -> str:
+        """The user id: 1 to 255 printable characters. A validly signed token can still
+        carry a NUL, a control character or a lone surrogate (JSON's "\\ud800") in `sub`,
+        which no database can store or compare; it is refused like any bad token."""
+        subject = self.claims(token).get("sub")
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+            raise Unauthorized("the bearer token has no usable subject")
+        if not subject.isprintable():
+            raise Unauthorized("the bearer token has no usable subject")
+        return subject
+
+
+@functools.cache
+def _jwks(url: str) -> jwt.PyJWKClient:
+    return jwt.PyJWKClient(
+        url, cache_keys=True, lifespan=300, timeout=5, cooldown_duration=JWKS_COOLDOWN_S
+    )
+
+
+@functools.cache
+def api_verifier() -> Verifier:
+    """The API's verifier, built once per process from the settings."""
+    settings = get_settings()
+    if settings.duetide_auth == "jwks":
+        return Verifier(
+            algorithms=tuple(settings.duetide_jwt_algorithms),
+            jwks_url=settings.duetide_jwks_url,
+            issuer=settings.duetide_jwt_issuer,
+            audience=settings.duetide_jwt_audience,
+        )
+    return Verifier(algorithms=("HS256",), secret=settings.jwt_secret())
+
+
+@functools.cache
+def event_verifier() -> Verifier | None:
+    """Knative's sender identity on the event endpoints (DUETIDE_EVENT_OIDC_AUDIENCE)."""
+    settings = get_settings()
+    if not settings.duetide_event_oidc_audience:
+        return None
+    return Verifier(
+        algorithms=("RS256", "ES256"),
+        jwks_url=settings.duetide_event_oidc_jwks_url,
+        issuer=settings.duetide_event_oidc_issuer,
+        audience=settings.duetide_event_oidc_audience,
+    )
+
+
+def issue_local_token(user: str, settings: Settings | None = None) -> str:
+    """An HS256 token for `user`, for local development and tests."""
+    settings = settings or get_settings()
+    now = utcnow()
+    claims = {"sub": user, "iat": now, "nbf": now, "exp": now + LOCAL_TOKEN_TTL}
+    return jwt.encode(claims, settings.jwt_secret(), algorithm="HS256")
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized()
+    return token.strip()
+
+
+def authenticate(request: Request) -> str:
+    """The user id (`sub`) of the request's valid bearer token, or 401."""
+    return verify(bearer_token(request))
+
+
+def verify(token: str) -> str:
+    """The user id (`sub`) of a valid API token, or 401 without saying which check failed."""
+    return api_verifier().subject(token)

@@ -1,0 +1,70 @@
+"""Command intake: other systems create and complete tasks with CloudEvents.
+
+Commands arrive at `POST /commands` directly (binary or structured mode, with a
+bearer token) or are produced onto the commands topic and delivered here by a
+KafkaSource. A KafkaSource forwards only CloudEvent attributes, so a command from
+the topic carries its producer's token in the `authtoken` extension attribute.
+The command's (source, id) makes a retried command idempotent, per user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Request, Response
+from sqlmodel import Session
+
+from duetide import events
+from duetide.config import get_settings
+from duetide.errors import InvalidCloudEvent, Unauthorized
+from duetide.services import ratelimit, tasks
+from duetide.services.schemas import TaskCreate
+from duetide.storage.processed import EventKey, run_once
+from duetide.web import auth
+from duetide.web.http import json_response, parse_model
+from duetide.web.sink import Incoming, decode
+
+CONSUMER = "commands"
+
+
+def _user(request: Request, event: Incoming) -> str:
+    if request.headers.get("Authorization"):
+        return auth.authenticate(request)
+    token = event.extensions.get("authtoken")
+    if not token:
+        raise Unauthorized()
+    return auth.verify(str(token))
+
+
+def _payload(event: Incoming) -> Any:
+    model = events.PAYLOADS[event.type]
+    try:
+        return model.model_validate(event.data)
+    except Exception:
+        raise InvalidCloudEvent(f"invalid {event.type} data") from None
+
+
+def handle(request: Request) -> Response:
+    event = decode(request, get_settings().duetide_max_body_bytes)
+    if event.type not in (events.CMD_TASK_CREATE, events.CMD_TASK_COMPLETE):
+        raise InvalidCloudEvent(
+            f"unknown command type {event.type!r}; expected "
+            f"{events.CMD_TASK_CREATE} or {events.CMD_TASK_COMPLETE}"
+        )
+    user = _user(request, event)
+    ratelimit.charge_write(user)
+    payload = _payload(event)
+    spec = parse_model(TaskCreate, payload.task) if event.type == events.CMD_TASK_CREATE else None
+    key = EventKey(CONSUMER, event.source, event.id, scope=user)
+
+    def work(session: Session) -> tuple[dict[str, Any], list[str]]:
+        if spec is not None:
+            task, ids = tasks.create(session, user, spec)
+        else:
+            task, ids = tasks.complete(session, user, payload.task_id)
+        return {"status": "processed", "task": tasks.show(session, task)}, ids
+
+    body = run_once(key, work)
+    if body is None:
+        return json_response({"status": "duplicate"})
+    return json_response(body, 201 if spec is not None else 200)

@@ -1,0 +1,145 @@
+"""What every HTTP entry point shares: JSON answers, the error mapping, body limits.
+
+Each function decodes with these and maps errors in one place (`guarded`), so a
+client always gets `{"error": {"code", "message", "details"}}` and never a 500 for
+anything it sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import pydantic
+from flask import Request, Response
+from sqlalchemy.exc import OperationalError
+
+from duetide.errors import (
+    ApiError,
+    BadRequest,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from duetide.rules.text import text_problem
+
+log = logging.getLogger("duetide.web.http")
+
+Handler = Callable[[Request], Response]
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    payload = "" if status == 204 else json.dumps(body, separators=(",", ":"), default=str)
+    mimetype = None if status == 204 else "application/json"
+    return Response(payload, status=status, mimetype=mimetype, headers=headers)
+
+
+def error_response(err: ApiError) -> Response:
+    return json_response(err.body(), err.status, err.headers)
+
+
+def validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:
+    """A pydantic error as a 422 naming each field; input values are not echoed back."""
+    details = [
+        {"field": ".".join(str(p) for p in err["loc"]) or None, "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    fields = ", ".join(d["field"] or "body" for d in details)
+    return ValidationFailed(f"invalid value for {fields}", details=details)
+
+
+def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refusing more than `max_bytes` without reading it all."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    data = request.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    return data
+
+
+def read_json(request: Request, max_bytes: int) -> Any:
+    """The JSON body of a request: 413 if too large, 415 if not JSON, 400 if unparsable,
+    422 if a text holds a NUL character or a lone surrogate."""
+    body = read_body(request, max_bytes)
+    if not body:
+        raise BadRequest("a JSON request body is required")
+    if request.mimetype not in ("application/json", "") and not request.mimetype.endswith("+json"):
+        raise UnsupportedMediaType("the request body must be application/json")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
+    reject_unstorable(data)
+    return data
+
+
+def unstorable_at(data: Any) -> tuple[str, str] | None:
+    """Where (`field.0.name`) the first text that cannot be stored is, and why.
+
+    Refused at the edge on every backend. Iterative: the value may be nested as deeply
+    as json.loads allows.
+    """
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, str) and (problem := text_problem(value)):
+            return where, problem
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(key, str) and (problem := text_problem(key)):
+                    return where, problem
+                pending.append((f"{where}.{key}" if where else str(key), item))
+        elif isinstance(value, list):
+            pending.extend((f"{where}.{i}" if where else str(i), v) for i, v in enumerate(value))
+    return None
+
+
+def reject_unstorable(data: Any, field: str | None = None) -> None:
+    found = unstorable_at(data)
+    if found is not None:
+        where, problem = found
+        field = ".".join(part for part in (field, where) if part) or None
+        raise ValidationFailed(
+            f"invalid value for {field or 'body'}: {problem}",
+            details=[{"field": field, "message": problem}],
+        )
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise validation_failed(exc) from None
+
+
+def guarded(handler: Handler) -> Handler:
+    """Map every error to the JSON shape; an unexpected exception is a logged bug (500)."""
+
+    @functools.wraps(handler)
+    def wrapper(request: Request) -> Response:
+        try:
+            return handler(request)
+        except ApiError as err:
+            return error_response(err)
+        except pydantic.ValidationError as exc:
+            return error_response(validation_failed(exc))
+        except OperationalError as exc:
+            log.warning("database unavailable: %s", str(exc.orig)[:200])
+            return error_response(
+                Unavailable("the database is unavailable; retry", headers={"Retry-After": "1"})
+            )
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return json_response(
+                {"error": {"code": "internal", "message": "internal error"}}, status=500
+            )
+
+    return wrapper

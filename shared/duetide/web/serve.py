@@ -1,0 +1,374 @@
+"""`python -m duetide.web.serve --target tasks --source functions/tasks/main.py`: serve one
+function with bounded requests.
+
+functions-framework's own server (gunicorn's gthread worker) takes a thread per
+connection before the request is read and sets `limit_request_line=0`, so a dozen
+clients sending their bodies slowly, or a few 16 MiB request lines, starve everyone
+else (bench/results/http_edge.md). Its options are hard-coded in a BaseApplication
+(GUNICORN_CMD_ARGS is not read). Here the same Flask app (functions_framework.create_app,
+so routing, error handlers and the function itself are unchanged) runs behind uvicorn:
+requests are read on the event loop, where a slow client costs a socket and a buffer,
+not a thread, and a request reaches the THREADS worker threads only once it is whole.
+
+Every request is bounded, and every refusal is JSON `{"error": {...}}`:
+- the request line and headers together: DUETIDE_HTTP_MAX_HEAD_BYTES (431);
+- the time to send them, and then the body: DUETIDE_HTTP_READ_TIMEOUT_S each (408);
+- the body: DUETIDE_MAX_BODY_BYTES, refused from Content-Length or while reading (413);
+- open connections: DUETIDE_HTTP_MAX_CONNECTIONS, more get 503 and are closed;
+- malformed HTTP: 400.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from duetide.config import get_settings
+from duetide.errors import (
+    ApiError,
+    BadRequest,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unavailable,
+)
+
+log = logging.getLogger("duetide.web.serve")
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Scope = dict[str, Any]
+LINGER_S, LINGER_MAX_BYTES = 2.0, 256 * 1024
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+
+
+def error_bytes(err: ApiError) -> bytes:
+    return json.dumps(err.body(), separators=(",", ":")).encode()
+
+
+def head_too_large(limit: int) -> HeadersTooLarge:
+    return HeadersTooLarge(f"the request line and headers are larger than {limit} bytes")
+
+
+# --- the connection: request head, its deadline, the number of connections -------------
+
+
+class EdgeProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for the request head, a cap on open
+    connections, and JSON for its own refusals (uvicorn answers them in plain text).
+
+    The head deadline runs from the connection, or from the first byte of a request
+    on a kept-alive connection, until the head is complete: uvicorn itself only times
+    idle kept-alive connections, so a client trickling header bytes would hold its
+    connection forever. The body's deadline is the bridge's (`WsgiBridge`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        self._head_timeout_s = settings.duetide_http_read_timeout_s
+        self._max_connections = settings.duetide_http_max_connections
+        self._max_head_bytes = settings.duetide_http_max_head_bytes
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+        self._dropped = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._max_connections:
+            self._refuse(
+                Unavailable(
+                    "the server has too many open connections; retry",
+                    headers={"Retry-After": "1"},
+                )
+            )
+            return
+        self._watch_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # the rest of a refused request, read so the answer is not reset
+            self._dropped += len(data)
+            if self._dropped > LINGER_MAX_BYTES:
+                self.transport.close()
+            return
+        super().data_received(data)
+        self._watch_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch_head()
+
+    def shutdown(self) -> None:
+        if self._refused:  # answered and lingering: h11 may be in its error state
+            self.transport.close()
+            return
+        super().shutdown()
+
+    def _watch_head(self) -> None:
+        """Time the head while h11 waits for one and bytes of it are due or have come."""
+        waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        if waiting and (self.cycle is None or self.conn.trailing_data[0]):
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_late)
+        else:
+            self._stop_head_timer()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        if not self.conn.trailing_data[0]:
+            self.transport.close()  # not a byte sent: nothing to answer
+            return
+        self._refuse(RequestTimeout("the request head was not received in time"))
+
+    def send_400_response(self, msg: str) -> None:
+        """Called by uvicorn for any head h11 refuses: malformed, or larger than allowed."""
+        if len(self.conn.trailing_data[0]) > self._max_head_bytes:
+            self._refuse(head_too_large(self._max_head_bytes))
+        else:
+            self._refuse(BadRequest("malformed HTTP request"))
+
+    def _refuse(self, err: ApiError) -> None:
+        """Write a JSON error straight to the socket, then close it after a short linger.
+
+        Closing at once with unread bytes would make the kernel reset the connection,
+        and the client could lose the answer before reading it; so the rest is read and
+        dropped for LINGER_S or LINGER_MAX_BYTES, whichever comes first (the client sees
+        the end of our data at once).
+        """
+        self._stop_head_timer()
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        body = error_bytes(err)
+        reason = HTTPStatus(err.status).phrase
+        head = (
+            f"HTTP/1.1 {err.status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in err.headers.items())
+            + "\r\n"
+        )
+        self.transport.write(head.encode("latin-1") + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+
+# --- the request: body with its limits, then the WSGI app on a worker thread ------------
+
+
+class WsgiBridge:
+    """An ASGI app that reads a whole request within its limits, then runs the WSGI app
+    (functions-framework's Flask app) on one of `threads` threads."""
+
+    def __init__(self, app: WsgiApp, threads: int) -> None:
+        self.app = app
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
+        settings = get_settings()
+        self.max_body_bytes = settings.duetide_max_body_bytes
+        self.body_timeout_s = settings.duetide_http_read_timeout_s
+        self.max_head_bytes = settings.duetide_http_max_head_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off; websockets are not served
+            return
+        try:
+            self._check_head(scope)
+            body = await self._read_body(scope, receive)
+        except ApiError as err:
+            await _send(send, err.status, _error_headers(err), error_bytes(err))
+            return
+        except ConnectionAbortedError:
+            return  # the client went away: nobody to answer
+        environ = wsgi_environ(scope, body)
+        loop = asyncio.get_running_loop()
+        status, headers, payload = await loop.run_in_executor(
+            self.executor, run_wsgi, self.app, environ
+        )
+        await _send(send, status, headers, payload)
+
+    def _check_head(self, scope: Scope) -> None:
+        """h11 bounds a head only while it is incomplete; one that came whole in a single
+        read is measured here."""
+        size = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 12
+        size += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if size > self.max_head_bytes:
+            raise head_too_large(self.max_head_bytes)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        length = _content_length(scope)
+        if length is not None and length > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
+        deadline = time.monotonic() + self.body_timeout_s
+        body = bytearray()
+        more = True
+        while more:
+            remaining = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+            except TimeoutError:
+                raise RequestTimeout("the request body was not received in time") from None
+            if message["type"] == "http.disconnect":
+                raise ConnectionAbortedError
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
+            more = message.get("more_body", False)
+        return bytes(body)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value)  # h11 has checked it is digits
+    return None
+
+
+def _error_headers(err: ApiError) -> list[tuple[bytes, bytes]]:
+    headers = {"content-type": "application/json", "connection": "close", **err.headers}
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """The whole answer at once, its length named (without it uvicorn would chunk it)."""
+    if not any(name == b"content-length" for name, _ in headers):
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def wsgi_environ(scope: Scope, body: bytes) -> dict[str, Any]:
+    """The PEP 3333 environ of a whole request; the body is in memory, its length known."""
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": "",
+        "PATH_INFO": scope["path"].encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "REMOTE_ADDR": client[0] if client else "",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        if name in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+            continue  # the body is whole: its length is the one above
+        key = "CONTENT_TYPE" if name == "CONTENT_TYPE" else f"HTTP_{name}"
+        value = raw_value.decode("latin-1")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+def run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Call the WSGI app and collect its whole answer (the API's answers are small)."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [status, headers]
+        return lambda data: None  # the legacy write() callable; Flask does not use it
+
+    try:
+        result = app(environ, start_response)
+        try:
+            payload = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status, headers = started
+    except Exception:
+        log.exception("the WSGI app failed outside its error handlers")
+        body = b'{"error":{"code":"internal","message":"internal error"}}'
+        return 500, [(b"content-type", b"application/json")], body
+    encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return int(status.split(" ", 1)[0]), encoded, payload
+
+
+# --- start-up -----------------------------------------------------------------------------
+
+
+def app_from_env() -> WsgiBridge:
+    """The ASGI app of the function FUNCTION_TARGET in FUNCTION_SOURCE (uvicorn's factory)."""
+    import functions_framework
+
+    target, source = os.environ["FUNCTION_TARGET"], os.environ["FUNCTION_SOURCE"]
+    app = functions_framework.create_app(target, source)
+    threads = int(os.environ.get("THREADS") or (os.cpu_count() or 1) * 4)
+    return WsgiBridge(app, threads)
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m duetide.web.serve", description=__doc__)
+    env = os.environ.get
+    cli.add_argument(
+        "--target", default=env("FUNCTION_TARGET"), required=not env("FUNCTION_TARGET")
+    )
+    cli.add_argument("--source", default=env("FUNCTION_SOURCE", "main.py"))
+    cli.add_argument("--host", default=env("HOST", "0.0.0.0"))
+    cli.add_argument("--port", type=int, default=int(env("PORT", "8080")))
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    args = parser().parse_args(argv)
+    # The factory reads these, in this process or in each worker process.
+    os.environ.update(FUNCTION_TARGET=args.target, FUNCTION_SOURCE=os.path.abspath(args.source))
+    settings = get_settings()  # a bad variable stops us here, named
+    uvicorn.run(
+        "duetide.web.serve:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=int(os.environ.get("WORKERS") or 1),
+        http=EdgeProtocol,
+        h11_max_incomplete_event_size=settings.duetide_http_max_head_bytes,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=25,
+        lifespan="off",
+        interface="asgi3",
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+        log_level=os.environ.get("GUNICORN_LOG_LEVEL", "warning"),
+    )
+
+
+if __name__ == "__main__":
+    main()

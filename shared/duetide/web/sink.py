@@ -1,0 +1,190 @@
+"""The sink contract every CloudEvent entry point follows (README, "Design notes").
+
+functions-framework's own CloudEvent path answers bad events with HTML or hands raw
+bytes to the function, so the event functions are HTTP functions that decode here:
+400 (JSON) for an unparsable or invalid event, 405 for non-POST, 413/415 for size and
+media type, 2xx only after the commit, a 2xx no-op for duplicates, 503 for transient
+trouble so Knative retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from cloudevents import exceptions as ce_errors
+from cloudevents.http import from_http
+from flask import Request, Response
+from sqlmodel import Session
+
+from duetide.config import get_settings
+from duetide.errors import InvalidCloudEvent, MethodNotAllowed, UnsupportedMediaType
+from duetide.storage.processed import EventKey, run_once
+from duetide.web import auth
+from duetide.web.http import Handler, guarded, json_response, read_body, unstorable_at
+
+log = logging.getLogger("duetide.web.sink")
+
+REQUIRED = ("id", "source", "type", "specversion")
+STRUCTURED = "application/cloudevents+json"
+# (source, id) is stored to deduplicate (`processed_event`: 512 and 255 characters).
+MAX_ATTRIBUTE_CHARS = {"id": 255, "source": 255}
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A decoded CloudEvent: its context attributes and its JSON data."""
+
+    id: str
+    source: str
+    type: str
+    subject: str = ""
+    time: str = ""
+    data: Any = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype in ("", "application/json") or mimetype.endswith("+json")
+
+
+def decode(request: Request, max_bytes: int) -> Incoming:
+    """A strictly decoded CloudEvent (binary or structured mode), or a 4xx ApiError."""
+    body = read_body(request, max_bytes)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    binary = _binary_mode(request, headers)
+    try:
+        event = from_http(headers, body, data_unmarshaller=lambda raw: raw)
+    except ce_errors.GenericException as exc:
+        raise InvalidCloudEvent(_sdk_message(exc, binary)) from None
+    except (ValueError, TypeError, RecursionError):
+        # The SDK also lets these out: a body that is not UTF-8 (UnicodeDecodeError), a
+        # null required attribute, an unhashable specversion (found by tests/fuzz), JSON
+        # nested too deeply.
+        raise InvalidCloudEvent("the CloudEvent could not be parsed") from None
+    attributes = event.get_attributes()
+    found = unstorable_at({"attributes": dict(attributes)})
+    if found is not None:  # structured JSON can carry "\u0000" or "\ud800": a poison event
+        raise InvalidCloudEvent(f"the event at {found[0]}: {found[1]}")
+    _check_attributes(attributes)
+    incoming = Incoming(
+        id=attributes["id"],
+        source=attributes["source"],
+        type=attributes["type"],
+        subject=str(attributes.get("subject") or ""),
+        time=str(attributes.get("time") or ""),
+        data=_json_data(event.get_data()),
+        extensions={k: v for k, v in attributes.items() if k not in _CONTEXT},
+    )
+    found = unstorable_at({"data": incoming.data})
+    if found is not None:  # text no database can store: a poison event, not a retry
+        raise InvalidCloudEvent(f"the event at {found[0]}: {found[1]}")
+    return incoming
+
+
+def _binary_mode(request: Request, headers: dict[str, str]) -> bool:
+    """Whether the event is in binary mode; 400/415 for a request that is neither mode."""
+    binary = "ce-specversion" in headers or any(k.startswith("ce-") for k in headers)
+    if not binary and request.mimetype != STRUCTURED:
+        if not _is_json(request.mimetype):
+            raise UnsupportedMediaType(
+                f"expected a binary-mode CloudEvent or {STRUCTURED}, got {request.mimetype!r}"
+            )
+        raise InvalidCloudEvent("not a CloudEvent: no ce-specversion header and not structured")
+    if binary:
+        missing = [a for a in REQUIRED if f"ce-{a}" not in headers]
+        if missing:
+            raise InvalidCloudEvent(f"missing required attributes: {', '.join(missing)}")
+        if not _is_json(request.mimetype):
+            raise UnsupportedMediaType(f"event data must be JSON, got {request.mimetype!r}")
+    return binary
+
+
+def _check_attributes(attributes: Mapping[str, Any]) -> None:
+    missing = [a for a in REQUIRED if not attributes.get(a)]
+    if missing:
+        raise InvalidCloudEvent(f"missing required attributes: {', '.join(missing)}")
+    not_text = [a for a in REQUIRED if not isinstance(attributes[a], str)]
+    if not_text:  # structured mode: JSON could give numbers or objects
+        raise InvalidCloudEvent(f"attributes must be strings: {', '.join(not_text)}")
+    if attributes["specversion"] != "1.0":
+        raise InvalidCloudEvent("unsupported specversion: only 1.0 is accepted")
+    for name, limit in MAX_ATTRIBUTE_CHARS.items():
+        if len(attributes[name]) > limit:
+            raise InvalidCloudEvent(f"the {name} attribute is longer than {limit} characters")
+
+
+_CONTEXT = {"id", "source", "type", "specversion", "subject", "time", "datacontenttype"}
+
+
+def _sdk_message(exc: Exception, binary: bool) -> str:
+    """The SDK's messages echo the raw body; ours name the problem without it."""
+    if isinstance(exc, ce_errors.MissingRequiredFields):
+        if not binary:
+            return "structured CloudEvent is not a JSON object with specversion, id, source, type"
+        return "missing required CloudEvent attributes"
+    if isinstance(exc, ce_errors.InvalidRequiredFields):
+        return "invalid CloudEvent attributes (specversion must be 1.0)"
+    return "the CloudEvent could not be parsed"
+
+
+def _json_data(raw: Any) -> Any:
+    if raw is None or raw in (b"", ""):
+        return None
+    if isinstance(raw, dict | list):
+        return raw
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InvalidCloudEvent("event data is not valid JSON") from None
+
+
+EventHandler = Callable[[Session, Incoming], list[str] | None]
+Process = Callable[[Incoming], str]
+
+
+def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
+    """The HTTP side of the sink contract around `process`, which returns a status word.
+
+    Events of other types get a 2xx no-op (a KafkaSource on a shared topic delivers
+    every type); data that does not fit its type's model is a 400.
+    """
+
+    @guarded
+    def endpoint(request: Request) -> Response:
+        if request.method == "GET" and request.path.rstrip("/") == "/healthz":
+            return json_response({"status": "ok"})
+        if request.method != "POST":
+            raise MethodNotAllowed("event sinks accept POST only", headers={"Allow": "POST"})
+        sender = auth.event_verifier()
+        if sender is not None:  # Knative's OIDC sender identity, when the cluster uses it
+            sender.claims(auth.bearer_token(request))
+        event = decode(request, get_settings().duetide_max_body_bytes)
+        if event.type not in accepts:
+            return json_response({"status": "ignored", "reason": f"type {event.type} not handled"})
+        try:
+            return json_response({"status": process(event)})
+        except pydantic.ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidCloudEvent(
+                f"invalid {event.type} data at {where}: {first['msg']}"
+            ) from None
+
+    return endpoint
+
+
+def exactly_once(consumer: str, handler: EventHandler) -> Process:
+    """The sink side of `run_once`: `handler` runs once per (source, id) for `consumer`."""
+
+    def process(event: Incoming) -> str:
+        done = run_once(
+            EventKey(consumer, event.source, event.id), lambda s: (True, handler(s, event) or [])
+        )
+        return "duplicate" if done is None else "processed"
+
+    return process
