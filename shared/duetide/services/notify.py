@@ -100,6 +100,10 @@ def _send_webhook(due: events.ReminderEvent, pref: Preference) -> channels.Deliv
         idempotency_key=f"{due.reminder_id}:{due.scheduled_at.isoformat()}",
         allow_loopback=get_settings().duetide_allow_loopback_webhooks,
         hosts=get_settings().webhook_hosts,
+        # One attempt: the KafkaSource is the one retry layer (backoff, then the dead-letter
+        # topic), and its redelivery sends only to the channels not yet recorded. Retrying
+        # here too would hold the ordered partition for both budgets at once.
+        attempts=1,
     )
 
 
