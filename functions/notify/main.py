@@ -4,7 +4,7 @@ import functions_framework
 from flask import Request, Response
 
 from duetide import events
-from duetide.services import notify as notifier
+from duetide.services.notify import deliver
 from duetide.storage.models import utcnow
 from duetide.web import entry
 from duetide.web.sink import Incoming, event_endpoint
@@ -14,7 +14,7 @@ entry.start("notify")
 
 def on_due(event: Incoming) -> str:
     due = events.ReminderEvent.model_validate(event.data)
-    return notifier.deliver(event.source, event.id, due, utcnow())
+    return deliver(event.source, event.id, due, utcnow())
 
 
 _endpoint = event_endpoint(frozenset({events.REMINDER_DUE}), on_due)

@@ -5,7 +5,7 @@ from flask import Request, Response
 
 from duetide import events
 from duetide.config import get_settings
-from duetide.services import sweep as sweeper
+from duetide.services.sweep import claim_due, purge_processed
 from duetide.storage import outbox
 from duetide.storage.models import utcnow
 from duetide.web import entry
@@ -18,9 +18,9 @@ def on_ping(_event: Incoming) -> str:
     """Idempotent by its own claims, so a ping needs no event-id record."""
     settings = get_settings()
     now = utcnow()
-    sweeper.sweep(now, settings.duetide_sweep_batch)
+    claim_due(now, settings.duetide_sweep_batch)
     outbox.relay_pending(settings.duetide_sweep_batch)
-    sweeper.purge_processed(now)
+    purge_processed(now)
     return "processed"
 
 

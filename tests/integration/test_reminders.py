@@ -20,7 +20,7 @@ from sqlalchemy import insert
 from sqlmodel import select
 
 from duetide import channels, events
-from duetide.services.sweep import sweep
+from duetide.services import sweep
 from duetide.storage import db
 from duetide.storage.models import Notification, Outbox, Reminder, Task, utcnow
 from duetide_tools.local.broker import free_loopback_port
@@ -92,12 +92,12 @@ def test_quiet_hours_defer_to_their_end_in_the_users_zone(client, alice, env):
     )
     # 23:30 Berlin (22:30 UTC) is inside the window: deferred to 07:00 Berlin = 06:00 UTC.
     task = make_task(client, alice, reminders=[{"at": "2026-11-23T22:30:00Z"}])
-    sweep(datetime.fromisoformat("2026-11-23T22:31:00+00:00"), 100)
+    sweep.claim_due(datetime.fromisoformat("2026-11-23T22:31:00+00:00"), 100)
     (reminder,) = client.get(f"/tasks/{task['id']}", headers=alice).json["reminders"]
     assert reminder["state"] == "pending"
     assert reminder["fire_at"] == "2026-11-24T06:00:00+00:00"
     assert due_events() == []
-    sweep(datetime.fromisoformat("2026-11-24T06:00:01+00:00"), 100)
+    sweep.claim_due(datetime.fromisoformat("2026-11-24T06:00:01+00:00"), 100)
     assert reminder_states() == {task["id"]: "fired"}
     assert [e["scheduled_at"] for e in due_events()] == ["2026-11-24T06:00:00Z"]
 
@@ -105,7 +105,7 @@ def test_quiet_hours_defer_to_their_end_in_the_users_zone(client, alice, env):
 def test_snooze_rearms_and_dismiss_silences(client, alice, env):
     task = make_task(client, alice, reminders=[{"at": "2026-11-23T11:59:00Z"}])
     reminder_id = task["reminders"][0]["id"]
-    sweep(T0, 100)
+    sweep.claim_due(T0, 100)
     snoozed = client.post(f"/reminders/{reminder_id}/snooze", json={"for": "PT10M"}, headers=alice)
     assert snoozed.status_code == 200
     assert snoozed.json["state"] == "pending"
@@ -116,7 +116,7 @@ def test_snooze_rearms_and_dismiss_silences(client, alice, env):
         assert response.status_code == 422, bad
     client.post(f"/reminders/{reminder_id}/dismiss", headers=alice)
     assert client.get("/reminders/upcoming", headers=alice).json["items"] == []
-    sweep(utcnow() + timedelta(hours=1), 100)
+    sweep.claim_due(utcnow() + timedelta(hours=1), 100)
     assert reminder_states() == {task["id"]: "dismissed"}
 
 
@@ -133,15 +133,15 @@ def test_clock_forward_fires_or_misses_once_and_back_fires_nothing(client, alice
     client.patch("/preferences", json={"grace": "PT1H"}, headers=alice)
     times = [T0 + timedelta(minutes=m) for m in (0, 30, 150, 170, 200)]
     tasks = [make_task(client, alice, reminders=[{"at": t.isoformat()}]) for t in times]
-    sweep(T0 - timedelta(minutes=1), 100)  # before any: nothing
+    sweep.claim_due(T0 - timedelta(minutes=1), 100)  # before any: nothing
     assert set(reminder_states().values()) == {"pending"}
     forward = T0 + timedelta(hours=3)  # the clock jumps three hours
-    sweep(forward, 100)
+    sweep.claim_due(forward, 100)
     states = reminder_states()
     expected = ["missed", "missed", "fired", "fired", "pending"]  # 1 h grace from 3 h later
     assert [states[t["id"]] for t in tasks] == expected
-    sweep(T0, 100)  # the clock moves back: nothing again, nothing early
-    sweep(forward, 100)
+    sweep.claim_due(T0, 100)  # the clock moves back: nothing again, nothing early
+    sweep.claim_due(forward, 100)
     assert reminder_states() == states
     assert len(due_events()) == 2
 
@@ -162,7 +162,7 @@ def _bulk_reminders(owner: str, count: int, at: datetime) -> None:
 def _sweep_in_child(database_url: str, now: str, queue: Any) -> None:
     os.environ["DATABASE_URL"] = database_url
     _reset_caches()
-    result = sweep(datetime.fromisoformat(now), 100)
+    result = sweep.claim_due(datetime.fromisoformat(now), 100)
     queue.put(result.fired)
 
 
@@ -182,7 +182,7 @@ def test_two_concurrent_sweeps_fire_each_of_1000_reminders_once(env):
             worker.join(timeout=30)
     else:  # SQLite: two threads against one file
         fired = []
-        threads = [threading.Thread(target=lambda: fired.append(sweep(T0, 100).fired))
+        threads = [threading.Thread(target=lambda: fired.append(sweep.claim_due(T0, 100).fired))
                    for _ in range(2)]  # fmt: skip
         for thread in threads:
             thread.start()
@@ -249,7 +249,7 @@ def receiver(monkeypatch):
 
 def claim_due(client, alice, title: str = "Pay rent") -> dict[str, Any]:
     make_task(client, alice, title=title, reminders=[{"at": "2026-11-23T11:59:00Z"}])
-    sweep(T0, 100)
+    sweep.claim_due(T0, 100)
     (data,) = [e for e in due_events() if e["title"] == title]
     return data
 

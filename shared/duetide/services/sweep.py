@@ -103,7 +103,7 @@ def _emit(session: Session, reminder: Reminder, task: Task, fire_at: datetime, l
     outbox.record(session, type=event_type, key=task.id, data=data, source=events.SOURCE_SWEEP)
 
 
-def sweep(now: datetime, batch: int, engine: Engine | None = None) -> SweepResult:
+def claim_due(now: datetime, batch: int, engine: Engine | None = None) -> SweepResult:
     """Claim every due reminder, batch after batch, until a batch comes back short."""
     total = SweepResult()
     started = time.perf_counter()
