@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import requests
-
+from bench.serving import wait_healthy
 from duetide.config import get_settings
 from duetide.storage import migrate
 from duetide.web.auth import issue_local_token
@@ -73,16 +72,7 @@ def serving(name: str, home: Path) -> Iterator[int]:
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}", process, name)
         yield port
     finally:
         process.terminate()

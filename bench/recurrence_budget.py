@@ -30,6 +30,7 @@ from pathlib import Path
 
 import requests
 
+from bench.serving import wait_healthy
 from duetide.config import get_settings
 from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import free_loopback_port
@@ -69,27 +70,21 @@ def _env(code: Path, home: Path) -> dict[str, str]:
 @contextmanager
 def serving(code: Path, home: Path) -> Iterator[str]:
     env = _env(code, home)
-    migrate = "from duetide import migrate; migrate.upgrade()"
+    # The module names of the checkout being served: the runtime moved into layers later.
+    layered = (code / "shared" / "duetide" / "web").is_dir()
+    migrate = f"from duetide{'.storage' if layered else ''} import migrate; migrate.upgrade()"
+    serve = "duetide.web.serve" if layered else "duetide.serve"
     subprocess.run([sys.executable, "-c", migrate], env=env, check=True, cwd=code)
     port = free_loopback_port()
     source = str(code / "functions/tasks/main.py")
-    command = [sys.executable, "-m", "duetide.web.serve", "--target", "tasks", "--source", source,
+    command = [sys.executable, "-m", serve, "--target", "tasks", "--source", source,
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(
         command, env=env, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the server of {code} did not start")
-            time.sleep(0.1)
+        wait_healthy(base, process, f"the server of {code}")
         yield base
     finally:
         process.terminate()
