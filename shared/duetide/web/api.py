@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from flask import Request, Response
+from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
@@ -33,40 +35,22 @@ from duetide.storage import db, outbox
 from duetide.storage.models import Notification, utcnow
 from duetide.web import auth, commands, openapi
 from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
-
-ROUTES = Map(
-    [
-        Rule("/healthz", methods=["GET"], endpoint="health"),
-        Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
-        Rule("/tasks", methods=["GET"], endpoint="list_tasks"),
-        Rule("/tasks", methods=["POST"], endpoint="create_task"),
-        Rule("/tasks/<task_id>", methods=["GET"], endpoint="get_task"),
-        Rule("/tasks/<task_id>", methods=["PATCH"], endpoint="update_task"),
-        Rule("/tasks/<task_id>", methods=["DELETE"], endpoint="delete_task"),
-        Rule("/tasks/<task_id>/complete", methods=["POST"], endpoint="complete_task"),
-        Rule("/tasks/<task_id>/reopen", methods=["POST"], endpoint="reopen_task"),
-        Rule("/tasks/<task_id>/reminders", methods=["POST"], endpoint="add_reminder"),
-        Rule("/series", methods=["GET"], endpoint="list_series"),
-        Rule("/series/<series_id>", methods=["GET"], endpoint="get_series"),
-        Rule("/series/<series_id>", methods=["PATCH"], endpoint="update_series"),
-        Rule("/series/<series_id>", methods=["DELETE"], endpoint="end_series"),
-        Rule("/series/<series_id>/occurrences", methods=["GET"], endpoint="forecast"),
-        Rule("/series/<series_id>/history", methods=["GET"], endpoint="series_history"),
-        Rule("/series/<series_id>/pause", methods=["POST"], endpoint="pause_series"),
-        Rule("/series/<series_id>/resume", methods=["POST"], endpoint="resume_series"),
-        Rule("/series/<series_id>/skip", methods=["POST"], endpoint="skip_series"),
-        Rule("/notifications", methods=["GET"], endpoint="notifications"),
-        Rule("/preferences", methods=["GET"], endpoint="get_preferences"),
-        Rule("/preferences", methods=["PATCH"], endpoint="update_preferences"),
-        Rule("/preferences/email/verify", methods=["POST"], endpoint="verify_email"),
-        Rule("/preferences/email/resend", methods=["POST"], endpoint="resend_email"),
-        Rule("/preferences/webhook/verify", methods=["POST"], endpoint="verify_webhook"),
-        Rule("/reminders/upcoming", methods=["GET"], endpoint="upcoming_reminders"),
-        Rule("/reminders/<reminder_id>/snooze", methods=["POST"], endpoint="snooze_reminder"),
-        Rule("/reminders/<reminder_id>/dismiss", methods=["POST"], endpoint="dismiss_reminder"),
-        Rule("/commands", methods=["POST"], endpoint="commands"),
-    ],
-    strict_slashes=False,
+from duetide.web.openapi import (
+    CommandEvent,
+    CommandResult,
+    ErrorBody,
+    Forecast,
+    Health,
+    History,
+    NotificationPage,
+    OccurrenceDeleted,
+    PreferencesOut,
+    ReminderOut,
+    SeriesOut,
+    SeriesPage,
+    TaskOut,
+    TaskPage,
+    UpcomingPage,
 )
 
 
@@ -332,38 +316,254 @@ def _offset_cursor(cursor: str | None) -> int:
     return int(cursor)
 
 
-ENDPOINTS: dict[str, Callable[..., Response]] = {
-    name: globals()[name]
-    for name in (
-        "health",
-        "list_tasks",
-        "create_task",
-        "get_task",
-        "update_task",
-        "delete_task",
-        "complete_task",
-        "reopen_task",
-        "add_reminder",
-        "list_series",
-        "get_series",
-        "update_series",
-        "end_series",
-        "series_history",
-        "pause_series",
-        "resume_series",
-        "skip_series",
-        "forecast",
-        "notifications",
-        "get_preferences",
-        "update_preferences",
-        "verify_email",
-        "resend_email",
-        "verify_webhook",
-        "upcoming_reminders",
-        "snooze_reminder",
-        "dismiss_reminder",
-    )
-}
+Handler = Callable[..., Response]
+Auth = Literal["bearer", "public", "in_handler"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One operation: its route, its handler and what the OpenAPI document says of it.
+
+    `auth`: "bearer" routes authenticate (and charge writes to the rate limit) before
+    the handler runs; "public" ones need no token; "in_handler" ones (`/commands`, whose
+    token may ride in the event) authenticate themselves but are documented as secured.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    responses: Mapping[int, type[BaseModel] | None] = field(default_factory=dict)
+    auth: Auth = "bearer"
+    media_type: str = "application/json"
+    operation_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.operation_id:
+            object.__setattr__(self, "operation_id", self.handler.__name__)
+
+
+def openapi_document(request: Request, user: str) -> Response:
+    return json_response(openapi.document())
+
+
+def command_intake(request: Request, user: str) -> Response:
+    return commands.handle(request)
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET", "/healthz", health, "Liveness and readiness", responses={200: Health}, auth="public"
+    ),
+    Endpoint(
+        "GET",
+        "/openapi.json",
+        openapi_document,
+        "This document",
+        responses={200: None},
+        auth="public",
+        operation_id="openapi",
+    ),
+    Endpoint(
+        "GET",
+        "/tasks",
+        list_tasks,
+        "List, filter and sort tasks",
+        query=TaskQuery,
+        responses={200: TaskPage},
+    ),
+    Endpoint(
+        "POST",
+        "/tasks",
+        create_task,
+        "Create a task, maybe recurring",
+        body=TaskCreate,
+        responses={201: TaskOut},
+    ),
+    Endpoint("GET", "/tasks/<task_id>", get_task, "Read a task", responses={200: TaskOut}),
+    Endpoint(
+        "PATCH",
+        "/tasks/<task_id>",
+        update_task,
+        "Change a task",
+        body=TaskUpdate,
+        responses={200: TaskOut},
+    ),
+    Endpoint(
+        "DELETE",
+        "/tasks/<task_id>",
+        delete_task,
+        "Delete a task; deleting the open occurrence of a series skips it",
+        responses={200: OccurrenceDeleted, 204: None, 409: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/tasks/<task_id>/complete",
+        complete_task,
+        "Complete a task (idempotent)",
+        responses={200: TaskOut},
+    ),
+    Endpoint(
+        "POST",
+        "/tasks/<task_id>/reopen",
+        reopen_task,
+        "Reopen a task",
+        responses={200: TaskOut, 409: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/tasks/<task_id>/reminders",
+        add_reminder,
+        "Add a reminder to a task",
+        body=ReminderIn,
+        responses={201: ReminderOut},
+    ),
+    Endpoint(
+        "GET", "/series", list_series, "List series", query=PageQuery, responses={200: SeriesPage}
+    ),
+    Endpoint("GET", "/series/<series_id>", get_series, "Read a series", responses={200: SeriesOut}),
+    Endpoint(
+        "PATCH",
+        "/series/<series_id>",
+        update_series,
+        "Change a series from the next occurrence on",
+        body=SeriesUpdate,
+        responses={200: SeriesOut, 409: ErrorBody},
+    ),
+    Endpoint(
+        "DELETE",
+        "/series/<series_id>",
+        end_series,
+        "End a series, keeping its history",
+        responses={204: None},
+    ),
+    Endpoint(
+        "GET",
+        "/series/<series_id>/occurrences",
+        forecast,
+        "The next occurrences of a series",
+        query=ForecastQuery,
+        responses={200: Forecast},
+    ),
+    Endpoint(
+        "GET",
+        "/series/<series_id>/history",
+        series_history,
+        "Every occurrence so far",
+        responses={200: History},
+    ),
+    Endpoint(
+        "POST",
+        "/series/<series_id>/pause",
+        pause_series,
+        "Pause a series",
+        responses={200: SeriesOut, 409: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/series/<series_id>/resume",
+        resume_series,
+        "Resume a series",
+        responses={200: SeriesOut, 409: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/series/<series_id>/skip",
+        skip_series,
+        "Skip the open occurrence",
+        responses={200: SeriesOut, 409: ErrorBody},
+    ),
+    Endpoint(
+        "GET",
+        "/notifications",
+        notifications,
+        "Delivered notifications, newest first",
+        query=PageQuery,
+        responses={200: NotificationPage},
+    ),
+    Endpoint(
+        "GET",
+        "/preferences",
+        get_preferences,
+        "Reminder preferences",
+        responses={200: PreferencesOut},
+    ),
+    Endpoint(
+        "PATCH",
+        "/preferences",
+        update_preferences,
+        "Change reminder preferences; a new e-mail address gets a confirmation mail, "
+        "a new webhook URL a url_verification challenge",
+        body=PreferencesUpdate,
+        responses={200: PreferencesOut},
+    ),
+    Endpoint(
+        "POST",
+        "/preferences/email/verify",
+        verify_email,
+        "Confirm the e-mail address with the code from the confirmation mail",
+        body=EmailCodeIn,
+        responses={200: PreferencesOut, 409: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/preferences/email/resend",
+        resend_email,
+        "Send a new confirmation code to the unverified e-mail address",
+        responses={200: PreferencesOut, 409: ErrorBody, 503: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/preferences/webhook/verify",
+        verify_webhook,
+        "Send the webhook URL a new url_verification challenge; 422 if it is not echoed",
+        responses={200: PreferencesOut, 409: ErrorBody},
+    ),
+    Endpoint(
+        "GET",
+        "/reminders/upcoming",
+        upcoming_reminders,
+        "Pending reminders, soonest first",
+        query=PageQuery,
+        responses={200: UpcomingPage},
+    ),
+    Endpoint(
+        "POST",
+        "/reminders/<reminder_id>/snooze",
+        snooze_reminder,
+        "Snooze a reminder",
+        body=SnoozeIn,
+        responses={200: ReminderOut},
+    ),
+    Endpoint(
+        "POST",
+        "/reminders/<reminder_id>/dismiss",
+        dismiss_reminder,
+        "Dismiss a reminder",
+        responses={200: ReminderOut},
+    ),
+    Endpoint(
+        "POST",
+        "/commands",
+        command_intake,
+        "Command intake: a task.create/complete CloudEvent",
+        body=CommandEvent,
+        responses={200: CommandResult, 201: CommandResult},
+        auth="in_handler",
+        media_type="application/cloudevents+json",
+        operation_id="commands",
+    ),
+)
+"""Every operation of the API, declared once: the router below and the OpenAPI document
+(`openapi.document`) are built from this table."""
+
+BY_OPERATION = {e.operation_id: e for e in ENDPOINTS}
+ROUTES = Map(
+    [Rule(e.path, methods=[e.method], endpoint=e.operation_id) for e in ENDPOINTS],
+    strict_slashes=False,
+)
 
 
 @guarded
@@ -381,13 +581,10 @@ def handle(request: Request) -> Response:
         raise MethodNotAllowed(
             f"{request.method} is not allowed here", headers={"Allow": allowed}
         ) from None
-    if endpoint == "health":
-        return health(request, "")
-    if endpoint == "openapi":
-        return json_response(openapi.document())
-    if endpoint == "commands":
-        return commands.handle(request)
+    operation = BY_OPERATION[endpoint]
+    if operation.auth != "bearer":
+        return operation.handler(request, "", **args)
     user = auth.authenticate(request)
     if request.method != "GET":
         ratelimit.charge_write(user)
-    return ENDPOINTS[endpoint](request, user, **args)
+    return operation.handler(request, user, **args)

@@ -1,14 +1,15 @@
-"""The OpenAPI 3.1 document of the tasks function, built from the routes and the models.
+"""The OpenAPI 3.1 document of the tasks function, built from `api.ENDPOINTS`.
 
-Paths come from `api.ROUTES` (so an undocumented route fails the test that compares
-them), request and query schemas from the pydantic request models, response schemas
-from the response models below, which describe what the `*_out` functions return.
+Each operation is declared once, in `api.ENDPOINTS`, from which the router is built too;
+request and query schemas come from the pydantic request models, response schemas from
+the response models below, which describe what the `*_out` functions return.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+import re
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -24,6 +25,9 @@ from duetide.vocabulary import (
     TaskStatus,
 )
 from duetide.web.sink import MAX_ATTRIBUTE_CHARS
+
+if TYPE_CHECKING:
+    from duetide.web.api import Endpoint
 
 DateTime = str  # RFC 3339 with offset; described by `format: date-time` below
 
@@ -234,52 +238,8 @@ class CommandEvent(RootModel[CreateCommand | CompleteCommand]):
     pass
 
 
-# endpoint -> (summary, request body model, query model, {status: response model})
-Spec = tuple[str, type[BaseModel] | None, type[BaseModel] | None, dict[int, type[BaseModel] | None]]
 ERRORS = (400, 401, 404, 413, 415, 422, 429)
-ENDPOINTS: dict[str, Spec] = {
-    "health": ("Liveness and readiness", None, None, {200: Health}),
-    "openapi": ("This document", None, None, {200: None}),
-    "list_tasks": ("List, filter and sort tasks", None, schemas.TaskQuery, {200: TaskPage}),
-    "create_task": ("Create a task, maybe recurring", schemas.TaskCreate, None, {201: TaskOut}),
-    "get_task": ("Read a task", None, None, {200: TaskOut}),
-    "update_task": ("Change a task", schemas.TaskUpdate, None, {200: TaskOut}),
-    "delete_task": ("Delete a task; deleting the open occurrence of a series skips it", None,
-                    None, {200: OccurrenceDeleted, 204: None, 409: ErrorBody}),
-    "complete_task": ("Complete a task (idempotent)", None, None, {200: TaskOut}),
-    "reopen_task": ("Reopen a task", None, None, {200: TaskOut, 409: ErrorBody}),
-    "add_reminder": ("Add a reminder to a task", schemas.ReminderIn, None, {201: ReminderOut}),
-    "list_series": ("List series", None, schemas.PageQuery, {200: SeriesPage}),
-    "get_series": ("Read a series", None, None, {200: SeriesOut}),
-    "update_series": ("Change a series from the next occurrence on", schemas.SeriesUpdate, None,
-                      {200: SeriesOut, 409: ErrorBody}),
-    "end_series": ("End a series, keeping its history", None, None, {204: None}),
-    "forecast": ("The next occurrences of a series", None, schemas.ForecastQuery, {200: Forecast}),
-    "series_history": ("Every occurrence so far", None, None, {200: History}),
-    "pause_series": ("Pause a series", None, None, {200: SeriesOut, 409: ErrorBody}),
-    "resume_series": ("Resume a series", None, None, {200: SeriesOut, 409: ErrorBody}),
-    "skip_series": ("Skip the open occurrence", None, None, {200: SeriesOut, 409: ErrorBody}),
-    "notifications": ("Delivered notifications, newest first", None, schemas.PageQuery,
-                      {200: NotificationPage}),
-    "get_preferences": ("Reminder preferences", None, None, {200: PreferencesOut}),
-    "update_preferences": ("Change reminder preferences; a new e-mail address gets a "
-                           "confirmation mail, a new webhook URL a url_verification challenge",
-                           schemas.PreferencesUpdate, None, {200: PreferencesOut}),
-    "verify_email": ("Confirm the e-mail address with the code from the confirmation mail",
-                     schemas.EmailCodeIn, None, {200: PreferencesOut, 409: ErrorBody}),
-    "resend_email": ("Send a new confirmation code to the unverified e-mail address", None,
-                     None, {200: PreferencesOut, 409: ErrorBody, 503: ErrorBody}),
-    "verify_webhook": ("Send the webhook URL a new url_verification challenge; 422 if it is "
-                       "not echoed", None, None, {200: PreferencesOut, 409: ErrorBody}),
-    "upcoming_reminders": ("Pending reminders, soonest first", None, schemas.PageQuery,
-                           {200: UpcomingPage}),
-    "snooze_reminder": ("Snooze a reminder", schemas.SnoozeIn, None, {200: ReminderOut}),
-    "dismiss_reminder": ("Dismiss a reminder", None, None, {200: ReminderOut}),
-    "commands": ("Command intake: a task.create/complete CloudEvent", CommandEvent, None,
-                 {200: CommandResult, 201: CommandResult}),
-}  # fmt: skip
-PUBLIC = {"health", "openapi"}
-MEDIA_TYPES = {"commands": "application/cloudevents+json"}
+"""What any secured operation may answer besides its own responses."""
 
 
 def _ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -322,50 +282,51 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     ]
 
 
-def _operation(endpoint: str, arguments: list[str], components: dict[str, Any]) -> dict[str, Any]:
-    summary, body, query, responses = ENDPOINTS[endpoint]
-    operation: dict[str, Any] = {"operationId": endpoint, "summary": summary, "responses": {}}
+def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": endpoint.operation_id,
+        "summary": endpoint.summary,
+        "responses": {},
+    }
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in arguments
+        for name in sorted(_PATH_ARGUMENT.findall(endpoint.path))
     ]
-    if query is not None:
-        parameters += _query_parameters(query)
+    if endpoint.query is not None:
+        parameters += _query_parameters(endpoint.query)
     if parameters:
         operation["parameters"] = parameters
-    if body is not None:
+    if endpoint.body is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {
-                MEDIA_TYPES.get(endpoint, "application/json"): {"schema": _ref(body, components)}
-            },
+            "content": {endpoint.media_type: {"schema": _ref(endpoint.body, components)}},
         }
-    for status, model in responses.items():
+    for status, model in endpoint.responses.items():
         response: dict[str, Any] = {"description": str(status)}
         if model is not None:
             response["content"] = {"application/json": {"schema": _ref(model, components)}}
         operation["responses"][str(status)] = response
+    if endpoint.auth == "public":
+        return operation
     error = {"content": {"application/json": {"schema": _ref(ErrorBody, components)}}}
-    for status in ERRORS if endpoint not in PUBLIC else ():
+    for status in ERRORS:
         operation["responses"].setdefault(str(status), {"description": str(status), **error})
-    if endpoint not in PUBLIC:
-        operation["security"] = [{"bearer": []}]
+    operation["security"] = [{"bearer": []}]
     return operation
+
+
+_PATH_ARGUMENT = re.compile(r"<(\w+)>")
 
 
 @functools.cache
 def document() -> dict[str, Any]:
-    from duetide.web.api import ROUTES
+    from duetide.web.api import ENDPOINTS  # the API imports these models
 
     components: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
-    for rule in ROUTES.iter_rules():
-        path = rule.rule.replace("<", "{").replace(">", "}")
-        arguments = sorted(rule.arguments)
-        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(
-                rule.endpoint, arguments, components
-            )
+    for endpoint in ENDPOINTS:
+        path = _PATH_ARGUMENT.sub(r"{\1}", endpoint.path)
+        paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, components)
     return {
         "openapi": "3.1.0",
         "info": {
