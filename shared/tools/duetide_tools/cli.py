@@ -9,7 +9,13 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the commands import what they need when they run
+    from duetide_tools.local.stack import Stack
+    from duetide_tools.manifests import Wiring
 
 FUNCTIONS = ("tasks", "recurrence", "sweep", "notify")
 
@@ -64,7 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def _banner(stack, token: str, user: str, seconds: float) -> str:  # type: ignore[no-untyped-def]
+def _banner(stack: Stack, token: str, user: str, seconds: float) -> str:
     lines = [f"duetide is up in {seconds:.1f} s", ""]
     lines += [f"  {name:<11} {child.url}" for name, child in stack.functions.items()]
     lines += [
@@ -171,7 +177,7 @@ def _replay(servers: str, args: argparse.Namespace) -> None:
         print(f"replayed {letter.line()} to={topic}")
 
 
-def _wiring():  # type: ignore[no-untyped-def]
+def _wiring() -> Wiring:
     """The KafkaSources of knative/, which map a dead letter's destination to its topic."""
     from duetide_tools import manifests
     from duetide_tools.deadletters import DeadLetterError
@@ -192,9 +198,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def _instant(text: str):  # type: ignore[no-untyped-def]
-    from datetime import datetime
-
+def _instant(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:

@@ -893,6 +893,7 @@ class KafkaSourceDispatcher:
                     value=message.value,
                     headers=list(message.headers.items()),
                 ).get(timeout=10)
+                break
             except KafkaError as exc:
                 self._discard_producer()
                 log.error(
@@ -903,8 +904,6 @@ class KafkaSourceDispatcher:
                     self.dead_letter_topic,
                     exc,
                 )
-                continue
-            break
         with self._producer_lock:
             self.dead_lettered.append(str(event["id"]))
         log.warning(
