@@ -8,7 +8,7 @@ only an explicitly empty value leaves PostgreSQL out.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import functions_framework
@@ -62,6 +62,18 @@ def _reset_caches() -> None:
     auth.event_verifier.cache_clear()
     db.get_engine.cache_clear()
     outbox._publisher = None
+
+
+@pytest.fixture
+def topics(
+    env: str, unique_topic: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Topics of this test's own for the task events and the reminders."""
+    names = {"tasks": unique_topic("tasks"), "reminders": unique_topic("reminders")}
+    monkeypatch.setenv("DUETIDE_TOPIC_TASK_EVENTS", names["tasks"])
+    monkeypatch.setenv("DUETIDE_TOPIC_REMINDERS", names["reminders"])
+    _reset_caches()
+    return names
 
 
 def use_broker(monkeypatch: pytest.MonkeyPatch, servers: str, timeout_s: float = 1.0) -> None:

@@ -22,18 +22,15 @@ from duetide.storage import outbox
 from duetide_tools.local import broker as broker_module
 from duetide_tools.local.broker import LOOPBACK, EmbeddedBroker, ensure_topics, free_loopback_port
 from duetide_tools.manifests import TopicSpec
-from tests.integration.conftest import _reset_caches, function_client, use_broker
+from tests.integration.conftest import function_client, use_broker
 from tests.integration.test_reliability import ce_id, outbox_rows, pending, ping, read_topic
 from tests.support import wait_for
 
 
 @pytest.fixture
-def topics(env: str, unique_topic: Callable[[str], str], monkeypatch: pytest.MonkeyPatch):
-    names = {"tasks": unique_topic("tasks"), "reminders": unique_topic("reminders")}
-    monkeypatch.setenv("DUETIDE_TOPIC_TASK_EVENTS", names["tasks"])
-    monkeypatch.setenv("DUETIDE_TOPIC_REMINDERS", names["reminders"])
-    _reset_caches()
-    yield names
+def topics(topics: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The shared `topics`, and this test's publisher closed after it."""
+    yield topics
     close_publisher()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ from duetide_tools.local import broker as broker_module
 from duetide_tools.local.broker import EmbeddedBroker, ensure_topics, free_loopback_port
 from duetide_tools.local.eventing import record_to_event
 from duetide_tools.manifests import TopicSpec
-from tests.integration.conftest import _reset_caches, auth_headers, function_client, use_broker
+from tests.integration.conftest import auth_headers, function_client, use_broker
 from tests.support import json_of
 
 DAILY = {
@@ -46,15 +46,6 @@ DAILY = {
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def topics(env: str, unique_topic: Callable[[str], str], monkeypatch: pytest.MonkeyPatch):
-    names = {"tasks": unique_topic("tasks"), "reminders": unique_topic("reminders")}
-    monkeypatch.setenv("DUETIDE_TOPIC_TASK_EVENTS", names["tasks"])
-    monkeypatch.setenv("DUETIDE_TOPIC_REMINDERS", names["reminders"])
-    _reset_caches()
-    return names
 
 
 @pytest.fixture
