@@ -9,7 +9,7 @@ database holds is still checked where it matters (`recurrence.Policy`), since a 
 written by hand or by an older version is not bound by these types.
 """
 
-from typing import Literal
+from typing import Literal, get_args
 
 Mode = Literal["schedule", "completion"]
 """How a series moves on: by its schedule, or from each completion."""
@@ -24,3 +24,6 @@ OccurrenceOutcome = Literal["skipped", "missed"]
 """Why an occurrence of a series never became a task to complete (`OccurrenceLog`)."""
 NotificationStatus = Literal["delivered", "failed"]
 Channel = Literal["log", "webhook", "email"]
+Priority = Literal["none", "low", "medium", "high", "urgent"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+"""Priorities are stored as their rank here (an integer column, so that tasks sort by it)."""

@@ -21,7 +21,8 @@ from duetide import channels
 from duetide.channels import netguard, verification
 from duetide.config import get_settings
 from duetide.errors import Conflict, ValidationFailed
-from duetide.services.schemas import PreferencesUpdate, rfc3339
+from duetide.services.responses import PreferencesOut, QuietHoursOut, rfc3339
+from duetide.services.schemas import PreferencesUpdate
 from duetide.storage.models import Preference
 
 
@@ -69,28 +70,27 @@ def quiet_window(preference: Preference) -> tuple[time, time] | None:
     return time.fromisoformat(preference.quiet_start), time.fromisoformat(preference.quiet_end)
 
 
-def preference_out(preference: Preference) -> dict[str, Any]:
-    window = quiet_window(preference)
-    return {
-        "timezone": preference.timezone,
-        "default_reminders": [f"PT{s}S" for s in preference.default_reminders],
-        "channels": preference.channels,
-        "webhook_url": preference.webhook_url,
+def preference_out(preference: Preference) -> PreferencesOut:
+    return PreferencesOut(
+        timezone=preference.timezone,
+        default_reminders=[f"PT{s}S" for s in preference.default_reminders],
+        channels=preference.channels,
+        webhook_url=preference.webhook_url,
         # The user's own signing key, to verify Duetide-Signature on their receiver.
-        "webhook_secret": preference.webhook_secret,
-        "email": preference.email,
+        webhook_secret=preference.webhook_secret,
+        email=preference.email,
         # Nothing but a confirmation is sent to an unverified address or URL.
-        "email_verified": bool(preference.email and preference.email_verified_at),
-        "email_confirmation_sent_at": rfc3339(preference.email_code_sent_at)
-        if preference.email and preference.email_code_sent_at
+        email_verified=bool(preference.email and preference.email_verified_at),
+        email_confirmation_sent_at=rfc3339(preference.email_code_sent_at)
+        if preference.email
         else None,
-        "webhook_verified": bool(preference.webhook_url and preference.webhook_verified_at),
-        "quiet_hours": {"start": preference.quiet_start, "end": preference.quiet_end}
-        if window
+        webhook_verified=bool(preference.webhook_url and preference.webhook_verified_at),
+        quiet_hours=QuietHoursOut(start=preference.quiet_start, end=preference.quiet_end)
+        if preference.quiet_start and preference.quiet_end
         else None,
-        "grace": f"PT{int(grace(preference).total_seconds())}S",
-        "updated_at": preference.updated_at.isoformat(),
-    }
+        grace=f"PT{int(grace(preference).total_seconds())}S",
+        updated_at=preference.updated_at.isoformat(),
+    )
 
 
 def _invalid(field: str, message: str) -> ValidationFailed:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlmodel import Session, col, select
 
 from duetide.errors import NotFound, ValidationFailed
 from duetide.rules.quiet_hours import snooze_until
-from duetide.services.schemas import SnoozeIn, rfc3339
+from duetide.services.responses import UpcomingPage, UpcomingReminder, rfc3339
+from duetide.services.schemas import SnoozeIn
 from duetide.storage.models import Reminder, Task
 
 
@@ -20,7 +20,7 @@ def get_owned(session: Session, owner: str, reminder_id: str) -> Reminder:
     return reminder
 
 
-def upcoming(session: Session, owner: str, limit: int) -> list[dict[str, Any]]:
+def upcoming(session: Session, owner: str, limit: int) -> UpcomingPage:
     """Pending reminders of open tasks, soonest first."""
     rows = session.exec(
         select(Reminder, Task)
@@ -34,16 +34,19 @@ def upcoming(session: Session, owner: str, limit: int) -> list[dict[str, Any]]:
         .order_by(col(Reminder.fire_at), col(Reminder.id))
         .limit(limit)
     ).all()
-    return [
-        {
-            "id": reminder.id,
-            "task_id": task.id,
-            "title": task.title,
-            "fire_at": rfc3339(reminder.fire_at),
-            "due_at": rfc3339(task.due_at),
-        }
-        for reminder, task in rows
-    ]
+    return UpcomingPage(
+        items=[
+            UpcomingReminder(
+                id=reminder.id,
+                task_id=task.id,
+                title=task.title,
+                fire_at=rfc3339(reminder.fire_at),
+                due_at=rfc3339(task.due_at),
+            )
+            for reminder, task in rows
+            if reminder.fire_at is not None
+        ]
+    )
 
 
 def snooze(

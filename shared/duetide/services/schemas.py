@@ -8,7 +8,7 @@ the token, never from the body.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,8 +25,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
-from duetide.storage import models
-from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, TaskStatus
+from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, Priority, TaskStatus
 
 SERVER_OWNED = frozenset(
     {"id", "owner", "owner_id", "user_id", "created_at", "updated_at", "completed_at"}
@@ -57,7 +56,6 @@ Title = Annotated[
     AfterValidator(_strip_blanks),
 ]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
-Priority = Literal["none", "low", "medium", "high", "urgent"]
 
 
 # Years 1900-8999: room for reminder offsets and recurrence maths within Python's years.
@@ -331,55 +329,3 @@ class PageQuery(RequestModel):
 
 class ForecastQuery(RequestModel):
     count: int = Field(10, ge=1, le=MAX_FORECAST)
-
-
-def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
-    """RFC 3339 text in `zone`, or in UTC where the zone's offset then had seconds (LMT)."""
-    if value is None:
-        return None
-    local = value.astimezone(zone or UTC)
-    offset = local.utcoffset()
-    if offset is not None and offset.seconds % 60:
-        local = value.astimezone(UTC)
-    return local.isoformat()
-
-
-def reminder_out(reminder: models.Reminder) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": reminder.id, "state": reminder.state}
-    if reminder.before_due_s is not None:
-        out["before_due"] = f"PT{reminder.before_due_s}S"
-    else:
-        out["at"] = rfc3339(reminder.at)
-    out["fire_at"] = rfc3339(reminder.fire_at)
-    return out
-
-
-def task_out(task: models.Task, zone: Any = None) -> dict[str, Any]:
-    """A task as the API shows it; times in the series' zone for occurrences, else UTC."""
-    return {
-        "id": task.id,
-        "title": task.title,
-        "description": task.description,
-        "status": task.status,
-        "priority": models.PRIORITIES[task.priority],
-        "tags": task.tags,
-        "due_at": rfc3339(task.due_at, zone),
-        "completed_at": rfc3339(task.completed_at, zone),
-        "series_id": task.series_id,
-        "created_at": rfc3339(task.created_at),
-        "updated_at": rfc3339(task.updated_at),
-        "reminders": [reminder_out(r) for r in task.reminders],
-    }
-
-
-def notification_out(notification: models.Notification) -> dict[str, Any]:
-    return {
-        "id": notification.id,
-        "reminder_id": notification.reminder_id,
-        "task_id": notification.task_id,
-        "channel": notification.channel,
-        "scheduled_at": rfc3339(notification.scheduled_at),
-        "delivered_at": rfc3339(notification.delivered_at),
-        "status": notification.status,
-        "detail": notification.detail,
-    }

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
@@ -24,9 +23,11 @@ from sqlmodel import Session, col, select
 from duetide import events
 from duetide.errors import Conflict, NotFound, ValidationFailed
 from duetide.rules import recurrence, reminders
-from duetide.services.schemas import RecurrenceIn, SeriesUpdate, rfc3339
+from duetide.services.responses import Forecast, History, HistoryEntry, SeriesOut, rfc3339
+from duetide.services.schemas import RecurrenceIn, SeriesUpdate
 from duetide.services.task_events import emit
-from duetide.storage.models import PRIORITIES, OccurrenceLog, Reminder, Series, Task, utcnow
+from duetide.storage.models import OccurrenceLog, Reminder, Series, Task, utcnow
+from duetide.vocabulary import PRIORITIES
 
 log = logging.getLogger("duetide.services.series")
 
@@ -124,26 +125,26 @@ def get_locked(session: Session, owner: str, series_id: str) -> Series:
     return series
 
 
-def series_out(series: Series) -> dict[str, Any]:
+def series_out(series: Series) -> SeriesOut:
     zone = ZoneInfo(series.timezone)
-    return {
-        "id": series.id,
-        "rrule": series.rrule,
-        "timezone": series.timezone,
-        "start": rfc3339(series.dtstart, zone),
-        "mode": series.mode,
-        "month_end": series.month_end,
-        "catch_up": series.catch_up,
-        "status": series.status,
-        "title": series.title,
-        "description": series.description,
-        "priority": PRIORITIES[series.priority],
-        "tags": series.tags,
-        "last_index": series.last_index,
-        "last_scheduled_at": rfc3339(series.last_at, zone),
-        "created_at": rfc3339(series.created_at),
-        "updated_at": rfc3339(series.updated_at),
-    }
+    return SeriesOut(
+        id=series.id,
+        rrule=series.rrule,
+        timezone=series.timezone,
+        start=rfc3339(series.dtstart, zone),
+        mode=series.mode,
+        month_end=series.month_end,
+        catch_up=series.catch_up,
+        status=series.status,
+        title=series.title,
+        description=series.description,
+        priority=PRIORITIES[series.priority],
+        tags=series.tags,
+        last_index=series.last_index,
+        last_scheduled_at=rfc3339(series.last_at, zone),
+        created_at=rfc3339(series.created_at),
+        updated_at=rfc3339(series.updated_at),
+    )
 
 
 def list_series(session: Session, owner: str, offset: int, limit: int) -> list[Series]:
@@ -158,7 +159,7 @@ def list_series(session: Session, owner: str, offset: int, limit: int) -> list[S
     )
 
 
-def forecast(series: Series, count: int) -> dict[str, Any]:
+def forecast(series: Series, count: int) -> Forecast:
     """Up to `count` occurrences of the current rule from its start, within the work budget.
 
     `truncated` is true when the budget (`recurrence.forecast_budget`) ran out first: the
@@ -168,10 +169,7 @@ def forecast(series: Series, count: int) -> dict[str, Any]:
         found = rule_of(series).preview(count)
     except recurrence.RecurrenceError as exc:
         raise _invalid(exc) from None
-    return {
-        "items": [at.isoformat() for at in found.occurrences],
-        "truncated": found.truncated,
-    }
+    return Forecast(items=[at.isoformat() for at in found.occurrences], truncated=found.truncated)
 
 
 def _occurrences(session: Session, series_id: str) -> list[Task]:
@@ -459,29 +457,30 @@ def end(session: Session, owner: str, series_id: str) -> None:
     session.add(series)
 
 
-def history(session: Session, owner: str, series_id: str) -> list[dict[str, Any]]:
+def history(session: Session, owner: str, series_id: str) -> History:
     """Every occurrence so far, oldest first: completed, open, skipped or missed."""
     series = get_owned(session, owner, series_id)
     zone = ZoneInfo(series.timezone)
     entries = [
-        {
-            "index": task.occurrence_index,
-            "scheduled_at": rfc3339(task.scheduled_at, zone),
-            "outcome": "completed" if task.status == "done" else "open",
-            "at": rfc3339(task.completed_at),
-            "task_id": task.id,
-        }
+        HistoryEntry(
+            index=task.occurrence_index,
+            scheduled_at=rfc3339(task.scheduled_at, zone),
+            outcome="completed" if task.status == "done" else "open",
+            at=rfc3339(task.completed_at),
+            task_id=task.id,
+        )
         for task in _occurrences(session, series.id)
+        if task.occurrence_index is not None and task.scheduled_at is not None
     ]
     logged = session.exec(select(OccurrenceLog).where(OccurrenceLog.series_id == series.id)).all()
     entries += [
-        {
-            "index": row.occurrence_index,
-            "scheduled_at": rfc3339(row.scheduled_at, zone),
-            "outcome": row.outcome,
-            "at": rfc3339(row.recorded_at),
-            "task_id": None,
-        }
+        HistoryEntry(
+            index=row.occurrence_index,
+            scheduled_at=rfc3339(row.scheduled_at, zone),
+            outcome=row.outcome,
+            at=rfc3339(row.recorded_at),
+            task_id=None,
+        )
         for row in logged
     ]
-    return sorted(entries, key=lambda e: (e["index"], e["scheduled_at"]))
+    return History(items=sorted(entries, key=lambda e: (e.index, e.scheduled_at)))

@@ -20,6 +20,7 @@ from duetide.rules import reminders
 from duetide.rules.text import text_problem
 from duetide.services import preferences
 from duetide.services import series as series_rules
+from duetide.services.responses import TaskOut, TaskPage, task_out
 from duetide.services.schemas import (
     MAX_REMINDERS_PER_TASK,
     MAX_TITLE_CHARS,
@@ -27,11 +28,9 @@ from duetide.services.schemas import (
     TaskCreate,
     TaskQuery,
     TaskUpdate,
-    task_out,
 )
 from duetide.services.task_events import emit
 from duetide.storage.models import (
-    PRIORITIES,
     OccurrenceLog,
     Reminder,
     Series,
@@ -39,6 +38,7 @@ from duetide.storage.models import (
     TaskTag,
     utcnow,
 )
+from duetide.vocabulary import PRIORITIES
 
 
 def zone_of(session: Session, task: Task) -> ZoneInfo | None:
@@ -48,7 +48,7 @@ def zone_of(session: Session, task: Task) -> ZoneInfo | None:
     return ZoneInfo(series.timezone) if series else None
 
 
-def show(session: Session, task: Task) -> dict[str, Any]:
+def show(session: Session, task: Task) -> TaskOut:
     return task_out(task, zone_of(session, task))
 
 
@@ -315,7 +315,7 @@ def _after_cursor(column: Any, value: Any, last_id: str, descending: bool) -> An
     return or_(beyond, and_(column == value, tie), column.is_(None))
 
 
-def list_tasks(session: Session, owner: str, query: TaskQuery) -> dict[str, Any]:
+def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
     stmt = select(Task).where(Task.owner == owner)
     if query.status:
         stmt = stmt.where(Task.status == query.status)
@@ -351,7 +351,7 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> dict[str, Any]
     rows = list(session.exec(stmt).all())
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    return {
-        "items": [show(session, task) for task in rows],
-        "next_cursor": encode_cursor(rows[-1], query) if more and rows else None,
-    }
+    return TaskPage(
+        items=[show(session, task) for task in rows],
+        next_cursor=encode_cursor(rows[-1], query) if more and rows else None,
+    )

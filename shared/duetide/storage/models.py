@@ -85,9 +85,6 @@ def _owner() -> Any:
     return Field(sa_column=Column(String(255), nullable=False, index=True))
 
 
-PRIORITIES = ("none", "low", "medium", "high", "urgent")
-
-
 class Series(SQLModel, table=True):
     """A recurring series: the rule, its policies, and the template for each occurrence."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from flask import Request, Response
 from pydantic import BaseModel
@@ -17,26 +17,7 @@ from duetide.channels import verification
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable, ValidationFailed
 from duetide.services import preferences, ratelimit, reminder_actions, series, tasks
-from duetide.services.schemas import (
-    EmailCodeIn,
-    ForecastQuery,
-    PageQuery,
-    PreferencesUpdate,
-    ReminderIn,
-    SeriesUpdate,
-    SnoozeIn,
-    TaskCreate,
-    TaskQuery,
-    TaskUpdate,
-    notification_out,
-    reminder_out,
-)
-from duetide.storage import db, outbox
-from duetide.storage.models import Notification, utcnow
-from duetide.web import auth, commands, openapi
-from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
-from duetide.web.openapi import (
-    CommandEvent,
+from duetide.services.responses import (
     CommandResult,
     ErrorBody,
     Forecast,
@@ -51,7 +32,29 @@ from duetide.web.openapi import (
     TaskOut,
     TaskPage,
     UpcomingPage,
+    notification_out,
+    reminder_out,
 )
+from duetide.services.schemas import (
+    EmailCodeIn,
+    ForecastQuery,
+    PageQuery,
+    PreferencesUpdate,
+    ReminderIn,
+    SeriesUpdate,
+    SnoozeIn,
+    TaskCreate,
+    TaskQuery,
+    TaskUpdate,
+)
+from duetide.storage import db, outbox
+from duetide.storage.models import Notification, utcnow
+from duetide.web import auth, commands, openapi
+from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
+from duetide.web.openapi import CommandEvent
+
+Row = TypeVar("Row")
+Item = TypeVar("Item")
 
 
 def _query(request: Request) -> dict[str, Any]:
@@ -78,7 +81,7 @@ def _write(work: Callable[[Session], tuple[Any, list[str]]], status: int = 200) 
 
 
 def health(request: Request, user: str) -> Response:
-    return json_response({"status": "ok"})
+    return json_response(Health(status="ok"))
 
 
 def list_tasks(request: Request, user: str) -> Response:
@@ -133,16 +136,18 @@ def delete_task(request: Request, user: str, task_id: str) -> Response:
     return json_response(None, 204) if body is None else json_response(body)
 
 
-def _deletion_out(session: Session, task_id: str, deleted: series.Deletion) -> Any:
+def _deletion_out(
+    session: Session, task_id: str, deleted: series.Deletion
+) -> OccurrenceDeleted | None:
     if deleted.series is None:
         return None
     following = deleted.open_occurrence
-    return {
-        "deleted": task_id,
-        "outcome": "skipped" if deleted.skipped else "deleted",
-        "series": series.series_out(deleted.series),
-        "open_occurrence": tasks.show(session, following) if following is not None else None,
-    }
+    return OccurrenceDeleted(
+        deleted=task_id,
+        outcome="skipped" if deleted.skipped else "deleted",
+        series=series.series_out(deleted.series),
+        open_occurrence=tasks.show(session, following) if following is not None else None,
+    )
 
 
 def add_reminder(request: Request, user: str, task_id: str) -> Response:
@@ -157,7 +162,8 @@ def list_series(request: Request, user: str) -> Response:
     offset = _offset_cursor(query.cursor)
     with db.session_scope(read_only=True) as session:
         rows = series.list_series(session, user, offset, query.limit + 1)
-        return _offset_page(rows, offset, query.limit, series.series_out)
+        items, cursor = _offset_page(rows, offset, query.limit, series.series_out)
+        return json_response(SeriesPage(items=items, next_cursor=cursor))
 
 
 def get_series(request: Request, user: str, series_id: str) -> Response:
@@ -199,7 +205,7 @@ def end_series(request: Request, user: str, series_id: str) -> Response:
 
 def series_history(request: Request, user: str, series_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
-        return json_response({"items": series.history(session, user, series_id)})
+        return json_response(series.history(session, user, series_id))
 
 
 def forecast(request: Request, user: str, series_id: str) -> Response:
@@ -266,7 +272,7 @@ def verify_webhook(request: Request, user: str) -> Response:
 def upcoming_reminders(request: Request, user: str) -> Response:
     query = parse_model(PageQuery, _query(request))
     with db.session_scope(read_only=True) as session:
-        return json_response({"items": reminder_actions.upcoming(session, user, query.limit)})
+        return json_response(reminder_actions.upcoming(session, user, query.limit))
 
 
 def snooze_reminder(request: Request, user: str, reminder_id: str) -> Response:
@@ -292,20 +298,17 @@ def notifications(request: Request, user: str) -> Response:
             .offset(offset)
             .limit(query.limit + 1)
         ).all()
-        return _offset_page(list(rows), offset, query.limit, notification_out)
+        items, cursor = _offset_page(list(rows), offset, query.limit, notification_out)
+        return json_response(NotificationPage(items=items, next_cursor=cursor))
 
 
 def _offset_page(
-    rows: list[Any], offset: int, limit: int, render: Callable[[Any], Any]
-) -> Response:
-    """A page of `limit` rendered rows; `rows` holds one more if another page follows."""
+    rows: list[Row], offset: int, limit: int, render: Callable[[Row], Item]
+) -> tuple[list[Item], str | None]:
+    """The first `limit` rows rendered, and the cursor of the next page if `rows` holds
+    one more row than that."""
     more = len(rows) > limit
-    return json_response(
-        {
-            "items": [render(row) for row in rows[:limit]],
-            "next_cursor": str(offset + limit) if more else None,
-        }
-    )
+    return [render(row) for row in rows[:limit]], str(offset + limit) if more else None
 
 
 def _offset_cursor(cursor: str | None) -> int:

@@ -18,6 +18,7 @@ from duetide import events
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent, Unauthorized
 from duetide.services import ratelimit, tasks
+from duetide.services.responses import CommandResult
 from duetide.services.schemas import TaskCreate
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import auth
@@ -57,14 +58,14 @@ def handle(request: Request) -> Response:
     spec = parse_model(TaskCreate, payload.task) if event.type == events.CMD_TASK_CREATE else None
     key = EventKey(CONSUMER, event.source, event.id, scope=user)
 
-    def work(session: Session) -> tuple[dict[str, Any], list[str]]:
+    def work(session: Session) -> tuple[CommandResult, list[str]]:
         if spec is not None:
             task, ids = tasks.create(session, user, spec)
         else:
             task, ids = tasks.complete(session, user, payload.task_id)
-        return {"status": "processed", "task": tasks.show(session, task)}, ids
+        return CommandResult(status="processed", task=tasks.show(session, task)), ids
 
     body = run_once(key, work)
     if body is None:
-        return json_response({"status": "duplicate"})
+        return json_response(CommandResult(status="duplicate"))
     return json_response(body, 201 if spec is not None else 200)

@@ -34,7 +34,12 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    payload = "" if status == 204 else json.dumps(body, separators=(",", ":"), default=str)
+    """`body` as JSON: a response model (`services.responses`) without the defaults it
+    was not given, or plain JSON data."""
+    if isinstance(body, pydantic.BaseModel):
+        payload = body.model_dump_json(exclude_unset=True)
+    else:
+        payload = "" if status == 204 else json.dumps(body, separators=(",", ":"), default=str)
     mimetype = None if status == 204 else "application/json"
     return Response(payload, status=status, mimetype=mimetype, headers=headers)
 

@@ -2,7 +2,8 @@
 
 Each operation is declared once, in `api.ENDPOINTS`, from which the router is built too;
 request and query schemas come from the pydantic request models, response schemas from
-the response models below, which describe what the `*_out` functions return.
+the models in `services/responses.py`, which are what the handlers return and
+`web.http.json_response` dumps, so the document and the answers share one declaration.
 """
 
 from __future__ import annotations
@@ -14,192 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from duetide.services import schemas
-from duetide.vocabulary import (
-    CatchUp,
-    Channel,
-    Mode,
-    MonthEnd,
-    NotificationStatus,
-    ReminderState,
-    SeriesStatus,
-    TaskStatus,
-)
+from duetide.services.responses import ErrorBody
 from duetide.web.sink import MAX_ATTRIBUTE_CHARS
 
 if TYPE_CHECKING:
     from duetide.web.api import Endpoint
-
-DateTime = str  # RFC 3339 with offset; described by `format: date-time` below
-
-
-class Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ErrorDetail(Out):
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorBody(Out):
-    error: ErrorDetail
-
-
-class ReminderOut(Out):
-    id: str
-    state: ReminderState
-    at: str | None = Field(None, json_schema_extra={"format": "date-time"})
-    before_due: str | None = Field(None, description="ISO 8601 duration")
-    fire_at: str | None = Field(json_schema_extra={"format": "date-time"})
-
-
-class TaskOut(Out):
-    id: str
-    title: str
-    description: str
-    status: TaskStatus
-    priority: schemas.Priority
-    tags: list[str]
-    due_at: str | None = Field(json_schema_extra={"format": "date-time"})
-    completed_at: str | None = Field(json_schema_extra={"format": "date-time"})
-    series_id: str | None
-    created_at: str = Field(json_schema_extra={"format": "date-time"})
-    updated_at: str = Field(json_schema_extra={"format": "date-time"})
-    reminders: list[ReminderOut]
-
-
-class TaskPage(Out):
-    items: list[TaskOut]
-    next_cursor: str | None
-
-
-class SeriesOut(Out):
-    id: str
-    rrule: str
-    timezone: str
-    start: str = Field(json_schema_extra={"format": "date-time"})
-    mode: Mode
-    month_end: MonthEnd
-    catch_up: CatchUp
-    status: SeriesStatus
-    title: str
-    description: str
-    priority: schemas.Priority
-    tags: list[str]
-    last_index: int
-    last_scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
-    created_at: str = Field(json_schema_extra={"format": "date-time"})
-    updated_at: str = Field(json_schema_extra={"format": "date-time"})
-
-
-class SeriesPage(Out):
-    items: list[SeriesOut]
-    next_cursor: str | None
-
-
-class OccurrenceDeleted(Out):
-    """The answer to deleting an occurrence of a recurring series (a one-off task: 204).
-
-    Deleting the open occurrence skips it, as in Todoist or Google Tasks: `outcome` is
-    `skipped`, history records it so, and `open_occurrence` is the next one, now in
-    place (null if the rule has no more: the series has then ended). To stop a series,
-    end it with `DELETE /series/{series_id}`. Deleting a completed or an earlier
-    occurrence, or any of an ended series, removes just that one (`deleted`). The
-    latest occurrence of a paused series cannot be deleted (409): resume or end it."""
-
-    deleted: str
-    outcome: Literal["skipped", "deleted"]
-    series: SeriesOut
-    open_occurrence: TaskOut | None
-
-
-class Forecast(Out):
-    """Up to `count` occurrences from the rule's start. Each forecast has a work budget
-    proportional to `count` (at most about a quarter second of CPU): `truncated` is true
-    when it ran out before `count` occurrences were found; the items are then correct but
-    fewer, and the series may go on after them (ask for fewer). A series that ends (COUNT,
-    UNTIL) gives fewer items with `truncated: false`."""
-
-    items: list[str]
-    truncated: bool
-
-
-class HistoryEntry(Out):
-    index: int
-    scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
-    outcome: Literal["completed", "open", "skipped", "missed"]
-    at: str | None
-    task_id: str | None
-
-
-class History(Out):
-    items: list[HistoryEntry]
-
-
-class NotificationOut(Out):
-    id: str
-    reminder_id: str
-    task_id: str
-    channel: Channel
-    scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
-    delivered_at: str = Field(json_schema_extra={"format": "date-time"})
-    status: NotificationStatus
-    detail: str = Field(description="Why a delivery failed for good; empty when delivered")
-
-
-class NotificationPage(Out):
-    items: list[NotificationOut]
-    next_cursor: str | None
-
-
-class UpcomingReminder(Out):
-    id: str
-    task_id: str
-    title: str
-    fire_at: str = Field(json_schema_extra={"format": "date-time"})
-    due_at: str | None
-
-
-class UpcomingPage(Out):
-    items: list[UpcomingReminder]
-
-
-class QuietHoursOut(Out):
-    start: str
-    end: str
-
-
-class PreferencesOut(Out):
-    timezone: str
-    default_reminders: list[str]
-    channels: list[Channel]
-    webhook_url: str | None
-    webhook_secret: str | None
-    email: str | None
-    email_verified: bool = Field(
-        description="Nothing but the confirmation mail is sent until the code is confirmed"
-    )
-    email_confirmation_sent_at: str | None = Field(
-        json_schema_extra={"format": "date-time"},
-        description="When the relay took the confirmation mail of the current code; null if "
-        "it could not be sent (POST /preferences/email/resend)",
-    )
-    webhook_verified: bool = Field(
-        description="Nothing but url_verification challenges are sent until one is echoed"
-    )
-    quiet_hours: QuietHoursOut | None
-    grace: str
-    updated_at: str = Field(json_schema_extra={"format": "date-time"})
-
-
-class Health(Out):
-    status: str
-
-
-class CommandResult(Out):
-    status: Literal["processed", "duplicate"]
-    task: TaskOut | None = None
 
 
 class CreateCommandData(BaseModel):

@@ -1,0 +1,263 @@
+"""What the HTTP API answers: one pydantic model per response shape, and the functions
+that render rows into them.
+
+The models are the one declaration of each shape: the OpenAPI document is generated
+from them (`web.openapi`), and every answer is built as one of them, so an answer that
+strays from the document (a missing field, a word outside its set, an extra key) fails
+where it is built, not in a client. A field with a default is left out of the JSON when
+it was not set (`web.http.json_response`): a reminder shows `at` or `before_due`.
+Times are RFC 3339 text, rendered here in the zone the user sees them in.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal, overload
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from duetide.storage import models
+from duetide.vocabulary import (
+    PRIORITIES,
+    CatchUp,
+    Channel,
+    Mode,
+    MonthEnd,
+    NotificationStatus,
+    Priority,
+    ReminderState,
+    SeriesStatus,
+    TaskStatus,
+)
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(Out):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(Out):
+    error: ErrorDetail
+
+
+class ReminderOut(Out):
+    id: str
+    state: ReminderState
+    at: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    before_due: str | None = Field(None, description="ISO 8601 duration")
+    fire_at: str | None = Field(json_schema_extra={"format": "date-time"})
+
+
+class TaskOut(Out):
+    id: str
+    title: str
+    description: str
+    status: TaskStatus
+    priority: Priority
+    tags: list[str]
+    due_at: str | None = Field(json_schema_extra={"format": "date-time"})
+    completed_at: str | None = Field(json_schema_extra={"format": "date-time"})
+    series_id: str | None
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    updated_at: str = Field(json_schema_extra={"format": "date-time"})
+    reminders: list[ReminderOut]
+
+
+class TaskPage(Out):
+    items: list[TaskOut]
+    next_cursor: str | None
+
+
+class SeriesOut(Out):
+    id: str
+    rrule: str
+    timezone: str
+    start: str = Field(json_schema_extra={"format": "date-time"})
+    mode: Mode
+    month_end: MonthEnd
+    catch_up: CatchUp
+    status: SeriesStatus
+    title: str
+    description: str
+    priority: Priority
+    tags: list[str]
+    last_index: int
+    last_scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    updated_at: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class SeriesPage(Out):
+    items: list[SeriesOut]
+    next_cursor: str | None
+
+
+class OccurrenceDeleted(Out):
+    """The answer to deleting an occurrence of a recurring series (a one-off task: 204).
+
+    Deleting the open occurrence skips it, as in Todoist or Google Tasks: `outcome` is
+    `skipped`, history records it so, and `open_occurrence` is the next one, now in
+    place (null if the rule has no more: the series has then ended). To stop a series,
+    end it with `DELETE /series/{series_id}`. Deleting a completed or an earlier
+    occurrence, or any of an ended series, removes just that one (`deleted`). The
+    latest occurrence of a paused series cannot be deleted (409): resume or end it."""
+
+    deleted: str
+    outcome: Literal["skipped", "deleted"]
+    series: SeriesOut
+    open_occurrence: TaskOut | None
+
+
+class Forecast(Out):
+    """Up to `count` occurrences from the rule's start. Each forecast has a work budget
+    proportional to `count` (at most about a quarter second of CPU): `truncated` is true
+    when it ran out before `count` occurrences were found; the items are then correct but
+    fewer, and the series may go on after them (ask for fewer). A series that ends (COUNT,
+    UNTIL) gives fewer items with `truncated: false`."""
+
+    items: list[str]
+    truncated: bool
+
+
+class HistoryEntry(Out):
+    index: int
+    scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
+    outcome: Literal["completed", "open", "skipped", "missed"]
+    at: str | None
+    task_id: str | None
+
+
+class History(Out):
+    items: list[HistoryEntry]
+
+
+class NotificationOut(Out):
+    id: str
+    reminder_id: str
+    task_id: str
+    channel: Channel
+    scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
+    delivered_at: str = Field(json_schema_extra={"format": "date-time"})
+    status: NotificationStatus
+    detail: str = Field(description="Why a delivery failed for good; empty when delivered")
+
+
+class NotificationPage(Out):
+    items: list[NotificationOut]
+    next_cursor: str | None
+
+
+class UpcomingReminder(Out):
+    id: str
+    task_id: str
+    title: str
+    fire_at: str = Field(json_schema_extra={"format": "date-time"})
+    due_at: str | None
+
+
+class UpcomingPage(Out):
+    items: list[UpcomingReminder]
+
+
+class QuietHoursOut(Out):
+    start: str
+    end: str
+
+
+class PreferencesOut(Out):
+    timezone: str
+    default_reminders: list[str]
+    channels: list[Channel]
+    webhook_url: str | None
+    webhook_secret: str | None
+    email: str | None
+    email_verified: bool = Field(
+        description="Nothing but the confirmation mail is sent until the code is confirmed"
+    )
+    email_confirmation_sent_at: str | None = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When the relay took the confirmation mail of the current code; null if "
+        "it could not be sent (POST /preferences/email/resend)",
+    )
+    webhook_verified: bool = Field(
+        description="Nothing but url_verification challenges are sent until one is echoed"
+    )
+    quiet_hours: QuietHoursOut | None
+    grace: str
+    updated_at: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class Health(Out):
+    status: str
+
+
+class CommandResult(Out):
+    status: Literal["processed", "duplicate"]
+    task: TaskOut | None = None
+
+
+@overload
+def rfc3339(value: datetime, zone: Any = None) -> str: ...
+@overload
+def rfc3339(value: datetime | None, zone: Any = None) -> str | None: ...
+def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
+    """RFC 3339 text in `zone`, or in UTC where the zone's offset then had seconds (LMT)."""
+    if value is None:
+        return None
+    local = value.astimezone(zone or UTC)
+    offset = local.utcoffset()
+    if offset is not None and offset.seconds % 60:
+        local = value.astimezone(UTC)
+    return local.isoformat()
+
+
+def reminder_out(reminder: models.Reminder) -> ReminderOut:
+    if reminder.before_due_s is not None:
+        return ReminderOut(
+            id=reminder.id,
+            state=reminder.state,
+            before_due=f"PT{reminder.before_due_s}S",
+            fire_at=rfc3339(reminder.fire_at),
+        )
+    return ReminderOut(
+        id=reminder.id,
+        state=reminder.state,
+        at=rfc3339(reminder.at),
+        fire_at=rfc3339(reminder.fire_at),
+    )
+
+
+def task_out(task: models.Task, zone: Any = None) -> TaskOut:
+    """A task as the API shows it; times in the series' zone for occurrences, else UTC."""
+    return TaskOut(
+        id=task.id,
+        title=task.title,
+        description=task.description,
+        status=task.status,
+        priority=PRIORITIES[task.priority],
+        tags=task.tags,
+        due_at=rfc3339(task.due_at, zone),
+        completed_at=rfc3339(task.completed_at, zone),
+        series_id=task.series_id,
+        created_at=rfc3339(task.created_at),
+        updated_at=rfc3339(task.updated_at),
+        reminders=[reminder_out(r) for r in task.reminders],
+    )
+
+
+def notification_out(notification: models.Notification) -> NotificationOut:
+    return NotificationOut(
+        id=notification.id,
+        reminder_id=notification.reminder_id,
+        task_id=notification.task_id,
+        channel=notification.channel,
+        scheduled_at=rfc3339(notification.scheduled_at),
+        delivered_at=rfc3339(notification.delivered_at),
+        status=notification.status,
+        detail=notification.detail,
+    )
