@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         if self.duetide_event_oidc_audience and not self.duetide_event_oidc_jwks_url:
             raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE needs DUETIDE_EVENT_OIDC_JWKS_URL")
         if self.duetide_smtp_username and not self.duetide_smtp_starttls:
-            # channels.deliver_email refuses to send credentials in clear; say so at start,
+            # channels.email.deliver_email refuses to send credentials in clear; say so at start,
             # not as a failure of every delivery.
             raise ValueError("DUETIDE_SMTP_USERNAME needs DUETIDE_SMTP_STARTTLS=true")
         return self

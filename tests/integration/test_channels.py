@@ -2,7 +2,8 @@
 
 The webhook receiver is a ThreadingHTTPServer (plain, and TLS with a throwaway CA);
 the SMTP relay is aiosmtpd. Names are answered by injected resolvers: no DNS traffic.
-Backoff sleeps are recorded, not slept.
+A delivery is one request: retrying is the KafkaSource's (RELIABILITY.md), so these
+tests check what each answer is classified as, and that a retry sends the same thing.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from duetide.channels import (
+from duetide.channels.email import deliver_email
+from duetide.channels.webhook import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
-    deliver_email,
     deliver_webhook,
     verify_signature,
 )
@@ -139,16 +140,11 @@ def receiver() -> Iterator[Receiver]:
         yield running
 
 
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
-def post(url: str, sleeps: list[float], **options: Any):
-    """deliver_webhook with the test secret, a fixed key and recorded backoff."""
+def post(url: str, **options: Any):
+    """deliver_webhook with the test secret and a fixed key."""
     options.setdefault("allow_loopback", True)
     options.setdefault("idempotency_key", "notification-42")
-    return deliver_webhook(url, PAYLOAD, secret=SECRET, sleep=sleeps.append, **options)
+    return deliver_webhook(url, PAYLOAD, secret=SECRET, **options)
 
 
 def resolving_to(*addresses: str, calls: list[str] | None = None):
@@ -163,10 +159,10 @@ def resolving_to(*addresses: str, calls: list[str] | None = None):
 # --- signed delivery --------------------------------------------------------------------
 
 
-def test_a_delivery_is_signed_json_with_an_idempotency_key(receiver: Receiver, sleeps):
-    result = post(f"{receiver.url}/hooks/in?source=duetide", sleeps)
+def test_a_delivery_is_signed_json_with_an_idempotency_key(receiver: Receiver):
+    result = post(f"{receiver.url}/hooks/in?source=duetide")
 
-    assert (result.ok, result.status, result.attempts, result.error) == (True, 200, 1, "")
+    assert (result.ok, result.status, result.error) == (True, 200, "")
     [request] = receiver.requests
     assert (request.method, request.path) == ("POST", "/hooks/in?source=duetide")
     assert request.headers["Content-Type"] == "application/json"
@@ -178,8 +174,8 @@ def test_a_delivery_is_signed_json_with_an_idempotency_key(receiver: Receiver, s
     assert verify_signature(SECRET, signature, request.body, now=time.time())
 
 
-def test_the_signature_fails_for_another_secret_body_or_time(receiver: Receiver, sleeps):
-    post(receiver.url, sleeps)
+def test_the_signature_fails_for_another_secret_body_or_time(receiver: Receiver):
+    post(receiver.url)
     [request] = receiver.requests
     signature = request.headers[SIGNATURE_HEADER]
     now = time.time()
@@ -190,88 +186,86 @@ def test_the_signature_fails_for_another_secret_body_or_time(receiver: Receiver,
     assert not verify_signature(SECRET, None, request.body, now=now)
 
 
-def test_five_hundred_twice_then_ok_takes_three_attempts_with_one_key(receiver, sleeps):
-    receiver.answer({"status": 500}, {"status": 503})
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_server_error_or_429_is_one_request_and_retryable(receiver: Receiver, status: int):
+    receiver.answer({"status": status}, {"status": status})
 
-    result = post(receiver.url, sleeps, backoff_s=0.5)
+    result = post(receiver.url)
 
-    assert (result.ok, result.status, result.attempts) == (True, 200, 3)
-    assert sleeps == [0.5, 1.0]
-    keys = {r.headers[IDEMPOTENCY_HEADER] for r in receiver.requests}
-    assert len(receiver.requests) == 3 and keys == {"notification-42"}
-    for request in receiver.requests:  # each attempt is signed afresh, body unchanged
-        assert verify_signature(
-            SECRET, request.headers[SIGNATURE_HEADER], request.body, time.time()
-        )
-    assert len({r.body for r in receiver.requests}) == 1
+    assert (result.ok, result.status, result.retryable) == (False, status, True)
+    assert result.error == f"HTTP {status}"
+    assert len(receiver.requests) == 1
 
 
-def test_too_many_requests_is_retried(receiver: Receiver, sleeps):
-    receiver.answer({"status": 429})
-    result = post(receiver.url, sleeps)
-    assert (result.ok, result.attempts) == (True, 2)
+def test_a_retry_sends_the_same_body_and_key_signed_afresh(receiver: Receiver):
+    receiver.answer({"status": 503})
+
+    first = post(receiver.url, now=lambda: 1_700_000_000)
+    second = post(receiver.url, now=lambda: 1_700_000_060)
+
+    assert (first.retryable, second.ok) == (True, True)
+    one, two = receiver.requests
+    assert one.body == two.body
+    assert one.headers[IDEMPOTENCY_HEADER] == two.headers[IDEMPOTENCY_HEADER] == "notification-42"
+    assert one.headers[SIGNATURE_HEADER] != two.headers[SIGNATURE_HEADER]
+    for request, sent_at in ((one, 1_700_000_000), (two, 1_700_000_060)):
+        assert verify_signature(SECRET, request.headers[SIGNATURE_HEADER], request.body, sent_at)
 
 
-def test_attempts_are_bounded_and_the_failure_is_retryable(receiver: Receiver, sleeps):
-    receiver.answer(*[{"status": 500}] * 5)
-
-    result = post(receiver.url, sleeps, attempts=3)
-
-    assert (result.ok, result.status, result.attempts, result.retryable) == (False, 500, 3, True)
-    assert result.error == "HTTP 500"
-    assert len(receiver.requests) == 3
-
-
-def test_a_client_error_is_final_after_one_attempt(receiver: Receiver, sleeps):
+def test_a_client_error_is_final(receiver: Receiver):
     receiver.answer({"status": 400})
 
-    result = post(receiver.url, sleeps)
+    result = post(receiver.url)
 
-    assert (result.ok, result.status, result.attempts, result.retryable) == (False, 400, 1, False)
+    assert (result.ok, result.status, result.retryable) == (False, 400, False)
     assert len(receiver.requests) == 1
-    assert sleeps == []
 
 
-def test_a_response_larger_than_the_cap_is_cut_without_error(receiver: Receiver, sleeps):
+def test_a_response_larger_than_the_cap_is_cut_without_error(receiver: Receiver):
     receiver.answer({"status": 200, "body": b"x" * (8 * 1024 * 1024)})
     started = time.monotonic()
 
-    result = post(receiver.url, sleeps, max_response_bytes=1024)
+    result = post(receiver.url, max_response_bytes=1024)
 
-    assert (result.ok, result.status, result.attempts) == (True, 200, 1)
+    assert (result.ok, result.status) == (True, 200)
     assert time.monotonic() - started < 2
 
 
-def test_a_redirect_is_not_followed(receiver: Receiver, sleeps):
+def test_a_redirect_is_not_followed(receiver: Receiver):
     receiver.answer({"status": 302, "headers": {"Location": f"{receiver.url}/elsewhere"}})
 
-    result = post(f"{receiver.url}/hook", sleeps)
+    result = post(f"{receiver.url}/hook")
 
-    assert (result.ok, result.status, result.attempts, result.retryable) == (False, 302, 1, False)
+    assert (result.ok, result.status, result.retryable) == (False, 302, False)
     assert "redirect not followed" in result.error
     assert [r.path for r in receiver.requests] == ["/hook"]
 
 
-def test_a_slow_receiver_times_out_and_is_retried(receiver: Receiver, sleeps):
+def test_a_slow_receiver_times_out_retryably(receiver: Receiver):
     receiver.answer({"delay": 1.0})
 
-    result = post(receiver.url, sleeps, timeout_s=0.2)
+    result = post(receiver.url, timeout_s=0.2)
 
-    assert (result.ok, result.attempts) == (True, 2)
+    assert (result.ok, result.status, result.error, result.retryable) == (
+        False,
+        None,
+        "timed out",
+        True,
+    )
 
 
-def test_a_refused_connection_is_retried_then_reported(sleeps):
+def test_a_refused_connection_is_retryable():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
 
-    result = post(f"http://127.0.0.1:{port}/", sleeps)
+    result = post(f"http://127.0.0.1:{port}/")
 
-    assert (result.ok, result.status, result.attempts, result.retryable) == (False, None, 3, True)
+    assert (result.ok, result.status, result.retryable) == (False, None, True)
     assert "ConnectionRefusedError" in result.error
 
 
-def test_a_failed_lookup_is_retried_and_the_name_resolved_afresh(receiver: Receiver, sleeps):
+def test_a_failed_lookup_is_retryable_and_the_retry_resolves_afresh(receiver: Receiver):
     answers = iter([socket.gaierror(socket.EAI_AGAIN, "Temporary failure"), "127.0.0.1"])
 
     def flaky(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
@@ -280,35 +274,38 @@ def test_a_failed_lookup_is_retried_and_the_name_resolved_afresh(receiver: Recei
             raise answer
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answer, port))]
 
-    result = post(f"http://hooks.example.test:{receiver.port}/", sleeps, resolver=flaky)
+    url = f"http://hooks.example.test:{receiver.port}/"
+    first = post(url, resolver=flaky)
+    second = post(url, resolver=flaky)
 
-    assert (result.ok, result.attempts) == (True, 2)
+    assert (first.ok, first.retryable, second.ok) == (False, True, True)
+    assert len(receiver.requests) == 1
 
 
-def test_a_name_that_does_not_exist_is_final_without_retry(receiver: Receiver, sleeps):
+def test_a_name_that_does_not_exist_is_final_without_retry(receiver: Receiver):
     def no_such_name(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     url = f"http://gone.example.test:{receiver.port}/"
-    result = post(url, sleeps, resolver=no_such_name)
+    result = post(url, resolver=no_such_name)
 
-    assert (result.ok, result.attempts, result.retryable) == (False, 0, False)
+    assert (result.ok, result.retryable) == (False, False)
     assert "cannot resolve" in result.error
-    assert sleeps == [] and receiver.connections == 0
+    assert receiver.connections == 0
 
 
-def test_the_answer_is_kept_only_when_asked_and_only_up_to_the_limit(receiver: Receiver, sleeps):
+def test_the_answer_is_kept_only_when_asked_and_only_up_to_the_limit(receiver: Receiver):
     receiver.answer({"body": b"challenge-echo" + b"x" * 5000}, {"body": b"kept?"})
 
-    asked = post(receiver.url, sleeps, capture_bytes=14)
-    not_asked = post(receiver.url, sleeps)
+    asked = post(receiver.url, capture_bytes=14)
+    not_asked = post(receiver.url)
 
     assert (asked.ok, asked.body) == (True, b"challenge-echo")
     assert (not_asked.ok, not_asked.body) == (True, b"")
 
 
-def test_the_signature_carries_the_send_time(receiver: Receiver, sleeps):
-    post(receiver.url, sleeps, now=lambda: 1_700_000_000.7)
+def test_the_signature_carries_the_send_time(receiver: Receiver):
+    post(receiver.url, now=lambda: 1_700_000_000.7)
     [request] = receiver.requests
     assert request.headers[SIGNATURE_HEADER].startswith("t=1700000000,v1=")
     assert verify_signature(SECRET, request.headers[SIGNATURE_HEADER], request.body, 1_700_000_100)
@@ -317,31 +314,30 @@ def test_the_signature_carries_the_send_time(receiver: Receiver, sleeps):
 # --- SSRF at send time ------------------------------------------------------------------
 
 
-def test_loopback_is_refused_unless_allowed(receiver: Receiver, sleeps):
-    result = post(receiver.url, sleeps, allow_loopback=False)
+def test_loopback_is_refused_unless_allowed(receiver: Receiver):
+    result = post(receiver.url, allow_loopback=False)
 
-    assert (result.ok, result.status, result.attempts, result.retryable) == (False, None, 0, False)
+    assert (result.ok, result.status, result.retryable) == (False, None, False)
     assert "127.0.0.0/8" in result.error
     assert (receiver.connections, receiver.requests) == (0, [])
-    assert post(receiver.url, sleeps, allow_loopback=True).ok
+    assert post(receiver.url, allow_loopback=True).ok
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.7", "169.254.169.254"])
 def test_a_public_looking_name_resolving_privately_is_refused_before_connecting(
-    receiver: Receiver, sleeps, address: str
+    receiver: Receiver, address: str
 ):
     url = f"http://hooks.example.com:{receiver.port}/hook"
 
-    result = post(url, sleeps, allow_loopback=False, resolver=resolving_to(address))
+    result = post(url, allow_loopback=False, resolver=resolving_to(address))
 
-    assert (result.ok, result.attempts) == (False, 0)
+    assert not result.ok
     assert "hooks.example.com" in result.error and address in result.error
     assert (receiver.connections, receiver.requests) == (0, [])
-    assert sleeps == []
 
 
 def test_the_connection_goes_to_the_checked_address_without_a_second_lookup(
-    receiver: Receiver, sleeps, monkeypatch: pytest.MonkeyPatch
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ):
     system_lookups: list[str] = []
     real_getaddrinfo = socket.getaddrinfo
@@ -354,7 +350,7 @@ def test_the_connection_goes_to_the_checked_address_without_a_second_lookup(
     checked: list[str] = []
     url = f"http://hooks.example.test:{receiver.port}/hook"
 
-    result = post(url, sleeps, resolver=resolving_to("127.0.0.1", calls=checked))
+    result = post(url, resolver=resolving_to("127.0.0.1", calls=checked))
 
     assert result.ok
     assert checked == ["hooks.example.test"]
@@ -362,8 +358,8 @@ def test_the_connection_goes_to_the_checked_address_without_a_second_lookup(
     assert receiver.requests[0].headers["Host"] == f"hooks.example.test:{receiver.port}"
 
 
-def test_credentials_in_the_url_are_refused_and_not_echoed(receiver: Receiver, sleeps):
-    result = post(f"http://admin:hunter2@127.0.0.1:{receiver.port}/", sleeps)
+def test_credentials_in_the_url_are_refused_and_not_echoed(receiver: Receiver):
+    result = post(f"http://admin:hunter2@127.0.0.1:{receiver.port}/")
     assert not result.ok and "hunter2" not in result.error
     assert receiver.connections == 0
 
@@ -425,21 +421,21 @@ def tls_receiver(tls: Tls) -> Iterator[Receiver]:
         yield running
 
 
-def test_https_connects_to_the_pinned_address_and_verifies_the_urls_name(tls_receiver, tls, sleeps):
+def test_https_connects_to_the_pinned_address_and_verifies_the_urls_name(tls_receiver, tls):
     url = f"https://hooks.example.test:{tls_receiver.port}/hook"
 
-    result = post(url, sleeps, resolver=resolving_to("127.0.0.1"), ssl_context=tls.client)
+    result = post(url, resolver=resolving_to("127.0.0.1"), ssl_context=tls.client)
 
     assert (result.ok, result.status) == (True, 200)
     assert tls_receiver.requests[0].headers["Host"] == f"hooks.example.test:{tls_receiver.port}"
 
 
-def test_https_with_a_certificate_for_another_name_fails_without_retry(tls_receiver, tls, sleeps):
+def test_https_with_a_certificate_for_another_name_fails_without_retry(tls_receiver, tls):
     url = f"https://other.example.test:{tls_receiver.port}/hook"
 
-    result = post(url, sleeps, resolver=resolving_to("127.0.0.1"), ssl_context=tls.client)
+    result = post(url, resolver=resolving_to("127.0.0.1"), ssl_context=tls.client)
 
-    assert (result.ok, result.attempts, result.retryable) == (False, 1, False)
+    assert (result.ok, result.retryable) == (False, False)
     assert result.error == "TLS certificate verification failed"
     assert tls_receiver.requests == []
 
@@ -511,7 +507,7 @@ def send(relay: Relay, **overrides: Any):
 def test_an_email_arrives_with_subject_and_body(relay: Relay):
     result = send(relay, subject="Erinnerung: Miete zahlen ✓")
 
-    assert (result.ok, result.attempts, result.error) == (True, 1, "")
+    assert (result.ok, result.error) == (True, "")
     [(envelope, _tls)] = relay.mailbox.messages
     assert envelope.mail_from == "noreply@duetide.test"
     assert envelope.rcpt_tos == ["alice@example.test"]

@@ -255,13 +255,11 @@ def due_reminder_event(client, alice, title: str = "secret title") -> dict[str, 
 def test_notify_delivers_once_per_firing_and_lists_it(client, alice, bob, env, caplog):
     notify = function_client("notify")
     data = due_reminder_event(client, alice)
-    with caplog.at_level("INFO", logger="duetide.services.notify"):
+    with caplog.at_level("INFO", logger="duetide.channels.log"):
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
         # The same firing redelivered under another event id: still one notification.
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
-    lines = [
-        json.loads(r.getMessage()) for r in caplog.records if r.name == "duetide.services.notify"
-    ]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "duetide.channels.log"]
     assert len(lines) == 1 and lines[0]["event"] == "notification.delivered"
     assert "secret title" not in caplog.text
     assert count(Notification) == 1

@@ -19,7 +19,8 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import insert
 from sqlmodel import select
 
-from duetide import channels, events
+from duetide import events
+from duetide.channels import webhook
 from duetide.services import sweep
 from duetide.storage import db
 from duetide.storage.models import Notification, Outbox, Reminder, Task, utcnow
@@ -274,7 +275,7 @@ def test_webhook_is_signed_retried_and_not_repeated(client, alice, env, receiver
     keys = {r["headers"]["Idempotency-Key"] for r in Receiver.seen}
     assert len(keys) == 1
     last = Receiver.seen[-1]
-    assert channels.verify_signature(
+    assert webhook.verify_signature(
         prefs["webhook_secret"].encode(), last["headers"]["Duetide-Signature"], last["body"],
         now=utcnow().timestamp(),
     )  # fmt: skip

@@ -21,7 +21,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlmodel import select
 
-from duetide import channels, events
+from duetide import events
+from duetide.channels.email import validate_address
+from duetide.channels.webhook import verify_signature
 from duetide.config import get_settings
 from duetide.storage import db
 from duetide.storage.models import Notification, Preference, ProcessedEvent, utcnow
@@ -262,7 +264,7 @@ def test_an_unverified_webhook_gets_nothing_but_the_challenge(client, alice, rec
     [challenge] = Receiver.challenges
     payload = json.loads(challenge["body"])
     assert payload["type"] == "url_verification" and len(payload["challenge"]) >= 32
-    assert channels.verify_signature(
+    assert verify_signature(
         changed.json["webhook_secret"].encode(),
         challenge["headers"]["Duetide-Signature"],
         challenge["body"],
@@ -448,7 +450,7 @@ ADDRESSES = [
 def test_preferences_store_exactly_what_the_email_channel_sends_to(client, alice):
     for address in ADDRESSES:
         try:
-            expected: str | None = channels.validate_address(address)
+            expected: str | None = validate_address(address)
         except ValueError:
             expected = None
         response = client.patch("/preferences", json={"email": address}, headers=alice)

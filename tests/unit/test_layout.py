@@ -81,3 +81,15 @@ def test_every_runtime_module_sits_in_a_layer_and_imports_downwards_only() -> No
         if above:
             upward[str(path.relative_to(REPO_ROOT))] = above
     assert upward == {}
+
+
+def test_every_channel_name_has_one_module_in_the_registry_named_for_it() -> None:
+    from typing import get_args
+
+    from duetide import channels
+    from duetide.vocabulary import Channel
+
+    assert sorted(channels.REGISTRY) == sorted(get_args(Channel))
+    for name, module in channels.REGISTRY.items():
+        assert getattr(module, "__name__", "") == f"duetide.channels.{name}"
+        assert isinstance(module.NEEDS_NETWORK, bool) and callable(module.send)

@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from duetide import channels
-from duetide.channels import verification
+from duetide.channels import email, verification
 from duetide.errors import RateLimited
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -75,7 +74,7 @@ def test_the_confirmation_mail_carries_only_fixed_text_and_the_code():
     subject, body = verification.confirmation_mail("ABCD2345WXYZ", NOW)
     assert subject == "Confirm your e-mail address for duetide reminders"
     assert "ABCD-2345-WXYZ" in body and "2026-11-24T12:00:00+00:00" in body
-    assert channels.header_text(subject, 200) == subject
+    assert email.header_text(subject, 200) == subject
 
 
 @pytest.mark.parametrize(
@@ -93,11 +92,11 @@ def test_the_confirmation_mail_carries_only_fixed_text_and_the_code():
     ],
 )
 def test_header_text_folds_line_breaks_and_controls_into_spaces(text: str, folded: str):
-    assert channels.header_text(text, 200) == folded
+    assert email.header_text(text, 200) == folded
 
 
 def test_header_text_is_clipped():
-    assert channels.header_text("x" * 500, 200) == "x" * 200
+    assert email.header_text("x" * 500, 200) == "x" * 200
 
 
 @pytest.mark.parametrize(
@@ -110,7 +109,7 @@ def test_header_text_is_clipped():
     ],
 )
 def test_the_one_address_check_accepts_plain_ascii_mailboxes(value: str, bare: str):
-    assert channels.validate_address(value) == bare
+    assert email.validate_address(value) == bare
 
 
 @pytest.mark.parametrize(
@@ -136,5 +135,5 @@ def test_the_one_address_check_accepts_plain_ascii_mailboxes(value: str, bare: s
 )
 def test_the_one_address_check_refuses_what_a_relay_could_not_take(value: str):
     with pytest.raises(ValueError) as refused:
-        channels.validate_address(value)
+        email.validate_address(value)
     assert value not in str(refused.value) or not value

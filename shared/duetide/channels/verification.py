@@ -10,7 +10,7 @@ mailbox or endpoint. So:
   verified. The mail carries no user-chosen text, so it cannot carry spam either.
 - webhook: setting a URL POSTs a signed `{"type": "url_verification", "challenge": ...}`
   (as Slack and Microsoft Graph do) through the one webhook client,
-  `channels.deliver_webhook` (its signing and SSRF guard, one attempt, a short timeout);
+  `webhook.deliver_webhook` (its signing and SSRF guard, one attempt, a short timeout);
   the URL is verified when the answer echoes the challenge, as the body itself or as
   `{"challenge": "..."}`. `POST /preferences/webhook/verify` tries again.
 - Both are sent by the tasks function right after the preferences commit (never inside
@@ -36,7 +36,8 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from duetide import channels
+from duetide.channels import email, webhook
+from duetide.channels.delivery import DeliveryResult, refused
 from duetide.config import Settings, get_settings
 from duetide.errors import Conflict, RateLimited, ValidationFailed
 from duetide.storage import db
@@ -214,7 +215,7 @@ def start_webhook(preference: Preference, now: datetime, settings: Settings) -> 
 # --- I/O after the commit ---------------------------------------------------------------
 
 
-def send(item: Outgoing) -> channels.DeliveryResult:
+def send(item: Outgoing) -> DeliveryResult:
     """Send one confirmation and record its outcome. `ok` when it went: a mail accepted
     by the relay, a challenge echoed; otherwise `error` says why (never the target)."""
     result = send_mail(item) if isinstance(item, EmailConfirmation) else challenge(item)
@@ -225,46 +226,39 @@ def send(item: Outgoing) -> channels.DeliveryResult:
     return result
 
 
-def send_mail(item: EmailConfirmation) -> channels.DeliveryResult:
+def send_mail(item: EmailConfirmation) -> DeliveryResult:
     """The confirmation mail through the configured relay, bounded in time."""
     settings = get_settings()
     if not settings.duetide_smtp_host:  # the operator's to fix: worth a later retry
-        return channels.DeliveryResult(False, None, 0, "email is not configured", True)
+        return refused("email is not configured", retryable=True)
     subject, body = confirmation_mail(item.code, item.expires_at)
     try:
-        return channels.deliver_email(
-            host=settings.duetide_smtp_host,
-            port=settings.duetide_smtp_port,
-            sender=settings.duetide_smtp_sender,
+        return email.mail(
             to=item.address,
             subject=subject,
             body=body,
-            starttls=settings.duetide_smtp_starttls,
-            username=settings.duetide_smtp_username or None,
-            password=settings.duetide_smtp_password or None,
             timeout_s=settings.duetide_verification_timeout_s,
         )
     except ValueError:  # the stored address passed the same check; the sender is config
-        return channels.DeliveryResult(False, None, 0, "the mail could not be built")
+        return refused("the mail could not be built")
 
 
-def challenge(item: WebhookChallenge) -> channels.DeliveryResult:
+def challenge(item: WebhookChallenge) -> DeliveryResult:
     """POST the signed challenge once; `ok` only when the answer echoes it."""
     settings = get_settings()
-    result = channels.deliver_webhook(
+    result = webhook.deliver_webhook(
         item.url,
         {"type": "url_verification", "challenge": item.challenge},
         secret=item.secret.encode(),
         idempotency_key=f"url-verification-{item.challenge[:16]}",
         allow_loopback=settings.duetide_allow_loopback_webhooks,
         hosts=settings.webhook_hosts,
-        attempts=1,
         timeout_s=settings.duetide_verification_timeout_s,
         capture_bytes=CHALLENGE_KEEP_BYTES,
     )
     if result.ok and not echoes(result.body, item.challenge):
         error = f"HTTP {result.status} without the challenge in the answer"
-        return channels.DeliveryResult(False, result.status, result.attempts, error)
+        return DeliveryResult(False, result.status, error)
     return result
 
 

@@ -2,8 +2,8 @@
 and the notification targets (e-mail address, webhook URL) with their verification.
 
 Targets are checked with the same functions the channels use when they send
-(`channels.validate_address`, `netguard.check_url` with the same loopback setting),
-so nothing is stored that the channel would then refuse.
+(`email.validate_address`, `webhook.check_url` with the same SSRF settings), so
+nothing is stored that the channel would then refuse.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
-from duetide import channels
-from duetide.channels import netguard, verification
+from duetide.channels import email, netguard, verification, webhook
 from duetide.config import get_settings
 from duetide.errors import Conflict, ValidationFailed
 from duetide.services.responses import PreferencesOut, QuietHoursOut, rfc3339
@@ -192,16 +191,10 @@ def challenge_webhook(
 def _checked_webhook(url: str | None) -> str | None:
     if not url:
         return None
-    settings = get_settings()
     try:
-        netguard.check_url(
-            url,
-            allow_loopback=settings.duetide_allow_loopback_webhooks,
-            hosts=settings.webhook_hosts,
-        )
+        return webhook.check_url(url)
     except (netguard.UnsafeDestination, netguard.ResolutionFailed) as exc:
         raise _invalid("webhook_url", str(exc)) from None
-    return url
 
 
 def _checked_email(address: str | None) -> str | None:
@@ -209,6 +202,6 @@ def _checked_email(address: str | None) -> str | None:
     if not address:
         return None
     try:
-        return channels.validate_address(address)
+        return email.validate_address(address)
     except ValueError as exc:
         raise _invalid("email", str(exc)) from None

@@ -1,0 +1,166 @@
+"""The email channel: one plain-text message through the configured SMTP relay.
+
+`validate_address` is THE e-mail address check: preferences store only what passes it
+and this channel sends only to what passes it, so whatever was stored can be sent to.
+`header_text` folds user text (a task title) into one header line. Malformed input (a
+bad address, a header value with CR/LF) raises `ValueError` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses, make_msgid, parseaddr
+
+from duetide import events
+from duetide.channels.delivery import DeliveryResult, clip, refused
+from duetide.config import get_settings
+from duetide.storage.models import Preference
+
+NEEDS_NETWORK = True
+SUBJECT_CHARS = 200
+
+
+def send(due: events.ReminderEvent, pref: Preference) -> DeliveryResult:
+    """The reminder to the user's verified address. A title is the user's content: it is
+    folded into one subject line, never a reason to fail."""
+    settings = get_settings()
+    if not settings.duetide_smtp_host:
+        return refused("email channel is not configured")
+    if not pref.email:
+        return refused("no email address is set")
+    try:
+        address = validate_address(pref.email)
+    except ValueError:
+        return refused("email address is not valid")
+    if pref.email_verified_at is None:
+        return refused("email not verified")
+    due_text = due.due_at.isoformat() if due.due_at else "no due time"
+    return mail(
+        to=address,
+        subject=header_text(f"Reminder: {due.title}", SUBJECT_CHARS),
+        body=f"{due.title}\n\nDue: {due_text}\n",
+    )
+
+
+def mail(*, to: str, subject: str, body: str, timeout_s: float = 10) -> DeliveryResult:
+    """`deliver_email` through the relay the settings name."""
+    settings = get_settings()
+    return deliver_email(
+        host=settings.duetide_smtp_host,
+        port=settings.duetide_smtp_port,
+        sender=settings.duetide_smtp_sender,
+        to=to,
+        subject=subject,
+        body=body,
+        starttls=settings.duetide_smtp_starttls,
+        username=settings.duetide_smtp_username or None,
+        password=settings.duetide_smtp_password or None,
+        timeout_s=timeout_s,
+    )
+
+
+# An ASCII dot-atom local part and a host name of letters, digits and hyphens: what every
+# relay takes without the SMTPUTF8 extension (smtplib refuses non-ASCII addresses on a
+# relay that lacks it, a failure no retry would fix). Quoted local parts and address
+# literals are not accepted.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+ADDRESS = re.compile(rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>{_LABEL}(?:\.{_LABEL})*)")
+
+
+def validate_address(value: str) -> str:
+    """The bare address of one mailbox (`a@b.example` or `Name <a@b.example>`); ValueError
+    otherwise. Messages never repeat the value."""
+    _no_line_breaks("address", value)
+    mailboxes = getaddresses([value])
+    _name, address = parseaddr(value)
+    if len(mailboxes) != 1 or mailboxes[0][1] != address:
+        raise ValueError("address must name exactly one mailbox")
+    match = ADDRESS.fullmatch(address)
+    if match is None:
+        raise ValueError("address must look like name@domain, in ASCII without quotes")
+    if len(match["local"]) > 64:
+        raise ValueError("the part before @ is longer than 64 characters")
+    if len(address) > 254:
+        raise ValueError("address is longer than 254 characters")
+    return address
+
+
+# Line breaks and other control characters a header line must not hold; str.split()
+# already folds CR, LF, VT, FF, the separators 0x1c-0x1f, NEL and U+2028/U+2029.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def header_text(value: str, limit: int) -> str:
+    """`value` as one header line of at most `limit` characters: every run of line breaks,
+    control characters and white space becomes one space; lone surrogates (which no
+    encoding can send) become U+FFFD. User text (a task title) is folded, not refused:
+    it is the user's content and should still be delivered."""
+    text = _SURROGATES.sub("\ufffd", _CONTROLS.sub(" ", value))
+    return " ".join(text.split())[:limit]
+
+
+def deliver_email(
+    *,
+    host: str,
+    port: int,
+    sender: str,
+    to: str,
+    subject: str,
+    body: str,
+    starttls: bool,
+    username: str | None = None,
+    password: str | None = None,
+    timeout_s: float = 10,
+    ssl_context: ssl.SSLContext | None = None,
+) -> DeliveryResult:
+    """Send one plain-text message through an SMTP relay.
+
+    Credentials are only sent after STARTTLS. A 4xx reply or a broken connection is
+    `retryable`; a 5xx reply is final.
+    """
+    sender_address = validate_address(sender)
+    to_address = validate_address(to)
+    _no_line_breaks("subject", subject)
+    if username is not None and not starttls:
+        raise ValueError("SMTP credentials are only sent after STARTTLS")
+    message = _email_message(sender, to, subject, body, sender_address)
+    try:
+        with smtplib.SMTP(host, port, timeout=timeout_s) as smtp:
+            if starttls:
+                smtp.starttls(context=ssl_context or ssl.create_default_context())
+            if username is not None:
+                smtp.login(username, password or "")
+            smtp.send_message(message, from_addr=sender_address, to_addrs=[to_address])
+    except smtplib.SMTPRecipientsRefused as exc:
+        code = next(iter(exc.recipients.values()))[0]
+        return DeliveryResult(False, code, f"SMTP {code}: recipient refused", code < 500)
+    except smtplib.SMTPResponseException as exc:
+        error = f"SMTP {exc.smtp_code}: {type(exc).__name__}"
+        return DeliveryResult(False, exc.smtp_code, error, exc.smtp_code < 500)
+    except (smtplib.SMTPException, OSError) as exc:
+        return DeliveryResult(False, None, clip(f"SMTP: {type(exc).__name__}"), True)
+    return DeliveryResult(True, 250)
+
+
+def _email_message(
+    sender: str, to: str, subject: str, body: str, sender_address: str
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    # The sender's domain, not socket.getfqdn(): that can block on a DNS lookup.
+    message["Message-ID"] = make_msgid(domain=sender_address.rpartition("@")[2])
+    message.set_content(body)
+    return message
+
+
+def _no_line_breaks(what: str, value: str) -> None:
+    if not isinstance(value, str) or any(ch in value for ch in "\r\n\0"):
+        raise ValueError(f"{what} must not contain CR, LF or NUL characters")

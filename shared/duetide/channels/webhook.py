@@ -1,0 +1,256 @@
+"""The webhook channel: a signed JSON POST to the user's verified URL.
+
+One attempt per call. The retry layer is the caller's: the KafkaSource redelivers a
+`reminder.due` whose delivery failed transiently (with its backoff, then the dead-letter
+topic), and notify sends again only on the channels not yet recorded. A loop here too
+would hold the ordered partition for both budgets at once. `retryable` in the result
+says whether another try can help: a connection error, a timeout, 429 or a 5xx.
+
+Receivers verify a delivery with `verify_signature` (or the same steps in their own
+language): read the `Duetide-Signature` header `t=<unix seconds>,v1=<hex>`, compute
+HMAC-SHA256 with the shared secret over `f"{t}."` followed by the raw request body,
+compare in constant time with any `v1` value, and refuse a `t` older than a few
+minutes. The `Idempotency-Key` header is the same on every retry of one notification:
+receivers deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from duetide import events
+from duetide.channels import netguard
+from duetide.channels.delivery import DeliveryResult, clip, refused
+from duetide.config import get_settings
+from duetide.storage.models import Preference
+
+NEEDS_NETWORK = True
+
+SIGNATURE_HEADER = "Duetide-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+USER_AGENT = "duetide-webhook/1"
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def send(due: events.ReminderEvent, pref: Preference) -> DeliveryResult:
+    """The reminder to the user's webhook, once it is verified."""
+    if not pref.webhook_url or not pref.webhook_secret:
+        return refused("no webhook URL is set")
+    if pref.webhook_verified_at is None:
+        return refused("webhook not verified")
+    settings = get_settings()
+    return deliver_webhook(
+        pref.webhook_url,
+        {
+            "type": events.REMINDER_DUE,
+            "reminder_id": due.reminder_id,
+            "task_id": due.task_id,
+            "title": due.title,
+            "due_at": due.due_at.isoformat() if due.due_at else None,
+            "scheduled_at": due.scheduled_at.isoformat(),
+        },
+        secret=pref.webhook_secret.encode(),
+        idempotency_key=f"{due.reminder_id}:{due.scheduled_at.isoformat()}",
+        allow_loopback=settings.duetide_allow_loopback_webhooks,
+        hosts=settings.webhook_hosts,
+    )
+
+
+def check_url(url: str) -> str:
+    """The URL, if a delivery may go there by the SSRF rules it will be sent under (the
+    same loopback setting and host allowance); `netguard` errors otherwise."""
+    settings = get_settings()
+    netguard.check_url(
+        url, allow_loopback=settings.duetide_allow_loopback_webhooks, hosts=settings.webhook_hosts
+    )
+    return url
+
+
+# --- signatures -------------------------------------------------------------------------
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The `Duetide-Signature` header value: `t=<timestamp>,v1=<hex HMAC-SHA256>`."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
+
+
+def verify_signature(
+    secret: bytes, header: str | None, body: bytes, now: float, tolerance_s: float = 300
+) -> bool:
+    """True when `header` signs `body` with `secret` and its time is within `tolerance_s`
+    of `now` (unix seconds). Several `v1=` values (a secret rotation) are accepted."""
+    timestamp, candidates = _parse_signature(header or "")
+    if timestamp is None or not candidates or abs(now - timestamp) > tolerance_s:
+        return False
+    expected = _mac(secret, timestamp, body).encode("ascii")
+    matches = [hmac.compare_digest(expected, c.encode("utf-8", "replace")) for c in candidates]
+    return any(matches)
+
+
+def _mac(secret: bytes, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret, f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+
+
+def _parse_signature(header: str) -> tuple[int | None, list[str]]:
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isdigit() and timestamp is None:
+            timestamp = int(value)
+        elif key == "v1" and value:
+            candidates.append(value)
+    return timestamp, candidates
+
+
+# --- the POST ---------------------------------------------------------------------------
+
+
+class _PinnedConnection(http.client.HTTPConnection):
+    """HTTP(S) to the checked address; Host, SNI and certificate name are the URL's host."""
+
+    def __init__(self, target: netguard.Target, timeout: float, context: ssl.SSLContext | None):
+        super().__init__(target.address, target.port, timeout=timeout)
+        self._target = target
+        self._context = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._target.address, self._target.port), self.timeout)
+        if self._context is None:
+            self.sock = sock
+            return
+        try:
+            self.sock = self._context.wrap_socket(sock, server_hostname=self._target.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+@dataclass(frozen=True)
+class _Limits:
+    timeout_s: float
+    max_response_bytes: int
+    capture_bytes: int
+
+
+def deliver_webhook(
+    url: str,
+    payload: dict[str, Any],
+    *,
+    secret: bytes,
+    idempotency_key: str,
+    allow_loopback: bool = False,
+    hosts: Sequence[str] = (),
+    timeout_s: float = 5.0,
+    max_response_bytes: int = 64 * 1024,
+    capture_bytes: int = 0,
+    now: Callable[[], float] = time.time,
+    resolver: netguard.Resolver = socket.getaddrinfo,
+    ssl_context: ssl.SSLContext | None = None,
+) -> DeliveryResult:
+    """POST `payload` as signed JSON, once.
+
+    The URL is checked with netguard (the SSRF rules) and the connection goes to the
+    address it checked; redirects are not followed; at most `max_response_bytes` of
+    the answer are read, of which the first `capture_bytes` are returned. Connection
+    errors, timeouts, a failed lookup, 429 and 5xx are `retryable`; other 4xx and 3xx
+    answers, an unsafe destination, a name that does not exist and a certificate
+    failure are final.
+    """
+    if not secret:
+        raise ValueError("webhook secret must not be empty")
+    if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise ValueError("idempotency key must be 1-255 printable ASCII characters")
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    data = body.encode("utf-8")
+    try:
+        target = netguard.check_url(
+            url, allow_loopback=allow_loopback, hosts=hosts, resolver=resolver
+        )
+    except netguard.UnsafeDestination as exc:
+        return refused(str(exc))
+    except netguard.ResolutionFailed as exc:
+        # A name that does not exist is the user's to fix; a failing resolver is not.
+        return refused(str(exc), retryable=not exc.permanent)
+    headers = {
+        "Host": target.host_header,
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        SIGNATURE_HEADER: sign(secret, int(now()), data),
+        IDEMPOTENCY_HEADER: idempotency_key,
+        "Connection": "close",
+    }
+    limits = _Limits(timeout_s, max_response_bytes, capture_bytes)
+    return _post(target, headers, data, limits, ssl_context)
+
+
+def _post(
+    target: netguard.Target,
+    headers: dict[str, str],
+    data: bytes,
+    limits: _Limits,
+    ssl_context: ssl.SSLContext | None,
+) -> DeliveryResult:
+    context = None
+    if target.scheme == "https":
+        context = ssl_context or ssl.create_default_context()
+    connection = _PinnedConnection(target, limits.timeout_s, context)
+    try:
+        connection.request("POST", target.request_target, body=data, headers=headers)
+        response = connection.getresponse()
+        deadline = time.monotonic() + limits.timeout_s
+        kept = _read_capped(response, limits.max_response_bytes, limits.capture_bytes, deadline)
+        return _classify(response.status, kept)
+    except ssl.SSLCertVerificationError:
+        return DeliveryResult(False, error="TLS certificate verification failed")
+    except (OSError, http.client.HTTPException) as exc:
+        return DeliveryResult(False, error=_describe(exc), retryable=True)
+    finally:
+        connection.close()
+
+
+def _read_capped(
+    response: http.client.HTTPResponse, limit: int, keep: int, deadline: float
+) -> bytes:
+    """Read at most `limit` bytes of the answer, stopping at `deadline`; return the
+    first `keep` of them and drop the rest."""
+    seen = 0
+    kept = bytearray()
+    while seen < limit and time.monotonic() < deadline:
+        chunk = response.read1(min(8192, limit - seen))
+        if not chunk:
+            break
+        seen += len(chunk)
+        if len(kept) < keep:
+            kept += chunk[: keep - len(kept)]
+    return bytes(kept)
+
+
+def _classify(status: int, body: bytes) -> DeliveryResult:
+    if 200 <= status < 300:
+        return DeliveryResult(True, status, body=body)
+    if status == 429 or status >= 500:
+        return DeliveryResult(False, status, f"HTTP {status}", retryable=True)
+    if 300 <= status < 400:
+        return DeliveryResult(False, status, f"HTTP {status}: redirect not followed")
+    return DeliveryResult(False, status, f"HTTP {status}")
+
+
+def _describe(exc: BaseException) -> str:
+    """An error text without server-controlled content (HTTPException carries raw lines)."""
+    if isinstance(exc, http.client.HTTPException):
+        return clip(f"bad HTTP response: {type(exc).__name__}")
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return clip(f"{type(exc).__name__}: {detail}")
