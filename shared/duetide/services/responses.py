@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, Literal, overload
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -260,4 +261,27 @@ def notification_out(notification: models.Notification) -> NotificationOut:
         delivered_at=rfc3339(notification.delivered_at),
         status=notification.status,
         detail=notification.detail,
+    )
+
+
+def series_out(series: models.Series) -> SeriesOut:
+    """A series as the API shows it; its times in its own zone."""
+    zone = ZoneInfo(series.timezone)
+    return SeriesOut(
+        id=series.id,
+        rrule=series.rrule,
+        timezone=series.timezone,
+        start=rfc3339(series.dtstart, zone),
+        mode=series.mode,
+        month_end=series.month_end,
+        catch_up=series.catch_up,
+        status=series.status,
+        title=series.title,
+        description=series.description,
+        priority=PRIORITIES[series.priority],
+        tags=series.tags,
+        last_index=series.last_index,
+        last_scheduled_at=rfc3339(series.last_at, zone),
+        created_at=rfc3339(series.created_at),
+        updated_at=rfc3339(series.updated_at),
     )

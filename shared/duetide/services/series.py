@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 from duetide import events
 from duetide.errors import Conflict, NotFound, ValidationFailed
 from duetide.rules import recurrence, reminders
-from duetide.services.responses import Forecast, History, HistoryEntry, SeriesOut, rfc3339
+from duetide.services.responses import Forecast, History, HistoryEntry, rfc3339
 from duetide.services.schemas import RecurrenceIn, SeriesUpdate
 from duetide.services.task_events import emit
 from duetide.storage.models import OccurrenceLog, Reminder, Series, Task, utcnow
@@ -123,28 +123,6 @@ def get_locked(session: Session, owner: str, series_id: str) -> Series:
     if series is None:
         raise NotFound(f"no series {series_id}")
     return series
-
-
-def series_out(series: Series) -> SeriesOut:
-    zone = ZoneInfo(series.timezone)
-    return SeriesOut(
-        id=series.id,
-        rrule=series.rrule,
-        timezone=series.timezone,
-        start=rfc3339(series.dtstart, zone),
-        mode=series.mode,
-        month_end=series.month_end,
-        catch_up=series.catch_up,
-        status=series.status,
-        title=series.title,
-        description=series.description,
-        priority=PRIORITIES[series.priority],
-        tags=series.tags,
-        last_index=series.last_index,
-        last_scheduled_at=rfc3339(series.last_at, zone),
-        created_at=rfc3339(series.created_at),
-        updated_at=rfc3339(series.updated_at),
-    )
 
 
 def list_series(session: Session, owner: str, offset: int, limit: int) -> list[Series]:

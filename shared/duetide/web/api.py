@@ -34,6 +34,7 @@ from duetide.services.responses import (
     UpcomingPage,
     notification_out,
     reminder_out,
+    series_out,
 )
 from duetide.services.schemas import (
     EmailCodeIn,
@@ -145,7 +146,7 @@ def _deletion_out(
     return OccurrenceDeleted(
         deleted=task_id,
         outcome="skipped" if deleted.skipped else "deleted",
-        series=series.series_out(deleted.series),
+        series=series_out(deleted.series),
         open_occurrence=tasks.show(session, following) if following is not None else None,
     )
 
@@ -162,25 +163,25 @@ def list_series(request: Request, user: str) -> Response:
     offset = _offset_cursor(query.cursor)
     with db.session_scope(read_only=True) as session:
         rows = series.list_series(session, user, offset, query.limit + 1)
-        items, cursor = _offset_page(rows, offset, query.limit, series.series_out)
+        items, cursor = _offset_page(rows, offset, query.limit, series_out)
         return json_response(SeriesPage(items=items, next_cursor=cursor))
 
 
 def get_series(request: Request, user: str, series_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
-        return json_response(series.series_out(series.get_owned(session, user, series_id)))
+        return json_response(series_out(series.get_owned(session, user, series_id)))
 
 
 def update_series(request: Request, user: str, series_id: str) -> Response:
     spec = parse_model(SeriesUpdate, _body(request))
     with db.session_scope() as session:
-        return json_response(series.series_out(series.update(session, user, series_id, spec)))
+        return json_response(series_out(series.update(session, user, series_id, spec)))
 
 
 def _series_change(change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
     def work(session: Session) -> tuple[Any, list[str]]:
         changed, ids = change(session)
-        return series.series_out(changed), ids
+        return series_out(changed), ids
 
     return _write(work)
 
