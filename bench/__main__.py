@@ -1,12 +1,16 @@
 """`scripts/bench [NAME ...]`: run benchmarks side by side with their baseline and write
-each result table to bench/results/NAME.md (with the machine and the command)."""
+each result to bench/results/NAME.md (a table) and NAME.json (the rows), with the
+machine, the date, the commit and the load average before and after the run: a number
+measured on a busy machine says so."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import platform
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +32,24 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def commit() -> str:
+    """The checkout measured: its commit, marked when it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{head or 'unknown'}{' (with uncommitted changes)' if dirty else ''}"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], default=[])
@@ -36,16 +58,30 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"bench {name}: {BENCHMARKS[name]} ...", flush=True)
         module = importlib.import_module(f"bench.{name}")
+        load_before = load_average()
         rows = module.run()
+        load_after = load_average()
         body = table(rows)
         print(body, flush=True)
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         machine = f"{platform.machine()}, {os.cpu_count()} cores, "
         machine += f"Python {platform.python_version()}"
+        measured = commit()
         (RESULTS / f"{name}.md").write_text(
             f"# {name}: {BENCHMARKS[name]}\n\n{module.describe()}\n\n{body}\n\n"
-            f"Measured {when} on {machine} with `scripts/bench {name}`.\n"
+            f"Measured {when} on {machine}, commit {measured}, with `scripts/bench {name}`; "
+            f"load average (1, 5, 15 min) {load_before} before, {load_after} after.\n"
         )
+        record = {
+            "name": name,
+            "what": BENCHMARKS[name],
+            "when": when,
+            "machine": machine,
+            "commit": measured,
+            "load_average": {"before": load_before, "after": load_after},
+            "rows": rows,
+        }
+        (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return 0
 
 
