@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -21,6 +24,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from duetide_tools import deploy
+from duetide_tools.local.broker import free_loopback_port
 from duetide_tools.manifests import ManifestError, SinkRef, Wiring, load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -574,3 +579,261 @@ def test_alternatives_and_overlays_are_not_read(manifests_copy: Path) -> None:
         extra.parent.mkdir(parents=True, exist_ok=True)
         extra.write_text(yaml.safe_dump({**ping, "metadata": {"name": "duplicate"}}))
     assert [p.name for p in load(manifests_copy).ping_sources] == ["duetide-sweep"]
+
+
+# --- malformed manifests: one ManifestError naming the file and the field ------------------
+
+Edit = Callable[[Path], None]
+
+
+def _delete(path: Sequence[str | int]) -> Callable[[Doc], None]:
+    def mutate(doc: Doc) -> None:
+        node: Any = doc
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+
+    return mutate
+
+
+def _object(kind: str, name: str, mutate: Callable[[Doc], None]) -> Edit:
+    """Change one object of the file, written back as YAML."""
+    return lambda path: _edit(path, kind, name, mutate)
+
+
+def _text(old: str, new: str) -> Edit:
+    """Change the file's text: for what no YAML object can express."""
+
+    def edit(path: Path) -> None:
+        text = path.read_text()
+        assert old in text, f"{old!r} not in {path}"
+        path.write_text(text.replace(old, new, 1))
+
+    return edit
+
+
+def _line_of(relative: str, text: str) -> int:
+    lines = (REPO_ROOT / relative).read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if text in line)
+
+
+def _documents_in(relative: str) -> int:
+    return len(list(yaml.safe_load_all((REPO_ROOT / relative).read_text())))
+
+
+SERVICES = "knative/services.yaml"
+SOURCES = "knative/sources.yaml"
+TOPICS = "kafka/base/topics.yaml"
+CONTAINERS = [*TEMPLATE_SPEC, "containers"]
+ENV: list[str | int] = [*CONTAINERS, 0, "env"]
+
+
+MALFORMED = [
+    pytest.param(
+        SERVICES,
+        _object("Service", "duetide-tasks", _delete(["metadata", "name"])),
+        "knative/services.yaml document 1 (Service): metadata.name: required",
+        id="service-without-name",
+    ),
+    pytest.param(
+        SERVICES,
+        _object("Service", "duetide-sweep", _delete(CONTAINERS)),
+        "knative/services.yaml: Service/duetide-sweep: spec.template.spec.containers: required",
+        id="service-without-containers",
+    ),
+    pytest.param(
+        SERVICES,
+        _object("Service", "duetide-sweep", _set(CONTAINERS, [])),
+        "knative/services.yaml: Service/duetide-sweep: spec.template.spec.containers: "
+        "needs a container",
+        id="service-with-no-container",
+    ),
+    pytest.param(
+        SERVICES,
+        _object("Service", "duetide-tasks", _set([*ENV, 0, "value"], 1)),
+        "knative/services.yaml: Service/duetide-tasks: "
+        "spec.template.spec.containers[0].env[0].value: expected a string, got 1",
+        id="env-value-not-a-string",
+    ),
+    pytest.param(
+        SERVICES,
+        _object("Service", "duetide-tasks", _delete([*ENV, 0, "name"])),
+        "knative/services.yaml: Service/duetide-tasks: "
+        "spec.template.spec.containers[0].env[0].name: required",
+        id="env-without-name",
+    ),
+    pytest.param(
+        SERVICES,
+        _object("Service", "duetide-notify", _set(ENV, [])),
+        "knative/services.yaml: Service/duetide-notify: "
+        "spec.template.spec.containers[0].env: FUNCTION_TARGET names no function",
+        id="service-without-function",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _delete(["spec", "topics"])),
+        "knative/sources.yaml: KafkaSource/duetide-notify: spec.topics: required",
+        id="kafka-source-without-topics",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _set(["spec", "topics"], "duetide-reminders")),
+        "knative/sources.yaml: KafkaSource/duetide-notify: spec.topics: "
+        "expected a list, got 'duetide-reminders'",
+        id="topics-not-a-list",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _set(["spec", "topics"], [])),
+        "knative/sources.yaml: KafkaSource/duetide-notify: spec.topics: needs a topic",
+        id="topics-empty",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _set(["spec", "delivery", "retry"], "x")),
+        "knative/sources.yaml: KafkaSource/duetide-notify: spec.delivery.retry: "
+        "expected an integer, got 'x'",
+        id="retry-not-a-number",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _set(["spec", "delivery", "retry"], True)),
+        "knative/sources.yaml: KafkaSource/duetide-notify: spec.delivery.retry: "
+        "expected an integer, got True",
+        id="retry-a-boolean",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _set(["spec", "delivery", "backoffDelay"], "1s")),
+        "knative/sources.yaml: KafkaSource/duetide-notify: spec.delivery.backoffDelay: "
+        "not an ISO 8601 duration: '1s'",
+        id="backoff-delay-not-a-duration",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _set(["spec", "ordering"], "random")),
+        "knative/sources.yaml: KafkaSource/duetide-notify: spec.ordering: "
+        "expected one of ordered, unordered, got 'random'",
+        id="unknown-ordering",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _delete(["spec", "sink", "ref"])),
+        "knative/sources.yaml: KafkaSource/duetide-notify: spec.sink.ref: required",
+        id="sink-without-ref",
+    ),
+    pytest.param(
+        SOURCES,
+        _object(
+            "KafkaSource",
+            "duetide-notify",
+            _delete(["spec", "delivery", "deadLetterSink", "ref", "name"]),
+        ),
+        "knative/sources.yaml: KafkaSource/duetide-notify: "
+        "spec.delivery.deadLetterSink.ref.name: required",
+        id="dead-letter-sink-without-name",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("PingSource", "duetide-sweep", _delete(["spec", "schedule"])),
+        "knative/sources.yaml: PingSource/duetide-sweep: spec.schedule: required",
+        id="ping-source-without-schedule",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSink", "duetide-dead-letters", _delete(["spec", "topic"])),
+        "knative/sources.yaml: KafkaSink/duetide-dead-letters: spec.topic: required",
+        id="kafka-sink-without-topic",
+    ),
+    pytest.param(
+        TOPICS,
+        _object("KafkaTopic", "duetide-reminders", _set(["spec", "partitions"], "abc")),
+        "kafka/base/topics.yaml: KafkaTopic/duetide-reminders: spec.partitions: "
+        "expected an integer, got 'abc'",
+        id="partitions-not-a-number",
+    ),
+    pytest.param(
+        TOPICS,
+        _object("KafkaTopic", "duetide-reminders", _set(["spec", "partitions"], 0)),
+        "kafka/base/topics.yaml: KafkaTopic/duetide-reminders: spec.partitions: "
+        "must be 1 or more, got 0",
+        id="no-partitions",
+    ),
+    pytest.param(
+        TOPICS,
+        _object("KafkaTopic", "duetide-reminders", _set(["spec"], ["partitions"])),
+        "kafka/base/topics.yaml: KafkaTopic/duetide-reminders: spec: "
+        "expected a mapping, got ['partitions']",
+        id="spec-a-list",
+    ),
+    pytest.param(
+        TOPICS,
+        _text("  partitions: 6\n", "  partitions: 6: 7\n"),
+        f"kafka/base/topics.yaml line {_line_of(TOPICS, 'partitions: 6')}: "
+        "not valid YAML: mapping values are not allowed here",
+        id="yaml-syntax-error",
+    ),
+    pytest.param(
+        SERVICES,
+        lambda path: path.write_text(path.read_text() + "---\n- a\n- b\n"),
+        f"knative/services.yaml document {_documents_in(SERVICES) + 1}: "
+        "expected a mapping, got ['a', 'b']",
+        id="document-a-list",
+    ),
+    pytest.param(
+        SOURCES,
+        _object("KafkaSource", "duetide-notify", _delete(["kind"])),
+        "knative/sources.yaml document 2: kind: required",
+        id="document-without-kind",
+    ),
+]
+
+
+@pytest.mark.parametrize(("relative", "edit", "message"), MALFORMED)
+def test_a_malformed_manifest_is_named_by_file_and_field(
+    manifests_copy: Path, relative: str, edit: Edit, message: str
+) -> None:
+    edit(manifests_copy / relative)
+    with pytest.raises(ManifestError) as caught:
+        load(manifests_copy)
+    assert str(caught.value) == message
+
+
+@pytest.fixture
+def broken_project(manifests_copy: Path) -> Path:
+    """A copy of the manifests with a KafkaTopic whose partitions are not a number."""
+    edit = _object("KafkaTopic", "duetide-reminders", _set(["spec", "partitions"], "abc"))
+    edit(manifests_copy / TOPICS)
+    return manifests_copy
+
+
+BROKEN_MESSAGE = (
+    "kafka/base/topics.yaml: KafkaTopic/duetide-reminders: spec.partitions: "
+    "expected an integer, got 'abc'"
+)
+
+
+def test_duetide_up_names_a_malformed_manifest_in_one_line(
+    broken_project: Path, tmp_path: Path
+) -> None:
+    # A subprocess: `up` ends its process with os._exit.
+    env = {
+        **os.environ,
+        "DUETIDE_PROJECT_DIR": str(broken_project),
+        "DUETIDE_HOME": str(tmp_path / "home"),
+    }
+    command = ["-m", "duetide_tools.cli", "up", "--quiet", "--port", str(free_loopback_port())]
+    result = subprocess.run(
+        [sys.executable, *command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert result.stderr == f"duetide: {BROKEN_MESSAGE}\n"
+
+
+def test_deploy_names_a_malformed_manifest_in_one_line(
+    broken_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert deploy.main(["--dry-run", "--root", str(broken_project)]) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"duetide deploy: {BROKEN_MESSAGE}\n"

@@ -30,6 +30,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from duetide.config import get_settings
     from duetide.web.auth import issue_local_token
     from duetide_tools.local.stack import Stack, StackError, project_root
+    from duetide_tools.manifests import ManifestError
 
     settings = get_settings()
     interval = os.environ.get("DUETIDE_PING_INTERVAL")
@@ -58,7 +59,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(_banner(stack, token, args.user, time.monotonic() - started), flush=True)
         stopping.wait()
         print("duetide: stopping", flush=True)
-    except StackError as exc:
+    except (StackError, ManifestError) as exc:
         print(f"duetide: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:

@@ -2,15 +2,17 @@
 
 The manifests are the single source of truth: the local stack never hard-codes a
 topic, a sink, a consumer group or a schedule. Only the fields the local stack
-acts on are read; everything else in the files is for the cluster.
+acts on are read; everything else in the files is for the cluster. A manifest the local
+stack cannot run raises one ManifestError naming the file, the object and the field path.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import reprlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -127,100 +129,231 @@ def iso_duration_seconds(text: str) -> float:
 # for other environments) and documented alternatives (for example the CronJob ping).
 _SKIPPED_FOLDERS = frozenset({"overlays", "alternatives"})
 
+T = TypeVar("T")
 
-def _documents(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+_TYPE_NAMES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    list: "a list",
+    dict: "a mapping",
+}
+
+# One step of a field path: a key (`spec`) or a list index (`[0]`).
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class _Document:
+    """One YAML document and where it is, so that every error names the file and field.
+
+    Fields are read by path (`spec.template.spec.containers[0].env`) and type; a field
+    set to null counts as absent, as Kubernetes treats it.
+    """
+
+    where: str
+    """What errors begin with: `knative/x.yaml: Kind/name` once the name is read."""
+    file: str
+    """The file, relative to the project root."""
+    body: dict[str, Any]
+
+    def named(self, kind: str) -> tuple[_Document, str]:
+        """This document's metadata.name, and the document with errors naming it."""
+        name = self.field("metadata.name", str)
+        return replace(self, where=f"{self.file}: {kind}/{name}"), name
+
+    def error(self, path: str, problem: str) -> ManifestError:
+        return ManifestError(f"{self.where}: {path}: {problem}")
+
+    def field(self, path: str, kind: type[T]) -> T:
+        """The value at `path`, which must be there and be a `kind`."""
+        value = self._lookup(path)
+        if value is None:
+            raise self.error(path, "required")
+        return self._typed(path, value, kind)
+
+    def optional(self, path: str, kind: type[T], default: T) -> T:
+        """The value at `path` if it is there (then it must be a `kind`), else `default`."""
+        value = self._lookup(path)
+        return default if value is None else self._typed(path, value, kind)
+
+    def _lookup(self, path: str) -> Any:
+        node: Any = self.body
+        walked = ""
+        for key, index in _STEP.findall(path):
+            if key:
+                node = self._typed(walked, node, dict).get(key)
+                walked = f"{walked}.{key}" if walked else key
+            else:
+                items = self._typed(walked, node, list)
+                node = items[int(index)] if int(index) < len(items) else None
+                walked = f"{walked}[{index}]"
+            if node is None:
+                return None
+        return node
+
+    def _typed(self, path: str, value: Any, kind: type[T]) -> T:
+        # bool is an int to Python, not to Kubernetes (`retry: yes` is not a count).
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(path, f"expected {_TYPE_NAMES[kind]}, got {reprlib.repr(value)}")
+        return value
+
+
+def _documents(root: Path, folder: str) -> list[tuple[tuple[str, str], _Document]]:
+    """The Kubernetes objects in the YAML files under `root / folder`, by (API group, kind);
+    empty documents, kustomization.yaml, overlays and alternatives are left out."""
     docs = []
-    for path in sorted(folder.rglob("*.yaml")):
-        skipped = _SKIPPED_FOLDERS.intersection(path.relative_to(folder).parts[:-1])
+    for path in sorted((root / folder).rglob("*.yaml")):
+        skipped = _SKIPPED_FOLDERS.intersection(path.relative_to(root / folder).parts[:-1])
         if path.name == "kustomization.yaml" or skipped:
             continue
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and "kind" in doc:
-                docs.append((path, doc))
+        relative = path.relative_to(root).as_posix()
+        for number, body in enumerate(_load_yaml(path, relative), start=1):
+            where = f"{relative} document {number}"
+            if body is None:
+                continue
+            if not isinstance(body, dict):
+                raise ManifestError(f"{where}: expected a mapping, got {reprlib.repr(body)}")
+            doc = _Document(where, relative, body)
+            kind = doc.field("kind", str)
+            group = doc.field("apiVersion", str).split("/")[0]
+            docs.append(((group, kind), replace(doc, where=f"{where} ({kind})")))
     return docs
 
 
-def _kind(doc: dict[str, Any]) -> tuple[str, str]:
-    return (str(doc.get("apiVersion", "")).split("/")[0], str(doc["kind"]))
+def _load_yaml(path: Path, relative: str) -> list[Any]:
+    try:
+        return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{relative}: not UTF-8 text: {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f"{relative} line {mark.line + 1}" if mark else relative
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        raise ManifestError(f"{at}: not valid YAML: {problem}") from None
 
 
-def _sink(spec: dict[str, Any] | None, where: str) -> SinkRef:
-    if not spec or "ref" not in spec:
-        raise ManifestError(f"{where}: a sink needs a `ref` (Service or KafkaSink)")
-    ref = spec["ref"]
-    if not ref.get("kind") or not ref.get("name"):
-        raise ManifestError(f"{where}: a sink `ref` needs a kind and a name")
-    return SinkRef(kind=ref["kind"], name=ref["name"], path=spec.get("uri", "") or "")
+def _choice(doc: _Document, path: str, choices: tuple[str, ...]) -> str:
+    """A string field with a fixed set of values; the first is the default."""
+    value = doc.optional(path, str, choices[0])
+    if value not in choices:
+        raise doc.error(path, f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
-def _delivery(spec: dict[str, Any] | None, where: str) -> Delivery:
-    if not spec:
-        return Delivery()
-    dls = spec.get("deadLetterSink")
-    return Delivery(
-        retry=int(spec.get("retry", 10)),
-        backoff_policy=spec.get("backoffPolicy", "exponential"),
-        backoff_delay_s=iso_duration_seconds(spec.get("backoffDelay", "PT0.3S")),
-        timeout_s=iso_duration_seconds(spec["timeout"]) if spec.get("timeout") else None,
-        dead_letter_sink=_sink(dls, f"{where} deadLetterSink") if dls else None,
+def _count(doc: _Document, path: str, default: int, minimum: int) -> int:
+    value = doc.optional(path, int, default)
+    if value < minimum:
+        raise doc.error(path, f"must be {minimum} or more, got {value}")
+    return value
+
+
+def _duration(doc: _Document, path: str, default: str) -> float:
+    try:
+        return iso_duration_seconds(doc.optional(path, str, default))
+    except ManifestError as error:
+        raise doc.error(path, str(error)) from None
+
+
+def _sink(doc: _Document, path: str) -> SinkRef:
+    """A Destination whose `ref` names a Service or KafkaSink (checked against them later)."""
+    doc.field(f"{path}.ref", dict)  # "spec.sink.ref: required" rather than its kind
+    return SinkRef(
+        kind=doc.field(f"{path}.ref.kind", str),
+        name=doc.field(f"{path}.ref.name", str),
+        path=doc.optional(f"{path}.uri", str, ""),
     )
 
 
-def _service(doc: dict[str, Any]) -> ServiceSpec:
-    name = doc["metadata"]["name"]
-    container = doc["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: str(e.get("value", "")) for e in container.get("env", []) if "value" in e}
+def _delivery(doc: _Document) -> Delivery:
+    """spec.delivery, with Knative's defaults for what it leaves out."""
+    dead_letters = doc.optional("spec.delivery.deadLetterSink", dict, {})
+    timeout = doc.optional("spec.delivery.timeout", str, "")
+    return Delivery(
+        retry=_count(doc, "spec.delivery.retry", default=10, minimum=0),
+        backoff_policy=_choice(doc, "spec.delivery.backoffPolicy", ("exponential", "linear")),
+        backoff_delay_s=_duration(doc, "spec.delivery.backoffDelay", "PT0.3S"),
+        timeout_s=_duration(doc, "spec.delivery.timeout", "") if timeout else None,
+        dead_letter_sink=_sink(doc, "spec.delivery.deadLetterSink") if dead_letters else None,
+    )
+
+
+def _service(doc: _Document, name: str) -> ServiceSpec:
+    """The function a Service runs, and the literal env values of its (first) container."""
+    if not doc.field("spec.template.spec.containers", list):
+        raise doc.error("spec.template.spec.containers", "needs a container")
+    env_path = "spec.template.spec.containers[0].env"
+    env = {}
+    for index in range(len(doc.optional(env_path, list, []))):
+        entry = f"{env_path}[{index}]"
+        variable = doc.field(f"{entry}.name", str)
+        if doc.optional(f"{entry}.valueFrom", dict, {}):
+            continue  # from a ConfigMap or Secret of the cluster: not the local stack's
+        env[variable] = doc.optional(f"{entry}.value", str, "")
     function = env.get("FUNCTION_TARGET")
     if not function:
-        raise ManifestError(f"Service {name}: env FUNCTION_TARGET names no function")
+        raise doc.error(env_path, "FUNCTION_TARGET names no function")
     return ServiceSpec(name=name, function=function, env=env)
 
 
+def _topics(doc: _Document) -> tuple[str, ...]:
+    count = len(doc.field("spec.topics", list))
+    if not count:
+        raise doc.error("spec.topics", "needs a topic")
+    return tuple(doc.field(f"spec.topics[{index}]", str) for index in range(count))
+
+
+_READ_KINDS = (SERVICE_KIND, KAFKA_SOURCE_KIND, PING_SOURCE_KIND, KAFKA_SINK_KIND, KAFKA_TOPIC_KIND)
+
+
 def load(root: Path) -> Wiring:
-    """Read knative/ and kafka/ under `root` into a Wiring, checking cross-references."""
+    """Read knative/ and kafka/ under `root` into a Wiring, checking cross-references.
+
+    A manifest the local stack cannot run raises one ManifestError naming the file
+    (relative to `root`), the object and the field.
+    """
     services: dict[str, ServiceSpec] = {}
     sources: list[KafkaSourceSpec] = []
     pings: list[PingSourceSpec] = []
     sinks: dict[str, KafkaSinkSpec] = {}
     topics: list[TopicSpec] = []
-    for path, doc in _documents(root / "knative") + _documents(root / "kafka"):
-        kind, meta, spec = _kind(doc), doc.get("metadata", {}), doc.get("spec", {})
-        where = f"{path.name} {doc['kind']}/{meta.get('name')}"
+    for kind, unnamed in _documents(root, "knative") + _documents(root, "kafka"):
+        if kind not in _READ_KINDS:
+            continue  # for the cluster only (ConfigMap, Secret, Kafka, ...)
+        doc, name = unnamed.named(kind[1])
         if kind == SERVICE_KIND:
-            service = _service(doc)
-            services[service.name] = service
+            services[name] = _service(doc, name)
         elif kind == KAFKA_SOURCE_KIND:
             sources.append(
                 KafkaSourceSpec(
-                    name=meta["name"],
-                    topics=tuple(spec["topics"]),
-                    consumer_group=spec.get("consumerGroup") or meta["name"],
-                    sink=_sink(spec.get("sink"), where),
-                    delivery=_delivery(spec.get("delivery"), where),
-                    initial_offset=spec.get("initialOffset", "latest"),
-                    ordering=spec.get("ordering", "ordered"),
+                    name=name,
+                    topics=_topics(doc),
+                    consumer_group=doc.optional("spec.consumerGroup", str, "") or name,
+                    sink=_sink(doc, "spec.sink"),
+                    delivery=_delivery(doc),
+                    initial_offset=_choice(doc, "spec.initialOffset", ("latest", "earliest")),
+                    ordering=_choice(doc, "spec.ordering", ("ordered", "unordered")),
                 )
             )
         elif kind == PING_SOURCE_KIND:
             pings.append(
                 PingSourceSpec(
-                    name=meta["name"],
-                    schedule=spec["schedule"],
-                    sink=_sink(spec.get("sink"), where),
-                    data=spec.get("data", ""),
-                    content_type=spec.get("contentType", ""),
-                    timezone=spec.get("timezone", ""),
+                    name=name,
+                    schedule=doc.field("spec.schedule", str),
+                    sink=_sink(doc, "spec.sink"),
+                    data=doc.optional("spec.data", str, ""),
+                    content_type=doc.optional("spec.contentType", str, ""),
+                    timezone=doc.optional("spec.timezone", str, ""),
                 )
             )
         elif kind == KAFKA_SINK_KIND:
-            sinks[meta["name"]] = KafkaSinkSpec(name=meta["name"], topic=spec["topic"])
-        elif kind == KAFKA_TOPIC_KIND:
+            sinks[name] = KafkaSinkSpec(name=name, topic=doc.field("spec.topic", str))
+        else:  # KAFKA_TOPIC_KIND
             topics.append(
                 TopicSpec(
-                    name=spec.get("topicName") or meta["name"],
-                    partitions=int(spec.get("partitions", 1)),
-                    replicas=int(spec.get("replicas", 1)),
-                    config=dict(spec.get("config") or {}),
+                    name=doc.optional("spec.topicName", str, "") or name,
+                    partitions=_count(doc, "spec.partitions", default=1, minimum=1),
+                    replicas=_count(doc, "spec.replicas", default=1, minimum=1),
+                    config=doc.optional("spec.config", dict, {}),
                 )
             )
     wiring = Wiring(services, tuple(sources), tuple(pings), sinks, tuple(topics))
