@@ -1,6 +1,11 @@
 """A per-user limit on writes: a fixed one-minute window counted in the database, so
 every replica of the tasks function shares it (an in-memory bucket would multiply the
-limit by the number of replicas Knative runs)."""
+limit by the number of replicas Knative runs).
+
+The charge commits on its own, whatever becomes of the write it pays for: a write that
+fails (a wrong confirmation code, a conflict) still counts, so the budget bounds
+guessing too. It is one autocommit statement, one round trip, holding the counter's row
+lock only while it runs."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, delete
 
 from duetide.config import get_settings
@@ -16,12 +22,12 @@ from duetide.storage import db
 from duetide.storage.models import RateWindow, utcnow
 
 
-def charge(session: Session, owner: str, now: datetime, per_minute: int) -> None:
+def charge(connection: Connection, owner: str, now: datetime, per_minute: int) -> None:
     """Count one write for `owner`; 429 with Retry-After once the minute's budget is spent."""
     if per_minute <= 0:
         return
     window = int(now.timestamp() // 60)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     statement = (
         insert(RateWindow)
         .values(owner=owner, window=window, count=1)
@@ -30,7 +36,7 @@ def charge(session: Session, owner: str, now: datetime, per_minute: int) -> None
         )
         .returning(col(RateWindow.count))
     )
-    used = session.execute(statement).scalar_one()
+    used = connection.execute(statement).scalar_one()
     if used > per_minute:
         retry_after = 60 - int(now.timestamp()) % 60
         raise RateLimited(
@@ -40,9 +46,11 @@ def charge(session: Session, owner: str, now: datetime, per_minute: int) -> None
 
 
 def charge_write(owner: str) -> None:
-    """Charge one write in its own transaction, with the configured budget."""
-    with db.session_scope() as session:
-        charge(session, owner, utcnow(), get_settings().duetide_write_rate_per_minute)
+    """Charge one write on its own, with the configured budget."""
+    per_minute = get_settings().duetide_write_rate_per_minute
+    if per_minute > 0:
+        with db.autocommit() as connection:
+            charge(connection, owner, utcnow(), per_minute)
 
 
 def purge(session: Session, now: datetime) -> None:
