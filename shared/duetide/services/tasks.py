@@ -62,24 +62,28 @@ def get_owned(session: Session, owner: str, task_id: str) -> Task:
 def lock_task(session: Session, owner: str, task_id: str) -> tuple[Task, Series | None]:
     """The task and, for an occurrence, its series, both locked and read fresh.
 
-    The series first, then the task (the lock order of `series.lock`): a change to an
-    occurrence waits for any other change to the same series, then sees its result
-    (a task completed, reopened, withdrawn or skipped meanwhile is read as it is now,
-    or not found). The first read takes no lock; it only names the series to lock.
+    A task outside a series is locked by one statement: it has no series lock to take
+    first, and it never joins one (a series is created with its first task). For an
+    occurrence, the series first, then the task (the lock order of `series.lock`): a
+    change to an occurrence waits for any other change to the same series, then sees
+    its result (a task completed, reopened, withdrawn or skipped meanwhile is read as
+    it is now, or not found).
     """
-    found = session.exec(
-        select(Task.id, Task.series_id).where(Task.id == task_id, Task.owner == owner)
-    ).first()
-    if found is None:
-        raise NotFound(f"no task {task_id}")
-    _, series_id = found
-    series = series_rules.lock(session, series_id, owner) if series_id else None
-    task = session.exec(
-        select(Task)
-        .where(Task.id == task_id, Task.owner == owner)
+    mine = select(Task).where(Task.id == task_id, Task.owner == owner)
+    single = session.exec(
+        mine.where(col(Task.series_id).is_(None))
         .with_for_update()
         .execution_options(populate_existing=True)
     ).first()
+    if single is not None:
+        return single, None
+    series_id = session.exec(
+        select(Task.series_id).where(Task.id == task_id, Task.owner == owner)
+    ).first()
+    if series_id is None:
+        raise NotFound(f"no task {task_id}")
+    series = series_rules.lock(session, series_id, owner)
+    task = session.exec(mine.with_for_update().execution_options(populate_existing=True)).first()
     if task is None:
         raise NotFound(f"no task {task_id}")
     return task, series
