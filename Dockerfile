@@ -1,6 +1,6 @@
 # One image for the four functions; each Knative Service picks its function with the
 # environment variable FUNCTION_TARGET (tasks, recurrence, sweep or notify), and Knative
-# sets PORT. The same image runs the database migrations: `duetide migrate` (the Job in
+# sets PORT. The same image runs the database migrations: `duetide-migrate` (the Job in
 # deploy/migrate-job.yaml sets it as the command).
 #
 #   docker build -t ghcr.io/<you>/duetide:<version> .
@@ -14,8 +14,10 @@ WORKDIR /src
 # the developer tooling (shared/tools) stays out of the image.
 COPY pyproject.toml README.md ./
 COPY shared/duetide/ shared/duetide/
+# pip and setuptools only install: nothing imports them at run time (25 MB), so they go.
 RUN python -m venv /opt/duetide \
     && /opt/duetide/bin/pip install . \
+    && /opt/duetide/bin/pip uninstall --quiet --yes pip setuptools \
     && /opt/duetide/bin/python -m compileall -q /opt/duetide/lib
 
 FROM python:3.11-slim
