@@ -147,6 +147,12 @@ for mod in ("duetide_tools", "duetide.cli", "yaml", "requests"):
 print("; ".join(out))
 '
 
+# The installed distributions as name==version, one a line (what `pip list --format=freeze` prints).
+DISTS_PY='
+import importlib.metadata as md
+print("\n".join(sorted({f"{d.name}=={d.version}" for d in md.distributions()})))
+'
+
 # 4. Serve: the tasks function on loopback; /healthz and /openapi.json status codes.
 serve_check() {
     CONTAINER=$(docker run -d --network host -e FUNCTION_TARGET=tasks -e "PORT=$PORT" "$1")
@@ -169,7 +175,8 @@ for sha in "$BEFORE" "$AFTER"; do
     image="duetide:img-$sha"
     IMG[$sha]=$(size "$image")
     DU[$sha]=$(in_image du "$image" -sk /opt/duetide | cut -f1)
-    in_image /opt/duetide/bin/pip "$image" list --format=freeze >"$WORK/pip-$sha.txt"
+    # importlib.metadata, not pip: an image may have dropped pip from its venv.
+    in_image /opt/duetide/bin/python "$image" -c "$DISTS_PY" >"$WORK/pip-$sha.txt"
     NPKG[$sha]=$(wc -l <"$WORK/pip-$sha.txt")
     IMPORTS[$sha]=$(in_image python "$image" -c "$IMPORTS_PY")
     SERVE[$sha]=$(serve_check "$image")
