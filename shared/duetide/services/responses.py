@@ -11,11 +11,13 @@ Times are RFC 3339 text, rendered here in the zone the user sees them in.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, overload
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Row
 
 from duetide.storage import models
 from duetide.vocabulary import (
@@ -217,7 +219,7 @@ def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
     return local.isoformat()
 
 
-def reminder_out(reminder: models.Reminder) -> ReminderOut:
+def reminder_out(reminder: models.Reminder | Row[Any]) -> ReminderOut:
     if reminder.before_due_s is not None:
         return ReminderOut(
             id=reminder.id,
@@ -233,21 +235,30 @@ def reminder_out(reminder: models.Reminder) -> ReminderOut:
     )
 
 
-def task_out(task: models.Task, zone: Any = None) -> TaskOut:
-    """A task as the API shows it; times in the series' zone for occurrences, else UTC."""
+def task_out(
+    task: models.Task | Row[Any],
+    tags: Iterable[str],
+    reminders: Iterable[models.Reminder | Row[Any]],
+    zone: Any = None,
+) -> TaskOut:
+    """A task as the API shows it; times in the series' zone for occurrences, else UTC.
+
+    From the model after a change, or from a plain row where a task is only read (no
+    ORM object is built for a row that is only rendered); its tags and reminders come
+    beside it, so a page of tasks loads each kind of row in one query."""
     return TaskOut(
         id=task.id,
         title=task.title,
         description=task.description,
         status=task.status,
         priority=PRIORITIES[task.priority],
-        tags=task.tags,
+        tags=sorted(tags),
         due_at=rfc3339(task.due_at, zone),
         completed_at=rfc3339(task.completed_at, zone),
         series_id=task.series_id,
         created_at=rfc3339(task.created_at),
         updated_at=rfc3339(task.updated_at),
-        reminders=[reminder_out(r) for r in task.reminders],
+        reminders=[reminder_out(r) for r in reminders],
     )
 
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, case, or_
+import sqlalchemy as sa
+from sqlalchemy import and_, case, inspect, or_
+from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
 from duetide import events
@@ -49,7 +53,50 @@ def zone_of(session: Session, task: Task) -> ZoneInfo | None:
 
 
 def show(session: Session, task: Task) -> TaskOut:
-    return task_out(task, zone_of(session, task))
+    """A task just changed, from its model (already loaded with its tags and reminders)."""
+    return task_out(task, task.tags, task.reminders, zone_of(session, task))
+
+
+def render(session: Session, rows: Sequence[Row[Any]]) -> list[TaskOut]:
+    """Tasks read to be shown, from plain rows: their tags, reminders and series zones
+    in one query each for the whole list, and no ORM object built."""
+    ids = [row.id for row in rows]
+    if not ids:
+        return []
+    tags: dict[str, list[str]] = defaultdict(list)
+    for task_id, tag in session.execute(
+        select(TaskTag.task_id, TaskTag.tag).where(col(TaskTag.task_id).in_(ids))
+    ):
+        tags[task_id].append(tag)
+    reminder = inspect(Reminder).local_table
+    attached: dict[str, list[Row[Any]]] = defaultdict(list)
+    for row in session.execute(
+        sa.select(reminder).where(reminder.c.task_id.in_(ids)).order_by(reminder.c.created_at)
+    ):
+        attached[row.task_id].append(row)
+    zones: dict[str | None, ZoneInfo | None] = {None: None}
+    series_ids = {row.series_id for row in rows if row.series_id is not None}
+    if series_ids:
+        zones |= {
+            series_id: ZoneInfo(zone)
+            for series_id, zone in session.execute(
+                select(Series.id, Series.timezone).where(col(Series.id).in_(series_ids))
+            )
+        }
+    return [task_out(row, tags[row.id], attached[row.id], zones.get(row.series_id)) for row in rows]
+
+
+TASK = inspect(Task).local_table
+"""The task table, for reads that render rows without building models."""
+
+
+def read(session: Session, owner: str, task_id: str) -> TaskOut:
+    found = session.execute(
+        sa.select(TASK).where(TASK.c.id == task_id, TASK.c.owner == owner)
+    ).first()
+    if found is None:
+        raise NotFound(f"no task {task_id}")
+    return render(session, [found])[0]
 
 
 def get_owned(session: Session, owner: str, task_id: str) -> Task:
@@ -258,12 +305,12 @@ SORT_COLUMNS: dict[str, Any] = {
 }
 
 
-def _cursor_value(task: Task, sort: str) -> Any:
+def _cursor_value(task: Row[Any], sort: str) -> Any:
     value = getattr(task, sort)
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def encode_cursor(task: Task, query: TaskQuery) -> str:
+def encode_cursor(task: Row[Any], query: TaskQuery) -> str:
     raw = {"s": query.sort, "o": query.order, "v": _cursor_value(task, query.sort), "id": task.id}
     return base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
 
@@ -320,11 +367,11 @@ def _after_cursor(column: Any, value: Any, last_id: str, descending: bool) -> An
 
 
 def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
-    stmt = select(Task).where(Task.owner == owner)
+    stmt = sa.select(TASK).where(col(Task.owner) == owner)
     if query.status:
-        stmt = stmt.where(Task.status == query.status)
+        stmt = stmt.where(col(Task.status) == query.status)
     if query.priority:
-        stmt = stmt.where(Task.priority == PRIORITIES.index(query.priority))
+        stmt = stmt.where(col(Task.priority) == PRIORITIES.index(query.priority))
     if query.tag:
         stmt = stmt.where(
             select(TaskTag.task_id)
@@ -336,7 +383,7 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
     if query.due_after:
         stmt = stmt.where(col(Task.due_at) >= query.due_after)
     if query.series_id:
-        stmt = stmt.where(Task.series_id == query.series_id)
+        stmt = stmt.where(col(Task.series_id) == query.series_id)
     if query.q:
         stmt = stmt.where(
             or_(
@@ -352,10 +399,10 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
     nulls_last = case((column.is_(None), 1), else_=0)
     ordering = (column.desc(), col(Task.id).desc()) if descending else (column, col(Task.id))
     stmt = stmt.order_by(nulls_last, *ordering).limit(query.limit + 1)
-    rows = list(session.exec(stmt).all())
+    rows = session.execute(stmt).all()
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     return TaskPage(
-        items=[show(session, task) for task in rows],
+        items=render(session, rows),
         next_cursor=encode_cursor(rows[-1], query) if more and rows else None,
     )

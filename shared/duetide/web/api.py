@@ -103,7 +103,7 @@ def create_task(request: Request, user: str) -> Response:
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
-        return json_response(tasks.show(session, tasks.get_owned(session, user, task_id)))
+        return json_response(tasks.read(session, user, task_id))
 
 
 def _task_change(change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
