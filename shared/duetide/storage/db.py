@@ -100,12 +100,17 @@ def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> I
     another writer committed in between), while BEGIN IMMEDIATE waits up to the busy
     timeout. It is also SQLite's counterpart of PostgreSQL's row locks for claims: two
     sweeps cannot read the same due rows and both update them. `read_only` units keep
-    the deferred BEGIN, so readers never queue behind writers (WAL). Nothing changes on
-    PostgreSQL, where writers lock rows, not the database.
+    the deferred BEGIN, so readers never queue behind writers (WAL).
+
+    On PostgreSQL a `read_only` unit runs without a transaction (autocommit): under READ
+    COMMITTED each statement sees its own snapshot whether or not a transaction wraps
+    them, so BEGIN and the closing ROLLBACK were two round trips that bought nothing.
     """
     bind = engine or get_engine()
     if not read_only:
         bind = bind.execution_options(sqlite_begin="IMMEDIATE")
+    elif bind.dialect.name == "postgresql":
+        bind = bind.execution_options(isolation_level="AUTOCOMMIT")
     with Session(bind, expire_on_commit=False) as session:
         try:
             yield session
