@@ -30,6 +30,13 @@ def load(session: Session, owner: str) -> Preference:
     return session.get(Preference, owner) or Preference(owner=owner)
 
 
+def default_reminders(session: Session, owner: str) -> list[int]:
+    """The user's default reminder offsets in seconds; the column alone, since every
+    task created with a due time asks for it."""
+    query = select(Preference.default_reminders).where(Preference.owner == owner)
+    return list(session.exec(query).first() or [])
+
+
 def locked(session: Session, owner: str) -> Preference:
     """The user's row, created with the defaults if missing, locked until the commit.
 

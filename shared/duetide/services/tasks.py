@@ -188,7 +188,7 @@ def _reminders_of(session: Session, owner: str, spec: TaskCreate) -> list[Remind
     """The reminders asked for; without a `reminders` field, the user's defaults."""
     if "reminders" in spec.model_fields_set or spec.due_at is None:
         return spec.reminders
-    offsets = preferences.load(session, owner).default_reminders
+    offsets = preferences.default_reminders(session, owner)
     return [ReminderIn(before_due=timedelta(seconds=s)) for s in offsets]
 
 

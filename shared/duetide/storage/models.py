@@ -217,7 +217,7 @@ class Reminder(SQLModel, table=True):
 
 
 class Preference(SQLModel, table=True):
-    """A user's reminder preferences; absent means the defaults of `preferences.DEFAULTS`."""
+    """A user's reminder preferences; no row means the defaults declared here."""
 
     __tablename__ = "preference"
 
