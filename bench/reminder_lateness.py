@@ -66,7 +66,7 @@ def _sweep_batches(log: Path) -> list[float]:
 
 def run() -> list[dict[str, object]]:
     home = Path(tempfile.mkdtemp(prefix="duetide-bench-"))
-    url = f"sqlite:///{home / 'duetide.storage.db'}"
+    url = f"sqlite:///{home / 'duetide.db'}"
     os.environ.update(DUETIDE_HOME=str(home), DATABASE_URL=url, KAFKA_BOOTSTRAP_SERVERS="")
     get_settings.cache_clear()
     db.get_engine.cache_clear()

@@ -45,7 +45,7 @@ def migrated_database(postgres_url: str | None, folder: Path) -> Iterator[str]:
     """A fresh database at the newest schema: a PostgreSQL schema of its own when
     `postgres_url` is given (a server that is not there fails the test), else SQLite."""
     if not postgres_url:
-        url = f"sqlite:///{folder / 'duetide.storage.db'}"
+        url = f"sqlite:///{folder / 'duetide.db'}"
         migrate.upgrade(url)
         yield url
         return

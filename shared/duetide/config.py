@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.duetide_home / 'duetide.storage.db'}"
+        return f"sqlite:///{self.duetide_home / 'duetide.db'}"
 
     def jwt_secret(self) -> str:
         """The HS256 secret: from the environment, else generated once into DUETIDE_HOME."""

@@ -38,7 +38,7 @@ MAX_HEAD = 16_384
 def served(home: Path, **settings: str) -> Iterator[int]:
     """The tasks function under duetide.web.serve on a free loopback port, on SQLite."""
     home.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{home / 'duetide.storage.db'}"
+    url = f"sqlite:///{home / 'duetide.db'}"
     migrate.upgrade(url)
     port = free_loopback_port()
     env = {

@@ -16,7 +16,7 @@ def test_defaults_are_local_sqlite_in_home(monkeypatch, tmp_path):
     monkeypatch.setenv("DUETIDE_HOME", str(tmp_path))
     monkeypatch.delenv("DATABASE_URL", raising=False)
     settings = get_settings()
-    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'duetide.storage.db'}"
+    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'duetide.db'}"
 
 
 def test_plain_postgres_url_selects_psycopg3(monkeypatch):

@@ -164,7 +164,7 @@ class Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.wiring = manifests.load(self.root)
-        self.database_url = self.database_url or f"sqlite:///{self.home / 'duetide.storage.db'}"
+        self.database_url = self.database_url or f"sqlite:///{self.home / 'duetide.db'}"
         self._step("migrating the database", lambda: migrate.upgrade(self.database_url))
         self._start_broker()
         self._step(
