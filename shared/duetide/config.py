@@ -21,6 +21,9 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 
 
+PLACEHOLDER = "REPLACE-ME"
+
+
 class ConfigError(RuntimeError):
     """A bad environment variable, reported with its name so the operator can fix it."""
 
@@ -120,6 +123,19 @@ class Settings(BaseSettings):
         if not algorithms or unknown:
             raise ValueError(f"allowed: {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}")
         return ",".join(algorithms)
+
+    @model_validator(mode="after")
+    def _no_placeholders(self) -> Settings:
+        """The manifests' templates (knative/config.yaml) hold `REPLACE-ME` values: a
+        function started with one would look healthy and fail every request."""
+        left = [
+            (info.validation_alias if isinstance(info.validation_alias, str) else name).upper()
+            for name, info in type(self).model_fields.items()
+            if PLACEHOLDER in str(getattr(self, name))
+        ]
+        if left:
+            raise ValueError(f"{', '.join(left)} still hold the template's {PLACEHOLDER}")
+        return self
 
     @model_validator(mode="after")
     def _jwks_is_complete(self) -> Settings:

@@ -1,6 +1,9 @@
 """Settings come from the environment, are validated at start, and name the bad variable."""
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from duetide.config import ConfigError, Settings, get_settings
 
@@ -40,3 +43,32 @@ def test_generated_secret_is_kept_and_private(tmp_path):
     assert len(first) >= 32
     assert settings.jwt_secret() == first
     assert (tmp_path / "jwt-secret").stat().st_mode & 0o077 == 0
+
+
+def test_the_manifest_templates_placeholders_are_refused_by_name(monkeypatch):
+    """knative/config.yaml as shipped: every REPLACE-ME value is named at start."""
+    template = Path(__file__).resolve().parents[2] / "knative" / "config.yaml"
+    documents = list(yaml.safe_load_all(template.read_text()))
+    values = {
+        name: str(value)
+        for doc in documents
+        if doc and doc.get("kind") in ("ConfigMap", "Secret")
+        for name, value in (doc.get("data") or doc.get("stringData") or {}).items()
+    }
+    placeholders = sorted(name for name, value in values.items() if "REPLACE-ME" in value)
+    assert placeholders  # the template still has some, or this test checks nothing
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError) as refused:
+        get_settings()
+
+    for name in placeholders:
+        assert name in str(refused.value)
+    assert "REPLACE-ME@" not in str(refused.value)  # names, not the values
+
+
+def test_a_value_with_the_placeholder_is_refused(monkeypatch):
+    monkeypatch.setenv("DUETIDE_SMTP_HOST", "smtp.REPLACE-ME.example")
+    with pytest.raises(ConfigError, match="DUETIDE_SMTP_HOST still hold"):
+        get_settings()
