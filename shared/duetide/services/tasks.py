@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import and_, case, inspect, or_
 from sqlalchemy.engine import Row
+from sqlalchemy.orm import joinedload
 from sqlmodel import Session, col, select
 
 from duetide import events
@@ -116,12 +117,17 @@ def lock_task(session: Session, owner: str, task_id: str) -> tuple[Task, Series 
     its result (a task completed, reopened, withdrawn or skipped meanwhile is read as
     it is now, or not found).
     """
-    mine = select(Task).where(Task.id == task_id, Task.owner == owner)
-    single = session.exec(
-        mine.where(col(Task.series_id).is_(None))
-        .with_for_update()
+    # Locked with its tags and reminders in the same statement (the change and its answer
+    # need both); FOR UPDATE OF the task alone, as the joined rows may be absent. (SQLModel
+    # types a relationship as its list, hence the ignore.)
+    mine = (
+        select(Task)
+        .where(Task.id == task_id, Task.owner == owner)
+        .options(joinedload(Task.tag_rows), joinedload(Task.reminders))  # type: ignore[arg-type]
+        .with_for_update(of=Task)
         .execution_options(populate_existing=True)
-    ).first()
+    )
+    single = session.exec(mine.where(col(Task.series_id).is_(None))).unique().first()
     if single is not None:
         return single, None
     series_id = session.exec(
@@ -130,7 +136,7 @@ def lock_task(session: Session, owner: str, task_id: str) -> tuple[Task, Series 
     if series_id is None:
         raise NotFound(f"no task {task_id}")
     series = series_rules.lock(session, series_id, owner)
-    task = session.exec(mine.with_for_update().execution_options(populate_existing=True)).first()
+    task = session.exec(mine).unique().first()
     if task is None:
         raise NotFound(f"no task {task_id}")
     return task, series
@@ -151,6 +157,7 @@ def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[s
         description=spec.description,
         priority=PRIORITIES.index(spec.priority),
         due_at=spec.due_at,
+        reminders=[],  # loaded as empty: showing the new task asks the database nothing
     )
     task.set_tags(spec.tags)
     if spec.recurrence is not None and spec.due_at is not None:
