@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -53,6 +54,19 @@ class Settings(BaseSettings):
     duetide_event_oidc_audience: str = ""
     duetide_event_oidc_jwks_url: str = ""
     duetide_event_oidc_issuer: str = ""
+    # Who may send commands for any user (web/command_trust.py, SECURITY.md): Knative
+    # senders by their OIDC subject, and producing systems by an HMAC key (a Secret).
+    duetide_command_senders: str = Field(
+        "",
+        description="Comma-separated OIDC subjects (Knative's sender identity, e.g. the "
+        "commands KafkaSource's service account) that may send commands for any user.",
+    )
+    duetide_command_keys: str = Field(
+        "",
+        description="Comma-separated `system=key` pairs: each system may sign commands for "
+        "any user with its key (32+ characters). Empty in hs256 mode: system `local` with a "
+        "key generated into DUETIDE_HOME.",
+    )
     duetide_write_rate_per_minute: int = Field(
         120, ge=0, description="Writes per user per minute before 429; 0 turns the limit off."
     )
@@ -115,6 +129,20 @@ class Settings(BaseSettings):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
 
+    @field_validator("duetide_command_keys")
+    @classmethod
+    def _command_keys_are_usable(cls, value: str) -> str:
+        parse_command_keys(value)
+        return value
+
+    @field_validator("duetide_command_senders")
+    @classmethod
+    def _senders_are_subjects(cls, value: str) -> str:
+        for subject in _items(value):
+            if not subject.isprintable() or " " in subject:
+                raise ValueError("subjects are printable text without spaces")
+        return value
+
     @field_validator("duetide_jwt_algorithms_csv")
     @classmethod
     def _asymmetric_only(cls, value: str) -> str:
@@ -149,6 +177,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"DUETIDE_AUTH=jwks needs {', '.join(missing)}")
         if self.duetide_event_oidc_audience and not self.duetide_event_oidc_jwks_url:
             raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE needs DUETIDE_EVENT_OIDC_JWKS_URL")
+        if self.duetide_event_oidc_audience == self.duetide_jwt_audience != "":
+            # /commands tells a sender token from a user's by its audience (web/auth.py)
+            raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE must differ from DUETIDE_JWT_AUDIENCE")
+        if self.duetide_command_senders and not self.duetide_event_oidc_audience:
+            raise ValueError("DUETIDE_COMMAND_SENDERS needs DUETIDE_EVENT_OIDC_AUDIENCE")
         if self.duetide_smtp_username and not self.duetide_smtp_starttls:
             # channels.email.deliver_email refuses to send credentials in clear; say so at start,
             # not as a failure of every delivery.
@@ -164,6 +197,19 @@ class Settings(BaseSettings):
         return tuple(h.strip() for h in self.duetide_webhook_hosts.split(",") if h.strip())
 
     @property
+    def command_senders(self) -> frozenset[str]:
+        return frozenset(_items(self.duetide_command_senders))
+
+    def command_keys(self) -> dict[str, tuple[str, ...]]:
+        """Each registered system's signing keys (more than one while a key is rotated).
+        In hs256 mode (the local one) without DUETIDE_COMMAND_KEYS: system `local` with a
+        key generated once into DUETIDE_HOME, as the JWT secret is."""
+        keys = parse_command_keys(self.duetide_command_keys)
+        if not keys and self.duetide_auth == "hs256":
+            return {LOCAL_SYSTEM: (self._generated_secret("command-key"),)}
+        return keys
+
+    @property
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -173,7 +219,10 @@ class Settings(BaseSettings):
         """The HS256 secret: from the environment, else generated once into DUETIDE_HOME."""
         if self.duetide_jwt_secret:
             return self.duetide_jwt_secret
-        path = self.duetide_home / "jwt-secret"
+        return self._generated_secret("jwt-secret")
+
+    def _generated_secret(self, name: str) -> str:
+        path = self.duetide_home / name
         self.duetide_home.mkdir(parents=True, exist_ok=True)
         try:  # O_EXCL: two processes starting together agree on one secret
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -182,6 +231,34 @@ class Settings(BaseSettings):
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+
+LOCAL_SYSTEM = "local"
+MIN_COMMAND_KEY_CHARS = 32
+_SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def _items(csv: str) -> list[str]:
+    return [item.strip() for item in csv.split(",") if item.strip()]
+
+
+def parse_command_keys(value: str) -> dict[str, tuple[str, ...]]:
+    """`crm=key1,shop=key2,crm=key3` as {"crm": (key1, key3), "shop": (key2,)}; a bad
+    entry is a ValueError that never repeats a key."""
+    keys: dict[str, tuple[str, ...]] = {}
+    for number, item in enumerate(_items(value), 1):
+        name, sep, key = item.partition("=")
+        name, key = name.strip(), key.strip()
+        if not sep or not _SYSTEM_NAME.match(name):
+            raise ValueError(
+                f"entry {number} is not `system=key` with a system name of a-z, 0-9, . _ -"
+            )
+        if len(key) < MIN_COMMAND_KEY_CHARS or not key.isprintable():
+            raise ValueError(
+                f"the key of {name!r} must be {MIN_COMMAND_KEY_CHARS}+ printable characters"
+            )
+        keys[name] = (*keys.get(name, ()), key)
+    return keys
 
 
 @functools.cache

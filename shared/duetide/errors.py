@@ -40,6 +40,12 @@ class Unauthorized(ApiError):
         super().__init__(message, **kwargs)
 
 
+class Forbidden(ApiError):
+    """Who sent the request is known, and may not do this (a command for another user)."""
+
+    status, code = 403, "forbidden"
+
+
 class NotFound(ApiError):
     status, code = 404, "not_found"
 

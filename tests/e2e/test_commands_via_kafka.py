@@ -1,10 +1,14 @@
 """Command intake end to end: the local stack (functions, embedded broker, KafkaSource
 dispatchers from knative/) on the test database, commands produced by librdkafka
 (`confluent-kafka`, a different Kafka client than ours) or posted to `/commands`.
+
+Commands on the topic are signed as the local stack's system `local` (its key generated
+into DUETIDE_HOME, as `duetide up` does) and name their user; no token rides in them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import uuid
@@ -19,7 +23,8 @@ import requests
 from cloudevents.conversion import to_structured
 
 from duetide import events
-from duetide.config import get_settings
+from duetide.config import LOCAL_SYSTEM, get_settings
+from duetide.events.signing import sign_command
 from duetide.web.auth import issue_local_token
 from duetide_tools import deadletters
 from duetide_tools.local import stack as stack_module
@@ -43,6 +48,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Running:
     stack: stack_module.Stack
     token: str
+    key: str
 
     @property
     def base(self) -> str:
@@ -67,15 +73,17 @@ def running(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iter
             "DUETIDE_JWT_SECRET": JWT_SECRET,
             "DATABASE_URL": database_url,
             "KAFKA_BOOTSTRAP_SERVERS": "",
+            "DUETIDE_COMMAND_KEYS": "",  # the local default: system `local`
         }.items():
             patch.setenv(name, value)
         get_settings.cache_clear()
+        [key] = get_settings().command_keys()[LOCAL_SYSTEM]  # generated before the functions
         stack = stack_module.Stack(
             root=ROOT, home=home, port=free_loopback_port(), echo=False, database_url=database_url
         )
         try:
             stack.start()
-            yield Running(stack, issue_local_token("carol"))
+            yield Running(stack, issue_local_token("carol"), key)
         finally:
             stack.stop()
             get_settings.cache_clear()
@@ -86,6 +94,10 @@ def command(event_id: str, event_type: str, data: Any, **extensions: str) -> Any
     for name, value in extensions.items():
         event[name] = value
     return event
+
+
+def signed(running: Running, event: Any, user: str = "carol", key: str = "") -> Any:
+    return sign_command(event, user=user, system=LOCAL_SYSTEM, key=key or running.key)
 
 
 def produce_with_librdkafka(running: Running, *commands: Any, key: str = "crm") -> None:
@@ -106,49 +118,62 @@ def create(title: str, tag: str) -> dict[str, Any]:
     return {"task": {"title": title, "tags": [tag]}}
 
 
-# ------------------------------------------------------------ via the commands topic
-
-
-def test_commands_produced_by_librdkafka_create_and_complete_a_task_once(running: Running):
-    tag, marker = f"crm-{uuid.uuid4().hex[:8]}", f"marker-{uuid.uuid4().hex[:8]}"
-    created = command(
-        "crm-1", events.CMD_TASK_CREATE, create("Call the customer", tag),
-        authtoken=running.token,
-    )  # fmt: skip
-    # The same command produced twice (a retrying producer), then a marker on the same
-    # key: the marker is delivered after both copies (one partition, ordered delivery).
-    produce_with_librdkafka(running, created, created)
-    produce_with_librdkafka(
-        running,
-        command("crm-2", events.CMD_TASK_CREATE, create("marker", marker), authtoken=running.token),
-    )
-    wait_for(lambda: running.tasks(marker), "the marker task")
-    [task] = running.tasks(tag)
-    assert task["title"] == "Call the customer" and task["status"] == "open"
-
-    completing = command(
-        "crm-3", events.CMD_TASK_COMPLETE, {"task_id": task["id"]}, authtoken=running.token
-    )
-    produce_with_librdkafka(running, completing)
-    wait_for(lambda: running.tasks(tag)[0]["status"] == "done", "the completion")
-    assert len(running.tasks(tag)) == 1
-
-
-def test_command_with_an_invalid_token_is_dead_lettered_with_401(running: Running):
-    tag = f"forged-{uuid.uuid4().hex[:8]}"
-    event_id = f"forged-{uuid.uuid4().hex[:8]}"
-    forged = issue_local_token("carol").rsplit(".", 1)[0] + ".bad-signature"
-    produce_with_librdkafka(
-        running, command(event_id, events.CMD_TASK_CREATE, create("x", tag), authtoken=forged)
-    )
-
+def dead_letter(running: Running, event_id: str) -> deadletters.DeadLetter:
     def dead_lettered() -> list[deadletters.DeadLetter]:
         letters = deadletters.read(running.stack.bootstrap_servers, "duetide-dead-letters")
         return [letter for letter in letters if letter.event_id == event_id]
 
     [letter] = wait_for(dead_lettered, "the dead letter")
-    assert letter.attribute("knativeerrorcode") == "401"
     assert letter.destination == f"{running.base}/commands"
+    return letter
+
+
+# ------------------------------------------------------------ via the commands topic
+
+
+def test_signed_commands_produced_by_librdkafka_create_and_complete_a_task_once(
+    running: Running,
+):
+    tag, marker = f"crm-{uuid.uuid4().hex[:8]}", f"marker-{uuid.uuid4().hex[:8]}"
+    created = signed(running, command("crm-1", events.CMD_TASK_CREATE, create("Call", tag)))
+    # The same command produced twice (a retrying producer), then a marker on the same
+    # key: the marker is delivered after both copies (one partition, ordered delivery).
+    produce_with_librdkafka(running, created, created)
+    produce_with_librdkafka(
+        running, signed(running, command("crm-2", events.CMD_TASK_CREATE, create("m", marker)))
+    )
+    wait_for(lambda: running.tasks(marker), "the marker task")
+    [task] = running.tasks(tag)
+    assert task["title"] == "Call" and task["status"] == "open"
+
+    completing = command("crm-3", events.CMD_TASK_COMPLETE, {"task_id": task["id"]})
+    produce_with_librdkafka(running, signed(running, completing))
+    wait_for(lambda: running.tasks(tag)[0]["status"] == "done", "the completion")
+    assert len(running.tasks(tag)) == 1
+
+
+def test_command_with_a_bad_signature_is_dead_lettered_with_401(running: Running):
+    tag = f"forged-{uuid.uuid4().hex[:8]}"
+    event_id = f"forged-{uuid.uuid4().hex[:8]}"
+    forged = signed(
+        running, command(event_id, events.CMD_TASK_CREATE, create("x", tag)), key="k" * 40
+    )
+    produce_with_librdkafka(running, forged)
+    assert dead_letter(running, event_id).attribute("knativeerrorcode") == "401"
+    assert running.tasks(tag) == []
+
+
+def test_command_carrying_a_token_is_dead_lettered_with_400_saying_why(running: Running):
+    tag = f"token-{uuid.uuid4().hex[:8]}"
+    event_id = f"token-{uuid.uuid4().hex[:8]}"
+    event = command(
+        event_id, events.CMD_TASK_CREATE, create("x", tag), authtoken="eyJhbGciOi.a-token.abc"
+    )
+    produce_with_librdkafka(running, signed(running, event))
+    letter = dead_letter(running, event_id)
+    assert letter.attribute("knativeerrorcode") == "400"
+    answer = json.loads(base64.b64decode(letter.attribute("knativeerrordata")))
+    assert "bearer tokens do not travel in events" in answer["error"]["message"]
     assert running.tasks(tag) == []
 
 
@@ -187,6 +212,8 @@ def test_posted_commands_without_a_valid_token_or_of_unknown_type_are_refused(
     assert post(running, event).status_code == 401
     assert post(running, event, Authorization="Bearer not-a-token").status_code == 401
     assert post(running, event, structured=True).status_code == 401
+    named = command(f"n-{tag}", events.CMD_TASK_CREATE, create("Refused", tag), duetideuser="carol")
+    assert post(running, named).status_code == 401  # a user named, nobody vouching
     unknown = command(f"u-{tag}", "dev.duetide.task.archive.v1", {"task_id": "x"})
     answer = post(running, unknown, Authorization=running.auth["Authorization"])
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_cloudevent"

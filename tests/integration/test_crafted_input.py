@@ -13,6 +13,8 @@ from typing import Any
 import jwt
 import pytest
 
+from duetide.config import get_settings
+from duetide.events import signing
 from tests.integration.conftest import function_client
 from tests.integration.test_limits import refused, rows
 
@@ -143,15 +145,35 @@ def test_a_validly_signed_token_with_an_unusable_sub_is_401(client, method, path
     assert token not in logged and token.split(".")[1] not in logged
 
 
-def test_a_command_carrying_a_token_with_an_unusable_sub_is_401(client, alice):
-    event = json.loads(structured_event("c-3"))
-    event["authtoken"] = signed("a\x00b")
+def test_a_command_with_a_token_with_an_unusable_sub_is_401(client):
+    token = signed("a\x00b")
+    response = client.post(
+        "/commands",
+        data=structured_event("c-3"),
+        headers={
+            "Content-Type": "application/cloudevents+json",
+            "Authorization": f"Bearer {token}",
+        },
+    )
+    refused(response, 401, "unauthorized")
+
+
+@pytest.mark.parametrize("user", ["a\x07b", "u" * 256, ""])
+def test_a_signed_command_for_an_unusable_user_is_400(client, user):
+    event = json.loads(structured_event("c-4"))
+    key = get_settings().command_keys()["local"][0]
+    content = signing.signed_content(
+        event_id="c-4", source="/test", type=event["type"], user=user, system="local",
+        data=event["data"],
+    )  # fmt: skip
+    event |= {"duetideuser": user, "duetidesystem": "local"}
+    event["duetidesig"] = signing.signature(key, content)
     response = client.post(
         "/commands",
         data=json.dumps(event).encode(),
         headers={"Content-Type": "application/cloudevents+json"},
     )
-    refused(response, 401, "unauthorized")
+    refused(response, 400, "invalid_cloudevent")
 
 
 def test_a_sub_of_255_printable_characters_is_a_user(client):

@@ -707,11 +707,15 @@ def test_invalid_commands_get_4xx_and_write_nothing(client, alice, event_type, d
     assert nothing_written()
 
 
-def test_commands_need_a_valid_token_in_either_mode(client, alice):
+def test_commands_need_a_valid_sender_in_either_mode(client, alice):
     headers, body = command(events.CMD_TASK_CREATE, {"task": {"title": "x"}})
     assert client.post("/commands", headers=headers, data=body).status_code == 401
-    forged = {**headers, "ce-authtoken": "not.a.token"}
+    forged = {**headers, "Authorization": "Bearer not.a.token"}
     assert client.post("/commands", headers=forged, data=body).status_code == 401
+    unsigned = {**headers, "ce-duetideuser": "alice"}  # a user named, nobody vouching
+    assert client.post("/commands", headers=unsigned, data=body).status_code == 401
+    token_in_event = {**headers, "ce-authtoken": alice["Authorization"].split()[1]}
+    assert client.post("/commands", headers=token_in_event, data=body).status_code == 400
     event = events.build(event_id="s-1", type=events.CMD_TASK_CREATE, source="/crm",
                          subject="", data={"task": {"title": "x"}})  # fmt: skip
     s_headers, s_body = to_structured(event, data_marshaller=lambda d: d)

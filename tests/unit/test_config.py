@@ -72,3 +72,63 @@ def test_a_value_with_the_placeholder_is_refused(monkeypatch):
     monkeypatch.setenv("DUETIDE_SMTP_HOST", "smtp.REPLACE-ME.example")
     with pytest.raises(ConfigError, match="DUETIDE_SMTP_HOST still hold"):
         get_settings()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "crm",  # no key
+        "crm=short",
+        "CRM=" + "k" * 40,  # names are lowercase
+        "=" + "k" * 40,
+        "crm=" + "k" * 40 + ",shop",
+    ],
+)
+def test_bad_command_keys_are_named_and_never_echoed(monkeypatch, value):
+    monkeypatch.setenv("DUETIDE_COMMAND_KEYS", value)
+    with pytest.raises(ConfigError, match="DUETIDE_COMMAND_KEYS") as refused:
+        get_settings()
+    assert "k" * 40 not in str(refused.value) and "short" not in str(refused.value)
+
+
+def test_command_keys_map_each_system_to_its_keys(monkeypatch):
+    monkeypatch.setenv("DUETIDE_COMMAND_KEYS", f"crm={'a' * 32}, shop={'b' * 40}=,crm={'c' * 32}")
+    assert get_settings().command_keys() == {
+        "crm": ("a" * 32, "c" * 32),
+        "shop": ("b" * 40 + "=",),
+    }
+
+
+def test_hs256_mode_registers_a_generated_local_key_and_jwks_mode_none(tmp_path):
+    local = Settings(duetide_home=tmp_path, duetide_command_keys="")
+    [key] = local.command_keys()["local"]
+    assert len(key) >= 32 and local.command_keys()["local"] == (key,)
+    assert (tmp_path / "command-key").stat().st_mode & 0o077 == 0
+    explicit = Settings(duetide_home=tmp_path, duetide_command_keys=f"crm={'a' * 32}")
+    assert explicit.command_keys() == {"crm": ("a" * 32,)}
+    production = Settings(
+        duetide_home=tmp_path / "other",
+        duetide_auth="jwks",
+        duetide_jwks_url="https://idp.example/jwks",
+        duetide_jwt_issuer="https://idp.example/",
+        duetide_jwt_audience="duetide",
+    )
+    assert production.command_keys() == {}
+    assert not (tmp_path / "other").exists()
+
+
+def test_command_senders_need_the_event_oidc_audience(monkeypatch):
+    monkeypatch.setenv("DUETIDE_COMMAND_SENDERS", "system:serviceaccount:ns:name")
+    with pytest.raises(ConfigError, match="DUETIDE_COMMAND_SENDERS needs"):
+        get_settings()
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide-events")
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/jwks")
+    assert get_settings().command_senders == {"system:serviceaccount:ns:name"}
+
+
+def test_the_event_audience_must_differ_from_the_apis(monkeypatch):
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide")
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/jwks")
+    monkeypatch.setenv("DUETIDE_JWT_AUDIENCE", "duetide")
+    with pytest.raises(ConfigError, match="must differ"):
+        get_settings()

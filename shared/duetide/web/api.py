@@ -330,7 +330,8 @@ class Endpoint:
 
     `auth`: "bearer" routes authenticate (and charge writes to the rate limit) before
     the handler runs; "public" ones need no token; "in_handler" ones (`/commands`, whose
-    token may ride in the event) authenticate themselves but are documented as secured.
+    sender may be a user or a registered system) authenticate themselves but are
+    documented as secured.
     """
 
     method: str
@@ -554,7 +555,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         command_intake,
         "Command intake: a task.create/complete CloudEvent",
         body=CommandEvent,
-        responses={200: CommandResult, 201: CommandResult},
+        responses={200: CommandResult, 201: CommandResult, 403: ErrorBody},
         auth="in_handler",
         media_type="application/cloudevents+json",
         operation_id="commands",

@@ -1,14 +1,16 @@
 """Command intake: other systems create and complete tasks with CloudEvents.
 
-Commands arrive at `POST /commands` directly (binary or structured mode, with a
-bearer token) or are produced onto the commands topic and delivered here by a
-KafkaSource. A KafkaSource forwards only CloudEvent attributes, so a command from
-the topic carries its producer's token in the `authtoken` extension attribute.
-The command's (source, id) makes a retried command idempotent, per user.
+Commands arrive at `POST /commands` directly (binary or structured mode) or are
+produced onto the commands topic and delivered here by a KafkaSource. Who may act for
+which user is `command_trust`'s decision: a user with their own bearer token, or a
+registered system (a signature, or Knative's OIDC sender identity) naming the user in
+`duetideuser`; no token rides in an event. The command's (source, id) makes a retried
+command idempotent, per user acted for.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Request, Response
@@ -16,25 +18,17 @@ from sqlmodel import Session
 
 from duetide import events
 from duetide.config import get_settings
-from duetide.errors import InvalidCloudEvent, Unauthorized
+from duetide.errors import InvalidCloudEvent
 from duetide.services import ratelimit, tasks
 from duetide.services.responses import CommandResult
 from duetide.services.schemas import TaskCreate
 from duetide.storage.processed import EventKey, run_once
-from duetide.web import auth
+from duetide.web import command_trust
 from duetide.web.http import json_response, parse_model
 from duetide.web.sink import Incoming, decode
 
 CONSUMER = "commands"
-
-
-def _user(request: Request, event: Incoming) -> str:
-    if request.headers.get("Authorization"):
-        return auth.authenticate(request)
-    token = event.extensions.get("authtoken")
-    if not token:
-        raise Unauthorized()
-    return auth.verify(str(token))
+log = logging.getLogger("duetide.web.commands")
 
 
 def _payload(event: Incoming) -> Any:
@@ -52,7 +46,8 @@ def handle(request: Request) -> Response:
             f"unknown command type {event.type!r}; expected "
             f"{events.CMD_TASK_CREATE} or {events.CMD_TASK_COMPLETE}"
         )
-    user = _user(request, event)
+    actor = command_trust.actor(request, event)
+    user = actor.user
     ratelimit.charge_write(user)
     payload = _payload(event)
     spec = parse_model(TaskCreate, payload.task) if event.type == events.CMD_TASK_CREATE else None
@@ -66,6 +61,11 @@ def handle(request: Request) -> Response:
         return CommandResult(status="processed", task=tasks.show(session, task)), ids
 
     body = run_once(key, work)
+    log.info(
+        "command %s %s from %s for user %s via %s: %s",
+        event.type, event.id, event.source, user, actor.via,
+        "duplicate" if body is None else "processed",
+    )  # fmt: skip
     if body is None:
         return json_response(CommandResult(status="duplicate"))
     return json_response(body, 201 if spec is not None else 200)

@@ -34,14 +34,26 @@ class CompleteCommandData(BaseModel):
 
 class Command(BaseModel):
     """A command as a structured-mode CloudEvent; binary mode (`ce-*` headers and the
-    data as an application/json body) is accepted as well. Other attributes are passed
-    over, except the extension `authtoken`: the producer's bearer token, used when the
-    request has no Authorization header (commands relayed from Kafka)."""
+    data as an application/json body) is accepted as well. A user sends it with their
+    own bearer token and acts for themself; a registered system names the user in
+    `duetideuser` and signs the command (`duetidesystem`, `duetidesig`) or is Knative's
+    registered OIDC sender. Other attributes are passed over, except `authtoken`, which
+    is refused (400): bearer tokens do not travel in events."""
 
     model_config = ConfigDict(extra="allow")
     specversion: Literal["1.0"]
     id: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS["id"])
     source: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS["source"])
+    duetideuser: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="The user a system's command acts for; with a user's token, that user.",
+    )
+    duetidesystem: str | None = Field(None, description="The registered system that signed.")
+    duetidesig: str | None = Field(
+        None, description="HMAC-SHA256 (hex) of the command's JCS form with the system's key."
+    )
 
 
 class CreateCommand(Command):

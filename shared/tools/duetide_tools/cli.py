@@ -27,7 +27,7 @@ def _home() -> Path:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from duetide.config import get_settings
+    from duetide.config import LOCAL_SYSTEM, get_settings
     from duetide.web.auth import issue_local_token
     from duetide_tools.local.stack import Stack, StackError, project_root
     from duetide_tools.manifests import ManifestError
@@ -54,9 +54,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     code = 0
     try:
         settings.jwt_secret()  # generated once, before the functions read it
+        # likewise the local system's command key (hs256 mode without DUETIDE_COMMAND_KEYS)
+        generated = LOCAL_SYSTEM in settings.command_keys() and not settings.duetide_command_keys
         stack.start()
         token = issue_local_token(args.user)
-        print(_banner(stack, token, args.user, time.monotonic() - started), flush=True)
+        local_key = settings.duetide_home / "command-key" if generated else None
+        seconds = time.monotonic() - started
+        print(_banner(stack, token, args.user, seconds, local_key), flush=True)
         stopping.wait()
         print("duetide: stopping", flush=True)
     except (StackError, ManifestError) as exc:
@@ -71,7 +75,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def _banner(stack: Stack, token: str, user: str, seconds: float) -> str:
+def _banner(
+    stack: Stack, token: str, user: str, seconds: float, local_key: Path | None = None
+) -> str:
     lines = [f"duetide is up in {seconds:.1f} s", ""]
     lines += [f"  {name:<11} {child.url}" for name, child in stack.functions.items()]
     lines += [
@@ -84,8 +90,14 @@ def _banner(stack: Stack, token: str, user: str, seconds: float) -> str:
         "",
         f'  curl -H "Authorization: Bearer $DUETIDE_TOKEN" {stack.functions["tasks"].url}/tasks',
         "",
-        "Ctrl-C stops everything.",
     ]
+    if local_key is not None:
+        lines += [
+            "  commands on duetide-commands: sign them as system 'local' with the key in",
+            f"  {local_key} (README, Commands from other systems)",
+            "",
+        ]
+    lines.append("Ctrl-C stops everything.")
     return "\n".join(lines)
 
 
