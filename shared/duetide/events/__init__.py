@@ -62,7 +62,7 @@ class ReminderEvent(Payload):
 
 
 class TaskCreateCommand(Payload):
-    """A command from another system; the owner comes from the command's token."""
+    """A command from another system; the owner is the user it acts for (web/command_trust)."""
 
     model_config = ConfigDict(extra="forbid")
     task: dict[str, Any]
