@@ -278,10 +278,12 @@ def test_a_signed_command_with_a_users_token_is_refused(keyed, alice):
     refused(post(keyed, event, alice), 400, "bad_request")
 
 
-def test_data_that_cannot_be_signed_is_400(keyed):
+@pytest.mark.parametrize("depth", [0, 600], ids=["a fraction", "nested 600 deep"])
+def test_data_that_cannot_be_signed_is_400(keyed, depth):
     event = command(user="xavier", duetidesystem="crm", duetidesig="0" * 64)
-    event.data = {"task": {"title": "t", "priority": 1.5}}
-    refused(post(keyed, event), 400, "invalid_cloudevent")
+    wire, _ = events.to_http(event)
+    data = '{"task": {"title": "t", "priority": 1.5}}' if not depth else "[" * depth + "]" * depth
+    refused(keyed.post("/commands", headers=wire, data=data), 400, "invalid_cloudevent")
 
 
 def test_signed_commands_work_with_oidc_on_and_the_sender_token_is_still_checked(oidc, monkeypatch):

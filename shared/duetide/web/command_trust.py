@@ -105,7 +105,7 @@ def _signed_by(event: Incoming) -> str:
             system=str(system),
             data=event.data,
         )
-    except ValueError:
+    except (ValueError, RecursionError):  # a fraction; data nested deeper than Python recurses
         raise InvalidCloudEvent("the command's data cannot be signed (see JCS)") from None
     if not signing.verifies(keys, content, claimed):
         raise Unauthorized("the command's signature does not verify")
