@@ -8,55 +8,50 @@ API server would silently prune them, so a misspelt field is looked for separate
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from functools import cache
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
+from croniter import croniter
 
 from duetide_tools import deploy
 from duetide_tools.local.broker import free_loopback_port
 from duetide_tools.manifests import ManifestError, SinkRef, Wiring, load
+from tests.kube import find as _find
+from tests.kube import kustomize, schema_errors, yaml_documents
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = REPO_ROOT / "tests" / "crds"
 PRODUCTION_OVERLAY = REPO_ROOT / "kafka" / "overlays" / "production"
-# A version that kubernetes-validate ships schemas for.
-KUBERNETES_VERSION = "1.33.0"
-CORE_KINDS = frozenset({"ConfigMap", "Secret", "CronJob"})
 BOOTSTRAP = "duetide-kafka-bootstrap.kafka:9092"
+# Every kustomization of the repository, each rendered by kustomize itself.
+KUSTOMIZATIONS = (
+    "knative",
+    "kafka",
+    "kafka/overlays/production",
+    "deploy/base",
+    "deploy/overlays/kind",
+    "deploy/overlays/production",
+)
+# Knative's default scale-to-zero-grace-period (config-autoscaler), and its tick.
+SCALE_TO_ZERO_GRACE_S = 30
+AUTOSCALER_TICK_S = 2
 
 Doc = dict[str, Any]
-
-# Every object's metadata, as far as these manifests may use it (CRDs leave it open).
-OBJECT_META = {
-    "type": "object",
-    "required": ["name"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
-        "namespace": {"type": "string"},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-    },
-}
 
 
 # --- reading manifests -------------------------------------------------------------------
 
 
-def _yaml_documents(path: Path) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+_yaml_documents = yaml_documents
+_schema_errors = schema_errors
 
 
 def _source_documents() -> list[tuple[str, Doc]]:
@@ -71,136 +66,17 @@ def _source_documents() -> list[tuple[str, Doc]]:
     return found
 
 
-def _render(folder: Path) -> list[Doc]:
-    """Build a kustomization as `kubectl kustomize` does, for the features used here."""
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    unsupported = set(kustomization) - {"apiVersion", "kind", "resources", "patches"}
-    assert not unsupported, f"{folder}: this test cannot render {sorted(unsupported)}"
-    docs: list[Doc] = []
-    for entry in kustomization.get("resources", []):
-        path = folder / entry
-        docs += _render(path) if path.is_dir() else _yaml_documents(path)
-    for patch in kustomization.get("patches", []):
-        if "path" in patch:
-            for change in _yaml_documents(folder / patch["path"]):
-                target = _find(docs, change["kind"], change["metadata"]["name"])
-                merged = _merge_patch(target, change)
-                target.clear()
-                target.update(merged)
-        else:
-            targets = [doc for doc in docs if _matches(doc, patch["target"])]
-            assert targets, f"{folder}: patch target {patch['target']} matches nothing"
-            for target in targets:
-                _json_patch(target, yaml.safe_load(patch["patch"]))
-    return docs
-
-
-def _find(docs: list[Doc], kind: str, name: str) -> Doc:
-    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
-    return matches[0]
-
-
-def _matches(doc: Doc, target: dict[str, str]) -> bool:
-    group, _, version = doc["apiVersion"].rpartition("/")
-    actual = {"group": group, "version": version, "kind": doc["kind"]}
-    actual["name"] = doc["metadata"]["name"]
-    return all(actual[key] == value for key, value in target.items())
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 merge, which is what a strategic-merge patch does to a custom resource."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result
-
-
-def _json_patch(doc: Doc, operations: list[dict[str, Any]]) -> None:
-    """RFC 6902 `add` and `replace` on object paths (all these overlays use)."""
-    for operation in operations:
-        assert operation["op"] in ("add", "replace"), f"unsupported op {operation}"
-        *parents, leaf = operation["path"].lstrip("/").split("/")
-        node = doc
-        for key in parents:
-            node = node[key]
-        assert operation["op"] == "add" or leaf in node, f"nothing to replace at {operation}"
-        node[leaf] = copy.deepcopy(operation["value"])
-
-
 def _manifest(relative: str, kind: str, name: str) -> Doc:
     return _find(_yaml_documents(REPO_ROOT / relative), kind, name)
 
 
+def _config(kustomization: str = "knative") -> dict[str, str]:
+    """The data of the ConfigMap a kustomization generates."""
+    (config,) = [doc for doc in kustomize(REPO_ROOT / kustomization) if doc["kind"] == "ConfigMap"]
+    return dict(config["data"])
+
+
 # --- schema checks -----------------------------------------------------------------------
-
-
-@cache
-def _crd_schemas() -> dict[tuple[str, str], Doc]:
-    """openAPIV3Schema by (apiVersion, kind), for every CRD vendored in tests/crds."""
-    schemas = {}
-    for path in sorted(SCHEMAS.rglob("*.yaml")):
-        for crd in _yaml_documents(path):
-            spec = crd["spec"]
-            for version in spec["versions"]:
-                key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
-                schemas[key] = version["schema"]["openAPIV3Schema"]
-    return schemas
-
-
-def _unknown_fields(node: Any, schema: Any, path: str) -> list[str]:
-    """Fields the schema does not declare where it declares fields and keeps no others."""
-    if not isinstance(schema, dict):
-        return []
-    if isinstance(node, list):
-        return [
-            error
-            for index, item in enumerate(node)
-            for error in _unknown_fields(item, schema.get("items"), f"{path}[{index}]")
-        ]
-    if not isinstance(node, dict):
-        return []
-    properties = schema.get("properties")
-    extra = schema.get("additionalProperties")
-    closed = (
-        properties is not None
-        and extra is None
-        and not schema.get("x-kubernetes-preserve-unknown-fields")
-    )
-    errors = []
-    for key, value in node.items():
-        if closed and key not in (properties or {}):
-            errors.append(f"{path}.{key}: field not declared in the schema")
-        else:
-            errors += _unknown_fields(value, (properties or {}).get(key, extra), f"{path}.{key}")
-    return errors
-
-
-def _schema_errors(doc: Doc) -> list[str]:
-    """Everything the cluster would reject or silently drop in `doc`; empty when valid."""
-    if doc["kind"] in CORE_KINDS:
-        try:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            return [str(error).splitlines()[0]]
-        return []
-    schema = _crd_schemas().get((doc["apiVersion"], doc["kind"]))
-    if schema is None:
-        return [f"no CRD schema in {SCHEMAS} for {doc['apiVersion']} {doc['kind']}"]
-    # apiVersion, kind and metadata are implicit in every CRD; check them here.
-    properties = {**schema.get("properties", {}), "metadata": OBJECT_META}
-    properties |= {"apiVersion": {"type": "string"}, "kind": {"type": "string"}}
-    root = {**schema, "properties": properties}
-    errors = [
-        f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
-        for error in jsonschema.Draft4Validator(root).iter_errors(doc)
-    ]
-    return errors + _unknown_fields(doc, root, "")
 
 
 SOURCE_DOCUMENTS = _source_documents()
@@ -217,31 +93,41 @@ def test_manifest_is_valid_for_the_cluster(doc: Doc) -> None:
     assert _schema_errors(doc) == []
 
 
+RENDERED = {path: kustomize(REPO_ROOT / path) for path in KUSTOMIZATIONS}
+
+
 @pytest.mark.parametrize(
     "doc",
     [
-        pytest.param(doc, id=f"{doc['kind']}/{doc['metadata']['name']}")
-        for doc in _render(PRODUCTION_OVERLAY)
+        pytest.param(doc, id=f"{path}:{doc['kind']}/{doc['metadata']['name']}")
+        for path, docs in RENDERED.items()
+        for doc in docs
     ],
 )
-def test_production_overlay_renders_valid_manifests(doc: Doc) -> None:
+def test_every_kustomization_renders_valid_manifests(doc: Doc) -> None:
     assert _schema_errors(doc) == []
 
 
 def test_every_kind_in_the_manifests_is_validated() -> None:
     kinds = {doc["kind"] for _, doc in SOURCE_DOCUMENTS}
+    kinds |= {doc["kind"] for docs in RENDERED.values() for doc in docs}
     assert kinds == {
         "Service",
         "KafkaSource",
         "PingSource",
         "KafkaSink",
         "ConfigMap",
-        "Secret",
         "CronJob",
         "Kafka",
         "KafkaNodePool",
         "KafkaTopic",
     }
+
+
+def test_no_kustomization_holds_a_secret() -> None:
+    """The real Secret is the operator's: no `kubectl apply -k` may overwrite it."""
+    for path, docs in RENDERED.items():
+        assert "Secret" not in {doc["kind"] for doc in docs}, path
 
 
 def _set(path: Sequence[str | int], value: Any) -> Callable[[Doc], None]:
@@ -353,8 +239,10 @@ def test_kustomize_deploys_exactly_what_the_local_stack_reads() -> None:
         return sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs)
 
     read_locally = [doc for path, doc in SOURCE_DOCUMENTS if "alternatives" not in path]
-    deployed = _render(REPO_ROOT / "knative") + _render(REPO_ROOT / "kafka")
-    assert identities(deployed) == identities(read_locally)
+    deployed = RENDERED["knative"] + RENDERED["kafka"]
+    generated = [doc for doc in deployed if doc["kind"] == "ConfigMap"]
+    assert [doc["metadata"]["name"].rpartition("-")[0] for doc in generated] == ["duetide-config"]
+    assert identities([d for d in deployed if d["kind"] != "ConfigMap"]) == identities(read_locally)
 
 
 # --- the wiring the local stack runs -----------------------------------------------------
@@ -445,16 +333,14 @@ def test_everything_reaches_kafka_through_the_strimzi_bootstrap_service() -> Non
     plain = next(li for li in kafka["spec"]["kafka"]["listeners"] if not li["tls"])
     expected = f"{kafka['metadata']['name']}-kafka-bootstrap.{kafka['metadata']['namespace']}"
     assert f"{expected}:{plain['port']}" == BOOTSTRAP
-    config = _manifest("knative/config.yaml", "ConfigMap", "duetide-config")["data"]
-    assert config["KAFKA_BOOTSTRAP_SERVERS"] == BOOTSTRAP
+    assert _config()["KAFKA_BOOTSTRAP_SERVERS"] == BOOTSTRAP
     for path, doc in SOURCE_DOCUMENTS:
         if doc["kind"] in ("KafkaSource", "KafkaSink"):
             assert doc["spec"]["bootstrapServers"] == [BOOTSTRAP], path
 
 
 def test_configured_topic_names_exist(wiring: Wiring) -> None:
-    config = _manifest("knative/config.yaml", "ConfigMap", "duetide-config")["data"]
-    configured = {value for key, value in config.items() if key.startswith("DUETIDE_TOPIC_")}
+    configured = {value for key, value in _config().items() if key.startswith("DUETIDE_TOPIC_")}
     assert configured == {"duetide-task-events", "duetide-reminders", "duetide-commands"}
     assert configured <= {t.name for t in wiring.topics}
 
@@ -492,9 +378,34 @@ def test_every_service_scales_to_zero_reads_its_config_and_probes_healthz() -> N
 
 
 def test_secret_template_holds_only_placeholders() -> None:
-    secret = _manifest("knative/config.yaml", "Secret", "duetide-secrets")
-    assert set(secret["stringData"]) == {"DATABASE_URL", "DUETIDE_JWT_SECRET"}
-    assert all("REPLACE-ME" in value for value in secret["stringData"].values())
+    """knative/secrets.env.template, in kubectl's --from-env-file format: the keys the
+    Secret must have, placeholders for values; the hs256-only key commented out."""
+    lines = (REPO_ROOT / "knative" / "secrets.env.template").read_text().splitlines()
+    keys = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert list(keys) == ["DATABASE_URL"] == deploy.secret_keys(REPO_ROOT)
+    assert all("REPLACE-ME" in value for value in keys.values())
+    assert "# DUETIDE_JWT_SECRET=REPLACE-ME" in lines
+
+
+def test_the_sweep_scales_to_zero_between_two_pings() -> None:
+    """Knative removes the last pod once no request came for the whole stable window, then
+    within the scale-to-zero grace period: both must pass before the next ping, or the
+    sweep, pinged every minute, never goes to zero (its default 60 s window never passes)."""
+    ping = _manifest("knative/sources.yaml", "PingSource", "duetide-sweep")
+    cronjob = _manifest("knative/alternatives/cronjob.yaml", "CronJob", "duetide-sweep")
+    schedules = {ping["spec"]["schedule"], cronjob["spec"]["schedule"]}
+    (schedule,) = schedules
+    ticks = croniter(schedule, datetime(2026, 1, 1))
+    first, second = ticks.get_next(datetime), ticks.get_next(datetime)
+    interval_s = (second - first).total_seconds()
+    sweep = _manifest("knative/services.yaml", "Service", "duetide-sweep")
+    annotations = sweep["spec"]["template"]["metadata"]["annotations"]
+    window = annotations["autoscaling.knative.dev/window"]
+    assert window.endswith("s")
+    window_s = int(window.removesuffix("s"))
+    assert window_s >= 6  # Knative's minimum
+    assert annotations["autoscaling.knative.dev/scale-down-delay"] == "0s"
+    assert window_s + AUTOSCALER_TICK_S + SCALE_TO_ZERO_GRACE_S < interval_s == 60
 
 
 def test_cronjob_alternative_posts_the_same_ping_to_the_sweep() -> None:
@@ -520,7 +431,7 @@ def test_cronjob_alternative_posts_the_same_ping_to_the_sweep() -> None:
 
 
 def test_production_overlay_replicates_every_write_to_two_of_three_brokers() -> None:
-    docs = _render(PRODUCTION_OVERLAY)
+    docs = kustomize(PRODUCTION_OVERLAY)
     assert _find(docs, "KafkaNodePool", "dual-role")["spec"]["replicas"] == 3
     config = _find(docs, "Kafka", "duetide")["spec"]["kafka"]["config"]
     assert config["min.insync.replicas"] == 2

@@ -1,28 +1,32 @@
-"""`scripts/deploy`: put duetide on a cluster with `kn` or `kubectl`, derived from the manifests.
+"""`scripts/deploy`: apply a kustomize overlay with kubectl, in order, and check it arrived.
 
-Nothing here restates a manifest: names, topics, consumer groups, sinks, schedules,
-delivery, resources and probes are read from knative/ (through
-`duetide_tools.manifests`, the same reader the local stack uses, plus the raw
-documents that knative/kustomization.yaml deploys), kafka/ and deploy/.
+What is deployed is what `kubectl kustomize deploy/overlays/<env>` renders (the overlay
+adds the namespace and the image to knative/ and deploy/base/), and Kafka is what
+`kubectl kustomize kafka` renders: nothing here restates or re-implements a manifest or
+kustomize. An operator can do every step by hand with the commands DEPLOY.md gives; this
+module adds the order, the checks before anything changes, and the waiting:
 
-A deployment is a list of `Step`s, each one command. Every step is idempotent:
-`kubectl apply`, `kn service apply`, `kn source ping update`, `kubectl patch`,
-`delete --ignore-not-found`, and `kn ... create` only behind a `describe` guard
-(`describe || create`). `--dry-run` prints the steps as a bash script that could be
-run as it is; without it they run in order and the first failure stops the run
-with a hint.
+1. before anything changes: kubectl is there, both kustomizations render, no configuration
+   value still holds REPLACE-ME, the cluster serves every kind the documents use (Knative
+   Serving, Eventing, eventing-kafka-broker, Strimzi), and every Secret the functions read
+   exists with the keys of knative/secrets.env.template;
+2. Kafka, then its cluster and topics Ready;
+3. the configuration and the migration's Job template (`-l` picks them from the same
+   rendering), then one migration Job, watched until it completes, fails, or a pod cannot
+   start, with its log printed either way;
+4. everything, each Service stamped with the Secret's resourceVersion so that a changed
+   Secret rolls a new revision (a changed configuration already does: its ConfigMap name
+   carries a hash); then only one sweep trigger is left (PingSource or CronJob);
+5. every Service and source Ready, and every function's /healthz answering through
+   Knative's routing from a pod in the namespace.
 
-Two things are never taken from knative/ as they stand:
-- the Secret template (knative/config.yaml): `kubectl apply -k knative/` would
-  overwrite the real Secret with its REPLACE-ME placeholders, so the Secret is
-  only checked for, never applied;
-- the image, which `--image` overrides in every Service and in the migration Job.
+`--dry-run` prints the rendered documents, preceded by these steps as comments, and
+changes nothing (it still needs kubectl, whose built-in kustomize renders them).
 
-`kn` cannot express everything (see DEPLOY.md): `kn source kafka` (the plugin) has
-no update and no delivery, initialOffset or ordering flags, and `kn source ping`
-no contentType; those fields are set by a `kubectl patch` right after. A Service
-field that `kn service apply` cannot express stops the kn mode with a message
-rather than being dropped.
+There is no kn mode any more: the kafka plugin's `kn source kafka create` has no
+initialOffset flag, so a source it creates starts at the topic's end (the controller
+commits the consumer group there at once) and a later patch to `earliest` cannot bring
+back a backlog; and kn's flags would have to restate the rendered Services.
 """
 
 from __future__ import annotations
@@ -31,14 +35,17 @@ import argparse
 import copy
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -46,766 +53,570 @@ from duetide_tools import manifests
 
 Doc = dict[str, Any]
 
-DEFAULT_NAMESPACE = "duetide"
+DEFAULT_OVERLAY = "deploy/overlays/production"
+DEFAULT_KAFKA = "kafka"
 DEFAULT_TIMEOUT = "600s"
-MIGRATE_JOB = Path("deploy") / "migrate-job.yaml"
-HEREDOC_END = "YAML"
-PART_OF = {"app.kubernetes.io/part-of": "duetide"}
-VISIBILITY = "networking.knative.dev/visibility"
-# Knative's DeliverySpec fields: a merge patch sets the absent ones to null (removes them).
-DELIVERY_FIELDS = (
-    "deadLetterSink",
-    "retry",
-    "backoffPolicy",
-    "backoffDelay",
-    "timeout",
-    "retryAfterMax",
-    "format",
+PLACEHOLDER = "REPLACE-ME"
+COMPONENT = "app.kubernetes.io/component"
+# The configuration and the migration's template go first, the rest after the migration.
+FIRST = f"{COMPONENT} in (config,migration)"
+MIGRATION = "duetide-migrate"  # the CronJob of deploy/base/migrate.yaml
+SECRETS_TEMPLATE = Path("knative") / "secrets.env.template"
+ALTERNATIVES = Path("knative") / "alternatives"
+# A revision annotation: a new value is a new revision, whose pods read the Secret anew.
+SECRETS_VERSION = "duetide.dev/secrets-version"
+# The image the CronJob alternative pings with; here it calls every /healthz once.
+SMOKE_IMAGE = "curlimages/curl:8.11.1"
+# A migration pod waiting for one of these will not start by itself: stop now, not at
+# the Job's deadline.
+STUCK = frozenset(
+    {"ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
 )
-# What `kn service apply --security-context strict` sets (kn docs: drop all
-# capabilities, run as non-root, no privilege escalation).
-STRICT_SECURITY_CONTEXT = {
-    "runAsNonRoot": True,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-PROBE_OPTIONS = {
-    "initialDelaySeconds": "InitialDelaySeconds",
-    "periodSeconds": "PeriodSeconds",
-    "timeoutSeconds": "TimeoutSeconds",
-    "failureThreshold": "FailureThreshold",
-    "successThreshold": "SuccessThreshold",
+POLL_S = 1.0
+# A Secret's resourceVersion and the names of its keys; never its values.
+SECRET_KEYS_TEMPLATE = (
+    "go-template={{.metadata.resourceVersion}}{{range $key, $_ := .data}} {{$key}}{{end}}"
+)
+# Where DEPLOY.md installs what serves each API group.
+INSTALL_STEP = {
+    "serving.knative.dev": "Knative Serving (DEPLOY.md step 2)",
+    "sources.knative.dev": "Knative Eventing and eventing-kafka-broker (DEPLOY.md step 3)",
+    "eventing.knative.dev": "eventing-kafka-broker's KafkaSink (DEPLOY.md step 3)",
+    "kafka.strimzi.io": "Strimzi (DEPLOY.md step 4)",
 }
 
 
 class DeployError(RuntimeError):
-    """The manifests cannot be deployed as asked; the message says what and why."""
+    """The deployment cannot go on; `code` is the exit status (2: the manifests, 3: the
+    environment, 1: a step that ran and failed)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------ running kubectl
 
 
 @dataclass(frozen=True)
-class Step:
-    """One command. `stdin` is a YAML stream fed to it; `unless` skips it when that succeeds."""
-
-    argv: tuple[str, ...]
-    stdin: str = ""
-    unless: tuple[str, ...] = ()
-    comment: str = ""
-    hint: str = ""
-
-    def shell(self) -> str:
-        """The step as bash: `guard >/dev/null 2>&1 || command`, stdin as a quoted heredoc."""
-        line = _shell_command(self.argv)
-        if self.unless:
-            line = f"{shlex.join(self.unless)} >/dev/null 2>&1 \\\n  || {line}"
-        if self.stdin:
-            if f"\n{HEREDOC_END}\n" in f"\n{self.stdin}":
-                raise DeployError(f"a document contains a line {HEREDOC_END!r}")
-            return f"{line} <<'{HEREDOC_END}'\n{self.stdin}{HEREDOC_END}"
-        return line
+class Result:
+    code: int
+    out: str = ""
+    err: str = ""
 
 
-def _shell_command(argv: Sequence[str], width: int = 88) -> str:
-    """`argv` quoted for bash; a long one with one option (and its value) per line."""
-    line = shlex.join(argv)
-    if len(line) <= width:
-        return line
-    units: list[list[str]] = []
-    for token in argv:
-        after_option = bool(units) and len(units[-1]) == 1 and units[-1][0].startswith("-")
-        if after_option and not token.startswith("-"):
-            units[-1].append(token)
-        elif not token.startswith("-") and units and not units[-1][0].startswith("-"):
-            units[-1].append(token)  # the command and its positional arguments stay together
-        else:
-            units.append([token])
-    return " \\\n    ".join(shlex.join(unit) for unit in units)
+Kubectl = Callable[[Sequence[str], str], Result]
+"""Runs `kubectl ARGS` with the text on its standard input."""
 
 
-@dataclass(frozen=True)
-class Options:
-    root: Path
-    mode: str = "kn"
-    namespace: str = DEFAULT_NAMESPACE
-    image: str = ""
-    kafka: str = "kafka"  # the kustomization applied for Strimzi; "" leaves Kafka alone
-    sweep: str = "pingsource"  # or "cronjob": knative/alternatives/cronjob.yaml instead
-    timeout: str = DEFAULT_TIMEOUT
-
-
-# ------------------------------------------------------------------ reading manifests
-
-
-def _yaml_documents(path: Path) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict)]
-
-
-def kustomize_documents(folder: Path) -> list[Doc]:
-    """What `kubectl apply -k folder` deploys, for kustomizations that only list resources."""
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    unsupported = set(kustomization) - {"apiVersion", "kind", "resources"}
-    if unsupported:
-        raise DeployError(
-            f"{folder}/kustomization.yaml uses {sorted(unsupported)}: scripts/deploy renders "
-            "kustomizations that only list resources"
+def subprocess_kubectl(cwd: Path) -> Kubectl:
+    def run(args: Sequence[str], stdin: str) -> Result:
+        done = subprocess.run(
+            ["kubectl", *args], input=stdin, cwd=cwd, capture_output=True, text=True, check=False
         )
-    docs: list[Doc] = []
-    for entry in kustomization.get("resources", []):
-        path = folder / entry
-        docs += kustomize_documents(path) if path.is_dir() else _yaml_documents(path)
-    return docs
-
-
-def _base_documents(folder: Path) -> list[Doc]:
-    """Every document under `folder` outside overlays/ (for names to wait on)."""
-    docs: list[Doc] = []
-    for path in sorted(folder.rglob("*.yaml")):
-        if path.name == "kustomization.yaml" or "overlays" in path.relative_to(folder).parts:
-            continue
-        docs += _yaml_documents(path)
-    return docs
-
-
-@dataclass
-class Project:
-    """The wiring the local stack runs, and the documents that carry the rest."""
-
-    root: Path
-    wiring: manifests.Wiring
-    knative: list[Doc]
-    kafka: list[Doc]
-    job: Doc
-    alternatives: list[Doc]
-
-    @classmethod
-    def read(cls, root: Path) -> Project:
-        wiring = manifests.load(root)  # raises ManifestError on broken references
-        knative = kustomize_documents(root / "knative")
-        alternatives = [
-            doc
-            for path in sorted((root / "knative" / "alternatives").glob("*.yaml"))
-            for doc in _yaml_documents(path)
-        ]
-        kafka = _base_documents(root / "kafka")
-        project = cls(root, wiring, knative, kafka, _job(root), alternatives)
-        project.check_same_objects()
-        return project
-
-    def of_kind(self, kind: str) -> list[Doc]:
-        return [doc for doc in self.knative if doc.get("kind") == kind]
-
-    def check_same_objects(self) -> None:
-        """knative/kustomization.yaml must deploy what the local stack reads, no more."""
-        expected = {
-            "Service": set(self.wiring.services),
-            "KafkaSource": {s.name for s in self.wiring.kafka_sources},
-            "PingSource": {p.name for p in self.wiring.ping_sources},
-            "KafkaSink": set(self.wiring.kafka_sinks),
-        }
-        for kind, names in expected.items():
-            deployed = {doc["metadata"]["name"] for doc in self.of_kind(kind)}
-            if deployed != names:
-                raise DeployError(
-                    f"knative/kustomization.yaml deploys {kind} {sorted(deployed)} but the "
-                    f"local stack reads {sorted(names)}"
-                )
-
-    def default_image(self) -> str:
-        images = {c["image"] for doc in self.of_kind("Service") for c in _containers(doc)}
-        if len(images) != 1:
-            raise DeployError(f"the Services use different images {sorted(images)}: pass --image")
-        return images.pop()
-
-    def kafka_cluster(self) -> Doc:
-        clusters = [doc for doc in self.kafka if doc.get("kind") == "Kafka"]
-        if len(clusters) != 1:
-            raise DeployError(f"expected one Strimzi Kafka in kafka/, found {len(clusters)}")
-        return clusters[0]
-
-
-def _job(root: Path) -> Doc:
-    jobs = [doc for doc in _yaml_documents(root / MIGRATE_JOB) if doc.get("kind") == "Job"]
-    if len(jobs) != 1:
-        raise DeployError(f"expected one Job in {MIGRATE_JOB}, found {len(jobs)}")
-    return jobs[0]
-
-
-def _containers(doc: Doc) -> list[Doc]:
-    return list(doc["spec"]["template"]["spec"]["containers"])
-
-
-def with_image(doc: Doc, image: str) -> Doc:
-    """A copy of a Service or Job whose containers run `image`."""
-    changed = copy.deepcopy(doc)
-    for container in changed["spec"]["template"]["spec"]["containers"]:
-        container["image"] = image
-    return changed
-
-
-def _dump(docs: Iterable[Doc]) -> str:
-    return yaml.safe_dump_all(list(docs), sort_keys=False)
-
-
-# ------------------------------------------------------------------ the plan
-
-
-def plan(options: Options) -> list[Step]:
-    """Every command of a deployment, in order."""
-    if options.mode not in ("kn", "kubectl"):
-        raise DeployError(f"unknown mode {options.mode!r}: use kn or kubectl")
-    if options.sweep not in ("pingsource", "cronjob"):
-        raise DeployError(f"unknown sweep trigger {options.sweep!r}: use pingsource or cronjob")
-    pings = options.sweep == "pingsource"
-    project = Project.read(options.root)
-    image = options.image or project.default_image()
-    ns = options.namespace
-    steps = [_namespace_step(ns)]
-    if options.kafka:
-        steps += _kafka_steps(project, options.kafka, options.timeout)
-    steps += _config_steps(project, ns)
-    steps += _apply_steps(ns, project.of_kind("KafkaSink"), "the dead-letter KafkaSink")
-    steps += _migrate_steps(project, ns, image, options.timeout)
-    if options.mode == "kn":
-        steps += [_kn_service_apply(doc, ns, image) for doc in project.of_kind("Service")]
-        steps += _kn_kafka_source_steps(project, ns)
-        steps += _kn_ping_source_steps(project, ns) if pings else []
-    else:
-        services = [with_image(doc, image) for doc in project.of_kind("Service")]
-        steps += _apply_steps(ns, services, "the four functions as Knative Services")
-        steps.append(_wait(ns, "Ready", options.timeout, [f"ksvc/{s}" for s in _names(services)]))
-        sources = project.of_kind("KafkaSource") + (project.of_kind("PingSource") if pings else [])
-        steps += _apply_steps(ns, sources, "the event sources")
-    return steps + _sweep_trigger_steps(project, ns, pings)
-
-
-def _sweep_trigger_steps(project: Project, namespace: str, pings: bool) -> list[Step]:
-    """One sweep trigger, never both: the PingSource or the CronJob alternative."""
-    cronjobs = [doc for doc in project.alternatives if doc.get("kind") == "CronJob"]
-    if pings:
-        return [
-            Step(
-                (
-                    "kubectl",
-                    "delete",
-                    "cronjob",
-                    name,
-                    "--namespace",
-                    namespace,
-                    "--ignore-not-found",
-                ),
-                comment="The PingSource drives the sweep: no CronJob alternative beside it.",
-            )
-            for name in _names(cronjobs)
-        ]
-    steps = [
-        Step(
-            (
-                "kubectl",
-                "delete",
-                "pingsources.sources.knative.dev",
-                ping.name,
-                "--namespace",
-                namespace,
-                "--ignore-not-found",
-            ),
-            comment="The CronJob alternative drives the sweep: no PingSource beside it.",
-        )
-        for ping in project.wiring.ping_sources
-    ]
-    return steps + _apply_steps(namespace, cronjobs, "the sweep's CronJob (knative/alternatives)")
-
-
-def _names(docs: Iterable[Doc]) -> list[str]:
-    return [doc["metadata"]["name"] for doc in docs]
-
-
-def _kubectl_apply(namespace: str = "") -> tuple[str, ...]:
-    scope = ("--namespace", namespace) if namespace else ()
-    return ("kubectl", "apply", *scope, "--filename", "-")
-
-
-def _apply_steps(namespace: str, docs: list[Doc], what: str) -> list[Step]:
-    if not docs:
-        return []
-    return [Step(_kubectl_apply(namespace), stdin=_dump(docs), comment=f"Apply {what}.")]
-
-
-def _wait(namespace: str, condition: str, timeout: str, resources: Sequence[str]) -> Step:
-    return Step(
-        (
-            "kubectl",
-            "wait",
-            "--namespace",
-            namespace,
-            "--for",
-            f"condition={condition}",
-            "--timeout",
-            timeout,
-            *resources,
-        ),
-    )
-
-
-def _namespace_step(namespace: str) -> Step:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": namespace, "labels": dict(PART_OF)},
-    }
-    return Step(_kubectl_apply(), stdin=_dump([doc]), comment=f"The namespace {namespace}.")
-
-
-def _kafka_steps(project: Project, kustomization: str, timeout: str) -> list[Step]:
-    cluster = project.kafka_cluster()
-    kafka_ns = cluster["metadata"].get("namespace", "kafka")
-    topics = [f"kafkatopic.kafka.strimzi.io/{t.name}" for t in project.wiring.topics]
-    apply = Step(
-        ("kubectl", "apply", "--kustomize", kustomization),
-        comment=(
-            f"Kafka (Strimzi, KRaft) and its topics in namespace {kafka_ns}; needs the Strimzi "
-            f"1.x cluster operator watching {kafka_ns} (DEPLOY.md step 4)."
-        ),
-        hint="is the Strimzi operator installed? (kubectl get crd kafkas.kafka.strimzi.io)",
-    )
-    ready = _wait(
-        kafka_ns, "Ready", timeout, [f"kafka.kafka.strimzi.io/{cluster['metadata']['name']}"]
-    )
-    return [apply, ready, _wait(kafka_ns, "Ready", timeout, topics)]
-
-
-def _config_steps(project: Project, namespace: str) -> list[Step]:
-    steps = _apply_steps(namespace, project.of_kind("ConfigMap"), "the shared configuration")
-    for secret in project.of_kind("Secret"):
-        name = secret["metadata"]["name"]
-        literals = " ".join(
-            f"--from-literal={key}=..."
-            for key in secret.get("stringData") or secret.get("data") or {}
-        )
-        steps.append(
-            Step(
-                ("kubectl", "get", "secret", name, "--namespace", namespace, "--output", "name"),
-                comment=(
-                    f"The Secret {name} holds real credentials and is never applied from the "
-                    "repository (knative/config.yaml is a template): it must exist already."
-                ),
-                hint=f"create it: kubectl create secret generic {name} "
-                f"--namespace {namespace} {literals}",
-            )
-        )
-    return steps
-
-
-def _migrate_steps(project: Project, namespace: str, image: str, timeout: str) -> list[Step]:
-    job = with_image(project.job, image)
-    name = job["metadata"]["name"]
-    return [
-        Step(
-            ("kubectl", "delete", "job", name, "--namespace", namespace, "--ignore-not-found"),
-            comment="Database migrations as a Job (a Job is immutable: the previous run goes).",
-        ),
-        Step(_kubectl_apply(namespace), stdin=_dump([job])),
-        Step(
-            _wait(namespace, "complete", timeout, [f"job/{name}"]).argv,
-            hint=f"read the log: kubectl logs --namespace {namespace} job/{name}",
-        ),
-    ]
-
-
-# ------------------------------------------------------------------ kn: Services
-
-
-class _Fields:
-    """A copy of a document from which the kn flags take what they express.
-
-    Whatever is left at the end was not expressed: `leftover()` names it.
-    """
-
-    def __init__(self, doc: Doc) -> None:
-        self.doc = copy.deepcopy(doc)
-
-    def take(self, *path: str | int, default: Any = None) -> Any:
-        node: Any = self.doc
-        for key in path[:-1]:
-            if not _has(node, key):
-                return default
-            node = node[key]
-        if isinstance(node, dict):
-            return node.pop(path[-1], default)
-        return default
-
-    def leftover(self) -> list[str]:
-        return _leaf_paths(self.doc, "")
-
-
-def _has(node: Any, key: str | int) -> bool:
-    """Whether `node[key]` is there: a key of a mapping or an index of a list (a name
-    where the document has a list, or the reverse, is not there rather than an error)."""
-    if isinstance(node, dict):
-        return key in node
-    return isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node)
-
-
-def _leaf_paths(node: Any, path: str) -> list[str]:
-    if isinstance(node, dict):
-        return [leaf for key, value in node.items() for leaf in _leaf_paths(value, f"{path}.{key}")]
-    if isinstance(node, list):
-        return [leaf for i, value in enumerate(node) for leaf in _leaf_paths(value, f"{path}[{i}]")]
-    return [path.lstrip(".")]
-
-
-def _pairs(flag: str, mapping: dict[str, Any]) -> list[str]:
-    """`flag key=value` for each entry, in the manifest's order."""
-    return [token for key, value in mapping.items() for token in (flag, f"{key}={value}")]
-
-
-def _repeat(flag: str, values: Iterable[str]) -> list[str]:
-    return [token for value in values for token in (flag, value)]
-
-
-def _kn_service_apply(doc: Doc, namespace: str, image: str) -> Step:
-    """`kn service apply NAME ...` with a flag for every field of the manifest's Service."""
-    fields = _Fields(doc)
-    name = fields.take("metadata", "name")
-    fields.take("apiVersion")
-    fields.take("kind")
-    argv = ["kn", "service", "apply", name, "--namespace", namespace, "--image", image]
-    argv += _kn_metadata_flags(fields)
-    argv += _kn_revision_flags(fields)
-    containers = fields.take("spec", "template", "spec", "containers", default=[])
-    if len(containers) != 1:
-        raise DeployError(f"Service {name}: kn mode deploys exactly one container")
-    argv += _kn_container_flags(name, containers[0])
-    leftover = fields.leftover()
-    if leftover:
-        raise DeployError(
-            f"Service {name}: kn service apply cannot express {leftover}; deploy with --kubectl"
-        )
-    return Step(tuple(argv), comment=f"Knative Service {name} (kn service apply is idempotent).")
-
-
-def _kn_metadata_flags(fields: _Fields) -> list[str]:
-    labels = dict(fields.take("metadata", "labels", default={}))
-    visibility = labels.pop(VISIBILITY, None)
-    if visibility not in (None, "cluster-local"):
-        raise DeployError(f"label {VISIBILITY}={visibility} has no kn flag")
-    argv = ["--cluster-local"] if visibility == "cluster-local" else ["--no-cluster-local"]
-    argv += _pairs("--label-service", labels)
-    annotations = fields.take("metadata", "annotations", default={})
-    argv += _pairs("--annotation-service", annotations)
-    return argv
-
-
-def _kn_revision_flags(fields: _Fields) -> list[str]:
-    template = ("spec", "template")
-    annotations = fields.take(*template, "metadata", "annotations", default={})
-    labels = fields.take(*template, "metadata", "labels", default={})
-    argv = _pairs("--annotation-revision", annotations)
-    argv += _pairs("--label-revision", labels)
-    for key, flag in (
-        ("containerConcurrency", "--concurrency-limit"),
-        ("timeoutSeconds", "--timeout"),
-        ("serviceAccountName", "--service-account"),
-    ):
-        value = fields.take(*template, "spec", key)
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _kn_container_flags(service: str, container: Doc) -> list[str]:
-    fields = _Fields(container)
-    fields.take("name")  # kn names the container itself; the name carries no behaviour
-    fields.take("image")  # --image
-    argv = _kn_port_flags(fields)
-    argv += _kn_env_flags(service, fields)
-    for kind, flag in (("requests", "--request"), ("limits", "--limit")):
-        values = fields.take("resources", kind, default={})
-        if values:
-            argv += [flag, ",".join(f"{k}={v}" for k, v in values.items())]
-    argv += _kn_probe_flags(fields, "readinessProbe", "readiness")
-    argv += _kn_probe_flags(fields, "livenessProbe", "liveness")
-    security = fields.take("securityContext")
-    if security is not None:
-        if security != STRICT_SECURITY_CONTEXT:
-            raise DeployError(f"Service {service}: only the strict securityContext has a kn flag")
-        argv += ["--security-context", "strict"]
-    leftover = fields.leftover()
-    if leftover:
-        raise DeployError(f"Service {service}: kn service apply cannot express {leftover}")
-    return argv
-
-
-def _kn_port_flags(fields: _Fields) -> list[str]:
-    ports = fields.take("ports", default=[])
-    if not ports:
-        return []
-    if len(ports) != 1:
-        raise DeployError("kn service apply takes one container port")
-    port = ports[0]
-    name = port.pop("name", "")
-    number = port.pop("containerPort")
-    if port:
-        raise DeployError(f"container port fields {sorted(port)} have no kn flag")
-    return ["--port", f"{name}:{number}" if name else str(number)]
-
-
-def _kn_env_flags(service: str, fields: _Fields) -> list[str]:
-    argv = []
-    for env in fields.take("env", default=[]):
-        if "value" in env:
-            argv += ["--env", f"{env['name']}={env['value']}"]
-            continue
-        source = env.get("valueFrom", {})
-        for key, prefix in (("configMapKeyRef", "cm"), ("secretKeyRef", "secret")):
-            if key in source:
-                ref = source[key]
-                argv += ["--env-value-from", f"{env['name']}={prefix}:{ref['name']}:{ref['key']}"]
-                break
-        else:
-            raise DeployError(f"Service {service}: env {env['name']} has no kn flag")
-    for source in fields.take("envFrom", default=[]):
-        if "configMapRef" in source:
-            argv += ["--env-from", f"cm:{source['configMapRef']['name']}"]
-        elif "secretRef" in source:
-            argv += ["--env-from", f"secret:{source['secretRef']['name']}"]
-        else:
-            raise DeployError(f"Service {service}: envFrom {source} has no kn flag")
-    return argv
-
-
-def _kn_probe_flags(fields: _Fields, key: str, kind: str) -> list[str]:
-    probe = fields.take(key)
-    if probe is None:
-        return []
-    http = probe.pop("httpGet", None)
-    if http is None or set(http) - {"path", "port"}:
-        raise DeployError(f"{key}: only an httpGet probe (path, port) has a kn flag")
-    argv = [f"--probe-{kind}", f"http::{http.get('port', '')}:{http.get('path', '/')}"]
-    options = [f"{PROBE_OPTIONS[k]}={probe.pop(k)}" for k in list(probe) if k in PROBE_OPTIONS]
-    if probe:
-        raise DeployError(f"{key}: fields {sorted(probe)} have no kn flag")
-    if options:
-        argv += [f"--probe-{kind}-opts", ",".join(options)]
-    return argv
-
-
-# ------------------------------------------------------------------ kn: sources
-
-
-def _kn_sink(sink: manifests.SinkRef) -> str:
-    if sink.kind != "Service":
-        raise DeployError(f"sink {sink.kind}/{sink.name}: kn mode sinks into Knative Services")
-    return f"ksvc:{sink.name}"
-
-
-def _sink_patch(doc: Doc) -> Doc:
-    """The manifest's sink, with `uri` removed (null) when it has none."""
-    sink = dict(doc["spec"]["sink"])
-    return {"ref": sink.pop("ref"), "uri": sink.pop("uri", None), **sink}
-
-
-def _merge_patch(kind: str, name: str, namespace: str, patch: Doc, comment: str) -> Step:
-    return Step(
-        (
-            "kubectl",
-            "patch",
-            kind,
-            name,
-            "--namespace",
-            namespace,
-            "--type",
-            "merge",
-            "--patch",
-            json.dumps(patch, separators=(",", ":")),
-        ),
-        comment=comment,
-    )
-
-
-def _kn_kafka_source_steps(project: Project, namespace: str) -> list[Step]:
-    docs = {doc["metadata"]["name"]: doc for doc in project.of_kind("KafkaSource")}
-    steps = []
-    for source in project.wiring.kafka_sources:
-        doc = docs[source.name]
-        spec = doc["spec"]
-        create = (
-            "kn",
-            "source",
-            "kafka",
-            "create",
-            source.name,
-            "--namespace",
-            namespace,
-            *_repeat("--servers", spec["bootstrapServers"]),
-            *_repeat("--topics", source.topics),
-            "--consumergroup",
-            source.consumer_group,
-            "--sink",
-            _kn_sink(source.sink),
-        )
-        steps.append(
-            Step(
-                create,
-                unless=("kn", "source", "kafka", "describe", source.name, "--namespace", namespace),
-                comment=f"KafkaSource {source.name}: created once (its consumer group is fixed).",
-                hint="kn source kafka needs the kn plugin kn-plugin-source-kafka",
-            )
-        )
-        delivery = spec.get("delivery")
-        patch = {
-            "metadata": {"labels": doc["metadata"].get("labels", {})},
-            "spec": {
-                "topics": list(source.topics),
-                "sink": _sink_patch(doc),
-                "initialOffset": source.initial_offset,
-                "ordering": source.ordering,
-                "delivery": {**dict.fromkeys(DELIVERY_FIELDS), **delivery} if delivery else None,
-            },
-        }
-        steps.append(
-            _merge_patch(
-                "kafkasources.sources.knative.dev",
-                source.name,
-                namespace,
-                patch,
-                f"KafkaSource {source.name}: what kn cannot set or update (topics, sink path, "
-                "initialOffset, ordering, delivery) from knative/sources.yaml.",
-            )
-        )
-    return steps
-
-
-def _kn_ping_source_steps(project: Project, namespace: str) -> list[Step]:
-    docs = {doc["metadata"]["name"]: doc for doc in project.of_kind("PingSource")}
-    steps = []
-    for ping in project.wiring.ping_sources:
-        flags = (
-            "--namespace",
-            namespace,
-            "--schedule",
-            ping.schedule,
-            "--data",
-            ping.data,
-            "--sink",
-            _kn_sink(ping.sink),
-        )
-        steps.append(
-            Step(
-                ("kn", "source", "ping", "create", ping.name, *flags),
-                unless=("kn", "source", "ping", "describe", ping.name, "--namespace", namespace),
-                comment=f"PingSource {ping.name}: created when missing, then updated.",
-            )
-        )
-        steps.append(Step(("kn", "source", "ping", "update", ping.name, *flags)))
-        doc = docs[ping.name]
-        patch = {
-            "metadata": {"labels": doc["metadata"].get("labels", {})},
-            "spec": {
-                "contentType": ping.content_type or None,
-                "timezone": ping.timezone or None,
-                "sink": _sink_patch(doc),
-            },
-        }
-        steps.append(
-            _merge_patch(
-                "pingsources.sources.knative.dev",
-                ping.name,
-                namespace,
-                patch,
-                f"PingSource {ping.name}: contentType, timezone and sink path (no kn flags).",
-            )
-        )
-    return steps
-
-
-# ------------------------------------------------------------------ output and execution
-
-
-def render(steps: Sequence[Step], options: Options) -> str:
-    """The plan as a bash script: what a run would execute, in order."""
-    lines = [
-        "#!/usr/bin/env bash",
-        f"# duetide deployment ({options.mode} mode) into namespace {options.namespace}.",
-        "# Printed by scripts/deploy --dry-run; nothing was changed.",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(options.root))}",
-    ]
-    for step in steps:
-        lines.append("")
-        lines += [f"# {line}" for line in _wrap(step.comment)]
-        if step.hint:
-            lines.append(f"# If this fails: {step.hint}")
-        lines.append(step.shell())
-    lines += ["", *[f"# {line}" for line in _verification(options.namespace)]]
-    return "\n".join(lines) + "\n"
-
-
-def _wrap(text: str, width: int = 88) -> list[str]:
-    lines: list[str] = []
-    for word in text.split():
-        if lines and len(lines[-1]) + 1 + len(word) <= width:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
-    return lines
-
-
-def _verification(namespace: str) -> list[str]:
-    return [
-        "Verify (DEPLOY.md step 9):",
-        f"  kubectl get ksvc --namespace {namespace}",
-        f"  kn source list --namespace {namespace}",
-        f"  kubectl get kafkasources,pingsources,kafkasinks --namespace {namespace}",
-    ]
-
-
-Runner = Callable[[Sequence[str], str, bool], int]
-
-
-def subprocess_runner(cwd: Path) -> Runner:
-    def run(argv: Sequence[str], stdin: str, quiet: bool) -> int:
-        output = subprocess.DEVNULL if quiet else None
-        completed = subprocess.run(
-            list(argv),
-            input=stdin.encode() if stdin else None,
-            cwd=cwd,
-            stdout=output,
-            stderr=output,
-            check=False,
-        )
-        return completed.returncode
+        return Result(done.returncode, done.stdout, done.stderr)
 
     return run
 
 
-def execute(steps: Sequence[Step], runner: Runner, out: Any = sys.stdout) -> int:
-    """Run the steps in order; stop at the first failure, with its hint. 0 when all ran."""
-    for step in steps:
-        if step.comment:
-            print(f"==> {step.comment}", file=out, flush=True)
-        if step.unless and runner(step.unless, "", True) == 0:
-            print(f"    exists, not created: {shlex.join(step.argv[:5])}", file=out, flush=True)
-            continue
-        print(f"$ {shlex.join(step.argv)}", file=out, flush=True)
-        code = runner(step.argv, step.stdin, False)
-        if code != 0:
-            print(f"duetide deploy: failed (exit {code}): {shlex.join(step.argv)}", file=sys.stderr)
-            if step.hint:
-                print(f"  {step.hint}", file=sys.stderr)
-            return code
-    return 0
+# ------------------------------------------------------------------ what is deployed
 
 
-def missing_tools(steps: Sequence[Step], which: Callable[[str], str | None]) -> list[str]:
-    tools = {step.argv[0] for step in steps} | {step.unless[0] for step in steps if step.unless}
-    return sorted(tool for tool in tools if which(tool) is None)
+@dataclass(frozen=True)
+class Rendered:
+    """A kustomization as `kubectl kustomize` printed it, and its documents."""
+
+    path: str
+    text: str
+    docs: tuple[Doc, ...]
+
+    def of_kind(self, kind: str) -> list[Doc]:
+        return [doc for doc in self.docs if doc.get("kind") == kind]
+
+    def names(self, kind: str) -> list[str]:
+        return [doc["metadata"]["name"] for doc in self.of_kind(kind)]
 
 
-TOOL_HINTS = {
-    "kubectl": "install kubectl (https://kubernetes.io/docs/tasks/tools/)",
-    "kn": "install the Knative CLI kn and its plugin kn-plugin-source-kafka "
-    "(https://knative.dev/docs/client/), or deploy with --kubectl",
-}
+def render(kubectl: Kubectl, root: Path, path: str) -> Rendered:
+    """`kubectl kustomize path`; a relative path is the checkout's, else the caller's."""
+    location = Path(path)
+    if not location.is_absolute():
+        location = root / location if (root / location).exists() else location.resolve()
+    done = kubectl(["kustomize", str(location)], "")
+    if done.code != 0:
+        raise DeployError(f"kubectl kustomize {path} failed: {done.err.strip()}", code=2)
+    docs = tuple(doc for doc in yaml.safe_load_all(done.out) if isinstance(doc, dict))
+    return Rendered(path, done.out, docs)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a deployment applies, read before anything changes."""
+
+    overlay: str
+    app: Rendered
+    kafka: Rendered | None
+    namespace: str
+    secrets: tuple[str, ...]
+    secret_keys: tuple[str, ...]
+    obsolete_triggers: tuple[tuple[str, str], ...]
+    placeholders: tuple[str, ...] = field(default=())
+
+    def services(self) -> list[str]:
+        return self.app.names("Service")
+
+    def ready_resources(self) -> list[str]:
+        """What has a Ready condition, as kubectl resources: the Services, then the sources."""
+        return [
+            f"{doc['kind'].lower()}.{_group(doc)}/{doc['metadata']['name']}"
+            for kind in ("Service", "KafkaSink", "KafkaSource", "PingSource")
+            for doc in self.app.of_kind(kind)
+        ]
+
+    def config_value(self, key: str) -> str | None:
+        for doc in self.app.of_kind("ConfigMap"):
+            if key in (doc.get("data") or {}):
+                return str(doc["data"][key])
+        return None
+
+
+def _group(doc: Doc) -> str:
+    return str(doc["apiVersion"]).rpartition("/")[0]
+
+
+def read_plan(root: Path, overlay: str, kafka: str, kubectl: Kubectl) -> Plan:
+    """Render the overlay and Kafka, and check them against the local stack's wiring."""
+    wiring = manifests.load(root)  # the same manifests `duetide up` runs; raises ManifestError
+    app = render(kubectl, root, overlay)
+    kafka_docs = render(kubectl, root, kafka) if kafka else None
+    _check_same_objects(app, wiring)
+    return Plan(
+        overlay=overlay,
+        app=app,
+        kafka=kafka_docs,
+        namespace=_namespace(app),
+        secrets=tuple(sorted(_secret_names(app.docs))),
+        secret_keys=tuple(secret_keys(root)),
+        obsolete_triggers=tuple(_obsolete_triggers(root, app, wiring)),
+        placeholders=tuple(_placeholders(app)),
+    )
+
+
+def _check_same_objects(app: Rendered, wiring: manifests.Wiring) -> None:
+    """The overlay deploys the Services, Kafka sources and sinks the local stack runs."""
+    expected = {
+        "Service": set(wiring.services),
+        "KafkaSource": {s.name for s in wiring.kafka_sources},
+        "KafkaSink": set(wiring.kafka_sinks),
+    }
+    for kind, names in expected.items():
+        deployed = set(app.names(kind))
+        if deployed != names:
+            raise DeployError(
+                f"{app.path} deploys {kind} {sorted(deployed)} but the local stack reads "
+                f"{sorted(names)} from knative/",
+                code=2,
+            )
+
+
+def _namespace(app: Rendered) -> str:
+    namespaces = {doc["metadata"].get("namespace") for doc in app.docs}
+    if len(namespaces) != 1 or None in namespaces:
+        raise DeployError(
+            f"{app.path} must put every object in one namespace (kustomize's `namespace:`), "
+            f"found {sorted(str(n) for n in namespaces)}",
+            code=2,
+        )
+    return str(namespaces.pop())
+
+
+def _containers(doc: Doc) -> list[Doc]:
+    spec = doc.get("spec") or {}
+    if doc["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return list(((spec.get("template") or {}).get("spec") or {}).get("containers") or [])
+
+
+def _secret_names(docs: Iterable[Doc]) -> set[str]:
+    """Every Secret a Service's or a CronJob's containers read."""
+    names = set()
+    for doc in docs:
+        for container in _containers(doc):
+            for source in container.get("envFrom") or []:
+                if "secretRef" in source:
+                    names.add(source["secretRef"]["name"])
+            for env in container.get("env") or []:
+                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    names.add(ref["name"])
+    return names
+
+
+def secret_keys(root: Path) -> list[str]:
+    """The keys the Secret must have: the uncommented KEY= lines of its template."""
+    keys = []
+    for line in (root / SECRETS_TEMPLATE).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            keys.append(line.split("=", 1)[0])
+    return keys
+
+
+def _obsolete_triggers(
+    root: Path, app: Rendered, wiring: manifests.Wiring
+) -> list[tuple[str, str]]:
+    """The sweep's triggers the overlay does not deploy: the PingSource of knative/ or the
+    CronJob of knative/alternatives. One may be left from an earlier deployment."""
+    cronjobs = [
+        doc["metadata"]["name"]
+        for path in sorted((root / ALTERNATIVES).glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "CronJob"
+    ]
+    triggers = [("PingSource", ping.name) for ping in wiring.ping_sources]
+    triggers += [("CronJob", name) for name in cronjobs]
+    deployed = {(doc["kind"], doc["metadata"]["name"]) for doc in app.docs}
+    if not any(trigger in deployed for trigger in triggers):
+        raise DeployError(f"{app.path} deploys no trigger of the sweep: {triggers}", code=2)
+    return [trigger for trigger in triggers if trigger not in deployed]
+
+
+def _placeholders(app: Rendered) -> list[str]:
+    return sorted(
+        f"{doc['metadata']['name']}: {key}"
+        for doc in app.of_kind("ConfigMap")
+        for key, value in (doc.get("data") or {}).items()
+        if PLACEHOLDER in str(value)
+    )
+
+
+def stamped(app: Rendered, secrets_version: str) -> str:
+    """The documents with every Service's revision template annotated with the Secrets'
+    version: a rotated Secret changes the template, and Knative rolls a new revision."""
+    docs = []
+    for original in app.docs:
+        doc = copy.deepcopy(original)
+        if doc["kind"] == "Service" and _group(doc) == "serving.knative.dev":
+            metadata = doc["spec"]["template"].setdefault("metadata", {})
+            metadata.setdefault("annotations", {})[SECRETS_VERSION] = secrets_version
+        docs.append(doc)
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+# ------------------------------------------------------------------ --dry-run
+
+
+def dry_run_text(plan: Plan) -> str:
+    """The plan as comments, then every document a deployment applies, as rendered."""
+    ns = plan.namespace
+    secrets = ", ".join(plan.secrets) or "none"
+    lines = [
+        f"# scripts/deploy --dry-run {plan.overlay}: the documents a deployment applies,",
+        "# as `kubectl kustomize` renders them; nothing was changed. A run first checks",
+        f"# kubectl, the kinds the cluster serves and the Secrets ({secrets}) in {ns}, then:",
+    ]
+
+    numbers = iter(range(1, 100))
+
+    def step(*text: str) -> None:
+        lines.append(f"#   {next(numbers)}. {text[0]}")
+        lines.extend(f"#      {more}" for more in text[1:])
+
+    if plan.kafka is not None:
+        step(
+            f"kubectl apply -f - (kubectl kustomize {plan.kafka.path});",
+            "kubectl wait --for=condition=Ready: the Kafka, then every KafkaTopic",
+        )
+    step(f"kubectl apply -f - -l '{FIRST}'", "(the configuration and the migration's template)")
+    step(
+        f"kubectl create job {MIGRATION}-<UTC time> --from=cronjob/{MIGRATION} -n {ns},",
+        "watched until Complete or Failed (or a pod that cannot start); its log printed",
+    )
+    step(
+        f"kubectl apply -f - (kubectl kustomize {plan.overlay}), every Service's template",
+        f"annotated {SECRETS_VERSION}: <the Secrets' resourceVersions>",
+    )
+    for kind, name in plan.obsolete_triggers:
+        step(f"kubectl delete {kind.lower()} {name} -n {ns} --ignore-not-found (one sweep trigger)")
+    step("kubectl wait --for=condition=Ready:", *plan.ready_resources())
+    step(f"GET /healthz of every Service from a pod ({SMOKE_IMAGE})")
+    lines += [f"# NOT DEPLOYABLE: {p} still holds {PLACEHOLDER}" for p in plan.placeholders]
+    parts = ["\n".join(lines) + "\n"]
+    if plan.kafka is not None:
+        parts.append(f"# kubectl kustomize {plan.kafka.path}\n{plan.kafka.text}")
+    parts.append(f"# kubectl kustomize {plan.overlay}\n{plan.app.text}")
+    return "---\n".join(parts)
+
+
+# ------------------------------------------------------------------ a run
+
+
+@dataclass
+class Run:
+    """One deployment against the current kubectl context; every step prints what it runs."""
+
+    plan: Plan
+    kubectl: Kubectl
+    timeout: str = DEFAULT_TIMEOUT
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def run(self, args: Sequence[str], stdin: str = "", *, show: bool = True) -> Result:
+        if show:
+            self.say(f"$ kubectl {shlex.join(args)}")
+        done = self.kubectl(args, stdin)
+        if show and done.out.strip():
+            self.say(done.out.rstrip())
+        return done
+
+    def must(self, args: Sequence[str], stdin: str = "", hint: str = "") -> Result:
+        done = self.run(args, stdin)
+        if done.code != 0:
+            message = f"kubectl {shlex.join(args)} failed (exit {done.code}): {done.err.strip()}"
+            raise DeployError(f"{message}\n  {hint}" if hint else message)
+        return done
+
+    # -- before anything changes
+
+    def preflight(self) -> str:
+        """Check the cluster; the Secrets' version (their resourceVersions) when all is well."""
+        self.say("==> Checking the cluster before changing anything")
+        self._check_kinds()
+        return self._check_secrets()
+
+    def _check_kinds(self) -> None:
+        docs = list(self.plan.app.docs) + list(self.plan.kafka.docs if self.plan.kafka else [])
+        wanted: dict[str, set[str]] = {}
+        for doc in docs:
+            wanted.setdefault(doc["apiVersion"], set()).add(doc["kind"])
+        missing = []
+        for api_version, kinds in sorted(wanted.items()):
+            path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+            done = self.run(["get", "--raw", path], show=False)
+            served = set()
+            if done.code == 0:
+                served = {r["kind"] for r in json.loads(done.out).get("resources", [])}
+            elif "NotFound" not in done.err and "not find" not in done.err:
+                raise DeployError(
+                    f"cannot read the cluster's API ({path}): {done.err.strip()}\n"
+                    "  is the current kubectl context the cluster to deploy to?",
+                    code=3,
+                )
+            for kind in sorted(kinds - served):
+                group = api_version.rpartition("/")[0]
+                where = INSTALL_STEP.get(group, "")
+                missing.append(f"{kind} ({api_version})" + (f": install {where}" if where else ""))
+        if missing:
+            raise DeployError(
+                "the cluster does not serve " + "; ".join(missing) + "; nothing was changed",
+                code=3,
+            )
+
+    def _check_secrets(self) -> str:
+        ns = self.plan.namespace
+        versions = []
+        for name in self.plan.secrets:
+            done = self.run(
+                [
+                    "get",
+                    "secret",
+                    name,
+                    "--namespace",
+                    ns,
+                    "--output",
+                    SECRET_KEYS_TEMPLATE,
+                ],
+                show=False,
+            )
+            if done.code != 0:
+                raise DeployError(
+                    f"the Secret {name} is missing in namespace {ns} ({done.err.strip()}); "
+                    "nothing was changed. Create it from a filled copy of "
+                    f"{SECRETS_TEMPLATE} (DEPLOY.md step 7):\n"
+                    f"  kubectl create namespace {ns}\n"
+                    f"  kubectl create secret generic {name} --namespace {ns} "
+                    "--from-env-file=secrets.env",
+                    code=3,
+                )
+            version, *keys = done.out.split()
+            required = list(self.plan.secret_keys)
+            if self.plan.config_value("DUETIDE_AUTH") == "hs256":
+                # HS256 tokens: every pod must share one signing secret, or each would
+                # generate its own and refuse the others' tokens.
+                required.append("DUETIDE_JWT_SECRET")
+            absent = [key for key in required if key not in keys]
+            if absent:
+                raise DeployError(
+                    f"the Secret {name} in namespace {ns} has no {', '.join(absent)}; "
+                    "nothing was changed",
+                    code=3,
+                )
+            versions.append(f"{name}={version}")
+        return ",".join(versions)
+
+    # -- the deployment
+
+    def deploy(self) -> None:
+        secrets_version = self.preflight()
+        text = stamped(self.plan.app, secrets_version)
+        if self.plan.kafka is not None:
+            self._kafka(self.plan.kafka)
+        ns = self.plan.namespace
+        self.say("==> The configuration and the migration's Job template")
+        self.must(["apply", "--filename", "-", "--selector", FIRST], text)
+        self._migrate()
+        self.say(f"==> Everything in {ns} (Services stamped {SECRETS_VERSION}={secrets_version})")
+        self.must(["apply", "--filename", "-"], text)
+        for kind, name in self.plan.obsolete_triggers:
+            self.say(f"==> One sweep trigger: no {kind} {name} beside the one deployed")
+            self._delete_if_served(kind, name)
+        self.say("==> Waiting for every Service and source to be Ready")
+        self.must(self._wait_args("Ready", self.plan.ready_resources(), ns))
+        self._smoke_test()
+        self.say(f"==> duetide is deployed in namespace {ns}")
+
+    def _wait_args(self, condition: str, resources: Sequence[str], namespace: str) -> list[str]:
+        return [
+            "wait",
+            "--namespace",
+            namespace,
+            f"--for=condition={condition}",
+            f"--timeout={self.timeout}",
+            *resources,
+        ]
+
+    def _kafka(self, kafka: Rendered) -> None:
+        self.say(f"==> Kafka (Strimzi): {kafka.path}")
+        self.must(["apply", "--filename", "-"], kafka.text)
+        for kind in ("Kafka", "KafkaTopic"):
+            docs = kafka.of_kind(kind)
+            by_namespace: dict[str, list[str]] = {}
+            for doc in docs:
+                namespace = doc["metadata"].get("namespace", "default")
+                by_namespace.setdefault(namespace, []).append(
+                    f"{kind.lower()}.{_group(doc)}/{doc['metadata']['name']}"
+                )
+            for namespace, resources in by_namespace.items():
+                self.must(self._wait_args("Ready", resources, namespace))
+
+    def _migrate(self) -> None:
+        ns = self.plan.namespace
+        job = f"{MIGRATION}-{self.now():%Y%m%d-%H%M%S}"
+        self.say(f"==> Migrating the database: Job {job}")
+        self.must(["create", "job", job, f"--from=cronjob/{MIGRATION}", "--namespace", ns])
+        failure = self._await_job(job)
+        self.run(["logs", f"job/{job}", "--namespace", ns, "--all-containers"])
+        if failure:
+            raise DeployError(
+                f"the migration failed: {failure}. Nothing after it was applied; "
+                f"`kubectl describe job {job} -n {ns}` tells more"
+            )
+
+    def _await_job(self, job: str) -> str:
+        """Watch the Job until it completes (""), fails or cannot start (the reason)."""
+        ns = self.plan.namespace
+        deadline = self.clock() + _seconds(self.timeout)
+        get_job = ["get", "job", job, "--namespace", ns, "--output", "json"]
+        selector = f"batch.kubernetes.io/job-name={job}"
+        get_pods = ["get", "pods", "--namespace", ns, "--selector", selector, "--output", "json"]
+        while True:
+            done = self.run(get_job, show=False)
+            if done.code != 0:
+                return f"cannot read the Job: {done.err.strip()}"
+            status = json.loads(done.out).get("status") or {}
+            true = {
+                c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"
+            }
+            if "Complete" in true:
+                return ""
+            for kind in ("Failed", "FailureTarget"):
+                if kind in true:
+                    condition = true[kind]
+                    return f"{condition.get('reason', kind)}: {condition.get('message', '')}"
+            pods = self.run(get_pods, show=False)
+            if pods.code == 0:
+                stuck = _stuck(json.loads(pods.out))
+                if stuck:
+                    return stuck
+            if self.clock() >= deadline:
+                return f"not complete after {self.timeout}"
+            self.sleep(POLL_S)
+
+    def _delete_if_served(self, kind: str, name: str) -> None:
+        ns = self.plan.namespace
+        if kind == "PingSource":
+            probe = self.run(["get", "--raw", "/apis/sources.knative.dev/v1"], show=False)
+            served = probe.code == 0 and any(
+                r["kind"] == kind for r in json.loads(probe.out).get("resources", [])
+            )
+            if not served:
+                return  # no PingSource kind, so no PingSource to delete
+            resource = "pingsource.sources.knative.dev"
+        else:
+            resource = kind.lower()
+        self.must(["delete", resource, name, "--namespace", ns, "--ignore-not-found"])
+
+    def _smoke_test(self) -> None:
+        ns = self.plan.namespace
+        urls = [f"http://{name}.{ns}.svc.cluster.local/healthz" for name in self.plan.services()]
+        self.say("==> Smoke test: /healthz of every function, through Knative, from a pod")
+        self.must(
+            [
+                "run",
+                f"duetide-smoke-{self.now():%Y%m%d-%H%M%S}",
+                "--namespace",
+                ns,
+                "--image",
+                SMOKE_IMAGE,
+                "--restart=Never",
+                "--pod-running-timeout=5m",
+                "--rm",
+                "--attach",
+                "--quiet",
+                "--command",
+                "--",
+                "curl",
+                "--fail-early",
+                "--fail",
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "60",
+                "--retry",
+                "3",
+                "--retry-connrefused",
+                "--write-out",
+                r" %{url_effective} %{http_code}\n",
+                *urls,
+            ],
+            hint="the functions are deployed but did not answer; see DEPLOY.md step 9",
+        )
+
+
+def _stuck(pods: Doc) -> str:
+    for pod in pods.get("items") or []:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for status in statuses:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK:
+                name = pod["metadata"]["name"]
+                return f"pod {name}: {waiting['reason']}: {waiting.get('message', '')}"
+    return ""
+
+
+_DURATION = re.compile(r"^(\d+)(s|m|h)?$")
+
+
+def _seconds(timeout: str) -> float:
+    match = _DURATION.match(timeout)
+    if not match:
+        raise DeployError(f"--timeout {timeout!r}: use seconds, or a number with s, m or h", code=2)
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
 
 
 # ------------------------------------------------------------------ command line
@@ -814,28 +625,24 @@ TOOL_HINTS = {
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
         prog="scripts/deploy",
-        description="Deploy duetide to the current kubectl context (see DEPLOY.md).",
+        description="Deploy duetide to the current kubectl context from a kustomize overlay "
+        "(see DEPLOY.md).",
     )
-    mode = cli.add_mutually_exclusive_group()
-    mode.add_argument("--kn", dest="mode", action="store_const", const="kn", help="default")
-    mode.add_argument("--kubectl", dest="mode", action="store_const", const="kubectl")
-    cli.set_defaults(mode="kn")
-    cli.add_argument("--dry-run", action="store_true", help="print the commands, change nothing")
-    cli.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE)
-    cli.add_argument("--image", default="", help="image of every function and of the Job")
+    cli.add_argument(
+        "overlay",
+        nargs="?",
+        default=DEFAULT_OVERLAY,
+        help=f"the kustomization to apply (default {DEFAULT_OVERLAY}; deploy/overlays/kind "
+        "for a kind cluster)",
+    )
+    cli.add_argument("--dry-run", action="store_true", help="print the documents, change nothing")
     cli.add_argument(
         "--kafka",
-        default="kafka",
-        help="kustomization applied for Strimzi (kafka/overlays/production for three nodes)",
+        default=DEFAULT_KAFKA,
+        help="the kustomization applied for Strimzi (kafka/overlays/production for three nodes)",
     )
     cli.add_argument("--no-kafka", dest="kafka", action="store_const", const="")
-    cli.add_argument(
-        "--sweep",
-        choices=("pingsource", "cronjob"),
-        default="pingsource",
-        help="what pings the sweep: the PingSource, or the CronJob of knative/alternatives",
-    )
-    cli.add_argument("--timeout", default=DEFAULT_TIMEOUT, help="for each kubectl wait")
+    cli.add_argument("--timeout", default=DEFAULT_TIMEOUT, help="for each wait (default 600s)")
     cli.add_argument("--root", type=Path, default=None, help="the checkout (default: cwd)")
     return cli
 
@@ -852,34 +659,45 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     which: Callable[[str], str | None] = shutil.which,
-    runner: Runner | None = None,
+    kubectl: Kubectl | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> int:
     args = parser().parse_args(argv)
-    options = Options(
-        root=_root(args.root),
-        mode=args.mode,
-        namespace=args.namespace,
-        image=args.image,
-        kafka=args.kafka,
-        sweep=args.sweep,
-        timeout=args.timeout,
-    )
-    try:
-        steps = plan(options)
-    except (DeployError, manifests.ManifestError, OSError) as exc:
-        print(f"duetide deploy: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        sys.stdout.write(render(steps, options))
-        return 0
-    missing = missing_tools(steps, which)
-    if missing:
-        for tool in missing:
-            hint = TOOL_HINTS.get(tool, "")
-            print(f"duetide deploy: {tool} not found on PATH: {hint}", file=sys.stderr)
-        print("duetide deploy: nothing was changed (--dry-run prints the plan)", file=sys.stderr)
+    root = _root(args.root)
+    if which("kubectl") is None:
+        print(
+            "duetide deploy: kubectl not found on PATH: install it "
+            "(https://kubernetes.io/docs/tasks/tools/); its built-in kustomize renders the "
+            "manifests. Nothing was changed.",
+            file=sys.stderr,
+        )
         return 3
-    return execute(steps, runner or subprocess_runner(options.root))
+    kubectl = kubectl or subprocess_kubectl(root)
+    try:
+        _seconds(args.timeout)
+        plan = read_plan(root, args.overlay, args.kafka, kubectl)
+        if args.dry_run:
+            for placeholder in plan.placeholders:
+                print(f"duetide deploy: {placeholder} still holds {PLACEHOLDER}", file=sys.stderr)
+            sys.stdout.write(dry_run_text(plan))
+            return 0
+        if plan.placeholders:
+            raise DeployError(
+                f"{PLACEHOLDER} is still the value of {', '.join(plan.placeholders)}: "
+                f"set it in {plan.overlay} (its config.env); "
+                "nothing was changed",
+                code=2,
+            )
+        Run(plan, kubectl, timeout=args.timeout, sleep=sleep, clock=clock, now=now).deploy()
+    except DeployError as error:
+        print(f"duetide deploy: {error}", file=sys.stderr)
+        return error.code
+    except (manifests.ManifestError, OSError) as error:
+        print(f"duetide deploy: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
