@@ -236,12 +236,24 @@ def test_the_first_phase_is_the_configuration_and_the_migration_template(
     migration has run."""
     printed = dry_run(capsys, KIND, "--no-kafka")
     (config,) = [doc for doc in documents(printed) if doc["kind"] == "ConfigMap"]
-    with discovery_server(tmp_path) as server:
-        first = server.apply_dry_run(printed, "--selector", deploy.FIRST)
-    assert sorted(first) == [
+    expected = [
         f"configmap/{config['metadata']['name']} created (dry run)",
         f"cronjob.batch/{deploy.MIGRATION} created (dry run)",
     ]
+    with discovery_server(tmp_path) as server:
+        assert sorted(server.apply_dry_run(printed, "--selector", deploy.FIRST)) == expected
+        # DEPLOY.md's step 8 by hand: the same with kubectl's own -k.
+        by_hand = server.kubectl(
+            "apply",
+            "--dry-run=client",
+            "--validate=false",
+            "--kustomize",
+            str(REPO_ROOT / KIND),
+            "--selector",
+            deploy.FIRST,
+        )
+        assert by_hand.returncode == 0, by_hand.stderr
+        assert sorted(by_hand.stdout.splitlines()) == expected
 
 
 def test_a_configuration_change_rolls_a_new_revision_of_every_service(
@@ -643,6 +655,13 @@ def knative_documents() -> list[Doc]:
         for name in ("services.yaml", "sources.yaml")
         for doc in yaml_documents(REPO_ROOT / "knative" / name)
     ]
+
+
+def test_the_secret_template_is_the_secret_every_function_reads() -> None:
+    for doc in [*of_kind(knative_documents(), "Service").values(), migrate_template()]:
+        (container,) = containers(doc)
+        refs = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
+        assert refs == [deploy.SECRET], doc["metadata"]["name"]
 
 
 def test_migration_template_and_its_job_are_valid_for_the_cluster() -> None:

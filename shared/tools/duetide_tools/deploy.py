@@ -62,6 +62,7 @@ COMPONENT = "app.kubernetes.io/component"
 FIRST = f"{COMPONENT} in (config,migration)"
 MIGRATION = "duetide-migrate"  # the CronJob of deploy/base/migrate.yaml
 SECRETS_TEMPLATE = Path("knative") / "secrets.env.template"
+SECRET = "duetide-secrets"  # the Secret of that template, which every function reads
 ALTERNATIVES = Path("knative") / "alternatives"
 # A revision annotation: a new value is a new revision, whose pods read the Secret anew.
 SECRETS_VERSION = "duetide.dev/secrets-version"
@@ -444,8 +445,8 @@ class Run:
                     code=3,
                 )
             version, *keys = done.out.split()
-            required = list(self.plan.secret_keys)
-            if self.plan.config_value("DUETIDE_AUTH") == "hs256":
+            required = list(self.plan.secret_keys) if name == SECRET else []
+            if name == SECRET and self.plan.config_value("DUETIDE_AUTH") == "hs256":
                 # HS256 tokens: every pod must share one signing secret, or each would
                 # generate its own and refuse the others' tokens.
                 required.append("DUETIDE_JWT_SECRET")
