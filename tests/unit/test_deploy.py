@@ -215,10 +215,11 @@ def test_dry_run_output_is_valid_for_the_cluster(
         assert schema_errors(doc) == [], f"{doc['kind']}/{doc['metadata']['name']}"
 
 
+@pytest.mark.parametrize("overlay", [KIND, PRODUCTION])
 def test_dry_run_output_applies_with_kubectl(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, overlay: str
 ) -> None:
-    printed = dry_run(capsys, KIND)
+    printed = dry_run(capsys, overlay)
     expected = sorted(
         f"{doc['kind'].lower()}"
         + (f".{doc['apiVersion'].rpartition('/')[0]}" if "/" in doc["apiVersion"] else "")
