@@ -411,6 +411,13 @@ def test_a_cluster_without_the_kinds_stops_the_run_naming_what_to_install(
     assert "DEPLOY.md step 3" in error and "DEPLOY.md step 4" in error
 
 
+def test_an_unreachable_cluster_stops_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = FakeCluster(failing="get --raw")
+    assert run(cluster, KIND) == 3
+    assert cluster.changes() == []
+    assert "is the current kubectl context the cluster to deploy to?" in capsys.readouterr().err
+
+
 def test_a_placeholder_stops_a_run_but_not_a_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
     cluster = FakeCluster()
     assert run(cluster, PRODUCTION) == 2
