@@ -1,7 +1,7 @@
 # One image for the four functions; each Knative Service picks its function with the
 # environment variable FUNCTION_TARGET (tasks, recurrence, sweep or notify), and Knative
 # sets PORT. The same image runs the database migrations: `duetide-migrate` (the Job in
-# deploy/migrate-job.yaml sets it as the command).
+# deploy/base/migrate.yaml sets it as the command).
 #
 #   docker build -t ghcr.io/<you>/duetide:<version> .
 #   docker run --rm -e FUNCTION_TARGET=tasks -e PORT=8080 -p 8080:8080 ghcr.io/<you>/duetide:<version>

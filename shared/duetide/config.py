@@ -154,7 +154,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_placeholders(self) -> Settings:
-        """The manifests' templates (knative/config.yaml) hold `REPLACE-ME` values: a
+        """The deployment templates (knative/config.env, secrets.env.template) hold `REPLACE-ME`: a
         function started with one would look healthy and fail every request."""
         left = [
             (info.validation_alias if isinstance(info.validation_alias, str) else name).upper()
