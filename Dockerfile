@@ -10,6 +10,9 @@
 # builds this image and runs the migration and each function against PostgreSQL.
 
 FROM python:3.11-slim AS build
+# The classic builder keeps this stage as an untagged image; the label lets
+# scripts/image-check remove the ones earlier builds left.
+LABEL duetide.stage=build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src

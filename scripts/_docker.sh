@@ -8,10 +8,11 @@
 #                     its pid, else empty
 #   docker_stop       stops the dockerd that docker_start started, if any (call it from
 #                     the caller's EXIT trap)
-#   docker_base DIR   makes sure python:3.11-slim is in the engine: when it is not, builds a
-#                     stand-in for it (below), in DIR; BASE_NOTE then says what the base is
+#   docker_base DIR   makes sure python:3.11-slim is in the engine: when it is not, pulls
+#                     it, and where that fails builds a stand-in for it (below), in DIR;
+#                     BASE_NOTE then says what the base is
 #
-# The stand-in: this machine cannot pull from Docker Hub, so python:3.11-slim is Debian
+# The stand-in, where Docker Hub cannot be reached (this project's machines): Debian
 # bookworm (its python3 is 3.11) by debootstrap from the mirror apt uses, with
 # /usr/local/bin/python, imported with `docker import` and labelled duetide.stand-in=yes.
 # It also trusts the machine's local CAs (/usr/local/share/ca-certificates), so that pip
@@ -77,6 +78,13 @@ docker_base() {
         BASE_NOTE="$DOCKER_BASE as found in the engine"
         return 0
     fi
+    # Where the registry answers, the real one. Here it does not: the look-up of its host
+    # fails at once.
+    if timeout 600 docker pull -q "$DOCKER_BASE" >"$dir/pull.log" 2>&1; then
+        BASE_NOTE="$DOCKER_BASE, pulled"
+        return 0
+    fi
+    _docker_log "cannot pull $DOCKER_BASE: $(tail -1 "$dir/pull.log")"
     mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
         sed -n -E 's/^URIs: *(\S+).*/\1/p; s/^deb +(\[[^]]*\] +)?(\S+) +bookworm .*/\2/p' |
         grep -E '/debian/?$' | head -n1 || true)
