@@ -5,18 +5,33 @@
 #
 #   docker build -t ghcr.io/<you>/duetide:<version> .
 #   docker run --rm -e FUNCTION_TARGET=tasks -e PORT=8080 -p 8080:8080 ghcr.io/<you>/duetide:<version>
+#
+# Dependencies come from requirements.lock (scripts/lock updates it). scripts/image-check
+# builds this image and runs the migration and each function against PostgreSQL.
 
 FROM python:3.11-slim AS build
+# The classic builder keeps this stage as an untagged image; the label lets
+# scripts/image-check remove the ones earlier builds left.
+LABEL duetide.stage=build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+# The dependencies first, from the lock (scripts/lock writes it): every file checked
+# against its sha256, wheels only, so nothing unpinned is downloaded or built. This layer
+# is reused until a lock file changes.
+COPY requirements.lock requirements-build.lock ./
+RUN python -m venv /opt/duetide \
+    && /opt/duetide/bin/pip install --require-hashes --only-binary :all: --no-deps \
+        -r requirements.lock -r requirements-build.lock
 # The runtime package only (non-editable): pyproject.toml, its README and shared/duetide;
-# the developer tooling (shared/tools) stays out of the image.
+# the developer tooling (shared/tools) stays out of the image. Built with the locked
+# setuptools (no build isolation: that would fetch an unpinned one), without dependencies
+# (all locked above); `pip check` fails the build if the lock misses one.
 COPY pyproject.toml README.md ./
 COPY shared/duetide/ shared/duetide/
 # pip and setuptools only install: nothing imports them at run time (25 MB), so they go.
-RUN python -m venv /opt/duetide \
-    && /opt/duetide/bin/pip install . \
+RUN /opt/duetide/bin/pip install --no-deps --no-build-isolation . \
+    && /opt/duetide/bin/pip check \
     && /opt/duetide/bin/pip uninstall --quiet --yes pip setuptools \
     && /opt/duetide/bin/python -m compileall -q /opt/duetide/lib
 
@@ -25,6 +40,9 @@ ENV PATH=/opt/duetide/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080 \
+    # The runtime user has no passwd entry: without HOME, Docker's default is /, and
+    # anything that keeps files "in the home directory" would try to write there.
+    HOME=/tmp \
     # Local state only (the SQLite default, a generated JWT secret); production sets
     # DATABASE_URL and DUETIDE_JWT_SECRET, so nothing is written here.
     DUETIDE_HOME=/tmp/duetide

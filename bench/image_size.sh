@@ -6,19 +6,15 @@
 # split (before = 5de4446, after = 5b5896f or later), whose point is a smaller image
 # without the developer tools.
 #
-# Needs root and Debian's packages. It installs docker.io and debootstrap if missing,
-# starts dockerd if none answers (and stops it again), and, when the image
-# python:3.11-slim is not there, builds a stand-in for it: Debian bookworm (its python3
-# is 3.11) by debootstrap from the mirror apt uses, with /usr/local/bin/python. The
-# stand-in also trusts the machine's local CAs (/usr/local/share/ca-certificates), so
-# that pip inside `docker build --network host` verifies PyPI where a TLS-intercepting
-# egress proxy stands in between; nothing is added where there are none.
+# Needs root and Debian's packages: scripts/_docker.sh installs docker.io and debootstrap
+# if missing, starts dockerd if none answers (and this script stops it again), and, when
+# the image python:3.11-slim is not there, builds a Debian bookworm stand-in for it.
 #
 # Both builds run without the layer cache, a minute or two apart, each resolving its
-# dependencies from PyPI; a version that moved in between shows in the "only before/after"
-# lines. Images stay tagged duetide:img-<sha> for inspection.
-# PORT (default 18080) is the loopback port of the serve check; DOCKER_BUILDKIT defaults
-# to 0 (the classic builder: no buildx needed, --network host without entitlements).
+# dependencies from PyPI (or installing them from its requirements.lock, where it has
+# one); a version that moved in between shows in the "only before/after" lines. Images
+# stay tagged duetide:img-<sha> for inspection.
+# PORT (default 18080) is the loopback port of the serve check.
 set -euo pipefail
 
 [ $# -eq 2 ] || { echo "usage: $0 BEFORE-COMMIT AFTER-COMMIT" >&2; exit 2; }
@@ -27,14 +23,14 @@ REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 BEFORE=$(git -C "$REPO" rev-parse --short "$1^{commit}")
 AFTER=$(git -C "$REPO" rev-parse --short "$2^{commit}")
 PORT=${PORT:-18080}
-export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
-BASE=python:3.11-slim
+# shellcheck source=scripts/_docker.sh
+. "$REPO/scripts/_docker.sh"
+BASE=$DOCKER_BASE
 if curl -s -o /dev/null "http://127.0.0.1:$PORT/"; then
     echo "$0: something already answers on port $PORT (the serve check's); set PORT" >&2
     exit 2
 fi
 WORK=$(mktemp -d)
-DOCKERD_PID=""
 CONTAINER=""
 WORKTREES=()
 
@@ -43,72 +39,14 @@ log() { echo "image_size: $*" >&2; }
 cleanup() {
     if [ -n "$CONTAINER" ]; then docker rm -f "$CONTAINER" >/dev/null 2>&1 || true; fi
     for wt in "${WORKTREES[@]}"; do git -C "$REPO" worktree remove --force "$wt" || true; done
-    if [ -n "$DOCKERD_PID" ]; then
-        kill "$DOCKERD_PID" 2>/dev/null || true
-        # dockerd stops its containerd and shims before it exits.
-        for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-    fi
+    docker_stop
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-# 1. Tools and a Docker engine.
-if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
-    log "installing docker.io and debootstrap"
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null
-fi
-if ! docker info >/dev/null 2>&1; then
-    # No bridge and no iptables: every container here uses the host's network.
-    for driver in overlay2 vfs; do
-        log "starting dockerd (storage driver $driver)"
-        dockerd --storage-driver="$driver" --iptables=false --bridge=none \
-            >"$WORK/dockerd.log" 2>&1 &
-        DOCKERD_PID=$!
-        for _ in $(seq 300); do
-            docker info >/dev/null 2>&1 && break
-            kill -0 "$DOCKERD_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        docker info >/dev/null 2>&1 && break
-        kill "$DOCKERD_PID" 2>/dev/null || true
-        wait "$DOCKERD_PID" 2>/dev/null || true
-        DOCKERD_PID=""
-        tail -5 "$WORK/dockerd.log" >&2
-    done
-    docker info >/dev/null 2>&1 || { echo "image_size: dockerd did not start" >&2; exit 1; }
-fi
-
-# 2. The base image, or a Debian bookworm stand-in for it.
-BASE_NOTE="$BASE as found in the engine"
-if docker image inspect "$BASE" --format '{{index .Config.Labels "duetide.stand-in"}}' \
-    2>/dev/null | grep -q yes; then
-    BASE_NOTE="$BASE: a debootstrapped Debian bookworm stand-in (python3 3.11)"
-elif ! docker image inspect "$BASE" >/dev/null 2>&1; then
-    MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
-        sed -n -E 's/^URIs: *(\S+).*/\1/p; s/^deb +(\[[^]]*\] +)?(\S+) +bookworm .*/\2/p' |
-        grep -E '/debian/?$' | head -n1 || true)
-    MIRROR=${MIRROR:-http://deb.debian.org/debian}
-    log "building the $BASE stand-in from $MIRROR (about a minute)"
-    ROOTFS="$WORK/rootfs"
-    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-        bookworm "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
-        { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
-    ln -sf /usr/bin/python3 "$ROOTFS/usr/local/bin/python"
-    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-        cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
-        chroot "$ROOTFS" update-ca-certificates >/dev/null 2>&1
-    fi
-    # As slim as the real one: no downloaded .debs, no package lists.
-    rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/cache/apt/*.bin \
-        "$ROOTFS"/var/lib/apt/lists/*
-    tar -C "$ROOTFS" -c . | docker import \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV LANG=C.UTF-8' --change 'LABEL duetide.stand-in=yes' \
-        --change 'CMD ["python3"]' - "$BASE" >/dev/null
-    rm -rf "$ROOTFS"
-    BASE_NOTE="$BASE: a debootstrapped Debian bookworm stand-in (python3 3.11)"
-fi
+# 1. A Docker engine, and 2. the base image (or its stand-in).
+docker_start "$WORK"
+docker_base "$WORK"
 
 # 3. Build both commits from clean worktrees.
 for sha in "$BEFORE" "$AFTER"; do

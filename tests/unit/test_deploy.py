@@ -721,11 +721,21 @@ def test_image_runs_as_the_numeric_user_the_job_declares() -> None:
     assert security["runAsNonRoot"] is True
 
 
-def test_image_installs_the_package_and_the_functions() -> None:
+def test_image_installs_the_locked_dependencies_the_package_and_the_functions() -> None:
     text = dockerfile()
     assert re.findall(r"^FROM (\S+)", text, re.M) == ["python:3.11-slim", "python:3.11-slim"]
-    assert "pip install ." in text and "pip install -e" not in text
+    # Every dependency from the lock, hash-checked; the package itself adds none.
+    assert re.search(r"pip install --require-hashes .*\n.*-r requirements\.lock", text)
+    assert "pip install --no-deps --no-build-isolation ." in text
+    assert "pip install -e" not in text
     assert "COPY functions/ functions/" in text
+
+
+def test_image_gives_the_runtime_user_a_home() -> None:
+    """User 10001 has no passwd entry: without HOME, Docker's default is `/`."""
+    text = dockerfile()
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert re.search(r"^\s+HOME=/tmp \\$", text, re.M)
 
 
 def run_entrypoint(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
