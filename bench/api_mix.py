@@ -13,14 +13,18 @@ its Alembic migrations; the baseline: its SQLModel tables) and seeded alike: SEE
 open tasks for each of USERS users, a third with no tag, a third with one, a third with
 two. So every run starts from the same state.
 
-duetide runs as the image runs it: `python -m duetide.web.serve` with WORKERS=2 (uvicorn's
-supervisor and 2 worker processes on one listening socket, the closest to 2 one-process
-Knative pods on one machine) and THREADS=10 (knative/services.yaml), no Kafka
-(events stay in the outbox; the fast-path publish after a commit is not measured), and a
-write rate limit set high enough never to refuse (its counter is still written). The
-baseline: `uvicorn bench.baseline.app:app --workers 2`. Both on asyncio and h11 (neither
-uvloop nor httptools is installed), both with psycopg 3 over TLS to 127.0.0.1 (the
-server's default).
+Each app runs as 2 server processes, each on its own port, and the wrk clients are shared
+evenly between them (8 connections each): the analogue of 2 one-process Knative pods behind
+the activator, which balances requests. duetide's processes are what the image starts, a
+pod's one process (`python -m duetide.web.serve`, WORKERS=1, THREADS=10 as in
+knative/services.yaml), with no Kafka (events stay in the outbox; the fast-path publish
+after a commit is not measured) and a write rate limit high enough never to refuse (its
+counter is still written). The baseline's: `uvicorn bench.baseline.app:app`. One port
+served by 2 workers (duetide's WORKERS=2, `uvicorn --workers 2`) is not used: the workers
+share one listening socket and whichever accepts first keeps the connection, and of wrk's
+16 connections one worker got 15, 13, 10 or 8 from run to run, so the figures measured
+the split. Both apps on asyncio and h11 (neither uvloop nor httptools is installed), both
+with psycopg 3 over TLS to 127.0.0.1 (the server's default).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,7 @@ ROUNDS = int(os.environ.get("BENCH_API_MIX_ROUNDS", "3"))
 WARMUP_S = 3
 PROFILE = os.environ.get("BENCH_API_MIX_PROFILE", "1") != "0"
 PROFILE_S = 10
+RATE = 200  # py-spy samples per second
 CLIENTS, WRK_THREADS = 16, 2
 USERS, SEED_PER_USER = 20, 2000
 SEEDS = USERS * SEED_PER_USER
@@ -239,74 +245,61 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+PROCESSES = 2
+
+
 @dataclass(frozen=True)
 class Server:
-    app: str
-    base: str
-    port: int
-    pgid: int
+    """PROCESSES server processes of one app, each on its own port."""
 
-    def workers(self) -> list[int]:
-        """The worker processes: uvicorn's supervisor starts them with multiprocessing's
-        spawn (its resource tracker and the supervisor itself are left out)."""
-        return [pid for pid in group_members(self.pgid) if b"spawn_main" in _cmdline(pid)]
+    app: str
+    ports: list[int]
+    pids: list[int]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    def processes(self) -> list[int]:
+        return [member for pid in self.pids for member in group_members(pid)]
+
+
+def _command(
+    app: str, port: int, url: str, env: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """One server process of `app`: duetide as the image starts it (a Knative pod's one
+    process), the baseline as uvicorn starts it."""
+    address = ["--host", "127.0.0.1", "--port", str(port)]
+    if app == "duetide":
+        source = str(project_root() / "functions/tasks/main.py")
+        command = [sys.executable, "-m", "duetide.web.serve", "--target", "tasks",
+                   "--source", source, *address]  # fmt: skip
+        return command, dict(
+            env, DATABASE_URL=url, DUETIDE_JWT_SECRET=SECRET, WORKERS="1", THREADS="10",
+            KAFKA_BOOTSTRAP_SERVERS="", DUETIDE_WRITE_RATE_PER_MINUTE="100000000",
+            DUETIDE_LOG_LEVEL="INFO", DUETIDE_HOME=tempfile.mkdtemp(prefix="apimix-"),
+        )  # fmt: skip
+    command = [sys.executable, "-m", "uvicorn", "bench.baseline.app:app", *address,
+               "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    return command, dict(env, DATABASE_URL=url, JWT_SECRET=SECRET)
 
 
 @contextmanager
 def serving(
     app: str, database: str, env: dict[str, str], pg_port: int = PG_PORT, query: str = ""
 ) -> Iterator[Server]:
-    """`app` with 2 worker processes on `database`, answering on a loopback port."""
-    port = free_loopback_port()
+    """`app` as PROCESSES processes on `database`, each answering on its own loopback port."""
     url = pg_url(database, "postgresql+psycopg", pg_port, query)
-    if app == "duetide":
-        source = str(project_root() / "functions/tasks/main.py")
-        command = [
-            sys.executable,
-            "-m",
-            "duetide.web.serve",
-            "--target",
-            "tasks",
-            "--source",
-            source,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        env = dict(
-            env,
-            DATABASE_URL=url,
-            DUETIDE_JWT_SECRET=SECRET,
-            WORKERS="2",
-            THREADS="10",
-            KAFKA_BOOTSTRAP_SERVERS="",
-            DUETIDE_WRITE_RATE_PER_MINUTE="100000000",
-            DUETIDE_LOG_LEVEL="INFO",
-            DUETIDE_HOME=tempfile.mkdtemp(prefix="apimix-"),
-        )
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.baseline.app:app",
-            "--workers",
-            "2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        env = dict(env, DATABASE_URL=url, JWT_SECRET=SECRET)  # fmt: skip
-    log = Path(tempfile.gettempdir()) / f"apimix-{app}.log"
-    with process_group(command, env, log) as process:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base, process, f"{app} (see {log})")
-        yield Server(app, base, port, process.pid)
+    with ExitStack() as stack:
+        started = []
+        for number in range(PROCESSES):
+            port = free_loopback_port()
+            command, app_env = _command(app, port, url, env)
+            log = Path(tempfile.gettempdir()) / f"apimix-{app}-{number}.log"
+            started.append((port, stack.enter_context(process_group(command, app_env, log))))
+        for port, process in started:
+            wait_healthy(f"http://127.0.0.1:{port}", process, f"{app} (see its log in /tmp)")
+        yield Server(app, [port for port, _ in started], [p.pid for _, p in started])
 
 
 # --- the load -------------------------------------------------------------------------------
@@ -372,6 +365,9 @@ function done(summary, latency, requests)
   end
   for k, v in pairs(mix) do io.write(string.format("mix %%s %%d\\n", k, v)) end
   for k, v in pairs(answered) do io.write(string.format("status %%s %%d\\n", k, v)) end
+  for i = 1, %(quantiles)d do  -- the latency distribution, in microseconds
+    io.write(string.format("quantile %%d\\n", latency:percentile(100 * i / %(quantiles)d)))
+  end
 end
 """
 
@@ -382,16 +378,9 @@ def write_lua(path: Path, tokens: list[str]) -> None:
     path.write_text(LUA % dict(
         tokens=",".join(f'"{t}"' for t in tokens),
         ids=",\n".join(f'"{seed_id(n)}"' for n in range(1, SEEDS + 1)),
+        quantiles=QUANTILES,
         **bounds,
     ))  # fmt: skip
-
-
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * _UNITS[unit]
 
 
 @dataclass
@@ -407,26 +396,73 @@ class Load:
     mix: dict[str, int]
 
 
-def wrk(port: int, script: Path, seconds: int) -> Load:
-    out = subprocess.run(
-        ["wrk", f"-t{WRK_THREADS}", f"-c{CLIENTS}", f"-d{seconds}s", "--timeout", "10s",
-         "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=seconds + 60, check=True,
-    ).stdout  # fmt: skip
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
-    requests_ = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    failed = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(x) for x in errors.groups()) if errors else 0
-    )
-    statuses = dict(re.findall(r"^status (\d+) (\d+)$", out, re.M))
-    mix = dict(re.findall(r"^mix (\w+) (\d+)$", out, re.M))
-    return Load(
-        requests_, per_s, _ms(latency["50"]), _ms(latency["99"]), failed,
-        {k: int(v) for k, v in statuses.items()}, {k: int(v) for k, v in mix.items()},
-    )  # fmt: skip
+QUANTILES = 2000
+
+
+def wrk(ports: list[int], script: Path, seconds: int) -> Load:
+    """One wrk per server process, CLIENTS shared evenly among them, run together: each
+    process gets the same share, as a load balancer in front of pods gives it. Their
+    latency distributions are merged (each run's QUANTILES quantiles, weighted by its
+    requests), so the percentiles are of all requests, to 1/QUANTILES."""
+    command = ["wrk", "-t1", f"-c{CLIENTS // len(ports)}", f"-d{seconds}s", "--timeout", "10s",
+               "-s", str(script)]  # fmt: skip
+    runs = [
+        subprocess.Popen(
+            [*command, f"http://127.0.0.1:{port}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for port in ports
+    ]
+    outs = []
+    try:
+        for run_ in runs:
+            out, _ = run_.communicate(timeout=seconds + 60)
+            if run_.returncode:
+                raise RuntimeError(f"wrk failed: {out[-2000:]}")
+            outs.append(out)
+    finally:
+        for run_ in runs:
+            if run_.poll() is None:
+                run_.kill()
+                run_.wait()
+    return _merged(outs)
+
+
+def _merged(outs: list[str]) -> Load:
+    weights: dict[int, float] = {}
+    statuses: dict[str, int] = {}
+    mix: dict[str, int] = {}
+    requests_, per_s, failed = 0, 0.0, 0
+    for out in outs:
+        done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        requests_ += done
+        per_s += float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errors = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+        )
+        failed += int(non_2xx.group(1)) if non_2xx else 0
+        failed += sum(int(x) for x in errors.groups()) if errors else 0
+        for pattern, into in ((r"^status (\d+) (\d+)$", statuses), (r"^mix (\w+) (\d+)$", mix)):
+            for key, value in re.findall(pattern, out, re.M):
+                into[key] = into.get(key, 0) + int(value)
+        for value in re.findall(r"^quantile (\d+)$", out, re.M):
+            weights[int(value)] = weights.get(int(value), 0.0) + done / QUANTILES
+    return Load(requests_, per_s, _percentile(weights, 0.5), _percentile(weights, 0.99),
+                failed, statuses, mix)  # fmt: skip
+
+
+def _percentile(weights: dict[int, float], q: float) -> float:
+    """The q-quantile (ms) of weighted latencies in microseconds."""
+    total = sum(weights.values())
+    seen = 0.0
+    for value in sorted(weights):
+        seen += weights[value]
+        if seen >= q * total * (1 - 1e-9):
+            return value / 1000
+    return 0.0
 
 
 PGBENCH_SCRIPTS = {
@@ -536,12 +572,12 @@ def measure(system: str, templates: dict[str, str], env: dict[str, str], script:
             app_ms = None
         else:
             with serving(system, database, env) as server:  # warm-up: caches, not the pools
-                wrk(server.port, script, WARMUP_S)
+                wrk(server.ports, script, WARMUP_S)
             before = database_stats(database, postmaster)
             with serving(system, database, env) as server:
-                workers = server.workers()
+                workers = server.processes()
                 app0, pg0 = cpu_ticks(workers), postgres_cpu_ticks(postmaster)
-                load = wrk(server.port, script, SECONDS)
+                load = wrk(server.ports, script, SECONDS)
                 app1, pg1 = cpu_ticks(workers), postgres_cpu_ticks(postmaster)
             app_ms = (app1 - app0) / CLK_TCK * 1000 / max(load.requests, 1)
         after = database_stats(database, postmaster)
@@ -670,30 +706,31 @@ def token(index: int) -> str:
 
 
 def profile(template: str, env: dict[str, str], script: Path, folder: Path) -> Summary:
-    """py-spy on one duetide worker for PROFILE_S seconds while the mix runs."""
+    """py-spy on one duetide process for PROFILE_S seconds while the mix runs on both.
+
+    `--gil`: only the thread holding the GIL is sampled, so a sample is Python running
+    (or C code called with the GIL held), never a thread waiting for the database, a
+    socket or the GIL; samples / (rate x seconds) is the share of the time the GIL was
+    held. CPU spent without the GIL (TLS in libpq, the kernel) is not in it.
+    """
     database = f"{PREFIX}_duetide_profile"
     copy_of(template, database)
     output = folder / "profile.txt"
     try:
         with serving("duetide", database, env) as server:
-            wrk(server.port, script, WARMUP_S)
-            worker = server.workers()[0]
-            load = subprocess.Popen(
-                ["wrk", f"-t{WRK_THREADS}", f"-c{CLIENTS}", f"-d{PROFILE_S + 4}s", "-s",
-                 str(script), f"http://127.0.0.1:{server.port}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
+            wrk(server.ports, script, WARMUP_S)
+            with ThreadPoolExecutor(1) as load:
+                running = load.submit(wrk, server.ports, script, PROFILE_S + 4)
                 subprocess.run(
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker),
-                     "-d", str(PROFILE_S), "--rate", "200", "--format", "raw", "-o", str(output)],
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                     str(server.pids[0]), "--gil", "-d", str(PROFILE_S), "--rate", str(RATE),
+                     "--format", "raw", "-o", str(output)],
                     check=True, capture_output=True, timeout=PROFILE_S + 60,
                 )  # fmt: skip
-            finally:
-                load.wait(timeout=PROFILE_S + 60)
+                running.result()
     finally:
         drop(database)
-    return summarize(output.read_text())
+    return summarize(output.read_text(), top=25, focus=("duetide", "main"))
 
 
 # --- the scenario ---------------------------------------------------------------------------
@@ -768,7 +805,10 @@ def _statement_tables() -> str:
         return ""
     out = ["Statements per request type, through a wire-protocol tap, one request of each "
            "alone after a warm-up (`BEGIN`, `COMMIT` and `ROLLBACK` included; a round trip "
-           "is one `Sync` or simple query answered; `create` is with `due_at`):\n"]  # fmt: skip
+           "is one `Sync` or simple query answered; `create` is with `due_at`). `;` is "
+           "SQLAlchemy's `pool_pre_ping` at each checkout; psycopg forgets what it "
+           "prepared at every `ROLLBACK`, with `DEALLOCATE ALL` when it had prepared "
+           "some:\n"]  # fmt: skip
     for app, kinds in found.items():
         out.append(f"\n{app}:\n\n| request | round trips | statements | BEGIN | COMMIT | "
                    "ROLLBACK | in order |\n|---|---|---|---|---|---|---|")  # fmt: skip
@@ -792,14 +832,19 @@ def _profile_tables() -> str:
     def listing(entries: list[tuple[str, int]]) -> str:
         return "\n".join(f"| {name} | {count / samples:.1%} |" for name, count in entries)
 
+    held = found["samples"] / (RATE * PROFILE_S)
     return (
-        f"Profile: py-spy at 200 Hz on one duetide worker for {PROFILE_S} s under the mix, "
-        f"{found['samples']} on-CPU samples (idle threads left out).\n\n"
+        f"Profile: `py-spy record --gil` at {RATE} Hz on one duetide process for {PROFILE_S} s "
+        f"under the mix: {found['samples']} samples of the thread holding the GIL, so the GIL "
+        f"was held {held:.0%} of the time; shares are of those samples (Python and the C it "
+        "calls with the GIL held; not TLS in libpq or the kernel).\n\n"
         "| own time (where the CPU was), by package | share |\n|---|---|\n"
         + listing(found["own_by_package"]) + "\n\n"
         "| own time, by function | share |\n|---|---|\n" + listing(found["own"]) + "\n\n"
         "| total time (with callees), by function | share |\n|---|---|\n"
-        + listing(found["total"])
+        + listing(found["total"]) + "\n\n"
+        "| total time of duetide's functions | share |\n|---|---|\n"
+        + listing(found["total_in"])
     )  # fmt: skip
 
 
@@ -810,17 +855,18 @@ def describe() -> str:
         part
         for part in (
             (__doc__ or "").strip(),
-            f"Load: `wrk -t{WRK_THREADS} -c{CLIENTS} -d{SECONDS}s --latency` with a Lua script "
-            f"for the mix, after a {WARMUP_S} s warm-up on a server started for it; pgbench with "
+            f"Load: per server process, `wrk -t1 -c{CLIENTS // PROCESSES} -d{SECONDS}s` with a "
+            "Lua script for the mix (their latency histograms merged), on servers started for "
+            f"the run after a {WARMUP_S} s warm-up of others on the same database; pgbench with "
             f"`-c{CLIENTS} -j{WRK_THREADS} -T{SECONDS} -M prepared` and the mix as weighted "
             f"scripts ({', '.join(f'{k} {v}%' for k, v in MIX.items())}), one statement each. "
             f"{ROUNDS} rounds; who goes first rotates. Per round ratios, and their medians: "
             f"{summary or 'n/a'}.",
             "What the figures mean: the machine has 2 cores, shared by wrk (or pgbench), the "
-            "app's 2 workers and PostgreSQL, and by whatever else runs on it (see the load "
+            "app's 2 processes and PostgreSQL, and by whatever else runs on it (see the load "
             "average), so requests/s is what this box sustains with everything on it, not a "
             "server's capacity; compare within a round and use the ratios. `app CPU ms/req` is "
-            "the app's worker processes' user+system time over the run divided by the "
+            "the app's processes' user+system time over the run divided by the "
             "requests answered: the cost of a request in the app, which does not depend on "
             "how busy the machine is as much. `PG CPU ms/req` is the whole PostgreSQL "
             "server's (its other databases' work included), `commits/req`, `rollbacks/req` "

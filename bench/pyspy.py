@@ -24,6 +24,7 @@ class Summary:
     own: list[tuple[str, int]]
     total: list[tuple[str, int]]
     own_by_package: list[tuple[str, int]]
+    total_in: list[tuple[str, int]]  # functions of the `focus` packages, with callees
 
 
 def function_of(frame: str) -> str:
@@ -38,7 +39,10 @@ def package_of(frame: str) -> str:
     return path.split("/", 1)[0] if "/" in path else path.removesuffix(".py")
 
 
-def summarize(raw: str, top: int = 15) -> Summary:
+def summarize(raw: str, top: int = 15, focus: tuple[str, ...] = ()) -> Summary:
+    """The `top` functions by own and by total time, own time by package, and the `top`
+    functions by total time among those whose package is in `focus` (the application's
+    own code, which the generic frames above it would crowd out of `total`)."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     packages: Counter[str] = Counter()
@@ -56,4 +60,11 @@ def summarize(raw: str, top: int = 15) -> Summary:
         packages[package_of(frames[-1])] += count
         for name in {function_of(f) for f in frames}:
             total[name] += count
-    return Summary(samples, own.most_common(top), total.most_common(top), packages.most_common())
+    focused = Counter({name: n for name, n in total.items() if package_of(name) in focus})
+    return Summary(
+        samples,
+        own.most_common(top),
+        total.most_common(top),
+        packages.most_common(),
+        focused.most_common(top),
+    )
