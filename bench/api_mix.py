@@ -50,7 +50,7 @@ import psycopg
 import requests
 
 from bench.pgtap import Event, WireTap
-from bench.pyspy import Summary, summarize
+from bench.pyspy import summarize
 from bench.serving import wait_healthy
 from duetide.config import Settings
 from duetide.web.auth import issue_local_token
@@ -61,7 +61,7 @@ SECONDS = int(os.environ.get("BENCH_API_MIX_SECONDS", "20"))
 ROUNDS = int(os.environ.get("BENCH_API_MIX_ROUNDS", "3"))
 WARMUP_S = 3
 PROFILE = os.environ.get("BENCH_API_MIX_PROFILE", "1") != "0"
-PROFILE_S = 10
+PROFILE_S = 15
 RATE = 200  # py-spy samples per second
 CLIENTS, WRK_THREADS = 16, 2
 USERS, SEED_PER_USER = 20, 2000
@@ -705,32 +705,51 @@ def token(index: int) -> str:
 # --- the profile ----------------------------------------------------------------------------
 
 
-def profile(template: str, env: dict[str, str], script: Path, folder: Path) -> Summary:
-    """py-spy on one duetide process for PROFILE_S seconds while the mix runs on both.
+def profile(
+    app: str, template: str, env: dict[str, str], script: Path, folder: Path
+) -> dict[str, Any]:
+    """py-spy on both processes of `app` for PROFILE_S seconds while the mix runs: the
+    summary, and `requests`, those answered while py-spy ran (the run's, prorated).
 
     `--gil`: only the thread holding the GIL is sampled, so a sample is Python running
     (or C code called with the GIL held), never a thread waiting for the database, a
-    socket or the GIL; samples / (rate x seconds) is the share of the time the GIL was
-    held. CPU spent without the GIL (TLS in libpq, the kernel) is not in it.
+    socket or the GIL; samples / (rate x seconds x processes) is the share of the time
+    the GIL was held. CPU spent without the GIL (TLS in libpq, the kernel) is not in it.
     """
-    database = f"{PREFIX}_duetide_profile"
+    database = f"{PREFIX}_{app}_profile"
     copy_of(template, database)
-    output = folder / "profile.txt"
+    spy = str(Path(sys.executable).parent / "py-spy")
+    outputs = [folder / f"profile-{app}-{n}.txt" for n in range(PROCESSES)]
     try:
-        with serving("duetide", database, env) as server:
+        with serving(app, database, env) as server:
             wrk(server.ports, script, WARMUP_S)
-            with ThreadPoolExecutor(1) as load:
-                running = load.submit(wrk, server.ports, script, PROFILE_S + 4)
-                subprocess.run(
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                     str(server.pids[0]), "--gil", "-d", str(PROFILE_S), "--rate", str(RATE),
-                     "--format", "raw", "-o", str(output)],
-                    check=True, capture_output=True, timeout=PROFILE_S + 60,
-                )  # fmt: skip
-                running.result()
+            with ThreadPoolExecutor(1) as background:
+                running = background.submit(wrk, server.ports, script, PROFILE_S + 4)
+                record = [spy, "record", "--gil", "-d", str(PROFILE_S), "--rate", str(RATE),
+                          "--format", "raw"]  # fmt: skip
+                spies = [
+                    subprocess.Popen(
+                        [*record, "--pid", str(pid), "-o", str(output)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    for pid, output in zip(server.pids, outputs, strict=True)
+                ]
+                try:
+                    for spied in spies:
+                        if spied.wait(timeout=PROFILE_S + 60):
+                            raise RuntimeError("py-spy failed")
+                finally:
+                    for spied in spies:
+                        if spied.poll() is None:
+                            spied.kill()
+                            spied.wait()
+                load = running.result()
     finally:
         drop(database)
-    return summarize(output.read_text(), top=25, focus=("duetide", "main"))
+    raw = "\n".join(output.read_text() for output in outputs)
+    found = vars(summarize(raw, top=25, focus=("duetide", "main")))
+    return dict(found, requests=round(load.requests * PROFILE_S / (PROFILE_S + 4)))
 
 
 # --- the scenario ---------------------------------------------------------------------------
@@ -786,9 +805,10 @@ def run() -> list[dict[str, object]]:
             for app in ("duetide", "baseline")
         }
         if PROFILE:
-            print(f"profile of one duetide worker, {PROFILE_S} s under the mix ...", flush=True)
-            found = profile(templates["duetide"], env, script, folder)
-            _DETAILS["profile"] = vars(found)
+            _DETAILS["profile"] = {}
+            for app in ("duetide", "baseline"):
+                print(f"profile of {app}, {PROFILE_S} s under the mix ...", flush=True)
+                _DETAILS["profile"][app] = profile(app, templates[app], env, script, folder)
     finally:
         for template in templates.values():
             drop(template)
@@ -827,24 +847,48 @@ def _profile_tables() -> str:
     found = _DETAILS.get("profile")
     if not found:
         return ""
-    samples = max(found["samples"], 1)
+    ours = found["duetide"]
+
+    def ms(count: int, app: str) -> float:
+        """GIL-held milliseconds per request answered."""
+        return count / RATE * 1000 / max(found[app]["requests"], 1)
 
     def listing(entries: list[tuple[str, int]]) -> str:
-        return "\n".join(f"| {name} | {count / samples:.1%} |" for name, count in entries)
+        return "\n".join(
+            f"| {name} | {count / max(ours['samples'], 1):.1%} | {ms(count, 'duetide'):.2f} |"
+            for name, count in entries
+        )
 
-    held = found["samples"] / (RATE * PROFILE_S)
+    by_package = {app: dict(summary["own_by_package"]) for app, summary in found.items()}
+    names = sorted(
+        set(by_package["duetide"]) | set(by_package["baseline"]),
+        key=lambda n: -max(ms(by_package[a].get(n, 0), a) for a in found),
+    )
+    packages = "\n".join(
+        f"| {name} | {ms(by_package['duetide'].get(name, 0), 'duetide'):.2f} | "
+        f"{ms(by_package['baseline'].get(name, 0), 'baseline'):.2f} |"
+        for name in names
+        if max(ms(by_package[a].get(name, 0), a) for a in found) >= 0.01
+    )
+    totals = " | ".join(f"{ms(found[a]['samples'], a):.2f}" for a in ("duetide", "baseline"))
+    held = ", ".join(
+        f"{app} {summary['samples'] / (RATE * PROFILE_S * PROCESSES):.0%}"
+        for app, summary in found.items()
+    )
+    heading = "| share | GIL ms/req |\n|---|---|---|\n"
     return (
-        f"Profile: `py-spy record --gil` at {RATE} Hz on one duetide process for {PROFILE_S} s "
-        f"under the mix: {found['samples']} samples of the thread holding the GIL, so the GIL "
-        f"was held {held:.0%} of the time; shares are of those samples (Python and the C it "
-        "calls with the GIL held; not TLS in libpq or the kernel).\n\n"
-        "| own time (where the CPU was), by package | share |\n|---|---|\n"
-        + listing(found["own_by_package"]) + "\n\n"
-        "| own time, by function | share |\n|---|---|\n" + listing(found["own"]) + "\n\n"
-        "| total time (with callees), by function | share |\n|---|---|\n"
-        + listing(found["total"]) + "\n\n"
-        "| total time of duetide's functions | share |\n|---|---|\n"
-        + listing(found["total_in"])
+        f"Profile: `py-spy record --gil` at {RATE} Hz on both processes of each app for "
+        f"{PROFILE_S} s under the mix: samples of the thread holding the GIL (Python, and the "
+        "C it calls with the GIL held; not TLS in libpq, not the kernel), so wall time with "
+        "the GIL held, which on this busy machine includes a holder's waits for a core. The "
+        f"GIL was held {held} of the time. `GIL ms/req`: that time per request answered "
+        f"meanwhile ({ours['requests']} and {found['baseline']['requests']} requests).\n\n"
+        "| own time by package, GIL ms/req | duetide | baseline |\n|---|---|---|\n"
+        + packages + f"\n| all | {totals} |\n\n"
+        "| duetide: own time, by function " + heading + listing(ours["own"]) + "\n\n"
+        "| duetide: total time (with callees), by function " + heading
+        + listing(ours["total"]) + "\n\n"
+        "| duetide: total time of its own functions " + heading + listing(ours["total_in"])
     )  # fmt: skip
 
 
@@ -871,7 +915,9 @@ def describe() -> str:
             "how busy the machine is as much. `PG CPU ms/req` is the whole PostgreSQL "
             "server's (its other databases' work included), `commits/req`, `rollbacks/req` "
             "and `PG sessions` (connections opened during the measured run) come from "
-            "pg_stat_database for the run's own database. `failed`: non-2xx answers and "
+            "pg_stat_database for the run's own database; a statement sent outside a "
+            "transaction counts as a commit there (duetide's pings, psycopg's "
+            "`DEALLOCATE ALL`). `failed`: non-2xx answers and "
             "socket errors (they must be 0).",
             _statement_tables(),
             _profile_tables(),
