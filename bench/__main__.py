@@ -34,13 +34,24 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def commit() -> str:
-    """The checkout measured: its commit, marked when it has uncommitted changes."""
+    """The checkout measured: its commit, marked when it has uncommitted changes (other
+    than earlier results, which a run rewrites)."""
     root = Path(__file__).resolve().parents[1]
     head = subprocess.run(
         ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        [
+            "git",
+            "-C",
+            str(root),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)bench/results",
+        ],
         capture_output=True,
         text=True,
     ).stdout.strip()
