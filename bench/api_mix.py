@@ -372,9 +372,9 @@ end
 """
 
 
-def write_lua(path: Path, tokens: list[str]) -> None:
-    bounds = dict(create=MIX["create"], get=MIX["create"] + MIX["get"],
-                  list=MIX["create"] + MIX["get"] + MIX["list"])  # fmt: skip
+def write_lua(path: Path, tokens: list[str], mix: dict[str, int] = MIX) -> None:
+    bounds = dict(create=mix["create"], get=mix["create"] + mix["get"],
+                  list=mix["create"] + mix["get"] + mix["list"])  # fmt: skip
     path.write_text(LUA % dict(
         tokens=",".join(f'"{t}"' for t in tokens),
         ids=",\n".join(f'"{seed_id(n)}"' for n in range(1, SEEDS + 1)),
@@ -752,6 +752,39 @@ def profile(
     return dict(found, requests=round(load.requests * PROFILE_S / (PROFILE_S + 4)))
 
 
+# --- each request type alone ----------------------------------------------------------------
+
+PER_TYPE_S = int(os.environ.get("BENCH_API_MIX_PER_TYPE_SECONDS", "8"))
+
+
+def per_type(app: str, template: str, env: dict[str, str], scripts: dict[str, Path],
+             postmaster: int) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Each request type alone for PER_TYPE_S seconds on one server (after a warm-up with
+    the mix): what one request of the type costs the app and the database."""
+    database = f"{PREFIX}_{app}_per_type"
+    copy_of(template, database)
+    found: dict[str, dict[str, float]] = {}
+    try:
+        with serving(app, database, env) as server:
+            wrk(server.ports, scripts["mix"], WARMUP_S)
+            for kind in MIX:
+                processes = server.processes()
+                app0, pg0 = cpu_ticks(processes), postgres_cpu_ticks(postmaster)
+                load = wrk(server.ports, scripts[kind], PER_TYPE_S)
+                app1, pg1 = cpu_ticks(processes), postgres_cpu_ticks(postmaster)
+                per = max(load.requests, 1)
+                found[kind] = {
+                    "requests/s": round(load.per_s),
+                    "p50 ms": round(load.p50_ms, 1),
+                    "app CPU ms/req": round((app1 - app0) / CLK_TCK * 1000 / per, 2),
+                    "PG CPU ms/req": round((pg1 - pg0) / CLK_TCK * 1000 / per, 2),
+                    "failed": load.failed,
+                }
+    finally:
+        drop(database)
+    return found
+
+
 # --- the scenario ---------------------------------------------------------------------------
 
 _DETAILS: dict[str, Any] = {}
@@ -769,8 +802,13 @@ def run() -> list[dict[str, object]]:
     pythonpath = os.pathsep.join(str(p) for p in (root, root / "shared", root / "shared/tools"))
     env = dict(os.environ, PYTHONPATH=pythonpath)
     folder = Path(tempfile.mkdtemp(prefix="apimix-"))
+    tokens = [token(u) for u in range(1, USERS + 1)]
     script = folder / "mix.lua"
-    write_lua(script, [token(u) for u in range(1, USERS + 1)])
+    write_lua(script, tokens)
+    scripts = {"mix": script}
+    for kind in MIX:
+        scripts[kind] = folder / f"{kind}.lua"
+        write_lua(scripts[kind], tokens, {k: 100 if k == kind else 0 for k in MIX})
     postmaster = int(admin("SELECT pg_backend_pid()")[0][0])
     postmaster = int(_stat(postmaster)[1])  # type: ignore[index]
     print(f"api_mix: {ROUNDS} rounds of {SECONDS} s, seeding {SEEDS} tasks", flush=True)
@@ -804,6 +842,11 @@ def run() -> list[dict[str, object]]:
             app: {kind: vars(s) for kind, s in count_statements(app, templates[app], env).items()}
             for app in ("duetide", "baseline")
         }
+        _DETAILS["per_type"] = {}
+        for app in ("duetide", "baseline"):
+            print(f"{app}: each request type alone, {PER_TYPE_S} s each ...", flush=True)
+            found = per_type(app, templates[app], env, scripts, postmaster)
+            _DETAILS["per_type"][app] = found
         if PROFILE:
             _DETAILS["profile"] = {}
             for app in ("duetide", "baseline"):
@@ -841,6 +884,26 @@ def _statement_tables() -> str:
                 f"{counted.count('ROLLBACK')} | {order} |"
             )
     return "\n".join(out)
+
+
+def _per_type_table() -> str:
+    found = _DETAILS.get("per_type")
+    if not found:
+        return ""
+    lines = [
+        f"Each request type alone, {PER_TYPE_S} s each on one pair of servers after a warm-up "
+        "with the mix (creates keep adding tasks; completes hit seeded tasks, some twice):\n",
+        "| request | app | requests/s | p50 ms | app CPU ms/req | PG CPU ms/req | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind in MIX:
+        for app, kinds in found.items():
+            r = kinds[kind]
+            lines.append(
+                f"| {kind} | {app} | {r['requests/s']} | {r['p50 ms']} | "
+                f"{r['app CPU ms/req']} | {r['PG CPU ms/req']} | {r['failed']} |"
+            )
+    return "\n".join(lines)
 
 
 def _profile_tables() -> str:
@@ -919,6 +982,7 @@ def describe() -> str:
             "transaction counts as a commit there (duetide's pings, psycopg's "
             "`DEALLOCATE ALL`). `failed`: non-2xx answers and "
             "socket errors (they must be 0).",
+            _per_type_table(),
             _statement_tables(),
             _profile_tables(),
         )
