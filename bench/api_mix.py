@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -127,9 +128,12 @@ FROM generate_series(1, {SEEDS}) AS n,
 """  # fmt: skip
 
 
+TEMPLATES = {"duetide": f"{PREFIX}_duetide_seed", "baseline": f"{PREFIX}_baseline_seed"}
+
+
 def prepare_templates(env: dict[str, str]) -> dict[str, str]:
     """One seeded template database per app (pgbench uses the baseline's tables)."""
-    templates = {"duetide": f"{PREFIX}_duetide_seed", "baseline": f"{PREFIX}_baseline_seed"}
+    templates = TEMPLATES
     schema = {
         "duetide": "from duetide.storage import migrate; migrate.upgrade()",
         "baseline": "from bench.baseline.app import create_tables; create_tables()",
@@ -277,7 +281,8 @@ def _command(
         return command, dict(
             env, DATABASE_URL=url, DUETIDE_JWT_SECRET=SECRET, WORKERS="1", THREADS="10",
             KAFKA_BOOTSTRAP_SERVERS="", DUETIDE_WRITE_RATE_PER_MINUTE="100000000",
-            DUETIDE_LOG_LEVEL="INFO", DUETIDE_HOME=tempfile.mkdtemp(prefix="apimix-"),
+            DUETIDE_LOG_LEVEL="INFO",
+            DUETIDE_HOME=env.get("DUETIDE_HOME") or tempfile.mkdtemp(prefix="apimix-home-"),
         )  # fmt: skip
     command = [sys.executable, "-m", "uvicorn", "bench.baseline.app:app", *address,
                "--no-access-log", "--log-level", "warning"]  # fmt: skip
@@ -800,22 +805,21 @@ def _ratio(runs: list[Run], system: str, other: str, value: str) -> float:
 def run() -> list[dict[str, object]]:
     root = project_root()
     pythonpath = os.pathsep.join(str(p) for p in (root, root / "shared", root / "shared/tools"))
-    env = dict(os.environ, PYTHONPATH=pythonpath)
-    folder = Path(tempfile.mkdtemp(prefix="apimix-"))
-    tokens = [token(u) for u in range(1, USERS + 1)]
-    script = folder / "mix.lua"
-    write_lua(script, tokens)
-    scripts = {"mix": script}
-    for kind in MIX:
-        scripts[kind] = folder / f"{kind}.lua"
-        write_lua(scripts[kind], tokens, {k: 100 if k == kind else 0 for k in MIX})
-    postmaster = int(admin("SELECT pg_backend_pid()")[0][0])
-    postmaster = int(_stat(postmaster)[1])  # type: ignore[index]
-    print(f"api_mix: {ROUNDS} rounds of {SECONDS} s, seeding {SEEDS} tasks", flush=True)
-    templates = prepare_templates(env)
+    folder = Path(tempfile.mkdtemp(prefix="apimix-"))  # scripts, profiles, DUETIDE_HOME
+    env = dict(os.environ, PYTHONPATH=pythonpath, DUETIDE_HOME=str(folder / "home"))
     rows: list[dict[str, object]] = []
     rounds: list[list[Run]] = []
     try:
+        tokens = [token(u) for u in range(1, USERS + 1)]
+        script = folder / "mix.lua"
+        write_lua(script, tokens)
+        scripts = {"mix": script}
+        for kind in MIX:
+            scripts[kind] = folder / f"{kind}.lua"
+            write_lua(scripts[kind], tokens, {k: 100 if k == kind else 0 for k in MIX})
+        postmaster = int(_stat(int(admin("SELECT pg_backend_pid()")[0][0]))[1])  # type: ignore[index]
+        print(f"api_mix: {ROUNDS} rounds of {SECONDS} s, seeding {SEEDS} tasks", flush=True)
+        templates = prepare_templates(env)
         for number in range(1, ROUNDS + 1):
             order = SYSTEMS[number - 1 :] + SYSTEMS[: number - 1]  # who goes first rotates
             runs = []
@@ -836,7 +840,7 @@ def run() -> list[dict[str, object]]:
         _DETAILS["ratios"] = {k: [round(v, 3) for v in vs] for k, vs in ratios.items()}
         _DETAILS["median_ratios"] = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
         print(f"median ratios: {_DETAILS['median_ratios']}", flush=True)
-        _DETAILS["mix"] = rounds[-1][0].load.mix
+        _DETAILS["mix"] = {r.system: r.load.mix for r in rounds[-1]}  # as it came out
         print("statements per request type ...", flush=True)
         _DETAILS["statements"] = {
             app: {kind: vars(s) for kind, s in count_statements(app, templates[app], env).items()}
@@ -853,8 +857,9 @@ def run() -> list[dict[str, object]]:
                 print(f"profile of {app}, {PROFILE_S} s under the mix ...", flush=True)
                 _DETAILS["profile"][app] = profile(app, templates[app], env, script, folder)
     finally:
-        for template in templates.values():
+        for template in TEMPLATES.values():
             drop(template)
+        shutil.rmtree(folder, ignore_errors=True)
     return rows
 
 
