@@ -1,7 +1,7 @@
 """`scripts/bench [NAME ...]`: run benchmarks side by side with their baseline and write
-each result to bench/results/NAME.md (a table) and NAME.json (the rows), with the
-machine, the date, the commit and the load average before and after the run: a number
-measured on a busy machine says so."""
+each result to bench/results/NAME.md (a table) and NAME.json (the rows, and what a
+module's `details()` adds), with the machine, the date, the commit and the load average
+before and after the run: a number measured on a busy machine says so."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "http_edge": "GET /tasks median beside slow-body clients and 16 MiB request lines",
     "up_supervision": "duetide up: a killed child back, Ctrl-C and SIGKILL of up, all children",
     "recurrence_budget": "a sparse rule's forecasts vs GET /tasks, before and after the budgets",
+    "api_mix": "the tasks API under a create/get/list/complete mix vs FastAPI+SQLModel and pgbench",
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,13 +34,24 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def commit() -> str:
-    """The checkout measured: its commit, marked when it has uncommitted changes."""
+    """The checkout measured: its commit, marked when it has uncommitted changes (other
+    than earlier results, which a run rewrites)."""
     root = Path(__file__).resolve().parents[1]
     head = subprocess.run(
         ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        [
+            "git",
+            "-C",
+            str(root),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)bench/results",
+        ],
         capture_output=True,
         text=True,
     ).stdout.strip()
@@ -81,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": {"before": load_before, "after": load_after},
             "rows": rows,
         }
+        if hasattr(module, "details"):  # what does not fit the table: counts, profiles
+            record["details"] = module.details()
         (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = REPO_ROOT / "shared" / "duetide"
-TOOLING_ONLY = {"duetide_tools", "yaml", "requests", "croniter", "calfkit"}
+TOOLING_ONLY = {"duetide_tools", "yaml", "requests", "croniter", "calfkit", "bench", "fastapi"}
 
 
 def imported_roots(path: Path) -> set[str]:
