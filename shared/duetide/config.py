@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     duetide_publish_timeout_s: float = Field(
         2.0, gt=0, description="Bound on the fast-path publish after commit; the sweep catches up."
     )
+    duetide_db_pool_size: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="PostgreSQL connections kept per process: as many as requests run at once"
+        " (THREADS), so a busy process never opens and closes connections per request.",
+    )
     duetide_reminder_grace_s: int = Field(3600, ge=0)
     duetide_sweep_batch: int = Field(500, ge=1, le=10_000)
     duetide_allow_loopback_webhooks: bool = Field(

@@ -38,7 +38,11 @@ def make_engine(url: str) -> Engine:
         # writer can ask for BEGIN IMMEDIATE (see session_scope).
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    engine = create_engine(url, pool_size=5, max_overflow=5, hide_parameters=True)
+    # A pool as large as the requests a process runs at once: an overflow connection is
+    # closed when returned, and under load each one was a new connection (a TLS handshake
+    # and a server process) per request.
+    pool_size = get_settings().duetide_db_pool_size
+    engine = create_engine(url, pool_size=pool_size, max_overflow=5, hide_parameters=True)
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine))
     return engine
