@@ -169,7 +169,7 @@ class Settings(BaseSettings):
             if PLACEHOLDER in str(getattr(self, name))
         ]
         if left:
-            raise ValueError(f"{', '.join(left)} still hold the template's {PLACEHOLDER}")
+            raise ValueError(f"{', '.join(left)} still holds the template's {PLACEHOLDER}")
         return self
 
     @model_validator(mode="after")
@@ -274,7 +274,9 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
+        # A field's error names its variable; a check across fields names them itself.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            ": ".join(filter(None, [".".join(map(str, err["loc"])).upper(), err["msg"]]))
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None

@@ -76,7 +76,7 @@ def test_the_manifest_templates_placeholders_are_refused_by_name(monkeypatch):
 
 def test_a_value_with_the_placeholder_is_refused(monkeypatch):
     monkeypatch.setenv("DUETIDE_SMTP_HOST", "smtp.REPLACE-ME.example")
-    with pytest.raises(ConfigError, match="DUETIDE_SMTP_HOST still hold"):
+    with pytest.raises(ConfigError, match="DUETIDE_SMTP_HOST still holds"):
         get_settings()
 
 
