@@ -14,7 +14,7 @@ A measurement is one `claim_due(now, 500)` in a fresh process importing the code
 (after one warm-up claim that finds nothing), timed from the call to its return: the
 reminders claimed and their `reminder.due` rows committed to the outbox (publishing to
 Kafka is not included). Before it the due reminders are set pending again, the outbox
-emptied and both tables vacuumed and analysed. Every run must claim all 10,000 in the
+emptied and the tables vacuumed and analysed. Every run must claim all 10,000 in the
 outbox; the outbox rows of the baseline and of this branch (topic, key, type, source,
 subject and the stored JSON text of `data`) must be identical.
 
