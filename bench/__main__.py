@@ -22,6 +22,7 @@ BENCHMARKS = {
     "up_supervision": "duetide up: a killed child back, Ctrl-C and SIGKILL of up, all children",
     "recurrence_budget": "a sparse rule's forecasts vs GET /tasks, before and after the budgets",
     "api_mix": "the tasks API under a create/get/list/complete mix vs FastAPI+SQLModel and pgbench",
+    "sweep_scaling": "10,000 due reminders claimed into the outbox among 10k / 100k / 1M stored",
 }
 RESULTS = Path(__file__).parent / "results"
 

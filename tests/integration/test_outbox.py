@@ -7,6 +7,7 @@ import time
 import pytest
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
+from sqlalchemy import text
 from sqlmodel import col, select
 
 from duetide import events
@@ -100,3 +101,27 @@ def test_broker_down_keeps_events_until_it_is_back(client, alice, broker, topics
 def _all_rows() -> list[Outbox]:
     with db.session_scope() as session:
         return list(session.exec(select(Outbox)).all())
+
+
+def test_record_many_stores_what_record_stores(env):
+    """The sweep's bulk write and the one-row write store the same columns, the JSON text
+    of `data` included, on each backend; each row gets its own id, times in given order."""
+    data = {"title": 'Zahnarzt "Müller"\n\u2603', "due_at": None, "n": [1, 2.5, True]}
+    with db.session_scope() as session:
+        single = outbox.record(session, type=events.REMINDER_DUE, key="k1", data=data, source="/s")
+    with db.session_scope() as session:
+        given = [outbox.Event(events.REMINDER_DUE, "k1", data),
+                 outbox.Event(events.REMINDER_MISSED, "k2", {"x": 1})]  # fmt: skip
+        assert outbox.record_many(session, given, source="/s") == 2
+    with db.session_scope() as session:
+        rows = session.exec(select(Outbox)).all()
+        as_text = dict(session.execute(text("SELECT id, CAST(data AS TEXT) FROM outbox")).all())
+    assert len({row.id for row in rows}) == 3
+    twin, missed = (next(r for r in rows if r.id != single.id and r.key == k) for k in ("k1", "k2"))
+    fields = ["topic", "key", "type", "source", "subject", "data", "sent_at", "attempts"]
+    assert [getattr(twin, f) for f in fields] == [getattr(single, f) for f in fields]
+    assert as_text[twin.id] == as_text[single.id]
+    assert (missed.topic, missed.subject, missed.data) == (
+        outbox.topic_for(events.REMINDER_MISSED), "k2", {"x": 1}
+    )  # fmt: skip
+    assert single.created_at <= twin.created_at <= missed.created_at

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import insert
-from sqlmodel import select
+from sqlmodel import col, select
 
 from duetide import events
 from duetide.channels import webhook
@@ -353,3 +353,33 @@ def test_email_goes_through_the_smtp_relay(client, alice, env, monkeypatch):
     _confirmation, message = inbox.messages
     assert message.rcpt_tos == ["alice@example.org"]
     assert b"Subject: Reminder: Dentist" in message.content
+
+
+@pytest.mark.parametrize(
+    ("swept_at", "state", "event_type"),
+    [("2026-11-24T06:30:00+00:00", "fired", events.REMINDER_DUE),
+     ("2026-11-24T08:00:00+00:00", "missed", events.REMINDER_MISSED)],
+)  # fmt: skip
+def test_a_reminder_first_swept_after_its_quiet_hours_fires_at_their_end(
+    client, alice, env, swept_at, state, event_type
+):
+    """Quiet hours 22:00-07:00 Berlin (21:00-06:00 UTC) had passed by the first sweep:
+    the reminder's time is their end (06:00 UTC), from which grace (1 h) is counted."""
+    client.patch(
+        "/preferences",
+        json={"timezone": "Europe/Berlin", "quiet_hours": {"start": "22:00", "end": "07:00"},
+              "grace": "PT1H"},
+        headers=alice,
+    )  # fmt: skip
+    task = make_task(client, alice, reminders=[{"at": "2026-11-23T22:30:00Z"}])
+    result = sweep.claim_due(datetime.fromisoformat(swept_at), 100)
+    assert (result.fired, result.missed, result.deferred) == (
+        int(state == "fired"), int(state == "missed"), 0
+    )  # fmt: skip
+    (reminder,) = client.get(f"/tasks/{task['id']}", headers=alice).json["reminders"]
+    assert (reminder["state"], reminder["fire_at"]) == (state, "2026-11-24T06:00:00+00:00")
+    with db.session_scope() as session:
+        reminder_types = [events.REMINDER_DUE, events.REMINDER_MISSED]
+        (row,) = session.exec(select(Outbox).where(col(Outbox.type).in_(reminder_types))).all()
+    assert (row.type, row.key) == (event_type, task["id"])
+    assert row.data["scheduled_at"] == "2026-11-24T06:00:00Z"

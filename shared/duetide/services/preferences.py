@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -64,13 +64,27 @@ def locked(session: Session, owner: str) -> Preference:
     return session.exec(query.execution_options(populate_existing=True)).one()
 
 
-def grace(preference: Preference) -> timedelta:
+class Timing(Protocol):
+    """What the reminder rules read of a user's preferences: a `Preference`, or a row of
+    those columns (the sweep reads them with its claim; NULLs are the defaults)."""
+
+    @property
+    def quiet_start(self) -> str | None: ...
+
+    @property
+    def quiet_end(self) -> str | None: ...
+
+    @property
+    def grace_s(self) -> int | None: ...
+
+
+def grace(preference: Timing) -> timedelta:
     if preference.grace_s is not None:
         return timedelta(seconds=preference.grace_s)
     return timedelta(seconds=get_settings().duetide_reminder_grace_s)
 
 
-def quiet_window(preference: Preference) -> tuple[time, time] | None:
+def quiet_window(preference: Timing) -> tuple[time, time] | None:
     if not preference.quiet_start or not preference.quiet_end:
         return None
     return time.fromisoformat(preference.quiet_start), time.fromisoformat(preference.quiet_end)
