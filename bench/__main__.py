@@ -21,6 +21,7 @@ BENCHMARKS = {
     "http_edge": "GET /tasks median beside slow-body clients and 16 MiB request lines",
     "up_supervision": "duetide up: a killed child back, Ctrl-C and SIGKILL of up, all children",
     "recurrence_budget": "a sparse rule's forecasts vs GET /tasks, before and after the budgets",
+    "cold_start": "each function: launch to first 2xx and worker RSS, beside the import floor",
 }
 RESULTS = Path(__file__).parent / "results"
 
