@@ -19,7 +19,7 @@ Production-like means, here:
 
 The first request, the one a cold start in production is for (Knative holds it in the
 activator until the readiness probe passes, then sends it):
-- tasks: an authenticated `GET /tasks` (a user with 2 x ROUNDS tasks);
+- tasks: an authenticated `GET /tasks` of the user the tasks below were seeded for;
 - recurrence: `task.completed` of an occurrence whose series has no next one yet, so it
   materialises it (one series seeded per launch);
 - sweep: a PingSource ping: claim due reminders (none), relay pending rows, purge;
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jwt
 import psycopg
@@ -236,21 +236,21 @@ def _connect(port: int, process: subprocess.Popen[bytes], deadline: float) -> so
             time.sleep(0.002)
 
 
+def serve_command(code: Path, function: str, port: int) -> list[str]:
+    """The image's command line (its ENTRYPOINT), on loopback."""
+    source = str(code / "functions" / function / "main.py")
+    return [sys.executable, "-m", "duetide.web.serve", "--source", source, "--target", function,
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+
+
+def _tail(errors: IO[bytes]) -> None:
+    errors.seek(0)
+    sys.stderr.write(errors.read()[-3000:].decode(errors="replace"))
+
+
 def launch(code: Path, function: str, env: dict[str, str], call: Call) -> Sample:
     port = free_loopback_port()
-    command = [
-        sys.executable,
-        "-m",
-        "duetide.web.serve",
-        "--source",
-        str(code / "functions" / function / "main.py"),
-        "--target",
-        function,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = serve_command(code, function, port)
     with tempfile.TemporaryFile() as errors:
         start = time.perf_counter()
         process = subprocess.Popen(
@@ -271,8 +271,7 @@ def launch(code: Path, function: str, env: dict[str, str], call: Call) -> Sample
                 raise RuntimeError(f"{function}: {answer.status} {body[:300]!r}")
             return Sample(first, listening, rss)
         except Exception:
-            errors.seek(0)
-            sys.stderr.write(errors.read()[-3000:].decode(errors="replace"))
+            _tail(errors)
             raise
         finally:
             process.terminate()
@@ -342,45 +341,26 @@ def seed(code: Path, env: dict[str, str], issuer: Issuer, launches: int) -> dict
     """The first request of each launch of each function, in launch order."""
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0).isoformat()
     port = free_loopback_port()
-    command = [
-        sys.executable,
-        "-m",
-        "duetide.web.serve",
-        "--source",
-        str(code / "functions/tasks/main.py"),
-        "--target",
-        "tasks",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    process = subprocess.Popen(command, env=env, cwd=code, stdout=subprocess.DEVNULL)
+    rule = {"rrule": "FREQ=DAILY", "timezone": "UTC"}
     completed, reminded = [], []
-    try:
-        _connect(port, process, time.monotonic() + START_TIMEOUT_S).close()
-        for i in range(launches):
-            rule = {"rrule": "FREQ=DAILY", "timezone": "UTC"}
-            task = _api(
-                port,
-                issuer,
-                "POST",
-                "/tasks",
-                {"title": f"daily {i}", "due_at": tomorrow, "recurrence": rule},
-            )
-            completed.append(_api(port, issuer, "POST", f"/tasks/{task['id']}/complete"))
-            reminded.append(
-                _api(
-                    port,
-                    issuer,
-                    "POST",
-                    "/tasks",
-                    {"title": f"remind {i}", "reminders": [{"at": tomorrow}]},
-                )
-            )
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with tempfile.TemporaryFile() as errors:
+        command = serve_command(code, "tasks", port)
+        process = subprocess.Popen(command, env=env, cwd=code, stdout=subprocess.DEVNULL,
+                                   stderr=errors)  # fmt: skip
+        try:
+            _connect(port, process, time.monotonic() + START_TIMEOUT_S).close()
+            for i in range(launches):
+                daily = {"title": f"daily {i}", "due_at": tomorrow, "recurrence": rule}
+                task = _api(port, issuer, "POST", "/tasks", daily)
+                completed.append(_api(port, issuer, "POST", f"/tasks/{task['id']}/complete"))
+                remind = {"title": f"remind {i}", "reminders": [{"at": tomorrow}]}
+                reminded.append(_api(port, issuer, "POST", "/tasks", remind))
+        except Exception:
+            _tail(errors)
+            raise
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
     listing = Call("GET", "/tasks", {"Authorization": f"Bearer {issuer.token(USER)}"})
     recurrence = [
         _event(
