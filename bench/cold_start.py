@@ -31,10 +31,10 @@ imports and the app built, before any request.
 
 The import floor is `python -c "import sqlmodel, kafka, cloudevents.http, dateutil.rrule"`,
 launch to exit, in the functions' environment; its RSS is its VmRSS after those imports,
-from one more run. Every round runs the floor, then each function at BASELINE (main before
-this work, from a temporary git worktree; DUETIDE_BENCH_BASELINE, empty to skip) and at this
-checkout, in turn, on the same database; `ratio` is the median of each round's cold start /
-that round's floor, so drift of a shared machine cancels out.
+from one more run. Every round runs, for each function, the floor and then the function at
+this checkout and at BASELINE (main before this work, from a temporary git worktree;
+DUETIDE_BENCH_BASELINE, empty to skip), on the same database; `ratio` is the median of each
+launch's cold start / the floor run just before it, so drift of a shared machine cancels.
 """
 
 from __future__ import annotations
@@ -440,12 +440,15 @@ def run() -> list[dict[str, object]]:
             label: function_env(code, database_url, Path(home), issuer) for label, code in variants
         }
         calls = seed(here, envs["after"], issuer, ROUNDS * len(variants))
-        floors: list[tuple[float, float]] = []  # (wall, CPU) of each round
+        # Each function's launches follow a floor run of their own: a pair minutes apart
+        # on a shared machine would compare different loads.
+        floors: dict[str, list[tuple[float, float]]] = {f: [] for f in FUNCTIONS}
         samples: dict[tuple[str, str], list[Sample]] = {}
         for round_ in range(ROUNDS):
-            floors.append(floor(envs["after"]))
-            line = [f"floor {floors[-1][0] * 1000:.0f}"]
+            line = []
             for function in FUNCTIONS:
+                floors[function].append(floor(envs["after"]))
+                line.append(f"floor {floors[function][-1][0] * 1000:.0f}")
                 for index, (label, code) in enumerate(variants):
                     call = calls[function][round_ * len(variants) + index]
                     sample = launch(code, function, envs[label], call)
@@ -453,21 +456,27 @@ def run() -> list[dict[str, object]]:
                     line.append(f"{function}/{label.split()[0]} {sample.first_2xx_s * 1000:.0f}")
             print(f"  round {round_ + 1}/{ROUNDS} ms: " + ", ".join(line), flush=True)
         floor_rss = floor_rss_mb(envs["after"])
-    walls, cpus = [w for w, _ in floors], [c for _, c in floors]
+    every = [run for runs in floors.values() for run in runs]
+    walls, cpus = [w for w, _ in every], [c for _, c in every]
     rows: list[dict[str, object]] = [
         {"function": "import floor", "code": "-", "first 2xx ms": _ms(walls),
          "min-max ms": _range(walls), "listening ms": "-", "ratio": "1.00",
-         "CPU ms": _ms(cpus), "CPU ratio": "1.00", "RSS MB": f"{floor_rss:.1f}"}
+         "CPU ms": _ms(cpus), "CPU ratio": "1.00", "vs before": "-",
+         "RSS MB": f"{floor_rss:.1f}"}
     ]  # fmt: skip
     for function in FUNCTIONS:
+        walls = [w for w, _ in floors[function]]
+        cpus = [c for _, c in floors[function]]
         for label, _ in reversed(variants):
             got = samples[(function, label)]
             first = [s.first_2xx_s for s in got]
+            before = [s.first_2xx_s for s in samples[(function, variants[-1][0])]]
             rows.append(
                 {"function": function, "code": label, "first 2xx ms": _ms(first),
                  "min-max ms": _range(first), "listening ms": _ms([s.listening_s for s in got]),
                  "ratio": _paired_ratio(first, walls), "CPU ms": _ms([s.cpu_s for s in got]),
                  "CPU ratio": _paired_ratio([s.cpu_s for s in got], cpus),
+                 "vs before": _paired_ratio(first, before) if first != before else "-",
                  "RSS MB": f"{statistics.median(s.rss_mb for s in got):.1f}"}
             )  # fmt: skip
     return rows
@@ -493,5 +502,7 @@ def describe() -> str:
         f"\n\n{ROUNDS} rounds (BENCH_COLD_ROUNDS); medians, and the range of the first 2xx."
         " `CPU ms` is the CPU time of the serving process's threads at the first 2xx"
         " (/proc/<pid>/task/*/schedstat), the floor's from wait4: on a shared machine it moves"
-        " far less than wall time, which counts the time spent waiting for a core."
+        " less than wall time, which counts the time spent waiting for a core. `vs before` is"
+        " the median of each round's first 2xx at this checkout / at BASELINE, launched one"
+        " after the other."
     )
