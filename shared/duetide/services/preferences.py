@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, time, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -20,9 +20,11 @@ from sqlmodel import Session, select
 from duetide.channels import email, netguard, verification, webhook
 from duetide.config import get_settings
 from duetide.errors import Conflict, ValidationFailed
-from duetide.services.responses import PreferencesOut, QuietHoursOut, rfc3339
-from duetide.services.schemas import PreferencesUpdate
 from duetide.storage.models import Preference
+
+if TYPE_CHECKING:
+    from duetide.services.responses import PreferencesOut
+    from duetide.services.schemas import PreferencesUpdate
 
 
 def load(session: Session, owner: str) -> Preference:
@@ -91,6 +93,9 @@ def quiet_window(preference: Timing) -> tuple[time, time] | None:
 
 
 def preference_out(preference: Preference) -> PreferencesOut:
+    # Here, not at the top: sweep and notify use this module but no API model (cold start).
+    from duetide.services.responses import PreferencesOut, QuietHoursOut, rfc3339
+
     return PreferencesOut(
         timezone=preference.timezone,
         default_reminders=[f"PT{s}S" for s in preference.default_reminders],

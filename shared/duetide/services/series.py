@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
@@ -23,11 +24,13 @@ from sqlmodel import Session, col, select
 from duetide import events
 from duetide.errors import Conflict, NotFound, ValidationFailed
 from duetide.rules import recurrence, reminders
-from duetide.services.responses import Forecast, History, HistoryEntry, rfc3339
-from duetide.services.schemas import RecurrenceIn, SeriesUpdate
 from duetide.services.task_events import emit
 from duetide.storage.models import OccurrenceLog, Reminder, Series, Task, utcnow
 from duetide.vocabulary import PRIORITIES
+
+if TYPE_CHECKING:
+    from duetide.services.responses import Forecast, History
+    from duetide.services.schemas import RecurrenceIn, SeriesUpdate
 
 log = logging.getLogger("duetide.services.series")
 
@@ -143,6 +146,9 @@ def forecast(series: Series, count: int) -> Forecast:
     `truncated` is true when the budget (`recurrence.forecast_budget`) ran out first: the
     items are correct but fewer than asked, and the series may go on after them.
     """
+    # Here, not at the top: the recurrence function uses this module but no API model.
+    from duetide.services.responses import Forecast
+
     try:
         found = rule_of(series).preview(count)
     except recurrence.RecurrenceError as exc:
@@ -437,6 +443,8 @@ def end(session: Session, owner: str, series_id: str) -> None:
 
 def history(session: Session, owner: str, series_id: str) -> History:
     """Every occurrence so far, oldest first: completed, open, skipped or missed."""
+    from duetide.services.responses import History, HistoryEntry, rfc3339  # as in forecast()
+
     series = get_owned(session, owner, series_id)
     zone = ZoneInfo(series.timezone)
     entries = [

@@ -8,6 +8,10 @@ Two modes, chosen by DUETIDE_AUTH:
 - `hs256` (explicit opt-in; the local default): a shared secret, DUETIDE_JWT_SECRET.
 The algorithm list is fixed by the server, never taken from the token's header.
 The same verifier checks Knative's OIDC sender tokens on the event endpoints.
+
+PyJWT is imported where a token is made or checked, not with this module: it loads
+cryptography (~30 ms and ~9 MB of a cold start), which the event functions import this
+module for but use only when Knative's OIDC is on (bench/results/cold_start.md).
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from flask import Request
 
 from duetide.config import Settings, get_settings
 from duetide.errors import Unauthorized
 from duetide.storage.models import utcnow
+
+if TYPE_CHECKING:
+    import jwt
 
 MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_CHARS = 255
@@ -41,6 +47,8 @@ class Verifier:
     audience: str = ""
 
     def claims(self, token: str) -> dict[str, Any]:
+        import jwt  # on the first token checked: see the module's docstring
+
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized("the bearer token is too large")
         required = [
@@ -98,6 +106,8 @@ def usable_user_id(value: object) -> bool:
 
 @functools.cache
 def _jwks(url: str) -> jwt.PyJWKClient:
+    import jwt  # on the first token checked: see the module's docstring
+
     return jwt.PyJWKClient(
         url, cache_keys=True, lifespan=300, timeout=5, cooldown_duration=JWKS_COOLDOWN_S
     )
@@ -133,6 +143,8 @@ def event_verifier() -> Verifier | None:
 
 def issue_local_token(user: str, settings: Settings | None = None) -> str:
     """An HS256 token for `user`, for local development and tests."""
+    import jwt  # local tokens only: see the module's docstring
+
     settings = settings or get_settings()
     now = utcnow()
     claims = {"sub": user, "iat": now, "nbf": now, "exp": now + LOCAL_TOKEN_TTL}
