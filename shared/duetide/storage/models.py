@@ -201,7 +201,10 @@ class Reminder(SQLModel, table=True):
     """A reminder of a task: absolute (`at`) or relative (`before_due_s`)."""
 
     __tablename__ = "reminder"
-    __table_args__ = (Index("ix_reminder_due", "state", "fire_at"),)
+    __table_args__ = (
+        Index("ix_reminder_due", "state", "fire_at"),
+        Index("ix_reminder_task_id", "task_id"),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     owner: str = _owner()
