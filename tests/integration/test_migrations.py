@@ -110,3 +110,22 @@ def test_0006_splits_command_keys_into_user_and_source_and_goes_down(empty_datab
         assert key == ["consumer", "source", "event_id"]
     finally:
         engine.dispose()
+
+
+def test_the_migrations_build_exactly_the_tables_the_models_declare(empty_database: str):
+    """A column, index or constraint added to storage/models.py without its migration (or
+    the other way round) shows here, not in production."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    import duetide.storage.models  # noqa: F401  (the tables, registered on SQLModel.metadata)
+
+    migrate.upgrade(empty_database)
+    engine = create_engine(empty_database)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection)
+            assert compare_metadata(context, SQLModel.metadata) == []
+    finally:
+        engine.dispose()
