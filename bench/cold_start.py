@@ -62,6 +62,7 @@ import jwt
 import psycopg
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench.serving import checkout
 from duetide import events
 from duetide.storage import migrate
 from duetide_tools.local.broker import free_loopback_port
@@ -162,26 +163,6 @@ def postgres_schema() -> Iterator[str]:
     finally:
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@contextmanager
-def baseline_checkout() -> Iterator[Path]:
-    """BASELINE in a temporary git worktree (removed afterwards)."""
-    root = project_root()
-    where = Path(tempfile.mkdtemp(prefix="duetide-bench-cold-")) / "baseline"
-    subprocess.run(
-        ["git", "-C", str(root), "worktree", "add", "--detach", str(where), BASELINE],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield where
-    finally:
-        subprocess.run(
-            ["git", "-C", str(root), "worktree", "remove", "--force", str(where)],
-            check=False,
-            capture_output=True,
-        )
 
 
 def compile_bytecode(code: Path) -> None:
@@ -431,7 +412,7 @@ def run() -> list[dict[str, object]]:
         postgres_schema() as database_url,
         jwks_served(Issuer()) as issuer,
         tempfile.TemporaryDirectory(prefix="duetide-bench-cold-home-") as home,
-        baseline_checkout() if BASELINE else _no_checkout() as baseline,
+        checkout(BASELINE, "baseline") if BASELINE else _no_checkout() as baseline,
     ):
         variants = [("after", here)] + ([(f"before ({BASELINE})", baseline)] if baseline else [])
         for _, code in variants:

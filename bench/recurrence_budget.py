@@ -30,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from bench.serving import wait_healthy
+from bench.serving import checkout, wait_healthy
 from duetide.config import get_settings
 from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import free_loopback_port
@@ -44,20 +44,6 @@ PROBE_TIMEOUT_S = 5.0
 
 
 BASELINE = os.environ.get("DUETIDE_BENCH_BASELINE", "a8f1cb3")
-
-
-@contextmanager
-def main_checkout() -> Iterator[Path]:
-    """The baseline commit in a temporary worktree (removed afterwards)."""
-    root = project_root()
-    where = Path(tempfile.mkdtemp(prefix="duetide-bench-main-")) / "main"
-    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(where), BASELINE],
-                   check=True, capture_output=True)  # fmt: skip
-    try:
-        yield where
-    finally:
-        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(where)],
-                       check=False, capture_output=True)  # fmt: skip
 
 
 def _env(code: Path, home: Path) -> dict[str, str]:
@@ -217,7 +203,7 @@ def calibration() -> dict[str, str]:
 def run() -> list[dict[str, object]]:
     os.environ["DUETIDE_JWT_SECRET"] = SECRET
     get_settings.cache_clear()
-    with main_checkout() as main:
+    with checkout(BASELINE, "main") as main:
         before = measure(main, "main")
     after = measure(project_root(), "branch")
     rows: list[dict[str, object]] = [

@@ -30,7 +30,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from typing import Any
 
 import psycopg
 
+from bench.serving import checkout
 from duetide.storage import migrate
 from duetide_tools.local.stack import project_root
 
@@ -186,20 +186,6 @@ def measure(code: Path, url: str) -> dict[str, Any]:
     return result
 
 
-@contextmanager
-def baseline_checkout() -> Iterator[Path]:
-    """The baseline commit in a temporary worktree (removed afterwards)."""
-    root = project_root()
-    where = Path(tempfile.mkdtemp(prefix="duetide-bench-sweep-")) / "baseline"
-    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(where), BASELINE],
-                   check=True, capture_output=True)  # fmt: skip
-    try:
-        yield where
-    finally:
-        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(where)],
-                       check=False, capture_output=True)  # fmt: skip
-
-
 def _progress(message: str) -> None:
     print(f"  [{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -212,7 +198,7 @@ def run() -> list[dict[str, object]]:
     sides = {"baseline": Path(), "branch": project_root()}
     times: dict[tuple[int, str], list[float]] = {}
     batches: dict[tuple[int, str], int] = {}
-    with baseline_checkout() as base, bench_database() as url:
+    with checkout(BASELINE, "baseline") as base, bench_database() as url:
         sides["baseline"] = base
         stored = 0
         for size in SIZES:
