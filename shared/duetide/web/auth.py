@@ -90,6 +90,8 @@ class Verifier:
         only picks the verifier, which then checks everything."""
         if not self.audience or len(token) > MAX_TOKEN_BYTES:
             return False
+        import jwt  # on the first token checked: see the module's docstring
+
         try:
             audience = jwt.decode(token, options={"verify_signature": False}).get("aud")
         except jwt.PyJWTError:
