@@ -24,6 +24,7 @@ BENCHMARKS = {
     "api_mix": "the tasks API under a create/get/list/complete mix vs FastAPI+SQLModel and pgbench",
     "sweep_scaling": "10,000 due reminders claimed into the outbox among 10k / 100k / 1M stored",
     "cold_start": "each function: launch to first 2xx and worker RSS, beside the import floor",
+    "pipeline": "complete -> next occurrence at fixed rates on the local stack vs raw Kafka",
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -29,16 +29,26 @@ process restart:
   a daemon thread: `close(timeout)` flushes first, and a flush that times out raises and
   leaves the producer's I/O thread running; given the delivery timeout, every pending
   record has completed (acked or expired) and the close finishes.
-- All broker I/O runs on a short-lived worker thread, one send at a time. The fast path
-  never queues behind it: while a send is under way or the breaker is open it returns at
-  once and leaves its rows to the relay, else it waits for its own send at most
-  `duetide_publish_timeout_s` and holds no database connection meanwhile. The relay waits
-  for its turn and ignores the breaker: it is the probe that finds the broker back, and
-  a send that succeeds closes the breaker.
+- Sends share the process's one producer and run side by side, each on a short-lived
+  worker thread (kafka-python's producer is thread-safe): with `linger_ms=0` and one
+  request in flight per connection, what requests send while a produce request is out
+  goes in the next one, so concurrent requests batch themselves instead of waiting in
+  line. (One send at a time made every request that found a send under way leave its
+  events to the next sweep, a minute later on the default schedule: at 50 completions/s
+  that was most of them, `scripts/bench pipeline`.) The fast path waits for its own
+  send at most `duetide_publish_timeout_s` and holds no database connection meanwhile;
+  it never waits behind a producer being built (a broker that does not answer its
+  bootstrap) nor while the breaker is open: it returns at once and leaves its rows to
+  the relay. Rows skipped while a producer was being built (the concurrent first
+  requests of a process started from zero) are sent by the next fast path that
+  succeeds, not left for the next sweep. The relay waits for a producer being built
+  and ignores the breaker: it is the probe that finds the broker back, and a send that
+  succeeds closes the breaker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -65,6 +75,9 @@ log = logging.getLogger("duetide.storage.outbox")
 # After a failed send the fast path stays off this long (or until a relay succeeds);
 # the sweep relays regardless.
 BREAKER_S = 10.0
+# Row ids kept for the next fast path while a producer is being built; more wait for
+# the relay.
+MAX_DEFERRED = 1000
 
 
 def topic_for(event_type: str) -> str:
@@ -200,8 +213,8 @@ def _close_quietly(producer: Any, timeout_s: float) -> None:
 class Publisher:
     """One producer per process (acks=all, not idempotent), created lazily, with a breaker.
 
-    `_sending` is held for one send, from the caller that starts it until its worker
-    thread ends; request threads only ever try it without waiting.
+    `_connecting` is held while the producer is built; request threads only ever try it
+    without waiting. `_active` counts the sends under way (their worker threads).
     """
 
     def __init__(self, bootstrap_servers: str, timeout_s: float):
@@ -211,12 +224,15 @@ class Publisher:
         self._request_timeout_ms = max(timeout_ms, 1000)
         self._delivery_timeout_ms = max(timeout_ms * 2, 5000)
         # A send's steps are each bounded by timeout_s: bootstrap, the metadata of each of
-        # the two topics, the flush. The relay waits that long for its turn and its send.
+        # the two topics, the acks. The relay waits that long for its send.
         self.send_bound_s = 4 * timeout_s + 1.0
         self._close_grace_s = (self._delivery_timeout_ms + self._request_timeout_ms) / 1000
         self._producer: Any = None
         self._open_until = 0.0
-        self._sending = threading.Lock()
+        self._connecting = threading.Lock()
+        self._active = 0
+        self._idle = threading.Condition()
+        self._deferred: list[str] = []  # guarded by _idle's lock
 
     @property
     def available(self) -> bool:
@@ -226,52 +242,60 @@ class Publisher:
     @property
     def busy(self) -> bool:
         """A send is under way (its worker may be waiting for the broker)."""
-        return self._sending.locked()
+        with self._idle:
+            return self._active > 0
 
     def try_send(self, rows: Iterable[Outbox]) -> list[str]:
-        """The fast path: send now unless busy or the breaker is open; wait <= timeout_s.
-
-        Returns the ids the broker acknowledged in time; the others wait for the relay.
-        """
+        """The fast path: send now unless the breaker is open or a producer is being
+        built; wait <= timeout_s. Returns the ids the broker acknowledged in time; the
+        others wait for the relay."""
         records = _records(rows)
-        if not records or not self.available or not self._sending.acquire(blocking=False):
+        if not records or not self.available:
             return []
-        return self._start(records, wait_s=self.timeout_s)
+        if self._producer is None and self._connecting.locked():
+            with self._idle:
+                room = MAX_DEFERRED - len(self._deferred)
+                self._deferred.extend(record.row_id for record in records[:room])
+            return []
+        return self._start(records, wait_s=self.timeout_s, wait_for_connect=False)
+
+    def take_deferred(self) -> list[str]:
+        """The ids `try_send` skipped while a producer was being built (and forgets them)."""
+        with self._idle:
+            ids, self._deferred = self._deferred, []
+        return ids
 
     def send(self, rows: Iterable[Outbox]) -> list[str]:
-        """The relay path: wait for the turn, then send even if the breaker is open."""
+        """The relay path: send even if the breaker is open, waiting for a producer
+        being built."""
         records = _records(rows)
         if not records:
             return []
-        if not self._sending.acquire(timeout=self.send_bound_s):
-            log.warning("publish skipped, an earlier send is still running")
-            return []
-        return self._start(records, wait_s=self.send_bound_s)
-
-    def wait_idle(self) -> None:
-        """Wait (bounded) until no send is under way, e.g. before taking database locks."""
-        if self._sending.acquire(timeout=self.send_bound_s):
-            self._sending.release()
+        return self._start(records, wait_s=self.send_bound_s, wait_for_connect=True)
 
     def close(self) -> None:
-        """Close the producer (tests, shutdown) once a running send is over (bounded)."""
-        acquired = self._sending.acquire(timeout=self.send_bound_s)
+        """Close the producer (tests, shutdown) once the sends under way are over (bounded)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, timeout=self.send_bound_s)
         producer, self._producer = self._producer, None
-        if acquired:
-            self._sending.release()
         if producer is not None:
             _close_quietly(producer, self._close_grace_s)
 
-    def _start(self, records: list[_Record], wait_s: float) -> list[str]:
-        """Send on a worker thread (the caller holds `_sending`; the worker releases it)."""
+    def _start(self, records: list[_Record], wait_s: float, wait_for_connect: bool) -> list[str]:
+        """Send on a worker thread; the caller waits at most `wait_s` for its acks."""
         done: Future[list[str]] = Future()
         worker = threading.Thread(
-            target=self._work, args=(records, done), name="duetide-publish", daemon=True
+            target=self._work,
+            args=(records, done, wait_for_connect),
+            name="duetide-publish",
+            daemon=True,
         )
+        with self._idle:
+            self._active += 1
         try:
             worker.start()
         except BaseException:
-            self._sending.release()
+            self._ended()
             raise
         try:
             return done.result(timeout=wait_s)
@@ -279,48 +303,76 @@ class Publisher:
             log.warning("publish still running after %g s, events stay pending", wait_s)
             return []
 
-    def _work(self, records: list[_Record], done: Future[list[str]]) -> None:
+    def _ended(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def _work(
+        self, records: list[_Record], done: Future[list[str]], wait_for_connect: bool
+    ) -> None:
         try:
-            acked = self._deliver(records)
+            acked = self._deliver(records, wait_for_connect)
         finally:
-            self._sending.release()
+            self._ended()
         done.set_result(acked)
 
-    def _deliver(self, records: list[_Record]) -> list[str]:
-        """Send in order and wait for the acks; any failure discards the producer."""
-        futures: list[tuple[str, Any]] = []
-        failure: BaseException | None = None
+    def _producer_for_send(self, wait_for_connect: bool) -> Any:
+        """The standing producer, built first if there is none (None: another thread is
+        building it and this send does not wait)."""
+        producer = self._producer
+        if producer is not None:
+            return producer
+        if not self._connecting.acquire(timeout=self.send_bound_s if wait_for_connect else 0):
+            return None
         try:
             if self._producer is None:
                 self._producer = self._connect()
+            return self._producer
+        finally:
+            self._connecting.release()
+
+    def _deliver(self, records: list[_Record], wait_for_connect: bool) -> list[str]:
+        """Send and wait for this send's acks; any failure discards the producer."""
+        futures: list[tuple[str, Any]] = []
+        failure: BaseException | None = None
+        producer: Any = None
+        try:
+            producer = self._producer_for_send(wait_for_connect)
+            if producer is None:
+                return []
             for record in records:
-                future = self._producer.send(record.topic, record.value, record.key, record.headers)
+                future = producer.send(record.topic, record.value, record.key, record.headers)
                 futures.append((record.row_id, future))
-            self._producer.flush(timeout=self.timeout_s)  # all futures are done after it
+            deadline = time.monotonic() + self.timeout_s
+            for _, future in futures:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # any broker trouble: unacked rows stay for the relay
             failure = exc
         acked = [row_id for row_id, future in futures if future.succeeded()]
-        if failure is None and len(acked) < len(records):
-            failed = (future.exception for _, future in futures if future.failed())
-            failure = next(failed, None) or TimeoutError("not acknowledged")
         if failure is None:
             self._open_until = 0.0
         else:
-            self._discard(failure, len(records) - len(acked))
+            self._discard(producer, failure, len(records) - len(acked))
         return acked
 
-    def _discard(self, failure: BaseException, unacked: int) -> None:
-        """Open the breaker and drop the producer; the next send builds a fresh one."""
+    def _discard(self, producer: Any, failure: BaseException, unacked: int) -> None:
+        """Open the breaker and drop the producer; the next send builds a fresh one.
+
+        Sends that shared it fail too and come here with the same producer: only the
+        first closes it."""
         self._open_until = time.monotonic() + BREAKER_S
-        producer, self._producer = self._producer, None
         log.warning("publish failed, %d events stay pending: %s", unacked, type(failure).__name__)
-        if producer is not None:
-            threading.Thread(
-                target=_close_quietly,
-                args=(producer, self._close_grace_s),
-                name="duetide-publish-close",
-                daemon=True,
-            ).start()
+        with self._connecting if producer is not None else contextlib.nullcontext():
+            if producer is None or self._producer is not producer:
+                return
+            self._producer = None
+        threading.Thread(
+            target=_close_quietly,
+            args=(producer, self._close_grace_s),
+            name="duetide-publish-close",
+            daemon=True,
+        ).start()
 
     def _connect(self) -> Any:
         from kafka import KafkaProducer  # imported on first publish: a cold start need not
@@ -380,16 +432,27 @@ def requeue_sent_since(since: datetime, engine: Engine | None = None) -> int:
 
 
 def publish_after_commit(ids: list[str]) -> int:
-    """The fast path: send just-committed rows now, unless the publisher is busy or off.
+    """The fast path: send just-committed rows now, unless the breaker is open or the
+    producer is being built by another request (`Publisher.try_send`).
 
     Best effort: the change is committed and its answer must say so, so database
     trouble here (reading the rows, marking them sent) is logged and left to the relay,
     which re-sends any row not marked, with the same `ce_id`. The broker is waited for
     at most `duetide_publish_timeout_s`, with no database connection held meanwhile.
+    A send that succeeds also sends the rows skipped while the producer was being built.
     """
     publisher = get_publisher()
-    if publisher is None or not ids or not publisher.available or publisher.busy:
+    if publisher is None or not ids or not publisher.available:
         return 0
+    sent = _publish(publisher, ids)
+    if sent:
+        deferred = publisher.take_deferred()
+        if deferred:
+            sent += _publish(publisher, deferred)
+    return sent
+
+
+def _publish(publisher: Publisher, ids: list[str]) -> int:
     try:
         with db.session_scope(read_only=True) as session:
             rows = session.exec(
@@ -413,12 +476,10 @@ def relay_pending(limit: int = 500) -> int:
     On PostgreSQL rows are locked with SKIP LOCKED, so concurrent relays share the
     work instead of sending the same rows twice; SQLite takes its write lock at BEGIN
     (a read that later writes would fail once another writer committed in between).
-    A send under way (a request's fast path) is waited for before those locks are taken.
     """
     publisher = get_publisher()
     if publisher is None:
         return 0
-    publisher.wait_idle()
     with db.session_scope() as session:
         rows = session.exec(
             select(Outbox)
