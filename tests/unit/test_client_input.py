@@ -12,11 +12,14 @@ from duetide_tools.client.errors import UsageError
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # Wednesday 2 December 2026, 13:00 in Berlin (12:00 UTC).
-NOW = datetime(2026, 12, 2, 13, 0, tzinfo=BERLIN)
+NOW = datetime(2026, 12, 2, 13, 0, 0, 987654, tzinfo=BERLIN)
+FRACTION = timedelta(microseconds=987654)
 
 
-def local(*parts: int, zone: ZoneInfo = BERLIN) -> datetime:
-    return datetime(*parts, tzinfo=zone)
+def local(
+    year: int, month: int, day: int, hour: int, minute: int, zone: ZoneInfo = BERLIN
+) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=zone)
 
 
 @pytest.mark.parametrize(
@@ -32,9 +35,9 @@ def local(*parts: int, zone: ZoneInfo = BERLIN) -> datetime:
         # Today is a Wednesday: its 18:00 is still ahead, its 09:00 is not.
         ("wed 18:00", local(2026, 12, 2, 18, 0)),
         ("wednesday", local(2026, 12, 9, 9, 0)),
-        ("in 2h", NOW + timedelta(hours=2)),
-        ("in 90 minutes", NOW + timedelta(minutes=90)),
-        ("in 3 days", NOW + timedelta(days=3)),
+        ("in 2h", NOW - FRACTION + timedelta(hours=2)),  # whole seconds
+        ("in 90 minutes", NOW - FRACTION + timedelta(minutes=90)),
+        ("in 3 days", NOW - FRACTION + timedelta(days=3)),
         ("2026-12-24", local(2026, 12, 24, 9, 0)),
         ("2026-12-24T18:00", local(2026, 12, 24, 18, 0)),
         ("2026-12-24 18:00", local(2026, 12, 24, 18, 0)),

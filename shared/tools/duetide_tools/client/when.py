@@ -102,6 +102,7 @@ def due(text: str, now: datetime, zone: tzinfo) -> datetime:
     from today on whose time is still ahead.
     """
     value = " ".join(text.strip().lower().split())
+    now = now.replace(microsecond=0)
     local_now = now.astimezone(zone)
     if value.startswith("in "):
         return now + duration(value[3:])
