@@ -332,6 +332,9 @@ def test_connection_refused_names_the_url_and_scripts_up(
     ran = cli("task", "ls")
     assert ran.code == 1
     assert url in ran.err and "connection refused" in ran.err and "scripts/up" in ran.err
+    monkeypatch.setenv("DUETIDE_URL", url.removeprefix("http://"))
+    schemeless = cli("task", "ls")
+    assert schemeless.code == 2 and "must start with http://" in schemeless.err
 
 
 def test_login_checks_then_saves_a_private_file_that_commands_use(

@@ -20,8 +20,6 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 class Target:
     url: str
     token: str
-    source: str
-    """Where the token came from, for messages: "DUETIDE_TOKEN" or the file's path."""
 
 
 def config_path() -> Path:
@@ -51,8 +49,9 @@ def target() -> Target:
         raise UsageError(
             "no token: run `duetide login`, or set DUETIDE_TOKEN (`scripts/up` prints one)"
         )
-    source = "DUETIDE_TOKEN" if os.environ.get("DUETIDE_TOKEN") else str(config_path())
-    return Target(url=url, token=token, source=source)
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"the API URL must start with http:// or https://, got {url!r}")
+    return Target(url=url, token=token)
 
 
 def save(url: str, token: str) -> Path:

@@ -3,6 +3,7 @@ redirects (the token is for this API alone), every failure a `ClientError`."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -63,7 +64,7 @@ class Api:
             raise ClientError(unreachable(self.url, exc.reason)) from None
         except TimeoutError:
             raise ClientError(f"no answer from {self.url} within {self.timeout_s:g} s") from None
-        except (ConnectionError, OSError) as exc:
+        except (OSError, http.client.HTTPException) as exc:  # reset, closed mid-answer
             raise ClientError(unreachable(self.url, exc)) from None
 
 
