@@ -30,6 +30,8 @@ def local(
         ("today 18:30", local(2026, 12, 2, 18, 30)),
         ("today 6pm", local(2026, 12, 2, 18, 0)),
         ("tomorrow at 7:05", local(2026, 12, 3, 7, 5)),
+        ("tomorrow 7", local(2026, 12, 3, 7, 0)),
+        ("tomorrow 9p", local(2026, 12, 3, 21, 0)),
         ("fri", local(2026, 12, 4, 9, 0)),
         ("monday 08:15", local(2026, 12, 7, 8, 15)),
         # Today is a Wednesday: its 18:00 is still ahead, its 09:00 is not.

@@ -16,9 +16,11 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 from urllib.parse import quote
 
+from duetide.services.schemas import MAX_FORECAST, MAX_PAGE, TaskQuery
+from duetide.vocabulary import PRIORITIES, TaskStatus
 from duetide_tools.client import config, every, tables, when
 from duetide_tools.client.errors import ApiError, ClientError, UsageError
 from duetide_tools.client.transport import Api
@@ -27,9 +29,9 @@ if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 Handler = Callable[[argparse.Namespace, Api, tzinfo], int]
-MAX_PAGE = 200  # the API's page limit (services/schemas.py)
-MAX_FORECAST = 500  # the API's forecast limit
 FORECAST = 5
+STATUSES = get_args(TaskStatus)
+SORTS = get_args(TaskQuery.model_fields["sort"].annotation)
 
 
 def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
@@ -323,17 +325,17 @@ def register(sub: SubParsers) -> None:
         f"({when.DURATION_FORMS}); repeatable"
     )  # fmt: skip
     add.add_argument("--tag", action="append", help="a tag; repeatable")
-    add.add_argument("--priority", choices=("none", "low", "medium", "high", "urgent"))
+    add.add_argument("--priority", choices=PRIORITIES)
     add.add_argument("--note", help="the task's description")
     ls = command(tasks, "ls", task_ls, "list tasks")
     ls.add_argument("--tag")
-    ls.add_argument("--status", choices=("open", "done"))
-    ls.add_argument("--priority", choices=("none", "low", "medium", "high", "urgent"))
+    ls.add_argument("--status", choices=STATUSES)
+    ls.add_argument("--priority", choices=PRIORITIES)
     ls.add_argument("--series", metavar="SERIES_ID", help="the occurrences of one series")
     ls.add_argument("--search", help="text in the title or description")
     ls.add_argument("--due-before", metavar="WHEN", help="same forms as `task add --due`")
     ls.add_argument("--due-after", metavar="WHEN")
-    ls.add_argument("--sort", choices=("created_at", "due_at", "priority", "title"))
+    ls.add_argument("--sort", choices=SORTS)
     ls.add_argument("--desc", action="store_true", help="sort descending")
     _paged(ls)
     command(tasks, "done", task_done, "complete a task", "task id")

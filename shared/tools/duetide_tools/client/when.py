@@ -136,6 +136,8 @@ def _clock(value: str, text: str) -> time:
     value = value.removeprefix("at ").strip()
     if not re.fullmatch(r"\d{1,2}(:\d{2})?(:\d{2})?\s*(am|pm)?|\d{1,2}\s*[ap]m?", value):
         raise UsageError(f"cannot read the time in {text!r}: give HH:MM such as 09:00 or 9am")
+    if value.isdigit():  # `tomorrow 9` is 09:00; dateutil would read a day of the month
+        value += ":00"
     try:
         return dateparser.parse(value).time()
     except (ValueError, OverflowError):
