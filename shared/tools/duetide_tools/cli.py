@@ -1,4 +1,5 @@
-"""The `duetide` command: run the local stack, one function, migrations, tokens, dead letters."""
+"""The `duetide` command: run the local stack, one function, migrations, tokens, dead letters;
+and the client of the tasks API (task, series, notifications, login)."""
 
 from __future__ import annotations
 
@@ -282,6 +283,9 @@ def parser() -> argparse.ArgumentParser:
     )
     requeue.add_argument("--since", type=_instant, required=True, help="ISO 8601 with offset")
     box.set_defaults(func=cmd_outbox)
+    from duetide_tools.client import commands as client
+
+    client.register(sub)
     return root
 
 

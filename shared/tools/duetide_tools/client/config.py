@@ -1,0 +1,72 @@
+"""Where the client finds the API and its token: the environment, else the file that
+`duetide login` writes (`$XDG_CONFIG_HOME/duetide/config.json`, mode 0600)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from platformdirs import user_config_path
+
+from duetide_tools.client.errors import UsageError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    token: str
+
+
+def config_path() -> Path:
+    return user_config_path("duetide") / "config.json"
+
+
+def saved() -> dict[str, str]:
+    """The file's `url` and `token`; {} when there is none, UsageError when unreadable."""
+    path = config_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} ({exc}): run `duetide login` again") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a JSON object: run `duetide login` again")
+    return {k: v for k, v in data.items() if k in ("url", "token") and isinstance(v, str)}
+
+
+def target() -> Target:
+    """DUETIDE_URL and DUETIDE_TOKEN win over the file, each on its own; empty is unset."""
+    stored = saved()
+    url = os.environ.get("DUETIDE_URL") or stored.get("url") or DEFAULT_URL
+    token = os.environ.get("DUETIDE_TOKEN") or stored.get("token")
+    if not token:
+        raise UsageError(
+            "no token: run `duetide login`, or set DUETIDE_TOKEN (`scripts/up` prints one)"
+        )
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"the API URL must start with http:// or https://, got {url!r}")
+    return Target(url=url, token=token)
+
+
+def save(url: str, token: str) -> Path:
+    """Write the file readable by its owner only, atomically: no moment where another
+    user could read the token, and no half-written file after a crash."""
+    path = config_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as out:  # mkstemp creates it with mode 0600
+            json.dump({"url": url, "token": token}, out, indent=2)
+            out.write("\n")
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,97 @@
+"""The API's answers as plain-text tables and lines, times in the reader's zone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, tzinfo
+from typing import Any
+
+MAX_CELL = 48
+
+
+def when(value: str | None, zone: tzinfo) -> str:
+    """An RFC 3339 instant as local `YYYY-MM-DD HH:MM`; "-" for none."""
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return value
+
+
+def _cell(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, Callable[..., Any]]]) -> str:
+    """Left-aligned columns under upper-case headings; the last column is not padded."""
+    cells = [[_cell(render(row)) for _, render in columns] for row in rows]
+    heads = [name for name, _ in columns]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(heads)]
+    lines = [heads, *cells]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def tasks(items: Sequence[dict[str, Any]], zone: tzinfo) -> str:
+    return table(
+        items,
+        [
+            ("ID", lambda t: t["id"]),
+            ("STATUS", lambda t: t["status"]),
+            ("DUE", lambda t: when(t.get("due_at"), zone)),
+            ("PRIORITY", lambda t: t["priority"]),
+            ("TAGS", lambda t: ",".join(t.get("tags") or []) or "-"),
+            ("SERIES", lambda t: "yes" if t.get("series_id") else "-"),
+            ("TITLE", lambda t: t["title"]),
+        ],
+    )
+
+
+def task_line(task: dict[str, Any], zone: tzinfo) -> str:
+    due = when(task.get("due_at"), zone)
+    extra = f", series {task['series_id']}" if task.get("series_id") else ""
+    return f"{task['id']}  {task['status']}  due {due}  {task['title']}{extra}"
+
+
+def series(items: Sequence[dict[str, Any]], zone: tzinfo) -> str:
+    return table(
+        items,
+        [
+            ("ID", lambda s: s["id"]),
+            ("STATUS", lambda s: s["status"]),
+            ("LATEST", lambda s: when(s.get("last_scheduled_at"), zone)),
+            ("RULE", lambda s: s["rrule"]),
+            ("TIMEZONE", lambda s: s["timezone"]),
+            ("TITLE", lambda s: s["title"]),
+        ],
+    )
+
+
+def series_detail(found: dict[str, Any], upcoming: Sequence[str], zone: tzinfo) -> str:
+    lines = [
+        f"{found['id']}  {found['status']}  {found['title']}",
+        f"  rule      {found['rrule']}  ({found['timezone']})",
+        f"  policies  mode={found['mode']} month_end={found['month_end']} "
+        f"catch_up={found['catch_up']}",
+        f"  started   {when(found['start'], zone)}",
+        f"  latest    {when(found['last_scheduled_at'], zone)} (occurrence {found['last_index']})",
+    ]
+    if upcoming:
+        lines.append("  next      " + ", ".join(when(at, zone) for at in upcoming))
+    return "\n".join(lines)
+
+
+def notifications(items: Sequence[dict[str, Any]], zone: tzinfo) -> str:
+    return table(
+        items,
+        [
+            ("DELIVERED", lambda n: when(n["delivered_at"], zone)),
+            ("STATUS", lambda n: n["status"]),
+            ("CHANNEL", lambda n: n["channel"]),
+            ("TASK", lambda n: n["task_id"]),
+            ("DETAIL", lambda n: n.get("detail") or "-"),
+        ],
+    )

@@ -1,0 +1,412 @@
+"""`duetide task|series|notifications|login` against the tasks function served on loopback
+(`python -m duetide.web.serve`, SQLite), with real tokens: what it prints, its exit codes,
+and what it changed on the server, read back over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import requests
+from sqlmodel import Session, create_engine
+
+from duetide.config import Settings
+from duetide.storage.models import Notification, utcnow
+from duetide.web.auth import issue_local_token
+from duetide_tools.cli import main
+from duetide_tools.local.broker import free_loopback_port
+from tests.integration.test_http_edge import SECRET, served
+
+ROOT = Path(__file__).resolve().parents[2]
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    home: Path
+
+    def token(self, user: str) -> str:
+        return issue_local_token(user, Settings(duetide_jwt_secret=SECRET))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("cli-api")
+    with served(home) as port:
+        yield Server(f"http://127.0.0.1:{port}", home)
+
+
+@dataclass(frozen=True)
+class Ran:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass(frozen=True)
+class User:
+    """A user of its own per test, its token, and the API read directly (not by the CLI)."""
+
+    name: str
+    token: str
+    url: str
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        answer = requests.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
+        assert answer.status_code < 300, answer.text
+        return answer.json() if answer.content else None
+
+
+@pytest.fixture
+def user(server: Server) -> User:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    return User(name, server.token(name), server.url)
+
+
+@pytest.fixture
+def cli(
+    server: Server,
+    user: User,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Callable[..., Ran]:
+    """`duetide ARGS` in this process, as `user` through the environment, config in tmp."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("DUETIDE_URL", server.url)
+    monkeypatch.setenv("DUETIDE_TOKEN", user.token)
+
+    def run(*argv: str) -> Ran:
+        capsys.readouterr()
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return run
+
+
+def test_add_sends_the_recurrence_due_time_and_reminder_the_words_mean(
+    cli: Callable[..., Ran], user: User
+) -> None:
+    today = datetime.now(BERLIN).date()
+    ran = cli(
+        "task", "add", "Water plants", "--every", "2 days", "--due", "tomorrow 09:00",
+        "--remind", "15m", "--tag", "home", "--tz", "Europe/Berlin", "--json",
+    )  # fmt: skip
+    assert ran.code == 0, ran.err
+    created = ran.json()
+    stored = user.api("GET", f"/tasks/{created['id']}")
+    assert stored == created
+    due = datetime.fromisoformat(stored["due_at"])
+    if datetime.now(BERLIN).date() == today:  # not across midnight in Berlin
+        assert due == datetime.combine(today + timedelta(days=1), datetime.min.time(), BERLIN) + (
+            timedelta(hours=9)
+        )
+    [reminder] = stored["reminders"]
+    assert datetime.fromisoformat(reminder["fire_at"]) == due - timedelta(minutes=15)
+    assert stored["tags"] == ["home"]
+    series = user.api("GET", f"/series/{stored['series_id']}")
+    assert (series["rrule"], series["timezone"]) == ("FREQ=DAILY;INTERVAL=2", "Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    ("words", "rrule"),
+    [
+        ("every weekday", "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR"),
+        ("every 2 weeks on mon,wed", "FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,WE"),
+        ("monthly", "FREQ=MONTHLY"),
+        ("month on the last day", "FREQ=MONTHLY;BYMONTHDAY=-1"),
+        ("FREQ=YEARLY;BYMONTH=3", "FREQ=YEARLY;BYMONTH=3"),
+    ],
+)
+def test_every_reaches_the_api_as_its_rule(
+    cli: Callable[..., Ran], user: User, words: str, rrule: str
+) -> None:
+    ran = cli("task", "add", "Rule", "--every", words, "--due", "2027-01-04 09:00", "--tz", "UTC")
+    assert ran.code == 0, ran.err
+    [series] = user.api("GET", "/series")["items"]
+    assert series["rrule"] == rrule
+    assert "Rule" in ran.out and series["id"] in ran.out
+
+
+def test_ls_prints_a_table_filtered_as_asked_and_json_as_the_api_answers(
+    cli: Callable[..., Ran], user: User
+) -> None:
+    rent = user.api(
+        "POST",
+        "/tasks",
+        json={"title": "Pay rent", "tags": ["home"], "due_at": "2027-01-01T09:00:00Z"},
+    )
+    user.api("POST", "/tasks", json={"title": "Call Bob", "due_at": "2027-02-01T09:00:00Z"})
+    done = user.api("POST", "/tasks", json={"title": "Old chore", "tags": ["home"]})
+    user.api("POST", f"/tasks/{done['id']}/complete")
+
+    table = cli("task", "ls", "--tz", "Europe/Berlin")
+    assert table.code == 0, table.err
+    heading, *rows = table.out.splitlines()
+    assert heading.split() == ["ID", "STATUS", "DUE", "PRIORITY", "TAGS", "SERIES", "TITLE"]
+    assert len(rows) == 3
+    [rent_row] = [row for row in rows if rent["id"] in row]
+    assert "2027-01-01 10:00" in rent_row and "home" in rent_row and rent_row.endswith("Pay rent")
+
+    home_open = cli("task", "ls", "--tag", "home", "--status", "open")
+    assert [row.split()[0] for row in home_open.out.splitlines()[1:]] == [rent["id"]]
+    early = cli("task", "ls", "--due-before", "2027-01-15", "--tz", "UTC")
+    assert [row.split()[0] for row in early.out.splitlines()[1:]] == [rent["id"]]
+    late = cli("task", "ls", "--due-after", "2027-01-15", "--json")
+    assert [t["title"] for t in late.json()["items"]] == ["Call Bob"]
+
+    first = cli("task", "ls", "--sort", "due_at", "--desc", "--limit", "1", "--status", "open")
+    assert "Call Bob" in first.out and "Pay rent" not in first.out
+    cursor = first.out.splitlines()[-1].split("--cursor ")[1].rstrip(")")
+    second = cli("task", "ls", "--sort", "due_at", "--desc", "--limit", "1", "--status", "open",
+                 "--cursor", cursor)  # fmt: skip
+    assert "Pay rent" in second.out
+
+    listing = cli("task", "ls", "--json", "--sort", "title")
+    assert listing.json() == user.api("GET", "/tasks?sort=title")
+    assert cli("task", "ls", "--tag", "nothing").out == "no tasks\n"
+
+
+def test_done_reopen_and_rm_change_the_task_on_the_server(
+    cli: Callable[..., Ran], user: User
+) -> None:
+    task = user.api("POST", "/tasks", json={"title": "Pay rent"})
+    path = f"/tasks/{task['id']}"
+
+    done = cli("task", "done", task["id"])
+    assert done.code == 0 and "done" in done.out and task["id"] in done.out
+    assert user.api("GET", path)["status"] == "done"
+    reopened = cli("task", "reopen", task["id"], "--json")
+    assert reopened.json()["status"] == "open" == user.api("GET", path)["status"]
+
+    removed = cli("task", "rm", task["id"])
+    assert (removed.code, removed.out) == (0, f"deleted {task['id']}\n")
+    assert user.api("GET", "/tasks")["items"] == []
+
+
+def test_rm_of_the_open_occurrence_skips_it_and_shows_the_next(
+    cli: Callable[..., Ran], user: User
+) -> None:
+    first = cli("task", "add", "Gym", "--every", "daily", "--due", "2027-01-04 07:00", "--json")
+    occurrence = first.json()
+    ran = cli("task", "rm", occurrence["id"])
+    assert ran.code == 0, ran.err
+    [following] = user.api("GET", f"/tasks?series_id={occurrence['series_id']}&status=open")[
+        "items"
+    ]
+    assert ran.out.startswith(f"skipped {occurrence['id']}")
+    assert following["id"] in ran.out and following["due_at"] > occurrence["due_at"]
+
+
+def test_series_commands_list_show_skip_pause_resume_and_end(
+    cli: Callable[..., Ran], user: User
+) -> None:
+    cli("task", "add", "Water", "--every", "2 days", "--due", "2027-01-04 09:00", "--tz", "UTC")
+    [series] = user.api("GET", "/series")["items"]
+    sid = series["id"]
+
+    listing = cli("series", "ls")
+    assert listing.out.splitlines()[0].split() == [
+        "ID", "STATUS", "LATEST", "RULE", "TIMEZONE", "TITLE",
+    ]  # fmt: skip
+    assert sid in listing.out and "FREQ=DAILY;INTERVAL=2" in listing.out
+    assert cli("series", "ls", "--json").json() == user.api("GET", "/series")
+
+    shown = cli("series", "show", sid, "--tz", "UTC")
+    assert "next      2027-01-06 09:00, 2027-01-08 09:00" in shown.out, shown.out
+    assert cli("series", "show", sid, "--json").json() == user.api("GET", f"/series/{sid}")
+
+    skipped = cli("series", "skip", sid, "--json").json()
+    assert skipped["last_scheduled_at"].startswith("2027-01-06T09:00")
+    [open_one] = user.api("GET", f"/tasks?series_id={sid}&status=open")["items"]
+    assert open_one["due_at"].startswith("2027-01-06T09:00")
+
+    assert cli("series", "pause", sid).code == 0
+    assert user.api("GET", f"/series/{sid}")["status"] == "paused"
+    resumed = cli("series", "resume", sid)
+    assert resumed.code == 0 and "active" in resumed.out
+    assert user.api("GET", f"/series/{sid}")["status"] == "active"
+
+    ended = cli("series", "end", sid)
+    assert ended.code == 0 and user.api("GET", f"/series/{sid}")["status"] == "ended"
+
+
+def test_notifications_lists_the_users_deliveries(
+    cli: Callable[..., Ran], user: User, server: Server
+) -> None:
+    assert cli("notifications").out == "no notifications\n"
+    task = user.api("POST", "/tasks", json={"title": "Call back"})
+    engine = create_engine(f"sqlite:///{server.home / 'duetide.db'}")
+    common = {"owner": user.name, "task_id": task["id"], "scheduled_at": utcnow()}
+    with Session(engine) as session:
+        session.add(Notification(reminder_id=str(uuid.uuid4()), channel="log", **common))
+        session.add(
+            Notification(
+                reminder_id=str(uuid.uuid4()),
+                channel="email",
+                status="failed",
+                detail="no mail",
+                **common,
+            )
+        )
+        session.commit()
+    engine.dispose()
+
+    table = cli("notifications")
+    heading, *rows = table.out.splitlines()
+    assert heading.split() == ["DELIVERED", "STATUS", "CHANNEL", "TASK", "DETAIL"]
+    assert sorted(row.split()[2:4] for row in rows) == [
+        ["delivered", "log"], ["failed", "email"],
+    ]  # fmt: skip
+    assert any(row.endswith("no mail") for row in rows)
+    assert cli("notifications", "--json").json() == user.api("GET", "/notifications")
+
+
+def test_api_errors_go_to_stderr_with_exit_code_1(cli: Callable[..., Ran], user: User) -> None:
+    missing = cli("task", "done", str(uuid.uuid4()))
+    assert missing.code == 1 and missing.out == ""
+    assert "404 not_found" in missing.err and missing.err.startswith("duetide: ")
+
+    invalid = cli("task", "add", " ")
+    assert invalid.code == 1
+    assert "422 validation_failed" in invalid.err and "  title: " in invalid.err
+
+    task = user.api("POST", "/tasks", json={"title": "t"})
+    assert cli("task", "reopen", task["id"]).code == 0  # reopening an open task: no-op
+    sneaky = cli("task", "done", f"../../series/{task['id']}")
+    assert sneaky.code == 1 and user.api("GET", f"/tasks/{task['id']}")["status"] == "open"
+
+
+def test_usage_errors_exit_2_and_send_nothing(cli: Callable[..., Ran], user: User) -> None:
+    for argv in (
+        ("task", "add", "x", "--every", "fortnight-ish", "--due", "tomorrow"),
+        ("task", "add", "x", "--due", "someday"),
+        ("task", "add", "x", "--due", "tomorrow", "--remind", "15x"),
+        ("task", "add", "x", "--every", "daily"),
+        ("task", "add", "x", "--due", "tomorrow", "--tz", "Mars/Olympus"),
+        ("task", "ls", "--due-before", "whenever"),
+    ):
+        ran = cli(*argv)
+        assert ran.code == 2, argv
+        assert ran.err.startswith("duetide: ") and ran.out == ""
+    assert "try daily, weekly" in cli("task", "add", "x", "--every", "often", "--due", "fri").err
+    assert user.api("GET", "/tasks")["items"] == []
+    with pytest.raises(SystemExit) as exited:  # argparse's own checks
+        cli("task", "ls", "--limit", "500")
+    assert exited.value.code == 2
+
+
+def test_a_refused_token_and_a_missing_one(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DUETIDE_TOKEN", "not-a-token")
+    refused = cli("task", "ls")
+    assert refused.code == 1 and "401" in refused.err and "duetide login" in refused.err
+    monkeypatch.delenv("DUETIDE_TOKEN")
+    missing = cli("task", "ls")
+    assert missing.code == 2 and "no token" in missing.err and "duetide login" in missing.err
+
+
+def test_connection_refused_names_the_url_and_scripts_up(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://127.0.0.1:{free_loopback_port()}"
+    monkeypatch.setenv("DUETIDE_URL", url)
+    ran = cli("task", "ls")
+    assert ran.code == 1
+    assert url in ran.err and "connection refused" in ran.err and "scripts/up" in ran.err
+    monkeypatch.setenv("DUETIDE_URL", url.removeprefix("http://"))
+    schemeless = cli("task", "ls")
+    assert schemeless.code == 2 and "must start with http://" in schemeless.err
+
+
+def test_login_checks_then_saves_a_private_file_that_commands_use(
+    cli: Callable[..., Ran], user: User, server: Server, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.delenv("DUETIDE_URL")
+    monkeypatch.delenv("DUETIDE_TOKEN")
+    path = tmp_path / "config" / "duetide" / "config.json"
+
+    refused = cli("login", "--url", server.url, "--token", "not-a-token")
+    assert refused.code == 1 and "refused the token" in refused.err
+    unreachable = f"http://127.0.0.1:{free_loopback_port()}"
+    assert cli("login", "--url", unreachable, "--token", user.token).code == 1
+    assert not path.exists()
+
+    ran = cli("login", "--url", server.url + "/", "--token", user.token)
+    assert ran.code == 0, ran.err
+    assert f"as {user.name}" in ran.out and str(path) in ran.out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert json.loads(path.read_text()) == {"url": server.url, "token": user.token}
+
+    user.api("POST", "/tasks", json={"title": "Mine"})
+    assert "Mine" in cli("task", "ls").out  # from the file alone
+
+
+def test_the_environment_wins_over_the_file_each_variable_on_its_own(
+    cli: Callable[..., Ran], user: User, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("login", "--url", server.url, "--token", user.token).code == 0
+    user.api("POST", "/tasks", json={"title": "Mine"})
+    other = server.token(f"other-{uuid.uuid4().hex[:8]}")
+    monkeypatch.delenv("DUETIDE_URL")
+
+    monkeypatch.setenv("DUETIDE_TOKEN", other)  # another user's token in the environment
+    assert cli("task", "ls").out == "no tasks\n"
+    monkeypatch.delenv("DUETIDE_TOKEN")
+    assert "Mine" in cli("task", "ls").out
+
+    dead = f"http://127.0.0.1:{free_loopback_port()}"
+    monkeypatch.setenv("DUETIDE_URL", dead)  # the file's token, the environment's URL
+    ran = cli("task", "ls")
+    assert ran.code == 1 and dead in ran.err
+    monkeypatch.setenv("DUETIDE_URL", "")  # empty is unset
+    assert "Mine" in cli("task", "ls").out
+
+
+def duetide(*argv: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it: a process of its own, no terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "duetide_tools.cli", *argv],
+        env=env, input=stdin, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_the_command_as_a_process_logs_in_from_stdin_and_works(
+    server: Server, user: User, tmp_path: Path
+) -> None:
+    path = ROOT / "shared"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DUETIDE_")},
+        "PYTHONPATH": os.pathsep.join([str(path), str(path / "tools")]),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "TZ": "UTC",
+    }
+    login = duetide("login", "--url", server.url, env=env, stdin=user.token + "\n")
+    assert login.returncode == 0, login.stderr
+    added = duetide("task", "add", "Pay rent", "--due", "2027-01-01 09:00", "--json", env=env)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["due_at"] == "2027-01-01T09:00:00+00:00"
+    listed = duetide("task", "ls", env=env)
+    assert listed.returncode == 0 and "2027-01-01 09:00" in listed.stdout
+    usage = duetide("task", "frobnicate", env=env)
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr
