@@ -152,10 +152,10 @@ _state = "unset"  # "unset" until the first use decides: "on" or "off"
 
 
 def configure(function: str) -> None:
-    """Name the function whose spans and metrics these are (start-up; imports nothing)."""
-    global _function, _state, _export
-    with _lock:
-        _function, _state, _export = function, "unset", None
+    """Name the function whose spans and metrics these are (start-up; imports nothing).
+    The exporters, built on first use, name their resource after it."""
+    global _function
+    _function = function
 
 
 def enabled() -> bool:
@@ -240,3 +240,13 @@ def flush() -> None:
     export = _exporter()
     if export is not None:
         export.flush()
+
+
+def shutdown() -> None:
+    """Flush and stop the exporters; the next use decides afresh (tests, a changed env)."""
+    global _state, _export
+    with _lock:
+        export, _export, _state = _export, None, "unset"
+    if export is not None:
+        export.provider.shutdown()
+        export.meters.shutdown()

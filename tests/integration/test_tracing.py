@@ -30,6 +30,7 @@ from duetide_tools.local.eventing import record_to_event
 from duetide_tools.manifests import TopicSpec
 from tests.integration.conftest import function_client, use_broker
 from tests.integration.test_outbox import consume
+from tests.support import json_of
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -115,7 +116,7 @@ def test_a_callers_trace_follows_the_change_through_kafka_into_recurrence(
     headers, body = to_binary(record_to_event(record, "duetide-recurrence"), lambda data: data)
     assert headers["ce-traceparent"] == row.traceparent
     answer = recurrence.post("/", headers=headers, data=body)
-    assert answer.json["status"] == "processed"
+    assert json_of(answer)["status"] == "processed"
     consumer_span = served(answer)
     assert consumer_span.trace_id == TRACE
 
@@ -185,7 +186,7 @@ def test_the_sweeps_trace_goes_with_reminder_due_into_notify(client, alice, logg
 
     headers, body = events.to_http(outbox.to_cloudevent(due))
     answer = function_client("notify").post("/", headers=headers, data=body)
-    assert answer.json["status"] == "processed"
+    assert json_of(answer)["status"] == "processed"
     notify_span = served(answer)
     by_event = {line["event"]: line for line in logged.of_trace(TRACE)}
     assert by_event["sweep.claimed"]["fired"] == 1

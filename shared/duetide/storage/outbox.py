@@ -469,8 +469,6 @@ def backlog(now: datetime) -> tuple[int, float]:
     `duetide.outbox.*` gauges; the pending index answers it)."""
     with db.session_scope(read_only=True) as session:
         count, oldest = session.exec(
-            select_columns(func.count(), func.min(Outbox.created_at)).where(
-                col(Outbox.sent_at).is_(None)
-            )
+            select(func.count(), func.min(Outbox.created_at)).where(col(Outbox.sent_at).is_(None))
         ).one()
     return int(count), 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
