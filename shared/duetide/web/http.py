@@ -156,14 +156,15 @@ def traced(request: Request, answer: Callable[[], Response]) -> Response:
         span = tracecontext.current() or span  # an event may have continued its own trace
         response.headers[tracecontext.RESPONSE_HEADER] = span.traceparent
         notes.status(response.status_code)
-        log_event(
-            log,
-            "http.request",
-            method=request.method,
-            path=request.path[:200],
-            status=response.status_code,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        )
+        if request.path.rstrip("/") != "/healthz":  # probes would drown the rest
+            log_event(
+                log,
+                "http.request",
+                method=request.method,
+                path=request.path[:200],
+                status=response.status_code,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
     return response
 
 
