@@ -152,6 +152,11 @@ def test_deliveries_lateness_events_and_the_backlog_are_exported_as_metrics(
     answer = function_client("notify").post("/", headers=headers, data=body)
     assert json_of(answer)["status"] == "processed"
     consumer = served(answer)
+    stray = events.build(event_id="s1", type="x" * 300, source="/x", subject="", data={})
+    headers, body = events.to_http(stray)  # the sender's text: not a metric label
+    assert json_of(function_client("notify").post("/", headers=headers, data=body))["status"] == (
+        "ignored"
+    )
     telemetry.flush()
 
     deliveries = collector.wait(lambda: collector.points("duetide.notifications"))
@@ -161,7 +166,11 @@ def test_deliveries_lateness_events_and_the_backlog_are_exported_as_metrics(
     [(labels, lateness)] = collector.points("duetide.reminder.lateness")
     assert labels == {"status": "processed"} and lateness.count == 1 and lateness.sum >= 2
     handled = {(lb["type"], lb["status"]): p.as_int for lb, p in collector.points("duetide.events")}
-    assert handled == {(events.PING, "processed"): 1, (events.REMINDER_DUE, "processed"): 1}
+    assert handled == {
+        (events.PING, "processed"): 1,
+        (events.REMINDER_DUE, "processed"): 1,
+        ("other", "ignored"): 1,
+    }
     # Nothing was published (no broker here): both events wait in the outbox.
     [(_, pending)] = collector.points("duetide.outbox.pending")
     assert pending.as_int == 2

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Request, Response
 from sqlmodel import Session
 
-from duetide import events
+from duetide import events, telemetry
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent
 from duetide.logs import log_event
@@ -48,6 +48,7 @@ def handle(request: Request) -> Response:
             f"unknown command type {event.type!r}; expected "
             f"{events.CMD_TASK_CREATE} or {events.CMD_TASK_COMPLETE}"
         )
+    telemetry.note(f"process {event.type}", **{"cloudevents.event_type": event.type})
     actor = command_trust.actor(request, event)
     user = actor.user
     ratelimit.charge_write(user)

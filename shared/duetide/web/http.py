@@ -156,6 +156,7 @@ def traced(request: Request, answer: Callable[[], Response]) -> Response:
         span = tracecontext.current() or span  # an event may have continued its own trace
         response.headers[tracecontext.RESPONSE_HEADER] = span.traceparent
         notes.status(response.status_code)
+        notes.note(**{"url.path": request.path[:200]})
         if request.path.rstrip("/") != "/healthz":  # probes would drown the rest
             log_event(
                 log,

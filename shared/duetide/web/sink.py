@@ -189,19 +189,26 @@ def follow_trace(event: Incoming) -> None:
     distributed-tracing extension), so this function's log lines and the events it
     emits carry it; without a valid one the request's own span stays."""
     tracecontext.continue_from(event.extensions.get(tracecontext.HEADER))
-    telemetry.note(
-        f"process {event.type}",
-        kind="consumer",
-        **{"cloudevents.event_type": event.type, "cloudevents.event_id": event.id},
-    )
+    telemetry.note(kind="consumer", **{"cloudevents.event_id": event.id})
 
 
 def handled(event: Incoming, status: str) -> None:
-    """One line per event: what it was and what became of it (ids, never its data)."""
+    """One line per event: what it was and what became of it (ids, never its data).
+
+    The type is the sender's text until it is one this function accepts: the line
+    bounds it, and the span and the count name an ignored one `other` (a metric's
+    labels must be a small set)."""
     log_event(
-        log, "event.handled", type=event.type, event_id=event.id, source=event.source, status=status
+        log,
+        "event.handled",
+        type=event.type[:255],
+        event_id=event.id,
+        source=event.source,
+        status=status,
     )
-    telemetry.count_event(event.type, status)
+    known = event.type if status != "ignored" else "other"
+    telemetry.note(f"process {known}", **{"cloudevents.event_type": known})
+    telemetry.count_event(known, status)
 
 
 def exactly_once(consumer: str, handler: EventHandler) -> Process:
