@@ -3,7 +3,7 @@
 import functions_framework
 from flask import Request, Response
 
-from duetide import events
+from duetide import events, telemetry
 from duetide.services.notify import deliver
 from duetide.storage.models import utcnow
 from duetide.web import entry
@@ -14,7 +14,10 @@ entry.start("notify")
 
 def on_due(event: Incoming) -> str:
     due = events.ReminderEvent.model_validate(event.data)
-    return deliver(event.source, event.id, due, utcnow())
+    now = utcnow()
+    status = deliver(event.source, event.id, due, now)
+    telemetry.record_lateness((now - due.scheduled_at).total_seconds(), status)
+    return status
 
 
 _endpoint = event_endpoint(frozenset({events.REMINDER_DUE}), on_due)

@@ -3,7 +3,7 @@
 import functions_framework
 from flask import Request, Response
 
-from duetide import events
+from duetide import events, telemetry
 from duetide.config import get_settings
 from duetide.services.sweep import claim_due, purge_processed
 from duetide.storage import outbox
@@ -20,6 +20,8 @@ def on_ping(_event: Incoming) -> str:
     now = utcnow()
     claim_due(now, settings.duetide_sweep_batch)
     outbox.relay_pending(settings.duetide_sweep_batch)
+    if telemetry.enabled():  # one more query, only for the operators' gauges
+        telemetry.record_backlog(*outbox.backlog(utcnow()))
     purge_processed(now)
     return "processed"
 

@@ -1,4 +1,11 @@
-"""Structured logs: one JSON object per line on stderr, ids only, never payloads or tokens."""
+"""Structured logs: one JSON object per line on stderr, ids only, never payloads or tokens.
+
+What a log pipeline filters on is a top-level field of each line, not text inside the
+message: `event` names what happened (`log_event`), the ids it happened to stand beside
+it (`task_id`, `reminder_id`, `series_id`, `event_id`, ...), and every line written
+while a request or an event is handled carries its `trace_id` and `span_id`
+(`tracecontext`), so one trace's lines can be found across the functions.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,9 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
+
+from duetide import tracecontext
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -16,17 +26,30 @@ class JsonFormatter(logging.Formatter):
         self.function = function
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "function": self.function,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        span = tracecontext.current()
+        if span is not None:
+            entry["trace_id"] = span.trace_id
+            entry["span_id"] = span.span_id
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def log_event(
+    logger: logging.Logger, event: str, /, *, level: int = logging.INFO, **fields: Any
+) -> None:
+    """Log `event` (a dotted name such as `notification.delivered`) with `fields` as
+    top-level fields of the line. Ids and counts only: no titles, addresses or tokens."""
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"event": event, **fields})
 
 
 def setup(function: str, level: str = "INFO") -> None:

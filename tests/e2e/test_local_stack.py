@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,10 +50,13 @@ class Stack:
         self.process, self.base, self.home = process, base, home
         self.headers = {"Authorization": f"Bearer {token}"}
 
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def call(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> requests.Response:
         return requests.request(
-            method, self.base + path, headers=self.headers, timeout=10, **kwargs
-        )
+            method, self.base + path, headers={**self.headers, **(headers or {})}, timeout=10,
+            **kwargs,
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +131,28 @@ def test_completing_an_occurrence_materialises_the_next(stack: Stack):
         },
     ).json()
     series = first["series_id"]
-    assert stack.call("POST", f"/tasks/{first['id']}/complete").status_code == 200
+    trace = uuid.uuid4().hex  # the caller's trace: it goes through Kafka into recurrence
+    completed = stack.call(
+        "POST",
+        f"/tasks/{first['id']}/complete",
+        headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
+    assert completed.status_code == 200
+    assert completed.headers["traceresponse"].startswith(f"00-{trace}-")
 
     def open_occurrences() -> list[dict[str, Any]]:
         return stack.call("GET", f"/tasks?series_id={series}&status=open").json()["items"]
 
     following = wait_for(open_occurrences, "the next occurrence")
     assert [t["due_at"] for t in following] == ["2026-04-03T09:30:00+02:00"]
+
+    def recurrence_lines() -> bool:
+        log = (stack.home / "logs" / "recurrence.log").read_text()
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        ours = {line["event"] for line in lines if line.get("trace_id") == trace}
+        return {"event.handled", "occurrence.materialised"} <= ours
+
+    wait_for(recurrence_lines, "recurrence's log lines in the caller's trace")
     # Completing the done one again (and a moment of redelivery) adds nothing.
     stack.call("POST", f"/tasks/{first['id']}/complete")
     time.sleep(0)  # nothing to wait for: the second complete emits no event

@@ -13,6 +13,7 @@ from cloudevents.conversion import to_structured
 from sqlmodel import func, select
 
 from duetide import events
+from duetide.logs import JsonFormatter
 from duetide.storage import db
 from duetide.storage.models import Notification, Outbox, ProcessedEvent, Reminder, Task, utcnow
 from tests.integration.conftest import function_client
@@ -259,9 +260,13 @@ def test_notify_delivers_once_per_firing_and_lists_it(client, alice, bob, env, c
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
         # The same firing redelivered under another event id: still one notification.
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "duetide.channels.log"]
-    assert len(lines) == 1 and lines[0]["event"] == "notification.delivered"
-    assert "secret title" not in caplog.text
+    formatter = JsonFormatter("notify")
+    lines = [json.loads(formatter.format(r)) for r in caplog.records]
+    delivered = [line for line in lines if line["logger"] == "duetide.channels.log"]
+    assert len(delivered) == 1
+    assert delivered[0]["event"] == "notification.delivered"  # a field, not text in a message
+    assert delivered[0]["reminder_id"] == data["reminder_id"]
+    assert not [line for line in lines if "secret title" in json.dumps(line)]
     assert count(Notification) == 1
     listed = client.get("/notifications", headers=alice).json["items"]
     assert [(n["task_id"], n["channel"]) for n in listed] == [(data["task_id"], "log")]

@@ -25,6 +25,9 @@ NEVER = {
     "alembic",
     # kafka-python only when a row is published (storage/outbox.py).
     "kafka",
+    # OpenTelemetry only with OTEL_EXPORTER_OTLP_ENDPOINT set, and then at the first span
+    # (duetide/telemetry.py); the variable is unset here.
+    "opentelemetry",
 }  # fmt: skip
 """Top-level packages no function imports at start-up."""
 
@@ -42,7 +45,9 @@ def started_modules(function: str, home: Path) -> set[str]:
         f"functions_framework.create_app({function!r}, {f'functions/{function}/main.py'!r});"
         "print(json.dumps(sorted(sys.modules)))"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUETIDE_", "DATABASE_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DUETIDE_", "DATABASE_", "OTEL_"))
+    }
     env.update(DUETIDE_HOME=str(home), KAFKA_BOOTSTRAP_SERVERS="")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "shared"), env.get("PYTHONPATH", "")])
     found = subprocess.run(

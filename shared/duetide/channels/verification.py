@@ -40,6 +40,7 @@ from duetide.channels import email, webhook
 from duetide.channels.delivery import DeliveryResult, refused
 from duetide.config import Settings, get_settings
 from duetide.errors import Conflict, RateLimited, ValidationFailed
+from duetide.logs import log_event
 from duetide.storage import db
 from duetide.storage.models import Preference, utcnow
 
@@ -222,7 +223,7 @@ def send(item: Outgoing) -> DeliveryResult:
     if result.ok:
         _record(item, utcnow())
     kind = EMAIL if isinstance(item, EmailConfirmation) else WEBHOOK
-    log.info(json.dumps({"event": "verification.sent", "kind": kind, "ok": result.ok}))
+    log_event(log, "verification.sent", kind=kind, ok=result.ok)
     return result
 
 

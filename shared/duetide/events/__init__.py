@@ -94,7 +94,10 @@ def build(
     subject: str,
     data: dict[str, Any],
     time: datetime | None = None,
+    traceparent: str | None = None,
 ) -> CloudEvent:
+    """A CloudEvent; `traceparent` is the distributed-tracing extension (W3C Trace
+    Context), which the consuming function continues (`tracecontext`)."""
     attributes = {
         "id": event_id,
         "type": type,
@@ -104,6 +107,8 @@ def build(
     }
     if time is not None:
         attributes["time"] = time.isoformat()
+    if traceparent:
+        attributes["traceparent"] = traceparent
     return CloudEvent(attributes, data)
 
 

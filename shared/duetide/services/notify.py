@@ -24,9 +24,10 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from duetide import channels, events
+from duetide import channels, events, telemetry
 from duetide.channels.delivery import DELIVERED, DeliveryResult, refused
 from duetide.errors import Unavailable
+from duetide.logs import log_event
 from duetide.services import preferences
 from duetide.storage import db
 from duetide.storage.models import Notification, Preference, Reminder
@@ -42,10 +43,36 @@ def send(channel: Channel, due: events.ReminderEvent, pref: Preference) -> Deliv
     """Deliver on one channel; content a channel cannot send is a permanent failure (a
     `ValueError` from the channel never escapes as a 500)."""
     try:
-        return channels.REGISTRY[channel].send(due, pref)
+        result = channels.REGISTRY[channel].send(due, pref)
     except ValueError as exc:
-        log.warning("content refused", extra={"channel": channel, "error": type(exc).__name__})
-        return refused(f"the {channel} channel cannot send this reminder's content")
+        log_event(
+            log,
+            "notification.refused",
+            level=logging.WARNING,
+            channel=channel,
+            reminder_id=due.reminder_id,
+            error=type(exc).__name__,
+        )
+        result = refused(f"the {channel} channel cannot send this reminder's content")
+    _observe(channel, due, result)
+    return result
+
+
+def _observe(channel: Channel, due: events.ReminderEvent, result: DeliveryResult) -> None:
+    """One log line and one count per attempt, by channel and outcome (`delivered`,
+    `failed` for good, `retry` for a transient failure); never the target or the title."""
+    outcome = "delivered" if result.ok else "retry" if result.retryable else "failed"
+    log_event(
+        log,
+        "notification.attempted",
+        level=logging.INFO if outcome == "delivered" else logging.WARNING,
+        channel=channel,
+        outcome=outcome,
+        reminder_id=due.reminder_id,
+        task_id=due.task_id,
+        status=result.status,
+    )
+    telemetry.count_delivery(channel, outcome)
 
 
 def _current(reminder: Reminder | None, due: events.ReminderEvent) -> bool:
@@ -119,11 +146,6 @@ def _notification(
 def _record(
     due: events.ReminderEvent, channel: Channel, result: DeliveryResult, now: datetime
 ) -> None:
-    if not result.ok:
-        log.warning(
-            "delivery failed for good",
-            extra={"channel": channel, "reminder_id": due.reminder_id, "status": result.status},
-        )
     try:
         with db.session_scope() as session:
             session.add(_notification(due, channel, result, now))

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 
 from duetide import events
 from duetide.errors import Conflict, NotFound, ValidationFailed
+from duetide.logs import log_event
 from duetide.rules import recurrence, reminders
 from duetide.services.task_events import emit
 from duetide.storage.models import OccurrenceLog, Reminder, Series, Task, utcnow
@@ -251,9 +252,12 @@ def _create_occurrence(
     series.updated_at = utcnow()
     session.add(series)
     session.flush()  # the unique constraints speak here, inside the transaction
-    log.info(
-        "materialised occurrence",
-        extra={"series_id": series.id, "task_id": task.id, "index": following.index},
+    log_event(
+        log,
+        "occurrence.materialised",
+        series_id=series.id,
+        task_id=task.id,
+        occurrence_index=following.index,
     )
     return emit(session, task, events.TASK_CREATED, source=events.SOURCE_RECURRENCE)
 

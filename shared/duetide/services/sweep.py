@@ -19,6 +19,7 @@ from sqlalchemy import Engine, Row, Select, bindparam, delete, select, update
 from sqlmodel import col
 
 from duetide import events
+from duetide.logs import log_event
 from duetide.rules.quiet_hours import defer_for_quiet_hours
 from duetide.rules.reminders import is_missed
 from duetide.services import preferences, ratelimit
@@ -167,15 +168,14 @@ def claim_due(now: datetime, batch: int, engine: Engine | None = None) -> SweepR
         if claimed.seen < batch:
             break
     if total.seen:
-        log.info(
-            "sweep claimed reminders",
-            extra={
-                "fired": total.fired,
-                "missed": total.missed,
-                "deferred": total.deferred,
-                "batches": total.batches,
-                "ms_per_batch": round((perf_counter() - started) * 1000 / total.batches, 1),
-            },
+        log_event(
+            log,
+            "sweep.claimed",
+            fired=total.fired,
+            missed=total.missed,
+            deferred=total.deferred,
+            batches=total.batches,
+            ms_per_batch=round((perf_counter() - started) * 1000 / total.batches, 1),
         )
     return total
 

@@ -294,6 +294,8 @@ class Outbox(SQLModel, table=True):
     created_at: datetime = _created()
     sent_at: datetime | None = _utc()
     attempts: int = 0
+    # The span that recorded it (W3C, version 00), sent as the CloudEvents extension.
+    traceparent: str | None = Field(default=None, max_length=55)
 
 
 class RateWindow(SQLModel, table=True):

@@ -65,8 +65,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select, update
 
-from duetide import events
+from duetide import events, tracecontext
 from duetide.config import get_settings
+from duetide.logs import log_event
 from duetide.storage import db
 from duetide.storage.models import Outbox, new_id, utcnow
 
@@ -98,6 +99,7 @@ def record(
         source=source,
         subject=subject or key,
         data=data,
+        traceparent=tracecontext.current_traceparent(),
     )
     session.add(row)
     return row
@@ -115,8 +117,9 @@ def record_many(session: Session, items: Iterable[Event], *, source: str) -> int
     """Add events to the caller's transaction in one statement, no ORM objects.
 
     For the sweep, which writes hundreds per batch: the rows are those `record` would
-    add (subject = key, an id and `created_at` each, in the order given), written on the
-    caller's connection, so they commit with the change they report.
+    add (subject = key, an id and `created_at` each, the current span's `traceparent`, in
+    the order given), written on the caller's connection, so they commit with the change
+    they report.
 
     PostgreSQL gets the rows as one JSON document (`_INSERT_JSON`): an executemany is an
     INSERT per row, and multi-row VALUES or one array per column cost more to encode in
@@ -125,6 +128,7 @@ def record_many(session: Session, items: Iterable[Event], *, source: str) -> int
     is stored as the same text as `record` stores. SQLite's executemany runs in its C
     module and needs nothing else.
     """
+    traceparent = tracecontext.current_traceparent()
     rows: list[dict[str, Any]] = [
         {
             "id": new_id(),
@@ -135,6 +139,7 @@ def record_many(session: Session, items: Iterable[Event], *, source: str) -> int
             "subject": event.key,
             "data": event.data,
             "created_at": utcnow(),
+            "traceparent": traceparent,
         }
         for event in items
     ]
@@ -153,7 +158,7 @@ def record_many(session: Session, items: Iterable[Event], *, source: str) -> int
 def _insert_json() -> Insert:
     """INSERT INTO outbox (...) SELECT ... FROM json_to_recordset(:rows) AS r(id varchar, ...)."""
     table = Outbox.metadata.tables["outbox"]
-    names = ["id", "topic", "key", "type", "source", "subject", "data", "created_at"]
+    names = ["id", "topic", "key", "type", "source", "subject", "data", "created_at", "traceparent"]
     given = (
         func.json_to_recordset(bindparam("rows", type_=JSON()))
         .table_valued(*(column(name, table.c[name].type) for name in names))
@@ -176,6 +181,7 @@ def to_cloudevent(row: Outbox) -> Any:
         subject=row.subject,
         data=row.data,
         time=row.created_at,
+        traceparent=row.traceparent,
     )
 
 
@@ -196,7 +202,14 @@ def _records(rows: Iterable[Outbox]) -> list[_Record]:
         try:
             message = events.to_kafka(to_cloudevent(row), row.key)
         except Exception as exc:  # the relay retries it; it must not take the batch down
-            log.error("outbox row %s cannot be encoded: %s", row.id, type(exc).__name__)
+            log_event(
+                log,
+                "outbox.unencodable",
+                level=logging.ERROR,
+                event_id=row.id,
+                type=row.type,
+                error=type(exc).__name__,
+            )
             continue
         headers = list(message.headers.items())
         records.append(_Record(row.id, row.topic, message.key, message.value, headers))
@@ -207,7 +220,7 @@ def _close_quietly(producer: Any, timeout_s: float) -> None:
     try:
         producer.close(timeout=timeout_s)
     except Exception as exc:  # nothing left to save: its rows are pending for the relay
-        log.info("closing a discarded producer failed: %s", type(exc).__name__)
+        log_event(log, "outbox.producer_close_failed", error=type(exc).__name__)
 
 
 class Publisher:
@@ -300,7 +313,13 @@ class Publisher:
         try:
             return done.result(timeout=wait_s)
         except FutureTimeout:  # its late acks are lost: the relay re-sends, same ce_id
-            log.warning("publish still running after %g s, events stay pending", wait_s)
+            log_event(
+                log,
+                "outbox.publish_slow",
+                level=logging.WARNING,
+                events=len(records),
+                wait_s=wait_s,
+            )
             return []
 
     def _ended(self) -> None:
@@ -362,7 +381,13 @@ class Publisher:
         Sends that shared it fail too and come here with the same producer: only the
         first closes it."""
         self._open_until = time.monotonic() + BREAKER_S
-        log.warning("publish failed, %d events stay pending: %s", unacked, type(failure).__name__)
+        log_event(
+            log,
+            "outbox.publish_failed",
+            level=logging.WARNING,
+            events=unacked,
+            error=type(failure).__name__,
+        )
         with self._connecting if producer is not None else contextlib.nullcontext():
             if producer is None or self._producer is not producer:
                 return
@@ -465,7 +490,7 @@ def _publish(publisher: Publisher, ids: list[str]) -> int:
             with db.session_scope() as session:
                 mark_sent(session, acked)
     except SQLAlchemyError as exc:
-        log.warning("fast-path publish left events for the relay: %s", type(exc).__name__)
+        log_event(log, "outbox.fast_path_failed", level=logging.WARNING, error=type(exc).__name__)
         return 0
     return len(acked)
 
@@ -498,3 +523,13 @@ def relay_pending(limit: int = 500) -> int:
             )
         mark_sent(session, acked)
     return len(acked)
+
+
+def backlog(now: datetime) -> tuple[int, float]:
+    """How many rows wait to be sent, and the age in seconds of the oldest (for the
+    `duetide.outbox.*` gauges; the pending index answers it)."""
+    with db.session_scope(read_only=True) as session:
+        count, oldest = session.exec(
+            select(func.count(), func.min(Outbox.created_at)).where(col(Outbox.sent_at).is_(None))
+        ).one()
+    return int(count), 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)

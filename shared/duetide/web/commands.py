@@ -16,16 +16,17 @@ from typing import Any
 from flask import Request, Response
 from sqlmodel import Session
 
-from duetide import events
+from duetide import events, telemetry
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent
+from duetide.logs import log_event
 from duetide.services import ratelimit, tasks
 from duetide.services.responses import CommandResult
 from duetide.services.schemas import TaskCreate
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import command_trust
 from duetide.web.http import json_response, parse_model
-from duetide.web.sink import Incoming, decode
+from duetide.web.sink import Incoming, decode, follow_trace
 
 CONSUMER = "commands"
 log = logging.getLogger("duetide.web.commands")
@@ -41,11 +42,13 @@ def _payload(event: Incoming) -> Any:
 
 def handle(request: Request) -> Response:
     event = decode(request, get_settings().duetide_max_body_bytes)
+    follow_trace(event)
     if event.type not in (events.CMD_TASK_CREATE, events.CMD_TASK_COMPLETE):
         raise InvalidCloudEvent(
             f"unknown command type {event.type!r}; expected "
             f"{events.CMD_TASK_CREATE} or {events.CMD_TASK_COMPLETE}"
         )
+    telemetry.note(f"process {event.type}", **{"cloudevents.event_type": event.type})
     actor = command_trust.actor(request, event)
     user = actor.user
     ratelimit.charge_write(user)
@@ -61,11 +64,16 @@ def handle(request: Request) -> Response:
         return CommandResult(status="processed", task=tasks.show(session, task)), ids
 
     body = run_once(key, work)
-    log.info(
-        "command %s %s from %s for user %s via %s: %s",
-        event.type, event.id, event.source, user, actor.via,
-        "duplicate" if body is None else "processed",
-    )  # fmt: skip
+    log_event(
+        log,
+        "command.handled",
+        type=event.type,
+        event_id=event.id,
+        source=event.source,
+        user=user,
+        via=actor.via,
+        status="duplicate" if body is None else "processed",
+    )
     if body is None:
         return json_response(CommandResult(status="duplicate"))
     return json_response(body, 201 if spec is not None else 200)

@@ -7,7 +7,7 @@ import functions_framework
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
-from duetide import logs
+from duetide import logs, telemetry
 from duetide.config import get_settings
 from duetide.web.http import json_response
 
@@ -25,5 +25,6 @@ def start(function: str) -> None:
     """Validate configuration at import time (fail fast with the variable named) and log."""
     settings = get_settings()
     logs.setup(function, settings.duetide_log_level)
+    telemetry.configure(function)
     # Only the framework's app exists while it imports the function module.
     functions_framework.errorhandler(HTTPException)(_framework_error)

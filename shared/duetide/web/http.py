@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ import pydantic
 from flask import Request, Response
 from sqlalchemy.exc import OperationalError
 
+from duetide import telemetry, tracecontext
 from duetide.errors import (
     ApiError,
     BadRequest,
@@ -25,6 +27,7 @@ from duetide.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from duetide.logs import log_event
 from duetide.rules.text import text_problem
 
 log = logging.getLogger("duetide.web.http")
@@ -126,25 +129,63 @@ def parse_model(model: type[M], data: Any) -> M:
 
 
 def guarded(handler: Handler) -> Handler:
-    """Map every error to the JSON shape; an unexpected exception is a logged bug (500)."""
+    """Run `handler` in a span of the caller's trace (`traced`) and map every error to
+    the JSON shape; an unexpected exception is a logged bug (500)."""
 
     @functools.wraps(handler)
     def wrapper(request: Request) -> Response:
-        try:
-            return handler(request)
-        except ApiError as err:
-            return error_response(err)
-        except pydantic.ValidationError as exc:
-            return error_response(validation_failed(exc))
-        except OperationalError as exc:
-            log.warning("database unavailable: %s", str(exc.orig)[:200])
-            return error_response(
-                Unavailable("the database is unavailable; retry", headers={"Retry-After": "1"})
-            )
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
-            return json_response(
-                {"error": {"code": "internal", "message": "internal error"}}, status=500
-            )
+        return traced(request, lambda: _answer(handler, request))
 
     return wrapper
+
+
+def traced(request: Request, answer: Callable[[], Response]) -> Response:
+    """Answer in a new span: of the trace a valid `traceparent` header names, else of a
+    new trace (W3C Trace Context; more than one such header is invalid too). An event's
+    own `traceparent` extension, read later, may continue another trace (`web.sink`).
+
+    The answer carries the span in `traceresponse` (Trace Context Level 2), so a client
+    can quote the trace of a request it reports; one JSON line logs the request.
+    """
+    given = request.headers.getlist(tracecontext.HEADER)
+    parent = tracecontext.parse(given[0]) if len(given) == 1 else None
+    span = tracecontext.start(parent)
+    with tracecontext.bound(span), telemetry.request_span(request.method) as notes:
+        started = time.perf_counter()
+        response = answer()
+        span = tracecontext.current() or span  # an event may have continued its own trace
+        response.headers[tracecontext.RESPONSE_HEADER] = span.traceparent
+        notes.status(response.status_code)
+        notes.note(**{"url.path": request.path[:200]})
+        if request.path.rstrip("/") != "/healthz":  # probes would drown the rest
+            log_event(
+                log,
+                "http.request",
+                method=request.method,
+                path=request.path[:200],
+                status=response.status_code,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+    return response
+
+
+def _answer(handler: Handler, request: Request) -> Response:
+    try:
+        return handler(request)
+    except ApiError as err:
+        return error_response(err)
+    except pydantic.ValidationError as exc:
+        return error_response(validation_failed(exc))
+    except OperationalError as exc:
+        log_event(log, "database.unavailable", level=logging.WARNING, error=str(exc.orig)[:200])
+        return error_response(
+            Unavailable("the database is unavailable; retry", headers={"Retry-After": "1"})
+        )
+    except Exception:
+        log.exception(
+            "unhandled error",
+            extra={"event": "http.unhandled", "method": request.method, "path": request.path[:200]},
+        )
+        return json_response(
+            {"error": {"code": "internal", "message": "internal error"}}, status=500
+        )

@@ -311,7 +311,9 @@ def run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> tuple[int, list[tuple[byt
                 close()
         status, headers = started
     except Exception:
-        log.exception("the WSGI app failed outside its error handlers")
+        log.exception(
+            "the WSGI app failed outside its error handlers", extra={"event": "http.unhandled"}
+        )
         body = b'{"error":{"code":"internal","message":"internal error"}}'
         return 500, [(b"content-type", b"application/json")], body
     encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]

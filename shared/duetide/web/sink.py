@@ -21,8 +21,10 @@ from cloudevents.http import from_http
 from flask import Request, Response
 from sqlmodel import Session
 
+from duetide import telemetry, tracecontext
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent, MethodNotAllowed, UnsupportedMediaType
+from duetide.logs import log_event
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import auth
 from duetide.web.http import Handler, guarded, json_response, read_body, unstorable_at
@@ -164,18 +166,49 @@ def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
         if sender is not None:  # Knative's OIDC sender identity, when the cluster uses it
             sender.claims(auth.bearer_token(request))
         event = decode(request, get_settings().duetide_max_body_bytes)
+        follow_trace(event)
         if event.type not in accepts:
+            handled(event, "ignored")
             return json_response({"status": "ignored", "reason": f"type {event.type} not handled"})
         try:
-            return json_response({"status": process(event)})
+            status = process(event)
         except pydantic.ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(p) for p in first["loc"])
             raise InvalidCloudEvent(
                 f"invalid {event.type} data at {where}: {first['msg']}"
             ) from None
+        handled(event, status)
+        return json_response({"status": status})
 
     return endpoint
+
+
+def follow_trace(event: Incoming) -> None:
+    """Continue the trace the event's `traceparent` extension names (the CloudEvents
+    distributed-tracing extension), so this function's log lines and the events it
+    emits carry it; without a valid one the request's own span stays."""
+    tracecontext.continue_from(event.extensions.get(tracecontext.HEADER))
+    telemetry.note(kind="consumer", **{"cloudevents.event_id": event.id})
+
+
+def handled(event: Incoming, status: str) -> None:
+    """One line per event: what it was and what became of it (ids, never its data).
+
+    The type is the sender's text until it is one this function accepts: the line
+    bounds it, and the span and the count name an ignored one `other` (a metric's
+    labels must be a small set)."""
+    log_event(
+        log,
+        "event.handled",
+        type=event.type[:255],
+        event_id=event.id,
+        source=event.source,
+        status=status,
+    )
+    known = event.type if status != "ignored" else "other"
+    telemetry.note(f"process {known}", **{"cloudevents.event_type": known})
+    telemetry.count_event(known, status)
 
 
 def exactly_once(consumer: str, handler: EventHandler) -> Process:
