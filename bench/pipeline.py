@@ -16,10 +16,11 @@ what the fast path left); the default write limit (each series has its own user,
 never refuses), in its own process. SERIES recurring series (FREQ=DAILY) are created
 through the API first, then completed at WARM_UP_RATE for WARM_UP_S unmeasured (a stack
 just started opens its connections and producers and imports what a first event needs:
-the first seconds at 50/s had p99 near 1 s on PostgreSQL, then 25 ms). Then each rate runs for SECONDS with an open-loop schedule (the i-th completion is sent
-at i / rate s, whatever the answers do), round robin over the series whose open
-occurrence is known. Rates go up until one misses (p99 >= 250 ms, or any refused or lost
-completion): the rate before it is the highest sustained.
+the first seconds at 50/s had p99 near 1 s on PostgreSQL, then 25 ms). Then each rate
+runs for SECONDS with an open-loop schedule (the i-th completion is sent at i / rate s,
+whatever the answers do), round robin over the series whose open occurrence is known.
+Rates go up until one misses (p99 >= 250 ms, or any refused or lost completion): the
+rate before it is the highest sustained.
 """
 
 from __future__ import annotations
