@@ -160,3 +160,39 @@ def test_a_consumer_configured_with_its_own_fetch_wait_keeps_it(
             consumer: Any = source._consumer
             assert consumer._fetcher.config["fetch_max_wait_ms"] == 321
     producer.close()
+
+
+def test_sqlite_writers_of_a_process_take_turns_and_readers_do_not_queue(
+    sqlite_file: str,
+) -> None:
+    inside, leave = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with db.session_scope() as session:
+            session.add(Task(owner="alice", title="first"))
+            session.flush()
+            inside.set()
+            leave.wait(10)
+            order.append("first")
+
+    def second() -> None:
+        with db.session_scope() as session:
+            order.append("second")
+            session.add(Task(owner="alice", title="second"))
+
+    one = threading.Thread(target=first)
+    one.start()
+    inside.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    with db.session_scope(read_only=True) as session:  # a reader passes the queue
+        assert session.exec(select(Task.title)).all() == []
+    two.join(timeout=0.3)
+    assert two.is_alive() and order == []  # the second writer waits its turn
+    leave.set()
+    one.join(10)
+    two.join(10)
+    assert order == ["first", "second"]
+    with db.session_scope(read_only=True) as session:
+        assert sorted(session.exec(select(Task.title)).all()) == ["first", "second"]

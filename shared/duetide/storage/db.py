@@ -6,12 +6,14 @@ function module is imported, and a connection pool must not cross a fork.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,7 @@ def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> I
         bind = bind.execution_options(sqlite_begin="IMMEDIATE")
     elif bind.dialect.name == "postgresql":
         bind = bind.execution_options(isolation_level="AUTOCOMMIT")
-    with Session(bind, expire_on_commit=False) as session:
+    with _write_turn(bind, read_only), Session(bind, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
@@ -157,11 +159,43 @@ def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> I
             raise
 
 
+_turns: dict[str, threading.RLock] = {}
+_turns_lock = threading.Lock()
+
+
+def _write_turn(bind: Engine, read_only: bool) -> AbstractContextManager[object]:
+    """On SQLite, one writing unit per process at a time, the others queued in-process.
+
+    SQLite has one write lock per database, and its waiters poll for it. With every
+    thread of a process polling, the waiters kept taking the GIL from the thread that
+    held the lock, which then held it longer: under a 30 completions/s load the
+    recurrence function's threads spent most of their time waiting for the lock
+    (py-spy). Queued on a lock of their own, they wait without running, and SQLite sees
+    one writer per process. Reentrant, so a unit inside another on the same thread
+    queues on SQLite's lock as before, not on this one.
+    """
+    if read_only or bind.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    key = str(bind.url)
+    with _turns_lock:
+        turn = _turns.setdefault(key, threading.RLock())
+    return turn
+
+
 @contextmanager
 def autocommit(engine: Engine | None = None) -> Iterator[Connection]:
     """A connection whose every statement commits on its own: one round trip for a
     single-statement write that must hold whatever the caller's transaction does (a
-    charge to the write limit), with no BEGIN or COMMIT of its own."""
-    bind = (engine or get_engine()).execution_options(isolation_level="AUTOCOMMIT")
-    with bind.connect() as connection:
+    charge to the write limit), with no BEGIN or COMMIT of its own.
+
+    On SQLite, where a statement costs no round trip, it is a write unit of its own
+    instead (its turn, BEGIN IMMEDIATE, COMMIT), so it waits for the write lock as other
+    writers do rather than in SQLite's busy handler."""
+    bind = engine or get_engine()
+    if bind.dialect.name == "sqlite":
+        writer = bind.execution_options(sqlite_begin="IMMEDIATE")
+        with _write_turn(bind, False), writer.begin() as connection:
+            yield connection
+        return
+    with bind.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
         yield connection
