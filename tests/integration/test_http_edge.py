@@ -106,7 +106,8 @@ class Answer:
     def error(self) -> dict[str, Any]:
         assert self.headers.get("content-type") == "application/json", self
         error = json.loads(self.body)["error"]
-        assert set(error) >= {"code", "message"}, error
+        assert set(error) == {"code", "message", "details"}, error
+        assert error["details"] == [], error  # the one shape, also for refusals on the socket
         return error
 
 

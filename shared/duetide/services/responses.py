@@ -38,10 +38,17 @@ class Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorField(Out):
+    field: str | None = Field(description="The field (`a.0.b`) at fault; null for the body")
+    message: str
+
+
 class ErrorDetail(Out):
     code: str
     message: str
-    details: Any = None
+    details: list[ErrorField] = Field(
+        description="What was wrong, field by field (a 422); empty for every other error"
+    )
 
 
 class ErrorBody(Out):

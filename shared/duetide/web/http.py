@@ -24,6 +24,7 @@ from duetide.errors import (
     Unavailable,
     UnsupportedMediaType,
     ValidationFailed,
+    error_body,
 )
 from duetide.rules.text import text_problem
 
@@ -143,8 +144,6 @@ def guarded(handler: Handler) -> Handler:
             )
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
-            return json_response(
-                {"error": {"code": "internal", "message": "internal error"}}, status=500
-            )
+            return json_response(error_body("internal", "internal error"), status=500)
 
     return wrapper

@@ -44,6 +44,7 @@ from duetide.errors import (
     PayloadTooLarge,
     RequestTimeout,
     Unavailable,
+    error_body,
 )
 
 log = logging.getLogger("duetide.web.serve")
@@ -312,7 +313,7 @@ def run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> tuple[int, list[tuple[byt
         status, headers = started
     except Exception:
         log.exception("the WSGI app failed outside its error handlers")
-        body = b'{"error":{"code":"internal","message":"internal error"}}'
+        body = json.dumps(error_body("internal", "internal error"), separators=(",", ":")).encode()
         return 500, [(b"content-type", b"application/json")], body
     encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
     return int(status.split(" ", 1)[0]), encoded, payload

@@ -1,0 +1,105 @@
+"""The API keeps the README's word (issue 14): through the real tasks function, on SQLite
+and PostgreSQL, each promise a new user found broken is checked where a client sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from duetide_tools.local.broker import free_loopback_port
+from tests.integration.conftest import _reset_caches, function_client
+
+# --- every error is {"error": {"code", "message", "details"}} ------------------------------
+
+
+def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The error of `response`, in the one shape: exactly code, message and details."""
+    assert response.status_code == status, response.data
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert error["code"] == code
+    assert isinstance(error["details"], list)
+    return error
+
+
+def test_a_401_has_empty_details(client: FlaskClient) -> None:
+    assert error_of(client.get("/tasks"), 401, "unauthorized")["details"] == []
+
+
+def test_a_404_has_empty_details(client: FlaskClient, alice: dict[str, str]) -> None:
+    assert error_of(client.get("/nowhere", headers=alice), 404, "not_found")["details"] == []
+    missing = client.get("/tasks/no-such-task", headers=alice)
+    assert error_of(missing, 404, "not_found")["details"] == []
+
+
+def test_a_404_the_framework_answers_before_our_router_has_empty_details(
+    client: FlaskClient,
+) -> None:
+    """functions-framework answers /favicon.ico and /robots.txt itself."""
+    for path in ("/favicon.ico", "/robots.txt"):
+        assert error_of(client.get(path), 404, "not_found")["details"] == []
+
+
+def test_a_405_has_empty_details(client: FlaskClient, alice: dict[str, str]) -> None:
+    response = client.put("/tasks", json={}, headers=alice)
+    assert error_of(response, 405, "method_not_allowed")["details"] == []
+    assert response.headers["Allow"] == "GET, HEAD, POST"
+
+
+def test_a_400_and_a_415_have_empty_details(client: FlaskClient, alice: dict[str, str]) -> None:
+    bad = client.post("/tasks", data=b"{", content_type="application/json", headers=alice)
+    assert error_of(bad, 400, "bad_request")["details"] == []
+    text = client.post("/tasks", data=b"title", content_type="text/plain", headers=alice)
+    assert error_of(text, 415, "unsupported_media_type")["details"] == []
+
+
+def test_a_422_names_each_field_in_details(client: FlaskClient, alice: dict[str, str]) -> None:
+    response = client.post("/tasks", json={"title": "", "priority": "top"}, headers=alice)
+    details = error_of(response, 422, "validation_failed")["details"]
+    assert sorted(d["field"] for d in details) == ["priority", "title"]
+    assert all(set(d) == {"field", "message"} for d in details)
+
+
+def test_a_413_has_empty_details(
+    env: str, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DUETIDE_MAX_BODY_BYTES", "1024")
+    _reset_caches()
+    client = function_client("tasks")
+    response = client.post("/tasks", json={"title": "x" * 2000}, headers=alice)
+    assert error_of(response, 413, "payload_too_large")["details"] == []
+
+
+def test_a_429_has_empty_details(
+    env: str, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DUETIDE_WRITE_RATE_PER_MINUTE", "1")
+    _reset_caches()
+    client = function_client("tasks")
+    assert client.post("/tasks", json={"title": "a"}, headers=alice).status_code == 201
+    response = client.post("/tasks", json={"title": "b"}, headers=alice)
+    assert error_of(response, 429, "rate_limited")["details"] == []
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_a_503_has_empty_details(
+    env: str, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No database listens at the address: the request is a 503 "retry", in the shape."""
+    port = free_loopback_port()
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+    _reset_caches()
+    response = function_client("tasks").get("/tasks", headers=alice)
+    assert error_of(response, 503, "unavailable")["details"] == []
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_an_event_sink_error_has_empty_details(env: str) -> None:
+    sink = function_client("recurrence")
+    assert error_of(sink.get("/"), 405, "method_not_allowed")["details"] == []
+    not_an_event = sink.post("/", json={"a": 1})
+    assert error_of(not_an_event, 400, "invalid_cloudevent")["details"] == []
