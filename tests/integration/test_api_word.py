@@ -103,3 +103,28 @@ def test_an_event_sink_error_has_empty_details(env: str) -> None:
     assert error_of(sink.get("/"), 405, "method_not_allowed")["details"] == []
     not_an_event = sink.post("/", json={"a": 1})
     assert error_of(not_an_event, 400, "invalid_cloudevent")["details"] == []
+
+
+# --- a 204 has no body and no Content-Type ---------------------------------------------------
+
+
+def test_deleting_a_task_is_204_without_body_or_content_type(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    task = client.post("/tasks", json={"title": "gone"}, headers=alice).get_json()
+    response = client.delete(f"/tasks/{task['id']}", headers=alice)
+    assert response.status_code == 204
+    assert response.data == b""
+    assert "Content-Type" not in response.headers
+    assert client.get(f"/tasks/{task['id']}", headers=alice).status_code == 404
+
+
+def test_ending_a_series_is_204_without_body_or_content_type(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    daily = {"title": "r", "due_at": "2030-01-01T09:00:00Z", "recurrence": {"rrule": "FREQ=DAILY"}}
+    series_id = client.post("/tasks", json=daily, headers=alice).get_json()["series_id"]
+    response = client.delete(f"/series/{series_id}", headers=alice)
+    assert response.status_code == 204
+    assert response.data == b""
+    assert "Content-Type" not in response.headers

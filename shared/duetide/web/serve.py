@@ -254,8 +254,11 @@ def _error_headers(err: ApiError) -> list[tuple[bytes, bytes]]:
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    """The whole answer at once, its length named (without it uvicorn would chunk it)."""
-    if not any(name == b"content-length" for name, _ in headers):
+    """The whole answer at once, its length named (without it uvicorn would chunk it);
+    a 204 or 304 names none, as RFC 9110 (8.6) asks."""
+    if status in (204, 304):
+        headers = [(name, value) for name, value in headers if name != b"content-length"]
+    elif not any(name == b"content-length" for name, _ in headers):
         headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
