@@ -128,3 +128,50 @@ def test_ending_a_series_is_204_without_body_or_content_type(
     assert response.status_code == 204
     assert response.data == b""
     assert "Content-Type" not in response.headers
+
+
+# --- a 201 says where the new thing is ----------------------------------------------------
+
+
+def test_creating_a_task_answers_its_location(client: FlaskClient, alice: dict[str, str]) -> None:
+    response = client.post("/tasks", json={"title": "here"}, headers=alice)
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/tasks/{response.get_json()['id']}"
+    assert client.get(response.headers["Location"], headers=alice).get_json() == response.get_json()
+
+
+def test_adding_a_reminder_answers_its_location(client: FlaskClient, alice: dict[str, str]) -> None:
+    task = client.post("/tasks", json={"title": "t"}, headers=alice).get_json()
+    response = client.post(
+        f"/tasks/{task['id']}/reminders", json={"at": "2030-01-01T09:00:00Z"}, headers=alice
+    )
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/reminders/{response.get_json()['id']}"
+    read = client.get(response.headers["Location"], headers=alice)
+    assert read.status_code == 200 and read.get_json() == response.get_json()
+
+
+def test_a_reminder_of_another_user_is_not_found(
+    client: FlaskClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    task = client.post("/tasks", json={"title": "t"}, headers=alice).get_json()
+    created = client.post(
+        f"/tasks/{task['id']}/reminders", json={"at": "2030-01-01T09:00:00Z"}, headers=alice
+    )
+    error_of(client.get(created.headers["Location"], headers=bob), 404, "not_found")
+
+
+def test_a_create_command_answers_the_new_tasks_location(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    headers = {
+        **alice, "ce-specversion": "1.0", "ce-id": "loc-1", "ce-source": "/test",
+        "ce-type": "dev.duetide.task.create.v1",
+    }  # fmt: skip
+    response = client.post("/commands", json={"task": {"title": "by command"}}, headers=headers)
+    assert response.status_code == 201
+    task = response.get_json()["task"]
+    assert response.headers["Location"] == f"/tasks/{task['id']}"
+    assert (
+        client.get(response.headers["Location"], headers=alice).get_json()["title"] == "by command"
+    )

@@ -68,8 +68,13 @@ def _body(request: Request) -> Any:
     return read_json(request, get_settings().duetide_max_body_bytes)
 
 
-def _write(work: Callable[[Session], tuple[Any, list[str]]], status: int = 200) -> Response:
-    """Run a state change in one transaction, answer after the commit, then publish.
+def _write(
+    work: Callable[[Session], tuple[Any, list[str]]],
+    status: int = 200,
+    location: Callable[[Any], str] | None = None,
+) -> Response:
+    """Run a state change in one transaction, answer after the commit, then publish;
+    `location` names where what was created can be read (the 201's Location header).
 
     On SQLite the transaction takes the write lock at BEGIN: the counterpart of the
     row locks the changes take on PostgreSQL (`series.lock`), and no BUSY error for a
@@ -78,7 +83,12 @@ def _write(work: Callable[[Session], tuple[Any, list[str]]], status: int = 200) 
     with db.session_scope() as session:
         body, event_ids = work(session)
     outbox.publish_after_commit(event_ids)
-    return json_response(body, status)
+    headers = {"Location": location(body)} if location is not None else None
+    return json_response(body, status, headers)
+
+
+def task_location(task: TaskOut) -> str:
+    return f"/tasks/{task.id}"
 
 
 def health(request: Request, user: str) -> Response:
@@ -98,7 +108,7 @@ def create_task(request: Request, user: str) -> Response:
         task, ids = tasks.create(session, user, spec)
         return tasks.show(session, task), ids
 
-    return _write(work, 201)
+    return _write(work, 201, task_location)
 
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
@@ -155,7 +165,13 @@ def add_reminder(request: Request, user: str, task_id: str) -> Response:
     spec = parse_model(ReminderIn, _body(request))
     with db.session_scope() as session:
         _, reminder = tasks.add_reminder(session, user, task_id, spec)
-        return json_response(reminder_out(reminder), 201)
+        body = reminder_out(reminder)
+    return json_response(body, 201, {"Location": f"/reminders/{body.id}"})
+
+
+def get_reminder(request: Request, user: str, reminder_id: str) -> Response:
+    with db.session_scope(read_only=True) as session:
+        return json_response(reminder_out(reminder_actions.get_owned(session, user, reminder_id)))
 
 
 def list_series(request: Request, user: str) -> Response:
@@ -533,6 +549,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Pending reminders, soonest first",
         query=PageQuery,
         responses={200: UpcomingPage},
+    ),
+    Endpoint(
+        "GET",
+        "/reminders/<reminder_id>",
+        get_reminder,
+        "Read a reminder",
+        responses={200: ReminderOut},
     ),
     Endpoint(
         "POST",

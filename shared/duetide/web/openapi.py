@@ -70,6 +70,12 @@ class CommandEvent(RootModel[CreateCommand | CompleteCommand]):
     pass
 
 
+LOCATION = {
+    "description": "Where what was created can be read (`/tasks/{id}`, `/reminders/{id}`)",
+    "required": True,
+    "schema": {"type": "string", "format": "uri-reference"},
+}
+
 ERRORS = (400, 401, 404, 413, 415, 422, 429)
 """What any secured operation may answer besides its own responses."""
 
@@ -137,6 +143,8 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         response: dict[str, Any] = {"description": str(status)}
         if model is not None:
             response["content"] = {"application/json": {"schema": _ref(model, components)}}
+        if status == 201:
+            response["headers"] = {"Location": LOCATION}
         operation["responses"][str(status)] = response
     if endpoint.auth == "public":
         return operation
