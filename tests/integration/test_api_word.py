@@ -175,3 +175,34 @@ def test_a_create_command_answers_the_new_tasks_location(
     assert (
         client.get(response.headers["Location"], headers=alice).get_json()["title"] == "by command"
     )
+
+
+# --- durations come back as sent, in their readable form -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [("PT15M", "PT15M"), ("P1D", "P1D"), ("PT1H30M", "PT1H30M"), ("PT90M", "PT1H30M")],
+)
+def test_a_reminder_before_due_comes_back_readable(
+    client: FlaskClient, alice: dict[str, str], sent: str, shown: str
+) -> None:
+    created = client.post(
+        "/tasks",
+        json={"title": "t", "due_at": "2030-01-02T09:00:00Z", "reminders": [{"before_due": sent}]},
+        headers=alice,
+    )
+    assert created.status_code == 201, created.get_json()
+    assert created.get_json()["reminders"][0]["before_due"] == shown
+    read = client.get(f"/tasks/{created.get_json()['id']}", headers=alice).get_json()
+    assert read["reminders"][0]["before_due"] == shown
+
+
+def test_preference_durations_come_back_as_sent(client: FlaskClient, alice: dict[str, str]) -> None:
+    sent = {"default_reminders": ["PT15M", "P1D", "PT1H30M"], "grace": "PT30M"}
+    changed = client.patch("/preferences", json=sent, headers=alice)
+    assert changed.status_code == 200, changed.get_json()
+    shown = client.get("/preferences", headers=alice).get_json()
+    for answer in (changed.get_json(), shown):
+        assert answer["default_reminders"] == ["PT15M", "PT1H30M", "P1D"]  # soonest first
+        assert answer["grace"] == "PT30M"

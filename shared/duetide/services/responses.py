@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Row
 
+from duetide.rules.durations import iso_duration
 from duetide.storage import models
 from duetide.vocabulary import (
     PRIORITIES,
@@ -59,7 +60,9 @@ class ReminderOut(Out):
     id: str
     state: ReminderState
     at: str | None = Field(None, json_schema_extra={"format": "date-time"})
-    before_due: str | None = Field(None, description="ISO 8601 duration")
+    before_due: str | None = Field(
+        None, description="ISO 8601 duration, in its readable form (PT15M, P1D, PT1H30M)"
+    )
     fire_at: str | None = Field(json_schema_extra={"format": "date-time"})
 
 
@@ -231,7 +234,7 @@ def reminder_out(reminder: models.Reminder | Row[Any]) -> ReminderOut:
         return ReminderOut(
             id=reminder.id,
             state=reminder.state,
-            before_due=f"PT{reminder.before_due_s}S",
+            before_due=iso_duration(reminder.before_due_s),
             fire_at=rfc3339(reminder.fire_at),
         )
     return ReminderOut(
