@@ -206,3 +206,81 @@ def test_preference_durations_come_back_as_sent(client: FlaskClient, alice: dict
     for answer in (changed.get_json(), shown):
         assert answer["default_reminders"] == ["PT15M", "PT1H30M", "P1D"]  # soonest first
         assert answer["grace"] == "PT30M"
+
+
+# --- one object, one zone -------------------------------------------------------------------
+
+KOLKATA = {"rrule": "FREQ=DAILY", "timezone": "Asia/Kolkata"}  # +05:30 all year
+
+
+def times_of(value: Any, key: str = "") -> list[tuple[str, str]]:
+    """Every (field, RFC 3339 text) in a JSON answer, nested objects included."""
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in times_of(v, k)]
+    if isinstance(value, list):
+        return [found for item in value for found in times_of(item, key)]
+    is_time = isinstance(value, str) and len(value) >= 25 and value[10:11] == "T"
+    return [(key, value)] if is_time else []
+
+
+def offsets(answer: Any) -> set[str]:
+    return {text[-6:] for _, text in times_of(answer)}
+
+
+def test_an_occurrence_shows_every_time_in_its_series_zone(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    created = client.post(
+        "/tasks",
+        json={
+            "title": "chai", "due_at": "2030-01-01T09:00:00+05:30", "recurrence": KOLKATA,
+            "reminders": [{"before_due": "PT15M"}, {"at": "2029-12-31T12:00:00Z"}],
+        },
+        headers=alice,
+    )  # fmt: skip
+    assert created.status_code == 201
+    task = created.get_json()
+    done = client.post(f"/tasks/{task['id']}/complete", headers=alice).get_json()
+    fields = {field for field, _ in times_of(done)}
+    assert fields >= {"due_at", "completed_at", "created_at", "updated_at", "fire_at", "at"}
+    assert offsets(done) == {"+05:30"}, times_of(done)
+    reminder_id = task["reminders"][0]["id"]
+    for answer in (
+        client.get(f"/tasks/{task['id']}", headers=alice),
+        client.get(f"/tasks?series_id={task['series_id']}", headers=alice),
+        client.get(f"/series/{task['series_id']}", headers=alice),
+        client.get(f"/series/{task['series_id']}/history", headers=alice),
+        client.get(f"/reminders/{reminder_id}", headers=alice),
+        client.post(f"/reminders/{reminder_id}/dismiss", headers=alice),
+    ):
+        assert answer.status_code == 200, answer.get_json()
+        assert offsets(answer.get_json()) == {"+05:30"}, times_of(answer.get_json())
+
+
+def test_upcoming_reminders_show_each_in_its_tasks_zone(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    reminder = [{"before_due": "PT15M"}]
+    due = "2030-01-01T09:00:00Z"
+    client.post(
+        "/tasks", json={"title": "s", "due_at": due, "recurrence": KOLKATA, "reminders": reminder},
+        headers=alice,
+    )  # fmt: skip
+    client.post("/tasks", json={"title": "o", "due_at": due, "reminders": reminder}, headers=alice)
+    items = client.get("/reminders/upcoming", headers=alice).get_json()["items"]
+    by_title = {item["title"]: offsets(item) for item in items}
+    assert by_title == {"s": {"+05:30"}, "o": {"+00:00"}}
+
+
+def test_anything_else_is_in_utc(client: FlaskClient, alice: dict[str, str]) -> None:
+    created = client.post(
+        "/tasks",
+        json={"title": "one-off", "due_at": "2030-01-01T09:00:00+05:30",
+              "reminders": [{"before_due": "PT15M"}]},
+        headers=alice,
+    )  # fmt: skip
+    done = client.post(f"/tasks/{created.get_json()['id']}/complete", headers=alice).get_json()
+    assert {f for f, _ in times_of(done)} >= {"due_at", "completed_at", "created_at", "fire_at"}
+    assert offsets(done) == {"+00:00"}
+    prefs = client.patch("/preferences", json={"timezone": "Asia/Kolkata"}, headers=alice)
+    assert offsets(prefs.get_json()) == {"+00:00"}

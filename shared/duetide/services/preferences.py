@@ -115,7 +115,7 @@ def preference_out(preference: Preference) -> PreferencesOut:
         if preference.quiet_start and preference.quiet_end
         else None,
         grace=iso_duration(int(grace(preference).total_seconds())),
-        updated_at=preference.updated_at.isoformat(),
+        updated_at=rfc3339(preference.updated_at),
     )
 
 

@@ -6,7 +6,9 @@ from them (`web.openapi`), and every answer is built as one of them, so an answe
 strays from the document (a missing field, a word outside its set, an extra key) fails
 where it is built, not in a client. A field with a default is left out of the JSON when
 it was not set (`web.http.json_response`): a reminder shows `at` or `before_due`.
-Times are RFC 3339 text, rendered here in the zone the user sees them in.
+Times are RFC 3339 text, rendered here. Within one object every time has the same
+offset: a series, its occurrences (tasks with a `series_id`) with their reminders, its
+history and forecast are in the series' zone; everything else is in UTC.
 """
 
 from __future__ import annotations
@@ -229,19 +231,20 @@ def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
     return local.isoformat()
 
 
-def reminder_out(reminder: models.Reminder | Row[Any]) -> ReminderOut:
+def reminder_out(reminder: models.Reminder | Row[Any], zone: Any = None) -> ReminderOut:
+    """A reminder in the zone of its task (`task_out`), so the two never differ."""
     if reminder.before_due_s is not None:
         return ReminderOut(
             id=reminder.id,
             state=reminder.state,
             before_due=iso_duration(reminder.before_due_s),
-            fire_at=rfc3339(reminder.fire_at),
+            fire_at=rfc3339(reminder.fire_at, zone),
         )
     return ReminderOut(
         id=reminder.id,
         state=reminder.state,
-        at=rfc3339(reminder.at),
-        fire_at=rfc3339(reminder.fire_at),
+        at=rfc3339(reminder.at, zone),
+        fire_at=rfc3339(reminder.fire_at, zone),
     )
 
 
@@ -251,7 +254,8 @@ def task_out(
     reminders: Iterable[models.Reminder | Row[Any]],
     zone: Any = None,
 ) -> TaskOut:
-    """A task as the API shows it; times in the series' zone for occurrences, else UTC.
+    """A task as the API shows it; all its times, its reminders' too, in the series' zone
+    for an occurrence, else in UTC (one offset per object).
 
     From the model after a change, or from a plain row where a task is only read (no
     ORM object is built for a row that is only rendered); its tags and reminders come
@@ -266,9 +270,9 @@ def task_out(
         due_at=rfc3339(task.due_at, zone),
         completed_at=rfc3339(task.completed_at, zone),
         series_id=task.series_id,
-        created_at=rfc3339(task.created_at),
-        updated_at=rfc3339(task.updated_at),
-        reminders=[reminder_out(r) for r in reminders],
+        created_at=rfc3339(task.created_at, zone),
+        updated_at=rfc3339(task.updated_at, zone),
+        reminders=[reminder_out(r, zone) for r in reminders],
     )
 
 
@@ -286,7 +290,7 @@ def notification_out(notification: models.Notification) -> NotificationOut:
 
 
 def series_out(series: models.Series) -> SeriesOut:
-    """A series as the API shows it; its times in its own zone."""
+    """A series as the API shows it; all its times in its own zone."""
     zone = ZoneInfo(series.timezone)
     return SeriesOut(
         id=series.id,
@@ -303,6 +307,6 @@ def series_out(series: models.Series) -> SeriesOut:
         tags=series.tags,
         last_index=series.last_index,
         last_scheduled_at=rfc3339(series.last_at, zone),
-        created_at=rfc3339(series.created_at),
-        updated_at=rfc3339(series.updated_at),
+        created_at=rfc3339(series.created_at, zone),
+        updated_at=rfc3339(series.updated_at, zone),
     )

@@ -452,7 +452,7 @@ def history(session: Session, owner: str, series_id: str) -> History:
             index=task.occurrence_index,
             scheduled_at=rfc3339(task.scheduled_at, zone),
             outcome="completed" if task.status == "done" else "open",
-            at=rfc3339(task.completed_at),
+            at=rfc3339(task.completed_at, zone),
             task_id=task.id,
         )
         for task in _occurrences(session, series.id)
@@ -464,7 +464,7 @@ def history(session: Session, owner: str, series_id: str) -> History:
             index=row.occurrence_index,
             scheduled_at=rfc3339(row.scheduled_at, zone),
             outcome=row.outcome,
-            at=rfc3339(row.recorded_at),
+            at=rfc3339(row.recorded_at, zone),
             task_id=None,
         )
         for row in logged

@@ -33,7 +33,6 @@ from duetide.services.responses import (
     TaskPage,
     UpcomingPage,
     notification_out,
-    reminder_out,
     series_out,
 )
 from duetide.services.schemas import (
@@ -165,13 +164,14 @@ def add_reminder(request: Request, user: str, task_id: str) -> Response:
     spec = parse_model(ReminderIn, _body(request))
     with db.session_scope() as session:
         _, reminder = tasks.add_reminder(session, user, task_id, spec)
-        body = reminder_out(reminder)
+        body = tasks.show_reminder(session, reminder)
     return json_response(body, 201, {"Location": f"/reminders/{body.id}"})
 
 
 def get_reminder(request: Request, user: str, reminder_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
-        return json_response(reminder_out(reminder_actions.get_owned(session, user, reminder_id)))
+        reminder = reminder_actions.get_owned(session, user, reminder_id)
+        return json_response(tasks.show_reminder(session, reminder))
 
 
 def list_series(request: Request, user: str) -> Response:
@@ -296,12 +296,13 @@ def snooze_reminder(request: Request, user: str, reminder_id: str) -> Response:
     spec = parse_model(SnoozeIn, _body(request))
     with db.session_scope() as session:
         reminder = reminder_actions.snooze(session, user, reminder_id, spec, utcnow())
-        return json_response(reminder_out(reminder))
+        return json_response(tasks.show_reminder(session, reminder))
 
 
 def dismiss_reminder(request: Request, user: str, reminder_id: str) -> Response:
     with db.session_scope() as session:
-        return json_response(reminder_out(reminder_actions.dismiss(session, user, reminder_id)))
+        reminder = reminder_actions.dismiss(session, user, reminder_id)
+        return json_response(tasks.show_reminder(session, reminder))
 
 
 def notifications(request: Request, user: str) -> Response:
