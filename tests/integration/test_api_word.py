@@ -284,3 +284,41 @@ def test_anything_else_is_in_utc(client: FlaskClient, alice: dict[str, str]) -> 
     assert offsets(done) == {"+00:00"}
     prefs = client.patch("/preferences", json={"timezone": "Asia/Kolkata"}, headers=alice)
     assert offsets(prefs.get_json()) == {"+00:00"}
+
+
+# --- the README's FREQ list is the validator's ----------------------------------------------
+
+
+@pytest.mark.parametrize("freq", ["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY"])
+def test_every_freq_the_readme_lists_is_accepted(
+    client: FlaskClient, alice: dict[str, str], freq: str
+) -> None:
+    created = client.post(
+        "/tasks",
+        json={
+            "title": freq,
+            "due_at": "2030-01-01T09:00:00Z",
+            "recurrence": {"rrule": f"FREQ={freq}"},
+        },
+        headers=alice,
+    )
+    assert created.status_code == 201, created.get_json()
+    series = client.get(f"/series/{created.get_json()['series_id']}", headers=alice).get_json()
+    assert series["rrule"] == f"FREQ={freq}"
+
+
+def test_secondly_is_refused_naming_the_finest_freq(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    refused = client.post(
+        "/tasks",
+        json={
+            "title": "s",
+            "due_at": "2030-01-01T09:00:00Z",
+            "recurrence": {"rrule": "FREQ=SECONDLY"},
+        },
+        headers=alice,
+    )
+    error = error_of(refused, 422, "validation_failed")
+    assert "finest frequency is MINUTELY" in error["message"]
+    assert error["details"][0]["field"] == "recurrence"

@@ -83,6 +83,8 @@ Freq = Literal[0, 1, 2, 3, 4, 5]
 _FREQS: dict[str, Freq] = {"YEARLY": YEARLY, "MONTHLY": MONTHLY, "WEEKLY": WEEKLY, "DAILY": DAILY}
 _FREQS |= {"HOURLY": HOURLY, "MINUTELY": MINUTELY}
 _FREQ_NAMES = {value: name for name, value in _FREQS.items()}
+FREQUENCIES: tuple[str, ...] = tuple(_FREQS)
+"""The FREQ values a rule may have, coarsest first (the README and the document list them)."""
 _WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 _WEEKDAY_RE = re.compile(r"([+-]?)([0-9]{1,2})?(MO|TU|WE|TH|FR|SA|SU)")
 _INT_RE = re.compile(r"[+-]?[0-9]{1,7}")
