@@ -322,3 +322,43 @@ def test_secondly_is_refused_naming_the_finest_freq(
     error = error_of(refused, 422, "validation_failed")
     assert "finest frequency is MINUTELY" in error["message"]
     assert error["details"][0]["field"] == "recurrence"
+
+
+# --- a batch of CloudEvents is a clear 415 --------------------------------------------------
+
+BATCH = "application/cloudevents-batch+json"
+
+
+def batch_of(*ids: str) -> list[dict[str, Any]]:
+    return [
+        {"specversion": "1.0", "id": i, "source": "/test", "type": "dev.duetide.task.create.v1",
+         "data": {"task": {"title": f"batched {i}"}}}
+        for i in ids
+    ]  # fmt: skip
+
+
+def test_a_batch_posted_to_commands_is_415_and_creates_nothing(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    response = client.post(
+        "/commands", json=batch_of("b-1", "b-2"), headers={**alice, "Content-Type": BATCH}
+    )
+    error = error_of(response, 415, "unsupported_media_type")
+    assert "batched CloudEvents" in error["message"] and "not supported" in error["message"]
+    assert "application/cloudevents+json" in response.headers["Accept"]
+    assert client.get("/tasks", headers=alice).get_json()["items"] == []
+
+
+def test_a_batch_with_ce_headers_is_still_415(client: FlaskClient, alice: dict[str, str]) -> None:
+    headers = {
+        **alice, "Content-Type": BATCH, "ce-specversion": "1.0", "ce-id": "b-3",
+        "ce-source": "/test", "ce-type": "dev.duetide.task.create.v1",
+    }  # fmt: skip
+    response = client.post("/commands", json=batch_of("b-3"), headers=headers)
+    error_of(response, 415, "unsupported_media_type")
+
+
+def test_an_event_sink_refuses_a_batch_with_415(env: str) -> None:
+    sink = function_client("recurrence")
+    response = sink.post("/", json=batch_of("b-4"), headers={"Content-Type": BATCH})
+    error_of(response, 415, "unsupported_media_type")

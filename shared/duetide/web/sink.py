@@ -31,6 +31,8 @@ log = logging.getLogger("duetide.web.sink")
 
 REQUIRED = ("id", "source", "type", "specversion")
 STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+"""The batched content mode (HTTP binding 3.3): a JSON array of events, not taken here."""
 # (source, id) is stored to deduplicate (`processed_event`: 512 and 255 characters).
 MAX_ATTRIBUTE_CHARS = {"id": 255, "source": 255}
 
@@ -87,7 +89,19 @@ def decode(request: Request, max_bytes: int) -> Incoming:
 
 
 def _binary_mode(request: Request, headers: dict[str, str]) -> bool:
-    """Whether the event is in binary mode; 400/415 for a request that is neither mode."""
+    """Whether the event is in binary mode; 400/415 for a request that is neither mode.
+
+    A batch is refused with 415 before anything else: it is a well-formed request in a
+    media type (content mode) this receiver does not take, which is what 415 says, not a
+    malformed event (400). One event per request means one answer per event, so a
+    KafkaSource's retry and dead-lettering stay per event.
+    """
+    if request.mimetype == BATCH:
+        raise UnsupportedMediaType(
+            f"batched CloudEvents ({BATCH}) are not supported: send one event per request, "
+            f"binary mode or {STRUCTURED}",
+            headers={"Accept": f"{STRUCTURED}, application/json"},
+        )
     binary = "ce-specversion" in headers or any(k.startswith("ce-") for k in headers)
     if not binary and request.mimetype != STRUCTURED:
         if not _is_json(request.mimetype):
