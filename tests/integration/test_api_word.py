@@ -362,3 +362,25 @@ def test_an_event_sink_refuses_a_batch_with_415(env: str) -> None:
     sink = function_client("recurrence")
     response = sink.post("/", json=batch_of("b-4"), headers={"Content-Type": BATCH})
     error_of(response, 415, "unsupported_media_type")
+
+
+# --- the content type decides the mode -----------------------------------------------------
+
+
+def test_a_structured_command_is_read_from_its_body_whatever_ce_headers_come_with_it(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    """HTTP binding, section 3: application/cloudevents+json is structured mode."""
+    event = {
+        "specversion": "1.0", "id": "s-1", "source": "/test", "type": "dev.duetide.task.create.v1",
+        "data": {"task": {"title": "from the body"}},
+    }  # fmt: skip
+    headers = {
+        **alice, "Content-Type": "application/cloudevents+json",
+        "ce-id": "from-a-header", "ce-duetideuser": "bob",
+    }  # fmt: skip
+    response = client.post("/commands", json=event, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["task"]["title"] == "from the body"
+    again = client.post("/commands", json=event, headers={**headers, "ce-id": "other"})
+    assert again.get_json()["status"] == "duplicate"  # deduplicated by the body's id

@@ -59,6 +59,8 @@ def decode(request: Request, max_bytes: int) -> Incoming:
     body = read_body(request, max_bytes)
     headers = {k.lower(): v for k, v in request.headers.items()}
     binary = _binary_mode(request, headers)
+    if not binary:  # structured: the SDK would go by a stray ce-specversion header
+        headers = {k: v for k, v in headers.items() if not k.startswith("ce-")}
     try:
         event = from_http(headers, body, data_unmarshaller=lambda raw: raw)
     except ce_errors.GenericException as exc:
@@ -102,8 +104,11 @@ def _binary_mode(request: Request, headers: dict[str, str]) -> bool:
             f"binary mode or {STRUCTURED}",
             headers={"Accept": f"{STRUCTURED}, application/json"},
         )
-    binary = "ce-specversion" in headers or any(k.startswith("ce-") for k in headers)
-    if not binary and request.mimetype != STRUCTURED:
+    # The content type decides the mode (HTTP binding, section 3): a structured event is
+    # read from its body alone, whatever `ce-*` headers came beside it.
+    structured = request.mimetype == STRUCTURED
+    binary = not structured and any(k.startswith("ce-") for k in headers)
+    if not binary and not structured:
         if not _is_json(request.mimetype):
             raise UnsupportedMediaType(
                 f"expected a binary-mode CloudEvent or {STRUCTURED}, got {request.mimetype!r}"
