@@ -364,7 +364,7 @@ def test_an_event_sink_refuses_a_batch_with_415(env: str) -> None:
     error_of(response, 415, "unsupported_media_type")
 
 
-# --- the content type decides the mode -----------------------------------------------------
+# --- binary mode is documented; the content type decides the mode -----------------------------
 
 
 def test_a_structured_command_is_read_from_its_body_whatever_ce_headers_come_with_it(
@@ -384,3 +384,25 @@ def test_a_structured_command_is_read_from_its_body_whatever_ce_headers_come_wit
     assert response.get_json()["task"]["title"] == "from the body"
     again = client.post("/commands", json=event, headers={**headers, "ce-id": "other"})
     assert again.get_json()["status"] == "duplicate"  # deduplicated by the body's id
+
+
+def test_a_binary_command_as_the_document_describes_it_is_processed(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    from duetide.web.openapi import document
+
+    operation = document()["paths"]["/commands"]["post"]
+    content = operation["requestBody"]["content"]
+    assert set(content) == {"application/cloudevents+json", "application/json"}
+    headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+    assert {"ce-specversion", "ce-id", "ce-source", "ce-type"} <= set(headers)
+    sent = {
+        "ce-specversion": headers["ce-specversion"]["schema"]["examples"][0], "ce-id": "bin-1",
+        "ce-source": "/test", "ce-type": headers["ce-type"]["schema"]["examples"][0],
+    }  # fmt: skip
+    assert sent["ce-type"] == "dev.duetide.task.create.v1"
+    response = client.post(
+        "/commands", json={"task": {"title": "binary"}}, headers={**alice, **sent}
+    )
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["task"]["title"] == "binary"

@@ -51,7 +51,8 @@ from duetide.storage import db, outbox
 from duetide.storage.models import Notification, utcnow
 from duetide.web import auth, commands, openapi
 from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
-from duetide.web.openapi import CommandEvent
+from duetide.web.openapi import CommandData, CommandEvent
+from duetide.web.sink import STRUCTURED
 
 Row = TypeVar("Row")
 Item = TypeVar("Item")
@@ -348,7 +349,9 @@ class Endpoint:
     `auth`: "bearer" routes authenticate (and charge writes to the rate limit) before
     the handler runs; "public" ones need no token; "in_handler" ones (`/commands`, whose
     sender may be a user or a registered system) authenticate themselves but are
-    documented as secured.
+    documented as secured. `other_bodies` are further media types the body may have
+    (`/commands` in binary mode: the event's data as application/json), `headers` the
+    request headers the operation reads (the binary mode's `ce-*` attributes).
     """
 
     method: str
@@ -361,6 +364,9 @@ class Endpoint:
     auth: Auth = "bearer"
     media_type: str = "application/json"
     operation_id: str = ""
+    description: str = ""
+    other_bodies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    headers: tuple[openapi.Header, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.operation_id:
@@ -581,8 +587,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=CommandEvent,
         responses={200: CommandResult, 201: CommandResult, 403: ErrorBody},
         auth="in_handler",
-        media_type="application/cloudevents+json",
+        media_type=STRUCTURED,
         operation_id="commands",
+        description=openapi.COMMANDS_DESCRIPTION,
+        other_bodies={"application/json": CommandData},
+        headers=openapi.BINARY_MODE_HEADERS,
     ),
 )
 """Every operation of the API, declared once: the router below and the OpenAPI document
