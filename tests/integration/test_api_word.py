@@ -4,6 +4,8 @@ and PostgreSQL, each promise a new user found broken is checked where a client s
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -11,6 +13,9 @@ from flask.testing import FlaskClient
 
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import _reset_caches, function_client
+from tests.integration.test_series_api import Bus, bus, complete_open
+
+__all__ = ["bus"]  # the fixture, imported for these tests
 
 # --- every error is {"error": {"code", "message", "details"}} ------------------------------
 
@@ -406,3 +411,129 @@ def test_a_binary_command_as_the_document_describes_it_is_processed(
     )
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["task"]["title"] == "binary"
+
+
+# --- the forecast is what is still to come ------------------------------------------------------
+
+
+def forecast_of(client: FlaskClient, headers: dict[str, str], series_id: str, count: int) -> Any:
+    response = client.get(f"/series/{series_id}/occurrences?count={count}", headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def series_task(client: FlaskClient, headers: dict[str, str], due: str, **rule: Any) -> Any:
+    response = client.post(
+        "/tasks", json={"title": "r", "due_at": due, "recurrence": rule}, headers=headers
+    )
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def open_due(client: FlaskClient, headers: dict[str, str], series_id: str) -> str:
+    page = client.get(f"/tasks?series_id={series_id}&status=open", headers=headers).get_json()
+    (task,) = page["items"]
+    return str(task["due_at"])
+
+
+def test_the_forecast_starts_at_the_open_occurrence_not_the_series_start(
+    client: FlaskClient, alice: dict[str, str], bus: Bus
+) -> None:
+    task = series_task(
+        client, alice, "2030-01-05T09:00:00+01:00", rrule="FREQ=DAILY", timezone="Europe/Berlin"
+    )
+    series_id = task["series_id"]
+    for _ in range(2):
+        complete_open(client, alice, bus, series_id)
+    assert open_due(client, alice, series_id) == "2030-01-07T09:00:00+01:00"
+    assert forecast_of(client, alice, series_id, 3) == {
+        "items": [
+            "2030-01-07T09:00:00+01:00", "2030-01-08T09:00:00+01:00", "2030-01-09T09:00:00+01:00",
+        ],
+        "truncated": False,
+    }  # fmt: skip
+
+
+def test_a_completed_occurrence_awaiting_its_successor_forecasts_from_that_successor(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    task = series_task(client, alice, "2030-01-05T09:00:00Z", rrule="FREQ=DAILY")
+    client.post(f"/tasks/{task['id']}/complete", headers=alice)  # the recurrence not yet run
+    items = forecast_of(client, alice, task["series_id"], 2)["items"]
+    assert items == ["2030-01-06T09:00:00+00:00", "2030-01-07T09:00:00+00:00"]
+
+
+def test_completion_mode_forecasts_from_now_when_the_open_occurrence_is_overdue(
+    client: FlaskClient, alice: dict[str, str], bus: Bus
+) -> None:
+    """Completed now, the next one is two days after today: 2020-01-08 will never happen."""
+    task = series_task(
+        client, alice, "2020-01-06T09:00:00Z", rrule="FREQ=DAILY;INTERVAL=2", mode="completion"
+    )
+    before = datetime.now(UTC)
+    items = [
+        datetime.fromisoformat(at)
+        for at in forecast_of(client, alice, task["series_id"], 4)["items"]
+    ]
+    after = datetime.now(UTC)
+    assert items[0] == datetime(2020, 1, 6, 9, tzinfo=UTC)  # the open one, as it stands
+    expected = {
+        datetime.combine(moment.date() + timedelta(days=2), time(9), tzinfo=UTC)
+        for moment in (before, after)
+    }
+    assert items[1] in expected
+    assert [b - a for a, b in pairwise(items[1:])] == [timedelta(days=2)] * 2
+    complete_open(client, alice, bus, task["series_id"])
+    if before.date() == datetime.now(UTC).date():
+        assert datetime.fromisoformat(open_due(client, alice, task["series_id"])) == items[1]
+
+
+def test_completion_mode_forecasts_from_the_open_occurrences_due_date(
+    client: FlaskClient, alice: dict[str, str], bus: Bus
+) -> None:
+    task = series_task(
+        client, alice, "2030-01-05T09:00:00Z", rrule="FREQ=DAILY;INTERVAL=3", mode="completion"
+    )
+    series_id = task["series_id"]
+    moved = client.patch(
+        f"/tasks/{task['id']}", json={"due_at": "2030-01-06T09:00:00Z"}, headers=alice
+    )
+    assert moved.status_code == 200
+    items = forecast_of(client, alice, series_id, 3)["items"]
+    assert items == [
+        "2030-01-06T09:00:00+00:00", "2030-01-09T09:00:00+00:00", "2030-01-12T09:00:00+00:00",
+    ]  # fmt: skip
+
+
+def test_next_future_leaves_out_what_would_be_missed(
+    client: FlaskClient, alice: dict[str, str], bus: Bus
+) -> None:
+    task = series_task(
+        client, alice, "2020-01-06T09:00:00Z", rrule="FREQ=DAILY", catch_up="next_future"
+    )
+    before = datetime.now(UTC)
+    items = [
+        datetime.fromisoformat(at)
+        for at in forecast_of(client, alice, task["series_id"], 3)["items"]
+    ]
+    assert items[0] == datetime(2020, 1, 6, 9, tzinfo=UTC)
+    assert before < items[1] <= before + timedelta(days=1)
+    assert items[2] - items[1] == timedelta(days=1)
+    complete_open(client, alice, bus, task["series_id"])
+    if before.date() == datetime.now(UTC).date() and datetime.now(UTC) < items[1]:
+        assert datetime.fromisoformat(open_due(client, alice, task["series_id"])) == items[1]
+
+
+def test_next_in_series_lists_the_overdue_ones_that_will_come(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    task = series_task(client, alice, "2020-01-06T09:00:00Z", rrule="FREQ=DAILY;COUNT=3")
+    assert forecast_of(client, alice, task["series_id"], 5)["items"] == [
+        "2020-01-06T09:00:00+00:00", "2020-01-07T09:00:00+00:00", "2020-01-08T09:00:00+00:00",
+    ]  # fmt: skip
+
+
+def test_an_ended_series_has_nothing_to_come(client: FlaskClient, alice: dict[str, str]) -> None:
+    task = series_task(client, alice, "2030-01-05T09:00:00Z", rrule="FREQ=DAILY")
+    assert client.delete(f"/series/{task['series_id']}", headers=alice).status_code == 204
+    assert forecast_of(client, alice, task["series_id"], 3) == {"items": [], "truncated": False}

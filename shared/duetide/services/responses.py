@@ -129,7 +129,11 @@ class OccurrenceDeleted(Out):
 
 
 class Forecast(Out):
-    """Up to `count` occurrences from the rule's start. Each forecast has a work budget
+    """Up to `count` occurrences still to come: the open occurrence (at its due time), then
+    what will follow it, as the recurrence will create them. Schedule mode follows the
+    rule (with `catch_up: next_future`, none already past); completion mode assumes the
+    open occurrence is completed at its due time, or now if that has passed, and each one
+    after it on its own date. An ended series has none. Each forecast has a work budget
     proportional to `count` (at most about a quarter second of CPU): `truncated` is true
     when it ran out before `count` occurrences were found; the items are then correct but
     fewer, and the series may go on after them (ask for fewer). A series that ends (COUNT,

@@ -230,7 +230,7 @@ def forecast(request: Request, user: str, series_id: str) -> Response:
     query = parse_model(ForecastQuery, _query(request))
     with db.session_scope(read_only=True) as session:
         found = series.get_owned(session, user, series_id)
-        return json_response(series.forecast(found, query.count))
+        return json_response(series.forecast(session, found, query.count, utcnow()))
 
 
 def get_preferences(request: Request, user: str) -> Response:
