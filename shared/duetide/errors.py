@@ -18,10 +18,14 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details is not None:
-            error["details"] = self.details
-        return {"error": error}
+        """`{"error": {"code", "message", "details"}}`: `details` is always there, a list
+        (`[{"field", "message"}, ...]` for a 422, else empty), so a client reads one shape."""
+        return error_body(self.code, self.message, self.details)
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one error shape, also for answers made without an ApiError (500, the framework's)."""
+    return {"error": {"code": code, "message": message, "details": details or []}}
 
 
 class BadRequest(ApiError):

@@ -26,6 +26,7 @@ UNCHANGED_TABLES = [t for t in SQLModel.metadata.sorted_tables if t.name != "rat
 # operationId -> (a valid body, alice's expected status for the same request)
 ID_OPERATIONS: dict[str, tuple[dict[str, Any] | None, int]] = {
     "get_task": (None, 200),
+    "get_reminder": (None, 200),
     "update_task": ({"title": "mine now", "due_at": None}, 200),
     "delete_task": (None, 200),  # an occurrence of a series: deleting it skips it
     "complete_task": (None, 200),

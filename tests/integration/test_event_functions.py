@@ -82,8 +82,8 @@ def test_completed_occurrence_materialises_exactly_one_next(client, alice, recur
     following = page["items"][0]
     # 09:00 Berlin stays 09:00 across the DST change of 2026-03-29.
     assert following["due_at"] == "2026-03-29T09:00:00+02:00"
-    assert following["reminders"][0]["before_due"] == "PT600S"
-    assert following["reminders"][0]["fire_at"] == "2026-03-29T06:50:00+00:00"
+    assert following["reminders"][0]["before_due"] == "PT10M"
+    assert following["reminders"][0]["fire_at"] == "2026-03-29T08:50:00+02:00"  # its zone
 
 
 def test_complete_reopen_complete_yields_one_successor(client, alice, recurrence, daily):

@@ -106,7 +106,8 @@ class Answer:
     def error(self) -> dict[str, Any]:
         assert self.headers.get("content-type") == "application/json", self
         error = json.loads(self.body)["error"]
-        assert set(error) >= {"code", "message"}, error
+        assert set(error) == {"code", "message", "details"}, error
+        assert error["details"] == [], error  # the one shape, also for refusals on the socket
         return error
 
 
@@ -342,3 +343,24 @@ def test_connections_over_the_cap_are_503_json(tmp_path):
             lambda: exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status == 200,
             "a connection to be accepted again",
         )
+
+
+# --- answers --------------------------------------------------------------------------------
+
+
+def test_a_204_over_the_socket_has_no_body_content_type_or_length(quick, token):
+    """RFC 9110: a 204 has no content, and so names neither its type nor a length."""
+    with connect(quick) as sock:
+        sock.sendall(post_tasks(token, b'{"title": "gone"}', "Content-Length: 17"))
+        created = read_answer(sock)
+        assert created.status == 201, created
+        task_id = json.loads(created.body)["id"]
+        sock.sendall(f"DELETE /tasks/{task_id} HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Bearer {token}\r\n\r\n".encode())  # fmt: skip
+        deleted = read_answer(sock)
+        assert deleted.status == 204 and deleted.body == b""
+        assert "content-type" not in deleted.headers
+        assert "content-length" not in deleted.headers
+        sock.sendall(f"GET /tasks/{task_id} HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Bearer {token}\r\n\r\n".encode())  # fmt: skip
+        assert read_answer(sock).status == 404  # the connection goes on after the 204

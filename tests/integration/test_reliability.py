@@ -632,7 +632,7 @@ MALFORMED_STRUCTURED = [
         400,
         id="data-not-json",
     ),
-    pytest.param("application/cloudevents-batch+json", b"[" + structured() + b"]", 400, id="batch"),
+    pytest.param("application/cloudevents-batch+json", b"[" + structured() + b"]", 415, id="batch"),
     pytest.param("application/cloudevents+xml", b"<event/>", 415, id="xml-format"),
     pytest.param("text/plain", structured(), 415, id="text-plain"),
     pytest.param(CE_JSON, structured(data="x" * 2_000_000), 413, id="oversized"),

@@ -51,7 +51,7 @@ def make_task(client, headers, **body: Any) -> dict[str, Any]:
 def test_preferences_defaults_update_and_validation(client, alice):
     shown = client.get("/preferences", headers=alice).json
     assert shown["channels"] == ["log"] and shown["timezone"] == "UTC"
-    assert shown["quiet_hours"] is None and shown["grace"] == "PT3600S"
+    assert shown["quiet_hours"] is None and shown["grace"] == "PT1H"
     changed = client.patch(
         "/preferences",
         json={"timezone": "Europe/Berlin", "default_reminders": ["PT15M", "P1D"],
@@ -59,7 +59,7 @@ def test_preferences_defaults_update_and_validation(client, alice):
         headers=alice,
     )  # fmt: skip
     assert changed.status_code == 200, changed.json
-    assert changed.json["default_reminders"] == ["PT900S", "PT86400S"]
+    assert changed.json["default_reminders"] == ["PT15M", "P1D"]
     assert changed.json["quiet_hours"] == {"start": "22:00", "end": "07:00"}
     for bad in (
         {"timezone": "Nowhere/City"},
@@ -78,7 +78,7 @@ def test_preferences_defaults_update_and_validation(client, alice):
 def test_default_reminders_apply_only_when_none_are_given(client, alice):
     client.patch("/preferences", json={"default_reminders": ["PT15M"]}, headers=alice)
     with_default = make_task(client, alice, due_at="2030-01-01T09:00:00Z")
-    assert [r["before_due"] for r in with_default["reminders"]] == ["PT900S"]
+    assert [r["before_due"] for r in with_default["reminders"]] == ["PT15M"]
     explicit_none = make_task(client, alice, due_at="2030-01-01T09:00:00Z", reminders=[])
     assert explicit_none["reminders"] == []
     no_due = make_task(client, alice)

@@ -24,3 +24,23 @@ def test_writes_declare_the_rate_limit_and_reads_need_a_token():
     assert "429" in paths["/tasks"]["post"]["responses"]
     assert paths["/tasks"]["get"]["security"] == [{"bearer": []}]
     assert "security" not in paths["/healthz"]["get"]
+
+
+def test_every_201_documents_its_location_header():
+    created = [
+        (path, method, op["responses"]["201"])
+        for path, ops in document()["paths"].items()
+        for method, op in ops.items()
+        if "201" in op["responses"]
+    ]
+    assert {(path, method) for path, method, _ in created} == {
+        ("/tasks", "post"), ("/tasks/{task_id}/reminders", "post"), ("/commands", "post"),
+    }  # fmt: skip
+    assert all(response["headers"]["Location"]["required"] for *_, response in created)
+
+
+def test_errors_document_details_as_a_list():
+    schemas = document()["components"]["schemas"]
+    detail = schemas["ErrorDetail"]
+    assert set(detail["required"]) == {"code", "message", "details"}
+    assert detail["properties"]["details"]["type"] == "array"

@@ -1235,3 +1235,22 @@ def test_catch_up_next_future_skips_past_occurrences_and_lists_them(
     assert answer.index == first
     assert isos(list(answer.missed)) == isos(got[previous + 1 : first])
     assert all(t <= now for t in answer.missed)
+
+
+def test_the_readme_lists_exactly_the_frequencies_the_validator_accepts():
+    """The README's rrule row, the friendly `frequency` words and the parser agree."""
+    import re
+    import typing
+    from pathlib import Path
+
+    from duetide.rules.recurrence import FREQUENCIES
+    from duetide.services.schemas import RecurrenceIn
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `rrule` |"))
+    meaning = row.split("|")[3]  # the cell after the example
+    listed = re.findall(r"\b(YEARLY|MONTHLY|WEEKLY|DAILY|HOURLY|MINUTELY|SECONDLY)\b", meaning)
+    assert tuple(listed) == FREQUENCIES
+    friendly = RecurrenceIn.model_fields["frequency"].annotation
+    words = {w for arg in typing.get_args(friendly) for w in typing.get_args(arg)}
+    assert words == {f.lower() for f in FREQUENCIES}

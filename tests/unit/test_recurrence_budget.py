@@ -238,6 +238,41 @@ def test_next_catch_up_over_many_missed_occurrences_is_bounded() -> None:
         series.next(start, 0, now=start + timedelta(days=365))
 
 
+def test_forecast_after_a_far_completion_is_bounded_not_stalled() -> None:
+    """Completion mode, an occurrence due decades after its completion would be: every
+    MINUTELY step up to it is charged, so the forecast stops at its budget."""
+    rule = SeriesRule(
+        "FREQ=MINUTELY", "UTC", datetime(2026, 1, 1, tzinfo=UTC), Policy(mode="completion")
+    )
+    due = datetime(2080, 1, 1, tzinfo=UTC)
+    now = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    found = rule.preview_after(due, 0, 10, completed_at=now, now=now)
+    assert found.truncated and found.occurrences == ()
+    assert found.work <= forecast_budget(10)
+
+
+def test_forecast_after_an_occurrence_is_what_next_materialises() -> None:
+    """Step by step, `next()` (each completed on its own time) gives the same occurrences."""
+    cases = [
+        ("FREQ=DAILY;INTERVAL=2;BYHOUR=9,17", Policy()),
+        ("FREQ=DAILY;INTERVAL=2;BYHOUR=9,17", Policy(catch_up="next_future")),
+        ("FREQ=DAILY;INTERVAL=2", Policy(mode="completion")),
+        ("FREQ=HOURLY;INTERVAL=7", Policy(mode="completion", catch_up="next_future")),
+    ]
+    for text, policy in cases:
+        rule = SeriesRule(text, "Europe/Berlin", START, policy)
+        now = START + timedelta(days=5)
+        found = rule.preview_after(START, 0, 6, completed_at=now, now=now)
+        assert not found.truncated
+        stepped, at, index, completed = [], START, 0, now
+        for _ in range(6):
+            following = rule.next(at, index, completed_at=completed, now=now)
+            assert following is not None
+            stepped.append(following.scheduled_at)
+            at, index, completed = following.scheduled_at, following.index, following.scheduled_at
+        assert list(found.occurrences) == stepped, (text, policy)
+
+
 def test_recurrence_module_stays_pure() -> None:
     """No database or clock in the engine: the budget is work, never wall time."""
     source = "".join(inspect.getsource(m) for m in (recurrence, rrule_meter))

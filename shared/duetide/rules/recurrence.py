@@ -83,6 +83,8 @@ Freq = Literal[0, 1, 2, 3, 4, 5]
 _FREQS: dict[str, Freq] = {"YEARLY": YEARLY, "MONTHLY": MONTHLY, "WEEKLY": WEEKLY, "DAILY": DAILY}
 _FREQS |= {"HOURLY": HOURLY, "MINUTELY": MINUTELY}
 _FREQ_NAMES = {value: name for name, value in _FREQS.items()}
+FREQUENCIES: tuple[str, ...] = tuple(_FREQS)
+"""The FREQ values a rule may have, coarsest first (the README and the document list them)."""
 _WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 _WEEKDAY_RE = re.compile(r"([+-]?)([0-9]{1,2})?(MO|TU|WE|TH|FR|SA|SU)")
 _INT_RE = re.compile(r"[+-]?[0-9]{1,7}")
@@ -128,7 +130,8 @@ class Next:
 
 @dataclass(frozen=True)
 class Forecast:
-    """Up to ``count`` occurrences from DTSTART, and whether the work budget cut them short.
+    """Up to ``count`` occurrences (from DTSTART for ``preview``, after a given occurrence for
+    ``preview_after``), and whether the work budget cut them short.
 
     ``truncated`` is True only when the budget ran out before ``count`` occurrences were
     found: the series may well go on. A series that ends (COUNT/UNTIL) is not truncated.
@@ -192,6 +195,49 @@ class SeriesRule:
             rest = exp.numbered(exp.walk(exp.start_wall, exp.start, work), 0)
             for _, at in islice(rest, max(0, count - 1)):
                 found.append(at)
+            truncated = False
+        except WorkExhausted:
+            truncated = True
+        occurrences = tuple(at.astimezone(exp.zone) for at in found)
+        return Forecast(occurrences, truncated, work.used, work.budget)
+
+    def preview_after(
+        self,
+        previous_at: datetime,
+        previous_index: int,
+        count: int,
+        completed_at: datetime,
+        now: datetime,
+    ) -> Forecast:
+        """Up to ``count`` occurrences that will follow occurrence ``previous_index`` (at
+        ``previous_at``) if it is completed at ``completed_at`` and each later one on its own
+        time: what ``next()`` would materialise, step after step. Schedule mode follows the
+        rule; completion mode steps from ``completed_at``, then from each result; with
+        ``catch_up="next_future"`` those at or before ``now`` are left out (they would be
+        recorded missed). Within ``forecast_budget(count)``, like ``preview``.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+            raise RecurrenceError(f"count must be an integer from 0 to {MAX_COUNT}")
+        exp, work = self._expansion, Meter(forecast_budget(count))
+        previous = _instant(previous_at, "previous_at")
+        if isinstance(previous_index, bool) or not isinstance(previous_index, int):
+            raise RecurrenceError("previous_index must be an integer")
+        if previous_index < 0 or previous < exp.start:
+            raise RecurrenceError("previous_at/previous_index do not name an occurrence")
+        skip_until = _instant(now, "now") if self.policy.catch_up == "next_future" else None
+        found: list[datetime] = []
+        try:
+            if self.policy.mode == "completion":
+                completed = _instant(completed_at, "completed_at")
+                instants = exp.metered_completion(completed, previous, work)
+            else:
+                instants = exp.after(previous, work)
+            if count:
+                for _, at in exp.numbered(instants, previous_index):
+                    if skip_until is None or at > skip_until:
+                        found.append(at)
+                        if len(found) == count:
+                            break
             truncated = False
         except WorkExhausted:
             truncated = True
@@ -837,6 +883,18 @@ class _Expansion:
             at = self.completion_step(at)
         while at is not None:
             yield at
+            at = self.completion_step(at)
+
+    def metered_completion(
+        self, completed: datetime, previous: datetime, work: Meter
+    ) -> Iterator[datetime]:
+        """``after_completion`` charging ``work`` for every step, the ones stepped past
+        ``previous`` included (a forecast may start far from its first result)."""
+        at = self.completion_step(completed.replace(microsecond=0))
+        while at is not None:
+            work.charge(INSTANCE_WORK)
+            if at > previous:
+                yield at
             at = self.completion_step(at)
 
     def completion_step(self, at: datetime) -> datetime | None:

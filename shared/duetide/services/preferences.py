@@ -20,6 +20,7 @@ from sqlmodel import Session, select
 from duetide.channels import email, netguard, verification, webhook
 from duetide.config import get_settings
 from duetide.errors import Conflict, ValidationFailed
+from duetide.rules.durations import iso_duration
 from duetide.storage.models import Preference
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def preference_out(preference: Preference) -> PreferencesOut:
 
     return PreferencesOut(
         timezone=preference.timezone,
-        default_reminders=[f"PT{s}S" for s in preference.default_reminders],
+        default_reminders=[iso_duration(s) for s in preference.default_reminders],
         channels=preference.channels,
         webhook_url=preference.webhook_url,
         # The user's own signing key, to verify Duetide-Signature on their receiver.
@@ -113,8 +114,8 @@ def preference_out(preference: Preference) -> PreferencesOut:
         quiet_hours=QuietHoursOut(start=preference.quiet_start, end=preference.quiet_end)
         if preference.quiet_start and preference.quiet_end
         else None,
-        grace=f"PT{int(grace(preference).total_seconds())}S",
-        updated_at=preference.updated_at.isoformat(),
+        grace=iso_duration(int(grace(preference).total_seconds())),
+        updated_at=rfc3339(preference.updated_at),
     )
 
 

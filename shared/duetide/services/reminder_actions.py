@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
@@ -10,7 +11,7 @@ from duetide.errors import NotFound, ValidationFailed
 from duetide.rules.quiet_hours import snooze_until
 from duetide.services.responses import UpcomingPage, UpcomingReminder, rfc3339
 from duetide.services.schemas import SnoozeIn
-from duetide.storage.models import Reminder, Task
+from duetide.storage.models import Reminder, Series, Task
 
 
 def get_owned(session: Session, owner: str, reminder_id: str) -> Reminder:
@@ -21,10 +22,11 @@ def get_owned(session: Session, owner: str, reminder_id: str) -> Reminder:
 
 
 def upcoming(session: Session, owner: str, limit: int) -> UpcomingPage:
-    """Pending reminders of open tasks, soonest first."""
+    """Pending reminders of open tasks, soonest first; each in its task's zone."""
     rows = session.exec(
-        select(Reminder, Task)
+        select(Reminder, Task, Series.timezone)
         .join(Task, col(Task.id) == col(Reminder.task_id))
+        .outerjoin(Series, col(Series.id) == col(Task.series_id))
         .where(
             Reminder.owner == owner,
             Reminder.state == "pending",
@@ -40,10 +42,10 @@ def upcoming(session: Session, owner: str, limit: int) -> UpcomingPage:
                 id=reminder.id,
                 task_id=task.id,
                 title=task.title,
-                fire_at=rfc3339(reminder.fire_at),
-                due_at=rfc3339(task.due_at),
+                fire_at=rfc3339(reminder.fire_at, ZoneInfo(zone) if zone else None),
+                due_at=rfc3339(task.due_at, ZoneInfo(zone) if zone else None),
             )
-            for reminder, task in rows
+            for reminder, task, zone in rows
             if reminder.fire_at is not None
         ]
     )

@@ -6,7 +6,9 @@ from them (`web.openapi`), and every answer is built as one of them, so an answe
 strays from the document (a missing field, a word outside its set, an extra key) fails
 where it is built, not in a client. A field with a default is left out of the JSON when
 it was not set (`web.http.json_response`): a reminder shows `at` or `before_due`.
-Times are RFC 3339 text, rendered here in the zone the user sees them in.
+Times are RFC 3339 text, rendered here. Within one object every time has the same
+offset: a series, its occurrences (tasks with a `series_id`) with their reminders, its
+history and forecast are in the series' zone; everything else is in UTC.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Row
 
+from duetide.rules.durations import iso_duration
 from duetide.storage import models
 from duetide.vocabulary import (
     PRIORITIES,
@@ -38,10 +41,17 @@ class Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorField(Out):
+    field: str | None = Field(description="The field (`a.0.b`) at fault; null for the body")
+    message: str
+
+
 class ErrorDetail(Out):
     code: str
     message: str
-    details: Any = None
+    details: list[ErrorField] = Field(
+        description="What was wrong, field by field (a 422); empty for every other error"
+    )
 
 
 class ErrorBody(Out):
@@ -52,7 +62,9 @@ class ReminderOut(Out):
     id: str
     state: ReminderState
     at: str | None = Field(None, json_schema_extra={"format": "date-time"})
-    before_due: str | None = Field(None, description="ISO 8601 duration")
+    before_due: str | None = Field(
+        None, description="ISO 8601 duration, in its readable form (PT15M, P1D, PT1H30M)"
+    )
     fire_at: str | None = Field(json_schema_extra={"format": "date-time"})
 
 
@@ -117,7 +129,11 @@ class OccurrenceDeleted(Out):
 
 
 class Forecast(Out):
-    """Up to `count` occurrences from the rule's start. Each forecast has a work budget
+    """Up to `count` occurrences still to come: the open occurrence (at its due time), then
+    what will follow it, as the recurrence will create them. Schedule mode follows the
+    rule (with `catch_up: next_future`, none already past); completion mode assumes the
+    open occurrence is completed at its due time, or now if that has passed, and each one
+    after it on its own date. An ended series has none. Each forecast has a work budget
     proportional to `count` (at most about a quarter second of CPU): `truncated` is true
     when it ran out before `count` occurrences were found; the items are then correct but
     fewer, and the series may go on after them (ask for fewer). A series that ends (COUNT,
@@ -219,19 +235,20 @@ def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
     return local.isoformat()
 
 
-def reminder_out(reminder: models.Reminder | Row[Any]) -> ReminderOut:
+def reminder_out(reminder: models.Reminder | Row[Any], zone: Any = None) -> ReminderOut:
+    """A reminder in the zone of its task (`task_out`), so the two never differ."""
     if reminder.before_due_s is not None:
         return ReminderOut(
             id=reminder.id,
             state=reminder.state,
-            before_due=f"PT{reminder.before_due_s}S",
-            fire_at=rfc3339(reminder.fire_at),
+            before_due=iso_duration(reminder.before_due_s),
+            fire_at=rfc3339(reminder.fire_at, zone),
         )
     return ReminderOut(
         id=reminder.id,
         state=reminder.state,
-        at=rfc3339(reminder.at),
-        fire_at=rfc3339(reminder.fire_at),
+        at=rfc3339(reminder.at, zone),
+        fire_at=rfc3339(reminder.fire_at, zone),
     )
 
 
@@ -241,7 +258,8 @@ def task_out(
     reminders: Iterable[models.Reminder | Row[Any]],
     zone: Any = None,
 ) -> TaskOut:
-    """A task as the API shows it; times in the series' zone for occurrences, else UTC.
+    """A task as the API shows it; all its times, its reminders' too, in the series' zone
+    for an occurrence, else in UTC (one offset per object).
 
     From the model after a change, or from a plain row where a task is only read (no
     ORM object is built for a row that is only rendered); its tags and reminders come
@@ -256,9 +274,9 @@ def task_out(
         due_at=rfc3339(task.due_at, zone),
         completed_at=rfc3339(task.completed_at, zone),
         series_id=task.series_id,
-        created_at=rfc3339(task.created_at),
-        updated_at=rfc3339(task.updated_at),
-        reminders=[reminder_out(r) for r in reminders],
+        created_at=rfc3339(task.created_at, zone),
+        updated_at=rfc3339(task.updated_at, zone),
+        reminders=[reminder_out(r, zone) for r in reminders],
     )
 
 
@@ -276,7 +294,7 @@ def notification_out(notification: models.Notification) -> NotificationOut:
 
 
 def series_out(series: models.Series) -> SeriesOut:
-    """A series as the API shows it; its times in its own zone."""
+    """A series as the API shows it; all its times in its own zone."""
     zone = ZoneInfo(series.timezone)
     return SeriesOut(
         id=series.id,
@@ -293,6 +311,6 @@ def series_out(series: models.Series) -> SeriesOut:
         tags=series.tags,
         last_index=series.last_index,
         last_scheduled_at=rfc3339(series.last_at, zone),
-        created_at=rfc3339(series.created_at),
-        updated_at=rfc3339(series.updated_at),
+        created_at=rfc3339(series.created_at, zone),
+        updated_at=rfc3339(series.updated_at, zone),
     )

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
+from duetide.rules.recurrence import FREQUENCIES
 from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, Priority, TaskStatus
 
 SERVER_OWNED = frozenset(
@@ -143,7 +144,9 @@ class RecurrenceIn(RequestModel):
 
     model_config = ConfigDict(json_schema_extra=exactly_one("rrule", "frequency"))
 
-    rrule: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    rrule: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = Field(
+        None, description=f"An RFC 5545 RRULE value; FREQ is one of {', '.join(FREQUENCIES)}"
+    )
     frequency: Literal["minutely", "hourly", "daily", "weekly", "monthly", "yearly"] | None = None
     interval: Interval | None = None
     weekdays: list[str] | None = Field(None, max_length=7)

@@ -141,20 +141,46 @@ def list_series(session: Session, owner: str, offset: int, limit: int) -> list[S
     )
 
 
-def forecast(series: Series, count: int) -> Forecast:
-    """Up to `count` occurrences of the current rule from its start, within the work budget.
+def forecast(session: Session, series: Series, count: int, now: datetime) -> Forecast:
+    """Up to `count` occurrences still to come, within the work budget.
+
+    From the open occurrence (its due time) on, then what the recurrence will materialise
+    after it, as `next_for` would: in schedule mode by the rule (with `next_future`, none
+    at or before `now`, those would be missed); in completion mode as if the open
+    occurrence is completed at its due time, or now if that has passed, and each one
+    after it at its own time. When the latest occurrence is done and its successor not
+    yet made, from that successor. An ended series has nothing to come.
 
     `truncated` is true when the budget (`recurrence.forecast_budget`) ran out first: the
     items are correct but fewer than asked, and the series may go on after them.
     """
     # Here, not at the top: the recurrence function uses this module but no API model.
-    from duetide.services.responses import Forecast
+    from duetide.services.responses import Forecast, rfc3339
 
-    try:
-        found = rule_of(series).preview(count)
-    except recurrence.RecurrenceError as exc:
-        raise _invalid(exc) from None
-    return Forecast(items=[at.isoformat() for at in found.occurrences], truncated=found.truncated)
+    latest = next(iter(_occurrences(session, series.id)), None)
+    if series.status == "ended" or latest is None:
+        return Forecast(items=[], truncated=False)
+    assert latest.scheduled_at is not None and latest.occurrence_index is not None
+    zone = ZoneInfo(series.timezone)
+    items: list[datetime] = []
+    if latest.status == "open":
+        due = latest.due_at or latest.scheduled_at
+        items.append(due)
+        completed = max(due, now)
+    else:
+        completed = latest.completed_at or now
+    local_index = latest.occurrence_index - series.rule_base
+    truncated = False
+    if len(items) < count and local_index >= 0 and latest.scheduled_at >= series.dtstart:
+        try:
+            found = rule_of(series).preview_after(
+                latest.scheduled_at, local_index, count - len(items), completed, now
+            )
+        except recurrence.RecurrenceError as exc:
+            raise _invalid(exc) from None
+        items += found.occurrences
+        truncated = found.truncated
+    return Forecast(items=[rfc3339(at, zone) for at in items], truncated=truncated)
 
 
 def _occurrences(session: Session, series_id: str) -> list[Task]:
@@ -456,7 +482,7 @@ def history(session: Session, owner: str, series_id: str) -> History:
             index=task.occurrence_index,
             scheduled_at=rfc3339(task.scheduled_at, zone),
             outcome="completed" if task.status == "done" else "open",
-            at=rfc3339(task.completed_at),
+            at=rfc3339(task.completed_at, zone),
             task_id=task.id,
         )
         for task in _occurrences(session, series.id)
@@ -468,7 +494,7 @@ def history(session: Session, owner: str, series_id: str) -> History:
             index=row.occurrence_index,
             scheduled_at=rfc3339(row.scheduled_at, zone),
             outcome=row.outcome,
-            at=rfc3339(row.recorded_at),
+            at=rfc3339(row.recorded_at, zone),
             task_id=None,
         )
         for row in logged

@@ -25,7 +25,7 @@ from duetide.rules import reminders
 from duetide.rules.text import text_problem
 from duetide.services import preferences
 from duetide.services import series as series_rules
-from duetide.services.responses import TaskOut, TaskPage, task_out
+from duetide.services.responses import ReminderOut, TaskOut, TaskPage, reminder_out, task_out
 from duetide.services.schemas import (
     MAX_REMINDERS_PER_TASK,
     MAX_TITLE_CHARS,
@@ -56,6 +56,12 @@ def zone_of(session: Session, task: Task) -> ZoneInfo | None:
 def show(session: Session, task: Task) -> TaskOut:
     """A task just changed, from its model (already loaded with its tags and reminders)."""
     return task_out(task, task.tags, task.reminders, zone_of(session, task))
+
+
+def show_reminder(session: Session, reminder: Reminder) -> ReminderOut:
+    """A reminder alone, in the zone its task shows it in."""
+    task = session.get(Task, reminder.task_id)
+    return reminder_out(reminder, zone_of(session, task) if task is not None else None)
 
 
 def render(session: Session, rows: Sequence[Row[Any]]) -> list[TaskOut]:

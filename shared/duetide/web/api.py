@@ -33,7 +33,6 @@ from duetide.services.responses import (
     TaskPage,
     UpcomingPage,
     notification_out,
-    reminder_out,
     series_out,
 )
 from duetide.services.schemas import (
@@ -52,7 +51,8 @@ from duetide.storage import db, outbox
 from duetide.storage.models import Notification, utcnow
 from duetide.web import auth, commands, openapi
 from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
-from duetide.web.openapi import CommandEvent
+from duetide.web.openapi import CommandData, CommandEvent
+from duetide.web.sink import STRUCTURED
 
 Row = TypeVar("Row")
 Item = TypeVar("Item")
@@ -68,8 +68,13 @@ def _body(request: Request) -> Any:
     return read_json(request, get_settings().duetide_max_body_bytes)
 
 
-def _write(work: Callable[[Session], tuple[Any, list[str]]], status: int = 200) -> Response:
-    """Run a state change in one transaction, answer after the commit, then publish.
+def _write(
+    work: Callable[[Session], tuple[Any, list[str]]],
+    status: int = 200,
+    location: Callable[[Any], str] | None = None,
+) -> Response:
+    """Run a state change in one transaction, answer after the commit, then publish;
+    `location` names where what was created can be read (the 201's Location header).
 
     On SQLite the transaction takes the write lock at BEGIN: the counterpart of the
     row locks the changes take on PostgreSQL (`series.lock`), and no BUSY error for a
@@ -78,7 +83,12 @@ def _write(work: Callable[[Session], tuple[Any, list[str]]], status: int = 200) 
     with db.session_scope() as session:
         body, event_ids = work(session)
     outbox.publish_after_commit(event_ids)
-    return json_response(body, status)
+    headers = {"Location": location(body)} if location is not None else None
+    return json_response(body, status, headers)
+
+
+def task_location(task: TaskOut) -> str:
+    return f"/tasks/{task.id}"
 
 
 def health(request: Request, user: str) -> Response:
@@ -98,7 +108,7 @@ def create_task(request: Request, user: str) -> Response:
         task, ids = tasks.create(session, user, spec)
         return tasks.show(session, task), ids
 
-    return _write(work, 201)
+    return _write(work, 201, task_location)
 
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
@@ -155,7 +165,14 @@ def add_reminder(request: Request, user: str, task_id: str) -> Response:
     spec = parse_model(ReminderIn, _body(request))
     with db.session_scope() as session:
         _, reminder = tasks.add_reminder(session, user, task_id, spec)
-        return json_response(reminder_out(reminder), 201)
+        body = tasks.show_reminder(session, reminder)
+    return json_response(body, 201, {"Location": f"/reminders/{body.id}"})
+
+
+def get_reminder(request: Request, user: str, reminder_id: str) -> Response:
+    with db.session_scope(read_only=True) as session:
+        reminder = reminder_actions.get_owned(session, user, reminder_id)
+        return json_response(tasks.show_reminder(session, reminder))
 
 
 def list_series(request: Request, user: str) -> Response:
@@ -213,7 +230,7 @@ def forecast(request: Request, user: str, series_id: str) -> Response:
     query = parse_model(ForecastQuery, _query(request))
     with db.session_scope(read_only=True) as session:
         found = series.get_owned(session, user, series_id)
-        return json_response(series.forecast(found, query.count))
+        return json_response(series.forecast(session, found, query.count, utcnow()))
 
 
 def get_preferences(request: Request, user: str) -> Response:
@@ -280,12 +297,13 @@ def snooze_reminder(request: Request, user: str, reminder_id: str) -> Response:
     spec = parse_model(SnoozeIn, _body(request))
     with db.session_scope() as session:
         reminder = reminder_actions.snooze(session, user, reminder_id, spec, utcnow())
-        return json_response(reminder_out(reminder))
+        return json_response(tasks.show_reminder(session, reminder))
 
 
 def dismiss_reminder(request: Request, user: str, reminder_id: str) -> Response:
     with db.session_scope() as session:
-        return json_response(reminder_out(reminder_actions.dismiss(session, user, reminder_id)))
+        reminder = reminder_actions.dismiss(session, user, reminder_id)
+        return json_response(tasks.show_reminder(session, reminder))
 
 
 def notifications(request: Request, user: str) -> Response:
@@ -331,7 +349,9 @@ class Endpoint:
     `auth`: "bearer" routes authenticate (and charge writes to the rate limit) before
     the handler runs; "public" ones need no token; "in_handler" ones (`/commands`, whose
     sender may be a user or a registered system) authenticate themselves but are
-    documented as secured.
+    documented as secured. `other_bodies` are further media types the body may have
+    (`/commands` in binary mode: the event's data as application/json), `headers` the
+    request headers the operation reads (the binary mode's `ce-*` attributes).
     """
 
     method: str
@@ -344,6 +364,9 @@ class Endpoint:
     auth: Auth = "bearer"
     media_type: str = "application/json"
     operation_id: str = ""
+    description: str = ""
+    other_bodies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    headers: tuple[openapi.Header, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.operation_id:
@@ -535,6 +558,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         responses={200: UpcomingPage},
     ),
     Endpoint(
+        "GET",
+        "/reminders/<reminder_id>",
+        get_reminder,
+        "Read a reminder",
+        responses={200: ReminderOut},
+    ),
+    Endpoint(
         "POST",
         "/reminders/<reminder_id>/snooze",
         snooze_reminder,
@@ -557,8 +587,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=CommandEvent,
         responses={200: CommandResult, 201: CommandResult, 403: ErrorBody},
         auth="in_handler",
-        media_type="application/cloudevents+json",
+        media_type=STRUCTURED,
         operation_id="commands",
+        description=openapi.COMMANDS_DESCRIPTION,
+        other_bodies={"application/json": CommandData},
+        headers=openapi.BINARY_MODE_HEADERS,
     ),
 )
 """Every operation of the API, declared once: the router below and the OpenAPI document

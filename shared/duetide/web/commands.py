@@ -76,4 +76,7 @@ def handle(request: Request) -> Response:
     )
     if body is None:
         return json_response(CommandResult(status="duplicate"))
-    return json_response(body, 201 if spec is not None else 200)
+    if spec is None:
+        return json_response(body)
+    assert body.task is not None
+    return json_response(body, 201, {"Location": f"/tasks/{body.task.id}"})

@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from duetide import logs, telemetry
 from duetide.config import get_settings
+from duetide.errors import error_body
 from duetide.web.http import json_response
 
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -18,7 +19,7 @@ def _framework_error(error: HTTPException) -> Response:
     """Errors Flask raises before our code runs (a path its route cannot match)."""
     status = error.code or 400
     code = _CODES.get(status, "bad_request")
-    return json_response({"error": {"code": code, "message": error.name}}, status)
+    return json_response(error_body(code, error.name), status)
 
 
 def start(function: str) -> None:

@@ -26,6 +26,7 @@ from duetide.errors import (
     Unavailable,
     UnsupportedMediaType,
     ValidationFailed,
+    error_body,
 )
 from duetide.logs import log_event
 from duetide.rules.text import text_problem
@@ -38,13 +39,17 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """`body` as JSON: a response model (`services.responses`) without the defaults it
-    was not given, or plain JSON data."""
+    was not given, or plain JSON data. A 204 has neither a body nor a Content-Type (Flask
+    would name text/html)."""
+    if status == 204:
+        empty = Response(status=204, headers=headers)
+        del empty.headers["Content-Type"]
+        return empty
     if isinstance(body, pydantic.BaseModel):
         payload = body.model_dump_json(exclude_unset=True)
     else:
-        payload = "" if status == 204 else json.dumps(body, separators=(",", ":"), default=str)
-    mimetype = None if status == 204 else "application/json"
-    return Response(payload, status=status, mimetype=mimetype, headers=headers)
+        payload = json.dumps(body, separators=(",", ":"), default=str)
+    return Response(payload, status=status, mimetype="application/json", headers=headers)
 
 
 def error_response(err: ApiError) -> Response:
@@ -186,6 +191,4 @@ def _answer(handler: Handler, request: Request) -> Response:
             "unhandled error",
             extra={"event": "http.unhandled", "method": request.method, "path": request.path[:200]},
         )
-        return json_response(
-            {"error": {"code": "internal", "message": "internal error"}}, status=500
-        )
+        return json_response(error_body("internal", "internal error"), status=500)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from duetide.events import CMD_TASK_COMPLETE, CMD_TASK_CREATE
 from duetide.services import schemas
 from duetide.services.responses import ErrorBody
-from duetide.web.sink import MAX_ATTRIBUTE_CHARS
+from duetide.web.sink import BATCH, MAX_ATTRIBUTE_CHARS, STRUCTURED
 
 if TYPE_CHECKING:
     from duetide.web.api import Endpoint
@@ -33,8 +35,8 @@ class CompleteCommandData(BaseModel):
 
 
 class Command(BaseModel):
-    """A command as a structured-mode CloudEvent; binary mode (`ce-*` headers and the
-    data as an application/json body) is accepted as well. A user sends it with their
+    """A command as a structured-mode CloudEvent; in binary mode the same attributes are
+    `ce-*` headers and the body is the data alone (`CommandData`). A user sends it with their
     own bearer token and acts for themself; a registered system names the user in
     `duetideuser` and signs the command (`duetidesystem`, `duetidesig`) or is Knative's
     registered OIDC sender. Other attributes are passed over, except `authtoken`, which
@@ -69,6 +71,97 @@ class CompleteCommand(Command):
 class CommandEvent(RootModel[CreateCommand | CompleteCommand]):
     pass
 
+
+class CommandData(RootModel[CreateCommandData | CompleteCommandData]):
+    """A command in binary mode: the body is the event's data (application/json), its
+    attributes are the `ce-*` headers; `ce-type` says which of the two the data is."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """A request header an operation reads, as an OpenAPI header parameter."""
+
+    name: str
+    description: str
+    example: str
+
+    def parameter(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "in": "header",
+            "required": False,  # which headers are needed depends on the media type
+            "description": self.description,
+            "schema": {"type": "string", "examples": [self.example]},
+        }
+
+
+_BINARY = (
+    "Binary mode (the event's data as an application/json body): {need}. Ignored in "
+    "structured mode, where the body holds every attribute, so the values are described "
+    "here rather than constrained by the schema: {values}"
+)
+_MAX = MAX_ATTRIBUTE_CHARS
+BINARY_MODE_HEADERS = (
+    Header("ce-specversion", _BINARY.format(need="required", values="`1.0`."), "1.0"),
+    Header(
+        "ce-id",
+        _BINARY.format(need="required", values=f"1 to {_MAX['id']} characters."),
+        "order-42",
+    ),
+    Header(
+        "ce-source",
+        _BINARY.format(need="required", values=f"1 to {_MAX['source']} characters."),
+        "/shop",
+    ),
+    Header(
+        "ce-type",
+        _BINARY.format(
+            need="required",
+            values=f'`{CMD_TASK_CREATE}` (data `{{"task": ...}}`) or `{CMD_TASK_COMPLETE}` '
+            '(data `{"task_id": ...}`).',
+        ),
+        CMD_TASK_CREATE,
+    ),
+    Header(
+        "ce-duetideuser",
+        _BINARY.format(
+            need="the user a registered system's command acts for",
+            values="1 to 255 printable characters.",
+        ),
+        "me",
+    ),
+    Header(
+        "ce-duetidesystem",
+        _BINARY.format(need="the registered system that signed", values="its name."),
+        "local",
+    ),
+    Header(
+        "ce-duetidesig",
+        _BINARY.format(
+            need="the system's signature",
+            values="64 lowercase hex digits, HMAC-SHA256 of the command's JCS form.",
+        ),
+        "0" * 64,
+    ),
+)
+"""The CloudEvents HTTP binding's binary content mode: the attributes as `ce-*` headers."""
+
+COMMANDS_DESCRIPTION = (
+    "One command CloudEvent per request, in either content mode of the CloudEvents HTTP "
+    f"binding. Structured: the whole event as `{STRUCTURED}` (`CommandEvent`), no `ce-*` "
+    "headers. Binary: the attributes as `ce-specversion`, `ce-id`, `ce-source`, `ce-type` "
+    "(and `ce-duetideuser`, `ce-duetidesystem`, `ce-duetidesig` for a registered system) "
+    "headers, the event's data alone as `application/json` (`CommandData`). A batch "
+    f"(`{BATCH}`) is refused with 415. (`source`, `id`) makes a retry a no-op: 200 "
+    "`duplicate`."
+)
+
+
+LOCATION = {
+    "description": "Where what was created can be read (`/tasks/{id}`, `/reminders/{id}`)",
+    "required": True,
+    "schema": {"type": "string", "format": "uri-reference"},
+}
 
 ERRORS = (400, 401, 404, 413, 415, 422, 429)
 """What any secured operation may answer besides its own responses."""
@@ -126,17 +219,25 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
     ]
     if endpoint.query is not None:
         parameters += _query_parameters(endpoint.query)
+    parameters += [header.parameter() for header in endpoint.headers]
     if parameters:
         operation["parameters"] = parameters
+    if endpoint.description:
+        operation["description"] = endpoint.description
     if endpoint.body is not None:
+        bodies = {endpoint.media_type: endpoint.body, **endpoint.other_bodies}
         operation["requestBody"] = {
             "required": True,
-            "content": {endpoint.media_type: {"schema": _ref(endpoint.body, components)}},
+            "content": {
+                media: {"schema": _ref(model, components)} for media, model in bodies.items()
+            },
         }
     for status, model in endpoint.responses.items():
         response: dict[str, Any] = {"description": str(status)}
         if model is not None:
             response["content"] = {"application/json": {"schema": _ref(model, components)}}
+        if status == 201:
+            response["headers"] = {"Location": LOCATION}
         operation["responses"][str(status)] = response
     if endpoint.auth == "public":
         return operation

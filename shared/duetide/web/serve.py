@@ -44,6 +44,7 @@ from duetide.errors import (
     PayloadTooLarge,
     RequestTimeout,
     Unavailable,
+    error_body,
 )
 
 log = logging.getLogger("duetide.web.serve")
@@ -253,8 +254,11 @@ def _error_headers(err: ApiError) -> list[tuple[bytes, bytes]]:
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    """The whole answer at once, its length named (without it uvicorn would chunk it)."""
-    if not any(name == b"content-length" for name, _ in headers):
+    """The whole answer at once, its length named (without it uvicorn would chunk it);
+    a 204 or 304 names none, as RFC 9110 (8.6) asks."""
+    if status in (204, 304):
+        headers = [(name, value) for name, value in headers if name != b"content-length"]
+    elif not any(name == b"content-length" for name, _ in headers):
         headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -314,7 +318,7 @@ def run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> tuple[int, list[tuple[byt
         log.exception(
             "the WSGI app failed outside its error handlers", extra={"event": "http.unhandled"}
         )
-        body = b'{"error":{"code":"internal","message":"internal error"}}'
+        body = json.dumps(error_body("internal", "internal error"), separators=(",", ":")).encode()
         return 500, [(b"content-type", b"application/json")], body
     encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
     return int(status.split(" ", 1)[0]), encoded, payload

@@ -33,6 +33,8 @@ log = logging.getLogger("duetide.web.sink")
 
 REQUIRED = ("id", "source", "type", "specversion")
 STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+"""The batched content mode (HTTP binding 3.3): a JSON array of events, not taken here."""
 # (source, id) is stored to deduplicate (`processed_event`: 512 and 255 characters).
 MAX_ATTRIBUTE_CHARS = {"id": 255, "source": 255}
 
@@ -59,6 +61,8 @@ def decode(request: Request, max_bytes: int) -> Incoming:
     body = read_body(request, max_bytes)
     headers = {k.lower(): v for k, v in request.headers.items()}
     binary = _binary_mode(request, headers)
+    if not binary:  # structured: the SDK would go by a stray ce-specversion header
+        headers = {k: v for k, v in headers.items() if not k.startswith("ce-")}
     try:
         event = from_http(headers, body, data_unmarshaller=lambda raw: raw)
     except ce_errors.GenericException as exc:
@@ -89,9 +93,24 @@ def decode(request: Request, max_bytes: int) -> Incoming:
 
 
 def _binary_mode(request: Request, headers: dict[str, str]) -> bool:
-    """Whether the event is in binary mode; 400/415 for a request that is neither mode."""
-    binary = "ce-specversion" in headers or any(k.startswith("ce-") for k in headers)
-    if not binary and request.mimetype != STRUCTURED:
+    """Whether the event is in binary mode; 400/415 for a request that is neither mode.
+
+    A batch is refused with 415 before anything else: it is a well-formed request in a
+    media type (content mode) this receiver does not take, which is what 415 says, not a
+    malformed event (400). One event per request means one answer per event, so a
+    KafkaSource's retry and dead-lettering stay per event.
+    """
+    if request.mimetype == BATCH:
+        raise UnsupportedMediaType(
+            f"batched CloudEvents ({BATCH}) are not supported: send one event per request, "
+            f"binary mode or {STRUCTURED}",
+            headers={"Accept": f"{STRUCTURED}, application/json"},
+        )
+    # The content type decides the mode (HTTP binding, section 3): a structured event is
+    # read from its body alone, whatever `ce-*` headers came beside it.
+    structured = request.mimetype == STRUCTURED
+    binary = not structured and any(k.startswith("ce-") for k in headers)
+    if not binary and not structured:
         if not _is_json(request.mimetype):
             raise UnsupportedMediaType(
                 f"expected a binary-mode CloudEvent or {STRUCTURED}, got {request.mimetype!r}"
