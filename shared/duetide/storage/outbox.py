@@ -61,7 +61,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, Insert, bindparam, column, func, insert, literal, null
 from sqlalchemy import select as select_columns
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select, update
 
@@ -432,13 +432,19 @@ def get_publisher() -> Publisher | None:
     return _publisher[1]
 
 
-def mark_sent(session: Session, ids: list[str]) -> None:
-    if ids:
-        session.exec(
-            update(Outbox)
-            .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
-            .values(sent_at=utcnow())
-        )
+def mark_sent(target: Session | Connection, ids: list[str]) -> None:
+    """Mark rows sent: in the relay's session, or on a connection of its own."""
+    if not ids:
+        return
+    statement = (
+        update(Outbox)
+        .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
+        .values(sent_at=utcnow())
+    )
+    if isinstance(target, Session):
+        target.exec(statement)
+    else:
+        target.execute(statement)
 
 
 def requeue_sent_since(since: datetime, engine: Engine | None = None) -> int:
@@ -487,8 +493,8 @@ def _publish(publisher: Publisher, ids: list[str]) -> int:
             ).all()
         acked = publisher.try_send(rows)
         if acked:
-            with db.session_scope() as session:
-                mark_sent(session, acked)
+            with db.autocommit() as connection:  # one statement: one round trip
+                mark_sent(connection, acked)
     except SQLAlchemyError as exc:
         log_event(log, "outbox.fast_path_failed", level=logging.WARNING, error=type(exc).__name__)
         return 0
