@@ -24,3 +24,14 @@ def test_writes_declare_the_rate_limit_and_reads_need_a_token():
     assert "429" in paths["/tasks"]["post"]["responses"]
     assert paths["/tasks"]["get"]["security"] == [{"bearer": []}]
     assert "security" not in paths["/healthz"]["get"]
+
+
+def test_the_documentation_routes_are_listed_and_public():
+    paths = document()["paths"]
+    for path in ("/", "/docs", "/docs/assets/{version}/{name}", "/asyncapi.json"):
+        assert "security" not in paths[path]["get"], path
+    assert list(paths["/docs"]["get"]["responses"]["200"]["content"]) == ["text/html"]
+    assert list(paths["/asyncapi.json"]["get"]["responses"]["200"]["content"]) == [
+        "application/json"
+    ]
+    assert set(paths["/"]["get"]["responses"]) == {"302"}
