@@ -10,6 +10,7 @@ Swagger UI rendered every operation and that no request left loopback.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -74,6 +75,22 @@ def test_the_assets_are_served_with_their_types_and_cached_by_version(pages: Fla
         assert len(answer.data) > 0
     bundle = pages.get(next(url for url in urls if url.endswith("swagger-ui-bundle.js")))
     assert b"SwaggerUIBundle" in bundle.data
+    assert "Content-Encoding" not in bundle.headers
+
+
+def test_scripts_and_styles_go_gzipped_to_a_client_that_takes_it(pages: FlaskClient) -> None:
+    urls = asset_urls(pages.get("/docs").get_data(as_text=True))
+    for url in urls:
+        plain = pages.get(url)
+        packed = pages.get(url, headers={"Accept-Encoding": "gzip, br"})
+        assert packed.headers["Vary"] == "Accept-Encoding"
+        if url.endswith(".png"):
+            assert "Content-Encoding" not in packed.headers and packed.data == plain.data
+            continue
+        assert packed.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(packed.data) == plain.data
+        if url.endswith("swagger-ui-bundle.js"):
+            assert len(packed.data) < len(plain.data) / 2
 
 
 @pytest.mark.parametrize(

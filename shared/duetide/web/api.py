@@ -50,7 +50,7 @@ from duetide.services.schemas import (
 )
 from duetide.storage import db, outbox
 from duetide.storage.models import Notification, utcnow
-from duetide.web import asyncapi, auth, commands, docs, openapi
+from duetide.web import auth, commands, docs, openapi
 from duetide.web.command_events import CommandEvent
 from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
 
@@ -357,6 +357,8 @@ def openapi_document(request: Request, user: str) -> Response:
 
 
 def asyncapi_document(request: Request, user: str) -> Response:
+    from duetide.web import asyncapi  # built on first use: start-up does not pay for it
+
     return json_response(asyncapi.document(asyncapi.addresses(get_settings())))
 
 
@@ -365,7 +367,7 @@ def docs_page(request: Request, user: str) -> Response:
 
 
 def docs_asset(request: Request, user: str, version: str, name: str) -> Response:
-    return docs.asset(version, name)
+    return docs.asset(version, name, gzip_accepted=request.accept_encodings.quality("gzip") > 0)
 
 
 def root(request: Request, user: str) -> Response:

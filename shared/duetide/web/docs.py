@@ -17,6 +17,7 @@ The page needs no token; its "Try it out" sends the bearer token the user enters
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -123,15 +124,29 @@ def page() -> Response:
     return Response(html, mimetype="text/html", headers=_headers("no-cache"))
 
 
-def asset(asset_version: str, name: str) -> Response:
-    """One asset of the page; 404 for any other name or an outdated version."""
+def asset(asset_version: str, name: str, gzip_accepted: bool = False) -> Response:
+    """One asset of the page; 404 for any other name or an outdated version. Scripts and
+    styles go gzipped to a client that takes it (Swagger UI's bundle: 1.7 MB, 0.5 MB
+    gzipped), compressed once per process."""
     if asset_version != version():
         raise NotFound(f"no asset version {asset_version!r}; load /docs again")
-    if name == START_NAME:
-        body = START_SCRIPT.encode()
-    elif name in DIST_FILES:
-        body = (dist_folder() / name).read_bytes()
-    else:
+    if name != START_NAME and name not in DIST_FILES:
         raise NotFound(f"no asset {name!r}")
-    content_type = _TYPES[Path(name).suffix]
-    return Response(body, content_type=content_type, headers=_headers(IMMUTABLE))
+    suffix = Path(name).suffix
+    headers = {**_headers(IMMUTABLE), "Vary": "Accept-Encoding"}
+    if gzip_accepted and suffix in (".js", ".css"):
+        body = _gzipped(name)
+        headers["Content-Encoding"] = "gzip"
+    else:
+        body = _plain(name)
+    return Response(body, content_type=_TYPES[suffix], headers=headers)
+
+
+def _plain(name: str) -> bytes:
+    return START_SCRIPT.encode() if name == START_NAME else (dist_folder() / name).read_bytes()
+
+
+@functools.cache
+def _gzipped(name: str) -> bytes:
+    """Bounded: only the few names `asset` serves get here."""
+    return gzip.compress(_plain(name), compresslevel=6, mtime=0)
