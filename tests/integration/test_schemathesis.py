@@ -263,7 +263,9 @@ def test_every_operation_but_the_public_ones_needs_a_token(server: str) -> None:
             body = BODIES.get(operation_id)
             response = requests.request(method, url, json=body, headers=headers, timeout=5)
             if BY_OPERATION[operation_id].auth == "public":
-                assert response.status_code == 200, (method, path)
+                # A public file's placeholder names no file (/docs/assets/version/name):
+                # a 404, but never a request for a token.
+                assert response.status_code == (404 if "{" in path else 200), (method, path)
                 continue
             assert response.status_code == 401, (method, path, response.text)
             assert response.json()["error"]["code"] == "unauthorized"

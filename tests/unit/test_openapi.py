@@ -44,3 +44,14 @@ def test_errors_document_details_as_a_list():
     detail = schemas["ErrorDetail"]
     assert set(detail["required"]) == {"code", "message", "details"}
     assert detail["properties"]["details"]["type"] == "array"
+
+
+def test_the_documentation_routes_are_listed_and_public():
+    paths = document()["paths"]
+    for path in ("/", "/docs", "/docs/assets/{version}/{name}", "/asyncapi.json"):
+        assert "security" not in paths[path]["get"], path
+    assert list(paths["/docs"]["get"]["responses"]["200"]["content"]) == ["text/html"]
+    assert list(paths["/asyncapi.json"]["get"]["responses"]["200"]["content"]) == [
+        "application/json"
+    ]
+    assert set(paths["/"]["get"]["responses"]) == {"302"}

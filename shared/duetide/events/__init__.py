@@ -1,7 +1,8 @@
 """CloudEvent types, their payload models, and encoding/decoding with the CloudEvents SDK.
 
 Types are versioned reverse-DNS names; a payload model per type gives both the
-validation of incoming events and the published JSON Schema (`duetide schemas`).
+validation of incoming events and the published JSON Schema (`duetide schemas`, and the
+AsyncAPI document of `web.asyncapi`).
 """
 
 from __future__ import annotations
@@ -61,18 +62,6 @@ class ReminderEvent(Payload):
     scheduled_at: AwareDatetime
 
 
-class TaskCreateCommand(Payload):
-    """A command from another system; the owner is the user it acts for (web/command_trust)."""
-
-    model_config = ConfigDict(extra="forbid")
-    task: dict[str, Any]
-
-
-class TaskCompleteCommand(Payload):
-    model_config = ConfigDict(extra="forbid")
-    task_id: str = Field(max_length=36)
-
-
 PAYLOADS: dict[str, type[Payload]] = {
     TASK_CREATED: TaskEvent,
     TASK_UPDATED: TaskEvent,
@@ -81,9 +70,10 @@ PAYLOADS: dict[str, type[Payload]] = {
     TASK_DELETED: TaskEvent,
     REMINDER_DUE: ReminderEvent,
     REMINDER_MISSED: ReminderEvent,
-    CMD_TASK_CREATE: TaskCreateCommand,
-    CMD_TASK_COMPLETE: TaskCompleteCommand,
 }
+"""The data model of each event type duetide publishes. The commands' types (CMD_*) are
+sent to it by other systems; their models are in `web.command_events`, since a create
+command carries a whole task as `POST /tasks` takes it."""
 
 
 def build(
@@ -136,8 +126,3 @@ def to_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     """Binary-mode HTTP request headers and body."""
     headers, body = to_http_binary(event, data_marshaller=_json_bytes)
     return headers, body
-
-
-def json_schemas() -> dict[str, dict[str, Any]]:
-    """The JSON Schema of each event type's `data`, generated from its model."""
-    return {name: model.model_json_schema() for name, model in sorted(PAYLOADS.items())}

@@ -49,9 +49,9 @@ from duetide.services.schemas import (
 )
 from duetide.storage import db, outbox
 from duetide.storage.models import Notification, utcnow
-from duetide.web import auth, commands, openapi
+from duetide.web import auth, commands, docs, openapi
+from duetide.web.command_events import CommandData, CommandEvent
 from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
-from duetide.web.openapi import CommandData, CommandEvent
 from duetide.web.sink import STRUCTURED
 
 Row = TypeVar("Row")
@@ -367,6 +367,8 @@ class Endpoint:
     description: str = ""
     other_bodies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
     headers: tuple[openapi.Header, ...] = ()
+    produces: str | None = None
+    """The media type of a 200 answer that has no response model (a page, a file)."""
 
     def __post_init__(self) -> None:
         if not self.operation_id:
@@ -375,6 +377,25 @@ class Endpoint:
 
 def openapi_document(request: Request, user: str) -> Response:
     return json_response(openapi.document())
+
+
+def asyncapi_document(request: Request, user: str) -> Response:
+    from duetide.web import asyncapi  # built on first use: start-up does not pay for it
+
+    return json_response(asyncapi.document(asyncapi.addresses(get_settings())))
+
+
+def docs_page(request: Request, user: str) -> Response:
+    return docs.page()
+
+
+def docs_asset(request: Request, user: str, version: str, name: str) -> Response:
+    return docs.asset(version, name, gzip_accepted=request.accept_encodings.quality("gzip") > 0)
+
+
+def root(request: Request, user: str) -> Response:
+    """The API's address in a browser: its documentation page."""
+    return Response(status=302, headers={"Location": "/docs"})
 
 
 def command_intake(request: Request, user: str) -> Response:
@@ -394,6 +415,36 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         auth="public",
         operation_id="openapi",
     ),
+    Endpoint(
+        "GET",
+        "/asyncapi.json",
+        asyncapi_document,
+        "The event catalog: an AsyncAPI 3.0 document of the Kafka topics and every "
+        "CloudEvent type with the JSON Schema of its data",
+        responses={200: None},
+        auth="public",
+        operation_id="asyncapi",
+        produces="application/json",
+    ),
+    Endpoint(
+        "GET",
+        "/docs",
+        docs_page,
+        'This document as a page (Swagger UI); its "Try it out" uses the bearer token '
+        'given under "Authorize"',
+        responses={200: None},
+        auth="public",
+        produces="text/html",
+    ),
+    Endpoint(
+        "GET",
+        "/docs/assets/<version>/<name>",
+        docs_asset,
+        "A file of the documentation page (cached: the version is in the path)",
+        responses={200: None, 404: ErrorBody},
+        auth="public",
+    ),
+    Endpoint("GET", "/", root, "Redirects to /docs", responses={302: None}, auth="public"),
     Endpoint(
         "GET",
         "/tasks",
@@ -606,7 +657,8 @@ ROUTES = Map(
 
 @guarded
 def handle(request: Request) -> Response:
-    """Route a request; every route but /healthz needs a bearer token."""
+    """Route a request; every route but the "public" ones (/healthz and the documents
+    and pages describing the API) needs a bearer token."""
     adapter = ROUTES.bind("duetide", path_info=request.path)
     try:
         if "\x00" in request.path:  # no id has one, and PostgreSQL could not compare it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pydantic
 from flask import Request, Response
 from sqlmodel import Session
 
@@ -22,10 +23,9 @@ from duetide.errors import InvalidCloudEvent
 from duetide.logs import log_event
 from duetide.services import ratelimit, tasks
 from duetide.services.responses import CommandResult
-from duetide.services.schemas import TaskCreate
 from duetide.storage.processed import EventKey, run_once
-from duetide.web import command_trust
-from duetide.web.http import json_response, parse_model
+from duetide.web import command_events, command_trust
+from duetide.web.http import json_response, validation_failed
 from duetide.web.sink import Incoming, decode, follow_trace
 
 CONSUMER = "commands"
@@ -33,10 +33,16 @@ log = logging.getLogger("duetide.web.commands")
 
 
 def _payload(event: Incoming) -> Any:
-    model = events.PAYLOADS[event.type]
+    """The command's data: 400 if it is not the type's shape, 422 (naming each field,
+    as `POST /tasks` would) if only the task object of a create command is invalid."""
+    model = command_events.DATA[event.type]
     try:
         return model.model_validate(event.data)
-    except Exception:
+    except pydantic.ValidationError as exc:
+        data = event.data
+        task_object = isinstance(data, dict) and isinstance(data.get("task"), dict)
+        if task_object and all(error["loc"][:1] == ("task",) for error in exc.errors()):
+            raise validation_failed(exc) from None
         raise InvalidCloudEvent(f"invalid {event.type} data") from None
 
 
@@ -53,7 +59,7 @@ def handle(request: Request) -> Response:
     user = actor.user
     ratelimit.charge_write(user)
     payload = _payload(event)
-    spec = parse_model(TaskCreate, payload.task) if event.type == events.CMD_TASK_CREATE else None
+    spec = payload.task if isinstance(payload, command_events.CreateCommandData) else None
     key = EventKey(CONSUMER, event.source, event.id, scope=user)
 
     def work(session: Session) -> tuple[CommandResult, list[str]]:

@@ -11,70 +11,16 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel
 
 from duetide.events import CMD_TASK_COMPLETE, CMD_TASK_CREATE
-from duetide.services import schemas
 from duetide.services.responses import ErrorBody
 from duetide.web.sink import BATCH, MAX_ATTRIBUTE_CHARS, STRUCTURED
 
 if TYPE_CHECKING:
     from duetide.web.api import Endpoint
-
-
-class CreateCommandData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    task: schemas.TaskCreate
-
-
-class CompleteCommandData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    task_id: str = Field(max_length=36)
-
-
-class Command(BaseModel):
-    """A command as a structured-mode CloudEvent; in binary mode the same attributes are
-    `ce-*` headers and the body is the data alone (`CommandData`). A user sends it with their
-    own bearer token and acts for themself; a registered system names the user in
-    `duetideuser` and signs the command (`duetidesystem`, `duetidesig`) or is Knative's
-    registered OIDC sender. Other attributes are passed over, except `authtoken`, which
-    is refused (400): bearer tokens do not travel in events."""
-
-    model_config = ConfigDict(extra="allow")
-    specversion: Literal["1.0"]
-    id: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS["id"])
-    source: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS["source"])
-    duetideuser: str | None = Field(
-        None,
-        min_length=1,
-        max_length=255,
-        description="The user a system's command acts for; with a user's token, that user.",
-    )
-    duetidesystem: str | None = Field(None, description="The registered system that signed.")
-    duetidesig: str | None = Field(
-        None, description="HMAC-SHA256 (hex) of the command's JCS form with the system's key."
-    )
-
-
-class CreateCommand(Command):
-    type: Literal["dev.duetide.task.create.v1"]
-    data: CreateCommandData
-
-
-class CompleteCommand(Command):
-    type: Literal["dev.duetide.task.complete.v1"]
-    data: CompleteCommandData
-
-
-class CommandEvent(RootModel[CreateCommand | CompleteCommand]):
-    pass
-
-
-class CommandData(RootModel[CreateCommandData | CompleteCommandData]):
-    """A command in binary mode: the body is the event's data (application/json), its
-    attributes are the `ce-*` headers; `ce-type` says which of the two the data is."""
 
 
 @dataclass(frozen=True)
@@ -167,8 +113,10 @@ ERRORS = (400, 401, 404, 413, 415, 422, 429)
 """What any secured operation may answer besides its own responses."""
 
 
-def _ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
-    schema = _without_null_defaults(
+def schema_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    """A `$ref` to `model`'s schema, added with its definitions to `components` (the
+    schemas of `#/components/schemas`, in OpenAPI and AsyncAPI documents alike)."""
+    schema = without_null_defaults(
         model.model_json_schema(ref_template="#/components/schemas/{model}")
     )
     components.update(schema.pop("$defs", {}))
@@ -181,15 +129,15 @@ def _allows_null(schema: dict[str, Any]) -> bool:
     return any(option.get("type") == "null" for option in options)
 
 
-def _without_null_defaults(schema: Any) -> Any:
+def without_null_defaults(schema: Any) -> Any:
     """Drop `default: null` where null is not allowed: an update field left out means
     "unchanged", which JSON Schema cannot say, and a null default would be invalid."""
     if isinstance(schema, dict):
         if "default" in schema and schema["default"] is None and not _allows_null(schema):
             schema = {k: v for k, v in schema.items() if k != "default"}
-        return {k: _without_null_defaults(v) for k, v in schema.items()}
+        return {k: without_null_defaults(v) for k, v in schema.items()}
     if isinstance(schema, list):
-        return [_without_null_defaults(item) for item in schema]
+        return [without_null_defaults(item) for item in schema]
     return schema
 
 
@@ -201,7 +149,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
             "name": name,
             "in": "query",
             "required": name in required,
-            "schema": _without_null_defaults(prop),
+            "schema": without_null_defaults(prop),
         }
         for name, prop in schema["properties"].items()
     ]
@@ -229,19 +177,21 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         operation["requestBody"] = {
             "required": True,
             "content": {
-                media: {"schema": _ref(model, components)} for media, model in bodies.items()
+                media: {"schema": schema_ref(model, components)} for media, model in bodies.items()
             },
         }
     for status, model in endpoint.responses.items():
         response: dict[str, Any] = {"description": str(status)}
         if model is not None:
-            response["content"] = {"application/json": {"schema": _ref(model, components)}}
+            response["content"] = {"application/json": {"schema": schema_ref(model, components)}}
+        elif status == 200 and endpoint.produces:
+            response["content"] = {endpoint.produces: {}}
         if status == 201:
             response["headers"] = {"Location": LOCATION}
         operation["responses"][str(status)] = response
     if endpoint.auth == "public":
         return operation
-    error = {"content": {"application/json": {"schema": _ref(ErrorBody, components)}}}
+    error = {"content": {"application/json": {"schema": schema_ref(ErrorBody, components)}}}
     for status in ERRORS:
         operation["responses"].setdefault(str(status), {"description": str(status), **error})
     operation["security"] = [{"bearer": []}]

@@ -136,13 +136,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    from duetide.events import json_schemas
+    from duetide.web.asyncapi import message_schemas
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, schema in json_schemas().items():
+    schemas = message_schemas()
+    for name, schema in schemas.items():
         (out / f"{name}.json").write_text(json.dumps(schema, indent=2) + "\n")
-    print(f"wrote {len(json_schemas())} schemas to {out}")
+    print(f"wrote {len(schemas)} schemas to {out}")
+    return 0
+
+
+def asyncapi_text() -> str:
+    """The event catalog as committed (docs/asyncapi.json): the manifests' topic names."""
+    from duetide.web.asyncapi import document
+
+    return json.dumps(document(), indent=2) + "\n"
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(asyncapi_text())
+    print(f"wrote the AsyncAPI document to {out}")
     return 0
 
 
@@ -275,6 +291,11 @@ def parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write the JSON Schema of each event type")
     schemas.add_argument("--out", default="docs/events")
     schemas.set_defaults(func=cmd_schemas)
+    catalog = sub.add_parser(
+        "asyncapi", help="write the event catalog (AsyncAPI 3.0) the tasks API serves"
+    )
+    catalog.add_argument("--out", default="docs/asyncapi.json")
+    catalog.set_defaults(func=cmd_asyncapi)
     _add_deadletters(sub)
     box = sub.add_parser("outbox", help="operate the transactional outbox (DATABASE_URL)")
     box_actions = box.add_subparsers(dest="action", required=True)
