@@ -68,10 +68,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # likewise the local system's command key (hs256 mode without DUETIDE_COMMAND_KEYS)
         generated = LOCAL_SYSTEM in settings.command_keys() and not settings.duetide_command_keys
         stack.start()
-        # Where `duetide token` in another shell finds this stack's secret.
-        record = running.record(
-            settings.duetide_home, args.port, secret_from_env=bool(settings.duetide_jwt_secret)
-        )
+        record = _record(settings.duetide_home, args.port, bool(settings.duetide_jwt_secret))
         token = issue_local_token(args.user)
         local_key = settings.duetide_home / "command-key" if generated else None
         seconds = time.monotonic() - started
@@ -95,6 +92,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _record(home: Path, port: int, secret_from_env: bool) -> Path | None:
+    """Where `duetide token` in another shell finds this stack's secret; a folder that
+    cannot be written costs that convenience only."""
+    from duetide_tools.local import running
+
+    try:
+        return running.record(home, port, secret_from_env=secret_from_env)
+    except OSError as exc:
+        print(f"duetide: `duetide token` will not find this stack: {exc}", file=sys.stderr)
+        return None
 
 
 class _Steps:
@@ -142,8 +151,8 @@ def _banner(
         ]
     if stack.broker is not None:
         lines += [
-            "  your own consumer groups join in ~3 s with session.timeout.ms=6000 and",
-            "  heartbeat.interval.ms=2000, ~23 s with defaults (README, Your own consumers)",
+            "  your consumer groups join in ~3 s, not ~23, with session.timeout.ms=6000 and "
+            "heartbeat.interval.ms=2000 (README)",
             "",
         ]
     lines.append("Ctrl-C stops everything.")

@@ -182,15 +182,13 @@ class Stack:
         if not self.bootstrap_servers:
             self._step("starting the embedded broker", self._start_broker)
         self._step(
-            f"creating {len(wiring.topics)} topics",
+            f"creating {_count(len(wiring.topics), 'topic')}",
             lambda: ensure_topics(self.bootstrap_servers, wiring.topics),
         )
-        self._step(f"starting {len(wiring.services)} functions", self._start_functions)
-        sources, pings = len(wiring.kafka_sources), len(wiring.ping_sources)
-        self._step(
-            f"starting {sources} KafkaSource dispatchers and {pings} PingSource timers",
-            self._start_eventing,
-        )
+        self._step(f"starting {_count(len(wiring.services), 'function')}", self._start_functions)
+        dispatchers = _count(len(wiring.kafka_sources), "KafkaSource dispatcher")
+        timers = _count(len(wiring.ping_sources), "PingSource timer")
+        self._step(f"starting {dispatchers} and {timers}", self._start_eventing)
         self._supervisor = threading.Thread(
             target=self._supervise, name="duetide-supervisor", daemon=True
         )
@@ -516,6 +514,10 @@ class Stack:
             self._say(f"{len(running)} dispatcher(s) of the lost broker did not stop in time")
         self._retiring = []
         return False
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _check_port_free(port: int) -> None:
