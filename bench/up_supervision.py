@@ -6,8 +6,10 @@ SQLite) and, once it printed its banner: SIGKILLs the recurrence function and ti
 its /healthz answers 200 on the same port; SIGKILLs the broker's process group and times
 until a Kafka metadata request is answered at the same address with the topics back;
 sends SIGINT and times until `up` and every child have exited. A second `up` per run is
-SIGKILLed and timed until its last child is gone. Restart delay is the first backoff
-step (0.5 s), included in the figures.
+SIGKILLed and timed until its last child is gone. A third gets SIGINT as soon as its
+broker runs (the functions are starting) and is timed until it and every process of its
+home have exited. Restart delay is the first backoff step (0.5 s), included in the
+figures.
 """
 
 from __future__ import annotations
@@ -66,6 +68,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _with_home(home: Path) -> list[int]:
+    """Pids whose environment names `home` as DUETIDE_HOME: an `up` and all it spawned."""
+    marker = f"DUETIDE_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def _until(condition: Callable[[], bool], interval_s: float = 0.01) -> float:
     """Seconds until `condition` holds (polled); raises after TIMEOUT_S."""
     began = time.monotonic()
@@ -76,14 +91,18 @@ def _until(condition: Callable[[], bool], interval_s: float = 0.01) -> float:
     return time.monotonic() - began
 
 
-def _start_up(home: Path) -> tuple[subprocess.Popen[str], str, int]:
-    port = free_loopback_port()
+def _spawn_up(home: Path, port: int, stdout: int) -> subprocess.Popen[str]:
     env = {**os.environ, "DUETIDE_HOME": str(home), "DATABASE_URL": "",
            "KAFKA_BOOTSTRAP_SERVERS": "", "DUETIDE_JWT_SECRET": ""}  # fmt: skip
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "duetide_tools.cli", "up", "--port", str(port), "--quiet"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, cwd=ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
+
+def _start_up(home: Path) -> tuple[subprocess.Popen[str], str, int]:
+    port = free_loopback_port()
+    process = _spawn_up(home, port, subprocess.PIPE)
     assert process.stdout is not None
     broker = ""
     for line in process.stdout:
@@ -150,8 +169,16 @@ def _one_run(home: Path) -> dict[str, float]:
     doomed.wait(timeout=TIMEOUT_S)
     _until(lambda: not any(_alive(p) for p in pids))
     orphans_gone = time.monotonic() - began
+
+    starting = _spawn_up(home / "c", free_loopback_port(), subprocess.DEVNULL)
+    _until(lambda: "broker" in _children(starting.pid))
+    began = time.monotonic()
+    starting.send_signal(signal.SIGINT)
+    starting.wait(timeout=TIMEOUT_S)
+    _until(lambda: not _with_home(home / "c"))
+    start_stopped = time.monotonic() - began
     return {"function": function_back, "broker": broker_back, "sigint": stopped,
-            "sigkill": orphans_gone}  # fmt: skip
+            "sigkill": orphans_gone, "sigint_starting": start_stopped}  # fmt: skip
 
 
 def run() -> list[dict[str, object]]:
@@ -165,6 +192,7 @@ def run() -> list[dict[str, object]]:
         "broker": "broker SIGKILLed → metadata answered at the same address, topics back",
         "sigint": "SIGINT to up → up and all 5 children exited",
         "sigkill": "SIGKILL to up → all 5 children exited",
+        "sigint_starting": "SIGINT to up while its functions start → all its processes exited",
     }
     rows: list[dict[str, object]] = []
     for key, label in what.items():

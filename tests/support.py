@@ -3,6 +3,7 @@ response's JSON body."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,3 +64,18 @@ def migrated_database(postgres_url: str | None, folder: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(libpq(postgres_url), autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def processes_with_home(home: Path) -> list[int]:
+    """Pids whose environment names this stack's DUETIDE_HOME (the stack and its children)."""
+    marker = f"DUETIDE_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

@@ -226,7 +226,7 @@ class Settings(BaseSettings):
         """The HS256 secret: from the environment, else generated once into DUETIDE_HOME."""
         if self.duetide_jwt_secret:
             return self.duetide_jwt_secret
-        return self._generated_secret("jwt-secret")
+        return self._generated_secret(JWT_SECRET_FILE)
 
     def _generated_secret(self, name: str) -> str:
         path = self.duetide_home / name
@@ -241,6 +241,8 @@ class Settings(BaseSettings):
 
 
 LOCAL_SYSTEM = "local"
+JWT_SECRET_FILE = "jwt-secret"
+"""The generated HS256 secret's file in DUETIDE_HOME (`duetide token` reads it)."""
 MIN_COMMAND_KEY_CHARS = 32
 _SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 

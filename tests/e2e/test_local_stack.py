@@ -24,25 +24,10 @@ import pytest
 import requests
 
 from duetide_tools.local.broker import free_loopback_port
-from tests.support import wait_for
+from tests.support import processes_with_home, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90
-
-
-def processes_with_home(home: Path) -> list[int]:
-    """Pids whose environment names this stack's DUETIDE_HOME (the stack and its children)."""
-    marker = f"DUETIDE_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 class Stack:

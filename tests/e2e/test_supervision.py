@@ -29,13 +29,12 @@ from duetide.config import get_settings
 from duetide_tools.local.broker import LOOPBACK, free_loopback_port
 from duetide_tools.local.stack import Stack
 from duetide_tools.local.supervision import RestartPolicy
-from tests.support import wait_for
+from tests.support import processes_with_home, wait_for
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90
-STOP_LIMIT_S = 2.0
 
 
 def children_of(pid: int) -> dict[str, int]:
@@ -69,21 +68,27 @@ def alive(pid: int) -> bool:
 
 
 class Up:
-    """`duetide up` as a subprocess, with its console collected line by line."""
+    """`duetide up` as a subprocess, with its console collected line by line; its record
+    for `duetide token` goes to `runtime` (its XDG_RUNTIME_DIR)."""
 
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(self, home: Path, port: int, *, ready: bool = True, quiet: bool = True) -> None:
         self.home, self.port = home, port
+        self.runtime = home.with_name(home.name + "-run")
+        self.runtime.mkdir(exist_ok=True)
         env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT / "shared"),
+            # This checkout's runtime and tooling, whatever the venv has installed.
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "shared"), str(ROOT / "shared" / "tools")]),
             "DUETIDE_HOME": str(home),
             "DUETIDE_PING_INTERVAL": "1",
             "DATABASE_URL": "",
             "KAFKA_BOOTSTRAP_SERVERS": "",
             "DUETIDE_JWT_SECRET": "",
+            "XDG_RUNTIME_DIR": str(self.runtime),
         }
+        command = [sys.executable, "-m", "duetide_tools.cli", "up", "--port", str(port)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "duetide_tools.cli", "up", "--port", str(port), "--quiet"],
+            command + (["--quiet"] if quiet else []),
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -93,10 +98,12 @@ class Up:
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self.base = f"http://{LOOPBACK}:{port}"
+        if not ready:
+            return
         found = self.await_line(r"export DUETIDE_TOKEN=(\S+)", START_TIMEOUT_S)
         self.headers = {"Authorization": f"Bearer {found.group(1)}"}
         self.broker = self.await_line(r"^\s+broker\s+(\S+)", 1).group(1)
-        self.base = f"http://{LOOPBACK}:{port}"
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -187,18 +194,75 @@ def test_a_killed_broker_comes_back_at_the_same_address_and_new_events_are_deliv
     next_occurrence_is_made(up, "after the broker died")
 
 
-def test_ctrl_c_stops_up_and_every_child_in_under_two_seconds(up: Up):
+def duetide_token(user: str, runtime: Path, data_home: Path) -> subprocess.CompletedProcess[str]:
+    """`duetide token USER` as from another shell: no DUETIDE_HOME, no DUETIDE_JWT_SECRET,
+    a default home (XDG_DATA_HOME) of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DUETIDE_HOME", "DUETIDE_JWT_SECRET")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(ROOT / "shared"), str(ROOT / "shared" / "tools")]),
+        XDG_RUNTIME_DIR=str(runtime),
+        XDG_DATA_HOME=str(data_home),
+    )
+    command = [sys.executable, "-m", "duetide_tools.cli", "token", user]
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_duetide_token_in_another_shell_signs_with_the_running_stacks_secret(
+    up: Up, tmp_path: Path
+):
+    made = duetide_token("alice", up.runtime, tmp_path / "data")
+    assert made.returncode == 0, made.stderr
+    answer = requests.get(
+        up.base + "/tasks", headers={"Authorization": f"Bearer {made.stdout.strip()}"}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    assert not (tmp_path / "data").exists()  # no secret generated in the default home
+
+
+def test_duetide_token_without_a_running_stack_refuses_and_generates_nothing(tmp_path: Path):
+    (tmp_path / "run").mkdir()
+    made = duetide_token("alice", tmp_path / "run", tmp_path / "data")
+    assert (made.returncode, made.stdout) == (1, "")
+    assert "no running `duetide up` found" in made.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_ctrl_c_stops_up_and_every_child(up: Up):
     pids = list(children_of(up.process.pid).values())
     assert len(pids) == 5
+    [record] = (up.runtime / "duetide").glob("up-*.json")
     began = time.monotonic()
     up.process.send_signal(signal.SIGINT)
     assert up.process.wait(timeout=30) == 0
     wait_for(lambda: not any(alive(pid) for pid in pids), "every child to exit", 10, 0.01)
-    took = time.monotonic() - began
-    print(f"SIGINT to the last child's exit: {took:.2f} s")
-    assert took < STOP_LIMIT_S, took
+    # The time is reported, not asserted: bench/up_supervision.py measures it.
+    print(f"SIGINT to the last child's exit: {time.monotonic() - began:.2f} s")
+    assert not record.exists()  # `duetide token` no longer finds the stopped stack
     with socket.socket() as sock:
         sock.bind((LOOPBACK, up.port))  # the port is free for the next `up`
+
+
+def test_ctrl_c_during_the_start_stops_what_had_started(tmp_path: Path):
+    starting = Up(tmp_path / "home", free_loopback_port(), ready=False, quiet=False)
+    try:
+        # The broker is up and the topics exist once their step's line is complete;
+        # Ctrl-C comes while the functions start (or have just started).
+        starting.await_line(r"^duetide: creating \d+ topics \.\.\. \d+\.\d s$", START_TIMEOUT_S)
+        assert children_of(starting.process.pid)["broker"]
+        starting.process.send_signal(signal.SIGINT)
+        assert starting.process.wait(timeout=30) in (0, 130)
+        # Every process of this stack: what was running, and what was being spawned.
+        wait_for(lambda: not processes_with_home(starting.home), "every child to exit", 10, 0.01)
+        starting._reader.join(timeout=10)
+        console = "\n".join(starting.lines)
+        assert "duetide: migrating the database ... " in console
+        assert "duetide: starting the embedded broker ... " in console
+        if starting.process.returncode == 130:  # the usual case: stopped while starting
+            assert "Ctrl-C stops everything" not in console
+            assert "duetide: stopping before the start finished" in console
+        assert not list((starting.runtime / "duetide").glob("up-*.json"))
+    finally:
+        starting.close()
 
 
 def test_a_sigkilled_up_leaves_no_child_behind(tmp_path: Path):
@@ -213,6 +277,10 @@ def test_a_sigkilled_up_leaves_no_child_behind(tmp_path: Path):
             "every child of the killed up to die",
             10,
         )
+        # Its record stayed behind; `duetide token` sees that its process is gone.
+        refused = duetide_token("alice", doomed.runtime, tmp_path / "data")
+        assert refused.returncode == 1 and "no running `duetide up`" in refused.stderr
+        assert not list((doomed.runtime / "duetide").glob("up-*.json"))
         again = Up(tmp_path / "home", doomed.port)  # the port is free: a new `up` starts
         again.close()
     finally:

@@ -30,11 +30,13 @@ def _home() -> Path:
 def cmd_up(args: argparse.Namespace) -> int:
     from duetide.config import LOCAL_SYSTEM, get_settings
     from duetide.web.auth import issue_local_token
-    from duetide_tools.local.stack import Stack, StackError, project_root
+    from duetide_tools.local import running
+    from duetide_tools.local.stack import Stack, StackError, StartCancelled, project_root
     from duetide_tools.manifests import ManifestError
 
     settings = get_settings()
     interval = os.environ.get("DUETIDE_PING_INTERVAL")
+    steps = _Steps()
     stack = Stack(
         root=project_root(),
         home=settings.duetide_home,
@@ -43,37 +45,86 @@ def cmd_up(args: argparse.Namespace) -> int:
         database_url=settings.database_url,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         echo=not args.quiet,
+        progress=None if args.quiet else steps.show,
     )
     stopping = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def request_stop() -> None:
+        stack.request_stop()  # a start under way gives up at its next step
         stopping.set()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Event.set takes the lock that the interrupted main thread may hold (inside an
+        # Event.wait); setting it from another thread cannot deadlock.
+        threading.Thread(target=request_stop, name="duetide-stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     started = time.monotonic()
     code = 0
+    record: Path | None = None
     try:
         settings.jwt_secret()  # generated once, before the functions read it
         # likewise the local system's command key (hs256 mode without DUETIDE_COMMAND_KEYS)
         generated = LOCAL_SYSTEM in settings.command_keys() and not settings.duetide_command_keys
         stack.start()
+        record = _record(settings.duetide_home, args.port, bool(settings.duetide_jwt_secret))
         token = issue_local_token(args.user)
         local_key = settings.duetide_home / "command-key" if generated else None
         seconds = time.monotonic() - started
         print(_banner(stack, token, args.user, seconds, local_key), flush=True)
         stopping.wait()
         print("duetide: stopping", flush=True)
+    except StartCancelled:
+        steps.end_line()
+        print("duetide: stopping before the start finished", flush=True)
+        code = 130
     except (StackError, ManifestError) as exc:
+        steps.end_line()
         print(f"duetide: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
+        if record is not None:
+            running.forget(record)
         stack.stop()
     # Everything `up` owns has stopped; tearing the interpreter down (Kafka clients,
     # SQLAlchemy, thousands of objects) would add about half a second to Ctrl-C.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _record(home: Path, port: int, secret_from_env: bool) -> Path | None:
+    """Where `duetide token` in another shell finds this stack's secret; a folder that
+    cannot be written costs that convenience only."""
+    from duetide_tools.local import running
+
+    try:
+        return running.record(home, port, secret_from_env=secret_from_env)
+    except OSError as exc:
+        print(f"duetide: `duetide token` will not find this stack: {exc}", file=sys.stderr)
+        return None
+
+
+class _Steps:
+    """The start steps of `up` on the console: "duetide: creating 6 topics ... 0.1 s"."""
+
+    def __init__(self) -> None:
+        self.open = False
+
+    def show(self, what: str, seconds: float | None) -> None:
+        if seconds is None:
+            print(f"duetide: {what} ...", end="", flush=True)
+            self.open = True
+        else:
+            print(f" {seconds:.1f} s", flush=True)
+            self.open = False
+
+    def end_line(self) -> None:
+        """Finish a step's line that an error or Ctrl-C interrupted."""
+        if self.open:
+            print(flush=True)
+            self.open = False
 
 
 def _banner(
@@ -86,7 +137,7 @@ def _banner(
         f"  {'database':<11} {stack.database_url}",
         f"  {'logs':<11} {stack.logs}",
         "",
-        f"  token for user {user!r}:",
+        f"  token for user {user!r} (`duetide token USER` makes more):",
         f"  export DUETIDE_TOKEN={token}",
         "",
         f'  curl -H "Authorization: Bearer $DUETIDE_TOKEN" {stack.functions["tasks"].url}/tasks',
@@ -96,6 +147,12 @@ def _banner(
         lines += [
             "  commands on duetide-commands: sign them as system 'local' with the key in",
             f"  {local_key} (README, Commands from other systems)",
+            "",
+        ]
+    if stack.broker is not None:
+        lines += [
+            "  your consumer groups join in ~3 s, not ~23, with session.timeout.ms=6000 and "
+            "heartbeat.interval.ms=2000 (README)",
             "",
         ]
     lines.append("Ctrl-C stops everything.")
@@ -121,9 +178,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    """A token signed with the secret of the stack the user talks to (never a new one)."""
+    from duetide.config import get_settings
     from duetide.web.auth import issue_local_token
+    from duetide_tools.local import running, token_secret
 
-    print(issue_local_token(args.user))
+    settings = get_settings()
+    if not settings.duetide_jwt_secret:
+        try:
+            path = token_secret.locate(
+                os.environ.get("DUETIDE_HOME"), settings.duetide_home, running.live()
+            )
+        except token_secret.SecretNotFound as exc:
+            print(f"duetide: {exc}", file=sys.stderr)
+            return 1
+        secret = path.read_text().strip()
+        settings = settings.model_copy(update={"duetide_jwt_secret": secret})
+    print(issue_local_token(args.user, settings))
     return 0
 
 
@@ -276,7 +347,9 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole system locally (Ctrl-C stops it)")
     up.add_argument("--port", type=int, default=8080, help="port of the tasks API (8080)")
     up.add_argument("--user", default="me", help="user of the printed token (me)")
-    up.add_argument("--quiet", action="store_true", help="do not echo function logs")
+    up.add_argument(
+        "--quiet", action="store_true", help="print neither the start steps nor function logs"
+    )
     up.set_defaults(func=cmd_up)
     run = sub.add_parser("run", help="run one function as the image serves it")
     run.add_argument("function", choices=FUNCTIONS)
@@ -284,7 +357,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--debug", action="store_true")
     run.set_defaults(func=cmd_run)
-    token = sub.add_parser("token", help="print a local bearer token for USER")
+    token = sub.add_parser(
+        "token",
+        help="print a local bearer token for USER, signed with the secret of DUETIDE_HOME or "
+        "else of the running `duetide up`",
+    )
     token.add_argument("user")
     token.set_defaults(func=cmd_token)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
@@ -313,12 +390,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from duetide.config import ConfigError
 
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         return int(args.func(args))
     except ConfigError as exc:
         print(f"duetide: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command handles it: no traceback
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -29,20 +29,36 @@ from duetide_tools.manifests import TopicSpec
 LOOPBACK = "127.0.0.1"
 _LOG_TAIL_BYTES = 4000
 _PORT_ATTEMPTS = 3
+_KILL_WAIT_S = 5.0
 
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be found, started or reached; the message says why."""
 
 
-def consumer_settings() -> dict[str, Any]:
-    """Consumer-group tuning for the embedded broker (local stack and tests only).
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 2000
+"""A consumer group's join on the embedded broker takes about half the session timeout
+(Tansu waits that long for other members): ~3 s with these, ~23 s with the clients'
+45 s default (kafka-python and librdkafka alike, measured). 6000 ms is also the least a
+Kafka broker accepts by default (group.min.session.timeout.ms)."""
 
-    Tansu completes a group join in about half of `session_timeout_ms`; with
-    kafka-python's 45 s default a join takes ~23 s and looks like a hang. These
-    values make it ~3 s. Production consumers keep the client defaults.
-    """
-    return {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
+
+def consumer_settings() -> dict[str, Any]:
+    """Consumer-group tuning for the embedded broker (local stack and tests only), in
+    kafka-python's names. Production consumers keep the client defaults."""
+    return {
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+    }
+
+
+def rdkafka_consumer_settings() -> dict[str, Any]:
+    """The same in librdkafka's (confluent-kafka's) names."""
+    return {
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+    }
 
 
 def broker_binary() -> str:
@@ -118,8 +134,9 @@ class EmbeddedBroker:
         process = self._process
         return self._last_returncode if process is None else process.poll()
 
-    def start(self) -> EmbeddedBroker:
-        """Start the broker and return once it answers a Kafka metadata request."""
+    def start(self, cancel: threading.Event | None = None) -> EmbeddedBroker:
+        """Start the broker and return once it answers a Kafka metadata request; setting
+        `cancel` makes the wait give up (BrokerError) and stop it."""
         if self.running:
             return self
         binary = broker_binary()
@@ -129,12 +146,12 @@ class EmbeddedBroker:
             self.port = free_loopback_port()
             self._spawn(binary, self.port)
             try:
-                self._wait_ready()
+                self._wait_ready(cancel)
                 return self
             except BrokerError:
                 exited = self._process is not None and self._process.poll() is not None
                 self.stop()
-                if not exited or attempt == _PORT_ATTEMPTS:
+                if not exited or attempt == _PORT_ATTEMPTS or (cancel and cancel.is_set()):
                     raise
         raise AssertionError("unreachable")
 
@@ -159,15 +176,16 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        """Terminate the broker (SIGTERM, then SIGKILL after `stop_timeout_s`)."""
+        """Terminate the broker (SIGTERM, then SIGKILL after `stop_timeout_s`; 0: SIGKILL
+        at once, which loses nothing a SIGTERM would keep, as the storage is memory)."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
+        if process is not None and process.poll() is None and self.stop_timeout_s > 0:
             _signal_group(process, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait(timeout=self.stop_timeout_s)
+        if process is not None and process.poll() is None:
+            _signal_group(process, signal.SIGKILL)
+            process.wait(timeout=_KILL_WAIT_S)
         if process is not None:
             self._last_returncode = process.returncode
         if self._log is not None:

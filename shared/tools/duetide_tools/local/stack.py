@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import requests
 
@@ -55,8 +55,9 @@ WATCH_INTERVAL_S = 0.1
 HEALTH_TIMEOUT_S = 0.5
 EXTERNAL_DISPATCHER_STOP_S = 10.0
 EMBEDDED_DISPATCHER_STOP_S = 0.3
-BROKER_STOP_S = 0.3
-"""The embedded broker holds nothing worth a graceful stop (memory only)."""
+BROKER_STOP_S = 0.0
+"""The embedded broker holds nothing worth a graceful stop (memory only, gone either
+way), and Tansu heeds SIGTERM only once its clients disconnected (0.15-0.3 s): SIGKILL."""
 DISPATCHER_STOP_S = 5.0
 """How long a broker restart waits at most for the old dispatchers to end. Waiting keeps
 an old consumer from rejoining the new broker's group and committing offsets of the lost
@@ -66,6 +67,10 @@ id, which the new broker refuses (UnknownMemberId), so going on is safe."""
 
 class StackError(RuntimeError):
     """A part of the stack did not start; the message says which and why."""
+
+
+class StartCancelled(StackError):
+    """`stop()` was called (Ctrl-C) while `start()` ran; what had started is stopped."""
 
 
 def project_root() -> Path:
@@ -138,6 +143,10 @@ class Stack:
     """How long a function may take to exit after SIGTERM on stop, before SIGKILL."""
     report: Callable[[str], None] | None = None
     """Where supervisor messages go (default: stdout, "duetide: ..."); also logs/up.log."""
+    progress: Callable[[str, float | None], None] | None = None
+    """Told each start step as it begins (`what`, None) and ends (`what`, seconds), so a
+    console can show what a slow first start is doing; None: silent. Every step's time
+    also goes to logs/up.log."""
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _acting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -160,38 +169,64 @@ class Stack:
         return self.home / "logs"
 
     def start(self) -> None:
+        """Start everything in order; `request_stop()` from another thread or a signal
+        handler makes it give up between steps (and while it waits for the broker or the
+        functions) with StartCancelled. Call `stop()` after it either way."""
         _check_port_free(self.port)
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.wiring = manifests.load(self.root)
+        wiring = self.wiring
         self.database_url = self.database_url or f"sqlite:///{self.home / 'duetide.db'}"
         self._step("migrating the database", lambda: migrate.upgrade(self.database_url))
-        self._start_broker()
+        if not self.bootstrap_servers:
+            self._step("starting the embedded broker", self._start_broker)
         self._step(
-            "creating topics", lambda: ensure_topics(self.bootstrap_servers, self.wiring.topics)
+            f"creating {_count(len(wiring.topics), 'topic')}",
+            lambda: ensure_topics(self.bootstrap_servers, wiring.topics),
         )
-        for service in self.wiring.services.values():
-            self._start_function(service)
-        self._await_ready()
-        self._start_eventing()
+        self._step(f"starting {_count(len(wiring.services), 'function')}", self._start_functions)
+        dispatchers = _count(len(wiring.kafka_sources), "KafkaSource dispatcher")
+        timers = _count(len(wiring.ping_sources), "PingSource timer")
+        self._step(f"starting {dispatchers} and {timers}", self._start_eventing)
         self._supervisor = threading.Thread(
             target=self._supervise, name="duetide-supervisor", daemon=True
         )
         self._supervisor.start()
 
-    def _step(self, what: str, action: Any) -> None:
+    def request_stop(self) -> None:
+        """Make a `start()` under way give up at its next check (safe from any thread);
+        `stop()` does the stopping."""
+        self._stopping.set()
+
+    def _step(self, what: str, action: Callable[[], object]) -> None:
+        if self._stopping.is_set():
+            raise StartCancelled(f"stopped before {what}")
+        if self.progress is not None:
+            self.progress(what, None)
+        began = time.monotonic()
         try:
             action()
+        except StartCancelled:
+            raise
         except Exception as exc:
+            if self._stopping.is_set():
+                raise StartCancelled(f"stopped while {what}") from exc
             raise StackError(f"{what} failed: {exc}") from exc
+        took = time.monotonic() - began
+        self._log_line(f"{what}: {took:.2f} s")
+        if self.progress is not None:
+            self.progress(what, took)
+
+    def _log_line(self, message: str) -> None:
+        with contextlib.suppress(OSError), (self.logs / "up.log").open("a") as up_log:
+            up_log.write(f"{datetime.now(UTC).isoformat()} {message}\n")
 
     def _start_broker(self) -> None:
-        if self.bootstrap_servers:
-            return
         self.broker = EmbeddedBroker(
             log_path=self.logs / "broker.log", stop_timeout_s=BROKER_STOP_S
         )
-        self._step("starting the embedded broker", self.broker.start)
+        self.broker.start(cancel=self._stopping)
         self.bootstrap_servers = self.broker.bootstrap_servers
 
     def child_env(self, service: manifests.ServiceSpec) -> dict[str, str]:
@@ -207,6 +242,12 @@ class Stack:
             THREADS=env.get("THREADS", "4"),
         )
         return env
+
+    def _start_functions(self) -> None:
+        assert self.wiring is not None
+        for service in self.wiring.services.values():
+            self._start_function(service)
+        self._await_ready()
 
     def _start_function(self, service: manifests.ServiceSpec) -> None:
         port = self.port if service.function == "tasks" else free_loopback_port()
@@ -245,6 +286,12 @@ class Stack:
         deadline = time.monotonic() + READY_TIMEOUT_S
         pending = dict(self.functions)
         while pending:
+            if self._stopping.is_set():
+                # Not serving yet, so nothing to lose: a SIGTERM would wait for uvicorn to
+                # finish importing the function (up to a second) before it is heeded.
+                for child in pending.values():
+                    _signal_group(child.process, signal.SIGKILL)
+                raise StartCancelled(f"stopped while waiting for {sorted(pending)}")
             for name, child in list(pending.items()):
                 if child.process.poll() is not None:
                     raise StackError(
@@ -261,7 +308,7 @@ class Stack:
                     f"functions not ready after {READY_TIMEOUT_S:.0f} s: {sorted(pending)}"
                 )
             if pending:
-                time.sleep(0.1)
+                self._stopping.wait(0.1)
 
     def sink_url(self, sink: manifests.SinkRef) -> str:
         assert self.wiring is not None
@@ -299,15 +346,17 @@ class Stack:
             self.dispatchers.append(dispatcher)
 
     def stop(self) -> None:
-        """Stop everything, with the embedded broker within about `stop_grace_s` + 0.6 s
-        (typically 0.8 s); safe to call twice or after a failed start.
+        """Stop everything, with the embedded broker within about `stop_grace_s` + 0.3 s
+        (typically 0.2-0.4 s; logs/up.log has each part's time); safe to call twice or
+        after a failed or cancelled start.
 
         The supervisor first finishes (or cancels) a restart under way and restarts
         nothing more. Then timers and dispatchers stop while the functions get SIGTERM,
         all at once (a dispatcher that is stopping leaves an interrupted delivery
         uncommitted rather than retrying it); a function still running after
         `stop_grace_s` gets SIGKILL. The broker goes last, after the dispatchers'
-        final commits.
+        final commits; the embedded one (memory only) is SIGKILLed once they ended or
+        EMBEDDED_DISPATCHER_STOP_S passed.
         """
         began = time.monotonic()
         self._stopping.set()
@@ -326,27 +375,34 @@ class Stack:
             stopper.start()
         processes = [child.process for child in self.functions.values()]
         _terminate_all(processes, self.stop_grace_s)
+        functions_done = time.monotonic()
         # A dispatcher's last commit matters to an external broker; the embedded one is
-        # memory only and goes next, so its dispatchers get a moment to close, no more.
-        if self.broker is None:
-            deadline = began + EXTERNAL_DISPATCHER_STOP_S
-        else:
-            deadline = time.monotonic() + EMBEDDED_DISPATCHER_STOP_S
+        # memory only and goes next, so its dispatchers get a moment (counted from the
+        # start of stop, while the functions end) to close, no more.
+        stop_s = EXTERNAL_DISPATCHER_STOP_S if self.broker is None else EMBEDDED_DISPATCHER_STOP_S
+        deadline = began + stop_s
         for thread in [*stoppers, *(c.pump for c in self.functions.values() if c.pump)]:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        eventing_done = time.monotonic()
         if self.broker is not None:
             self.broker.stop()
         self._released.set()  # the children it spawned are gone: it may end now
         if self._supervisor is not None:
             self._supervisor.join(timeout=HEALTH_TIMEOUT_S + 0.5)
         self.timers, self.dispatchers, self.functions = [], [], {}
+        end = time.monotonic()
+        if self.logs.is_dir():
+            self._log_line(
+                f"stopped in {end - began:.2f} s: functions {functions_done - began:.2f} s, "
+                f"then eventing and logs {eventing_done - functions_done:.2f} s, "
+                f"broker and supervisor {end - eventing_done:.2f} s"
+            )
 
     # the supervisor thread
 
     def _say(self, message: str) -> None:
         line = f"duetide: {message}"
-        with contextlib.suppress(OSError), (self.logs / "up.log").open("a") as up_log:
-            up_log.write(f"{datetime.now(UTC).isoformat()} {message}\n")
+        self._log_line(message)
         if self.report is not None:
             self.report(line)
         else:
@@ -458,6 +514,10 @@ class Stack:
             self._say(f"{len(running)} dispatcher(s) of the lost broker did not stop in time")
         self._retiring = []
         return False
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _check_port_free(port: int) -> None:
