@@ -196,3 +196,29 @@ def test_sqlite_writers_of_a_process_take_turns_and_readers_do_not_queue(
     assert order == ["first", "second"]
     with db.session_scope(read_only=True) as session:
         assert sorted(session.exec(select(Task.title)).all()) == ["first", "second"]
+
+
+def test_a_sqlite_writer_waiting_for_its_turn_gives_up_after_the_busy_timeout(
+    sqlite_file: str, monkeypatch
+) -> None:
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_S", 0.05)
+    inside, leave = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with db.session_scope() as session:
+            session.add(Task(owner="alice", title="held"))
+            session.flush()
+            inside.set()
+            leave.wait(10)
+
+    one = threading.Thread(target=holder)
+    one.start()
+    inside.wait(10)
+    try:  # a request that cannot get the turn answers 503, as for SQLite's own lock
+        with pytest.raises(OperationalError, match="turn"), db.session_scope() as session:
+            session.add(Task(owner="alice", title="never"))
+    finally:
+        leave.set()
+        one.join(10)
+    with db.session_scope(read_only=True) as session:
+        assert session.exec(select(Task.title)).all() == ["held"]

@@ -4,8 +4,8 @@ limit by the number of replicas Knative runs).
 
 The charge commits on its own, whatever becomes of the write it pays for: a write that
 fails (a wrong confirmation code, a conflict) still counts, so the budget bounds
-guessing too. It is one autocommit statement, one round trip, holding the counter's row
-lock only while it runs."""
+guessing too. It is one autocommit statement on PostgreSQL, one round trip, holding the
+counter's row lock only while it runs (on SQLite a write unit of its own: `db.autocommit`)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,8 @@ from duetide.storage import db
 from duetide.storage.models import RateWindow, utcnow
 
 
-def charge(connection: Connection, owner: str, now: datetime, per_minute: int) -> None:
-    """Count one write for `owner`; 429 with Retry-After once the minute's budget is spent."""
-    if per_minute <= 0:
-        return
+def charge(connection: Connection, owner: str, now: datetime) -> int:
+    """Count one write for `owner` in the current minute; the count so far."""
     window = int(now.timestamp() // 60)
     insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     statement = (
@@ -36,21 +34,25 @@ def charge(connection: Connection, owner: str, now: datetime, per_minute: int) -
         )
         .returning(col(RateWindow.count))
     )
-    used = connection.execute(statement).scalar_one()
+    return int(connection.execute(statement).scalar_one())
+
+
+def charge_write(owner: str) -> None:
+    """Charge one write on its own, with the configured budget; 429 with Retry-After
+    once the minute's budget is spent (the refused write counts too: the charge has
+    committed before the refusal is raised)."""
+    per_minute = get_settings().duetide_write_rate_per_minute
+    if per_minute <= 0:
+        return
+    now = utcnow()
+    with db.autocommit() as connection:
+        used = charge(connection, owner, now)
     if used > per_minute:
         retry_after = 60 - int(now.timestamp()) % 60
         raise RateLimited(
             f"more than {per_minute} writes in a minute; retry later",
             headers={"Retry-After": str(retry_after)},
         )
-
-
-def charge_write(owner: str) -> None:
-    """Charge one write on its own, with the configured budget."""
-    per_minute = get_settings().duetide_write_rate_per_minute
-    if per_minute > 0:
-        with db.autocommit() as connection:
-            charge(connection, owner, utcnow(), per_minute)
 
 
 def purge(session: Session, now: datetime) -> None:

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,8 @@ def _sqlite_begin(connection) -> None:  # type: ignore[no-untyped-def]
                     raise exc.OperationalError("BEGIN IMMEDIATE", (), error) from error
             time.sleep(random.uniform(*_WRITE_LOCK_POLL_S))
     finally:
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        with contextlib.suppress(sqlite3.Error):  # a broken connection: its error is raised
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.close()
 
 
@@ -163,7 +164,8 @@ _turns: dict[str, threading.RLock] = {}
 _turns_lock = threading.Lock()
 
 
-def _write_turn(bind: Engine, read_only: bool) -> AbstractContextManager[object]:
+@contextmanager
+def _write_turn(bind: Engine, read_only: bool) -> Iterator[None]:
     """On SQLite, one writing unit per process at a time, the others queued in-process.
 
     SQLite has one write lock per database, and its waiters poll for it. With every
@@ -171,15 +173,24 @@ def _write_turn(bind: Engine, read_only: bool) -> AbstractContextManager[object]
     held the lock, which then held it longer: under a 30 completions/s load the
     recurrence function's threads spent most of their time waiting for the lock
     (py-spy). Queued on a lock of their own, they wait without running, and SQLite sees
-    one writer per process. Reentrant, so a unit inside another on the same thread
-    queues on SQLite's lock as before, not on this one.
+    one writer per process. The queue is bounded in time like SQLite's own wait: after
+    SQLITE_BUSY_TIMEOUT_S the unit fails as "database is locked" would (503), so an
+    overloaded process sheds requests instead of stacking them. Reentrant, so a unit
+    inside another on the same thread queues on SQLite's lock as before, not on this one.
     """
     if read_only or bind.dialect.name != "sqlite":
-        return contextlib.nullcontext()
+        yield
+        return
     key = str(bind.url)
     with _turns_lock:
         turn = _turns.setdefault(key, threading.RLock())
-    return turn
+    if not turn.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+        locked = sqlite3.OperationalError("database is locked (waited for this process's turn)")
+        raise exc.OperationalError("BEGIN IMMEDIATE", (), locked)
+    try:
+        yield
+    finally:
+        turn.release()
 
 
 @contextmanager

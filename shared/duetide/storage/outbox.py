@@ -266,11 +266,14 @@ class Publisher:
         if not records or not self.available:
             return []
         if self._producer is None and self._connecting.locked():
-            with self._idle:
-                room = MAX_DEFERRED - len(self._deferred)
-                self._deferred.extend(record.row_id for record in records[:room])
+            self._defer([record.row_id for record in records])
             return []
         return self._start(records, wait_s=self.timeout_s, wait_for_connect=False)
+
+    def _defer(self, ids: list[str]) -> None:
+        """Keep ids skipped while a producer is being built, for the next send (bounded)."""
+        with self._idle:
+            self._deferred.extend(ids[: max(0, MAX_DEFERRED - len(self._deferred))])
 
     def take_deferred(self) -> list[str]:
         """The ids `try_send` skipped while a producer was being built (and forgets them)."""
@@ -307,9 +310,10 @@ class Publisher:
             self._active += 1
         try:
             worker.start()
-        except BaseException:
+        except RuntimeError:  # no thread to be had: the rows wait for the relay
             self._ended()
-            raise
+            log_event(log, "outbox.publish_skipped", level=logging.WARNING, events=len(records))
+            return []
         try:
             return done.result(timeout=wait_s)
         except FutureTimeout:  # its late acks are lost: the relay re-sends, same ce_id
@@ -358,7 +362,8 @@ class Publisher:
         producer: Any = None
         try:
             producer = self._producer_for_send(wait_for_connect)
-            if producer is None:
+            if producer is None:  # another send is building it: the next one takes these
+                self._defer([record.row_id for record in records])
                 return []
             for record in records:
                 future = producer.send(record.topic, record.value, record.key, record.headers)
@@ -370,7 +375,9 @@ class Publisher:
             failure = exc
         acked = [row_id for row_id, future in futures if future.succeeded()]
         if failure is None:
-            self._open_until = 0.0
+            with self._connecting:
+                if producer is self._producer:  # a late success of a dropped one proves nothing
+                    self._open_until = 0.0
         else:
             self._discard(producer, failure, len(records) - len(acked))
         return acked
@@ -379,8 +386,8 @@ class Publisher:
         """Open the breaker and drop the producer; the next send builds a fresh one.
 
         Sends that shared it fail too and come here with the same producer: only the
-        first closes it."""
-        self._open_until = time.monotonic() + BREAKER_S
+        first closes it, and a failure of a producer already replaced leaves the breaker
+        to the current one. `producer` None: building it failed."""
         log_event(
             log,
             "outbox.publish_failed",
@@ -388,16 +395,19 @@ class Publisher:
             events=unacked,
             error=type(failure).__name__,
         )
-        with self._connecting if producer is not None else contextlib.nullcontext():
-            if producer is None or self._producer is not producer:
+        with self._connecting:
+            if producer is not None and producer is not self._producer:
                 return
+            self._open_until = time.monotonic() + BREAKER_S
             self._producer = None
-        threading.Thread(
-            target=_close_quietly,
-            args=(producer, self._close_grace_s),
-            name="duetide-publish-close",
-            daemon=True,
-        ).start()
+        if producer is not None:
+            with contextlib.suppress(RuntimeError):  # no thread to be had: it is dropped
+                threading.Thread(
+                    target=_close_quietly,
+                    args=(producer, self._close_grace_s),
+                    name="duetide-publish-close",
+                    daemon=True,
+                ).start()
 
     def _connect(self) -> Any:
         from kafka import KafkaProducer  # imported on first publish: a cold start need not
@@ -470,16 +480,22 @@ def publish_after_commit(ids: list[str]) -> int:
     trouble here (reading the rows, marking them sent) is logged and left to the relay,
     which re-sends any row not marked, with the same `ce_id`. The broker is waited for
     at most `duetide_publish_timeout_s`, with no database connection held meanwhile.
-    A send that succeeds also sends the rows skipped while the producer was being built.
+    A send that succeeds also starts, in the background, the send of the rows skipped
+    while the producer was being built.
     """
     publisher = get_publisher()
     if publisher is None or not ids or not publisher.available:
         return 0
     sent = _publish(publisher, ids)
-    if sent:
-        deferred = publisher.take_deferred()
-        if deferred:
-            sent += _publish(publisher, deferred)
+    deferred = publisher.take_deferred() if sent else []
+    if deferred:  # not on this request's time: it waits for its own send only
+        with contextlib.suppress(RuntimeError):  # no thread: the relay sends them
+            threading.Thread(
+                target=_publish,
+                args=(publisher, deferred),
+                name="duetide-publish-deferred",
+                daemon=True,
+            ).start()
     return sent
 
 
