@@ -28,6 +28,9 @@ NEVER = {
     # OpenTelemetry only with OTEL_EXPORTER_OTLP_ENDPOINT set, and then at the first span
     # (duetide/telemetry.py); the variable is unset here.
     "opentelemetry",
+    # The calendar export renders with icalendar when a calendar is asked for
+    # (services/calendar_export.py); recurring_ical_events is a test dependency.
+    "icalendar", "recurring_ical_events",
 }  # fmt: skip
 """Top-level packages no function imports at start-up."""
 
