@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -16,8 +17,17 @@ from werkzeug.routing import Map, Rule
 from duetide.channels import verification
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable, ValidationFailed
-from duetide.services import preferences, ratelimit, reminder_actions, series, tasks
+from duetide.services import (
+    calendar_export,
+    calendar_feed,
+    preferences,
+    ratelimit,
+    reminder_actions,
+    series,
+    tasks,
+)
 from duetide.services.responses import (
+    CalendarFeedOut,
     CommandResult,
     ErrorBody,
     Forecast,
@@ -34,6 +44,7 @@ from duetide.services.responses import (
     UpcomingPage,
     notification_out,
     reminder_out,
+    rfc3339,
     series_out,
 )
 from duetide.services.schemas import (
@@ -303,6 +314,54 @@ def notifications(request: Request, user: str) -> Response:
         return json_response(NotificationPage(items=items, next_cursor=cursor))
 
 
+CALENDAR_CACHE_CONTROL = "private, max-age=300"
+"""Calendar apps poll every few minutes to hours: five minutes fresh, then revalidated
+with If-None-Match (the ETag is the hash of the body), never stored by a shared cache."""
+
+
+def calendar(request: Request, user: str) -> Response:
+    return _calendar_of(request, lambda session: user)
+
+
+def calendar_feed_ics(request: Request, user: str, feed_token: str) -> Response:
+    """The calendar of the user whose current feed token is in the URL: no header needed.
+    An unknown, replaced or revoked token is 404, the same for each."""
+    return _calendar_of(request, lambda session: calendar_feed.owner_of(session, feed_token))
+
+
+def _calendar_of(request: Request, owner_of: Callable[[Session], str | None]) -> Response:
+    with db.session_scope(read_only=True) as session:
+        owner = owner_of(session)
+        if owner is None:
+            raise NotFound("no calendar feed at this URL: it is unknown, replaced or revoked")
+        exported = calendar_export.export(session, owner)
+    etag = hashlib.sha256(exported.body).hexdigest()[:32]
+    headers = {"ETag": f'"{etag}"', "Cache-Control": CALENDAR_CACHE_CONTROL}
+    if exported.truncated:
+        headers["Duetide-Truncated"] = str(calendar_export.MAX_EXPORTED_TASKS)
+    if request.if_none_match.contains(etag):
+        return Response(status=304, headers=headers)
+    return Response(
+        exported.body, status=200, content_type="text/calendar; charset=utf-8", headers=headers
+    )
+
+
+def create_feed_token(request: Request, user: str) -> Response:
+    """A new feed URL; the one before it (if any) stops working."""
+    with db.session_scope() as session:
+        token, feed = calendar_feed.issue(session, user, utcnow())
+        created = rfc3339(feed.created_at)
+    base = get_settings().duetide_public_url or request.host_url
+    url = f"{base.rstrip('/')}/calendar/{token}.ics"
+    return json_response(CalendarFeedOut(url=url, created_at=created), 201)
+
+
+def revoke_feed_token(request: Request, user: str) -> Response:
+    with db.session_scope() as session:
+        calendar_feed.revoke(session, user)
+    return json_response(None, 204)
+
+
 def _offset_page(
     rows: list[Row], offset: int, limit: int, render: Callable[[Row], Item]
 ) -> tuple[list[Item], str | None]:
@@ -328,6 +387,7 @@ Auth = Literal["bearer", "public", "in_handler"]
 class Endpoint:
     """One operation: its route, its handler and what the OpenAPI document says of it.
 
+    `produces`: the media type of a 200 answer that has no response model (a calendar).
     `auth`: "bearer" routes authenticate (and charge writes to the rate limit) before
     the handler runs; "public" ones need no token; "in_handler" ones (`/commands`, whose
     sender may be a user or a registered system) authenticate themselves but are
@@ -343,6 +403,7 @@ class Endpoint:
     responses: Mapping[int, type[BaseModel] | None] = field(default_factory=dict)
     auth: Auth = "bearer"
     media_type: str = "application/json"
+    produces: str = "application/json"
     operation_id: str = ""
 
     def __post_init__(self) -> None:
@@ -548,6 +609,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         dismiss_reminder,
         "Dismiss a reminder",
         responses={200: ReminderOut},
+    ),
+    Endpoint(
+        "GET",
+        "/calendar.ics",
+        calendar,
+        "Open tasks and series as an iCalendar (VTODOs), for calendar apps",
+        responses={200: None, 304: None},
+        produces="text/calendar",
+    ),
+    Endpoint(
+        "POST",
+        "/calendar/feed-token",
+        create_feed_token,
+        "Make a calendar feed URL, replacing the one before; shown only here",
+        responses={201: CalendarFeedOut},
+    ),
+    Endpoint(
+        "DELETE",
+        "/calendar/feed-token",
+        revoke_feed_token,
+        "Revoke the calendar feed URL",
+        responses={204: None},
+    ),
+    Endpoint(
+        "GET",
+        "/calendar/<feed_token>.ics",
+        calendar_feed_ics,
+        "The calendar of the feed URL's user, without a header: the URL is the secret",
+        responses={200: None, 304: None, 404: ErrorBody},
+        auth="public",
+        produces="text/calendar",
+        operation_id="calendar_feed",
     ),
     Endpoint(
         "POST",

@@ -137,6 +137,8 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         response: dict[str, Any] = {"description": str(status)}
         if model is not None:
             response["content"] = {"application/json": {"schema": _ref(model, components)}}
+        elif status == 200 and endpoint.produces != "application/json":
+            response["content"] = {endpoint.produces: {"schema": {"type": "string"}}}
         operation["responses"][str(status)] = response
     if endpoint.auth == "public":
         return operation
