@@ -101,6 +101,11 @@ RULES = [
         {"rrule": "FREQ=DAILY;INTERVAL=2;COUNT=6"}, "2026-03-26T07:00:00+01:00", id="count"
     ),
     pytest.param(
+        {"rrule": " freq = monthly ; bymonthday = -1 ; count = 4 "},
+        "2026-01-31T07:00:00+01:00",
+        id="lowercase-last-day-count",
+    ),
+    pytest.param(
         {"rrule": "FREQ=WEEKLY;UNTIL=20260420T070000Z"}, "2026-03-02T09:00:00+01:00", id="until"
     ),
     pytest.param(
@@ -294,3 +299,39 @@ def test_logged_paths_hide_feed_tokens():
     assert loggable_path("//calendar/abc.ics/x") == "//calendar/{feed_token}/x"
     assert loggable_path("/calendar/feed-token") == "/calendar/feed-token"
     assert loggable_path("/calendar.ics") == "/calendar.ics"
+
+
+def test_a_moved_open_occurrence_and_the_series_reminders(client, alice, env):
+    task = client.post(
+        "/tasks",
+        json={
+            "title": "water plants",
+            "due_at": "2026-03-27T09:00:00+01:00",
+            "recurrence": {"timezone": "Europe/Berlin", "rrule": "FREQ=DAILY"},
+            "reminders": [{"before_due": "PT30M"}],
+        },
+        headers=alice,
+    ).json
+    series_id = task["series_id"]
+    moved = client.patch(
+        f"/tasks/{task['id']}",
+        json={"due_at": "2026-03-27T11:00:00+01:00", "title": "water plants today"},
+        headers=alice,
+    )
+    assert moved.status_code == 200, moved.json
+    calendar = calendar_of(client, alice)
+    scheduled = datetime.fromisoformat("2026-03-27T09:00:00+01:00")
+    shown = expanded(calendar, f"series-{series_id}@duetide", scheduled, scheduled + WINDOW)
+    planned = forecast(client, alice, series_id, scheduled, scheduled + WINDOW)
+    assert shown[0] == datetime.fromisoformat("2026-03-27T11:00:00+01:00")
+    assert shown[1:] == planned[1:]
+
+    (master,) = [t for t in calendar.walk("VTODO") if "RECURRENCE-ID" not in t]
+    (instance,) = [t for t in calendar.walk("VTODO") if "RECURRENCE-ID" in t]
+    assert instance.decoded("recurrence-id") == scheduled
+    assert str(master["SUMMARY"]) == "water plants"
+    assert str(instance["SUMMARY"]) == "water plants today"
+    for todo in (master, instance):
+        (alarm,) = todo.walk("VALARM")
+        assert alarm.decoded("trigger") == timedelta(minutes=-30)
+        assert str(alarm["TRIGGER"].params["RELATED"]) == "END"

@@ -57,15 +57,15 @@ def export(rule: SeriesRule, open_at: datetime, local_index: int) -> ExportedRec
 
 
 def _rrule_from(rule: SeriesRule, local_index: int) -> str:
-    parts = [
-        part
-        for part in rule.rrule.split(";")
-        if part and part.split("=", 1)[0].upper() not in ("COUNT", "UNTIL")
-    ]
-    for part in rule.rrule.split(";"):
-        name, _, value = part.partition("=")
-        if name.upper() == "COUNT":
+    """The stored rule in RFC 5545's spelling (duetide reads it case-insensitively, with
+    blanks around its parts), with COUNT and UNTIL as the module's docstring says."""
+    parts: list[str] = []
+    for item in rule.rrule.upper().split(";"):
+        name, _, value = (text.strip() for text in item.partition("="))
+        if name == "COUNT":
             parts.append(f"COUNT={max(1, int(value) - local_index)}")
+        elif name and name != "UNTIL":
+            parts.append(f"{name}={value}")
     if rule.until is not None:
         parts.append(f"UNTIL={rule.until.astimezone(UTC):%Y%m%dT%H%M%SZ}")
     return ";".join(parts)
