@@ -335,3 +335,40 @@ def test_a_moved_open_occurrence_and_the_series_reminders(client, alice, env):
         (alarm,) = todo.walk("VALARM")
         assert alarm.decoded("trigger") == timedelta(minutes=-30)
         assert str(alarm["TRIGGER"].params["RELATED"]) == "END"
+
+
+def test_a_first_token_made_concurrently_replaces_rather_than_fails(env):
+    """Two first tokens for one user at once: the later insert meets the earlier row
+    (PostgreSQL blocks it on the key until that commits) and replaces it instead of
+    failing. SQLite serialises writers at BEGIN, so only PostgreSQL can race here."""
+    if not env.startswith("postgresql"):
+        pytest.skip("SQLite writers queue at BEGIN: no race to lose")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    from duetide.services import calendar_feed
+    from duetide.storage.models import CalendarFeed, utcnow
+
+    def second() -> str:
+        with db.session_scope() as session:
+            token, _ = calendar_feed.issue(session, "carol", utcnow())
+        return token
+
+    # The pool outlives the first transaction: it commits, then the second goes on.
+    with ThreadPoolExecutor(1) as pool:
+        with db.session_scope() as first:
+            first.add(CalendarFeed(owner="carol", token_hash="0" * 64, created_at=utcnow()))
+            first.flush()  # holds the key until it commits
+            token = pool.submit(second)
+            with db.session_scope(read_only=True) as watcher:
+                waiting = text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'INSERT INTO calendar_feed%'"
+                )
+                deadline = datetime.now(UTC) + timedelta(seconds=10)
+                while not watcher.execute(waiting).scalar() and datetime.now(UTC) < deadline:
+                    pass  # the second insert is not blocked on the key yet
+                assert watcher.execute(waiting).scalar(), "the second insert never waited"
+    with db.session_scope(read_only=True) as session:
+        assert calendar_feed.owner_of(session, token.result(timeout=10)) == "carol"
