@@ -203,17 +203,31 @@ def test_tasks_are_vtodos_with_their_fields_and_reminders(client, alice, env):
 
 
 def test_the_etag_answers_a_poll_with_304_until_something_changes(client, alice, env):
-    client.post("/tasks", json={"title": "a", "due_at": "2026-05-01T10:00:00Z"}, headers=alice)
+    body = {"title": "a", "due_at": "2026-05-01T10:00:00Z", "reminders": [{"before_due": "PT1H"}]}
+    task = client.post("/tasks", json=body, headers=alice).json
+    series = recurring(client, alice, "2026-05-04T09:00:00+02:00", rrule="FREQ=WEEKLY")
     first = client.get("/calendar.ics", headers=alice)
-    etag = first.headers["ETag"]
-    assert (
-        "max-age" in first.headers["Cache-Control"] and "private" in first.headers["Cache-Control"]
-    )
-    again = client.get("/calendar.ics", headers={**alice, "If-None-Match": etag})
-    assert again.status_code == 304 and again.data == b""
-    client.post("/tasks", json={"title": "b"}, headers=alice)
-    changed = client.get("/calendar.ics", headers={**alice, "If-None-Match": etag})
-    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    cache_control = first.headers["Cache-Control"]
+    assert "max-age" in cache_control and "private" in cache_control
+    etag, seen = first.headers["ETag"], {first.headers["ETag"]}
+    changes = [
+        lambda: client.post("/tasks", json={"title": "b"}, headers=alice),
+        lambda: client.post(f"/reminders/{task['reminders'][0]['id']}/dismiss", headers=alice),
+        lambda: client.patch(
+            f"/series/{series['series_id']}", json={"title": "renamed"}, headers=alice
+        ),
+        lambda: client.post(f"/tasks/{task['id']}/complete", headers=alice),
+    ]
+    for change in changes:
+        unchanged = client.get("/calendar.ics", headers={**alice, "If-None-Match": etag})
+        assert unchanged.status_code == 304 and unchanged.data == b""
+        assert unchanged.headers["ETag"] == etag
+        assert change().status_code in (200, 201)
+        changed = client.get("/calendar.ics", headers={**alice, "If-None-Match": etag})
+        assert changed.status_code == 200 and changed.headers["ETag"] not in seen
+        assert changed.data == client.get("/calendar.ics", headers=alice).data
+        etag = changed.headers["ETag"]
+        seen.add(etag)
 
 
 def test_the_export_is_capped(client, alice, env, monkeypatch):
@@ -356,19 +370,18 @@ def test_a_first_token_made_concurrently_replaces_rather_than_fails(env):
         return token
 
     # The pool outlives the first transaction: it commits, then the second goes on.
-    with ThreadPoolExecutor(1) as pool:
-        with db.session_scope() as first:
-            first.add(CalendarFeed(owner="carol", token_hash="0" * 64, created_at=utcnow()))
-            first.flush()  # holds the key until it commits
-            token = pool.submit(second)
-            with db.session_scope(read_only=True) as watcher:
-                waiting = text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE 'INSERT INTO calendar_feed%'"
-                )
-                deadline = datetime.now(UTC) + timedelta(seconds=10)
-                while not watcher.execute(waiting).scalar() and datetime.now(UTC) < deadline:
-                    pass  # the second insert is not blocked on the key yet
-                assert watcher.execute(waiting).scalar(), "the second insert never waited"
+    with ThreadPoolExecutor(1) as pool, db.session_scope() as first:
+        first.add(CalendarFeed(owner="carol", token_hash="0" * 64, created_at=utcnow()))
+        first.flush()  # holds the key until it commits
+        token = pool.submit(second)
+        with db.session_scope(read_only=True) as watcher:
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'INSERT INTO calendar_feed%'"
+            )
+            deadline = datetime.now(UTC) + timedelta(seconds=10)
+            while not watcher.execute(waiting).scalar() and datetime.now(UTC) < deadline:
+                pass  # the second insert is not blocked on the key yet
+            assert watcher.execute(waiting).scalar(), "the second insert never waited"
     with db.session_scope(read_only=True) as session:
         assert calendar_feed.owner_of(session, token.result(timeout=10)) == "carol"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -316,7 +315,7 @@ def notifications(request: Request, user: str) -> Response:
 
 CALENDAR_CACHE_CONTROL = "private, max-age=300"
 """Calendar apps poll every few minutes to hours: five minutes fresh, then revalidated
-with If-None-Match (the ETag is the hash of the body), never stored by a shared cache."""
+with If-None-Match (`calendar_export.Snapshot.etag`), never stored by a shared cache."""
 
 
 def calendar(request: Request, user: str) -> Response:
@@ -334,16 +333,14 @@ def _calendar_of(request: Request, owner_of: Callable[[Session], str | None]) ->
         owner = owner_of(session)
         if owner is None:
             raise NotFound("no calendar feed at this URL: it is unknown, replaced or revoked")
-        exported = calendar_export.export(session, owner)
-    etag = hashlib.sha256(exported.body).hexdigest()[:32]
-    headers = {"ETag": f'"{etag}"', "Cache-Control": CALENDAR_CACHE_CONTROL}
-    if exported.truncated:
+        found = calendar_export.snapshot(session, owner)
+    headers = {"ETag": f'"{found.etag}"', "Cache-Control": CALENDAR_CACHE_CONTROL}
+    if found.truncated:
         headers["Duetide-Truncated"] = str(calendar_export.MAX_EXPORTED_TASKS)
-    if request.if_none_match.contains(etag):
-        return Response(status=304, headers=headers)
-    return Response(
-        exported.body, status=200, content_type="text/calendar; charset=utf-8", headers=headers
-    )
+    if request.if_none_match.contains(found.etag):
+        return Response(status=304, headers=headers)  # not rendered: see `Snapshot`
+    body = found.render()
+    return Response(body, status=200, content_type="text/calendar; charset=utf-8", headers=headers)
 
 
 def create_feed_token(request: Request, user: str) -> Response:
