@@ -17,6 +17,8 @@ is done, skipped or missed is behind it, and a calendar app shows what is to do.
   last day") cannot be an RRULE (RFC 7529's SKIP needs RSCALE, which few apps read): its
   next ``RDATE_OCCURRENCES`` occurrences, from duetide's own rule, are RDATEs instead.
   A calendar app then shows that many; the feed shows more as they come nearer.
+- In completion mode each occurrence follows from when the one before was done; the
+  exported rule is the plan for each done when due (what ``forecast`` shows too).
 """
 
 from __future__ import annotations
