@@ -185,7 +185,8 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         if model is not None:
             response["content"] = {"application/json": {"schema": schema_ref(model, components)}}
         elif status == 200 and endpoint.produces:
-            response["content"] = {endpoint.produces: {}}
+            kind = "object" if endpoint.produces == "application/json" else "string"
+            response["content"] = {endpoint.produces: {"schema": {"type": kind}}}
         if status == 201:
             response["headers"] = {"Location": LOCATION}
         operation["responses"][str(status)] = response
