@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     duetide_log_level: str = "INFO"
     duetide_topic_task_events: str = "duetide-task-events"
     duetide_topic_reminders: str = "duetide-reminders"
+    # Read by the sweep for the `duetide.deadletters` gauge (only when OpenTelemetry export
+    # is on): the topic the KafkaSources' dead-letter KafkaSink writes to.
+    duetide_topic_dead_letters: str = "duetide-dead-letters"
     duetide_max_body_bytes: int = Field(1_048_576, ge=1024)
     # The HTTP edge (duetide.web.serve): what one client may hold of a function's server.
     duetide_http_max_head_bytes: int = Field(
