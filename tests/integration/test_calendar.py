@@ -258,6 +258,7 @@ def test_the_feed_url_works_without_a_header_and_rotates(client, alice, bob, env
     client.post("/tasks", json={"title": "bob's", "due_at": "2026-05-01T10:00:00Z"}, headers=bob)
     made = client.post("/calendar/feed-token", headers=alice)
     assert made.status_code == 201, made.json
+    assert made.headers["Location"] == made.json["url"]
     old = feed_path(made.json["url"])
     assert made.json["url"].startswith("http://localhost/calendar/") and old.endswith(".ics")
     bobs = feed_path(client.post("/calendar/feed-token", headers=bob).json["url"])

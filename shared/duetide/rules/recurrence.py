@@ -645,7 +645,8 @@ def _start_wall(start: datetime, zone: ZoneInfo, nominal: str | None) -> tuple[d
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+    # OSError: with the tzdata package installed, a name too long for a file name.
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError) as exc:
         raise RecurrenceError(
             f"unknown time zone {name!r}; use an IANA name like Europe/Berlin"
         ) from exc

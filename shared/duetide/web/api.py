@@ -368,7 +368,7 @@ def create_feed_token(request: Request, user: str) -> Response:
         created = rfc3339(feed.created_at)
     base = get_settings().duetide_public_url or request.host_url
     url = f"{base.rstrip('/')}/calendar/{token}.ics"
-    return json_response(CalendarFeedOut(url=url, created_at=created), 201)
+    return json_response(CalendarFeedOut(url=url, created_at=created), 201, {"Location": url})
 
 
 def revoke_feed_token(request: Request, user: str) -> Response:

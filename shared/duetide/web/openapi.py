@@ -104,7 +104,8 @@ COMMANDS_DESCRIPTION = (
 
 
 LOCATION = {
-    "description": "Where what was created can be read (`/tasks/{id}`, `/reminders/{id}`)",
+    "description": "Where what was created can be read (`/tasks/{id}`, `/reminders/{id}`, "
+    "a calendar feed's URL)",
     "required": True,
     "schema": {"type": "string", "format": "uri-reference"},
 }
