@@ -19,7 +19,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlmodel import Session, col, select
+from sqlalchemy.orm import lazyload
+from sqlmodel import Session, and_, col, or_, select
 
 from duetide import events
 from duetide.errors import Conflict, NotFound, ValidationFailed
@@ -118,7 +119,13 @@ def lock(session: Session, series_id: str, owner: str | None = None) -> Series |
     if owner is not None:
         query = query.where(Series.owner == owner)
     locked = query.with_for_update().execution_options(populate_existing=True)
-    return session.exec(locked).first()
+    series = session.exec(locked).first()
+    if series is not None:
+        # The session's identity map holds objects weakly: a caller that keeps only the
+        # task would see the series collected and read again by the next `session.get`
+        # (the answer's time zone). Held for the rest of the unit of work.
+        session.info.setdefault("locked_series", []).append(series)
+    return series
 
 
 def get_locked(session: Session, owner: str, series_id: str) -> Series:
@@ -193,10 +200,6 @@ def _occurrences(session: Session, series_id: str) -> list[Task]:
     )
 
 
-def _successor(session: Session, task_id: str) -> Task | None:
-    return session.exec(select(Task).where(Task.previous_id == task_id)).first()
-
-
 def materialise_next(session: Session, data: events.TaskEvent, now: datetime) -> list[str]:
     """On `task.completed`: create the one next occurrence, or do nothing if it exists.
 
@@ -211,7 +214,13 @@ def materialise_next(session: Session, data: events.TaskEvent, now: datetime) ->
     series = lock(session, data.series_id, data.owner)
     if series is None or series.status != "active":
         return []
-    task = session.get(Task, data.task_id, populate_existing=True)
+    # Read fresh, without its tags and reminders: the next occurrence takes the series'.
+    task = session.exec(
+        select(Task)
+        .where(Task.id == data.task_id)
+        .options(lazyload(Task.tag_rows), lazyload(Task.reminders))  # type: ignore[arg-type]
+        .execution_options(populate_existing=True)
+    ).first()
     if task is None or task.series_id != series.id or task.status != "done":
         return []
     return _continue_after(session, series, task, task.completed_at or now, now)
@@ -223,7 +232,7 @@ def _continue_after(
     # Its successor, or a later occurrence (the successor was skipped or deleted and
     # replaced): the series has moved past it, and a late completion event must not
     # bring a second open occurrence back.
-    if _successor(session, previous.id) is not None or _later_exists(session, series.id, previous):
+    if _moved_past(session, series.id, previous):
         return []
     following = next_for(series, previous, completed_at, now)
     if following is None:
@@ -450,6 +459,17 @@ def delete_occurrence(session: Session, series: Series, task: Task, now: datetim
     session.delete(task)
     session.flush()
     return Deletion(ids, series, False, _open_occurrence(session, series.id))
+
+
+def _moved_past(session: Session, series_id: str, task: Task) -> bool:
+    """The occurrence has its successor, or a later occurrence exists (one query)."""
+    later = or_(
+        Task.previous_id == task.id,
+        and_(
+            Task.series_id == series_id, col(Task.occurrence_index) > (task.occurrence_index or 0)
+        ),
+    )
+    return session.exec(select(Task.id).where(later).limit(1)).first() is not None
 
 
 def _later_exists(session: Session, series_id: str, task: Task) -> bool:

@@ -102,7 +102,30 @@ def record(
         traceparent=tracecontext.current_traceparent(),
     )
     session.add(row)
+    _remember(row)
     return row
+
+
+_recorded = threading.local()
+MAX_REMEMBERED = 1000
+
+
+def _remember(row: Outbox) -> None:
+    """Keep the row for this thread's fast path after the commit, which then need not
+    read back what it has just written (a query and a round trip per publish). Rows of
+    a transaction that rolled back are never asked for and go with the next publish."""
+    rows: dict[str, Outbox] | None = getattr(_recorded, "rows", None)
+    if rows is None or len(rows) >= MAX_REMEMBERED:
+        rows = _recorded.rows = {}
+    rows[row.id] = row
+
+
+def _recall(ids: list[str]) -> tuple[list[Outbox], list[str]]:
+    """The rows this thread recorded among `ids`, and the ids it did not; forgets all."""
+    rows: dict[str, Outbox] = getattr(_recorded, "rows", None) or {}
+    _recorded.rows = {}
+    found = sorted((rows[i] for i in ids if i in rows), key=lambda row: row.created_at)
+    return found, [i for i in ids if i not in rows]
 
 
 class Event(NamedTuple):
@@ -483,10 +506,11 @@ def publish_after_commit(ids: list[str]) -> int:
     A send that succeeds also starts, in the background, the send of the rows skipped
     while the producer was being built.
     """
+    recorded, others = _recall(ids)
     publisher = get_publisher()
     if publisher is None or not ids or not publisher.available:
         return 0
-    sent = _publish(publisher, ids)
+    sent = _publish(publisher, others, recorded)
     deferred = publisher.take_deferred() if sent else []
     if deferred:  # not on this request's time: it waits for its own send only
         with contextlib.suppress(RuntimeError):  # no thread: the relay sends them
@@ -499,14 +523,17 @@ def publish_after_commit(ids: list[str]) -> int:
     return sent
 
 
-def _publish(publisher: Publisher, ids: list[str]) -> int:
+def _publish(publisher: Publisher, ids: list[str], recorded: Iterable[Outbox] = ()) -> int:
+    """Send `recorded` rows and the unsent rows of `ids` (read first); mark what was acked."""
     try:
-        with db.session_scope(read_only=True) as session:
-            rows = session.exec(
-                select(Outbox)
-                .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
-                .order_by(col(Outbox.created_at))
-            ).all()
+        rows = list(recorded)
+        if ids:
+            with db.session_scope(read_only=True) as session:
+                rows += session.exec(
+                    select(Outbox)
+                    .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
+                    .order_by(col(Outbox.created_at))
+                ).all()
         acked = publisher.try_send(rows)
         if acked:
             with db.autocommit() as connection:  # one statement: one round trip
