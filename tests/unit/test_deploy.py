@@ -522,7 +522,13 @@ def test_a_run_applies_kafka_the_configuration_the_migration_then_the_rest(
         changes[5],
     ]
     smoke = changes[-1]
-    for service in ("duetide-tasks", "duetide-recurrence", "duetide-sweep", "duetide-notify"):
+    for service in (
+        "duetide-tasks",
+        "duetide-recurrence",
+        "duetide-sweep",
+        "duetide-notify",
+        "duetide-activity",
+    ):
         assert f"http://{service}.{NAMESPACE}.svc.cluster.local/healthz" in smoke
     assert "database schema is up to date" in capsys.readouterr().out
 
@@ -769,14 +775,14 @@ def test_image_starts_the_function_named_by_its_environment(tmp_path: Path) -> N
 def test_image_without_a_function_target_says_which_to_set(tmp_path: Path) -> None:
     result = run_entrypoint(tmp_path, {})
     assert result.returncode != 0
-    assert "set FUNCTION_TARGET to tasks, recurrence, sweep or notify" in result.stderr
+    assert "set FUNCTION_TARGET to tasks, recurrence, sweep, notify or activity" in result.stderr
 
 
 def func_yaml(function: str) -> Doc:
     return yaml.safe_load((REPO_ROOT / "functions" / function / "func.yaml").read_text())
 
 
-@pytest.mark.parametrize("function", ["tasks", "recurrence", "sweep", "notify"])
+@pytest.mark.parametrize("function", ["tasks", "recurrence", "sweep", "notify", "activity"])
 def test_func_yaml_deploys_the_same_service_as_knative(function: str) -> None:
     name = f"duetide-{function}"
     service = of_kind(knative_documents(), "Service")[name]
