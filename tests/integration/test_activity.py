@@ -9,7 +9,7 @@ follows `GET /activity` then holds exactly what `GET /tasks` shows.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +19,8 @@ from sqlmodel import col, func, select, update
 from duetide import events
 from duetide.config import get_settings
 from duetide.events.signing import sign_command
+from duetide.services import activity as activity_log
+from duetide.services.responses import ActivityTask
 from duetide.services.sweep import purge_processed
 from duetide.storage import db
 from duetide.storage.models import ActivityEntry, Outbox, utcnow
@@ -300,3 +302,42 @@ def test_a_bad_query_is_a_clear_4xx(client: FlaskClient, alice: dict[str, str], 
     assert response.status_code in (400, 422), response.get_data(as_text=True)
     error = json_of(response)["error"]
     assert error["code"] in ("bad_request", "validation_failed") and error["message"]
+
+
+def post_event(client: FlaskClient, event_type: str, data: dict[str, Any], event_id: str) -> Any:
+    event = events.build(
+        event_id=event_id, type=event_type, source=events.SOURCE_TASKS, subject="s", data=data,
+        time=datetime(2026, 12, 1, 9, 0, tzinfo=UTC),
+    )  # fmt: skip
+    headers, body = events.to_http(event)
+    return client.post("/", headers=headers, data=body)
+
+
+def test_an_event_from_before_the_new_fields_is_logged_with_what_it_carries(
+    client: FlaskClient, alice: dict[str, str], activity: FlaskClient
+) -> None:
+    old = {"task_id": "t-1", "owner": "alice", "title": "Old", "status": "open"}
+    assert ok(post_event(activity, events.TASK_UPDATED, old, "e-1"))["status"] == "processed"
+    (item,) = ok(client.get("/activity", headers=alice))["items"]
+    assert item["actor"] == "user:alice" and item["changes"] is None
+    assert item["at"] == "2026-12-01T09:00:00+00:00"
+    assert item["task"] == {
+        "title": "Old", "status": "open", "description": None, "priority": None, "tags": None,
+        "due_at": None, "completed_at": None, "series_id": None, "scheduled_at": None,
+        "occurrence_index": None,
+    }  # fmt: skip
+
+
+def test_an_event_with_an_unknown_status_is_refused_not_stored(
+    client: FlaskClient, alice: dict[str, str], activity: FlaskClient
+) -> None:
+    bad = {"task_id": "t-1", "owner": "alice", "title": "x", "status": "weird"}
+    refused = post_event(activity, events.TASK_CREATED, bad, "e-2")
+    assert refused.status_code == 400, refused.get_data(as_text=True)
+    assert json_of(refused)["error"]["code"] == "invalid_cloudevent"
+    assert entries() == 0
+    assert ok(client.get("/activity", headers=alice))["items"] == []
+
+
+def test_an_entry_keeps_the_fields_the_feed_shows() -> None:
+    assert set(ActivityTask.model_fields) == activity_log.STATE_FIELDS

@@ -12,14 +12,16 @@ writer at a time anyway). A reader that resumes after `seq` therefore misses not
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, delete
 
 from duetide import events
+from duetide.errors import InvalidCloudEvent
 from duetide.services.task_events import default_actor
 from duetide.storage.models import ActivityEntry, utcnow
+from duetide.vocabulary import PRIORITIES, TaskStatus
 
 TASK_TYPES = frozenset(
     {
@@ -58,6 +60,7 @@ def record(
 ) -> None:
     """Append one task event to its owner's log, in the caller's transaction (which
     records the event as processed: a redelivery appends nothing)."""
+    _check_words(event_type, data)
     _lock_owner(session, data.owner)
     deleted = event_type == events.TASK_DELETED
     state = None if deleted else _state(data)
@@ -82,6 +85,15 @@ def record(
             changes=changes,
         )
     )
+
+
+def _check_words(event_type: str, data: events.TaskEvent) -> None:
+    """A status or priority outside its set would fail every later read of the feed:
+    refused here (400, so it goes to the dead letters), not stored."""
+    if data.status not in get_args(TaskStatus) or (
+        data.priority is not None and data.priority not in PRIORITIES
+    ):
+        raise InvalidCloudEvent(f"invalid {event_type} data: an unknown status or priority")
 
 
 def _state(data: events.TaskEvent) -> dict[str, Any]:

@@ -120,5 +120,5 @@ def item_of(row: ActivityEntry) -> ActivityItem:
         series_id=row.series_id,
         deleted=state is None,
         task=ActivityTask.model_validate(state) if state is not None else None,
-        changes=row.changes,  # type: ignore[arg-type]  # validated into ActivityChange
+        changes=row.changes,  # validated into ActivityChange
     )
