@@ -9,11 +9,13 @@ follows `GET /activity` then holds exactly what `GET /tasks` shows.
 from __future__ import annotations
 
 import random
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import text
 from sqlmodel import col, func, select, update
 
 from duetide import events
@@ -26,7 +28,7 @@ from duetide.storage import db
 from duetide.storage.models import ActivityEntry, Outbox, utcnow
 from duetide.storage.outbox import to_cloudevent
 from tests.integration.conftest import _reset_caches, function_client
-from tests.support import json_of
+from tests.support import json_of, wait_for
 
 # What the feed shows of a task, compared with GET /tasks.
 FIELDS = ("title", "status", "description", "priority", "tags", "series_id")
@@ -341,3 +343,49 @@ def test_an_event_with_an_unknown_status_is_refused_not_stored(
 
 def test_an_entry_keeps_the_fields_the_feed_shows() -> None:
     assert set(ActivityTask.model_fields) == activity_log.STATE_FIELDS
+
+
+def test_an_owners_entries_commit_in_seq_order(
+    database_url: str, client: FlaskClient, alice: dict[str, str], pipeline: Pipeline
+) -> None:
+    """A second writer for the same owner waits for the first to commit: a reader never
+    sees a later `seq` while an earlier one is still to come (and would skip it)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: nothing can commit out of order")
+    ok(client.post("/tasks", json={"title": "later"}, headers=alice), 201)
+    ((headers, body, _),) = pipeline._undelivered()
+    answers: list[int] = []
+
+    def deliver() -> None:
+        answers.append(
+            function_client("activity").post("/", headers=headers, data=body).status_code
+        )
+
+    earlier = events.TaskEvent(task_id="t-0", owner="alice", title="earlier", status="open")
+    with db.session_scope() as session:
+        activity_log.record(
+            session, event_type=events.TASK_CREATED, event_id="held", source="/test", time=None,
+            data=earlier,
+        )  # fmt: skip
+        session.flush()  # its seq is drawn, not yet committed
+        writer = threading.Thread(target=deliver)
+        writer.start()
+        wait_for(lambda: advisory_waiters() == 1, "the second writer to wait for the owner")
+        assert ok(client.get("/activity", headers=alice))["items"] == []
+    writer.join(timeout=30)
+    assert answers == [200]
+    titles = [i["task"]["title"] for i in ok(client.get("/activity", headers=alice))["items"]]
+    assert titles == ["earlier", "later"]
+
+
+def advisory_waiters() -> int:
+    with db.session_scope(read_only=True) as session:
+        return int(
+            session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                    " AND query LIKE '%pg_advisory_xact_lock%'"
+                    " AND datname = current_database()"
+                )
+            ).scalar_one()
+        )
