@@ -6,7 +6,7 @@ from flask import Request, Response
 from duetide import events, telemetry
 from duetide.config import get_settings
 from duetide.services.sweep import claim_due, purge_processed
-from duetide.storage import outbox
+from duetide.storage import outbox, topics
 from duetide.storage.models import utcnow
 from duetide.web import entry
 from duetide.web.sink import Incoming, event_endpoint
@@ -20,8 +20,11 @@ def on_ping(_event: Incoming) -> str:
     now = utcnow()
     claim_due(now, settings.duetide_sweep_batch)
     outbox.relay_pending(settings.duetide_sweep_batch)
-    if telemetry.enabled():  # one more query, only for the operators' gauges
+    if telemetry.enabled():  # one more query and one look at Kafka, only for the gauges
         telemetry.record_backlog(*outbox.backlog(utcnow()))
+        held = topics.dead_letters_held(settings.duetide_publish_timeout_s)
+        if held is not None:
+            telemetry.record_dead_letters(held)
     purge_processed(now)
     return "processed"
 

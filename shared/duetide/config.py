@@ -70,9 +70,18 @@ class Settings(BaseSettings):
     duetide_write_rate_per_minute: int = Field(
         120, ge=0, description="Writes per user per minute before 429; 0 turns the limit off."
     )
+    duetide_public_url: str = Field(
+        "",
+        description="The API's public base URL (https://tasks.example.com), for the links it "
+        "hands out (a calendar feed URL); empty: the host the request was sent to.",
+        pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$",
+    )
     duetide_log_level: str = "INFO"
     duetide_topic_task_events: str = "duetide-task-events"
     duetide_topic_reminders: str = "duetide-reminders"
+    # Read by the sweep for the `duetide.deadletters` gauge (only when OpenTelemetry export
+    # is on): the topic the KafkaSources' dead-letter KafkaSink writes to.
+    duetide_topic_dead_letters: str = "duetide-dead-letters"
     duetide_max_body_bytes: int = Field(1_048_576, ge=1024)
     # The HTTP edge (duetide.web.serve): what one client may hold of a function's server.
     duetide_http_max_head_bytes: int = Field(

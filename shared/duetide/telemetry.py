@@ -108,6 +108,9 @@ class _Export:
         self.backlog_age = meter.create_gauge(
             "duetide.outbox.oldest_pending_age", unit="s", description="age of the oldest"
         )
+        self.dead_letters = meter.create_gauge(
+            "duetide.deadletters", unit="{event}", description="records on the dead-letter topic"
+        )
 
     def record_span(self, notes: SpanNotes, start_ns: int, end_ns: int) -> None:
         from opentelemetry.trace import (
@@ -233,6 +236,12 @@ def record_backlog(pending: int, oldest_age_s: float) -> None:
     if export is not None:
         export.backlog.set(pending)
         export.backlog_age.set(oldest_age_s)
+
+
+def record_dead_letters(held: int) -> None:
+    export = _exporter()
+    if export is not None:
+        export.dead_letters.set(held)
 
 
 def flush() -> None:

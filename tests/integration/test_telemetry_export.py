@@ -13,11 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 
 from duetide import events, telemetry, tracecontext
 from duetide.storage import outbox
 from duetide.storage.models import utcnow
-from tests.integration.conftest import function_client
+from duetide_tools.local.broker import ensure_topics
+from duetide_tools.manifests import TopicSpec
+from tests.integration.conftest import function_client, use_broker
 from tests.integration.test_tracing import CALLER, CALLER_SPAN, TRACE, rows, served
 from tests.support import json_of
 
@@ -181,3 +184,23 @@ def test_deliveries_lateness_events_and_the_backlog_are_exported_as_metrics(
     assert spans[0].kind == spans[0].SPAN_KIND_CONSUMER
     sweep_span = tracecontext.parse(due.traceparent)
     assert sweep_span is not None and spans[0].parent_span_id.hex() == sweep_span.span_id
+
+
+def test_the_sweep_exports_how_many_dead_letters_the_topic_holds(
+    collector, broker, unique_topic, monkeypatch
+):
+    topic = unique_topic("dead")
+    ensure_topics(broker.bootstrap_servers, [TopicSpec(topic)])
+    monkeypatch.setenv("DUETIDE_TOPIC_DEAD_LETTERS", topic)
+    use_broker(monkeypatch, broker.bootstrap_servers)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
+    for n in range(3):  # one batch each: what a dispatcher writes, one letter at a time
+        producer.send(topic, f"letter {n}".encode()).get(timeout=10)
+    producer.close()
+    ping = events.build(event_id="p2", type=events.PING, source="/ping", subject="", data={})
+    headers, body = events.to_http(ping)
+    assert function_client("sweep").post("/", headers=headers, data=body).status_code == 200
+    telemetry.flush()
+
+    [(_, held)] = collector.wait(lambda: collector.points("duetide.deadletters"))
+    assert held.as_int == 3

@@ -30,6 +30,9 @@ NEVER = {
     "opentelemetry",
     # Swagger UI's files are read when /docs is loaded (duetide/web/docs.py).
     "flask_swagger_ui",
+    # The calendar export renders with icalendar when a calendar is asked for
+    # (services/calendar_export.py); recurring_ical_events is a test dependency.
+    "icalendar", "recurring_ical_events",
 }  # fmt: skip
 """Top-level packages no function imports at start-up."""
 

@@ -102,7 +102,7 @@ def _first_after(day: date, wall: time, tz: ZoneInfo, after: datetime) -> dateti
 def _zone(zone: str) -> ZoneInfo:
     try:
         return ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long (tzdata)
         raise ValueError(f"unknown time zone {zone!r}") from None
 
 

@@ -173,6 +173,18 @@ class SeriesRule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_expansion", _compile(self))
 
+    @property
+    def until(self) -> datetime | None:
+        """UNTIL as the inclusive instant it stands for (a floating time or a date read in
+        the series' zone, see ``_normalise_until``), or None."""
+        return self._expansion.until
+
+    @property
+    def clamp_day(self) -> int | None:
+        """The day 29..31 a ``month_end="clamp"`` rule stands for, or None when no month
+        end is clamped; RFC 5545's RRULE cannot say "the 31st, or the month's last day"."""
+        return self._expansion.clamp_day
+
     def forecast(self, count: int) -> list[datetime]:
         """The first ``count`` occurrences from DTSTART, aware in the series' zone.
 
@@ -633,7 +645,8 @@ def _start_wall(start: datetime, zone: ZoneInfo, nominal: str | None) -> tuple[d
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+    # OSError: with the tzdata package installed, a name too long for a file name.
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError) as exc:
         raise RecurrenceError(
             f"unknown time zone {name!r}; use an IANA name like Europe/Berlin"
         ) from exc

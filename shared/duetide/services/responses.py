@@ -258,6 +258,14 @@ class PreferencesOut(Out):
     updated_at: str = Field(json_schema_extra={"format": "date-time"})
 
 
+class CalendarFeedOut(Out):
+    """A new calendar feed URL. It is a secret (whoever has it reads the calendar) and
+    is shown only here: the server keeps its hash. A new one replaces it."""
+
+    url: str = Field(description="The feed to subscribe to in a calendar app")
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+
+
 class Health(Out):
     status: str
 

@@ -300,6 +300,19 @@ class Outbox(SQLModel, table=True):
     traceparent: str | None = Field(default=None, max_length=55)
 
 
+class CalendarFeed(SQLModel, table=True):
+    """A user's calendar feed token (`GET /calendar/{token}.ics`), for calendar apps that
+    cannot send a bearer token. Only its SHA-256 is kept: the token is shown once, when
+    made; a new one replaces it (the old URL stops working) and deleting the row revokes it.
+    """
+
+    __tablename__ = "calendar_feed"
+
+    owner: str = Field(primary_key=True, max_length=255)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = _created()
+
+
 class RateWindow(SQLModel, table=True):
     """Writes per user per minute: a fixed-window counter shared by every replica."""
 

@@ -17,9 +17,19 @@ from werkzeug.routing import Map, Rule
 from duetide.channels import verification
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable, ValidationFailed
-from duetide.services import activity_feed, preferences, ratelimit, reminder_actions, series, tasks
+from duetide.services import (
+    activity_feed,
+    calendar_export,
+    calendar_feed,
+    preferences,
+    ratelimit,
+    reminder_actions,
+    series,
+    tasks,
+)
 from duetide.services.responses import (
     ActivityPage,
+    CalendarFeedOut,
     CommandResult,
     ErrorBody,
     Forecast,
@@ -35,6 +45,7 @@ from duetide.services.responses import (
     TaskPage,
     UpcomingPage,
     notification_out,
+    rfc3339,
     series_out,
 )
 from duetide.services.schemas import (
@@ -344,6 +355,52 @@ def notifications(request: Request, user: str) -> Response:
         return json_response(NotificationPage(items=items, next_cursor=cursor))
 
 
+CALENDAR_CACHE_CONTROL = "private, max-age=300"
+"""Calendar apps poll every few minutes to hours: five minutes fresh, then revalidated
+with If-None-Match (`calendar_export.Snapshot.etag`), never stored by a shared cache."""
+
+
+def calendar(request: Request, user: str) -> Response:
+    return _calendar_of(request, lambda session: user)
+
+
+def calendar_feed_ics(request: Request, user: str, feed_token: str) -> Response:
+    """The calendar of the user whose current feed token is in the URL: no header needed.
+    An unknown, replaced or revoked token is 404, the same for each."""
+    return _calendar_of(request, lambda session: calendar_feed.owner_of(session, feed_token))
+
+
+def _calendar_of(request: Request, owner_of: Callable[[Session], str | None]) -> Response:
+    with db.session_scope(read_only=True) as session:
+        owner = owner_of(session)
+        if owner is None:
+            raise NotFound("no calendar feed at this URL: it is unknown, replaced or revoked")
+        found = calendar_export.snapshot(session, owner)
+    headers = {"ETag": f'"{found.etag}"', "Cache-Control": CALENDAR_CACHE_CONTROL}
+    if found.truncated:
+        headers["Duetide-Truncated"] = str(calendar_export.MAX_EXPORTED_TASKS)
+    if request.if_none_match.contains(found.etag):
+        return Response(status=304, headers=headers)  # not rendered: see `Snapshot`
+    body = found.render()
+    return Response(body, status=200, content_type="text/calendar; charset=utf-8", headers=headers)
+
+
+def create_feed_token(request: Request, user: str) -> Response:
+    """A new feed URL; the one before it (if any) stops working."""
+    with db.session_scope() as session:
+        token, feed = calendar_feed.issue(session, user, utcnow())
+        created = rfc3339(feed.created_at)
+    base = get_settings().duetide_public_url or request.host_url
+    url = f"{base.rstrip('/')}/calendar/{token}.ics"
+    return json_response(CalendarFeedOut(url=url, created_at=created), 201, {"Location": url})
+
+
+def revoke_feed_token(request: Request, user: str) -> Response:
+    with db.session_scope() as session:
+        calendar_feed.revoke(session, user)
+    return json_response(None, 204)
+
+
 def _offset_page(
     rows: list[Row], offset: int, limit: int, render: Callable[[Row], Item]
 ) -> tuple[list[Item], str | None]:
@@ -369,6 +426,8 @@ Auth = Literal["bearer", "public", "in_handler"]
 class Endpoint:
     """One operation: its route, its handler and what the OpenAPI document says of it.
 
+    `produces`: the media type of a 200 answer that has no response model (a page, a
+    file, a calendar).
     `auth`: "bearer" routes authenticate (and charge writes to the rate limit) before
     the handler runs; "public" ones need no token; "in_handler" ones (`/commands`, whose
     sender may be a user or a registered system) authenticate themselves but are
@@ -391,7 +450,6 @@ class Endpoint:
     other_bodies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
     headers: tuple[openapi.Header, ...] = ()
     produces: str | None = None
-    """The media type of a 200 answer that has no response model (a page, a file)."""
 
     def __post_init__(self) -> None:
         if not self.operation_id:
@@ -680,6 +738,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         dismiss_reminder,
         "Dismiss a reminder",
         responses={200: ReminderOut},
+    ),
+    Endpoint(
+        "GET",
+        "/calendar.ics",
+        calendar,
+        "Open tasks and series as an iCalendar (VTODOs), for calendar apps",
+        responses={200: None, 304: None},
+        produces="text/calendar",
+    ),
+    Endpoint(
+        "POST",
+        "/calendar/feed-token",
+        create_feed_token,
+        "Make a calendar feed URL, replacing the one before; shown only here",
+        responses={201: CalendarFeedOut},
+    ),
+    Endpoint(
+        "DELETE",
+        "/calendar/feed-token",
+        revoke_feed_token,
+        "Revoke the calendar feed URL",
+        responses={204: None},
+    ),
+    Endpoint(
+        "GET",
+        "/calendar/<feed_token>.ics",
+        calendar_feed_ics,
+        "The calendar of the feed URL's user, without a header: the URL is the secret",
+        responses={200: None, 304: None, 404: ErrorBody},
+        auth="public",
+        produces="text/calendar",
+        operation_id="calendar_feed",
     ),
     Endpoint(
         "POST",

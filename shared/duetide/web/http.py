@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -161,17 +162,28 @@ def traced(request: Request, answer: Callable[[], Response]) -> Response:
         span = tracecontext.current() or span  # an event may have continued its own trace
         response.headers[tracecontext.RESPONSE_HEADER] = span.traceparent
         notes.status(response.status_code)
-        notes.note(**{"url.path": request.path[:200]})
+        path = loggable_path(request.path)
+        notes.note(**{"url.path": path})
         if request.path.rstrip("/") != "/healthz":  # probes would drown the rest
             log_event(
                 log,
                 "http.request",
                 method=request.method,
-                path=request.path[:200],
+                path=path,
                 status=response.status_code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
             )
     return response
+
+
+_FEED_TOKEN = re.compile(r"(/calendar/)(?!feed-token(?:/|$))[^/]+")
+"""A calendar feed token in a path (`/calendar/{feed_token}.ics`), wherever it stands."""
+
+
+def loggable_path(path: str) -> str:
+    """`path` as logs and spans may hold it (at most 200 characters): a calendar feed
+    URL is a secret, so its token is replaced by `{feed_token}`."""
+    return _FEED_TOKEN.sub(r"\1{feed_token}", path)[:200]
 
 
 def _answer(handler: Handler, request: Request) -> Response:
@@ -189,6 +201,10 @@ def _answer(handler: Handler, request: Request) -> Response:
     except Exception:
         log.exception(
             "unhandled error",
-            extra={"event": "http.unhandled", "method": request.method, "path": request.path[:200]},
+            extra={
+                "event": "http.unhandled",
+                "method": request.method,
+                "path": loggable_path(request.path),
+            },
         )
         return json_response(error_body("internal", "internal error"), status=500)

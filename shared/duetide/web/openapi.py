@@ -104,7 +104,8 @@ COMMANDS_DESCRIPTION = (
 
 
 LOCATION = {
-    "description": "Where what was created can be read (`/tasks/{id}`, `/reminders/{id}`)",
+    "description": "Where what was created can be read (`/tasks/{id}`, `/reminders/{id}`, "
+    "a calendar feed's URL)",
     "required": True,
     "schema": {"type": "string", "format": "uri-reference"},
 }
@@ -185,7 +186,8 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         if model is not None:
             response["content"] = {"application/json": {"schema": schema_ref(model, components)}}
         elif status == 200 and endpoint.produces:
-            response["content"] = {endpoint.produces: {}}
+            kind = "object" if endpoint.produces == "application/json" else "string"
+            response["content"] = {endpoint.produces: {"schema": {"type": kind}}}
         if status == 201:
             response["headers"] = {"Location": LOCATION}
         operation["responses"][str(status)] = response

@@ -1,7 +1,7 @@
 """activity log
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-02 14:00:00.000000
 
 The per-user activity log the activity function writes from the task events (issue 15):
@@ -17,8 +17,8 @@ from alembic import op
 
 import duetide.storage.models
 
-revision: str = "0010"
-down_revision: str | None = "0009"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

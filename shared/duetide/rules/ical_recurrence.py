@@ -1,0 +1,91 @@
+"""A series' future as RFC 5545 recurrence properties, for the calendar export.
+
+Pure: a stored rule and its open occurrence in, DTSTART and RRULE (or RDATEs) out.
+
+The exported recurrence starts at the open occurrence, not at the rule's DTSTART: what
+is done, skipped or missed is behind it, and a calendar app shows what is to do. So:
+
+- COUNT is what is left of it: the open occurrence is number ``local_index`` of the rule
+  (0 is the rule's DTSTART), and the recurrence set counts from itself.
+- UNTIL becomes the inclusive UTC instant duetide reads it as (RFC 5545 3.3.10 wants UTC
+  with a zoned DTSTART; duetide also takes a floating time or a date, up to its day's end).
+- DTSTART is the occurrence's nominal wall time where it was moved by a DST gap (02:30 on
+  the night clocks go to 03:30): RFC 5545 3.3.5 reads a time that does not exist with the
+  offset before the gap, which is the instant duetide chose, and the occurrences after it
+  keep 02:30 as their time of day, as duetide's do.
+- A rule whose month ends are clamped (``month_end="clamp"``: "the 31st, or the month's
+  last day") cannot be an RRULE (RFC 7529's SKIP needs RSCALE, which few apps read): its
+  next ``RDATE_OCCURRENCES`` occurrences, from duetide's own rule, are RDATEs instead.
+  A calendar app then shows that many; the feed shows more as they come nearer.
+- In completion mode each occurrence follows from when the one before was done; the
+  exported rule is the plan for each done when due (what ``forecast`` shows too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from duetide.rules.recurrence import RecurrenceError, SeriesRule
+
+RDATE_OCCURRENCES = 12
+"""How many occurrences after the open one a series that no RRULE can say exports."""
+
+
+@dataclass(frozen=True)
+class ExportedRecurrence:
+    """DTSTART (aware, in the series' zone) and either an RRULE or the RDATEs after it."""
+
+    dtstart: datetime
+    rrule: str | None
+    rdates: tuple[datetime, ...] = ()
+
+
+def export(rule: SeriesRule, open_at: datetime, local_index: int) -> ExportedRecurrence:
+    """The recurrence from the open occurrence (``open_at``, number ``local_index`` of
+    ``rule``) on. Raises ``RecurrenceError`` where the rule cannot go on within budget."""
+    zone = ZoneInfo(rule.timezone)
+    start = open_at.astimezone(zone)
+    if rule.clamp_day is not None:
+        return ExportedRecurrence(start, None, _following(rule, open_at, local_index))
+    nominal = rule.nominal_of(open_at, local_index)
+    if nominal is not None:
+        try:
+            start = datetime.fromisoformat(nominal).replace(tzinfo=zone)
+        except ValueError:  # a day past the month's end: only a clamp has one
+            return ExportedRecurrence(start, None, _following(rule, open_at, local_index))
+    return ExportedRecurrence(start, _rrule_from(rule, local_index))
+
+
+def _rrule_from(rule: SeriesRule, local_index: int) -> str:
+    """The stored rule in RFC 5545's spelling (duetide reads it case-insensitively, with
+    blanks around its parts), with COUNT and UNTIL as the module's docstring says."""
+    parts: list[str] = []
+    for item in rule.rrule.upper().split(";"):
+        name, _, value = (text.strip() for text in item.partition("="))
+        if name == "COUNT":
+            parts.append(f"COUNT={max(1, int(value) - local_index)}")
+        elif name and name != "UNTIL":
+            parts.append(f"{name}={value}")
+    if rule.until is not None:
+        parts.append(f"UNTIL={rule.until.astimezone(UTC):%Y%m%dT%H%M%SZ}")
+    return ";".join(parts)
+
+
+def _following(rule: SeriesRule, open_at: datetime, local_index: int) -> tuple[datetime, ...]:
+    """Up to ``RDATE_OCCURRENCES`` occurrences after the open one, as materialisation
+    yields them (in completion mode: each completed when due)."""
+    zone = ZoneInfo(rule.timezone)
+    found: list[datetime] = []
+    at, index = open_at, local_index
+    while len(found) < RDATE_OCCURRENCES:
+        try:
+            following = rule.next(at, index, completed_at=at)
+        except RecurrenceError:
+            break  # past the work budget: what was found so far
+        if following is None:
+            break
+        at, index = following.scheduled_at, following.index
+        found.append(at.astimezone(zone))
+    return tuple(found)

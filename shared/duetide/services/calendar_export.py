@@ -1,0 +1,284 @@
+"""A user's open tasks as an iCalendar (RFC 5545) VCALENDAR of VTODOs, for calendar apps.
+
+- A one-off task is one VTODO (UID `<task id>@duetide`), its DUE in UTC.
+- An active series is one recurring VTODO (UID `series-<series id>@duetide`, stable as
+  the series moves on) holding the series' template, DTSTART = DUE = its open occurrence
+  and the rule from there (`rules.ical_recurrence`), with a VTIMEZONE for its zone, so
+  09:00 stays 09:00 across DST. The open occurrence itself is that VTODO's instance with
+  RECURRENCE-ID: its own title, due time (it may have been moved) and reminders.
+  Skipped and missed occurrences are behind DTSTART, so no EXDATE is needed for them.
+- The occurrence of a paused or ended series is a one-off VTODO: nothing follows it
+  until the series is resumed.
+- Reminders are VALARMs: `before_due` ones relative to DUE (TRIGGER;RELATED=END),
+  `at` and snoozed ones at their absolute time. Only pending reminders are exported.
+
+Bounded: at most `MAX_EXPORTED_TASKS` open tasks, soonest due first (tasks without a
+due time last); the rest are left out. Each series costs one bounded step of its rule
+(`ical_recurrence`). The output is deterministic (DTSTAMP is the item's last change), and
+its ETag is a hash of what it is rendered from (`Snapshot`), so a polling calendar app
+that is up to date gets a 304 without the calendar being rendered.
+
+icalendar is imported when a calendar is rendered, not with this module: the tasks
+function's cold start does not pay for it (tests/unit/test_startup_imports.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import case
+from sqlmodel import Session, col, select
+
+from duetide.errors import ValidationFailed
+from duetide.logs import log_event
+from duetide.rules import ical_recurrence
+from duetide.rules.recurrence import RecurrenceError
+from duetide.services import series as series_rules
+from duetide.storage.models import Reminder, Series, Task
+
+if TYPE_CHECKING:
+    from icalendar import Todo
+
+log = logging.getLogger("duetide.services.calendar_export")
+
+MAX_EXPORTED_TASKS = 500
+"""Open tasks in one export, soonest due first; the rest are left out."""
+PRODID = "-//duetide//calendar export//EN"
+REFRESH = timedelta(hours=1)
+"""What the calendar suggests as its polling interval (REFRESH-INTERVAL, X-PUBLISHED-TTL)."""
+ICAL_PRIORITY = (0, 9, 5, 3, 1)
+"""RFC 5545 PRIORITY by duetide rank (none, low, medium, high, urgent): 0 is undefined,
+1 the highest, 9 the lowest, 5 the middle."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one export renders, read in one go, and its version (`etag`).
+
+    The ETag is a hash of every stored value the rendering reads (the tasks' and series'
+    columns, tags, reminders) and of the versions of the code that renders them, so a
+    poll that has the current version is answered 304 without rendering at all: with
+    icalendar, rendering is most of an export's cost (about 0.3 s for 500 tasks).
+    """
+
+    tasks: list[Task]
+    series: dict[str, Series]
+    truncated: bool
+    etag: str
+
+    def render(self) -> bytes:
+        return render(self.tasks, self.series)
+
+
+FORMAT_VERSION = "1"
+"""Bump when the rendering changes, so that calendar apps fetch it again."""
+
+
+def snapshot(session: Session, owner: str) -> Snapshot:
+    """`owner`'s open tasks as the calendar shows them (see the module's docstring)."""
+    rows = list(
+        session.exec(
+            select(Task)
+            .where(Task.owner == owner, Task.status == "open")
+            .order_by(
+                case((col(Task.due_at).is_(None), 1), else_=0), col(Task.due_at), col(Task.id)
+            )
+            .limit(MAX_EXPORTED_TASKS + 1)
+        ).all()
+    )
+    tasks, truncated = rows[:MAX_EXPORTED_TASKS], len(rows) > MAX_EXPORTED_TASKS
+    series_ids = {t.series_id for t in tasks if t.series_id is not None}
+    found = {s.id: s for s in session.exec(select(Series).where(col(Series.id).in_(series_ids)))}
+    return Snapshot(tasks, found, truncated, _etag(tasks, found))
+
+
+def _etag(tasks: list[Task], series: dict[str, Series]) -> str:
+    digest = hashlib.sha256(f"{FORMAT_VERSION} {_renderer_versions()}".encode())
+    for task in tasks:
+        digest.update(repr(sorted(task.model_dump().items())).encode())
+        digest.update(repr(task.tags).encode())
+        for reminder in task.reminders:
+            digest.update(repr(sorted(reminder.model_dump().items())).encode())
+    for key in sorted(series):
+        digest.update(repr(sorted(series[key].model_dump().items())).encode())
+    return digest.hexdigest()[:32]
+
+
+@functools.cache
+def _renderer_versions() -> str:
+    """icalendar's and the time zone data's (VTIMEZONEs) versions: an upgrade of either
+    may change the output."""
+    versions = []
+    for name in ("icalendar", "tzdata"):
+        try:
+            versions.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name}=?")
+    return " ".join(versions)
+
+
+def render(tasks: Iterable[Task], series: dict[str, Series]) -> bytes:
+    """The VCALENDAR of `tasks` (open ones, with their tags and reminders loaded), and of
+    `series`, the series some of them are occurrences of."""
+    from icalendar import Calendar  # see the module's docstring
+
+    calendar = Calendar()
+    calendar.add("prodid", PRODID)
+    calendar.add("version", "2.0")
+    calendar.add("calscale", "GREGORIAN")
+    calendar.add("x-wr-calname", "duetide")
+    calendar.add("refresh-interval", REFRESH, parameters={"VALUE": "DURATION"})
+    calendar.add("x-published-ttl", "PT1H")
+    recurring = _recurring_occurrences(tasks, series)
+    starts: list[datetime] = []
+    for task in tasks:
+        found = series.get(task.series_id) if task.series_id else None
+        if found is not None and recurring.get(found.id) is task:
+            todos = _series_todos(found, task)
+            if todos:
+                starts.append(todos[0].decoded("dtstart"))
+                for todo in todos:
+                    calendar.add_component(todo)
+                continue
+        calendar.add_component(_task_todo(task, f"{task.id}@duetide"))
+    if starts:
+        first, last = min(starts).date(), max(starts).date()
+        calendar.add_missing_timezones(first - timedelta(days=1), _years_after(last, 10))
+    return bytes(calendar.to_ical())
+
+
+def _recurring_occurrences(tasks: Iterable[Task], series: dict[str, Series]) -> dict[str, Task]:
+    """Per active series, its open occurrence that carries the rule: the latest one."""
+    latest: dict[str, Task] = {}
+    for task in tasks:
+        found = series.get(task.series_id) if task.series_id else None
+        if found is None or found.status != "active" or task.occurrence_index is None:
+            continue
+        if task.scheduled_at is None:
+            continue
+        current = latest.get(found.id)
+        if current is None or (current.occurrence_index or 0) < task.occurrence_index:
+            latest[found.id] = task
+    return latest
+
+
+def _series_todos(found: Series, task: Task) -> list[Todo]:
+    """The series' recurring VTODO and its open instance, or [] to export the task alone
+    (an occurrence from before a "this and future" change, or a rule that cannot go on)."""
+    from icalendar import Todo  # see the module's docstring
+
+    assert task.scheduled_at is not None and task.occurrence_index is not None
+    local_index = task.occurrence_index - found.rule_base
+    if local_index < 0 or task.scheduled_at < found.dtstart:
+        return []
+    try:
+        rule = series_rules.rule_of(found)
+        plan = ical_recurrence.export(rule, task.scheduled_at, local_index)
+    except (RecurrenceError, ValidationFailed) as exc:
+        log_event(log, "calendar.series_not_exported", series_id=found.id, error=str(exc)[:200])
+        return []
+    uid = f"series-{found.id}@duetide"
+    master = Todo()
+    master.add("uid", uid)
+    master.add("dtstamp", found.updated_at)
+    master.add("created", found.created_at)
+    master.add("last-modified", found.updated_at)
+    master.add("summary", found.title)
+    if found.description:
+        master.add("description", found.description)
+    master.add("status", "NEEDS-ACTION")
+    master.add("priority", ICAL_PRIORITY[found.priority])
+    if found.tags:
+        master.add("categories", list(found.tags))
+    master.add("dtstart", plan.dtstart)
+    master.add("due", plan.dtstart)
+    if plan.rrule is not None:
+        from icalendar import vRecur
+
+        master.add("rrule", vRecur.from_ical(plan.rrule))
+    if plan.rdates:
+        master.add("rdate", list(plan.rdates))
+    for offset in found.reminder_offsets:
+        master.add_component(_relative_alarm(found.title, offset))
+    instance = _task_todo(task, uid, zone=plan.dtstart.tzinfo)
+    instance.add("recurrence-id", plan.dtstart)
+    return [master, instance]
+
+
+def _task_todo(task: Task, uid: str, zone: tzinfo | None = None) -> Todo:
+    """A task's VTODO: DUE in UTC; for an occurrence (`zone` given), DTSTART = DUE in its
+    series' zone, where the user may have moved it from its scheduled time."""
+    from icalendar import Todo  # see the module's docstring
+
+    todo = Todo()
+    todo.add("uid", uid)
+    todo.add("dtstamp", task.updated_at)
+    todo.add("created", task.created_at)
+    todo.add("last-modified", task.updated_at)
+    todo.add("summary", task.title)
+    if task.description:
+        todo.add("description", task.description)
+    todo.add("status", "NEEDS-ACTION")
+    todo.add("priority", ICAL_PRIORITY[task.priority])
+    if task.tags:
+        todo.add("categories", task.tags)
+    if task.due_at is not None and zone is not None:
+        todo.add("dtstart", task.due_at.astimezone(zone))
+        todo.add("due", task.due_at.astimezone(zone))
+    elif task.due_at is not None:
+        todo.add("due", task.due_at.astimezone(UTC))
+    for reminder in task.reminders:
+        alarm = _alarm(task, reminder)
+        if alarm is not None:
+            todo.add_component(alarm)
+    return todo
+
+
+def _alarm(task: Task, reminder: Reminder) -> Any:
+    """A pending reminder as a VALARM: relative to DUE while it fires `before_due` of it,
+    else at its absolute time (an `at` reminder, or one snoozed)."""
+    if reminder.state != "pending" or reminder.fire_at is None:
+        return None
+    offset = reminder.before_due_s
+    due = task.due_at
+    if (
+        offset is not None
+        and due is not None
+        and reminder.fire_at == due - timedelta(seconds=offset)
+    ):
+        return _relative_alarm(task.title, offset)
+    return _absolute_alarm(task.title, reminder.fire_at)
+
+
+def _relative_alarm(title: str, before_due_s: int) -> Any:
+    from icalendar import Alarm  # see the module's docstring
+
+    alarm = Alarm()
+    alarm.add("action", "DISPLAY")
+    alarm.add("description", title)
+    alarm.add("trigger", -timedelta(seconds=before_due_s), parameters={"RELATED": "END"})
+    return alarm
+
+
+def _absolute_alarm(title: str, at: datetime) -> Any:
+    from icalendar import Alarm  # see the module's docstring
+
+    alarm = Alarm()
+    alarm.add("action", "DISPLAY")
+    alarm.add("description", title)
+    alarm.add("trigger", at.astimezone(UTC))
+    return alarm
+
+
+def _years_after(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # February 29
+        return day.replace(year=day.year + years, day=28)

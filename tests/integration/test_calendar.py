@@ -1,0 +1,388 @@
+"""Calendar export (`/calendar.ics`, the feed URL) through the tasks function.
+
+The output is read back with icalendar and its recurrences expanded by
+recurring-ical-events, an implementation independent of duetide's: within a window,
+the occurrences a calendar app would show are the ones duetide's own forecast
+(`GET /series/{id}/occurrences`) lists from the open occurrence on.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import recurring_ical_events
+from icalendar import Calendar
+
+from duetide import events
+from duetide.services import calendar_export
+from duetide.storage import db
+from duetide.storage.models import Outbox
+from duetide.web.http import loggable_path
+from tests.integration.conftest import function_client
+
+WINDOW = timedelta(days=150)
+
+
+class Bus:
+    """Delivers the outbox's task.completed events to the recurrence function."""
+
+    def __init__(self) -> None:
+        self.recurrence = function_client("recurrence")
+        self.delivered: set[str] = set()
+
+    def flush(self) -> None:
+        from sqlmodel import col, select
+
+        with db.session_scope() as session:
+            rows = session.exec(
+                select(Outbox)
+                .where(Outbox.type == events.TASK_COMPLETED)
+                .order_by(col(Outbox.created_at))
+            ).all()
+            pending = [(row.id, row.data) for row in rows if row.id not in self.delivered]
+        for event_id, data in pending:
+            event = events.build(
+                event_id=event_id, type=events.TASK_COMPLETED, source=events.SOURCE_TASKS,
+                subject=data["task_id"], data=data,
+            )  # fmt: skip
+            headers, body = events.to_http(event)
+            assert self.recurrence.post("/", headers=headers, data=body).status_code == 200
+            self.delivered.add(event_id)
+
+
+def recurring(client, headers, due: str, timezone: str = "Europe/Berlin", **rule: Any) -> dict:
+    body = {"title": "r", "due_at": due, "recurrence": {"timezone": timezone, **rule}}
+    response = client.post("/tasks", json=body, headers=headers)
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def open_occurrence(client, headers, series_id: str) -> dict[str, Any]:
+    (task,) = client.get(f"/tasks?series_id={series_id}&status=open", headers=headers).json["items"]
+    return task
+
+
+def calendar_of(client, headers) -> Calendar:
+    response = client.get("/calendar.ics", headers=headers)
+    assert response.status_code == 200, response.data
+    assert response.headers["Content-Type"] == "text/calendar; charset=utf-8"
+    return Calendar.from_ical(response.data)
+
+
+def expanded(calendar: Calendar, uid: str, start: datetime, end: datetime) -> list[datetime]:
+    """The occurrences of `uid` a calendar app shows between `start` and `end`, in UTC
+    (a wall time in a DST gap compares unequal to any other zone's, PEP 495)."""
+    found = recurring_ical_events.of(calendar, components=["VTODO"]).between(start, end)
+    shown = (todo.decoded("dtstart") for todo in found if str(todo["UID"]) == uid)
+    return sorted(at.astimezone(UTC) for at in shown)
+
+
+def forecast(client, headers, series_id: str, start: datetime, end: datetime) -> list[datetime]:
+    response = client.get(f"/series/{series_id}/occurrences?count=400", headers=headers)
+    assert response.status_code == 200, response.json
+    items = [datetime.fromisoformat(at) for at in response.json["items"]]
+    return [at.astimezone(UTC) for at in items if start <= at < end]
+
+
+RULES = [
+    pytest.param({"rrule": "FREQ=DAILY"}, "2026-03-25T09:00:00+01:00", id="daily-dst-spring"),
+    pytest.param(
+        {"rrule": "FREQ=WEEKLY;BYDAY=MO,FR"}, "2026-10-19T08:30:00+02:00", id="weekly-dst-autumn"
+    ),
+    pytest.param(
+        {"rrule": "FREQ=MONTHLY;BYMONTHDAY=15,31"},
+        "2026-01-15T18:00:00+01:00",
+        id="monthly-bymonthday-skip",
+    ),
+    pytest.param(
+        {"rrule": "FREQ=DAILY;INTERVAL=2;COUNT=6"}, "2026-03-26T07:00:00+01:00", id="count"
+    ),
+    pytest.param(
+        {"rrule": " freq = monthly ; bymonthday = -1 ; count = 4 "},
+        "2026-01-31T07:00:00+01:00",
+        id="lowercase-last-day-count",
+    ),
+    pytest.param(
+        {"rrule": "FREQ=WEEKLY;UNTIL=20260420T070000Z"}, "2026-03-02T09:00:00+01:00", id="until"
+    ),
+    pytest.param(
+        {"rrule": "FREQ=WEEKLY;UNTIL=20260413"}, "2026-03-02T09:00:00+01:00", id="until-date"
+    ),
+    pytest.param(
+        {"rrule": "FREQ=MONTHLY", "month_end": "clamp"},
+        "2026-01-31T09:00:00+01:00",
+        id="monthly-clamp-rdate",
+    ),
+    pytest.param(
+        {"rrule": "FREQ=DAILY"},
+        "2026-03-07T02:30:00-05:00",
+        "America/New_York",
+        id="daily-0230-new-york-gap",
+    ),
+]
+
+
+@pytest.mark.parametrize(("rule", "due", "zone"), [(*p.values, "Europe/Berlin")[:3] for p in RULES])
+def test_occurrences_in_a_calendar_app_are_duetides_forecast(client, alice, env, rule, due, zone):
+    bus = Bus()
+    series_id = recurring(client, alice, due, zone, **rule)["series_id"]
+    for _ in range(3):  # the export starts at the open occurrence, wherever that is
+        task = open_occurrence(client, alice, series_id)
+        start = datetime.fromisoformat(task["due_at"])
+        calendar = calendar_of(client, alice)
+        uid = f"series-{series_id}@duetide"
+        shown = expanded(calendar, uid, start - timedelta(days=40), start + WINDOW)
+        assert shown, calendar.to_ical().decode()
+        assert shown == forecast(client, alice, series_id, start, start + WINDOW)
+        assert shown[0] == start
+        client.post(f"/tasks/{task['id']}/complete", headers=alice)
+        bus.flush()
+
+
+def test_a_skipped_occurrence_is_not_shown(client, alice, env):
+    series_id = recurring(client, alice, "2026-03-27T09:00:00+01:00", rrule="FREQ=DAILY")[
+        "series_id"
+    ]
+    assert client.post(f"/series/{series_id}/skip", headers=alice).status_code == 200
+    skipped = datetime.fromisoformat("2026-03-27T09:00:00+01:00")
+    calendar = calendar_of(client, alice)
+    shown = expanded(
+        calendar, f"series-{series_id}@duetide", skipped - timedelta(days=5), skipped + WINDOW
+    )
+    assert skipped not in shown
+    following = datetime.fromisoformat(open_occurrence(client, alice, series_id)["due_at"])
+    assert shown[0] == following == skipped + timedelta(days=1)
+    assert shown == forecast(client, alice, series_id, following, skipped + WINDOW)
+
+
+def categories(todo: Any) -> list[str]:
+    return sorted(str(c) for c in todo["CATEGORIES"].cats)
+
+
+def test_tasks_are_vtodos_with_their_fields_and_reminders(client, alice, env):
+    body = {
+        "title": "Pay rent",
+        "description": "by transfer",
+        "due_at": "2026-05-01T10:00:00Z",
+        "priority": "high",
+        "tags": ["home", "money"],
+        "reminders": [{"before_due": "PT1H"}, {"at": "2026-04-30T18:00:00Z"}],
+    }
+    task = client.post("/tasks", json=body, headers=alice).json
+    done = client.post("/tasks", json={"title": "done already"}, headers=alice).json
+    client.post(f"/tasks/{done['id']}/complete", headers=alice)
+    series = recurring(client, alice, "2026-05-04T09:00:00+02:00", rrule="FREQ=WEEKLY")
+    client.patch(
+        f"/series/{series['series_id']}", json={"tags": ["gym"], "priority": "low"}, headers=alice
+    )
+
+    calendar = calendar_of(client, alice)
+    assert str(calendar["PRODID"]) == calendar_export.PRODID and str(calendar["VERSION"]) == "2.0"
+    assert [str(tz["TZID"]) for tz in calendar.walk("VTIMEZONE")] == ["Europe/Berlin"]
+    todos = {str(t["UID"]): t for t in calendar.walk("VTODO") if "RECURRENCE-ID" not in t}
+    assert set(todos) == {f"{task['id']}@duetide", f"series-{series['series_id']}@duetide"}
+    todo = todos[f"{task['id']}@duetide"]
+    assert str(todo["SUMMARY"]) == "Pay rent" and str(todo["DESCRIPTION"]) == "by transfer"
+    assert todo.decoded("due") == datetime.fromisoformat("2026-05-01T10:00:00+00:00")
+    assert str(todo["STATUS"]) == "NEEDS-ACTION" and todo.decoded("priority") == 3
+    assert categories(todo) == ["home", "money"]
+    triggers = sorted(
+        (str(a["TRIGGER"].params.get("RELATED", "")), a.decoded("trigger"))
+        for a in todo.walk("VALARM")
+    )  # fmt: skip
+    assert triggers == [
+        ("", datetime.fromisoformat("2026-04-30T18:00:00+00:00")),
+        ("END", timedelta(hours=-1)),
+    ]
+    master = todos[f"series-{series['series_id']}@duetide"]
+    assert master.decoded("priority") == 9 and categories(master) == ["gym"]
+    assert str(master["DTSTART"].params["TZID"]) == "Europe/Berlin"
+
+
+def test_the_etag_answers_a_poll_with_304_until_something_changes(client, alice, env):
+    body = {"title": "a", "due_at": "2026-05-01T10:00:00Z", "reminders": [{"before_due": "PT1H"}]}
+    task = client.post("/tasks", json=body, headers=alice).json
+    series = recurring(client, alice, "2026-05-04T09:00:00+02:00", rrule="FREQ=WEEKLY")
+    first = client.get("/calendar.ics", headers=alice)
+    cache_control = first.headers["Cache-Control"]
+    assert "max-age" in cache_control and "private" in cache_control
+    etag, seen = first.headers["ETag"], {first.headers["ETag"]}
+    changes = [
+        lambda: client.post("/tasks", json={"title": "b"}, headers=alice),
+        lambda: client.post(f"/reminders/{task['reminders'][0]['id']}/dismiss", headers=alice),
+        lambda: client.patch(
+            f"/series/{series['series_id']}", json={"title": "renamed"}, headers=alice
+        ),
+        lambda: client.post(f"/tasks/{task['id']}/complete", headers=alice),
+    ]
+    for change in changes:
+        unchanged = client.get("/calendar.ics", headers={**alice, "If-None-Match": etag})
+        assert unchanged.status_code == 304 and unchanged.data == b""
+        assert unchanged.headers["ETag"] == etag
+        assert change().status_code in (200, 201)
+        changed = client.get("/calendar.ics", headers={**alice, "If-None-Match": etag})
+        assert changed.status_code == 200 and changed.headers["ETag"] not in seen
+        assert changed.data == client.get("/calendar.ics", headers=alice).data
+        etag = changed.headers["ETag"]
+        seen.add(etag)
+
+
+def test_the_export_is_capped(client, alice, env, monkeypatch):
+    monkeypatch.setattr(calendar_export, "MAX_EXPORTED_TASKS", 3)
+    for day in (4, 1, 3, 2):
+        due = f"2026-05-0{day}T10:00:00Z"
+        client.post("/tasks", json={"title": f"t{day}", "due_at": due}, headers=alice)
+    client.post("/tasks", json={"title": "no due"}, headers=alice)
+    response = client.get("/calendar.ics", headers=alice)
+    assert response.headers["Duetide-Truncated"] == "3"
+    todos = Calendar.from_ical(response.data).walk("VTODO")
+    assert [str(t["SUMMARY"]) for t in todos] == ["t1", "t2", "t3"]
+
+
+def test_the_calendar_needs_a_token(client, env):
+    response = client.get("/calendar.ics")
+    assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
+
+
+def feed_path(url: str) -> str:
+    return url[url.index("/calendar/") :]
+
+
+def test_the_feed_url_works_without_a_header_and_rotates(client, alice, bob, env, caplog):
+    client.post(
+        "/tasks", json={"title": "alice's", "due_at": "2026-05-01T10:00:00Z"}, headers=alice
+    )
+    client.post("/tasks", json={"title": "bob's", "due_at": "2026-05-01T10:00:00Z"}, headers=bob)
+    made = client.post("/calendar/feed-token", headers=alice)
+    assert made.status_code == 201, made.json
+    assert made.headers["Location"] == made.json["url"]
+    old = feed_path(made.json["url"])
+    assert made.json["url"].startswith("http://localhost/calendar/") and old.endswith(".ics")
+    bobs = feed_path(client.post("/calendar/feed-token", headers=bob).json["url"])
+
+    with caplog.at_level(logging.DEBUG):
+        response = client.get(old)
+    assert response.status_code == 200
+    assert response.data == client.get("/calendar.ics", headers=alice).data
+    assert [str(t["SUMMARY"]) for t in Calendar.from_ical(response.data).walk("VTODO")] == [
+        "alice's"
+    ]
+    token = old.removeprefix("/calendar/").removesuffix(".ics")
+    logged = [str(vars(record)) for record in caplog.records]
+    assert any("/calendar/{feed_token}" in line for line in logged)
+    assert not any(token in line for line in logged)
+
+    new = feed_path(client.post("/calendar/feed-token", headers=alice).json["url"])
+    assert new != old
+    gone = client.get(old)
+    assert gone.status_code == 404 and gone.json["error"]["code"] == "not_found"
+    assert token not in gone.get_data(as_text=True)
+    assert client.get(new).status_code == 200
+    bob_sees = Calendar.from_ical(client.get(bobs).data).walk("VTODO")
+    assert [str(t["SUMMARY"]) for t in bob_sees] == ["bob's"]
+
+    assert client.delete("/calendar/feed-token", headers=alice).status_code == 204
+    assert client.get(new).status_code == 404
+    assert client.get(bobs).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/calendar/" + "A" * 43 + ".ics",  # well-formed, never issued
+        "/calendar/short.ics",
+        "/calendar/" + "%C3%A9" * 43 + ".ics",
+        "/calendar/" + "A" * 5000 + ".ics",
+    ],
+)
+def test_a_bad_feed_token_is_404_in_the_error_shape(client, env, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert set(response.json) == {"error"} and response.json["error"]["code"] == "not_found"
+
+
+def test_feed_tokens_need_a_bearer_token(client, env):
+    assert client.post("/calendar/feed-token").status_code == 401
+    assert client.delete("/calendar/feed-token").status_code == 401
+
+
+def test_logged_paths_hide_feed_tokens():
+    assert loggable_path("/calendar/abc-DEF_1.ics") == "/calendar/{feed_token}"
+    assert loggable_path("//calendar/abc.ics/x") == "//calendar/{feed_token}/x"
+    assert loggable_path("/calendar/feed-token") == "/calendar/feed-token"
+    assert loggable_path("/calendar.ics") == "/calendar.ics"
+
+
+def test_a_moved_open_occurrence_and_the_series_reminders(client, alice, env):
+    task = client.post(
+        "/tasks",
+        json={
+            "title": "water plants",
+            "due_at": "2026-03-27T09:00:00+01:00",
+            "recurrence": {"timezone": "Europe/Berlin", "rrule": "FREQ=DAILY"},
+            "reminders": [{"before_due": "PT30M"}],
+        },
+        headers=alice,
+    ).json
+    series_id = task["series_id"]
+    moved = client.patch(
+        f"/tasks/{task['id']}",
+        json={"due_at": "2026-03-27T11:00:00+01:00", "title": "water plants today"},
+        headers=alice,
+    )
+    assert moved.status_code == 200, moved.json
+    calendar = calendar_of(client, alice)
+    scheduled = datetime.fromisoformat("2026-03-27T09:00:00+01:00")
+    shown = expanded(calendar, f"series-{series_id}@duetide", scheduled, scheduled + WINDOW)
+    planned = forecast(client, alice, series_id, scheduled, scheduled + WINDOW)
+    assert shown[0] == datetime.fromisoformat("2026-03-27T11:00:00+01:00")
+    assert shown[1:] == planned[1:]
+
+    (master,) = [t for t in calendar.walk("VTODO") if "RECURRENCE-ID" not in t]
+    (instance,) = [t for t in calendar.walk("VTODO") if "RECURRENCE-ID" in t]
+    assert instance.decoded("recurrence-id") == scheduled
+    assert str(master["SUMMARY"]) == "water plants"
+    assert str(instance["SUMMARY"]) == "water plants today"
+    for todo in (master, instance):
+        (alarm,) = todo.walk("VALARM")
+        assert alarm.decoded("trigger") == timedelta(minutes=-30)
+        assert str(alarm["TRIGGER"].params["RELATED"]) == "END"
+
+
+def test_a_first_token_made_concurrently_replaces_rather_than_fails(env):
+    """Two first tokens for one user at once: the later insert meets the earlier row
+    (PostgreSQL blocks it on the key until that commits) and replaces it instead of
+    failing. SQLite serialises writers at BEGIN, so only PostgreSQL can race here."""
+    if not env.startswith("postgresql"):
+        pytest.skip("SQLite writers queue at BEGIN: no race to lose")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    from duetide.services import calendar_feed
+    from duetide.storage.models import CalendarFeed, utcnow
+
+    def second() -> str:
+        with db.session_scope() as session:
+            token, _ = calendar_feed.issue(session, "carol", utcnow())
+        return token
+
+    # The pool outlives the first transaction: it commits, then the second goes on.
+    with ThreadPoolExecutor(1) as pool, db.session_scope() as first:
+        first.add(CalendarFeed(owner="carol", token_hash="0" * 64, created_at=utcnow()))
+        first.flush()  # holds the key until it commits
+        token = pool.submit(second)
+        with db.session_scope(read_only=True) as watcher:
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'INSERT INTO calendar_feed%'"
+            )
+            deadline = datetime.now(UTC) + timedelta(seconds=10)
+            while not watcher.execute(waiting).scalar() and datetime.now(UTC) < deadline:
+                pass  # the second insert is not blocked on the key yet
+            assert watcher.execute(waiting).scalar(), "the second insert never waited"
+    with db.session_scope(read_only=True) as session:
+        assert calendar_feed.owner_of(session, token.result(timeout=10)) == "carol"
