@@ -1,6 +1,6 @@
-# One image for the four functions; each Knative Service picks its function with the
-# environment variable FUNCTION_TARGET (tasks, recurrence, sweep or notify), and Knative
-# sets PORT. The same image runs the database migrations: `duetide-migrate` (the Job in
+# One image for the five functions; each Knative Service picks its function with the
+# environment variable FUNCTION_TARGET (tasks, recurrence, sweep, notify or activity), and
+# Knative sets PORT. The same image runs the database migrations: `duetide-migrate` (the Job in
 # deploy/base/migrate.yaml sets it as the command).
 #
 #   docker build -t ghcr.io/<you>/duetide:<version> .
@@ -57,4 +57,4 @@ EXPOSE 8080
 # duetide.web.serve runs functions-framework's app for the function behind uvicorn with
 # bounded requests (see shared/duetide/web/serve.py). sh -c for the variables; exec so that
 # the server gets SIGTERM.
-ENTRYPOINT ["/bin/sh", "-c", "exec python -m duetide.web.serve --source \"functions/${FUNCTION_TARGET:?set FUNCTION_TARGET to tasks, recurrence, sweep or notify}/main.py\" --target \"$FUNCTION_TARGET\" --host 0.0.0.0 --port \"${PORT:-8080}\""]
+ENTRYPOINT ["/bin/sh", "-c", "exec python -m duetide.web.serve --source \"functions/${FUNCTION_TARGET:?set FUNCTION_TARGET to tasks, recurrence, sweep, notify or activity}/main.py\" --target \"$FUNCTION_TARGET\" --host 0.0.0.0 --port \"${PORT:-8080}\""]

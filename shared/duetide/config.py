@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         " (THREADS), so a busy process never opens and closes connections per request.",
     )
     duetide_reminder_grace_s: int = Field(3600, ge=0)
+    duetide_activity_retention_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="Days the activity log keeps an entry; a `since` token older is a 410.",
+    )
     duetide_sweep_batch: int = Field(500, ge=1, le=10_000)
     duetide_allow_loopback_webhooks: bool = Field(
         False, description="Local development only: let webhooks target 127.0.0.1/::1."

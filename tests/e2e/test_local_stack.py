@@ -2,7 +2,8 @@
 
 The three user stories of the walking skeleton: task CRUD, a recurring task whose
 completion materialises the next occurrence through Kafka and the recurrence
-function, and a reminder delivered once by notify after a sweep ping. Then Ctrl-C,
+function, and a reminder delivered once by notify after a sweep ping; and the activity
+log the activity function writes from the same events. Then Ctrl-C,
 and no process of the stack is left behind.
 """
 
@@ -168,6 +169,31 @@ def test_reminder_is_delivered_once(stack: Stack):
         if "notification.delivered" in line and task_id in line
     ]  # fmt: skip
     assert len(deliveries) == 1
+
+
+def test_the_activity_function_logs_each_change_through_kafka(stack: Stack):
+    """The activity function runs from its manifest: its KafkaSource feeds it the task
+    events, and the feed shows one task's changes in order, its deletion as a tombstone."""
+    task_id = stack.call("POST", "/tasks", json={"title": "Draft"}).json()["id"]
+    stack.call("PATCH", f"/tasks/{task_id}", json={"title": "Final"})
+    assert stack.call("DELETE", f"/tasks/{task_id}").status_code == 204
+
+    def history() -> list[dict[str, Any]]:
+        answer = stack.call("GET", f"/tasks/{task_id}/activity")
+        if answer.status_code == 404:  # deleted before its first entry was logged
+            return []
+        assert answer.status_code == 200, answer.text
+        items = answer.json()["items"]
+        return items if len(items) == 3 else []
+
+    items = wait_for(history, "the task's three changes in its activity")
+    assert [i["type"].split(".")[3] for i in items] == ["created", "updated", "deleted"]
+    assert items[1]["changes"] == {"title": {"before": "Draft", "after": "Final"}}
+    assert items[2]["deleted"] is True
+    feed = stack.call("GET", "/activity?limit=200").json()
+    assert [i["event_id"] for i in feed["items"] if i["task_id"] == task_id] == [
+        i["event_id"] for i in items
+    ]
 
 
 def test_ctrl_c_stops_everything(stack: Stack):

@@ -166,8 +166,9 @@ def next_occurrence_is_made(up: Up, title: str) -> None:
     assert after["due_at"] == "2026-04-03T09:30:00+02:00"
 
 
-def test_up_starts_four_functions_and_the_broker_as_its_children(up: Up):
-    assert set(children_of(up.process.pid)) == {"tasks", "recurrence", "sweep", "notify", "broker"}
+def test_up_starts_five_functions_and_the_broker_as_its_children(up: Up):
+    children = {"tasks", "recurrence", "sweep", "notify", "activity", "broker"}
+    assert set(children_of(up.process.pid)) == children
 
 
 def test_a_killed_function_is_restarted_and_the_console_says_so(up: Up):
@@ -229,7 +230,7 @@ def test_duetide_token_without_a_running_stack_refuses_and_generates_nothing(tmp
 
 def test_ctrl_c_stops_up_and_every_child(up: Up):
     pids = list(children_of(up.process.pid).values())
-    assert len(pids) == 5
+    assert len(pids) == 6  # five functions and the broker
     [record] = (up.runtime / "duetide").glob("up-*.json")
     began = time.monotonic()
     up.process.send_signal(signal.SIGINT)
@@ -269,7 +270,7 @@ def test_a_sigkilled_up_leaves_no_child_behind(tmp_path: Path):
     doomed = Up(tmp_path / "home", free_loopback_port())
     try:
         pids = children_of(doomed.process.pid)
-        assert set(pids) == {"tasks", "recurrence", "sweep", "notify", "broker"}
+        assert set(pids) == {"tasks", "recurrence", "sweep", "notify", "activity", "broker"}
         doomed.process.kill()
         doomed.process.wait(timeout=10)
         wait_for(

@@ -42,6 +42,7 @@ ID_OPERATIONS: dict[str, tuple[dict[str, Any] | None, int]] = {
     "skip_series": (None, 200),
     "snooze_reminder": ({"for": "PT10M"}, 200),
     "dismiss_reminder": (None, 200),
+    "task_activity": (None, 200),
 }
 LISTS = ("/tasks", "/series", "/notifications", "/reminders/upcoming")
 

@@ -88,7 +88,7 @@ def test_a_lone_surrogate_in_a_structured_command_is_400(client, alice, field, v
     assert rows() == before
 
 
-@pytest.mark.parametrize("function", ["recurrence", "notify"])
+@pytest.mark.parametrize("function", ["recurrence", "notify", "activity"])
 def test_a_lone_surrogate_in_a_structured_event_is_400_at_every_sink(env, function):
     event = {
         "specversion": "1.0", "id": "\ud800", "source": "/test",

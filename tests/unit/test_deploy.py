@@ -283,7 +283,7 @@ def test_a_configuration_change_rolls_a_new_revision_of_every_service(
             {doc["metadata"]["name"]: doc["spec"]["template"] for doc in services(docs)}
         )
     assert names[0] != names[1]
-    assert len(templates[0]) == 4
+    assert len(templates[0]) == 5
     for service, template in templates[0].items():
         assert templates[1][service] != template, service
 
@@ -297,7 +297,7 @@ def test_an_overlay_sets_the_namespace_and_the_image_everywhere(overlay: str, im
         for doc in docs
         if doc["kind"] == "Service" or doc["metadata"]["name"] == deploy.MIGRATION
     ]
-    assert len(runs) == 5
+    assert len(runs) == 6  # five Services and the migration
     assert {container["image"] for doc in runs for container in containers(doc)} == {image}
     kustomization = yaml.safe_load((REPO_ROOT / overlay / "kustomization.yaml").read_text())
     assert kustomization["images"][0]["name"] == MANIFEST_IMAGE.split(":")[0]  # kustomize's own
@@ -318,7 +318,7 @@ def test_kafka_sources_are_created_reading_from_the_earliest_offset() -> None:
     the initial offset when it first sees the source, so a later change cannot replay."""
     docs = kustomize(REPO_ROOT / PRODUCTION)
     sources = [doc for doc in docs if doc["kind"] == "KafkaSource"]
-    assert len(sources) == 3
+    assert len(sources) == 4
     assert {doc["spec"]["initialOffset"] for doc in sources} == {"earliest"}
 
 
@@ -522,7 +522,13 @@ def test_a_run_applies_kafka_the_configuration_the_migration_then_the_rest(
         changes[5],
     ]
     smoke = changes[-1]
-    for service in ("duetide-tasks", "duetide-recurrence", "duetide-sweep", "duetide-notify"):
+    for service in (
+        "duetide-tasks",
+        "duetide-recurrence",
+        "duetide-sweep",
+        "duetide-notify",
+        "duetide-activity",
+    ):
         assert f"http://{service}.{NAMESPACE}.svc.cluster.local/healthz" in smoke
     assert "database schema is up to date" in capsys.readouterr().out
 
@@ -769,14 +775,14 @@ def test_image_starts_the_function_named_by_its_environment(tmp_path: Path) -> N
 def test_image_without_a_function_target_says_which_to_set(tmp_path: Path) -> None:
     result = run_entrypoint(tmp_path, {})
     assert result.returncode != 0
-    assert "set FUNCTION_TARGET to tasks, recurrence, sweep or notify" in result.stderr
+    assert "set FUNCTION_TARGET to tasks, recurrence, sweep, notify or activity" in result.stderr
 
 
 def func_yaml(function: str) -> Doc:
     return yaml.safe_load((REPO_ROOT / "functions" / function / "func.yaml").read_text())
 
 
-@pytest.mark.parametrize("function", ["tasks", "recurrence", "sweep", "notify"])
+@pytest.mark.parametrize("function", ["tasks", "recurrence", "sweep", "notify", "activity"])
 def test_func_yaml_deploys_the_same_service_as_knative(function: str) -> None:
     name = f"duetide-{function}"
     service = of_kind(knative_documents(), "Service")[name]

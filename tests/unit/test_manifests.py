@@ -259,6 +259,7 @@ def test_each_service_runs_its_function(wiring: Wiring) -> None:
         "duetide-recurrence": "recurrence",
         "duetide-sweep": "sweep",
         "duetide-notify": "notify",
+        "duetide-activity": "activity",
     }
 
 
@@ -279,6 +280,13 @@ def test_kafka_sources_feed_each_function_from_its_topic(wiring: Wiring) -> None
             ("duetide-reminders",),
             "duetide-notify",
             SinkRef("Service", "duetide-notify"),
+            "earliest",
+            "ordered",
+        ),
+        "duetide-activity": (
+            ("duetide-task-events",),
+            "duetide-activity",
+            SinkRef("Service", "duetide-activity"),
             "earliest",
             "ordered",
         ),
@@ -356,6 +364,7 @@ def test_only_the_tasks_api_is_reachable_from_outside_the_cluster() -> None:
         "duetide-recurrence": "cluster-local",
         "duetide-sweep": "cluster-local",
         "duetide-notify": "cluster-local",
+        "duetide-activity": "cluster-local",
     }
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("tasks", "recurrence", "sweep", "notify")
-EVENT_FUNCTIONS = ("recurrence", "sweep", "notify")
+FUNCTIONS = ("tasks", "recurrence", "sweep", "notify", "activity")
+EVENT_FUNCTIONS = ("recurrence", "sweep", "notify", "activity")
 
 NEVER = {
     # Tooling and test dependencies: not in the image at all.

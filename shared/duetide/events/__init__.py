@@ -37,8 +37,20 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class FieldChange(Payload):
+    """One changed field of a task: its value before and after (JSON: times as RFC 3339
+    text, tags as a sorted list, priority as its word)."""
+
+    before: Any = None
+    after: Any = None
+
+
 class TaskEvent(Payload):
-    """The state of a task after the change the event type names."""
+    """The state of a task after the change the event type names.
+
+    `actor`, `description`, `priority`, `tags` and `changes` were added later (all
+    optional): events recorded before them lack them, and consumers must accept that.
+    """
 
     task_id: str = Field(max_length=36)
     owner: str = Field(max_length=255)
@@ -49,6 +61,19 @@ class TaskEvent(Payload):
     series_id: str | None = None
     scheduled_at: AwareDatetime | None = None
     occurrence_index: int | None = None
+    description: str | None = None
+    priority: str | None = None
+    tags: list[str] | None = None
+    actor: str | None = Field(
+        None,
+        max_length=300,
+        description="Who made the change: `user:<id>` (the owner, by the API or their own "
+        "command), `system:<name>` or `sender:<name>` (a registered system's command), "
+        "`duetide:<function>` (recurrence, the sweep)",
+    )
+    changes: dict[str, FieldChange] | None = Field(
+        None, description="task.updated: the fields that changed, before and after"
+    )
 
 
 class ReminderEvent(Payload):

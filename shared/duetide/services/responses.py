@@ -88,6 +88,53 @@ class TaskPage(Out):
     next_cursor: str | None
 
 
+class ActivityTask(Out):
+    """A task as the event showed it after the change; fields an older event did not
+    carry are left out. Times in UTC."""
+
+    title: str
+    status: TaskStatus
+    description: str | None = None
+    priority: Priority | None = None
+    tags: list[str] | None = None
+    due_at: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    completed_at: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    series_id: str | None = None
+    scheduled_at: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    occurrence_index: int | None = None
+
+
+class ActivityChange(Out):
+    before: Any = None
+    after: Any = None
+
+
+class ActivityItem(Out):
+    type: str = Field(description="The CloudEvent type, e.g. dev.duetide.task.updated.v1")
+    task_id: str
+    at: str = Field(
+        description="When the change happened (the event's time)",
+        json_schema_extra={"format": "date-time"},
+    )
+    event_id: str = Field(description="The CloudEvent id: the same change has the same id")
+    actor: str = Field(
+        description="Who made the change: `user:<id>`, `system:<name>` or `sender:<name>` "
+        "(a registered system's command), `duetide:recurrence`"
+    )
+    series_id: str | None
+    deleted: bool = Field(description="A tombstone: the task is gone (task.deleted)")
+    task: ActivityTask | None = Field(description="The task after the change; null when deleted")
+    changes: dict[str, ActivityChange] | None = Field(
+        description="task.updated: each changed field before and after; null otherwise"
+    )
+
+
+class ActivityPage(Out):
+    items: list[ActivityItem] = Field(description="Changes in the order they happened")
+    since: str = Field(description="Opaque: pass it as `since` next time")
+    more: bool = Field(description="More changes are waiting: ask again at once")
+
+
 class SeriesOut(Out):
     id: str
     rrule: str

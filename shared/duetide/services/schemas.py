@@ -330,5 +330,11 @@ class PageQuery(RequestModel):
     cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")] | None = None
 
 
+class ActivityQuery(RequestModel):
+    limit: int = Field(100, ge=1, le=MAX_PAGE)
+    # The opaque token a previous answer gave as `since`; none: from the oldest kept entry.
+    since: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+
+
 class ForecastQuery(RequestModel):
     count: int = Field(10, ge=1, le=MAX_FORECAST)

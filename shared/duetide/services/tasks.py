@@ -34,7 +34,7 @@ from duetide.services.schemas import (
     TaskQuery,
     TaskUpdate,
 )
-from duetide.services.task_events import emit
+from duetide.services.task_events import changes_between, emit, watched
 from duetide.storage.models import (
     OccurrenceLog,
     Reminder,
@@ -207,6 +207,7 @@ def _reminders_of(session: Session, owner: str, spec: TaskCreate) -> list[Remind
 
 def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tuple[Task, list[str]]:
     task, _ = lock_task(session, owner, task_id)
+    before = watched(task)
     changes = spec.model_dump(exclude_unset=True)
     if "title" in changes:
         task.title = changes["title"]
@@ -225,7 +226,8 @@ def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tupl
                 )
     task.updated_at = utcnow()
     session.add(task)
-    return task, [emit(session, task, events.TASK_UPDATED)]
+    changed = changes_between(before, watched(task))
+    return task, [emit(session, task, events.TASK_UPDATED, changes=changed)]
 
 
 def delete(session: Session, owner: str, task_id: str) -> series_rules.Deletion:

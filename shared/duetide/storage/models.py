@@ -10,10 +10,12 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     String,
     Text,
     UniqueConstraint,
@@ -336,3 +338,43 @@ class ProcessedEvent(SQLModel, table=True):
     source: str = Field(primary_key=True, max_length=512)
     event_id: str = Field(primary_key=True, max_length=255)
     processed_at: datetime = _created()
+
+
+class ActivityEntry(SQLModel, table=True):
+    """One task event in its owner's activity log: append-only, purged after retention.
+
+    `seq` is the log's order: the activity function assigns it under a per-owner lock
+    (`services.activity`), so within one owner's log a higher `seq` never commits before
+    a lower one and a reader that resumes after `seq` misses nothing. `at` is the event's
+    own time; `recorded_at` the log's, which retention counts from.
+    """
+
+    __tablename__ = "activity"
+    __table_args__ = (
+        Index("ix_activity_owner_seq", "owner", "seq"),
+        Index("ix_activity_owner_task_seq", "owner", "task_id", "seq"),
+        Index("ix_activity_recorded", "recorded_at"),
+        # SQLite would otherwise reuse the numbers of purged rows after the highest: a
+        # reader's `since` would then skip the new entries that took them.
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    owner: str = Field(max_length=255)
+    type: str = Field(max_length=255)
+    event_id: str = Field(max_length=255)
+    source: str = Field(max_length=512)
+    task_id: str = Field(max_length=36)
+    series_id: str | None = Field(default=None, max_length=36)
+    actor: str = Field(max_length=300)
+    at: datetime = _utc(nullable=False)
+    recorded_at: datetime = _created()
+    # The task as the event shows it after the change (null for a deletion: a tombstone).
+    state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # task.updated: {field: {"before": ..., "after": ...}} when the event carries them.
+    changes: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 from flask import Request, Response
@@ -17,6 +18,7 @@ from duetide.channels import verification
 from duetide.config import get_settings
 from duetide.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable, ValidationFailed
 from duetide.services import (
+    activity_feed,
     calendar_export,
     calendar_feed,
     preferences,
@@ -26,6 +28,7 @@ from duetide.services import (
     tasks,
 )
 from duetide.services.responses import (
+    ActivityPage,
     CalendarFeedOut,
     CommandResult,
     ErrorBody,
@@ -46,6 +49,7 @@ from duetide.services.responses import (
     series_out,
 )
 from duetide.services.schemas import (
+    ActivityQuery,
     EmailCodeIn,
     ForecastQuery,
     PageQuery,
@@ -124,6 +128,26 @@ def create_task(request: Request, user: str) -> Response:
 def get_task(request: Request, user: str, task_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
         return json_response(tasks.read(session, user, task_id))
+
+
+def _retention() -> timedelta:
+    return timedelta(days=get_settings().duetide_activity_retention_days)
+
+
+def list_activity(request: Request, user: str) -> Response:
+    query = parse_model(ActivityQuery, _query(request))
+    with db.session_scope(read_only=True) as session:
+        return json_response(
+            activity_feed.feed(session, user, query.since, query.limit, _retention())
+        )
+
+
+def task_activity(request: Request, user: str, task_id: str) -> Response:
+    query = parse_model(ActivityQuery, _query(request))
+    with db.session_scope(read_only=True) as session:
+        return json_response(
+            activity_feed.task_feed(session, user, task_id, query.since, query.limit, _retention())
+        )
 
 
 def _task_change(change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
@@ -432,6 +456,17 @@ class Endpoint:
             object.__setattr__(self, "operation_id", self.handler.__name__)
 
 
+ACTIVITY_DESCRIPTION = (
+    "Each change to your tasks, in the order it happened, as the task events record it "
+    "(`type` is the CloudEvent type; a deletion is a tombstone, `deleted: true`). Start "
+    "without `since`, then pass each answer's `since` back; while `more` is true, ask "
+    "again at once. Entries are kept DUETIDE_ACTIVITY_RETENTION_DAYS (30 by default): an "
+    "older `since` is a 410, after which read `GET /tasks` again and restart the feed. "
+    "The log is written by the activity function from the event stream, so a change "
+    "shows here shortly after its answer, not in it."
+)
+
+
 def openapi_document(request: Request, user: str) -> Response:
     return json_response(openapi.document())
 
@@ -555,6 +590,23 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Add a reminder to a task",
         body=ReminderIn,
         responses={201: ReminderOut},
+    ),
+    Endpoint(
+        "GET",
+        "/tasks/<task_id>/activity",
+        task_activity,
+        "One task's history, oldest first (a delta feed like GET /activity)",
+        query=ActivityQuery,
+        responses={200: ActivityPage, 400: ErrorBody, 404: ErrorBody, 410: ErrorBody},
+    ),
+    Endpoint(
+        "GET",
+        "/activity",
+        list_activity,
+        "What changed in your tasks since `since`: the delta feed",
+        query=ActivityQuery,
+        responses={200: ActivityPage, 400: ErrorBody, 410: ErrorBody},
+        description=ACTIVITY_DESCRIPTION,
     ),
     Endpoint(
         "GET", "/series", list_series, "List series", query=PageQuery, responses={200: SeriesPage}

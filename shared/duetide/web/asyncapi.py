@@ -61,7 +61,8 @@ TOPICS: tuple[Topic, ...] = (
         "Every change of a task, with the task's state after it; keyed by task id.",
         _TASK_TYPES,
         "the outbox of the tasks and recurrence functions",
-        "the recurrence function (KafkaSource duetide-recurrence)",
+        "the recurrence function (KafkaSource duetide-recurrence) and the activity function "
+        "(KafkaSource duetide-activity)",
     ),
     Topic(
         "reminders",

@@ -21,7 +21,7 @@ from duetide import events, telemetry
 from duetide.config import get_settings
 from duetide.errors import InvalidCloudEvent
 from duetide.logs import log_event
-from duetide.services import ratelimit, tasks
+from duetide.services import ratelimit, task_events, tasks
 from duetide.services.responses import CommandResult
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import command_events, command_trust
@@ -44,6 +44,13 @@ def _payload(event: Incoming) -> Any:
         if task_object and all(error["loc"][:1] == ("task",) for error in exc.errors()):
             raise validation_failed(exc) from None
         raise InvalidCloudEvent(f"invalid {event.type} data") from None
+
+
+def actor_name(actor: command_trust.Actor) -> str:
+    """The actor the events of a command name (`task_events`): `user:<id>` for a user's
+    own command, `system:<name>` or `sender:<name>` for a registered system's."""
+    kind, _, name = actor.via.partition(" ")
+    return f"user:{actor.user}" if kind == "user" else f"{kind}:{name}"
 
 
 def handle(request: Request) -> Response:
@@ -69,7 +76,8 @@ def handle(request: Request) -> Response:
             task, ids = tasks.complete(session, user, payload.task_id)
         return CommandResult(status="processed", task=tasks.show(session, task)), ids
 
-    body = run_once(key, work)
+    with task_events.acting_as(actor_name(actor)):
+        body = run_once(key, work)
     log_event(
         log,
         "command.handled",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the commands import what they need when they run
     from duetide_tools.local.stack import Stack
     from duetide_tools.manifests import Wiring
 
-FUNCTIONS = ("tasks", "recurrence", "sweep", "notify")
+FUNCTIONS = ("tasks", "recurrence", "sweep", "notify", "activity")
 
 
 def _home() -> Path:

@@ -1,0 +1,130 @@
+"""The activity log: each task event once, in its owner's append-only log (the
+activity function), and its purge (the sweep). `activity_feed` reads it back.
+
+Order. The KafkaSource delivers a task's events in order (the Kafka key is the task id),
+so appending them as they come keeps each task's order. `seq` is the log's order: on
+PostgreSQL an identity value is drawn at INSERT but becomes visible at COMMIT, so two
+writers could commit 8 after a reader already moved past 9; a per-owner advisory lock
+held to the commit makes one owner's entries commit in `seq` order (SQLite has one
+writer at a time anyway). A reader that resumes after `seq` therefore misses nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, delete
+
+from duetide import events
+from duetide.errors import InvalidCloudEvent
+from duetide.services.task_events import default_actor
+from duetide.storage.models import ActivityEntry, utcnow
+from duetide.vocabulary import PRIORITIES, TaskStatus
+
+TASK_TYPES = frozenset(
+    {
+        events.TASK_CREATED,
+        events.TASK_UPDATED,
+        events.TASK_COMPLETED,
+        events.TASK_REOPENED,
+        events.TASK_DELETED,
+    }
+)
+# The task fields an entry keeps from its event (the feed's `ActivityTask`).
+STATE_FIELDS = frozenset(
+    {
+        "title",
+        "status",
+        "description",
+        "priority",
+        "tags",
+        "due_at",
+        "completed_at",
+        "series_id",
+        "scheduled_at",
+        "occurrence_index",
+    }
+)
+
+
+def record(
+    session: Session,
+    *,
+    event_type: str,
+    event_id: str,
+    source: str,
+    time: datetime | None,
+    data: events.TaskEvent,
+) -> None:
+    """Append one task event to its owner's log, in the caller's transaction (which
+    records the event as processed: a redelivery appends nothing)."""
+    _check_words(event_type, data)
+    _lock_owner(session, data.owner)
+    deleted = event_type == events.TASK_DELETED
+    state = None if deleted else _state(data)
+    changes = (
+        {name: change.model_dump(mode="json") for name, change in data.changes.items()}
+        if data.changes
+        else None
+    )
+    now = utcnow()
+    session.add(
+        ActivityEntry(
+            owner=data.owner,
+            type=event_type,
+            event_id=event_id,
+            source=source,
+            task_id=data.task_id,
+            series_id=data.series_id,
+            actor=(data.actor or default_actor(source, data.owner))[:300],
+            at=time or now,
+            recorded_at=now,
+            state=state,
+            changes=changes,
+        )
+    )
+
+
+def _check_words(event_type: str, data: events.TaskEvent) -> None:
+    """A status or priority outside its set would fail every later read of the feed:
+    refused here (400, so it goes to the dead letters), not stored."""
+    if data.status not in get_args(TaskStatus) or (
+        data.priority is not None and data.priority not in PRIORITIES
+    ):
+        raise InvalidCloudEvent(f"invalid {event_type} data: an unknown status or priority")
+
+
+def _state(data: events.TaskEvent) -> dict[str, Any]:
+    """The task's fields the entry keeps, times in UTC (an event may carry any offset)."""
+    state = data.model_dump(include=set(STATE_FIELDS))
+    for name, value in state.items():
+        if isinstance(value, datetime):
+            state[name] = value.astimezone(UTC).isoformat()
+    return state
+
+
+def _lock_owner(session: Session, owner: str) -> None:
+    """Serialise the owner's appends until the commit (see the module's docstring)."""
+    if session.connection().dialect.name == "postgresql":
+        session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"duetide.activity:{owner}"},
+        )
+
+
+def event_time(text: str) -> datetime | None:
+    """The CloudEvent's `time` attribute as an aware instant, or None if it has none."""
+    if not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+
+
+def purge(session: Session, now: datetime, retention: timedelta) -> None:
+    """Forget entries logged before the retention (the sweep calls it)."""
+    session.exec(delete(ActivityEntry).where(col(ActivityEntry.recorded_at) < now - retention))

@@ -1,0 +1,124 @@
+"""The delta feed over the activity log (`GET /activity`, `GET /tasks/{id}/activity`).
+
+The token. `since` is opaque to clients: the last `seq` they saw and a time no later
+than that entry was logged. Entries are purged by `recorded_at`, so a token whose time
+is past the retention may have lost entries after it: that is a 410, and the client
+starts over (a full `GET /tasks`, then the feed without `since`). Entries are read in
+`seq` order, which `activity.record` makes the commit order of each owner's entries.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from duetide.errors import BadRequest, Gone, NotFound
+from duetide.services.responses import ActivityItem, ActivityPage, ActivityTask
+from duetide.storage.models import ActivityEntry, Task, utcnow
+
+# A page that reaches the end of the log stamps its token this long before now: an entry
+# still committing has a `recorded_at` no earlier than that (clocks of pods may differ).
+END_MARGIN = timedelta(minutes=1)
+_TOKEN_VERSION = "a1"
+
+
+# --- the token ---------------------------------------------------------------------------
+
+
+def encode_token(seq: int, stamp: datetime) -> str:
+    raw = json.dumps([_TOKEN_VERSION, seq, int(stamp.timestamp())], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[int, datetime]:
+    """(seq, stamp) of a token this service gave; anything else is a 400."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        version, seq, stamp = raw
+        if version != _TOKEN_VERSION or type(seq) is not int or type(stamp) is not int:
+            raise ValueError("not a token")
+        if not (0 <= seq < 2**63 and 0 <= stamp < 2**40):
+            raise ValueError("out of range")
+        return seq, datetime.fromtimestamp(stamp, UTC)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise BadRequest("invalid `since`: pass back the `since` of a previous answer") from None
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def feed(
+    session: Session,
+    owner: str,
+    since: str | None,
+    limit: int,
+    retention: timedelta,
+    task_id: str | None = None,
+) -> ActivityPage:
+    """Up to `limit` entries after the token, oldest first, and the token to go on from.
+
+    410 when the token is older than the retention: entries after it may be purged.
+    """
+    now = utcnow()
+    after, stamp = decode_token(since) if since else (0, now - retention)
+    if since and stamp < now - retention:
+        days = retention.days
+        raise Gone(
+            f"`since` is older than the activity log keeps ({days} days): read the tasks "
+            "again (GET /tasks) and start the feed over without `since`"
+        )
+    query = select(ActivityEntry).where(
+        ActivityEntry.owner == owner,
+        col(ActivityEntry.seq) > after,
+        # Past the retention but not purged yet: left out, so no token is stamped expired.
+        col(ActivityEntry.recorded_at) >= now - retention,
+    )
+    if task_id is not None:
+        query = query.where(ActivityEntry.task_id == task_id)
+    rows = session.exec(query.order_by(col(ActivityEntry.seq)).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if rows:
+        last = rows[-1]
+        assert last.seq is not None
+        after, stamp = last.seq, last.recorded_at
+    if not more:
+        stamp = max(stamp, now - END_MARGIN)
+    return ActivityPage(
+        items=[item_of(row) for row in rows], since=encode_token(after, stamp), more=more
+    )
+
+
+def task_feed(
+    session: Session, owner: str, task_id: str, since: str | None, limit: int, retention: timedelta
+) -> ActivityPage:
+    """One task's history; 404 unless the owner has (or had) that task."""
+    logged = session.exec(
+        select(ActivityEntry.seq)
+        .where(ActivityEntry.owner == owner, ActivityEntry.task_id == task_id)
+        .limit(1)
+    ).first()
+    if logged is None:
+        task = session.get(Task, task_id)
+        if task is None or task.owner != owner:
+            raise NotFound(f"no task {task_id}")
+    return feed(session, owner, since, limit, retention, task_id=task_id)
+
+
+def item_of(row: ActivityEntry) -> ActivityItem:
+    state: dict[str, Any] | None = row.state
+    return ActivityItem(
+        type=row.type,
+        task_id=row.task_id,
+        at=row.at.isoformat(),
+        event_id=row.event_id,
+        actor=row.actor,
+        series_id=row.series_id,
+        deleted=state is None,
+        task=ActivityTask.model_validate(state) if state is not None else None,
+        changes=row.changes,  # validated into ActivityChange
+    )
