@@ -20,7 +20,6 @@ from duetide.rules import recurrence, rrule_meter
 from duetide.rules.recurrence import (
     DENSITY_OCCURRENCES,
     MAX_WORK,
-    NEXT_WORK,
     OCCURRENCE_WORK,
     Policy,
     RecurrenceError,
@@ -126,8 +125,25 @@ def test_stored_issue_rule_forecast_is_bounded_by_the_work_budget() -> None:
 
 def test_stored_issue_rule_next_is_bounded_by_its_budget() -> None:
     legacy = SeriesRule(ISSUE_RULE, "Europe/Berlin", START)
-    with pytest.raises(WorkLimitExceeded, match=f"{NEXT_WORK:,} units"):
-        legacy.next(START, 0)
+    found = legacy.next(START, 0)  # 2044-02-29, a Monday: years of minutes, within MAX_WORK
+    assert found is not None and (found.scheduled_at.month, found.scheduled_at.day) == (2, 29)
+    assert found.scheduled_at.weekday() == 0 and found.scheduled_at.year == 2044
+    never = SeriesRule("FREQ=MINUTELY;BYMONTH=2;BYMONTHDAY=30", "Europe/Berlin", START)
+    with pytest.raises(WorkLimitExceeded, match=f"{MAX_WORK:,} units"):
+        never.next(START, 0)
+
+
+def test_a_step_wider_than_the_first_gaps_of_an_accepted_rule_is_found() -> None:
+    """Admission sees the first occurrences (three Februaries with a weekend 13th or
+    29th); the next after 2022-02-13 is five years on, more than NEXT_WORK's share."""
+    rule = "FREQ=MINUTELY;INTERVAL=7;BYMONTH=2;BYMONTHDAY=13,29;BYDAY=SA,SU;BYMINUTE=0"
+    series = parse(rule, "UTC", datetime(2020, 1, 1, tzinfo=UTC))
+    first = series.preview(DENSITY_OCCURRENCES + 1).occurrences
+    last = first[-1]
+    assert last.year == 2022
+    following = series.next(last, len(first) - 1)
+    assert following is not None and following.scheduled_at.year == 2027
+    assert following.scheduled_at.month == 2 and following.scheduled_at.weekday() in (5, 6)
 
 
 def test_accepted_sparse_rule_forecast_stops_at_its_budget_with_correct_items() -> None:

@@ -33,8 +33,8 @@ Semantics, in one place (each rule is repeated where it is implemented):
 - Cost is bounded by counted work, not time (``rrule_meter``): ``parse()`` refuses a rule
   too sparse for its FREQ (fewer than ``DENSITY_OCCURRENCES`` occurrences within their
   share of work), a forecast stops at ``forecast_budget(count)`` and says it was truncated,
-  and ``next()`` raises ``WorkLimitExceeded`` past ``NEXT_WORK`` (``MAX_WORK`` for a
-  catch-up). HOURLY, MINUTELY, BYWEEKNO and BYYEARDAY are supported within these bounds.
+  and ``next()`` raises ``WorkLimitExceeded`` past ``MAX_WORK``. HOURLY, MINUTELY,
+  BYWEEKNO and BYYEARDAY are supported within these bounds.
 - A series re-based on an adjusted occurrence (clamped, or moved by a gap) keeps the
   occurrence's nominal wall time as its pattern (``SeriesRule.nominal``).
 """
@@ -70,7 +70,12 @@ DENSITY_OCCURRENCES = 10
 """``parse()`` wants this many occurrences after DTSTART (or the rule's end) within
 ``DENSITY_OCCURRENCES * OCCURRENCE_WORK``; a sparser rule is refused as too sparse."""
 NEXT_WORK = 10 * OCCURRENCE_WORK
-"""Budget of one ``next()`` step: ten times the average gap an accepted rule may have."""
+"""Ten times the average gap an accepted rule may have: what one step usually needs at
+most (and the budget of ``nominal_of``'s anchoring). ``next()`` may spend ``MAX_WORK``:
+admission sees the first occurrences only, and a rule aligned to the calendar can have
+its widest gap later (``FREQ=MINUTELY;INTERVAL=7;BYMONTH=2;BYMONTHDAY=13,29;BYDAY=SA,SU;
+BYMINUTE=0`` from 2020: three dense Februaries, then five years to the next weekend
+13th), so a series would stop at a step its rule was accepted for."""
 FORECAST_BASE_WORK = 200_000
 """What any forecast may spend, whatever its count (the first period can be large)."""
 MAX_WORK = 2_000_000
@@ -272,8 +277,7 @@ class SeriesRule:
         occurrences at or before ``now`` are skipped, counted, and listed in ``missed``; if the
         series ends among them the answer is None.
 
-        Budget: ``NEXT_WORK``, or ``MAX_WORK`` when occurrences up to ``now`` are skipped;
-        ``WorkLimitExceeded`` past it (an accepted rule needs far less for one step).
+        Budget: ``MAX_WORK`` (see ``NEXT_WORK``); ``WorkLimitExceeded`` past it.
         """
         exp = self._expansion
         previous = _instant(previous_at, "previous_at")
@@ -284,7 +288,7 @@ class SeriesRule:
         skip_until = None
         if now is not None and self.policy.catch_up == "next_future":
             skip_until = _instant(now, "now")
-        work = Meter(NEXT_WORK if skip_until is None else MAX_WORK)
+        work = Meter(MAX_WORK)
         try:
             if self.policy.mode == "completion":
                 if completed_at is None:
@@ -928,8 +932,8 @@ class _Expansion:
 
         Admission for ``parse()``: the rule must yield ``DENSITY_OCCURRENCES`` occurrences
         after DTSTART, or end (COUNT, UNTIL), within ``DENSITY_OCCURRENCES * OCCURRENCE_WORK``
-        units, so every later step has a budget an accepted rule fits (``NEXT_WORK`` is ten
-        average gaps). A refused rule is diagnosed to say whether it has no occurrence at all.
+        units, so a later step usually fits ``NEXT_WORK`` (ten average gaps) and always
+        ``MAX_WORK``. A refused rule is diagnosed to say whether it has no occurrence at all.
         """
         if self.parts.count == 1:
             return
