@@ -336,5 +336,22 @@ class ActivityQuery(RequestModel):
     since: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
 
 
+MAX_WAIT_S = 25
+"""The longest `GET /activity?wait=`: below every proxy's idle timeout we know of."""
+ActivityToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ActivityFeedQuery(ActivityQuery):
+    # Seconds to wait for an entry when there is none after `since` (the long-poll).
+    wait: int = Field(0, ge=0, le=MAX_WAIT_S)
+
+
+class ActivityStreamQuery(RequestModel):
+    # Where to start when there is no Last-Event-ID header (which wins).
+    since: ActivityToken | None = None
+    # The bearer token, for clients that cannot set headers (EventSource); never logged.
+    access_token: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = None
+
+
 class ForecastQuery(RequestModel):
     count: int = Field(10, ge=1, le=MAX_FORECAST)

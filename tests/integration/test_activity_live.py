@@ -1,0 +1,269 @@
+"""Live activity over real sockets (issue 15): the server-sent events stream
+(`GET /activity/stream`) and the long-poll (`GET /activity?wait=`), served by
+`python -m duetide.web.serve` on loopback over this test's database (SQLite and
+PostgreSQL), while the changes come from the tasks function and are delivered to the
+real activity function as the KafkaSource would (`Pipeline`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+from sqlmodel import col, select
+
+from duetide.services.activity_feed import decode_token
+from duetide.storage import db
+from duetide.storage.models import ActivityEntry
+from duetide.web.auth import issue_local_token
+from duetide_tools.local.broker import free_loopback_port
+from tests.integration.conftest import function_client
+from tests.integration.test_activity import Pipeline
+from tests.support import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def serving(home: Path, **settings: str) -> Iterator[int]:
+    """The tasks function under duetide.web.serve on a free loopback port, over the
+    database the `env` fixture configured (its environment is inherited)."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_loopback_port()
+    env = {**os.environ, "THREADS": "4", "DUETIDE_ACTIVITY_POLL_S": "0.1", **settings}
+    command = [
+        *(sys.executable, "-m", "duetide.web.serve"),
+        *("--source", str(ROOT / "functions" / "tasks" / "main.py"), "--target", "tasks"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    log_path = home / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, "duetide.web.serve to answer /healthz")
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def port(env: str, tmp_path: Path) -> Iterator[int]:
+    with serving(
+        tmp_path / "serve",
+        DUETIDE_ACTIVITY_MAX_STREAMS="1",
+        DUETIDE_ACTIVITY_MAX_WAITERS="1",
+    ) as port:
+        yield port
+
+
+@pytest.fixture
+def pipeline(env: str) -> Pipeline:
+    return Pipeline(function_client("activity"), function_client("recurrence"))
+
+
+class EventStream:
+    """A minimal EventSource: one connection to /activity/stream, its events parsed."""
+
+    def __init__(self, port: int, token: str, last_id: str | None = None, query: str = ""):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        self.conn.request("GET", f"/activity/stream?access_token={token}{query}", headers=headers)
+        self.response = self.conn.getresponse()
+        self.retry: int | None = None
+
+    def next_event(self) -> dict[str, Any]:
+        """The next event (comments and `retry:` are read past)."""
+        fields: dict[str, Any] = {}
+        while True:
+            line = self.response.readline().decode()
+            assert line, "the stream ended"
+            line = line.rstrip("\n")
+            if not line:
+                if "data" in fields:
+                    return fields
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "retry":
+                self.retry = int(value)
+            else:
+                fields[name] = value
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def logged_ids(owner: str) -> list[str]:
+    with db.session_scope(read_only=True) as session:
+        return list(
+            session.exec(
+                select(ActivityEntry.event_id)
+                .where(ActivityEntry.owner == owner)
+                .order_by(col(ActivityEntry.seq))
+            ).all()
+        )
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def changes(client: FlaskClient, headers: dict[str, str], n: int, tag: str) -> None:
+    ids = [
+        ok(client.post("/tasks", json={"title": f"{tag} {i}"}, headers=headers), 201)["id"]
+        for i in range(n)
+    ]
+    for task_id in ids[::2]:
+        ok(client.patch(f"/tasks/{task_id}", json={"title": f"{tag} renamed"}, headers=headers))
+    ok(client.post(f"/tasks/{ids[1]}/complete", headers=headers))
+    ok(client.delete(f"/tasks/{ids[-1]}", headers=headers), 204)
+
+
+def test_a_stream_resumed_with_last_event_id_misses_nothing_and_repeats_nothing(
+    port: int,
+    client: FlaskClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    pipeline: Pipeline,
+) -> None:
+    token = issue_local_token("alice")
+    ok(client.post("/tasks", json={"title": "bob's"}, headers=bob), 201)
+    changes(client, alice, 8, "first")
+    pipeline.pump()
+    first_part = logged_ids("alice")
+
+    stream = EventStream(port, token)
+    assert stream.response.status == 200
+    assert stream.response.getheader("Content-Type", "").startswith("text/event-stream")
+    seen: list[dict[str, Any]] = [stream.next_event() for _ in range(5)]
+    assert stream.retry is not None and stream.retry > 0
+    stream.close()  # gone mid-burst: more entries were due
+
+    changes(client, alice, 8, "second")  # logged while nobody listens
+    pipeline.pump()
+    total = logged_ids("alice")
+    assert len(total) > len(first_part) > 5
+
+    # The server frees the one stream slot once it sees the client gone.
+    def resumed() -> EventStream | None:
+        again = EventStream(port, token, last_id=seen[-1]["id"])
+        if again.response.status == 503:
+            assert again.response.getheader("Retry-After") == "1"
+            again.close()
+            return None
+        return again
+
+    stream = wait_for(resumed, "the slot of the closed stream to be given back")
+    assert stream.response.status == 200
+    try:
+        while len(seen) < len(total):
+            seen.append(stream.next_event())
+        # Live: a change made now arrives on the open stream.
+        changes(client, alice, 2, "live")
+        pipeline.pump()
+        total = logged_ids("alice")
+        while len(seen) < len(total):
+            seen.append(stream.next_event())
+    finally:
+        stream.close()
+    items = [json.loads(event["data"]) for event in seen]
+    assert [item["event_id"] for item in items] == total  # in order, once, only alice's
+    assert [event["event"] for event in seen] == [item["type"] for item in items]
+    assert len({event["id"] for event in seen}) == len(seen)
+
+
+def test_a_long_poll_answers_when_an_entry_is_logged_and_empty_when_the_wait_ends(
+    port: int, client: FlaskClient, alice: dict[str, str], pipeline: Pipeline
+) -> None:
+    base = f"http://127.0.0.1:{port}/activity"
+    start = requests.get(base, headers=alice, timeout=10).json()["since"]
+
+    began = time.monotonic()
+    empty = requests.get(f"{base}?since={start}&wait=1", headers=alice, timeout=10)
+    assert empty.status_code == 200, empty.text
+    assert time.monotonic() - began >= 1
+    assert empty.json()["items"] == []
+    # The same place in the log (its stamp may move with the clock).
+    assert decode_token(empty.json()["since"])[0] == decode_token(start)[0]
+
+    answers: list[requests.Response] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(
+            requests.get(f"{base}?since={start}&wait=25", headers=alice, timeout=30)
+        )
+    )
+    waiter.start()
+    try:
+        # The one waiter slot is taken once the request waits: a second is refused.
+        def refused() -> requests.Response | None:
+            other = requests.get(f"{base}?since={start}&wait=5", headers=alice, timeout=10)
+            return other if other.status_code == 503 else None
+
+        over = wait_for(refused, "the long-poll to wait")
+        assert over.headers["Retry-After"] == "1"
+        assert over.json()["error"]["code"] == "unavailable"
+        began = time.monotonic()
+        ok(client.post("/tasks", json={"title": "arrives"}, headers=alice), 201)
+        pipeline.pump()
+    finally:
+        waiter.join(timeout=30)
+    assert time.monotonic() - began < 10  # well before the 25 s wait ends
+    (answer,) = answers
+    assert answer.status_code == 200, answer.text
+    page = answer.json()
+    assert [item["task"]["title"] for item in page["items"]] == ["arrives"]
+    assert decode_token(page["since"])[0] > decode_token(start)[0]
+
+
+def test_a_bad_since_or_token_is_an_error_before_the_stream_starts(port: int) -> None:
+    url = f"http://127.0.0.1:{port}/activity/stream"
+    token = issue_local_token("alice")
+    bad = requests.get(url, params={"access_token": token, "since": "bm9wZQ"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+    anonymous = requests.get(url, timeout=10)
+    assert anonymous.status_code == 401
+    forged = requests.get(url, params={"access_token": "x.y.z"}, timeout=10)
+    assert forged.status_code == 401
+    wait = requests.get(
+        f"http://127.0.0.1:{port}/activity",
+        params={"wait": "26"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert wait.status_code == 422
+
+
+def test_a_stream_ends_after_its_lifetime(env: str, tmp_path: Path) -> None:
+    with serving(tmp_path / "short", DUETIDE_ACTIVITY_STREAM_LIFETIME_S="1") as port:
+        stream = EventStream(port, issue_local_token("alice"))
+        began = time.monotonic()
+        assert stream.response.read().startswith(b"retry: ")  # to the end of the stream
+        assert time.monotonic() - began < 10
+        stream.close()
