@@ -214,19 +214,34 @@ def test_a_long_poll_answers_when_an_entry_is_logged_and_empty_when_the_wait_end
     assert decode_token(empty.json()["since"])[0] == decode_token(start)[0]
 
     answers: list[requests.Response] = []
-    waiter = threading.Thread(
-        target=lambda: answers.append(
-            requests.get(f"{base}?since={start}&wait=25", headers=alice, timeout=30)
-        )
-    )
-    waiter.start()
-    try:
-        # The one waiter slot is taken once the request waits: a second is refused.
-        def refused() -> requests.Response | None:
-            other = requests.get(f"{base}?since={start}&wait=5", headers=alice, timeout=10)
-            return other if other.status_code == 503 else None
 
-        over = wait_for(refused, "the long-poll to wait")
+    def start_waiter() -> threading.Thread:
+        answers.clear()
+        thread = threading.Thread(
+            target=lambda: answers.append(
+                requests.get(f"{base}?since={start}&wait=25", headers=alice, timeout=30)
+            )
+        )
+        thread.start()
+        return thread
+
+    waiter = start_waiter()
+    try:
+        # The one waiter slot is taken once the request waits: another is refused. (A
+        # probe that came first took the slot itself: the waiter then was refused, and
+        # is sent again.)
+        def refused() -> tuple[requests.Response] | None:
+            nonlocal waiter
+            other = requests.get(f"{base}?since={start}&wait=1", headers=alice, timeout=10)
+            if other.status_code == 503:
+                return (other,)
+            waiter.join(timeout=1)
+            if not waiter.is_alive():
+                assert answers[0].status_code == 503, answers[0].text
+                waiter = start_waiter()
+            return None
+
+        (over,) = wait_for(refused, "the long-poll to wait")
         assert over.headers["Retry-After"] == "1"
         assert over.json()["error"]["code"] == "unavailable"
         began = time.monotonic()
