@@ -125,6 +125,13 @@ class Settings(BaseSettings):
         description="A stream ends after this long (the client reconnects with Last-Event-ID);"
         " below the Knative revision's timeoutSeconds.",
     )
+    duetide_activity_max_wait_s: float = Field(
+        25.0,
+        ge=0,
+        le=25,
+        description="The longest a long-poll waits, whatever its `wait` (an answer may come"
+        " early, empty: clients ask again).",
+    )
     duetide_activity_poll_s: float = Field(
         0.5, ge=0.05, le=5, description="How often a waiter or a stream reads the log."
     )

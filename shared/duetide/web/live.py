@@ -85,6 +85,7 @@ def wait_for_page(
     The first read is answered at once when it has items (or `wait_s` is 0), so only a
     request that would wait takes a slot.
     """
+    wait_s = min(wait_s, get_settings().duetide_activity_max_wait_s)
     page = read()
     if page.items or wait_s <= 0:
         return page
