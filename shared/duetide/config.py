@@ -113,10 +113,10 @@ class Settings(BaseSettings):
     # Live activity (GET /activity?wait=, GET /activity/stream): each waiter or stream
     # holds one of the THREADS worker threads, so together they stay below THREADS.
     duetide_activity_max_waiters: int = Field(
-        3, ge=0, le=1000, description="Long-polls (`wait`) waiting at once per process; more: 503."
+        2, ge=0, le=1000, description="Long-polls (`wait`) waiting at once per process; more: 503."
     )
     duetide_activity_max_streams: int = Field(
-        3, ge=0, le=1000, description="Open `/activity/stream` streams per process; more: 503."
+        2, ge=0, le=1000, description="Open `/activity/stream` streams per process; more: 503."
     )
     duetide_activity_stream_lifetime_s: float = Field(
         300.0,
