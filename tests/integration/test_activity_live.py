@@ -24,6 +24,8 @@ import requests
 from flask.testing import FlaskClient
 from sqlmodel import col, select
 
+from duetide import events
+from duetide.services.activity import TASK_TYPES
 from duetide.services.activity_feed import decode_token
 from duetide.storage import db
 from duetide.storage.models import ActivityEntry
@@ -76,6 +78,7 @@ def port(env: str, tmp_path: Path) -> Iterator[int]:
         tmp_path / "serve",
         DUETIDE_ACTIVITY_MAX_STREAMS="1",
         DUETIDE_ACTIVITY_MAX_WAITERS="1",
+        DUETIDE_LOG_LEVEL="INFO",  # each request logged: the token must not be
     ) as port:
         yield port
 
@@ -152,6 +155,7 @@ def test_a_stream_resumed_with_last_event_id_misses_nothing_and_repeats_nothing(
     alice: dict[str, str],
     bob: dict[str, str],
     pipeline: Pipeline,
+    tmp_path: Path,
 ) -> None:
     token = issue_local_token("alice")
     ok(client.post("/tasks", json={"title": "bob's"}, headers=bob), 201)
@@ -197,6 +201,8 @@ def test_a_stream_resumed_with_last_event_id_misses_nothing_and_repeats_nothing(
     assert [item["event_id"] for item in items] == total  # in order, once, only alice's
     assert [event["event"] for event in seen] == [item["type"] for item in items]
     assert len({event["id"] for event in seen}) == len(seen)
+    log = (tmp_path / "serve" / "serve.log").read_text()
+    assert "/activity/stream" in log and token not in log
 
 
 def test_a_long_poll_answers_when_an_entry_is_logged_and_empty_when_the_wait_ends(
@@ -282,3 +288,94 @@ def test_a_stream_ends_after_its_lifetime(env: str, tmp_path: Path) -> None:
         assert stream.response.read().startswith(b"retry: ")  # to the end of the stream
         assert time.monotonic() - began < 10
         stream.close()
+
+
+# --- a real EventSource: headless Chromium --------------------------------------------
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>activity</title><ol id="events"></ol>
+<script>
+const [api, token, types, total] = %s;
+const list = document.getElementById("events");
+let opens = 0, created = false, count = 0;
+const source = new EventSource(`${api}/activity/stream?access_token=${token}`);
+source.onopen = () => {
+  opens += 1;
+  // Changes made only once the first stream has ended and EventSource reconnected with
+  // Last-Event-ID: they arrive on a resumed stream, after what the first one sent.
+  if (opens === 2 && !created) {
+    created = true;
+    for (const title of ["four", "five", "six"]) {
+      fetch(`${api}/tasks`, {method: "POST", body: JSON.stringify({title}),
+        headers: {"Authorization": `Bearer ${token}`, "Content-Type": "application/json"}});
+    }
+  }
+};
+const seen = (e) => {
+  const item = document.createElement("li");
+  item.textContent = `${e.type} ${e.lastEventId} ${JSON.parse(e.data).event_id}`;
+  list.appendChild(item);
+  count += 1;
+  if (count >= total) {
+    source.close();
+    const done = document.createElement("p");
+    done.id = "done";
+    done.textContent = `opens ${opens}`;
+    document.body.appendChild(done);
+  }
+};
+for (const type of types) source.addEventListener(type, seen);
+</script>
+"""
+
+
+def test_a_browsers_event_source_resumes_without_gaps_or_repeats(
+    env: str,
+    tmp_path: Path,
+    client: FlaskClient,
+    alice: dict[str, str],
+    pipeline: Pipeline,
+) -> None:
+    from tests.integration.test_docs_page import CHROMIUM_FLAGS, chromium
+
+    browser = chromium()
+    for title in ("one", "two", "three"):
+        ok(client.post("/tasks", json={"title": title}, headers=alice), 201)
+    pipeline.pump()
+    done = threading.Event()
+
+    def deliver() -> None:  # the KafkaSource: the page's creates reach the activity log
+        while not done.wait(0.1):
+            pipeline.pump()
+
+    with serving(tmp_path / "serve", DUETIDE_ACTIVITY_STREAM_LIFETIME_S="1") as port:
+        types = sorted(TASK_TYPES)
+        page = tmp_path / "activity.html"
+        config = [f"http://127.0.0.1:{port}", issue_local_token("alice"), types, 6]
+        page.write_text(PAGE % json.dumps(config))
+        command = [
+            browser,
+            *CHROMIUM_FLAGS,
+            *(["--no-sandbox"] if os.geteuid() == 0 else []),
+            # The page is a file: its requests to the server are cross-origin, and the API
+            # sends no CORS headers; the stream itself is what is tested here.
+            "--disable-web-security",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ]
+        pump = threading.Thread(target=deliver)
+        pump.start()
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        finally:
+            done.set()
+            pump.join()
+    assert run.returncode == 0, run.stderr[-3000:]
+    dom = run.stdout
+    assert 'id="done"' in dom, dom[-3000:]
+    opens = int(dom.split('id="done">opens ', 1)[1].split("<", 1)[0])
+    assert opens >= 2  # the resumed stream carried the last three
+    lines = [line.split(" ") for line in (part.split("</li>")[0] for part in dom.split("<li>")[1:])]
+    assert [event_id for _, _, event_id in lines] == logged_ids("alice")
+    assert len({last_id for _, last_id, _ in lines}) == 6
+    assert [event_type for event_type, _, _ in lines] == [events.TASK_CREATED] * 6
