@@ -16,6 +16,10 @@ Every request is bounded, and every refusal is JSON `{"error": {...}}`:
 - the body: DUETIDE_MAX_BODY_BYTES, refused from Content-Length or while reading (413);
 - open connections: DUETIDE_HTTP_MAX_CONNECTIONS, more get 503 and are closed;
 - malformed HTTP: 400.
+
+Answers are sent whole with their length, except a `text/event-stream` one (the activity
+stream), which is sent chunk by chunk as the app yields it and closed once the client
+has gone (`WsgiBridge._stream`); the app bounds how many of those a process keeps.
 """
 
 from __future__ import annotations
