@@ -56,6 +56,7 @@ log = logging.getLogger("duetide.web.serve")
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Scope = dict[str, Any]
 LINGER_S, LINGER_MAX_BYTES = 2.0, 256 * 1024
+STREAM_SEND_TIMEOUT_S = 30.0
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 
@@ -246,7 +247,17 @@ class WsgiBridge:
                 if chunk is None:
                     break
                 if chunk and not gone.is_set():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    try:
+                        # A client that stops reading would stall the send (and keep
+                        # the app's iterator and its slot) for ever: it is dropped.
+                        await asyncio.wait_for(send(message), STREAM_SEND_TIMEOUT_S)
+                    except TimeoutError:
+                        log.warning(
+                            "a streamed answer's client stopped reading; dropped",
+                            extra={"event": "http.stream_stalled"},
+                        )
+                        return
             if not gone.is_set():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
