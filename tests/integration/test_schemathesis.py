@@ -77,6 +77,9 @@ def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "DUETIDE_ACTIVITY_STREAM_LIFETIME_S": "0.5",
         # The documented Last-Event-ID example (from 2023) is then still within retention.
         "DUETIDE_ACTIVITY_RETENTION_DAYS": "3650",
+        # A generated `access_token` one character too long (4097), each character percent-
+        # encoded UTF-8, makes a request line of ~49 KB: it must reach the 422, not a 431.
+        "DUETIDE_HTTP_MAX_HEAD_BYTES": "65536",
     }
     log_path = home / "tasks.log"
     command = [

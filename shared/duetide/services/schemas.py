@@ -350,7 +350,11 @@ class ActivityStreamQuery(RequestModel):
     # Where to start when there is no Last-Event-ID header (which wins).
     since: ActivityToken | None = None
     # The bearer token, for clients that cannot set headers (EventSource); never logged.
-    access_token: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = None
+    # (The characters of a JWT or any RFC 6750 token; at most 4096, so a URL holding one
+    # stays well within DUETIDE_HTTP_MAX_HEAD_BYTES.)
+    access_token: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~+/=-]{1,4096}$")] | None
+    ) = None
 
 
 class ForecastQuery(RequestModel):
