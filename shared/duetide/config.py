@@ -110,6 +110,31 @@ class Settings(BaseSettings):
         le=3650,
         description="Days the activity log keeps an entry; a `since` token older is a 410.",
     )
+    # Live activity (GET /activity?wait=, GET /activity/stream): each waiter or stream
+    # holds one of the THREADS worker threads, so together they stay below THREADS.
+    duetide_activity_max_waiters: int = Field(
+        2, ge=0, le=1000, description="Long-polls (`wait`) waiting at once per process; more: 503."
+    )
+    duetide_activity_max_streams: int = Field(
+        2, ge=0, le=1000, description="Open `/activity/stream` streams per process; more: 503."
+    )
+    duetide_activity_stream_lifetime_s: float = Field(
+        300.0,
+        gt=0,
+        le=3000,
+        description="A stream ends after this long (the client reconnects with Last-Event-ID);"
+        " below the Knative revision's timeoutSeconds.",
+    )
+    duetide_activity_max_wait_s: float = Field(
+        25.0,
+        ge=0,
+        le=25,
+        description="The longest a long-poll waits, whatever its `wait` (an answer may come"
+        " early, empty: clients ask again).",
+    )
+    duetide_activity_poll_s: float = Field(
+        0.5, ge=0.05, le=5, description="How often a waiter or a stream reads the log."
+    )
     duetide_sweep_batch: int = Field(500, ge=1, le=10_000)
     duetide_allow_loopback_webhooks: bool = Field(
         False, description="Local development only: let webhooks target 127.0.0.1/::1."

@@ -72,6 +72,14 @@ def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "KAFKA_BOOTSTRAP_SERVERS": "",
         "DUETIDE_WRITE_RATE_PER_MINUTE": "0",
         "DUETIDE_LOG_LEVEL": "INFO",
+        # The long-poll and the activity stream answer within a second (not 25 s, 5 min).
+        "DUETIDE_ACTIVITY_MAX_WAIT_S": "0.2",
+        "DUETIDE_ACTIVITY_STREAM_LIFETIME_S": "0.5",
+        # The documented Last-Event-ID example (from 2023) is then still within retention.
+        "DUETIDE_ACTIVITY_RETENTION_DAYS": "3650",
+        # A generated `access_token` one character too long (4097), each character percent-
+        # encoded UTF-8, makes a request line of ~49 KB: it must reach the 422, not a 431.
+        "DUETIDE_HTTP_MAX_HEAD_BYTES": "65536",
     }
     log_path = home / "tasks.log"
     command = [
@@ -132,6 +140,7 @@ KNOWN_REFUSALS = {
     "list_tasks": (400, r"^invalid cursor"),
     "list_activity": (400, r"^invalid `since`"),
     "task_activity": (400, r"^invalid `since`"),
+    "activity_stream": (400, r"^invalid `since`"),
     "create_task": (422, r"^(recurrence|reminders\.\d+): "),
     "commands": (422, r"^(recurrence|reminders\.\d+): "),
     "add_reminder": (422, r"^body: .*`before_due` must be between"),

@@ -64,22 +64,8 @@ def feed(
     410 when the token is older than the retention: entries after it may be purged.
     """
     now = utcnow()
-    after, stamp = decode_token(since) if since else (0, now - retention)
-    if since and stamp < now - retention:
-        days = retention.days
-        raise Gone(
-            f"`since` is older than the activity log keeps ({days} days): read the tasks "
-            "again (GET /tasks) and start the feed over without `since`"
-        )
-    query = select(ActivityEntry).where(
-        ActivityEntry.owner == owner,
-        col(ActivityEntry.seq) > after,
-        # Past the retention but not purged yet: left out, so no token is stamped expired.
-        col(ActivityEntry.recorded_at) >= now - retention,
-    )
-    if task_id is not None:
-        query = query.where(ActivityEntry.task_id == task_id)
-    rows = session.exec(query.order_by(col(ActivityEntry.seq)).limit(limit + 1)).all()
+    after, stamp = _start(since, now, retention)
+    rows = _after(session, owner, after, limit + 1, now, retention, task_id)
     more = len(rows) > limit
     rows = rows[:limit]
     if rows:
@@ -91,6 +77,48 @@ def feed(
     return ActivityPage(
         items=[item_of(row) for row in rows], since=encode_token(after, stamp), more=more
     )
+
+
+def entries(
+    session: Session, owner: str, since: str | None, limit: int, retention: timedelta
+) -> list[tuple[str, ActivityItem]]:
+    """Up to `limit` entries after the token, each with the token that resumes right after
+    it (the stream's event ids); 400 or 410 for a token `feed` would refuse."""
+    now = utcnow()
+    after, _ = _start(since, now, retention)
+    rows = _after(session, owner, after, limit, now, retention, None)
+    return [(encode_token(row.seq or 0, row.recorded_at), item_of(row)) for row in rows]
+
+
+def _start(since: str | None, now: datetime, retention: timedelta) -> tuple[int, datetime]:
+    after, stamp = decode_token(since) if since else (0, now - retention)
+    if since and stamp < now - retention:
+        days = retention.days
+        raise Gone(
+            f"`since` is older than the activity log keeps ({days} days): read the tasks "
+            "again (GET /tasks) and start the feed over without `since`"
+        )
+    return after, stamp
+
+
+def _after(
+    session: Session,
+    owner: str,
+    after: int,
+    limit: int,
+    now: datetime,
+    retention: timedelta,
+    task_id: str | None,
+) -> list[ActivityEntry]:
+    query = select(ActivityEntry).where(
+        ActivityEntry.owner == owner,
+        col(ActivityEntry.seq) > after,
+        # Past the retention but not purged yet: left out, so no token is stamped expired.
+        col(ActivityEntry.recorded_at) >= now - retention,
+    )
+    if task_id is not None:
+        query = query.where(ActivityEntry.task_id == task_id)
+    return list(session.exec(query.order_by(col(ActivityEntry.seq)).limit(limit)).all())
 
 
 def task_feed(

@@ -336,5 +336,26 @@ class ActivityQuery(RequestModel):
     since: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
 
 
+MAX_WAIT_S = 25
+"""The longest `GET /activity?wait=`: below every proxy's idle timeout we know of."""
+ActivityToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ActivityFeedQuery(ActivityQuery):
+    # Seconds to wait for an entry when there is none after `since` (the long-poll).
+    wait: int = Field(0, ge=0, le=MAX_WAIT_S)
+
+
+class ActivityStreamQuery(RequestModel):
+    # Where to start when there is no Last-Event-ID header (which wins).
+    since: ActivityToken | None = None
+    # The bearer token, for clients that cannot set headers (EventSource); never logged.
+    # (The characters of a JWT or any RFC 6750 token; at most 4096, so a URL holding one
+    # stays well within DUETIDE_HTTP_MAX_HEAD_BYTES.)
+    access_token: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~+/=-]{1,4096}$")] | None
+    ) = None
+
+
 class ForecastQuery(RequestModel):
     count: int = Field(10, ge=1, le=MAX_FORECAST)

@@ -49,7 +49,9 @@ from duetide.services.responses import (
     series_out,
 )
 from duetide.services.schemas import (
+    ActivityFeedQuery,
     ActivityQuery,
+    ActivityStreamQuery,
     EmailCodeIn,
     ForecastQuery,
     PageQuery,
@@ -63,7 +65,7 @@ from duetide.services.schemas import (
 )
 from duetide.storage import db, outbox
 from duetide.storage.models import Notification, utcnow
-from duetide.web import auth, commands, docs, openapi
+from duetide.web import auth, commands, docs, live, openapi
 from duetide.web.command_events import CommandData, CommandEvent
 from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
 from duetide.web.sink import STRUCTURED
@@ -135,11 +137,33 @@ def _retention() -> timedelta:
 
 
 def list_activity(request: Request, user: str) -> Response:
-    query = parse_model(ActivityQuery, _query(request))
-    with db.session_scope(read_only=True) as session:
-        return json_response(
-            activity_feed.feed(session, user, query.since, query.limit, _retention())
-        )
+    query = parse_model(ActivityFeedQuery, _query(request))
+
+    def read() -> ActivityPage:
+        with db.session_scope(read_only=True) as session:  # one short read per poll
+            return activity_feed.feed(session, user, query.since, query.limit, _retention())
+
+    return json_response(live.wait_for_page(read, query.wait))
+
+
+def activity_stream(request: Request, user: str) -> Response:
+    """Authenticates itself: EventSource cannot set a header, so the token may come as
+    `?access_token=` (on this route only; logs and spans hold the path, not the query)."""
+    query = parse_model(ActivityStreamQuery, _query(request))
+    if query.access_token and "Authorization" not in request.headers:
+        user = auth.verify(query.access_token)
+    else:
+        user = auth.authenticate(request)
+    last_id = request.headers.get("Last-Event-ID", "").strip()
+    if last_id:
+        reject_unstorable(last_id, "Last-Event-ID")
+    body = live.open_stream(user, last_id or query.since)
+    return Response(
+        body,
+        status=200,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 def task_activity(request: Request, user: str, task_id: str) -> Response:
@@ -467,6 +491,23 @@ ACTIVITY_DESCRIPTION = (
 )
 
 
+ACTIVITY_WAIT_DESCRIPTION = (
+    " With `wait` (seconds, at most 25) an answer that would have no items waits until an "
+    "entry is logged or the time is up, then answers as without it (the long-poll, for "
+    "clients that cannot stream); a server with too many waiters answers 503 with "
+    "Retry-After."
+)
+ACTIVITY_STREAM_DESCRIPTION = (
+    "`text/event-stream`: each entry of the feed as an event whose `id` is a `since` "
+    "token resuming right after it, `event` the CloudEvent type and `data` the feed's "
+    "item. A comment line is sent every 15 s; the stream ends after "
+    "DUETIDE_ACTIVITY_STREAM_LIFETIME_S (5 minutes by default) and EventSource reconnects "
+    "after `retry:` with `Last-Event-ID`, missing nothing. The bearer token may be given "
+    "as `access_token` in the query (EventSource cannot set headers; it is never logged). "
+    "A server with too many streams answers 503 with Retry-After."
+)
+
+
 def openapi_document(request: Request, user: str) -> Response:
     return json_response(openapi.document())
 
@@ -604,9 +645,28 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/activity",
         list_activity,
         "What changed in your tasks since `since`: the delta feed",
-        query=ActivityQuery,
-        responses={200: ActivityPage, 400: ErrorBody, 410: ErrorBody},
-        description=ACTIVITY_DESCRIPTION,
+        query=ActivityFeedQuery,
+        responses={200: ActivityPage, 400: ErrorBody, 410: ErrorBody, 503: ErrorBody},
+        description=ACTIVITY_DESCRIPTION + ACTIVITY_WAIT_DESCRIPTION,
+    ),
+    Endpoint(
+        "GET",
+        "/activity/stream",
+        activity_stream,
+        "The delta feed as it happens: server-sent events",
+        query=ActivityStreamQuery,
+        responses={200: None, 400: ErrorBody, 410: ErrorBody, 503: ErrorBody},
+        auth="in_handler",
+        produces="text/event-stream",
+        headers=(
+            openapi.Header(
+                "Last-Event-ID",
+                "The `id` of the last event received: the stream resumes right after it "
+                "(wins over `since`). EventSource sends it when it reconnects.",
+                "WyJhMSIsNDIsMTcwMDAwMDAwMF0",
+            ),
+        ),
+        description=ACTIVITY_STREAM_DESCRIPTION,
     ),
     Endpoint(
         "GET", "/series", list_series, "List series", query=PageQuery, responses={200: SeriesPage}

@@ -16,6 +16,10 @@ Every request is bounded, and every refusal is JSON `{"error": {...}}`:
 - the body: DUETIDE_MAX_BODY_BYTES, refused from Content-Length or while reading (413);
 - open connections: DUETIDE_HTTP_MAX_CONNECTIONS, more get 503 and are closed;
 - malformed HTTP: 400.
+
+Answers are sent whole with their length, except a `text/event-stream` one (the activity
+stream), which is sent chunk by chunk as the app yields it and closed once the client
+has gone (`WsgiBridge._stream`); the app bounds how many of those a process keeps.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ log = logging.getLogger("duetide.web.serve")
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Scope = dict[str, Any]
 LINGER_S, LINGER_MAX_BYTES = 2.0, 256 * 1024
+STREAM_SEND_TIMEOUT_S = 30.0
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 
@@ -209,7 +214,55 @@ class WsgiBridge:
         status, headers, payload = await loop.run_in_executor(
             self.executor, run_wsgi, self.app, environ
         )
-        await _send(send, status, headers, payload)
+        if isinstance(payload, Streamed):
+            await self._stream(receive, send, status, headers, payload)
+        else:
+            await _send(send, status, headers, payload)
+
+    async def _stream(
+        self,
+        receive: Receive,
+        send: Send,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: Streamed,
+    ) -> None:
+        """Send each chunk as the app yields it (chunked; the stream of `GET
+        /activity/stream`), pulling one chunk at a time on a worker thread, and stop
+        pulling once the client has gone: the app's iterator is then closed, which frees
+        what it holds. An empty chunk is not sent; it lets the client's going be seen."""
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            while not gone.is_set():
+                chunk = await loop.run_in_executor(self.executor, body.next_chunk)
+                if chunk is None:
+                    break
+                if chunk and not gone.is_set():
+                    message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    try:
+                        # A client that stops reading would stall the send (and keep
+                        # the app's iterator and its slot) for ever: it is dropped.
+                        await asyncio.wait_for(send(message), STREAM_SEND_TIMEOUT_S)
+                    except TimeoutError:
+                        log.warning(
+                            "a streamed answer's client stopped reading; dropped",
+                            extra={"event": "http.stream_stalled"},
+                        )
+                        return
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            await loop.run_in_executor(self.executor, body.close)
 
     def _check_head(self, scope: Scope) -> None:
         """h11 bounds a head only while it is incomplete; one that came whole in a single
@@ -297,8 +350,35 @@ def wsgi_environ(scope: Scope, body: bytes) -> dict[str, Any]:
     return environ
 
 
-def run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Call the WSGI app and collect its whole answer (the API's answers are small)."""
+class Streamed:
+    """An answer the app streams: its iterator, pulled a chunk at a time (`WsgiBridge`)."""
+
+    def __init__(self, result: Iterable[bytes]) -> None:
+        self._result = result
+        self._chunks = iter(result)
+
+    def next_chunk(self) -> bytes | None:
+        """The next chunk, or None at the end (or when the app fails: the status is sent)."""
+        try:
+            return next(self._chunks, None)
+        except Exception:
+            log.exception("a streamed answer failed", extra={"event": "http.unhandled"})
+            return None
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("closing a streamed answer failed", extra={"event": "http.unhandled"})
+
+
+def run_wsgi(
+    app: WsgiApp, environ: dict[str, Any]
+) -> tuple[int, list[tuple[bytes, bytes]], bytes | Streamed]:
+    """Call the WSGI app and collect its whole answer (the API's answers are small), unless
+    the app streams it: a `text/event-stream` answer is returned as `Streamed`."""
     started: list[Any] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -307,13 +387,20 @@ def run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> tuple[int, list[tuple[byt
 
     try:
         result = app(environ, start_response)
-        try:
-            payload = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
         status, headers = started
+        streamed = any(
+            k.lower() == "content-type" and v.startswith("text/event-stream") for k, v in headers
+        )
+        payload: bytes | Streamed
+        if streamed:
+            payload = Streamed(result)
+        else:
+            try:
+                payload = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
     except Exception:
         log.exception(
             "the WSGI app failed outside its error handlers", extra={"event": "http.unhandled"}

@@ -1,0 +1,180 @@
+"""Live activity: the long-poll (`GET /activity?wait=`) and the server-sent events stream
+(`GET /activity/stream`).
+
+The activity log is written by another function (another process, often another pod),
+so nothing in this process learns of a new entry: a waiter or a stream reads the log
+every DUETIDE_ACTIVITY_POLL_S with a short read of its own (`db.session_scope`), and
+holds no connection and no transaction in between.
+
+Each waiter and each stream holds one of the WSGI worker threads (duetide.web.serve runs
+the app on THREADS threads, and the stream's iterator is pulled on them), so their
+numbers per process are bounded (`Slots`) well below THREADS: one over the bound is a
+503 with Retry-After, not a thread taken from everyone else.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from functools import cache
+
+from sqlalchemy.exc import OperationalError
+
+from duetide.config import get_settings
+from duetide.errors import ApiError, Unavailable
+from duetide.services import activity_feed
+from duetide.services.responses import ActivityItem, ActivityPage
+from duetide.storage import db
+
+HEARTBEAT_S = 15.0
+"""A comment line this often keeps proxies and the client from timing the stream out."""
+RETRY_MS = 2000
+"""The `retry:` a stream names: how long EventSource waits before it reconnects."""
+STREAM_BATCH = 100
+
+
+class Slots:
+    """At most `size` holders at once; one more is refused at once (never queued)."""
+
+    def __init__(self, size: int, what: str) -> None:
+        self._free = threading.BoundedSemaphore(size) if size > 0 else None
+        self._what = what
+
+    def take(self) -> Callable[[], None]:
+        """Take a slot, or raise 503; the returned callable gives it back (once)."""
+        if self._free is None or not self._free.acquire(blocking=False):
+            raise Unavailable(
+                f"too many {self._what} are open on this server; retry",
+                headers={"Retry-After": "1"},
+            )
+        free = self._free
+        given_back = threading.Event()
+
+        def give_back() -> None:
+            if not given_back.is_set():
+                given_back.set()
+                free.release()
+
+        return give_back
+
+
+@cache
+def waiters() -> Slots:
+    return Slots(get_settings().duetide_activity_max_waiters, "waiting requests")
+
+
+@cache
+def streams() -> Slots:
+    return Slots(get_settings().duetide_activity_max_streams, "activity streams")
+
+
+def _retention() -> timedelta:
+    return timedelta(days=get_settings().duetide_activity_retention_days)
+
+
+# --- the long-poll ------------------------------------------------------------------------
+
+
+def wait_for_page(
+    read: Callable[[], ActivityPage], wait_s: float, sleep: Callable[[float], None] = time.sleep
+) -> ActivityPage:
+    """`read()` until it has items or `wait_s` has passed; its last answer.
+
+    The first read is answered at once when it has items (or `wait_s` is 0), so only a
+    request that would wait takes a slot.
+    """
+    wait_s = min(wait_s, get_settings().duetide_activity_max_wait_s)
+    page = read()
+    if page.items or wait_s <= 0:
+        return page
+    give_back = waiters().take()
+    try:
+        poll = get_settings().duetide_activity_poll_s
+        deadline = time.monotonic() + wait_s
+        while not page.items and (remaining := deadline - time.monotonic()) > 0:
+            sleep(min(poll, remaining))
+            page = read()
+    finally:
+        give_back()
+    return page
+
+
+# --- the stream ---------------------------------------------------------------------------
+
+
+def sse_event(token: str, item: ActivityItem) -> bytes:
+    """One entry as an event: its id resumes right after it, its name is the CloudEvent
+    type, its data the feed's item (JSON has no raw newline, so one `data:` line)."""
+    data = item.model_dump_json(exclude_unset=True)
+    return f"id: {token}\nevent: {item.type}\ndata: {data}\n\n".encode()
+
+
+def open_stream(owner: str, since: str | None) -> Iterator[bytes]:
+    """The stream's bytes after `since`, checked (400, 410) and its slot taken (503) before
+    the answer starts; the slot is given back when the server closes the iterator."""
+    first = _read(owner, since)  # a bad or expired token is an error answer, not a stream
+    give_back = streams().take()
+    return _Held(_events(owner, since, first), give_back)
+
+
+def _read(owner: str, since: str | None) -> list[tuple[str, ActivityItem]]:
+    with db.session_scope(read_only=True) as session:
+        return activity_feed.entries(session, owner, since, STREAM_BATCH, _retention())
+
+
+def _events(
+    owner: str, since: str | None, first: list[tuple[str, ActivityItem]]
+) -> Iterator[bytes]:
+    """`retry:`, then each entry as it is logged, a heartbeat comment every HEARTBEAT_S,
+    until DUETIDE_ACTIVITY_STREAM_LIFETIME_S. Between reads an empty chunk is yielded, so
+    the server can see a client that went away within one poll."""
+    settings = get_settings()
+    poll, lifetime = settings.duetide_activity_poll_s, settings.duetide_activity_stream_lifetime_s
+    started = time.monotonic()
+    deadline = started + lifetime
+    yield f"retry: {RETRY_MS}\n: activity of one user; resume with Last-Event-ID\n\n".encode()
+    last_sent = started
+    batch = first
+    while True:
+        for token, item in batch:
+            since = token
+            yield sse_event(token, item)
+            last_sent = time.monotonic()
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        if len(batch) < STREAM_BATCH:
+            if now - last_sent >= HEARTBEAT_S:
+                yield b": heartbeat\n\n"
+                last_sent = now
+            else:
+                yield b""
+            time.sleep(min(poll, deadline - now))
+        try:
+            batch = _read(owner, since)
+        except (ApiError, OperationalError):
+            return  # the client reconnects with the last id it saw
+
+
+class _Held:
+    """An iterator whose close (by the WSGI server, even before the first item) gives
+    back its slot: a generator's own `finally` would not run if it never started."""
+
+    def __init__(self, inner: Iterator[bytes], give_back: Callable[[], None]) -> None:
+        self._inner, self._give_back = inner, give_back
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._inner)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._give_back()

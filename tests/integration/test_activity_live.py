@@ -1,0 +1,381 @@
+"""Live activity over real sockets (issue 15): the server-sent events stream
+(`GET /activity/stream`) and the long-poll (`GET /activity?wait=`), served by
+`python -m duetide.web.serve` on loopback over this test's database (SQLite and
+PostgreSQL), while the changes come from the tasks function and are delivered to the
+real activity function as the KafkaSource would (`Pipeline`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+from sqlmodel import col, select
+
+from duetide import events
+from duetide.services.activity import TASK_TYPES
+from duetide.services.activity_feed import decode_token
+from duetide.storage import db
+from duetide.storage.models import ActivityEntry
+from duetide.web.auth import issue_local_token
+from duetide_tools.local.broker import free_loopback_port
+from tests.integration.conftest import function_client
+from tests.integration.test_activity import Pipeline
+from tests.support import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def serving(home: Path, **settings: str) -> Iterator[int]:
+    """The tasks function under duetide.web.serve on a free loopback port, over the
+    database the `env` fixture configured (its environment is inherited)."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_loopback_port()
+    env = {**os.environ, "THREADS": "4", "DUETIDE_ACTIVITY_POLL_S": "0.1", **settings}
+    command = [
+        *(sys.executable, "-m", "duetide.web.serve"),
+        *("--source", str(ROOT / "functions" / "tasks" / "main.py"), "--target", "tasks"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    log_path = home / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, "duetide.web.serve to answer /healthz")
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def port(env: str, tmp_path: Path) -> Iterator[int]:
+    with serving(
+        tmp_path / "serve",
+        DUETIDE_ACTIVITY_MAX_STREAMS="1",
+        DUETIDE_ACTIVITY_MAX_WAITERS="1",
+        DUETIDE_LOG_LEVEL="INFO",  # each request logged: the token must not be
+    ) as port:
+        yield port
+
+
+@pytest.fixture
+def pipeline(env: str) -> Pipeline:
+    return Pipeline(function_client("activity"), function_client("recurrence"))
+
+
+class EventStream:
+    """A minimal EventSource: one connection to /activity/stream, its events parsed."""
+
+    def __init__(self, port: int, token: str, last_id: str | None = None, query: str = ""):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        self.conn.request("GET", f"/activity/stream?access_token={token}{query}", headers=headers)
+        self.response = self.conn.getresponse()
+        self.retry: int | None = None
+
+    def next_event(self) -> dict[str, Any]:
+        """The next event (comments and `retry:` are read past)."""
+        fields: dict[str, Any] = {}
+        while True:
+            line = self.response.readline().decode()
+            assert line, "the stream ended"
+            line = line.rstrip("\n")
+            if not line:
+                if "data" in fields:
+                    return fields
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "retry":
+                self.retry = int(value)
+            else:
+                fields[name] = value
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def logged_ids(owner: str) -> list[str]:
+    with db.session_scope(read_only=True) as session:
+        return list(
+            session.exec(
+                select(ActivityEntry.event_id)
+                .where(ActivityEntry.owner == owner)
+                .order_by(col(ActivityEntry.seq))
+            ).all()
+        )
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def changes(client: FlaskClient, headers: dict[str, str], n: int, tag: str) -> None:
+    ids = [
+        ok(client.post("/tasks", json={"title": f"{tag} {i}"}, headers=headers), 201)["id"]
+        for i in range(n)
+    ]
+    for task_id in ids[::2]:
+        ok(client.patch(f"/tasks/{task_id}", json={"title": f"{tag} renamed"}, headers=headers))
+    ok(client.post(f"/tasks/{ids[1]}/complete", headers=headers))
+    ok(client.delete(f"/tasks/{ids[-1]}", headers=headers), 204)
+
+
+def test_a_stream_resumed_with_last_event_id_misses_nothing_and_repeats_nothing(
+    port: int,
+    client: FlaskClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    pipeline: Pipeline,
+    tmp_path: Path,
+) -> None:
+    token = issue_local_token("alice")
+    ok(client.post("/tasks", json={"title": "bob's"}, headers=bob), 201)
+    changes(client, alice, 8, "first")
+    pipeline.pump()
+    first_part = logged_ids("alice")
+
+    stream = EventStream(port, token)
+    assert stream.response.status == 200
+    assert stream.response.getheader("Content-Type", "").startswith("text/event-stream")
+    seen: list[dict[str, Any]] = [stream.next_event() for _ in range(5)]
+    assert stream.retry is not None and stream.retry > 0
+    stream.close()  # gone mid-burst: more entries were due
+
+    changes(client, alice, 8, "second")  # logged while nobody listens
+    pipeline.pump()
+    total = logged_ids("alice")
+    assert len(total) > len(first_part) > 5
+
+    # The server frees the one stream slot once it sees the client gone.
+    def resumed() -> EventStream | None:
+        again = EventStream(port, token, last_id=seen[-1]["id"])
+        if again.response.status == 503:
+            assert again.response.getheader("Retry-After") == "1"
+            again.close()
+            return None
+        return again
+
+    stream = wait_for(resumed, "the slot of the closed stream to be given back")
+    assert stream.response.status == 200
+    try:
+        while len(seen) < len(total):
+            seen.append(stream.next_event())
+        # Live: a change made now arrives on the open stream.
+        changes(client, alice, 2, "live")
+        pipeline.pump()
+        total = logged_ids("alice")
+        while len(seen) < len(total):
+            seen.append(stream.next_event())
+    finally:
+        stream.close()
+    items = [json.loads(event["data"]) for event in seen]
+    assert [item["event_id"] for item in items] == total  # in order, once, only alice's
+    assert [event["event"] for event in seen] == [item["type"] for item in items]
+    assert len({event["id"] for event in seen}) == len(seen)
+    log = (tmp_path / "serve" / "serve.log").read_text()
+    assert "/activity/stream" in log and token not in log
+
+
+def test_a_long_poll_answers_when_an_entry_is_logged_and_empty_when_the_wait_ends(
+    port: int, client: FlaskClient, alice: dict[str, str], pipeline: Pipeline
+) -> None:
+    base = f"http://127.0.0.1:{port}/activity"
+    start = requests.get(base, headers=alice, timeout=10).json()["since"]
+
+    began = time.monotonic()
+    empty = requests.get(f"{base}?since={start}&wait=1", headers=alice, timeout=10)
+    assert empty.status_code == 200, empty.text
+    assert time.monotonic() - began >= 1
+    assert empty.json()["items"] == []
+    # The same place in the log (its stamp may move with the clock).
+    assert decode_token(empty.json()["since"])[0] == decode_token(start)[0]
+
+    answers: list[requests.Response] = []
+
+    def start_waiter() -> threading.Thread:
+        answers.clear()
+        thread = threading.Thread(
+            target=lambda: answers.append(
+                requests.get(f"{base}?since={start}&wait=25", headers=alice, timeout=30)
+            )
+        )
+        thread.start()
+        return thread
+
+    waiter = start_waiter()
+    try:
+        # The one waiter slot is taken once the request waits: another is refused. (A
+        # probe that came first took the slot itself: the waiter then was refused, and
+        # is sent again.)
+        def refused() -> tuple[requests.Response] | None:
+            nonlocal waiter
+            other = requests.get(f"{base}?since={start}&wait=1", headers=alice, timeout=10)
+            if other.status_code == 503:
+                return (other,)
+            waiter.join(timeout=1)
+            if not waiter.is_alive():
+                assert answers[0].status_code == 503, answers[0].text
+                waiter = start_waiter()
+            return None
+
+        (over,) = wait_for(refused, "the long-poll to wait")
+        assert over.headers["Retry-After"] == "1"
+        assert over.json()["error"]["code"] == "unavailable"
+        began = time.monotonic()
+        ok(client.post("/tasks", json={"title": "arrives"}, headers=alice), 201)
+        pipeline.pump()
+    finally:
+        waiter.join(timeout=30)
+    assert time.monotonic() - began < 10  # well before the 25 s wait ends
+    (answer,) = answers
+    assert answer.status_code == 200, answer.text
+    page = answer.json()
+    assert [item["task"]["title"] for item in page["items"]] == ["arrives"]
+    assert decode_token(page["since"])[0] > decode_token(start)[0]
+
+
+def test_a_bad_since_or_token_is_an_error_before_the_stream_starts(port: int) -> None:
+    url = f"http://127.0.0.1:{port}/activity/stream"
+    token = issue_local_token("alice")
+    bad = requests.get(url, params={"access_token": token, "since": "bm9wZQ"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+    anonymous = requests.get(url, timeout=10)
+    assert anonymous.status_code == 401
+    forged = requests.get(url, params={"access_token": "x.y.z"}, timeout=10)
+    assert forged.status_code == 401
+    wait = requests.get(
+        f"http://127.0.0.1:{port}/activity",
+        params={"wait": "26"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert wait.status_code == 422
+
+
+def test_a_stream_ends_after_its_lifetime(env: str, tmp_path: Path) -> None:
+    with serving(tmp_path / "short", DUETIDE_ACTIVITY_STREAM_LIFETIME_S="1") as port:
+        stream = EventStream(port, issue_local_token("alice"))
+        began = time.monotonic()
+        assert stream.response.read().startswith(b"retry: ")  # to the end of the stream
+        assert time.monotonic() - began < 10
+        stream.close()
+
+
+# --- a real EventSource: headless Chromium --------------------------------------------
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>activity</title><ol id="events"></ol>
+<script>
+const [api, token, types, total] = %s;
+const list = document.getElementById("events");
+let opens = 0, created = false, count = 0;
+const source = new EventSource(`${api}/activity/stream?access_token=${token}`);
+source.onopen = () => {
+  opens += 1;
+  // Changes made only once the first stream has ended and EventSource reconnected with
+  // Last-Event-ID: they arrive on a resumed stream, after what the first one sent.
+  if (opens === 2 && !created) {
+    created = true;
+    for (const title of ["four", "five", "six"]) {
+      fetch(`${api}/tasks`, {method: "POST", body: JSON.stringify({title}),
+        headers: {"Authorization": `Bearer ${token}`, "Content-Type": "application/json"}});
+    }
+  }
+};
+const seen = (e) => {
+  const item = document.createElement("li");
+  item.textContent = `${e.type} ${e.lastEventId} ${JSON.parse(e.data).event_id}`;
+  list.appendChild(item);
+  count += 1;
+  if (count >= total) {
+    source.close();
+    const done = document.createElement("p");
+    done.id = "done";
+    done.textContent = `opens ${opens}`;
+    document.body.appendChild(done);
+  }
+};
+for (const type of types) source.addEventListener(type, seen);
+</script>
+"""
+
+
+def test_a_browsers_event_source_resumes_without_gaps_or_repeats(
+    env: str,
+    tmp_path: Path,
+    client: FlaskClient,
+    alice: dict[str, str],
+    pipeline: Pipeline,
+) -> None:
+    from tests.integration.test_docs_page import CHROMIUM_FLAGS, chromium
+
+    browser = chromium()
+    for title in ("one", "two", "three"):
+        ok(client.post("/tasks", json={"title": title}, headers=alice), 201)
+    pipeline.pump()
+    done = threading.Event()
+
+    def deliver() -> None:  # the KafkaSource: the page's creates reach the activity log
+        while not done.wait(0.1):
+            pipeline.pump()
+
+    with serving(tmp_path / "serve", DUETIDE_ACTIVITY_STREAM_LIFETIME_S="1") as port:
+        types = sorted(TASK_TYPES)
+        page = tmp_path / "activity.html"
+        config = [f"http://127.0.0.1:{port}", issue_local_token("alice"), types, 6]
+        page.write_text(PAGE % json.dumps(config))
+        command = [
+            browser,
+            *CHROMIUM_FLAGS,
+            *(["--no-sandbox"] if os.geteuid() == 0 else []),
+            # The page is a file: its requests to the server are cross-origin, and the API
+            # sends no CORS headers; the stream itself is what is tested here.
+            "--disable-web-security",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ]
+        pump = threading.Thread(target=deliver)
+        pump.start()
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        finally:
+            done.set()
+            pump.join()
+    assert run.returncode == 0, run.stderr[-3000:]
+    dom = run.stdout
+    assert 'id="done"' in dom, dom[-3000:]
+    opens = int(dom.split('id="done">opens ', 1)[1].split("<", 1)[0])
+    assert opens >= 2  # the resumed stream carried the last three
+    lines = [line.split(" ") for line in (part.split("</li>")[0] for part in dom.split("<li>")[1:])]
+    assert [event_id for _, _, event_id in lines] == logged_ids("alice")
+    assert len({last_id for _, last_id, _ in lines}) == 6
+    assert [event_type for event_type, _, _ in lines] == [events.TASK_CREATED] * 6
