@@ -1,21 +1,25 @@
 """Helpers the test layers share: awaiting a condition, a fresh migrated database, a
-response's JSON body."""
+response's JSON body, a function served as the image serves it."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import requests
 from werkzeug.test import TestResponse
 
 from duetide.storage import migrate
+from duetide_tools.local.broker import free_loopback_port
 
 
 def wait_for(
@@ -79,3 +83,38 @@ def processes_with_home(home: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@contextmanager
+def serving_function(home: Path, env: Mapping[str, str], function: str = "tasks") -> Iterator[int]:
+    """`function` under duetide.web.serve (as the image runs it) on a free loopback port,
+    with `env` as its whole environment and its output in `home/serve.log`; stopped after."""
+    root = Path(__file__).resolve().parents[1]
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_loopback_port()
+    command = [
+        *(sys.executable, "-m", "duetide.web.serve"),
+        *("--source", str(root / "functions" / function / "main.py"), "--target", function),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    log_path = home / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, "duetide.web.serve to answer /healthz")
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,10 +29,9 @@ from duetide.services.activity_feed import decode_token
 from duetide.storage import db
 from duetide.storage.models import ActivityEntry
 from duetide.web.auth import issue_local_token
-from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import function_client
 from tests.integration.test_activity import Pipeline
-from tests.support import wait_for
+from tests.support import serving_function, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,34 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def serving(home: Path, **settings: str) -> Iterator[int]:
     """The tasks function under duetide.web.serve on a free loopback port, over the
     database the `env` fixture configured (its environment is inherited)."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_loopback_port()
     env = {**os.environ, "THREADS": "4", "DUETIDE_ACTIVITY_POLL_S": "0.1", **settings}
-    command = [
-        *(sys.executable, "-m", "duetide.web.serve"),
-        *("--source", str(ROOT / "functions" / "tasks" / "main.py"), "--target", "tasks"),
-        *("--host", "127.0.0.1", "--port", str(port)),
-    ]
-    log_path = home / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-
-        def healthy() -> bool:
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        wait_for(healthy, "duetide.web.serve to answer /healthz")
+    with serving_function(home, env) as port:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture

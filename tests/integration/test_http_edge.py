@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -25,8 +23,7 @@ import requests
 from duetide.config import get_settings
 from duetide.storage import migrate
 from duetide.web.auth import issue_local_token
-from duetide_tools.local.broker import free_loopback_port
-from tests.support import wait_for
+from tests.support import serving_function, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "http-edge-test-secret-of-enough-length"
@@ -40,7 +37,6 @@ def served(home: Path, **settings: str) -> Iterator[int]:
     home.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{home / 'duetide.db'}"
     migrate.upgrade(url)
-    port = free_loopback_port()
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -51,32 +47,8 @@ def served(home: Path, **settings: str) -> Iterator[int]:
         "THREADS": "2",
         **settings,
     }
-    command = [
-        *(sys.executable, "-m", "duetide.web.serve"),
-        *("--source", str(ROOT / "functions" / "tasks" / "main.py"), "--target", "tasks"),
-        *("--host", "127.0.0.1", "--port", str(port)),
-    ]
-    log_path = home / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-
-        def healthy() -> bool:
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        wait_for(healthy, "duetide.web.serve to answer /healthz")
+    with serving_function(home, env) as port:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
