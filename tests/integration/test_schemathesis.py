@@ -142,7 +142,7 @@ KNOWN_REFUSALS = {
     "task_activity": (400, r"^invalid `since`"),
     "activity_stream": (400, r"^invalid `since`"),
     "create_task": (422, r"^(recurrence|reminders\.\d+): "),
-    "commands": (422, r"^(recurrence|reminders\.\d+): "),
+    "commands": (422, r"^task\.(recurrence|reminders\.\d+): "),  # the command's data.task
     "add_reminder": (422, r"^body: .*`before_due` must be between"),
     "update_preferences": (
         422,
