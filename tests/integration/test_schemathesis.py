@@ -142,7 +142,9 @@ KNOWN_REFUSALS = {
     "task_activity": (400, r"^invalid `since`"),
     "activity_stream": (400, r"^invalid `since`"),
     "create_task": (422, r"^(recurrence|reminders\.\d+): "),
-    "commands": (422, r"^task\.(recurrence|reminders\.\d+): "),  # the command's data.task
+    # a command's data.task: its fields as `task.*` (the model's checks) or as the
+    # service names them (`recurrence` when the rule is built)
+    "commands": (422, r"^(task\.)?(recurrence|reminders\.\d+): "),
     "add_reminder": (422, r"^body: .*`before_due` must be between"),
     "update_preferences": (
         422,
