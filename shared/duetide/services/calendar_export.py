@@ -172,8 +172,6 @@ def _recurring_occurrences(tasks: Iterable[Task], series: dict[str, Series]) -> 
 def _series_todos(found: Series, task: Task) -> list[Todo]:
     """The series' recurring VTODO and its open instance, or [] to export the task alone
     (an occurrence from before a "this and future" change, or a rule that cannot go on)."""
-    from icalendar import Todo  # see the module's docstring
-
     assert task.scheduled_at is not None and task.occurrence_index is not None
     local_index = task.occurrence_index - found.rule_base
     if local_index < 0 or task.scheduled_at < found.dtstart:
@@ -185,18 +183,7 @@ def _series_todos(found: Series, task: Task) -> list[Todo]:
         log_event(log, "calendar.series_not_exported", series_id=found.id, error=str(exc)[:200])
         return []
     uid = f"series-{found.id}@duetide"
-    master = Todo()
-    master.add("uid", uid)
-    master.add("dtstamp", found.updated_at)
-    master.add("created", found.created_at)
-    master.add("last-modified", found.updated_at)
-    master.add("summary", found.title)
-    if found.description:
-        master.add("description", found.description)
-    master.add("status", "NEEDS-ACTION")
-    master.add("priority", ICAL_PRIORITY[found.priority])
-    if found.tags:
-        master.add("categories", list(found.tags))
+    master = _open_todo(uid, found, list(found.tags))
     master.add("dtstart", plan.dtstart)
     master.add("due", plan.dtstart)
     if plan.rrule is not None:
@@ -212,23 +199,30 @@ def _series_todos(found: Series, task: Task) -> list[Todo]:
     return [master, instance]
 
 
-def _task_todo(task: Task, uid: str, zone: tzinfo | None = None) -> Todo:
-    """A task's VTODO: DUE in UTC; for an occurrence (`zone` given), DTSTART = DUE in its
-    series' zone, where the user may have moved it from its scheduled time."""
+def _open_todo(uid: str, source: Task | Series, tags: list[str]) -> Todo:
+    """The VTODO properties a task and a series' master share: identity, times, text,
+    status, priority and categories."""
     from icalendar import Todo  # see the module's docstring
 
     todo = Todo()
     todo.add("uid", uid)
-    todo.add("dtstamp", task.updated_at)
-    todo.add("created", task.created_at)
-    todo.add("last-modified", task.updated_at)
-    todo.add("summary", task.title)
-    if task.description:
-        todo.add("description", task.description)
+    todo.add("dtstamp", source.updated_at)
+    todo.add("created", source.created_at)
+    todo.add("last-modified", source.updated_at)
+    todo.add("summary", source.title)
+    if source.description:
+        todo.add("description", source.description)
     todo.add("status", "NEEDS-ACTION")
-    todo.add("priority", ICAL_PRIORITY[task.priority])
-    if task.tags:
-        todo.add("categories", task.tags)
+    todo.add("priority", ICAL_PRIORITY[source.priority])
+    if tags:
+        todo.add("categories", tags)
+    return todo
+
+
+def _task_todo(task: Task, uid: str, zone: tzinfo | None = None) -> Todo:
+    """A task's VTODO: DUE in UTC; for an occurrence (`zone` given), DTSTART = DUE in its
+    series' zone, where the user may have moved it from its scheduled time."""
+    todo = _open_todo(uid, task, task.tags)
     if task.due_at is not None and zone is not None:
         todo.add("dtstart", task.due_at.astimezone(zone))
         todo.add("due", task.due_at.astimezone(zone))
