@@ -85,6 +85,8 @@ def topic_for(event_type: str) -> str:
     settings = get_settings()
     if event_type.startswith("dev.duetide.reminder."):
         return settings.duetide_topic_reminders
+    if event_type.startswith("dev.duetide.webhook."):
+        return settings.duetide_topic_webhooks
     return settings.duetide_topic_task_events
 
 
