@@ -47,6 +47,7 @@ ID_OPERATIONS: dict[str, tuple[dict[str, Any] | None, int]] = {
     "update_subscription": ({"description": "mine now"}, 200),
     "delete_subscription": (None, 204),
     "verify_subscription": (None, 409),  # active already
+    "rotate_subscription_secret": (None, 200),
     "subscription_deliveries": (None, 200),
     "redeliver": (None, 202),
 }

@@ -427,6 +427,34 @@ def test_one_try_is_sent_once_when_its_event_arrives_twice_at_once(
     assert len(Receiver.seen) == 1
 
 
+def test_a_rotated_secret_signs_beside_the_new_one_for_a_day(client, alice, receiver, eventing):
+    made = subscribe(client, alice, receiver)
+    rotated = client.post(f"/subscriptions/{made['id']}/secret", headers=alice)
+    assert rotated.status_code == 200, rotated.json
+    new = json_of(rotated)["secret"]
+    assert new != made["secret"] and new.startswith("whsec_")
+    assert "secret" not in json_of(client.get(f"/subscriptions/{made['id']}", headers=alice))
+    make_task(client, alice, "during the overlap")
+    eventing.pump()
+    (during,) = Receiver.seen
+    assert signed_correctly(during, new) and signed_correctly(during, made["secret"])
+
+    with db.session_scope() as session:  # the day has passed
+        row = session.get(Subscription, made["id"])
+        assert row is not None and row.previous_secret_until is not None
+        row.previous_secret_until = utcnow() - timedelta(seconds=1)
+        session.add(row)
+    make_task(client, alice, "after the overlap")
+    eventing.pump()
+    after = Receiver.seen[1]
+    assert signed_correctly(after, new) and not signed_correctly(after, made["secret"])
+    # A second rotation retires the first secret at once.
+    client.post(f"/subscriptions/{made['id']}/secret", headers=alice)
+    make_task(client, alice, "after two rotations")
+    eventing.pump()
+    assert not signed_correctly(Receiver.seen[2], made["secret"])
+
+
 def test_deliveries_are_purged_with_the_activity_log(client, alice, receiver, eventing):
     made = subscribe(client, alice, receiver)
     make_task(client, alice, "old")

@@ -169,6 +169,7 @@ def post_signed(
     idempotency_key: str,
     headers: Mapping[str, str] | None = None,
     bound: Sequence[str] = (),
+    also_signed_by: Sequence[bytes] = (),
     allow_loopback: bool = False,
     hosts: Sequence[str] = (),
     timeout_s: float = 5.0,
@@ -179,7 +180,8 @@ def post_signed(
     ssl_context: ssl.SSLContext | None = None,
 ) -> DeliveryResult:
     """POST `data` (JSON) with `headers` (a binary-mode CloudEvent's `ce-*`), signed over
-    `bound` and the body, once: the one webhook client of duetide.
+    `bound` and the body (one `v1=` by `secret`, one more by each of `also_signed_by`:
+    the secret a rotation replaced), once: the one webhook client of duetide.
 
     The URL is checked with netguard (the SSRF rules) and the connection goes to the
     address it checked; redirects are not followed; at most `max_response_bytes` of
@@ -201,12 +203,14 @@ def post_signed(
     except netguard.ResolutionFailed as exc:
         # A name that does not exist is the user's to fix; a failing resolver is not.
         return refused(str(exc), retryable=not exc.permanent)
+    timestamp = int(now())
     sent = {
         **(headers or {}),
         "Host": target.host_header,
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        SIGNATURE_HEADER: sign(secret, int(now()), data, bound),
+        SIGNATURE_HEADER: sign(secret, timestamp, data, bound)
+        + "".join(f",v1={_mac(other, timestamp, data, bound)}" for other in also_signed_by),
         IDEMPOTENCY_HEADER: idempotency_key,
         "Connection": "close",
     }

@@ -237,8 +237,8 @@ class SubscriptionOut(Out):
     updated_at: str = Field(json_schema_extra={"format": "date-time"})
     secret: str | None = Field(
         None,
-        description="The HMAC key of Duetide-Signature: in the answer that made the "
-        "subscription only; keep it",
+        description="The HMAC key of Duetide-Signature: only in the answer that made the "
+        "subscription or rotated its secret; keep it",
     )
     verification_error: str | None = Field(
         None, description="Why the challenge just sent was not echoed, when it was not"

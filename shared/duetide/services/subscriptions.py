@@ -11,7 +11,7 @@ subscriptions per user holds under concurrent requests.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func
 from sqlmodel import Session, col, delete, select
@@ -24,6 +24,9 @@ from duetide.services.schemas import SubscriptionIn, SubscriptionUpdate
 from duetide.storage.models import Subscription, WebhookDelivery
 
 SECRET_PREFIX = "whsec_"
+ROTATION_OVERLAP = timedelta(hours=24)
+"""How long the secret a rotation replaced still signs each delivery, beside the new one:
+time to deploy the new secret to the receiver without refusing a delivery."""
 
 
 def validated(spec: SubscriptionIn | SubscriptionUpdate) -> None:
@@ -136,6 +139,23 @@ def challenge(
     )
     session.add(preference)
     return subscription, sent
+
+
+def rotate_secret(
+    session: Session, owner: str, subscription_id: str, now: datetime
+) -> Subscription:
+    """A new secret; the one it replaces keeps signing for `ROTATION_OVERLAP` (a second
+    `v1=` in `Duetide-Signature`), the one before that stops at once."""
+    query = select(Subscription).where(Subscription.id == subscription_id).with_for_update()
+    subscription = session.exec(query).one_or_none()
+    if subscription is None or subscription.owner != owner:
+        raise NotFound(f"no subscription {subscription_id!r}")
+    subscription.previous_secret = subscription.secret
+    subscription.previous_secret_until = now + ROTATION_OVERLAP
+    subscription.secret = new_secret()
+    subscription.updated_at = now
+    session.add(subscription)
+    return subscription
 
 
 def remove(session: Session, owner: str, subscription_id: str) -> None:

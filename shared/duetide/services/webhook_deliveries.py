@@ -50,6 +50,7 @@ log = logging.getLogger("duetide.services.webhook_deliveries")
 
 MAX_TRIES_KEPT = 20  # the delivery log keeps this many tries per delivery, the last ones
 DELIVERY_TIMEOUT_S = 5.0
+MAX_RETRY_BATCHES = 20  # per ping: 10,000 retries at the default batch
 
 
 def wants(subscription: Subscription, event_type: str) -> bool:
@@ -122,7 +123,7 @@ class _Request:
 
     delivery_id: str
     url: str
-    secret: str
+    secrets: tuple[str, ...]
     headers: dict[str, str]
     body: bytes
     bound: tuple[str, str]
@@ -148,11 +149,13 @@ def send(event: events.WebhookDeliveryEvent, now: datetime) -> str:
             return "obsolete"  # kept pending: the sweep sends it once the user enables it
         delivery.started = event.attempt
         session.add(delivery)
-        request = _request(delivery, subscription)
+        request = _request(delivery, subscription, now)
     started = time.monotonic()
     result = _post(request)
     elapsed_ms = round((time.monotonic() - started) * 1000)
-    status = _record(event, request, result, elapsed_ms, now)
+    status = _record(
+        event, request, result, elapsed_ms, now, now + timedelta(milliseconds=elapsed_ms)
+    )
     outcome = {"delivered": "delivered", "retry": "retry"}.get(status, "failed")
     log_event(
         log,
@@ -173,7 +176,7 @@ def _locked(session: Session, delivery_id: str) -> WebhookDelivery | None:
     return session.exec(query).one_or_none()
 
 
-def _request(delivery: WebhookDelivery, subscription: Subscription) -> _Request:
+def _request(delivery: WebhookDelivery, subscription: Subscription, now: datetime) -> _Request:
     cloudevent = events.build(
         event_id=delivery.event_id,
         type=delivery.event_type,
@@ -186,7 +189,7 @@ def _request(delivery: WebhookDelivery, subscription: Subscription) -> _Request:
     return _Request(
         delivery_id=delivery.id,
         url=subscription.url,
-        secret=subscription.secret,
+        secrets=signing_secrets(subscription, now),
         # The ce-* attributes; Content-Type and the rest are the client's.
         headers={k: v for k, v in headers.items() if k.lower().startswith("ce-")},
         body=body,
@@ -194,12 +197,24 @@ def _request(delivery: WebhookDelivery, subscription: Subscription) -> _Request:
     )
 
 
+def signing_secrets(subscription: Subscription, now: datetime) -> tuple[str, ...]:
+    """The current secret, and the one it replaced while that still holds (a rotation
+    gives receivers time to switch: each try carries a signature by both)."""
+    previous = subscription.previous_secret
+    until = subscription.previous_secret_until
+    if previous and until is not None and until > now:
+        return (subscription.secret, previous)
+    return (subscription.secret,)
+
+
 def _post(request: _Request) -> DeliveryResult:
     settings = get_settings()
+    first, *others = request.secrets
     return webhook.post_signed(
         request.url,
         request.body,
-        secret=request.secret.encode(),
+        secret=first.encode(),
+        also_signed_by=[other.encode() for other in others],
         idempotency_key=request.delivery_id,
         headers=request.headers,
         bound=request.bound,
@@ -214,9 +229,11 @@ def _record(
     request: _Request,
     result: DeliveryResult,
     elapsed_ms: int,
+    started: datetime,
     now: datetime,
 ) -> str:
-    """Log the try, and move the delivery and its subscription on, in one transaction."""
+    """Log the try (made at `started`), and move the delivery and its subscription on as
+    of `now`, in one transaction."""
     settings = get_settings()
     with db.session_scope() as session:
         delivery = _locked(session, event.delivery_id)
@@ -225,7 +242,7 @@ def _record(
         subscription = session.get(Subscription, delivery.subscription_id, with_for_update=True)
         attempt = {
             "attempt": event.attempt,
-            "at": now.isoformat(),
+            "at": started.isoformat(),
             "status": result.status,
             "error": result.error,
             "ms": elapsed_ms,
@@ -294,11 +311,26 @@ def _account(subscription: Subscription, ok: bool, now: datetime, settings: Sett
 # --- retries (sweep) --------------------------------------------------------------------
 
 
-def claim_retries(now: datetime, limit: int) -> int:
-    """Claim up to `limit` deliveries whose next try is due, of active subscriptions, as
-    their next attempt, each with its outbox event; give up the ones out of tries. The
-    number claimed. PostgreSQL skips rows another sweep holds (SKIP LOCKED); SQLite's
-    write lock at BEGIN serialises two sweeps."""
+def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHES) -> int:
+    """Claim every delivery whose next try is due, of active subscriptions, as its next
+    attempt with its outbox event, batch after batch until one comes back short (at most
+    `max_batches` per ping: the next ping goes on); give up the ones out of tries. The
+    number claimed."""
+    claimed = spent = 0
+    for _ in range(max_batches):
+        seen, tried, given_up = _claim_batch(now, batch)
+        claimed, spent = claimed + tried, spent + given_up
+        if seen < batch:
+            break
+    if claimed or spent:
+        log_event(log, "subscription.retries_claimed", claimed=claimed, given_up=spent)
+    return claimed
+
+
+def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
+    """One transaction: up to `limit` due deliveries, oldest first; (seen, claimed, given
+    up). PostgreSQL skips rows another sweep holds (SKIP LOCKED); SQLite's write lock at
+    BEGIN serialises two sweeps."""
     settings = get_settings()
     lease = timedelta(seconds=settings.duetide_subscription_lease_s)
     with db.session_scope() as session:
@@ -314,14 +346,14 @@ def claim_retries(now: datetime, limit: int) -> int:
             .limit(limit)
             .with_for_update(skip_locked=True, of=WebhookDelivery)
         ).all()
-        spent = [d.id for d in due if d.attempt >= settings.duetide_subscription_max_attempts]
+        spent = {d.id for d in due if d.attempt >= settings.duetide_subscription_max_attempts}
         if spent:  # its last try was claimed and never recorded
             session.execute(
                 update(WebhookDelivery)
                 .where(col(WebhookDelivery.id).in_(spent))
                 .values(status="failed", finished_at=now, next_attempt_at=None)
             )
-        claimed = [d for d in due if d.id not in set(spent)]
+        claimed = [d for d in due if d.id not in spent]
         for delivery in claimed:
             delivery.attempt += 1
             delivery.next_attempt_at = now + lease
@@ -338,9 +370,7 @@ def claim_retries(now: datetime, limit: int) -> int:
             ],
             source=events.SOURCE_SWEEP,
         )
-    if claimed or spent:
-        log_event(log, "subscription.retries_claimed", claimed=len(claimed), given_up=len(spent))
-    return len(claimed)
+    return len(due), len(claimed), len(spent)
 
 
 def redeliver(session: Session, delivery: WebhookDelivery, now: datetime) -> str:

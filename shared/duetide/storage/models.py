@@ -387,7 +387,7 @@ class Subscription(SQLModel, table=True):
 
     Nothing but the url_verification challenge goes to `url` until it is echoed
     (`unverified`). `secret` signs every delivery, so it is kept as given to the user
-    (an HMAC key cannot be a hash); it is shown once, when made. `failing_since` and
+    (an HMAC key cannot be a hash); it is shown once, when made or rotated. `failing_since` and
     `failures` are the current run of failed tries, which disables the subscription
     when it lasts too long (`rules.webhook_retry`)."""
 
@@ -397,6 +397,9 @@ class Subscription(SQLModel, table=True):
     owner: str = _owner()
     url: str = Field(max_length=2048)
     secret: str = Field(max_length=128)
+    # The secret a rotation replaced, which still signs (beside `secret`) until then.
+    previous_secret: str | None = Field(default=None, max_length=128)
+    previous_secret_until: datetime | None = _utc()
     # The task event types to send; null: all of them.
     types: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     description: str = Field(default="", max_length=200)

@@ -445,6 +445,12 @@ def verify_subscription(request: Request, user: str, subscription_id: str) -> Re
     return _subscription_answer(subscription_id, user, None)
 
 
+def rotate_subscription_secret(request: Request, user: str, subscription_id: str) -> Response:
+    with db.session_scope() as session:
+        rotated = subscriptions.rotate_secret(session, user, subscription_id, utcnow())
+        return json_response(subscription_out(rotated, secret=rotated.secret))
+
+
 def delete_subscription(request: Request, user: str, subscription_id: str) -> Response:
     with db.session_scope() as session:
         subscriptions.remove(session, user, subscription_id)
@@ -920,6 +926,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         verify_subscription,
         "Send the URL a new url_verification challenge; 422 if it is not echoed",
         responses={200: SubscriptionOut, 409: ErrorBody, 429: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/subscriptions/<subscription_id>/secret",
+        rotate_subscription_secret,
+        "Rotate the signing secret: the new one is in this answer only; for 24 hours "
+        "each delivery is signed by the old one too",
+        responses={200: SubscriptionOut},
     ),
     Endpoint(
         "GET",

@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(length=255), nullable=False),
         sa.Column("url", text(length=2048), nullable=False),
         sa.Column("secret", text(length=128), nullable=False),
+        sa.Column("previous_secret", text(length=128), nullable=True),
+        sa.Column("previous_secret_until", utc(timezone=True), nullable=True),
         sa.Column("types", sa.JSON(), nullable=True),
         sa.Column("description", text(length=200), nullable=False),
         sa.Column("status", text(length=16), nullable=False),
