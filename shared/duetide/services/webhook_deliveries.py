@@ -156,7 +156,7 @@ def send(event: events.WebhookDeliveryEvent, now: datetime) -> str:
     status = _record(
         event, request, result, elapsed_ms, now, now + timedelta(milliseconds=elapsed_ms)
     )
-    outcome = {"delivered": "delivered", "retry": "retry"}.get(status, "failed")
+    outcome = "delivered" if result.ok else "retry" if status == "retry" else "failed"
     log_event(
         log,
         "subscription.attempted",
