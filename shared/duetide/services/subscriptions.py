@@ -21,7 +21,7 @@ from duetide.config import get_settings
 from duetide.errors import Conflict, NotFound
 from duetide.services import preferences, webhook_deliveries
 from duetide.services.schemas import SubscriptionIn, SubscriptionUpdate
-from duetide.storage.models import Subscription, WebhookDelivery
+from duetide.storage.models import Preference, Subscription, WebhookDelivery
 
 SECRET_PREFIX = "whsec_"
 ROTATION_OVERLAP = timedelta(hours=24)
@@ -43,13 +43,12 @@ def create(
     session: Session, owner: str, spec: SubscriptionIn, now: datetime
 ) -> tuple[Subscription, verification.WebhookChallenge]:
     """A new, unverified subscription and the challenge to send once this commits."""
-    settings = get_settings()
+    limit = get_settings().duetide_subscriptions_per_user
     preference = preferences.locked(session, owner)
     held = session.exec(
         select(func.count()).select_from(Subscription).where(Subscription.owner == owner)
     ).one()
-    if held >= settings.duetide_subscriptions_per_user:
-        limit = settings.duetide_subscriptions_per_user
+    if held >= limit:
         raise Conflict(f"at most {limit} subscriptions per user; delete one first")
     subscription = Subscription(
         owner=owner,
@@ -61,11 +60,7 @@ def create(
         updated_at=now,
     )
     session.add(subscription)
-    challenge = verification.start_challenge(
-        preference, subscription.url, subscription.secret, now, settings, subscription.id
-    )
-    session.add(preference)
-    return subscription, challenge
+    return subscription, _challenge(session, preference, subscription, now)
 
 
 def read(session: Session, owner: str, subscription_id: str) -> Subscription:
@@ -99,10 +94,7 @@ def update(
         subscription.verified_at = None
         if subscription.status != "disabled":
             subscription.status = "unverified"
-        challenge = verification.start_challenge(
-            preference, subscription.url, subscription.secret, now, get_settings(), subscription.id
-        )
-        session.add(preference)
+        challenge = _challenge(session, preference, subscription, now)
     if spec.active is True and subscription.status == "disabled":
         subscription.status = "active" if subscription.verified_at else "unverified"
         subscription.disabled_at = None
@@ -110,11 +102,7 @@ def update(
         subscription.failures = 0
         subscription.failing_since = None
         if subscription.status == "unverified" and challenge is None:
-            challenge = verification.start_challenge(
-                preference, subscription.url, subscription.secret, now, get_settings(),
-                subscription.id,
-            )  # fmt: skip
-            session.add(preference)
+            challenge = _challenge(session, preference, subscription, now)
     subscription.updated_at = now
     session.add(subscription)
     return subscription, challenge
@@ -134,11 +122,18 @@ def challenge(
     subscription = read(session, owner, subscription_id)
     if subscription.status != "unverified":
         raise Conflict(f"the subscription is {subscription.status}, not waiting for verification")
-    sent = verification.start_challenge(
+    return subscription, _challenge(session, preference, subscription, now)
+
+
+def _challenge(
+    session: Session, preference: Preference, subscription: Subscription, now: datetime
+) -> verification.WebhookChallenge:
+    """A challenge of the subscription's URL, charged to its owner's hourly budget."""
+    challenge = verification.start_challenge(
         preference, subscription.url, subscription.secret, now, get_settings(), subscription.id
     )
     session.add(preference)
-    return subscription, sent
+    return challenge
 
 
 def rotate_secret(
