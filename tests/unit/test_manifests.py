@@ -502,6 +502,15 @@ def test_ping_source_sinking_into_a_missing_service_is_refused(manifests_copy: P
         load(manifests_copy)
 
 
+def test_a_name_used_twice_for_one_kind_is_refused(manifests_copy: Path) -> None:
+    """Two Services named alike would run one function and drop the other silently."""
+    ping = _manifest("knative/sources.yaml", "PingSource", "duetide-sweep")
+    (manifests_copy / "knative" / "extra.yaml").write_text(yaml.safe_dump(ping))
+    with pytest.raises(ManifestError, match=r"sources.yaml: PingSource/duetide-sweep: "
+                       r"metadata.name: already used by knative/extra.yaml"):  # fmt: skip
+        load(manifests_copy)
+
+
 def test_alternatives_and_overlays_are_not_read(manifests_copy: Path) -> None:
     ping = _manifest("knative/sources.yaml", "PingSource", "duetide-sweep")
     for folder in ("knative/alternatives", "knative/overlays/fast"):

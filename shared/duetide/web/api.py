@@ -613,9 +613,10 @@ SUBSCRIPTIONS_DESCRIPTION = (
     "minutes. Before the first delivery the URL must echo a `url_verification` challenge "
     "(as for the preferences' webhook); until then the subscription is `unverified` and "
     "events are not kept for it. A try that gets a 2xx is delivered; a timeout, 429 or 5xx "
-    "is retried with backoff (30 s, then 4 times longer each time, up to 6 h; 8 tries); "
-    "any other answer fails the delivery. A subscription whose tries have all failed for a "
-    "day (and at least 8 in a row) is disabled; `PATCH` it with `active: true` to enable "
+    "is retried with backoff (by default 30 s, then 4 times longer each time, up to 6 h; 8 "
+    "tries); any other answer fails the delivery. A subscription whose tries have all failed "
+    "for a day (and at least 8 in a row, by default) is disabled; `PATCH` it with `active: "
+    "true` to enable "
     "it, then read what it missed from `GET /activity`. Deliveries are not ordered: use "
     "`ce-time`, or the delta feed, to order them."
 )
