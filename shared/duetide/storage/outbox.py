@@ -448,6 +448,9 @@ class Publisher:
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=self._request_timeout_ms,
             delivery_timeout_ms=self._delivery_timeout_ms,
+            # kafka-python's own sensors, updated on every send and read by no one
+            # (duetide's telemetry counts what it needs).
+            metrics_enabled=False,
         )
 
 
