@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -48,21 +48,26 @@ def already_processed(session: Session, key: EventKey) -> bool:
 def claim(session: Session, key: EventKey) -> bool:
     """Record `key` in the caller's transaction; False if it was recorded already."""
     connection = session.connection()
-    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(_TABLE).values(
-        consumer=key.consumer,
-        scope=key.scope,
-        source=key.source,
-        event_id=key.event_id,
-        processed_at=utcnow(),
-    )
-    # RETURNING says whether the row went in; the rowcount did not (0 for an inserted
-    # row on PostgreSQL through SQLAlchemy and psycopg, in the tests).
-    inserted = statement.on_conflict_do_nothing().returning(_TABLE.c.consumer)
-    return connection.execute(inserted).first() is not None
+    parameters = {
+        "consumer": key.consumer,
+        "scope": key.scope,
+        "source": key.source,
+        "event_id": key.event_id,
+        "processed_at": utcnow(),
+    }
+    return connection.execute(_CLAIM[connection.dialect.name], parameters).first() is not None
 
 
-_TABLE = ProcessedEvent.metadata.tables["processed_event"]
+def _claim_statement(insert: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING, built once per dialect: building it per
+    event was a fifth of an event's CPU. RETURNING says whether the row went in; the
+    rowcount did not (0 for an inserted row on PostgreSQL through SQLAlchemy and
+    psycopg, in the tests)."""
+    table = ProcessedEvent.metadata.tables["processed_event"]
+    return insert(table).on_conflict_do_nothing().returning(table.c.consumer)
+
+
+_CLAIM = {"postgresql": _claim_statement(pg_insert), "sqlite": _claim_statement(sqlite_insert)}
 
 
 def mark_processed(session: Session, key: EventKey) -> None:
