@@ -10,7 +10,9 @@ counter's row lock only while it runs (on SQLite a write unit of its own: `db.au
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -25,16 +27,23 @@ from duetide.storage.models import RateWindow, utcnow
 def charge(connection: Connection, owner: str, now: datetime) -> int:
     """Count one write for `owner` in the current minute; the count so far."""
     window = int(now.timestamp() // 60)
-    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    statement = (
+    statement = _CHARGE[connection.dialect.name]
+    return int(connection.execute(statement, {"owner": owner, "window": window}).scalar_one())
+
+
+def _charge_statement(insert: Any) -> Any:
+    """The upsert of a window's count, built once per dialect (every write runs it)."""
+    return (
         insert(RateWindow)
-        .values(owner=owner, window=window, count=1)
+        .values(owner=bindparam("owner"), window=bindparam("window"), count=1)
         .on_conflict_do_update(
             index_elements=["owner", "window"], set_={"count": col(RateWindow.count) + 1}
         )
         .returning(col(RateWindow.count))
     )
-    return int(connection.execute(statement).scalar_one())
+
+
+_CHARGE = {"postgresql": _charge_statement(pg_insert), "sqlite": _charge_statement(sqlite_insert)}
 
 
 def charge_write(owner: str) -> None:
