@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy import and_, case, inspect, or_
+from sqlalchemy import and_, bindparam, case, inspect, or_
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import joinedload
 from sqlmodel import Session, col, select
@@ -123,29 +123,34 @@ def lock_task(session: Session, owner: str, task_id: str) -> tuple[Task, Series 
     its result (a task completed, reopened, withdrawn or skipped meanwhile is read as
     it is now, or not found).
     """
-    # Locked with its tags and reminders in the same statement (the change and its answer
-    # need both); FOR UPDATE OF the task alone, as the joined rows may be absent. (SQLModel
-    # types a relationship as its list, hence the ignore.)
-    mine = (
-        select(Task)
-        .where(Task.id == task_id, Task.owner == owner)
-        .options(joinedload(Task.tag_rows), joinedload(Task.reminders))  # type: ignore[arg-type]
-        .with_for_update(of=Task)
-        .execution_options(populate_existing=True)
-    )
-    single = session.exec(mine.where(col(Task.series_id).is_(None))).unique().first()
+    ids = {"task_id": task_id, "owner": owner}
+    single = session.exec(_LOCK_SINGLE, params=ids).unique().first()
     if single is not None:
         return single, None
-    series_id = session.exec(
-        select(Task.series_id).where(Task.id == task_id, Task.owner == owner)
-    ).first()
+    series_id = session.exec(_SERIES_OF, params=ids).first()
     if series_id is None:
         raise NotFound(f"no task {task_id}")
     series = series_rules.lock(session, series_id, owner)
-    task = session.exec(mine).unique().first()
+    task = session.exec(_LOCK_ANY, params=ids).unique().first()
     if task is None:
         raise NotFound(f"no task {task_id}")
     return task, series
+
+
+# Built once (every change of a task runs them). Locked with its tags and reminders in the
+# same statement (the change and its answer need both); FOR UPDATE OF the task alone, as
+# the joined rows may be absent. (SQLModel types a relationship as its list, hence the
+# ignore.)
+_YOURS = (col(Task.id) == bindparam("task_id"), col(Task.owner) == bindparam("owner"))
+_LOCK_ANY = (
+    select(Task)
+    .where(*_YOURS)
+    .options(joinedload(Task.tag_rows), joinedload(Task.reminders))  # type: ignore[arg-type]
+    .with_for_update(of=Task)
+    .execution_options(populate_existing=True)
+)
+_LOCK_SINGLE = _LOCK_ANY.where(col(Task.series_id).is_(None))
+_SERIES_OF = select(Task.series_id).where(*_YOURS)
 
 
 def _add_reminder(task: Task, spec: ReminderIn) -> Reminder:
