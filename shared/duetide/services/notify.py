@@ -19,19 +19,22 @@ user's content: it is folded into one subject line, never a reason to fail.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from datetime import datetime
+from typing import Protocol
 
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from duetide import channels, events, telemetry
-from duetide.channels.delivery import DELIVERED, DeliveryResult, refused
+from duetide.channels.delivery import DeliveryResult, refused
 from duetide.errors import Unavailable
 from duetide.logs import log_event
-from duetide.services import preferences
 from duetide.storage import db
-from duetide.storage.models import Notification, Preference, Reminder
-from duetide.storage.processed import EventKey, already_processed, mark_processed
+from duetide.storage.models import Notification, Preference, ProcessedEvent, Reminder, new_id
+from duetide.storage.processed import EventKey, mark_processed
 from duetide.vocabulary import Channel
 
 log = logging.getLogger("duetide.services.notify")
@@ -75,48 +78,39 @@ def _observe(channel: Channel, due: events.ReminderEvent, result: DeliveryResult
     telemetry.count_delivery(channel, outcome)
 
 
-def _current(reminder: Reminder | None, due: events.ReminderEvent) -> bool:
+def _current(reminder: _ReminderState | None, due: events.ReminderEvent) -> bool:
     """Is this firing still wanted? Not if dismissed, snoozed since, or gone with its task."""
     if reminder is None or reminder.owner != due.owner or reminder.state == "dismissed":
         return False
     return reminder.fire_at == due.scheduled_at
 
 
+class _ReminderState(Protocol):
+    owner: str
+    state: str
+    fire_at: datetime | None
+
+
 def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: datetime) -> str:
     """Deliver on every channel not yet done; 503 (retry) if one failed transiently.
 
-    A channel that needs no network (the log) is recorded in the same transaction as
-    the checks and sent after the commit; network channels each get their own record.
+    The checks (processed before? still current? which channels are done?) and the
+    record of the channels that need no network (the log) commit in one transaction with
+    the checks of the deliveries running beside this one (`_GroupCommit`); those channels
+    are sent after the commit. Network channels each get their own record.
     """
-    key = EventKey(CONSUMER, event_source, event_id)
-    with db.session_scope() as session:
-        if already_processed(session, key):
-            return "duplicate"
-        if not _current(session.get(Reminder, due.reminder_id), due):
-            return "obsolete"
-        pref = preferences.load(session, due.owner)
-        done = set(
-            session.exec(
-                select(Notification.channel).where(
-                    Notification.reminder_id == due.reminder_id,
-                    Notification.scheduled_at == due.scheduled_at,
-                )
-            ).all()
-        )
-        pending = [channel for channel in pref.channels if channel not in done]
-        local = [c for c in pending if not channels.REGISTRY[c].NEEDS_NETWORK]
-        remote = [c for c in pending if channels.REGISTRY[c].NEEDS_NETWORK]
-        for channel in local:
-            session.add(_notification(due, channel, DELIVERED, now))
-        if not remote:
-            mark_processed(session, key)
-    for channel in local:
-        send(channel, due, pref)
-    if not remote:
+    check = _Check(EventKey(CONSUMER, event_source, event_id), due, now)
+    _GROUP.run(check)
+    if check.outcome != "send":
+        return check.outcome
+    assert check.pref is not None
+    for channel in check.local:
+        send(channel, due, check.pref)
+    if not check.remote:
         return "processed"
     transient = []
-    for channel in remote:
-        result = send(channel, due, pref)
+    for channel in check.remote:
+        result = send(channel, due, check.pref)
         if not result.ok and result.retryable:
             transient.append(channel)
             continue
@@ -124,8 +118,200 @@ def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: da
     if transient:
         raise Unavailable(f"delivery failed on {', '.join(transient)}; retry later")
     with db.session_scope() as session:
-        mark_processed(session, key)
+        mark_processed(session, check.key)
     return "processed"
+
+
+MAX_GROUP = 64
+"""The most events one group commit checks and records."""
+
+
+class _Check:
+    """One event's turn in a group commit, and what its checks found: `outcome` is
+    `duplicate`, `obsolete` or `send` (then `pref`, and the `local` channels recorded
+    with the commit and the `remote` ones still to send and record)."""
+
+    def __init__(self, key: EventKey, due: events.ReminderEvent, now: datetime) -> None:
+        self.key = key
+        self.due = due
+        self.now = now
+        self.outcome = ""
+        self.pref: Preference | None = None
+        self.local: list[Channel] = []
+        self.remote: list[Channel] = []
+        self.failed = False  # its group's transaction failed: it runs alone
+        self.finished = False
+        self.woken = threading.Event()
+
+
+class _GroupCommit:
+    """The checks of concurrent deliveries, committed together (a group commit).
+
+    One transaction per event made the database's commit (and on SQLite the process's
+    one writer at a time) the limit of a burst: about 290 reminders/s on the local
+    stack. Each request thread queues its event; the first that finds no group under
+    way leads: it takes what is queued (at most MAX_GROUP), checks and records all of it
+    in one transaction (`_commit_group`), wakes the others with their outcomes and hands
+    the lead to the next event queued meanwhile. A group is whatever arrived while the
+    previous one committed, so a lone event commits at once and nothing waits on a
+    timer. Each event still answers on its own request after the commit (the sink
+    contract: one event, one answer).
+
+    Exactly once per channel holds as before: the events of a group are checked in
+    order against the stored records and those the group adds itself, and the unique
+    keys (`processed_event`, `uq_notification_once`) still decide between concurrent
+    transactions. A group whose transaction fails (a concurrent duplicate won on a key,
+    the database away) commits nothing, and each of its events is then checked alone,
+    as it was before group commits, so one event's conflict never fails the others.
+    """
+
+    def __init__(self, limit: int = MAX_GROUP) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._queue: deque[_Check] = deque()
+        self._leading = False
+
+    def run(self, check: _Check) -> None:
+        """Check and record `check` in a group; alone if its group failed."""
+        with self._lock:
+            self._queue.append(check)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            check.woken.wait()
+        if not check.finished:  # it leads (first, or handed the lead)
+            self._lead()
+        if check.failed:
+            _commit_alone(check)
+
+    def _lead(self) -> None:
+        with self._lock:
+            group = [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
+        try:
+            _commit_group(group)
+        except Exception as exc:
+            log_event(
+                log,
+                "notify.group_failed",
+                level=logging.WARNING,
+                events=len(group),
+                error=type(exc).__name__,
+            )
+            for check in group:
+                check.failed = True
+        finally:
+            with self._lock:
+                successor = self._queue[0] if self._queue else None
+                self._leading = successor is not None
+            for check in group:
+                check.finished = True
+                check.woken.set()
+            if successor is not None:
+                successor.woken.set()  # not finished: it leads the next group
+
+
+_GROUP = _GroupCommit()
+
+
+def _commit_alone(check: _Check) -> None:
+    """One event in a transaction of its own; once more if a concurrent delivery of the
+    same event or firing committed first (the retry then sees its records)."""
+    check.outcome, check.local, check.remote = "", [], []
+    try:
+        _commit_group([check])
+    except IntegrityError:
+        check.outcome, check.local, check.remote = "", [], []
+        _commit_group([check])
+
+
+def _commit_group(group: list[_Check]) -> None:
+    """Check `group` in order and record what needs no network, in one transaction.
+
+    A constant number of statements whatever the group's size: one read each of the
+    processed ids, the reminders, the preferences and the recorded notifications, one
+    INSERT of the notifications and one of the processed ids.
+    """
+    with db.session_scope() as session:
+        connection = session.connection()
+        event_ids = {check.key.event_id for check in group}
+        reminder_ids = {check.due.reminder_id for check in group}
+        seen: set[tuple[str, str, str]] = set(
+            tuple(row)
+            for row in connection.execute(
+                select(ProcessedEvent.scope, ProcessedEvent.source, ProcessedEvent.event_id)
+                .where(ProcessedEvent.consumer == CONSUMER)
+                .where(col(ProcessedEvent.event_id).in_(event_ids))
+            ).all()
+        )
+        reminders = {
+            row.id: row
+            for row in connection.execute(
+                select(Reminder.id, Reminder.owner, Reminder.state, Reminder.fire_at).where(
+                    col(Reminder.id).in_(reminder_ids)
+                )
+            )
+        }
+        owners = {check.due.owner for check in group}
+        prefs = {
+            pref.owner: pref
+            for pref in session.exec(select(Preference).where(col(Preference.owner).in_(owners)))
+        }
+        done: set[tuple[str, datetime, str]] = set(
+            tuple(row)
+            for row in connection.execute(
+                select(
+                    Notification.reminder_id, Notification.scheduled_at, Notification.channel
+                ).where(col(Notification.reminder_id).in_(reminder_ids))
+            ).all()
+        )
+        notifications: list[dict[str, object]] = []
+        processed: list[dict[str, object]] = []
+        for check in group:
+            key = (check.key.scope, check.key.source, check.key.event_id)
+            if key in seen:
+                check.outcome = "duplicate"
+                continue
+            due = check.due
+            if not _current(reminders.get(due.reminder_id), due):
+                check.outcome = "obsolete"
+                continue
+            pref = prefs.get(due.owner) or Preference(owner=due.owner)
+            pending = [
+                c for c in pref.channels if (due.reminder_id, due.scheduled_at, c) not in done
+            ]
+            check.outcome, check.pref = "send", pref
+            check.local = [c for c in pending if not channels.REGISTRY[c].NEEDS_NETWORK]
+            check.remote = [c for c in pending if channels.REGISTRY[c].NEEDS_NETWORK]
+            for channel in check.local:
+                notifications.append(_notification_row(due, channel, check.now))
+                done.add((due.reminder_id, due.scheduled_at, channel))
+            if not check.remote:
+                processed.append(
+                    {"consumer": CONSUMER, "scope": key[0], "source": key[1],
+                     "event_id": key[2], "processed_at": check.now}
+                )  # fmt: skip
+                seen.add(key)
+        if notifications:
+            connection.execute(insert(Notification), notifications)
+        if processed:
+            connection.execute(insert(ProcessedEvent), processed)
+
+
+def _notification_row(
+    due: events.ReminderEvent, channel: Channel, now: datetime
+) -> dict[str, object]:
+    """A delivered notification of a channel that needs no network, as a row."""
+    return {
+        "id": new_id(),
+        "owner": due.owner,
+        "reminder_id": due.reminder_id,
+        "task_id": due.task_id,
+        "channel": channel,
+        "scheduled_at": due.scheduled_at,
+        "delivered_at": now,
+        "status": "delivered",
+        "detail": "",
+    }
 
 
 def _notification(
