@@ -24,7 +24,7 @@ from collections import deque
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -233,16 +233,8 @@ def _commit_group(group: list[_Check]) -> None:
     """
     with db.session_scope() as session:
         connection = session.connection()
-        event_ids = {check.key.event_id for check in group}
         reminder_ids = {check.due.reminder_id for check in group}
-        seen: set[tuple[str, str, str]] = set(
-            tuple(row)
-            for row in connection.execute(
-                select(ProcessedEvent.scope, ProcessedEvent.source, ProcessedEvent.event_id)
-                .where(ProcessedEvent.consumer == CONSUMER)
-                .where(col(ProcessedEvent.event_id).in_(event_ids))
-            ).all()
-        )
+        seen = _processed(connection, [check.key for check in group])
         reminders = {
             row.id: row
             for row in connection.execute(
@@ -256,14 +248,14 @@ def _commit_group(group: list[_Check]) -> None:
             pref.owner: pref
             for pref in session.exec(select(Preference).where(col(Preference.owner).in_(owners)))
         }
-        done: set[tuple[str, datetime, str]] = set(
-            tuple(row)
+        done = {
+            (row.reminder_id, row.scheduled_at, row.channel)
             for row in connection.execute(
                 select(
                     Notification.reminder_id, Notification.scheduled_at, Notification.channel
                 ).where(col(Notification.reminder_id).in_(reminder_ids))
-            ).all()
-        )
+            )
+        }
         notifications: list[dict[str, object]] = []
         processed: list[dict[str, object]] = []
         for check in group:
@@ -295,6 +287,28 @@ def _commit_group(group: list[_Check]) -> None:
             connection.execute(insert(Notification), notifications)
         if processed:
             connection.execute(insert(ProcessedEvent), processed)
+
+
+def _processed(connection: Connection, keys: list[EventKey]) -> set[tuple[str, str, str]]:
+    """Which of `keys` notify has processed, as (scope, source, event id), in one statement.
+
+    A UNION ALL of one lookup per key, each on the whole primary key, so the database
+    finds each by the index whatever its statistics say. An `IN` list per column let
+    PostgreSQL's planner, on a table that grew since it was last analyzed (a burst into
+    a fresh one), match the first columns in the index and filter the ids over every
+    row notify had processed: 8 ms at 16,000 rows, longer with each event.
+    """
+    lookups = [
+        select(ProcessedEvent.scope, ProcessedEvent.source, ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer == key.consumer,
+            ProcessedEvent.scope == key.scope,
+            ProcessedEvent.source == key.source,
+            ProcessedEvent.event_id == key.event_id,
+        )
+        for key in keys
+    ]
+    statement = lookups[0] if len(lookups) == 1 else union_all(*lookups)
+    return {(row[0], row[1], row[2]) for row in connection.execute(statement)}
 
 
 def _notification_row(
