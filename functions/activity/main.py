@@ -1,4 +1,5 @@
-"""activity: append each task event to its owner's activity log, once."""
+"""activity: append each task event to its owner's activity log, once, and store its
+deliveries to the owner's webhook subscriptions."""
 
 import functions_framework
 from flask import Request, Response
@@ -6,6 +7,8 @@ from sqlmodel import Session
 
 from duetide import events
 from duetide.services import activity as log
+from duetide.services import webhook_deliveries
+from duetide.storage.models import utcnow
 from duetide.web import entry
 from duetide.web.sink import Incoming, event_endpoint, exactly_once
 
@@ -13,15 +16,27 @@ entry.start("activity")
 
 
 def on_task_event(session: Session, event: Incoming) -> list[str]:
+    data = events.TaskEvent.model_validate(event.data)
+    time = log.event_time(event.time)
     log.record(
         session,
         event_type=event.type,
         event_id=event.id,
         source=event.source,
-        time=log.event_time(event.time),
-        data=events.TaskEvent.model_validate(event.data),
+        time=time,
+        data=data,
     )
-    return []
+    return webhook_deliveries.fan_out(
+        session,
+        owner=data.owner,
+        event_type=event.type,
+        event_id=event.id,
+        source=event.source,
+        time=time,
+        task_id=data.task_id,
+        data=event.data,
+        now=utcnow(),
+    )
 
 
 _endpoint = event_endpoint(log.TASK_TYPES, exactly_once("activity", on_task_event))

@@ -1,9 +1,11 @@
-"""notify: deliver reminder.due on the user's channels, once per reminder firing."""
+"""notify: deliver reminder.due on the user's channels, once per reminder firing, and
+each try of a webhook subscription's delivery, once."""
 
 import functions_framework
 from flask import Request, Response
 
 from duetide import events, telemetry
+from duetide.services import webhook_deliveries
 from duetide.services.notify import deliver
 from duetide.storage.models import utcnow
 from duetide.web import entry
@@ -20,7 +22,17 @@ def on_due(event: Incoming) -> str:
     return status
 
 
-_endpoint = event_endpoint(frozenset({events.REMINDER_DUE}), on_due)
+def on_delivery(event: Incoming) -> str:
+    """2xx whatever the receiver answered: its failures are recorded and retried by the
+    sweep, never by holding this partition (`webhook_deliveries`)."""
+    return webhook_deliveries.send(events.WebhookDeliveryEvent.model_validate(event.data), utcnow())
+
+
+def on_event(event: Incoming) -> str:
+    return on_delivery(event) if event.type == events.WEBHOOK_DELIVERY else on_due(event)
+
+
+_endpoint = event_endpoint(frozenset({events.REMINDER_DUE, events.WEBHOOK_DELIVERY}), on_event)
 
 
 @functions_framework.http

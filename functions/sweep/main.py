@@ -1,10 +1,12 @@
-"""sweep: on each ping, claim due reminders once and relay unsent outbox rows."""
+"""sweep: on each ping, claim due reminders and due webhook retries once, and relay
+unsent outbox rows."""
 
 import functions_framework
 from flask import Request, Response
 
 from duetide import events, telemetry
 from duetide.config import get_settings
+from duetide.services import webhook_deliveries
 from duetide.services.sweep import claim_due, purge_processed
 from duetide.storage import outbox, topics
 from duetide.storage.models import utcnow
@@ -19,6 +21,7 @@ def on_ping(_event: Incoming) -> str:
     settings = get_settings()
     now = utcnow()
     claim_due(now, settings.duetide_sweep_batch)
+    webhook_deliveries.claim_retries(now, settings.duetide_sweep_batch)
     outbox.relay_pending(settings.duetide_sweep_batch)
     if telemetry.enabled():  # one more query and one look at Kafka, only for the gauges
         telemetry.record_backlog(*outbox.backlog(utcnow()))

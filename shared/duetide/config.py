@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     duetide_log_level: str = "INFO"
     duetide_topic_task_events: str = "duetide-task-events"
     duetide_topic_reminders: str = "duetide-reminders"
+    duetide_topic_webhooks: str = "duetide-webhooks"
     # Read by the sweep for the `duetide.deadletters` gauge (only when OpenTelemetry export
     # is on): the topic the KafkaSources' dead-letter KafkaSink writes to.
     duetide_topic_dead_letters: str = "duetide-dead-letters"
@@ -150,6 +151,40 @@ class Settings(BaseSettings):
         "",
         description="Egress allowlist for webhooks: comma-separated host names or addresses, "
         "`*.example.com` for a domain; checked before any DNS look-up. Empty: any public host.",
+    )
+    # Webhook subscriptions (`/subscriptions`): task events to other systems.
+    duetide_subscriptions_per_user: int = Field(
+        10, ge=0, le=100, description="Webhook subscriptions a user may hold."
+    )
+    duetide_subscription_max_attempts: int = Field(
+        8,
+        ge=1,
+        le=20,
+        description="Tries of one delivery before it is given up (the first one included).",
+    )
+    duetide_subscription_retry_base_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Wait after a delivery's first failed try; each later wait is 4 times the"
+        " one before, up to DUETIDE_SUBSCRIPTION_RETRY_CAP_S. The sweep sends the retries.",
+    )
+    duetide_subscription_retry_cap_s: float = Field(
+        6 * 3600.0, ge=0, le=86_400, description="The longest wait between two tries."
+    )
+    duetide_subscription_disable_after_s: float = Field(
+        86_400.0,
+        ge=0,
+        le=30 * 86_400,
+        description="A subscription that has failed this long without one success, and at"
+        " least DUETIDE_SUBSCRIPTION_MAX_ATTEMPTS times in a row, is disabled.",
+    )
+    duetide_subscription_lease_s: float = Field(
+        300.0,
+        ge=1,
+        le=3600,
+        description="A try claimed but never recorded (its sender died) is claimed again by"
+        " the sweep after this long.",
     )
     duetide_smtp_host: str = ""
     duetide_smtp_port: int = Field(587, ge=1, le=65535)

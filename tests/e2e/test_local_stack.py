@@ -3,17 +3,21 @@
 The three user stories of the walking skeleton: task CRUD, a recurring task whose
 completion materialises the next occurrence through Kafka and the recurrence
 function, and a reminder delivered once by notify after a sweep ping; and the activity
-log the activity function writes from the same events. Then Ctrl-C,
+log the activity function writes from the same events, and a webhook subscription that
+gets them through the activity function, the webhooks topic and notify. Then Ctrl-C,
 and no process of the stack is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from typing import Any
 import pytest
 import requests
 
+from duetide.channels.webhook import verify_signature
 from duetide_tools.local.broker import free_loopback_port
 from tests.support import processes_with_home, wait_for
 
@@ -56,6 +61,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DATABASE_URL": "",
         "KAFKA_BOOTSTRAP_SERVERS": "",
         "DUETIDE_JWT_SECRET": "",
+        "DUETIDE_ALLOW_LOOPBACK_WEBHOOKS": "true",  # the subscriber below is on loopback
+        "DUETIDE_SUBSCRIPTION_RETRY_BASE_S": "1",  # its failed try is retried at once
     }
     process = subprocess.Popen(
         [str(ROOT / "scripts" / "up"), "--port", str(port), "--quiet"],
@@ -194,6 +201,73 @@ def test_the_activity_function_logs_each_change_through_kafka(stack: Stack):
     assert [i["event_id"] for i in feed["items"] if i["task_id"] == task_id] == [
         i["event_id"] for i in items
     ]
+
+
+def test_a_webhook_subscription_gets_each_change_through_kafka(stack: Stack):
+    """The notify function's second KafkaSource (the webhooks topic, from its manifest)
+    feeds it the tries the activity function stores; a failed try is retried by the
+    sweep's ping with the same delivery id."""
+    with serving_subscriber() as (url, seen):
+        made = stack.call("POST", "/subscriptions", json={"url": url})
+        assert made.status_code == 201 and made.json()["status"] == "active", made.text
+        Subscriber.script = [503]
+        task_id = stack.call("POST", "/tasks", json={"title": "Hooked"}).json()["id"]
+        stack.call("POST", f"/tasks/{task_id}/complete")
+
+        def received() -> list[dict[str, Any]]:
+            mine = [r for r in seen if r["ce-subject"] == task_id and r["status"] == 200]
+            return mine if len(mine) == 2 else []
+
+        requests_ = wait_for(received, "both task events at the subscriber")
+        assert {r["ce-type"].split(".")[3] for r in requests_} == {"created", "completed"}
+        secret = made.json()["secret"].encode()
+        for r in requests_:
+            bound = (r["ce-id"], r["ce-type"])
+            signature = r["Duetide-Signature"]
+            assert verify_signature(secret, signature, r["body"], time.time(), bound=bound)
+        refused = [r for r in seen if r["status"] == 503]
+        assert len(refused) == 1
+        assert refused[0]["Idempotency-Key"] in {r["Idempotency-Key"] for r in requests_}
+        log = stack.call("GET", f"/subscriptions/{made.json()['id']}/deliveries").json()
+        assert {d["status"] for d in log["items"]} == {"delivered"}
+
+
+class Subscriber(http.server.BaseHTTPRequestHandler):
+    """Echoes the challenge; answers tries with `script`, then 200; notes each try."""
+
+    secret = ""
+    script: list[int] = []
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if "ce-id" not in self.headers:
+            answer = json.dumps({"challenge": json.loads(body)["challenge"]}).encode()
+            status = 200
+        else:
+            answer = b""
+            status = Subscriber.script.pop(0) if Subscriber.script else 200
+            Subscriber.seen.append({**dict(self.headers.items()), "status": status, "body": body})
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving_subscriber() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    Subscriber.script, Subscriber.seen = [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Subscriber)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", Subscriber.seen
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_ctrl_c_stops_everything(stack: Stack):

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlmodel import SQLModel
 
 from duetide.storage import db
-from duetide.storage.models import Notification, utcnow
+from duetide.storage.models import Notification, Subscription, WebhookDelivery, utcnow
 from duetide.web.openapi import document
 from tests.support import json_of
 
@@ -43,8 +43,15 @@ ID_OPERATIONS: dict[str, tuple[dict[str, Any] | None, int]] = {
     "snooze_reminder": ({"for": "PT10M"}, 200),
     "dismiss_reminder": (None, 200),
     "task_activity": (None, 200),
+    "get_subscription": (None, 200),
+    "update_subscription": ({"description": "mine now"}, 200),
+    "delete_subscription": (None, 204),
+    "verify_subscription": (None, 409),  # active already
+    "rotate_subscription_secret": (None, 200),
+    "subscription_deliveries": (None, 200),
+    "redeliver": (None, 202),
 }
-LISTS = ("/tasks", "/series", "/notifications", "/reminders/upcoming")
+LISTS = ("/tasks", "/series", "/notifications", "/reminders/upcoming", "/subscriptions")
 
 
 def operations_with_ids() -> dict[str, tuple[str, str]]:
@@ -92,7 +99,28 @@ def own_objects(client: FlaskClient, headers: dict[str, str], who: str) -> dict[
         "task_id": task["id"],
         "series_id": task["series_id"],
         "reminder_id": task["reminders"][0]["id"],
+        **own_subscription(who, task["id"]),  # the tokens' subject is `who`
     }
+
+
+def own_subscription(owner: str, task_id: str) -> dict[str, str]:
+    """A verified subscription with one delivered delivery, stored as the flows leave
+    them (those flows, with a receiver, are test_subscriptions.py's)."""
+    with db.session_scope() as session:
+        subscription = Subscription(
+            owner=owner, url="https://hooks.example.org/h", secret="whsec_x",
+            status="active", verified_at=utcnow(),
+        )  # fmt: skip
+        session.add(subscription)
+        session.flush()
+        delivery = WebhookDelivery(
+            subscription_id=subscription.id, owner=owner, event_id="e-1", event_source="/s",
+            event_type="dev.duetide.task.created.v1", task_id=task_id, data={},
+            status="delivered", finished_at=utcnow(),
+        )  # fmt: skip
+        session.add(delivery)
+        session.flush()
+        return {"subscription_id": subscription.id, "delivery_id": delivery.id}
 
 
 def snapshot() -> dict[str, list[str]]:

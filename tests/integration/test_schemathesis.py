@@ -80,6 +80,9 @@ def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         # A generated `access_token` one character too long (4097), each character percent-
         # encoded UTF-8, makes a request line of ~49 KB: it must reach the 422, not a 431.
         "DUETIDE_HTTP_MAX_HEAD_BYTES": "65536",
+        # Generated webhook URLs are refused by the allowlist before any DNS look-up:
+        # nothing leaves loopback.
+        "DUETIDE_WEBHOOK_HOSTS": "192.0.2.1",
     }
     log_path = home / "tasks.log"
     command = [
@@ -152,6 +155,9 @@ KNOWN_REFUSALS = {
     ),
     "verify_email": (422, r"^code: the code is wrong or has expired"),
     "verify_webhook": (422, r"^webhook_url: the webhook did not echo"),
+    "create_subscription": (422, r"^url: "),
+    "update_subscription": (422, r"^url: "),
+    "verify_subscription": (422, r"^url: the webhook did not echo"),
     "resend_email": (422, r"^email: the mail relay refused"),
 }
 # - commands 400: which ce-* headers a command needs depends on its media type (binary
@@ -258,6 +264,8 @@ BODIES = {
     "update_preferences": {"timezone": "UTC"},
     "snooze_reminder": {"for": "PT5M"},
     "verify_email": {"code": "ABCD-2345-WXYZ"},
+    "create_subscription": {"url": "https://192.0.2.1/h"},
+    "update_subscription": {"description": "d"},
     "commands": {
         "specversion": "1.0", "id": "c-1", "source": "/test",
         "type": "dev.duetide.task.create.v1", "data": {"task": {"title": "t"}},

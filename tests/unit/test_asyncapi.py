@@ -18,6 +18,7 @@ from referencing import Registry, Resource
 from duetide import events
 from duetide.config import Settings
 from duetide.services.schemas import TaskCreate
+from duetide.storage import outbox
 from duetide.web import asyncapi, command_events
 from duetide_tools.cli import asyncapi_text
 
@@ -108,10 +109,7 @@ def test_every_type_is_on_the_topic_it_is_published_to_and_on_the_dead_letters()
     }
     key = asyncapi._message_key
     for event_type in events.PAYLOADS:
-        topic = Settings.model_construct().duetide_topic_reminders
-        if not event_type.startswith(f"{events.PREFIX}reminder."):
-            topic = Settings.model_construct().duetide_topic_task_events
-        assert key(event_type) in by_address[topic], event_type
+        assert key(event_type) in by_address[outbox.topic_for(event_type)], event_type
     for command in command_events.DATA:
         assert key(command) in by_address["duetide-commands"]
     assert by_address["duetide-dead-letters"] == set().union(*by_address.values())

@@ -318,7 +318,7 @@ def test_kafka_sources_are_created_reading_from_the_earliest_offset() -> None:
     the initial offset when it first sees the source, so a later change cannot replay."""
     docs = kustomize(REPO_ROOT / PRODUCTION)
     sources = [doc for doc in docs if doc["kind"] == "KafkaSource"]
-    assert len(sources) == 4
+    assert len(sources) == 5
     assert {doc["spec"]["initialOffset"] for doc in sources} == {"earliest"}
 
 

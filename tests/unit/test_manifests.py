@@ -290,6 +290,13 @@ def test_kafka_sources_feed_each_function_from_its_topic(wiring: Wiring) -> None
             "earliest",
             "ordered",
         ),
+        "duetide-notify-webhooks": (
+            ("duetide-webhooks",),
+            "duetide-notify-webhooks",
+            SinkRef("Service", "duetide-notify"),
+            "earliest",
+            "unordered",  # a slow receiver must not hold the other subscriptions' tries
+        ),
         "duetide-commands": (
             ("duetide-commands",),
             "duetide-commands",
@@ -327,6 +334,7 @@ def test_topics_have_their_partitions_and_dead_letters_are_kept_longest(wiring: 
     assert {name: (t.partitions, t.replicas) for name, t in topics.items()} == {
         "duetide-task-events": (6, 1),
         "duetide-reminders": (6, 1),
+        "duetide-webhooks": (6, 1),
         "duetide-commands": (3, 1),
         "duetide-dead-letters": (1, 1),
     }
@@ -349,7 +357,9 @@ def test_everything_reaches_kafka_through_the_strimzi_bootstrap_service() -> Non
 
 def test_configured_topic_names_exist(wiring: Wiring) -> None:
     configured = {value for key, value in _config().items() if key.startswith("DUETIDE_TOPIC_")}
-    assert configured == {"duetide-task-events", "duetide-reminders", "duetide-commands"}
+    assert configured == {
+        "duetide-task-events", "duetide-reminders", "duetide-webhooks", "duetide-commands"
+    }  # fmt: skip
     assert configured <= {t.name for t in wiring.topics}
 
 
@@ -447,7 +457,7 @@ def test_production_overlay_replicates_every_write_to_two_of_three_brokers() -> 
     assert config["default.replication.factor"] == 3
     assert config["offsets.topic.replication.factor"] == 3
     topics = [doc for doc in docs if doc["kind"] == "KafkaTopic"]
-    assert len(topics) == 4
+    assert len(topics) == 5
     assert all(topic["spec"]["replicas"] == 3 for topic in topics)
 
 
@@ -489,6 +499,15 @@ def test_ping_source_sinking_into_a_missing_service_is_refused(manifests_copy: P
     sources = manifests_copy / "knative" / "sources.yaml"
     _edit(sources, "PingSource", "duetide-sweep", _set(["spec", "sink", "ref", "name"], "nope"))
     with pytest.raises(ManifestError, match=r"PingSource duetide-sweep: sink Service/nope"):
+        load(manifests_copy)
+
+
+def test_a_name_used_twice_for_one_kind_is_refused(manifests_copy: Path) -> None:
+    """Two Services named alike would run one function and drop the other silently."""
+    ping = _manifest("knative/sources.yaml", "PingSource", "duetide-sweep")
+    (manifests_copy / "knative" / "extra.yaml").write_text(yaml.safe_dump(ping))
+    with pytest.raises(ManifestError, match=r"sources.yaml: PingSource/duetide-sweep: "
+                       r"metadata.name: already used by knative/extra.yaml"):  # fmt: skip
         load(manifests_copy)
 
 

@@ -35,7 +35,7 @@ def test_every_201_documents_its_location_header():
     ]
     assert {(path, method) for path, method, _ in created} == {
         ("/tasks", "post"), ("/tasks/{task_id}/reminders", "post"), ("/commands", "post"),
-        ("/calendar/feed-token", "post"),
+        ("/calendar/feed-token", "post"), ("/subscriptions", "post"),
     }  # fmt: skip
     assert all(response["headers"]["Location"]["required"] for *_, response in created)
 

@@ -42,7 +42,7 @@ from duetide.config import Settings, get_settings
 from duetide.errors import Conflict, RateLimited, ValidationFailed
 from duetide.logs import log_event
 from duetide.storage import db
-from duetide.storage.models import Preference, utcnow
+from duetide.storage.models import Preference, Subscription, utcnow
 
 log = logging.getLogger("duetide.channels.verification")
 
@@ -66,12 +66,14 @@ class EmailConfirmation:
 
 @dataclass(frozen=True)
 class WebhookChallenge:
-    """A url_verification POST to send after the commit."""
+    """A url_verification POST to send after the commit: for the preferences' webhook,
+    or for the webhook subscription `subscription_id`."""
 
     owner: str
     url: str
     secret: str
     challenge: str
+    subscription_id: str | None = None
 
 
 Outgoing = EmailConfirmation | WebhookChallenge
@@ -202,14 +204,26 @@ def start_webhook(preference: Preference, now: datetime, settings: Settings) -> 
     """Charge one challenge for the current URL (which stays unverified until echoed)."""
     if not preference.webhook_url or not preference.webhook_secret:
         raise Conflict("there is no webhook URL to verify")
+    return start_challenge(
+        preference, preference.webhook_url, preference.webhook_secret, now, settings
+    )
+
+
+def start_challenge(
+    preference: Preference,
+    url: str,
+    secret: str,
+    now: datetime,
+    settings: Settings,
+    subscription_id: str | None = None,
+) -> WebhookChallenge:
+    """Charge one challenge of `url` to its owner's hourly budget (the preferences' webhook
+    and the subscriptions share it), on their locked preference row."""
     preference.verification_sends = charged(
         preference.verification_sends, WEBHOOK, now, settings.duetide_verification_sends_per_hour
     )
     return WebhookChallenge(
-        preference.owner,
-        preference.webhook_url,
-        preference.webhook_secret,
-        secrets.token_urlsafe(32),
+        preference.owner, url, secret, secrets.token_urlsafe(32), subscription_id
     )
 
 
@@ -265,6 +279,9 @@ def challenge(item: WebhookChallenge) -> DeliveryResult:
 
 def _record(item: Outgoing, now: datetime) -> None:
     """Note the outcome, unless the target changed meanwhile (a concurrent PATCH)."""
+    if isinstance(item, WebhookChallenge) and item.subscription_id is not None:
+        _record_subscription(item, now)
+        return
     with db.session_scope() as session:
         query = select(Preference).where(Preference.owner == item.owner).with_for_update()
         preference = session.exec(query).one_or_none()
@@ -282,3 +299,18 @@ def _apply(session: Session, preference: Preference, item: Outgoing, now: dateti
     if current == (item.url, item.secret) and preference.webhook_verified_at is None:
         preference.webhook_verified_at = now
         session.add(preference)
+
+
+def _record_subscription(item: WebhookChallenge, now: datetime) -> None:
+    """The subscription is active once its URL echoed, if URL and secret are still the
+    ones challenged and it is waiting for that."""
+    with db.session_scope() as session:
+        query = select(Subscription).where(Subscription.id == item.subscription_id)
+        subscription = session.exec(query.with_for_update()).one_or_none()
+        if subscription is None or subscription.status != "unverified":
+            return
+        if (subscription.url, subscription.secret) == (item.url, item.secret):
+            subscription.status = "active"
+            subscription.verified_at = now
+            subscription.updated_at = now
+            session.add(subscription)

@@ -24,7 +24,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,26 +79,38 @@ def check_url(url: str) -> str:
 # --- signatures -------------------------------------------------------------------------
 
 
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """The `Duetide-Signature` header value: `t=<timestamp>,v1=<hex HMAC-SHA256>`."""
-    return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
+def sign(secret: bytes, timestamp: int, body: bytes, bound: Sequence[str] = ()) -> str:
+    """The `Duetide-Signature` header value: `t=<timestamp>,v1=<hex HMAC-SHA256>`.
+
+    The MAC covers `f"{timestamp}."`, then each of `bound` followed by `.`, then the
+    body. A reminder binds nothing; a subscription's CloudEvent binds its `ce-id` and
+    `ce-type`, which binary mode carries in headers, so a captured body cannot be
+    replayed as another event."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, body, bound)}"
 
 
 def verify_signature(
-    secret: bytes, header: str | None, body: bytes, now: float, tolerance_s: float = 300
+    secret: bytes,
+    header: str | None,
+    body: bytes,
+    now: float,
+    tolerance_s: float = 300,
+    bound: Sequence[str] = (),
 ) -> bool:
-    """True when `header` signs `body` with `secret` and its time is within `tolerance_s`
-    of `now` (unix seconds). Several `v1=` values (a secret rotation) are accepted."""
+    """True when `header` signs `body` (and `bound`, as `sign` does) with `secret` and its
+    time is within `tolerance_s` of `now` (unix seconds). Several `v1=` values (a secret
+    rotation) are accepted."""
     timestamp, candidates = _parse_signature(header or "")
     if timestamp is None or not candidates or abs(now - timestamp) > tolerance_s:
         return False
-    expected = _mac(secret, timestamp, body).encode("ascii")
+    expected = _mac(secret, timestamp, body, bound).encode("ascii")
     matches = [hmac.compare_digest(expected, c.encode("utf-8", "replace")) for c in candidates]
     return any(matches)
 
 
-def _mac(secret: bytes, timestamp: int, body: bytes) -> str:
-    return hmac.new(secret, f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+def _mac(secret: bytes, timestamp: int, body: bytes, bound: Sequence[str] = ()) -> str:
+    signed = "".join(f"{part}." for part in (str(timestamp), *bound)).encode("utf-8")
+    return hmac.new(secret, signed + body, hashlib.sha256).hexdigest()
 
 
 def _parse_signature(header: str) -> tuple[int | None, list[str]]:
@@ -143,12 +155,21 @@ class _Limits:
     capture_bytes: int
 
 
-def deliver_webhook(
+def deliver_webhook(url: str, payload: dict[str, Any], **options: Any) -> DeliveryResult:
+    """POST `payload` as signed JSON, once: `post_signed` with its options."""
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return post_signed(url, body.encode("utf-8"), **options)
+
+
+def post_signed(
     url: str,
-    payload: dict[str, Any],
+    data: bytes,
     *,
     secret: bytes,
     idempotency_key: str,
+    headers: Mapping[str, str] | None = None,
+    bound: Sequence[str] = (),
+    also_signed_by: Sequence[bytes] = (),
     allow_loopback: bool = False,
     hosts: Sequence[str] = (),
     timeout_s: float = 5.0,
@@ -158,7 +179,9 @@ def deliver_webhook(
     resolver: netguard.Resolver = socket.getaddrinfo,
     ssl_context: ssl.SSLContext | None = None,
 ) -> DeliveryResult:
-    """POST `payload` as signed JSON, once.
+    """POST `data` (JSON) with `headers` (a binary-mode CloudEvent's `ce-*`), signed over
+    `bound` and the body (one `v1=` by `secret`, one more by each of `also_signed_by`:
+    the secret a rotation replaced), once: the one webhook client of duetide.
 
     The URL is checked with netguard (the SSRF rules) and the connection goes to the
     address it checked; redirects are not followed; at most `max_response_bytes` of
@@ -171,8 +194,6 @@ def deliver_webhook(
         raise ValueError("webhook secret must not be empty")
     if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise ValueError("idempotency key must be 1-255 printable ASCII characters")
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    data = body.encode("utf-8")
     try:
         target = netguard.check_url(
             url, allow_loopback=allow_loopback, hosts=hosts, resolver=resolver
@@ -182,16 +203,19 @@ def deliver_webhook(
     except netguard.ResolutionFailed as exc:
         # A name that does not exist is the user's to fix; a failing resolver is not.
         return refused(str(exc), retryable=not exc.permanent)
-    headers = {
+    timestamp = int(now())
+    sent = {
+        **(headers or {}),
         "Host": target.host_header,
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        SIGNATURE_HEADER: sign(secret, int(now()), data),
+        SIGNATURE_HEADER: sign(secret, timestamp, data, bound)
+        + "".join(f",v1={_mac(other, timestamp, data, bound)}" for other in also_signed_by),
         IDEMPOTENCY_HEADER: idempotency_key,
         "Connection": "close",
     }
     limits = _Limits(timeout_s, max_response_bytes, capture_bytes)
-    return _post(target, headers, data, limits, ssl_context)
+    return _post(target, sent, data, limits, ssl_context)
 
 
 def _post(

@@ -22,8 +22,12 @@ TASK_UPDATED = "dev.duetide.task.updated.v1"
 TASK_COMPLETED = "dev.duetide.task.completed.v1"
 TASK_REOPENED = "dev.duetide.task.reopened.v1"
 TASK_DELETED = "dev.duetide.task.deleted.v1"
+TASK_EVENTS = (TASK_CREATED, TASK_UPDATED, TASK_COMPLETED, TASK_REOPENED, TASK_DELETED)
+"""The task events, in a task's life order: what the activity log and the webhook
+subscriptions take."""
 REMINDER_DUE = "dev.duetide.reminder.due.v1"
 REMINDER_MISSED = "dev.duetide.reminder.missed.v1"
+WEBHOOK_DELIVERY = "dev.duetide.webhook.delivery.v1"
 CMD_TASK_CREATE = "dev.duetide.task.create.v1"
 CMD_TASK_COMPLETE = "dev.duetide.task.complete.v1"
 PING = "dev.knative.sources.ping"
@@ -31,6 +35,7 @@ PING = "dev.knative.sources.ping"
 SOURCE_TASKS = "/duetide/tasks"
 SOURCE_SWEEP = "/duetide/sweep"
 SOURCE_RECURRENCE = "/duetide/recurrence"
+SOURCE_ACTIVITY = "/duetide/activity"
 
 
 class Payload(BaseModel):
@@ -87,6 +92,17 @@ class ReminderEvent(Payload):
     scheduled_at: AwareDatetime
 
 
+class WebhookDeliveryEvent(Payload):
+    """One try of one stored delivery (a task event for a webhook subscription): notify
+    sends it. `attempt` numbers the try, so a redelivered or superseded event is told
+    apart from the one the delivery waits for."""
+
+    delivery_id: str = Field(max_length=36)
+    subscription_id: str = Field(max_length=36)
+    owner: str = Field(max_length=255)
+    attempt: int = Field(ge=1)
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     TASK_CREATED: TaskEvent,
     TASK_UPDATED: TaskEvent,
@@ -95,6 +111,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     TASK_DELETED: TaskEvent,
     REMINDER_DUE: ReminderEvent,
     REMINDER_MISSED: ReminderEvent,
+    WEBHOOK_DELIVERY: WebhookDeliveryEvent,
 }
 """The data model of each event type duetide publishes. The commands' types (CMD_*) are
 sent to it by other systems; their models are in `web.command_events`, since a create

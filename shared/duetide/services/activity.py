@@ -23,15 +23,7 @@ from duetide.services.task_events import default_actor
 from duetide.storage.models import ActivityEntry, utcnow
 from duetide.vocabulary import PRIORITIES, TaskStatus
 
-TASK_TYPES = frozenset(
-    {
-        events.TASK_CREATED,
-        events.TASK_UPDATED,
-        events.TASK_COMPLETED,
-        events.TASK_REOPENED,
-        events.TASK_DELETED,
-    }
-)
+TASK_TYPES = frozenset(events.TASK_EVENTS)
 # The task fields an entry keeps from its event (the feed's `ActivityTask`).
 STATE_FIELDS = frozenset(
     {

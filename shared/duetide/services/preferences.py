@@ -129,7 +129,7 @@ def validated(spec: PreferencesUpdate) -> PreferencesUpdate:
     what a channel would refuse. Before any transaction: the URL check resolves a name."""
     checked: dict[str, Any] = {}
     if "webhook_url" in spec.model_fields_set:
-        checked["webhook_url"] = _checked_webhook(spec.webhook_url)
+        checked["webhook_url"] = checked_webhook(spec.webhook_url)
     if "email" in spec.model_fields_set:
         checked["email"] = _checked_email(spec.email)
     return spec.model_copy(update=checked)
@@ -215,13 +215,15 @@ def challenge_webhook(
     return preference, challenge
 
 
-def _checked_webhook(url: str | None) -> str | None:
+def checked_webhook(url: str | None, field: str = "webhook_url") -> str | None:
+    """The URL if the webhook client may send there (its SSRF rules, with the same
+    settings), a 422 naming `field` otherwise. Before any transaction: it resolves."""
     if not url:
         return None
     try:
         return webhook.check_url(url)
     except (netguard.UnsafeDestination, netguard.ResolutionFailed) as exc:
-        raise _invalid("webhook_url", str(exc)) from None
+        raise _invalid(field, str(exc)) from None
 
 
 def _checked_email(address: str | None) -> str | None:

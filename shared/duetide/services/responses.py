@@ -27,12 +27,14 @@ from duetide.vocabulary import (
     PRIORITIES,
     CatchUp,
     Channel,
+    DeliveryStatus,
     Mode,
     MonthEnd,
     NotificationStatus,
     Priority,
     ReminderState,
     SeriesStatus,
+    SubscriptionStatus,
     TaskStatus,
 )
 
@@ -216,6 +218,92 @@ class NotificationOut(Out):
 class NotificationPage(Out):
     items: list[NotificationOut]
     next_cursor: str | None
+
+
+class SubscriptionOut(Out):
+    id: str
+    url: str
+    types: list[str] | None = Field(description="The task event types sent; null: all")
+    description: str
+    status: SubscriptionStatus = Field(
+        description="`unverified` until the URL echoes the url_verification challenge "
+        "(POST .../verify sends a new one); `active`; `disabled` by you or after failing "
+        "too long (PATCH `active: true` enables it again)"
+    )
+    disabled_reason: str | None
+    failures: int = Field(description="Tries failed in a row until now (0 after a success)")
+    verified_at: str | None
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    updated_at: str = Field(json_schema_extra={"format": "date-time"})
+    secret: str | None = Field(
+        None,
+        description="The HMAC key of Duetide-Signature: only in the answer that made the "
+        "subscription or rotated its secret; keep it",
+    )
+    verification_error: str | None = Field(
+        None, description="Why the challenge just sent was not echoed, when it was not"
+    )
+
+
+class SubscriptionPage(Out):
+    items: list[SubscriptionOut]
+
+
+class DeliveryTry(Out):
+    attempt: int
+    at: str = Field(json_schema_extra={"format": "date-time"})
+    status: int | None = Field(description="The receiver's HTTP status; null: no answer")
+    error: str = Field(description="Why the try failed; empty when it succeeded")
+    ms: int
+
+
+class DeliveryOut(Out):
+    id: str = Field(description="The delivery id: the Idempotency-Key header of each try")
+    event_id: str
+    type: str
+    task_id: str
+    status: DeliveryStatus
+    attempt: int = Field(description="The latest try, counting from 1")
+    next_attempt_at: str | None = Field(description="When the next try is due, if pending")
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    finished_at: str | None
+    tries: list[DeliveryTry] = Field(description="The tries made, oldest first")
+
+
+class DeliveryPage(Out):
+    items: list[DeliveryOut] = Field(description="Newest first")
+    next_cursor: str | None
+
+
+def subscription_out(row: models.Subscription, **extra: Any) -> SubscriptionOut:
+    return SubscriptionOut(
+        id=row.id,
+        url=row.url,
+        types=row.types,
+        description=row.description,
+        status=row.status,
+        disabled_reason=row.disabled_reason or None,
+        failures=row.failures,
+        verified_at=rfc3339(row.verified_at),
+        created_at=rfc3339(row.created_at),
+        updated_at=rfc3339(row.updated_at),
+        **extra,
+    )
+
+
+def delivery_out(row: models.WebhookDelivery) -> DeliveryOut:
+    return DeliveryOut(
+        id=row.id,
+        event_id=row.event_id,
+        type=row.event_type,
+        task_id=row.task_id,
+        status=row.status,
+        attempt=row.attempt,
+        next_attempt_at=rfc3339(row.next_attempt_at) if row.status == "pending" else None,
+        created_at=rfc3339(row.created_at),
+        finished_at=rfc3339(row.finished_at),
+        tries=[DeliveryTry.model_validate(t) for t in row.tries],
+    )
 
 
 class UpcomingReminder(Out):

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
+from duetide.events import TASK_EVENTS
 from duetide.rules.recurrence import FREQUENCIES
 from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, Priority, TaskStatus
 
@@ -293,6 +294,43 @@ class PreferencesUpdate(RequestModel):
         if value is not None and not timedelta(0) <= value <= timedelta(days=7):
             raise ValueError("grace must be between PT0S and P7D")
         return value
+
+
+def _task_event_type(value: str) -> str:
+    if value not in TASK_EVENTS:
+        raise ValueError(f"not a task event type; one of {', '.join(TASK_EVENTS)}")
+    return value
+
+
+TaskEventType = Annotated[
+    str,
+    AfterValidator(_task_event_type),
+    WithJsonSchema({"type": "string", "enum": list(TASK_EVENTS)}),
+]
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+SubscriptionTypes = Annotated[
+    list[TaskEventType],
+    Field(min_length=1, max_length=len(TASK_EVENTS)),
+    AfterValidator(lambda types: list(dict.fromkeys(types))),
+]
+
+
+class SubscriptionIn(RequestModel):
+    """A webhook for your task events. `types` left out or null: every task event."""
+
+    url: WebhookUrl = Field(description="https:// (http:// allowed), a public host")
+    types: SubscriptionTypes | None = None
+    description: Annotated[str, StringConstraints(max_length=200)] = ""
+
+
+class SubscriptionUpdate(RequestModel):
+    """A field left out keeps its value. A new `url` is unverified until it echoes a new
+    challenge; `active: true` enables a disabled subscription, `false` disables it."""
+
+    url: WebhookUrl | None = None
+    types: SubscriptionTypes | None = None
+    description: Annotated[str, StringConstraints(max_length=200)] | None = None
+    active: bool | None = None
 
 
 class EmailCodeIn(RequestModel):

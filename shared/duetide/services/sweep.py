@@ -26,7 +26,7 @@ from duetide.config import get_settings
 from duetide.logs import log_event
 from duetide.rules.quiet_hours import defer_for_quiet_hours
 from duetide.rules.reminders import is_missed
-from duetide.services import activity, preferences, ratelimit
+from duetide.services import activity, preferences, ratelimit, webhook_deliveries
 from duetide.storage import db, outbox
 from duetide.storage.models import (
     Outbox,
@@ -237,12 +237,13 @@ def claim_due(
 
 def purge_processed(now: datetime, engine: Engine | None = None) -> None:
     """Forget processed-event ids older than any redelivery could be, spent rate windows,
-    sent outbox rows past their keeping time (unsent rows are never purged) and activity
-    entries past the retention (DUETIDE_ACTIVITY_RETENTION_DAYS)."""
+    sent outbox rows past their keeping time (unsent rows are never purged), and activity
+    entries and webhook deliveries past the retention (DUETIDE_ACTIVITY_RETENTION_DAYS)."""
     retention = timedelta(days=get_settings().duetide_activity_retention_days)
     with db.session_scope(engine) as session:
         ratelimit.purge(session, now)
         activity.purge(session, now, retention)
+        webhook_deliveries.purge(session, now, retention)
         session.exec(
             delete(ProcessedEvent).where(
                 col(ProcessedEvent.processed_at) < now - PROCESSED_EVENT_TTL

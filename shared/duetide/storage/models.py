@@ -27,12 +27,14 @@ from sqlmodel import AutoString, Field, Relationship, SQLModel
 from duetide.vocabulary import (
     CatchUp,
     Channel,
+    DeliveryStatus,
     Mode,
     MonthEnd,
     NotificationStatus,
     OccurrenceOutcome,
     ReminderState,
     SeriesStatus,
+    SubscriptionStatus,
     TaskStatus,
 )
 
@@ -378,3 +380,76 @@ class ActivityEntry(SQLModel, table=True):
     state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # task.updated: {field: {"before": ..., "after": ...}} when the event carries them.
     changes: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class Subscription(SQLModel, table=True):
+    """A user's webhook for their task events (`/subscriptions`).
+
+    Nothing but the url_verification challenge goes to `url` until it is echoed
+    (`unverified`). `secret` signs every delivery, so it is kept as given to the user
+    (an HMAC key cannot be a hash); it is shown once, when made or rotated. `failing_since` and
+    `failures` are the current run of failed tries, which disables the subscription
+    when it lasts too long (`rules.webhook_retry`)."""
+
+    __tablename__ = "subscription"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    owner: str = _owner()
+    url: str = Field(max_length=2048)
+    secret: str = Field(max_length=128)
+    # The secret a rotation replaced, which still signs (beside `secret`) until then.
+    previous_secret: str | None = Field(default=None, max_length=128)
+    previous_secret_until: datetime | None = _utc()
+    # The task event types to send; null: all of them.
+    types: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    description: str = Field(default="", max_length=200)
+    status: SubscriptionStatus = _word(16, "unverified")
+    verified_at: datetime | None = _utc()
+    disabled_at: datetime | None = _utc()
+    disabled_reason: str = Field(default="", max_length=255)
+    failing_since: datetime | None = _utc()
+    failures: int = 0
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One task event for one subscription, and its tries: the delivery log.
+
+    The event is kept as it will be sent (its CloudEvent attributes and data), so a
+    retry or a redelivery sends the same request. `attempt` is the try the delivery
+    waits for (claimed by the activity function or the sweep, sent by notify) and
+    `started` the last try notify began: a try runs once even when its event comes
+    twice. `next_attempt_at` is when the sweep may claim the next try (a retry, or a
+    try whose sender died); null once it is delivered or failed."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_source", "event_id", name="uq_delivery_once"),
+        Index("ix_delivery_subscription_created", "subscription_id", "created_at", "id"),
+        Index("ix_delivery_due", "status", "next_attempt_at"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    subscription_id: str = Field(
+        sa_column=Column(
+            String(36), ForeignKey("subscription.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    owner: str = Field(max_length=255)
+    event_id: str = Field(max_length=255)
+    event_source: str = Field(max_length=512)
+    event_type: str = Field(max_length=255)
+    event_time: datetime | None = _utc()
+    task_id: str = Field(max_length=36)
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: DeliveryStatus = _word(16, "pending")
+    attempt: int = 1
+    started: int = 0
+    next_attempt_at: datetime | None = _utc()
+    # One entry per finished try: {"at", "status" (HTTP or null), "error", "ms"}.
+    tries: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    created_at: datetime = _created()
+    finished_at: datetime | None = _utc()

@@ -85,6 +85,8 @@ def topic_for(event_type: str) -> str:
     settings = get_settings()
     if event_type.startswith("dev.duetide.reminder."):
         return settings.duetide_topic_reminders
+    if event_type.startswith("dev.duetide.webhook."):
+        return settings.duetide_topic_webhooks
     return settings.duetide_topic_task_events
 
 
@@ -473,6 +475,9 @@ class Publisher:
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=self._request_timeout_ms,
             delivery_timeout_ms=self._delivery_timeout_ms,
+            # kafka-python's own sensors, updated on every send and read by no one
+            # (duetide's telemetry counts what it needs).
+            metrics_enabled=False,
         )
 
 

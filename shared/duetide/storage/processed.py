@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from duetide.storage import db, outbox
-from duetide.storage.models import ProcessedEvent
+from duetide.storage.models import ProcessedEvent, utcnow
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,26 @@ def already_processed(session: Session, key: EventKey) -> bool:
     return found is not None
 
 
+def claim(session: Session, key: EventKey) -> bool:
+    """Record `key` in the caller's transaction; False if it was recorded already."""
+    connection = session.connection()
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(_TABLE).values(
+        consumer=key.consumer,
+        scope=key.scope,
+        source=key.source,
+        event_id=key.event_id,
+        processed_at=utcnow(),
+    )
+    # RETURNING says whether the row went in; the rowcount did not (0 for an inserted
+    # row on PostgreSQL through SQLAlchemy and psycopg, in the tests).
+    inserted = statement.on_conflict_do_nothing().returning(_TABLE.c.consumer)
+    return connection.execute(inserted).first() is not None
+
+
+_TABLE = ProcessedEvent.metadata.tables["processed_event"]
+
+
 def mark_processed(session: Session, key: EventKey) -> None:
     """Record `key` in the caller's transaction (a no-op if it is there already)."""
     session.merge(key.row())
@@ -54,18 +76,20 @@ T = TypeVar("T")
 def run_once(key: EventKey, work: Callable[[Session], tuple[T, list[str]]]) -> T | None:
     """Run `work` in one transaction with the record of `key`; None if it ran before.
 
-    A redelivered event finds its key and changes nothing; a concurrent delivery of
-    the same event loses on the key's uniqueness. `work` returns its answer and the ids
-    of outbox rows to publish right after the commit.
+    The record is written first (`claim`): a redelivered event finds it there and
+    changes nothing, and a concurrent delivery of the same event waits on the key's
+    unique index until the first commits (then finds it) or rolls back (then runs).
+    One statement where a read before and an ORM insert after were two, on the path of
+    every event each function takes. `work` returns its answer and the ids of outbox
+    rows to publish right after the commit.
     """
     try:
         with db.session_scope() as session:
-            if already_processed(session, key):
+            if not claim(session, key):
                 return None
             answer, published = work(session)
-            session.add(key.row())
     except IntegrityError:
-        return None  # a concurrent delivery of the same event committed first
+        return None  # the work lost a race on a unique key of its own: done by another
     if published:
         outbox.publish_after_commit(published)
     return answer

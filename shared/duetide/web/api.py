@@ -25,12 +25,15 @@ from duetide.services import (
     ratelimit,
     reminder_actions,
     series,
+    subscriptions,
     tasks,
 )
 from duetide.services.responses import (
     ActivityPage,
     CalendarFeedOut,
     CommandResult,
+    DeliveryOut,
+    DeliveryPage,
     ErrorBody,
     Forecast,
     Health,
@@ -41,12 +44,16 @@ from duetide.services.responses import (
     ReminderOut,
     SeriesOut,
     SeriesPage,
+    SubscriptionOut,
+    SubscriptionPage,
     TaskOut,
     TaskPage,
     UpcomingPage,
+    delivery_out,
     notification_out,
     rfc3339,
     series_out,
+    subscription_out,
 )
 from duetide.services.schemas import (
     ActivityFeedQuery,
@@ -59,6 +66,8 @@ from duetide.services.schemas import (
     ReminderIn,
     SeriesUpdate,
     SnoozeIn,
+    SubscriptionIn,
+    SubscriptionUpdate,
     TaskCreate,
     TaskQuery,
     TaskUpdate,
@@ -379,6 +388,94 @@ def notifications(request: Request, user: str) -> Response:
         return json_response(NotificationPage(items=items, next_cursor=cursor))
 
 
+def _subscription_answer(
+    subscription_id: str,
+    user: str,
+    challenge: verification.WebhookChallenge | None,
+    status: int = 200,
+    **extra: str,
+) -> Response:
+    """Send the challenge a change made (after its commit), then answer with the
+    subscription as it is now: `active` if the URL echoed it, or why not."""
+    if challenge is not None:
+        result = verification.send(challenge)
+        if not result.ok:
+            extra["verification_error"] = result.error
+    with db.session_scope(read_only=True) as session:
+        subscription = subscriptions.read(session, user, subscription_id)
+    body = subscription_out(subscription, **extra)
+    headers = {"Location": f"/subscriptions/{subscription.id}"} if status == 201 else None
+    return json_response(body, status, headers)
+
+
+def create_subscription(request: Request, user: str) -> Response:
+    spec = parse_model(SubscriptionIn, _body(request))
+    subscriptions.validated(spec)
+    with db.session_scope() as session:
+        made, challenge = subscriptions.create(session, user, spec, utcnow())
+    return _subscription_answer(made.id, user, challenge, 201, secret=made.secret)
+
+
+def list_subscriptions(request: Request, user: str) -> Response:
+    with db.session_scope(read_only=True) as session:
+        items = [subscription_out(s) for s in subscriptions.listed(session, user)]
+    return json_response(SubscriptionPage(items=items))
+
+
+def get_subscription(request: Request, user: str, subscription_id: str) -> Response:
+    with db.session_scope(read_only=True) as session:
+        return json_response(subscription_out(subscriptions.read(session, user, subscription_id)))
+
+
+def update_subscription(request: Request, user: str, subscription_id: str) -> Response:
+    spec = parse_model(SubscriptionUpdate, _body(request))
+    subscriptions.validated(spec)
+    with db.session_scope() as session:
+        _, challenge = subscriptions.update(session, user, subscription_id, spec, utcnow())
+    return _subscription_answer(subscription_id, user, challenge)
+
+
+def verify_subscription(request: Request, user: str, subscription_id: str) -> Response:
+    with db.session_scope() as session:
+        _, challenge = subscriptions.challenge(session, user, subscription_id, utcnow())
+    result = verification.send(challenge)
+    if not result.ok:
+        message = f"the webhook did not echo the url_verification challenge: {result.error}"
+        raise ValidationFailed(message, details=[{"field": "url", "message": message}])
+    return _subscription_answer(subscription_id, user, None)
+
+
+def rotate_subscription_secret(request: Request, user: str, subscription_id: str) -> Response:
+    with db.session_scope() as session:
+        rotated = subscriptions.rotate_secret(session, user, subscription_id, utcnow())
+        return json_response(subscription_out(rotated, secret=rotated.secret))
+
+
+def delete_subscription(request: Request, user: str, subscription_id: str) -> Response:
+    with db.session_scope() as session:
+        subscriptions.remove(session, user, subscription_id)
+    return json_response(None, 204)
+
+
+def subscription_deliveries(request: Request, user: str, subscription_id: str) -> Response:
+    query = parse_model(PageQuery, _query(request))
+    offset = _offset_cursor(query.cursor)
+    with db.session_scope(read_only=True) as session:
+        rows = subscriptions.deliveries(session, user, subscription_id, offset, query.limit)
+    items, cursor = _offset_page(rows, offset, query.limit, delivery_out)
+    return json_response(DeliveryPage(items=items, next_cursor=cursor))
+
+
+def redeliver(request: Request, user: str, subscription_id: str, delivery_id: str) -> Response:
+    def work(session: Session) -> tuple[Any, list[str]]:
+        delivery, event_id = subscriptions.redeliver(
+            session, user, subscription_id, delivery_id, utcnow()
+        )
+        return delivery_out(delivery), [event_id]
+
+    return _write(work, 202)
+
+
 CALENDAR_CACHE_CONTROL = "private, max-age=300"
 """Calendar apps poll every few minutes to hours: five minutes fresh, then revalidated
 with If-None-Match (`calendar_export.Snapshot.etag`), never stored by a shared cache."""
@@ -505,6 +602,23 @@ ACTIVITY_STREAM_DESCRIPTION = (
     "after `retry:` with `Last-Event-ID`, missing nothing. The bearer token may be given "
     "as `access_token` in the query (EventSource cannot set headers; it is never logged). "
     "A server with too many streams answers 503 with Retry-After."
+)
+SUBSCRIPTIONS_DESCRIPTION = (
+    "Each task event of yours (or of `types`) is POSTed to `url` as a binary-mode "
+    "CloudEvent: `ce-id`, `ce-type`, `ce-source`, `ce-subject` (the task id), `ce-time` "
+    "headers and the event's data as the JSON body. `Idempotency-Key` is the delivery id, "
+    "the same on every try of one delivery: deduplicate on it. `Duetide-Signature` is "
+    "`t=<unix seconds>,v1=<hex>`, HMAC-SHA256 with `secret` (shown once, in this answer) "
+    "over `<t>.<ce-id>.<ce-type>.` followed by the raw body; refuse a `t` older than 5 "
+    "minutes. Before the first delivery the URL must echo a `url_verification` challenge "
+    "(as for the preferences' webhook); until then the subscription is `unverified` and "
+    "events are not kept for it. A try that gets a 2xx is delivered; a timeout, 429 or 5xx "
+    "is retried with backoff (by default 30 s, then 4 times longer each time, up to 6 h; 8 "
+    "tries); any other answer fails the delivery. A subscription whose tries have all failed "
+    "for a day (and at least 8 in a row, by default) is disabled; `PATCH` it with `active: "
+    "true` to enable "
+    "it, then read what it missed from `GET /activity`. Deliveries are not ordered: use "
+    "`ce-time`, or the delta feed, to order them."
 )
 
 
@@ -768,6 +882,74 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         verify_webhook,
         "Send the webhook URL a new url_verification challenge; 422 if it is not echoed",
         responses={200: PreferencesOut, 409: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/subscriptions",
+        create_subscription,
+        "Subscribe a webhook to your task events: signed binary-mode CloudEvents",
+        body=SubscriptionIn,
+        responses={201: SubscriptionOut, 409: ErrorBody, 429: ErrorBody},
+        description=SUBSCRIPTIONS_DESCRIPTION,
+    ),
+    Endpoint(
+        "GET",
+        "/subscriptions",
+        list_subscriptions,
+        "Your webhook subscriptions",
+        responses={200: SubscriptionPage},
+    ),
+    Endpoint(
+        "GET",
+        "/subscriptions/<subscription_id>",
+        get_subscription,
+        "Read a webhook subscription",
+        responses={200: SubscriptionOut},
+    ),
+    Endpoint(
+        "PATCH",
+        "/subscriptions/<subscription_id>",
+        update_subscription,
+        "Change a subscription; `active: true` enables it again after a failure",
+        body=SubscriptionUpdate,
+        responses={200: SubscriptionOut, 429: ErrorBody},
+    ),
+    Endpoint(
+        "DELETE",
+        "/subscriptions/<subscription_id>",
+        delete_subscription,
+        "Remove a subscription and its delivery log",
+        responses={204: None},
+    ),
+    Endpoint(
+        "POST",
+        "/subscriptions/<subscription_id>/verify",
+        verify_subscription,
+        "Send the URL a new url_verification challenge; 422 if it is not echoed",
+        responses={200: SubscriptionOut, 409: ErrorBody, 429: ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/subscriptions/<subscription_id>/secret",
+        rotate_subscription_secret,
+        "Rotate the signing secret: the new one is in this answer only; for 24 hours "
+        "each delivery is signed by the old one too",
+        responses={200: SubscriptionOut},
+    ),
+    Endpoint(
+        "GET",
+        "/subscriptions/<subscription_id>/deliveries",
+        subscription_deliveries,
+        "The delivery log: each event sent, its tries and the receiver's status codes",
+        query=PageQuery,
+        responses={200: DeliveryPage},
+    ),
+    Endpoint(
+        "POST",
+        "/subscriptions/<subscription_id>/deliveries/<delivery_id>/redeliver",
+        redeliver,
+        "Send a delivered or failed delivery again, with the same delivery id",
+        responses={202: DeliveryOut, 409: ErrorBody},
     ),
     Endpoint(
         "GET",

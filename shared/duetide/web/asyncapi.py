@@ -48,6 +48,7 @@ class Topic:
 
 _TASK_TYPES = tuple(t for t in events.PAYLOADS if t.startswith(f"{events.PREFIX}task."))
 _REMINDER_TYPES = tuple(t for t in events.PAYLOADS if t.startswith(f"{events.PREFIX}reminder."))
+_WEBHOOK_TYPES = tuple(t for t in events.PAYLOADS if t.startswith(f"{events.PREFIX}webhook."))
 _COMMAND_TYPES = tuple(command_events.DATA)
 _WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -76,6 +77,18 @@ TOPICS: tuple[Topic, ...] = (
         "the notify function (KafkaSource duetide-notify)",
     ),
     Topic(
+        "webhooks",
+        "duetide-webhooks",
+        "duetide_topic_webhooks",
+        6,
+        _WEEK_MS,
+        "Tries of webhook deliveries: each names a stored delivery (a task event for one "
+        "subscription) and its attempt; keyed by subscription id.",
+        _WEBHOOK_TYPES,
+        "the outbox of the activity function (first tries) and of the sweep (retries)",
+        "the notify function (KafkaSource duetide-notify-webhooks, unordered)",
+    ),
+    Topic(
         "commands",
         "duetide-commands",
         None,
@@ -96,7 +109,7 @@ TOPICS: tuple[Topic, ...] = (
         "Events a function refused or could not take after its retries, as they were, "
         "plus Knative's `knativeerrordest`, `knativeerrorcode` and `knativeerrordata` "
         "extensions; `duetide deadletters replay` puts them back on their topic.",
-        (*_TASK_TYPES, *_REMINDER_TYPES, *_COMMAND_TYPES),
+        (*_TASK_TYPES, *_REMINDER_TYPES, *_WEBHOOK_TYPES, *_COMMAND_TYPES),
         "Knative's KafkaSink duetide-dead-letters",
         "an operator (`duetide deadletters`)",
     ),

@@ -316,10 +316,14 @@ def load(root: Path) -> Wiring:
     pings: list[PingSourceSpec] = []
     sinks: dict[str, KafkaSinkSpec] = {}
     topics: list[TopicSpec] = []
+    seen: dict[tuple[tuple[str, str], str], str] = {}
     for kind, unnamed in _documents(root, "knative") + _documents(root, "kafka"):
         if kind not in _READ_KINDS:
             continue  # for the cluster only (ConfigMap, Secret, Kafka, ...)
         doc, name = unnamed.named(kind[1])
+        if (kind, name) in seen:  # kubectl would apply the second over the first
+            raise doc.error("metadata.name", f"already used by {seen[kind, name]}")
+        seen[kind, name] = doc.where
         if kind == SERVICE_KIND:
             services[name] = _service(doc, name)
         elif kind == KAFKA_SOURCE_KIND:

@@ -733,6 +733,9 @@ class KafkaSourceDispatcher:
             # The poll thread never waits on a delivery; this only guards against surprises.
             "max_poll_interval_ms": self._worst_case_record_ms(),
             "fetch_max_wait_ms": IDLE_FETCH_WAIT_MS,
+            # kafka-python's own sensors, recorded on every fetch and read by no one here:
+            # 7% of the dispatchers' CPU in the pipeline's profile.
+            "metrics_enabled": False,
         }
         kwargs.update(self._consumer_config)
         return kwargs
@@ -980,6 +983,7 @@ class KafkaSourceDispatcher:
                     acks="all",
                     enable_idempotence=False,
                     max_in_flight_requests_per_connection=1,
+                    metrics_enabled=False,
                 )
             return self._producer
 

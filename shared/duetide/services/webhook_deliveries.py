@@ -1,0 +1,390 @@
+"""Webhook subscription deliveries: each task event once per subscription, stored, sent
+as a signed binary-mode CloudEvent, retried with backoff, logged.
+
+The path, and why each step is where it is:
+
+- The activity function, which already takes each task event exactly once and in order
+  per task, stores a delivery for each active subscription of the event's owner that
+  wants its type (`fan_out`), in the same transaction as the activity entry, with one
+  outbox event `webhook.delivery` (attempt 1) per delivery. A redelivered task event
+  stores nothing twice.
+- notify, the one function with egress to user-chosen hosts, takes that event from its
+  own topic (`send`): it marks the try started, POSTs through the one webhook client
+  (`webhook.post_signed`: SSRF guard, pinned address, bounded answer), and records the
+  outcome. It answers 2xx whatever the receiver did: a failing receiver never holds a
+  partition or spends the KafkaSource's retries, which are for duetide's own trouble
+  (a database error is still a 503).
+- The sweep claims what is due again (`claim_retries`): a failed try's retry after its
+  backoff, or a try whose sender died before recording it (after the lease), as the
+  next attempt, with a new outbox event.
+
+Each try is numbered (`attempt`), and notify starts a try only once (`started`): a
+stale or repeated event for a try already started changes nothing. A receiver sees a
+delivery more than once only when a try was sent and its outcome was lost (notify died
+between the POST and the record): the `Idempotency-Key` header, the delivery id, is the
+same on every try of one delivery, and receivers deduplicate on it (or on `ce-source` +
+`ce-id`, which is the task event's).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, delete, select
+
+from duetide import events, telemetry
+from duetide.channels import webhook
+from duetide.channels.delivery import DeliveryResult
+from duetide.config import Settings, get_settings
+from duetide.logs import log_event
+from duetide.rules import webhook_retry
+from duetide.storage import db, outbox
+from duetide.storage.models import Subscription, WebhookDelivery
+
+log = logging.getLogger("duetide.services.webhook_deliveries")
+
+MAX_TRIES_KEPT = 20  # the delivery log keeps this many tries per delivery, the last ones
+DELIVERY_TIMEOUT_S = 5.0
+MAX_RETRY_BATCHES = 20  # per ping: 10,000 retries at the default batch
+
+
+def wants(subscription: Subscription, event_type: str) -> bool:
+    return subscription.types is None or event_type in subscription.types
+
+
+def fan_out(
+    session: Session,
+    *,
+    owner: str,
+    event_type: str,
+    event_id: str,
+    source: str,
+    time: datetime | None,
+    task_id: str,
+    data: dict[str, Any],
+    now: datetime,
+) -> list[str]:
+    """Store a delivery of the event for each active subscription of `owner` that wants
+    it, in the caller's transaction; the ids of their outbox events."""
+    subscriptions = session.exec(
+        select(Subscription).where(Subscription.owner == owner, Subscription.status == "active")
+    ).all()
+    lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
+    published: list[str] = []
+    for subscription in subscriptions:
+        if not wants(subscription, event_type):
+            continue
+        delivery = WebhookDelivery(
+            subscription_id=subscription.id,
+            owner=owner,
+            event_id=event_id,
+            event_source=source,
+            event_type=event_type,
+            event_time=time,
+            task_id=task_id,
+            data=data,
+            next_attempt_at=now + lease,
+            created_at=now,
+        )
+        session.add(delivery)
+        published.append(_try_event(session, delivery, 1, events.SOURCE_ACTIVITY))
+    return published
+
+
+def _try_event(session: Session, delivery: WebhookDelivery, attempt: int, source: str) -> str:
+    row = outbox.record(
+        session,
+        type=events.WEBHOOK_DELIVERY,
+        key=delivery.subscription_id,
+        data=_try_data(delivery.id, delivery.subscription_id, delivery.owner, attempt),
+        source=source,
+        subject=delivery.id,
+    )
+    return row.id
+
+
+def _try_data(delivery_id: str, subscription_id: str, owner: str, attempt: int) -> dict[str, Any]:
+    return events.WebhookDeliveryEvent(
+        delivery_id=delivery_id, subscription_id=subscription_id, owner=owner, attempt=attempt
+    ).model_dump(mode="json")
+
+
+# --- sending (notify) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What one try sends, read under the lock and sent after the commit."""
+
+    delivery_id: str
+    url: str
+    secrets: tuple[str, ...]
+    headers: dict[str, str]
+    body: bytes
+    bound: tuple[str, str]
+
+
+def send(event: events.WebhookDeliveryEvent, now: datetime) -> str:
+    """Run try `event.attempt` of its delivery, once; the status word for the sink:
+    `delivered`, `retry` (a later try is due), `failed` (given up), `duplicate` (this
+    try was started before, or another replaced it), `obsolete` (the delivery or its
+    subscription is gone, or the subscription is not active: the try waits for it)."""
+    with db.session_scope() as session:
+        delivery = _locked(session, event.delivery_id)
+        if delivery is None:
+            return "obsolete"
+        if (
+            delivery.status != "pending"
+            or delivery.attempt != event.attempt
+            or delivery.started >= event.attempt
+        ):
+            return "duplicate"
+        subscription = session.get(Subscription, delivery.subscription_id)
+        if subscription is None or subscription.status != "active":
+            return "obsolete"  # kept pending: the sweep sends it once the user enables it
+        delivery.started = event.attempt
+        session.add(delivery)
+        request = _request(delivery, subscription, now)
+    started = time.monotonic()
+    result = _post(request)
+    elapsed_ms = round((time.monotonic() - started) * 1000)
+    status = _record(
+        event, request, result, elapsed_ms, now, now + timedelta(milliseconds=elapsed_ms)
+    )
+    outcome = "delivered" if result.ok else "retry" if status == "retry" else "failed"
+    log_event(
+        log,
+        "subscription.attempted",
+        level=logging.INFO if result.ok else logging.WARNING,
+        delivery_id=event.delivery_id,
+        subscription_id=event.subscription_id,
+        attempt=event.attempt,
+        outcome=outcome,
+        status=result.status,
+    )
+    telemetry.count_delivery("subscription", outcome)
+    return status
+
+
+def _locked(session: Session, delivery_id: str) -> WebhookDelivery | None:
+    query = select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update()
+    return session.exec(query).one_or_none()
+
+
+def _request(delivery: WebhookDelivery, subscription: Subscription, now: datetime) -> _Request:
+    cloudevent = events.build(
+        event_id=delivery.event_id,
+        type=delivery.event_type,
+        source=delivery.event_source,
+        subject=delivery.task_id,
+        data=delivery.data,
+        time=delivery.event_time,
+    )
+    headers, body = events.to_http(cloudevent)
+    return _Request(
+        delivery_id=delivery.id,
+        url=subscription.url,
+        secrets=signing_secrets(subscription, now),
+        # The ce-* attributes; Content-Type and the rest are the client's.
+        headers={k: v for k, v in headers.items() if k.lower().startswith("ce-")},
+        body=body,
+        bound=(delivery.event_id, delivery.event_type),
+    )
+
+
+def signing_secrets(subscription: Subscription, now: datetime) -> tuple[str, ...]:
+    """The current secret, and the one it replaced while that still holds (a rotation
+    gives receivers time to switch: each try carries a signature by both)."""
+    previous = subscription.previous_secret
+    until = subscription.previous_secret_until
+    if previous and until is not None and until > now:
+        return (subscription.secret, previous)
+    return (subscription.secret,)
+
+
+def _post(request: _Request) -> DeliveryResult:
+    settings = get_settings()
+    first, *others = request.secrets
+    return webhook.post_signed(
+        request.url,
+        request.body,
+        secret=first.encode(),
+        also_signed_by=[other.encode() for other in others],
+        idempotency_key=request.delivery_id,
+        headers=request.headers,
+        bound=request.bound,
+        allow_loopback=settings.duetide_allow_loopback_webhooks,
+        hosts=settings.webhook_hosts,
+        timeout_s=DELIVERY_TIMEOUT_S,
+    )
+
+
+def _record(
+    event: events.WebhookDeliveryEvent,
+    request: _Request,
+    result: DeliveryResult,
+    elapsed_ms: int,
+    started: datetime,
+    now: datetime,
+) -> str:
+    """Log the try (made at `started`), and move the delivery and its subscription on as
+    of `now`, in one transaction."""
+    settings = get_settings()
+    with db.session_scope() as session:
+        delivery = _locked(session, event.delivery_id)
+        if delivery is None or delivery.attempt != event.attempt or delivery.status != "pending":
+            return "obsolete"  # deleted meanwhile, or redelivered by its owner
+        subscription = session.get(Subscription, delivery.subscription_id, with_for_update=True)
+        attempt = {
+            "attempt": event.attempt,
+            "at": started.isoformat(),
+            "status": result.status,
+            "error": result.error,
+            "ms": elapsed_ms,
+        }
+        delivery.tries = [*delivery.tries, attempt][-MAX_TRIES_KEPT:]
+        if result.ok:
+            status = "delivered"
+            _finish(delivery, "delivered", now)
+        elif webhook_retry.retries(
+            event.attempt, result.retryable, settings.duetide_subscription_max_attempts
+        ):
+            status = "retry"
+            delivery.next_attempt_at = now + webhook_retry.retry_wait(
+                event.attempt,
+                settings.duetide_subscription_retry_base_s,
+                settings.duetide_subscription_retry_cap_s,
+            )
+        else:
+            status = "failed"
+            _finish(delivery, "failed", now)
+        session.add(delivery)
+        if subscription is not None and subscription.url == request.url:
+            _account(subscription, result.ok, now, settings)
+            session.add(subscription)
+    return status
+
+
+def _finish(delivery: WebhookDelivery, status: Any, now: datetime) -> None:
+    delivery.status = status
+    delivery.finished_at = now
+    delivery.next_attempt_at = None
+
+
+def _account(subscription: Subscription, ok: bool, now: datetime, settings: Settings) -> None:
+    """A success ends a run of failures; a failure extends it and may disable the
+    subscription (`webhook_retry.disables`)."""
+    if ok:
+        subscription.failures = 0
+        subscription.failing_since = None
+        return
+    subscription.failures += 1
+    subscription.failing_since = subscription.failing_since or now
+    if subscription.status == "active" and webhook_retry.disables(
+        subscription.failures,
+        subscription.failing_since,
+        now,
+        settings.duetide_subscription_max_attempts,
+        timedelta(seconds=settings.duetide_subscription_disable_after_s),
+    ):
+        subscription.status = "disabled"
+        subscription.disabled_at = now
+        subscription.disabled_reason = (
+            f"{subscription.failures} tries in a row failed since "
+            f"{subscription.failing_since.isoformat(timespec='seconds')}"
+        )
+        subscription.updated_at = now
+        log_event(
+            log,
+            "subscription.disabled",
+            level=logging.WARNING,
+            subscription_id=subscription.id,
+            failures=subscription.failures,
+        )
+
+
+# --- retries (sweep) --------------------------------------------------------------------
+
+
+def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHES) -> int:
+    """Claim every delivery whose next try is due, of active subscriptions, as its next
+    attempt with its outbox event, batch after batch until one comes back short (at most
+    `max_batches` per ping: the next ping goes on); give up the ones out of tries. The
+    number claimed."""
+    claimed = spent = 0
+    for _ in range(max_batches):
+        seen, tried, given_up = _claim_batch(now, batch)
+        claimed, spent = claimed + tried, spent + given_up
+        if seen < batch:
+            break
+    if claimed or spent:
+        log_event(log, "subscription.retries_claimed", claimed=claimed, given_up=spent)
+    return claimed
+
+
+def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
+    """One transaction: up to `limit` due deliveries, oldest first; (seen, claimed, given
+    up). PostgreSQL skips rows another sweep holds (SKIP LOCKED); SQLite's write lock at
+    BEGIN serialises two sweeps."""
+    settings = get_settings()
+    lease = timedelta(seconds=settings.duetide_subscription_lease_s)
+    with db.session_scope() as session:
+        due = session.exec(
+            select(WebhookDelivery)
+            .join(Subscription, col(Subscription.id) == col(WebhookDelivery.subscription_id))
+            .where(
+                col(WebhookDelivery.status) == "pending",
+                col(WebhookDelivery.next_attempt_at) <= now,
+                col(Subscription.status) == "active",
+            )
+            .order_by(col(WebhookDelivery.next_attempt_at))
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
+        ).all()
+        spent = {d.id for d in due if d.attempt >= settings.duetide_subscription_max_attempts}
+        if spent:  # its last try was claimed and never recorded
+            session.execute(
+                update(WebhookDelivery)
+                .where(col(WebhookDelivery.id).in_(spent))
+                .values(status="failed", finished_at=now, next_attempt_at=None)
+            )
+        claimed = [d for d in due if d.id not in spent]
+        for delivery in claimed:
+            delivery.attempt += 1
+            delivery.next_attempt_at = now + lease
+            session.add(delivery)
+        outbox.record_many(
+            session,
+            [
+                outbox.Event(
+                    events.WEBHOOK_DELIVERY,
+                    d.subscription_id,
+                    _try_data(d.id, d.subscription_id, d.owner, d.attempt),
+                )
+                for d in claimed
+            ],
+            source=events.SOURCE_SWEEP,
+        )
+    return len(due), len(claimed), len(spent)
+
+
+def redeliver(session: Session, delivery: WebhookDelivery, now: datetime) -> str:
+    """Try a delivered or failed delivery again (its owner asked), as its next attempt;
+    the id of the outbox event. The caller holds the row's lock."""
+    lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
+    delivery.status = "pending"
+    delivery.attempt += 1
+    delivery.next_attempt_at = now + lease
+    delivery.finished_at = None
+    session.add(delivery)
+    return _try_event(session, delivery, delivery.attempt, events.SOURCE_TASKS)
+
+
+def purge(session: Session, now: datetime, retention: timedelta) -> None:
+    """Forget deliveries made before the retention (the activity log's)."""
+    session.exec(delete(WebhookDelivery).where(col(WebhookDelivery.created_at) < now - retention))

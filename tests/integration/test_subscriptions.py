@@ -1,0 +1,467 @@
+"""Webhook subscriptions (issue 15), end to end on SQLite and PostgreSQL.
+
+The tasks, activity and notify functions run through functions-framework; the outbox
+rows are delivered as the KafkaSources would (binary mode, each row once, oldest first:
+task events to activity, delivery tries to notify), and the sweep's retry claim runs
+as its ping would. The subscriber is a real HTTP server on loopback that echoes the
+url_verification challenge and answers tries with the statuses of its script.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlmodel import col, select
+
+from duetide import events
+from duetide.channels.webhook import verify_signature
+from duetide.config import get_settings
+from duetide.services import webhook_deliveries
+from duetide.services.sweep import purge_processed
+from duetide.storage import db
+from duetide.storage.models import Outbox, Subscription, WebhookDelivery, utcnow
+from duetide.storage.outbox import to_cloudevent
+from tests.integration.conftest import _reset_caches, function_client
+from tests.integration.test_reminders import Receiver, serving_receiver
+from tests.support import json_of
+
+TASK_TYPES = set(events.TASK_EVENTS)
+
+
+@pytest.fixture
+def receiver(env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with serving_receiver(monkeypatch) as url:
+        yield url
+
+
+def setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    _reset_caches()
+
+
+class Eventing:
+    """The KafkaSources of the task events and webhooks topics, in one process: each
+    outbox row once, oldest first, to activity (task events) or notify (tries)."""
+
+    def __init__(self) -> None:
+        self.activity = function_client("activity")
+        self.notify = function_client("notify")
+        self.sent: dict[str, tuple[dict[str, str], bytes, str]] = {}
+
+    def pump(self, only: str | None = None) -> list[str]:
+        """Deliver every row not delivered yet (of topic `only`, if given), until none is
+        left; notify's answers."""
+        answers: list[str] = []
+        while fresh := [row for row in self._undelivered() if only in (None, row[3])]:
+            for row_id, headers, body, topic in fresh:
+                self.sent[row_id] = (headers, body, topic)
+                answer = self._post(topic, headers, body)
+                if topic == get_settings().duetide_topic_webhooks:
+                    answers.append(answer)
+        return answers
+
+    def redeliver(self) -> list[str]:
+        """Every row delivered so far, again (a KafkaSource replaying its topics)."""
+        return [self._post(topic, h, b) for h, b, topic in list(self.sent.values())]
+
+    def _post(self, topic: str, headers: dict[str, str], body: bytes) -> str:
+        settings = get_settings()
+        client = self.notify if topic == settings.duetide_topic_webhooks else self.activity
+        response = client.post("/", headers=headers, data=body)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return str(json_of(response)["status"])
+
+    def _undelivered(self) -> list[tuple[str, dict[str, str], bytes, str]]:
+        settings = get_settings()
+        topics = (settings.duetide_topic_task_events, settings.duetide_topic_webhooks)
+        with db.session_scope(read_only=True) as session:
+            rows = session.exec(
+                select(Outbox)
+                .where(col(Outbox.topic).in_(topics))
+                .order_by(col(Outbox.created_at), col(Outbox.id))
+            ).all()
+            return [
+                (row.id, *events.to_http(to_cloudevent(row)), row.topic)
+                for row in rows
+                if row.id not in self.sent
+            ]
+
+
+@pytest.fixture
+def eventing(env: str) -> Eventing:
+    return Eventing()
+
+
+def subscribe(client: FlaskClient, headers: dict[str, str], url: str, **fields: Any) -> dict:
+    response = client.post("/subscriptions", json={"url": url, **fields}, headers=headers)
+    assert response.status_code == 201, response.json
+    return json_of(response)
+
+
+def make_task(client: FlaskClient, headers: dict[str, str], title: str) -> str:
+    response = client.post("/tasks", json={"title": title}, headers=headers)
+    assert response.status_code == 201, response.json
+    return str(json_of(response)["id"])
+
+
+def deliveries(client: FlaskClient, headers: dict[str, str], subscription_id: str) -> list[dict]:
+    response = client.get(f"/subscriptions/{subscription_id}/deliveries", headers=headers)
+    assert response.status_code == 200, response.json
+    return list(json_of(response)["items"])
+
+
+def signed_correctly(request: dict[str, Any], secret: str) -> bool:
+    headers = request["headers"]
+    return verify_signature(
+        secret.encode(),
+        headers.get("Duetide-Signature"),
+        request["body"],
+        time.time(),
+        bound=(headers["ce-id"], headers["ce-type"]),
+    )
+
+
+def task_events() -> list[Outbox]:
+    with db.session_scope(read_only=True) as session:
+        topic = get_settings().duetide_topic_task_events
+        return list(session.exec(select(Outbox).where(Outbox.topic == topic)).all())
+
+
+def test_a_subscriber_gets_each_event_once_per_delivery_id_signed_as_a_binary_cloudevent(
+    client, alice, receiver, eventing
+):
+    made = subscribe(client, alice, receiver, description="sync")
+    assert made["status"] == "active" and made["secret"].startswith("whsec_")
+    assert len(Receiver.challenges) == 1
+    ids = [make_task(client, alice, f"task {i}") for i in range(4)]
+    client.patch(f"/tasks/{ids[0]}", json={"title": "renamed"}, headers=alice)
+    client.post(f"/tasks/{ids[1]}/complete", headers=alice)
+    client.post(f"/tasks/{ids[1]}/reopen", headers=alice)
+    client.delete(f"/tasks/{ids[2]}", headers=alice)
+
+    answers = eventing.pump()
+
+    published = {row.id: row for row in task_events()}
+    assert answers == ["delivered"] * len(published)
+    assert {r["headers"]["ce-id"] for r in Receiver.seen} == set(published)
+    keys = [r["headers"]["Idempotency-Key"] for r in Receiver.seen]
+    assert len(set(keys)) == len(keys) == len(published)
+    for request in Receiver.seen:
+        headers = request["headers"]
+        row = published[headers["ce-id"]]
+        assert headers["ce-specversion"] == "1.0"
+        assert headers["ce-type"] == row.type and headers["ce-source"] == row.source
+        assert headers["ce-subject"] == row.key
+        assert headers["Content-Type"] == "application/json"
+        assert signed_correctly(request, made["secret"])
+        assert not signed_correctly(request, "whsec_another")
+        assert request["body"] == events.to_http(to_cloudevent(row))[1]  # the event's data
+    # A forged type with the same body and signature does not verify.
+    forged = dict(Receiver.seen[0], headers={**Receiver.seen[0]["headers"], "ce-type": "x"})
+    assert not signed_correctly(forged, made["secret"])
+
+    # Redelivered task events store nothing twice; redelivered tries send nothing.
+    before = len(Receiver.seen)
+    eventing.redeliver()
+    assert eventing.pump() == []
+    assert len(Receiver.seen) == before
+    log = deliveries(client, alice, made["id"])
+    assert len(log) == len(published)
+    assert {d["status"] for d in log} == {"delivered"}
+    assert all(len(d["tries"]) == 1 and d["tries"][0]["status"] == 200 for d in log)
+
+
+def test_only_the_chosen_types_of_the_owner_are_sent(client, alice, bob, receiver, eventing):
+    subscribe(client, alice, receiver, types=[events.TASK_COMPLETED])
+    task = make_task(client, alice, "mine")
+    make_task(client, bob, "not mine")
+    bob_task = make_task(client, bob, "not mine either")
+    client.post(f"/tasks/{task}/complete", headers=alice)
+    client.post(f"/tasks/{bob_task}/complete", headers=bob)
+    eventing.pump()
+    assert [(r["headers"]["ce-type"], r["headers"]["ce-subject"]) for r in Receiver.seen] == [
+        (events.TASK_COMPLETED, task)
+    ]
+
+
+def test_an_unverified_url_gets_nothing_but_the_challenge_until_it_echoes(
+    client, alice, receiver, eventing
+):
+    Receiver.echo = False
+    made = subscribe(client, alice, receiver)
+    assert made["status"] == "unverified"
+    assert "without the challenge" in made["verification_error"]
+    make_task(client, alice, "before verification")
+    eventing.pump()
+    assert Receiver.seen == [] and deliveries(client, alice, made["id"]) == []
+    refused = client.post(f"/subscriptions/{made['id']}/verify", headers=alice)
+    assert refused.status_code == 422
+    Receiver.echo = True
+    verified = client.post(f"/subscriptions/{made['id']}/verify", headers=alice)
+    assert verified.status_code == 200 and json_of(verified)["status"] == "active"
+    assert client.post(f"/subscriptions/{made['id']}/verify", headers=alice).status_code == 409
+    make_task(client, alice, "after verification")
+    eventing.pump()
+    assert len(Receiver.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.7/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::ffff:127.0.0.1]:9/hook",
+        "ftp://example.org/hook",
+        "http://user:pass@example.org/hook",
+    ],
+)
+def test_an_unsafe_url_is_refused_and_nothing_is_stored(client, alice, env, url):
+    response = client.post("/subscriptions", json={"url": url}, headers=alice)
+    assert response.status_code == 422, response.json
+    assert json_of(response)["error"]["details"][0]["field"] == "url"
+    assert json_of(client.get("/subscriptions", headers=alice))["items"] == []
+
+
+def test_bad_requests_are_4xx_and_change_nothing(client, alice, receiver):
+    for body in (
+        {"url": receiver, "types": ["dev.duetide.reminder.due.v1"]},
+        {"url": receiver, "types": []},
+        {"url": receiver, "description": "x" * 201},
+        {"url": receiver, "secret": "mine"},
+        {"url": ""},
+        {},
+    ):
+        response = client.post("/subscriptions", json=body, headers=alice)
+        assert response.status_code == 422, (body, response.json)
+    assert json_of(client.get("/subscriptions", headers=alice))["items"] == []
+    assert Receiver.challenges == []
+
+
+def test_a_transient_failure_is_retried_by_the_sweep_with_the_same_delivery_id(
+    client, alice, receiver, eventing
+):
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [503]
+    make_task(client, alice, "flaky")
+    assert eventing.pump() == ["retry"]
+    (pending,) = deliveries(client, alice, made["id"])
+    assert pending["status"] == "pending" and pending["tries"][0]["status"] == 503
+    base = get_settings().duetide_subscription_retry_base_s
+    now = utcnow()
+    assert webhook_deliveries.claim_retries(now + timedelta(seconds=base / 2), 100) == 0
+    assert webhook_deliveries.claim_retries(now + timedelta(seconds=base + 1), 100) == 1
+    assert eventing.pump() == ["delivered"]
+    first, second = Receiver.seen
+    assert first["headers"]["Idempotency-Key"] == second["headers"]["Idempotency-Key"]
+    assert first["body"] == second["body"]
+    (done,) = deliveries(client, alice, made["id"])
+    assert done["status"] == "delivered" and done["attempt"] == 2
+    assert [t["status"] for t in done["tries"]] == [503, 200]
+    assert json_of(client.get(f"/subscriptions/{made['id']}", headers=alice))["failures"] == 0
+
+
+def test_a_refusal_fails_the_delivery_at_once(client, alice, receiver, eventing):
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [410]
+    make_task(client, alice, "refused")
+    assert eventing.pump() == ["failed"]
+    (failed,) = deliveries(client, alice, made["id"])
+    assert failed["status"] == "failed" and failed["next_attempt_at"] is None
+    assert webhook_deliveries.claim_retries(utcnow() + timedelta(days=1), 100) == 0
+
+    # Its owner sends it again, as the same delivery.
+    redone = client.post(
+        f"/subscriptions/{made['id']}/deliveries/{failed['id']}/redeliver", headers=alice
+    )
+    assert redone.status_code == 202, redone.json
+    assert eventing.pump() == ["delivered"]
+    assert len({r["headers"]["Idempotency-Key"] for r in Receiver.seen}) == 1
+    (done,) = deliveries(client, alice, made["id"])
+    assert [t["status"] for t in done["tries"]] == [410, 200]
+
+
+def test_persistent_failure_disables_the_subscription_until_its_owner_enables_it(
+    client, alice, receiver, eventing, monkeypatch
+):
+    setting(monkeypatch, "DUETIDE_SUBSCRIPTION_MAX_ATTEMPTS", "3")
+    setting(monkeypatch, "DUETIDE_SUBSCRIPTION_RETRY_BASE_S", "0")
+    setting(monkeypatch, "DUETIDE_SUBSCRIPTION_DISABLE_AFTER_S", "0")
+    eventing = Eventing()
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [500] * 3
+    make_task(client, alice, "down")
+    assert eventing.pump() == ["retry"]
+    for expected in ("retry", "failed"):
+        assert webhook_deliveries.claim_retries(utcnow(), 100) == 1
+        assert eventing.pump() == [expected]
+    shown = json_of(client.get(f"/subscriptions/{made['id']}", headers=alice))
+    assert shown["status"] == "disabled" and shown["failures"] == 3
+    assert "3 tries in a row failed" in shown["disabled_reason"]
+
+    make_task(client, alice, "while disabled")
+    eventing.pump()
+    assert len(Receiver.seen) == 3 and len(deliveries(client, alice, made["id"])) == 1
+
+    enabled = client.patch(f"/subscriptions/{made['id']}", json={"active": True}, headers=alice)
+    assert enabled.status_code == 200, enabled.json
+    assert json_of(enabled)["status"] == "active" and json_of(enabled)["failures"] == 0
+    assert len(Receiver.challenges) == 1  # still verified: no new challenge
+    make_task(client, alice, "after")
+    assert eventing.pump() == ["delivered"]
+
+
+def test_a_subscription_disabled_by_its_owner_keeps_pending_tries_for_later(
+    client, alice, receiver, eventing
+):
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [503]
+    make_task(client, alice, "pending")
+    assert eventing.pump() == ["retry"]
+    client.patch(f"/subscriptions/{made['id']}", json={"active": False}, headers=alice)
+    later = utcnow() + timedelta(hours=1)
+    assert webhook_deliveries.claim_retries(later, 100) == 0
+    client.patch(f"/subscriptions/{made['id']}", json={"active": True}, headers=alice)
+    assert webhook_deliveries.claim_retries(later, 100) == 1
+    assert eventing.pump() == ["delivered"]
+
+
+def test_a_new_url_is_verified_before_it_gets_anything(client, alice, receiver, eventing):
+    made = subscribe(client, alice, receiver)
+    Receiver.echo = False
+    moved = client.patch(
+        f"/subscriptions/{made['id']}", json={"url": receiver + "/moved"}, headers=alice
+    )
+    assert json_of(moved)["status"] == "unverified"
+    make_task(client, alice, "nothing for an unverified URL")
+    eventing.pump()
+    assert Receiver.seen == []
+
+
+def test_subscriptions_are_their_owners_alone(client, alice, bob, receiver, eventing):
+    made = subscribe(client, alice, receiver)
+    make_task(client, alice, "private")
+    eventing.pump()
+    (delivery,) = deliveries(client, alice, made["id"])
+    base = f"/subscriptions/{made['id']}"
+    for method, path in (
+        ("get", base),
+        ("patch", base),
+        ("delete", base),
+        ("post", f"{base}/verify"),
+        ("get", f"{base}/deliveries"),
+        ("post", f"{base}/deliveries/{delivery['id']}/redeliver"),
+    ):
+        kwargs = {"json": {"description": "mine"}} if method == "patch" else {}
+        response = getattr(client, method)(path, headers=bob, **kwargs)
+        assert response.status_code == 404, (method, path, response.json)
+    assert json_of(client.get("/subscriptions", headers=bob))["items"] == []
+    assert "secret" not in json_of(client.get(base, headers=alice))
+    assert client.delete(base, headers=alice).status_code == 204
+    assert client.get(base, headers=alice).status_code == 404
+
+
+def test_the_number_of_subscriptions_per_user_is_bounded(client, alice, receiver, monkeypatch):
+    setting(monkeypatch, "DUETIDE_SUBSCRIPTIONS_PER_USER", "2")
+    setting(monkeypatch, "DUETIDE_VERIFICATION_SENDS_PER_HOUR", "100")
+    subscribe(client, alice, receiver)
+    subscribe(client, alice, receiver)
+    response = client.post("/subscriptions", json={"url": receiver}, headers=alice)
+    assert response.status_code == 409 and "at most 2" in json_of(response)["error"]["message"]
+
+
+def test_concurrent_creates_never_exceed_the_bound(env, receiver, monkeypatch):
+    setting(monkeypatch, "DUETIDE_SUBSCRIPTIONS_PER_USER", "3")
+    setting(monkeypatch, "DUETIDE_VERIFICATION_SENDS_PER_HOUR", "100")
+    from tests.integration.conftest import auth_headers
+
+    headers = auth_headers("carol")
+    statuses: list[int] = []
+    start = threading.Barrier(8)
+
+    def create() -> None:
+        api = function_client("tasks")
+        start.wait()
+        response = api.post("/subscriptions", json={"url": receiver}, headers=headers)
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201] * 3 + [409] * 5
+    with db.session_scope(read_only=True) as session:
+        assert (
+            len(session.exec(select(Subscription).where(Subscription.owner == "carol")).all()) == 3
+        )
+
+
+def test_one_try_is_sent_once_when_its_event_arrives_twice_at_once(
+    client, alice, receiver, eventing
+):
+    subscribe(client, alice, receiver)
+    make_task(client, alice, "raced")
+    eventing.pump(only=get_settings().duetide_topic_task_events)
+    (try_row,) = eventing._undelivered()
+    answers: list[str] = []
+    start = threading.Barrier(4)
+
+    def deliver() -> None:
+        notify = function_client("notify")
+        start.wait()
+        response = notify.post("/", headers=try_row[1], data=try_row[2])
+        answers.append(str(json_of(response)["status"]))
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == ["delivered"] + ["duplicate"] * 3
+    assert len(Receiver.seen) == 1
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_for_a_day(client, alice, receiver, eventing):
+    made = subscribe(client, alice, receiver)
+    rotated = client.post(f"/subscriptions/{made['id']}/secret", headers=alice)
+    assert rotated.status_code == 200, rotated.json
+    new = json_of(rotated)["secret"]
+    assert new != made["secret"] and new.startswith("whsec_")
+    assert "secret" not in json_of(client.get(f"/subscriptions/{made['id']}", headers=alice))
+    make_task(client, alice, "during the overlap")
+    eventing.pump()
+    (during,) = Receiver.seen
+    assert signed_correctly(during, new) and signed_correctly(during, made["secret"])
+
+    with db.session_scope() as session:  # the day has passed
+        row = session.get(Subscription, made["id"])
+        assert row is not None and row.previous_secret_until is not None
+        row.previous_secret_until = utcnow() - timedelta(seconds=1)
+        session.add(row)
+    make_task(client, alice, "after the overlap")
+    eventing.pump()
+    after = Receiver.seen[1]
+    assert signed_correctly(after, new) and not signed_correctly(after, made["secret"])
+    # A second rotation retires the first secret at once.
+    client.post(f"/subscriptions/{made['id']}/secret", headers=alice)
+    make_task(client, alice, "after two rotations")
+    eventing.pump()
+    assert not signed_correctly(Receiver.seen[2], made["secret"])
+
+
+def test_deliveries_are_purged_with_the_activity_log(client, alice, receiver, eventing):
+    made = subscribe(client, alice, receiver)
+    make_task(client, alice, "old")
+    eventing.pump()
+    assert len(deliveries(client, alice, made["id"])) == 1
+    retention = timedelta(days=get_settings().duetide_activity_retention_days)
+    purge_processed(utcnow() + retention + timedelta(minutes=1))
+    assert deliveries(client, alice, made["id"]) == []
+    with db.session_scope(read_only=True) as session:
+        assert session.exec(select(WebhookDelivery)).all() == []
