@@ -18,6 +18,7 @@ from pathlib import Path
 BENCHMARKS = {
     "recurrence_next": "next occurrence of old series vs dateutil's after()",
     "reminder_lateness": "10,000 reminders due within a minute, 1 s ping, local stack",
+    "reminder_burst": "10k and 100k reminders due in one minute, SQLite and PostgreSQL",
     "http_edge": "GET /tasks median beside slow-body clients and 16 MiB request lines",
     "up_supervision": "duetide up: a killed child back, Ctrl-C and SIGKILL of up, all children",
     "recurrence_budget": "a sparse rule's forecasts vs GET /tasks, before and after the budgets",

@@ -137,6 +137,13 @@ class Settings(BaseSettings):
         0.5, ge=0.05, le=5, description="How often a waiter or a stream reads the log."
     )
     duetide_sweep_batch: int = Field(500, ge=1, le=10_000)
+    duetide_sweep_claimers: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Batches one sweep claims and sends at once on PostgreSQL (SKIP LOCKED"
+        " keeps them disjoint); SQLite claims one at a time.",
+    )
     duetide_allow_loopback_webhooks: bool = Field(
         False, description="Local development only: let webhooks target 127.0.0.1/::1."
     )

@@ -195,6 +195,36 @@ def test_two_concurrent_sweeps_fire_each_of_1000_reminders_once(env):
     assert set(reminder_states().values()) == {"fired"}
 
 
+def test_two_sweeps_claiming_at_once_on_postgresql_take_disjoint_batches(env, monkeypatch):
+    """Two sweep replicas inside their claim transactions at the same moment: each has
+    read and updated its batch before either commits (a barrier between the UPDATE and
+    the outbox INSERT), so only SKIP LOCKED lets the second pass the first's rows; with
+    a plain FOR UPDATE it would wait on them and never reach the barrier."""
+    if not env.startswith("postgresql"):
+        pytest.skip("SQLite takes its one write lock at BEGIN: its claims never overlap")
+    _bulk_reminders("alice", 300, T0 - timedelta(seconds=1))
+    both_claimed = threading.Barrier(2, timeout=60)
+    insert_pending = sweep.outbox.insert_pending
+
+    def meet_then_insert(session: Any, pending: list[Any]) -> int:
+        both_claimed.wait()  # BrokenBarrierError in a thread that waited 60 s for the other
+        return insert_pending(session, pending)
+
+    monkeypatch.setattr(sweep.outbox, "insert_pending", meet_then_insert)
+    results: list[sweep.SweepResult] = []
+    claimers = [threading.Thread(target=lambda: results.append(sweep.claim_batch(T0, 100)))
+                for _ in range(2)]  # fmt: skip
+    for claimer in claimers:
+        claimer.start()
+    for claimer in claimers:
+        claimer.join(timeout=120)
+    assert [r.fired for r in results] == [100, 100]
+    first, second = ({e.data["reminder_id"] for e in r.events} for r in results)
+    assert len(first) == len(second) == 100 and not first & second
+    assert sorted(reminder_states().values()) == ["fired"] * 200 + ["pending"] * 100
+    assert len(due_events()) == 200
+
+
 class Receiver(BaseHTTPRequestHandler):
     """A webhook receiver: echoes url_verification challenges as a real one would (kept
     apart in `challenges`), answers reminders with the statuses of `script`, then 200."""

@@ -281,7 +281,7 @@ def test_kafka_sources_feed_each_function_from_its_topic(wiring: Wiring) -> None
             "duetide-notify",
             SinkRef("Service", "duetide-notify"),
             "earliest",
-            "ordered",
+            "unordered",
         ),
         "duetide-activity": (
             ("duetide-task-events",),

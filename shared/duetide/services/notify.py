@@ -18,20 +18,24 @@ user's content: it is folded into one subject line, never a reason to fail.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+from collections import deque
 from datetime import datetime
+from typing import Protocol
 
+from sqlalchemy import Connection, TextClause, insert, text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from duetide import channels, events, telemetry
-from duetide.channels.delivery import DELIVERED, DeliveryResult, refused
+from duetide.channels.delivery import DeliveryResult, refused
 from duetide.errors import Unavailable
 from duetide.logs import log_event
-from duetide.services import preferences
 from duetide.storage import db
-from duetide.storage.models import Notification, Preference, Reminder
-from duetide.storage.processed import EventKey, already_processed, mark_processed
+from duetide.storage.models import Notification, Preference, ProcessedEvent, Reminder, new_id
+from duetide.storage.processed import EventKey, mark_processed
 from duetide.vocabulary import Channel
 
 log = logging.getLogger("duetide.services.notify")
@@ -75,48 +79,39 @@ def _observe(channel: Channel, due: events.ReminderEvent, result: DeliveryResult
     telemetry.count_delivery(channel, outcome)
 
 
-def _current(reminder: Reminder | None, due: events.ReminderEvent) -> bool:
+def _current(reminder: _ReminderState | None, due: events.ReminderEvent) -> bool:
     """Is this firing still wanted? Not if dismissed, snoozed since, or gone with its task."""
     if reminder is None or reminder.owner != due.owner or reminder.state == "dismissed":
         return False
     return reminder.fire_at == due.scheduled_at
 
 
+class _ReminderState(Protocol):
+    owner: str
+    state: str
+    fire_at: datetime | None
+
+
 def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: datetime) -> str:
     """Deliver on every channel not yet done; 503 (retry) if one failed transiently.
 
-    A channel that needs no network (the log) is recorded in the same transaction as
-    the checks and sent after the commit; network channels each get their own record.
+    The checks (processed before? still current? which channels are done?) and the
+    record of the channels that need no network (the log) commit in one transaction with
+    the checks of the deliveries running beside this one (`_GroupCommit`); those channels
+    are sent after the commit. Network channels each get their own record.
     """
-    key = EventKey(CONSUMER, event_source, event_id)
-    with db.session_scope() as session:
-        if already_processed(session, key):
-            return "duplicate"
-        if not _current(session.get(Reminder, due.reminder_id), due):
-            return "obsolete"
-        pref = preferences.load(session, due.owner)
-        done = set(
-            session.exec(
-                select(Notification.channel).where(
-                    Notification.reminder_id == due.reminder_id,
-                    Notification.scheduled_at == due.scheduled_at,
-                )
-            ).all()
-        )
-        pending = [channel for channel in pref.channels if channel not in done]
-        local = [c for c in pending if not channels.REGISTRY[c].NEEDS_NETWORK]
-        remote = [c for c in pending if channels.REGISTRY[c].NEEDS_NETWORK]
-        for channel in local:
-            session.add(_notification(due, channel, DELIVERED, now))
-        if not remote:
-            mark_processed(session, key)
-    for channel in local:
-        send(channel, due, pref)
-    if not remote:
+    check = _Check(EventKey(CONSUMER, event_source, event_id), due, now)
+    _GROUP.run(check)
+    if check.outcome != "send":
+        return check.outcome
+    assert check.pref is not None
+    for channel in check.local:
+        send(channel, due, check.pref)
+    if not check.remote:
         return "processed"
     transient = []
-    for channel in remote:
-        result = send(channel, due, pref)
+    for channel in check.remote:
+        result = send(channel, due, check.pref)
         if not result.ok and result.retryable:
             transient.append(channel)
             continue
@@ -124,8 +119,250 @@ def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: da
     if transient:
         raise Unavailable(f"delivery failed on {', '.join(transient)}; retry later")
     with db.session_scope() as session:
-        mark_processed(session, key)
+        mark_processed(session, check.key)
     return "processed"
+
+
+MAX_GROUP = 64
+"""The most events one group commit checks and records."""
+
+
+class _Check:
+    """One event's turn in a group commit, and what its checks found: `outcome` is
+    `duplicate`, `obsolete` or `send` (then `pref`, and the `local` channels recorded
+    with the commit and the `remote` ones still to send and record)."""
+
+    def __init__(self, key: EventKey, due: events.ReminderEvent, now: datetime) -> None:
+        self.key = key
+        self.due = due
+        self.now = now
+        self.outcome = ""
+        self.pref: Preference | None = None
+        self.local: list[Channel] = []
+        self.remote: list[Channel] = []
+        self.failed = False  # its group's transaction failed: it runs alone
+        self.finished = False
+        self.woken = threading.Event()
+
+
+class _GroupCommit:
+    """The checks of concurrent deliveries, committed together (a group commit).
+
+    One transaction per event made the database's commit (and on SQLite the process's
+    one writer at a time) the limit of a burst: about 290 reminders/s on the local
+    stack. Each request thread brings its event; while fewer than `leaders` groups are
+    under way it leads one at once, else it queues. A leader checks and records its
+    event and what is queued (at most MAX_GROUP in all) in one transaction
+    (`_commit_group`), wakes them with their outcomes and hands the lead to the next
+    event queued meanwhile. A group is whatever arrived while the others committed, so a
+    lone event commits at once and nothing waits on a timer. Each event still answers on
+    its own request after the commit (the sink contract: one event, one answer).
+
+    PostgreSQL runs two groups at once (one checks while the other commits: the commit's
+    flush was half a group's time); SQLite one, since the process has one writer anyway.
+
+    Exactly once per channel holds as before: the events of a group are checked in
+    order against the stored records and those the group adds itself, and the unique
+    keys (`processed_event`, `uq_notification_once`) still decide between concurrent
+    transactions. A group whose transaction fails (a concurrent duplicate won on a key,
+    the database away) commits nothing, and each of its events is then checked alone,
+    as it was before group commits, so one event's conflict never fails the others.
+    """
+
+    def __init__(self, limit: int = MAX_GROUP, leaders: int | None = None) -> None:
+        self._limit = limit
+        self._max_leaders = leaders
+        self._lock = threading.Lock()
+        self._queue: deque[_Check] = deque()
+        self._leaders = 0
+
+    def run(self, check: _Check) -> None:
+        """Check and record `check` in a group; alone if its group failed."""
+        leaders = self._max_leaders
+        if leaders is None:  # the engine is cached: a look at its dialect costs nothing
+            leaders = 2 if db.get_engine().dialect.name == "postgresql" else 1
+        with self._lock:
+            lead = self._leaders < leaders
+            if lead:
+                self._leaders += 1
+            else:
+                self._queue.append(check)
+        if not lead:
+            check.woken.wait()
+        if not check.finished:  # it leads: at once, or handed the lead
+            self._lead(check)
+        if check.failed:
+            _commit_alone(check)
+
+    def _lead(self, first: _Check) -> None:
+        with self._lock:
+            more = min(self._limit - 1, len(self._queue))
+            group = [first, *(self._queue.popleft() for _ in range(more))]
+        try:
+            _commit_group(group)
+        except Exception as exc:
+            log_event(
+                log,
+                "notify.group_failed",
+                level=logging.WARNING,
+                events=len(group),
+                error=type(exc).__name__,
+            )
+            for check in group:
+                check.failed = True
+        finally:
+            with self._lock:
+                successor = self._queue.popleft() if self._queue else None
+                if successor is None:
+                    self._leaders -= 1
+            for check in group:
+                check.finished = True
+                check.woken.set()
+            if successor is not None:
+                successor.woken.set()  # not finished: it leads the next group
+
+
+_GROUP = _GroupCommit()
+
+
+def _commit_alone(check: _Check) -> None:
+    """One event in a transaction of its own; once more if a concurrent delivery of the
+    same event or firing committed first (the retry then sees its records)."""
+    check.outcome, check.local, check.remote = "", [], []
+    try:
+        _commit_group([check])
+    except IntegrityError:
+        check.outcome, check.local, check.remote = "", [], []
+        _commit_group([check])
+
+
+def _commit_group(group: list[_Check]) -> None:
+    """Check `group` in order and record what needs no network, in one transaction.
+
+    A constant number of statements whatever the group's size: one read each of the
+    processed ids, the reminders, the preferences and the recorded notifications, one
+    INSERT of the notifications and one of the processed ids.
+    """
+    with db.session_scope() as session:
+        connection = session.connection()
+        reminder_ids = {check.due.reminder_id for check in group}
+        seen = _processed(connection, [check.key for check in group])
+        reminders = {
+            row.id: row
+            for row in connection.execute(
+                select(Reminder.id, Reminder.owner, Reminder.state, Reminder.fire_at).where(
+                    col(Reminder.id).in_(reminder_ids)
+                )
+            )
+        }
+        owners = {check.due.owner for check in group}
+        prefs = {
+            pref.owner: pref
+            for pref in session.exec(select(Preference).where(col(Preference.owner).in_(owners)))
+        }
+        done = {
+            (row.reminder_id, row.scheduled_at, row.channel)
+            for row in connection.execute(
+                select(
+                    Notification.reminder_id, Notification.scheduled_at, Notification.channel
+                ).where(col(Notification.reminder_id).in_(reminder_ids))
+            )
+        }
+        notifications: list[dict[str, object]] = []
+        processed: list[dict[str, object]] = []
+        for check in group:
+            key = (check.key.scope, check.key.source, check.key.event_id)
+            if key in seen:
+                check.outcome = "duplicate"
+                continue
+            due = check.due
+            if not _current(reminders.get(due.reminder_id), due):
+                check.outcome = "obsolete"
+                continue
+            pref = prefs.get(due.owner) or _defaults(due.owner)
+            pending = [
+                c for c in pref.channels if (due.reminder_id, due.scheduled_at, c) not in done
+            ]
+            check.outcome, check.pref = "send", pref
+            check.local = [c for c in pending if not channels.REGISTRY[c].NEEDS_NETWORK]
+            check.remote = [c for c in pending if channels.REGISTRY[c].NEEDS_NETWORK]
+            for channel in check.local:
+                notifications.append(_notification_row(due, channel, check.now))
+                done.add((due.reminder_id, due.scheduled_at, channel))
+            if not check.remote:
+                processed.append(
+                    {"consumer": CONSUMER, "scope": key[0], "source": key[1],
+                     "event_id": key[2], "processed_at": check.now}
+                )  # fmt: skip
+                seen.add(key)
+        if notifications:
+            connection.execute(insert(Notification), notifications)
+        if processed:
+            connection.execute(insert(ProcessedEvent), processed)
+
+
+def _defaults(owner: str) -> Preference:
+    """The preferences of an owner who never stored any (`preferences.load`'s defaults),
+    built once per owner: building a `Preference` runs pydantic's default factories,
+    which inspect their signatures each time, and was a tenth of notify's CPU in a burst
+    whose owners had no preference row. Read only: nothing here stores or changes it."""
+    pref = _DEFAULTS.get(owner)
+    if pref is None:
+        if len(_DEFAULTS) >= _MAX_DEFAULTS:
+            _DEFAULTS.clear()
+        pref = _DEFAULTS[owner] = Preference(owner=owner)
+    return pref
+
+
+_DEFAULTS: dict[str, Preference] = {}
+_MAX_DEFAULTS = 10_000
+
+
+def _processed(connection: Connection, keys: list[EventKey]) -> set[tuple[str, str, str]]:
+    """Which of `keys` notify has processed, as (scope, source, event id), in one statement.
+
+    A UNION ALL of one lookup per key, each on the whole primary key, so the database
+    finds each by the index whatever its statistics say. An `IN` list per column let
+    PostgreSQL's planner, on a table that grew since it was last analyzed (a burst into
+    a fresh one), match the first columns in the index and filter the ids over every
+    row notify had processed: 8 ms at 16,000 rows, longer with each event. Plain SQL
+    text, one per group size: built as SQLAlchemy selects it was a quarter of a group's
+    CPU.
+    """
+    params: dict[str, str] = {}
+    for n, key in enumerate(keys):
+        params.update({f"c{n}": key.consumer, f"s{n}": key.scope, f"r{n}": key.source,
+                       f"e{n}": key.event_id})  # fmt: skip
+    return {(row[0], row[1], row[2]) for row in connection.execute(_lookups(len(keys)), params)}
+
+
+@functools.cache
+def _lookups(count: int) -> TextClause:
+    table = ProcessedEvent.__tablename__
+    return text(
+        " UNION ALL ".join(
+            f"SELECT scope, source, event_id FROM {table} WHERE consumer = :c{n}"
+            f" AND scope = :s{n} AND source = :r{n} AND event_id = :e{n}"
+            for n in range(count)
+        )
+    )
+
+
+def _notification_row(
+    due: events.ReminderEvent, channel: Channel, now: datetime
+) -> dict[str, object]:
+    """A delivered notification of a channel that needs no network, as a row."""
+    return {
+        "id": new_id(),
+        "owner": due.owner,
+        "reminder_id": due.reminder_id,
+        "task_id": due.task_id,
+        "channel": channel,
+        "scheduled_at": due.scheduled_at,
+        "delivered_at": now,
+        "status": "delivered",
+        "detail": "",
+    }
 
 
 def _notification(

@@ -9,8 +9,11 @@ fire each reminder exactly once.
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from dataclasses import dataclass
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from time import perf_counter
 from typing import Any
@@ -49,6 +52,9 @@ class SweepResult:
     missed: int = 0
     deferred: int = 0
     batches: int = 0
+    published: int = 0
+    events: list[outbox.Pending] = field(default_factory=list)
+    """The outbox rows a batch committed, for `claim_due` to send (not summed)."""
 
 
 def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> SweepResult:
@@ -100,7 +106,8 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
                     .where(col(Reminder.id).in_(ids))
                     .values(state="missed" if late else "fired", fired_at=now)
                 )
-        outbox.record_many(session, emitted, source=events.SOURCE_SWEEP)
+        result.events = outbox.pending_rows(emitted, source=events.SOURCE_SWEEP)
+        outbox.insert_pending(session, result.events)
     return result
 
 
@@ -155,19 +162,64 @@ def _event(row: Row[*tuple[Any, ...]], fire_at: datetime, late: bool) -> outbox.
     return outbox.Event(events.REMINDER_MISSED if late else events.REMINDER_DUE, row.task_id, data)
 
 
-def claim_due(now: datetime, batch: int, engine: Engine | None = None) -> SweepResult:
-    """Claim every due reminder, batch after batch, until a batch comes back short."""
+def claim_due(
+    now: datetime,
+    batch: int,
+    engine: Engine | None = None,
+    *,
+    publish: bool = True,
+    claimers: int | None = None,
+) -> SweepResult:
+    """Claim every due reminder, batch after batch, until a batch comes back short.
+
+    Each batch's events are sent right after its commit (`outbox.publish_claimed`: one
+    produce call, one UPDATE marking them sent), so a burst reaches notify as fast as it
+    is claimed instead of a relay's batch per ping. A batch the broker did not wholly
+    acknowledge ends the publishing for this sweep: the rest wait for the relay, which
+    finds the broker back, rather than each batch waiting out the broker's timeout.
+
+    On PostgreSQL `claimers` threads (DUETIDE_SWEEP_CLAIMERS) claim and send at once,
+    as sweep replicas would: SKIP LOCKED gives each a disjoint batch, and one's claim
+    overlaps another's produce and commit (a batch of 500 spent most of its time waiting
+    for the broker's ack and the database). A claimer stops at its first short batch
+    (the due rows are done, or the others hold them). SQLite has one writer: one claimer.
+    """
+    bind = engine or db.get_engine()
+    wanted = claimers or get_settings().duetide_sweep_claimers
+    count = wanted if bind.dialect.name == "postgresql" else 1
     total = SweepResult()
+    publishing = [publish]
+    lock = threading.Lock()
     started = perf_counter()
-    while True:
-        claimed = claim_batch(now, batch, engine)
-        total.seen += claimed.seen
-        total.fired += claimed.fired
-        total.missed += claimed.missed
-        total.deferred += claimed.deferred
-        total.batches += 1
-        if claimed.seen < batch:
-            break
+
+    def claim_until_short() -> None:
+        while True:
+            claimed = claim_batch(now, batch, engine)
+            sent = 0
+            if publishing[0] and claimed.events:
+                sent = outbox.publish_claimed(claimed.events)
+                if sent < len(claimed.events):
+                    publishing[0] = False
+            with lock:
+                total.seen += claimed.seen
+                total.fired += claimed.fired
+                total.missed += claimed.missed
+                total.deferred += claimed.deferred
+                total.batches += 1
+                total.published += sent
+            if claimed.seen < batch:
+                return
+
+    if count == 1:
+        claim_until_short()
+    else:
+        with ThreadPoolExecutor(count, thread_name_prefix="duetide-claim") as pool:
+            # Each in a copy of this request's context: the trace its events carry.
+            claims = [
+                pool.submit(contextvars.copy_context().run, claim_until_short) for _ in range(count)
+            ]
+            for running in claims:
+                running.result()  # a claimer's failure fails the sweep (503, retried)
     if total.seen:
         log_event(
             log,
@@ -176,6 +228,8 @@ def claim_due(now: datetime, batch: int, engine: Engine | None = None) -> SweepR
             missed=total.missed,
             deferred=total.deferred,
             batches=total.batches,
+            claimers=count,
+            published=total.published,
             ms_per_batch=round((perf_counter() - started) * 1000 / total.batches, 1),
         )
     return total

@@ -138,13 +138,54 @@ class Event(NamedTuple):
     data: dict[str, Any]
 
 
+class Pending(NamedTuple):
+    """An outbox row as `record_many` writes it, kept by the writer to send after its
+    commit without reading it back (the sweep: `publish_claimed`)."""
+
+    id: str
+    topic: str
+    key: str
+    type: str
+    source: str
+    subject: str
+    data: dict[str, Any]
+    created_at: datetime
+    traceparent: str | None
+
+
 def record_many(session: Session, items: Iterable[Event], *, source: str) -> int:
     """Add events to the caller's transaction in one statement, no ORM objects.
 
     For the sweep, which writes hundreds per batch: the rows are those `record` would
     add (subject = key, an id and `created_at` each, the current span's `traceparent`, in
     the order given), written on the caller's connection, so they commit with the change
-    they report.
+    they report. `pending_rows` and `insert_pending` are its two halves, for a caller
+    that sends the rows itself after the commit.
+    """
+    return insert_pending(session, pending_rows(items, source=source))
+
+
+def pending_rows(items: Iterable[Event], *, source: str) -> list[Pending]:
+    """The rows `record_many` would write for `items` (new ids, now, the current span)."""
+    traceparent = tracecontext.current_traceparent()
+    return [
+        Pending(
+            new_id(),
+            topic_for(event.type),
+            event.key,
+            event.type,
+            source,
+            event.key,
+            event.data,
+            utcnow(),
+            traceparent,
+        )
+        for event in items
+    ]
+
+
+def insert_pending(session: Session, pending: list[Pending]) -> int:
+    """Write `pending` in the caller's transaction, one statement.
 
     PostgreSQL gets the rows as one JSON document (`_INSERT_JSON`): an executemany is an
     INSERT per row, and multi-row VALUES or one array per column cost more to encode in
@@ -153,23 +194,9 @@ def record_many(session: Session, items: Iterable[Event], *, source: str) -> int
     is stored as the same text as `record` stores. SQLite's executemany runs in its C
     module and needs nothing else.
     """
-    traceparent = tracecontext.current_traceparent()
-    rows: list[dict[str, Any]] = [
-        {
-            "id": new_id(),
-            "topic": topic_for(event.type),
-            "key": event.key,
-            "type": event.type,
-            "source": source,
-            "subject": event.key,
-            "data": event.data,
-            "created_at": utcnow(),
-            "traceparent": traceparent,
-        }
-        for event in items
-    ]
-    if not rows:
+    if not pending:
         return 0
+    rows = [row._asdict() for row in pending]
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         for row in rows:  # as text in the document, read back as timestamptz
@@ -198,7 +225,7 @@ def _insert_json() -> Insert:
 _INSERT_JSON = _insert_json()
 
 
-def to_cloudevent(row: Outbox) -> Any:
+def to_cloudevent(row: Outbox | Pending) -> Any:
     return events.build(
         event_id=row.id,
         type=row.type,
@@ -220,7 +247,7 @@ class _Record(NamedTuple):
     headers: list[tuple[str, bytes]]
 
 
-def _records(rows: Iterable[Outbox]) -> list[_Record]:
+def _records(rows: Iterable[Outbox | Pending]) -> list[_Record]:
     """The rows as records; a row that cannot be encoded is logged and stays pending."""
     records: list[_Record] = []
     for row in rows:
@@ -306,7 +333,7 @@ class Publisher:
             ids, self._deferred = self._deferred, []
         return ids
 
-    def send(self, rows: Iterable[Outbox]) -> list[str]:
+    def send(self, rows: Iterable[Outbox | Pending]) -> list[str]:
         """The relay path: send even if the breaker is open, waiting for a producer
         being built."""
         records = _records(rows)
@@ -549,8 +576,52 @@ def _publish(publisher: Publisher, ids: list[str], recorded: Iterable[Outbox] = 
     return len(acked)
 
 
-def relay_pending(limit: int = 500) -> int:
-    """The catch-up path (each sweep): send unsent rows, oldest first, once per relay.
+def publish_claimed(rows: list[Pending]) -> int:
+    """The sweep's path: send rows it has just committed, in one produce call, and mark
+    what the broker acknowledged sent in one statement.
+
+    The relay's send (waits for a producer being built, ignores the breaker) without the
+    relay's read: the sweep holds the rows it wrote. kafka-python gathers the records of
+    one call into a produce request per partition leader, so a claimed batch of 500
+    reminders is a request or two, not 500. A row the broker did not acknowledge stays
+    pending for the relay (same `ce_id`); database trouble marking them is logged and
+    re-sends them with the next relay, which consumers deduplicate.
+    """
+    publisher = get_publisher()
+    if publisher is None or not rows:
+        return 0
+    acked = publisher.send(rows)
+    if not acked:
+        return 0
+    try:
+        with db.autocommit() as connection:  # one statement: one round trip
+            mark_sent(connection, acked)
+    except SQLAlchemyError as exc:
+        log_event(log, "outbox.mark_failed", level=logging.WARNING, error=type(exc).__name__)
+        return 0
+    return len(acked)
+
+
+RELAY_BUDGET_S = 20.0
+"""How long one relay goes on sending full batches: a backlog (the broker was away
+through a burst) drains within a few pings instead of one batch per ping, and a ping's
+work still ends well inside the sweep's minute."""
+
+
+def relay_pending(limit: int = 500, budget_s: float = RELAY_BUDGET_S) -> int:
+    """The catch-up path (each sweep): send unsent rows, oldest first, batch after batch
+    while each batch is full and wholly acknowledged, for at most `budget_s`."""
+    deadline = time.monotonic() + budget_s
+    total = 0
+    while True:
+        read, acked = _relay_batch(limit)
+        total += acked
+        if read < limit or acked < read or time.monotonic() >= deadline:
+            return total
+
+
+def _relay_batch(limit: int) -> tuple[int, int]:
+    """One batch: (rows read, rows acknowledged and marked sent).
 
     On PostgreSQL rows are locked with SKIP LOCKED, so concurrent relays share the
     work instead of sending the same rows twice; SQLite takes its write lock at BEGIN
@@ -558,7 +629,7 @@ def relay_pending(limit: int = 500) -> int:
     """
     publisher = get_publisher()
     if publisher is None:
-        return 0
+        return 0, 0
     with db.session_scope() as session:
         rows = session.exec(
             select(Outbox)
@@ -576,7 +647,7 @@ def relay_pending(limit: int = 500) -> int:
                 .values(attempts=Outbox.attempts + 1)
             )
         mark_sent(session, acked)
-    return len(acked)
+    return len(rows), len(acked)
 
 
 def backlog(now: datetime) -> tuple[int, float]:

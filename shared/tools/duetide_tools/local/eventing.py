@@ -317,8 +317,10 @@ ORDERED = "ordered"
 UNORDERED = "unordered"
 # Deliveries in flight at once: partitions in parallel (ordered), records (unordered).
 # Knative bounds unordered in-flight records by max.poll.records (500 on a cluster);
-# the local stack keeps a smaller bound, one thread and HTTP connection per delivery.
-DEFAULT_MAX_IN_FLIGHT = 16
+# the local stack keeps a smaller bound, one thread and HTTP connection per delivery,
+# still above what one notify pod takes at once (containerConcurrency 32), so a burst
+# keeps it full (issue 16).
+DEFAULT_MAX_IN_FLIGHT = 40
 # Records polled but not yet started, per partition, before the partition is paused.
 DEFAULT_MAX_BUFFERED_PER_PARTITION = 100
 # Every poll takes all the records the consumer has fetched. kafka-python 3.0.12 can

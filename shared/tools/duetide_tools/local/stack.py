@@ -101,14 +101,32 @@ class FunctionProcess:
 
 
 def _pump(name: str, stream: IO[bytes], log_path: Path, echo: bool) -> None:
-    """Copy a child's output to its log file and, prefixed, to the console."""
+    """Copy a child's output to its log file and, prefixed, to the console.
+
+    By the chunk, not the line: a write (and a flush) per line made this thread, which
+    shares its process with the dispatchers, the limit of a busy function's logging. A
+    function writing four lines per event filled the pipe, and its threads then queued
+    on their logging handler's lock (py-spy, 100,000 reminders: issue 16). The file gets
+    every chunk as read; the console whole lines only, each with its function's name.
+    """
+    read = getattr(stream, "read1", stream.read)
+    partial = b""
     with log_path.open("ab") as log:
-        for line in iter(stream.readline, b""):
-            log.write(line)
+        for chunk in iter(lambda: read(_PUMP_CHUNK), b""):
+            log.write(chunk)
             log.flush()
             if echo:
-                sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                for line in lines:
+                    sys.stdout.write(f"[{name}] {line.decode(errors='replace')}\n")
                 sys.stdout.flush()
+        if echo and partial:
+            sys.stdout.write(f"[{name}] {partial.decode(errors='replace')}\n")
+            sys.stdout.flush()
+
+
+_PUMP_CHUNK = 64 * 1024
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""The 09:00 burst (issue 16): 10,000 and 100,000 reminders due within one minute on the
+local stack (embedded broker, 1 s ping), on SQLite (the default stack) and PostgreSQL.
+
+Each run has the claim floor beside its end-to-end figure: the claim is when the sweep
+fired the reminder (a 1 s ping allows up to 1 s), the delivery when notify recorded it,
+after the outbox, Kafka and the KafkaSource dispatcher. `early` counts claims or
+deliveries before the reminder's time, `twice` reminders the log channel delivered more
+than once (from notify's log, since the database's unique key would hide a second
+record). `peak /s` is the most deliveries recorded in one second; `done after s` when
+the last was recorded, counted from the first reminder's time.
+
+BENCH_BURST_SIZES (default "10000,100000") and BENCH_BURST_DATABASES (default
+"sqlite,postgresql") choose the runs."""
+
+from __future__ import annotations
+
+import os
+
+from bench.reminder_lateness import SPREAD_S, _percentiles, measure
+
+SIZES = [int(n) for n in os.environ.get("BENCH_BURST_SIZES", "10000,100000").split(",")]
+DATABASES = os.environ.get("BENCH_BURST_DATABASES", "sqlite,postgresql").split(",")
+
+
+def run() -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for database in DATABASES:
+        for size in SIZES:
+            got = measure(size, database)
+            print(f"  {database} {size}: done", flush=True)
+            for what, key in (("claimed (floor)", "claim_late"), ("delivered", "deliver_late")):
+                values = got[key]
+                assert isinstance(values, list)
+                early_key = "claim_early" if key == "claim_late" else "deliver_early"
+                rows.append(
+                    {"database": database, "reminders": size, "measure": what,
+                     "count": len(values), **_percentiles(values), "early": got[early_key],
+                     "twice": got["twice"] if what == "delivered" else "",
+                     "peak /s": got["peak_per_s"] if what == "delivered" else "",
+                     "done after s": got["done_after_s"] if what == "delivered" else ""}
+                )  # fmt: skip
+    return rows
+
+
+def describe() -> str:
+    return (
+        f"Reminders due evenly over {SPREAD_S} s on `duetide up`'s stack (embedded broker, "
+        "1 s ping), on each database; lateness = claim or delivery time minus the reminder "
+        "time. " + (__doc__ or "").split("\n\n")[1].replace("\n", " ")
+    )
