@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import bindparam
 from sqlalchemy.orm import lazyload
 from sqlmodel import Session, and_, col, or_, select
 
@@ -115,11 +116,11 @@ def lock(session: Session, series_id: str, owner: str | None = None) -> Series |
     FOR UPDATE: a writing `db.session_scope()` begins with BEGIN IMMEDIATE,
     which takes the database's write lock at BEGIN and so serialises every writer.
     """
-    query = select(Series).where(Series.id == series_id)
-    if owner is not None:
-        query = query.where(Series.owner == owner)
-    locked = query.with_for_update().execution_options(populate_existing=True)
-    series = session.exec(locked).first()
+    if owner is None:
+        series = session.exec(_LOCK_SERIES, params={"series_id": series_id}).first()
+    else:
+        ids = {"series_id": series_id, "owner": owner}
+        series = session.exec(_LOCK_OWN_SERIES, params=ids).first()
     if series is not None:
         # The session's identity map holds objects weakly: a caller that keeps only the
         # task would see the series collected and read again by the next `session.get`
@@ -200,6 +201,23 @@ def _occurrences(session: Session, series_id: str) -> list[Task]:
     )
 
 
+_LOCK_SERIES = (
+    select(Series)
+    .where(col(Series.id) == bindparam("series_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+_LOCK_OWN_SERIES = _LOCK_SERIES.where(col(Series.owner) == bindparam("owner"))
+# The completed occurrence, read fresh, without its tags and reminders: the next one
+# takes the series'. (SQLModel types a relationship as its list, hence the ignore.)
+_COMPLETED = (
+    select(Task)
+    .where(col(Task.id) == bindparam("task_id"))
+    .options(lazyload(Task.tag_rows), lazyload(Task.reminders))  # type: ignore[arg-type]
+    .execution_options(populate_existing=True)
+)
+
+
 def materialise_next(session: Session, data: events.TaskEvent, now: datetime) -> list[str]:
     """On `task.completed`: create the one next occurrence, or do nothing if it exists.
 
@@ -214,13 +232,7 @@ def materialise_next(session: Session, data: events.TaskEvent, now: datetime) ->
     series = lock(session, data.series_id, data.owner)
     if series is None or series.status != "active":
         return []
-    # Read fresh, without its tags and reminders: the next occurrence takes the series'.
-    task = session.exec(
-        select(Task)
-        .where(Task.id == data.task_id)
-        .options(lazyload(Task.tag_rows), lazyload(Task.reminders))  # type: ignore[arg-type]
-        .execution_options(populate_existing=True)
-    ).first()
+    task = session.exec(_COMPLETED, params={"task_id": data.task_id}).first()
     if task is None or task.series_id != series.id or task.status != "done":
         return []
     return _continue_after(session, series, task, task.completed_at or now, now)
@@ -463,13 +475,24 @@ def delete_occurrence(session: Session, series: Series, task: Task, now: datetim
 
 def _moved_past(session: Session, series_id: str, task: Task) -> bool:
     """The occurrence has its successor, or a later occurrence exists (one query)."""
-    later = or_(
-        Task.previous_id == task.id,
-        and_(
-            Task.series_id == series_id, col(Task.occurrence_index) > (task.occurrence_index or 0)
-        ),
+    ids = {"task_id": task.id, "series_id": series_id, "index": task.occurrence_index or 0}
+    return session.exec(_MOVED_PAST, params=ids).first() is not None
+
+
+# Built once: every completion of an occurrence runs them (materialise_next).
+_MOVED_PAST = (
+    select(Task.id)
+    .where(
+        or_(
+            col(Task.previous_id) == bindparam("task_id"),
+            and_(
+                col(Task.series_id) == bindparam("series_id"),
+                col(Task.occurrence_index) > bindparam("index"),
+            ),
+        )
     )
-    return session.exec(select(Task.id).where(later).limit(1)).first() is not None
+    .limit(1)
+)
 
 
 def _later_exists(session: Session, series_id: str, task: Task) -> bool:
