@@ -10,14 +10,11 @@ and no process of the stack is left behind.
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
 import os
 import re
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +27,7 @@ import requests
 
 from duetide.channels.webhook import verify_signature
 from duetide_tools.local.broker import free_loopback_port
+from tests.integration.test_reminders import Receiver, serving_receiver
 from tests.support import processes_with_home, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,71 +201,32 @@ def test_the_activity_function_logs_each_change_through_kafka(stack: Stack):
     ]
 
 
-def test_a_webhook_subscription_gets_each_change_through_kafka(stack: Stack):
+def test_a_webhook_subscription_gets_each_change_through_kafka(stack: Stack, monkeypatch):
     """The notify function's second KafkaSource (the webhooks topic, from its manifest)
     feeds it the tries the activity function stores; a failed try is retried by the
     sweep's ping with the same delivery id."""
-    with serving_subscriber() as (url, seen):
+    with serving_receiver(monkeypatch) as url:
         made = stack.call("POST", "/subscriptions", json={"url": url})
         assert made.status_code == 201 and made.json()["status"] == "active", made.text
-        Subscriber.script = [503]
+        Receiver.script = [503]  # the first try, of either event, fails
         task_id = stack.call("POST", "/tasks", json={"title": "Hooked"}).json()["id"]
         stack.call("POST", f"/tasks/{task_id}/complete")
 
         def received() -> list[dict[str, Any]]:
-            mine = [r for r in seen if r["ce-subject"] == task_id and r["status"] == 200]
-            return mine if len(mine) == 2 else []
+            mine = [r for r in Receiver.seen if r["headers"]["ce-subject"] == task_id]
+            return mine if len(mine) == 3 else []
 
-        requests_ = wait_for(received, "both task events at the subscriber")
-        assert {r["ce-type"].split(".")[3] for r in requests_} == {"created", "completed"}
+        tries = wait_for(received, "both task events at the subscriber, one of them twice")
+        headers = [r["headers"] for r in tries]
+        assert {h["ce-type"].split(".")[3] for h in headers} == {"created", "completed"}
+        assert len({h["Idempotency-Key"] for h in headers}) == 2  # the retry: the same id
         secret = made.json()["secret"].encode()
-        for r in requests_:
-            bound = (r["ce-id"], r["ce-type"])
-            signature = r["Duetide-Signature"]
+        for r in tries:
+            bound = (r["headers"]["ce-id"], r["headers"]["ce-type"])
+            signature = r["headers"]["Duetide-Signature"]
             assert verify_signature(secret, signature, r["body"], time.time(), bound=bound)
-        refused = [r for r in seen if r["status"] == 503]
-        assert len(refused) == 1
-        assert refused[0]["Idempotency-Key"] in {r["Idempotency-Key"] for r in requests_}
         log = stack.call("GET", f"/subscriptions/{made.json()['id']}/deliveries").json()
         assert {d["status"] for d in log["items"]} == {"delivered"}
-
-
-class Subscriber(http.server.BaseHTTPRequestHandler):
-    """Echoes the challenge; answers tries with `script`, then 200; notes each try."""
-
-    secret = ""
-    script: list[int] = []
-    seen: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if "ce-id" not in self.headers:
-            answer = json.dumps({"challenge": json.loads(body)["challenge"]}).encode()
-            status = 200
-        else:
-            answer = b""
-            status = Subscriber.script.pop(0) if Subscriber.script else 200
-            Subscriber.seen.append({**dict(self.headers.items()), "status": status, "body": body})
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serving_subscriber() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    Subscriber.script, Subscriber.seen = [], []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Subscriber)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hook", Subscriber.seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_ctrl_c_stops_everything(stack: Stack):
