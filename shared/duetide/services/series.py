@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import bindparam
 from sqlalchemy.orm import lazyload
 from sqlmodel import Session, and_, col, or_, select
 
@@ -271,15 +271,6 @@ def _log_missed(session: Session, series: Series, following: recurrence.Next) ->
 def _create_occurrence(
     session: Session, series: Series, previous_id: str, following: recurrence.Next
 ) -> str:
-    """Store the occurrence `following` of `series` with the series' tags and reminders,
-    and its task.created; the outbox row id.
-
-    The rows are written with statements built once (Core) on the session's connection:
-    the ORM's unit of work for a task, its tags and its reminders was half of the
-    recurrence function's CPU per completion. A unique constraint (one successor per
-    occurrence, one task per series and time) raises here, inside the transaction. The
-    Task object is transient: only the event is built from it.
-    """
     scheduled = following.scheduled_at
     task = Task(
         owner=series.owner,
@@ -293,28 +284,21 @@ def _create_occurrence(
         previous_id=previous_id,
     )
     task.set_tags(series.tags)
-    connection = session.connection()
-    connection.execute(_INSERT_TASK, _row(_INSERT_TASK, task))
-    if task.tag_rows:
-        connection.execute(_INSERT_TAG, [_row(_INSERT_TAG, tag) for tag in task.tag_rows])
-    if series.reminder_offsets:
-        rows = [
-            _row(
-                _INSERT_REMINDER,
-                Reminder(
-                    owner=series.owner,
-                    task_id=task.id,
-                    before_due_s=offset,
-                    fire_at=reminders.fire_time(None, offset, scheduled),
-                ),
+    for offset in series.reminder_offsets:
+        task.reminders.append(
+            Reminder(
+                owner=series.owner,
+                task_id=task.id,
+                before_due_s=offset,
+                fire_at=reminders.fire_time(None, offset, scheduled),
             )
-            for offset in series.reminder_offsets
-        ]
-        connection.execute(_INSERT_REMINDER, rows)
+        )
+    session.add(task)
     if following.index > series.last_index:
         series.last_index, series.last_at = following.index, scheduled
     series.updated_at = utcnow()
     session.add(series)
+    session.flush()  # the unique constraints speak here, inside the transaction
     log_event(
         log,
         "occurrence.materialised",
@@ -323,17 +307,6 @@ def _create_occurrence(
         occurrence_index=following.index,
     )
     return emit(session, task, events.TASK_CREATED, source=events.SOURCE_RECURRENCE)
-
-
-_INSERT_TASK = insert(Task.metadata.tables["task"])
-_INSERT_TAG = insert(Task.metadata.tables["task_tag"])
-_INSERT_REMINDER = insert(Task.metadata.tables["reminder"])
-
-
-def _row(statement: Any, model: Any) -> dict[str, Any]:
-    """The model's values for every column of the statement's table (defaults applied
-    when the model was built)."""
-    return {column.name: getattr(model, column.name) for column in statement.table.columns}
 
 
 # --- user actions on a series ----------------------------------------------------------
