@@ -51,17 +51,17 @@ def _held_group(
 
     monkeypatch.setattr(notify, "_commit_group", held)
     if race_group:  # between the group's reads and its INSERT, from another thread
-        notification_row = notify._notification_row
+        notification_values = notify._notification_values
 
-        def raced(due: events.ReminderEvent, channel: Any, now: Any) -> dict[str, object]:
+        def raced(due: events.ReminderEvent, channel: Any, result: Any, now: Any) -> dict[str, Any]:
             if len(sizes) == 2:
                 racer = threading.Thread(target=_record_elsewhere, args=(due,))
                 racer.start()
                 racer.join(timeout=30)
                 sizes.append(0)  # once
-            return notification_row(due, channel, now)
+            return notification_values(due, channel, result, now)
 
-        monkeypatch.setattr(notify, "_notification_row", raced)
+        monkeypatch.setattr(notify, "_notification_values", raced)
     return sizes
 
 

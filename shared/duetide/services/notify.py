@@ -23,14 +23,14 @@ import logging
 import threading
 from collections import deque
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, TextClause, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from duetide import channels, events, telemetry
-from duetide.channels.delivery import DeliveryResult, refused
+from duetide.channels.delivery import DELIVERED, DeliveryResult, refused
 from duetide.errors import Unavailable
 from duetide.logs import log_event
 from duetide.storage import db
@@ -287,13 +287,11 @@ def _commit_group(group: list[_Check]) -> None:
             check.local = [c for c in pending if not channels.REGISTRY[c].NEEDS_NETWORK]
             check.remote = [c for c in pending if channels.REGISTRY[c].NEEDS_NETWORK]
             for channel in check.local:
-                notifications.append(_notification_row(due, channel, check.now))
+                row = {"id": new_id(), **_notification_values(due, channel, DELIVERED, check.now)}
+                notifications.append(row)
                 done.add((due.reminder_id, due.scheduled_at, channel))
             if not check.remote:
-                processed.append(
-                    {"consumer": CONSUMER, "scope": key[0], "source": key[1],
-                     "event_id": key[2], "processed_at": check.now}
-                )  # fmt: skip
+                processed.append(check.key.values(check.now))
                 seen.add(key)
         if notifications:
             connection.execute(insert(Notification), notifications)
@@ -348,36 +346,21 @@ def _lookups(count: int) -> TextClause:
     )
 
 
-def _notification_row(
-    due: events.ReminderEvent, channel: Channel, now: datetime
-) -> dict[str, object]:
-    """A delivered notification of a channel that needs no network, as a row."""
+def _notification_values(
+    due: events.ReminderEvent, channel: Channel, result: DeliveryResult, now: datetime
+) -> dict[str, Any]:
+    """A delivery's `notification` row (without its id): a group commit inserts these as
+    plain rows, a network channel's record as a model."""
     return {
-        "id": new_id(),
         "owner": due.owner,
         "reminder_id": due.reminder_id,
         "task_id": due.task_id,
         "channel": channel,
         "scheduled_at": due.scheduled_at,
         "delivered_at": now,
-        "status": "delivered",
-        "detail": "",
+        "status": "delivered" if result.ok else "failed",
+        "detail": (result.error or "")[:255],
     }
-
-
-def _notification(
-    due: events.ReminderEvent, channel: Channel, result: DeliveryResult, now: datetime
-) -> Notification:
-    return Notification(
-        owner=due.owner,
-        reminder_id=due.reminder_id,
-        task_id=due.task_id,
-        channel=channel,
-        scheduled_at=due.scheduled_at,
-        delivered_at=now,
-        status="delivered" if result.ok else "failed",
-        detail=(result.error or "")[:255],
-    )
 
 
 def _record(
@@ -385,6 +368,6 @@ def _record(
 ) -> None:
     try:
         with db.session_scope() as session:
-            session.add(_notification(due, channel, result, now))
+            session.add(Notification(**_notification_values(due, channel, result, now)))
     except IntegrityError:
         pass  # a concurrent delivery of the same firing recorded it first

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,27 +35,21 @@ class EventKey:
     event_id: str
     scope: str = ""
 
-    def row(self) -> ProcessedEvent:
-        return ProcessedEvent(
-            consumer=self.consumer, scope=self.scope, source=self.source, event_id=self.event_id
-        )
-
-
-def already_processed(session: Session, key: EventKey) -> bool:
-    found = session.get(ProcessedEvent, (key.consumer, key.scope, key.source, key.event_id))
-    return found is not None
+    def values(self, processed_at: datetime) -> dict[str, Any]:
+        """The key's `processed_event` row, as a statement's parameters."""
+        return {
+            "consumer": self.consumer,
+            "scope": self.scope,
+            "source": self.source,
+            "event_id": self.event_id,
+            "processed_at": processed_at,
+        }
 
 
 def claim(session: Session, key: EventKey) -> bool:
     """Record `key` in the caller's transaction; False if it was recorded already."""
     connection = session.connection()
-    parameters = {
-        "consumer": key.consumer,
-        "scope": key.scope,
-        "source": key.source,
-        "event_id": key.event_id,
-        "processed_at": utcnow(),
-    }
+    parameters = key.values(utcnow())
     return connection.execute(_CLAIM[connection.dialect.name], parameters).first() is not None
 
 
@@ -72,7 +67,7 @@ _CLAIM = {"postgresql": _claim_statement(pg_insert), "sqlite": _claim_statement(
 
 def mark_processed(session: Session, key: EventKey) -> None:
     """Record `key` in the caller's transaction (a no-op if it is there already)."""
-    session.merge(key.row())
+    session.merge(ProcessedEvent(**key.values(utcnow())))
 
 
 T = TypeVar("T")
