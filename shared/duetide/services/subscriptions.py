@@ -63,8 +63,9 @@ def create(
     return subscription, _challenge(session, preference, subscription, now)
 
 
-def read(session: Session, owner: str, subscription_id: str) -> Subscription:
-    subscription = session.get(Subscription, subscription_id)
+def read(session: Session, owner: str, subscription_id: str, *, lock: bool = False) -> Subscription:
+    """The owner's subscription (404 for anyone else's), row-locked if `lock`."""
+    subscription = session.get(Subscription, subscription_id, with_for_update=lock)
     if subscription is None or subscription.owner != owner:
         raise NotFound(f"no subscription {subscription_id!r}")
     return subscription
@@ -141,10 +142,7 @@ def rotate_secret(
 ) -> Subscription:
     """A new secret; the one it replaces keeps signing for `ROTATION_OVERLAP` (a second
     `v1=` in `Duetide-Signature`), the one before that stops at once."""
-    query = select(Subscription).where(Subscription.id == subscription_id).with_for_update()
-    subscription = session.exec(query).one_or_none()
-    if subscription is None or subscription.owner != owner:
-        raise NotFound(f"no subscription {subscription_id!r}")
+    subscription = read(session, owner, subscription_id, lock=True)
     subscription.previous_secret = subscription.secret
     subscription.previous_secret_until = now + ROTATION_OVERLAP
     subscription.secret = new_secret()
