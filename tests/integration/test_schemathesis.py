@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +23,11 @@ from duetide.config import Settings
 from duetide.web.api import BY_OPERATION
 from duetide.web.auth import issue_local_token
 from duetide.web.openapi import document
-from duetide_tools.local.broker import free_loopback_port
-from tests.integration.conftest import BACKENDS, POSTGRES_URL, ROOT
-from tests.support import migrated_database
+from tests.integration.conftest import BACKENDS, POSTGRES_URL
+from tests.support import migrated_database, serving_function
 
 SECRET = "schemathesis-test-secret-of-enough-length"
 OTHER_SECRET = "not-the-servers-secret-but-long-enough"
-START_TIMEOUT_S = 30.0
 # Examples per operation (and per schemathesis phase); DUETIDE_SCHEMATHESIS_EXAMPLES=600
 # for a deeper run.
 EXAMPLES = int(os.environ.get("DUETIDE_SCHEMATHESIS_EXAMPLES", "15"))
@@ -63,7 +58,6 @@ def server(served: Served) -> str:
 def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The tasks function served as in the image (duetide.web.serve) on a free loopback port."""
     home = tmp_path_factory.mktemp("home")
-    port = free_loopback_port()
     env = {
         **os.environ,
         "DATABASE_URL": server_database,
@@ -84,39 +78,8 @@ def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         # nothing leaves loopback.
         "DUETIDE_WEBHOOK_HOSTS": "192.0.2.1",
     }
-    log_path = home / "tasks.log"
-    command = [
-        *(sys.executable, "-m", "duetide.web.serve"),
-        *("--source", str(ROOT / "functions" / "tasks" / "main.py"), "--target", "tasks"),
-        *("--host", "127.0.0.1", "--port", str(port)),
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _await_health(base, process, log_path)
-        yield Served(base, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _await_health(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the tasks function exited at start:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"the tasks function did not answer within {START_TIMEOUT_S} s")
+    with serving_function(home, env) as port:
+        yield Served(f"http://127.0.0.1:{port}", home / "serve.log")
 
 
 def bearer(user: str, secret: str = SECRET) -> dict[str, str]:
