@@ -347,11 +347,17 @@ def resend_email(request: Request, user: str) -> Response:
 def verify_webhook(request: Request, user: str) -> Response:
     with db.session_scope() as session:
         _, challenge = preferences.challenge_webhook(session, user, utcnow())
-    result = None if challenge is None else verification.send(challenge)
-    if result is not None and not result.ok:
-        message = f"the webhook did not echo the url_verification challenge: {result.error}"
-        raise ValidationFailed(message, details=[{"field": "webhook_url", "message": message}])
+    if challenge is not None:
+        _send_challenge(challenge, "webhook_url")
     return _preferences(user)
+
+
+def _send_challenge(challenge: verification.WebhookChallenge, field: str) -> None:
+    """Send a challenge the user asked for; 422 naming `field` unless it is echoed."""
+    result = verification.send(challenge)
+    if not result.ok:
+        message = f"the webhook did not echo the url_verification challenge: {result.error}"
+        raise ValidationFailed(message, details=[{"field": field, "message": message}])
 
 
 def upcoming_reminders(request: Request, user: str) -> Response:
@@ -438,10 +444,7 @@ def update_subscription(request: Request, user: str, subscription_id: str) -> Re
 def verify_subscription(request: Request, user: str, subscription_id: str) -> Response:
     with db.session_scope() as session:
         _, challenge = subscriptions.challenge(session, user, subscription_id, utcnow())
-    result = verification.send(challenge)
-    if not result.ok:
-        message = f"the webhook did not echo the url_verification challenge: {result.error}"
-        raise ValidationFailed(message, details=[{"field": "url", "message": message}])
+    _send_challenge(challenge, "url")
     return _subscription_answer(subscription_id, user, None)
 
 
