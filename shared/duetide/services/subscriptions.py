@@ -89,7 +89,7 @@ def update(
     if "description" in changes:
         subscription.description = spec.description or ""
     if spec.active is False and subscription.status != "disabled":
-        _disable(subscription, "disabled by its owner", now)
+        webhook_deliveries.disable(subscription, "disabled by its owner", now)
     if spec.url is not None and spec.url != subscription.url:
         subscription.url = spec.url
         subscription.verified_at = None
@@ -107,12 +107,6 @@ def update(
     subscription.updated_at = now
     session.add(subscription)
     return subscription, challenge
-
-
-def _disable(subscription: Subscription, reason: str, now: datetime) -> None:
-    subscription.status = "disabled"
-    subscription.disabled_at = now
-    subscription.disabled_reason = reason
 
 
 def challenge(

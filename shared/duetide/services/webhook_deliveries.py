@@ -299,13 +299,8 @@ def _account(subscription: Subscription, ok: bool, now: datetime, settings: Sett
         settings.duetide_subscription_max_attempts,
         timedelta(seconds=settings.duetide_subscription_disable_after_s),
     ):
-        subscription.status = "disabled"
-        subscription.disabled_at = now
-        subscription.disabled_reason = (
-            f"{subscription.failures} tries in a row failed since "
-            f"{subscription.failing_since.isoformat(timespec='seconds')}"
-        )
-        subscription.updated_at = now
+        since = subscription.failing_since.isoformat(timespec="seconds")
+        disable(subscription, f"{subscription.failures} tries in a row failed since {since}", now)
         log_event(
             log,
             "subscription.disabled",
@@ -313,6 +308,14 @@ def _account(subscription: Subscription, ok: bool, now: datetime, settings: Sett
             subscription_id=subscription.id,
             failures=subscription.failures,
         )
+
+
+def disable(subscription: Subscription, reason: str, now: datetime) -> None:
+    """Stop sending to the subscription until its owner enables it; `reason` is shown."""
+    subscription.status = "disabled"
+    subscription.disabled_at = now
+    subscription.disabled_reason = reason
+    subscription.updated_at = now
 
 
 # --- retries (sweep) --------------------------------------------------------------------
