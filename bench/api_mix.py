@@ -23,8 +23,10 @@ counter is still written). The baseline's: `uvicorn bench.baseline.app:app`. One
 served by 2 workers (duetide's WORKERS=2, `uvicorn --workers 2`) is not used: the workers
 share one listening socket and whichever accepts first keeps the connection, and of wrk's
 16 connections one worker got 15, 13, 10 or 8 from run to run, so the figures measured
-the split. Both apps on asyncio and h11 (neither uvloop nor httptools is installed), both
-with psycopg 3 over TLS to 127.0.0.1 (the server's default).
+the split. Both apps on uvloop and httptools (duetide's dependencies, and what uvicorn
+picks when they are installed, as `uvicorn[standard]` has them; before 2026-12-03 both ran
+on asyncio's loop and h11), both with psycopg 3 over TLS to 127.0.0.1 (the server's
+default).
 """
 
 from __future__ import annotations

@@ -8,7 +8,16 @@ Servers compared (each one worker process, THREADS threads, SQLite):
 - `gthread+limits`: the same gunicorn worker with request line and header limits only;
 - `duetide.web.serve`: the launcher the image and the local stack use (see duetide/web/serve.py):
   the same Flask app behind uvicorn, each request read whole (bounded) on the event loop
-  before it takes one of the THREADS threads.
+  before it takes one of the THREADS threads; httptools parses, on uvloop;
+- `duetide.web.serve (h11)`: the same launcher as it was before httptools and uvloop
+  (DUETIDE_BENCH_EDGE_BASELINE, default 0210ea2, in a git worktree): h11 parses, on
+  asyncio's loop.
+
+`CPU ms/req` is the server's user + system CPU (its processes') over a run alone divided
+by the requests answered: the cost of a request, which depends less on the box's load
+than the latency does. `/healthz` does no work (no token, no database, no log line): its
+figure is what serving a request costs by itself; `/tasks` is the request the table's
+other columns time (the `alone` one of them is measured after `/healthz`).
 functions-framework's own `--asgi` mode is not compared: it serves Starlette functions
 (`functions_framework.aio`), and ours take Flask requests.
 """
@@ -27,7 +36,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.serving import wait_healthy
+from bench import stack_cpu
+from bench.serving import checkout, wait_healthy
 from duetide.config import get_settings
 from duetide.storage import migrate
 from duetide.web.auth import issue_local_token
@@ -48,6 +58,14 @@ GTHREAD_LIMITS = (
     "g.GunicornApplication(app, '127.0.0.1', sys.argv[2], False,"
     " limit_request_line=8190, limit_request_field_size=8190).run()"
 )
+BASELINE = os.environ.get("DUETIDE_BENCH_EDGE_BASELINE", "0210ea2")
+# The launcher of before, on the loop it had: uvicorn's "auto" took asyncio's, uvloop not
+# being installed then.
+ASYNCIO_LOOP = (
+    "import sys, uvicorn; run = uvicorn.run;"
+    "uvicorn.run = lambda *a, **k: run(*a, **{**k, 'loop': 'asyncio'});"
+    "from duetide.web.serve import main; main(sys.argv[1:])"
+)
 SERVERS: dict[str, Callable[[str, int], list[str]]] = {
     "functions-framework": lambda src, port: [
         sys.executable, "-m", "functions_framework", "--target", "tasks", "--source", src,
@@ -58,22 +76,29 @@ SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         sys.executable, "-m", "duetide.web.serve", "--target", "tasks", "--source", src,
         "--host", "127.0.0.1", "--port", str(port),
     ],
+    "duetide.web.serve (h11)": lambda src, port: [
+        sys.executable, "-c", ASYNCIO_LOOP, "--target", "tasks", "--source", src,
+        "--host", "127.0.0.1", "--port", str(port),
+    ],
 }  # fmt: skip
 
 
 @contextmanager
-def serving(name: str, home: Path) -> Iterator[int]:
+def serving(name: str, home: Path, root: Path) -> Iterator[tuple[int, int]]:
+    """The server `name` of the code at `root`, on a free port: (port, pid)."""
     port = free_loopback_port()
+    path = os.pathsep.join([str(root / "shared"), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, DUETIDE_HOME=str(home), DATABASE_URL=f"sqlite:///{home / 'db'}",
                DUETIDE_JWT_SECRET=SECRET, KAFKA_BOOTSTRAP_SERVERS="", THREADS=THREADS,
-               WORKERS="1", DUETIDE_LOG_LEVEL="WARNING")  # fmt: skip
-    command = SERVERS[name](str(project_root() / SOURCE), port)
+               WORKERS="1", DUETIDE_LOG_LEVEL="WARNING",
+               PYTHONPATH=path)  # fmt: skip
+    command = SERVERS[name](str(root / SOURCE), port)
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process, name)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -133,11 +158,11 @@ def attackers(kind: str, port: int) -> Iterator[None]:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk_median_ms(port: int, token: str) -> tuple[float, int, int]:
+def wrk_median_ms(port: int, token: str, path: str = "/tasks") -> tuple[float, int, int]:
     """wrk's 50th percentile latency (ms), request count and non-2xx/socket errors."""
     out = subprocess.run(
         ["wrk", "-t2", "-c4", f"-d{DURATION_S}s", "--timeout", "15s", "--latency",
-         "-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}/tasks"],
+         "-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, timeout=DURATION_S + 30, check=True,
     ).stdout  # fmt: skip
     value, unit = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
@@ -156,19 +181,26 @@ def run() -> list[dict[str, object]]:
     token = issue_local_token("bench")
     names = os.environ.get("BENCH_HTTP_SERVERS", ",".join(SERVERS)).split(",")
     rows = []
-    for name in names:
-        row: dict[str, object] = {"server": name}
-        for scenario in ("alone", "slow-body", "16MiB-lines"):
-            with serving(name, home) as port:
-                if scenario == "alone":
-                    median, count, bad = wrk_median_ms(port, token)
-                else:
-                    with attackers(scenario, port):
-                        median, count, bad = wrk_median_ms(port, token)
-            row[f"{scenario} p50 ms"] = round(median, 1) if count else "none answered"
-            row[f"{scenario} requests"] = f"{count} ({bad} failed)" if bad else count
-        rows.append(row)
-        print(row, flush=True)
+    with checkout(BASELINE, "edge-baseline") as before:
+        for name in names:
+            root = before if name == "duetide.web.serve (h11)" else project_root()
+            row: dict[str, object] = {"server": name}
+            for scenario in ("alone", "slow-body", "16MiB-lines"):
+                with serving(name, home, root) as (port, pid):
+                    if scenario == "alone":
+                        for path in ("/healthz", "/tasks"):
+                            cpu = stack_cpu.tree_cpu_seconds(pid)
+                            median, count, bad = wrk_median_ms(port, token, path)
+                            cpu = stack_cpu.tree_cpu_seconds(pid) - cpu
+                            per = round(cpu * 1000 / max(count, 1), 3)
+                            row[f"{path} CPU ms/req"] = per
+                    else:
+                        with attackers(scenario, port):
+                            median, count, bad = wrk_median_ms(port, token)
+                row[f"{scenario} p50 ms"] = round(median, 1) if count else "none answered"
+                row[f"{scenario} requests"] = f"{count} ({bad} failed)" if bad else count
+            rows.append(row)
+            print(row, flush=True)
     return rows
 
 

@@ -51,6 +51,7 @@ from typing import Any
 import requests
 from sqlalchemy import create_engine, text
 
+from bench import stack_cpu
 from duetide.config import get_settings
 from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import consumer_settings, free_loopback_port
@@ -69,6 +70,8 @@ PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:543
 PG_DATABASE = "duetide_bench_pipeline"
 
 _rows: list[dict[str, object]] = []
+_cpu: dict[tuple[str, int], dict[str, float]] = {}
+"""ms of CPU per completion by process kind, for each (database, rate) measured."""
 
 
 def _progress(message: str) -> None:
@@ -324,72 +327,6 @@ class Up:
     home: Path
 
 
-# --- where the CPU goes: seconds of each process of the stack, per completion -------------
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-_cpu: dict[tuple[str, int], dict[str, float]] = {}
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` (its threads included), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def _label(pid: int) -> str:
-    """What a process of the stack is: a function by its --target, else by its program."""
-    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    if b"--target" in command:
-        return command[command.index(b"--target") + 1].decode()
-    if Path(f"/proc/{pid}/comm").read_text().strip() == "postgres":
-        return "postgres (every backend on the machine)"
-    program = Path(command[0].decode(errors="replace")).name
-    if program.startswith("tansu"):
-        return "broker (tansu)"
-    return "dispatchers and ping (duetide up)" if program.startswith("python") else program
-
-
-def _stack_processes(home: Path) -> list[int]:
-    """The stack's processes (their environment names its DUETIDE_HOME) and PostgreSQL's."""
-    marker = f"DUETIDE_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            postgres = (entry / "comm").read_text().strip() == "postgres"
-            if postgres or marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def _cpu_snapshot(home: Path) -> dict[int, tuple[str, float]]:
-    snapshot = {}
-    for pid in _stack_processes(home):
-        try:
-            snapshot[pid] = (_label(pid), _cpu_seconds(pid))
-        except OSError:  # gone meanwhile (a PostgreSQL backend)
-            continue
-    return snapshot
-
-
-def _cpu_per_completion(
-    before: dict[int, tuple[str, float]],
-    after: dict[int, tuple[str, float]],
-    client_s: float,
-    completions: int,
-) -> dict[str, float]:
-    """ms of CPU per completion by process kind, over one rate's run."""
-    spent: dict[str, float] = {"load generator": client_s}
-    for pid, (label, seconds) in after.items():
-        spent[label] = spent.get(label, 0.0) + seconds - before.get(pid, (label, 0.0))[1]
-    per = {label: round(s * 1000 / max(completions, 1), 2) for label, s in spent.items()}
-    per["all"] = round(sum(per.values()), 2)
-    return per
-
-
 @contextmanager
 def stack_on(database: str) -> Iterator[Up]:
     """`duetide up` on a fresh DUETIDE_HOME: its default SQLite, or a new PostgreSQL
@@ -475,10 +412,11 @@ def measure(database: str, rates: list[int]) -> None:
             for rate in rates:
                 floor = kafka_round_trip(up.broker, rate, min(SECONDS, 10))
                 _progress(f"{database} {rate}/s: raw Kafka p99 {floor['p99 ms']} ms")
-                before, client = _cpu_snapshot(up.home), time.process_time()
+                before, client = stack_cpu.snapshot(up.home), time.process_time()
                 got = drive(base, series, watch, rate, SECONDS)
-                _cpu[database, rate] = _cpu_per_completion(
-                    before, _cpu_snapshot(up.home), time.process_time() - client,
+                _cpu[database, rate] = stack_cpu.per_unit(
+                    before, stack_cpu.snapshot(up.home),
+                    ("load generator", time.process_time() - client),
                     int(got["sent"]),  # type: ignore[call-overload]
                 )  # fmt: skip
                 _progress(f"{database} {rate}/s: {got}")
@@ -516,26 +454,15 @@ def details() -> dict[str, Any]:
             "CPU ms per completion": cpu}  # fmt: skip
 
 
-def cpu_table() -> str:
-    """The CPU each process spent per completion, a column per database and rate."""
-    columns = list(_cpu)
-    labels = sorted({label for per in _cpu.values() for label in per} - {"all"})
-    labels.sort(key=lambda label: -max(per.get(label, 0.0) for per in _cpu.values()))
-    head = "| process | " + " | ".join(f"{db} {rate}/s" for db, rate in columns) + " |"
-    lines = [head, "|---" * (len(columns) + 1) + "|"]
-    for label in [*labels, "all"]:
-        cells = " | ".join(str(_cpu[c].get(label, "")) for c in columns)
-        lines.append(f"| {label} | {cells} |")
-    return "\n".join(lines)
-
-
 def describe() -> str:
-    highest = details()["highest rate sustained (p99 < 250 ms, none refused or lost)"]
+    found = details()
+    highest = found["highest rate sustained (p99 < 250 ms, none refused or lost)"]
     return (__doc__ or "").split("\n\n", 1)[1].strip() + (
         f"\n\nHighest rate sustained for {SECONDS:.0f} s with p99 under 250 ms: "
         + ", ".join(f"{database}: {rate}/s" for database, rate in highest.items())
         + "\n\nWhere the CPU goes: milliseconds of CPU (user + system, /proc/<pid>/stat) each "
         "process of the stack spent per completion sent, over each rate's run; on this "
         "machine 2 cores give 2,000 ms a second, so `all` times the rate must stay below "
-        "that (and PostgreSQL's figure counts every backend on the machine).\n\n" + cpu_table()
+        "that (and PostgreSQL's figure counts every backend on the machine).\n\n"
+        + stack_cpu.table(found["CPU ms per completion"])
     )

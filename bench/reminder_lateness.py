@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import func, insert
 from sqlmodel import select
 
+from bench import stack_cpu
 from duetide.config import get_settings
 from duetide.storage import db, migrate
 from duetide.storage.models import Notification, Reminder, Task
@@ -111,6 +112,7 @@ def measure(count: int, database: str = "sqlite") -> dict[str, object]:
         stack.start()
         start = datetime.now(UTC) + timedelta(seconds=lead_s)
         _seed(start, count)
+        before, own = stack_cpu.snapshot(home), time.process_time()
         deadline = time.monotonic() + lead_s + SPREAD_S + TIMEOUT_S
         delivered = 0
         while time.monotonic() < deadline and delivered < count:
@@ -122,6 +124,11 @@ def measure(count: int, database: str = "sqlite") -> dict[str, object]:
             deliveries = session.exec(
                 select(Notification.scheduled_at, Notification.delivered_at)
             ).all()
+        cpu = stack_cpu.per_unit(
+            before, stack_cpu.snapshot(home),
+            ("dispatchers, ping and polling (this process)", time.process_time() - own),
+            len(deliveries),
+        )  # fmt: skip
     finally:
         stack.stop()
         db.get_engine().dispose()
@@ -136,6 +143,7 @@ def measure(count: int, database: str = "sqlite") -> dict[str, object]:
         "deliver_early": sum(1 for value in deliver_late if value < 0),
         "twice": sum(1 for n in logged.values() if n > 1),
         "batches": _sweep_batches(home / "logs" / "sweep.log"),
+        "cpu_ms_per_reminder": cpu,
         "peak_per_s": max(per_second.values(), default=0),
         "done_after_s": round(max((done - start).total_seconds() for _, done in deliveries), 1)
         if deliveries

@@ -14,7 +14,7 @@ carried: duetide adds no vendor state of its own.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,10 +86,13 @@ def parse(value: object) -> Parent | None:
 
 
 def _random_hex(n_bytes: int) -> str:
+    """Random, not secret (W3C Trace Context asks ids to be unique, not unguessable):
+    Python's generator, as OpenTelemetry's id generator has it, rather than a system
+    call per id, each of which let go of the GIL in every request of a busy process."""
     while True:  # all zeros is invalid; at 2**-64 odds, loop rather than argue
-        value = os.urandom(n_bytes).hex()
-        if value.strip("0"):
-            return value
+        value = random.getrandbits(n_bytes * 8)
+        if value:
+            return f"{value:0{n_bytes * 2}x}"
 
 
 def start(parent: Parent | None = None) -> Span:
