@@ -60,6 +60,7 @@ from duetide_tools.local.eventing import dispatcher_fetch_settings
 SERIES = int(os.environ.get("BENCH_PIPELINE_SERIES", "1000"))
 SECONDS = float(os.environ.get("BENCH_PIPELINE_SECONDS", "30"))
 RATES = [int(r) for r in os.environ.get("BENCH_PIPELINE_RATES", "10,50,75,100,150,200").split(",")]
+DATABASES = os.environ.get("BENCH_PIPELINE_DATABASES", "sqlite,postgresql").split(",")
 SUSTAINED_P99_S = 0.250
 GOAL_P99_S = 0.100
 WARM_UP_RATE = 20
@@ -433,7 +434,7 @@ def measure(database: str, rates: list[int]) -> None:
 def run() -> list[dict[str, object]]:
     _rows.clear()
     _cpu.clear()
-    for database in ("sqlite", "postgresql"):
+    for database in DATABASES:
         measure(database, RATES)
     return list(_rows)
 
