@@ -144,6 +144,14 @@ class Settings(BaseSettings):
         description="Batches one sweep claims and sends at once on PostgreSQL (SKIP LOCKED"
         " keeps them disjoint); SQLite claims one at a time.",
     )
+    duetide_reminders_per_event: int = Field(
+        1,
+        ge=1,
+        le=500,  # events.MAX_BATCH
+        description="Due reminders the sweep puts in one event: 1 sends a"
+        " `reminder.due` each; more sends `reminder.due.batch` events of up to this many,"
+        " for bursts (DEPLOY.md, Capacity).",
+    )
     duetide_allow_loopback_webhooks: bool = Field(
         False, description="Local development only: let webhooks target 127.0.0.1/::1."
     )

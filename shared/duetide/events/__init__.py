@@ -26,6 +26,7 @@ TASK_EVENTS = (TASK_CREATED, TASK_UPDATED, TASK_COMPLETED, TASK_REOPENED, TASK_D
 """The task events, in a task's life order: what the activity log and the webhook
 subscriptions take."""
 REMINDER_DUE = "dev.duetide.reminder.due.v1"
+REMINDER_DUE_BATCH = "dev.duetide.reminder.due.batch.v1"
 REMINDER_MISSED = "dev.duetide.reminder.missed.v1"
 WEBHOOK_DELIVERY = "dev.duetide.webhook.delivery.v1"
 CMD_TASK_CREATE = "dev.duetide.task.create.v1"
@@ -92,6 +93,24 @@ class ReminderEvent(Payload):
     scheduled_at: AwareDatetime
 
 
+MAX_BATCH = 500
+"""The most reminders one `reminder.due.batch` carries (a sweep batch's worth)."""
+
+
+class ReminderBatchEvent(Payload):
+    """Reminders that are due, several in one event: what the sweep sends when
+    DUETIDE_REMINDERS_PER_EVENT is above 1.
+
+    Each has the meaning of its own `reminder.due`; one event carries them because the
+    transport's cost is per event (a Kafka record, the KafkaSource dispatcher's HTTP
+    request, notify's request and its transaction): at a burst it was most of the CPU a
+    reminder cost (issue 16). Knative's KafkaSource delivers one record per request, so
+    the batch has to be in the event.
+    """
+
+    reminders: list[ReminderEvent] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class WebhookDeliveryEvent(Payload):
     """One try of one stored delivery (a task event for a webhook subscription): notify
     sends it. `attempt` numbers the try, so a redelivered or superseded event is told
@@ -110,6 +129,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     TASK_REOPENED: TaskEvent,
     TASK_DELETED: TaskEvent,
     REMINDER_DUE: ReminderEvent,
+    REMINDER_DUE_BATCH: ReminderBatchEvent,
     REMINDER_MISSED: ReminderEvent,
     WEBHOOK_DELIVERY: WebhookDeliveryEvent,
 }

@@ -18,10 +18,13 @@ user's content: it is folded into one subject line, never a reason to fail.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import threading
+import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -93,42 +96,100 @@ class _ReminderState(Protocol):
 
 
 def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: datetime) -> str:
+    """Deliver one `reminder.due`: its outcome (`duplicate`, `obsolete`, `processed`)."""
+    [check] = _deliver([_Check(EventKey(CONSUMER, event_source, event_id), due, now)])
+    return check.outcome
+
+
+def deliver_batch(
+    event_source: str, event_id: str, batch: list[events.ReminderEvent], now: datetime
+) -> list[str]:
+    """Deliver each reminder of a `reminder.due.batch` as its own `reminder.due` would be:
+    its outcome each, in order. Each is its own key in the processed record (the batch's
+    id scoped by the reminder), so a redelivered batch skips the reminders it finished
+    and retries only the rest."""
+    checks = [
+        _Check(EventKey(CONSUMER, event_source, event_id, scope=due.reminder_id), due, now)
+        for due in batch
+    ]
+    return [check.outcome for check in _deliver(checks)]
+
+
+def _deliver(checks: list[_Check]) -> list[_Check]:
     """Deliver on every channel not yet done; 503 (retry) if one failed transiently.
 
     The checks (processed before? still current? which channels are done?) and the
     record of the channels that need no network (the log) commit in one transaction with
-    the checks of the deliveries running beside this one (`_GroupCommit`); those channels
-    are sent after the commit. Network channels each get their own record.
+    the checks of the deliveries running beside these (`_GroupCommit`); those channels
+    are sent after the commit. Network channels each get their own record; a batch sends
+    them a few at a time, within the budget of one request (`_send_remote`).
     """
-    check = _Check(EventKey(CONSUMER, event_source, event_id), due, now)
-    _GROUP.run(check)
-    if check.outcome != "send":
-        return check.outcome
-    assert check.pref is not None
-    for channel in check.local:
-        send(channel, due, check.pref)
-    if not check.remote:
-        return "processed"
-    transient = []
-    for channel in check.remote:
-        result = send(channel, due, check.pref)
-        if not result.ok and result.retryable:
-            transient.append(channel)
-            continue
-        _record(due, channel, result, now)
+    _GROUP.run(checks)
+    for check in checks:
+        for channel in check.local:
+            assert check.pref is not None
+            send(channel, check.due, check.pref)
+    remote = [(check, channel) for check in checks for channel in check.remote]
+    transient = _send_remote(remote) if remote else set()
+    finished = [c for c in checks if c.remote and id(c) not in transient]
+    if finished:
+        with db.session_scope() as session:
+            for check in finished:
+                mark_processed(session, check.key)
+    for check in checks:
+        if check.outcome == "send":
+            check.outcome = "processed"
     if transient:
-        raise Unavailable(f"delivery failed on {', '.join(transient)}; retry later")
-    with db.session_scope() as session:
-        mark_processed(session, check.key)
-    return "processed"
+        raise Unavailable("a delivery failed on the wire; retry later")
+    return checks
+
+
+REMOTE_BUDGET_S = 20.0
+"""How long a batch starts network deliveries: under the KafkaSource's delivery timeout
+(30 s), so the request answers before the dispatcher gives up on it."""
+REMOTE_AT_ONCE = 8
+"""A batch's network deliveries under way at once (each a thread, most of it waiting)."""
+
+
+def _send_remote(jobs: list[tuple[_Check, Channel]]) -> set[int]:
+    """Send and record each (check, channel); the ids of the checks with a transient
+    failure (then retried by the event's redelivery, which skips what was recorded).
+
+    One event's own channels go one after the other, as they always did. A batch's run
+    on a few threads, and those not started within REMOTE_BUDGET_S count as transient:
+    every try makes progress, and no request outlives its delivery timeout whatever the
+    receivers do (each webhook try is bounded by its own timeout).
+    """
+    deadline = time.monotonic() + REMOTE_BUDGET_S
+    alone = all(check is jobs[0][0] for check, _ in jobs)
+
+    def one(job: tuple[_Check, Channel]) -> bool:
+        check, channel = job
+        if not alone and time.monotonic() > deadline:
+            return False
+        assert check.pref is not None
+        result = send(channel, check.due, check.pref)
+        if not result.ok and result.retryable:
+            return False
+        _record(check.due, channel, result, check.now)
+        return True
+
+    if alone:
+        done = [one(job) for job in jobs]
+    else:
+        context = contextvars.copy_context()
+        with ThreadPoolExecutor(min(REMOTE_AT_ONCE, len(jobs))) as pool:
+            done = list(pool.map(lambda job: context.copy().run(one, job), jobs))
+    return {id(check) for (check, _), ok in zip(jobs, done, strict=True) if not ok}
 
 
 MAX_GROUP = 64
-"""The most events one group commit checks and records."""
+"""The most events one group commit checks and records (a batch larger than this is a
+group of its own)."""
 
 
 class _Check:
-    """One event's turn in a group commit, and what its checks found: `outcome` is
+    """One reminder's turn in a group commit, and what its checks found: `outcome` is
     `duplicate`, `obsolete` or `send` (then `pref`, and the `local` channels recorded
     with the commit and the `remote` ones still to send and record)."""
 
@@ -140,7 +201,14 @@ class _Check:
         self.pref: Preference | None = None
         self.local: list[Channel] = []
         self.remote: list[Channel] = []
-        self.failed = False  # its group's transaction failed: it runs alone
+
+
+class _Ticket:
+    """One request's checks (one event's reminders) waiting for, or leading, a group."""
+
+    def __init__(self, checks: list[_Check]) -> None:
+        self.checks = checks
+        self.failed = False  # its group's transaction failed: its checks run alone
         self.finished = False
         self.woken = threading.Event()
 
@@ -150,34 +218,36 @@ class _GroupCommit:
 
     One transaction per event made the database's commit (and on SQLite the process's
     one writer at a time) the limit of a burst: about 290 reminders/s on the local
-    stack. Each request thread brings its event; while fewer than `leaders` groups are
-    under way it leads one at once, else it queues. A leader checks and records its
-    event and what is queued (at most MAX_GROUP in all) in one transaction
-    (`_commit_group`), wakes them with their outcomes and hands the lead to the next
-    event queued meanwhile. A group is whatever arrived while the others committed, so a
-    lone event commits at once and nothing waits on a timer. Each event still answers on
-    its own request after the commit (the sink contract: one event, one answer).
+    stack. Each request thread brings its event's checks (one, or a batch's); while
+    fewer than `leaders` groups are under way it leads one at once, else it queues. A
+    leader checks and records its checks and what is queued (at most MAX_GROUP checks in
+    all, or its own batch alone if larger) in one transaction (`_commit_group`), wakes
+    them with their outcomes and hands the lead to the next request queued meanwhile. A
+    group is whatever arrived while the others committed, so a lone event commits at
+    once and nothing waits on a timer. Each event still answers on its own request
+    after the commit (the sink contract: one event, one answer).
 
     PostgreSQL runs two groups at once (one checks while the other commits: the commit's
     flush was half a group's time); SQLite one, since the process has one writer anyway.
 
-    Exactly once per channel holds as before: the events of a group are checked in
-    order against the stored records and those the group adds itself, and the unique
-    keys (`processed_event`, `uq_notification_once`) still decide between concurrent
+    Exactly once per channel holds as before: the checks of a group are made in order
+    against the stored records and those the group adds itself, and the unique keys
+    (`processed_event`, `uq_notification_once`) still decide between concurrent
     transactions. A group whose transaction fails (a concurrent duplicate won on a key,
-    the database away) commits nothing, and each of its events is then checked alone,
-    as it was before group commits, so one event's conflict never fails the others.
+    the database away) commits nothing, and each of its checks is then made alone, as
+    it was before group commits, so one event's conflict never fails the others.
     """
 
     def __init__(self, limit: int = MAX_GROUP, leaders: int | None = None) -> None:
         self._limit = limit
         self._max_leaders = leaders
         self._lock = threading.Lock()
-        self._queue: deque[_Check] = deque()
+        self._queue: deque[_Ticket] = deque()
         self._leaders = 0
 
-    def run(self, check: _Check) -> None:
-        """Check and record `check` in a group; alone if its group failed."""
+    def run(self, checks: list[_Check]) -> None:
+        """Make and record `checks` in a group; each alone if its group failed."""
+        ticket = _Ticket(checks)
         leaders = self._max_leaders
         if leaders is None:  # the engine is cached: a look at its dialect costs nothing
             leaders = 2 if db.get_engine().dialect.name == "postgresql" else 1
@@ -186,20 +256,23 @@ class _GroupCommit:
             if lead:
                 self._leaders += 1
             else:
-                self._queue.append(check)
+                self._queue.append(ticket)
         if not lead:
-            check.woken.wait()
-        if not check.finished:  # it leads: at once, or handed the lead
-            self._lead(check)
-        if check.failed:
-            _commit_alone(check)
+            ticket.woken.wait()
+        if not ticket.finished:  # it leads: at once, or handed the lead
+            self._lead(ticket)
+        if ticket.failed:
+            for check in checks:
+                _commit_alone(check)
 
-    def _lead(self, first: _Check) -> None:
+    def _lead(self, first: _Ticket) -> None:
         with self._lock:
-            more = min(self._limit - 1, len(self._queue))
-            group = [first, *(self._queue.popleft() for _ in range(more))]
+            group, size = [first], len(first.checks)
+            while self._queue and size + len(self._queue[0].checks) <= self._limit:
+                group.append(self._queue.popleft())
+                size += len(group[-1].checks)
         try:
-            _commit_group(group)
+            _commit_group([check for ticket in group for check in ticket.checks])
         except Exception as exc:
             log_event(
                 log,
@@ -208,16 +281,16 @@ class _GroupCommit:
                 events=len(group),
                 error=type(exc).__name__,
             )
-            for check in group:
-                check.failed = True
+            for ticket in group:
+                ticket.failed = True
         finally:
             with self._lock:
                 successor = self._queue.popleft() if self._queue else None
                 if successor is None:
                     self._leaders -= 1
-            for check in group:
-                check.finished = True
-                check.woken.set()
+            for ticket in group:
+                ticket.finished = True
+                ticket.woken.set()
             if successor is not None:
                 successor.woken.set()  # not finished: it leads the next group
 

@@ -79,6 +79,7 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
         moved: list[dict[str, Any]] = []
         claimed: dict[bool, list[str]] = {False: [], True: []}  # by `late`
         emitted: list[outbox.Event] = []
+        due: list[events.ReminderEvent] = []
         for row in rows:
             if row.owner not in rules:  # the defaults when the owner has no preference row
                 rules[row.owner] = (preferences.quiet_window(row), preferences.grace(row))
@@ -94,7 +95,10 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
                     continue
             late = is_missed(fire_at, now, grace)
             claimed[late].append(row.reminder_id)
-            emitted.append(_event(row, fire_at, late))
+            if late:
+                emitted.append(_missed(_reminder(row, fire_at)))
+            else:
+                due.append(_reminder(row, fire_at))
             result.missed += late
             result.fired += not late
         if moved:
@@ -106,6 +110,7 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
                     .where(col(Reminder.id).in_(ids))
                     .values(state="missed" if late else "fired", fired_at=now)
                 )
+        emitted += _due_events(due, get_settings().duetide_reminders_per_event)
         result.events = outbox.pending_rows(emitted, source=events.SOURCE_SWEEP)
         outbox.insert_pending(session, result.events)
     return result
@@ -150,16 +155,39 @@ _MOVE = (
 )
 
 
-def _event(row: Row[*tuple[Any, ...]], fire_at: datetime, late: bool) -> outbox.Event:
-    data = events.ReminderEvent(
+def _reminder(row: Row[*tuple[Any, ...]], fire_at: datetime) -> events.ReminderEvent:
+    return events.ReminderEvent(
         reminder_id=row.reminder_id,
         task_id=row.task_id,
         owner=row.owner,
         title=row.title,
         due_at=row.due_at,
         scheduled_at=fire_at,
-    ).model_dump(mode="json")
-    return outbox.Event(events.REMINDER_MISSED if late else events.REMINDER_DUE, row.task_id, data)
+    )
+
+
+def _missed(reminder: events.ReminderEvent) -> outbox.Event:
+    return outbox.Event(events.REMINDER_MISSED, reminder.task_id, reminder.model_dump(mode="json"))
+
+
+def _due_events(due: list[events.ReminderEvent], per_event: int) -> list[outbox.Event]:
+    """A `reminder.due` per reminder, or with `per_event` above 1 `reminder.due.batch`
+    events of up to that many (even a lone reminder, so a deployment's consumers see one
+    type), each keyed by its first task: the notify source is unordered, a key only
+    spreads the events over the partitions."""
+    if per_event == 1:
+        return [
+            outbox.Event(events.REMINDER_DUE, one.task_id, one.model_dump(mode="json"))
+            for one in due
+        ]
+    return [
+        outbox.Event(
+            events.REMINDER_DUE_BATCH,
+            chunk[0].task_id,
+            events.ReminderBatchEvent(reminders=chunk).model_dump(mode="json"),
+        )
+        for chunk in (due[at : at + per_event] for at in range(0, len(due), per_event))
+    ]
 
 
 def claim_due(

@@ -71,7 +71,9 @@ TOPICS: tuple[Topic, ...] = (
         "duetide_topic_reminders",
         6,
         _WEEK_MS,
-        "Reminders that are due, or were missed; keyed by reminder id.",
+        "Reminders that are due, or were missed; keyed by task id. A deployment with "
+        "DUETIDE_REMINDERS_PER_EVENT above 1 sends due reminders in reminder.due.batch "
+        "events (keyed by the first one's task), each reminder as its own reminder.due.",
         _REMINDER_TYPES,
         "the outbox of the sweep function",
         "the notify function (KafkaSource duetide-notify)",

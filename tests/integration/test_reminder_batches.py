@@ -1,0 +1,180 @@
+"""Batched reminder events (issue 16): the sweep puts several due reminders in one
+`reminder.due.batch` when DUETIDE_REMINDERS_PER_EVENT is above 1, and notify delivers
+each as its own `reminder.due` would be, exactly once per channel, on SQLite and
+PostgreSQL, through the served notify function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from duetide import events
+from duetide.services import notify as notify_service
+from duetide.services import sweep
+from duetide.storage import db
+from duetide.storage.models import Notification, Outbox, ProcessedEvent
+from tests.integration.conftest import _reset_caches, function_client
+from tests.integration.test_event_functions import post
+from tests.integration.test_reminders import T0, Receiver, make_task, serving_receiver
+
+
+@pytest.fixture
+def per_event(env, monkeypatch) -> int:
+    monkeypatch.setenv("DUETIDE_REMINDERS_PER_EVENT", "3")
+    _reset_caches()
+    return 3
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    with serving_receiver(monkeypatch) as url:
+        yield url
+
+
+@pytest.fixture
+def notify(env):
+    return function_client("notify")
+
+
+def batches() -> list[dict[str, Any]]:
+    with db.session_scope() as session:
+        rows = session.exec(select(Outbox).where(Outbox.type == events.REMINDER_DUE_BATCH)).all()
+        return [row.data for row in rows]
+
+
+def sweep_due(client, headers, count: int, **body: Any) -> list[dict[str, Any]]:
+    """`count` tasks with a reminder due a minute before T0, claimed by a sweep at T0:
+    the tasks."""
+    tasks = [
+        make_task(
+            client, headers, title=f"t{n}", reminders=[{"at": "2026-11-23T11:59:00Z"}], **body
+        )
+        for n in range(count)
+    ]
+    sweep.claim_due(T0, 100)
+    return tasks
+
+
+def recorded() -> list[tuple[str, str, str]]:
+    with db.session_scope() as session:
+        rows = session.exec(select(Notification)).all()
+        return sorted((row.reminder_id, row.channel, row.status) for row in rows)
+
+
+def test_the_sweep_sends_due_reminders_in_events_of_the_setting(client, alice, per_event):
+    tasks = sweep_due(client, alice, 7)
+    missed = make_task(client, alice, title="old", reminders=[{"at": "2026-11-23T09:00:00Z"}])
+    sweep.claim_due(T0, 100)  # claimed past the grace (an hour): missed, its own event
+
+    sent = batches()
+    assert sorted(len(batch["reminders"]) for batch in sent) == [1, 3, 3]
+    reminders = [r for batch in sent for r in batch["reminders"]]
+    assert sorted(r["task_id"] for r in reminders) == sorted(t["id"] for t in tasks)
+    with db.session_scope() as session:
+        types = session.exec(select(Outbox.type, Outbox.key)).all()
+    assert (events.REMINDER_MISSED, missed["id"]) in types
+    assert events.REMINDER_DUE not in {t for t, _ in types}  # one type for due reminders
+    for batch in sent:  # each event is keyed by its first reminder's task
+        assert (events.REMINDER_DUE_BATCH, batch["reminders"][0]["task_id"]) in types
+
+
+def test_a_batch_is_delivered_once_per_reminder_and_skips_what_is_obsolete(
+    client, alice, per_event, notify
+):
+    tasks = sweep_due(client, alice, 3)
+    [batch] = batches()
+    dismissed = tasks[1]["reminders"][0]["id"]
+    assert client.post(f"/reminders/{dismissed}/dismiss", headers=alice).status_code == 200
+
+    first = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")
+
+    assert first.status_code == 200 and first.json["status"] == "processed"
+    wanted = sorted((t["reminders"][0]["id"], "log", "delivered") for t in tasks)
+    del wanted[[r for r, _, _ in wanted].index(dismissed)]
+    assert recorded() == wanted
+    again = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")  # a redelivery
+    assert again.status_code == 200 and again.json["status"] == "duplicate"
+    other = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b2")  # the same firings
+    assert other.status_code == 200 and other.json["status"] == "processed"
+    assert recorded() == wanted  # nothing sent twice
+
+
+def test_a_batch_retries_only_the_reminder_whose_webhook_failed(
+    client, alice, per_event, notify, receiver
+):
+    prefs = client.patch(
+        "/preferences",
+        json={"webhook_url": receiver, "channels": ["webhook", "log"]},
+        headers=alice,
+    )
+    assert prefs.status_code == 200 and prefs.json["webhook_verified"]
+    tasks = sweep_due(client, alice, 3)
+    [batch] = batches()
+    Receiver.script = [500]  # whichever reminder's webhook goes first fails
+
+    first = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")
+
+    assert first.status_code == 503 and first.json["error"]["code"] == "unavailable"
+    assert len(Receiver.seen) == 3
+    webhooks = [r for r, channel, _ in recorded() if channel == "webhook"]
+    assert len(webhooks) == 2 and len([1 for _, c, _ in recorded() if c == "log"]) == 3
+    with db.session_scope() as session:  # the two finished, by the batch's id and each reminder
+        scopes = session.exec(
+            select(ProcessedEvent.scope).where(
+                ProcessedEvent.consumer == notify_service.CONSUMER, ProcessedEvent.event_id == "b1"
+            )
+        ).all()
+    assert sorted(scopes) == sorted(webhooks)
+
+    second = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")  # Knative's retry
+
+    assert second.status_code == 200 and second.json["status"] == "processed"
+    assert len(Receiver.seen) == 4  # the failed one only
+    ids = sorted(t["reminders"][0]["id"] for t in tasks)
+    assert recorded() == sorted(
+        [(r, "log", "delivered") for r in ids] + [(r, "webhook", "delivered") for r in ids]
+    )
+    keys = [request["headers"]["Idempotency-Key"] for request in Receiver.seen]
+    assert len(set(keys)) == 3 and keys[3] in keys[:3]  # the retry under its first try's key
+
+
+def test_network_deliveries_past_the_budget_are_left_for_the_retry(
+    client, alice, per_event, notify, receiver, monkeypatch
+):
+    """A batch starts its network deliveries within a budget under the KafkaSource's
+    delivery timeout; what it did not start answers 503 and goes with the retry."""
+    client.patch(
+        "/preferences", json={"webhook_url": receiver, "channels": ["webhook"]}, headers=alice
+    )
+    sweep_due(client, alice, 2)
+    [batch] = batches()
+    monkeypatch.setattr(notify_service, "REMOTE_BUDGET_S", 0.0)
+
+    late = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")
+
+    assert late.status_code == 503 and Receiver.seen == [] and recorded() == []
+    monkeypatch.setattr(notify_service, "REMOTE_BUDGET_S", 20.0)
+    assert post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1").status_code == 200
+    assert len(Receiver.seen) == 2 and len(recorded()) == 2
+
+
+@pytest.mark.parametrize("count", [0, events.MAX_BATCH + 1])
+def test_a_batch_is_bounded(client, alice, per_event, notify, count):
+    [task] = sweep_due(client, alice, 1)
+    [batch] = batches()
+    one = batch["reminders"][0]
+    response = post(notify, events.REMINDER_DUE_BATCH, {"reminders": [one] * count})
+    assert response.status_code == 400, response.json
+    assert response.json["error"]["code"] == "invalid_cloudevent"
+    assert "reminders" in response.json["error"]["message"]
+    assert recorded() == []
+    with db.session_scope() as session:
+        assert (
+            session.exec(
+                select(ProcessedEvent).where(col(ProcessedEvent.consumer) == "notify")
+            ).all()
+            == []
+        )
+    assert task["id"] == one["task_id"]
