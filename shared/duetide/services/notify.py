@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, TextClause, insert, text
+from sqlalchemy import Connection, String, TextClause, TextualSelect, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -37,7 +37,14 @@ from duetide.channels.delivery import DELIVERED, DeliveryResult, refused
 from duetide.errors import Unavailable
 from duetide.logs import log_event
 from duetide.storage import db
-from duetide.storage.models import Notification, Preference, ProcessedEvent, Reminder, new_id
+from duetide.storage.models import (
+    Notification,
+    Preference,
+    ProcessedEvent,
+    Reminder,
+    UTCDateTime,
+    new_id,
+)
 from duetide.storage.processed import EventKey, mark_processed
 from duetide.vocabulary import Channel
 
@@ -333,14 +340,7 @@ def _commit_group(group: list[_Check]) -> None:
             pref.owner: pref
             for pref in session.exec(select(Preference).where(col(Preference.owner).in_(owners)))
         }
-        done = {
-            (row.reminder_id, row.scheduled_at, row.channel)
-            for row in connection.execute(
-                select(
-                    Notification.reminder_id, Notification.scheduled_at, Notification.channel
-                ).where(col(Notification.reminder_id).in_(reminder_ids))
-            )
-        }
+        done = _delivered(connection, sorted(reminder_ids))
         notifications: list[dict[str, object]] = []
         processed: list[dict[str, object]] = []
         for check in group:
@@ -390,16 +390,8 @@ _MAX_DEFAULTS = 10_000
 
 
 def _processed(connection: Connection, keys: list[EventKey]) -> set[tuple[str, str, str]]:
-    """Which of `keys` notify has processed, as (scope, source, event id), in one statement.
-
-    A UNION ALL of one lookup per key, each on the whole primary key, so the database
-    finds each by the index whatever its statistics say. An `IN` list per column let
-    PostgreSQL's planner, on a table that grew since it was last analyzed (a burst into
-    a fresh one), match the first columns in the index and filter the ids over every
-    row notify had processed: 8 ms at 16,000 rows, longer with each event. Plain SQL
-    text, one per group size: built as SQLAlchemy selects it was a quarter of a group's
-    CPU.
-    """
+    """Which of `keys` notify has processed, as (scope, source, event id), in one statement
+    (`_each`), each lookup on the whole primary key."""
     params: dict[str, str] = {}
     for n, key in enumerate(keys):
         params.update({f"c{n}": key.consumer, f"s{n}": key.scope, f"r{n}": key.source,
@@ -407,16 +399,48 @@ def _processed(connection: Connection, keys: list[EventKey]) -> set[tuple[str, s
     return {(row[0], row[1], row[2]) for row in connection.execute(_lookups(len(keys)), params)}
 
 
-@functools.cache
+def _delivered(connection: Connection, reminder_ids: list[str]) -> set[tuple[str, datetime, str]]:
+    """The (reminder, scheduled time, channel) recorded for `reminder_ids`, in one
+    statement (`_each`), each lookup by the first column of `uq_notification_once`."""
+    params = {f"r{n}": reminder_id for n, reminder_id in enumerate(reminder_ids)}
+    rows = connection.execute(_recorded_lookups(len(reminder_ids)), params)
+    return {(row.reminder_id, row.scheduled_at, row.channel) for row in rows}
+
+
+def _each(lookup: str, count: int) -> str:
+    """`count` copies of `lookup` (parameters numbered by `{n}`) joined by UNION ALL.
+
+    One lookup per key, so the database finds each by its index whatever its statistics
+    say. An `IN` list let PostgreSQL's planner, on a table that grew since it was last
+    analyzed (a burst into a fresh one), estimate dozens of rows per value and scan
+    every row: for `notification`, 128 ms a group at 100,000 rows and most of the
+    database's time in the burst; for `processed_event`, it matched the first columns of
+    the key and filtered the ids over every row notify had processed. Plain SQL text, one
+    per group size: built as SQLAlchemy selects it was a quarter of a group's CPU.
+    """
+    return " UNION ALL ".join(lookup.format(n=n) for n in range(count))
+
+
+@functools.lru_cache(maxsize=128)
 def _lookups(count: int) -> TextClause:
-    table = ProcessedEvent.__tablename__
     return text(
-        " UNION ALL ".join(
-            f"SELECT scope, source, event_id FROM {table} WHERE consumer = :c{n}"
-            f" AND scope = :s{n} AND source = :r{n} AND event_id = :e{n}"
-            for n in range(count)
+        _each(
+            f"SELECT scope, source, event_id FROM {ProcessedEvent.__tablename__}"
+            " WHERE consumer = :c{n} AND scope = :s{n} AND source = :r{n} AND event_id = :e{n}",
+            count,
         )
     )
+
+
+@functools.lru_cache(maxsize=128)
+def _recorded_lookups(count: int) -> TextualSelect:
+    return text(
+        _each(
+            f"SELECT reminder_id, scheduled_at, channel FROM {Notification.__tablename__}"
+            " WHERE reminder_id = :r{n}",
+            count,
+        )
+    ).columns(reminder_id=String(), scheduled_at=UTCDateTime(), channel=String())
 
 
 def _notification_values(
