@@ -150,3 +150,66 @@ def test_a_group_whose_commit_fails_is_checked_one_event_at_a_time(client, alice
         recorded = session.exec(select(Notification.reminder_id, Notification.detail)).all()
     assert sorted(reminder for reminder, _ in recorded) == sorted(d.reminder_id for d in firings)
     assert sorted(detail for _, detail in recorded) == ["", "", "", "recorded elsewhere"]
+
+
+def test_a_batch_joins_the_group_of_the_events_queued_beside_it(client, alice, env, monkeypatch):
+    """A reminder.due.batch's reminders wait as one ticket: held behind a leading event,
+    they and a single event queued beside them commit as one group of four."""
+    firings = [
+        events.ReminderEvent.model_validate(due_reminder_event(client, alice, f"t{i}"))
+        for i in range(5)
+    ]
+    sizes = _held_group(monkeypatch, waiting=2)  # the batch and the second single
+    statuses: dict[str, list[str]] = {}
+
+    def single(name: str, due: events.ReminderEvent) -> None:
+        statuses[name] = [notify.deliver("/duetide/sweep", str(uuid.uuid4()), due, utcnow())]
+
+    def batch() -> None:
+        statuses["batch"] = notify.deliver_batch("/duetide/sweep", "b1", firings[1:4], utcnow())
+
+    leader = threading.Thread(target=single, args=("first", firings[0]))
+    leader.start()
+    _wait_for(lambda: notify._GROUP._leaders == 1)
+    others = [
+        threading.Thread(target=batch),
+        threading.Thread(target=single, args=("last", firings[4])),
+    ]
+    for thread in others:
+        thread.start()
+    for thread in [leader, *others]:
+        thread.join(timeout=60)
+
+    assert sizes == [1, 4]
+    assert statuses == {"first": ["processed"], "batch": ["processed"] * 3, "last": ["processed"]}
+    assert _count(Notification) == 5
+    with db.session_scope(read_only=True) as session:
+        scopes = session.exec(
+            select(ProcessedEvent.scope).where(ProcessedEvent.event_id == "b1")
+        ).all()
+    assert sorted(scopes) == sorted(due.reminder_id for due in firings[1:4])
+
+
+def test_a_batch_larger_than_a_group_commits_alone(client, alice, env, monkeypatch):
+    firings = [
+        events.ReminderEvent.model_validate(due_reminder_event(client, alice, f"t{i}"))
+        for i in range(3)
+    ]
+    monkeypatch.setattr(notify, "_GROUP", notify._GroupCommit(limit=2, leaders=1))
+    commit_group = notify._commit_group
+    sizes: list[int] = []
+
+    def counted(checks: list[notify._Check]) -> None:
+        sizes.append(len(checks))
+        commit_group(checks)
+
+    monkeypatch.setattr(notify, "_commit_group", counted)
+    assert notify.deliver_batch("/duetide/sweep", "b1", firings, utcnow()) == ["processed"] * 3
+    assert sizes == [3] and _count(Notification) == 3
+
+
+def _wait_for(condition: Any, timeout_s: float = 30) -> None:
+    deadline = utcnow() + timedelta(seconds=timeout_s)
+    while not condition():
+        assert utcnow() < deadline, "timed out"
+        threading.Event().wait(0.01)

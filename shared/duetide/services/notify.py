@@ -137,8 +137,9 @@ def _deliver(checks: list[_Check]) -> list[_Check]:
             assert check.pref is not None
             send(channel, check.due, check.pref)
     remote = [(check, channel) for check in checks for channel in check.remote]
-    transient = _send_remote(remote) if remote else set()
-    finished = [c for c in checks if c.remote and id(c) not in transient]
+    transient = _send_remote(remote) if remote else []
+    retried = {id(check) for check, _ in transient}
+    finished = [c for c in checks if c.remote and id(c) not in retried]
     if finished:
         with db.session_scope() as session:
             for check in finished:
@@ -147,20 +148,22 @@ def _deliver(checks: list[_Check]) -> list[_Check]:
         if check.outcome == "send":
             check.outcome = "processed"
     if transient:
-        raise Unavailable("a delivery failed on the wire; retry later")
+        failed = ", ".join(sorted({channel for _, channel in transient}))
+        raise Unavailable(f"delivery failed on {failed}; retry later")
     return checks
 
 
 REMOTE_BUDGET_S = 20.0
 """How long a batch starts network deliveries: under the KafkaSource's delivery timeout
 (30 s), so the request answers before the dispatcher gives up on it."""
-REMOTE_AT_ONCE = 8
-"""A batch's network deliveries under way at once (each a thread, most of it waiting)."""
+REMOTE_AT_ONCE = 4
+"""A batch's network deliveries under way at once (each a thread, most of it waiting; a
+pod runs 32 requests, and each record takes a pooled connection for its commit)."""
 
 
-def _send_remote(jobs: list[tuple[_Check, Channel]]) -> set[int]:
-    """Send and record each (check, channel); the ids of the checks with a transient
-    failure (then retried by the event's redelivery, which skips what was recorded).
+def _send_remote(jobs: list[tuple[_Check, Channel]]) -> list[tuple[_Check, Channel]]:
+    """Send and record each (check, channel); those that failed transiently (then retried
+    by the event's redelivery, which skips what was recorded).
 
     One event's own channels go one after the other, as they always did. A batch's run
     on a few threads, and those not started within REMOTE_BUDGET_S count as transient:
@@ -187,7 +190,7 @@ def _send_remote(jobs: list[tuple[_Check, Channel]]) -> set[int]:
         context = contextvars.copy_context()
         with ThreadPoolExecutor(min(REMOTE_AT_ONCE, len(jobs))) as pool:
             done = list(pool.map(lambda job: context.copy().run(one, job), jobs))
-    return {id(check) for (check, _), ok in zip(jobs, done, strict=True) if not ok}
+    return [job for job, ok in zip(jobs, done, strict=True) if not ok]
 
 
 MAX_GROUP = 64
