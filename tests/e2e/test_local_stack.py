@@ -2,7 +2,8 @@
 
 The three user stories of the walking skeleton: task CRUD, a recurring task whose
 completion materialises the next occurrence through Kafka and the recurrence
-function, and a reminder delivered once by notify after a sweep ping; and the activity
+function, and a reminder delivered once by notify after a sweep ping (in a
+reminder.due.batch, as the manifests send them); and the activity
 log the activity function writes from the same events, and a webhook subscription that
 gets them through the activity function, the webhooks topic and notify. Then Ctrl-C,
 and no process of the stack is left behind.
@@ -61,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DUETIDE_JWT_SECRET": "",
         "DUETIDE_ALLOW_LOOPBACK_WEBHOOKS": "true",  # the subscriber below is on loopback
         "DUETIDE_SUBSCRIPTION_RETRY_BASE_S": "1",  # its failed try is retried at once
+        "DUETIDE_REMINDERS_PER_EVENT": "50",  # as the manifests set it: reminder.due.batch
     }
     process = subprocess.Popen(
         [str(ROOT / "scripts" / "up"), "--port", str(port), "--quiet"],
@@ -168,12 +170,16 @@ def test_reminder_is_delivered_once(stack: Stack):
     # A few more pings pass; still exactly one delivery, one log line.
     time.sleep(2.5)
     assert len(delivered()) == 1
-    log = (stack.home / "logs" / "notify.log").read_text()
+    text = (stack.home / "logs" / "notify.log").read_text()
+    log = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     deliveries = [
-        json.loads(line) for line in log.splitlines()
-        if "notification.delivered" in line and task_id in line
-    ]  # fmt: skip
+        e for e in log if e["event"] == "notification.delivered" and e.get("task_id") == task_id
+    ]
     assert len(deliveries) == 1
+    handled = {
+        e["type"] for e in log if e["event"] == "event.handled" and ".reminder." in e["type"]
+    }
+    assert handled == {"dev.duetide.reminder.due.batch.v1"}  # through Kafka, in a batch
 
 
 def test_the_activity_function_logs_each_change_through_kafka(stack: Stack):
