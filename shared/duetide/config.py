@@ -147,8 +147,8 @@ class Settings(BaseSettings):
     duetide_reminders_per_event: int = Field(
         1,
         ge=1,
-        le=500,  # events.MAX_BATCH
-        description="Due reminders the sweep puts in one event: 1 sends a"
+        le=100,  # events.MAX_BATCH
+        description="Due reminders the sweep puts in one event (at most 100): 1 sends a"
         " `reminder.due` each; more sends `reminder.due.batch` events of up to this many,"
         " for bursts (DEPLOY.md, Capacity).",
     )

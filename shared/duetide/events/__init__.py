@@ -93,8 +93,10 @@ class ReminderEvent(Payload):
     scheduled_at: AwareDatetime
 
 
-MAX_BATCH = 500
-"""The most reminders one `reminder.due.batch` carries (a sweep batch's worth)."""
+MAX_BATCH = 100
+"""The most reminders one `reminder.due.batch` carries: the largest, every title and owner
+at its longest in characters JSON escapes to 12 bytes, stays under a request body
+(DUETIDE_MAX_BODY_BYTES, 1 MiB) and a Kafka record (1 MiB by default); `test_events`."""
 
 
 class ReminderBatchEvent(Payload):
