@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -135,6 +136,8 @@ def measure(count: int, database: str = "sqlite") -> dict[str, object]:
     claim_late = [(fired - due).total_seconds() for due, fired in claims if due and fired]
     deliver_late = [(done - due).total_seconds() for due, done in deliveries]
     logged = _deliveries_logged(home / "logs" / "notify.log")
+    batches = _sweep_batches(home / "logs" / "sweep.log")
+    shutil.rmtree(home, ignore_errors=True)  # its database and logs: read, not kept
     per_second = Counter(int((done - start).total_seconds()) for _, done in deliveries)
     return {
         "claim_late": claim_late,
@@ -142,7 +145,7 @@ def measure(count: int, database: str = "sqlite") -> dict[str, object]:
         "claim_early": sum(1 for value in claim_late if value < 0),
         "deliver_early": sum(1 for value in deliver_late if value < 0),
         "twice": sum(1 for n in logged.values() if n > 1),
-        "batches": _sweep_batches(home / "logs" / "sweep.log"),
+        "batches": batches,
         "cpu_ms_per_reminder": cpu,
         "peak_per_s": max(per_second.values(), default=0),
         "done_after_s": round(max((done - start).total_seconds() for _, done in deliveries), 1)
