@@ -28,8 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, String, TextClause, TextualSelect, insert, text
+from sqlalchemy import Connection, String, TextClause, insert, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import TypeEngine
 from sqlmodel import col, select
 
 from duetide import channels, events, telemetry
@@ -137,7 +138,7 @@ def _deliver(checks: list[_Check]) -> list[_Check]:
             assert check.pref is not None
             send(channel, check.due, check.pref)
     remote = [(check, channel) for check in checks for channel in check.remote]
-    transient = _send_remote(remote) if remote else []
+    transient = _send_remote(remote)
     retried = {id(check) for check, _ in transient}
     finished = [c for c in checks if c.remote and id(c) not in retried]
     if finished:
@@ -394,23 +395,42 @@ _MAX_DEFAULTS = 10_000
 
 def _processed(connection: Connection, keys: list[EventKey]) -> set[tuple[str, str, str]]:
     """Which of `keys` notify has processed, as (scope, source, event id), in one statement
-    (`_each`), each lookup on the whole primary key."""
+    (`_union_all`), each lookup on the whole primary key."""
     params: dict[str, str] = {}
     for n, key in enumerate(keys):
         params.update({f"c{n}": key.consumer, f"s{n}": key.scope, f"r{n}": key.source,
                        f"e{n}": key.event_id})  # fmt: skip
-    return {(row[0], row[1], row[2]) for row in connection.execute(_lookups(len(keys)), params)}
+    rows = connection.execute(_union_all(_PROCESSED_LOOKUP, len(keys)), params)
+    return {(row[0], row[1], row[2]) for row in rows}
 
 
 def _delivered(connection: Connection, reminder_ids: list[str]) -> set[tuple[str, datetime, str]]:
     """The (reminder, scheduled time, channel) recorded for `reminder_ids`, in one
-    statement (`_each`), each lookup by the first column of `uq_notification_once`."""
+    statement (`_union_all`), each lookup by the first column of `uq_notification_once`;
+    the times read as the column type reads them, so they compare with the events'."""
     params = {f"r{n}": reminder_id for n, reminder_id in enumerate(reminder_ids)}
-    rows = connection.execute(_recorded_lookups(len(reminder_ids)), params)
+    lookups = _union_all(_RECORDED_LOOKUP, len(reminder_ids))
+    rows = connection.execute(lookups.columns(**_RECORDED_COLUMNS), params)
     return {(row.reminder_id, row.scheduled_at, row.channel) for row in rows}
 
 
-def _each(lookup: str, count: int) -> str:
+_PROCESSED_LOOKUP = (
+    f"SELECT scope, source, event_id FROM {ProcessedEvent.__tablename__}"
+    " WHERE consumer = :c{n} AND scope = :s{n} AND source = :r{n} AND event_id = :e{n}"
+)
+_RECORDED_LOOKUP = (
+    f"SELECT reminder_id, scheduled_at, channel FROM {Notification.__tablename__}"
+    " WHERE reminder_id = :r{n}"
+)
+_RECORDED_COLUMNS: dict[str, TypeEngine[Any]] = {
+    "reminder_id": String(),
+    "scheduled_at": UTCDateTime(),
+    "channel": String(),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _union_all(lookup: str, count: int) -> TextClause:
     """`count` copies of `lookup` (parameters numbered by `{n}`) joined by UNION ALL.
 
     One lookup per key, so the database finds each by its index whatever its statistics
@@ -419,31 +439,10 @@ def _each(lookup: str, count: int) -> str:
     every row: for `notification`, 128 ms a group at 100,000 rows and most of the
     database's time in the burst; for `processed_event`, it matched the first columns of
     the key and filtered the ids over every row notify had processed. Plain SQL text, one
-    per group size: built as SQLAlchemy selects it was a quarter of a group's CPU.
+    per lookup and group size: built as SQLAlchemy selects it was a quarter of a group's
+    CPU.
     """
-    return " UNION ALL ".join(lookup.format(n=n) for n in range(count))
-
-
-@functools.lru_cache(maxsize=128)
-def _lookups(count: int) -> TextClause:
-    return text(
-        _each(
-            f"SELECT scope, source, event_id FROM {ProcessedEvent.__tablename__}"
-            " WHERE consumer = :c{n} AND scope = :s{n} AND source = :r{n} AND event_id = :e{n}",
-            count,
-        )
-    )
-
-
-@functools.lru_cache(maxsize=128)
-def _recorded_lookups(count: int) -> TextualSelect:
-    return text(
-        _each(
-            f"SELECT reminder_id, scheduled_at, channel FROM {Notification.__tablename__}"
-            " WHERE reminder_id = :r{n}",
-            count,
-        )
-    ).columns(reminder_id=String(), scheduled_at=UTCDateTime(), channel=String())
+    return text(" UNION ALL ".join(lookup.format(n=n) for n in range(count)))
 
 
 def _notification_values(
