@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -378,7 +378,22 @@ def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
     return local.isoformat()
 
 
-def reminder_out(reminder: models.Reminder | Row[Any], zone: Any = None) -> ReminderOut:
+class ShownReminder(Protocol):
+    """What showing a reminder reads: a model, a row, or a reminder read from JSON."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> ReminderState: ...
+    @property
+    def at(self) -> datetime | None: ...
+    @property
+    def before_due_s(self) -> int | None: ...
+    @property
+    def fire_at(self) -> datetime | None: ...
+
+
+def reminder_out(reminder: ShownReminder | Row[Any], zone: Any = None) -> ReminderOut:
     """A reminder in the zone of its task (`task_out`), so the two never differ."""
     if reminder.before_due_s is not None:
         return ReminderOut(
@@ -398,7 +413,7 @@ def reminder_out(reminder: models.Reminder | Row[Any], zone: Any = None) -> Remi
 def task_out(
     task: models.Task | Row[Any],
     tags: Iterable[str],
-    reminders: Iterable[models.Reminder | Row[Any]],
+    reminders: Iterable[ShownReminder | Row[Any]],
     zone: Any = None,
 ) -> TaskOut:
     """A task as the API shows it; all its times, its reminders' too, in the series' zone

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -35,6 +34,7 @@ from duetide.services.schemas import (
     TaskUpdate,
 )
 from duetide.services.task_events import changes_between, emit, watched
+from duetide.storage.aggregates import json_list, json_row, json_time
 from duetide.storage.models import (
     OccurrenceLog,
     Reminder,
@@ -43,7 +43,7 @@ from duetide.storage.models import (
     TaskTag,
     utcnow,
 )
-from duetide.vocabulary import PRIORITIES
+from duetide.vocabulary import PRIORITIES, ReminderState
 
 
 def zone_of(session: Session, task: Task) -> ZoneInfo | None:
@@ -64,46 +64,74 @@ def show_reminder(session: Session, reminder: Reminder) -> ReminderOut:
     return reminder_out(reminder, zone_of(session, task) if task is not None else None)
 
 
-def render(session: Session, rows: Sequence[Row[Any]]) -> list[TaskOut]:
-    """Tasks read to be shown, from plain rows: their tags, reminders and series zones
-    in one query each for the whole list, and no ORM object built."""
-    ids = [row.id for row in rows]
-    if not ids:
-        return []
-    tags: dict[str, list[str]] = defaultdict(list)
-    for task_id, tag in session.execute(
-        select(TaskTag.task_id, TaskTag.tag).where(col(TaskTag.task_id).in_(ids))
-    ):
-        tags[task_id].append(tag)
-    reminder = inspect(Reminder).local_table
-    attached: dict[str, list[Row[Any]]] = defaultdict(list)
-    for row in session.execute(
-        sa.select(reminder).where(reminder.c.task_id.in_(ids)).order_by(reminder.c.created_at)
-    ):
-        attached[row.task_id].append(row)
-    zones: dict[str | None, ZoneInfo | None] = {None: None}
-    series_ids = {row.series_id for row in rows if row.series_id is not None}
-    if series_ids:
-        zones |= {
-            series_id: ZoneInfo(zone)
-            for series_id, zone in session.execute(
-                select(Series.id, Series.timezone).where(col(Series.id).in_(series_ids))
-            )
-        }
-    return [task_out(row, tags[row.id], attached[row.id], zones.get(row.series_id)) for row in rows]
-
-
 TASK = inspect(Task).local_table
 """The task table, for reads that render rows without building models."""
+_TAG, _REMINDER, _SERIES = (inspect(m).local_table for m in (TaskTag, Reminder, Series))
+
+
+class _ShownReminder(NamedTuple):
+    """A reminder as `VIEW` reads it (from JSON), what `reminder_out` shows."""
+
+    id: str
+    state: ReminderState
+    at: datetime | None
+    before_due_s: int | None
+    fire_at: datetime | None
+    created_at: datetime
+
+
+_REMINDER_JSON = json_row(*(_REMINDER.c[name] for name in _ShownReminder._fields))
+
+VIEW = sa.select(
+    TASK,
+    sa.select(json_list(_TAG.c.tag))
+    .where(_TAG.c.task_id == TASK.c.id)
+    .scalar_subquery()
+    .label("tag_list"),
+    sa.select(json_list(_REMINDER_JSON))
+    .where(_REMINDER.c.task_id == TASK.c.id)
+    .scalar_subquery()
+    .label("reminder_list"),
+    sa.select(_SERIES.c.timezone)
+    .where(_SERIES.c.id == TASK.c.series_id)
+    .scalar_subquery()
+    .label("zone_name"),
+)
+"""Tasks as they are shown: each row with its tags, its reminders and its series' zone,
+read in the same statement (`storage.aggregates`), so showing a page of tasks is one
+query and builds no ORM object."""
+
+
+def render(rows: Sequence[Row[Any]]) -> list[TaskOut]:
+    """Rows of `VIEW` as the API shows them."""
+    return [_shown(row) for row in rows]
+
+
+def _shown(row: Row[Any]) -> TaskOut:
+    attached = [
+        _ShownReminder(
+            item["id"],
+            item["state"],
+            json_time(item["at"]),
+            item["before_due_s"],
+            json_time(item["fire_at"]),
+            json_time(item["created_at"]),
+        )
+        for item in row.reminder_list or ()
+    ]
+    attached.sort(key=lambda reminder: reminder.created_at)
+    zone = ZoneInfo(row.zone_name) if row.zone_name is not None else None
+    return task_out(row, row.tag_list or (), attached, zone)
+
+
+_READ = VIEW.where(TASK.c.id == bindparam("task_id"), TASK.c.owner == bindparam("owner"))
 
 
 def read(session: Session, owner: str, task_id: str) -> TaskOut:
-    found = session.execute(
-        sa.select(TASK).where(TASK.c.id == task_id, TASK.c.owner == owner)
-    ).first()
+    found = session.connection().execute(_READ, {"task_id": task_id, "owner": owner}).first()
     if found is None:
         raise NotFound(f"no task {task_id}")
-    return render(session, [found])[0]
+    return _shown(found)
 
 
 def get_owned(session: Session, owner: str, task_id: str) -> Task:
@@ -388,7 +416,7 @@ def _after_cursor(column: Any, value: Any, last_id: str, descending: bool, nulla
 
 
 def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
-    stmt = sa.select(TASK).where(col(Task.owner) == owner)
+    stmt = VIEW.where(col(Task.owner) == owner)
     if query.status:
         stmt = stmt.where(col(Task.status) == query.status)
     if query.priority:
@@ -424,10 +452,10 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
     if nullable:
         ordering = (case((column.is_(None), 1), else_=0), *ordering)
     stmt = stmt.order_by(*ordering).limit(query.limit + 1)
-    rows = session.execute(stmt).all()
+    rows = session.connection().execute(stmt).all()
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     return TaskPage(
-        items=render(session, rows),
+        items=render(rows),
         next_cursor=encode_cursor(rows[-1], query) if more and rows else None,
     )
