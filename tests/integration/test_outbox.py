@@ -118,8 +118,10 @@ def test_record_many_stores_what_record_stores(env):
         as_text = dict(session.execute(text("SELECT id, CAST(data AS TEXT) FROM outbox")).all())
     assert len({row.id for row in rows}) == 3
     twin, missed = (next(r for r in rows if r.id != single.id and r.key == k) for k in ("k1", "k2"))
+    stored = next(r for r in rows if r.id == single.id)
     fields = ["topic", "key", "type", "source", "subject", "data", "sent_at", "attempts"]
-    assert [getattr(twin, f) for f in fields] == [getattr(single, f) for f in fields]
+    assert [getattr(twin, f) for f in fields] == [getattr(stored, f) for f in fields]
+    assert (stored.sent_at, stored.attempts) == (None, 0)
     assert as_text[twin.id] == as_text[single.id]
     assert (missed.topic, missed.subject, missed.data) == (
         outbox.topic_for(events.REMINDER_MISSED), "k2", {"x": 1}

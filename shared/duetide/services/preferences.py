@@ -13,6 +13,7 @@ from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
@@ -36,8 +37,12 @@ def load(session: Session, owner: str) -> Preference:
 def default_reminders(session: Session, owner: str) -> list[int]:
     """The user's default reminder offsets in seconds; the column alone, since every
     task created with a due time asks for it."""
-    query = select(Preference.default_reminders).where(Preference.owner == owner)
-    return list(session.exec(query).first() or [])
+    return list(session.connection().execute(_DEFAULT_REMINDERS, {"owner": owner}).scalar() or [])
+
+
+_DEFAULT_REMINDERS = select(Preference.default_reminders).where(
+    Preference.owner == bindparam("owner")
+)
 
 
 def locked(session: Session, owner: str) -> Preference:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,9 @@ from duetide.vocabulary import (
     SubscriptionStatus,
     TaskStatus,
 )
+
+if TYPE_CHECKING:
+    from duetide.services.task_events import TaskState
 
 
 class Out(BaseModel):
@@ -411,7 +414,7 @@ def reminder_out(reminder: ShownReminder | Row[Any], zone: Any = None) -> Remind
 
 
 def task_out(
-    task: models.Task | Row[Any],
+    task: models.Task | Row[Any] | TaskState,
     tags: Iterable[str],
     reminders: Iterable[ShownReminder | Row[Any]],
     zone: Any = None,

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from sqlmodel import Session
 
 from duetide import events
 from duetide.storage import outbox
 from duetide.storage.models import Task
-from duetide.vocabulary import PRIORITIES
+from duetide.vocabulary import PRIORITIES, TaskStatus
 
 _ACTOR: ContextVar[str | None] = ContextVar("duetide_actor", default=None)
 
@@ -68,8 +68,63 @@ def _when(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
+class Reported(Protocol):
+    """What a task event reports of a task: a model, or a `TaskState`."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def status(self) -> TaskStatus: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def due_at(self) -> datetime | None: ...
+    @property
+    def completed_at(self) -> datetime | None: ...
+    @property
+    def series_id(self) -> str | None: ...
+    @property
+    def occurrence_index(self) -> int | None: ...
+    @property
+    def scheduled_at(self) -> datetime | None: ...
+    @property
+    def tags(self) -> list[str]: ...
+
+
+class TaskState(NamedTuple):
+    """A task's columns and its tags, sorted, as a change writes them without a model."""
+
+    id: str
+    owner: str
+    title: str
+    description: str
+    status: TaskStatus
+    priority: int
+    due_at: datetime | None
+    completed_at: datetime | None
+    series_id: str | None
+    occurrence_index: int | None
+    scheduled_at: datetime | None
+    previous_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    tags: list[str]
+
+    def columns(self) -> dict[str, Any]:
+        """The task row's values (the tags are rows of their own)."""
+        values = self._asdict()
+        del values["tags"]
+        return values
+
+
 def event_data(
-    task: Task, source: str = events.SOURCE_TASKS, changes: dict[str, Any] | None = None
+    task: Reported, source: str = events.SOURCE_TASKS, changes: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     return events.TaskEvent(
         task_id=task.id,
@@ -91,7 +146,7 @@ def event_data(
 
 def emit(
     session: Session,
-    task: Task,
+    task: Reported,
     event_type: str,
     source: str = events.SOURCE_TASKS,
     changes: dict[str, Any] | None = None,

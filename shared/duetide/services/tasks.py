@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy import and_, bindparam, case, inspect, or_
+from sqlalchemy import and_, bindparam, case, or_
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import joinedload
 from sqlmodel import Session, col, select
@@ -33,7 +32,7 @@ from duetide.services.schemas import (
     TaskQuery,
     TaskUpdate,
 )
-from duetide.services.task_events import changes_between, emit, watched
+from duetide.services.task_events import TaskState, changes_between, emit, watched
 from duetide.storage.aggregates import json_list, json_row, json_time
 from duetide.storage.models import (
     OccurrenceLog,
@@ -41,6 +40,7 @@ from duetide.storage.models import (
     Series,
     Task,
     TaskTag,
+    new_id,
     utcnow,
 )
 from duetide.vocabulary import PRIORITIES, ReminderState
@@ -64,9 +64,10 @@ def show_reminder(session: Session, reminder: Reminder) -> ReminderOut:
     return reminder_out(reminder, zone_of(session, task) if task is not None else None)
 
 
-TASK = inspect(Task).local_table
-"""The task table, for reads that render rows without building models."""
-_TAG, _REMINDER, _SERIES = (inspect(m).local_table for m in (TaskTag, Reminder, Series))
+TASK, _TAG, _REMINDER, _SERIES = (
+    Task.metadata.tables[name] for name in ("task", "task_tag", "reminder", "series")
+)
+"""The tables, for statements that read or write rows without building models."""
 
 
 class _ShownReminder(NamedTuple):
@@ -102,12 +103,8 @@ read in the same statement (`storage.aggregates`), so showing a page of tasks is
 query and builds no ORM object."""
 
 
-def render(rows: Sequence[Row[Any]]) -> list[TaskOut]:
-    """Rows of `VIEW` as the API shows them."""
-    return [_shown(row) for row in rows]
-
-
 def _shown(row: Row[Any]) -> TaskOut:
+    """A row of `VIEW` as the API shows it."""
     attached = [
         _ShownReminder(
             item["id"],
@@ -189,45 +186,76 @@ def _add_reminder(task: Task, spec: ReminderIn) -> Reminder:
     return reminder
 
 
-def create(session: Session, owner: str, spec: TaskCreate) -> tuple[Task, list[str]]:
-    task = Task(
+def create(session: Session, owner: str, spec: TaskCreate) -> tuple[TaskOut, list[str]]:
+    """Insert a task, its tags, its reminders and its event; with `recurrence`, its series
+    first (the task is the series' first occurrence).
+
+    Core INSERTs on the session's connection, not models: building and flushing four
+    SQLModel objects cost more than the statements (`bench/results/api_mix.md`)."""
+    series = _new_series(session, owner, spec)
+    now = utcnow()
+    task = TaskState(
+        id=new_id(),
         owner=owner,
         title=spec.title,
         description=spec.description,
+        status="open",
         priority=PRIORITIES.index(spec.priority),
         due_at=spec.due_at,
-        reminders=[],  # loaded as empty: showing the new task asks the database nothing
+        completed_at=None,
+        series_id=series.id if series is not None else None,
+        occurrence_index=0 if series is not None else None,
+        scheduled_at=spec.due_at if series is not None else None,
+        previous_id=None,
+        created_at=now,
+        updated_at=now,
+        tags=sorted(set(spec.tags)),
     )
-    task.set_tags(spec.tags)
-    if spec.recurrence is not None and spec.due_at is not None:
-        rule = series_rules.build_rule(spec.recurrence, spec.due_at)
-        series = Series(
-            owner=owner,
-            rrule=rule.rrule,
-            timezone=rule.timezone,
-            dtstart=spec.due_at,
-            mode=rule.policy.mode,
-            month_end=rule.policy.month_end,
-            catch_up=rule.policy.catch_up,
-            title=spec.title,
-            description=spec.description,
-            priority=task.priority,
-            tags=sorted(set(spec.tags)),
-            reminder_offsets=[
-                int(r.before_due.total_seconds())
-                for r in spec.reminders
-                if r.before_due is not None
-            ],
-            last_index=0,
-            last_at=spec.due_at,
-        )
-        session.add(series)
-        task.series_id, task.occurrence_index, task.scheduled_at = series.id, 0, spec.due_at
-    for reminder in _reminders_of(session, owner, spec):
-        _add_reminder(task, reminder)
-    session.add(task)
-    session.flush()
-    return task, [emit(session, task, events.TASK_CREATED)]
+    connection = session.connection()
+    connection.execute(sa.insert(TASK), task.columns())
+    if task.tags:
+        connection.execute(sa.insert(_TAG), [{"task_id": task.id, "tag": t} for t in task.tags])
+    attached = [_new_reminder(task, r) for r in _reminders_of(session, owner, spec)]
+    if attached:
+        rows = [
+            {**r._asdict(), "owner": owner, "task_id": task.id, "fired_at": None} for r in attached
+        ]
+        connection.execute(sa.insert(_REMINDER), rows)
+    zone = ZoneInfo(series.timezone) if series is not None else None
+    return task_out(task, task.tags, attached, zone), [emit(session, task, events.TASK_CREATED)]
+
+
+def _new_series(session: Session, owner: str, spec: TaskCreate) -> Series | None:
+    if spec.recurrence is None or spec.due_at is None:
+        return None
+    rule = series_rules.build_rule(spec.recurrence, spec.due_at)
+    series = Series(
+        owner=owner,
+        rrule=rule.rrule,
+        timezone=rule.timezone,
+        dtstart=spec.due_at,
+        mode=rule.policy.mode,
+        month_end=rule.policy.month_end,
+        catch_up=rule.policy.catch_up,
+        title=spec.title,
+        description=spec.description,
+        priority=PRIORITIES.index(spec.priority),
+        tags=sorted(set(spec.tags)),
+        reminder_offsets=[
+            int(r.before_due.total_seconds()) for r in spec.reminders if r.before_due is not None
+        ],
+        last_index=0,
+        last_at=spec.due_at,
+    )
+    session.add(series)
+    session.flush()  # before the task, which refers to it
+    return series
+
+
+def _new_reminder(task: TaskState, spec: ReminderIn) -> _ShownReminder:
+    before = int(spec.before_due.total_seconds()) if spec.before_due is not None else None
+    fire_at = reminders.fire_time(spec.at, before, task.due_at)
+    return _ShownReminder(new_id(), "pending", spec.at, before, fire_at, utcnow())
 
 
 def _reminders_of(session: Session, owner: str, spec: TaskCreate) -> list[ReminderIn]:
@@ -274,15 +302,49 @@ def delete(session: Session, owner: str, task_id: str) -> series_rules.Deletion:
     return series_rules.Deletion([event_id])
 
 
-def complete(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
-    """Mark done; completing a done task again changes nothing and emits nothing."""
+def complete(session: Session, owner: str, task_id: str) -> tuple[TaskOut, list[str]]:
+    """Mark done; completing a done task again changes nothing and emits nothing.
+
+    A task outside a series is completed by one UPDATE, then read as shown: the UPDATE's
+    row lock serialises it with any other change, and a concurrent completion, once the
+    first commits, finds the task no longer open and goes the way of a done task.
+    Anything else (done already, an occurrence, which takes its series' lock first, or
+    not found) goes through `lock_task`. (The read is not the UPDATE's RETURNING: SQLite's
+    RETURNING names columns unqualified, and in the view's subqueries `id` is then the
+    reminder's own.)"""
+    now = utcnow()
+    ids = {"task_id": task_id, "owner": owner}
+    connection = session.connection()
+    done_now = {"b_task_id": task_id, "b_owner": owner, "b_now": now}
+    if connection.execute(_COMPLETE_SINGLE, done_now).first() is not None:
+        done = connection.execute(_READ, ids).one()
+        return _shown(done), [emit(session, _state(done), events.TASK_COMPLETED)]
     task, _ = lock_task(session, owner, task_id)
     if task.status == "done":
-        return task, []
-    task.status, task.completed_at = "done", utcnow()
+        return show(session, task), []
+    task.status, task.completed_at = "done", now
     task.updated_at = task.completed_at
     session.add(task)
-    return task, [emit(session, task, events.TASK_COMPLETED)]
+    return show(session, task), [emit(session, task, events.TASK_COMPLETED)]
+
+
+_COMPLETE_SINGLE = (
+    sa.update(TASK)
+    .where(
+        TASK.c.id == bindparam("b_task_id"),
+        TASK.c.owner == bindparam("b_owner"),
+        TASK.c.series_id.is_(None),
+        TASK.c.status == "open",
+    )
+    .values(status="done", completed_at=bindparam("b_now"), updated_at=bindparam("b_now"))
+    .returning(TASK.c.id)
+)
+
+
+def _state(row: Row[Any]) -> TaskState:
+    """A `VIEW` row as the task's state (for its event)."""
+    values = {name: row._mapping[name] for name in TaskState._fields if name != "tags"}
+    return TaskState(**values, tags=sorted(row.tag_list or ()))
 
 
 def reopen(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
@@ -456,6 +518,6 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     return TaskPage(
-        items=render(rows),
+        items=[_shown(row) for row in rows],
         next_cursor=encode_cursor(rows[-1], query) if more and rows else None,
     )

@@ -92,18 +92,15 @@ def topic_for(event_type: str) -> str:
 
 def record(
     session: Session, *, type: str, key: str, data: dict[str, Any], source: str, subject: str = ""
-) -> Outbox:
-    """Add an event to the caller's transaction; `key` is the aggregate id (Kafka key)."""
-    row = Outbox(
-        topic=topic_for(type),
-        key=key,
-        type=type,
-        source=source,
-        subject=subject or key,
-        data=data,
-        traceparent=tracecontext.current_traceparent(),
-    )
-    session.add(row)
+) -> Pending:
+    """Add an event to the caller's transaction; `key` is the aggregate id (Kafka key).
+
+    One Core INSERT on the session's connection, at once: an ORM object would be
+    validated by SQLModel and written by the unit of work at the flush, which cost more
+    than the statement (`scripts/bench api_mix`). The row has no foreign key, so it need
+    not wait for the flush of the change it reports."""
+    (row,) = pending_rows([Event(type, key, data, subject)], source=source)
+    session.connection().execute(_INSERT_ONE, row._asdict())
     _remember(row)
     return row
 
@@ -112,35 +109,37 @@ _recorded = threading.local()
 MAX_REMEMBERED = 1000
 
 
-def _remember(row: Outbox) -> None:
+def _remember(row: Pending) -> None:
     """Keep the row for this thread's fast path after the commit, which then need not
     read back what it has just written (a query and a round trip per publish). Rows of
     a transaction that rolled back are never asked for and go with the next publish."""
-    rows: dict[str, Outbox] | None = getattr(_recorded, "rows", None)
+    rows: dict[str, Pending] | None = getattr(_recorded, "rows", None)
     if rows is None or len(rows) >= MAX_REMEMBERED:
         rows = _recorded.rows = {}
     rows[row.id] = row
 
 
-def _recall(ids: list[str]) -> tuple[list[Outbox], list[str]]:
+def _recall(ids: list[str]) -> tuple[list[Pending], list[str]]:
     """The rows this thread recorded among `ids`, and the ids it did not; forgets all."""
-    rows: dict[str, Outbox] = getattr(_recorded, "rows", None) or {}
+    rows: dict[str, Pending] = getattr(_recorded, "rows", None) or {}
     _recorded.rows = {}
     found = sorted((rows[i] for i in ids if i in rows), key=lambda row: row.created_at)
     return found, [i for i in ids if i not in rows]
 
 
 class Event(NamedTuple):
-    """One event for `record_many`: its type, aggregate id (Kafka key) and payload."""
+    """One event to record: its type, aggregate id (Kafka key), payload, and subject
+    (empty: the key)."""
 
     type: str
     key: str
     data: dict[str, Any]
+    subject: str = ""
 
 
 class Pending(NamedTuple):
-    """An outbox row as `record_many` writes it, kept by the writer to send after its
-    commit without reading it back (the sweep: `publish_claimed`)."""
+    """An outbox row as `record` and `record_many` write it, kept by the writer to send
+    after its commit without reading it back (`publish_after_commit`, `publish_claimed`)."""
 
     id: str
     topic: str
@@ -175,7 +174,7 @@ def pending_rows(items: Iterable[Event], *, source: str) -> list[Pending]:
             event.key,
             event.type,
             source,
-            event.key,
+            event.subject or event.key,
             event.data,
             utcnow(),
             traceparent,
@@ -203,8 +202,11 @@ def insert_pending(session: Session, pending: list[Pending]) -> int:
             row["created_at"] = row["created_at"].isoformat()
         connection.execute(_INSERT_JSON, {"rows": rows})
     else:
-        connection.execute(insert(Outbox).values(sent_at=None, attempts=0), rows)
+        connection.execute(_INSERT_ONE, rows)
     return len(rows)
+
+
+_INSERT_ONE = insert(Outbox).values(sent_at=None, attempts=0)
 
 
 def _insert_json() -> Insert:
@@ -310,7 +312,7 @@ class Publisher:
         with self._idle:
             return self._active > 0
 
-    def try_send(self, rows: Iterable[Outbox]) -> list[str]:
+    def try_send(self, rows: Iterable[Outbox | Pending]) -> list[str]:
         """The fast path: send now unless the breaker is open or a producer is being
         built; wait <= timeout_s. Returns the ids the broker acknowledged in time; the
         others wait for the relay."""
@@ -555,7 +557,9 @@ def publish_after_commit(ids: list[str]) -> int:
     return sent
 
 
-def _publish(publisher: Publisher, ids: list[str], recorded: Iterable[Outbox] = ()) -> int:
+def _publish(
+    publisher: Publisher, ids: list[str], recorded: Iterable[Outbox | Pending] = ()
+) -> int:
     """Send `recorded` rows and the unsent rows of `ids` (read first); mark what was acked."""
     try:
         rows = list(recorded)

@@ -129,11 +129,7 @@ def list_tasks(request: Request, user: str) -> Response:
 def create_task(request: Request, user: str) -> Response:
     spec = parse_model(TaskCreate, _body(request))
 
-    def work(session: Session) -> tuple[Any, list[str]]:
-        task, ids = tasks.create(session, user, spec)
-        return tasks.show(session, task), ids
-
-    return _write(work, 201, task_location)
+    return _write(lambda session: tasks.create(session, user, spec), 201, task_location)
 
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
@@ -197,7 +193,7 @@ def update_task(request: Request, user: str, task_id: str) -> Response:
 
 
 def complete_task(request: Request, user: str, task_id: str) -> Response:
-    return _task_change(lambda s: tasks.complete(s, user, task_id))
+    return _write(lambda s: tasks.complete(s, user, task_id))
 
 
 def reopen_task(request: Request, user: str, task_id: str) -> Response:

@@ -74,7 +74,7 @@ def handle(request: Request) -> Response:
             task, ids = tasks.create(session, user, spec)
         else:
             task, ids = tasks.complete(session, user, payload.task_id)
-        return CommandResult(status="processed", task=tasks.show(session, task)), ids
+        return CommandResult(status="processed", task=task), ids
 
     with task_events.acting_as(actor_name(actor)):
         body = run_once(key, work)
