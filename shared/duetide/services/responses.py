@@ -39,7 +39,7 @@ from duetide.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from duetide.services.task_events import TaskState
+    from duetide.services.task_rows import TaskState
 
 
 class Out(BaseModel):

@@ -26,9 +26,11 @@ from sqlmodel import Session, and_, col, or_, select
 from duetide import events
 from duetide.errors import Conflict, NotFound, ValidationFailed
 from duetide.logs import log_event
-from duetide.rules import recurrence, reminders
+from duetide.rules import recurrence
+from duetide.services import task_rows
 from duetide.services.task_events import emit
-from duetide.storage.models import OccurrenceLog, Reminder, Series, Task, utcnow
+from duetide.services.task_rows import TaskState, new_reminder
+from duetide.storage.models import OccurrenceLog, Series, Task, new_id, utcnow
 from duetide.vocabulary import PRIORITIES
 
 if TYPE_CHECKING:
@@ -272,33 +274,30 @@ def _create_occurrence(
     session: Session, series: Series, previous_id: str, following: recurrence.Next
 ) -> str:
     scheduled = following.scheduled_at
-    task = Task(
+    now = utcnow()
+    task = TaskState(
+        id=new_id(),
         owner=series.owner,
         title=series.title,
         description=series.description,
+        status="open",
         priority=series.priority,
         due_at=scheduled,
+        completed_at=None,
         series_id=series.id,
         occurrence_index=following.index,
         scheduled_at=scheduled,
         previous_id=previous_id,
+        created_at=now,
+        updated_at=now,
+        tags=sorted(set(series.tags)),
     )
-    task.set_tags(series.tags)
-    for offset in series.reminder_offsets:
-        task.reminders.append(
-            Reminder(
-                owner=series.owner,
-                task_id=task.id,
-                before_due_s=offset,
-                fire_at=reminders.fire_time(None, offset, scheduled),
-            )
-        )
-    session.add(task)
+    attached = [new_reminder(scheduled, None, offset) for offset in series.reminder_offsets]
+    task_rows.insert(session, task, attached)  # the unique constraints speak here
     if following.index > series.last_index:
         series.last_index, series.last_at = following.index, scheduled
-    series.updated_at = utcnow()
+    series.updated_at = now
     session.add(series)
-    session.flush()  # the unique constraints speak here, inside the transaction
     log_event(
         log,
         "occurrence.materialised",

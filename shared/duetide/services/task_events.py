@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from sqlmodel import Session
 
@@ -95,32 +95,6 @@ class Reported(Protocol):
     def scheduled_at(self) -> datetime | None: ...
     @property
     def tags(self) -> list[str]: ...
-
-
-class TaskState(NamedTuple):
-    """A task's columns and its tags, sorted, as a change writes them without a model."""
-
-    id: str
-    owner: str
-    title: str
-    description: str
-    status: TaskStatus
-    priority: int
-    due_at: datetime | None
-    completed_at: datetime | None
-    series_id: str | None
-    occurrence_index: int | None
-    scheduled_at: datetime | None
-    previous_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    tags: list[str]
-
-    def columns(self) -> dict[str, Any]:
-        """The task row's values (the tags are rows of their own)."""
-        values = self._asdict()
-        del values["tags"]
-        return values
 
 
 def event_data(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -21,7 +21,7 @@ from duetide import events
 from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from duetide.rules import reminders
 from duetide.rules.text import text_problem
-from duetide.services import preferences
+from duetide.services import preferences, task_rows
 from duetide.services import series as series_rules
 from duetide.services.responses import ReminderOut, TaskOut, TaskPage, reminder_out, task_out
 from duetide.services.schemas import (
@@ -32,8 +32,9 @@ from duetide.services.schemas import (
     TaskQuery,
     TaskUpdate,
 )
-from duetide.services.task_events import TaskState, changes_between, emit, watched
-from duetide.storage.aggregates import json_list, json_row, json_time
+from duetide.services.task_events import changes_between, emit, watched
+from duetide.services.task_rows import READ, TASK, VIEW, ShownReminder, TaskState, new_reminder
+from duetide.storage.aggregates import json_time
 from duetide.storage.models import (
     OccurrenceLog,
     Reminder,
@@ -43,7 +44,7 @@ from duetide.storage.models import (
     new_id,
     utcnow,
 )
-from duetide.vocabulary import PRIORITIES, ReminderState
+from duetide.vocabulary import PRIORITIES
 
 
 def zone_of(session: Session, task: Task) -> ZoneInfo | None:
@@ -64,49 +65,10 @@ def show_reminder(session: Session, reminder: Reminder) -> ReminderOut:
     return reminder_out(reminder, zone_of(session, task) if task is not None else None)
 
 
-TASK, _TAG, _REMINDER, _SERIES = (
-    Task.metadata.tables[name] for name in ("task", "task_tag", "reminder", "series")
-)
-"""The tables, for statements that read or write rows without building models."""
-
-
-class _ShownReminder(NamedTuple):
-    """A reminder as `VIEW` reads it (from JSON), what `reminder_out` shows."""
-
-    id: str
-    state: ReminderState
-    at: datetime | None
-    before_due_s: int | None
-    fire_at: datetime | None
-    created_at: datetime
-
-
-_REMINDER_JSON = json_row(*(_REMINDER.c[name] for name in _ShownReminder._fields))
-
-VIEW = sa.select(
-    TASK,
-    sa.select(json_list(_TAG.c.tag))
-    .where(_TAG.c.task_id == TASK.c.id)
-    .scalar_subquery()
-    .label("tag_list"),
-    sa.select(json_list(_REMINDER_JSON))
-    .where(_REMINDER.c.task_id == TASK.c.id)
-    .scalar_subquery()
-    .label("reminder_list"),
-    sa.select(_SERIES.c.timezone)
-    .where(_SERIES.c.id == TASK.c.series_id)
-    .scalar_subquery()
-    .label("zone_name"),
-)
-"""Tasks as they are shown: each row with its tags, its reminders and its series' zone,
-read in the same statement (`storage.aggregates`), so showing a page of tasks is one
-query and builds no ORM object."""
-
-
 def _shown(row: Row[Any]) -> TaskOut:
     """A row of `VIEW` as the API shows it."""
     attached = [
-        _ShownReminder(
+        ShownReminder(
             item["id"],
             item["state"],
             json_time(item["at"]),
@@ -121,11 +83,14 @@ def _shown(row: Row[Any]) -> TaskOut:
     return task_out(row, row.tag_list or (), attached, zone)
 
 
-_READ = VIEW.where(TASK.c.id == bindparam("task_id"), TASK.c.owner == bindparam("owner"))
+def _state(row: Row[Any]) -> TaskState:
+    """A `VIEW` row as the task's state (for its event)."""
+    values = {name: row._mapping[name] for name in TaskState._fields if name != "tags"}
+    return TaskState(**values, tags=sorted(row.tag_list or ()))
 
 
 def read(session: Session, owner: str, task_id: str) -> TaskOut:
-    found = session.connection().execute(_READ, {"task_id": task_id, "owner": owner}).first()
+    found = session.connection().execute(READ, {"task_id": task_id, "owner": owner}).first()
     if found is None:
         raise NotFound(f"no task {task_id}")
     return _shown(found)
@@ -179,7 +144,7 @@ _SERIES_OF = select(Task.series_id).where(*_YOURS)
 
 
 def _add_reminder(task: Task, spec: ReminderIn) -> Reminder:
-    before = int(spec.before_due.total_seconds()) if spec.before_due is not None else None
+    before = _seconds(spec.before_due)
     reminder = Reminder(owner=task.owner, task_id=task.id, at=spec.at, before_due_s=before)
     reminder.fire_at = reminders.fire_time(reminder.at, before, task.due_at)
     task.reminders.append(reminder)
@@ -211,16 +176,11 @@ def create(session: Session, owner: str, spec: TaskCreate) -> tuple[TaskOut, lis
         updated_at=now,
         tags=sorted(set(spec.tags)),
     )
-    connection = session.connection()
-    connection.execute(sa.insert(TASK), task.columns())
-    if task.tags:
-        connection.execute(sa.insert(_TAG), [{"task_id": task.id, "tag": t} for t in task.tags])
-    attached = [_new_reminder(task, r) for r in _reminders_of(session, owner, spec)]
-    if attached:
-        rows = [
-            {**r._asdict(), "owner": owner, "task_id": task.id, "fired_at": None} for r in attached
-        ]
-        connection.execute(sa.insert(_REMINDER), rows)
+    attached = [
+        new_reminder(task.due_at, r.at, _seconds(r.before_due))
+        for r in _reminders_of(session, owner, spec)
+    ]
+    task_rows.insert(session, task, attached)
     zone = ZoneInfo(series.timezone) if series is not None else None
     return task_out(task, task.tags, attached, zone), [emit(session, task, events.TASK_CREATED)]
 
@@ -252,10 +212,8 @@ def _new_series(session: Session, owner: str, spec: TaskCreate) -> Series | None
     return series
 
 
-def _new_reminder(task: TaskState, spec: ReminderIn) -> _ShownReminder:
-    before = int(spec.before_due.total_seconds()) if spec.before_due is not None else None
-    fire_at = reminders.fire_time(spec.at, before, task.due_at)
-    return _ShownReminder(new_id(), "pending", spec.at, before, fire_at, utcnow())
+def _seconds(duration: timedelta | None) -> int | None:
+    return int(duration.total_seconds()) if duration is not None else None
 
 
 def _reminders_of(session: Session, owner: str, spec: TaskCreate) -> list[ReminderIn]:
@@ -305,46 +263,47 @@ def delete(session: Session, owner: str, task_id: str) -> series_rules.Deletion:
 def complete(session: Session, owner: str, task_id: str) -> tuple[TaskOut, list[str]]:
     """Mark done; completing a done task again changes nothing and emits nothing.
 
-    A task outside a series is completed by one UPDATE, then read as shown: the UPDATE's
-    row lock serialises it with any other change, and a concurrent completion, once the
-    first commits, finds the task no longer open and goes the way of a done task.
-    Anything else (done already, an occurrence, which takes its series' lock first, or
-    not found) goes through `lock_task`. (The read is not the UPDATE's RETURNING: SQLite's
-    RETURNING names columns unqualified, and in the view's subqueries `id` is then the
-    reminder's own.)"""
-    now = utcnow()
+    One UPDATE of the open task, then the task read as shown, without a model. Its row
+    lock serialises it with any other change of the task: a concurrent completion, once
+    the first commits, finds the task no longer open and answers it as it is. An
+    occurrence takes its series' lock first (the lock order of `series.lock`), so it
+    waits for any change to the series (a reopen withdrawing it, a skip) and then sees
+    its result: completed, or not found. (The read is not the UPDATE's RETURNING:
+    SQLite's RETURNING names columns unqualified, and in the view's subqueries `id` is
+    then the reminder's own.)"""
     ids = {"task_id": task_id, "owner": owner}
+    done_now = {"b_task_id": task_id, "b_owner": owner, "b_now": utcnow()}
     connection = session.connection()
-    done_now = {"b_task_id": task_id, "b_owner": owner, "b_now": now}
-    if connection.execute(_COMPLETE_SINGLE, done_now).first() is not None:
-        done = connection.execute(_READ, ids).one()
-        return _shown(done), [emit(session, _state(done), events.TASK_COMPLETED)]
-    task, _ = lock_task(session, owner, task_id)
-    if task.status == "done":
-        return show(session, task), []
-    task.status, task.completed_at = "done", now
-    task.updated_at = task.completed_at
-    session.add(task)
-    return show(session, task), [emit(session, task, events.TASK_COMPLETED)]
+    done = connection.execute(_COMPLETE_SINGLE, done_now).first()
+    if done is None:
+        series_id = connection.execute(_SERIES_OF, ids).scalar()
+        if series_id is not None:
+            connection.execute(_LOCK_SERIES_ROW, {"series_id": series_id})
+            done = connection.execute(_COMPLETE_ANY, done_now).first()
+    found = connection.execute(READ, ids).first()
+    if found is None:
+        raise NotFound(f"no task {task_id}")
+    if done is None:
+        return _shown(found), []
+    return _shown(found), [emit(session, _state(found), events.TASK_COMPLETED)]
 
 
-_COMPLETE_SINGLE = (
+_COMPLETE_ANY = (
     sa.update(TASK)
     .where(
         TASK.c.id == bindparam("b_task_id"),
         TASK.c.owner == bindparam("b_owner"),
-        TASK.c.series_id.is_(None),
         TASK.c.status == "open",
     )
     .values(status="done", completed_at=bindparam("b_now"), updated_at=bindparam("b_now"))
     .returning(TASK.c.id)
 )
-
-
-def _state(row: Row[Any]) -> TaskState:
-    """A `VIEW` row as the task's state (for its event)."""
-    values = {name: row._mapping[name] for name in TaskState._fields if name != "tags"}
-    return TaskState(**values, tags=sorted(row.tag_list or ()))
+_COMPLETE_SINGLE = _COMPLETE_ANY.where(TASK.c.series_id.is_(None))
+_LOCK_SERIES_ROW = (
+    sa.select(task_rows.SERIES.c.id)
+    .where(task_rows.SERIES.c.id == bindparam("series_id"))
+    .with_for_update()
+)
 
 
 def reopen(session: Session, owner: str, task_id: str) -> tuple[Task, list[str]]:
