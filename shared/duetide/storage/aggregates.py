@@ -38,29 +38,23 @@ class json_row(FunctionElement[Any]):
     name = "json_row"
 
 
-@compiles(json_list, "postgresql")
-def _json_agg(element: json_list, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_agg({compiler.process(element.clauses, **kw)})"
+_SPELLING = {
+    "postgresql": ("json_agg", "json_build_object"),
+    "sqlite": ("json_group_array", "json_object"),
+}
 
 
-@compiles(json_list, "sqlite")
-def _json_group_array(element: json_list, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_group_array({compiler.process(element.clauses, **kw)})"
+@compiles(json_list)
+def _json_list(element: json_list, compiler: SQLCompiler, **kw: Any) -> str:
+    aggregate = _SPELLING[compiler.dialect.name][0]
+    return f"{aggregate}({compiler.process(element.clauses, **kw)})"
 
 
-def _pairs(element: json_row, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(json_row)
+def _json_row(element: json_row, compiler: SQLCompiler, **kw: Any) -> str:
     columns: list[ColumnElement[Any]] = list(element.clauses)
-    return ", ".join(f"'{c.key}', {compiler.process(c, **kw)}" for c in columns)
-
-
-@compiles(json_row, "postgresql")
-def _json_build_object(element: json_row, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_build_object({_pairs(element, compiler, **kw)})"
-
-
-@compiles(json_row, "sqlite")
-def _json_object(element: json_row, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_object({_pairs(element, compiler, **kw)})"
+    pairs = ", ".join(f"'{c.key}', {compiler.process(c, **kw)}" for c in columns)
+    return f"{_SPELLING[compiler.dialect.name][1]}({pairs})"
 
 
 @overload
