@@ -6,6 +6,7 @@ from flask import Request, Response
 from duetide.web import api, entry
 
 entry.start("tasks")
+api.warm_up()
 
 
 @functions_framework.http

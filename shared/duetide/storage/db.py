@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, exc
+from sqlalchemy import event, exc, make_url
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
@@ -123,6 +123,14 @@ def _sqlite_begin(connection) -> None:  # type: ignore[no-untyped-def]
         with contextlib.suppress(sqlite3.Error):  # a broken connection: its error is raised
             cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.close()
+
+
+def import_driver() -> None:
+    """Import the database driver the configured URL names (psycopg: about 0.1 s) without
+    creating the engine, which must wait for the server's fork (see the module's
+    docstring). For a function whose every request uses the database, so its import is
+    not paid inside the first requests, which the first burst of a new pod all wait for."""
+    make_url(get_settings().effective_database_url).get_dialect().import_dbapi()
 
 
 @functools.cache

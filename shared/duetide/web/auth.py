@@ -11,7 +11,8 @@ The same verifier checks Knative's OIDC sender tokens on the event endpoints.
 
 PyJWT is imported where a token is made or checked, not with this module: it loads
 cryptography (~30 ms and ~9 MB of a cold start), which the event functions import this
-module for but use only when Knative's OIDC is on (bench/results/cold_start.md).
+module for but use only when Knative's OIDC is on (bench/results/cold_start.md). The API,
+which checks a token on every request, imports it at start-up (`import_verifier`).
 """
 
 from __future__ import annotations
@@ -193,6 +194,12 @@ def event_verifier() -> Verifier | None:
         issuer=settings.duetide_event_oidc_issuer,
         audience=settings.duetide_event_oidc_audience,
     )
+
+
+def import_verifier() -> None:
+    """Import PyJWT (and cryptography) now: for the API, whose every request checks a
+    token, so the first requests of a new pod do not wait for it (about 0.1 s)."""
+    import jwt  # noqa: F401
 
 
 def issue_local_token(user: str, settings: Settings | None = None) -> str:
