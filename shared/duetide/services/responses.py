@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +39,7 @@ from duetide.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from duetide.services.task_rows import TaskState
+    from duetide.services.task_rows import ShownReminder, TaskState
 
 
 class Out(BaseModel):
@@ -381,22 +381,9 @@ def rfc3339(value: datetime | None, zone: Any = None) -> str | None:
     return local.isoformat()
 
 
-class ShownReminder(Protocol):
-    """What showing a reminder reads: a model, a row, or a reminder read from JSON."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def state(self) -> ReminderState: ...
-    @property
-    def at(self) -> datetime | None: ...
-    @property
-    def before_due_s(self) -> int | None: ...
-    @property
-    def fire_at(self) -> datetime | None: ...
-
-
-def reminder_out(reminder: ShownReminder | Row[Any], zone: Any = None) -> ReminderOut:
+def reminder_out(
+    reminder: models.Reminder | Row[Any] | ShownReminder, zone: Any = None
+) -> ReminderOut:
     """A reminder in the zone of its task (`task_out`), so the two never differ."""
     if reminder.before_due_s is not None:
         return ReminderOut(
@@ -416,7 +403,7 @@ def reminder_out(reminder: ShownReminder | Row[Any], zone: Any = None) -> Remind
 def task_out(
     task: models.Task | Row[Any] | TaskState,
     tags: Iterable[str],
-    reminders: Iterable[ShownReminder | Row[Any]],
+    reminders: Iterable[models.Reminder | Row[Any] | ShownReminder],
     zone: Any = None,
 ) -> TaskOut:
     """A task as the API shows it; all its times, its reminders' too, in the series' zone

@@ -29,8 +29,8 @@ from duetide.logs import log_event
 from duetide.rules import recurrence
 from duetide.services import task_rows
 from duetide.services.task_events import emit
-from duetide.services.task_rows import TaskState, new_reminder
-from duetide.storage.models import OccurrenceLog, Series, Task, new_id, utcnow
+from duetide.services.task_rows import new_reminder, new_task
+from duetide.storage.models import OccurrenceLog, Series, Task, utcnow
 from duetide.vocabulary import PRIORITIES
 
 if TYPE_CHECKING:
@@ -274,29 +274,22 @@ def _create_occurrence(
     session: Session, series: Series, previous_id: str, following: recurrence.Next
 ) -> str:
     scheduled = following.scheduled_at
-    now = utcnow()
-    task = TaskState(
-        id=new_id(),
-        owner=series.owner,
-        title=series.title,
-        description=series.description,
-        status="open",
-        priority=series.priority,
-        due_at=scheduled,
-        completed_at=None,
+    task = new_task(
+        series.owner,
+        series.title,
+        series.description,
+        series.priority,
+        scheduled,
+        series.tags,
         series_id=series.id,
         occurrence_index=following.index,
-        scheduled_at=scheduled,
         previous_id=previous_id,
-        created_at=now,
-        updated_at=now,
-        tags=sorted(set(series.tags)),
     )
     attached = [new_reminder(scheduled, None, offset) for offset in series.reminder_offsets]
     task_rows.insert(session, task, attached)  # the unique constraints speak here
     if following.index > series.last_index:
         series.last_index, series.last_at = following.index, scheduled
-    series.updated_at = now
+    series.updated_at = task.created_at
     session.add(series)
     log_event(
         log,

@@ -11,14 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlmodel import Session
 
 from duetide import events
+from duetide.services.task_rows import TaskState
 from duetide.storage import outbox
 from duetide.storage.models import Task
-from duetide.vocabulary import PRIORITIES, TaskStatus
+from duetide.vocabulary import PRIORITIES
 
 _ACTOR: ContextVar[str | None] = ContextVar("duetide_actor", default=None)
 
@@ -68,37 +69,8 @@ def _when(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-class Reported(Protocol):
-    """What a task event reports of a task: a model, or a `TaskState`."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def owner(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def description(self) -> str: ...
-    @property
-    def status(self) -> TaskStatus: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def due_at(self) -> datetime | None: ...
-    @property
-    def completed_at(self) -> datetime | None: ...
-    @property
-    def series_id(self) -> str | None: ...
-    @property
-    def occurrence_index(self) -> int | None: ...
-    @property
-    def scheduled_at(self) -> datetime | None: ...
-    @property
-    def tags(self) -> list[str]: ...
-
-
 def event_data(
-    task: Reported, source: str = events.SOURCE_TASKS, changes: dict[str, Any] | None = None
+    task: Task | TaskState, source: str = events.SOURCE_TASKS, changes: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     return events.TaskEvent(
         task_id=task.id,
@@ -120,7 +92,7 @@ def event_data(
 
 def emit(
     session: Session,
-    task: Reported,
+    task: Task | TaskState,
     event_type: str,
     source: str = events.SOURCE_TASKS,
     changes: dict[str, Any] | None = None,

@@ -52,6 +52,39 @@ class TaskState(NamedTuple):
         return values
 
 
+def new_task(
+    owner: str,
+    title: str,
+    description: str,
+    priority: int,
+    due_at: datetime | None,
+    tags: list[str],
+    *,
+    series_id: str | None = None,
+    occurrence_index: int | None = None,
+    previous_id: str | None = None,
+) -> TaskState:
+    """An open task, created now; an occurrence (`series_id`) is scheduled at `due_at`."""
+    now = utcnow()
+    return TaskState(
+        id=new_id(),
+        owner=owner,
+        title=title,
+        description=description,
+        status="open",
+        priority=priority,
+        due_at=due_at,
+        completed_at=None,
+        series_id=series_id,
+        occurrence_index=occurrence_index,
+        scheduled_at=due_at if series_id is not None else None,
+        previous_id=previous_id,
+        created_at=now,
+        updated_at=now,
+        tags=sorted(set(tags)),
+    )
+
+
 class ShownReminder(NamedTuple):
     """A reminder as `VIEW` reads it and `insert` writes it: what `reminder_out` shows."""
 

@@ -33,7 +33,15 @@ from duetide.services.schemas import (
     TaskUpdate,
 )
 from duetide.services.task_events import changes_between, emit, watched
-from duetide.services.task_rows import READ, TASK, VIEW, ShownReminder, TaskState, new_reminder
+from duetide.services.task_rows import (
+    READ,
+    TASK,
+    VIEW,
+    ShownReminder,
+    TaskState,
+    new_reminder,
+    new_task,
+)
 from duetide.storage.aggregates import json_time
 from duetide.storage.models import (
     OccurrenceLog,
@@ -41,7 +49,6 @@ from duetide.storage.models import (
     Series,
     Task,
     TaskTag,
-    new_id,
     utcnow,
 )
 from duetide.vocabulary import PRIORITIES
@@ -144,9 +151,8 @@ _SERIES_OF = select(Task.series_id).where(*_YOURS)
 
 
 def _add_reminder(task: Task, spec: ReminderIn) -> Reminder:
-    before = _seconds(spec.before_due)
-    reminder = Reminder(owner=task.owner, task_id=task.id, at=spec.at, before_due_s=before)
-    reminder.fire_at = reminders.fire_time(reminder.at, before, task.due_at)
+    shown = new_reminder(task.due_at, spec.at, _seconds(spec.before_due))
+    reminder = Reminder(**shown._asdict(), owner=task.owner, task_id=task.id)
     task.reminders.append(reminder)
     return reminder
 
@@ -158,23 +164,15 @@ def create(session: Session, owner: str, spec: TaskCreate) -> tuple[TaskOut, lis
     Core INSERTs on the session's connection, not models: building and flushing four
     SQLModel objects cost more than the statements (`bench/results/api_mix.md`)."""
     series = _new_series(session, owner, spec)
-    now = utcnow()
-    task = TaskState(
-        id=new_id(),
-        owner=owner,
-        title=spec.title,
-        description=spec.description,
-        status="open",
-        priority=PRIORITIES.index(spec.priority),
-        due_at=spec.due_at,
-        completed_at=None,
+    task = new_task(
+        owner,
+        spec.title,
+        spec.description,
+        PRIORITIES.index(spec.priority),
+        spec.due_at,
+        spec.tags,
         series_id=series.id if series is not None else None,
         occurrence_index=0 if series is not None else None,
-        scheduled_at=spec.due_at if series is not None else None,
-        previous_id=None,
-        created_at=now,
-        updated_at=now,
-        tags=sorted(set(spec.tags)),
     )
     attached = [
         new_reminder(task.due_at, r.at, _seconds(r.before_due))
