@@ -35,6 +35,14 @@ from one more run. Every round runs, for each function, the floor and then the f
 this checkout and at BASELINE (main before this work, from a temporary git worktree;
 DUETIDE_BENCH_BASELINE, empty to skip), on the same database; `ratio` is the median of each
 launch's cold start / the floor run just before it, so drift of a shared machine cancels.
+
+The stack floor is what the design's required parts cost before a line of duetide runs:
+the same imports with kafka-python left out (no function imports it before its first
+publish) and what serving needs added: psycopg and its SQLAlchemy dialect, the Functions
+Framework (Flask), the HTTP edge (uvicorn's httptools protocol, uvloop) and
+pydantic-settings (STACK_FLOOR). `stack ratio` is each launch / the stack floor run just
+before it: what duetide's own code and its first request add. tasks also needs PyJWT,
+which the stack floor leaves out.
 """
 
 from __future__ import annotations
@@ -75,6 +83,11 @@ POSTGRES_URL = os.environ.get(
 BASELINE = os.environ.get("DUETIDE_BENCH_BASELINE", "e4eb0d4")
 FUNCTIONS = ("tasks", "recurrence", "sweep", "notify")
 FLOOR = "import sqlmodel, kafka, cloudevents.http, dateutil.rrule"
+STACK_FLOOR = (
+    "import sqlmodel, cloudevents.http, dateutil.rrule, psycopg,"
+    " sqlalchemy.dialects.postgresql.psycopg, functions_framework,"
+    " uvicorn.protocols.http.httptools_impl, uvloop, pydantic_settings"
+)
 START_TIMEOUT_S = 60.0
 USER = "bench-cold-start"
 ISSUER, AUDIENCE, KID = "https://issuer.bench.invalid/", "duetide", "bench-key"
@@ -272,10 +285,10 @@ def launch(code: Path, function: str, env: dict[str, str], call: Call) -> Sample
                 process.wait()
 
 
-def floor(env: dict[str, str]) -> tuple[float, float]:
-    """The import floor's wall and CPU time (user + system, from wait4), launch to exit."""
+def floor(env: dict[str, str], imports: str = FLOOR) -> tuple[float, float]:
+    """An import floor's wall and CPU time (user + system, from wait4), launch to exit."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", FLOOR], env=env)
+    process = subprocess.Popen([sys.executable, "-c", imports], env=env)
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -284,14 +297,14 @@ def floor(env: dict[str, str]) -> tuple[float, float]:
     return elapsed, usage.ru_utime + usage.ru_stime
 
 
-def floor_rss_mb(env: dict[str, str]) -> float:
+def floor_rss_mb(env: dict[str, str], imports: str = FLOOR) -> float:
     """The floor's VmRSS once its imports are done, read as the workers' is (not timed).
 
     Not its peak from wait4: a child's peak counts the bench's own pages until the exec.
     """
     read = "import pathlib; print(pathlib.Path('/proc/self/status').read_text())"
     status = subprocess.run(
-        [sys.executable, "-c", f"{FLOOR}; {read}"],
+        [sys.executable, "-c", f"{imports}; {read}"],
         env=env,
         check=True,
         capture_output=True,
@@ -424,12 +437,15 @@ def run() -> list[dict[str, object]]:
         # Each function's launches follow a floor run of their own: a pair minutes apart
         # on a shared machine would compare different loads.
         floors: dict[str, list[tuple[float, float]]] = {f: [] for f in FUNCTIONS}
+        stack_floors: dict[str, list[tuple[float, float]]] = {f: [] for f in FUNCTIONS}
         samples: dict[tuple[str, str], list[Sample]] = {}
         for round_ in range(ROUNDS):
             line = []
             for function in FUNCTIONS:
                 floors[function].append(floor(envs["after"]))
+                stack_floors[function].append(floor(envs["after"], STACK_FLOOR))
                 line.append(f"floor {floors[function][-1][0] * 1000:.0f}")
+                line.append(f"stack floor {stack_floors[function][-1][0] * 1000:.0f}")
                 for index, (label, code) in enumerate(variants):
                     call = calls[function][round_ * len(variants) + index]
                     sample = launch(code, function, envs[label], call)
@@ -437,17 +453,26 @@ def run() -> list[dict[str, object]]:
                     line.append(f"{function}/{label.split()[0]} {sample.first_2xx_s * 1000:.0f}")
             print(f"  round {round_ + 1}/{ROUNDS} ms: " + ", ".join(line), flush=True)
         floor_rss = floor_rss_mb(envs["after"])
+        stack_floor_rss = floor_rss_mb(envs["after"], STACK_FLOOR)
     every = [run for runs in floors.values() for run in runs]
     walls, cpus = [w for w, _ in every], [c for _, c in every]
+    stacked = [run for runs in stack_floors.values() for run in runs]
     rows: list[dict[str, object]] = [
         {"function": "import floor", "code": "-", "first 2xx ms": _ms(walls),
          "min-max ms": _range(walls), "listening ms": "-", "ratio": "1.00",
-         "CPU ms": _ms(cpus), "CPU ratio": "1.00", "vs before": "-",
-         "RSS MB": f"{floor_rss:.1f}"}
+         "stack ratio": "-", "CPU ms": _ms(cpus), "CPU ratio": "1.00", "vs before": "-",
+         "RSS MB": f"{floor_rss:.1f}"},
+        {"function": "stack floor", "code": "-", "first 2xx ms": _ms([w for w, _ in stacked]),
+         "min-max ms": _range([w for w, _ in stacked]), "listening ms": "-",
+         "ratio": _paired_ratio([w for w, _ in stacked], walls), "stack ratio": "1.00",
+         "CPU ms": _ms([c for _, c in stacked]),
+         "CPU ratio": _paired_ratio([c for _, c in stacked], cpus), "vs before": "-",
+         "RSS MB": f"{stack_floor_rss:.1f}"},
     ]  # fmt: skip
     for function in FUNCTIONS:
         walls = [w for w, _ in floors[function]]
         cpus = [c for _, c in floors[function]]
+        stack_walls = [w for w, _ in stack_floors[function]]
         for label, _ in reversed(variants):
             got = samples[(function, label)]
             first = [s.first_2xx_s for s in got]
@@ -455,7 +480,9 @@ def run() -> list[dict[str, object]]:
             rows.append(
                 {"function": function, "code": label, "first 2xx ms": _ms(first),
                  "min-max ms": _range(first), "listening ms": _ms([s.listening_s for s in got]),
-                 "ratio": _paired_ratio(first, walls), "CPU ms": _ms([s.cpu_s for s in got]),
+                 "ratio": _paired_ratio(first, walls),
+                 "stack ratio": _paired_ratio(first, stack_walls),
+                 "CPU ms": _ms([s.cpu_s for s in got]),
                  "CPU ratio": _paired_ratio([s.cpu_s for s in got], cpus),
                  "vs before": _paired_ratio(first, before) if first != before else "-",
                  "RSS MB": f"{statistics.median(s.rss_mb for s in got):.1f}"}
