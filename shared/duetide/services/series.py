@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import bindparam
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlmodel import Session, and_, col, or_, select
+from sqlmodel import Session, col, select
 
 from duetide import events
 from duetide.errors import Conflict, NotFound, ValidationFailed
@@ -228,10 +228,11 @@ class Completed:
 
 
 _LATER = TASK.alias("later")
-# The completed occurrence and whether the series has moved past it (`_moved_past`), in
-# one statement. It runs after the series lock, never in the same statement: at READ
-# COMMITTED a statement that waits for a lock re-reads only the locked row, so a reopen
-# committed meanwhile would go unseen in the task's columns.
+# An occurrence and whether the series has moved past it: its successor exists, or a
+# later occurrence does (the successor was skipped or deleted and replaced). It runs
+# after the series lock, never in the same statement: at READ COMMITTED a statement that
+# waits for a lock re-reads only the locked row, so a reopen committed meanwhile would go
+# unseen in the task's columns.
 _COMPLETED = sa.select(
     TASK.c.id,
     TASK.c.series_id,
@@ -267,22 +268,26 @@ def materialise_next(session: Session, data: events.TaskEvent, now: datetime) ->
     series = lock(session, data.series_id, data.owner)
     if series is None or series.status != "active":
         return []
-    row = session.connection().execute(_COMPLETED, {"task_id": data.task_id}).first()
-    if row is None:
+    task = _completed(session, data.task_id)
+    if task is None or task.series_id != series.id or task.status != "done":
         return []
-    task = Completed(*row)
-    if task.series_id != series.id or task.status != "done" or task.moved_past:
+    if task.moved_past:
         return []
     return _follow(session, series, task, task.completed_at or now, now)
+
+
+def _completed(session: Session, task_id: str) -> Completed | None:
+    row = session.connection().execute(_COMPLETED, {"task_id": task_id}).first()
+    return None if row is None else Completed(*row)
 
 
 def _continue_after(
     session: Session, series: Series, previous: Task, completed_at: datetime, now: datetime
 ) -> list[str]:
-    # Its successor, or a later occurrence (the successor was skipped or deleted and
-    # replaced): the series has moved past it, and a late completion event must not
-    # bring a second open occurrence back.
-    if _moved_past(session, series.id, previous):
+    # A series that has moved past the occurrence must not get a second open one back
+    # (a late completion event, a resume after a skip).
+    found = _completed(session, previous.id)
+    if found is not None and found.moved_past:
         return []
     return _follow(session, series, previous, completed_at, now)
 
@@ -520,28 +525,6 @@ def delete_occurrence(session: Session, series: Series, task: Task, now: datetim
     session.delete(task)
     session.flush()
     return Deletion(ids, series, False, _open_occurrence(session, series.id))
-
-
-def _moved_past(session: Session, series_id: str, task: Task) -> bool:
-    """The occurrence has its successor, or a later occurrence exists (one query)."""
-    ids = {"task_id": task.id, "series_id": series_id, "index": task.occurrence_index or 0}
-    return session.exec(_MOVED_PAST, params=ids).first() is not None
-
-
-# Built once: every completion of an occurrence runs them (materialise_next).
-_MOVED_PAST = (
-    select(Task.id)
-    .where(
-        or_(
-            col(Task.previous_id) == bindparam("task_id"),
-            and_(
-                col(Task.series_id) == bindparam("series_id"),
-                col(Task.occurrence_index) > bindparam("index"),
-            ),
-        )
-    )
-    .limit(1)
-)
 
 
 def _later_exists(session: Session, series_id: str, task: Task) -> bool:
