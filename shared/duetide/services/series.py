@@ -269,9 +269,7 @@ def materialise_next(session: Session, data: events.TaskEvent, now: datetime) ->
     if series is None or series.status != "active":
         return []
     task = _completed(session, data.task_id)
-    if task is None or task.series_id != series.id or task.status != "done":
-        return []
-    if task.moved_past:
+    if task is None or task.series_id != series.id or task.status != "done" or task.moved_past:
         return []
     return _follow(session, series, task, task.completed_at or now, now)
 
