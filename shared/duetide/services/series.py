@@ -73,6 +73,20 @@ def build_rule(
         raise _invalid(exc) from None
 
 
+@dataclass(frozen=True)
+class Completed:
+    """What the next occurrence is computed from, of a completed one: a row, not a `Task`
+    (its tags and reminders are not needed; the next one takes the series')."""
+
+    id: str
+    series_id: str | None
+    status: str
+    scheduled_at: datetime | None
+    occurrence_index: int | None
+    completed_at: datetime | None
+    moved_past: bool
+
+
 def next_for(
     series: Series, previous: Task | Completed, completed_at: datetime, now: datetime
 ) -> recurrence.Next | None:
@@ -211,21 +225,6 @@ _LOCK_SERIES = (
     .execution_options(populate_existing=True)
 )
 _LOCK_OWN_SERIES = _LOCK_SERIES.where(col(Series.owner) == bindparam("owner"))
-
-
-@dataclass(frozen=True)
-class Completed:
-    """What the next occurrence is computed from, of a completed one: a row, not a `Task`
-    (its tags and reminders are not needed; the next one takes the series')."""
-
-    id: str
-    series_id: str | None
-    status: str
-    scheduled_at: datetime | None
-    occurrence_index: int | None
-    completed_at: datetime | None
-    moved_past: bool
-
 
 _LATER = TASK.alias("later")
 # An occurrence and whether the series has moved past it: its successor exists, or a
