@@ -499,6 +499,12 @@ def get_publisher() -> Publisher | None:
     return _publisher[1]
 
 
+_MARK_UNSENT = (
+    update(Outbox).where(col(Outbox.sent_at).is_(None)).values(sent_at=bindparam("sent_at"))
+)
+_MARK_ONE = _MARK_UNSENT.where(col(Outbox.id) == bindparam("row_id"))
+
+
 def mark_sent(target: Session | Connection, ids: list[str]) -> None:
     """Mark rows sent: in the relay's session, or on a connection of its own.
 
@@ -507,28 +513,14 @@ def mark_sent(target: Session | Connection, ids: list[str]) -> None:
     mark against 0.36-0.42 (PostgreSQL, 2026-12-03)."""
     if not ids:
         return
-    statement, parameters = _MARK_ONE, {"row_id": ids[0], "sent_at": utcnow()}
-    if len(ids) > 1:
-        statement, parameters = _mark_many(ids), {"sent_at": parameters["sent_at"]}
+    if len(ids) == 1:
+        statement, parameters = _MARK_ONE, {"row_id": ids[0], "sent_at": utcnow()}
+    else:
+        statement, parameters = _MARK_UNSENT.where(col(Outbox.id).in_(ids)), {"sent_at": utcnow()}
     if isinstance(target, Session):
         target.exec(statement, params=parameters)
     else:
         target.execute(statement, parameters)
-
-
-def _mark_many(ids: list[str]) -> Any:
-    return (
-        update(Outbox)
-        .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
-        .values(sent_at=bindparam("sent_at"))
-    )
-
-
-_MARK_ONE = (
-    update(Outbox)
-    .where(col(Outbox.id) == bindparam("row_id"), col(Outbox.sent_at).is_(None))
-    .values(sent_at=bindparam("sent_at"))
-)
 
 
 def requeue_sent_since(since: datetime, engine: Engine | None = None) -> int:
