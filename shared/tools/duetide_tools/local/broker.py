@@ -98,8 +98,12 @@ class EmbeddedBroker:
         log_path: Path | None = None,
         start_timeout_s: float = 20.0,
         stop_timeout_s: float = 1.0,  # Tansu waits for open client connections; memory only
+        advertised_port: int | None = None,
     ) -> None:
         self.log_path = log_path
+        self.advertised_port = advertised_port
+        """The loopback port clients are told to connect to (a proxy in front of the
+        broker, in tests); by default the broker's own."""
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.port: int | None = None
@@ -200,6 +204,7 @@ class EmbeddedBroker:
 
     def _spawn(self, binary: str, port: int) -> None:
         url = f"tcp://{LOOPBACK}:{port}"
+        advertised = f"tcp://{LOOPBACK}:{self.advertised_port or port}"
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -213,7 +218,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ]

@@ -367,6 +367,63 @@ def _source_retries(status: int | None) -> bool:
     return status is None or status >= 500 or status in _SOURCE_RETRIED_STATUSES
 
 
+# How long a hole in a partition's offsets is fetched again before it is taken as real.
+HOLE_RECHECK_S = 0.1
+
+
+@dataclass(frozen=True)
+class Followed:
+    """What `OffsetTrail.follow` found in a poll's records for one partition."""
+
+    taken: int
+    """How many of the records to hand over (those before a hole being fetched again)."""
+    refetch_from: int | None = None
+    """The offset to fetch again from: the first one missing."""
+    filled: int | None = None
+    """A hole's first offset that arrived when fetched again (the broker's race caught)."""
+    passed: tuple[int, ...] = ()
+    """Holes passed over as real, each as its first offset missing."""
+
+
+@dataclass
+class OffsetTrail:
+    """Whether a partition's records follow on from the last one handed over.
+
+    Tansu (the embedded broker, 0.6) reserves a produced batch's offsets and stores the
+    batch in two steps; a fetch in between finds a later producer's batch and not the
+    earlier one, and a Kafka consumer moves past the hole as past compacted records, so
+    the earlier record was never delivered (RELIABILITY.md, "An undelivered event").
+    These topics are neither compacted nor transactional, so a hole is taken for that
+    race first: the records from it on are dropped and fetched again until the hole
+    has been seen for HOLE_RECHECK_S; then it is real (a produce that failed after
+    reserving its offsets, transaction markers, compaction) and passed over.
+    """
+
+    next_offset: int | None = None
+    """One past the last offset handed over; None until the first record of an
+    assignment, which is taken as its start."""
+    hole: tuple[int, float] | None = None
+    """The missing offset being fetched again, and when it was first seen."""
+
+    def follow(self, offsets: list[int], now: float) -> Followed:
+        """Check the offsets of a poll's records for one partition, in order."""
+        filled: int | None = None
+        passed: list[int] = []
+        for taken, offset in enumerate(offsets):
+            expected = self.next_offset
+            if expected is not None and offset > expected:
+                if self.hole is None or self.hole[0] != expected:
+                    self.hole = (expected, now)
+                if now - self.hole[1] < HOLE_RECHECK_S:
+                    return Followed(taken, expected, filled, tuple(passed))
+                passed.append(expected)
+                self.hole = None
+            elif self.hole is not None and offset == self.hole[0]:
+                filled, self.hole = offset, None
+            self.next_offset = offset + 1
+        return Followed(len(offsets), None, filled, tuple(passed))
+
+
 @dataclass(eq=False)
 class _Partition:
     """One assigned partition: its buffered records and what of them is done.
@@ -386,6 +443,7 @@ class _Partition:
     done: set[int] = field(default_factory=set)
     commit_to: int | None = None
     committed: int | None = None
+    trail: OffsetTrail = field(default_factory=OffsetTrail)
 
 
 class _WorkQueue:
@@ -410,18 +468,22 @@ class _WorkQueue:
 
     # the poll thread
 
-    def add(self, tp: TopicPartition, records: list[Any]) -> None:
+    def add(self, tp: TopicPartition, records: list[Any], now: float) -> Followed:
+        """Buffer a poll's records for `tp` up to a hole in its offsets (OffsetTrail)."""
         with self._cond:
             state = self._partitions.get(tp)
             if state is None:
                 state = self._partitions[tp] = _Partition()
             state.assigned = True  # (re)assigned: an old epoch's delivery may still run
+            followed = state.trail.follow([record.offset for record in records], now)
+            records = records[: followed.taken]
             for record in records:
                 state.pending.append(record)
                 state.received.append(record.offset)
             self._buffered += len(records)
             self._mark_ready(tp, state)
             self._cond.notify(len(records))
+            return followed
 
     def startable(self) -> int:
         """How many deliveries could start now (workers wanted)."""
@@ -500,6 +562,7 @@ class _WorkQueue:
                 state.done.clear()
                 state.commit_to = state.committed = None
                 state.paused = False
+                state.trail = OffsetTrail()
                 state.epoch += 1
                 if state.in_flight:
                     state.assigned = False
@@ -662,6 +725,10 @@ class KafkaSourceDispatcher:
         self._producer_lock = threading.Lock()
         self.dead_lettered: list[str] = []
         """Ids of the events this dispatcher dead-lettered (diagnostics, the soak's ledger)."""
+        self.holes_filled: list[tuple[TopicPartition, int]] = []
+        """Offsets that were missing from a fetch and arrived when fetched again."""
+        self.holes_passed: list[tuple[TopicPartition, int]] = []
+        """Offsets still missing after HOLE_RECHECK_S, passed over."""
         self._sinks: list[HttpSink] = []
         self._sinks_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
@@ -809,10 +876,42 @@ class KafkaSourceDispatcher:
         if not batches or self._stopping.is_set():
             return
         assigned = consumer.assignment()
+        now = time.monotonic()
         for tp, records in batches.items():
             if tp in assigned and records:
-                self._queue.add(tp, records)
+                self._follow(consumer, tp, self._queue.add(tp, records, now))
         self._spawn_workers()
+
+    def _follow(self, consumer: KafkaConsumer, tp: TopicPartition, followed: Followed) -> None:
+        """Fetch a hole in `tp`'s offsets again, and say what became of one."""
+        name, where = self.spec.name, f"{tp.topic}[{tp.partition}]"
+        if followed.refetch_from is not None:
+            log.debug(
+                "KafkaSource %s: %s offset %d missing; fetching again",
+                name,
+                where,
+                followed.refetch_from,
+            )
+            consumer.seek(tp, followed.refetch_from)
+        if followed.filled is not None:
+            self.holes_filled.append((tp, followed.filled))
+            log.info(
+                "KafkaSource %s: %s offset %d arrived when fetched again (the broker "
+                "had shown a later batch first)",
+                name,
+                where,
+                followed.filled,
+            )
+        for offset in followed.passed:
+            self.holes_passed.append((tp, offset))
+            log.warning(
+                "KafkaSource %s: %s offset %d still missing after %gs; passed over "
+                "(a failed produce, a transaction marker, or compaction)",
+                name,
+                where,
+                offset,
+                HOLE_RECHECK_S,
+            )
 
     def _apply_backpressure(self, consumer: KafkaConsumer) -> None:
         assigned = consumer.assignment()
