@@ -26,6 +26,7 @@ BENCHMARKS = {
     "sweep_scaling": "10,000 due reminders claimed into the outbox among 10k / 100k / 1M stored",
     "cold_start": "each function: launch to first 2xx and worker RSS, beside the import floor",
     "pipeline": "complete -> next occurrence at fixed rates on the local stack vs raw Kafka",
+    "broker_holes": "records lost to the embedded broker's produce/fetch race, hole check or not",
 }
 RESULTS = Path(__file__).parent / "results"
 
