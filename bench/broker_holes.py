@@ -39,7 +39,7 @@ from duetide_tools.local.eventing import KafkaSourceDispatcher, dispatcher_fetch
 from duetide_tools.manifests import Delivery, KafkaSourceSpec, SinkRef, TopicSpec
 
 SECONDS = float(os.environ.get("BENCH_HOLES_SECONDS", "60"))
-ROUNDS = int(os.environ.get("BENCH_HOLES_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_HOLES_ROUNDS", "3"))
 RATE = int(os.environ.get("BENCH_HOLES_RATE", "400"))
 PRODUCERS = int(os.environ.get("BENCH_HOLES_PRODUCERS", "4"))
 BUSY = int(os.environ.get("BENCH_HOLES_BUSY", "2"))
