@@ -1,10 +1,15 @@
-"""A Kafka-protocol proxy on loopback that can hide a record batch from fetch responses.
+"""A Kafka-protocol proxy on loopback that alters fetch responses as the embedded broker
+sometimes answers them.
 
 It stands between the clients and the embedded broker (which advertises the proxy's
-address) and passes every frame through, except that a Fetch response can lose one
-batch of one partition: the shape of the embedded broker's produce/fetch race, where a
-fetch finds a later producer's batch before an earlier one is stored (RELIABILITY.md,
-"An undelivered event"). The race itself cannot be made to happen on demand.
+address) and passes every frame through, except that, for one partition, a Fetch
+response can
+- lose one batch: the embedded broker's produce/fetch race, where a fetch finds a later
+  producer's batch before an earlier one is stored (RELIABILITY.md, scenario 7c);
+- lose all its records, keeping the high watermark, when the fetch's wait is short: the
+  embedded broker listing a partition of many batches and running out of the fetch's
+  wait (eventing.FLOWING_FETCH_WAIT_MS).
+Neither can be made to happen on demand or in a test's time with the broker alone.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka.protocol.consumer.fetch import FetchResponse
+from kafka.protocol.consumer.fetch import FetchRequest, FetchResponse
 
 FETCH_API_KEY = 1
 _LOOPBACK = "127.0.0.1"
@@ -41,8 +46,8 @@ def _batches(records: bytes) -> list[tuple[int, bytes]]:
     return batches
 
 
-class FetchHoleProxy:
-    """`with FetchHoleProxy(upstream) as proxy:`; `upstream()` gives the broker's
+class FetchFaultProxy:
+    """`with FetchFaultProxy(upstream) as proxy:`; `upstream()` gives the broker's
     (host, port) when a client connects, so the broker may start after the proxy."""
 
     def __init__(self, upstream: Callable[[], tuple[str, int]]) -> None:
@@ -51,6 +56,8 @@ class FetchHoleProxy:
         self.port: int = self._server.getsockname()[1]
         self._lock = threading.Lock()
         self._hidden: _Hidden | None = None
+        self._starved: tuple[int, int] | None = None  # (partition, shortest wait served)
+        self._starved_responses = 0
         self._sockets: list[socket.socket] = []
         self._closed = threading.Event()
 
@@ -60,12 +67,28 @@ class FetchHoleProxy:
         with self._lock:
             self._hidden = _Hidden(partition, offset, 0, times)
 
+    def reset(self) -> None:
+        """Pass everything through again."""
+        with self._lock:
+            self._hidden, self._starved, self._starved_responses = None, None, 0
+
+    def starve(self, partition: int, *, below_ms: int) -> None:
+        """Answer fetches that wait less than `below_ms` with no records of `partition`
+        (the high watermark as the broker gave it)."""
+        with self._lock:
+            self._starved = (partition, below_ms)
+
+    def starved_responses(self) -> int:
+        """How many fetch responses lost records to `starve`."""
+        with self._lock:
+            return self._starved_responses
+
     def shown_holes(self) -> int:
         """How many fetch responses carried later batches without the hidden one."""
         with self._lock:
             return self._hidden.shown_holes if self._hidden else 0
 
-    def __enter__(self) -> FetchHoleProxy:
+    def __enter__(self) -> FetchFaultProxy:
         threading.Thread(target=self._accept, daemon=True).start()
         return self
 
@@ -86,7 +109,7 @@ class FetchHoleProxy:
             broker.settimeout(None)
             with self._lock:
                 self._sockets += [client, broker]
-            asked: dict[int, tuple[int, int]] = {}  # correlation id -> (api key, version)
+            asked: dict[int, tuple[int, int, int]] = {}  # correlation id -> key, version, wait
             threading.Thread(
                 target=self._requests, args=(client, broker, asked), daemon=True
             ).start()
@@ -97,7 +120,10 @@ class FetchHoleProxy:
     def _requests(self, source: socket.socket, sink: socket.socket, asked: dict[int, Any]) -> None:
         for frame in _frames(source):
             api_key, version, correlation_id = struct.unpack_from(">hhi", frame)
-            asked[correlation_id] = (api_key, version)
+            wait = -1
+            if api_key == FETCH_API_KEY:
+                wait = FetchRequest.decode(frame, version=version, header=True).max_wait_ms
+            asked[correlation_id] = (api_key, version, wait)
             if not _send(sink, frame):
                 return
         sink.close()
@@ -105,33 +131,51 @@ class FetchHoleProxy:
     def _responses(self, source: socket.socket, sink: socket.socket, asked: dict[int, Any]) -> None:
         for frame in _frames(source):
             (correlation_id,) = struct.unpack_from(">i", frame)
-            api_key, version = asked.pop(correlation_id, (None, None))
+            api_key, version, wait = asked.pop(correlation_id, (None, None, None))
             if api_key == FETCH_API_KEY:
-                frame = self._rewrite_fetch(frame, version)
+                frame = self._rewrite_fetch(frame, version, wait)
             if not _send(sink, frame):
                 return
         sink.close()
 
-    def _rewrite_fetch(self, frame: bytes, version: int) -> bytes:
+    def _rewrite_fetch(self, frame: bytes, version: int, wait: int) -> bytes:
         with self._lock:
-            hidden = self._hidden
-            if hidden is None or (hidden.times is not None and hidden.shown_holes >= hidden.times):
+            hidden, starved = self._hidden, self._starved
+            if (
+                hidden is not None
+                and hidden.times is not None
+                and hidden.shown_holes >= hidden.times
+            ):
+                hidden = None
+            if starved is not None and wait >= starved[1]:
+                starved = None
+            if hidden is None and starved is None:
                 return frame
             response = FetchResponse.decode(frame, version=version, header=True)
             changed = False
             for topic in response.responses:
                 for data in topic.partitions:
-                    if data.partition_index != hidden.partition or not data.records:
+                    if not data.records:
                         continue
-                    batches = _batches(bytes(data.records))
-                    kept = [raw for base, raw in batches if base != hidden.offset]
-                    if len(kept) == len(batches):
-                        continue
-                    data.records = b"".join(kept)
-                    changed = True
-                    if any(base > hidden.offset for base, _ in batches):
-                        hidden.shown_holes += 1
+                    if starved is not None and data.partition_index == starved[0]:
+                        data.records = b""
+                        self._starved_responses += 1
+                        changed = True
+                    elif hidden is not None and data.partition_index == hidden.partition:
+                        changed |= _hide(data, hidden)
             return response.encode(header=True) if changed else frame
+
+
+def _hide(data: Any, hidden: _Hidden) -> bool:
+    """Drop the hidden batch from one partition's records; whether it was there."""
+    batches = _batches(bytes(data.records))
+    kept = [raw for base, raw in batches if base != hidden.offset]
+    if len(kept) == len(batches):
+        return False
+    data.records = b"".join(kept)
+    if any(base > hidden.offset for base, _ in batches):
+        hidden.shown_holes += 1
+    return True
 
 
 def _frames(sock: socket.socket) -> Any:

@@ -1,8 +1,11 @@
-"""A hole in a partition's offsets, as the embedded broker's produce/fetch race leaves one:
-a fetch finds a later batch while an earlier one is not stored yet (RELIABILITY.md, "An
-undelivered event"). The race cannot be made to happen on demand, so a Kafka-protocol
-proxy on loopback hides the earlier batch from the dispatcher's fetch responses; the
-broker, the clients and the HTTP sink are the real ones.
+"""What the embedded broker's fetches sometimes get wrong, and the dispatcher copes with:
+- a hole in a partition's offsets, as its produce/fetch race leaves one: a fetch finds a
+  later batch while an earlier one is not stored yet (RELIABILITY.md, scenario 7c);
+- a short fetch answered with no records though records wait (listing a partition of
+  many batches outran the fetch's wait).
+Neither can be made to happen on demand with the broker alone, so a Kafka-protocol proxy
+on loopback alters the dispatcher's fetch responses (`tests.kafka_proxy`); the broker,
+the clients and the HTTP sink are the real ones.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.structs import TopicPartition
 
+from duetide_tools.local import eventing
 from duetide_tools.local.broker import LOOPBACK, EmbeddedBroker, ensure_topics
 from duetide_tools.local.eventing import KafkaSourceDispatcher
 from duetide_tools.manifests import TopicSpec
@@ -25,14 +29,14 @@ from tests.integration.test_eventing import (
     produce_plain,
     source_spec,
 )
-from tests.kafka_proxy import FetchHoleProxy
+from tests.kafka_proxy import FetchFaultProxy
 from tests.support import wait_for
 
 
 @pytest.fixture(scope="module")
 def proxied(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[EmbeddedBroker, FetchHoleProxy]]:
+) -> Iterator[tuple[EmbeddedBroker, FetchFaultProxy]]:
     """A broker that advertises the proxy's address, so every client but the bootstrap
     goes through it."""
     broker = EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log")
@@ -41,10 +45,16 @@ def proxied(
         assert broker.port is not None
         return LOOPBACK, broker.port
 
-    with FetchHoleProxy(upstream) as proxy:
+    with FetchFaultProxy(upstream) as proxy:
         broker.advertised_port = proxy.port
         with broker:
             yield broker, proxy
+
+
+@pytest.fixture
+def proxy(proxied: tuple[EmbeddedBroker, FetchFaultProxy]) -> Iterator[FetchFaultProxy]:
+    yield proxied[1]
+    proxied[1].reset()
 
 
 @pytest.fixture
@@ -55,19 +65,20 @@ def sink() -> Iterator[RecordingSink]:
 
 @pytest.fixture
 def hole(
-    proxied: tuple[EmbeddedBroker, FetchHoleProxy],
+    proxied: tuple[EmbeddedBroker, FetchFaultProxy],
+    proxy: FetchFaultProxy,
     unique_topic: Callable[[str], str],
     sink: RecordingSink,
-) -> Iterator[Callable[[int | None], tuple[KafkaSourceDispatcher, FetchHoleProxy]]]:
+) -> Iterator[Callable[[int | None], tuple[KafkaSourceDispatcher, FetchFaultProxy]]]:
     """`hole(times)`: a dispatcher that delivered offset 0, then offsets 1-3 produced one
     batch each with offset 1 hidden until 2 or 3 went out without it `times` times."""
-    broker, proxy = proxied
+    broker = proxied[0]
     topic = unique_topic("holes")
     ensure_topics(broker.bootstrap_servers, [TopicSpec(topic)])
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
     running: list[KafkaSourceDispatcher] = []
 
-    def start(times: int | None) -> tuple[KafkaSourceDispatcher, FetchHoleProxy]:
+    def start(times: int | None) -> tuple[KafkaSourceDispatcher, FetchFaultProxy]:
         source = dispatcher(broker, source_spec(topic), sink.url, None).start()
         running.append(source)
         assert source.wait_assigned(WAIT_S)
@@ -84,7 +95,7 @@ def hole(
 
 
 def test_a_hole_the_next_fetch_fills_loses_nothing_and_keeps_the_order(
-    hole: Callable[[int | None], tuple[KafkaSourceDispatcher, FetchHoleProxy]],
+    hole: Callable[[int | None], tuple[KafkaSourceDispatcher, FetchFaultProxy]],
     sink: RecordingSink,
 ) -> None:
     source, proxy = hole(1)
@@ -98,9 +109,9 @@ def test_a_hole_the_next_fetch_fills_loses_nothing_and_keeps_the_order(
 
 
 def test_a_hole_that_stays_is_passed_over_after_the_recheck_and_committed_past(
-    hole: Callable[[int | None], tuple[KafkaSourceDispatcher, FetchHoleProxy]],
+    hole: Callable[[int | None], tuple[KafkaSourceDispatcher, FetchFaultProxy]],
     sink: RecordingSink,
-    proxied: tuple[EmbeddedBroker, FetchHoleProxy],
+    proxied: tuple[EmbeddedBroker, FetchFaultProxy],
 ) -> None:
     source, proxy = hole(None)
 
@@ -111,3 +122,28 @@ def test_a_hole_that_stays_is_passed_over_after_the_recheck_and_committed_past(
     assert source.holes_passed == [(tp, 1)]
     assert source.holes_filled == []
     wait_for(lambda: committed_offset(proxied[0], source.spec) == 4, "offset 4 committed")
+
+
+def test_a_short_fetch_answered_empty_while_records_wait_is_followed_by_a_long_one(
+    proxied: tuple[EmbeddedBroker, FetchFaultProxy],
+    proxy: FetchFaultProxy,
+    unique_topic: Callable[[str], str],
+    sink: RecordingSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(eventing, "IDLE_AFTER_S", 60.0)  # the idle switch cannot rescue it
+    broker = proxied[0]
+    topic = unique_topic("starved")
+    ensure_topics(broker.bootstrap_servers, [TopicSpec(topic)])
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
+    with dispatcher(broker, source_spec(topic), sink.url, None) as source:
+        assert source.wait_assigned(WAIT_S)
+        produce_plain(producer, topic, 0, 1)
+        wait_for(lambda: len(sink.received()) == 1, "offset 0 delivered")  # records flow
+        proxy.starve(0, below_ms=eventing.IDLE_FETCH_WAIT_MS)
+        produce_plain(producer, topic, 0, 3, one_by_one=True)
+
+        wait_for(lambda: len(sink.received()) >= 4, "offsets 1-3 delivered")
+    producer.close(timeout=5)
+    assert offsets_by_partition(sink.received()) == {0: [0, 1, 2, 3]}
+    assert proxy.starved_responses() >= 1  # a short fetch did come back without them
