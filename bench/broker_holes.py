@@ -15,8 +15,10 @@ in the same run, the baseline in a process of its own.
 Columns: `acked`, records the broker acknowledged; `skipped`, acked records the consumer
 never received though it received a later one (lost to it); `not reached`, acked records
 after the last one it received when SETTLE_S had passed since the last ack (the plain
-consumer, behind a backlog, fetches few records a fetch from this broker); `filled` and
-`passed`, the holes the dispatcher fetched again and got, and those it passed over.
+consumer fetches with a 10 ms wait throughout, and once the partition holds some 20,000
+batches this broker's fetches with that wait come back empty: see
+`eventing.FLOWING_FETCH_WAIT_MS`); `filled` and `passed`, the holes the dispatcher
+fetched again and got, and those it passed over.
 """
 
 from __future__ import annotations
