@@ -104,8 +104,8 @@ def test_a_hole_the_next_fetch_fills_loses_nothing_and_keeps_the_order(
     assert offsets_by_partition(sink.received()) == {0: [0, 1, 2, 3]}
     assert proxy.shown_holes() == 1  # the dispatcher did see 2 without 1
     tp = TopicPartition(source.spec.topics[0], 0)
-    assert source.holes_filled == [(tp, 1)]
-    assert source.holes_passed == []
+    assert list(source.holes_filled) == [(tp, 1)]
+    assert not source.holes_passed
 
 
 def test_a_hole_that_stays_is_passed_over_after_the_recheck_and_committed_past(
@@ -119,8 +119,8 @@ def test_a_hole_that_stays_is_passed_over_after_the_recheck_and_committed_past(
     assert offsets_by_partition(sink.received()) == {0: [0, 2, 3]}
     assert proxy.shown_holes() > 1  # fetched again before it was taken as real
     tp = TopicPartition(source.spec.topics[0], 0)
-    assert source.holes_passed == [(tp, 1)]
-    assert source.holes_filled == []
+    assert list(source.holes_passed) == [(tp, 1)]
+    assert not source.holes_filled
     wait_for(lambda: committed_offset(proxied[0], source.spec) == 4, "offset 4 committed")
 
 

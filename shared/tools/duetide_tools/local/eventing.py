@@ -11,6 +11,9 @@ CloudEvents locally as on a cluster:
   in parallel, `unordered` delivers concurrently (bounded); the retry/backoff/
   dead-letter contract; a record's offset becomes committable once it is handled,
   whatever its outcome, and each partition commits its contiguous handled prefix.
+  Beyond Knative, for the embedded broker: a hole in a partition's offsets is fetched
+  again before it is passed over (`OffsetTrail`), and a fetch that left records at the
+  broker is followed by a long one (`FLOWING_FETCH_WAIT_MS`).
 - `PingTimer` mirrors knative/eventing's mt-ping adapter (`pkg/adapter/mtping`):
   a new event id per tick, 0-500 ms jitter, 5 retries at 50 ms exponential
   backoff, no dead-letter sink, missed ticks not replayed.
@@ -375,6 +378,7 @@ def _source_retries(status: int | None) -> bool:
 
 # How long a hole in a partition's offsets is fetched again before it is taken as real.
 HOLE_RECHECK_S = 0.1
+_HOLES_KEPT = 100  # holes remembered for diagnostics, per dispatcher and outcome
 
 
 @dataclass(frozen=True)
@@ -398,7 +402,7 @@ class OffsetTrail:
     Tansu (the embedded broker, 0.6) reserves a produced batch's offsets and stores the
     batch in two steps; a fetch in between finds a later producer's batch and not the
     earlier one, and a Kafka consumer moves past the hole as past compacted records, so
-    the earlier record was never delivered (RELIABILITY.md, "An undelivered event").
+    the earlier record was never delivered (RELIABILITY.md, scenario 7c).
     These topics are neither compacted nor transactional, so a hole is taken for that
     race first: the records from it on are dropped and fetched again until the hole
     has been seen for HOLE_RECHECK_S; then it is real (a produce that failed after
@@ -744,10 +748,10 @@ class KafkaSourceDispatcher:
         self._producer_lock = threading.Lock()
         self.dead_lettered: list[str] = []
         """Ids of the events this dispatcher dead-lettered (diagnostics, the soak's ledger)."""
-        self.holes_filled: list[tuple[TopicPartition, int]] = []
-        """Offsets that were missing from a fetch and arrived when fetched again."""
-        self.holes_passed: list[tuple[TopicPartition, int]] = []
-        """Offsets still missing after HOLE_RECHECK_S, passed over."""
+        self.holes_filled: deque[tuple[TopicPartition, int]] = deque(maxlen=_HOLES_KEPT)
+        """The latest offsets that were missing from a fetch and came when fetched again."""
+        self.holes_passed: deque[tuple[TopicPartition, int]] = deque(maxlen=_HOLES_KEPT)
+        """The latest offsets still missing after HOLE_RECHECK_S, passed over."""
         self._sinks: list[HttpSink] = []
         self._sinks_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
