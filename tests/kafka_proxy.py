@@ -2,8 +2,8 @@
 sometimes answers them.
 
 It stands between the clients and the embedded broker (which advertises the proxy's
-address) and passes every frame through, except that, for one partition, a Fetch
-response can
+address) and passes every frame through, except that, for one partition number (of
+every topic), a Fetch response can
 - lose one batch: the embedded broker's produce/fetch race, where a fetch finds a later
   producer's batch before an earlier one is stored (RELIABILITY.md, scenario 7c);
 - lose all its records, keeping the high watermark, when the fetch's wait is short: the
@@ -105,7 +105,11 @@ class FetchFaultProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            broker = socket.create_connection(self._upstream(), timeout=10)
+            try:
+                broker = socket.create_connection(self._upstream(), timeout=10)
+            except OSError:  # the broker is down: the client sees a closed connection
+                client.close()
+                continue
             broker.settimeout(None)
             with self._lock:
                 self._sockets += [client, broker]
