@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import confluent_kafka
 import pytest
@@ -360,6 +361,29 @@ def test_plain_record_becomes_kafka_event_with_partition_and_offset(
         assert dt.datetime.fromisoformat(request.headers["ce-time"]).tzinfo is not None
     assert second.headers["ce-key"] == "k-2"
     assert second.headers["ce-kafkaheaderorigin"] == "legacy"
+
+
+def test_any_bytes_in_a_key_or_header_are_percent_encoded_and_an_unsendable_one_dead_letters(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    produce(producer, wiring.topic, b"one", 'line\nbreak "café" 100%'.encode(), origin="\x08")
+    produce(producer, wiring.topic, b"two", None, **{"content-type": "text/plain\r\nx: y"})
+    produce(producer, wiring.topic, b"three")
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters) as running:
+        [dead] = read_all(broker, wiring.dead_letters, 1)
+        wait_for(lambda: committed_offset(broker, wiring.spec) == 3, "all three committed")
+        assert running.running  # a record it cannot send does not stop the dispatcher
+
+    first, third = sink.received()  # the second never reached the sink, not even retried
+    assert first.headers["ce-key"] == "line%0Abreak%20%22caf%C3%A9%22%20100%25"
+    assert unquote(first.headers["ce-key"]) == 'line\nbreak "café" 100%'
+    assert first.headers["ce-kafkaheaderorigin"] == "%08"
+    assert third.body == b"three"
+    attributes = {name: value.decode() for name, value in dead.headers}
+    assert dead.value == b"two"
+    assert attributes["ce_knativeerrordest"] == sink.url
+    assert "ce_knativeerrorcode" not in attributes
 
 
 def test_sink_failing_k_times_then_succeeding_is_called_k_plus_one_times(

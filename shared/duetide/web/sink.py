@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import pydantic
 from cloudevents import exceptions as ce_errors
@@ -61,7 +62,9 @@ def decode(request: Request, max_bytes: int) -> Incoming:
     body = read_body(request, max_bytes)
     headers = {k.lower(): v for k, v in request.headers.items()}
     binary = _binary_mode(request, headers)
-    if not binary:  # structured: the SDK would go by a stray ce-specversion header
+    if binary:  # attribute values in headers are percent-encoded (HTTP binding, 3.1.3.2)
+        headers = {k: unquote(v) if k.startswith("ce-") else v for k, v in headers.items()}
+    else:  # structured: the SDK would go by a stray ce-specversion header
         headers = {k: v for k, v in headers.items() if not k.startswith("ce-")}
     try:
         event = from_http(headers, body, data_unmarshaller=lambda raw: raw)

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cloudevents import exceptions as ce_errors
@@ -94,6 +94,8 @@ class SinkResponse:
     status: int | None
     body: bytes = b""
     error: str = ""
+    unsendable: bool = False
+    """The request could not be built (a header HTTP cannot carry): no retry helps."""
 
     @property
     def ok(self) -> bool:
@@ -129,6 +131,9 @@ class HttpSink:
         reused = self._conn is not None and self._conn.sock is not None
         try:
             return self._exchange(wire_headers, body)
+        except ValueError:  # http.client's check of a header; the value is not logged
+            self.close()
+            return SinkResponse(None, error="a header value HTTP cannot carry", unsendable=True)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             if not (reused and isinstance(exc, _STALE_CONNECTION) and not self._aborted):
@@ -181,13 +186,25 @@ class HttpSink:
             conn.close()
 
 
+# What a `ce-*` header value may carry as it is (CloudEvents HTTP binding, 3.1.3.2):
+# printable ASCII but the double quote and the percent sign; the rest is percent-encoded.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+
+
 def _http_parts(event: CloudEvent) -> tuple[dict[str, str], bytes | None]:
     """Binary-mode HTTP headers and body for `event`, encoded by the CloudEvents SDK.
 
-    Every event built here carries its data as bytes (or None), sent as they are.
+    Every event built here carries its data as bytes (or None), sent as they are. The
+    SDK puts attribute values into headers as they are; a record's key or Kafka headers
+    can hold any bytes (a control character is no header value), so they are
+    percent-encoded as the HTTP binding asks, and the receiving sink decodes them.
     """
     headers, body = to_binary(event, data_marshaller=_identity)
-    return headers, body
+    encoded = {
+        name: quote(str(value), safe=_HEADER_SAFE) if name.startswith("ce-") else value
+        for name, value in headers.items()
+    }
+    return encoded, body
 
 
 # -------------------------------------------------------------- record -> event
@@ -1058,7 +1075,7 @@ class KafkaSourceDispatcher:
                 return response
             if self._stopping.is_set():
                 return None
-            if not _source_retries(response.status):
+            if response.unsendable or not _source_retries(response.status):
                 return response
         return response
 
