@@ -63,30 +63,33 @@ def sink() -> Iterator[RecordingSink]:
         yield running
 
 
+Fault = Callable[[FetchFaultProxy], None]
+
+
 @pytest.fixture
-def hole(
+def faulted(
     proxied: tuple[EmbeddedBroker, FetchFaultProxy],
     proxy: FetchFaultProxy,
     unique_topic: Callable[[str], str],
     sink: RecordingSink,
-) -> Iterator[Callable[[int | None], tuple[KafkaSourceDispatcher, FetchFaultProxy]]]:
-    """`hole(times)`: a dispatcher that delivered offset 0, then offsets 1-3 produced one
-    batch each with offset 1 hidden until 2 or 3 went out without it `times` times."""
+) -> Iterator[Callable[[Fault], KafkaSourceDispatcher]]:
+    """`faulted(fault)`: a dispatcher that delivered offset 0 (so records flow), then
+    `fault(proxy)`, then offsets 1-3 produced one batch each."""
     broker = proxied[0]
-    topic = unique_topic("holes")
+    topic = unique_topic("faulted")
     ensure_topics(broker.bootstrap_servers, [TopicSpec(topic)])
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
     running: list[KafkaSourceDispatcher] = []
 
-    def start(times: int | None) -> tuple[KafkaSourceDispatcher, FetchFaultProxy]:
+    def start(fault: Fault) -> KafkaSourceDispatcher:
         source = dispatcher(broker, source_spec(topic), sink.url, None).start()
         running.append(source)
         assert source.wait_assigned(WAIT_S)
         produce_plain(producer, topic, 0, 1)
         wait_for(lambda: len(sink.received()) == 1, "offset 0 delivered")
-        proxy.hide(0, 1, times=times)
+        fault(proxy)
         produce_plain(producer, topic, 0, 3, one_by_one=True)
-        return source, proxy
+        return source
 
     yield start
     for source in running:
@@ -95,10 +98,11 @@ def hole(
 
 
 def test_a_hole_the_next_fetch_fills_loses_nothing_and_keeps_the_order(
-    hole: Callable[[int | None], tuple[KafkaSourceDispatcher, FetchFaultProxy]],
+    faulted: Callable[[Fault], KafkaSourceDispatcher],
+    proxy: FetchFaultProxy,
     sink: RecordingSink,
 ) -> None:
-    source, proxy = hole(1)
+    source = faulted(lambda proxy: proxy.hide(0, 1, times=1))
 
     wait_for(lambda: len(sink.received()) >= 4, "offsets 0-3 delivered")
     assert offsets_by_partition(sink.received()) == {0: [0, 1, 2, 3]}
@@ -109,11 +113,12 @@ def test_a_hole_the_next_fetch_fills_loses_nothing_and_keeps_the_order(
 
 
 def test_a_hole_that_stays_is_passed_over_after_the_recheck_and_committed_past(
-    hole: Callable[[int | None], tuple[KafkaSourceDispatcher, FetchFaultProxy]],
+    faulted: Callable[[Fault], KafkaSourceDispatcher],
+    proxy: FetchFaultProxy,
     sink: RecordingSink,
     proxied: tuple[EmbeddedBroker, FetchFaultProxy],
 ) -> None:
-    source, proxy = hole(None)
+    source = faulted(lambda proxy: proxy.hide(0, 1, times=None))
 
     wait_for(lambda: len(sink.received()) >= 3, "offsets 0, 2 and 3 delivered")
     assert offsets_by_partition(sink.received()) == {0: [0, 2, 3]}
@@ -125,25 +130,14 @@ def test_a_hole_that_stays_is_passed_over_after_the_recheck_and_committed_past(
 
 
 def test_a_short_fetch_answered_empty_while_records_wait_is_followed_by_a_long_one(
-    proxied: tuple[EmbeddedBroker, FetchFaultProxy],
+    faulted: Callable[[Fault], KafkaSourceDispatcher],
     proxy: FetchFaultProxy,
-    unique_topic: Callable[[str], str],
     sink: RecordingSink,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(eventing, "IDLE_AFTER_S", 60.0)  # the idle switch cannot rescue it
-    broker = proxied[0]
-    topic = unique_topic("starved")
-    ensure_topics(broker.bootstrap_servers, [TopicSpec(topic)])
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
-    with dispatcher(broker, source_spec(topic), sink.url, None) as source:
-        assert source.wait_assigned(WAIT_S)
-        produce_plain(producer, topic, 0, 1)
-        wait_for(lambda: len(sink.received()) == 1, "offset 0 delivered")  # records flow
-        proxy.starve(0, below_ms=eventing.IDLE_FETCH_WAIT_MS)
-        produce_plain(producer, topic, 0, 3, one_by_one=True)
+    faulted(lambda proxy: proxy.starve(0, below_ms=eventing.IDLE_FETCH_WAIT_MS))
 
-        wait_for(lambda: len(sink.received()) >= 4, "offsets 1-3 delivered")
-    producer.close(timeout=5)
+    wait_for(lambda: len(sink.received()) >= 4, "offsets 1-3 delivered")
     assert offsets_by_partition(sink.received()) == {0: [0, 1, 2, 3]}
     assert proxy.starved_responses() >= 1  # a short fetch did come back without them
