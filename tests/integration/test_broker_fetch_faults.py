@@ -1,6 +1,7 @@
 """What the embedded broker's fetches sometimes get wrong, and the dispatcher copes with:
 - a hole in a partition's offsets, as its produce/fetch race leaves one: a fetch finds a
-  later batch while an earlier one is not stored yet (RELIABILITY.md, scenario 7c);
+  later batch while an earlier one is not stored yet (RELIABILITY.md, scenario 7c), also
+  right where an assignment starts;
 - a short fetch answered with no records though records wait (listing a partition of
   many batches outran the fetch's wait).
 Neither can be made to happen on demand with the broker alone, so a Kafka-protocol proxy
@@ -141,3 +142,57 @@ def test_a_short_fetch_answered_empty_while_records_wait_is_followed_by_a_long_o
     wait_for(lambda: len(sink.received()) >= 4, "offsets 1-3 delivered")
     assert offsets_by_partition(sink.received()) == {0: [0, 1, 2, 3]}
     assert proxy.starved_responses() >= 1  # a short fetch did come back without them
+
+
+@pytest.fixture
+def filled(
+    proxied: tuple[EmbeddedBroker, FetchFaultProxy], unique_topic: Callable[[str], str]
+) -> Iterator[tuple[str, KafkaProducer]]:
+    """A topic, and a producer whose records are each a batch of their own."""
+    topic = unique_topic("filled")
+    ensure_topics(proxied[0].bootstrap_servers, [TopicSpec(topic)])
+    producer = KafkaProducer(bootstrap_servers=proxied[0].bootstrap_servers, linger_ms=0)
+    yield topic, producer
+    producer.close(timeout=5)
+
+
+def test_a_hole_where_a_new_group_starts_is_fetched_again(
+    proxied: tuple[EmbeddedBroker, FetchFaultProxy],
+    proxy: FetchFaultProxy,
+    sink: RecordingSink,
+    filled: tuple[str, KafkaProducer],
+) -> None:
+    """No commit yet (initialOffset earliest): the first fetch shows offsets 1-3, not 0."""
+    topic, producer = filled
+    produce_plain(producer, topic, 0, 4, one_by_one=True)
+    proxy.hide(0, 0, times=1)
+
+    with dispatcher(proxied[0], source_spec(topic), sink.url, None) as source:
+        wait_for(lambda: len(sink.received()) >= 4, "offsets 0-3 delivered")
+        assert offsets_by_partition(sink.received()) == {0: [0, 1, 2, 3]}
+        assert proxy.shown_holes() == 1
+        assert list(source.holes_filled) == [(TopicPartition(topic, 0), 0)]
+
+
+def test_a_hole_at_the_committed_offset_of_a_new_assignment_is_fetched_again(
+    proxied: tuple[EmbeddedBroker, FetchFaultProxy],
+    proxy: FetchFaultProxy,
+    sink: RecordingSink,
+    filled: tuple[str, KafkaProducer],
+) -> None:
+    """The group committed 0-1 and is assigned the partition again (a restart, a
+    rebalance): the first fetch shows offsets 3-4, not 2."""
+    broker, (topic, producer) = proxied[0], filled
+    spec = source_spec(topic)
+    produce_plain(producer, topic, 0, 2, one_by_one=True)
+    with dispatcher(broker, spec, sink.url, None):
+        wait_for(lambda: len(sink.received()) == 2, "offsets 0-1 delivered")
+    assert committed_offset(broker, spec) == 2  # committed on stop
+    produce_plain(producer, topic, 0, 3, one_by_one=True)
+    proxy.hide(0, 2, times=1)
+
+    with dispatcher(broker, spec, sink.url, None) as source:
+        wait_for(lambda: len(sink.received()) >= 5, "offsets 2-4 delivered")
+        assert offsets_by_partition(sink.received()) == {0: [0, 1, 2, 3, 4]}
+        assert proxy.shown_holes() == 1
+        assert list(source.holes_filled) == [(TopicPartition(topic, 0), 2)]

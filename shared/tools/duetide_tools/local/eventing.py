@@ -400,6 +400,7 @@ def _source_retries(status: int | None) -> bool:
 # How long a hole in a partition's offsets is fetched again before it is taken as real.
 HOLE_RECHECK_S = 0.1
 _HOLES_KEPT = 100  # holes remembered for diagnostics, per dispatcher and outcome
+_FETCH_START_TIMEOUT_MS = 2000  # each of the two questions of `_fetch_start`
 
 
 @dataclass(frozen=True)
@@ -431,8 +432,9 @@ class OffsetTrail:
     """
 
     next_offset: int | None = None
-    """One past the last offset handed over; None until the first record of an
-    assignment, which is taken as its start."""
+    """One past the last offset handed over. At the start of an assignment, the offset
+    its fetching began at when the dispatcher could learn it (`start`), else None until
+    the first record, which is then taken as the start."""
     hole: tuple[int, float] | None = None
     """The missing offset being fetched again, and when it was first seen."""
 
@@ -499,13 +501,24 @@ class _WorkQueue:
 
     # the poll thread
 
-    def add(self, tp: TopicPartition, records: list[Any], now: float) -> Followed:
-        """Buffer a poll's records for `tp` up to a hole in its offsets (OffsetTrail)."""
+    def started(self, tp: TopicPartition) -> bool:
+        """Whether `tp`'s trail has a start in this assignment (see `add`)."""
+        with self._cond:
+            state = self._partitions.get(tp)
+            return state is not None and state.trail.next_offset is not None
+
+    def add(
+        self, tp: TopicPartition, records: list[Any], now: float, start: int | None = None
+    ) -> Followed:
+        """Buffer a poll's records for `tp` up to a hole in its offsets (OffsetTrail);
+        `start`, where this assignment's fetching of `tp` began, if not started yet."""
         with self._cond:
             state = self._partitions.get(tp)
             if state is None:
                 state = self._partitions[tp] = _Partition()
             state.assigned = True  # (re)assigned: an old epoch's delivery may still run
+            if state.trail.next_offset is None:
+                state.trail.next_offset = start
             followed = state.trail.follow([record.offset for record in records], now)
             records = records[: followed.taken]
             for record in records:
@@ -939,8 +952,32 @@ class KafkaSourceDispatcher:
         now = time.monotonic()
         for tp, records in batches.items():
             if tp in assigned and records:
-                self._follow(consumer, tp, self._queue.add(tp, records, now))
+                start = None if self._queue.started(tp) else self._fetch_start(consumer, tp)
+                self._follow(consumer, tp, self._queue.add(tp, records, now, start))
         self._spawn_workers()
+
+    def _fetch_start(self, consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+        """The offset this assignment's fetching of `tp` began at, asked of the broker
+        once, when its first records arrive: the group's committed offset (or the
+        partition's first offset, if that is later), or with no commit and initialOffset
+        earliest, the first offset. So a hole right at the start is caught as any other
+        (OffsetTrail). None when it cannot be known (initialOffset latest and no commit,
+        or the broker did not answer): the first record is then taken as the start."""
+        try:
+            committed = consumer.committed(tp, timeout_ms=_FETCH_START_TIMEOUT_MS)
+            if committed is None and self.spec.initial_offset != "earliest":
+                return None
+            first = consumer.beginning_offsets([tp], timeout_ms=_FETCH_START_TIMEOUT_MS)[tp]
+        except KafkaError as exc:
+            log.warning(
+                "KafkaSource %s: where %s[%d] starts not known: %r",
+                self.spec.name,
+                tp.topic,
+                tp.partition,
+                exc,
+            )
+            return None
+        return first if committed is None else max(committed, first)
 
     def _follow(self, consumer: KafkaConsumer, tp: TopicPartition, followed: Followed) -> None:
         """Fetch a hole in `tp`'s offsets again, and say what became of one."""
