@@ -64,6 +64,18 @@ def sink() -> Iterator[RecordingSink]:
         yield running
 
 
+@pytest.fixture
+def filled(
+    proxied: tuple[EmbeddedBroker, FetchFaultProxy], unique_topic: Callable[[str], str]
+) -> Iterator[tuple[str, KafkaProducer]]:
+    """A topic, and a producer whose records may each be a batch of their own."""
+    topic = unique_topic("filled")
+    ensure_topics(proxied[0].bootstrap_servers, [TopicSpec(topic)])
+    producer = KafkaProducer(bootstrap_servers=proxied[0].bootstrap_servers, linger_ms=0)
+    yield topic, producer
+    producer.close(timeout=5)
+
+
 Fault = Callable[[FetchFaultProxy], None]
 
 
@@ -71,15 +83,12 @@ Fault = Callable[[FetchFaultProxy], None]
 def faulted(
     proxied: tuple[EmbeddedBroker, FetchFaultProxy],
     proxy: FetchFaultProxy,
-    unique_topic: Callable[[str], str],
+    filled: tuple[str, KafkaProducer],
     sink: RecordingSink,
 ) -> Iterator[Callable[[Fault], KafkaSourceDispatcher]]:
     """`faulted(fault)`: a dispatcher that delivered offset 0 (so records flow), then
     `fault(proxy)`, then offsets 1-3 produced one batch each."""
-    broker = proxied[0]
-    topic = unique_topic("faulted")
-    ensure_topics(broker.bootstrap_servers, [TopicSpec(topic)])
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
+    broker, (topic, producer) = proxied[0], filled
     running: list[KafkaSourceDispatcher] = []
 
     def start(fault: Fault) -> KafkaSourceDispatcher:
@@ -95,7 +104,6 @@ def faulted(
     yield start
     for source in running:
         source.stop()
-    producer.close(timeout=5)
 
 
 def test_a_hole_the_next_fetch_fills_loses_nothing_and_keeps_the_order(
@@ -142,18 +150,6 @@ def test_a_short_fetch_answered_empty_while_records_wait_is_followed_by_a_long_o
     wait_for(lambda: len(sink.received()) >= 4, "offsets 1-3 delivered")
     assert offsets_by_partition(sink.received()) == {0: [0, 1, 2, 3]}
     assert proxy.starved_responses() >= 1  # a short fetch did come back without them
-
-
-@pytest.fixture
-def filled(
-    proxied: tuple[EmbeddedBroker, FetchFaultProxy], unique_topic: Callable[[str], str]
-) -> Iterator[tuple[str, KafkaProducer]]:
-    """A topic, and a producer whose records are each a batch of their own."""
-    topic = unique_topic("filled")
-    ensure_topics(proxied[0].bootstrap_servers, [TopicSpec(topic)])
-    producer = KafkaProducer(bootstrap_servers=proxied[0].bootstrap_servers, linger_ms=0)
-    yield topic, producer
-    producer.close(timeout=5)
 
 
 def test_a_hole_where_a_new_group_starts_is_fetched_again(
