@@ -373,6 +373,10 @@ _WORKER_JOIN_S = 2.0
 # once: Tansu raises the high watermark when it reserves a batch's offsets, before it
 # stores the batch, so while records flow a fetch often shows one that the next short
 # fetch returns (a long wait each time made the dispatcher's p50 at 35/s 50 ms, not 3).
+# A longer flowing wait saves nothing: at 20 ms, alternated with 10 ms in the pipeline
+# benchmark at 50/s (2026-12-04, two runs each), the dispatchers spent 10.0-10.1 ms of
+# CPU a completion against 9.5-10.5 and the broker 4.3-4.4 against 4.2-4.5 (records
+# flow often enough that a fetch rarely waits out its whole time), and raw p99 was higher.
 FLOWING_FETCH_WAIT_MS = 10
 IDLE_FETCH_WAIT_MS = 200
 IDLE_AFTER_S = 2.0
