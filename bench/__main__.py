@@ -27,7 +27,7 @@ BENCHMARKS = {
     "cold_start": "each function: launch to first 2xx and worker RSS, beside the import floor",
     "pipeline": "complete -> next occurrence at fixed rates on the local stack vs raw Kafka",
     "broker_holes": "records lost to the embedded broker's produce/fetch race, hole check or not",
-    "kafka_client": "kafka-python's CPU a fetch and a record on the embedded broker vs a baseline",
+    "kafka_client": "Kafka clients' CPU a fetch and a record, and the embedded broker's",
 }
 RESULTS = Path(__file__).parent / "results"
 
