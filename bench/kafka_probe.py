@@ -174,7 +174,7 @@ def librdkafka_consumer(bootstrap: str, topic: str, seconds: float, broker_pid: 
     return found
 
 
-def kafka_python_producer(bootstrap: str, topic: str, count: int) -> Callable[[int], None]:
+def kafka_python_producer(bootstrap: str, topic: str) -> Callable[[int], None]:
     import kafka
 
     client = kafka.KafkaProducer(
@@ -187,7 +187,7 @@ def kafka_python_producer(bootstrap: str, topic: str, count: int) -> Callable[[i
     return send
 
 
-def librdkafka_producer(bootstrap: str, topic: str, count: int) -> Callable[[int], None]:
+def librdkafka_producer(bootstrap: str, topic: str) -> Callable[[int], None]:
     import confluent_kafka
 
     client = confluent_kafka.Producer(
@@ -250,11 +250,11 @@ if __name__ == "__main__":
     consumers = {"kafka-python": kafka_python_consumer, "librdkafka": librdkafka_consumer}
     producers = {"kafka-python": kafka_python_producer, "librdkafka": librdkafka_producer}
     if role == "feed":
-        feed(bootstrap, topic, int(amount))
+        feed(bootstrap, topic, int(amount))  # until killed
     elif role == "control":
         found = control(float(amount), int(broker_pid))
     elif role == "consumer":
         found = consumers[client](bootstrap, topic, float(amount), int(broker_pid))
     else:
-        found = producer(producers[client](bootstrap, topic, int(amount)), int(amount))
+        found = producer(producers[client](bootstrap, topic), int(amount))
     print(json.dumps({"library": _library(client), **found}))
