@@ -23,7 +23,10 @@ occurrence is known. Rates go up until one misses in any of its rounds (p99 >= 2
 or any refused or lost completion, or any skipped): the rate before it is the highest
 sustained. Rounds, because on a shared machine two runs of 30 s a minute apart have
 differed by almost ten times in p99 (79 and 615 ms at 20/s, 2026-12-03): one round
-is one draw.
+is one draw. Each rate runs on the broker the rates before it filled, and the embedded
+broker's fetches cost more the more batches a partition holds (its CPU a completion at
+50/s was 7.7-9.1 ms after rounds at 40 and 45/s, 4.3-4.7 on a stack just started,
+2026-12-04): BENCH_PIPELINE_RATES with one rate measures it on a young stack.
 
 Columns: p50/p99/max, answer -> next occurrence stored; `skipped (behind)`, sends that
 found no series with its next occurrence in place (the stack fell behind); `answer p99`,
