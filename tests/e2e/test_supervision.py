@@ -24,10 +24,15 @@ from typing import Any
 
 import pytest
 import requests
+from sqlmodel import col, select, update
 
 from duetide.config import get_settings
+from duetide.services import tasks
+from duetide.services.schemas import TaskCreate
+from duetide.storage import db
+from duetide.storage.models import Outbox, Task, utcnow
 from duetide_tools.local.broker import LOOPBACK, free_loopback_port
-from duetide_tools.local.stack import Stack
+from duetide_tools.local.stack import BROKER_START_FILE, Stack
 from duetide_tools.local.supervision import RestartPolicy
 from tests.support import processes_with_home, wait_for
 
@@ -291,32 +296,41 @@ def test_a_sigkilled_up_leaves_no_child_behind(tmp_path: Path):
 # ------------------------------------------------------------- the Stack object
 
 
-@pytest.fixture
-def supervised(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Stack, list[str]]]:
-    """A Stack with short restart delays; its console messages in a list."""
-    monkeypatch.setenv("DUETIDE_HOME", str(tmp_path))
-    monkeypatch.setenv("DUETIDE_JWT_SECRET", "e2e-supervision-secret-of-enough-length")
-    monkeypatch.setenv("DATABASE_URL", "")
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
-    get_settings.cache_clear()
-    messages: list[str] = []
-    running = Stack(
+def new_stack(home: Path, messages: list[str]) -> Stack:
+    """A Stack on `home` with short restart delays, its console messages in `messages`."""
+    return Stack(
         root=ROOT,
-        home=tmp_path,
+        home=home,
         port=free_loopback_port(),
         echo=False,
         ping_interval_s=1.0,
         report=messages.append,
         restart_policy=RestartPolicy(base_s=0.2, cap_s=0.8, healthy_after_s=30.0),
     )
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The environment `duetide up` gives a stack on a home of its own (`tmp_path`)."""
+    monkeypatch.setenv("DUETIDE_HOME", str(tmp_path))
+    monkeypatch.setenv("DUETIDE_JWT_SECRET", "e2e-supervision-secret-of-enough-length")
+    monkeypatch.setenv("DATABASE_URL", "")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def supervised(stack_env: Path) -> Iterator[tuple[Stack, list[str]]]:
+    """A started Stack; its console messages in a list."""
+    messages: list[str] = []
+    running = new_stack(stack_env, messages)
     try:
         running.start()
         yield running, messages
     finally:
         running.stop()
-        get_settings.cache_clear()
 
 
 def test_the_stack_replaces_the_process_records_the_restart_and_calls_the_hook(
@@ -337,6 +351,10 @@ def test_the_stack_replaces_the_process_records_the_restart_and_calls_the_hook(
     wait_for(lambda: hook, "the on_broker_restart hook")
 
     assert hook == [lost_started_at]
+    # What the next `up` on this home sends again from now on: the new broker's records.
+    new_start, written = stack.broker.started_at, stack.home / BROKER_START_FILE
+    assert new_start is not None
+    wait_for(lambda: written.read_text().strip() == new_start.isoformat(), "the new start kept")
     assert stack.broker.pid not in (None, old_broker)
     assert stack.bootstrap_servers == address
     assert stack.broker.started_at is not None and lost_started_at is not None
@@ -374,3 +392,55 @@ def test_a_function_that_cannot_start_is_retried_with_growing_backoff(
         30,
     )
     assert requests.get(child.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_a_new_stack_sends_again_what_the_last_runs_broker_held(stack_env: Path):
+    """The embedded broker keeps its records in memory: an event it held when `up` was
+    stopped or killed, before a KafkaSource delivered it, went with it, and its outbox
+    row says sent. The next start sends every event sent since that broker started
+    again, so the completion still makes its series' next occurrence."""
+    messages: list[str] = []
+    first = new_stack(stack_env, messages)
+    try:
+        first.start()
+    finally:
+        first.stop()
+    engine = db.make_engine(first.database_url)
+    try:
+        # What the first run's tasks function did just before it stopped: a recurring
+        # task created and completed, both events sent to its broker and marked sent.
+        spec = TaskCreate.model_validate(
+            {
+                "title": "sent to a broker that is gone",
+                "due_at": "2026-03-27T09:30:00+01:00",
+                "recurrence": {"rrule": "FREQ=WEEKLY;COUNT=5", "timezone": "Europe/Berlin"},
+            }
+        )
+        with db.session_scope(engine) as session:
+            task, created = tasks.create(session, "alice", spec)
+        with db.session_scope(engine) as session:
+            _, completed = tasks.complete(session, "alice", task.id)
+        with db.session_scope(engine) as session:
+            sent = update(Outbox).where(col(Outbox.id).in_(created + completed))
+            session.exec(sent.values(sent_at=utcnow()))
+
+        def next_occurrence() -> list[Task]:
+            with db.session_scope(engine) as session:
+                query = select(Task).where(Task.series_id == task.series_id, Task.id != task.id)
+                return list(session.exec(query))
+
+        second = new_stack(stack_env, messages)
+        try:
+            second.start()
+            [after] = wait_for(next_occurrence, "the next occurrence, made by the new run", 60)
+        finally:
+            second.stop()
+    finally:
+        engine.dispose()
+    assert after.status == "open" and after.previous_id == task.id
+    # The second start only (the first found no broker before it), and the two events
+    # sent since the first run's broker started: nothing else was sent in that run.
+    requeued = [m for m in messages if "the last run's broker held" in m]
+    assert requeued == [
+        "duetide: requeued 2 events the last run's broker held; the next sweep sends them"
+    ]

@@ -63,6 +63,8 @@ DISPATCHER_STOP_S = 5.0
 an old consumer from rejoining the new broker's group and committing offsets of the lost
 broker's records there; past this bound its commits would carry the lost broker's member
 id, which the new broker refuses (UnknownMemberId), so going on is safe."""
+BROKER_START_FILE = "embedded-broker-started"
+"""In DUETIDE_HOME: when the embedded broker now running, or the last one, started."""
 
 
 class StackError(RuntimeError):
@@ -197,8 +199,16 @@ class Stack:
         wiring = self.wiring
         self.database_url = self.database_url or f"sqlite:///{self.home / 'duetide.db'}"
         self._step("migrating the database", lambda: migrate.upgrade(self.database_url))
+        previous = self._last_broker_start()
+        if previous is not None:  # sent again to whichever broker this run uses
+            self._step(
+                "requeueing what the last run's broker held",
+                lambda: self.requeue_lost_events(previous, whose="the last run's broker"),
+            )
         if not self.bootstrap_servers:
             self._step("starting the embedded broker", self._start_broker)
+        else:  # no broker of ours whose memory could go
+            self._broker_start_file.unlink(missing_ok=True)
         self._step(
             f"creating {_count(len(wiring.topics), 'topic')}",
             lambda: ensure_topics(self.bootstrap_servers, wiring.topics),
@@ -246,6 +256,39 @@ class Stack:
         )
         self.broker.start(cancel=self._stopping)
         self.bootstrap_servers = self.broker.bootstrap_servers
+        self._record_broker_start()
+
+    @property
+    def _broker_start_file(self) -> Path:
+        return self.home / BROKER_START_FILE
+
+    def _record_broker_start(self) -> None:
+        """Write down when the embedded broker now running started: the records of every
+        event sent since then live in its memory only, so a later `start` sends them again
+        (`_last_broker_start`)."""
+        assert self.broker is not None and self.broker.started_at is not None
+        written = self._broker_start_file.with_suffix(".tmp")
+        written.write_text(self.broker.started_at.isoformat() + "\n")
+        written.replace(self._broker_start_file)
+
+    def _last_broker_start(self) -> datetime | None:
+        """When the embedded broker of the last run on this home started, if one ran.
+
+        Its records died with it, also those no KafkaSource had delivered yet (`up`
+        stopped or killed with events in flight, a delivery waiting for a retry), and
+        their outbox rows are marked sent: so every event sent since then is sent again,
+        whatever broker this run uses. Consumers drop the duplicates; rows older than the
+        sweep's purge are gone, as are their consumers' records of them.
+        """
+        try:
+            text = self._broker_start_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            self._say(f"{self._broker_start_file} is not a time ({text[:40]!r}); ignored")
+            return None
 
     def child_env(self, service: manifests.ServiceSpec) -> dict[str, str]:
         env = dict(os.environ)
@@ -501,8 +544,10 @@ class Stack:
         except Exception as exc:
             log.exception("on_broker_restart failed")
             self._say(f"on_broker_restart failed: {exc!r}")
+            return  # the older start stays written down: the next `start` sends them
+        self._record_broker_start()
 
-    def requeue_lost_events(self, since: datetime) -> int:
+    def requeue_lost_events(self, since: datetime, whose: str = "the lost broker") -> int:
         """The default `on_broker_restart`: the embedded broker kept its records in memory,
         so every event sent since it started is sent again (consumers drop duplicates)."""
         engine = db.make_engine(self.database_url)
@@ -510,7 +555,7 @@ class Stack:
             count = outbox.requeue_sent_since(since, engine)
         finally:
             engine.dispose()
-        self._say(f"requeued {count} events the lost broker held; the next sweep sends them")
+        self._say(f"requeued {count} events {whose} held; the next sweep sends them")
         return count
 
     def _retire_dispatchers(self) -> None:
