@@ -201,10 +201,16 @@ class Stack:
         self._step("migrating the database", lambda: migrate.upgrade(self.database_url))
         previous = self._last_broker_start()
         if previous is not None:  # sent again to whichever broker this run uses
+            requeued: list[int] = []
             self._step(
                 "requeueing what the last run's broker held",
-                lambda: self.requeue_lost_events(previous, whose="the last run's broker"),
+                lambda: requeued.append(self._requeue_sent_since(previous)),
             )
+            if requeued[0]:
+                self._say(
+                    f"requeued {_count(requeued[0], 'event')} the last run's broker held; "
+                    "the next sweep sends them"
+                )
         if not self.bootstrap_servers:
             self._step("starting the embedded broker", self._start_broker)
         else:  # no broker of ours whose memory could go
@@ -547,16 +553,19 @@ class Stack:
             return  # the older start stays written down: the next `start` sends them
         self._record_broker_start()
 
-    def requeue_lost_events(self, since: datetime, whose: str = "the lost broker") -> int:
+    def requeue_lost_events(self, since: datetime) -> int:
         """The default `on_broker_restart`: the embedded broker kept its records in memory,
         so every event sent since it started is sent again (consumers drop duplicates)."""
+        count = self._requeue_sent_since(since)
+        self._say(f"requeued {count} events the lost broker held; the next sweep sends them")
+        return count
+
+    def _requeue_sent_since(self, since: datetime) -> int:
         engine = db.make_engine(self.database_url)
         try:
-            count = outbox.requeue_sent_since(since, engine)
+            return outbox.requeue_sent_since(since, engine)
         finally:
             engine.dispose()
-        self._say(f"requeued {count} events {whose} held; the next sweep sends them")
-        return count
 
     def _retire_dispatchers(self) -> None:
         """Stop the dispatchers of a dead broker (in the background)."""
