@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import requests
 
@@ -65,6 +65,9 @@ broker's records there; past this bound its commits would carry the lost broker'
 id, which the new broker refuses (UnknownMemberId), so going on is safe."""
 BROKER_START_FILE = "embedded-broker-started"
 """In DUETIDE_HOME: when the embedded broker now running, or the last one, started."""
+
+
+T = TypeVar("T")
 
 
 class StackError(RuntimeError):
@@ -201,14 +204,13 @@ class Stack:
         self._step("migrating the database", lambda: migrate.upgrade(self.database_url))
         previous = self._last_broker_start()
         if previous is not None:  # sent again to whichever broker this run uses
-            requeued: list[int] = []
-            self._step(
+            requeued = self._step(
                 "requeueing what the last run's broker held",
-                lambda: requeued.append(self._requeue_sent_since(previous)),
+                lambda: self._requeue_sent_since(previous),
             )
-            if requeued[0]:
+            if requeued:
                 self._say(
-                    f"requeued {_count(requeued[0], 'event')} the last run's broker held; "
+                    f"requeued {_count(requeued, 'event')} the last run's broker held; "
                     "the next sweep sends them"
                 )
         if not self.bootstrap_servers:
@@ -233,14 +235,15 @@ class Stack:
         `stop()` does the stopping."""
         self._stopping.set()
 
-    def _step(self, what: str, action: Callable[[], object]) -> None:
+    def _step(self, what: str, action: Callable[[], T]) -> T:
+        """Run one start step, timed and reported; its action's result."""
         if self._stopping.is_set():
             raise StartCancelled(f"stopped before {what}")
         if self.progress is not None:
             self.progress(what, None)
         began = time.monotonic()
         try:
-            action()
+            result = action()
         except StartCancelled:
             raise
         except Exception as exc:
@@ -251,6 +254,7 @@ class Stack:
         self._log_line(f"{what}: {took:.2f} s")
         if self.progress is not None:
             self.progress(what, took)
+        return result
 
     def _log_line(self, message: str) -> None:
         with contextlib.suppress(OSError), (self.logs / "up.log").open("a") as up_log:
