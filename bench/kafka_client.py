@@ -49,18 +49,17 @@ COLUMNS = ["client", "library", "round", "fetches/s", "consumer CPU ms/s", "CPU 
            "consumer + broker ms/s", "producer CPU ms a record"]  # fmt: skip
 
 
+def _probe_command(
+    python: str, role: str, client: str, broker: EmbeddedBroker, amount: int
+) -> list[str]:
+    """`bench/kafka_probe.py`'s command line (its docstring has the roles)."""
+    return [python, str(PROBE), role, client, broker.bootstrap_servers, TOPIC, str(amount),
+            str(broker.pid)]  # fmt: skip
+
+
 def _probe(python: str, role: str, client: str, broker: EmbeddedBroker, amount: int) -> Any:
     answer = subprocess.run(
-        [
-            python,
-            str(PROBE),
-            role,
-            client,
-            broker.bootstrap_servers,
-            TOPIC,
-            str(amount),
-            str(broker.pid),
-        ],
+        _probe_command(python, role, client, broker, amount),
         capture_output=True,
         text=True,
         timeout=180,
@@ -81,16 +80,7 @@ def _fed_broker() -> Iterator[EmbeddedBroker]:
         feeder = None
         if FEED_RATE:
             feeder = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(PROBE),
-                    "feed",
-                    "kafka-python",
-                    broker.bootstrap_servers,
-                    TOPIC,
-                    str(FEED_RATE),
-                    "0",
-                ],
+                _probe_command(sys.executable, "feed", "kafka-python", broker, FEED_RATE),
                 env=_OWN_PACKAGES,
             )
         try:
