@@ -24,13 +24,16 @@ from typing import Any
 
 import pytest
 import requests
-from sqlmodel import col, select, update
+from sqlalchemy import Engine
+from sqlmodel import select
 
 from duetide.config import get_settings
 from duetide.services import tasks
+from duetide.services.responses import TaskOut
 from duetide.services.schemas import TaskCreate
 from duetide.storage import db
-from duetide.storage.models import Outbox, Task, utcnow
+from duetide.storage.models import Outbox, Task
+from duetide_tools.local.backlog import count_not_taken
 from duetide_tools.local.broker import LOOPBACK, free_loopback_port
 from duetide_tools.local.stack import BROKER_START_FILE, Stack
 from duetide_tools.local.supervision import RestartPolicy
@@ -394,45 +397,60 @@ def test_a_function_that_cannot_start_is_retried_with_growing_backoff(
     assert requests.get(child.url + "/healthz", timeout=5).status_code == 200
 
 
+def _recurring_task_completed(engine: Engine, title: str) -> TaskOut:
+    """What the tasks function does for a user: a weekly task created, then completed;
+    its two events wait in the outbox for the sweep."""
+    spec = TaskCreate.model_validate(
+        {
+            "title": title,
+            "due_at": "2026-03-27T09:30:00+01:00",
+            "recurrence": {"rrule": "FREQ=WEEKLY;COUNT=5", "timezone": "Europe/Berlin"},
+        }
+    )
+    with db.session_scope(engine) as session:
+        task, _ = tasks.create(session, "alice", spec)
+    with db.session_scope(engine) as session:
+        tasks.complete(session, "alice", task.id)
+    return task
+
+
+def _next_occurrences(engine: Engine, task: TaskOut) -> list[Task]:
+    with db.session_scope(engine) as session:
+        query = select(Task).where(Task.series_id == task.series_id, Task.id != task.id)
+        return list(session.exec(query))
+
+
+def _sent_at(engine: Engine) -> dict[str, datetime | None]:
+    with db.session_scope(engine) as session:
+        return {row.id: row.sent_at for row in session.exec(select(Outbox))}
+
+
 def test_a_new_stack_sends_again_what_the_last_runs_broker_held(stack_env: Path):
     """The embedded broker keeps its records in memory: an event it held when `up` was
-    stopped or killed, before a KafkaSource delivered it, went with it, and its outbox
-    row says sent. The next start sends every event sent since that broker started
-    again, so the completion still makes its series' next occurrence."""
+    stopped, before a KafkaSource delivered it, went with it, and its outbox row says
+    sent. The next start sends every event sent since that broker started again, so the
+    completion still makes its series' next occurrence."""
     messages: list[str] = []
     first = new_stack(stack_env, messages)
     try:
         first.start()
+        engine = db.make_engine(first.database_url)
+        # recurrence hangs: the sweep sends the events, and the delivery of the first
+        # one to recurrence is under way, uncommitted, when the stack stops.
+        os.kill(first.functions["recurrence"].process.pid, signal.SIGSTOP)
+        task = _recurring_task_completed(engine, "sent to a broker that is gone")
+        wait_for(lambda: all(_sent_at(engine).values()), "the sweep to send both events")
     finally:
         first.stop()
-    engine = db.make_engine(first.database_url)
     try:
-        # What the first run's tasks function did just before it stopped: a recurring
-        # task created and completed, both events sent to its broker and marked sent.
-        spec = TaskCreate.model_validate(
-            {
-                "title": "sent to a broker that is gone",
-                "due_at": "2026-03-27T09:30:00+01:00",
-                "recurrence": {"rrule": "FREQ=WEEKLY;COUNT=5", "timezone": "Europe/Berlin"},
-            }
-        )
-        with db.session_scope(engine) as session:
-            task, created = tasks.create(session, "alice", spec)
-        with db.session_scope(engine) as session:
-            _, completed = tasks.complete(session, "alice", task.id)
-        with db.session_scope(engine) as session:
-            sent = update(Outbox).where(col(Outbox.id).in_(created + completed))
-            session.exec(sent.values(sent_at=utcnow()))
-
-        def next_occurrence() -> list[Task]:
-            with db.session_scope(engine) as session:
-                query = select(Task).where(Task.series_id == task.series_id, Task.id != task.id)
-                return list(session.exec(query))
-
+        assert (stack_env / BROKER_START_FILE).exists()
+        assert not _next_occurrences(engine, task)
         second = new_stack(stack_env, messages)
         try:
             second.start()
-            [after] = wait_for(next_occurrence, "the next occurrence, made by the new run", 60)
+            [after] = wait_for(
+                lambda: _next_occurrences(engine, task), "the next occurrence, by the new run", 60
+            )
         finally:
             second.stop()
     finally:
@@ -444,3 +462,41 @@ def test_a_new_stack_sends_again_what_the_last_runs_broker_held(stack_env: Path)
     assert requeued == [
         "duetide: requeued 2 events the last run's broker held; the next sweep sends them"
     ]
+
+
+def test_a_stop_that_left_nothing_in_the_broker_has_nothing_sent_again(stack_env: Path):
+    """When every KafkaSource had taken every record (and no dead letter waited), the
+    stop says so, and the next start sends nothing again: its consumers are not made to
+    drop the whole last run as duplicates."""
+    messages: list[str] = []
+    first = new_stack(stack_env, messages)
+    try:
+        first.start()
+        engine = db.make_engine(first.database_url)
+        task = _recurring_task_completed(engine, "delivered before the stop")
+        wait_for(lambda: _next_occurrences(engine, task), "the next occurrence, by this run", 60)
+        assert first.wiring is not None
+        readers, servers = first.wiring.readers, first.bootstrap_servers
+        wait_for(
+            lambda: count_not_taken(servers, readers, timeout_s=5) == 0,
+            "every KafkaSource to commit what it delivered",
+        )
+    finally:
+        first.stop()
+    try:
+        assert not (stack_env / BROKER_START_FILE).exists()
+        assert (
+            "the broker held 0 records its readers had not taken"
+            in (stack_env / "logs" / "up.log").read_text()
+        )
+        sent = _sent_at(engine)
+        assert len(sent) >= 3 and all(sent.values())  # created, completed, the next created
+        second = new_stack(stack_env, messages)
+        try:
+            second.start()
+        finally:
+            second.stop()
+        assert _sent_at(engine) == sent  # none made pending again, none sent again
+    finally:
+        engine.dispose()
+    assert not [m for m in messages if "held" in m]

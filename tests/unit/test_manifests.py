@@ -307,6 +307,16 @@ def test_kafka_sources_feed_each_function_from_its_topic(wiring: Wiring) -> None
     }
 
 
+def test_every_topic_names_the_groups_that_read_it(wiring: Wiring) -> None:
+    assert wiring.readers == {
+        "duetide-task-events": ("duetide-recurrence", "duetide-activity"),
+        "duetide-reminders": ("duetide-notify",),
+        "duetide-webhooks": ("duetide-notify-webhooks",),
+        "duetide-commands": ("duetide-commands",),
+        "duetide-dead-letters": (),
+    }
+
+
 def test_failed_events_are_retried_with_backoff_then_dead_lettered(wiring: Wiring) -> None:
     for source in wiring.kafka_sources:
         delivery = source.delivery

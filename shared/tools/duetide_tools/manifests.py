@@ -104,6 +104,15 @@ class Wiring:
     kafka_sinks: dict[str, KafkaSinkSpec]
     topics: tuple[TopicSpec, ...]
 
+    @property
+    def readers(self) -> dict[str, tuple[str, ...]]:
+        """Every topic with the consumer groups of the KafkaSources that read it (none for
+        one only written, like the dead letters)."""
+        return {
+            t.name: tuple(s.consumer_group for s in self.kafka_sources if t.name in s.topics)
+            for t in self.topics
+        }
+
     def service_for(self, sink: SinkRef) -> ServiceSpec:
         if sink.kind != "Service" or sink.name not in self.services:
             raise ManifestError(f"sink {sink.kind}/{sink.name} is not a Service in knative/")

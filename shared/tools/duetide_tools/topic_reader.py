@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 POLL_MS = 200
+ENDS_POLL_MS = 20
 FETCH_WAIT_MS = 100
 DEFAULT_TIMEOUT_S = 15.0
 
@@ -101,6 +102,26 @@ def read_records(
         consumer.close(autocommit=False)
     records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
     return records[-limit:] if limit is not None else records
+
+
+def true_ends(consumer: Any, partitions: list[Any], timeout_s: float) -> dict[Any, int]:
+    """Where each of `partitions` ends (see the module docstring), by a fetch from its
+    listed end: `consumer` (kafka-python, no group) is assigned them, and what it polls
+    there is dropped. Bounded by `timeout_s` (TopicReadError)."""
+    listed = consumer.end_offsets(partitions)
+    consumer.assign(partitions)
+    for partition in partitions:
+        consumer.seek(partition, listed[partition])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        consumer.poll(timeout_ms=ENDS_POLL_MS)  # returns at its timeout when nothing came
+        highwaters = {p: consumer.highwater(p) for p in partitions}
+        if None not in highwaters.values():
+            ends = targets(highwaters, consumer.end_offsets(partitions))
+            assert ends is not None
+            return ends
+        if time.monotonic() > deadline:
+            raise TopicReadError(f"no fetch answered within {timeout_s:g} s")
 
 
 def _drain(consumer: Any, topic: str, partitions: list[Any], timeout_s: float) -> list[Any]:

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import requests
+from kafka.errors import KafkaError
 
 from duetide.storage import db, migrate, outbox
-from duetide_tools import manifests
-from duetide_tools.local import orphans
+from duetide_tools import manifests, topic_reader
+from duetide_tools.local import backlog, orphans
 from duetide_tools.local.broker import (
     EmbeddedBroker,
     consumer_settings,
@@ -64,7 +65,11 @@ an old consumer from rejoining the new broker's group and committing offsets of 
 broker's records there; past this bound its commits would carry the lost broker's member
 id, which the new broker refuses (UnknownMemberId), so going on is safe."""
 BROKER_START_FILE = "embedded-broker-started"
-"""In DUETIDE_HOME: when the embedded broker now running, or the last one, started."""
+"""In DUETIDE_HOME: when the embedded broker now running, or the last one, started;
+removed by a stop that found nothing left in it."""
+BACKLOG_CHECK_S = 1.0
+"""The bound of each request of the stop's question to the embedded broker (it answers
+in 15-60 ms); one that does not answer leaves the start time written down."""
 
 
 T = TypeVar("T")
@@ -427,7 +432,9 @@ class Stack:
         uncommitted rather than retrying it); a function still running after
         `stop_grace_s` gets SIGKILL. The broker goes last, after the dispatchers'
         final commits; the embedded one (memory only) is SIGKILLed once they ended or
-        EMBEDDED_DISPATCHER_STOP_S passed.
+        EMBEDDED_DISPATCHER_STOP_S passed, after it was asked whether it still held a
+        record some reader had not taken (15-60 ms): if none, the next start has
+        nothing of this run's to send again (`_broker_left_nothing`).
         """
         began = time.monotonic()
         self._stopping.set()
@@ -455,8 +462,11 @@ class Stack:
         for thread in [*stoppers, *(c.pump for c in self.functions.values() if c.pump)]:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         eventing_done = time.monotonic()
+        nothing_left = self.broker is not None and self._broker_left_nothing()
         if self.broker is not None:
             self.broker.stop()
+        if nothing_left:  # the next start has nothing of this run's to send again
+            self._broker_start_file.unlink(missing_ok=True)
         self._released.set()  # the children it spawned are gone: it may end now
         if self._supervisor is not None:
             self._supervisor.join(timeout=HEALTH_TIMEOUT_S + 0.5)
@@ -468,6 +478,45 @@ class Stack:
                 f"then eventing and logs {eventing_done - functions_done:.2f} s, "
                 f"broker and supervisor {end - eventing_done:.2f} s"
             )
+
+    def _broker_left_nothing(self) -> bool:
+        """True when the embedded broker, about to be killed, holds nothing its readers have
+        not taken (`backlog`), so the next start need not send again what this run sent.
+
+        Asked only once nothing can write to it any more: every function ended and every
+        dispatcher stopped (a dispatcher still running may hold an uncommitted delivery).
+        And only for the broker whose start is the one written down: after a broker
+        restart whose requeue failed, the file keeps the lost broker's older start.
+        """
+        broker = self.broker
+        if broker is None or not broker.running or self.wiring is None:
+            return False
+        why_not = self._why_not_ask(broker)
+        if why_not is not None:
+            self._log_line(f"not asking the broker what it still holds: {why_not}")
+            return False
+        began = time.monotonic()
+        try:
+            left = backlog.count_not_taken(
+                self.bootstrap_servers, self.wiring.readers, timeout_s=BACKLOG_CHECK_S
+            )
+        except (KafkaError, OSError, topic_reader.TopicReadError) as exc:
+            self._log_line(f"could not ask the broker what it still holds: {exc!r}")
+            return False
+        took = time.monotonic() - began
+        self._log_line(
+            f"the broker held {_count(left, 'record')} its readers had not taken ({took:.2f} s)"
+        )
+        return left == 0
+
+    def _why_not_ask(self, broker: EmbeddedBroker) -> str | None:
+        if any(child.process.poll() is None for child in self.functions.values()):
+            return "a function did not end"
+        if any(d.running for d in [*self.dispatchers, *self._retiring]):
+            return "a dispatcher did not stop in time"
+        if broker.started_at is None or self._last_broker_start() != broker.started_at:
+            return "the start written down is a lost broker's"
+        return None
 
     # the supervisor thread
 
