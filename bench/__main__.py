@@ -28,6 +28,7 @@ BENCHMARKS = {
     "pipeline": "complete -> next occurrence at fixed rates on the local stack vs raw Kafka",
     "broker_holes": "records lost to the embedded broker's produce/fetch race, hole check or not",
     "kafka_client": "Kafka clients' CPU a fetch and a record, and the embedded broker's",
+    "up_restart": "duetide up started again after a run of many events: sent again, idle after",
 }
 RESULTS = Path(__file__).parent / "results"
 

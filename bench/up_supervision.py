@@ -68,7 +68,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _with_home(home: Path) -> list[int]:
+def with_home(home: Path) -> list[int]:
     """Pids whose environment names `home` as DUETIDE_HOME: an `up` and all it spawned."""
     marker = f"DUETIDE_HOME={home}".encode()
     found = []
@@ -91,21 +91,31 @@ def _until(condition: Callable[[], bool], interval_s: float = 0.01) -> float:
     return time.monotonic() - began
 
 
-def _spawn_up(home: Path, port: int, stdout: int) -> subprocess.Popen[str]:
+def spawn_up(
+    home: Path, port: int, stdout: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`duetide up --quiet` on `home` (its SQLite, its embedded broker); `env` adds to
+    the environment."""
     env = {**os.environ, "DUETIDE_HOME": str(home), "DATABASE_URL": "",
-           "KAFKA_BOOTSTRAP_SERVERS": "", "DUETIDE_JWT_SECRET": ""}  # fmt: skip
+           "KAFKA_BOOTSTRAP_SERVERS": "", "DUETIDE_JWT_SECRET": "", **(env or {})}  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "duetide_tools.cli", "up", "--port", str(port), "--quiet"],
         env=env, cwd=ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 
-def _start_up(home: Path) -> tuple[subprocess.Popen[str], str, int]:
+def start_up(
+    home: Path, env: dict[str, str] | None = None, console: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str, int]:
+    """`spawn_up`, returned once its banner is out: the process, the broker's address
+    and the port; the lines up to the banner go to `console`."""
     port = free_loopback_port()
-    process = _spawn_up(home, port, subprocess.PIPE)
+    process = spawn_up(home, port, subprocess.PIPE, env)
     assert process.stdout is not None
     broker = ""
     for line in process.stdout:
+        if console is not None:
+            console.append(line)
         if found := re.match(r"\s+broker\s+(\S+)", line):
             broker = found.group(1)
         if "Ctrl-C stops everything" in line:
@@ -143,7 +153,7 @@ def _healthy(url: str) -> bool:
 
 
 def _one_run(home: Path) -> dict[str, float]:
-    process, broker, _ = _start_up(home / "a")
+    process, broker, _ = start_up(home / "a")
     children = _children(process.pid)
     # The recurrence port, from its command line.
     argv = Path(f"/proc/{children['recurrence']}/cmdline").read_bytes().split(b"\0")
@@ -162,7 +172,7 @@ def _one_run(home: Path) -> dict[str, float]:
     _until(lambda: not any(_alive(p) for p in pids))
     stopped = time.monotonic() - began
 
-    doomed, _, _ = _start_up(home / "b")
+    doomed, _, _ = start_up(home / "b")
     pids = list(_children(doomed.pid).values())
     began = time.monotonic()
     doomed.kill()
@@ -170,12 +180,12 @@ def _one_run(home: Path) -> dict[str, float]:
     _until(lambda: not any(_alive(p) for p in pids))
     orphans_gone = time.monotonic() - began
 
-    starting = _spawn_up(home / "c", free_loopback_port(), subprocess.DEVNULL)
+    starting = spawn_up(home / "c", free_loopback_port(), subprocess.DEVNULL)
     _until(lambda: "broker" in _children(starting.pid))
     began = time.monotonic()
     starting.send_signal(signal.SIGINT)
     starting.wait(timeout=TIMEOUT_S)
-    _until(lambda: not _with_home(home / "c"))
+    _until(lambda: not with_home(home / "c"))
     start_stopped = time.monotonic() - began
     return {"function": function_back, "broker": broker_back, "sigint": stopped,
             "sigkill": orphans_gone, "sigint_starting": start_stopped}  # fmt: skip
