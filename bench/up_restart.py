@@ -180,19 +180,18 @@ def run() -> list[dict[str, object]]:
                 )
     _details["rounds"] = results
     rows: list[dict[str, object]] = []
-    for version in VERSIONS:
-        got = results[version]
+    for version, runs in results.items():
 
-        def median(key: str, runs: list[dict[str, float]] = got) -> float:
+        def median(key: str, runs: list[dict[str, float]] = runs) -> float:
             return statistics.median(r[key] for r in runs)
 
         rows.append({
             "home": version,
-            "rounds": len(got),
+            "rounds": len(runs),
             "events sent again": int(median("sent again")),
             "launch → banner s": round(median("start"), 2),
             "banner → idle s": round(median("idle"), 2),
-            "idle s (max)": round(max(r["idle"] for r in got), 2),
+            "idle s (max)": round(max(r["idle"] for r in runs), 2),
             "CPU s": round(median("cpu"), 2),
         })  # fmt: skip
     return rows
