@@ -73,11 +73,10 @@ def count_not_taken(
             return 0
         starts = consumer.beginning_offsets(partitions, timeout_ms=timeout_ms)
         ends = topic_reader.true_ends(consumer, partitions, timeout_s)
-        groups = {
-            group: [p for p in partitions if group in readers[p.topic]]
-            for group in {g for groups in readers.values() for g in groups}
-        }
-        groups = {group: mine for group, mine in groups.items() if mine}
+        groups: dict[str, list[TopicPartition]] = {}
+        for partition in partitions:
+            for group in readers[partition.topic]:
+                groups.setdefault(group, []).append(partition)
         committed: dict[str, dict[TopicPartition, int]] = {}
         if groups:
             admin = KafkaAdminClient(**limits)
