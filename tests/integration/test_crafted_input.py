@@ -202,3 +202,38 @@ def test_a_lone_surrogate_in_a_json_body_is_422(client, alice, body, field):
     )
     refused(response, 422, "validation_failed", field)
     assert rows() == before
+
+
+HUGE = "9" * 5000  # past Python's 4,300-digit limit for int(str): json.loads raises ValueError
+
+
+def test_an_integer_past_the_digit_limit_in_a_json_body_is_400(client, alice):
+    before = rows()
+    body = f'{{"title": "t", "priority": {HUGE}}}'.encode()
+    response = client.post(
+        "/tasks", data=body, headers={**alice, "Content-Type": "application/json"}
+    )
+    refused(response, 400, "bad_request")
+    assert rows() == before
+
+
+def test_an_integer_past_the_digit_limit_in_a_binary_command_is_400(client, alice):
+    before = rows()
+    headers = {
+        **alice, "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "c-huge",
+        "ce-source": "/test", "ce-type": "dev.duetide.task.create.v1",
+    }  # fmt: skip
+    body = f'{{"task": {{"title": "t", "priority": {HUGE}}}}}'.encode()
+    refused(client.post("/commands", data=body, headers=headers), 400, "invalid_cloudevent")
+    assert rows() == before
+
+
+@pytest.mark.parametrize("function", ["recurrence", "notify", "activity", "sweep"])
+def test_an_integer_past_the_digit_limit_in_event_data_is_400_at_every_sink(env, function):
+    headers = {
+        "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "e-huge",
+        "ce-source": "/test", "ce-type": "dev.duetide.task.completed.v1",
+    }  # fmt: skip
+    body = f'{{"task_id": {HUGE}}}'.encode()
+    response = function_client(function).post("/", data=body, headers=headers)
+    refused(response, 400, "invalid_cloudevent")

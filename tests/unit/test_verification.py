@@ -64,6 +64,7 @@ def test_the_budget_is_a_sliding_hour_per_kind():
         (b'{"received": true}', False),
         (b"\xff\xfe", False),
         (b"[" * 100_000, False),
+        (b'{"challenge": ' + b"9" * 5000 + b"}", False),  # past int()'s digit limit
     ],
 )
 def test_an_answer_echoes_the_challenge_only_exactly(body: bytes, echoed: bool):

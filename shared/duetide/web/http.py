@@ -87,7 +87,7 @@ def read_json(request: Request, max_bytes: int) -> Any:
         raise UnsupportedMediaType("the request body must be application/json")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer past Python's digit limit
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("the request body is nested too deeply") from None
