@@ -314,6 +314,21 @@ def test_logged_paths_hide_feed_tokens():
     assert loggable_path("//calendar/abc.ics/x") == "//calendar/{feed_token}/x"
     assert loggable_path("/calendar/feed-token") == "/calendar/feed-token"
     assert loggable_path("/calendar.ics") == "/calendar.ics"
+    assert loggable_path("/calendar//abc.ics") == "/calendar//{feed_token}"
+    assert loggable_path("/CALENDAR/abc.ics") == "/CALENDAR/{feed_token}"
+
+
+@pytest.mark.parametrize(
+    "path", ["/calendar//{}.ics", "/calendar/{}.ics//", "/Calendar/{}.ics", "/calendar///{}"]
+)
+def test_a_feed_token_in_a_path_that_routes_nowhere_is_not_logged(client, alice, caplog, path):
+    url = client.post("/calendar/feed-token", headers=alice).json["url"]
+    token = feed_path(url).removeprefix("/calendar/").removesuffix(".ics")
+    with caplog.at_level(logging.DEBUG):
+        response = client.get(path.format(token))
+    assert response.status_code in (200, 404), response.get_data(as_text=True)
+    assert token not in response.get_data(as_text=True)
+    assert not any(token in str(vars(record)) for record in caplog.records)
 
 
 def test_a_moved_open_occurrence_and_the_series_reminders(client, alice, env):

@@ -237,3 +237,8 @@ def test_an_integer_past_the_digit_limit_in_event_data_is_400_at_every_sink(env,
     body = f'{{"task_id": {HUGE}}}'.encode()
     response = function_client(function).post("/", data=body, headers=headers)
     refused(response, 400, "invalid_cloudevent")
+
+
+@pytest.mark.parametrize("path", ["/tasks//", "/tasks//x", "/tasks/x//reminders", "/healthz//"])
+def test_a_doubled_slash_is_404_in_the_error_shape(client, alice, path):
+    refused(client.get(path, headers=alice), 404, "not_found")

@@ -76,7 +76,14 @@ from duetide.storage import db, outbox
 from duetide.storage.models import Notification, utcnow
 from duetide.web import auth, commands, docs, live, openapi
 from duetide.web.command_events import CommandData, CommandEvent
-from duetide.web.http import guarded, json_response, parse_model, read_json, reject_unstorable
+from duetide.web.http import (
+    guarded,
+    json_response,
+    loggable_path,
+    parse_model,
+    read_json,
+    reject_unstorable,
+)
 from duetide.web.sink import STRUCTURED
 
 Row = TypeVar("Row")
@@ -1034,6 +1041,7 @@ BY_OPERATION = {e.operation_id: e for e in ENDPOINTS}
 ROUTES = Map(
     [Rule(e.path, methods=[e.method], endpoint=e.operation_id) for e in ENDPOINTS],
     strict_slashes=False,
+    merge_slashes=False,  # merging answers with a redirect, which would surface as a 500
 )
 
 
@@ -1056,7 +1064,7 @@ def handle(request: Request) -> Response:
             raise RouteNotFound()
         endpoint, args = adapter.match(request.path, method=request.method)
     except RouteNotFound:
-        raise NotFound(f"no route {request.path!r}") from None
+        raise NotFound(f"no route {loggable_path(request.path)!r}") from None
     except RouteMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.valid_methods or []))
         raise MethodNotAllowed(

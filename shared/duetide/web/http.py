@@ -176,8 +176,9 @@ def traced(request: Request, answer: Callable[[], Response]) -> Response:
     return response
 
 
-_FEED_TOKEN = re.compile(r"(/calendar/)(?!feed-token(?:/|$))[^/]+")
-"""A calendar feed token in a path (`/calendar/{feed_token}.ics`), wherever it stands."""
+_FEED_TOKEN = re.compile(r"(?i)(/calendar/+)(?!feed-token(?:/|$))[^/]+")
+"""A calendar feed token in a path (`/calendar/{feed_token}.ics`), wherever it stands,
+in any case and after any number of slashes: a path that routes nowhere is logged too."""
 
 
 def loggable_path(path: str) -> str:
