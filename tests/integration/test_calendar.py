@@ -158,6 +158,25 @@ def test_a_skipped_occurrence_is_not_shown(client, alice, env):
     assert shown == forecast(client, alice, series_id, following, skipped + WINDOW)
 
 
+def test_a_series_near_year_9999_is_exported(client, alice, env):
+    """icalendar's VTIMEZONE overflowed `datetime` ten years after an occurrence in 9994."""
+    series_id = recurring(
+        client, alice, "8999-06-01T09:00:00+02:00", rrule="FREQ=YEARLY;INTERVAL=995"
+    )["series_id"]
+    assert client.post(f"/series/{series_id}/skip", headers=alice).status_code == 200
+    assert open_occurrence(client, alice, series_id)["due_at"].startswith("9994-06-01")
+    todos = calendar_of(client, alice).walk("VTODO")
+    assert {todo.decoded("dtstart").year for todo in todos} == {9994}
+
+
+def test_timezones_cover_a_bounded_window_whatever_the_series_span(client, alice, env):
+    recurring(client, alice, "1900-06-01T09:00:00+01:00", rrule="FREQ=YEARLY")
+    recurring(client, alice, "8999-06-01T09:00:00+02:00", rrule="FREQ=YEARLY")
+    (zone,) = calendar_of(client, alice).walk("VTIMEZONE")
+    years = {o.decoded("dtstart").year for o in zone.subcomponents}
+    assert min(years) <= 1900 and max(years) <= 1900 + calendar_export.TIMEZONE_YEARS
+
+
 def categories(todo: Any) -> list[str]:
     return sorted(str(c) for c in todo["CATEGORIES"].cats)
 

@@ -149,9 +149,25 @@ def render(tasks: Iterable[Task], series: dict[str, Series]) -> bytes:
                 continue
         calendar.add_component(_task_todo(task, f"{task.id}@duetide"))
     if starts:
-        first, last = min(starts).date(), max(starts).date()
-        calendar.add_missing_timezones(first - timedelta(days=1), _years_after(last, 10))
+        calendar.add_missing_timezones(*timezone_window([s.date() for s in starts]))
     return bytes(calendar.to_ical())
+
+
+TIMEZONE_YEARS = 100
+"""The most years of DST transitions a VTIMEZONE lists. icalendar writes one observance
+per transition, so a calendar whose series start 8,000 years apart cost 0.5 s and
+250 KB per zone; calendar apps resolve a TZID that is an IANA name from their own
+database anyway."""
+LAST_TIMEZONE_DAY = date(9998, 12, 31)
+"""icalendar's transitions overflow `datetime` at the end of year 9999."""
+
+
+def timezone_window(starts: list[date]) -> tuple[date, date]:
+    """The days the VTIMEZONEs cover: from the day before the first series starts to ten
+    years after the last, at most `TIMEZONE_YEARS` and not past `LAST_TIMEZONE_DAY`."""
+    first, last = min(starts) - timedelta(days=1), max(starts)
+    end = min(_years_after(last, 10), _years_after(first, TIMEZONE_YEARS), LAST_TIMEZONE_DAY)
+    return min(first, end), end
 
 
 def _recurring_occurrences(tasks: Iterable[Task], series: dict[str, Series]) -> dict[str, Task]:
@@ -272,7 +288,8 @@ def _absolute_alarm(title: str, at: datetime) -> Any:
 
 
 def _years_after(day: date, years: int) -> date:
+    year = min(day.year + years, date.max.year)
     try:
-        return day.replace(year=day.year + years)
+        return day.replace(year=year)
     except ValueError:  # February 29
-        return day.replace(year=day.year + years, day=28)
+        return day.replace(year=year, day=28)
