@@ -81,6 +81,15 @@ class UnsupportedMediaType(ApiError):
 class ValidationFailed(ApiError):
     status, code = 422, "validation_failed"
 
+    @classmethod
+    def of(cls, field: str | None, message: str) -> ValidationFailed:
+        """One invalid field (None: the body as a whole), named in the message and in
+        `details`, where a client finds it as for any field pydantic refuses."""
+        return cls(
+            f"invalid value for {field or 'body'}: {message}",
+            details=[{"field": field, "message": message}],
+        )
+
 
 class HeadersTooLarge(ApiError):
     status, code = 431, "headers_too_large"

@@ -290,7 +290,11 @@ def test_a_task_has_at_most_ten_reminders(client, alice):
     url = f"/tasks/{task.json['id']}/reminders"
     assert client.post(url, json={"before_due": "PT1H"}, headers=alice).status_code == 201
     before = rows()
-    refused(client.post(url, json={"before_due": "PT2H"}, headers=alice), 422, "validation_failed")
+    over = client.post(url, json={"before_due": "PT2H"}, headers=alice)
+    refused(over, 422, "validation_failed")
+    assert [d["message"] for d in over.json["error"]["details"]] == [
+        "a task has at most 10 reminders"
+    ]
     assert rows() == before
     assert len(client.get(f"/tasks/{task.json['id']}", headers=alice).json["reminders"]) == 10
 

@@ -112,9 +112,15 @@ def test_snooze_rearms_and_dismiss_silences(client, alice, env):
     assert snoozed.json["state"] == "pending"
     upcoming = client.get("/reminders/upcoming", headers=alice).json["items"]
     assert [u["id"] for u in upcoming] == [reminder_id]
-    for bad in ({"for": "-PT1M"}, {"for": "PT1M", "until": "2030-01-01T00:00:00Z"}, {}):
+    refusals = [
+        ({"for": "-PT1M"}, "for"), ({"for": "P31D"}, "for"), ({"until": "2020-01-01T00:00:00Z"}, "until"),
+        ({"for": "PT1M", "until": "2030-01-01T00:00:00Z"}, None), ({}, None),
+    ]  # fmt: skip
+    for bad, field in refusals:
         response = client.post(f"/reminders/{reminder_id}/snooze", json=bad, headers=alice)
         assert response.status_code == 422, bad
+        (detail,) = response.json["error"]["details"]  # which field, as for any 422
+        assert detail["message"] and (field is None or detail["field"] == field), (bad, detail)
     client.post(f"/reminders/{reminder_id}/dismiss", headers=alice)
     assert client.get("/reminders/upcoming", headers=alice).json["items"] == []
     sweep.claim_due(utcnow() + timedelta(hours=1), 100)
@@ -413,3 +419,14 @@ def test_a_reminder_first_swept_after_its_quiet_hours_fires_at_their_end(
         (row,) = session.exec(select(Outbox).where(col(Outbox.type).in_(reminder_types))).all()
     assert (row.type, row.key) == (event_type, task["id"])
     assert row.data["scheduled_at"] == "2026-11-24T06:00:00Z"
+
+
+def test_a_before_due_reminder_on_a_task_without_a_due_time_names_the_field(client, alice):
+    task = make_task(client, alice)
+    assert task["due_at"] is None
+    response = client.post(
+        f"/tasks/{task['id']}/reminders", json={"before_due": "PT5M"}, headers=alice
+    )
+    assert response.status_code == 422, response.json
+    assert [d["field"] for d in response.json["error"]["details"]] == ["before_due"]
+    assert client.get(f"/tasks/{task['id']}", headers=alice).json["reminders"] == []

@@ -195,9 +195,7 @@ def confirm_email(preference: Preference, code: str, now: datetime) -> None:
 
 def _bad_code() -> ValidationFailed:
     message = "the code is wrong or has expired; POST /preferences/email/resend sends a new one"
-    return ValidationFailed(
-        f"invalid value for code: {message}", details=[{"field": "code", "message": message}]
-    )
+    return ValidationFailed.of("code", message)
 
 
 def start_webhook(preference: Preference, now: datetime, settings: Settings) -> WebhookChallenge:

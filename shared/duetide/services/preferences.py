@@ -125,8 +125,7 @@ def preference_out(preference: Preference) -> PreferencesOut:
 
 
 def _invalid(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"invalid value for {field}: {message}",
-                            details=[{"field": field, "message": message}])  # fmt: skip
+    return ValidationFailed.of(field, message)
 
 
 def validated(spec: PreferencesUpdate) -> PreferencesUpdate:

@@ -59,7 +59,10 @@ def snooze(
     try:
         reminder.fire_at = snooze_until(now, spec.for_, spec.until)
     except ValueError as exc:
-        raise ValidationFailed(f"invalid snooze: {exc}") from None
+        field = {(True, False): "for", (False, True): "until"}.get(
+            (spec.for_ is not None, spec.until is not None)
+        )
+        raise ValidationFailed.of(field, str(exc)) from None
     reminder.state, reminder.fired_at = "pending", None
     session.add(reminder)
     return reminder

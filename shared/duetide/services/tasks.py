@@ -352,9 +352,11 @@ def add_reminder(
 ) -> tuple[Task, Reminder]:
     task, _ = lock_task(session, owner, task_id)
     if len(task.reminders) >= MAX_REMINDERS_PER_TASK:
-        raise ValidationFailed(f"a task has at most {MAX_REMINDERS_PER_TASK} reminders")
+        raise ValidationFailed.of(None, f"a task has at most {MAX_REMINDERS_PER_TASK} reminders")
     if spec.before_due is not None and task.due_at is None:
-        raise ValidationFailed("a `before_due` reminder needs the task to have `due_at`")
+        raise ValidationFailed.of(
+            "before_due", "a `before_due` reminder needs the task to have `due_at`"
+        )
     reminder = _add_reminder(task, spec)
     task.updated_at = utcnow()
     session.add(task)

@@ -342,8 +342,7 @@ def resend_email(request: Request, user: str) -> Response:
     if not result.ok and result.retryable:
         raise Unavailable(f"the confirmation mail could not be sent ({result.error}); retry later")
     if not result.ok:
-        message = f"the mail relay refused the address ({result.error})"
-        raise ValidationFailed(message, details=[{"field": "email", "message": message}])
+        raise ValidationFailed.of("email", f"the mail relay refused the address ({result.error})")
     return _preferences(user)
 
 
@@ -360,7 +359,7 @@ def _send_challenge(challenge: verification.WebhookChallenge, field: str) -> Non
     result = verification.send(challenge)
     if not result.ok:
         message = f"the webhook did not echo the url_verification challenge: {result.error}"
-        raise ValidationFailed(message, details=[{"field": field, "message": message}])
+        raise ValidationFailed.of(field, message)
 
 
 def upcoming_reminders(request: Request, user: str) -> Response:

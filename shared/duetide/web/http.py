@@ -121,10 +121,7 @@ def reject_unstorable(data: Any, field: str | None = None) -> None:
     if found is not None:
         where, problem = found
         field = ".".join(part for part in (field, where) if part) or None
-        raise ValidationFailed(
-            f"invalid value for {field or 'body'}: {problem}",
-            details=[{"field": field, "message": problem}],
-        )
+        raise ValidationFailed.of(field, problem)
 
 
 def parse_model(model: type[M], data: Any) -> M:
