@@ -113,8 +113,11 @@ def test_snooze_rearms_and_dismiss_silences(client, alice, env):
     upcoming = client.get("/reminders/upcoming", headers=alice).json["items"]
     assert [u["id"] for u in upcoming] == [reminder_id]
     refusals = [
-        ({"for": "-PT1M"}, "for"), ({"for": "P31D"}, "for"), ({"until": "2020-01-01T00:00:00Z"}, "until"),
-        ({"for": "PT1M", "until": "2030-01-01T00:00:00Z"}, None), ({}, None),
+        ({"for": "-PT1M"}, "for"),
+        ({"for": "P31D"}, "for"),
+        ({"until": "2020-01-01T00:00:00Z"}, "until"),
+        ({"for": "PT1M", "until": "2030-01-01T00:00:00Z"}, None),
+        ({}, None),
     ]  # fmt: skip
     for bad, field in refusals:
         response = client.post(f"/reminders/{reminder_id}/snooze", json=bad, headers=alice)
