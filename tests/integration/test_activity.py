@@ -341,6 +341,50 @@ def test_an_event_with_an_unknown_status_is_refused_not_stored(
     assert ok(client.get("/activity", headers=alice))["items"] == []
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"due_at": "0001-01-01T00:00:00+23:59"},  # before year 1 in UTC
+        {"completed_at": "9999-12-31T23:59:59-23:59"},  # after year 9999 in UTC
+        {"series_id": "s" * 37},  # longer than the column (PostgreSQL's DataError)
+        {"changes": {"title": {"before": "a", "after": {"deep": "x"}}}},
+        {"changes": {"tags": {"before": None, "after": _nested(900)}}},  # past pydantic's dump
+    ],
+)
+def test_event_data_no_entry_could_hold_is_refused_not_stored(
+    client: FlaskClient, alice: dict[str, str], activity: FlaskClient, bad: dict[str, Any]
+) -> None:
+    data = {"task_id": "t-1", "owner": "alice", "title": "x", "status": "open", **bad}
+    refused = post_event(activity, events.TASK_UPDATED, data, "e-3")
+    assert refused.status_code == 400, refused.get_data(as_text=True)
+    assert json_of(refused)["error"]["code"] == "invalid_cloudevent"
+    assert entries() == 0
+
+
+@pytest.mark.parametrize("time", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
+def test_an_event_time_that_is_no_instant_is_left_out(
+    client: FlaskClient, alice: dict[str, str], activity: FlaskClient, time: str
+) -> None:
+    data = {"task_id": "t-1", "owner": "alice", "title": "x", "status": "open"}
+    event = events.build(
+        event_id="e-4", type=events.TASK_CREATED, source=events.SOURCE_TASKS, subject="s",
+        data=data,
+    )  # fmt: skip
+    headers, body = events.to_http(event)
+    before = utcnow()
+    answer = activity.post("/", headers={**headers, "ce-time": time}, data=body)
+    assert ok(answer)["status"] == "processed"
+    (item,) = ok(client.get("/activity", headers=alice))["items"]
+    assert datetime.fromisoformat(item["at"]) >= before  # when it was logged instead
+
+
 def test_an_entry_keeps_the_fields_the_feed_shows() -> None:
     assert set(ActivityTask.model_fields) == activity_log.STATE_FIELDS
 

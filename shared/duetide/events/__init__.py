@@ -8,13 +8,13 @@ AsyncAPI document of `web.asyncapi`).
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Any, NamedTuple
+from datetime import UTC, datetime
+from typing import Annotated, Any, NamedTuple
 
 from cloudevents.conversion import to_binary as to_http_binary
 from cloudevents.http import CloudEvent
 from cloudevents.kafka import to_binary as to_kafka_binary
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 PREFIX = "dev.duetide."
 TASK_CREATED = "dev.duetide.task.created.v1"
@@ -43,12 +43,29 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _in_utc(value: datetime) -> datetime:
+    """An event's time in UTC from here on. An offset can push a time past year 1 or
+    9999 (`0001-01-01T00:00:00+23:59`), where it is no instant at all: refused as the
+    event's content (400), where it would otherwise overflow in whatever reads it."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range in UTC") from None
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+Scalar = str | int | float | bool | None
+# A field's value in a change: what `task_events.watched` reports (a text, a word, a
+# time, a sorted list of tags). Two levels at most, so an event's nesting is bounded.
+ChangeValue = Scalar | list[Scalar]
+
+
 class FieldChange(Payload):
     """One changed field of a task: its value before and after (JSON: times as RFC 3339
     text, tags as a sorted list, priority as its word)."""
 
-    before: Any = None
-    after: Any = None
+    before: ChangeValue = None
+    after: ChangeValue = None
 
 
 class TaskEvent(Payload):
@@ -62,10 +79,10 @@ class TaskEvent(Payload):
     owner: str = Field(max_length=255)
     title: str
     status: str
-    due_at: AwareDatetime | None = None
-    completed_at: AwareDatetime | None = None
-    series_id: str | None = None
-    scheduled_at: AwareDatetime | None = None
+    due_at: Instant | None = None
+    completed_at: Instant | None = None
+    series_id: str | None = Field(None, max_length=36)
+    scheduled_at: Instant | None = None
     occurrence_index: int | None = None
     description: str | None = None
     priority: str | None = None
@@ -89,8 +106,8 @@ class ReminderEvent(Payload):
     task_id: str = Field(max_length=36)
     owner: str = Field(max_length=255)
     title: str
-    due_at: AwareDatetime | None = None
-    scheduled_at: AwareDatetime
+    due_at: Instant | None = None
+    scheduled_at: Instant
 
 
 MAX_BATCH = 100

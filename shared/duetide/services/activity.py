@@ -115,14 +115,14 @@ _LOCK_OWNER = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 def event_time(text: str) -> datetime | None:
-    """The CloudEvent's `time` attribute as an aware instant, or None if it has none."""
-    if not text:
-        return None
+    """The CloudEvent's `time` attribute as an aware instant, or None when it has none
+    or none that is an instant (naive, or out of range once in UTC): the entry is then
+    at the time it was logged, as the attribute is optional anyway."""
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):
         return None
-    return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
 
 
 def purge(session: Session, now: datetime, retention: timedelta) -> None:
