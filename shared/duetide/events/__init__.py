@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple
+from urllib.parse import quote
 
 from cloudevents.conversion import to_binary as to_http_binary
 from cloudevents.http import CloudEvent
@@ -204,6 +205,19 @@ def to_kafka(event: CloudEvent, key: str) -> KafkaRecord:
 
 
 def to_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
-    """Binary-mode HTTP request headers and body."""
+    """Binary-mode HTTP request headers and body.
+
+    The SDK puts attribute values into headers as they are; the HTTP binding (3.1.3.2)
+    has them percent-encoded, and receivers (duetide's sinks among them) decode them:
+    an id holding `%41` or a non-ASCII subject would otherwise arrive as another value,
+    and fail a signature over it."""
     headers, body = to_http_binary(event, data_marshaller=_json_bytes)
-    return headers, body
+    encoded = {
+        name: quote(str(value), safe=_HEADER_SAFE) if name.startswith("ce-") else value
+        for name, value in headers.items()
+    }
+    return encoded, body
+
+
+# What a `ce-*` header value may carry as it is: printable ASCII but `"` and `%`.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
