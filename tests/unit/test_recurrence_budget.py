@@ -249,9 +249,21 @@ def test_next_catch_up_over_many_missed_occurrences_is_bounded() -> None:
     )
     start = datetime(2026, 1, 1, tzinfo=UTC)
     answer = series.next(start, 0, now=start + timedelta(hours=2))
-    assert answer is not None and len(answer.missed) == 120
-    with pytest.raises(WorkLimitExceeded, match="catch up"):
-        series.next(start, 0, now=start + timedelta(days=365))
+    assert answer is not None and len(answer.missed) == 120 and answer.caught_up
+    # A year away is more than one catch-up may walk: it answers the last occurrence it
+    # reached (past), the ones before it missed, and the next call goes on from there.
+    now = start + timedelta(days=365)
+    at, index, walked = start, 0, 0
+    while True:
+        step = series.next(at, index, now=now)
+        assert step is not None and step.index == index + len(step.missed) + 1
+        assert step.scheduled_at == at + timedelta(minutes=len(step.missed) + 1)
+        walked += 1
+        if step.caught_up:
+            break
+        assert step.scheduled_at <= now and len(step.missed) > 10_000  # real progress
+        at, index = step.scheduled_at, step.index
+    assert step.scheduled_at == now + timedelta(minutes=1) and 2 < walked < 60
 
 
 def test_forecast_after_a_far_completion_is_bounded_not_stalled() -> None:

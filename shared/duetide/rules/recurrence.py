@@ -131,6 +131,9 @@ class Next:
     scheduled_at: datetime
     index: int
     missed: tuple[datetime, ...] = ()
+    caught_up: bool = True
+    """False when a catch-up ran out of budget among the missed occurrences: this is the
+    last one it reached, already past (see ``SeriesRule.next``)."""
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,10 @@ class SeriesRule:
         completion mode steps from ``completed_at`` (see ``_Expansion.after_completion``) and
         never returns a time at or before ``previous_at``. With ``catch_up="next_future"``
         occurrences at or before ``now`` are skipped, counted, and listed in ``missed``; if the
-        series ends among them the answer is None.
+        series ends among them the answer is None. A catch-up that runs out of budget among
+        them (a minutely series idle for a month) answers the last one it reached, past
+        and with ``caught_up`` false: the series goes on from there (the next completion
+        catches up further) instead of stopping at an error.
 
         Budget: ``MAX_WORK`` (see ``NEXT_WORK``); ``WorkLimitExceeded`` past it.
         """
@@ -301,7 +307,6 @@ class SeriesRule:
             raise WorkLimitExceeded(
                 f"the occurrence after {previous_at.isoformat()} was not found within "
                 f"{work.budget:,} units of expansion work; the rule is too sparse to go on"
-                + (" (or too many occurrences were missed to catch up)" if skip_until else "")
             ) from None
 
     def nominal_of(self, at: datetime, index: int) -> str | None:
@@ -1006,12 +1011,21 @@ _STEP_NAMES = {
 def _first_due(
     candidates: Iterator[tuple[int, datetime]], now: datetime | None, zone: ZoneInfo
 ) -> Next | None:
-    """The first candidate after ``now`` (any, when ``now`` is None), with the ones skipped."""
-    missed: list[datetime] = []
-    for index, at in candidates:
-        if now is None or at > now:
-            return Next(at.astimezone(zone), index, tuple(m.astimezone(zone) for m in missed))
-        missed.append(at)
+    """The first candidate after ``now`` (any, when ``now`` is None), with the ones skipped;
+    the last one skipped if the budget runs out first (see ``SeriesRule.next``)."""
+    missed: list[tuple[int, datetime]] = []
+    try:
+        for index, at in candidates:
+            if now is None or at > now:
+                return Next(
+                    at.astimezone(zone), index, tuple(m.astimezone(zone) for _, m in missed)
+                )
+            missed.append((index, at))
+    except WorkExhausted:
+        if not missed:
+            raise
+        *passed, (index, at) = missed
+        return Next(at.astimezone(zone), index, tuple(m.astimezone(zone) for _, m in passed), False)
     return None
 
 

@@ -199,12 +199,21 @@ class HistoryEntry(Out):
     index: int
     scheduled_at: str = Field(json_schema_extra={"format": "date-time"})
     outcome: Literal["completed", "open", "skipped", "missed"]
-    at: str | None
+    at: str | None = Field(description="When it was completed, skipped or found missed")
     task_id: str | None
+    count: int = Field(
+        description="How many consecutive occurrences the entry stands for: more than 1 "
+        "for the ones a catch-up passed at once (`index` to `index + count - 1`)"
+    )
+    last_scheduled_at: str | None = Field(
+        json_schema_extra={"format": "date-time"},
+        description="The last of a run's occurrences (`count` > 1); null otherwise",
+    )
 
 
 class History(Out):
     items: list[HistoryEntry]
+    next_cursor: str | None
 
 
 class NotificationOut(Out):

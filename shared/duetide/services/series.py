@@ -35,7 +35,7 @@ from duetide.storage.models import OccurrenceLog, Series, Task, utcnow
 from duetide.vocabulary import PRIORITIES
 
 if TYPE_CHECKING:
-    from duetide.services.responses import Forecast, History
+    from duetide.services.responses import Forecast, HistoryEntry
     from duetide.services.schemas import RecurrenceIn, SeriesUpdate
 
 log = logging.getLogger("duetide.services.series")
@@ -103,8 +103,19 @@ def next_for(
         raise _invalid(exc, "the series cannot compute its next occurrence") from None
     if following is None:
         return None
+    if not following.caught_up:
+        log_event(
+            log,
+            "series.catch_up_cut_short",
+            level=logging.WARNING,
+            series_id=series.id,
+            missed=len(following.missed),
+        )
     return recurrence.Next(
-        following.scheduled_at, following.index + series.rule_base, following.missed
+        following.scheduled_at,
+        following.index + series.rule_base,
+        following.missed,
+        following.caught_up,
     )
 
 
@@ -307,14 +318,17 @@ def _follow(
 
 
 def _log_missed(session: Session, series: Series, following: recurrence.Next) -> None:
-    first_missed = following.index - len(following.missed)
-    for offset, at in enumerate(following.missed):
+    """The occurrences a catch-up passed, as one run (`OccurrenceLog`)."""
+    missed = following.missed
+    if missed:
         session.add(
             OccurrenceLog(
                 series_id=series.id,
-                occurrence_index=first_missed + offset,
-                scheduled_at=at,
+                occurrence_index=following.index - len(missed),
+                scheduled_at=missed[0],
                 outcome="missed",
+                count=len(missed),
+                last_scheduled_at=missed[-1] if len(missed) > 1 else None,
             )
         )
 
@@ -543,32 +557,61 @@ def end(session: Session, owner: str, series_id: str) -> None:
     session.add(series)
 
 
-def history(session: Session, owner: str, series_id: str) -> History:
-    """Every occurrence so far, oldest first: completed, open, skipped or missed."""
-    from duetide.services.responses import History, HistoryEntry, rfc3339  # as in forecast()
+def history(
+    session: Session, owner: str, series_id: str, offset: int, limit: int
+) -> list[HistoryEntry]:
+    """Up to `limit` of the occurrences so far from `offset`, oldest first: completed,
+    open, skipped or missed (a run of missed ones is one entry). One query over both
+    tables, so a page costs its size, however long the series' past."""
+    from duetide.services.responses import HistoryEntry, rfc3339  # as in forecast()
 
     series = get_owned(session, owner, series_id)
     zone = ZoneInfo(series.timezone)
-    entries = [
+    rows = session.connection().execute(
+        _HISTORY, {"series_id": series.id, "offset": offset, "limit": limit}
+    )
+    return [
         HistoryEntry(
-            index=task.occurrence_index,
-            scheduled_at=rfc3339(task.scheduled_at, zone),
-            outcome="completed" if task.status == "done" else "open",
-            at=rfc3339(task.completed_at, zone),
-            task_id=task.id,
+            index=index,
+            scheduled_at=rfc3339(scheduled_at, zone),
+            outcome=outcome,
+            at=rfc3339(at, zone),
+            task_id=task_id,
+            count=count,
+            last_scheduled_at=rfc3339(last, zone),
         )
-        for task in _occurrences(session, series.id)
-        if task.occurrence_index is not None and task.scheduled_at is not None
+        for index, scheduled_at, outcome, at, task_id, count, last in rows
     ]
-    logged = session.exec(select(OccurrenceLog).where(OccurrenceLog.series_id == series.id)).all()
-    entries += [
-        HistoryEntry(
-            index=row.occurrence_index,
-            scheduled_at=rfc3339(row.scheduled_at, zone),
-            outcome=row.outcome,
-            at=rfc3339(row.recorded_at, zone),
-            task_id=None,
-        )
-        for row in logged
-    ]
-    return History(items=sorted(entries, key=lambda e: (e.index, e.scheduled_at)))
+
+
+_LOG = OccurrenceLog.metadata.tables["occurrence_log"]
+_HISTORY_ROWS = sa.union_all(
+    sa.select(
+        TASK.c.occurrence_index.label("index"),
+        TASK.c.scheduled_at,
+        sa.case((TASK.c.status == "done", "completed"), else_="open").label("outcome"),
+        TASK.c.completed_at.label("at"),
+        TASK.c.id.label("task_id"),
+        sa.literal_column("1", sa.Integer).label("count"),
+        sa.type_coerce(sa.null(), _LOG.c.last_scheduled_at.type).label("last_scheduled_at"),
+    ).where(
+        TASK.c.series_id == bindparam("series_id"),
+        TASK.c.occurrence_index.is_not(None),
+        TASK.c.scheduled_at.is_not(None),
+    ),
+    sa.select(
+        _LOG.c.occurrence_index,
+        _LOG.c.scheduled_at,
+        _LOG.c.outcome,
+        _LOG.c.recorded_at,
+        sa.null(),
+        _LOG.c.count,
+        _LOG.c.last_scheduled_at,
+    ).where(_LOG.c.series_id == bindparam("series_id")),
+).subquery("history")
+_HISTORY = (
+    sa.select(_HISTORY_ROWS)
+    .order_by(_HISTORY_ROWS.c.index, _HISTORY_ROWS.c.scheduled_at)
+    .offset(bindparam("offset"))
+    .limit(bindparam("limit"))
+)

@@ -176,7 +176,12 @@ class Task(SQLModel, table=True):
 
 
 class OccurrenceLog(SQLModel, table=True):
-    """An occurrence that never became a task to complete: skipped by the user or missed."""
+    """An occurrence that never became a task to complete: skipped by the user or missed.
+
+    A catch-up that misses many occurrences at once (a minutely series after a week
+    away) logs them as one run, `count` occurrences from `occurrence_index` at
+    `scheduled_at` to the last at `last_scheduled_at`: one row per catch-up, however long
+    the user was away, not one per occurrence."""
 
     __tablename__ = "occurrence_log"
     __table_args__ = (UniqueConstraint("series_id", "scheduled_at", name="uq_occurrence_log"),)
@@ -189,6 +194,8 @@ class OccurrenceLog(SQLModel, table=True):
     scheduled_at: datetime = _utc(nullable=False)
     outcome: OccurrenceOutcome = _word(16)
     recorded_at: datetime = _created()
+    count: int = 1
+    last_scheduled_at: datetime | None = _utc()  # of a run (count > 1)
 
 
 class TaskTag(SQLModel, table=True):

@@ -292,8 +292,12 @@ def end_series(request: Request, user: str, series_id: str) -> Response:
 
 
 def series_history(request: Request, user: str, series_id: str) -> Response:
+    query = parse_model(PageQuery, _query(request))
+    offset = _offset_cursor(query.cursor)
     with db.session_scope(read_only=True) as session:
-        return json_response(series.history(session, user, series_id))
+        rows = series.history(session, user, series_id, offset, query.limit + 1)
+        items, cursor = _offset_page(rows, offset, query.limit, lambda entry: entry)
+        return json_response(History(items=items, next_cursor=cursor))
 
 
 def forecast(request: Request, user: str, series_id: str) -> Response:
@@ -818,7 +822,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET",
         "/series/<series_id>/history",
         series_history,
-        "Every occurrence so far",
+        "A series' occurrences so far, oldest first, a page at a time",
+        query=PageQuery,
         responses={200: History},
     ),
     Endpoint(
