@@ -15,6 +15,7 @@ from duetide.services import notify as notify_service
 from duetide.services import sweep
 from duetide.storage import db
 from duetide.storage.models import Notification, Outbox, ProcessedEvent
+from duetide.storage.processed import EventKey
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import post
 from tests.integration.test_reminders import T0, Receiver, make_task, serving_receiver
@@ -138,6 +139,46 @@ def test_a_batch_retries_only_the_reminder_whose_webhook_failed(
     )
     keys = [request["headers"]["Idempotency-Key"] for request in Receiver.seen]
     assert len(set(keys)) == 3 and keys[3] in keys[:3]  # the retry under its first try's key
+
+
+def test_a_reminder_listed_twice_in_a_batch_is_sent_once(
+    client, alice, per_event, notify, receiver
+):
+    client.patch(
+        "/preferences", json={"webhook_url": receiver, "channels": ["webhook"]}, headers=alice
+    )
+    sweep_due(client, alice, 2)
+    [batch] = batches()
+    first, second = batch["reminders"]
+    doubled = {"reminders": [first, second, first]}
+
+    answer = post(notify, events.REMINDER_DUE_BATCH, doubled, event_id="b1")
+
+    assert answer.status_code == 200 and answer.json["status"] == "processed"
+    keys = sorted(request["headers"]["Idempotency-Key"] for request in Receiver.seen)
+    assert len(keys) == 2 and len(set(keys)) == 2
+    assert sorted(r for r, _, _ in recorded()) == sorted(
+        [first["reminder_id"], second["reminder_id"]]
+    )
+
+
+def test_two_events_of_one_firing_in_one_group_send_it_once(client, alice, per_event, receiver):
+    """Two events for the same firing (the sweep's and a replay of it) checked in one
+    group commit: the first sends the webhook, the second finds it taken."""
+    client.patch(
+        "/preferences", json={"webhook_url": receiver, "channels": ["webhook"]}, headers=alice
+    )
+    sweep_due(client, alice, 1)
+    [batch] = batches()
+    firing = events.ReminderEvent.model_validate(batch["reminders"][0])
+    checks = [
+        notify_service._Check(EventKey(notify_service.CONSUMER, "/sweep", name), firing, T0)
+        for name in ("e1", "e2")
+    ]
+    notify_service._deliver(checks)  # one request's checks: one group
+
+    assert [check.outcome for check in checks] == ["processed", "processed"]
+    assert len(Receiver.seen) == 1 and len(recorded()) == 1
 
 
 def test_network_deliveries_past_the_budget_are_left_for_the_retry(

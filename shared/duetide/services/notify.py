@@ -2,9 +2,12 @@
 
 Each channel's delivery is recorded in its own transaction, unique per (reminder,
 scheduled time, channel): a redelivered event skips the channels already done and
-retries only the ones that failed for a transient reason. A webhook receiver can
-deduplicate the remaining window (sent, then crashed before the record) by the
-`Idempotency-Key` header. The database transaction never spans a network call.
+retries only the ones that failed for a transient reason. Within one group commit
+(`_GroupCommit`) a firing is sent once however many events name it. A webhook receiver
+can deduplicate the remaining window (sent, then crashed before the record; two events
+of one firing checked at once in separate transactions, on two pods) by the
+`Idempotency-Key` header, the same for every send of a firing. The database
+transaction never spans a network call.
 
 Failures are classified by cause. Only transient trouble on the wire (the SMTP relay
 down or busy, a webhook's 5xx, 429, timeout or broken connection) answers 503 so the
@@ -116,11 +119,16 @@ def deliver_batch(
     its outcome each, in order. Each is its own key in the processed record (the batch's
     id scoped by the reminder), so a redelivered batch skips the reminders it finished
     and retries only the rest."""
-    checks = [
-        _Check(EventKey(CONSUMER, event_source, event_id, scope=due.reminder_id), due, now)
-        for due in batch
-    ]
-    return [check.outcome for check in _deliver(checks)]
+    checks: dict[str, _Check] = {}
+    order: list[_Check | None] = []  # None: a reminder listed again, one key, sent once
+    for due in batch:
+        if due.reminder_id in checks:
+            order.append(None)
+            continue
+        key = EventKey(CONSUMER, event_source, event_id, scope=due.reminder_id)
+        order.append(checks.setdefault(due.reminder_id, _Check(key, due, now)))
+    _deliver(list(checks.values()))
+    return [check.outcome if check is not None else "duplicate" for check in order]
 
 
 def _deliver(checks: list[_Check]) -> list[_Check]:
@@ -366,7 +374,9 @@ def _commit_group(group: list[_Check]) -> None:
             for channel in check.local:
                 row = {"id": new_id(), **_notification_values(due, channel, DELIVERED, check.now)}
                 notifications.append(row)
-                done.add((due.reminder_id, due.scheduled_at, channel))
+            # The same firing later in the group (another event for it) sends none of
+            # these again; its own event is done when this one is.
+            done.update((due.reminder_id, due.scheduled_at, c) for c in pending)
             if not check.remote:
                 processed.append(check.key.values(check.now))
                 seen.add(key)
