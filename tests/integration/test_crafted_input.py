@@ -5,6 +5,7 @@ the JSON error shape, changes nothing, and logs nothing of the token."""
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -242,3 +243,27 @@ def test_an_integer_past_the_digit_limit_in_event_data_is_400_at_every_sink(env,
 @pytest.mark.parametrize("path", ["/tasks//", "/tasks//x", "/tasks/x//reminders", "/healthz//"])
 def test_a_doubled_slash_is_404_in_the_error_shape(client, alice, path):
     refused(client.get(path, headers=alice), 404, "not_found")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate, gzip", "br"])
+def test_a_body_in_a_content_coding_is_415_naming_what_is_taken(client, alice, coding):
+    """Read as is, a gzip body was "not valid JSON" (400), and its size bound would not
+    bound what it unpacks to. RFC 7694: 415 with Accept-Encoding."""
+    body = gzip.compress(json.dumps({"title": "t"}).encode())
+    headers = {**alice, "Content-Type": "application/json", "Content-Encoding": coding}
+    before = rows()
+    response = client.post("/tasks", data=body, headers=headers)
+    refused(response, 415, "unsupported_media_type")
+    assert response.headers["Accept-Encoding"] == "identity"
+    assert rows() == before
+    event = {
+        "Content-Type": "application/json", "Content-Encoding": coding, "ce-specversion": "1.0",
+        "ce-id": "e-gz", "ce-source": "/test", "ce-type": "dev.duetide.task.completed.v1",
+    }  # fmt: skip
+    at_sink = function_client("recurrence").post("/", data=body, headers=event)
+    refused(at_sink, 415, "unsupported_media_type")
+
+
+def test_an_identity_content_coding_is_the_body_as_is(client, alice):
+    headers = {**alice, "Content-Encoding": "Identity"}
+    assert client.post("/tasks", json={"title": "t"}, headers=headers).status_code == 201

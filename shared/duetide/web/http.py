@@ -68,7 +68,16 @@ def validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:
 
 
 def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refusing more than `max_bytes` without reading it all."""
+    """The raw body, refusing more than `max_bytes` without reading it all, and one in a
+    content coding (gzip...): it would be read as the bytes it is compressed to, and
+    refused as not JSON, or its size bound would not bound what it unpacks to. RFC 7694
+    says to answer 415 with the codings taken."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            "request bodies are not taken in a content coding: send the body as it is",
+            headers={"Accept-Encoding": "identity"},
+        )
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
     data = request.stream.read(max_bytes + 1)
