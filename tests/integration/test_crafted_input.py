@@ -267,3 +267,37 @@ def test_a_body_in_a_content_coding_is_415_naming_what_is_taken(client, alice, c
 def test_an_identity_content_coding_is_the_body_as_is(client, alice):
     headers = {**alice, "Content-Encoding": "Identity"}
     assert client.post("/tasks", json={"title": "t"}, headers=headers).status_code == 201
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_number_that_is_not_finite_is_422_in_a_body(client, alice, constant):
+    """json.loads reads these as floats; they are no JSON, and PostgreSQL's json refuses them."""
+    before = rows()
+    body = f'{{"title": "t", "reminders": [{{"at": {constant}}}]}}'.encode()
+    headers = {**alice, "Content-Type": "application/json"}
+    refused(
+        client.post("/tasks", data=body, headers=headers), 422, "validation_failed", "reminders"
+    )
+    assert rows() == before
+
+
+@pytest.mark.parametrize("structured", [False, True])
+@pytest.mark.parametrize("function", ["recurrence", "notify", "activity", "sweep"])
+def test_a_number_that_is_not_finite_in_event_data_is_400_at_every_sink(env, function, structured):
+    data = '{"task_id": "t-1", "owner": "alice", "title": "x", "status": "open", "n": NaN}'
+    if structured:
+        headers = {"Content-Type": "application/cloudevents+json"}
+        body = (
+            '{"specversion": "1.0", "id": "e-nan", "source": "/test", '
+            f'"type": "dev.duetide.task.updated.v1", "data": {data}}}'
+        ).encode()
+    else:
+        headers = {
+            "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "e-nan",
+            "ce-source": "/test", "ce-type": "dev.duetide.task.updated.v1",
+        }  # fmt: skip
+        body = data.encode()
+    before = rows()
+    response = function_client(function).post("/", data=body, headers=headers)
+    refused(response, 400, "invalid_cloudevent")
+    assert rows() == before

@@ -9,6 +9,8 @@ url_verification challenge and answers tries with the statuses of its script.
 
 from __future__ import annotations
 
+import functools
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from flask.testing import FlaskClient
 from sqlmodel import col, select
 
 from duetide import events
+from duetide.channels import netguard
 from duetide.channels.webhook import verify_signature
 from duetide.config import get_settings
 from duetide.services import webhook_deliveries
@@ -177,6 +180,15 @@ def test_a_subscriber_gets_each_event_once_per_delivery_id_signed_as_a_binary_cl
     assert all(len(d["tries"]) == 1 and d["tries"][0]["status"] == 200 for d in log)
 
 
+def test_a_url_with_a_path_outside_ascii_is_verified_and_sent_to(client, alice, receiver, eventing):
+    """Its challenge was a 500 (http.client cannot write `é` in a request line) after the
+    subscription was stored: now the path goes percent-encoded, as a browser sends it."""
+    made = subscribe(client, alice, f"{receiver}/caf\u00e9")
+    assert made["status"] == "active" and made["url"] == f"{receiver}/caf\u00e9"
+    make_task(client, alice, "t")
+    assert eventing.pump() == ["delivered"]
+
+
 def test_only_the_chosen_types_of_the_owner_are_sent(client, alice, bob, receiver, eventing):
     subscribe(client, alice, receiver, types=[events.TASK_COMPLETED])
     task = make_task(client, alice, "mine")
@@ -226,6 +238,30 @@ def test_an_unsafe_url_is_refused_and_nothing_is_stored(client, alice, env, url)
     assert response.status_code == 422, response.json
     assert json_of(response)["error"]["details"][0]["field"] == "url"
     assert json_of(client.get("/subscriptions", headers=alice))["items"] == []
+
+
+def test_a_refused_name_says_no_more_than_a_name_that_does_not_exist(
+    client, alice, env, monkeypatch
+):
+    """Else anyone could map the cluster's names: which exist, and their addresses (with
+    no host allowlist, the default; the tests' own lets loopback through)."""
+    setting(monkeypatch, "DUETIDE_WEBHOOK_HOSTS", "")
+    names = {"localhost": "127.0.0.1", "db.internal.example": "10.3.0.7"}
+
+    def resolve(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host], port))]
+
+    check_url = netguard.check_url
+    monkeypatch.setattr(netguard, "check_url", functools.partial(check_url, resolver=resolve))
+    answers = []
+    for host in ("localhost", "db.internal.example", "nowhere.example"):
+        response = client.post("/subscriptions", json={"url": f"http://{host}/"}, headers=alice)
+        assert response.status_code == 422, response.json
+        message = json_of(response)["error"]["details"][0]["message"]
+        answers.append(message.replace(host.lower(), "<host>"))
+    assert len(set(answers)) == 1 and "127." not in answers[0] and "10." not in answers[0]
 
 
 def test_bad_requests_are_4xx_and_change_nothing(client, alice, receiver):

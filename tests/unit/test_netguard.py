@@ -126,20 +126,25 @@ def test_non_public_address_literals_are_refused(host: str, reason: str):
 )
 def test_names_resolving_to_a_non_public_address_are_refused(address: str):
     resolver = FakeResolver(address)
-    with pytest.raises(UnsafeDestination, match=r"hooks\.example\.com \(resolved to"):
+    with pytest.raises(UnsafeDestination) as refused:
         check_url("https://hooks.example.com/hook", resolver=resolver)
     assert resolver.calls == ["hooks.example.com"]
+    # Worded as a name that does not resolve, without the address: no map of the inside.
+    assert str(refused.value) == NO_PUBLIC_ADDRESS.format("hooks.example.com")
+
+
+NO_PUBLIC_ADDRESS = "destination {} does not resolve to a public address"
 
 
 def test_a_resolver_answering_public_then_private_is_refused():
     resolver = FakeResolver(PUBLIC_V4, "10.0.0.7")
-    with pytest.raises(UnsafeDestination, match=r"10\.0\.0\.7"):
+    with pytest.raises(UnsafeDestination, match="does not resolve to a public address"):
         check_url("https://rebind.example.com/hook", resolver=resolver)
 
 
 def test_a_resolver_answering_private_then_public_is_refused():
     resolver = FakeResolver("127.0.0.1", PUBLIC_V6)
-    with pytest.raises(UnsafeDestination, match=r"127\.0\.0\.1"):
+    with pytest.raises(UnsafeDestination, match="does not resolve to a public address"):
         check_url("https://rebind.example.com/hook", resolver=resolver)
 
 
@@ -153,10 +158,10 @@ def test_an_unresolvable_name_is_a_resolution_failure_not_a_pass():
     def failing(*args: object, **kwargs: object) -> list[tuple]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    with pytest.raises(ResolutionFailed, match="cannot resolve"):
-        check_url("https://nowhere.example.com/", resolver=failing)
-    with pytest.raises(ResolutionFailed, match="no addresses"):
-        check_url("https://nowhere.example.com/", resolver=FakeResolver())
+    for resolver in (failing, FakeResolver()):
+        with pytest.raises(ResolutionFailed) as failed:
+            check_url("https://nowhere.example.com/", resolver=resolver)
+        assert str(failed.value) == NO_PUBLIC_ADDRESS.format("nowhere.example.com")
 
 
 # --- malformed URLs ---------------------------------------------------------------------
@@ -293,5 +298,5 @@ def test_a_host_outside_the_allowlist_is_refused_before_any_lookup(url: str):
 
 
 def test_an_allowlisted_name_resolving_to_a_private_address_is_still_refused():
-    with pytest.raises(UnsafeDestination, match="not globally routable"):
+    with pytest.raises(UnsafeDestination, match="does not resolve to a public address"):
         check_url("https://hooks.example.com/", hosts=ALLOWED, resolver=FakeResolver("10.0.0.7"))

@@ -20,8 +20,8 @@ import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[..., list[tuple[Any, ...]]]
@@ -74,6 +74,14 @@ DECIMAL_PART = re.compile(r"0|[1-9][0-9]*")
 HOSTNAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
 
 
+# RFC 3986's pchar and query characters, and `%` (what is already percent-encoded).
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+E = TypeVar("E", bound=Exception)
+
+
 class UnsafeDestination(ValueError):
     """The URL is malformed or points at an address the service must not reach."""
 
@@ -106,10 +114,12 @@ class Target:
 
     @property
     def request_target(self) -> str:
-        """Path and query for the request line (never the fragment)."""
+        """Path and query for the request line (never the fragment), percent-encoded as
+        RFC 3986 asks where the URL was not (`/café` is sent as `/caf%C3%A9`, as browsers
+        and requests send it); what it already encoded stays as it is."""
         parts = urlsplit(self.url)
-        path = parts.path or "/"
-        return f"{path}?{parts.query}" if parts.query else path
+        path = quote(parts.path or "/", safe=_PATH_SAFE)
+        return f"{path}?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else path
 
     @property
     def host_header(self) -> str:
@@ -140,9 +150,10 @@ def check_url(
     addresses = _resolve(host, port, resolver)
     for address in addresses:
         problem = address_problem(address, allow_loopback=allow_loopback)
-        if problem:
-            where = host if str(address) == host else f"{host} (resolved to {address})"
-            raise UnsafeDestination(f"destination {where} is not allowed: {problem}")
+        if problem and _ip_literal(host) is not None:  # an address (in any notation)
+            raise UnsafeDestination(f"destination {host} is not allowed: {problem}")
+        if problem:  # the same words as a name that does not resolve (`_no_public_address`)
+            raise _no_public_address(host, UnsafeDestination)
     return Target(url=url, scheme=scheme, host=host, port=port, address=str(addresses[0]))
 
 
@@ -237,24 +248,31 @@ def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
         answers = resolver(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         permanent = isinstance(exc, socket.gaierror) and exc.errno in NO_SUCH_NAME
-        raise ResolutionFailed(f"cannot resolve {host!r}: {exc}", permanent=permanent) from None
+        raise _no_public_address(host, ResolutionFailed, permanent=permanent) from None
     addresses: list[IPAddress] = []
     for family, _type, _proto, _canon, sockaddr in answers:
         if family not in (socket.AF_INET, socket.AF_INET6):
-            raise UnsafeDestination(f"destination {host!r} resolves to a non-IP address")
+            raise _no_public_address(host, UnsafeDestination)
         address = _parse_answer(host, str(sockaddr[0]))
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise ResolutionFailed(f"cannot resolve {host!r}: no addresses", permanent=True)
+        raise _no_public_address(host, ResolutionFailed, permanent=True)
     return addresses
+
+
+def _no_public_address(host: str, kind: type[E], **extra: bool) -> E:
+    """One answer for a name that does not resolve and one that resolves to an address
+    the service must not reach, without the address: anyone may try a URL, and the
+    difference (or `10.3.0.7`) would tell them which internal names exist and where."""
+    return kind(f"destination {host} does not resolve to a public address", **extra)
 
 
 def _parse_answer(host: str, text: str) -> IPAddress:
     try:
         return ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
-        raise UnsafeDestination(f"destination {host!r} resolves to an invalid address") from None
+        raise _no_public_address(host, UnsafeDestination) from None
 
 
 def _ip_literal(host: str) -> IPAddress | None:

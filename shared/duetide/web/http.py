@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -105,16 +106,20 @@ def read_json(request: Request, max_bytes: int) -> Any:
 
 
 def unstorable_at(data: Any) -> tuple[str, str] | None:
-    """Where (`field.0.name`) the first text that cannot be stored is, and why.
+    """Where (`field.0.name`) the first text or number that cannot be stored is, and why.
 
     Refused at the edge on every backend. Iterative: the value may be nested as deeply
-    as json.loads allows.
+    as json.loads allows. json.loads (and the CloudEvents SDK's reading of a structured
+    event) takes `NaN`, `Infinity` and `1e999`, which are no JSON: PostgreSQL's json
+    type refuses them, and a webhook receiver would get a body it cannot parse.
     """
     pending: list[tuple[str, Any]] = [("", data)]
     while pending:
         where, value = pending.pop()
         if isinstance(value, str) and (problem := text_problem(value)):
             return where, problem
+        if isinstance(value, float) and not math.isfinite(value):
+            return where, "numbers must be finite (NaN and Infinity are not JSON)"
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if isinstance(key, str) and (problem := text_problem(key)):
