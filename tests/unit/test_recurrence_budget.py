@@ -266,16 +266,46 @@ def test_next_catch_up_over_many_missed_occurrences_is_bounded() -> None:
     assert step.scheduled_at == now + timedelta(minutes=1) and 2 < walked < 60
 
 
+@pytest.mark.parametrize(
+    "text", ["FREQ=MINUTELY", "FREQ=HOURLY;INTERVAL=7", "FREQ=DAILY;INTERVAL=3", "FREQ=WEEKLY"]
+)
+def test_a_completion_long_before_its_due_time_steps_a_few_times_not_per_minute(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Completed in 2026, due in 8999: the next step is the first after the due time,
+    found in a few steps (one per minute between them cost 45 CPU-minutes a request)."""
+    steps = 0
+    step = recurrence._Expansion.completion_step
+
+    def counted(self: Any, at: datetime) -> datetime | None:
+        nonlocal steps
+        steps += 1
+        return step(self, at)
+
+    monkeypatch.setattr(recurrence._Expansion, "completion_step", counted)
+    start = datetime(2026, 1, 31, 9, tzinfo=UTC)
+    rule = SeriesRule(text, "Europe/Berlin", start, Policy(mode="completion"))
+    due = datetime(8999, 12, 31, 9, tzinfo=UTC)
+    completed = datetime(2026, 2, 1, 8, 0, 7, tzinfo=UTC)
+    following = rule.next(due, 0, completed_at=completed, now=completed)
+    assert following is not None and steps < 10
+    assert due < following.scheduled_at <= due + timedelta(weeks=1)
+    found = rule.preview_after(due, 0, 3, completed_at=completed, now=completed)
+    assert found.occurrences[0] == following.scheduled_at and not found.truncated
+
+
 def test_forecast_after_a_far_completion_is_bounded_not_stalled() -> None:
-    """Completion mode, an occurrence due decades after its completion would be: every
-    MINUTELY step up to it is charged, so the forecast stops at its budget."""
+    """Completion mode, an occurrence due decades after its completion would be: the
+    steps up to it are skipped at once, so the forecast finds what follows it (charged
+    for each step it took, it stopped at its budget with nothing)."""
     rule = SeriesRule(
         "FREQ=MINUTELY", "UTC", datetime(2026, 1, 1, tzinfo=UTC), Policy(mode="completion")
     )
     due = datetime(2080, 1, 1, tzinfo=UTC)
     now = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
     found = rule.preview_after(due, 0, 10, completed_at=now, now=now)
-    assert found.truncated and found.occurrences == ()
+    assert not found.truncated
+    assert list(found.occurrences) == [due + timedelta(minutes=m) for m in range(1, 11)]
     assert found.work <= forecast_budget(10)
 
 

@@ -900,9 +900,7 @@ class _Expansion:
         and MINUTELY: the completion instant plus INTERVAL hours/minutes. A result at or before
         ``previous`` (completed early) is stepped past it, so nothing is materialised twice.
         """
-        at = self.completion_step(completed.replace(microsecond=0))
-        while at is not None and at <= previous:
-            at = self.completion_step(at)
+        at = self._first_step_after(completed, previous)
         while at is not None:
             yield at
             at = self.completion_step(at)
@@ -912,12 +910,48 @@ class _Expansion:
     ) -> Iterator[datetime]:
         """``after_completion`` charging ``work`` for every step, the ones stepped past
         ``previous`` included (a forecast may start far from its first result)."""
-        at = self.completion_step(completed.replace(microsecond=0))
+        at = self._first_step_after(completed, previous, work)
         while at is not None:
             work.charge(INSTANCE_WORK)
-            if at > previous:
-                yield at
+            yield at
             at = self.completion_step(at)
+
+    def _first_step_after(
+        self, completed: datetime, previous: datetime, work: Meter | None = None
+    ) -> datetime | None:
+        """The first completion step after ``previous``. Steps of a fixed length (HOURLY,
+        MINUTELY, and DAILY and WEEKLY in local days) jump to just before it at once:
+        stepped one at a time, an occurrence due decades after its early completion cost a
+        step per minute between them (7.5 s for 2046, 38 s for 2126), in a request. MONTHLY
+        and YEARLY step (at most about 100,000 months to year 9999, a quarter second)."""
+        at = self.completion_step(completed.replace(microsecond=0))
+        if at is not None and at <= previous:
+            at = self._jump_toward(at, previous)
+        while at is not None and at <= previous:
+            if work is not None:
+                work.charge(INSTANCE_WORK)
+            at = self.completion_step(at)
+        return at
+
+    def _jump_toward(self, at: datetime, previous: datetime) -> datetime:
+        """A step of ``at``'s sequence at or before ``previous``, a few steps short of it."""
+        p = self.parts
+        if p.freq in (HOURLY, MINUTELY):
+            step = (
+                timedelta(hours=p.interval) if p.freq == HOURLY else timedelta(minutes=p.interval)
+            )
+            return at + step * ((previous - at) // step)
+        if p.freq not in (DAILY, WEEKLY):
+            return at
+        days = p.interval * (7 if p.freq == WEEKLY else 1)
+        start = at.astimezone(self.zone).date()
+        # Two days short of `previous` in UTC: its local date cannot pass year 9999.
+        target = (previous - timedelta(days=2)).astimezone(self.zone).date()
+        steps = max(0, (target - start).days // days - 1)
+        if not steps:
+            return at
+        day = start + timedelta(days=steps * days)
+        return _to_instant(datetime.combine(day, self.start_wall.time()), self.zone)
 
     def completion_step(self, at: datetime) -> datetime | None:
         p = self.parts
