@@ -287,6 +287,39 @@ def test_a_catch_up_past_its_budget_goes_on_from_as_far_as_it_got(client, alice,
         assert run["count"] > 10_000 and after["index"] == run["index"] + run["count"]
 
 
+@pytest.mark.parametrize(
+    ("zone", "until"),
+    [("Europe/Berlin", "99991231T235959Z"), ("Pacific/Kiritimati", "99991231T120000Z")],
+)
+def test_an_until_late_in_9999_utc_is_a_rule_in_a_zone_ahead_of_utc(client, alice, zone, until):
+    """In the zone that UNTIL is past year 9999: it ends nothing, it was a 500."""
+    rule = f"FREQ=DAILY;UNTIL={until}"
+    series_id = recurring(client, alice, rrule=rule, timezone=zone)["series_id"]
+    forecast = client.get(f"/series/{series_id}/occurrences?count=2", headers=alice)
+    assert forecast.status_code == 200 and len(forecast.json["items"]) == 2
+    patched = client.patch(
+        f"/series/{series_id}",
+        json={"recurrence": {"rrule": rule, "timezone": zone}},
+        headers=alice,
+    )
+    assert patched.status_code == 200, patched.json
+
+
+def test_a_new_zone_in_which_the_latest_occurrence_is_past_9999_is_a_422(client, alice):
+    first = recurring(
+        client, alice, rrule="FREQ=YEARLY;INTERVAL=1000", timezone="Pacific/Honolulu",
+        due_at="8999-12-31T10:00:00-10:00",
+    )  # fmt: skip
+    series_id = first["series_id"]
+    assert client.post(f"/series/{series_id}/skip", headers=alice).status_code == 200
+    (latest,) = open_occurrences(client, alice, series_id)
+    assert latest["due_at"].startswith("9999-12-31")
+    change = {"recurrence": {"rrule": "FREQ=DAILY", "timezone": "Pacific/Kiritimati"}}
+    refused = client.patch(f"/series/{series_id}", json=change, headers=alice)
+    assert refused.status_code == 422, refused.json
+    assert client.get(f"/series/{series_id}", headers=alice).json["timezone"] == "Pacific/Honolulu"
+
+
 def test_history_comes_a_page_at_a_time_in_order(client, alice, bus):
     first = recurring(client, alice, rrule="FREQ=DAILY")
     series_id = first["series_id"]

@@ -632,7 +632,10 @@ def _start_wall(start: datetime, zone: ZoneInfo, nominal: str | None) -> tuple[d
     and the day of month is the nominal day (31 for a clamped Feb 28). The nominal must name
     DTSTART: the same instant, or for a day past the month's end, its last day.
     """
-    actual = _wall(start, zone).replace(microsecond=0)
+    try:
+        actual = _wall(start, zone).replace(microsecond=0)
+    except OverflowError:
+        raise RecurrenceError(f"the first occurrence is past year 9999 in {zone.key}") from None
     if nominal is None:
         return actual, actual.day
     match = _NOMINAL_RE.fullmatch(nominal) if isinstance(nominal, str) else None
@@ -1171,7 +1174,10 @@ def _wall_plus_day(at: datetime, zone: ZoneInfo) -> datetime:
     Wall order and instant order differ by at most an offset change, so a day of slack is
     enough; the exact UNTIL check is on instants.
     """
-    wall = _wall(at, zone)
+    try:
+        wall = _wall(at, zone)
+    except OverflowError:  # an UNTIL late in 9999 UTC is past year 9999 in a zone ahead of it
+        return _LAST_WALL
     return _LAST_WALL if wall >= _LAST_WALL - timedelta(days=1) else wall + timedelta(days=1)
 
 

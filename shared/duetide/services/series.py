@@ -389,8 +389,7 @@ def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> 
     if series.status == "ended":
         raise Conflict("the series has ended; create a new recurring task instead")
     if spec.recurrence is not None:
-        zone = ZoneInfo(spec.recurrence.timezone) if _known_zone(spec.recurrence) else None
-        anchor = series.last_at.astimezone(zone) if zone else series.last_at
+        anchor = _in_zone(series.last_at, spec.recurrence)
         rule = build_rule(spec.recurrence, anchor, _nominal_of_latest(series, spec.recurrence))
         series.rrule, series.timezone = rule.rrule, rule.timezone
         series.mode, series.month_end, series.catch_up = (
@@ -426,6 +425,17 @@ def _nominal_of_latest(series: Series, spec: RecurrenceIn) -> str | None:
         return rule_of(series).nominal_of(series.last_at, series.last_index - series.rule_base)
     except (ValidationFailed, recurrence.RecurrenceError):
         return None  # an unusable stored rule: the new one starts from the instant
+
+
+def _in_zone(at: datetime, spec: RecurrenceIn) -> datetime:
+    """`at` in the new rule's zone, or as it is where that is unknown (build_rule's 422)
+    or past year 9999 there (the rule's own check refuses an anchor it cannot expand)."""
+    if not _known_zone(spec):
+        return at
+    try:
+        return at.astimezone(ZoneInfo(spec.timezone))
+    except OverflowError:
+        return at
 
 
 def _known_zone(spec: RecurrenceIn) -> bool:
