@@ -63,6 +63,23 @@ def test_cursors_at_the_edges_of_what_is_stored_still_page(client, alice):
     assert [t["due_at"][:4] for t in first["items"] + second.json["items"]] == ["1900", "8999"]
 
 
+def test_a_cursor_at_an_occurrence_in_9999_still_pages(client, alice):
+    """A series goes on past 8999 (what a client may give): its occurrence's cursor was a 400."""
+    recurrence = {"rrule": "FREQ=YEARLY;INTERVAL=1000", "timezone": "UTC"}
+    task = {"title": "s", "due_at": "8999-06-01T09:00:00Z", "recurrence": recurrence}
+    series_id = client.post("/tasks", json=task, headers=alice).json["series_id"]
+    assert client.post(f"/series/{series_id}/skip", headers=alice).status_code == 200
+    client.post("/tasks", json={"title": "t", "due_at": "2030-01-01T00:00:00Z"}, headers=alice)
+    seen, url = [], "/tasks?sort=due_at&order=desc&limit=1"
+    while url:
+        page = client.get(url, headers=alice)
+        assert page.status_code == 200, page.json
+        seen += [t["due_at"][:4] for t in page.json["items"]]
+        following = page.json["next_cursor"]
+        url = f"/tasks?sort=due_at&order=desc&limit=1&cursor={following}" if following else ""
+    assert seen == ["9999", "2030"]
+
+
 def structured_event(event_id: str) -> bytes:
     event = {
         "specversion": "1.0", "id": event_id, "source": "/test",

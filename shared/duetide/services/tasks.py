@@ -384,10 +384,11 @@ def encode_cursor(task: Row[Any], query: TaskQuery) -> str:
     return base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
 
 
-# What a cursor can name: a stored value. Times are stored from year 1900 to 8999 in
-# their own offset (schemas.Instant), so in UTC from late 1899 to early 9000; created_at
-# is the server's clock. A wider forged time could overflow on the way to UTC.
-CURSOR_TIMES = (datetime(1899, 12, 30, tzinfo=UTC), datetime(9000, 1, 2, tzinfo=UTC))
+# What a cursor can name: a stored value. Times are given from year 1900 to 8999 in
+# their own offset (schemas.Instant), so in UTC from late 1899; a series' occurrences go
+# on to the end of 9999 (a cursor at one past 9000 was refused, and the page after it
+# out of reach); created_at is the server's clock.
+CURSOR_TIMES = (datetime(1899, 12, 30, tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
 MAX_CURSOR_ID_CHARS = 64
 
 
