@@ -320,6 +320,36 @@ def test_a_new_zone_in_which_the_latest_occurrence_is_past_9999_is_a_422(client,
     assert client.get(f"/series/{series_id}", headers=alice).json["timezone"] == "Pacific/Honolulu"
 
 
+@pytest.mark.parametrize("then", ["complete", "skip", "delete"])
+def test_reopening_an_occurrence_from_before_a_rule_change_keeps_the_series_going(
+    client, alice, bus, then
+):
+    """Found by probing: complete the first, change the rule ("this and future": the new
+    rule starts at the second), reopen the first (which withdraws the second), then
+    complete, skip or delete it: the series ended, with no open occurrence. What follows
+    it is the changed rule's first occurrence, as when the rule changed."""
+    first = recurring(client, alice, rrule="FREQ=DAILY")
+    series_id = first["series_id"]
+    complete_open(client, alice, bus, series_id)
+    (second,) = open_occurrences(client, alice, series_id)
+    change = {"recurrence": {"rrule": "FREQ=WEEKLY", "timezone": "Europe/Berlin"}}
+    assert client.patch(f"/series/{series_id}", json=change, headers=alice).status_code == 200
+    assert client.post(f"/tasks/{first['id']}/reopen", headers=alice).status_code == 200
+    if then == "complete":
+        complete_open(client, alice, bus, series_id)
+    elif then == "skip":
+        assert client.post(f"/series/{series_id}/skip", headers=alice).status_code == 200
+    else:
+        assert client.delete(f"/tasks/{first['id']}", headers=alice).status_code == 200
+    assert client.get(f"/series/{series_id}", headers=alice).json["status"] == "active"
+    (current,) = open_occurrences(client, alice, series_id)
+    assert current["due_at"] == second["due_at"]
+    complete_open(client, alice, bus, series_id)
+    (following,) = open_occurrences(client, alice, series_id)
+    assert following["due_at"] == "2026-01-13T09:00:00+01:00"  # weekly from the second
+    assert [index for index, _, _ in history(client, alice, series_id)] == [0, 1, 2]
+
+
 def test_history_comes_a_page_at_a_time_in_order(client, alice, bus):
     first = recurring(client, alice, rrule="FREQ=DAILY")
     series_id = first["series_id"]

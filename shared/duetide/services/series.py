@@ -90,11 +90,18 @@ class Completed:
 def next_for(
     series: Series, previous: Task | Completed, completed_at: datetime, now: datetime
 ) -> recurrence.Next | None:
-    """The occurrence after `previous`, numbered in the series (the rule may be re-based)."""
+    """The occurrence after `previous`, numbered in the series (the rule may be re-based).
+
+    After an occurrence from before a "this and future" change it is the changed rule's
+    first, its DTSTART: the one that followed it when the rule changed, withdrawn since by
+    a reopen. (Computing nothing there ended the series at its next completion or skip.)
+    """
     assert previous.scheduled_at is not None and previous.occurrence_index is not None
     local_index = previous.occurrence_index - series.rule_base
     if local_index < 0 or previous.scheduled_at < series.dtstart:
-        return None  # an occurrence from before a "this and future" change
+        return recurrence.Next(
+            series.dtstart.astimezone(ZoneInfo(series.timezone)), series.rule_base
+        )
     try:
         following = rule_of(series).next(
             previous.scheduled_at, local_index, completed_at=completed_at, now=now
