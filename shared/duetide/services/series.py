@@ -200,7 +200,7 @@ def forecast(session: Session, series: Series, count: int, now: datetime) -> For
     # Here, not at the top: the recurrence function uses this module but no API model.
     from duetide.services.responses import Forecast, rfc3339
 
-    latest = next(iter(_occurrences(session, series.id)), None)
+    latest = _latest_occurrence(session, series.id)
     if series.status == "ended" or latest is None:
         return Forecast(items=[], truncated=False)
     assert latest.scheduled_at is not None and latest.occurrence_index is not None
@@ -226,14 +226,11 @@ def forecast(session: Session, series: Series, count: int, now: datetime) -> For
     return Forecast(items=[rfc3339(at, zone) for at in items], truncated=truncated)
 
 
-def _occurrences(session: Session, series_id: str) -> list[Task]:
-    return list(
-        session.exec(
-            select(Task)
-            .where(Task.series_id == series_id)
-            .order_by(col(Task.occurrence_index).desc())
-        ).all()
-    )
+def _latest_occurrence(session: Session, series_id: str) -> Task | None:
+    """One row, however long the series' past (all of them were loaded to take the first:
+    0.28 s for a forecast, a skip or a resume at 4,000 occurrences)."""
+    query = select(Task).where(Task.series_id == series_id)
+    return session.exec(query.order_by(col(Task.occurrence_index).desc()).limit(1)).first()
 
 
 _LOCK_SERIES = (
@@ -471,7 +468,7 @@ def resume(session: Session, owner: str, series_id: str, now: datetime) -> tuple
         return series, []
     series.status, series.updated_at = "active", now
     session.add(series)
-    latest = next(iter(_occurrences(session, series.id)), None)
+    latest = _latest_occurrence(session, series.id)
     if latest is None or latest.status != "done":
         return series, []
     return series, _continue_after(session, series, latest, latest.completed_at or now, now)
@@ -482,10 +479,10 @@ def skip(session: Session, owner: str, series_id: str, now: datetime) -> tuple[S
     series = get_locked(session, owner, series_id)
     if series.status != "active":
         raise Conflict(f"the series is {series.status}; only an active series can skip")
-    open_ones = [t for t in _occurrences(session, series.id) if t.status == "open"]
-    if not open_ones:
+    current = _open_occurrence(session, series.id)
+    if current is None:
         raise Conflict("the series has no open occurrence to skip")
-    return series, _skip(session, series, open_ones[0], now)
+    return series, _skip(session, series, current, now)
 
 
 def _skip(session: Session, series: Series, skipped: Task, now: datetime) -> list[str]:
