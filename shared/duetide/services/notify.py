@@ -4,9 +4,9 @@ Each channel's delivery is recorded in its own transaction, unique per (reminder
 scheduled time, channel): a redelivered event skips the channels already done and
 retries only the ones that failed for a transient reason. Within one group commit
 (`_GroupCommit`) a firing is sent once however many events name it. A webhook receiver
-can deduplicate the remaining window (sent, then crashed before the record; two events
-of one firing checked at once in separate transactions, on two pods) by the
-`Idempotency-Key` header, the same for every send of a firing. The database
+can deduplicate the remaining window (sent, then crashed before the record; two
+deliveries of one firing checked at once in separate transactions, in two groups or on
+two pods) by the `Idempotency-Key` header, the same for every send of a firing. The database
 transaction never spans a network call.
 
 Failures are classified by cause. Only transient trouble on the wire (the SMTP relay
@@ -49,7 +49,7 @@ from duetide.storage.models import (
     UTCDateTime,
     new_id,
 )
-from duetide.storage.processed import EventKey, mark_processed
+from duetide.storage.processed import EventKey, claim
 from duetide.vocabulary import Channel
 
 log = logging.getLogger("duetide.services.notify")
@@ -151,8 +151,8 @@ def _deliver(checks: list[_Check]) -> list[_Check]:
     finished = [c for c in checks if c.remote and id(c) not in retried]
     if finished:
         with db.session_scope() as session:
-            for check in finished:
-                mark_processed(session, check.key)
+            for check in finished:  # a concurrent delivery of the event may have won
+                claim(session, check.key)
     for check in checks:
         if check.outcome == "send":
             check.outcome = "processed"

@@ -21,6 +21,23 @@ def get_owned(session: Session, owner: str, reminder_id: str) -> Reminder:
     return reminder
 
 
+def _locked(session: Session, owner: str, reminder_id: str) -> Reminder:
+    """The reminder locked and read as it is now. Unlocked, a snooze racing the sweep's
+    claim wrote its new time over the claimed row but not `state` (the ORM writes what
+    it saw change, and it saw `pending` stay `pending`): the row ended `fired` at the new
+    time, and the reminder never fired again. Locked, the sweep skips it (SKIP LOCKED)
+    or this waits for the claim's commit and re-arms what was claimed."""
+    reminder = session.exec(
+        select(Reminder)
+        .where(col(Reminder.id) == reminder_id, col(Reminder.owner) == owner)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if reminder is None:
+        raise NotFound(f"no reminder {reminder_id}")
+    return reminder
+
+
 def upcoming(session: Session, owner: str, limit: int) -> UpcomingPage:
     """Pending reminders of open tasks, soonest first; each in its task's zone."""
     rows = session.exec(
@@ -55,7 +72,7 @@ def snooze(
     session: Session, owner: str, reminder_id: str, spec: SnoozeIn, now: datetime
 ) -> Reminder:
     """Fire again later: `for` a duration or `until` a time; a fired reminder re-arms."""
-    reminder = get_owned(session, owner, reminder_id)
+    reminder = _locked(session, owner, reminder_id)
     try:
         reminder.fire_at = snooze_until(now, spec.for_, spec.until)
     except ValueError as exc:
@@ -69,7 +86,7 @@ def snooze(
 
 
 def dismiss(session: Session, owner: str, reminder_id: str) -> Reminder:
-    reminder = get_owned(session, owner, reminder_id)
+    reminder = _locked(session, owner, reminder_id)
     reminder.state = "dismissed"
     session.add(reminder)
     return reminder

@@ -65,11 +65,6 @@ def _claim_statement(insert: Any) -> Any:
 _CLAIM = {"postgresql": _claim_statement(pg_insert), "sqlite": _claim_statement(sqlite_insert)}
 
 
-def mark_processed(session: Session, key: EventKey) -> None:
-    """Record `key` in the caller's transaction (a no-op if it is there already)."""
-    session.merge(ProcessedEvent(**key.values(utcnow())))
-
-
 T = TypeVar("T")
 
 
