@@ -4,11 +4,14 @@ and what it changed on the server, read back over HTTP."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from duetide.config import Settings
 from duetide.storage.models import Notification, utcnow
 from duetide.web.auth import issue_local_token
 from duetide_tools.cli import main
+from duetide_tools.client import commands, transport
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.test_http_edge import SECRET, served
 
@@ -335,6 +339,61 @@ def test_connection_refused_names_the_url_and_scripts_up(
     monkeypatch.setenv("DUETIDE_URL", url.removeprefix("http://"))
     schemeless = cli("task", "ls")
     assert schemeless.code == 2 and "must start with http://" in schemeless.err
+
+
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [
+        (None, "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtZSJ9\r.SECRETSIG"),  # (at its end: stripped)
+        (None, "tok\u20acn-SECRETSIG"),
+        ("http://[::1", None),
+        ("http://127.0.0.1:9/\u20ac", None),
+    ],
+)
+def test_a_token_or_url_http_cannot_carry_is_a_usage_error_that_never_shows_the_token(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch, url: str | None, token: str | None
+) -> None:
+    """http.client's header check raised with the whole token in its message."""
+    if url is not None:
+        monkeypatch.setenv("DUETIDE_URL", url)
+    if token is not None:
+        monkeypatch.setenv("DUETIDE_TOKEN", token)
+    ran = cli("task", "ls")
+    assert ran.code == 2 and ran.err.startswith("duetide: ") and ran.err.count("\n") == 1
+    assert "SECRETSIG" not in ran.err + ran.out
+
+
+def test_an_answer_sent_a_byte_at_a_time_ends_at_the_clients_timeout(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket's timeout bounds one read: a server sending a byte every 0.3 s held
+    the client without end."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def dribble() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(20):  # 6 s at most, then the connection closes
+                if stop.wait(0.3):
+                    return
+                try:
+                    connection.sendall(b" ")
+                except OSError:
+                    return
+
+    server = threading.Thread(target=dribble, daemon=True)
+    server.start()
+    monkeypatch.setenv("DUETIDE_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setattr(commands, "Api", functools.partial(transport.Api, timeout_s=1.0))
+    try:
+        ran = cli("task", "ls")
+    finally:
+        stop.set()
+        listener.close()
+    assert ran.code == 1 and "within 1 s" in ran.err
 
 
 def test_login_checks_then_saves_a_private_file_that_commands_use(

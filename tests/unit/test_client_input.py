@@ -94,10 +94,31 @@ def test_durations_become_the_api_offsets(text: str, iso: str) -> None:
     assert when.duration(when.short(value)) == value
 
 
-@pytest.mark.parametrize("text", ["15", "15x", "m15", "-5m", "P", "PT", "1h 2x", "99999w"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "15", "15x", "m15", "-5m", "P", "PT", "1h 2x", "99999w",
+        "P99999999999999W", "PT1" + "0" * 5000 + "S",  # were an OverflowError, a ValueError
+    ],
+)  # fmt: skip
 def test_durations_refuse_what_they_cannot_read(text: str) -> None:
     with pytest.raises(UsageError):
         when.duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "zone"),
+    [("0001-01-01T00:00", "Europe/Berlin"), ("9999-12-31T23:00", "America/New_York")],
+)
+def test_a_wall_time_out_of_range_in_its_zone_is_a_usage_error(text: str, zone: str) -> None:
+    with pytest.raises(UsageError, match="out of range"):
+        when.due(text, NOW, ZoneInfo(zone))
+
+
+@pytest.mark.parametrize("name", ["Europe", "America/", "Mars/Olympus"])
+def test_a_zone_that_is_a_folder_or_unknown_is_a_usage_error(name: str) -> None:
+    with pytest.raises(UsageError, match="unknown time zone"):
+        when.local_zone(name)
 
 
 @pytest.mark.parametrize(

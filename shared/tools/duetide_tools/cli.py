@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -192,8 +192,18 @@ def cmd_token(args: argparse.Namespace) -> int:
         except token_secret.SecretNotFound as exc:
             print(f"duetide: {exc}", file=sys.stderr)
             return 1
-        secret = path.read_text().strip()
+        try:
+            secret = path.read_text().strip()
+        except (OSError, UnicodeError) as exc:
+            print(f"duetide: cannot read the token secret {path}: {exc}", file=sys.stderr)
+            return 1
+        if not secret:
+            print(f"duetide: the token secret {path} is empty", file=sys.stderr)
+            return 1
         settings = settings.model_copy(update={"duetide_jwt_secret": secret})
+    if not args.user.strip() or not args.user.isprintable():
+        print("duetide: the user must be printable text, not empty", file=sys.stderr)
+        return 2
     print(issue_local_token(args.user, settings))
     return 0
 
@@ -258,6 +268,9 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
                 print(letter.line())
         else:
             _replay(servers, args)
+    except BrokenPipeError:  # `duetide deadletters list | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except deadletters.DeadLetterError as exc:
         print(f"duetide: {exc}", file=sys.stderr)
         return 1
@@ -306,14 +319,35 @@ def _instant(text: str) -> datetime:
         raise argparse.ArgumentTypeError("an ISO 8601 instant, e.g. 2026-12-01T09:00Z") from None
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError("needs an offset or Z: the outbox stores UTC")
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError("before year 1 or after 9999 in UTC") from None
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number, 1 or more") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a port number, 1 to 65535") from None
+    if not 1 <= value <= 65535:  # 99999 was served on 99999 mod 65536
+        raise argparse.ArgumentTypeError("a port number, 1 to 65535")
+    return value
+
+
+LIST_LIMIT = 1000
+"""`deadletters list` shows the newest this many unless told otherwise: the whole of a topic
+of 600,000 letters took 1.3 GB and 26 s before the first line."""
 
 
 def _add_deadletters(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -325,7 +359,12 @@ def _add_deadletters(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     actions = dead.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="one line per dead letter, without payloads")
     listing.add_argument("--topic", default=DEFAULT_TOPIC, help=f"({DEFAULT_TOPIC})")
-    listing.add_argument("--limit", type=_positive, help="only the newest N")
+    listing.add_argument(
+        "--limit",
+        type=_positive,
+        default=LIST_LIMIT,
+        help=f"the newest N ({LIST_LIMIT}): the letters are read into memory",
+    )
     replay = actions.add_parser(
         "replay", help="re-produce dead letters (same ce_id) onto their original topic"
     )
@@ -345,7 +384,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="duetide", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the whole system locally (Ctrl-C stops it)")
-    up.add_argument("--port", type=int, default=8080, help="port of the tasks API (8080)")
+    up.add_argument("--port", type=_port, default=8080, help="port of the tasks API (8080)")
     up.add_argument("--user", default="me", help="user of the printed token (me)")
     up.add_argument(
         "--quiet", action="store_true", help="print neither the start steps nor function logs"
@@ -353,7 +392,7 @@ def parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     run = sub.add_parser("run", help="run one function as the image serves it")
     run.add_argument("function", choices=FUNCTIONS)
-    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--port", type=_port, default=8080)
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--debug", action="store_true")
     run.set_defaults(func=cmd_run)
@@ -390,8 +429,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from duetide.config import ConfigError
 
+    args = parser().parse_args(argv)
     try:
-        args = parser().parse_args(argv)
         return int(args.func(args))
     except ConfigError as exc:
         print(f"duetide: {exc}", file=sys.stderr)
@@ -399,6 +438,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before a command handles it: no traceback
         print(file=sys.stderr)
         return 130
+    except Exception as exc:  # a database away, a file in the way, or a bug
+        if os.environ.get("DUETIDE_DEBUG"):
+            raise
+        print(f"duetide: {_one_line(exc)} (DUETIDE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: Exception) -> str:
+    """What went wrong, in one line, without what the exception may quote: a header
+    check quotes the token it refused, so only errors known to say no secret speak.
+    SQLAlchemy hides the password of the URL in what it says."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        cause = getattr(exc, "orig", None) or exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        return f"database error: {type(cause).__name__}: {first}"[:500]
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}:{where}" if where else exc.strerror
+    return f"unexpected {type(exc).__name__}"
 
 
 if __name__ == "__main__":

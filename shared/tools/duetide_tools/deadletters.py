@@ -73,9 +73,15 @@ class DeadLetter:
         return " ".join(f"{name}={_printable(value)}" for name, value in fields.items())
 
 
+MAX_FIELD_CHARS = 200
+"""A field of a listed letter is cut after this: a header of 300 KB made a line as long."""
+
+
 def _printable(text: str) -> str:
-    """A header value on one line: no control characters, "-" when empty."""
-    return "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or "-"
+    """A header value on one line: no control characters, "-" when empty, cut at
+    MAX_FIELD_CHARS (marked with "…")."""
+    shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or "-"
+    return shown if len(shown) <= MAX_FIELD_CHARS else shown[:MAX_FIELD_CHARS] + "…"
 
 
 def read(

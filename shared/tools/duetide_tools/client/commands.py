@@ -256,11 +256,9 @@ def _login_answers(args: argparse.Namespace) -> tuple[str, str]:
     except (EOFError, KeyboardInterrupt):
         raise UsageError("login cancelled; nothing saved") from None
     token = token.strip()
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"the URL must start with http:// or https://, got {url!r}")
     if not token:
         raise UsageError("no token given: `scripts/up` prints one (DUETIDE_TOKEN=...)")
-    return url.rstrip("/"), token
+    return config.checked_url(url).rstrip("/"), config.checked_token(token)
 
 
 def _subject(token: str) -> str | None:

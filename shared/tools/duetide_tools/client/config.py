@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +45,37 @@ def target() -> Target:
     """DUETIDE_URL and DUETIDE_TOKEN win over the file, each on its own; empty is unset."""
     stored = saved()
     url = os.environ.get("DUETIDE_URL") or stored.get("url") or DEFAULT_URL
-    token = os.environ.get("DUETIDE_TOKEN") or stored.get("token")
+    token = (os.environ.get("DUETIDE_TOKEN") or stored.get("token") or "").strip()
     if not token:
         raise UsageError(
             "no token: run `duetide login`, or set DUETIDE_TOKEN (`scripts/up` prints one)"
         )
+    return Target(url=checked_url(url), token=checked_token(token))
+
+
+def checked_url(url: str) -> str:
+    """An http(s) URL the client can send to, or a UsageError that says why."""
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"the API URL must start with http:// or https://, got {url!r}")
-    return Target(url=url, token=token)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (it checks the port)
+    except ValueError as exc:
+        raise UsageError(f"the API URL {url!r} is malformed: {exc}") from None
+    if not parts.hostname or not url.isascii() or not url.isprintable():
+        raise UsageError(f"the API URL {url!r} must name a host, in printable ASCII")
+    return url
+
+
+def checked_token(token: str) -> str:
+    """The token as sent in a header: printable ASCII without spaces. Never echoed: a
+    malformed token is still a secret (the header check printed it whole)."""
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise UsageError(
+            "the token holds characters a header cannot carry (spaces, control characters "
+            "or non-ASCII): copy it again, or run `duetide login`"
+        )
+    return token
 
 
 def save(url: str, token: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,9 +56,10 @@ class Api:
         request.add_header("Accept", "application/json")
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        deadline = time.monotonic() + self.timeout_s
         try:
             with _OPENER.open(request, timeout=self.timeout_s) as answer:
-                return _decode(answer.read(MAX_ANSWER_BYTES + 1), self.url)
+                return _decode(_read_by(answer, deadline), self.url)
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
         except urllib.error.URLError as exc:
@@ -66,6 +68,27 @@ class Api:
             raise ClientError(f"no answer from {self.url} within {self.timeout_s:g} s") from None
         except (OSError, http.client.HTTPException) as exc:  # reset, closed mid-answer
             raise ClientError(unreachable(self.url, exc)) from None
+        except ValueError:  # http.client's checks of the request line and headers
+            raise ClientError(
+                f"the request to {self.url} could not be written as HTTP (the URL or the "
+                "token holds characters HTTP cannot carry)"
+            ) from None
+
+
+def _read_by(answer: http.client.HTTPResponse, deadline: float) -> bytes:
+    """The answer, read chunk by chunk until `deadline`: the socket's timeout bounds one
+    read only, and a server sending a byte every few seconds held the client without end."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER_BYTES:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        chunk = answer.read1(64 * 1024)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def unreachable(url: str, reason: object) -> str:

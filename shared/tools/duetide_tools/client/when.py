@@ -37,7 +37,9 @@ _UNITS = {
     "w": 604800, "wk": 604800, "week": 604800, "weeks": 604800,
 }  # fmt: skip
 _PART = re.compile(r"\s*(\d{1,6})\s*([a-z]+)\s*,?\s*")
-_ISO_DURATION = re.compile(r"P(?:\d+[WD])*(?:T(?:\d+[HMS])+)?", re.IGNORECASE)
+# At most 9 digits a number: ten years are 315,360,000 s, and a longer number was an
+# OverflowError (or Python's 4,300-digit limit) before the ten-year check could speak.
+_ISO_DURATION = re.compile(r"P(?:\d{1,9}[WD])*(?:T(?:\d{1,9}[HMS])+)?", re.IGNORECASE)
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MAX_DURATION = timedelta(days=3660)
 
@@ -150,7 +152,10 @@ def _on(day: date, at: time, zone: tzinfo) -> datetime:
     A time in a spring-forward gap is moved forward by the gap, as the API does with
     recurrences: `tz.resolve_imaginary` works for zoneinfo and dateutil zones alike.
     """
-    return tz.resolve_imaginary(datetime.combine(day, at, tzinfo=zone))
+    try:
+        return tz.resolve_imaginary(datetime.combine(day, at, tzinfo=zone))
+    except OverflowError:  # a wall time whose instant is before year 1 or after 9999
+        raise UsageError(f"{day} {at} in this zone is out of range") from None
 
 
 def _absolute(text: str, local_now: datetime, zone: tzinfo) -> datetime:
@@ -180,13 +185,13 @@ def local_zone(name: str | None) -> tuple[tzinfo, str | None]:
     if name is not None:
         try:
             return ZoneInfo(name), name
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: `Europe`, a folder
             message = f"unknown time zone {name!r}: give an IANA name such as Europe/Berlin"
             raise UsageError(message) from None
     for candidate in _system_zone_names():
         try:
             return ZoneInfo(candidate), candidate
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             continue
     return tz.tzlocal(), None
 
