@@ -19,6 +19,7 @@ from kafka.structs import TopicPartition
 
 from duetide import events
 from duetide.config import get_settings
+from duetide_tools import deadletters, topic_reader
 from duetide_tools.cli import main
 from duetide_tools.local.broker import EmbeddedBroker, consumer_settings, ensure_topics
 from duetide_tools.local.eventing import KafkaSourceDispatcher
@@ -288,3 +289,42 @@ def test_dead_letters_written_during_a_listing_do_not_hide_the_earlier_ones(
     # And read again once the writes are over: all of them.
     code, lines, _ = run(capsys, "list", "--topic", dead_topic)
     assert sorted(line.split()[2].removeprefix("id=") for line in lines) == sorted(written)
+
+
+def test_reading_one_events_letters_keeps_only_those(broker, kafka, dead_topic, producer):
+    """A replay of one id held every letter of the topic in memory; it keeps its own."""
+    for n in range(30):
+        dead_letter(producer, dead_topic, "wanted" if n in (7, 21) else f"other-{n}", "http://x/")
+    found = deadletters.read(kafka, dead_topic, event_id="wanted")
+    assert [letter.event_id for letter in found] == ["wanted", "wanted"]
+    assert deadletters.read(kafka, dead_topic, event_id="wanted-not") == []
+    with pytest.raises(ValueError):
+        topic_reader.read_records(kafka, dead_topic, limit=1, keep=bool)
+
+
+def test_a_dead_letter_over_a_mebibyte_is_replayed(broker, kafka, dead_topic, unique_topic, capsys):
+    """The replay's producer refused what the broker had taken: the client's own limit
+    is 1 MiB."""
+    topic = unique_topic("events")
+    ensure_topics(kafka, [TopicSpec(topic)])
+    big = {"note": "x" * (3 << 19)}  # 1.5 MiB of data
+    event = events.build(
+        event_id="big", type=events.TASK_COMPLETED, source="/duetide/tasks", subject="t",
+        data=big,
+    )  # fmt: skip
+    event["knativeerrordest"] = "http://x/"
+    message = events.to_kafka(event, "task-big")
+    writer = KafkaProducer(bootstrap_servers=kafka, linger_ms=0, max_request_size=4 << 20)
+    try:
+        writer.send(
+            dead_topic, value=message.value, key=message.key,
+            headers=list(message.headers.items()),
+        ).get(timeout=10)  # fmt: skip
+    finally:
+        writer.close(timeout=5)
+
+    code, _, err = run(capsys, "replay", "--id", "big", "--topic", dead_topic, "--to", topic)
+
+    assert code == 0, err
+    [record] = read_topic(kafka, topic)
+    assert json.loads(record.value) == big and headers_of(record)["ce_id"] == "big"

@@ -283,7 +283,8 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 def _replay(servers: str, args: argparse.Namespace) -> None:
     from duetide_tools import deadletters
 
-    letters = deadletters.distinct_events(deadletters.read(servers, args.topic), args.id)
+    found = deadletters.read(servers, args.topic, event_id=args.id)
+    letters = deadletters.distinct_events(found, args.id)
     if args.id is not None and not letters:
         raise deadletters.DeadLetterError(f"no dead letter with id {args.id!r} on {args.topic}")
     wiring = None if args.to else _wiring()

@@ -20,7 +20,7 @@ deadline.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 POLL_MS = 200
@@ -71,10 +71,13 @@ def read_records(
     topic: str,
     *,
     limit: int | None = None,
+    keep: Callable[[Any], bool] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> list[Any]:
     """The records of `topic` (kafka-python ConsumerRecords), ordered by (timestamp,
-    partition, offset); with `limit`, the newest `limit` of them.
+    partition, offset); with `limit`, the newest `limit` of them; with `keep`, only those
+    it accepts, dropped as they are read (so finding one record in a large topic holds
+    only what matched, not the topic).
 
     Partitions are assigned, not subscribed: nothing is committed and no group is joined,
     so reading disturbs no one else reading the topic.
@@ -82,6 +85,8 @@ def read_records(
     from kafka import KafkaConsumer  # the CLI's other commands need no Kafka client
     from kafka.structs import TopicPartition
 
+    if limit is not None and keep is not None:
+        raise ValueError("`limit` counts the topic's newest records, `keep` filters them all")
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
@@ -97,7 +102,7 @@ def read_records(
         ends = consumer.end_offsets(partitions)
         for partition, offset in first_offsets(starts, ends, limit).items():
             consumer.seek(partition, offset)
-        records = _drain(consumer, topic, partitions, timeout_s)
+        records = _drain(consumer, topic, partitions, timeout_s, keep)
     finally:
         consumer.close(autocommit=False)
     records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
@@ -124,13 +129,19 @@ def true_ends(consumer: Any, partitions: list[Any], timeout_s: float) -> dict[An
             raise TopicReadError(f"no fetch answered within {timeout_s:g} s")
 
 
-def _drain(consumer: Any, topic: str, partitions: list[Any], timeout_s: float) -> list[Any]:
+def _drain(
+    consumer: Any,
+    topic: str,
+    partitions: list[Any],
+    timeout_s: float,
+    keep: Callable[[Any], bool] | None = None,
+) -> list[Any]:
     records: list[Any] = []
     stop_at: dict[Any, int] | None = None
     deadline = time.monotonic() + timeout_s
     while True:
         for batch in consumer.poll(timeout_ms=POLL_MS).values():
-            records.extend(batch)
+            records.extend(batch if keep is None else filter(keep, batch))
         highwaters = {p: consumer.highwater(p) for p in partitions}
         if stop_at is None and None not in highwaters.values():
             # Re-read now, after the first fetches answered: the first reading may be stale.
