@@ -4,6 +4,7 @@ and what it changed on the server, read back over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -363,37 +364,74 @@ def test_a_token_or_url_http_cannot_carry_is_a_usage_error_that_never_shows_the_
     assert "SECRETSIG" not in ran.err + ran.out
 
 
-def test_an_answer_sent_a_byte_at_a_time_ends_at_the_clients_timeout(
-    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The socket's timeout bounds one read: a server sending a byte every 0.3 s held
-    the client without end."""
+@contextlib.contextmanager
+def answering(
+    monkeypatch: pytest.MonkeyPatch, head: bytes, drip: bytes = b""
+) -> Iterator[threading.Event]:
+    """A loopback server that answers one request with `head`, then sends `drip` a byte
+    every 0.3 s and closes; DUETIDE_URL points at it. Yields an event set once the
+    server has sent all it had."""
     listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+    stop, sent_all = threading.Event(), threading.Event()
 
-    def dribble() -> None:
+    def answer() -> None:
         connection, _ = listener.accept()
         with connection:
             connection.recv(65536)
-            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-            for _ in range(20):  # 6 s at most, then the connection closes
+            connection.sendall(head)
+            for byte in drip:
                 if stop.wait(0.3):
                     return
                 try:
-                    connection.sendall(b" ")
+                    connection.sendall(bytes([byte]))
                 except OSError:
                     return
+            sent_all.set()
 
-    server = threading.Thread(target=dribble, daemon=True)
+    server = threading.Thread(target=answer, daemon=True)
     server.start()
     monkeypatch.setenv("DUETIDE_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
-    monkeypatch.setattr(commands, "Api", functools.partial(transport.Api, timeout_s=1.0))
     try:
-        ran = cli("task", "ls")
+        yield sent_all
     finally:
         stop.set()
         listener.close()
-    assert ran.code == 1 and "within 1 s" in ran.err
+        server.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("head", "drip"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b" " * 200, id="body"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 192, id="headers"),
+        pytest.param(b"HTTP/1.1 2", b"00 OK\r\n" + b"X: y\r\n" * 30, id="status-line"),
+        pytest.param(
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 1000\r\n\r\n", b" " * 200, id="error-body"
+        ),
+    ],
+)
+def test_an_answer_sent_a_byte_at_a_time_ends_at_the_clients_timeout(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch, head: bytes, drip: bytes
+) -> None:
+    """The socket's timeout bounds one read: a server sending a byte every 0.3 s, of its
+    body or of its status line and headers, held the client until it stopped (a minute
+    here, without end in general)."""
+    monkeypatch.setattr(commands, "Api", functools.partial(transport.Api, timeout_s=1.0))
+    with answering(monkeypatch, head, drip) as sent_all:
+        ran = cli("task", "ls")
+        assert not sent_all.is_set()  # the client gave up while the server still sent
+    assert ran.code == 1 and "within 1 s" in ran.err, ran.err
+
+
+def test_an_answer_cut_short_of_its_length_is_an_error_not_the_part_sent(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http.client's `read1` returns a body short of its Content-Length without a word:
+    `[]` of a promised 200 bytes read as an empty list of tasks."""
+    with answering(monkeypatch, b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n[]"):
+        ran = cli("task", "ls", "--json")
+    assert ran.code == 1 and "cannot reach the duetide API" in ran.err, ran.err
+    assert ran.out == ""
 
 
 def test_login_checks_then_saves_a_private_file_that_commands_use(

@@ -3,13 +3,17 @@ redirects (the token is for this API alone), every failure a `ClientError`."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import json
-import time
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from duetide_tools.client.errors import ApiError, ClientError
@@ -19,12 +23,88 @@ MAX_ANSWER_BYTES = 16 << 20
 """The most of an answer read: a page of 200 tasks is far less."""
 
 
+class _Deadline:
+    """Ends a whole exchange (connect, request, status line, headers, body) at one time.
+
+    A socket's timeout bounds one read only: a server sending a byte of its headers or
+    of its body every few seconds held the client without end. At the deadline a timer
+    shuts the exchange's sockets, which ends any read or write under way at once.
+    """
+
+    _current = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    @classmethod
+    def watch(cls, sock: socket.socket) -> None:
+        """Put a socket just connected under the current exchange's deadline."""
+        deadline: _Deadline | None = getattr(cls._current, "deadline", None)
+        if deadline is None:
+            return
+        with deadline._lock:
+            deadline._sockets.append(sock)
+            if deadline.passed:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._timer.cancel()
+        self._current.deadline = None
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: nothing left to end
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched(urllib.request.AbstractHTTPHandler):
+    """Opens connections whose sockets the current `_Deadline` watches."""
+
+    def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
+        return super().do_open(_watched(http_class), req, **http_conn_args)
+
+
+@functools.cache
+def _watched(http_class: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+    class Watched(http_class):  # type: ignore[valid-type,misc]
+        def connect(self) -> None:
+            super().connect()
+            _Deadline.watch(self.sock)
+
+    return Watched
+
+
+class _HTTPHandler(_Watched, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_Watched, urllib.request.HTTPSHandler):
+    pass
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # the 3xx is then raised as an HTTPError and reported
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+_OPENER = urllib.request.build_opener(_NoRedirects, _HTTPHandler, _HTTPSHandler)
 
 
 @dataclass(frozen=True)
@@ -56,10 +136,20 @@ class Api:
         request.add_header("Accept", "application/json")
         if data is not None:
             request.add_header("Content-Type", "application/json")
-        deadline = time.monotonic() + self.timeout_s
+        with _Deadline(self.timeout_s) as deadline:
+            try:
+                answer = self._exchange(request)
+            finally:
+                # What a cut leaves is an error or a part that parses as a whole (headers
+                # ended early, an empty body): either way the cause is the time.
+                if deadline.passed:
+                    raise ClientError(f"no answer from {self.url} within {self.timeout_s:g} s")
+        return answer
+
+    def _exchange(self, request: urllib.request.Request) -> Any:
         try:
             with _OPENER.open(request, timeout=self.timeout_s) as answer:
-                return _decode(_read_by(answer, deadline), self.url)
+                return _decode(_read(answer), self.url)
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
         except urllib.error.URLError as exc:
@@ -75,16 +165,16 @@ class Api:
             ) from None
 
 
-def _read_by(answer: http.client.HTTPResponse, deadline: float) -> bytes:
-    """The answer, read chunk by chunk until `deadline`: the socket's timeout bounds one
-    read only, and a server sending a byte every few seconds held the client without end."""
+def _read(answer: http.client.HTTPResponse) -> bytes:
+    """The answer, up to one byte past MAX_ANSWER_BYTES; an answer that ends before its
+    Content-Length is an error (http.client's `read1` returns it short without one)."""
     chunks: list[bytes] = []
     size = 0
     while size <= MAX_ANSWER_BYTES:
-        if time.monotonic() > deadline:
-            raise TimeoutError
         chunk = answer.read1(64 * 1024)
         if not chunk:
+            if answer.length:  # bytes promised and never sent
+                raise http.client.IncompleteRead(b"".join(chunks), answer.length)
             break
         chunks.append(chunk)
         size += len(chunk)
