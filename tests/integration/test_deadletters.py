@@ -19,7 +19,7 @@ from kafka.structs import TopicPartition
 
 from duetide import events
 from duetide.config import get_settings
-from duetide_tools import deadletters, topic_reader
+from duetide_tools import deadletters
 from duetide_tools.cli import main
 from duetide_tools.local.broker import EmbeddedBroker, consumer_settings, ensure_topics
 from duetide_tools.local.eventing import KafkaSourceDispatcher
@@ -291,15 +291,30 @@ def test_dead_letters_written_during_a_listing_do_not_hide_the_earlier_ones(
     assert sorted(line.split()[2].removeprefix("id=") for line in lines) == sorted(written)
 
 
-def test_reading_one_events_letters_keeps_only_those(broker, kafka, dead_topic, producer):
-    """A replay of one id held every letter of the topic in memory; it keeps its own."""
-    for n in range(30):
-        dead_letter(producer, dead_topic, "wanted" if n in (7, 21) else f"other-{n}", "http://x/")
-    found = deadletters.read(kafka, dead_topic, event_id="wanted")
-    assert [letter.event_id for letter in found] == ["wanted", "wanted"]
-    assert deadletters.read(kafka, dead_topic, event_id="wanted-not") == []
-    with pytest.raises(ValueError):
-        topic_reader.read_records(kafka, dead_topic, limit=1, keep=bool)
+def test_replay_sends_each_events_newest_letter_in_order_without_holding_the_topic(
+    broker, kafka, dead_topic, unique_topic, producer, monkeypatch
+):
+    """A replay held every letter of the topic in memory (600,000 letters, 1.3 GB); it
+    now holds where each event's newest letter is, and sends as it reads the topic
+    again, a few letters in flight."""
+    monkeypatch.setattr(deadletters, "IN_FLIGHT", 7)
+    target = unique_topic("reminders")
+    ensure_topics(kafka, [TopicSpec(target)])
+    for n in range(60):  # 40 events, the first 20 dead-lettered twice
+        dead_letter(producer, dead_topic, f"e{n % 40}", "http://x/", code=str(500 + n))
+
+    replayed = [
+        (letter.event_id, letter.attribute("knativeerrorcode"), topic)
+        for letter, topic in deadletters.replay(kafka, dead_topic, to=target)
+    ]
+
+    newest = [(f"e{n % 40}", str(500 + n), target) for n in range(20, 60)]
+    assert replayed == newest
+    assert [headers_of(r)["ce_id"] for r in read_topic(kafka, target)] == [e for e, _, _ in newest]
+    one = list(deadletters.replay(kafka, dead_topic, event_id="e3", to=target))
+    assert [(letter.event_id, letter.attribute("knativeerrorcode")) for letter, _ in one] == [
+        ("e3", "543")
+    ]
 
 
 def test_a_dead_letter_over_a_mebibyte_is_replayed(broker, kafka, dead_topic, unique_topic, capsys):

@@ -283,13 +283,14 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 def _replay(servers: str, args: argparse.Namespace) -> None:
     from duetide_tools import deadletters
 
-    found = deadletters.read(servers, args.topic, event_id=args.id)
-    letters = deadletters.distinct_events(found, args.id)
-    if args.id is not None and not letters:
-        raise deadletters.DeadLetterError(f"no dead letter with id {args.id!r} on {args.topic}")
     wiring = None if args.to else _wiring()
-    for letter, topic in deadletters.replay(servers, letters, to=args.to, wiring=wiring):
-        print(f"replayed {letter.line()} to={topic}")
+    replayed = deadletters.replay(servers, args.topic, event_id=args.id, to=args.to, wiring=wiring)
+    count = 0
+    for letter, topic in replayed:
+        print(f"replayed {letter.line()} to={topic}", flush=True)
+        count += 1
+    if args.id is not None and not count:
+        raise deadletters.DeadLetterError(f"no dead letter with id {args.id!r} on {args.topic}")
 
 
 def _wiring() -> Wiring:

@@ -10,7 +10,9 @@ topic its KafkaSource reads, so a consumer that did process it after all dedupli
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,12 +91,9 @@ def read(
     topic: str,
     limit: int | None = None,
     *,
-    event_id: str | None = None,
     timeout_s: float = READ_TIMEOUT_S,
 ) -> list[DeadLetter]:
-    """The dead letters on `topic`, oldest first; with `limit`, only the newest `limit`;
-    with `event_id`, only that event's (the others are dropped as they are read: a replay
-    of one event from a topic of 600,000 letters held them all, 1.3 GB).
+    """The dead letters on `topic`, oldest first; with `limit`, only the newest `limit`.
 
     Every letter the broker acknowledged before the call is included: the topic is read
     to the high watermark of a fresh fetch, not to the end a ListOffsets request reports,
@@ -104,11 +103,7 @@ def read(
     """
     try:
         records = topic_reader.read_records(
-            bootstrap_servers,
-            topic,
-            limit=limit,
-            keep=None if event_id is None else _of_event(event_id),
-            timeout_s=timeout_s,
+            bootstrap_servers, topic, limit=limit, timeout_s=timeout_s
         )
     except topic_reader.TopicReadError as exc:
         raise DeadLetterError(str(exc)) from None
@@ -156,31 +151,30 @@ def resolve_topic(destination: str, wiring: Wiring) -> str | None:
     return candidates[0].topics[0]
 
 
-def distinct_events(letters: Iterable[DeadLetter], event_id: str | None) -> list[DeadLetter]:
-    """The letters to replay: the newest copy of each distinct event (of `event_id` only,
-    when given), in the order they were dead-lettered."""
-    newest: dict[tuple[str, str], DeadLetter] = {}
-    for letter in letters:
-        if event_id is None or letter.event_id == event_id:
-            newest[(letter.attribute("source"), letter.event_id)] = letter
-    return sorted(newest.values(), key=lambda d: (d.timestamp, d.partition, d.offset))
-
-
 def replay(
     bootstrap_servers: str,
-    letters: list[DeadLetter],
+    topic: str,
     *,
+    event_id: str | None = None,
     to: str | None = None,
     wiring: Wiring | None = None,
-) -> list[tuple[DeadLetter, str]]:
-    """Produce each letter's original record onto its topic; returns (letter, topic) pairs.
+    timeout_s: float = READ_TIMEOUT_S,
+) -> Iterator[tuple[DeadLetter, str]]:
+    """Produce the newest copy of each distinct event dead-lettered on `topic` (of
+    `event_id` only, when given) onto its topic again; yields each (letter, topic) once
+    the broker acknowledged it, a partition's letters in their order.
 
-    Every topic is resolved before anything is sent, so an unresolvable letter stops the
-    replay before it starts.
+    Two reads of the topic, so that memory grows with the distinct events and not with
+    their letters (a replay of 600,000 letters held them all, 1.3 GB): the first notes
+    where each event's newest copy is and resolves every topic, so that an unresolvable
+    letter stops the replay before anything is sent; the second sends those copies as
+    it reads them, at most IN_FLIGHT unacknowledged.
     """
     from kafka import KafkaProducer
 
-    plan = [(letter, to or _topic_of(letter, wiring)) for letter in letters]
+    plan, largest = _plan(bootstrap_servers, topic, event_id, to, wiring, timeout_s)
+    if not plan:
+        return
     producer = KafkaProducer(
         bootstrap_servers=bootstrap_servers,
         client_id="duetide-deadletters",
@@ -188,16 +182,80 @@ def replay(
         linger_ms=0,
         # The client refuses a record over 1 MiB by default, before the broker is asked;
         # a letter the broker once took goes back as large (the broker's limit still holds).
-        max_request_size=max([_DEFAULT_REQUEST_BYTES, *(_size(letter) for letter, _ in plan)]),
+        max_request_size=max(_DEFAULT_REQUEST_BYTES, largest),
     )
+    pending: deque[tuple[Any, DeadLetter, str]] = deque()
     try:
-        for letter, topic in plan:
-            producer.send(
-                topic, value=letter.value, key=letter.key, headers=letter.original_headers()
-            ).get(timeout=SEND_TIMEOUT_S)
+        batches = topic_reader.stream_records(bootstrap_servers, topic, timeout_s=timeout_s)
+        with contextlib.closing(batches):
+            for batch in batches:
+                for record in batch:
+                    target = plan.pop((record.partition, record.offset), None)
+                    if target is None:
+                        continue
+                    letter = _letter(record)
+                    headers = letter.original_headers()
+                    sent = producer.send(
+                        target, value=letter.value, key=letter.key, headers=headers
+                    )
+                    pending.append((sent, letter, target))
+                if len(pending) >= IN_FLIGHT or not plan:
+                    yield from _acknowledged(pending)
+                if not plan:
+                    break
+        yield from _acknowledged(pending)
+    except topic_reader.TopicReadError as exc:
+        raise DeadLetterError(str(exc)) from None
     finally:
         producer.close(timeout=SEND_TIMEOUT_S)
-    return plan
+    if plan:
+        raise DeadLetterError(
+            f"{len(plan)} dead letters left {topic} between its two readings (retention?); "
+            "the rest were replayed"
+        )
+
+
+IN_FLIGHT = 1000
+"""Letters sent and not yet acknowledged, at most: what the replay holds at once."""
+
+
+def _plan(
+    bootstrap_servers: str,
+    topic: str,
+    event_id: str | None,
+    to: str | None,
+    wiring: Wiring | None,
+    timeout_s: float,
+) -> tuple[dict[tuple[int, int], str], int]:
+    """Where each distinct event's newest letter is (partition, offset) and the topic it
+    goes to, and the size of the largest of them (the first reading)."""
+    newest: dict[tuple[str, str], tuple[int, int, str, int]] = {}
+    resolved: dict[str, str] = {}
+    keep = None if event_id is None else _of_event(event_id)
+    try:
+        batches = topic_reader.stream_records(bootstrap_servers, topic, timeout_s=timeout_s)
+        for batch in batches:
+            for record in batch if keep is None else filter(keep, batch):
+                letter = _letter(record)
+                destination = letter.destination
+                if destination not in resolved:
+                    resolved[destination] = to or _topic_of(letter, wiring)
+                where = (letter.partition, letter.offset, destination, _size(letter))
+                newest[(letter.attribute("source"), letter.event_id)] = where
+    except topic_reader.TopicReadError as exc:
+        raise DeadLetterError(str(exc)) from None
+    plan = {(p, o): resolved[destination] for p, o, destination, _ in newest.values()}
+    return plan, max((size for *_, size in newest.values()), default=0)
+
+
+def _acknowledged(
+    pending: deque[tuple[Any, DeadLetter, str]],
+) -> Iterator[tuple[DeadLetter, str]]:
+    """Wait for each send of `pending`, oldest first, emptying it."""
+    while pending:
+        sent, letter, target = pending.popleft()
+        sent.get(timeout=SEND_TIMEOUT_S)
+        yield letter, target
 
 
 _DEFAULT_REQUEST_BYTES = 1 << 20

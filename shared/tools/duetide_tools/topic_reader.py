@@ -20,7 +20,7 @@ deadline.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 POLL_MS = 200
@@ -71,22 +71,34 @@ def read_records(
     topic: str,
     *,
     limit: int | None = None,
-    keep: Callable[[Any], bool] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> list[Any]:
     """The records of `topic` (kafka-python ConsumerRecords), ordered by (timestamp,
-    partition, offset); with `limit`, the newest `limit` of them; with `keep`, only those
-    it accepts, dropped as they are read (so finding one record in a large topic holds
-    only what matched, not the topic).
+    partition, offset); with `limit`, the newest `limit` of them."""
+    records = [
+        record for batch in _batches(bootstrap_servers, topic, limit, timeout_s) for record in batch
+    ]
+    records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+    return records[-limit:] if limit is not None else records
 
-    Partitions are assigned, not subscribed: nothing is committed and no group is joined,
-    so reading disturbs no one else reading the topic.
-    """
+
+def stream_records(
+    bootstrap_servers: str, topic: str, *, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Generator[list[Any], None, None]:
+    """The records of `topic` in batches as they are read, each partition's in offset
+    order, for a caller that must not hold the whole topic. `timeout_s` bounds the read's
+    own time: what the caller spends between batches does not count."""
+    return _batches(bootstrap_servers, topic, None, timeout_s)
+
+
+def _batches(
+    bootstrap_servers: str, topic: str, limit: int | None, timeout_s: float
+) -> Generator[list[Any], None, None]:
+    """Partitions are assigned, not subscribed: nothing is committed and no group is
+    joined, so reading disturbs no one else reading the topic."""
     from kafka import KafkaConsumer  # the CLI's other commands need no Kafka client
     from kafka.structs import TopicPartition
 
-    if limit is not None and keep is not None:
-        raise ValueError("`limit` counts the topic's newest records, `keep` filters them all")
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
@@ -102,11 +114,9 @@ def read_records(
         ends = consumer.end_offsets(partitions)
         for partition, offset in first_offsets(starts, ends, limit).items():
             consumer.seek(partition, offset)
-        records = _drain(consumer, topic, partitions, timeout_s, keep)
+        yield from _drain(consumer, topic, partitions, timeout_s)
     finally:
         consumer.close(autocommit=False)
-    records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
-    return records[-limit:] if limit is not None else records
 
 
 def true_ends(consumer: Any, partitions: list[Any], timeout_s: float) -> dict[Any, int]:
@@ -130,18 +140,15 @@ def true_ends(consumer: Any, partitions: list[Any], timeout_s: float) -> dict[An
 
 
 def _drain(
-    consumer: Any,
-    topic: str,
-    partitions: list[Any],
-    timeout_s: float,
-    keep: Callable[[Any], bool] | None = None,
-) -> list[Any]:
-    records: list[Any] = []
+    consumer: Any, topic: str, partitions: list[Any], timeout_s: float
+) -> Generator[list[Any], None, None]:
     stop_at: dict[Any, int] | None = None
     deadline = time.monotonic() + timeout_s
     while True:
         for batch in consumer.poll(timeout_ms=POLL_MS).values():
-            records.extend(batch if keep is None else filter(keep, batch))
+            paused = time.monotonic()
+            yield batch
+            deadline += time.monotonic() - paused
         highwaters = {p: consumer.highwater(p) for p in partitions}
         if stop_at is None and None not in highwaters.values():
             # Re-read now, after the first fetches answered: the first reading may be stale.
@@ -149,6 +156,6 @@ def _drain(
         if stop_at is not None and caught_up(
             {p: consumer.position(p) for p in partitions}, stop_at
         ):
-            return records
+            return
         if time.monotonic() > deadline:
             raise TopicReadError(f"could not read {topic} to its end within {timeout_s:g} s")
