@@ -199,8 +199,8 @@ def replay(
                         target, value=letter.value, key=letter.key, headers=headers
                     )
                     pending.append((sent, letter, target))
-                if len(pending) >= IN_FLIGHT or not plan:
-                    yield from _acknowledged(pending)
+                    if len(pending) >= IN_FLIGHT:
+                        yield from _acknowledged(pending)
                 if not plan:
                     break
         yield from _acknowledged(pending)
