@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -420,6 +421,24 @@ def test_an_answer_sent_a_byte_at_a_time_ends_at_the_clients_timeout(
     with answering(monkeypatch, head, drip) as sent_all:
         ran = cli("task", "ls")
         assert not sent_all.is_set()  # the client gave up while the server still sent
+    assert ran.code == 1 and "within 1 s" in ran.err, ran.err
+
+
+def test_a_proxy_answering_connect_a_byte_at_a_time_ends_at_the_clients_timeout(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline watched a connection only once it was set up: an HTTPS proxy
+    dribbling its answer to CONNECT held the client as long as it went on. (The TLS
+    handshake after it has a deadline of its own: `ssl` bounds the whole handshake by
+    the socket's timeout.)"""
+    monkeypatch.setattr(commands, "Api", functools.partial(transport.Api, timeout_s=1.0))
+    with answering(monkeypatch, b"HTTP/1.1 2", b"00 Connection established\r\n" * 8) as sent_all:
+        proxy = urllib.request.ProxyHandler({"https": os.environ["DUETIDE_URL"]})
+        handlers = (transport._NoRedirects, transport._HTTPHandler, transport._HTTPSHandler)
+        monkeypatch.setattr(transport, "_OPENER", urllib.request.build_opener(proxy, *handlers))
+        monkeypatch.setenv("DUETIDE_URL", "https://duetide.invalid")
+        ran = cli("task", "ls")
+        assert not sent_all.is_set()  # the client gave up while the proxy still sent
     assert ran.code == 1 and "within 1 s" in ran.err, ran.err
 
 

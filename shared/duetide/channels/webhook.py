@@ -16,16 +16,13 @@ receivers deduplicate on it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import http.client
 import json
-import os
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +32,7 @@ from duetide import events
 from duetide.channels import netguard
 from duetide.channels.delivery import DeliveryResult, clip, refused
 from duetide.config import get_settings
+from duetide.deadline import Deadline
 from duetide.storage.models import Preference
 
 NEEDS_NETWORK = True
@@ -131,52 +129,6 @@ def _parse_signature(header: str) -> tuple[int | None, list[str]]:
 # --- the POST ---------------------------------------------------------------------------
 
 
-class _Deadline:
-    """Hangs up an exchange `timeout_s` after it began, whatever the peer does.
-
-    The socket's timeout bounds each read only: a receiver that sent its status line and
-    headers a byte at a time (http.client takes 100 header lines of 64 KiB) held the
-    thread as long as it liked, and with it one of notify's workers (12 s for a 5 s
-    timeout, found by probing). A timer shuts the connection down at the deadline, which
-    ends any read or write blocked on it, TLS handshake included (the shutdown goes by a
-    duplicate of the descriptor, which the TLS wrapper does not keep). The lock keeps the
-    timer off a descriptor already closed, and so possibly reused.
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        self.expired = False
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._ended = False
-        self._timer = threading.Timer(timeout_s, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def watch(self, fd: int) -> None:
-        with self._lock:
-            self._fd = fd
-            if self.expired:
-                self._hang_up()
-
-    def end(self) -> None:
-        """Before the connection is closed."""
-        with self._lock:
-            self._ended = True
-        self._timer.cancel()
-
-    def _expire(self) -> None:
-        with self._lock:
-            if not self._ended:
-                self.expired = True
-                self._hang_up()
-
-    def _hang_up(self) -> None:
-        if self._fd is None:
-            return  # connecting: create_connection's own timeout bounds it
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as duplicate:
-            duplicate.shutdown(socket.SHUT_RDWR)
-
-
 class _PinnedConnection(http.client.HTTPConnection):
     """HTTP(S) to the checked address; Host, SNI and certificate name are the URL's host."""
 
@@ -185,7 +137,7 @@ class _PinnedConnection(http.client.HTTPConnection):
         target: netguard.Target,
         timeout: float,
         context: ssl.SSLContext | None,
-        deadline: _Deadline,
+        deadline: Deadline,
     ):
         super().__init__(target.address, target.port, timeout=timeout)
         self._target = target
@@ -194,7 +146,7 @@ class _PinnedConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection((self._target.address, self._target.port), self.timeout)
-        self._deadline.watch(sock.fileno())
+        self._deadline.watch(sock)
         if self._context is None:
             self.sock = sock
             return
@@ -285,7 +237,7 @@ def _post(
     context = None
     if target.scheme == "https":
         context = ssl_context or ssl.create_default_context()
-    deadline = _Deadline(limits.timeout_s)
+    deadline = Deadline(limits.timeout_s)
     connection = _PinnedConnection(target, limits.timeout_s, context, deadline)
     try:
         connection.request("POST", target.request_target, body=data, headers=headers)

@@ -3,7 +3,6 @@ redirects (the token is for this API alone), every failure a `ClientError`."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.client
 import json
@@ -13,9 +12,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
+from duetide.deadline import Deadline
 from duetide_tools.client.errors import ApiError, ClientError
 
 TIMEOUT_S = 15.0
@@ -23,59 +22,12 @@ MAX_ANSWER_BYTES = 16 << 20
 """The most of an answer read: a page of 200 tasks is far less."""
 
 
-class _Deadline:
-    """Ends a whole exchange (connect, request, status line, headers, body) at one time.
-
-    A socket's timeout bounds one read only: a server sending a byte of its headers or
-    of its body every few seconds held the client without end. At the deadline a timer
-    shuts the exchange's sockets, which ends any read or write under way at once.
-    """
-
-    _current = threading.local()
-
-    def __init__(self, seconds: float) -> None:
-        self.passed = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    @classmethod
-    def watch(cls, sock: socket.socket) -> None:
-        """Put a socket just connected under the current exchange's deadline."""
-        deadline: _Deadline | None = getattr(cls._current, "deadline", None)
-        if deadline is None:
-            return
-        with deadline._lock:
-            deadline._sockets.append(sock)
-            if deadline.passed:
-                _shut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.passed = True
-            for sock in self._sockets:
-                _shut(sock)
-
-    def __enter__(self) -> _Deadline:
-        self._current.deadline = self
-        self._timer.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._timer.cancel()
-        self._current.deadline = None
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed: nothing left to end
-        sock.shutdown(socket.SHUT_RDWR)
+_current = threading.local()
+"""The exchange under way in this thread: its `Deadline` watches each socket it opens."""
 
 
 class _Watched(urllib.request.AbstractHTTPHandler):
-    """Opens connections whose sockets the current `_Deadline` watches."""
+    """Opens connections whose sockets the current exchange's deadline watches."""
 
     def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
         return super().do_open(_watched(http_class), req, **http_conn_args)
@@ -84,11 +36,19 @@ class _Watched(urllib.request.AbstractHTTPHandler):
 @functools.cache
 def _watched(http_class: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
     class Watched(http_class):  # type: ignore[valid-type,misc]
-        def connect(self) -> None:
-            super().connect()
-            _Deadline.watch(self.sock)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = _watched_connection
 
     return Watched
+
+
+def _watched_connection(*args: Any, **kwargs: Any) -> socket.socket:
+    sock = socket.create_connection(*args, **kwargs)
+    deadline: Deadline | None = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+    return sock
 
 
 class _HTTPHandler(_Watched, urllib.request.HTTPHandler):
@@ -136,13 +96,15 @@ class Api:
         request.add_header("Accept", "application/json")
         if data is not None:
             request.add_header("Content-Type", "application/json")
-        with _Deadline(self.timeout_s) as deadline:
+        with Deadline(self.timeout_s) as deadline:
+            _current.deadline = deadline
             try:
                 answer = self._exchange(request)
             finally:
+                _current.deadline = None
                 # What a cut leaves is an error or a part that parses as a whole (headers
                 # ended early, an empty body): either way the cause is the time.
-                if deadline.passed:
+                if deadline.expired:
                     raise ClientError(f"no answer from {self.url} within {self.timeout_s:g} s")
         return answer
 
