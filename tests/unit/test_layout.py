@@ -50,7 +50,7 @@ def test_the_image_copies_the_runtime_package_only() -> None:
 
 LAYERS = {
     "vocabulary": 0, "errors": 0, "config": 0, "logs": 0, "tracecontext": 0, "telemetry": 0,
-    "deadline": 0,
+    "deadline": 0, "once": 0,
     "rules": 1, "events": 2, "storage": 3, "channels": 4, "services": 5, "web": 6,
 }  # fmt: skip
 """The runtime's layers, lowest first (ARCHITECTURE.md): a module imports its own layer

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
 from duetide.config import get_settings
+from duetide.once import once
 
 
 def make_engine(url: str) -> Engine:
@@ -133,8 +134,9 @@ def import_driver() -> None:
     make_url(get_settings().effective_database_url).get_dialect().import_dbapi()
 
 
-@functools.cache
+@once
 def get_engine() -> Engine:
+    """The process's one engine, and so its one pool (DUETIDE_DB_POOL_SIZE)."""
     return make_engine(get_settings().effective_database_url)
 
 

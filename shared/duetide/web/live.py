@@ -18,12 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from functools import cache
 
 from sqlalchemy.exc import OperationalError
 
 from duetide.config import get_settings
 from duetide.errors import ApiError, Unavailable
+from duetide.once import once
 from duetide.services import activity_feed
 from duetide.services.responses import ActivityItem, ActivityPage
 from duetide.storage import db
@@ -60,12 +60,12 @@ class Slots:
         return give_back
 
 
-@cache
+@once
 def waiters() -> Slots:
     return Slots(get_settings().duetide_activity_max_waiters, "waiting requests")
 
 
-@cache
+@once
 def streams() -> Slots:
     return Slots(get_settings().duetide_activity_max_streams, "activity streams")
 
