@@ -484,19 +484,27 @@ class Publisher:
 
 
 _publisher: tuple[int, Publisher | None] | None = None
+_making_publisher = threading.Lock()
 
 
 def get_publisher() -> Publisher | None:
-    """The process's publisher; None when KAFKA_BOOTSTRAP_SERVERS is unset (rows wait)."""
+    """The process's publisher; None when KAFKA_BOOTSTRAP_SERVERS is unset (rows wait).
+
+    Made under a lock: threads that each made one would each start a producer, its
+    connections and its sender thread, and keep them."""
     global _publisher
-    if _publisher is None or _publisher[0] != os.getpid():  # a producer must not cross a fork
-        settings = get_settings()
-        servers = settings.kafka_bootstrap_servers
-        _publisher = (
-            os.getpid(),
-            Publisher(servers, settings.duetide_publish_timeout_s) if servers else None,
-        )
-    return _publisher[1]
+    made = _publisher
+    if made is None or made[0] != os.getpid():  # a producer must not cross a fork
+        with _making_publisher:
+            made = _publisher
+            if made is None or made[0] != os.getpid():
+                settings = get_settings()
+                servers = settings.kafka_bootstrap_servers
+                publisher = (
+                    Publisher(servers, settings.duetide_publish_timeout_s) if servers else None
+                )
+                _publisher = made = (os.getpid(), publisher)
+    return made[1]
 
 
 _MARK_UNSENT = (
