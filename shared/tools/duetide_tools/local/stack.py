@@ -646,7 +646,11 @@ def _count(number: int, noun: str) -> str:
 
 
 def _check_port_free(port: int) -> None:
+    """Whether the API could listen on `port`, as its server binds it (SO_REUSEADDR): the
+    connections the last run closed wait out TIME_WAIT there for a minute, and a plain
+    bind took them for a server already running."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
