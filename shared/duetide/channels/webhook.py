@@ -91,7 +91,7 @@ def sign(secret: bytes, timestamp: int, body: bytes, bound: Sequence[str] = ()) 
 
 
 def verify_signature(
-    secret: bytes,
+    secret: str | bytes,
     header: str | None,
     body: bytes,
     now: float,
@@ -100,11 +100,12 @@ def verify_signature(
 ) -> bool:
     """True when `header` signs `body` (and `bound`, as `sign` does) with `secret` and its
     time is within `tolerance_s` of `now` (unix seconds). Several `v1=` values (a secret
-    rotation) are accepted."""
+    rotation) are accepted. `secret` as the API gave it (`whsec_...`), or its UTF-8."""
     timestamp, candidates = _parse_signature(header or "")
     if timestamp is None or not candidates or abs(now - timestamp) > tolerance_s:
         return False
-    expected = _mac(secret, timestamp, body, bound).encode("ascii")
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    expected = _mac(key, timestamp, body, bound).encode("ascii")
     matches = [hmac.compare_digest(expected, c.encode("utf-8", "replace")) for c in candidates]
     return any(matches)
 
