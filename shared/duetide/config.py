@@ -137,6 +137,13 @@ class Settings(BaseSettings):
         0.5, ge=0.05, le=5, description="How often a waiter or a stream reads the log."
     )
     duetide_sweep_batch: int = Field(500, ge=1, le=10_000)
+    duetide_ping_interval: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="`duetide up` only: ping the sweep every this many seconds instead of "
+        "on the PingSource's schedule (once a minute).",
+    )
     duetide_sweep_claimers: int = Field(
         4,
         ge=1,

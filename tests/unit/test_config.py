@@ -1,5 +1,8 @@
 """Settings come from the environment, are validated at start, and name the bad variable."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +141,26 @@ def test_the_event_audience_must_differ_from_the_apis(monkeypatch):
     monkeypatch.setenv("DUETIDE_JWT_AUDIENCE", "duetide")
     with pytest.raises(ConfigError, match="must differ"):
         get_settings()
+
+
+def test_a_function_with_a_bad_variable_stops_with_one_line_naming_it(tmp_path):
+    """It named the variable, under a whole traceback."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "DUETIDE_WRITE_RATE_PER_MINUTE": "abc", "DUETIDE_HOME": str(tmp_path)}
+    ran = subprocess.run(
+        [sys.executable, "-m", "duetide.web.serve", "--target", "tasks",
+         "--source", str(root / "functions/tasks/main.py"), "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 1
+    assert ran.stderr.count("\n") == 1 and "DUETIDE_WRITE_RATE_PER_MINUTE" in ran.stderr
+    assert "Traceback" not in ran.stderr and "abc" not in ran.stderr
+
+
+def test_up_names_a_bad_ping_interval(monkeypatch, capsys):
+    from duetide_tools.cli import main
+
+    monkeypatch.setenv("DUETIDE_PING_INTERVAL", "abc")
+    assert main(["up", "--quiet"]) == 2
+    said = capsys.readouterr().err
+    assert "DUETIDE_PING_INTERVAL" in said and "unexpected" not in said

@@ -39,7 +39,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from duetide.config import get_settings
+from duetide.config import ConfigError, get_settings
 from duetide.errors import (
     ApiError,
     BadRequest,
@@ -452,7 +452,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     # The factory reads these, in this process or in each worker process.
     os.environ.update(FUNCTION_TARGET=args.target, FUNCTION_SOURCE=os.path.abspath(args.source))
-    get_settings()  # a bad variable stops us here, named
+    try:
+        get_settings()  # a bad variable stops us here, named
+    except ConfigError as exc:  # one line, as the process's last word (no traceback)
+        sys.exit(f"duetide: {exc}")
     uvicorn.run(
         "duetide.web.serve:app_from_env",
         factory=True,

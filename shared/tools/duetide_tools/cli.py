@@ -35,13 +35,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     from duetide_tools.manifests import ManifestError
 
     settings = get_settings()
-    interval = os.environ.get("DUETIDE_PING_INTERVAL")
     steps = _Steps()
     stack = Stack(
         root=project_root(),
         home=settings.duetide_home,
         port=args.port,
-        ping_interval_s=float(interval) if interval else None,
+        ping_interval_s=settings.duetide_ping_interval,
         database_url=settings.database_url,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         echo=not args.quiet,
