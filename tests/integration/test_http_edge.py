@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -276,6 +277,69 @@ def test_chunked_bodies_and_kept_alive_connections_are_served(quick, token):
     assert fetched.status == 200 and json.loads(fetched.body)["title"] == "chunked"
 
 
+def test_a_trailer_field_is_not_taken_for_a_header(quick, token):
+    """uvicorn added the trailer fields of a chunked body to the request's headers: a
+    token sent after the body, past whatever checked the head, authenticated it."""
+    lines = ["POST /tasks HTTP/1.1", "Host: x", "Content-Type: application/json",
+             "Transfer-Encoding: chunked"]  # fmt: skip
+    body = b'{"title": "smuggled"}'
+    trailer = f"Authorization: Bearer {token}\r\n".encode()
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    request += f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n" + trailer + b"\r\n"
+    answer = exchange(quick, request)
+    assert answer.status == 401, answer
+    listed = requests.get(
+        f"http://127.0.0.1:{quick}/tasks", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert "smuggled" not in listed.text
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param(b"0\r\nX-Big: " + b"a" * (MAX_HEAD + 200) + b"\r\n\r\n", id="trailer"),
+        pytest.param(b"1" + b";x=y" * (MAX_HEAD // 4 + 50) + b"\r\n", id="extensions"),
+    ],
+)
+def test_a_chunked_bodys_framing_over_the_head_limit_is_431_json(quick, token, framing):
+    """Trailer fields and chunk extensions counted against no limit: a client sent a
+    73 MiB trailer (the process grew by 135 MB and answered others after 4.5 s; llhttp
+    copies a field's value whole at each read) for as long as the read timeout let it."""
+    with connect(quick) as sock:
+        sock.sendall(post_tasks(token, b"", "Transfer-Encoding: chunked"))
+        sock.sendall(b"5\r\nhello\r\n")
+        for start in range(0, len(framing), 1024):  # read by read, as a slow client sends
+            send(sock, framing[start : start + 1024])
+        answer = read_answer(sock)
+    assert answer.status == 431, answer
+    assert answer.error()["code"] == "headers_too_large"
+    assert exchange(quick, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
+
+
+def test_pipelined_answers_come_in_order_with_a_refusal_last(quick, token):
+    """A refusal was written at once: three requests read before a malformed one, the
+    client's first answer was the 400, and the other two were lost."""
+    get = f"GET /tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    with connect(quick) as sock:
+        sock.sendall(get.encode() * 3 + b"GARBAGE\r\n\r\n")
+        answers = b""
+        while chunk := _recv(sock):  # the server closes after the refusal
+            answers += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)  # bodies end without a newline
+    assert statuses == [b"200", b"200", b"200", b"400"]
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(quick, token):
+    """uvicorn closed the connection on the client's FIN: the request ran (the task was
+    created) and its answer was lost."""
+    with connect(quick) as sock:
+        sock.sendall(post_tasks(token, b'{"title": "half"}', "Content-Length: 17"))
+        sock.shutdown(socket.SHUT_WR)
+        created = read_answer(sock)
+        assert created.status == 201, created
+        assert _recv(sock) == b""  # then the server closes its side too
+
+
 # --- slow clients and connections -----------------------------------------------------------
 
 
@@ -314,6 +378,27 @@ def test_connections_over_the_cap_are_503_json(tmp_path):
         wait_for(
             lambda: exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status == 200,
             "a connection to be accepted again",
+        )
+
+
+def test_clients_that_do_not_read_their_answers_are_dropped_and_free_their_slots(tmp_path):
+    """Two clients pipelining requests and reading no answer held both places of the cap
+    for as long as they stayed connected: every other client got 503."""
+    with (
+        served(
+            tmp_path / "unread", DUETIDE_HTTP_MAX_CONNECTIONS="2", DUETIDE_HTTP_READ_TIMEOUT_S="1"
+        ) as port,
+        ExitStack() as stack,
+    ):
+        for _ in range(2):
+            sock = stack.enter_context(connect(port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            send(sock, b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+        with connect(port) as extra:
+            assert read_answer(extra).status == 503  # both places taken
+        wait_for(
+            lambda: exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status == 200,
+            "the stalled clients to be dropped",
         )
 
 

@@ -14,6 +14,10 @@ Every request is bounded, and every refusal is JSON `{"error": {...}}`:
 - the request line and headers together: DUETIDE_HTTP_MAX_HEAD_BYTES (431);
 - the time to send them, and then the body: DUETIDE_HTTP_READ_TIMEOUT_S each (408);
 - the body: DUETIDE_MAX_BODY_BYTES, refused from Content-Length or while reading (413);
+- a chunked body's framing (extensions, trailer fields): the head limit, besides 32 bytes
+  a chunk for its size line (431); trailer fields are never merged into the headers;
+- the answer: a client that stops taking it (its send buffer stays full) for
+  DUETIDE_HTTP_READ_TIMEOUT_S is dropped, a stream's too;
 - open connections: DUETIDE_HTTP_MAX_CONNECTIONS, more get 503 and are closed;
 - malformed HTTP: 400.
 
@@ -55,7 +59,9 @@ log = logging.getLogger("duetide.web.serve")
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Scope = dict[str, Any]
 LINGER_S, LINGER_MAX_BYTES = 2.0, 256 * 1024
-STREAM_SEND_TIMEOUT_S = 30.0
+CHUNK_LINE_BYTES = 32
+"""What a chunk's size line and CRLFs may take; its extensions and the trailer fields
+share the head limit."""
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 
@@ -97,9 +103,17 @@ class EdgeProtocol(HttpToolsProtocol):
         self._max_connections = settings.duetide_http_max_connections
         self._max_head_bytes = settings.duetide_http_max_head_bytes
         self._head_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._in_head = False  # a request's first byte came, its head is not complete
         self._head_bytes = 0
+        self._in_body = False  # its head is complete, its body (and trailers) not yet
+        self._framing_bytes = 0  # of a chunked body: extensions, trailer fields
+        self._read_taken = 0  # bytes of the read under way that are body, head or chunk line
+        self._running: Any = None  # the cycle whose app runs (one at a time, in order)
         self._refused = False
+        self._refusal: ApiError | None = None  # decided, behind the answers owed before it
+        self._stopped_by: ApiError | None = None
+        self._eof = False
         self._dropped = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -116,29 +130,116 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_write_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:  # the rest of a refused request, read so the answer is not reset
-            self._dropped += len(data)
-            if self._dropped > LINGER_MAX_BYTES:
+        if self._refused:
+            if self._refusal is not None:  # not yet sent: nothing more is read until it is
+                self.transport.pause_reading()
+                return
+            self._dropped += len(data)  # the rest of a refused request, read so the
+            if self._dropped > LINGER_MAX_BYTES:  # answer is not reset
                 self.transport.close()
             return
+        self._read_taken = 0
         super().data_received(data)
-        if self._in_head and not self._refused:
+        if self._refused:
+            return
+        if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head_bytes:
                 self._refuse(head_too_large(self._max_head_bytes))
+        elif self._in_body:  # the rest of the read: framing (that of an earlier message too)
+            self._framing_bytes += max(0, len(data) - self._read_taken)
+            if self._framing_bytes > self._max_head_bytes:
+                self._refuse(self._framing_too_large())
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol's contract
+        """The client closed its side. A request it sent whole is still answered (then the
+        connection closes); one it left incomplete has no answer to wait for. uvicorn
+        closed at once: the request ran and its answer was lost."""
+        self._eof = True
+        return not (self._in_head or self._in_body) and not self._owes_nothing()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes = True, 0
+        self._in_body = False
         self._start_head_timer()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_body:
+            super().on_header(name, value)
+            return
+        # A trailer field, after a chunked body: bounded, and never merged into the
+        # headers, where the app took it for one (an `Authorization` sent after the body
+        # passed for the request's; RFC 9110, 6.5.1). llhttp has already read it whole.
+        if self._framing_bytes + len(name) + len(value) + 4 > self._max_head_bytes:
+            self._stopped_by = self._framing_too_large()
+            raise _StopParsing
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
+        self._in_body, self._framing_bytes = True, 0
+        # Its size as sent, give or take optional spaces (a head begun in an earlier read
+        # is taken whole here: the count errs towards leniency, by one head at most).
+        self._read_taken += len(self.url) + 32
+        self._read_taken += sum(len(name) + len(value) + 4 for name, value in self.headers)
         super().on_headers_complete()
+
+    def on_chunk_header(self) -> None:
+        self._read_taken += CHUNK_LINE_BYTES
+
+    def on_body(self, body: bytes) -> None:
+        self._read_taken += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._send_refusal_when_due()
+        if self._eof and self._refusal is None and self._owes_nothing():
+            self.transport.close()  # the client has sent all it will
+
+    def pause_writing(self) -> None:
+        """The client has stopped taking the answer: it has the read timeout to go on."""
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self._head_timeout_s, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self._stop_write_timer()
+        super().resume_writing()
+
+    def _write_stalled(self) -> None:
+        """Drop it: a client sending requests and reading no answer held its connection
+        (and a slot of the cap) for ever, and a close would wait for the flush."""
+        self._write_timer = None
+        log.warning(
+            "a client stopped reading its answer; dropped",
+            extra={"event": "http.write_stalled"},
+        )
+        self.transport.abort()
+
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _framing_too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(
+            "the chunked body's extensions and trailer fields are larger than "
+            f"{self._max_head_bytes} bytes"
+        )
 
     def shutdown(self) -> None:
         if self._refused:  # answered and lingering: the parser may be in its error state
@@ -165,21 +266,52 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.close()  # not a byte sent: nothing to answer
 
     def send_400_response(self, msg: str) -> None:
-        """Called by uvicorn for any head llhttp refuses."""
-        self._refuse(BadRequest("malformed HTTP request"))
+        """Called by uvicorn for any head llhttp refuses, and when a callback stopped it."""
+        stopped, self._stopped_by = self._stopped_by, None
+        self._refuse(stopped or BadRequest("malformed HTTP request"))
 
     def _refuse(self, err: ApiError) -> None:
-        """Write a JSON error straight to the socket, then close it after a short linger.
+        """Answer `err` and close, once the answers owed before it on this connection
+        (pipelined requests read before the refused one) have gone: written at once, it
+        passed for the answer of the first, and the others were lost. A refused request
+        whose head was complete is not answered by the app."""
+        self._stop_head_timer()
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused, self._refusal = True, err
+        if self._in_body and self.cycle is not None:
+            self._drop(self.cycle)
+        self._send_refusal_when_due()
+
+    def _drop(self, cycle: Any) -> None:
+        """Take a request the edge answers away from the app: queued, it never runs;
+        running, it reads a disconnect and sends nothing."""
+        for queued in list(self.pipeline):
+            if queued[0] is cycle:
+                self.pipeline.remove(queued)
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+    def _owes_nothing(self) -> bool:
+        running = self._running
+        idle = running is None or running.response_complete or running.disconnected
+        return idle and not self.pipeline
+
+    def _send_refusal_when_due(self) -> None:
+        """Write the refusal decided, then close after a short linger.
 
         Closing at once with unread bytes would make the kernel reset the connection,
         and the client could lose the answer before reading it; so the rest is read and
         dropped for LINGER_S or LINGER_MAX_BYTES, whichever comes first (the client sees
         the end of our data at once).
         """
-        self._stop_head_timer()
-        if self._refused or self.transport.is_closing():
+        err = self._refusal
+        if err is None or self.transport.is_closing():
             return
-        self._refused = True
+        if not self._owes_nothing():
+            self.transport.pause_reading()
+            return
+        self._refusal = None
         body = error_bytes(err)
         reason = HTTPStatus(err.status).phrase
         head = (
@@ -191,7 +323,13 @@ class EdgeProtocol(HttpToolsProtocol):
         self.transport.write(head.encode("latin-1") + body)
         if self.transport.can_write_eof():
             self.transport.write_eof()
+        self.transport.resume_reading()
         self.loop.call_later(LINGER_S, self.transport.close)
+
+
+class _StopParsing(Exception):
+    """Raised in a parser callback: llhttp stops there, and uvicorn, taking it for a
+    parse error, calls `send_400_response`, which answers `EdgeProtocol._stopped_by`."""
 
 
 # --- the request: body with its limits, then the WSGI app on a worker thread ------------
@@ -258,17 +396,10 @@ class WsgiBridge:
                 if chunk is None:
                     break
                 if chunk and not gone.is_set():
+                    # A client that stops reading stalls this send until the edge drops
+                    # it (`EdgeProtocol._write_stalled`); the send then returns.
                     message = {"type": "http.response.body", "body": chunk, "more_body": True}
-                    try:
-                        # A client that stops reading would stall the send (and keep
-                        # the app's iterator and its slot) for ever: it is dropped.
-                        await asyncio.wait_for(send(message), STREAM_SEND_TIMEOUT_S)
-                    except TimeoutError:
-                        log.warning(
-                            "a streamed answer's client stopped reading; dropped",
-                            extra={"event": "http.stream_stalled"},
-                        )
-                        return
+                    await send(message)
             if not gone.is_set():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
