@@ -983,6 +983,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Snooze a reminder",
         body=SnoozeIn,
         responses={200: ReminderOut},
+        description="It fires next `for` a duration from now or `until` a time, whether it "
+        "has fired or not: on a pending reminder that can be earlier than planned.",
     ),
     Endpoint(
         "POST",
