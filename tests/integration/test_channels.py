@@ -607,6 +607,52 @@ def test_an_unreachable_relay_is_retryable():
     assert "SMTP" in result.error
 
 
+@pytest.mark.parametrize(
+    "dribble",
+    [
+        pytest.param(b"220-relay.test ESMTP\r\n" * 20, id="greeting"),
+        pytest.param(b"220 relay.test ESMTP\r\n" + b"250-relay.test\r\n" * 20, id="ehlo"),
+    ],
+)
+def test_a_relay_sending_its_replies_a_byte_at_a_time_is_cut_at_the_timeout(dribble: bytes):
+    """smtplib's timeout bounds each read: a relay sending a byte every 0.2 s held one of
+    notify's workers for as long as it went on (here 90 s or more, for a 1 s timeout)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop, sent_all = threading.Event(), threading.Event()
+
+    def relay() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            for byte in dribble:
+                if stop.wait(0.2):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+            sent_all.set()
+
+    server = threading.Thread(target=relay, daemon=True)
+    server.start()
+    try:
+        result = deliver_email(
+            host="127.0.0.1",
+            port=listener.getsockname()[1],
+            sender="noreply@duetide.test",
+            to="alice@example.test",
+            subject="s",
+            body="b",
+            starttls=False,
+            timeout_s=1,
+        )
+        assert not sent_all.is_set()  # cut while the relay still sent
+    finally:
+        stop.set()
+        listener.close()
+        server.join(timeout=10)
+    assert (result.ok, result.retryable, result.error) == (False, True, "SMTP: timed out")
+
+
 def test_credentials_are_never_sent_without_starttls(relay: Relay):
     with pytest.raises(ValueError, match="STARTTLS"):
         send(relay, username="duetide", password="hunter2")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
@@ -17,6 +18,7 @@ from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from duetide import events
 from duetide.channels.delivery import DeliveryResult, clip, refused
 from duetide.config import get_settings
+from duetide.deadline import Deadline
 from duetide.storage.models import Preference
 
 NEEDS_NETWORK = True
@@ -121,7 +123,9 @@ def deliver_email(
     """Send one plain-text message through an SMTP relay.
 
     Credentials are only sent after STARTTLS. A 4xx reply or a broken connection is
-    `retryable`; a 5xx reply is final.
+    `retryable`; a 5xx reply is final. `timeout_s` bounds the whole exchange: smtplib's
+    timeout bounds each read, and a relay sending its replies a byte at a time held one
+    of notify's workers for as long as it went on.
     """
     sender_address = validate_address(sender)
     to_address = validate_address(to)
@@ -130,7 +134,7 @@ def deliver_email(
         raise ValueError("SMTP credentials are only sent after STARTTLS")
     message = _email_message(sender, to, subject, body, sender_address)
     try:
-        with smtplib.SMTP(host, port, timeout=timeout_s) as smtp:
+        with Deadline(timeout_s) as deadline, _Watched(deadline, host, port, timeout_s) as smtp:
             if starttls:
                 smtp.starttls(context=ssl_context or ssl.create_default_context())
             if username is not None:
@@ -143,8 +147,24 @@ def deliver_email(
         error = f"SMTP {exc.smtp_code}: {type(exc).__name__}"
         return DeliveryResult(False, exc.smtp_code, error, exc.smtp_code < 500)
     except (smtplib.SMTPException, OSError) as exc:
-        return DeliveryResult(False, None, clip(f"SMTP: {type(exc).__name__}"), True)
+        cause = "timed out" if deadline.expired else type(exc).__name__
+        return DeliveryResult(False, None, clip(f"SMTP: {cause}"), True)
     return DeliveryResult(True, 250)
+
+
+class _Watched(smtplib.SMTP):
+    """An SMTP connection whose socket `deadline` watches from its connect on, before the
+    greeting is read (`_get_socket` is where smtplib's own SMTP_SSL and LMTP make theirs;
+    typeshed does not list it)."""
+
+    def __init__(self, deadline: Deadline, host: str, port: int, timeout_s: float) -> None:
+        self._deadline = deadline
+        super().__init__(host, port, timeout=timeout_s)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self._deadline.watch(sock)
+        return sock
 
 
 def _email_message(
