@@ -95,6 +95,10 @@ class HeadersTooLarge(ApiError):
     status, code = 431, "headers_too_large"
 
 
+class VersionNotSupported(ApiError):
+    status, code = 505, "http_version_not_supported"
+
+
 class RateLimited(ApiError):
     status, code = 429, "rate_limited"
 

@@ -206,6 +206,14 @@ def test_malformed_http_is_400_json(quick, data):
 # --- read times --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("line", [b"GET /healthz", b"GET /healthz HTTP/2.0"])
+def test_a_version_other_than_1_0_and_1_1_is_505_json(quick, line):
+    """llhttp reads a request line without a version as HTTP/0.9: it was served."""
+    answer = exchange(quick, line + b"\r\nHost: x\r\n\r\n")
+    assert answer.status == 505
+    assert answer.error()["code"] == "http_version_not_supported"
+
+
 def test_a_head_sent_too_slowly_is_408_json(quick):
     with connect(quick) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")

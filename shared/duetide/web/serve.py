@@ -19,7 +19,8 @@ Every request is bounded, and every refusal is JSON `{"error": {...}}`:
 - the answer: a client that stops taking it (its send buffer stays full) for
   DUETIDE_HTTP_READ_TIMEOUT_S is dropped, a stream's too;
 - open connections: DUETIDE_HTTP_MAX_CONNECTIONS, more get 503 and are closed;
-- malformed HTTP: 400.
+- malformed HTTP: 400; a version other than 1.0 and 1.1 (a request line without one,
+  HTTP/2.0 in plain text): 505.
 
 Answers are sent whole with their length, except a `text/event-stream` one (the activity
 stream), which is sent chunk by chunk as the app yields it and closed once the client
@@ -51,6 +52,7 @@ from duetide.errors import (
     PayloadTooLarge,
     RequestTimeout,
     Unavailable,
+    VersionNotSupported,
     error_body,
 )
 
@@ -182,6 +184,10 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):  # llhttp reads a line without one as 0.9
+            self._stopped_by = VersionNotSupported(f"HTTP/{version} is not served: use 1.1")
+            raise _StopParsing
         self._in_body, self._framing_bytes = True, 0
         # Its size as sent, give or take optional spaces (a head begun in an earlier read
         # is taken whole here: the count errs towards leniency, by one head at most).
