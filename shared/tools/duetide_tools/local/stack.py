@@ -445,6 +445,7 @@ class Stack:
             *self.dispatchers,
             *self._retiring,
         ]
+        ran_anything = bool(parts or self.functions or self.broker is not None)
         stoppers = [
             threading.Thread(target=part.stop, name=f"stop-{n}", daemon=True)
             for n, part in enumerate(parts)
@@ -472,7 +473,7 @@ class Stack:
             self._supervisor.join(timeout=HEALTH_TIMEOUT_S + 0.5)
         self.timers, self.dispatchers, self.functions = [], [], {}
         end = time.monotonic()
-        if self.logs.is_dir():
+        if ran_anything and self.logs.is_dir():  # a start refused at once stopped nothing
             self._log_line(
                 f"stopped in {end - began:.2f} s: functions {functions_done - began:.2f} s, "
                 f"then eventing and logs {eventing_done - functions_done:.2f} s, "
