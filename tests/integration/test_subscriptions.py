@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import text
 from sqlmodel import col, select
 
 from duetide import events
@@ -32,7 +33,7 @@ from duetide.storage.models import Outbox, Subscription, WebhookDelivery, utcnow
 from duetide.storage.outbox import to_cloudevent
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_reminders import Receiver, serving_receiver
-from tests.support import json_of
+from tests.support import json_of, wait_for
 
 TASK_TYPES = set(events.TASK_EVENTS)
 
@@ -461,6 +462,56 @@ def test_one_try_is_sent_once_when_its_event_arrives_twice_at_once(
         thread.join()
     assert sorted(answers) == ["delivered"] + ["duplicate"] * 3
     assert len(Receiver.seen) == 1
+
+
+def test_an_event_fanned_out_while_its_subscription_is_deleted_is_retried_not_dropped(
+    env, client, alice, receiver, eventing
+):
+    """The insert of a try for a subscription deleted meanwhile broke its foreign key,
+    which `run_once` took for a concurrent delivery of the same event: `200 duplicate`,
+    the activity entry rolled back with it, and the event was never logged."""
+    if not env.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: the delete and the fan-out cannot overlap")
+    made = subscribe(client, alice, receiver)
+    make_task(client, alice, "during the delete")
+    ((_, headers, body, _topic),) = eventing._undelivered()
+    with db.get_engine().connect() as deleting:
+        gone = deleting.begin()  # the owner's DELETE, not committed yet
+        for table, key in (("webhook_delivery", "subscription_id"), ("subscription", "id")):
+            deleting.execute(text(f"DELETE FROM {table} WHERE {key} = :id"), {"id": made["id"]})
+        answers: list[Any] = []
+        delivery = threading.Thread(
+            target=lambda: answers.append(eventing.activity.post("/", headers=headers, data=body))
+        )
+        delivery.start()
+        wait_for(_waiting_on_a_lock, "the fan-out to wait for the delete")
+        gone.commit()
+        delivery.join(timeout=30)
+    (first,) = answers
+    assert first.status_code == 503, first.get_data(as_text=True)  # retried, not "duplicate"
+    assert _count("activity") == 0 and _count("processed_event") == 0
+
+    assert str(json_of(eventing.activity.post("/", headers=headers, data=body))["status"]) == (
+        "processed"
+    )
+    assert _count("activity") == 1 and _count("webhook_delivery") == 0
+
+
+def _waiting_on_a_lock() -> bool:
+    """From a transaction of its own: pg_stat_activity is a snapshot per transaction."""
+    with db.get_engine().connect() as connection:
+        waiting = connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+        )
+        return bool(waiting.scalar())
+
+
+def _count(table: str) -> int:
+    with db.get_engine().connect() as connection:
+        return int(connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
 def test_a_rotated_secret_signs_beside_the_new_one_for_a_day(client, alice, receiver, eventing):

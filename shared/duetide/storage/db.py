@@ -134,6 +134,18 @@ def import_driver() -> None:
     make_url(get_settings().effective_database_url).get_dialect().import_dbapi()
 
 
+_UNIQUE_VIOLATIONS = {"23505", "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+
+
+def is_unique_violation(error: exc.IntegrityError) -> bool:
+    """Whether a statement broke a unique key (a concurrent writer inserted the same row
+    first), not a foreign key, NOT NULL or CHECK (a row it refers to went away, or a bug):
+    psycopg's SQLSTATE, sqlite3's extended error name."""
+    cause = error.orig
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "sqlite_errorname", None)
+    return code in _UNIQUE_VIOLATIONS
+
+
 @once
 def get_engine() -> Engine:
     """The process's one engine, and so its one pool (DUETIDE_DB_POOL_SIZE)."""

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from duetide.errors import Unavailable
 from duetide.storage import db, outbox
 from duetide.storage.models import ProcessedEvent, utcnow
 
@@ -83,8 +84,12 @@ def run_once(key: EventKey, work: Callable[[Session], tuple[T, list[str]]]) -> T
             if not claim(session, key):
                 return None
             answer, published = work(session)
-    except IntegrityError:
-        return None  # the work lost a race on a unique key of its own: done by another
+    except IntegrityError as error:
+        if db.is_unique_violation(error):
+            return None  # the work lost a race on a unique key of its own: done by another
+        # A row it refers to went away meanwhile (the owner deleted a subscription the
+        # event was being fanned out to): "duplicate" would drop the event for good.
+        raise Unavailable("a row this event refers to changed while it was applied") from None
     if published:
         outbox.publish_after_commit(published)
     return answer
