@@ -32,3 +32,11 @@ def test_values_without_escapes_are_taken_as_they_are() -> None:
 def test_a_decoded_nul_is_refused_as_a_poison_event() -> None:
     with pytest.raises(InvalidCloudEvent, match="subject"):
         decode(binary_request(subject="a%00b"), 1024)
+
+
+@pytest.mark.parametrize("escaped", ["evt-%FF", "evt-%C3", "evt-%ED%A0%80"])
+def test_escapes_that_are_not_utf_8_are_refused_not_replaced(escaped: str) -> None:
+    """They decoded to U+FFFD, so `evt-%FF` and `evt-%FE` were one id: the second event
+    was answered `duplicate` and dropped. (`%ED%A0%80` encodes a lone surrogate.)"""
+    with pytest.raises(InvalidCloudEvent, match="ce-id is not percent-encoded UTF-8"):
+        decode(binary_request(id=escaped), 1024)

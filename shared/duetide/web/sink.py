@@ -57,13 +57,22 @@ def _is_json(mimetype: str) -> bool:
     return mimetype in ("", "application/json") or mimetype.endswith("+json")
 
 
+def _unquoted(name: str, value: str) -> str:
+    """Strictly: `unquote` makes U+FFFD of bytes that are not UTF-8, and `evt-%FF` and
+    `evt-%FE` were then one id (the second event answered `duplicate` and dropped)."""
+    try:
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidCloudEvent(f"header {name} is not percent-encoded UTF-8") from None
+
+
 def decode(request: Request, max_bytes: int) -> Incoming:
     """A strictly decoded CloudEvent (binary or structured mode), or a 4xx ApiError."""
     body = read_body(request, max_bytes)
     headers = {k.lower(): v for k, v in request.headers.items()}
     binary = _binary_mode(request, headers)
     if binary:  # attribute values in headers are percent-encoded (HTTP binding, 3.1.3.2)
-        headers = {k: unquote(v) if k.startswith("ce-") else v for k, v in headers.items()}
+        headers = {k: _unquoted(k, v) if k.startswith("ce-") else v for k, v in headers.items()}
     else:  # structured: the SDK would go by a stray ce-specversion header
         headers = {k: v for k, v in headers.items() if not k.startswith("ce-")}
     try:
