@@ -571,6 +571,26 @@ def test_command_keys_of_two_users_never_collide_whatever_their_text(client):
     assert count(Task) == 2
 
 
+def test_a_command_whose_key_is_too_large_to_index_is_refused_not_retried(env, client):
+    """User, source and id each within 255 characters, but in 4-byte characters the
+    processed-id key outgrew PostgreSQL's index row (2,704 bytes): answered 503, which
+    the KafkaSource retried, then dead-lettered, holding the partition meanwhile."""
+    # Printable, 4 bytes each in UTF-8, and varied: PostgreSQL compresses a repetitive key.
+    wide = "".join(chr(0x20000 + i * 7919 % 0xA6D0) for i in range(255))
+    event = events.build(
+        event_id=wide, type=events.CMD_TASK_CREATE, source=wide, subject="",
+        data={"task": {"title": "wide"}},
+    )  # fmt: skip
+    headers, body = events.to_http(event)
+    answer = client.post("/commands", headers={**headers, **auth_headers(wide)}, data=body)
+    if env.startswith("postgresql"):
+        assert answer.status_code == 400, answer.json
+        assert answer.json["error"]["message"] == "a value of this request is too large to store"
+        assert count(Task) == 0 and count(ProcessedEvent) == 0
+    else:  # SQLite has no such limit
+        assert answer.status_code == 201, answer.json
+
+
 def test_processed_ids_are_purged_after_the_redelivery_window(env):
     now = utcnow()
     with db.session_scope() as session:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pydantic
 from flask import Request, Response
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from duetide import telemetry, tracecontext
 from duetide.errors import (
@@ -205,8 +206,14 @@ def _answer(handler: Handler, request: Request) -> Response:
         return error_response(err)
     except pydantic.ValidationError as exc:
         return error_response(validation_failed(exc))
-    except OperationalError as exc:
-        log_event(log, "database.unavailable", level=logging.WARNING, error=str(exc.orig)[:200])
+    except (OperationalError, PoolTimeout) as exc:  # a pool's wait for a connection too
+        cause = getattr(exc, "orig", None) or exc
+        if str(getattr(cause, "sqlstate", None) or "").startswith("54"):
+            # Program limit exceeded (an index row over PostgreSQL's 2,704 bytes: a
+            # command's user, source and id near their limits in 4-byte characters): the
+            # content, not the database, so a retry would only fail again.
+            return error_response(BadRequest("a value of this request is too large to store"))
+        log_event(log, "database.unavailable", level=logging.WARNING, error=str(cause)[:200])
         return error_response(
             Unavailable("the database is unavailable; retry", headers={"Retry-After": "1"})
         )
