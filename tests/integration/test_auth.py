@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import binary
 from tests.support import json_of
@@ -150,6 +151,29 @@ def test_bad_tokens_are_401_never_500(jwks, name):
     assert response.status_code == 401, (name, response.json)
     assert json_of(response)["error"]["code"] == "unauthorized"
     assert "Bearer" in response.headers["WWW-Authenticate"]
+
+
+def test_a_jwks_endpoint_that_is_down_is_503_not_401(env, monkeypatch):
+    """PyJWT's connection error is a PyJWTError: an identity provider down answered every
+    request "token invalid" (401), and with Knative's sender identity on, every event
+    was dead-lettered without a retry."""
+    monkeypatch.setenv("DUETIDE_AUTH", "jwks")
+    monkeypatch.setenv("DUETIDE_JWKS_URL", f"http://127.0.0.1:{free_loopback_port()}/jwks.json")
+    monkeypatch.setenv("DUETIDE_JWT_ISSUER", ISSUER)
+    monkeypatch.setenv("DUETIDE_JWT_AUDIENCE", AUDIENCE)
+    _reset_caches()
+    from duetide.web import auth
+
+    auth._jwks.cache_clear()
+    try:
+        response = function_client("tasks").get(
+            "/tasks", headers={"Authorization": f"Bearer {token()}"}
+        )
+    finally:
+        auth._jwks.cache_clear()
+    assert response.status_code == 503, response.json
+    assert json_of(response)["error"]["code"] == "unavailable"
+    assert response.headers["Retry-After"] == "5"
 
 
 def test_unknown_kids_refetch_the_jwks_at_a_bounded_rate(jwks):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Request
 
 from duetide.config import Settings, get_settings
-from duetide.errors import Unauthorized
+from duetide.errors import Unauthorized, Unavailable
 from duetide.storage.models import utcnow
 
 if TYPE_CHECKING:
@@ -120,6 +120,11 @@ class Verifier:
                 options={"require": required, "verify_aud": bool(self.audience)},
                 leeway=LEEWAY_S,
             )
+        except jwt.PyJWKClientConnectionError:  # the provider, not the token: retry
+            raise Unavailable(
+                "the identity provider's keys could not be fetched; retry",
+                headers={"Retry-After": "5"},
+            ) from None
         except (jwt.PyJWTError, ValueError):
             raise Unauthorized("the bearer token is invalid or expired") from None
 
