@@ -273,13 +273,17 @@ def test_notify_delivers_once_per_firing_and_lists_it(client, alice, bob, env, c
     assert client.get("/notifications", headers=bob).json["items"] == []
 
 
-def test_notify_skips_dismissed_snoozed_and_forged_firings(client, alice, env):
+def test_notify_skips_dismissed_snoozed_forged_and_completed_firings(client, alice, env):
     notify = function_client("notify")
     dismissed = due_reminder_event(client, alice, "a")
     client.post(f"/reminders/{dismissed['reminder_id']}/dismiss", headers=alice)
     snoozed = due_reminder_event(client, alice, "b")
     client.post(f"/reminders/{snoozed['reminder_id']}/snooze", json={"for": "PT1H"}, headers=alice)
     forged = {**due_reminder_event(client, alice, "c"), "owner": "mallory"}
-    for data in (dismissed, snoozed, forged):
+    # Completed after the sweep claimed the firing: it was delivered all the same.
+    completed = due_reminder_event(client, alice, "d")
+    answer = client.post(f"/tasks/{completed['task_id']}/complete", headers=alice)
+    assert answer.status_code == 200, answer.json
+    for data in (dismissed, snoozed, forged, completed):
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "obsolete"
     assert count(Notification) == 0

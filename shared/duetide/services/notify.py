@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, String, TextClause, insert, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeEngine
 from sqlmodel import col, select
@@ -46,6 +47,7 @@ from duetide.storage.models import (
     Preference,
     ProcessedEvent,
     Reminder,
+    Task,
     UTCDateTime,
     new_id,
 )
@@ -94,16 +96,19 @@ def _observe(channel: Channel, due: events.ReminderEvent, result: DeliveryResult
 
 
 def _current(reminder: _ReminderState | None, due: events.ReminderEvent) -> bool:
-    """Is this firing still wanted? Not if dismissed, snoozed since, or gone with its task."""
+    """Is this firing still wanted? Not if dismissed, snoozed since, or gone with its task,
+    nor once the task is no longer open (completed after the sweep claimed the firing: the
+    sweep itself claims only reminders of open tasks)."""
     if reminder is None or reminder.owner != due.owner or reminder.state == "dismissed":
         return False
-    return reminder.fire_at == due.scheduled_at
+    return reminder.status == "open" and reminder.fire_at == due.scheduled_at
 
 
 class _ReminderState(Protocol):
     owner: str
     state: str
     fire_at: datetime | None
+    status: str  # its task's
 
 
 def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: datetime) -> str:
@@ -339,13 +344,19 @@ def _commit_group(group: list[_Check]) -> None:
         connection = session.connection()
         reminder_ids = {check.due.reminder_id for check in group}
         seen = _processed(connection, [check.key for check in group])
-        reminders = {
-            row.id: row
-            for row in connection.execute(
-                select(Reminder.id, Reminder.owner, Reminder.state, Reminder.fire_at).where(
-                    col(Reminder.id).in_(reminder_ids)
-                )
+        current = (
+            sa_select(  # five columns: more than sqlmodel's select types
+                col(Reminder.id),
+                col(Reminder.owner),
+                col(Reminder.state),
+                col(Reminder.fire_at),
+                col(Task.status),
             )
+            .join(Task, col(Task.id) == col(Reminder.task_id))
+            .where(col(Reminder.id).in_(reminder_ids))
+        )
+        reminders: dict[str, _ReminderState] = {
+            row.id: row for row in connection.execute(current).all()
         }
         owners = {check.due.owner for check in group}
         prefs = {
