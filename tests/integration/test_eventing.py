@@ -386,6 +386,29 @@ def test_any_bytes_in_a_key_or_header_are_percent_encoded_and_an_unsendable_one_
     assert "ce_knativeerrorcode" not in attributes
 
 
+def test_a_structured_record_with_a_lone_surrogate_is_refused_and_dead_lettered(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    """JSON can say "\\ud800", which no UTF-8 carries: encoding its header raised outside
+    every handler and stopped the dispatcher, and the record, never committed, stopped
+    it again after each restart."""
+    sink.script(400)  # the functions' sink refuses it: not percent-encoded UTF-8
+    event = b'{"specversion":"1.0","id":"\\ud800","source":"/s","type":"t","data":{}}'
+    produce(producer, wiring.topic, event, **{"content-type": "application/cloudevents+json"})
+    well_formed = ce_headers(specversion="1.0", id="ok", type="t", source="/s")
+    produce(producer, wiring.topic, b"after", **well_formed)
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters) as running:
+        [dead] = read_all(broker, wiring.dead_letters, 1)
+        wait_for(lambda: committed_offset(broker, wiring.spec) == 2, "both committed")
+        assert running.running
+
+    refused, after = sink.received()
+    assert refused.headers["ce-id"] == "%ED%A0%80" and after.headers["ce-id"] == "ok"
+    attributes = {name: value.decode() for name, value in dead.headers}
+    assert attributes["ce_id"] == "\ufffd" and attributes["ce_knativeerrorcode"] == "400"
+
+
 def test_sink_failing_k_times_then_succeeding_is_called_k_plus_one_times(
     broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
 ) -> None:

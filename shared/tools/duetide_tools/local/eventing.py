@@ -31,6 +31,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -200,8 +201,11 @@ def _http_parts(event: CloudEvent) -> tuple[dict[str, str], bytes | None]:
     percent-encoded as the HTTP binding asks, and the receiving sink decodes them.
     """
     headers, body = to_binary(event, data_marshaller=_identity)
-    encoded = {
-        name: quote(str(value), safe=_HEADER_SAFE) if name.startswith("ce-") else value
+    encoded = {  # a lone surrogate (a structured record's JSON can say "\ud800") as WTF-8:
+        # the sink refuses it as content, where UTF-8 raised and stopped the dispatcher
+        name: quote(str(value), safe=_HEADER_SAFE, errors="surrogatepass")
+        if name.startswith("ce-")
+        else value
         for name, value in headers.items()
     }
     return encoded, body
@@ -327,7 +331,19 @@ def _kafka_parts(event: CloudEvent, key: Any) -> KafkaMessage:
         # None means "no content-type header" to it.
         event = _new_event(event.get_attributes(), event.get_data())
         event["datacontenttype"] = None
-    return kafka_to_binary(event, data_marshaller=_identity, key_mapper=lambda _event: key)
+    try:
+        return kafka_to_binary(event, data_marshaller=_identity, key_mapper=lambda _event: key)
+    except UnicodeEncodeError:  # a lone surrogate no header's UTF-8 can carry: U+FFFD
+        attributes = {
+            name: _utf8_or_replaced(value) if isinstance(value, str) else value
+            for name, value in event.get_attributes().items()
+        }
+        kept = _new_event(attributes, event.get_data())
+        return kafka_to_binary(kept, data_marshaller=_identity, key_mapper=lambda _event: key)
+
+
+def _utf8_or_replaced(value: str) -> str:
+    return re.sub("[\ud800-\udfff]", "\ufffd", value)
 
 
 # ------------------------------------------------------------- KafkaSource
