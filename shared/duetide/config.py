@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     duetide_publish_timeout_s: float = Field(
         2.0, gt=0, description="Bound on the fast-path publish after commit; the sweep catches up."
     )
+    duetide_db_timeout_s: float = Field(
+        10,
+        gt=0,
+        le=300,
+        description="PostgreSQL: the longest a new connection may take (a server that "
+        "accepts and never answers), a request may wait for a pooled connection, and sent "
+        "data may go unacknowledged (a network cut); then 503. Parameters the URL names win.",
+    )
     duetide_db_pool_size: int = Field(
         10,
         ge=1,

@@ -8,6 +8,7 @@ check what the next requests see.
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 import pytest
@@ -80,3 +81,26 @@ def test_a_connection_cut_while_in_use_fails_one_request_with_503_and_the_next_r
     assert failed.get_json()["error"]["code"] and failed.headers["Retry-After"] == "1"
     assert create(client, alice, "after") == 201
     assert titles(client, alice) == ["after", "before"]
+
+
+def test_a_server_that_accepts_and_never_answers_is_a_503_at_the_timeout(
+    env, client, alice, monkeypatch: pytest.MonkeyPatch
+):
+    """A server that froze (or a network cut) held each request as long as it lasted:
+    the engine had no connect timeout. Here a listener that completes TCP handshakes and
+    never says a word stands in for it."""
+    if not env.startswith("postgresql"):
+        pytest.skip("a PostgreSQL connection's bounds")
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://duetide@127.0.0.1:{port}/x")
+        monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "2")
+        _reset_caches()
+        answer = client.get("/tasks", headers=alice)
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.get_json()["error"]["code"] == "unavailable"
+
+
+def test_connection_bounds_the_url_names_are_kept() -> None:
+    named = db._bounded_connections("postgresql+psycopg://u@h/d?connect_timeout=30", 10)
+    assert "connect_timeout" not in named and named["tcp_user_timeout"] == 10_000

@@ -48,11 +48,37 @@ def make_engine(url: str) -> Engine:
     # A pool as large as the requests a process runs at once: an overflow connection is
     # closed when returned, and under load each one was a new connection (a TLS handshake
     # and a server process) per request.
-    pool_size = get_settings().duetide_db_pool_size
-    engine = create_engine(url, pool_size=pool_size, max_overflow=5, hide_parameters=True)
+    settings = get_settings()
+    timeout_s = settings.duetide_db_timeout_s
+    engine = create_engine(
+        url,
+        pool_size=settings.duetide_db_pool_size,
+        max_overflow=5,
+        pool_timeout=timeout_s,
+        connect_args=_bounded_connections(url, timeout_s),
+        hide_parameters=True,
+    )
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine))
     return engine
+
+
+def _bounded_connections(url: str, timeout_s: float) -> dict[str, int]:
+    """libpq's bounds for a server that stops answering: without them a connection to a
+    server that accepted and then froze, or across a network cut, waited as long as the
+    server did (requests hung 15 s through a 15 s freeze, where a refusal is a 503 in
+    milliseconds). Keepalives find a dead peer of an idle connection in about a minute.
+    What the URL sets itself is kept."""
+    bounds = {
+        "connect_timeout": max(2, round(timeout_s)),  # whole seconds; libpq's least is 2
+        "tcp_user_timeout": round(timeout_s * 1000),
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    named = make_url(url).query
+    return {name: value for name, value in bounds.items() if name not in named}
 
 
 PING_AFTER_IDLE_S = 1.0
