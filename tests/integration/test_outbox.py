@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import pytest
@@ -16,6 +18,7 @@ from duetide.storage.models import Outbox
 from duetide_tools.local.broker import consumer_settings, ensure_topics, free_loopback_port
 from duetide_tools.manifests import TopicSpec
 from tests.integration.conftest import use_broker
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -127,3 +130,32 @@ def test_record_many_stores_what_record_stores(env):
         outbox.topic_for(events.REMINDER_MISSED), "k2", {"x": 1}
     )  # fmt: skip
     assert single.created_at <= twin.created_at <= missed.created_at
+
+
+def test_a_relay_waiting_for_the_broker_on_sqlite_holds_no_writer_up(
+    client, alice, env, monkeypatch
+):
+    """The relay sent inside its write transaction: on SQLite, whose lock is the whole
+    database's, every writer waited for a broker that did not answer (up to the send's
+    bound each ping)."""
+    if not env.startswith("sqlite"):
+        pytest.skip("PostgreSQL's relay locks its rows only")
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    use_broker(monkeypatch, f"127.0.0.1:{silent.getsockname()[1]}", timeout_s=2.0)
+    assert client.post("/tasks", json={"title": "waits"}, headers=alice).status_code == 201
+    relay = threading.Thread(target=outbox.relay_pending)
+    try:
+        relay.start()
+        publisher = outbox.get_publisher()
+        assert publisher is not None
+        wait_for(lambda: publisher.busy, "the relay to be sending")
+        assert client.post("/tasks", json={"title": "meanwhile"}, headers=alice).status_code == 201
+        assert relay.is_alive()  # written while the relay still waited for the broker
+    finally:
+        relay.join(timeout=30)
+        silent.close()
+        for connection in held:
+            connection.close()
+    assert {row.id for row in pending()} == {row.id for row in _all_rows()}  # none sent

@@ -53,7 +53,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
@@ -644,31 +644,47 @@ def relay_pending(limit: int = 500, budget_s: float = RELAY_BUDGET_S) -> int:
 def _relay_batch(limit: int) -> tuple[int, int]:
     """One batch: (rows read, rows acknowledged and marked sent).
 
-    On PostgreSQL rows are locked with SKIP LOCKED, so concurrent relays share the
-    work instead of sending the same rows twice; SQLite takes its write lock at BEGIN
-    (a read that later writes would fail once another writer committed in between).
+    On PostgreSQL rows are locked with SKIP LOCKED through the send, so concurrent
+    relays share the work instead of sending the same rows twice, and nothing else
+    waits but a writer of those rows. SQLite's one lock is the whole database's: held
+    through the send, every writer of every function waited for the broker (up to
+    `send_bound_s` a ping while it was away), so there the rows are read, sent, and then
+    marked in a short write of its own; a row another sender sent meanwhile goes twice,
+    which the consumers' `ce_id` deduplication absorbs.
     """
     publisher = get_publisher()
     if publisher is None:
         return 0, 0
-    with db.session_scope() as session:
-        rows = session.exec(
-            select(Outbox)
-            .where(col(Outbox.sent_at).is_(None))
-            .order_by(col(Outbox.created_at))
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
+    pending = (
+        select(Outbox)
+        .where(col(Outbox.sent_at).is_(None))
+        .order_by(col(Outbox.created_at))
+        .limit(limit)
+    )
+    if db.get_engine().dialect.name == "sqlite":
+        with db.session_scope(read_only=True) as session:
+            rows = session.exec(pending).all()
         acked = publisher.send(rows)
-        if len(acked) < len(rows):
-            acked_ids = set(acked)
-            session.exec(
-                update(Outbox)
-                .where(col(Outbox.id).in_([r.id for r in rows if r.id not in acked_ids]))
-                .values(attempts=Outbox.attempts + 1)
-            )
-        mark_sent(session, acked)
+        with db.session_scope() as session:
+            _note_relayed(session, rows, acked)
+        return len(rows), len(acked)
+    with db.session_scope() as session:
+        rows = session.exec(pending.with_for_update(skip_locked=True)).all()
+        acked = publisher.send(rows)
+        _note_relayed(session, rows, acked)
     return len(rows), len(acked)
+
+
+def _note_relayed(session: Session, rows: Sequence[Outbox], acked: list[str]) -> None:
+    """Mark what the broker acknowledged sent; count a try on the rest."""
+    if len(acked) < len(rows):
+        acked_ids = set(acked)
+        session.exec(
+            update(Outbox)
+            .where(col(Outbox.id).in_([r.id for r in rows if r.id not in acked_ids]))
+            .values(attempts=Outbox.attempts + 1)
+        )
+    mark_sent(session, acked)
 
 
 def backlog(now: datetime) -> tuple[int, float]:
