@@ -340,3 +340,17 @@ def test_commands_from_the_user_bearer_and_a_system_share_the_users_budget(
     assert post(client, signed).status_code == 429
     other = sign_command(command("b-3"), user="bob", system="crm", key=CRM_KEY)
     assert post(client, other).status_code == 201
+
+
+def test_a_redelivered_command_costs_none_of_the_budget(keyed, monkeypatch):
+    """The limit was charged before the duplicate check: a KafkaSource's retries of one
+    command spent the user's minute, then got 429 until they were dead-lettered."""
+    monkeypatch.setenv("DUETIDE_WRITE_RATE_PER_MINUTE", "2")
+    _reset_caches()
+    client = function_client("tasks")
+    signed = sign_command(command("r-1"), user="alice", system="crm", key=CRM_KEY)
+    assert post(client, signed).status_code == 201
+    again = [post(client, signed) for _ in range(4)]
+    assert [(a.status_code, a.json["status"]) for a in again] == [(200, "duplicate")] * 4
+    second = sign_command(command("r-2"), user="alice", system="crm", key=CRM_KEY)
+    assert post(client, second).status_code == 201  # the budget's second write

@@ -47,6 +47,15 @@ class EventKey:
         }
 
 
+def seen(key: EventKey) -> bool:
+    """Whether `key` was recorded already: a read of its primary key, outside any write,
+    for a caller that must not charge a redelivery as new work (the command rate limit).
+    A delivery racing this one is still caught by `run_once`."""
+    with db.session_scope(read_only=True) as session:
+        row = session.get(ProcessedEvent, (key.consumer, key.scope, key.source, key.event_id))
+        return row is not None
+
+
 def claim(session: Session, key: EventKey) -> bool:
     """Record `key` in the caller's transaction; False if it was recorded already."""
     connection = session.connection()

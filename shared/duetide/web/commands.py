@@ -23,6 +23,7 @@ from duetide.errors import InvalidCloudEvent
 from duetide.logs import log_event
 from duetide.services import ratelimit, task_events, tasks
 from duetide.services.responses import CommandResult
+from duetide.storage import processed
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import command_events, command_trust
 from duetide.web.http import json_response, validation_failed
@@ -53,6 +54,19 @@ def actor_name(actor: command_trust.Actor) -> str:
     return f"user:{actor.user}" if kind == "user" else f"{kind}:{name}"
 
 
+def _log_handled(event: Incoming, actor: command_trust.Actor, status: str) -> None:
+    log_event(
+        log,
+        "command.handled",
+        type=event.type,
+        event_id=event.id,
+        source=event.source,
+        user=actor.user,
+        via=actor.via,
+        status=status,
+    )
+
+
 def handle(request: Request) -> Response:
     event = decode(request, get_settings().duetide_max_body_bytes)
     follow_trace(event)
@@ -64,10 +78,13 @@ def handle(request: Request) -> Response:
     telemetry.note(f"process {event.type}", **{"cloudevents.event_type": event.type})
     actor = command_trust.actor(request, event)
     user = actor.user
-    ratelimit.charge_write(user)
     payload = _payload(event)
     spec = payload.task if isinstance(payload, command_events.CreateCommandData) else None
     key = EventKey(CONSUMER, event.source, event.id, scope=user)
+    if processed.seen(key):  # a redelivery is no new write: it costs no budget
+        _log_handled(event, actor, "duplicate")
+        return json_response(CommandResult(status="duplicate"))
+    ratelimit.charge_write(user)
 
     def work(session: Session) -> tuple[CommandResult, list[str]]:
         if spec is not None:
@@ -78,16 +95,7 @@ def handle(request: Request) -> Response:
 
     with task_events.acting_as(actor_name(actor)):
         body = run_once(key, work)
-    log_event(
-        log,
-        "command.handled",
-        type=event.type,
-        event_id=event.id,
-        source=event.source,
-        user=user,
-        via=actor.via,
-        status="duplicate" if body is None else "processed",
-    )
+    _log_handled(event, actor, "duplicate" if body is None else "processed")
     if body is None:
         return json_response(CommandResult(status="duplicate"))
     if spec is None:
