@@ -143,6 +143,8 @@ def test_other_event_types_are_acknowledged_and_ignored(recurrence):
     response = post(recurrence, events.TASK_CREATED, {"anything": 1})
     assert response.status_code == 200
     assert response.json["status"] == "ignored"
+    long = post(recurrence, "x" * 100_000, {"anything": 1})  # the answer echoed it whole
+    assert long.json["status"] == "ignored" and len(long.json["reason"]) < 300
 
 
 MALFORMED = [

@@ -200,7 +200,9 @@ def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
         follow_trace(event)
         if event.type not in accepts:
             handled(event, "ignored")
-            return json_response({"status": "ignored", "reason": f"type {event.type} not handled"})
+            # The sender's text, bounded as the log line bounds it (it echoed 900 KB).
+            reason = f"type {event.type[:255]} not handled"
+            return json_response({"status": "ignored", "reason": reason})
         try:
             status = process(event)
         except pydantic.ValidationError as exc:
