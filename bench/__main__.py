@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ BENCHMARKS = {
     "up_restart": "duetide up started again after a run of many events: sent again, idle after",
 }
 RESULTS = Path(__file__).parent / "results"
+INSTALL = {"wrk": "apt-get install wrk", "pgbench": "apt-get install postgresql-client"}
+"""Programs a benchmark runs (its module's `NEEDS`), and how Debian installs them."""
 
 
 def table(rows: list[dict[str, object]]) -> str:
@@ -74,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], default=[])
     names = parser.parse_args(argv).names or list(BENCHMARKS)
     RESULTS.mkdir(exist_ok=True)
+    missing = [
+        (name, tool)
+        for name in names
+        for tool in getattr(importlib.import_module(f"bench.{name}"), "NEEDS", ())
+        if shutil.which(tool) is None
+    ]
+    if missing:  # before any run: not a traceback minutes into one
+        for name, tool in missing:
+            print(f"bench {name} needs {tool} on PATH ({INSTALL[tool]})", file=sys.stderr)
+        return 2
     for name in names:
         print(f"bench {name}: {BENCHMARKS[name]} ...", flush=True)
         module = importlib.import_module(f"bench.{name}")

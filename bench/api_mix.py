@@ -74,6 +74,7 @@ SECRET = "bench-api-mix-secret-of-enough-length-for-hs256"
 PG_HOST, PG_PORT = "127.0.0.1", int(os.environ.get("BENCH_API_MIX_PG_PORT", "5432"))
 PG_USER = "postgres"
 PREFIX = "bench_api_mix"
+NEEDS = ("wrk", "pgbench")
 SYSTEMS = ("duetide", "baseline", "pgbench")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -44,6 +44,7 @@ from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import free_loopback_port
 from duetide_tools.local.stack import project_root
 
+NEEDS = ("wrk",)
 DURATION_S = int(os.environ.get("BENCH_HTTP_SECONDS", "10"))
 THREADS = os.environ.get("BENCH_HTTP_THREADS", "10")
 SLOW_CLIENTS = 12
