@@ -22,6 +22,9 @@ from duetide_tools.manifests import Wiring
 
 DEFAULT_TOPIC = "duetide-dead-letters"
 ERROR_EXTENSION_PREFIX = "ce_knativeerror"
+SOURCE_TOPIC_EXTENSION = "duetidesourcetopic"
+"""The topic a record came from, which the local stack's dispatcher adds to a dead
+letter (Knative's does not); a replay sends the letter back there, and drops it."""
 READ_TIMEOUT_S = 15.0
 SEND_TIMEOUT_S = 10.0
 
@@ -55,11 +58,12 @@ class DeadLetter:
         return self.attribute("knativeerrordest")
 
     def original_headers(self) -> list[tuple[str, bytes]]:
-        """The record's headers as they were before Knative dead-lettered it."""
+        """The record's headers as they were before it was dead-lettered."""
         return [
             (name, value)
             for name, value in self.headers
             if not name.lower().startswith(ERROR_EXTENSION_PREFIX)
+            and name.lower() != f"ce_{SOURCE_TOPIC_EXTENSION}"
         ]
 
     def line(self) -> str:
@@ -269,7 +273,10 @@ def _size(letter: DeadLetter) -> int:
 
 
 def _topic_of(letter: DeadLetter, wiring: Wiring | None) -> str:
-    topic = resolve_topic(letter.destination, wiring) if wiring is not None else None
+    """The topic the local stack's dispatcher noted, or the one its destination names."""
+    topic = letter.attribute(SOURCE_TOPIC_EXTENSION) or None
+    if topic is None and wiring is not None:
+        topic = resolve_topic(letter.destination, wiring)
     if topic is None:
         raise DeadLetterError(
             f"cannot tell the original topic of dead letter id={letter.event_id} "

@@ -53,6 +53,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from duetide_tools.deadletters import SOURCE_TOPIC_EXTENSION
 from duetide_tools.manifests import KafkaSourceSpec, PingSourceSpec
 
 log = logging.getLogger(__name__)
@@ -307,14 +308,20 @@ def _plain_event(
     return _new_event(attributes, record.value)
 
 
-def dead_letter_event(event: CloudEvent, destination: str, response: SinkResponse) -> CloudEvent:
+def dead_letter_event(
+    event: CloudEvent, destination: str, response: SinkResponse, topic: str
+) -> CloudEvent:
     """`event` with the extensions Knative adds before the dead-letter sink.
 
     As eventing-kafka-broker's `RecordDispatcherImpl.errorTransform`: always
     `knativeerrordest`; with an HTTP response also `knativeerrorcode` and
-    `knativeerrordata` (the body's first 1024 bytes, standard base64).
+    `knativeerrordata` (the body's first 1024 bytes, standard base64). And, which
+    Knative's does not, the topic the record came from (`SOURCE_TOPIC_EXTENSION`): the
+    local stack's sinks are loopback addresses that name no Service, so without it no
+    dead letter of the local stack could be replayed without `--to`.
     """
     attributes = dict(event.get_attributes())
+    attributes[SOURCE_TOPIC_EXTENSION] = topic
     attributes["knativeerrordest"] = destination
     if response.status is not None:
         attributes["knativeerrorcode"] = str(response.status)
@@ -1157,7 +1164,7 @@ class KafkaSourceDispatcher:
                 response.describe(),
             )
             return True
-        dead = dead_letter_event(event, self.sink_url, response)
+        dead = dead_letter_event(event, self.sink_url, response, record.topic)
         message = _kafka_parts(dead, record.key)
         for attempt in itertools.count():
             if attempt and self._stopping.wait(min(0.25 * 2**attempt, _DLS_BACKOFF_CAP_S)):
