@@ -55,6 +55,10 @@ Doc = dict[str, Any]
 
 DEFAULT_OVERLAY = "deploy/overlays/production"
 DEFAULT_KAFKA = "kafka"
+KAFKA_FOR = {DEFAULT_OVERLAY: "kafka/overlays/production"}
+"""The Kafka an overlay gets without --kafka: production's is the three-node cluster. It
+got the one-node one, whose topics (one replica each) Strimzi cannot move to three
+later without Cruise Control."""
 DEFAULT_TIMEOUT = "600s"
 PLACEHOLDER = "REPLACE-ME"
 COMPONENT = "app.kubernetes.io/component"
@@ -639,8 +643,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--dry-run", action="store_true", help="print the documents, change nothing")
     cli.add_argument(
         "--kafka",
-        default=DEFAULT_KAFKA,
-        help="the kustomization applied for Strimzi (kafka/overlays/production for three nodes)",
+        default=None,
+        help="the kustomization applied for Strimzi (default: kafka/overlays/production, three "
+        "nodes, for the production overlay; kafka, one node, for the others)",
     )
     cli.add_argument("--no-kafka", dest="kafka", action="store_const", const="")
     cli.add_argument("--timeout", default=DEFAULT_TIMEOUT, help="for each wait (default 600s)")
@@ -666,6 +671,8 @@ def main(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> int:
     args = parser().parse_args(argv)
+    if args.kafka is None:
+        args.kafka = KAFKA_FOR.get(Path(args.overlay).as_posix().rstrip("/"), DEFAULT_KAFKA)
     root = _root(args.root)
     if which("kubectl") is None:
         print(
