@@ -795,3 +795,17 @@ def test_deploy_names_a_malformed_manifest_in_one_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"duetide deploy: {BROKEN_MESSAGE}\n"
+
+
+def test_every_function_runs_unprivileged_on_a_read_only_root() -> None:
+    """As scripts/image-check runs each function's image: non-root, no capabilities, no
+    privilege escalation, and nothing of the image's filesystem writable."""
+    services = [doc for _, doc in SOURCE_DOCUMENTS if doc["kind"] == "Service"]
+    assert len(services) == 5
+    for service in services:
+        [container] = service["spec"]["template"]["spec"]["containers"]
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] is True, service["metadata"]["name"]
+        assert security["readOnlyRootFilesystem"] is True, service["metadata"]["name"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
