@@ -497,6 +497,16 @@ def test_a_run_applies_kafka_the_configuration_the_migration_then_the_rest(
             ],
         ]
     )
+    # The smoke pod is admitted where Pod Security enforces "restricted".
+    [given] = [arg for arg in changes[-1] if arg.startswith("--overrides=")]
+    pod = json.loads(given.removeprefix("--overrides="))["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = pod["containers"]
+    assert container["name"] == "duetide-smoke-20261202-093000"
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}
+    }  # fmt: skip
     kafka = kustomize(REPO_ROOT / "kafka")
     assert documents(cluster.calls[[a for a, _ in cluster.calls].index(changes[0])][1]) == kafka
     waits = [args for args, _ in cluster.calls if args[0] == "wait"]
