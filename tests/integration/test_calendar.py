@@ -177,6 +177,20 @@ def test_timezones_cover_a_bounded_window_whatever_the_series_span(client, alice
     assert min(years) <= 1900 and max(years) <= 1900 + calendar_export.TIMEZONE_YEARS
 
 
+def test_timezones_cover_an_occurrence_moved_before_the_series_start(client, alice, env):
+    """The window began the day before the master's DTSTART: an occurrence moved a week
+    earlier, into summer time, fell before the zone's first onset, which readers that go
+    by the VTIMEZONE (dateutil's tzical, Outlook) took for winter time, an hour off."""
+    task = recurring(client, alice, "2027-11-01T09:00:00+01:00", rrule="FREQ=WEEKLY")
+    moved = client.patch(
+        f"/tasks/{task['id']}", json={"due_at": "2027-10-25T09:00:00+02:00"}, headers=alice
+    )
+    assert moved.status_code == 200, moved.json
+    (zone,) = calendar_of(client, alice).walk("VTIMEZONE")
+    onsets = [o.decoded("dtstart") for o in zone.subcomponents]
+    assert min(onsets) <= datetime(2027, 10, 25, 9)  # a rule in force at the moved time
+
+
 def categories(todo: Any) -> list[str]:
     return sorted(str(c) for c in todo["CATEGORIES"].cats)
 
@@ -241,6 +255,8 @@ def test_the_etag_answers_a_poll_with_304_until_something_changes(client, alice,
         unchanged = client.get("/calendar.ics", headers={**alice, "If-None-Match": etag})
         assert unchanged.status_code == 304 and unchanged.data == b""
         assert unchanged.headers["ETag"] == etag
+        weakened = {**alice, "If-None-Match": f"W/{etag}"}  # as a compressing proxy sends it
+        assert client.get("/calendar.ics", headers=weakened).status_code == 304
         assert change().status_code in (200, 201)
         changed = client.get("/calendar.ics", headers={**alice, "If-None-Match": etag})
         assert changed.status_code == 200 and changed.headers["ETag"] not in seen

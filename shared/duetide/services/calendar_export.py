@@ -143,7 +143,9 @@ def render(tasks: Iterable[Task], series: dict[str, Series]) -> bytes:
         if found is not None and recurring.get(found.id) is task:
             todos = _series_todos(found, task)
             if todos:
-                starts.append(todos[0].decoded("dtstart"))
+                # The instance too: an occurrence moved before the series' start fell
+                # before the VTIMEZONE's first onset, which readers take an hour off.
+                starts.extend(todo.decoded("dtstart") for todo in todos if "dtstart" in todo)
                 for todo in todos:
                     calendar.add_component(todo)
                 continue

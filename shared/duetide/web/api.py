@@ -509,7 +509,7 @@ def _calendar_of(request: Request, owner_of: Callable[[Session], str | None]) ->
     headers = {"ETag": f'"{found.etag}"', "Cache-Control": CALENDAR_CACHE_CONTROL}
     if found.truncated:
         headers["Duetide-Truncated"] = str(calendar_export.MAX_EXPORTED_TASKS)
-    if request.if_none_match.contains(found.etag):
+    if request.if_none_match.contains_weak(found.etag):  # If-None-Match compares weakly
         return Response(status=304, headers=headers)  # not rendered: see `Snapshot`
     body = found.render()
     return Response(body, status=200, content_type="text/calendar; charset=utf-8", headers=headers)
