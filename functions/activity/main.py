@@ -34,7 +34,9 @@ def on_task_event(session: Session, event: Incoming) -> list[str]:
         source=event.source,
         time=time,
         task_id=data.task_id,
-        data=event.data,
+        # As validated: a field the producer added beyond the model is not passed on to
+        # subscribers under our signature.
+        data=data.model_dump(mode="json"),
         now=utcnow(),
     )
 

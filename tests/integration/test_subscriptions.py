@@ -10,6 +10,7 @@ url_verification challenge and answers tries with the statuses of its script.
 from __future__ import annotations
 
 import functools
+import json
 import socket
 import threading
 import time
@@ -179,6 +180,24 @@ def test_a_subscriber_gets_each_event_once_per_delivery_id_signed_as_a_binary_cl
     assert len(log) == len(published)
     assert {d["status"] for d in log} == {"delivered"}
     assert all(len(d["tries"]) == 1 and d["tries"][0]["status"] == 200 for d in log)
+
+
+def test_a_field_beyond_the_task_event_is_not_passed_on_to_subscribers(
+    client, alice, receiver, eventing
+):
+    """The activity function stored the event's data as it came: a producer that could
+    write to the topic had its own fields delivered under duetide's signature."""
+    subscribe(client, alice, receiver)
+    make_task(client, alice, "t")
+    ((row_id, headers, body, _topic),) = eventing._undelivered()
+    eventing.sent[row_id] = (headers, body, "")
+    forged = json.loads(body) | {"injected": "by the producer"}
+    answer = eventing.activity.post("/", headers=headers, data=json.dumps(forged))
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert eventing.pump() == ["delivered"]
+    (request,) = Receiver.seen
+    delivered = json.loads(request["body"])
+    assert "injected" not in delivered and delivered == json.loads(body)
 
 
 def test_a_url_with_a_path_outside_ascii_is_verified_and_sent_to(client, alice, receiver, eventing):
