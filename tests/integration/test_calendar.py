@@ -122,6 +122,9 @@ RULES = [
         "America/New_York",
         id="daily-0230-new-york-gap",
     ),
+    # A first due day the rule does not give (a Thursday, the rule's days Mondays): RFC
+    # 5545 leaves such a set undefined; dateutil-based readers show the DTSTART first.
+    pytest.param({"rrule": "FREQ=WEEKLY;BYDAY=MO"}, "2027-02-04T09:00:00+01:00", id="off-rule"),
 ]
 
 
