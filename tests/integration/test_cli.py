@@ -151,6 +151,26 @@ def test_every_reaches_the_api_as_its_rule(
     assert "Rule" in ran.out and series["id"] in ran.out
 
 
+def test_control_characters_from_the_api_are_shown_not_obeyed(
+    cli: Callable[..., Ran], user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A title is whatever its writer sent (a producing system's command, say): printed
+    as it was, `\x1b]52;c;...\x07` set the reader's clipboard in terminals that allow it,
+    and an error message could do the same on stderr."""
+    title = "pay \x1b]52;c;cm0gLXJmIH4=\x07rent \x9b31m \u202eevil"
+    user.api("POST", "/tasks", json={"title": title})
+    listed = cli("task", "ls")
+    assert listed.code == 0 and "pay " in listed.out
+    for control in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert control not in listed.out
+    assert "\\x1b]52;c;" in listed.out  # shown as its escape
+    body = json.dumps({"error": {"code": "x", "message": "no\x1b[2J", "details": []}})
+    head = f"HTTP/1.1 400 Bad\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    with answering(monkeypatch, (head + "\r\n\r\n" + body).encode()):
+        refused = cli("task", "ls")
+    assert refused.code == 1 and "\x1b" not in refused.err and "no\\x1b[2J" in refused.err
+
+
 def test_ls_prints_a_table_filtered_as_asked_and_json_as_the_api_answers(
     cli: Callable[..., Ran], user: User
 ) -> None:

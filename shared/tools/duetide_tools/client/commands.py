@@ -56,7 +56,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"duetide: {message}", file=sys.stderr)
+    print(f"duetide: {tables.terminal_text(message)}", file=sys.stderr)
     return code
 
 
@@ -66,7 +66,7 @@ def _emit(args: argparse.Namespace, answer: Any, human: Callable[[], str]) -> in
         if answer is not None:
             print(json.dumps(answer, indent=2, ensure_ascii=False))
     else:
-        print(human())
+        print(tables.terminal_text(human()))
     return 0
 
 
@@ -188,7 +188,7 @@ def series_show(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
         latest = datetime.fromisoformat(found["last_scheduled_at"])
         ahead = [at for at in answer["items"] if datetime.fromisoformat(at) > latest]
         upcoming = ahead[:FORECAST]
-    print(tables.series_detail(found, upcoming, zone))
+    print(tables.terminal_text(tables.series_detail(found, upcoming, zone)))
     return 0
 
 

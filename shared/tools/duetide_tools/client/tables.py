@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
 MAX_CELL = 48
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""What a terminal would act on rather than show: C0 but tab and line feed, DEL, C1
+(0x9b is CSI in 8-bit terminals), and the bidirectional overrides that reorder a line."""
+
+
+def terminal_text(text: str) -> str:
+    """`text` with every control a terminal would act on shown as its escape. A title is
+    whatever its writer sent (a producing system's command, say): `\x1b]52;c;...\x07`
+    printed by `task ls` would have set the reader's clipboard."""
+    return _CONTROLS.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
 
 
 def when(value: str | None, zone: tzinfo) -> str:
