@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from duetide.errors import Unavailable
+from duetide.errors import RateLimited, Unavailable
 from duetide.services.responses import ActivityItem, ActivityPage
 from duetide.web import live
 
@@ -25,19 +25,38 @@ def item(event_id: str) -> ActivityItem:
 
 
 def test_a_slot_over_the_bound_is_a_503_and_is_given_back_once() -> None:
-    slots = live.Slots(1, "streams")
-    give_back = slots.take()
+    slots = live.Slots(2, "streams")
+    give_back = slots.take("alice")
+    bobs = slots.take("bob")
     with pytest.raises(Unavailable) as refused:
-        slots.take()
+        slots.take("carol")
     assert refused.value.headers == {"Retry-After": "1"}
     give_back()
     give_back()  # twice: still one slot, not two
-    again = slots.take()
+    again = slots.take("carol")
     with pytest.raises(Unavailable):
-        slots.take()
+        slots.take("alice")
     again()
+    bobs()
     with pytest.raises(Unavailable):
-        live.Slots(0, "streams").take()
+        live.Slots(0, "streams").take("alice")
+
+
+def test_one_owner_holds_at_most_half_of_the_slots() -> None:
+    """One user held every stream of a process, and everyone else got 503."""
+    slots = live.Slots(4, "streams")
+    held = [slots.take("hog"), slots.take("hog")]
+    with pytest.raises(RateLimited) as refused:
+        slots.take("hog")
+    assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "1"}
+    others = [slots.take("alice"), slots.take("bob")]  # the rest stay theirs to take
+    held[0]()
+    held.append(slots.take("hog"))  # a share given back can be taken again
+    for give_back in held + others:
+        give_back()
+    assert [slots.take("solo"), slots.take("solo")]  # all free again
+    one = live.Slots(1, "streams")  # one slot: one owner may take it
+    one.take("hog")
 
 
 def test_an_event_names_its_id_type_and_data_on_single_lines() -> None:
@@ -58,7 +77,7 @@ def test_a_long_poll_answers_at_the_first_read_with_items_and_takes_no_slot(
     def never(seconds: float) -> None:
         pytest.fail("a long-poll with items waited")
 
-    assert live.wait_for_page(lambda: full, 25, sleep=never) is full
+    assert live.wait_for_page("alice", lambda: full, 25, sleep=never) is full
 
 
 def test_a_long_poll_reads_until_an_item_or_the_end_of_the_wait(
@@ -75,9 +94,9 @@ def test_a_long_poll_reads_until_an_item_or_the_end_of_the_wait(
     empty = ActivityPage(items=[], since="s0", more=False)
     full = ActivityPage(items=[item("e1")], since="s1", more=False)
     pages = iter([empty, empty, empty, full])
-    assert live.wait_for_page(lambda: next(pages), 10, sleep=sleep) is full
+    assert live.wait_for_page("alice", lambda: next(pages), 10, sleep=sleep) is full
     assert slept == [0.5, 0.5, 0.5]
 
     slept.clear()
-    assert live.wait_for_page(lambda: empty, 1.2, sleep=sleep) is empty
+    assert live.wait_for_page("alice", lambda: empty, 1.2, sleep=sleep) is empty
     assert slept == pytest.approx([0.5, 0.5, 0.2])

@@ -155,7 +155,7 @@ def list_activity(request: Request, user: str) -> Response:
         with db.session_scope(read_only=True) as session:  # one short read per poll
             return activity_feed.feed(session, user, query.since, query.limit, _retention())
 
-    return json_response(live.wait_for_page(read, query.wait))
+    return json_response(live.wait_for_page(user, read, query.wait))
 
 
 def activity_stream(request: Request, user: str) -> Response:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from sqlalchemy.exc import OperationalError
 
 from duetide.config import get_settings
-from duetide.errors import ApiError, Unavailable
+from duetide.errors import ApiError, RateLimited, Unavailable
 from duetide.once import once
 from duetide.services import activity_feed
 from duetide.services.responses import ActivityItem, ActivityPage
@@ -36,15 +37,30 @@ STREAM_BATCH = 100
 
 
 class Slots:
-    """At most `size` holders at once; one more is refused at once (never queued)."""
+    """At most `size` holders at once, and at most half of them (one at least) one owner's;
+    one more is refused at once (never queued). Without the share, one user holding every
+    slot (a stream lasts 5 minutes, and the client reconnects) locked out everyone else."""
 
     def __init__(self, size: int, what: str) -> None:
         self._free = threading.BoundedSemaphore(size) if size > 0 else None
         self._what = what
+        self._share = max(1, size // 2)
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
-    def take(self) -> Callable[[], None]:
-        """Take a slot, or raise 503; the returned callable gives it back (once)."""
+    def take(self, owner: str) -> Callable[[], None]:
+        """Take a slot for `owner`, or raise 429 (its share is taken) or 503 (all are);
+        the returned callable gives it back (once)."""
+        with self._lock:
+            if self._held[owner] >= self._share:
+                raise RateLimited(
+                    f"{self._share} of the {self._what} open on this server are yours "
+                    "already: close one first",
+                    headers={"Retry-After": "1"},
+                )
+            self._held[owner] += 1
         if self._free is None or not self._free.acquire(blocking=False):
+            self._forget(owner)
             raise Unavailable(
                 f"too many {self._what} are open on this server; retry",
                 headers={"Retry-After": "1"},
@@ -56,8 +72,15 @@ class Slots:
             if not given_back.is_set():
                 given_back.set()
                 free.release()
+                self._forget(owner)
 
         return give_back
+
+    def _forget(self, owner: str) -> None:
+        with self._lock:
+            self._held[owner] -= 1
+            if self._held[owner] <= 0:
+                del self._held[owner]
 
 
 @once
@@ -78,7 +101,10 @@ def _retention() -> timedelta:
 
 
 def wait_for_page(
-    read: Callable[[], ActivityPage], wait_s: float, sleep: Callable[[float], None] = time.sleep
+    owner: str,
+    read: Callable[[], ActivityPage],
+    wait_s: float,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ActivityPage:
     """`read()` until it has items or `wait_s` has passed; its last answer.
 
@@ -89,7 +115,7 @@ def wait_for_page(
     page = read()
     if page.items or wait_s <= 0:
         return page
-    give_back = waiters().take()
+    give_back = waiters().take(owner)
     try:
         poll = get_settings().duetide_activity_poll_s
         deadline = time.monotonic() + wait_s
@@ -115,7 +141,7 @@ def open_stream(owner: str, since: str | None) -> Iterator[bytes]:
     """The stream's bytes after `since`, checked (400, 410) and its slot taken (503) before
     the answer starts; the slot is given back when the server closes the iterator."""
     first = _read(owner, since)  # a bad or expired token is an error answer, not a stream
-    give_back = streams().take()
+    give_back = streams().take(owner)
     return _Held(_events(owner, since, first), give_back)
 
 
