@@ -57,6 +57,8 @@ def test_the_budget_is_a_sliding_hour_per_kind():
         (b"tok_123", True),  # Microsoft Graph: the token as the body
         (b"tok_123\r\n", True),
         (b'{"challenge": "tok_123"}', True),  # Slack: a JSON object
+        # The challenge sent back whole: an echo service, whose owner agreed to nothing.
+        (b'{"type": "url_verification", "challenge": "tok_123"}', False),
         (b'{"challenge": "tok_12"}', False),
         (b'{"challenge": ["tok_123"]}', False),
         (b'["tok_123"]', False),

@@ -118,6 +118,9 @@ def charged(
     return {**(sends or {}), kind: [*recent, stamp]}
 
 
+CHALLENGE_TYPE = "url_verification"
+
+
 def echoes(body: bytes, challenge: str) -> bool:
     """Whether a webhook's answer echoes `challenge`: the body itself (Microsoft Graph's
     validationToken) or a JSON object `{"challenge": ...}` (Slack's url_verification)."""
@@ -128,7 +131,9 @@ def echoes(body: bytes, challenge: str) -> bool:
         answer: Any = json.loads(body)
     except (ValueError, RecursionError):  # ValueError: also an integer past the digit limit
         return False
-    echoed = answer.get("challenge") if isinstance(answer, dict) else None
+    if not isinstance(answer, dict) or answer.get("type") == CHALLENGE_TYPE:
+        return False  # the request sent back as it came: any echo service would pass
+    echoed = answer.get("challenge")
     return isinstance(echoed, str) and hmac.compare_digest(echoed.encode("utf-8"), expected)
 
 
@@ -261,7 +266,7 @@ def challenge(item: WebhookChallenge) -> DeliveryResult:
     settings = get_settings()
     result = webhook.deliver_webhook(
         item.url,
-        {"type": "url_verification", "challenge": item.challenge},
+        {"type": CHALLENGE_TYPE, "challenge": item.challenge},
         secret=item.secret.encode(),
         idempotency_key=f"url-verification-{item.challenge[:16]}",
         allow_loopback=settings.duetide_allow_loopback_webhooks,
