@@ -348,6 +348,23 @@ def test_a_client_that_half_closes_after_its_request_gets_the_answer(quick, toke
         assert _recv(sock) == b""  # then the server closes its side too
 
 
+def test_a_stream_whose_client_closes_gives_its_slot_back_at_once(quick, token):
+    """Kept open after the client's FIN (for a half-closed client's answer), a stream went
+    on until a write failed, minutes later, holding its slot: the user's next stream got
+    429, and others 503."""
+    stream = f"GET /activity/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    with connect(quick) as sock:
+        sock.sendall(stream.encode())
+        assert _recv(sock).startswith(b"HTTP/1.1 200")
+
+    def reopened() -> bool:
+        with connect(quick) as again:
+            again.sendall(stream.encode())
+            return _recv(again).startswith(b"HTTP/1.1 200")
+
+    wait_for(reopened, "the closed stream's slot to come back", timeout_s=10)
+
+
 # --- slow clients and connections -----------------------------------------------------------
 
 

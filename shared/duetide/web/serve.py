@@ -159,10 +159,15 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol's contract
         """The client closed its side. A request it sent whole is still answered (then the
-        connection closes); one it left incomplete has no answer to wait for. uvicorn
-        closed at once: the request ran and its answer was lost."""
+        connection closes); one it left incomplete has no answer to wait for, nor does a
+        stream under way: its client has gone (kept open, a closed EventSource held its
+        stream's slot until a write failed, minutes later). uvicorn closed at once: the
+        request ran and its answer was lost."""
         self._eof = True
-        return not (self._in_head or self._in_body) and not self._owes_nothing()
+        cycle = self.cycle
+        streaming = cycle is not None and cycle.response_started and not cycle.response_complete
+        incomplete = self._in_head or self._in_body or streaming
+        return not incomplete and not self._owes_nothing()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
