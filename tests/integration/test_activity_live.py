@@ -179,10 +179,11 @@ def test_a_stream_resumed_with_last_event_id_misses_nothing_and_repeats_nothing(
 
 
 def test_a_long_poll_answers_when_an_entry_is_logged_and_empty_when_the_wait_ends(
-    port: int, client: FlaskClient, alice: dict[str, str], pipeline: Pipeline
+    port: int, client: FlaskClient, alice: dict[str, str], bob: dict[str, str], pipeline: Pipeline
 ) -> None:
     base = f"http://127.0.0.1:{port}/activity"
     start = requests.get(base, headers=alice, timeout=10).json()["since"]
+    bobs = requests.get(base, headers=bob, timeout=10).json()["since"]
 
     began = time.monotonic()
     empty = requests.get(f"{base}?since={start}&wait=1", headers=alice, timeout=10)
@@ -206,12 +207,12 @@ def test_a_long_poll_answers_when_an_entry_is_logged_and_empty_when_the_wait_end
 
     waiter = start_waiter()
     try:
-        # The one waiter slot is taken once the request waits: another is refused. (A
-        # probe that came first took the slot itself: the waiter then was refused, and
-        # is sent again.)
+        # The one waiter slot is taken once the request waits: another user's is refused
+        # (the same user's would be refused for its share, 429). (A probe that came first
+        # took the slot itself: the waiter then was refused, and is sent again.)
         def refused() -> tuple[requests.Response] | None:
             nonlocal waiter
-            other = requests.get(f"{base}?since={start}&wait=1", headers=alice, timeout=10)
+            other = requests.get(f"{base}?since={bobs}&wait=1", headers=bob, timeout=10)
             if other.status_code == 503:
                 return (other,)
             waiter.join(timeout=1)
