@@ -22,6 +22,7 @@ from duetide import events
 from duetide.config import get_settings
 from duetide.events.signing import sign_command
 from duetide.services import activity as activity_log
+from duetide.services.activity_feed import decode_token, encode_token
 from duetide.services.responses import ActivityTask
 from duetide.services.sweep import purge_processed
 from duetide.storage import db
@@ -293,6 +294,20 @@ def test_a_token_older_than_the_retention_is_gone(
     fresh = ok(client.get("/activity", headers=alice))
     assert fresh["items"] == []
     assert ok(client.get(f"/activity?since={fresh['since']}", headers=alice))["items"] == []
+
+
+def test_a_token_stamped_in_the_future_is_answered_with_one_stamped_now(
+    client: FlaskClient, alice: dict[str, str], pipeline: Pipeline
+) -> None:
+    # A forged stamp far ahead would have been handed back for ever, and never turned 410.
+    ok(client.post("/tasks", json={"title": "a"}, headers=alice), 201)
+    pipeline.pump()
+    seq, _ = decode_token(ok(client.get("/activity", headers=alice))["since"])
+    forged = encode_token(seq, utcnow() + timedelta(days=3650))
+    page = ok(client.get(f"/activity?since={forged}", headers=alice))
+    assert page["items"] == []
+    after, stamp = decode_token(page["since"])
+    assert after == seq and stamp <= utcnow()
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ from flask.testing import FlaskClient
 from sqlmodel import col, select
 
 from duetide import events
+from duetide.config import get_settings
 from duetide.services.activity import TASK_TYPES
-from duetide.services.activity_feed import decode_token
+from duetide.services.activity_feed import END_MARGIN, decode_token, encode_token
 from duetide.storage import db
-from duetide.storage.models import ActivityEntry
+from duetide.storage.models import ActivityEntry, utcnow
 from duetide.web.auth import issue_local_token
 from tests.integration.conftest import function_client
 from tests.integration.test_activity import Pipeline
@@ -262,6 +264,43 @@ def test_a_stream_ends_after_its_lifetime(env: str, tmp_path: Path) -> None:
         assert stream.response.read().startswith(b"retry: ")  # to the end of the stream
         assert time.monotonic() - began < 10
         stream.close()
+
+
+def test_a_quiet_stream_hands_its_client_a_fresh_id_to_resume_from(
+    env: str, tmp_path: Path, client: FlaskClient, alice: dict[str, str], pipeline: Pipeline
+) -> None:
+    # The last entry is almost as old as the retention: resuming from its own id would be
+    # a 410 within minutes, though the stream had shown everything after it.
+    ok(client.post("/tasks", json={"title": "long ago"}, headers=alice), 201)
+    pipeline.pump()
+    last_seq = max_seq("alice")
+    retention = timedelta(days=get_settings().duetide_activity_retention_days)
+    aging = encode_token(last_seq, utcnow() - retention + timedelta(minutes=5))
+    with serving(tmp_path / "short", DUETIDE_ACTIVITY_STREAM_LIFETIME_S="1") as port:
+        began = utcnow()
+        quiet = EventStream(port, issue_local_token("alice"), last_id=aging)
+        body = quiet.response.read().decode()  # to the end of its lifetime
+        quiet.close()
+        ids = [line.removeprefix("id: ") for line in body.splitlines() if line.startswith("id: ")]
+        assert "data:" not in body and ids, body
+        seq, stamp = decode_token(ids[-1])
+        assert seq == last_seq
+        assert stamp >= began - END_MARGIN - timedelta(seconds=1)  # tokens hold whole seconds
+
+        # Resuming from that id misses nothing and repeats nothing.
+        ok(client.post("/tasks", json={"title": "now"}, headers=alice), 201)
+        pipeline.pump()
+        resumed = EventStream(port, issue_local_token("alice"), last_id=ids[-1])
+        event = resumed.next_event()
+        resumed.close()
+    assert json.loads(event["data"])["event_id"] == logged_ids("alice")[-1]
+    assert decode_token(event["id"])[0] == max_seq("alice") > last_seq
+
+
+def max_seq(owner: str) -> int:
+    with db.session_scope(read_only=True) as session:
+        seqs = session.exec(select(ActivityEntry.seq).where(ActivityEntry.owner == owner)).all()
+    return max(seq for seq in seqs if seq is not None)
 
 
 # --- a real EventSource: headless Chromium --------------------------------------------

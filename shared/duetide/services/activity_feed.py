@@ -90,8 +90,22 @@ def entries(
     return [(encode_token(row.seq or 0, row.recorded_at), item_of(row)) for row in rows]
 
 
+def caught_up(since: str | None, read_at: datetime) -> str:
+    """The token of a reader that has every entry after `since` and whose read, begun at
+    `read_at`, found no more: stamped as `feed` stamps a page that reaches the end. The
+    stream sends it as an `id:` of its own, so a quiet user's EventSource reconnects with a
+    fresh stamp, not its last entry's, which turned 410 once that entry aged past the
+    retention though nothing after it had been missed."""
+    fresh = read_at - END_MARGIN
+    if not since:
+        return encode_token(0, fresh)
+    after, stamp = decode_token(since)
+    return encode_token(after, max(min(stamp, read_at), fresh))
+
+
 def _start(since: str | None, now: datetime, retention: timedelta) -> tuple[int, datetime]:
     after, stamp = decode_token(since) if since else (0, now - retention)
+    stamp = min(stamp, now)  # a stamp from the future would never turn 410
     if since and stamp < now - retention:
         days = retention.days
         raise Gone(

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import OperationalError
 
@@ -28,6 +28,7 @@ from duetide.once import once
 from duetide.services import activity_feed
 from duetide.services.responses import ActivityItem, ActivityPage
 from duetide.storage import db
+from duetide.storage.models import utcnow
 
 HEARTBEAT_S = 15.0
 """A comment line this often keeps proxies and the client from timing the stream out."""
@@ -140,9 +141,10 @@ def sse_event(token: str, item: ActivityItem) -> bytes:
 def open_stream(owner: str, since: str | None) -> Iterator[bytes]:
     """The stream's bytes after `since`, checked (400, 410) and its slot taken (503) before
     the answer starts; the slot is given back when the server closes the iterator."""
+    read_at = utcnow()
     first = _read(owner, since)  # a bad or expired token is an error answer, not a stream
     give_back = streams().take(owner)
-    return _Held(_events(owner, since, first), give_back)
+    return _Held(_events(owner, since, first, read_at), give_back)
 
 
 def _read(owner: str, since: str | None) -> list[tuple[str, ActivityItem]]:
@@ -151,11 +153,15 @@ def _read(owner: str, since: str | None) -> list[tuple[str, ActivityItem]]:
 
 
 def _events(
-    owner: str, since: str | None, first: list[tuple[str, ActivityItem]]
+    owner: str, since: str | None, first: list[tuple[str, ActivityItem]], read_at: datetime
 ) -> Iterator[bytes]:
-    """`retry:`, then each entry as it is logged, a heartbeat comment every HEARTBEAT_S,
-    until DUETIDE_ACTIVITY_STREAM_LIFETIME_S. Between reads an empty chunk is yielded, so
-    the server can see a client that went away within one poll."""
+    """`retry:`, then each entry as it is logged, a heartbeat every HEARTBEAT_S, until
+    DUETIDE_ACTIVITY_STREAM_LIFETIME_S. Between reads an empty chunk is yielded, so the
+    server can see a client that went away within one poll.
+
+    A heartbeat, and the stream's end, carry an `id:` and no data when the last read
+    found nothing more: EventSource takes it as the id to resume from without firing an
+    event, and its stamp is fresh (`activity_feed.caught_up`)."""
     settings = get_settings()
     poll, lifetime = settings.duetide_activity_poll_s, settings.duetide_activity_stream_lifetime_s
     started = time.monotonic()
@@ -169,16 +175,20 @@ def _events(
             yield sse_event(token, item)
             last_sent = time.monotonic()
         now = time.monotonic()
+        at_end = len(batch) < STREAM_BATCH
         if now >= deadline:
+            if at_end:
+                yield f"id: {activity_feed.caught_up(since, read_at)}\n\n".encode()
             return
-        if len(batch) < STREAM_BATCH:
+        if at_end:
             if now - last_sent >= HEARTBEAT_S:
-                yield b": heartbeat\n\n"
+                yield f": heartbeat\nid: {activity_feed.caught_up(since, read_at)}\n\n".encode()
                 last_sent = now
             else:
                 yield b""
             time.sleep(min(poll, deadline - now))
         try:
+            read_at = utcnow()
             batch = _read(owner, since)
         except (ApiError, OperationalError):
             return  # the client reconnects with the last id it saw
