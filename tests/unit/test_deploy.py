@@ -502,6 +502,7 @@ def test_a_run_applies_kafka_the_configuration_the_migration_then_the_rest(
     pod = json.loads(given.removeprefix("--overrides="))["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
     [container] = pod["containers"]
     assert container["name"] == "duetide-smoke-20261202-093000"
     assert container["securityContext"] == {

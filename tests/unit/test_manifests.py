@@ -809,3 +809,5 @@ def test_every_function_runs_unprivileged_on_a_read_only_root() -> None:
         assert security["readOnlyRootFilesystem"] is True, service["metadata"]["name"]
         assert security["allowPrivilegeEscalation"] is False
         assert security["capabilities"] == {"drop": ["ALL"]}
+        # Nothing calls the cluster's API: no token to steal from a function broken into.
+        assert service["spec"]["template"]["spec"]["automountServiceAccountToken"] is False

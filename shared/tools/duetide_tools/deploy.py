@@ -611,6 +611,7 @@ def _restricted(pod: str) -> Doc:
     own user, 100."""
     return {
         "spec": {
+            "automountServiceAccountToken": False,  # curl needs no cluster credentials
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": 100,
