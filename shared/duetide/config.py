@@ -102,8 +102,10 @@ class Settings(BaseSettings):
         gt=0,
         le=300,
         description="PostgreSQL: the longest a new connection may take (a server that "
-        "accepts and never answers), a request may wait for a pooled connection, and sent "
-        "data may go unacknowledged (a network cut); then 503. Parameters the URL names win.",
+        "accepts and never answers), a request may wait for a pooled connection or for a "
+        "row another transaction holds (lock_timeout), and sent data may go unacknowledged "
+        "(a network cut); then 503. The server ends a transaction idle three times as long. "
+        "Parameters the URL names win.",
     )
     duetide_db_pool_size: int = Field(
         10,

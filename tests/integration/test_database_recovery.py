@@ -9,13 +9,17 @@ check what the next requests see.
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from duetide.storage import db
 from tests.integration.conftest import POSTGRES_URL, _reset_caches
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -104,3 +108,82 @@ def test_a_server_that_accepts_and_never_answers_is_a_503_at_the_timeout(
 def test_connection_bounds_the_url_names_are_kept() -> None:
     named = db._bounded_connections("postgresql+psycopg://u@h/d?connect_timeout=30", 10)
     assert "connect_timeout" not in named and named["tcp_user_timeout"] == 10_000
+
+
+def test_connection_bounds_the_url_names_are_kept_on_the_server_too() -> None:
+    url = "postgresql+psycopg://u@h/d?options=-c%20lock_timeout%3D5s%20-csearch_path%3Dx"
+    assert db._session_bounds(url, 10) == {"idle_in_transaction_session_timeout": 30_000}
+
+
+def test_a_request_waiting_for_a_row_another_transaction_holds_is_a_503_at_the_timeout(
+    env, client, alice, monkeypatch: pytest.MonkeyPatch
+):
+    """A statement waited for a row lock as long as its holder kept it (a transaction
+    whose pod was cut off: the server's keepalives take two hours), holding its request,
+    its thread and its connection all that time."""
+    if not env.startswith("postgresql"):
+        pytest.skip("PostgreSQL's lock_timeout")
+    monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "1")
+    _reset_caches()
+    task_id = client.post("/tasks", json={"title": "held"}, headers=alice).get_json()["id"]
+    answers: list[Any] = []
+
+    def change() -> None:
+        answers.append(client.patch(f"/tasks/{task_id}", json={"title": "x"}, headers=alice))
+
+    holder = create_engine(env)  # no bounds of duetide's: it holds the row as long as it likes
+    try:
+        with holder.connect() as connection:
+            connection.execute(
+                text("SELECT id FROM task WHERE id = :id FOR UPDATE"), {"id": task_id}
+            )
+            waiter = threading.Thread(target=change)
+            waiter.start()
+            waiter.join(timeout=30)
+            waited_on = waiter.is_alive()
+            connection.rollback()
+        waiter.join()
+    finally:
+        holder.dispose()
+    assert not waited_on, "the request still waited for the row after 30 s"
+    [answer] = answers
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.headers["Retry-After"] == "1"
+    again = client.patch(f"/tasks/{task_id}", json={"title": "changed"}, headers=alice)
+    assert again.status_code == 200 and again.get_json()["title"] == "changed"
+
+
+def test_a_transaction_whose_client_went_silent_is_ended_by_the_server(
+    env, monkeypatch: pytest.MonkeyPatch
+):
+    """Its locks went with it; before, they stayed until the server's keepalives gave up
+    on the client, two hours later."""
+    if not env.startswith("postgresql"):
+        pytest.skip("PostgreSQL's idle_in_transaction_session_timeout")
+    monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "0.5")
+    _reset_caches()
+    engine = db.make_engine(env)
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SHOW lock_timeout")).scalar() == "500ms"
+            shown = connection.execute(text("SHOW idle_in_transaction_session_timeout"))
+            assert shown.scalar() == "1500ms"
+            pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+            # In a transaction now, and the client says nothing more.
+
+            def ended() -> bool:
+                with admin.connect() as watching:
+                    found = watching.execute(
+                        text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                        {"pid": pid},
+                    )
+                    return found.scalar() == 0
+
+            wait_for(ended, "the server to end the silent transaction", timeout_s=20)
+            with pytest.raises(DBAPIError) as ended_session:  # a 503 in a request
+                connection.execute(text("SELECT 1"))
+            assert ended_session.value.connection_invalidated
+    finally:
+        engine.dispose()
+        admin.dispose()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from flask import Request
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.test import EnvironBuilder
 
@@ -32,9 +32,12 @@ def _answer(error: Exception) -> tuple[int, dict]:
         (OperationalError("SELECT 1", {}, ConnectionError("server closed")), 503),
         (PoolTimeout("QueuePool limit of size 10 overflow 5 reached"), 503),  # was a 500
         (OperationalError("INSERT", {}, _ProgramLimitExceeded("index row size")), 400),
+        # The server ended a session idle in a transaction too long (25P03): it was a 500.
+        (InternalError("SELECT 1", {}, Exception("idle"), connection_invalidated=True), 503),
+        (InternalError("SELECT 1", {}, Exception("a bug"), connection_invalidated=False), 500),
     ],
 )
 def test_database_errors_are_classified_by_cause(error: Exception, status: int) -> None:
     answered, body = _answer(error)
     assert answered == status
-    assert body["code"] == {503: "unavailable", 400: "bad_request"}[status]
+    assert body["code"] == {503: "unavailable", 400: "bad_request", 500: "internal"}[status]

@@ -60,6 +60,9 @@ def make_engine(url: str) -> Engine:
     )
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine))
+    bounds = _session_bounds(url, timeout_s)
+    if bounds:
+        event.listen(engine, "connect", functools.partial(_set_session_bounds, bounds))
     return engine
 
 
@@ -79,6 +82,36 @@ def _bounded_connections(url: str, timeout_s: float) -> dict[str, int]:
     }
     named = make_url(url).query
     return {name: value for name, value in bounds.items() if name not in named}
+
+
+def _session_bounds(url: str, timeout_s: float) -> dict[str, int]:
+    """The server's bounds on what one session may hold up, in milliseconds.
+
+    `lock_timeout`: a statement waiting for a row another transaction holds gives up
+    after `timeout_s` (a 503, which the client or the KafkaSource retries) instead of
+    holding its request, its thread and its connection as long as the other does.
+    `idle_in_transaction_session_timeout`: the server ends a transaction whose client has
+    sent nothing for three times that, and so frees its locks. No transaction here waits
+    on the network (deliveries and publishing run after the commit), so only a client
+    that is gone (a pod on a node cut off) stays that long; the server's keepalives
+    would have kept its locks two hours. Settings the URL's `options` names win."""
+    named = str(make_url(url).query.get("options", ""))
+    bounds = {
+        "lock_timeout": round(timeout_s * 1000),
+        "idle_in_transaction_session_timeout": round(timeout_s * 3000),
+    }
+    return {name: value for name, value in bounds.items() if name not in named}
+
+
+def _set_session_bounds(bounds: dict[str, int], dbapi_connection: Any, _record: Any) -> None:
+    """Set once per new connection, one round trip. `SET`, not the `options` startup
+    parameter: PgBouncer refuses a connection that sends `options` unless told to ignore it."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        dbapi_connection.execute("; ".join(f"SET {name} = {ms}" for name, ms in bounds.items()))
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 PING_AFTER_IDLE_S = 1.0

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from flask import Request, Response
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from duetide import telemetry, tracecontext
@@ -207,23 +207,35 @@ def _answer(handler: Handler, request: Request) -> Response:
     except pydantic.ValidationError as exc:
         return error_response(validation_failed(exc))
     except (OperationalError, PoolTimeout) as exc:  # a pool's wait for a connection too
-        cause = getattr(exc, "orig", None) or exc
-        if str(getattr(cause, "sqlstate", None) or "").startswith("54"):
-            # Program limit exceeded (an index row over PostgreSQL's 2,704 bytes: a
-            # command's user, source and id near their limits in 4-byte characters): the
-            # content, not the database, so a retry would only fail again.
-            return error_response(BadRequest("a value of this request is too large to store"))
-        log_event(log, "database.unavailable", level=logging.WARNING, error=str(cause)[:200])
-        return error_response(
-            Unavailable("the database is unavailable; retry", headers={"Retry-After": "1"})
-        )
+        return _database_error(exc)
+    except DBAPIError as exc:
+        if exc.connection_invalidated:  # the server ended the session (25P03: idle too long)
+            return _database_error(exc)
+        return _unhandled(request)
     except Exception:
-        log.exception(
-            "unhandled error",
-            extra={
-                "event": "http.unhandled",
-                "method": request.method,
-                "path": loggable_path(request.path),
-            },
-        )
-        return json_response(error_body("internal", "internal error"), status=500)
+        return _unhandled(request)
+
+
+def _database_error(exc: Exception) -> Response:
+    cause = getattr(exc, "orig", None) or exc
+    if str(getattr(cause, "sqlstate", None) or "").startswith("54"):
+        # Program limit exceeded (an index row over PostgreSQL's 2,704 bytes: a command's
+        # user, source and id near their limits in 4-byte characters): the content, not
+        # the database, so a retry would only fail again.
+        return error_response(BadRequest("a value of this request is too large to store"))
+    log_event(log, "database.unavailable", level=logging.WARNING, error=str(cause)[:200])
+    return error_response(
+        Unavailable("the database is unavailable; retry", headers={"Retry-After": "1"})
+    )
+
+
+def _unhandled(request: Request) -> Response:
+    log.exception(
+        "unhandled error",
+        extra={
+            "event": "http.unhandled",
+            "method": request.method,
+            "path": loggable_path(request.path),
+        },
+    )
+    return json_response(error_body("internal", "internal error"), status=500)
