@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from flask import Request, Response
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from duetide import telemetry, tracecontext
@@ -206,7 +206,7 @@ def _answer(handler: Handler, request: Request) -> Response:
         return error_response(err)
     except pydantic.ValidationError as exc:
         return error_response(validation_failed(exc))
-    except (OperationalError, PoolTimeout) as exc:  # a pool's wait for a connection too
+    except (OperationalError, DataError, PoolTimeout) as exc:  # a pool's wait too
         return _database_error(exc)
     except DBAPIError as exc:
         if exc.connection_invalidated:  # the server ended the session (25P03: idle too long)
@@ -218,11 +218,18 @@ def _answer(handler: Handler, request: Request) -> Response:
 
 def _database_error(exc: Exception) -> Response:
     cause = getattr(exc, "orig", None) or exc
-    if str(getattr(cause, "sqlstate", None) or "").startswith("54"):
-        # Program limit exceeded (an index row over PostgreSQL's 2,704 bytes: a command's
-        # user, source and id near their limits in 4-byte characters): the content, not
-        # the database, so a retry would only fail again.
-        return error_response(BadRequest("a value of this request is too large to store"))
+    sqlstate = str(getattr(cause, "sqlstate", None) or "")
+    if sqlstate.startswith(("22", "54")):
+        # A value the database refused (class 22, data exception: a number out of range,
+        # text it cannot hold) or could not index (class 54, program limit exceeded: an
+        # index row over PostgreSQL's 2,704 bytes, a command's user, source and id near
+        # their limits in 4-byte characters): the content, not the database, so a retry
+        # (an event's redelivery) would only fail again. Logged: the edge should have
+        # refused it with a 422 naming the field.
+        log_event(log, "database.refused_value", level=logging.WARNING, sqlstate=sqlstate)
+        limit = sqlstate.startswith("54")
+        message = "is too large to store" if limit else "cannot be stored"
+        return error_response(BadRequest(f"a value of this request {message}"))
     log_event(log, "database.unavailable", level=logging.WARNING, error=str(cause)[:200])
     return error_response(
         Unavailable("the database is unavailable; retry", headers={"Retry-After": "1"})
