@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy import and_, bindparam, case, or_
+from sqlalchemy import and_, bindparam, or_
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import joinedload
 from sqlmodel import Session, col, select
@@ -439,14 +439,11 @@ def _cursor_value_of(sort: str, value: Any) -> Any:
     raise ValueError("cursor value does not fit the sort")
 
 
-def _after_cursor(column: Any, value: Any, last_id: str, descending: bool, nullable: bool) -> Any:
-    """Rows strictly after (value, id) in the sort order; NULLs sort last either way."""
+def _after(column: Any, value: Any, last_id: str, descending: bool) -> Any:
+    """Rows strictly after (value, id) in the sort order."""
     tie = col(Task.id) < last_id if descending else col(Task.id) > last_id
-    if value is None:
-        return and_(column.is_(None), tie)
     beyond = column < value if descending else column > value
-    after = or_(beyond, and_(column == value, tie))
-    return or_(after, column.is_(None)) if nullable else after
+    return or_(beyond, and_(column == value, tie))
 
 
 def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
@@ -476,20 +473,42 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
         )
     column = SORT_COLUMNS[query.sort]
     descending = query.order == "desc"
-    # Only a column that can hold NULL needs them placed last; for the others the plain
-    # order is what the (owner, column, id) indexes serve, without a sort of every row.
-    nullable = bool(TASK.c[query.sort].nullable)
-    if query.cursor:
-        value, last_id = decode_cursor(query.cursor, query)
-        stmt = stmt.where(_after_cursor(column, value, last_id, descending, nullable))
-    ordering = (column.desc(), col(Task.id).desc()) if descending else (column, col(Task.id))
-    if nullable:
-        ordering = (case((column.is_(None), 1), else_=0), *ordering)
-    stmt = stmt.order_by(*ordering).limit(query.limit + 1)
-    rows = session.connection().execute(stmt).all()
+    cursor = decode_cursor(query.cursor, query) if query.cursor else None
+    want = query.limit + 1
+    if not TASK.c[query.sort].nullable:
+        rows = _ordered(session, stmt, column, descending, cursor, want)
+    else:
+        # Tasks without a value come last either way: first those with one, in order,
+        # then the others by id. Two plain orders that the (owner, due_at, id) index
+        # serves as they are; one order placing NULLs last by an expression sorted every
+        # task of the owner (150 ms a page for 200,000 tasks, on every page).
+        rows = []
+        if cursor is None or cursor[0] is not None:
+            present = stmt.where(column.is_not(None))
+            rows = _ordered(session, present, column, descending, cursor, want)
+        if len(rows) < want and not (query.due_before or query.due_after):  # those have one
+            absent = stmt.where(column.is_(None))
+            last_id = cursor[1] if cursor is not None and cursor[0] is None else None
+            by_id = None if last_id is None else (last_id, last_id)  # (id, id): by id alone
+            rows += _ordered(session, absent, col(Task.id), descending, by_id, want - len(rows))
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     return TaskPage(
         items=[_shown(row) for row in rows],
         next_cursor=encode_cursor(rows[-1], query) if more and rows else None,
     )
+
+
+def _ordered(
+    session: Session,
+    stmt: Any,
+    column: Any,
+    descending: bool,
+    cursor: tuple[Any, str] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """Up to `limit` rows of `stmt` in (column, id) order, after `cursor` if given."""
+    if cursor is not None:
+        stmt = stmt.where(_after(column, *cursor, descending))
+    ordering = (column.desc(), col(Task.id).desc()) if descending else (column, col(Task.id))
+    return list(session.connection().execute(stmt.order_by(*ordering).limit(limit)).all())

@@ -131,6 +131,7 @@ class Task(SQLModel, table=True):
         UniqueConstraint("series_id", "scheduled_at", name="uq_task_occurrence"),
         Index("ix_task_owner_created", "owner", "created_at", "id"),
         Index("ix_task_owner_due", "owner", "due_at", "id"),
+        Index("ix_task_owner_priority", "owner", "priority", "id"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
