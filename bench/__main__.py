@@ -25,6 +25,7 @@ BENCHMARKS = {
     "recurrence_budget": "a sparse rule's forecasts vs GET /tasks, before and after the budgets",
     "api_mix": "the tasks API under a create/get/list/complete mix vs FastAPI+SQLModel and pgbench",
     "sweep_scaling": "10,000 due reminders claimed into the outbox among 10k / 100k / 1M stored",
+    "list_scaling": "a page of GET /tasks per sort and filter for an owner of 1k and 200k tasks",
     "cold_start": "each function: launch to first 2xx and worker RSS, beside the import floor",
     "pipeline": "complete -> next occurrence at fixed rates on the local stack vs raw Kafka",
     "broker_holes": "records lost to the embedded broker's produce/fetch race, hole check or not",
