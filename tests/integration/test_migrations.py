@@ -11,7 +11,9 @@ import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
+from duetide.config import get_settings
 from duetide.storage import migrate
 from tests.integration.conftest import BACKENDS, POSTGRES_URL
 from tests.support import libpq
@@ -129,3 +131,36 @@ def test_the_migrations_build_exactly_the_tables_the_models_declare(empty_databa
             assert compare_metadata(context, SQLModel.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_0014_builds_its_index_anew_after_a_lock_timeout_cut_it_off(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch
+):
+    """On PostgreSQL the index is built CONCURRENTLY, which waits for the transactions
+    writing the table; `lock_timeout` cuts that wait off and leaves an invalid index, so
+    the next attempt (deploying again) must drop it and build a valid one."""
+    if not empty_database.startswith("postgresql"):
+        pytest.skip("CREATE INDEX CONCURRENTLY")
+    monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "1")
+    get_settings.cache_clear()
+    config = migrate.alembic_config(empty_database)
+    valid = text(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_task_owner_priority'::regclass"
+    )
+    holder = create_engine(empty_database)
+    try:
+        command.upgrade(config, "0013")
+        with holder.connect() as writing:
+            writing.execute(text("UPDATE task SET priority = 0 WHERE false"))  # holds its lock
+            with pytest.raises(OperationalError, match="lock timeout"):
+                command.upgrade(config, "0014")
+        with holder.connect() as connection:
+            assert connection.execute(valid).scalar() is False  # what the cut-off build left
+        command.upgrade(config, "0014")
+        with holder.connect() as connection:
+            assert connection.execute(valid).scalar() is True
+            version = connection.execute(text("SELECT version_num FROM alembic_version"))
+            assert version.scalar() == "0014"
+    finally:
+        holder.dispose()
+        get_settings.cache_clear()
