@@ -218,10 +218,9 @@ def test_the_default_page_is_50(client, alice):
     assert len(page["items"]) == 50 and page["next_cursor"]
 
 
-@pytest.mark.parametrize("path", ["/series", "/notifications"])
 @pytest.mark.parametrize("cursor", ["1234567890", "-1", "²", "abc"])
-def test_an_offset_cursor_is_at_most_nine_ascii_digits(client, alice, path, cursor):
-    refused(client.get(f"{path}?cursor={cursor}", headers=alice), 422, "validation_failed")
+def test_an_offset_cursor_is_at_most_nine_ascii_digits(client, alice, cursor):
+    refused(client.get(f"/series?cursor={cursor}", headers=alice), 422, "validation_failed")
 
 
 def forged_cursor(sort: str, value: Any) -> str:

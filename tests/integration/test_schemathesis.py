@@ -97,13 +97,15 @@ POSITIVE_DEFAULT = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # What JSON Schema cannot say, so schema-valid input can still be refused; each exception
 # is narrowed further by `only_known_refusals` below.
 # - list_tasks 400: the cursor is opaque (a server-issued token); any string is "valid".
-#   The same for the activity feeds' `since`.
+#   The same for the logs' cursors and the activity feeds' `since`.
 # - 422 for rules checked beyond the document: an RRULE must parse (RFC 5545) and have an
 #   occurrence within 400 years, a zone must be in tzdata, durations have ranges
 #   (`before_due` PT0S..P366D, grace P7D), a webhook URL must be public, an e-mail plain,
 #   a channel needs its address; a confirmation code must be the one that was mailed.
 KNOWN_REFUSALS = {
     "list_tasks": (400, r"^invalid cursor"),
+    "notifications": (400, r"^invalid cursor"),
+    "subscription_deliveries": (400, r"^invalid cursor"),
     "list_activity": (400, r"^invalid `since`"),
     "task_activity": (400, r"^invalid `since`"),
     "activity_stream": (400, r"^invalid `since`"),

@@ -368,6 +368,12 @@ class PageQuery(RequestModel):
     cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")] | None = None
 
 
+class LogPageQuery(RequestModel):
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    # Where the previous page ended, as its `next_cursor` gave it (opaque).
+    cursor: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,200}$")] | None = None
+
+
 class ActivityQuery(RequestModel):
     limit: int = Field(100, ge=1, le=MAX_PAGE)
     # The opaque token a previous answer gave as `since`; none: from the oldest kept entry.

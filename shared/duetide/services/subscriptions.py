@@ -19,7 +19,7 @@ from sqlmodel import Session, col, delete, select
 from duetide.channels import verification
 from duetide.config import get_settings
 from duetide.errors import Conflict, NotFound
-from duetide.services import preferences, webhook_deliveries
+from duetide.services import keyset, preferences, webhook_deliveries
 from duetide.services.schemas import SubscriptionIn, SubscriptionUpdate
 from duetide.storage.models import Preference, Subscription, WebhookDelivery
 
@@ -155,18 +155,21 @@ def remove(session: Session, owner: str, subscription_id: str) -> None:
 
 
 def deliveries(
-    session: Session, owner: str, subscription_id: str, offset: int, limit: int
+    session: Session,
+    owner: str,
+    subscription_id: str,
+    cursor: tuple[datetime, str] | None,
+    limit: int,
 ) -> list[WebhookDelivery]:
-    """A page of the delivery log, newest first (`limit` + 1 rows: is there more?)."""
+    """A page of the delivery log, newest first, after `cursor` (`limit` + 1 rows: is
+    there more?)."""
     subscription = read(session, owner, subscription_id)
-    query = (
-        select(WebhookDelivery)
-        .where(WebhookDelivery.subscription_id == subscription.id)
-        .order_by(col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
-        .offset(offset)
-        .limit(limit + 1)
-    )
-    return list(session.exec(query))
+    query = select(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription.id)
+    if cursor is not None:
+        created, delivery = col(WebhookDelivery.created_at), col(WebhookDelivery.id)
+        query = query.where(keyset.below(created, delivery, cursor))
+    newest_first = (col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
+    return list(session.exec(query.order_by(*newest_first).limit(limit + 1)))
 
 
 def redeliver(

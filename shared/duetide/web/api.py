@@ -21,6 +21,7 @@ from duetide.services import (
     activity_feed,
     calendar_export,
     calendar_feed,
+    keyset,
     preferences,
     ratelimit,
     reminder_actions,
@@ -61,6 +62,7 @@ from duetide.services.schemas import (
     ActivityStreamQuery,
     EmailCodeIn,
     ForecastQuery,
+    LogPageQuery,
     PageQuery,
     PreferencesUpdate,
     ReminderIn,
@@ -386,18 +388,19 @@ def dismiss_reminder(request: Request, user: str, reminder_id: str) -> Response:
 
 
 def notifications(request: Request, user: str) -> Response:
-    query = parse_model(PageQuery, _query(request))
-    offset = _offset_cursor(query.cursor)
+    query = parse_model(LogPageQuery, _query(request))
+    stmt = select(Notification).where(Notification.owner == user)
+    if query.cursor:
+        cursor = keyset.decode(query.cursor)
+        stmt = stmt.where(
+            keyset.below(col(Notification.delivered_at), col(Notification.id), cursor)
+        )
+    newest_first = (col(Notification.delivered_at).desc(), col(Notification.id).desc())
     with db.session_scope(read_only=True) as session:
-        rows = session.exec(
-            select(Notification)
-            .where(Notification.owner == user)
-            .order_by(col(Notification.delivered_at).desc(), col(Notification.id).desc())
-            .offset(offset)
-            .limit(query.limit + 1)
-        ).all()
-        items, cursor = _offset_page(list(rows), offset, query.limit, notification_out)
-        return json_response(NotificationPage(items=items, next_cursor=cursor))
+        rows = session.exec(stmt.order_by(*newest_first).limit(query.limit + 1)).all()
+        shown, after = keyset.page(list(rows), query.limit, lambda n: (n.delivered_at, n.id))
+        items = [notification_out(row) for row in shown]
+        return json_response(NotificationPage(items=items, next_cursor=after))
 
 
 def _subscription_answer(
@@ -467,12 +470,12 @@ def delete_subscription(request: Request, user: str, subscription_id: str) -> Re
 
 
 def subscription_deliveries(request: Request, user: str, subscription_id: str) -> Response:
-    query = parse_model(PageQuery, _query(request))
-    offset = _offset_cursor(query.cursor)
+    query = parse_model(LogPageQuery, _query(request))
+    cursor = keyset.decode(query.cursor) if query.cursor else None
     with db.session_scope(read_only=True) as session:
-        rows = subscriptions.deliveries(session, user, subscription_id, offset, query.limit)
-    items, cursor = _offset_page(rows, offset, query.limit, delivery_out)
-    return json_response(DeliveryPage(items=items, next_cursor=cursor))
+        rows = subscriptions.deliveries(session, user, subscription_id, cursor, query.limit)
+    shown, after = keyset.page(rows, query.limit, lambda d: (d.created_at, d.id))
+    return json_response(DeliveryPage(items=[delivery_out(d) for d in shown], next_cursor=after))
 
 
 def redeliver(request: Request, user: str, subscription_id: str, delivery_id: str) -> Response:
@@ -852,7 +855,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/notifications",
         notifications,
         "Delivered notifications, newest first",
-        query=PageQuery,
+        query=LogPageQuery,
         responses={200: NotificationPage},
     ),
     Endpoint(
@@ -951,7 +954,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/subscriptions/<subscription_id>/deliveries",
         subscription_deliveries,
         "The delivery log: each event sent, its tries and the receiver's status codes",
-        query=PageQuery,
+        query=LogPageQuery,
         responses={200: DeliveryPage},
     ),
     Endpoint(

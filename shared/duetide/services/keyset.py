@@ -1,0 +1,55 @@
+"""Pages of a log shown newest first, by (time, id): the cursor names the last row shown.
+
+An offset cursor counted rows from the top, so a row written while a client paged (a
+notification delivered, a webhook delivery made) pushed the next page down by one and
+its first item repeated the previous page's last; and a deep page read every row above
+it. A keyset page starts right below the row the cursor names, from the (owner, time,
+id) index, whatever was written since.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, or_
+
+from duetide.errors import BadRequest
+from duetide.rules.text import text_problem
+
+MAX_ID_CHARS = 64
+
+
+def encode(at: datetime, row_id: str) -> str:
+    raw = json.dumps([at.isoformat(), row_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode(cursor: str) -> tuple[datetime, str]:
+    """The (time, id) a cursor of `encode` names; anything else is a 400, never a query."""
+    try:
+        at, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None or not isinstance(row_id, str) or len(row_id) > MAX_ID_CHARS:
+            raise ValueError("not a cursor")
+        when = when.astimezone(UTC)  # an instant UTC cannot hold (year 1 at +14:00) is a 400
+        if text_problem(row_id):
+            raise ValueError("not storable text")
+        return when, row_id
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise BadRequest("invalid cursor: pass back `next_cursor`") from None
+
+
+def below(time_column: Any, id_column: Any, cursor: tuple[datetime, str]) -> Any:
+    """Rows after the cursor's in (time, id) descending order."""
+    at, row_id = cursor
+    return or_(time_column < at, and_(time_column == at, id_column < row_id))
+
+
+def page(rows: list[Any], limit: int, key: Any) -> tuple[list[Any], str | None]:
+    """The first `limit` of `rows` (read with one more, to know whether there is a next
+    page) and the cursor after the last of them; `key(row)` is its (time, id)."""
+    shown = rows[:limit]
+    return shown, encode(*key(shown[-1])) if len(rows) > limit and shown else None
