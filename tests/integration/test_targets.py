@@ -306,6 +306,9 @@ def test_email_verification_by_the_code_in_the_mail(client, alice, inbox, notify
     client.patch("/preferences", json={"email": "alice@example.net", "channels": ["email"]},
                  headers=alice)  # fmt: skip
     assert len(inbox.messages) == 2  # the same address again: still verified, no mail
+    same = client.patch("/preferences", json={"email": "alice@Example.NET"}, headers=alice)
+    assert (same.json["email"], same.json["email_verified"]) == ("alice@example.net", True)
+    assert len(inbox.messages) == 2  # a domain in other letters is the same mailbox
 
     response = post(notify, events.REMINDER_DUE, claim_due(client, alice, title="Dentist"))
 

@@ -74,8 +74,10 @@ ADDRESS = re.compile(rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>{_LABEL}(?:\
 
 
 def validate_address(value: str) -> str:
-    """The bare address of one mailbox (`a@b.example` or `Name <a@b.example>`); ValueError
-    otherwise. Messages never repeat the value."""
+    """The bare address of one mailbox (`a@b.example` or `Name <a@b.example>`), its domain
+    in lower case (domains ignore case, RFC 5321 2.4: `a@B.example` is the same mailbox,
+    not a new address to verify again); ValueError otherwise. Messages never repeat the
+    value."""
     _no_line_breaks("address", value)
     mailboxes = getaddresses([value])
     _name, address = parseaddr(value)
@@ -88,7 +90,7 @@ def validate_address(value: str) -> str:
         raise ValueError("the part before @ is longer than 64 characters")
     if len(address) > 254:
         raise ValueError("address is longer than 254 characters")
-    return address
+    return f"{match['local']}@{match['domain'].lower()}"
 
 
 # Line breaks and other control characters a header line must not hold; str.split()
