@@ -9,14 +9,13 @@ starts over (a full `GET /tasks`, then the feed without `since`). Entries are re
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from duetide.errors import BadRequest, Gone, NotFound
+from duetide.services import opaque
 from duetide.services.responses import ActivityItem, ActivityPage, ActivityTask
 from duetide.storage.models import ActivityEntry, Task, utcnow
 
@@ -30,15 +29,13 @@ _TOKEN_VERSION = "a1"
 
 
 def encode_token(seq: int, stamp: datetime) -> str:
-    raw = json.dumps([_TOKEN_VERSION, seq, int(stamp.timestamp())], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return opaque.dump([_TOKEN_VERSION, seq, int(stamp.timestamp())])
 
 
 def decode_token(token: str) -> tuple[int, datetime]:
     """(seq, stamp) of a token this service gave; anything else is a 400."""
     try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        version, seq, stamp = raw
+        version, seq, stamp = opaque.load(token)
         if version != _TOKEN_VERSION or type(seq) is not int or type(stamp) is not int:
             raise ValueError("not a token")
         if not (0 <= seq < 2**63 and 0 <= stamp < 2**40):

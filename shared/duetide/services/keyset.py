@@ -9,8 +9,6 @@ id) index, whatever was written since.
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,19 +16,19 @@ from sqlalchemy import and_, or_
 
 from duetide.errors import BadRequest
 from duetide.rules.text import text_problem
+from duetide.services import opaque
 
 MAX_ID_CHARS = 64
 
 
 def encode(at: datetime, row_id: str) -> str:
-    raw = json.dumps([at.isoformat(), row_id], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return opaque.dump([at.isoformat(), row_id])
 
 
 def decode(cursor: str) -> tuple[datetime, str]:
     """The (time, id) a cursor of `encode` names; anything else is a 400, never a query."""
     try:
-        at, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        at, row_id = opaque.load(cursor)
         when = datetime.fromisoformat(at)
         if when.tzinfo is None or not isinstance(row_id, str) or len(row_id) > MAX_ID_CHARS:
             raise ValueError("not a cursor")

@@ -5,8 +5,6 @@ Every query is scoped to `owner`; another user's id is simply not found (404).
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +19,7 @@ from duetide import events
 from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from duetide.rules import reminders
 from duetide.rules.text import text_problem
-from duetide.services import preferences, task_rows
+from duetide.services import opaque, preferences, task_rows
 from duetide.services import series as series_rules
 from duetide.services.responses import ReminderOut, TaskOut, TaskPage, reminder_out, task_out
 from duetide.services.schemas import (
@@ -393,7 +391,7 @@ def _cursor_value(task: Row[Any], sort: str) -> Any:
 
 def encode_cursor(task: Row[Any], query: TaskQuery) -> str:
     raw = {"s": query.sort, "o": query.order, "v": _cursor_value(task, query.sort), "id": task.id}
-    return base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
+    return opaque.dump(raw)
 
 
 # What a cursor can name: a stored value. Times are given from year 1900 to 8999 in
@@ -407,7 +405,7 @@ MAX_CURSOR_ID_CHARS = 64
 def decode_cursor(cursor: str, query: TaskQuery) -> tuple[Any, str]:
     """The (value, id) a cursor names; a forged or stale one is a 400, never a query."""
     try:
-        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        raw = opaque.load(cursor)
         if raw["s"] != query.sort or raw["o"] != query.order:
             raise ValueError("sort changed")
         return _cursor_value_of(query.sort, raw["v"]), _cursor_text(raw["id"], MAX_CURSOR_ID_CHARS)
