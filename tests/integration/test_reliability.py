@@ -605,6 +605,48 @@ def test_processed_ids_are_purged_after_the_redelivery_window(env):
         assert session.exec(select(ProcessedEvent.event_id)).all() == ["recent"]
 
 
+def test_a_backlog_is_purged_in_short_transactions_over_several_pings(env, monkeypatch):
+    """One DELETE of everything expired held its locks (on SQLite: the write lock every
+    writer waits for) as long as a backlog took; now each deletes a batch at most."""
+    monkeypatch.setattr(sweep, "PURGE_BATCH", 10)
+    now = utcnow()
+    old = now - sweep.PROCESSED_EVENT_TTL - timedelta(minutes=1)
+    with db.session_scope() as session:
+        session.add_all(
+            ProcessedEvent(
+                consumer="recurrence",
+                source="/t",
+                event_id=f"old-{n}",
+                processed_at=old - timedelta(seconds=n),
+            )
+            for n in range(35)
+        )
+        session.add(ProcessedEvent(consumer="notify", source="/t", event_id="recent",
+                                   processed_at=now))  # fmt: skip
+        session.add_all(
+            Outbox(
+                topic="t", key=f"k{n}", type="x", source="/s", data={}, created_at=old, sent_at=old
+            )
+            for n in range(3)
+        )
+    deleted: list[int] = []
+    delete_batch = sweep._delete_batch
+
+    def counted(*args):
+        deleted.append(delete_batch(*args))  # each batch a transaction of its own
+        return deleted[-1]
+
+    monkeypatch.setattr(sweep, "_delete_batch", counted)
+    monkeypatch.setattr(sweep, "PURGE_BUDGET_S", 0.0)  # a ping with no time: one round
+    assert sweep.purge_processed(now) == 10 + 3
+    monkeypatch.setattr(sweep, "PURGE_BUDGET_S", 60.0)
+    assert sweep.purge_processed(now) == 25
+    assert max(deleted) == 10 and sum(deleted) == 38
+    with db.session_scope() as session:
+        assert session.exec(select(ProcessedEvent.event_id)).all() == ["recent"]
+        assert session.exec(select(Outbox.key)).all() == []
+
+
 def test_sent_outbox_rows_are_purged_after_their_keeping_time_and_unsent_ones_never(env):
     now = utcnow()
     old = now - sweep.SENT_OUTBOX_TTL - timedelta(minutes=1)

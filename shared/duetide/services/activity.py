@@ -16,7 +16,7 @@ from typing import Any, get_args
 
 import sqlalchemy as sa
 from sqlalchemy import insert
-from sqlmodel import Session, col, delete
+from sqlmodel import Session, col
 
 from duetide import events
 from duetide.errors import InvalidCloudEvent
@@ -125,6 +125,6 @@ def event_time(text: str) -> datetime | None:
         return None
 
 
-def purge(session: Session, now: datetime, retention: timedelta) -> None:
-    """Forget entries logged before the retention (the sweep calls it)."""
-    session.exec(delete(ActivityEntry).where(col(ActivityEntry.recorded_at) < now - retention))
+def expired(now: datetime, retention: timedelta) -> Any:
+    """Entries logged before the retention: the sweep purges them."""
+    return col(ActivityEntry.recorded_at) < now - retention

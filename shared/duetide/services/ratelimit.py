@@ -16,7 +16,7 @@ from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlmodel import Session, col, delete
+from sqlmodel import col
 
 from duetide.config import get_settings
 from duetide.errors import RateLimited
@@ -64,6 +64,6 @@ def charge_write(owner: str) -> None:
         )
 
 
-def purge(session: Session, now: datetime) -> None:
-    """Drop windows older than the current minute."""
-    session.exec(delete(RateWindow).where(col(RateWindow.window) < int(now.timestamp() // 60)))
+def expired(now: datetime) -> Any:
+    """Windows older than the current minute: the sweep purges them."""
+    return col(RateWindow.window) < int(now.timestamp() // 60)

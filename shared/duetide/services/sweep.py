@@ -18,7 +18,7 @@ from datetime import datetime, time, timedelta
 from time import perf_counter
 from typing import Any
 
-from sqlalchemy import Engine, Row, Select, bindparam, delete, select, update
+from sqlalchemy import Engine, Row, Select, bindparam, delete, select, tuple_, update
 from sqlmodel import col
 
 from duetide import events
@@ -29,12 +29,15 @@ from duetide.rules.reminders import is_missed
 from duetide.services import activity, preferences, ratelimit, webhook_deliveries
 from duetide.storage import db, outbox
 from duetide.storage.models import (
+    ActivityEntry,
     Outbox,
     Preference,
     ProcessedEvent,
+    RateWindow,
     Reminder,
     Task,
     UTCDateTime,
+    WebhookDelivery,
 )
 
 log = logging.getLogger("duetide.services.sweep")
@@ -263,18 +266,52 @@ def claim_due(
     return total
 
 
-def purge_processed(now: datetime, engine: Engine | None = None) -> None:
+PURGE_BATCH = 2_000
+"""Rows a purge deletes in one transaction: its locks, and on SQLite the write lock every
+writer waits for, are held for a few milliseconds, however much has piled up."""
+PURGE_BUDGET_S = 5.0
+"""How long one ping purges at most; what is left goes with the next pings."""
+
+
+def purge_processed(now: datetime, engine: Engine | None = None) -> int:
     """Forget processed-event ids older than any redelivery could be, spent rate windows,
     sent outbox rows past their keeping time (unsent rows are never purged), and activity
-    entries and webhook deliveries past the retention (DUETIDE_ACTIVITY_RETENTION_DAYS)."""
+    entries and webhook deliveries past the retention (DUETIDE_ACTIVITY_RETENTION_DAYS).
+
+    In batches of PURGE_BATCH rows, each its own transaction, a batch of each kind in
+    turn until none is left or, after a round, PURGE_BUDGET_S has passed. One transaction
+    deleting everything at once held its locks as long as a backlog took (a sweep that
+    was down for a week: millions of ids), and on SQLite kept every writer waiting
+    meanwhile. Returns the rows deleted."""
     retention = timedelta(days=get_settings().duetide_activity_retention_days)
+    kinds: list[tuple[Any, Any]] = [
+        (RateWindow, ratelimit.expired(now)),
+        (ActivityEntry, activity.expired(now, retention)),
+        (WebhookDelivery, webhook_deliveries.expired(now, retention)),
+        (ProcessedEvent, col(ProcessedEvent.processed_at) < now - PROCESSED_EVENT_TTL),
+        (Outbox, col(Outbox.sent_at) < now - SENT_OUTBOX_TTL),
+    ]
+    deadline = perf_counter() + PURGE_BUDGET_S
+    purged = 0
+    while kinds:
+        left = []
+        for model, condition in kinds:
+            deleted = _delete_batch(model, condition, engine)
+            purged += deleted
+            if deleted == PURGE_BATCH:
+                left.append((model, condition))
+        kinds = left
+        if perf_counter() >= deadline:
+            break
+    if purged:
+        log_event(log, "sweep.purged", rows=purged, more=bool(kinds))
+    return purged
+
+
+def _delete_batch(model: Any, condition: Any, engine: Engine | None) -> int:
+    """Delete up to PURGE_BATCH rows of `model` matching `condition`, chosen by key."""
+    key = list(model.__table__.primary_key.columns)
+    chosen = select(*key).where(condition).limit(PURGE_BATCH)
     with db.session_scope(engine) as session:
-        ratelimit.purge(session, now)
-        activity.purge(session, now, retention)
-        webhook_deliveries.purge(session, now, retention)
-        session.exec(
-            delete(ProcessedEvent).where(
-                col(ProcessedEvent.processed_at) < now - PROCESSED_EVENT_TTL
-            )
-        )
-        session.exec(delete(Outbox).where(col(Outbox.sent_at) < now - SENT_OUTBOX_TTL))
+        result = session.exec(delete(model).where(tuple_(*key).in_(chosen)))
+        return int(result.rowcount or 0)

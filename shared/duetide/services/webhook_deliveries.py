@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, update
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, select
 
 from duetide import events, telemetry
 from duetide.channels import webhook
@@ -395,6 +395,6 @@ def redeliver(session: Session, delivery: WebhookDelivery, now: datetime) -> str
     return _try_event(session, delivery, delivery.attempt, events.SOURCE_TASKS)
 
 
-def purge(session: Session, now: datetime, retention: timedelta) -> None:
-    """Forget deliveries made before the retention (the activity log's)."""
-    session.exec(delete(WebhookDelivery).where(col(WebhookDelivery.created_at) < now - retention))
+def expired(now: datetime, retention: timedelta) -> Any:
+    """Deliveries made before the retention (the activity log's): the sweep purges them."""
+    return col(WebhookDelivery.created_at) < now - retention

@@ -20,6 +20,21 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+def create_index_concurrently(name: str, table: str, columns: list[str]) -> None:
+    """In a migration: an index on a table the functions keep writing. On PostgreSQL it is
+    built CONCURRENTLY, so writes go on meanwhile (a plain CREATE INDEX blocks them for the
+    whole build). Such a build waits for the transactions writing the table, a wait that
+    `lock_timeout` cuts off, leaving an invalid index: each attempt drops that first."""
+    from alembic import op
+
+    if op.get_context().dialect.name != "postgresql":
+        op.create_index(name, table, columns)
+        return
+    with op.get_context().autocommit_block():
+        op.drop_index(name, table, postgresql_concurrently=True, if_exists=True)
+        op.create_index(name, table, columns, postgresql_concurrently=True)
+
+
 def upgrade(url: str | None = None) -> None:
     """Bring the database at `url` (default: the configured one) to the newest schema."""
     command.upgrade(alembic_config(url), "head")

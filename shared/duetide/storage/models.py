@@ -342,6 +342,7 @@ class ProcessedEvent(SQLModel, table=True):
     """
 
     __tablename__ = "processed_event"
+    __table_args__ = (Index("ix_processed_at", "processed_at"),)  # the sweep's purge
 
     consumer: str = Field(primary_key=True, max_length=64)
     scope: str = Field(default="", primary_key=True, max_length=255)
@@ -436,6 +437,7 @@ class WebhookDelivery(SQLModel, table=True):
         UniqueConstraint("subscription_id", "event_source", "event_id", name="uq_delivery_once"),
         Index("ix_delivery_subscription_created", "subscription_id", "created_at", "id"),
         Index("ix_delivery_due", "status", "next_attempt_at"),
+        Index("ix_delivery_created", "created_at"),  # the sweep's purge
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
