@@ -19,6 +19,8 @@ from duetide.rules.text import text_problem
 from duetide.services import opaque
 
 MAX_ID_CHARS = 64
+"""The longest row id a cursor may name (ids are 36-character UUIDs): a cursor is read
+before any query, so a forged one costs nothing to refuse."""
 
 
 def encode(at: datetime, row_id: str) -> str:

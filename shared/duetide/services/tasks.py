@@ -19,7 +19,7 @@ from duetide import events
 from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from duetide.rules import reminders
 from duetide.rules.text import text_problem
-from duetide.services import opaque, preferences, task_rows
+from duetide.services import keyset, opaque, preferences, task_rows
 from duetide.services import series as series_rules
 from duetide.services.responses import ReminderOut, TaskOut, TaskPage, reminder_out, task_out
 from duetide.services.schemas import (
@@ -399,7 +399,6 @@ def encode_cursor(task: Row[Any], query: TaskQuery) -> str:
 # on to the end of 9999 (a cursor at one past 9000 was refused, and the page after it
 # out of reach); created_at is the server's clock.
 CURSOR_TIMES = (datetime(1899, 12, 30, tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
-MAX_CURSOR_ID_CHARS = 64
 
 
 def decode_cursor(cursor: str, query: TaskQuery) -> tuple[Any, str]:
@@ -408,7 +407,7 @@ def decode_cursor(cursor: str, query: TaskQuery) -> tuple[Any, str]:
         raw = opaque.load(cursor)
         if raw["s"] != query.sort or raw["o"] != query.order:
             raise ValueError("sort changed")
-        return _cursor_value_of(query.sort, raw["v"]), _cursor_text(raw["id"], MAX_CURSOR_ID_CHARS)
+        return _cursor_value_of(query.sort, raw["v"]), _cursor_text(raw["id"], keyset.MAX_ID_CHARS)
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise BadRequest(
             "invalid cursor: pass back `next_cursor` with the same sort and order"
