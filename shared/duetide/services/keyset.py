@@ -4,7 +4,8 @@ An offset cursor counted rows from the top, so a row written while a client page
 notification delivered, a webhook delivery made) pushed the next page down by one and
 its first item repeated the previous page's last; and a deep page read every row above
 it. A keyset page starts right below the row the cursor names, from the (owner, time,
-id) index, whatever was written since.
+id) index, whatever was written since. The task list pages the same way (`after`), in
+the order its sort names, with a cursor of its own (`tasks.encode_cursor`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def decode(cursor: str) -> tuple[datetime, str]:
         raise BadRequest("invalid cursor: pass back `next_cursor`") from None
 
 
-def below(time_column: Any, id_column: Any, cursor: tuple[datetime, str]) -> Any:
-    """Rows after the cursor's in (time, id) descending order."""
-    at, row_id = cursor
-    return or_(time_column < at, and_(time_column == at, id_column < row_id))
+def after(column: Any, id_column: Any, value: Any, row_id: str, descending: bool) -> Any:
+    """Rows strictly after (value, row_id) in (column, id) order, either way."""
+    if descending:
+        return or_(column < value, and_(column == value, id_column < row_id))
+    return or_(column > value, and_(column == value, id_column > row_id))
 
 
 def page(rows: list[Any], limit: int, key: Any) -> tuple[list[Any], str | None]:

@@ -167,7 +167,7 @@ def deliveries(
     query = select(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription.id)
     if cursor is not None:
         created, delivery = col(WebhookDelivery.created_at), col(WebhookDelivery.id)
-        query = query.where(keyset.below(created, delivery, cursor))
+        query = query.where(keyset.after(created, delivery, *cursor, descending=True))
     newest_first = (col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
     return list(session.exec(query.order_by(*newest_first).limit(limit + 1)))
 

@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy import and_, bindparam, or_
+from sqlalchemy import bindparam, or_
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import joinedload
 from sqlmodel import Session, col, select
@@ -436,13 +436,6 @@ def _cursor_value_of(sort: str, value: Any) -> Any:
     raise ValueError("cursor value does not fit the sort")
 
 
-def _after(column: Any, value: Any, last_id: str, descending: bool) -> Any:
-    """Rows strictly after (value, id) in the sort order."""
-    tie = col(Task.id) < last_id if descending else col(Task.id) > last_id
-    beyond = column < value if descending else column > value
-    return or_(beyond, and_(column == value, tie))
-
-
 def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
     stmt = VIEW.where(col(Task.owner) == owner)
     if query.status:
@@ -506,6 +499,6 @@ def _ordered(
 ) -> list[Row[Any]]:
     """Up to `limit` rows of `stmt` in (column, id) order, after `cursor` if given."""
     if cursor is not None:
-        stmt = stmt.where(_after(column, *cursor, descending))
+        stmt = stmt.where(keyset.after(column, col(Task.id), *cursor, descending))
     ordering = (column.desc(), col(Task.id).desc()) if descending else (column, col(Task.id))
     return list(session.connection().execute(stmt.order_by(*ordering).limit(limit)).all())

@@ -389,13 +389,12 @@ def dismiss_reminder(request: Request, user: str, reminder_id: str) -> Response:
 
 def notifications(request: Request, user: str) -> Response:
     query = parse_model(LogPageQuery, _query(request))
+    delivered, key = col(Notification.delivered_at), col(Notification.id)
     stmt = select(Notification).where(Notification.owner == user)
     if query.cursor:
-        cursor = keyset.decode(query.cursor)
-        stmt = stmt.where(
-            keyset.below(col(Notification.delivered_at), col(Notification.id), cursor)
-        )
-    newest_first = (col(Notification.delivered_at).desc(), col(Notification.id).desc())
+        at, last_id = keyset.decode(query.cursor)
+        stmt = stmt.where(keyset.after(delivered, key, at, last_id, descending=True))
+    newest_first = (delivered.desc(), key.desc())
     with db.session_scope(read_only=True) as session:
         rows = session.exec(stmt.order_by(*newest_first).limit(query.limit + 1)).all()
         shown, after = keyset.page(list(rows), query.limit, lambda n: (n.delivered_at, n.id))
