@@ -26,13 +26,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from bench.serving import checkout
+from bench.serving import checkout, postgres_admin, postgres_url, progress
 from duetide_tools.local.stack import project_root
 
 SERVER = os.environ.get("BENCH_LIST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -88,17 +87,8 @@ print(json.dumps(results))
 """
 
 
-def _url(database: str, driver: str = "postgresql") -> str:
-    return f"{SERVER.replace('postgresql://', f'{driver}://', 1)}/{database}"
-
-
-def _admin(sql: str) -> None:
-    with psycopg.connect(_url("postgres"), autocommit=True) as conn:
-        conn.execute(sql)
-
-
 def _env(code: Path, database: str) -> dict[str, str]:
-    url = _url(database, "postgresql+psycopg")
+    url = postgres_url(SERVER, database, "postgresql+psycopg")
     return dict(os.environ, PYTHONPATH=str(code / "shared"), KAFKA_BOOTSTRAP_SERVERS="",
                 DATABASE_URL=url, DUETIDE_LOG_LEVEL="WARNING")  # fmt: skip
 
@@ -109,8 +99,8 @@ def databases(sides: dict[str, Path]) -> Iterator[dict[str, str]]:
     names = {side: f"bench_list_{side}" for side in sides}
     try:
         for side, name in names.items():
-            _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            _admin(f"CREATE DATABASE {name}")
+            postgres_admin(SERVER, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            postgres_admin(SERVER, f"CREATE DATABASE {name}")
             subprocess.run(
                 [sys.executable, "-c", "from duetide.storage import migrate; migrate.upgrade()"],
                 env=_env(sides[side], name), cwd=sides[side], check=True, capture_output=True,
@@ -118,11 +108,11 @@ def databases(sides: dict[str, Path]) -> Iterator[dict[str, str]]:
         yield names
     finally:
         for name in names.values():
-            _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            postgres_admin(SERVER, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def grow(database: str, stored: int, to: int) -> None:
-    with psycopg.connect(_url(database), autocommit=True) as conn:
+    with psycopg.connect(postgres_url(SERVER, database), autocommit=True) as conn:
         conn.execute(SEED, {"first": stored + 1, "last": to})
         conn.execute("VACUUM ANALYZE task")
 
@@ -134,10 +124,6 @@ def measure(code: Path, database: str) -> list[dict[str, Any]]:
     )  # fmt: skip
     result: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-def _progress(message: str) -> None:
-    print(f"  [{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _label(query: dict[str, str]) -> str:
@@ -156,7 +142,7 @@ def run() -> list[dict[str, object]]:
                 for name in names.values():
                     grow(name, stored, size)
                 stored = size
-                _progress(f"seeded {size:,} tasks twice in {time.perf_counter() - started:.1f} s")
+                progress(f"seeded {size:,} tasks twice in {time.perf_counter() - started:.1f} s")
                 for round_ in range(ROUNDS):
                     order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
                     pages: dict[str, list[Any]] = {}
@@ -166,7 +152,7 @@ def run() -> list[dict[str, object]]:
                         for n, result in enumerate(results):
                             times.setdefault((size, side, n), []).append(result["ms"])
                         shown = ", ".join(f"{r['ms']:.1f}" for r in results)
-                        _progress(f"{size:,} tasks, round {round_ + 1}, {side}: {shown} ms")
+                        progress(f"{size:,} tasks, round {round_ + 1}, {side}: {shown} ms")
                     for n, query in enumerate(QUERIES):
                         same = pages["baseline"][n] == pages["branch"][n]
                         assert same, f"{_label(query)}: the pages differ at {size:,} tasks"

@@ -1,15 +1,19 @@
-"""What the benches share: waiting until a served function answers, and a checkout of
-the commit a bench measures against."""
+"""What the benches share: waiting until a served function answers, a checkout of the
+commit a bench measures against, databases of their own on a PostgreSQL server, and
+progress lines."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
+import psycopg
 import requests
 
 from duetide_tools.local.stack import project_root
@@ -44,3 +48,19 @@ def checkout(commit: str, name: str) -> Iterator[Path]:
     finally:
         subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(where)],
                        check=False, capture_output=True)  # fmt: skip
+
+
+def progress(message: str) -> None:
+    """A timestamped line on stderr while a bench runs (its table goes to stdout)."""
+    print(f"  [{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def postgres_url(server: str, database: str, driver: str = "postgresql") -> str:
+    """`database` on `server` (a postgresql:// URL naming no database), for `driver`."""
+    return f"{server.replace('postgresql://', f'{driver}://', 1)}/{database}"
+
+
+def postgres_admin(server: str, sql: str) -> None:
+    """`sql` (CREATE or DROP DATABASE) on `server`, outside a transaction."""
+    with psycopg.connect(postgres_url(server, "postgres"), autocommit=True) as conn:
+        conn.execute(sql)

@@ -39,7 +39,7 @@ from typing import Any
 
 import psycopg
 
-from bench.serving import checkout
+from bench.serving import checkout, postgres_admin, postgres_url, progress
 from duetide.storage import migrate
 from duetide_tools.local.stack import project_root
 
@@ -108,34 +108,25 @@ print(json.dumps({"seconds": took, "fired": result.fired, "missed": result.misse
 """
 
 
-def _url(database: str, driver: str = "postgresql") -> str:
-    return f"{SERVER.replace('postgresql://', f'{driver}://', 1)}/{database}"
-
-
-def _admin(sql: str) -> None:
-    with psycopg.connect(_url("postgres"), autocommit=True) as conn:
-        conn.execute(sql)
-
-
 @contextmanager
 def bench_database() -> Iterator[str]:
     """A fresh `bench_sweep` at this branch's schema; dropped afterwards."""
-    _admin(f"DROP DATABASE IF EXISTS {DATABASE}")
-    _admin(f"CREATE DATABASE {DATABASE}")
+    postgres_admin(SERVER, f"DROP DATABASE IF EXISTS {DATABASE}")
+    postgres_admin(SERVER, f"CREATE DATABASE {DATABASE}")
     try:
-        url = _url(DATABASE, "postgresql+psycopg")
+        url = postgres_url(SERVER, DATABASE, "postgresql+psycopg")
         migrate.upgrade(url)
-        with psycopg.connect(_url(DATABASE), autocommit=True) as conn:
+        with psycopg.connect(postgres_url(SERVER, DATABASE), autocommit=True) as conn:
             conn.execute(SEED_PREFERENCES, {"owners": OWNERS, "now": NOW})
         yield url
     finally:
-        _admin(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        postgres_admin(SERVER, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
 
 
 def grow(stored: int, to: int) -> None:
     """Add rows `stored + 1` .. `to` (tasks and their reminders), then analyse."""
     params = {"owners": OWNERS, "due": DUE, "now": NOW, "first": stored + 1, "last": to}
-    with psycopg.connect(_url(DATABASE), autocommit=True) as conn:
+    with psycopg.connect(postgres_url(SERVER, DATABASE), autocommit=True) as conn:
         conn.execute(SEED_TASKS, params)
         conn.execute(SEED_REMINDERS, params)
         conn.execute("VACUUM ANALYZE task")
@@ -144,7 +135,7 @@ def grow(stored: int, to: int) -> None:
 
 def reset() -> None:
     """The due reminders pending again, an empty outbox, no dead rows left behind."""
-    with psycopg.connect(_url(DATABASE), autocommit=True) as conn:
+    with psycopg.connect(postgres_url(SERVER, DATABASE), autocommit=True) as conn:
         for sql in RESET:
             conn.execute(sql, {"now": NOW})
         for table in ("reminder", "outbox", "task", "preference"):
@@ -158,7 +149,7 @@ def reset() -> None:
 
 def outbox_rows() -> list[tuple[Any, ...]]:
     """What the claim wrote, in a stable order, as stored (the JSON text of `data`)."""
-    with psycopg.connect(_url(DATABASE)) as conn:
+    with psycopg.connect(postgres_url(SERVER, DATABASE)) as conn:
         return conn.execute(
             "SELECT topic, key, type, source, subject, data::text, sent_at, attempts"
             " FROM outbox ORDER BY key, type"
@@ -166,7 +157,7 @@ def outbox_rows() -> list[tuple[Any, ...]]:
 
 
 def claimed() -> int:
-    with psycopg.connect(_url(DATABASE)) as conn:
+    with psycopg.connect(postgres_url(SERVER, DATABASE)) as conn:
         row = conn.execute(
             "SELECT count(*) FROM reminder WHERE state = 'fired' AND fired_at = %(now)s",
             {"now": NOW},
@@ -186,10 +177,6 @@ def measure(code: Path, url: str) -> dict[str, Any]:
     return result
 
 
-def _progress(message: str) -> None:
-    print(f"  [{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def _summary(seconds: list[float]) -> str:
     return f"{statistics.median(seconds):.2f} s ({min(seconds):.2f}-{max(seconds):.2f})"
 
@@ -205,7 +192,7 @@ def run() -> list[dict[str, object]]:
             started = time.perf_counter()
             grow(stored, size)
             stored = size
-            _progress(f"seeded {size:,} reminders in {time.perf_counter() - started:.1f} s")
+            progress(f"seeded {size:,} reminders in {time.perf_counter() - started:.1f} s")
             written: dict[str, list[tuple[Any, ...]]] = {}
             for round_ in range(ROUNDS):
                 order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
@@ -219,7 +206,7 @@ def run() -> list[dict[str, object]]:
                     times.setdefault((size, side), []).append(result["seconds"])
                     batches[(size, side)] = result["batches"]
                     took, count = result["seconds"], result["batches"]
-                    _progress(f"{size:,} stored, round {round_ + 1}/{ROUNDS}, {side}: "
+                    progress(f"{size:,} stored, round {round_ + 1}/{ROUNDS}, {side}: "
                               f"{took:.2f} s, {count} batches")  # fmt: skip
             assert written["baseline"] == written["branch"], "the outbox rows differ"
     rows: list[dict[str, object]] = []
