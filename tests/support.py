@@ -1,11 +1,14 @@
 """Helpers the test layers share: awaiting a condition, a fresh migrated database, a
-response's JSON body, a function served as the image serves it."""
+response's JSON body, a function served as the image serves it, a peer that answers a
+byte at a time."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -118,3 +121,39 @@ def serving_function(home: Path, env: Mapping[str, str], function: str = "tasks"
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def dribbling_server(
+    drip: bytes, every_s: float, head: bytes = b"", reads_request: bool = False
+) -> Iterator[tuple[int, threading.Event]]:
+    """A loopback peer for one connection: it reads the request first if `reads_request`,
+    sends `head`, then `drip` a byte every `every_s` (each well inside a socket timeout),
+    and closes. Yields its port and an event set once it has sent everything: a client
+    cut off at its deadline leaves it unset."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop, sent_all = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            if reads_request:
+                connection.recv(65536)
+            connection.sendall(head)
+            for byte in drip:
+                if stop.wait(every_s):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+            sent_all.set()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield listener.getsockname()[1], sent_all
+    finally:
+        stop.set()
+        listener.close()
+        server.join(timeout=10)

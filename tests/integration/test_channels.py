@@ -38,7 +38,7 @@ from duetide.channels.webhook import (
     deliver_webhook,
     verify_signature,
 )
-from tests.support import wait_for
+from tests.support import dribbling_server, wait_for
 
 SECRET = b"whsec-integration-test"
 PAYLOAD = {"type": "reminder.due", "task_id": "t-1", "title": "Pay rent", "note": "Grüße"}
@@ -617,27 +617,10 @@ def test_an_unreachable_relay_is_retryable():
 def test_a_relay_sending_its_replies_a_byte_at_a_time_is_cut_at_the_timeout(dribble: bytes):
     """smtplib's timeout bounds each read: a relay sending a byte every 0.2 s held one of
     notify's workers for as long as it went on (here 90 s or more, for a 1 s timeout)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop, sent_all = threading.Event(), threading.Event()
-
-    def relay() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            for byte in dribble:
-                if stop.wait(0.2):
-                    return
-                try:
-                    connection.sendall(bytes([byte]))
-                except OSError:
-                    return
-            sent_all.set()
-
-    server = threading.Thread(target=relay, daemon=True)
-    server.start()
-    try:
+    with dribbling_server(dribble, 0.2) as (port, sent_all):
         result = deliver_email(
             host="127.0.0.1",
-            port=listener.getsockname()[1],
+            port=port,
             sender="noreply@duetide.test",
             to="alice@example.test",
             subject="s",
@@ -646,10 +629,6 @@ def test_a_relay_sending_its_replies_a_byte_at_a_time_is_cut_at_the_timeout(drib
             timeout_s=1,
         )
         assert not sent_all.is_set()  # cut while the relay still sent
-    finally:
-        stop.set()
-        listener.close()
-        server.join(timeout=10)
     assert (result.ok, result.retryable, result.error) == (False, True, "SMTP: timed out")
 
 

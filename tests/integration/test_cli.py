@@ -8,7 +8,6 @@ import contextlib
 import functools
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from duetide_tools.cli import main
 from duetide_tools.client import commands, transport
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.test_http_edge import SECRET, served
+from tests.support import dribbling_server
 
 ROOT = Path(__file__).resolve().parents[2]
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -392,32 +392,9 @@ def answering(
     """A loopback server that answers one request with `head`, then sends `drip` a byte
     every 0.3 s and closes; DUETIDE_URL points at it. Yields an event set once the
     server has sent all it had."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop, sent_all = threading.Event(), threading.Event()
-
-    def answer() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            connection.recv(65536)
-            connection.sendall(head)
-            for byte in drip:
-                if stop.wait(0.3):
-                    return
-                try:
-                    connection.sendall(bytes([byte]))
-                except OSError:
-                    return
-            sent_all.set()
-
-    server = threading.Thread(target=answer, daemon=True)
-    server.start()
-    monkeypatch.setenv("DUETIDE_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
-    try:
+    with dribbling_server(drip, 0.3, head, reads_request=True) as (port, sent_all):
+        monkeypatch.setenv("DUETIDE_URL", f"http://127.0.0.1:{port}")
         yield sent_all
-    finally:
-        stop.set()
-        listener.close()
-        server.join(timeout=10)
 
 
 @pytest.mark.parametrize(
