@@ -24,7 +24,9 @@ activator until the readiness probe passes, then sends it):
   materialises it (one series seeded per launch);
 - sweep: a PingSource ping: claim due reminders (none), relay pending rows, purge;
 - notify: `reminder.due` of a pending reminder of a user with default preferences, so it
-  is delivered on the log channel (one reminder seeded per launch).
+  is delivered on the log channel (one reminder seeded per launch);
+- activity: `task.created` of one of those tasks (a new event id per launch), so it is
+  appended to its owner's log and fanned out to their webhook subscriptions (none).
 `/healthz` alone would leave out the database connection, the token check and what the
 handlers import lazily. `listening` is when the server first accepted a connection: the
 imports and the app built, before any request.
@@ -81,7 +83,7 @@ POSTGRES_URL = os.environ.get(
     "DUETIDE_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BASELINE = os.environ.get("DUETIDE_BENCH_BASELINE", "e4eb0d4")
-FUNCTIONS = ("tasks", "recurrence", "sweep", "notify")
+FUNCTIONS = ("tasks", "recurrence", "sweep", "notify", "activity")
 FLOOR = "import sqlmodel, kafka, cloudevents.http, dateutil.rrule"
 STACK_FLOOR = (
     "import sqlmodel, cloudevents.http, dateutil.rrule, psycopg,"
@@ -400,6 +402,20 @@ def seed(code: Path, env: dict[str, str], issuer: Issuer, launches: int) -> dict
         )
         for t in reminded
     ]
+    created = [
+        _event(
+            events.TASK_CREATED,
+            events.SOURCE_TASKS,
+            {
+                "task_id": t["id"],
+                "owner": USER,
+                "title": t["title"],
+                "status": t["status"],
+                "actor": f"user:{USER}",
+            },
+        )
+        for t in reminded
+    ]
     ping = [
         _event(events.PING, "/apis/v1/namespaces/duetide/pingsources/sweep", {})
         for _ in range(launches)
@@ -409,6 +425,7 @@ def seed(code: Path, env: dict[str, str], issuer: Issuer, launches: int) -> dict
         "recurrence": recurrence,
         "sweep": ping,
         "notify": notify,
+        "activity": created,
     }
 
 
