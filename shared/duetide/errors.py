@@ -70,6 +70,12 @@ class Gone(ApiError):
     status, code = 410, "gone"
 
 
+class PreconditionFailed(ApiError):
+    """An If-Match that no longer names the resource as it is: someone changed it since."""
+
+    status, code = 412, "precondition_failed"
+
+
 class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 

@@ -75,8 +75,8 @@ from duetide.services.schemas import (
     TaskUpdate,
 )
 from duetide.storage import db, outbox
-from duetide.storage.models import Notification, utcnow
-from duetide.web import auth, commands, docs, live, openapi
+from duetide.storage.models import Notification, Task, utcnow
+from duetide.web import auth, commands, docs, live, openapi, preconditions
 from duetide.web.command_events import CommandData, CommandEvent
 from duetide.web.http import (
     guarded,
@@ -105,10 +105,10 @@ def _body(request: Request) -> Any:
 def _write(
     work: Callable[[Session], tuple[Any, list[str]]],
     status: int = 200,
-    location: Callable[[Any], str] | None = None,
+    headers: Callable[[Any], dict[str, str]] | None = None,
 ) -> Response:
     """Run a state change in one transaction, answer after the commit, then publish;
-    `location` names where what was created can be read (the 201's Location header).
+    `headers` are the answer's from its body (a 201's Location, a task's ETag).
 
     On SQLite the transaction takes the write lock at BEGIN: the counterpart of the
     row locks the changes take on PostgreSQL (`series.lock`), and no BUSY error for a
@@ -117,12 +117,11 @@ def _write(
     with db.session_scope() as session:
         body, event_ids = work(session)
     outbox.publish_after_commit(event_ids)
-    headers = {"Location": location(body)} if location is not None else None
-    return json_response(body, status, headers)
+    return json_response(body, status, headers(body) if headers is not None else None)
 
 
-def task_location(task: TaskOut) -> str:
-    return f"/tasks/{task.id}"
+def _created_task(task: TaskOut) -> dict[str, str]:
+    return {"Location": f"/tasks/{task.id}", **preconditions.etag_header(task)}
 
 
 def health(request: Request, user: str) -> Response:
@@ -138,12 +137,13 @@ def list_tasks(request: Request, user: str) -> Response:
 def create_task(request: Request, user: str) -> Response:
     spec = parse_model(TaskCreate, _body(request))
 
-    return _write(lambda session: tasks.create(session, user, spec), 201, task_location)
+    return _write(lambda session: tasks.create(session, user, spec), 201, _created_task)
 
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
-        return json_response(tasks.read(session, user, task_id))
+        task = tasks.read(session, user, task_id)
+    return preconditions.conditional_get(request.if_none_match, task)
 
 
 def _retention() -> timedelta:
@@ -188,31 +188,54 @@ def task_activity(request: Request, user: str, task_id: str) -> Response:
         )
 
 
-def _task_change(change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
-    def work(session: Session) -> tuple[Any, list[str]]:
-        task, ids = change(session)
-        return tasks.show(session, task), ids
+def _require_unchanged(request: Request, session: Session, user: str, task_id: str) -> None:
+    """With If-Match, the task locked (to the commit) and compared as it is now."""
+    if request.if_match:
+        tasks.lock_task(session, user, task_id)
+        preconditions.require_match(request.if_match, lambda: tasks.read(session, user, task_id))
 
-    return _write(work)
+
+def _task_change(
+    request: Request,
+    user: str,
+    task_id: str,
+    change: Callable[[Session], tuple[TaskOut, list[str]]],
+) -> Response:
+    """A change of one task, made only if it is as the request's If-Match says, answered
+    with the task and its ETag."""
+
+    def work(session: Session) -> tuple[TaskOut, list[str]]:
+        _require_unchanged(request, session, user, task_id)
+        return change(session)
+
+    return _write(work, headers=preconditions.etag_header)
+
+
+def _shown(session: Session, changed: tuple[Task, list[str]]) -> tuple[TaskOut, list[str]]:
+    task, event_ids = changed
+    return tasks.show(session, task), event_ids
 
 
 def update_task(request: Request, user: str, task_id: str) -> Response:
     spec = parse_model(TaskUpdate, _body(request))
-    return _task_change(lambda s: tasks.update(s, user, task_id, spec))
+    return _task_change(
+        request, user, task_id, lambda s: _shown(s, tasks.update(s, user, task_id, spec))
+    )
 
 
 def complete_task(request: Request, user: str, task_id: str) -> Response:
-    return _write(lambda s: tasks.complete(s, user, task_id))
+    return _task_change(request, user, task_id, lambda s: tasks.complete(s, user, task_id))
 
 
 def reopen_task(request: Request, user: str, task_id: str) -> Response:
-    return _task_change(lambda s: tasks.reopen(s, user, task_id))
+    return _task_change(request, user, task_id, lambda s: _shown(s, tasks.reopen(s, user, task_id)))
 
 
 def delete_task(request: Request, user: str, task_id: str) -> Response:
     """204 for a one-off task; for an occurrence of a series, 200 and what happened to
     the series (deleting the open occurrence skips it, see `series.delete_occurrence`)."""
     with db.session_scope() as session:
+        _require_unchanged(request, session, user, task_id)
         deleted = tasks.delete(session, user, task_id)
         body = _deletion_out(session, task_id, deleted)
     outbox.publish_after_commit(deleted.event_ids)
@@ -565,7 +588,8 @@ class Endpoint:
     sender may be a user or a registered system) authenticate themselves but are
     documented as secured. `other_bodies` are further media types the body may have
     (`/commands` in binary mode: the event's data as application/json), `headers` the
-    request headers the operation reads (the binary mode's `ce-*` attributes).
+    request headers the operation reads (the binary mode's `ce-*` attributes, If-Match),
+    `etag` whether its 200 or 201 carries the task's ETag (`web.preconditions`).
     """
 
     method: str
@@ -582,6 +606,7 @@ class Endpoint:
     other_bodies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
     headers: tuple[openapi.Header, ...] = ()
     produces: str | None = None
+    etag: bool = False
 
     def __post_init__(self) -> None:
         if not self.operation_id:
@@ -718,8 +743,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Create a task, maybe recurring",
         body=TaskCreate,
         responses={201: TaskOut},
+        etag=True,
     ),
-    Endpoint("GET", "/tasks/<task_id>", get_task, "Read a task", responses={200: TaskOut}),
+    Endpoint(
+        "GET",
+        "/tasks/<task_id>",
+        get_task,
+        "Read a task",
+        responses={200: TaskOut},
+        headers=(openapi.IF_NONE_MATCH,),
+        etag=True,
+    ),
     Endpoint(
         "PATCH",
         "/tasks/<task_id>",
@@ -727,6 +761,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Change a task",
         body=TaskUpdate,
         responses={200: TaskOut},
+        headers=(openapi.IF_MATCH,),
+        etag=True,
     ),
     Endpoint(
         "DELETE",
@@ -734,6 +770,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         delete_task,
         "Delete a task; deleting the open occurrence of a series skips it",
         responses={200: OccurrenceDeleted, 204: None, 409: ErrorBody},
+        headers=(openapi.IF_MATCH,),
     ),
     Endpoint(
         "POST",
@@ -741,6 +778,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         complete_task,
         "Complete a task (idempotent)",
         responses={200: TaskOut},
+        headers=(openapi.IF_MATCH,),
+        etag=True,
     ),
     Endpoint(
         "POST",
@@ -748,6 +787,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         reopen_task,
         "Reopen a task",
         responses={200: TaskOut, 409: ErrorBody},
+        headers=(openapi.IF_MATCH,),
+        etag=True,
     ),
     Endpoint(
         "POST",

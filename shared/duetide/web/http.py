@@ -48,11 +48,14 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
         empty = Response(status=204, headers=headers)
         del empty.headers["Content-Type"]
         return empty
+    return Response(payload(body), status=status, mimetype="application/json", headers=headers)
+
+
+def payload(body: Any) -> str:
+    """The JSON text of an answer (and what an entity tag is a hash of, `preconditions`)."""
     if isinstance(body, pydantic.BaseModel):
-        payload = body.model_dump_json(exclude_unset=True)
-    else:
-        payload = json.dumps(body, separators=(",", ":"), default=str)
-    return Response(payload, status=status, mimetype="application/json", headers=headers)
+        return body.model_dump_json(exclude_unset=True)
+    return json.dumps(body, separators=(",", ":"), default=str)
 
 
 def error_response(err: ApiError) -> Response:

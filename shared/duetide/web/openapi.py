@@ -92,6 +92,25 @@ BINARY_MODE_HEADERS = (
 )
 """The CloudEvents HTTP binding's binary content mode: the attributes as `ce-*` headers."""
 
+IF_MATCH = Header(
+    "If-Match",
+    "The task's ETag as you last read it: the change is made only if the task is still "
+    "as it was then, else 412 and nothing changes (`*`: any version). Without it, the "
+    "last change wins.",
+    '"q2dyZb0mTfWlD4kN1yQzUA"',
+)
+IF_NONE_MATCH = Header(
+    "If-None-Match",
+    "The task's ETag as you last read it: 304 without a body while it is unchanged.",
+    '"q2dyZb0mTfWlD4kN1yQzUA"',
+)
+ETAG = {
+    "description": "The task's entity tag: a hash of this answer's body. Send it back as "
+    "If-Match to change the task only if no one else has meanwhile.",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
 COMMANDS_DESCRIPTION = (
     "One command CloudEvent per request, in either content mode of the CloudEvents HTTP "
     f"binding. Structured: the whole event as `{STRUCTURED}` (`CommandEvent`), no `ce-*` "
@@ -188,16 +207,27 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         elif status == 200 and endpoint.produces:
             kind = "object" if endpoint.produces == "application/json" else "string"
             response["content"] = {endpoint.produces: {"schema": {"type": kind}}}
-        if status == 201:
-            response["headers"] = {"Location": LOCATION}
+        headers = {"Location": LOCATION} if status == 201 else {}
+        if endpoint.etag and status in (200, 201):
+            headers["ETag"] = ETAG
+        if headers:
+            response["headers"] = headers
         operation["responses"][str(status)] = response
+    if IF_MATCH in endpoint.headers:
+        operation["responses"]["412"] = _error("412", components)
+    if IF_NONE_MATCH in endpoint.headers:
+        operation["responses"]["304"] = {"description": "304", "headers": {"ETag": ETAG}}
     if endpoint.auth == "public":
         return operation
-    error = {"content": {"application/json": {"schema": schema_ref(ErrorBody, components)}}}
     for status in ERRORS:
-        operation["responses"].setdefault(str(status), {"description": str(status), **error})
+        operation["responses"].setdefault(str(status), _error(str(status), components))
     operation["security"] = [{"bearer": []}]
     return operation
+
+
+def _error(status: str, components: dict[str, Any]) -> dict[str, Any]:
+    schema = schema_ref(ErrorBody, components)
+    return {"description": status, "content": {"application/json": {"schema": schema}}}
 
 
 _PATH_ARGUMENT = re.compile(r"<(\w+)>")
