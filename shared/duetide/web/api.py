@@ -75,7 +75,7 @@ from duetide.services.schemas import (
     TaskUpdate,
 )
 from duetide.storage import db, outbox
-from duetide.storage.models import Notification, Task, utcnow
+from duetide.storage.models import Notification, Series, Task, utcnow
 from duetide.web import auth, commands, docs, live, openapi, preconditions
 from duetide.web.command_events import CommandData, CommandEvent
 from duetide.web.http import (
@@ -188,11 +188,15 @@ def task_activity(request: Request, user: str, task_id: str) -> Response:
         )
 
 
-def _require_unchanged(request: Request, session: Session, user: str, task_id: str) -> None:
-    """With If-Match, the task locked (to the commit) and compared as it is now."""
-    if request.if_match:
+def _task_now(session: Session, user: str, task_id: str) -> Callable[[], TaskOut]:
+    """The task as it is now, locked to the commit: the change then applies to what
+    If-Match was compared with."""
+
+    def current() -> TaskOut:
         tasks.lock_task(session, user, task_id)
-        preconditions.require_match(request.if_match, lambda: tasks.read(session, user, task_id))
+        return tasks.read(session, user, task_id)
+
+    return current
 
 
 def _task_change(
@@ -205,7 +209,7 @@ def _task_change(
     with the task and its ETag."""
 
     def work(session: Session) -> tuple[TaskOut, list[str]]:
-        _require_unchanged(request, session, user, task_id)
+        preconditions.require_match(request.if_match, _task_now(session, user, task_id))
         return change(session)
 
     return _write(work, headers=preconditions.etag_header)
@@ -235,7 +239,7 @@ def delete_task(request: Request, user: str, task_id: str) -> Response:
     """204 for a one-off task; for an occurrence of a series, 200 and what happened to
     the series (deleting the open occurrence skips it, see `series.delete_occurrence`)."""
     with db.session_scope() as session:
-        _require_unchanged(request, session, user, task_id)
+        preconditions.require_match(request.if_match, _task_now(session, user, task_id))
         deleted = tasks.delete(session, user, task_id)
         body = _deletion_out(session, task_id, deleted)
     outbox.publish_after_commit(deleted.event_ids)
@@ -281,37 +285,67 @@ def list_series(request: Request, user: str) -> Response:
 
 def get_series(request: Request, user: str, series_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
-        return json_response(series_out(series.get_owned(session, user, series_id)))
+        found = series_out(series.get_owned(session, user, series_id))
+    return preconditions.conditional_get(request.if_none_match, found)
+
+
+def _series_now(session: Session, user: str, series_id: str) -> Callable[[], SeriesOut]:
+    """The series as it is now, locked to the commit (`series.lock`)."""
+
+    def current() -> SeriesOut:
+        locked = series.lock(session, series_id, user)
+        if locked is None:
+            raise NotFound(f"no series {series_id}")
+        return series_out(locked)
+
+    return current
+
+
+def _series_change(
+    request: Request,
+    user: str,
+    series_id: str,
+    change: Callable[[Session], tuple[Series, list[str]]],
+) -> Response:
+    """A change of one series, made only if it is as the request's If-Match says,
+    answered with the series and its ETag."""
+
+    def work(session: Session) -> tuple[SeriesOut, list[str]]:
+        preconditions.require_match(request.if_match, _series_now(session, user, series_id))
+        changed, ids = change(session)
+        return series_out(changed), ids
+
+    return _write(work, headers=preconditions.etag_header)
 
 
 def update_series(request: Request, user: str, series_id: str) -> Response:
     spec = parse_model(SeriesUpdate, _body(request))
-    with db.session_scope() as session:
-        return json_response(series_out(series.update(session, user, series_id, spec)))
-
-
-def _series_change(change: Callable[[Session], tuple[Any, list[str]]]) -> Response:
-    def work(session: Session) -> tuple[Any, list[str]]:
-        changed, ids = change(session)
-        return series_out(changed), ids
-
-    return _write(work)
+    return _series_change(
+        request, user, series_id, lambda s: (series.update(s, user, series_id, spec), [])
+    )
 
 
 def pause_series(request: Request, user: str, series_id: str) -> Response:
-    return _series_change(lambda s: (series.pause(s, user, series_id), []))
+    return _series_change(
+        request, user, series_id, lambda s: (series.pause(s, user, series_id), [])
+    )
 
 
 def resume_series(request: Request, user: str, series_id: str) -> Response:
-    return _series_change(lambda s: series.resume(s, user, series_id, utcnow()))
+    return _series_change(
+        request, user, series_id, lambda s: series.resume(s, user, series_id, utcnow())
+    )
 
 
 def skip_series(request: Request, user: str, series_id: str) -> Response:
-    return _series_change(lambda s: series.skip(s, user, series_id, utcnow()))
+    return _series_change(
+        request, user, series_id, lambda s: series.skip(s, user, series_id, utcnow())
+    )
 
 
 def end_series(request: Request, user: str, series_id: str) -> Response:
     with db.session_scope() as session:
+        preconditions.require_match(request.if_match, _series_now(session, user, series_id))
         series.end(session, user, series_id)
     return json_response(None, 204)
 
@@ -589,7 +623,8 @@ class Endpoint:
     documented as secured. `other_bodies` are further media types the body may have
     (`/commands` in binary mode: the event's data as application/json), `headers` the
     request headers the operation reads (the binary mode's `ce-*` attributes, If-Match),
-    `etag` whether its 200 or 201 carries the task's ETag (`web.preconditions`).
+    `etag` whether its 200 or 201 carries the ETag of the task or series it shows
+    (`web.preconditions`).
     """
 
     method: str
@@ -837,7 +872,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/series", list_series, "List series", query=PageQuery, responses={200: SeriesPage}
     ),
-    Endpoint("GET", "/series/<series_id>", get_series, "Read a series", responses={200: SeriesOut}),
+    Endpoint(
+        "GET",
+        "/series/<series_id>",
+        get_series,
+        "Read a series",
+        responses={200: SeriesOut},
+        headers=(openapi.IF_NONE_MATCH,),
+        etag=True,
+    ),
     Endpoint(
         "PATCH",
         "/series/<series_id>",
@@ -845,6 +888,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Change a series from the next occurrence on",
         body=SeriesUpdate,
         responses={200: SeriesOut, 409: ErrorBody},
+        headers=(openapi.IF_MATCH,),
+        etag=True,
     ),
     Endpoint(
         "DELETE",
@@ -852,6 +897,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         end_series,
         "End a series, keeping its history",
         responses={204: None},
+        headers=(openapi.IF_MATCH,),
     ),
     Endpoint(
         "GET",
@@ -875,6 +921,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         pause_series,
         "Pause a series",
         responses={200: SeriesOut, 409: ErrorBody},
+        headers=(openapi.IF_MATCH,),
+        etag=True,
     ),
     Endpoint(
         "POST",
@@ -882,6 +930,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         resume_series,
         "Resume a series",
         responses={200: SeriesOut, 409: ErrorBody},
+        headers=(openapi.IF_MATCH,),
+        etag=True,
     ),
     Endpoint(
         "POST",
@@ -889,6 +939,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         skip_series,
         "Skip the open occurrence",
         responses={200: SeriesOut, 409: ErrorBody},
+        headers=(openapi.IF_MATCH,),
+        etag=True,
     ),
     Endpoint(
         "GET",

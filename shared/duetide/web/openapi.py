@@ -94,19 +94,19 @@ BINARY_MODE_HEADERS = (
 
 IF_MATCH = Header(
     "If-Match",
-    "The task's ETag as you last read it: the change is made only if the task is still "
-    "as it was then, else 412 and nothing changes (`*`: any version). Without it, the "
-    "last change wins.",
+    "The ETag of the task or series as you last read it: the change is made only if it "
+    "is still as it was then, else 412 and nothing changes (`*`: any version). Without "
+    "it, the last change wins.",
     '"q2dyZb0mTfWlD4kN1yQzUA"',
 )
 IF_NONE_MATCH = Header(
     "If-None-Match",
-    "The task's ETag as you last read it: 304 without a body while it is unchanged.",
+    "The ETag as you last read it: 304 without a body while it is unchanged.",
     '"q2dyZb0mTfWlD4kN1yQzUA"',
 )
 ETAG = {
-    "description": "The task's entity tag: a hash of this answer's body. Send it back as "
-    "If-Match to change the task only if no one else has meanwhile.",
+    "description": "The entity tag of the task or series shown: a hash of this answer's "
+    "body. Send it back as If-Match to change it only if no one else has meanwhile.",
     "required": True,
     "schema": {"type": "string"},
 }

@@ -1,12 +1,13 @@
 """Entity tags and the conditional requests they allow (RFC 9110 sections 8.8.3, 13).
 
-A task's ETag is a hash of its JSON representation, the very text GET answers with, so
-two clients holding the same tag saw the same task, reminders and all. A change sent
-with `If-Match` is made only if the task, read under its lock, still has that tag;
-else 412 and nothing changes: two clients editing one task find out, where without it
-the later write silently wins. A GET with `If-None-Match` answers 304 while the task is
-unchanged. Nothing is stored for this: the tag is computed from what is rendered, and a
-change that leaves the representation as it was keeps its tag, as HTTP allows.
+The ETag of a task or a series is a hash of its JSON representation, the very text
+GET answers with, so two clients holding the same tag saw the same thing (a task's
+reminders too, a series' last occurrence). A change sent with `If-Match` is made only
+if what it changes, read under its lock, still has that tag; else 412 and nothing
+changes: two clients editing one task find out, where without it the later write
+silently wins. A GET with `If-None-Match` answers 304 while it is unchanged. Nothing is
+stored for this: the tag is computed from what is rendered, and a change that leaves
+the representation as it was keeps its tag, as HTTP allows.
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ def etag_header(body: BaseModel) -> dict[str, str]:
 
 
 def require_match(if_match: ETags, current: Callable[[], BaseModel]) -> None:
-    """412 unless `If-Match` is absent, `*` (the resource exists: the caller found it),
-    or names `current()`'s tag. Strong comparison: a weak tag never matches, as the
-    RFC asks of If-Match."""
+    """412 unless `If-Match` is absent, `*` (any version: the change itself finds out
+    whether there is one), or names the tag of `current()`, which the caller has read
+    under the lock its change takes. Strong comparison: a weak tag never matches, as
+    the RFC asks of If-Match."""
     if not if_match or if_match.star_tag:
         return
     if not if_match.contains(entity_tag(current())):
         raise PreconditionFailed(
-            "the task has changed since the ETag in If-Match was read; read it again"
+            "it has changed since the ETag in If-Match was read: read it again"
         )
 
 

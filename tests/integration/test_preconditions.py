@@ -1,7 +1,7 @@
-"""Entity tags and conditional requests on a task (`web.preconditions`), through the
-real functions-framework app, on SQLite and PostgreSQL: a change with a stale If-Match
-is refused with 412 and changes nothing, so two clients editing one task cannot lose
-each other's change."""
+"""Entity tags and conditional requests on tasks and series (`web.preconditions`),
+through the real functions-framework app, on SQLite and PostgreSQL: a change with a
+stale If-Match is refused with 412 and changes nothing, so two clients editing one task
+or series cannot lose each other's change."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import col, func, select
 
 from duetide.storage import db
-from duetide.storage.models import Outbox, Task
+from duetide.storage.models import Outbox, Series, Task
 from tests.integration.conftest import auth_headers
 
 PARIS_DAILY = {
@@ -177,4 +177,88 @@ def test_of_concurrent_changes_from_one_tag_exactly_one_wins(client, fields):
     winner = next(title for status, title in results if status == 200)
     with db.session_scope(read_only=True) as session:
         stored = session.exec(select(Task.title).where(col(Task.id) == task["id"])).one()
+    assert stored == winner
+
+
+def a_series(client: Any, headers: dict[str, str]) -> tuple[str, str]:
+    task, _ = create(client, headers, **PARIS_DAILY)
+    answer = client.get(f"/series/{task['series_id']}", headers=headers)
+    assert answer.status_code == 200, answer.json
+    return task["series_id"], answer.headers["ETag"]
+
+
+def test_every_answer_showing_a_series_carries_the_tag_a_read_gives(client, alice):
+    series_id, tag = a_series(client, alice)
+    path = f"/series/{series_id}"
+    assert client.get(path, headers={**alice, "If-None-Match": tag}).status_code == 304
+
+    seen = {tag}
+    for method, step, extra in [
+        ("patch", path, {"json": {"title": "water them all"}}),
+        ("post", f"{path}/pause", {}),
+        ("post", f"{path}/resume", {}),
+        ("post", f"{path}/skip", {}),
+    ]:
+        answer = getattr(client, method)(step, headers=alice, **extra)
+        assert answer.status_code == 200, answer.json
+        read = client.get(path, headers=alice)
+        assert answer.headers["ETag"] == read.headers["ETag"] and answer.json == read.json
+        seen.add(read.headers["ETag"])
+    assert len(seen) == 5
+
+
+@pytest.mark.parametrize("step", ["patch", "pause", "end"])
+def test_a_stale_if_match_on_a_series_is_refused_and_changes_nothing(client, alice, step):
+    series_id, stale = a_series(client, alice)
+    path = f"/series/{series_id}"
+    client.patch(path, json={"description": "by someone else"}, headers=alice)
+    before = client.get(path, headers=alice).json
+    stored = events_stored()
+
+    headers = {**alice, "If-Match": stale}
+    refused = {
+        "patch": lambda: client.patch(path, json={"title": "mine"}, headers=headers),
+        "pause": lambda: client.post(f"{path}/pause", headers=headers),
+        "end": lambda: client.delete(path, headers=headers),
+    }[step]()
+
+    assert refused.status_code == 412, refused.json
+    assert refused.json["error"]["code"] == "precondition_failed"
+    assert client.get(path, headers=alice).json == before
+    assert events_stored() == stored
+
+    current_tag = client.get(path, headers=alice).headers["ETag"]
+    again = {
+        "patch": lambda: client.patch(
+            path, json={"title": "mine"}, headers={**alice, "If-Match": current_tag}
+        ),
+        "pause": lambda: client.post(f"{path}/pause", headers={**alice, "If-Match": current_tag}),
+        "end": lambda: client.delete(path, headers={**alice, "If-Match": current_tag}),
+    }[step]()
+    assert again.status_code in (200, 204), again.json
+
+
+def test_of_concurrent_series_changes_from_one_tag_exactly_one_wins(client):
+    headers = auth_headers("etag-series-racer")
+    series_id, tag = a_series(client, headers)
+    start = threading.Barrier(WRITERS)
+
+    def writer(index: int) -> tuple[int, str]:
+        own = client.application.test_client()
+        start.wait(timeout=30)
+        answer = own.patch(
+            f"/series/{series_id}",
+            json={"title": f"writer {index}"},
+            headers={**headers, "If-Match": tag},
+        )
+        return answer.status_code, answer.json["title"] if answer.status_code == 200 else ""
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        results = list(pool.map(writer, range(WRITERS)))
+
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] + [412] * (WRITERS - 1), statuses
+    winner = next(title for status, title in results if status == 200)
+    with db.session_scope(read_only=True) as session:
+        stored = session.exec(select(Series.title).where(col(Series.id) == series_id)).one()
     assert stored == winner
