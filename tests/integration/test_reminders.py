@@ -130,6 +130,33 @@ def test_snooze_rearms_and_dismiss_silences(client, alice, env):
     assert reminder_states() == {task["id"]: "dismissed"}
 
 
+def test_upcoming_reminders_page_past_the_first_page_and_dismissals_shift_nothing(client, alice):
+    """`/reminders/upcoming` took `cursor` and gave the first `limit` reminders whatever
+    it said, and no `next_cursor`: a user with more pending reminders than a page could
+    not see the rest. Two share a time, so the page boundary falls inside a tie."""
+    times = [f"2030-01-0{day}T09:00:00Z" for day in (5, 1, 3, 3, 4, 6)]  # pages: .. 3 | 3 ..
+    ids = [make_task(client, alice, reminders=[{"at": at}])["reminders"][0]["id"] for at in times]
+    expected = [i for _, i in sorted(zip(times, ids, strict=True))]
+    make_task(client, alice, reminders=[{"at": "2030-01-01T08:00:00Z"}])  # first, dismissed
+
+    seen, cursor, first_page = [], None, True
+    while True:
+        query = "limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(f"/reminders/upcoming?{query}", headers=alice)
+        assert page.status_code == 200, page.json
+        seen += [item["id"] for item in page.json["items"]]
+        if first_page:  # a reminder of the page already read goes: nothing moves up
+            assert client.post(f"/reminders/{seen[0]}/dismiss", headers=alice).status_code == 200
+            first_page = False
+        cursor = page.json["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == len(ids) + 1
+    assert [i for i in seen if i in set(ids)] == expected
+    bad = client.get("/reminders/upcoming?cursor=bm90LWEtY3Vyc29y", headers=alice)
+    assert bad.status_code == 400 and bad.json["error"]["code"] == "bad_request"
+
+
 def test_reminders_of_another_user_are_not_found(client, alice, bob):
     task = make_task(client, alice, reminders=[{"at": "2030-01-01T00:00:00Z"}])
     reminder_id = task["reminders"][0]["id"]

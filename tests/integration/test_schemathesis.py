@@ -106,6 +106,7 @@ KNOWN_REFUSALS = {
     "list_tasks": (400, r"^invalid cursor"),
     "notifications": (400, r"^invalid cursor"),
     "subscription_deliveries": (400, r"^invalid cursor"),
+    "upcoming_reminders": (400, r"^invalid cursor"),
     "list_activity": (400, r"^invalid `since`"),
     "task_activity": (400, r"^invalid `since`"),
     "activity_stream": (400, r"^invalid `since`"),

@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from duetide.errors import NotFound, ValidationFailed
 from duetide.rules.quiet_hours import snooze_until
+from duetide.services import keyset
 from duetide.services.responses import UpcomingPage, UpcomingReminder, rfc3339
 from duetide.services.schemas import SnoozeIn
 from duetide.storage.models import Reminder, Series, Task
@@ -38,21 +39,27 @@ def _locked(session: Session, owner: str, reminder_id: str) -> Reminder:
     return reminder
 
 
-def upcoming(session: Session, owner: str, limit: int) -> UpcomingPage:
-    """Pending reminders of open tasks, soonest first; each in its task's zone."""
-    rows = session.exec(
+def upcoming(session: Session, owner: str, limit: int, cursor: str | None) -> UpcomingPage:
+    """Pending reminders of open tasks, soonest first, a keyset page at a time (by
+    `fire_at`, then id: a reminder that fired, or was snoozed, while the client paged
+    moves no other one onto a page already read); each in its task's zone."""
+    fire_at, key = col(Reminder.fire_at), col(Reminder.id)
+    query = (
         select(Reminder, Task, Series.timezone)
         .join(Task, col(Task.id) == col(Reminder.task_id))
         .outerjoin(Series, col(Series.id) == col(Task.series_id))
         .where(
             Reminder.owner == owner,
             Reminder.state == "pending",
-            col(Reminder.fire_at).is_not(None),
+            fire_at.is_not(None),
             Task.status == "open",
         )
-        .order_by(col(Reminder.fire_at), col(Reminder.id))
-        .limit(limit)
-    ).all()
+    )
+    if cursor is not None:
+        at, last_id = keyset.decode(cursor)
+        query = query.where(keyset.after(fire_at, key, at, last_id, descending=False))
+    rows = session.exec(query.order_by(fire_at, key).limit(limit + 1)).all()
+    shown, after = keyset.page(list(rows), limit, lambda row: (row[0].fire_at, row[0].id))
     return UpcomingPage(
         items=[
             UpcomingReminder(
@@ -62,9 +69,10 @@ def upcoming(session: Session, owner: str, limit: int) -> UpcomingPage:
                 fire_at=rfc3339(reminder.fire_at, ZoneInfo(zone) if zone else None),
                 due_at=rfc3339(task.due_at, ZoneInfo(zone) if zone else None),
             )
-            for reminder, task, zone in rows
+            for reminder, task, zone in shown
             if reminder.fire_at is not None
-        ]
+        ],
+        next_cursor=after,
     )
 
 

@@ -328,6 +328,7 @@ class UpcomingReminder(Out):
 
 class UpcomingPage(Out):
     items: list[UpcomingReminder]
+    next_cursor: str | None
 
 
 class QuietHoursOut(Out):

@@ -62,8 +62,8 @@ from duetide.services.schemas import (
     ActivityStreamQuery,
     EmailCodeIn,
     ForecastQuery,
-    LogPageQuery,
-    PageQuery,
+    KeysetPageQuery,
+    OffsetPageQuery,
     PreferencesUpdate,
     ReminderIn,
     SeriesUpdate,
@@ -275,7 +275,7 @@ def get_reminder(request: Request, user: str, reminder_id: str) -> Response:
 
 
 def list_series(request: Request, user: str) -> Response:
-    query = parse_model(PageQuery, _query(request))
+    query = parse_model(OffsetPageQuery, _query(request))
     offset = _offset_cursor(query.cursor)
     with db.session_scope(read_only=True) as session:
         rows = series.list_series(session, user, offset, query.limit + 1)
@@ -351,7 +351,7 @@ def end_series(request: Request, user: str, series_id: str) -> Response:
 
 
 def series_history(request: Request, user: str, series_id: str) -> Response:
-    query = parse_model(PageQuery, _query(request))
+    query = parse_model(OffsetPageQuery, _query(request))
     offset = _offset_cursor(query.cursor)
     with db.session_scope(read_only=True) as session:
         rows = series.history(session, user, series_id, offset, query.limit + 1)
@@ -426,9 +426,9 @@ def _send_challenge(challenge: verification.WebhookChallenge, field: str) -> Non
 
 
 def upcoming_reminders(request: Request, user: str) -> Response:
-    query = parse_model(PageQuery, _query(request))
+    query = parse_model(KeysetPageQuery, _query(request))
     with db.session_scope(read_only=True) as session:
-        return json_response(reminder_actions.upcoming(session, user, query.limit))
+        return json_response(reminder_actions.upcoming(session, user, query.limit, query.cursor))
 
 
 def snooze_reminder(request: Request, user: str, reminder_id: str) -> Response:
@@ -445,7 +445,7 @@ def dismiss_reminder(request: Request, user: str, reminder_id: str) -> Response:
 
 
 def notifications(request: Request, user: str) -> Response:
-    query = parse_model(LogPageQuery, _query(request))
+    query = parse_model(KeysetPageQuery, _query(request))
     delivered, key = col(Notification.delivered_at), col(Notification.id)
     stmt = select(Notification).where(Notification.owner == user)
     if query.cursor:
@@ -526,7 +526,7 @@ def delete_subscription(request: Request, user: str, subscription_id: str) -> Re
 
 
 def subscription_deliveries(request: Request, user: str, subscription_id: str) -> Response:
-    query = parse_model(LogPageQuery, _query(request))
+    query = parse_model(KeysetPageQuery, _query(request))
     cursor = keyset.decode(query.cursor) if query.cursor else None
     with db.session_scope(read_only=True) as session:
         rows = subscriptions.deliveries(session, user, subscription_id, cursor, query.limit)
@@ -870,7 +870,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         description=ACTIVITY_STREAM_DESCRIPTION,
     ),
     Endpoint(
-        "GET", "/series", list_series, "List series", query=PageQuery, responses={200: SeriesPage}
+        "GET",
+        "/series",
+        list_series,
+        "List series",
+        query=OffsetPageQuery,
+        responses={200: SeriesPage},
     ),
     Endpoint(
         "GET",
@@ -912,7 +917,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/series/<series_id>/history",
         series_history,
         "A series' occurrences so far, oldest first, a page at a time",
-        query=PageQuery,
+        query=OffsetPageQuery,
         responses={200: History},
     ),
     Endpoint(
@@ -947,7 +952,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/notifications",
         notifications,
         "Delivered notifications, newest first",
-        query=LogPageQuery,
+        query=KeysetPageQuery,
         responses={200: NotificationPage},
     ),
     Endpoint(
@@ -1046,7 +1051,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/subscriptions/<subscription_id>/deliveries",
         subscription_deliveries,
         "The delivery log: each event sent, its tries and the receiver's status codes",
-        query=LogPageQuery,
+        query=KeysetPageQuery,
         responses={200: DeliveryPage},
     ),
     Endpoint(
@@ -1061,7 +1066,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/reminders/upcoming",
         upcoming_reminders,
         "Pending reminders, soonest first",
-        query=PageQuery,
+        query=KeysetPageQuery,
         responses={200: UpcomingPage},
     ),
     Endpoint(
