@@ -135,6 +135,34 @@ def test_a_weak_tag_never_satisfies_if_match(client, alice):
     assert answer.status_code == 412  # If-Match compares strongly
 
 
+MALFORMED_IF_MATCH = ['"stale', '"a" "b"', ",", '"x" junk', '"a""b"', "W/", "", 'W/"a", *']
+
+
+def test_an_if_match_that_is_not_a_list_of_entity_tags_is_400_and_changes_nothing(client, alice):
+    """Werkzeug reads what it cannot parse as no tags, which passed as no condition:
+    a client's typo let its change through unconditionally (found in review)."""
+    task, _ = create(client, alice, title="mine")
+    series_id, _ = a_series(client, alice)
+    stored = events_stored()
+    for value in MALFORMED_IF_MATCH:
+        headers = {**alice, "If-Match": value}
+        for answer in (
+            client.patch(f"/tasks/{task['id']}", json={"title": "x"}, headers=headers),
+            client.post(f"/tasks/{task['id']}/complete", headers=headers),
+            client.delete(f"/tasks/{task['id']}", headers=headers),
+            client.post(f"/series/{series_id}/pause", headers=headers),
+        ):
+            assert answer.status_code == 400, (value, answer.status_code)
+            assert answer.json["error"]["code"] == "bad_request"
+    assert current(client, alice, task["id"])[0]["title"] == "mine"
+    assert client.get(f"/series/{series_id}", headers=alice).json["status"] == "active"
+    assert events_stored() == stored
+    listed = client.patch(
+        f"/tasks/{task['id']}", json={"title": "y"}, headers={**alice, "If-Match": '"a", "b"'}
+    )
+    assert listed.status_code == 412  # a well-formed list of tags, none current
+
+
 def test_if_match_does_not_reveal_or_reach_another_users_task(client, alice, bob):
     task, tag = create(client, alice, title="alice's")
     for if_match in (tag, "*", '"stale"'):

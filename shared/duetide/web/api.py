@@ -143,7 +143,7 @@ def create_task(request: Request, user: str) -> Response:
 def get_task(request: Request, user: str, task_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
         task = tasks.read(session, user, task_id)
-    return preconditions.conditional_get(request.if_none_match, task)
+    return preconditions.conditional_get(request, task)
 
 
 def _retention() -> timedelta:
@@ -209,7 +209,7 @@ def _task_change(
     with the task and its ETag."""
 
     def work(session: Session) -> tuple[TaskOut, list[str]]:
-        preconditions.require_match(request.if_match, _task_now(session, user, task_id))
+        preconditions.require_match(request, _task_now(session, user, task_id))
         return change(session)
 
     return _write(work, headers=preconditions.etag_header)
@@ -239,7 +239,7 @@ def delete_task(request: Request, user: str, task_id: str) -> Response:
     """204 for a one-off task; for an occurrence of a series, 200 and what happened to
     the series (deleting the open occurrence skips it, see `series.delete_occurrence`)."""
     with db.session_scope() as session:
-        preconditions.require_match(request.if_match, _task_now(session, user, task_id))
+        preconditions.require_match(request, _task_now(session, user, task_id))
         deleted = tasks.delete(session, user, task_id)
         body = _deletion_out(session, task_id, deleted)
     outbox.publish_after_commit(deleted.event_ids)
@@ -286,7 +286,7 @@ def list_series(request: Request, user: str) -> Response:
 def get_series(request: Request, user: str, series_id: str) -> Response:
     with db.session_scope(read_only=True) as session:
         found = series_out(series.get_owned(session, user, series_id))
-    return preconditions.conditional_get(request.if_none_match, found)
+    return preconditions.conditional_get(request, found)
 
 
 def _series_now(session: Session, user: str, series_id: str) -> Callable[[], SeriesOut]:
@@ -311,7 +311,7 @@ def _series_change(
     answered with the series and its ETag."""
 
     def work(session: Session) -> tuple[SeriesOut, list[str]]:
-        preconditions.require_match(request.if_match, _series_now(session, user, series_id))
+        preconditions.require_match(request, _series_now(session, user, series_id))
         changed, ids = change(session)
         return series_out(changed), ids
 
@@ -345,7 +345,7 @@ def skip_series(request: Request, user: str, series_id: str) -> Response:
 
 def end_series(request: Request, user: str, series_id: str) -> Response:
     with db.session_scope() as session:
-        preconditions.require_match(request.if_match, _series_now(session, user, series_id))
+        preconditions.require_match(request, _series_now(session, user, series_id))
         series.end(session, user, series_id)
     return json_response(None, 204)
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable
 
-from flask import Response
+from flask import Request, Response
 from pydantic import BaseModel
-from werkzeug.datastructures import ETags
-from werkzeug.http import quote_etag
+from werkzeug.http import parse_etags, quote_etag
 
-from duetide.errors import PreconditionFailed
+from duetide.errors import BadRequest, PreconditionFailed
 from duetide.web.http import json_response, payload
 
 
@@ -35,24 +35,40 @@ def etag_header(body: BaseModel) -> dict[str, str]:
     return {"ETag": quote_etag(entity_tag(body))}
 
 
-def require_match(if_match: ETags, current: Callable[[], BaseModel]) -> None:
-    """412 unless `If-Match` is absent, `*` (any version: the change itself finds out
-    whether there is one), or names the tag of `current()`, which the caller has read
-    under the lock its change takes. Strong comparison: a weak tag never matches, as
-    the RFC asks of If-Match."""
-    if not if_match or if_match.star_tag:
+_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
+_IF_MATCH_SYNTAX = re.compile(rf"[ \t]*(?:\*|{_ENTITY_TAG}(?:[ \t]*,[ \t]*{_ENTITY_TAG})*)[ \t]*")
+"""RFC 9110's `If-Match = "*" / #entity-tag`. Checked before werkzeug parses it, which
+reads what it cannot parse as no tags at all: a condition sent with a typo (a missing
+quote, tags separated by spaces) would have let the change through unconditionally."""
+
+
+def require_match(request: Request, current: Callable[[], BaseModel]) -> None:
+    """412 unless the request's `If-Match` is absent, `*` (any version: the change itself
+    finds out whether there is one), or names the tag of `current()`, which the caller
+    has read under the lock its change takes; 400 for a header that is none of these.
+    Strong comparison: a weak tag never matches, as the RFC asks of If-Match."""
+    header = request.headers.get("If-Match")
+    if header is None:
         return
-    if not if_match.contains(entity_tag(current())):
+    if not _IF_MATCH_SYNTAX.fullmatch(header):
+        raise BadRequest(
+            "If-Match must be `*` or a comma-separated list of quoted entity tags, as ETag "
+            'gives them (`"..."`)'
+        )
+    wanted = parse_etags(header)
+    if wanted.star_tag:
+        return
+    if not wanted.contains(entity_tag(current())):
         raise PreconditionFailed(
             "it has changed since the ETag in If-Match was read: read it again"
         )
 
 
-def conditional_get(if_none_match: ETags, body: BaseModel) -> Response:
+def conditional_get(request: Request, body: BaseModel) -> Response:
     """`body` with its ETag, or 304 and no body when `If-None-Match` names it (weak
     comparison, as the RFC asks of If-None-Match)."""
     tag = entity_tag(body)
     headers = {"ETag": quote_etag(tag)}
-    if if_none_match.contains_weak(tag):
+    if request.if_none_match.contains_weak(tag):
         return Response(status=304, headers=headers)
     return json_response(body, headers=headers)
