@@ -185,15 +185,22 @@ def test_of_concurrent_changes_from_one_tag_exactly_one_wins(client, fields):
     Without the check under the task's lock, each would pass it before any committed."""
     headers = auth_headers("etag-racer")
     task, tag = create(client, headers, **fields)
+    winner = race_patches(client, headers, f"/tasks/{task['id']}", tag)
+    with db.session_scope(read_only=True) as session:
+        stored = session.exec(select(Task.title).where(col(Task.id) == task["id"])).one()
+    assert stored == winner
+
+
+def race_patches(client: Any, headers: dict[str, str], path: str, tag: str) -> str:
+    """WRITERS threads PATCH `path` at once, each a title of its own, all with
+    `If-Match: tag`: one must be 200, every other 412. The winner's title."""
     start = threading.Barrier(WRITERS)
 
     def writer(index: int) -> tuple[int, str]:
         own = client.application.test_client()  # a client per thread, one app, as gthread
         start.wait(timeout=30)
         answer = own.patch(
-            f"/tasks/{task['id']}",
-            json={"title": f"writer {index}"},
-            headers={**headers, "If-Match": tag},
+            path, json={"title": f"writer {index}"}, headers={**headers, "If-Match": tag}
         )
         return answer.status_code, answer.json["title"] if answer.status_code == 200 else ""
 
@@ -202,10 +209,7 @@ def test_of_concurrent_changes_from_one_tag_exactly_one_wins(client, fields):
 
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] + [412] * (WRITERS - 1), statuses
-    winner = next(title for status, title in results if status == 200)
-    with db.session_scope(read_only=True) as session:
-        stored = session.exec(select(Task.title).where(col(Task.id) == task["id"])).one()
-    assert stored == winner
+    return next(title for status, title in results if status == 200)
 
 
 def a_series(client: Any, headers: dict[str, str]) -> tuple[str, str]:
@@ -269,24 +273,7 @@ def test_a_stale_if_match_on_a_series_is_refused_and_changes_nothing(client, ali
 def test_of_concurrent_series_changes_from_one_tag_exactly_one_wins(client):
     headers = auth_headers("etag-series-racer")
     series_id, tag = a_series(client, headers)
-    start = threading.Barrier(WRITERS)
-
-    def writer(index: int) -> tuple[int, str]:
-        own = client.application.test_client()
-        start.wait(timeout=30)
-        answer = own.patch(
-            f"/series/{series_id}",
-            json={"title": f"writer {index}"},
-            headers={**headers, "If-Match": tag},
-        )
-        return answer.status_code, answer.json["title"] if answer.status_code == 200 else ""
-
-    with ThreadPoolExecutor(WRITERS) as pool:
-        results = list(pool.map(writer, range(WRITERS)))
-
-    statuses = sorted(status for status, _ in results)
-    assert statuses == [200] + [412] * (WRITERS - 1), statuses
-    winner = next(title for status, title in results if status == 200)
+    winner = race_patches(client, headers, f"/series/{series_id}", tag)
     with db.session_scope(read_only=True) as session:
         stored = session.exec(select(Series.title).where(col(Series.id) == series_id)).one()
     assert stored == winner

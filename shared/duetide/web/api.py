@@ -90,6 +90,7 @@ from duetide.web.sink import STRUCTURED
 
 Row = TypeVar("Row")
 Item = TypeVar("Item")
+Shown = TypeVar("Shown", bound=BaseModel)
 
 
 def _query(request: Request) -> dict[str, Any]:
@@ -199,20 +200,28 @@ def _task_now(session: Session, user: str, task_id: str) -> Callable[[], TaskOut
     return current
 
 
+def _conditional_change(
+    request: Request,
+    now: Callable[[Session], Callable[[], Shown]],
+    change: Callable[[Session], tuple[Shown, list[str]]],
+) -> Response:
+    """A change of one task or series, made only if it is as the request's If-Match
+    says (`now(session)` reads it locked), answered with it and its ETag."""
+
+    def work(session: Session) -> tuple[Shown, list[str]]:
+        preconditions.require_match(request, now(session))
+        return change(session)
+
+    return _write(work, headers=preconditions.etag_header)
+
+
 def _task_change(
     request: Request,
     user: str,
     task_id: str,
     change: Callable[[Session], tuple[TaskOut, list[str]]],
 ) -> Response:
-    """A change of one task, made only if it is as the request's If-Match says, answered
-    with the task and its ETag."""
-
-    def work(session: Session) -> tuple[TaskOut, list[str]]:
-        preconditions.require_match(request, _task_now(session, user, task_id))
-        return change(session)
-
-    return _write(work, headers=preconditions.etag_header)
+    return _conditional_change(request, lambda s: _task_now(s, user, task_id), change)
 
 
 def _shown(session: Session, changed: tuple[Task, list[str]]) -> tuple[TaskOut, list[str]]:
@@ -307,15 +316,11 @@ def _series_change(
     series_id: str,
     change: Callable[[Session], tuple[Series, list[str]]],
 ) -> Response:
-    """A change of one series, made only if it is as the request's If-Match says,
-    answered with the series and its ETag."""
-
-    def work(session: Session) -> tuple[SeriesOut, list[str]]:
-        preconditions.require_match(request, _series_now(session, user, series_id))
+    def shown(session: Session) -> tuple[SeriesOut, list[str]]:
         changed, ids = change(session)
         return series_out(changed), ids
 
-    return _write(work, headers=preconditions.etag_header)
+    return _conditional_change(request, lambda s: _series_now(s, user, series_id), shown)
 
 
 def update_series(request: Request, user: str, series_id: str) -> Response:
