@@ -20,9 +20,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from duetide.config import Settings
-from duetide.web.api import BY_OPERATION
+from duetide.web.api import BY_OPERATION, ENDPOINTS
 from duetide.web.auth import issue_local_token
-from duetide.web.openapi import document
+from duetide.web.openapi import IF_MATCH, document
 from tests.integration.conftest import BACKENDS, POSTGRES_URL
 from tests.support import migrated_database, serving_function
 
@@ -125,6 +125,13 @@ KNOWN_REFUSALS = {
     "update_subscription": (422, r"^url: "),
     "verify_subscription": (422, r"^url: the webhook did not echo"),
     "resend_email": (422, r"^email: the mail relay refused"),
+    # If-Match's pattern is in the document, but schemathesis 4.32 still sends `0` for it
+    # as a positive header value (the hypothesis phase keeps to the pattern).
+    **{
+        endpoint.operation_id: (400, r"^If-Match must be `\*` or a comma-separated list")
+        for endpoint in ENDPOINTS
+        if IF_MATCH in endpoint.headers
+    },
 }
 # - commands 400: which ce-* headers a command needs depends on its media type (binary
 #   mode, application/json: ce-specversion, ce-id, ce-source and ce-type; structured: none,

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from duetide.events import CMD_TASK_COMPLETE, CMD_TASK_CREATE
 from duetide.services.responses import ErrorBody
+from duetide.web.preconditions import IF_MATCH_PATTERN
 from duetide.web.sink import BATCH, MAX_ATTRIBUTE_CHARS, STRUCTURED
 
 if TYPE_CHECKING:
@@ -30,14 +31,18 @@ class Header:
     name: str
     description: str
     example: str
+    pattern: str | None = None
 
     def parameter(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "examples": [self.example]}
+        if self.pattern is not None:
+            schema["pattern"] = self.pattern
         return {
             "name": self.name,
             "in": "header",
             "required": False,  # which headers are needed depends on the media type
             "description": self.description,
-            "schema": {"type": "string", "examples": [self.example]},
+            "schema": schema,
         }
 
 
@@ -98,6 +103,7 @@ IF_MATCH = Header(
     "is still as it was then, else 412 and nothing changes (`*`: any version). Without "
     "it, the last change wins.",
     '"q2dyZb0mTfWlD4kN1yQzUA"',
+    pattern=IF_MATCH_PATTERN,
 )
 IF_NONE_MATCH = Header(
     "If-None-Match",

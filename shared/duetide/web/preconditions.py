@@ -35,11 +35,14 @@ def etag_header(body: BaseModel) -> dict[str, str]:
     return {"ETag": quote_etag(entity_tag(body))}
 
 
-_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
-_IF_MATCH_SYNTAX = re.compile(rf"[ \t]*(?:\*|{_ENTITY_TAG}(?:[ \t]*,[ \t]*{_ENTITY_TAG})*)[ \t]*")
-"""RFC 9110's `If-Match = "*" / #entity-tag`. Checked before werkzeug parses it, which
-reads what it cannot parse as no tags at all: a condition sent with a typo (a missing
-quote, tags separated by spaces) would have let the change through unconditionally."""
+_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e]*"'
+IF_MATCH_PATTERN = rf"^ *(?:\*|{_ENTITY_TAG}(?: *, *{_ENTITY_TAG})*) *$"
+"""RFC 9110's `If-Match = "*" / #entity-tag`, tags of visible ASCII (ours are base64url;
+obs-text is left out); also the OpenAPI document's pattern for the header. Checked
+before werkzeug parses it, which reads what it cannot parse as no tags at all: a
+condition sent with a typo (a missing quote, tags separated by spaces) would have let
+the change through unconditionally."""
+_IF_MATCH_SYNTAX = re.compile(IF_MATCH_PATTERN)
 
 
 def require_match(request: Request, current: Callable[[], BaseModel]) -> None:
