@@ -13,20 +13,20 @@ its Alembic migrations; the baseline: its SQLModel tables) and seeded alike: SEE
 open tasks for each of USERS users, a third with no tag, a third with one, a third with
 two. So every run starts from the same state.
 
-Each app runs as 2 server processes, each on its own port, and the wrk clients are shared
-evenly between them (8 connections each): the analogue of 2 one-process Knative pods behind
-the activator, which balances requests. duetide's processes are what the image starts, a
-pod's one process (`python -m duetide.web.serve`, WORKERS=1, THREADS=10 as in
-knative/services.yaml), with no Kafka (events stay in the outbox; the fast-path publish
-after a commit is not measured) and a write rate limit high enough never to refuse (its
-counter is still written). The baseline's: `uvicorn bench.baseline.app:app`. One port
-served by 2 workers (duetide's WORKERS=2, `uvicorn --workers 2`) is not used: the workers
-share one listening socket and whichever accepts first keeps the connection, and of wrk's
-16 connections one worker got 15, 13, 10 or 8 from run to run, so the figures measured
-the split. Both apps on uvloop and httptools (duetide's dependencies, and what uvicorn
-picks when they are installed, as `uvicorn[standard]` has them; before 2026-12-03 both ran
-on asyncio's loop and h11), both with psycopg 3 over TLS to 127.0.0.1 (the server's
-default).
+Each app runs as 2 server processes, each on its own port, and the wrk clients are
+shared evenly between them (8 connections each): the analogue of 2 one-process Knative
+pods behind the activator, which balances requests. duetide's processes are what the
+image starts, a pod's one process (`python -m duetide.web.serve`, WORKERS=1, THREADS=10
+as in knative/services.yaml), with no Kafka (events stay in the outbox; the fast-path
+publish after a commit is not measured) and write and read rate limits high enough never
+to refuse (the write counter is still written, the read bucket still taken from). The
+baseline's: `uvicorn bench.baseline.app:app`. One port served by 2 workers (duetide's
+WORKERS=2, `uvicorn --workers 2`) is not used: the workers share one listening socket
+and whichever accepts first keeps the connection, and of wrk's 16 connections one worker
+got 15, 13, 10 or 8 from run to run, so the figures measured the split. Both apps on
+uvloop and httptools (duetide's dependencies, and what uvicorn picks when they are
+installed, as `uvicorn[standard]` has them; before 2026-12-03 both ran on asyncio's loop
+and h11), both with psycopg 3 over TLS to 127.0.0.1 (the server's default).
 """
 
 from __future__ import annotations
@@ -284,6 +284,7 @@ def _command(
         return command, dict(
             env, DATABASE_URL=url, DUETIDE_JWT_SECRET=SECRET, WORKERS="1", THREADS="10",
             KAFKA_BOOTSTRAP_SERVERS="", DUETIDE_WRITE_RATE_PER_MINUTE="100000000",
+            DUETIDE_READ_RATE_PER_MINUTE="100000000",
             DUETIDE_LOG_LEVEL="INFO",
             DUETIDE_HOME=env.get("DUETIDE_HOME") or tempfile.mkdtemp(prefix="apimix-home-"),
         )  # fmt: skip

@@ -91,7 +91,7 @@ def serving(name: str, home: Path, root: Path) -> Iterator[tuple[int, int]]:
     path = os.pathsep.join([str(root / "shared"), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, DUETIDE_HOME=str(home), DATABASE_URL=f"sqlite:///{home / 'db'}",
                DUETIDE_JWT_SECRET=SECRET, KAFKA_BOOTSTRAP_SERVERS="", THREADS=THREADS,
-               WORKERS="1", DUETIDE_LOG_LEVEL="WARNING",
+               WORKERS="1", DUETIDE_LOG_LEVEL="WARNING", DUETIDE_READ_RATE_PER_MINUTE="0",
                PYTHONPATH=path)  # fmt: skip
     command = SERVERS[name](str(root / SOURCE), port)
     process = subprocess.Popen(

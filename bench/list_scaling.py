@@ -90,7 +90,8 @@ print(json.dumps(results))
 def _env(code: Path, database: str) -> dict[str, str]:
     url = postgres_url(SERVER, database, "postgresql+psycopg")
     return dict(os.environ, PYTHONPATH=str(code / "shared"), KAFKA_BOOTSTRAP_SERVERS="",
-                DATABASE_URL=url, DUETIDE_LOG_LEVEL="WARNING")  # fmt: skip
+                DATABASE_URL=url, DUETIDE_LOG_LEVEL="WARNING",
+                DUETIDE_READ_RATE_PER_MINUTE="0")  # fmt: skip
 
 
 @contextmanager

@@ -50,7 +50,7 @@ def _env(code: Path, home: Path) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(code / "shared"), DUETIDE_HOME=str(home),
                 DATABASE_URL=f"sqlite:///{home / 'db'}", DUETIDE_JWT_SECRET=SECRET,
                 KAFKA_BOOTSTRAP_SERVERS="", THREADS="10", WORKERS="1",
-                DUETIDE_LOG_LEVEL="WARNING")  # fmt: skip
+                DUETIDE_LOG_LEVEL="WARNING", DUETIDE_READ_RATE_PER_MINUTE="0")  # fmt: skip
 
 
 @contextmanager

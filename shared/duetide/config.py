@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     duetide_write_rate_per_minute: int = Field(
         120, ge=0, description="Writes per user per minute before 429; 0 turns the limit off."
     )
+    duetide_read_rate_per_minute: int = Field(
+        600,
+        ge=0,
+        description="Reads per user per minute and per replica before 429 (a minute's reads "
+        "may come at once); 0 turns the limit off.",
+    )
     duetide_public_url: str = Field(
         "",
         description="The API's public base URL (https://tasks.example.com), for the links it "

@@ -54,10 +54,12 @@ def env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 
 
 def _reset_caches() -> None:
+    from duetide.services import ratelimit
     from duetide.storage import outbox
     from duetide.web import auth
 
     get_settings.cache_clear()
+    ratelimit.read_budget.cache_clear()
     auth.api_verifier.cache_clear()
     auth.event_verifier.cache_clear()
     db.get_engine.cache_clear()

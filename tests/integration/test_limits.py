@@ -2,8 +2,8 @@
 
 Body size (413), field lengths and list sizes (422), page size, recurrence expansion
 (COUNT, instances per period, forecast size), reminders per task, text the databases can
-store (no NUL), JSON nesting, CloudEvent attribute lengths, and the per-user write rate
-(429 with Retry-After). Where a value can be built, a limit is shown at its boundary: the
+store (no NUL), JSON nesting, CloudEvent attribute lengths, and the per-user write and
+read rates (429 with Retry-After). Where a value can be built, a limit is shown at its boundary: the
 last value accepted and the first refused; a refusal writes nothing.
 """
 
@@ -421,7 +421,7 @@ def test_the_fourth_write_in_a_minute_is_429_with_retry_after(three_writes_a_min
     assert rows() == before
 
 
-def test_reads_are_not_limited_and_each_user_has_a_budget(three_writes_a_minute, alice, bob):
+def test_reads_do_not_count_as_writes_and_each_user_has_a_budget(three_writes_a_minute, alice, bob):
     client = three_writes_a_minute
     for _ in range(3):
         assert create(client, alice).status_code == 201
@@ -451,3 +451,55 @@ def test_the_budget_returns_in_the_next_minute(three_writes_a_minute, alice, mon
     assert create(client, alice).status_code == 429
     monkeypatch.setattr(ratelimit, "utcnow", lambda: FROZEN.replace(minute=42, second=0))
     assert create(client, alice).status_code == 201
+
+
+# --- per-user read rate ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_reads_a_minute(env: str, monkeypatch: pytest.MonkeyPatch) -> FlaskClient:
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "3")
+    _reset_caches()
+    return function_client("tasks")
+
+
+def test_the_fourth_read_in_a_minute_is_429_and_other_users_and_writes_go_on(
+    three_reads_a_minute, alice, bob
+):
+    client = three_reads_a_minute
+    task_id = create(client, alice).json["id"]
+    assert client.get("/tasks", headers=alice).status_code == 200
+    assert client.get(f"/tasks/{task_id}", headers=alice).status_code == 200
+    assert client.head(f"/tasks/{task_id}", headers=alice).status_code == 200
+
+    response = client.get(f"/tasks/{task_id}", headers=alice)
+
+    refused(response, 429, "rate_limited")
+    assert response.headers["Retry-After"] == "20"  # one read every 20 s refills the bucket
+    assert "reads" in response.json["error"]["message"]
+    assert client.get("/tasks", headers=bob).status_code == 200
+    assert client.patch(f"/tasks/{task_id}", json={"title": "u"}, headers=alice).status_code == 200
+
+
+def test_a_head_is_a_read_not_a_write(env, alice, monkeypatch):
+    monkeypatch.setenv("DUETIDE_WRITE_RATE_PER_MINUTE", "1")
+    _reset_caches()
+    client = function_client("tasks")
+    for _ in range(3):
+        assert client.head("/tasks", headers=alice).status_code == 200
+
+    assert create(client, alice).status_code == 201
+
+
+def test_the_calendar_feed_and_the_activity_stream_are_reads_of_their_user(
+    three_reads_a_minute, alice
+):
+    client = three_reads_a_minute
+    url = client.post("/calendar/feed-token", headers=alice).json["url"]
+    path = url[url.index("/calendar/") :]
+    for _ in range(3):
+        assert client.get(path).status_code == 200
+
+    refused(client.get(path), 429, "rate_limited")
+    refused(client.get("/activity/stream", headers=alice), 429, "rate_limited")
+    refused(client.get("/calendar/no-such-feed.ics"), 404, "not_found")  # no user to charge

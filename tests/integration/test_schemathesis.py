@@ -65,6 +65,7 @@ def served(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "DUETIDE_JWT_SECRET": SECRET,
         "KAFKA_BOOTSTRAP_SERVERS": "",
         "DUETIDE_WRITE_RATE_PER_MINUTE": "0",
+        "DUETIDE_READ_RATE_PER_MINUTE": "0",
         "DUETIDE_LOG_LEVEL": "INFO",
         # The long-poll and the activity stream answer within a second (not 25 s, 5 min).
         "DUETIDE_ACTIVITY_MAX_WAIT_S": "0.2",

@@ -90,6 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             KAFKA_BOOTSTRAP_SERVERS="",
             DUETIDE_JWT_SECRET="soak-test-secret-of-enough-length-0123",
             DUETIDE_WRITE_RATE_PER_MINUTE="0",  # the soak is three busy users, not abuse
+            DUETIDE_READ_RATE_PER_MINUTE="0",
         )
         _reset_caches()
         running = Stack(

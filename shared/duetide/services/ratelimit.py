@@ -1,14 +1,28 @@
-"""A per-user limit on writes: a fixed one-minute window counted in the database, so
-every replica of the tasks function shares it (an in-memory bucket would multiply the
-limit by the number of replicas Knative runs).
+"""Per-user limits on requests: writes counted in the database, reads in the process.
+
+Writes: a fixed one-minute window counted in the database, so every replica of the
+tasks function shares it (an in-memory bucket would multiply the limit by the number of
+replicas Knative runs).
 
 The charge commits on its own, whatever becomes of the write it pays for: a write that
 fails (a wrong confirmation code, a conflict) still counts, so the budget bounds
 guessing too. It is one autocommit statement on PostgreSQL, one round trip, holding the
-counter's row lock only while it runs (on SQLite a write unit of its own: `db.autocommit`)."""
+counter's row lock only while it runs (on SQLite a write unit of its own: `db.autocommit`).
+
+Reads: a token bucket per user in each process (`ReadBudget`). A read is one statement
+(a task, a page of tasks); a counter in the database would double its round trips, so
+the bound is per replica instead, and the service's `max-scale` bounds the replicas. What
+it is for is one user's cost: a client looping on a search or an export takes a share
+of a pod and of the database that the limit fixes, whoever else is served."""
 
 from __future__ import annotations
 
+import functools
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -67,3 +81,62 @@ def charge_write(owner: str) -> None:
 def expired(now: datetime) -> Any:
     """Windows older than the current minute: the sweep purges them."""
     return col(RateWindow.window) < int(now.timestamp() // 60)
+
+
+class ReadBudget:
+    """Token buckets of `per_minute` reads, refilled at `per_minute` a minute: a minute's
+    reads may come at once (a client paging through a list), then one every
+    60/`per_minute` s. Hand-written rather than taken from the `limits` library, whose
+    import (with `deprecated` and `wrapt`) costs about 0.4 s of every cold start.
+
+    At most `max_users` buckets are kept, the least recently used dropped first: a
+    bucket untouched for a minute is full, as good as none, so dropping one forgets a
+    debt only when more users than that read within a minute on one replica, and then
+    errs on serving."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        max_users: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity = float(per_minute)
+        self.per_second = per_minute / 60
+        self.max_users = max_users
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, owner: str) -> float:
+        """Take one read from `owner`'s bucket: 0 when served, else the seconds until
+        the next read would be."""
+        with self._lock:
+            now = self.clock()
+            tokens, then = self._buckets.pop(owner, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - then) * self.per_second)
+            served = tokens >= 1
+            self._buckets[owner] = (tokens - 1 if served else tokens, now)
+            if len(self._buckets) > self.max_users:
+                self._buckets.popitem(last=False)
+        return 0.0 if served else (1 - tokens) / self.per_second
+
+
+@functools.cache
+def read_budget() -> ReadBudget | None:
+    """This process's read budget, as configured (None: reads are not limited)."""
+    per_minute = get_settings().duetide_read_rate_per_minute
+    return ReadBudget(per_minute) if per_minute > 0 else None
+
+
+def charge_read(owner: str) -> None:
+    """Charge one read; 429 with Retry-After once `owner`'s bucket is empty (a refused
+    read takes nothing, so a client that waits as told is served)."""
+    budget = read_budget()
+    if budget is None:
+        return
+    wait = budget.take(owner)
+    if wait > 0:
+        raise RateLimited(
+            f"more than {int(budget.capacity)} reads in a minute; retry later",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )

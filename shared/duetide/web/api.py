@@ -169,6 +169,7 @@ def activity_stream(request: Request, user: str) -> Response:
         user = auth.verify(query.access_token)
     else:
         user = auth.authenticate(request)
+    ratelimit.charge_read(user)
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if last_id:
         reject_unstorable(last_id, "Last-Event-ID")
@@ -560,8 +561,16 @@ def calendar(request: Request, user: str) -> Response:
 
 def calendar_feed_ics(request: Request, user: str, feed_token: str) -> Response:
     """The calendar of the user whose current feed token is in the URL: no header needed.
-    An unknown, replaced or revoked token is 404, the same for each."""
-    return _calendar_of(request, lambda session: calendar_feed.owner_of(session, feed_token))
+    An unknown, replaced or revoked token is 404, the same for each; a known one is a
+    read of its user's (a calendar client polls, but one looping on it is limited)."""
+
+    def owner_of(session: Session) -> str | None:
+        owner = calendar_feed.owner_of(session, feed_token)
+        if owner is not None:
+            ratelimit.charge_read(owner)
+        return owner
+
+    return _calendar_of(request, owner_of)
 
 
 def _calendar_of(request: Request, owner_of: Callable[[Session], str | None]) -> Response:
@@ -1125,7 +1134,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/calendar/<feed_token>.ics",
         calendar_feed_ics,
         "The calendar of the feed URL's user, without a header: the URL is the secret",
-        responses={200: None, 304: None, 404: ErrorBody},
+        responses={200: None, 304: None, 404: ErrorBody, 429: ErrorBody},
         auth="public",
         produces="text/calendar",
         operation_id="calendar_feed",
@@ -1165,6 +1174,9 @@ def warm_up() -> None:
     auth.import_verifier()
 
 
+READS = frozenset({"GET", "HEAD"})  # werkzeug routes HEAD wherever GET goes
+
+
 @guarded
 def handle(request: Request) -> Response:
     """Route a request; every route but the "public" ones (/healthz and the documents
@@ -1185,6 +1197,8 @@ def handle(request: Request) -> Response:
     if operation.auth != "bearer":
         return operation.handler(request, "", **args)
     user = auth.authenticate(request)
-    if request.method != "GET":
+    if request.method in READS:
+        ratelimit.charge_read(user)
+    else:
         ratelimit.charge_write(user)
     return operation.handler(request, user, **args)
