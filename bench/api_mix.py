@@ -184,6 +184,17 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()  # fields from `state` on
 
 
+def postmaster_pid() -> int:
+    """The PostgreSQL server's pid: the parent of a backend, read while its connection is
+    open (once closed, the backend may be gone before /proc is read)."""
+    with psycopg.connect(pg_url("postgres"), autocommit=True) as connection:
+        backend = connection.execute("SELECT pg_backend_pid()").fetchone()
+        fields = _stat(int(backend[0])) if backend else None
+    if fields is None:
+        raise RuntimeError("the PostgreSQL server is not on this machine (no /proc entry)")
+    return int(fields[1])
+
+
 def _pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
@@ -821,7 +832,7 @@ def run() -> list[dict[str, object]]:
         for kind in MIX:
             scripts[kind] = folder / f"{kind}.lua"
             write_lua(scripts[kind], tokens, {k: 100 if k == kind else 0 for k in MIX})
-        postmaster = int(_stat(int(admin("SELECT pg_backend_pid()")[0][0]))[1])  # type: ignore[index]
+        postmaster = postmaster_pid()
         print(f"api_mix: {ROUNDS} rounds of {SECONDS} s, seeding {SEEDS} tasks", flush=True)
         templates = prepare_templates(env)
         for number in range(1, ROUNDS + 1):
