@@ -503,3 +503,19 @@ def test_the_calendar_feed_and_the_activity_stream_are_reads_of_their_user(
     refused(client.get(path), 429, "rate_limited")
     refused(client.get("/activity/stream", headers=alice), 429, "rate_limited")
     refused(client.get("/calendar/no-such-feed.ics"), 404, "not_found")  # no user to charge
+
+
+def test_a_search_or_a_title_sort_counts_ten_reads(env, alice, monkeypatch):
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "12")
+    _reset_caches()
+    client = function_client("tasks")
+    assert client.get("/tasks?q=milk", headers=alice).status_code == 200
+
+    response = client.get("/tasks?sort=title", headers=alice)
+
+    refused(response, 429, "rate_limited")
+    assert response.headers["Retry-After"] == "40"  # 8 reads short, one every 5 s
+    assert "counts 10" in response.json["error"]["message"]
+    for sort in ("due_at", "priority"):  # read from an index: one each
+        assert client.get(f"/tasks?sort={sort}", headers=alice).status_code == 200
+    assert client.get("/tasks", headers=alice).status_code == 429

@@ -43,6 +43,17 @@ def test_an_idle_bucket_refills_to_a_minute_and_no_more(clock: Clock) -> None:
     assert [budget.take("alice") for _ in range(7)][-2:] == [0.0, pytest.approx(10.0)]
 
 
+def test_a_costly_read_takes_more_and_waits_for_as_many(clock: Clock) -> None:
+    budget = ReadBudget(60, clock=clock)
+    assert budget.take("alice", 55) == 0.0
+
+    assert budget.take("alice", 10) == pytest.approx(5.0)  # 5 left, 5 to wait for
+    assert budget.take("alice", 5) == 0.0  # the refusal took nothing
+    clock.now += 60
+    assert budget.take("alice", 600) == 0.0  # above the budget: a full bucket serves it
+    assert budget.take("alice", 600) == pytest.approx(60.0)
+
+
 def test_each_user_has_a_bucket(clock: Clock) -> None:
     budget = ReadBudget(2, clock=clock)
     budget.take("alice")

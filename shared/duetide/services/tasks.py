@@ -19,7 +19,7 @@ from duetide import events
 from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from duetide.rules import reminders
 from duetide.rules.text import text_problem
-from duetide.services import keyset, opaque, preferences, task_rows
+from duetide.services import keyset, opaque, preferences, ratelimit, task_rows
 from duetide.services import series as series_rules
 from duetide.services.responses import ReminderOut, TaskOut, TaskPage, reminder_out, task_out
 from duetide.services.schemas import (
@@ -434,6 +434,12 @@ def _cursor_value_of(sort: str, value: Any) -> Any:
             if CURSOR_TIMES[0] <= utc <= CURSOR_TIMES[1]:
                 return utc
     raise ValueError("cursor value does not fit the sort")
+
+
+def reads_of(q: str | None, sort: str | None) -> int:
+    """What a list counts against its owner's read limit: a search or a title sort reads
+    every task of the owner, which no index serves (README, design notes)."""
+    return ratelimit.SCAN_READS if q or sort == "title" else 1
 
 
 def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:

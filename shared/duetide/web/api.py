@@ -29,6 +29,7 @@ from duetide.services import (
     subscriptions,
     tasks,
 )
+from duetide.services.ratelimit import SCAN_READS
 from duetide.services.responses import (
     ActivityPage,
     CalendarFeedOut,
@@ -638,7 +639,8 @@ class Endpoint:
     (`/commands` in binary mode: the event's data as application/json), `headers` the
     request headers the operation reads (the binary mode's `ce-*` attributes, If-Match),
     `etag` whether its 200 or 201 carries the ETag of the task or series it shows
-    (`web.preconditions`).
+    (`web.preconditions`). `reads`: what a GET costs of the user's read budget, as its
+    request asks (`ratelimit.charge_read`).
     """
 
     method: str
@@ -656,11 +658,19 @@ class Endpoint:
     headers: tuple[openapi.Header, ...] = ()
     produces: str | None = None
     etag: bool = False
+    reads: Callable[[Request], int] = lambda _request: 1
 
     def __post_init__(self) -> None:
         if not self.operation_id:
             object.__setattr__(self, "operation_id", self.handler.__name__)
 
+
+TASK_LIST_DESCRIPTION = (
+    "A page in the order of `sort`, then by id; pass `next_cursor` back as `cursor` for the "
+    "next one. A page by creation time, due time or priority is read from an index; a "
+    f"search (`q`) or `sort=title` reads every task of yours and counts as {SCAN_READS} "
+    "reads against the per-minute read limit (429 with Retry-After)."
+)
 
 ACTIVITY_DESCRIPTION = (
     "Each change to your tasks, in the order it happened, as the task events record it "
@@ -784,6 +794,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List, filter and sort tasks",
         query=TaskQuery,
         responses={200: TaskPage},
+        description=TASK_LIST_DESCRIPTION,
+        reads=lambda request: tasks.reads_of(request.args.get("q"), request.args.get("sort")),
     ),
     Endpoint(
         "POST",
@@ -1198,7 +1210,7 @@ def handle(request: Request) -> Response:
         return operation.handler(request, "", **args)
     user = auth.authenticate(request)
     if request.method in READS:
-        ratelimit.charge_read(user)
+        ratelimit.charge_read(user, operation.reads(request))
     else:
         ratelimit.charge_write(user)
     return operation.handler(request, user, **args)
