@@ -108,9 +108,11 @@ def _write(
     work: Callable[[Session], tuple[Any, list[str]]],
     status: int = 200,
     headers: Callable[[Any], dict[str, str]] | None = None,
+    etag: bool = False,
 ) -> Response:
     """Run a state change in one transaction, answer after the commit, then publish;
-    `headers` are the answer's from its body (a 201's Location, a task's ETag).
+    `headers` are the answer's from its body (a 201's Location); `etag`: with the ETag
+    of the task or series it shows.
 
     On SQLite the transaction takes the write lock at BEGIN: the counterpart of the
     row locks the changes take on PostgreSQL (`series.lock`), and no BUSY error for a
@@ -119,11 +121,14 @@ def _write(
     with db.session_scope() as session:
         body, event_ids = work(session)
     outbox.publish_after_commit(event_ids)
-    return json_response(body, status, headers(body) if headers is not None else None)
+    extra = headers(body) if headers is not None else None
+    if etag:
+        return preconditions.tagged_response(body, status, extra)
+    return json_response(body, status, extra)
 
 
 def _created_task(task: TaskOut) -> dict[str, str]:
-    return {"Location": f"/tasks/{task.id}", **preconditions.etag_header(task)}
+    return {"Location": f"/tasks/{task.id}"}
 
 
 def health(request: Request, user: str) -> Response:
@@ -139,7 +144,7 @@ def list_tasks(request: Request, user: str) -> Response:
 def create_task(request: Request, user: str) -> Response:
     spec = parse_model(TaskCreate, _body(request))
 
-    return _write(lambda session: tasks.create(session, user, spec), 201, _created_task)
+    return _write(lambda session: tasks.create(session, user, spec), 201, _created_task, etag=True)
 
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
@@ -214,7 +219,7 @@ def _conditional_change(
         preconditions.require_match(request, now(session))
         return change(session)
 
-    return _write(work, headers=preconditions.etag_header)
+    return _write(work, etag=True)
 
 
 def _task_change(

@@ -48,7 +48,14 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
         empty = Response(status=204, headers=headers)
         del empty.headers["Content-Type"]
         return empty
-    return Response(payload(body), status=status, mimetype="application/json", headers=headers)
+    return json_text_response(payload(body), status, headers)
+
+
+def json_text_response(
+    text: str, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """JSON already rendered (an answer whose ETag hashed its text)."""
+    return Response(text, status=status, mimetype="application/json", headers=headers)
 
 
 def payload(body: Any) -> str:

@@ -22,17 +22,25 @@ from pydantic import BaseModel
 from werkzeug.http import parse_etags, quote_etag
 
 from duetide.errors import BadRequest, PreconditionFailed
-from duetide.web.http import json_response, payload
+from duetide.web.http import json_text_response, payload
 
 
 def entity_tag(body: BaseModel) -> str:
     """The strong entity tag of `body` as answered (unquoted): 128 bits of SHA-256."""
-    digest = hashlib.sha256(payload(body).encode()).digest()[:16]
+    return _tag_of(payload(body))
+
+
+def _tag_of(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()[:16]
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def etag_header(body: BaseModel) -> dict[str, str]:
-    return {"ETag": quote_etag(entity_tag(body))}
+def tagged_response(
+    body: BaseModel, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """`body` with its ETag, rendered once for both."""
+    text = payload(body)
+    return json_text_response(text, status, {**(headers or {}), "ETag": quote_etag(_tag_of(text))})
 
 
 _ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e]*"'
@@ -70,8 +78,9 @@ def require_match(request: Request, current: Callable[[], BaseModel]) -> None:
 def conditional_get(request: Request, body: BaseModel) -> Response:
     """`body` with its ETag, or 304 and no body when `If-None-Match` names it (weak
     comparison, as the RFC asks of If-None-Match)."""
-    tag = entity_tag(body)
+    text = payload(body)
+    tag = _tag_of(text)
     headers = {"ETag": quote_etag(tag)}
     if request.if_none_match.contains_weak(tag):
         return Response(status=304, headers=headers)
-    return json_response(body, headers=headers)
+    return json_text_response(text, headers=headers)
