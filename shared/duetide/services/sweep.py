@@ -26,10 +26,11 @@ from duetide.config import get_settings
 from duetide.logs import log_event
 from duetide.rules.quiet_hours import defer_for_quiet_hours
 from duetide.rules.reminders import is_missed
-from duetide.services import activity, preferences, ratelimit, webhook_deliveries
+from duetide.services import activity, idempotency, preferences, ratelimit, webhook_deliveries
 from duetide.storage import db, outbox
 from duetide.storage.models import (
     ActivityEntry,
+    IdempotentRequest,
     Outbox,
     Preference,
     ProcessedEvent,
@@ -274,7 +275,8 @@ PURGE_BUDGET_S = 5.0
 
 
 def purge_processed(now: datetime, engine: Engine | None = None) -> int:
-    """Forget processed-event ids older than any redelivery could be, spent rate windows,
+    """Forget processed-event ids older than any redelivery could be, spent rate windows
+    and idempotency keys,
     sent outbox rows past their keeping time (unsent rows are never purged), and activity
     entries and webhook deliveries past the retention (DUETIDE_ACTIVITY_RETENTION_DAYS).
 
@@ -286,6 +288,7 @@ def purge_processed(now: datetime, engine: Engine | None = None) -> int:
     retention = timedelta(days=get_settings().duetide_activity_retention_days)
     kinds: list[tuple[Any, Any]] = [
         (RateWindow, ratelimit.expired(now)),
+        (IdempotentRequest, idempotency.expired(now)),
         (ActivityEntry, activity.expired(now, retention)),
         (WebhookDelivery, webhook_deliveries.expired(now, retention)),
         (ProcessedEvent, col(ProcessedEvent.processed_at) < now - PROCESSED_EVENT_TTL),

@@ -333,6 +333,24 @@ class RateWindow(SQLModel, table=True):
     count: int = 0
 
 
+class IdempotentRequest(SQLModel, table=True):
+    """A write sent with an `Idempotency-Key` and the answer it got, kept a day: the same
+    key again is answered the same, with no second effect (`services.idempotency`).
+    Claimed and answered in the write's own transaction, so a key has an answer exactly
+    when its effect has committed."""
+
+    __tablename__ = "idempotent_request"
+    __table_args__ = (Index("ix_idempotent_created", "created_at"),)  # the sweep's purge
+
+    owner: str = Field(primary_key=True, max_length=255)
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)  # SHA-256 of the method, path and body
+    status: int = 0
+    body: str = Field(default="", sa_column=Column(Text, nullable=False))
+    headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _created()
+
+
 class ProcessedEvent(SQLModel, table=True):
     """(consumer, scope, source, id) of each CloudEvent whose effect has committed.
 

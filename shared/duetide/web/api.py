@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +22,7 @@ from duetide.services import (
     activity_feed,
     calendar_export,
     calendar_feed,
+    idempotency,
     keyset,
     preferences,
     ratelimit,
@@ -82,6 +84,7 @@ from duetide.web.command_events import CommandData, CommandEvent
 from duetide.web.http import (
     guarded,
     json_response,
+    json_text_response,
     loggable_path,
     parse_model,
     read_json,
@@ -109,22 +112,49 @@ def _write(
     status: int = 200,
     headers: Callable[[Any], dict[str, str]] | None = None,
     etag: bool = False,
+    keyed: tuple[Request, str, BaseModel] | None = None,
 ) -> Response:
     """Run a state change in one transaction, answer after the commit, then publish;
     `headers` are the answer's from its body (a 201's Location); `etag`: with the ETag
-    of the task or series it shows.
+    of the task or series it shows; `keyed` (the request, its user and its validated
+    body): a creating write that honours `Idempotency-Key` (`services.idempotency`).
 
     On SQLite the transaction takes the write lock at BEGIN: the counterpart of the
     row locks the changes take on PostgreSQL (`series.lock`), and no BUSY error for a
     transaction that read before another writer committed.
     """
+    key = _idempotency_key(keyed[0]) if keyed is not None else None
     with db.session_scope() as session:
+        if keyed is not None and key is not None:
+            request, user, spec = keyed
+            content = spec.model_dump_json(exclude_unset=True).encode()
+            sent = idempotency.fingerprint(request.method, request.path, content)
+            found = idempotency.claim(session.connection(), user, key, sent, utcnow())
+            if found is not None:
+                replayed = {**found.headers, idempotency.REPLAYED: "true"}
+                return json_text_response(found.body, found.status, replayed)
         body, event_ids = work(session)
+        extra = headers(body) if headers is not None else None
+        if etag:
+            answer = preconditions.tagged_response(body, status, extra)
+        else:
+            answer = json_response(body, status, extra)
+        if keyed is not None and key is not None:
+            kept = {h: answer.headers[h] for h in idempotency.KEPT_HEADERS if h in answer.headers}
+            recorded = idempotency.Answer(status, answer.get_data(as_text=True), kept)
+            idempotency.record(session.connection(), keyed[1], key, recorded)
     outbox.publish_after_commit(event_ids)
-    extra = headers(body) if headers is not None else None
-    if etag:
-        return preconditions.tagged_response(body, status, extra)
-    return json_response(body, status, extra)
+    return answer
+
+
+_KEY_SYNTAX = re.compile(idempotency.KEY_PATTERN)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(idempotency.HEADER)
+    if key is not None and not _KEY_SYNTAX.fullmatch(key):
+        raise BadRequest(f"{idempotency.HEADER} must be 1 to 255 visible ASCII characters")
+    return key
 
 
 def _created_task(task: TaskOut) -> dict[str, str]:
@@ -144,7 +174,13 @@ def list_tasks(request: Request, user: str) -> Response:
 def create_task(request: Request, user: str) -> Response:
     spec = parse_model(TaskCreate, _body(request))
 
-    return _write(lambda session: tasks.create(session, user, spec), 201, _created_task, etag=True)
+    return _write(
+        lambda session: tasks.create(session, user, spec),
+        201,
+        _created_task,
+        etag=True,
+        keyed=(request, user, spec),
+    )
 
 
 def get_task(request: Request, user: str, task_id: str) -> Response:
@@ -278,10 +314,16 @@ def _deletion_out(
 
 def add_reminder(request: Request, user: str, task_id: str) -> Response:
     spec = parse_model(ReminderIn, _body(request))
-    with db.session_scope() as session:
+
+    def work(session: Session) -> tuple[ReminderOut, list[str]]:
         _, reminder = tasks.add_reminder(session, user, task_id, spec)
-        body = tasks.show_reminder(session, reminder)
-    return json_response(body, 201, {"Location": f"/reminders/{body.id}"})
+        return tasks.show_reminder(session, reminder), []
+
+    return _write(work, 201, _created_reminder, keyed=(request, user, spec))
+
+
+def _created_reminder(reminder: ReminderOut) -> dict[str, str]:
+    return {"Location": f"/reminders/{reminder.id}"}
 
 
 def get_reminder(request: Request, user: str, reminder_id: str) -> Response:
@@ -810,6 +852,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=TaskCreate,
         responses={201: TaskOut},
         etag=True,
+        headers=(openapi.IDEMPOTENCY_KEY,),
     ),
     Endpoint(
         "GET",
@@ -863,6 +906,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Add a reminder to a task",
         body=ReminderIn,
         responses={201: ReminderOut},
+        headers=(openapi.IDEMPOTENCY_KEY,),
     ),
     Endpoint(
         "GET",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from duetide.events import CMD_TASK_COMPLETE, CMD_TASK_CREATE
+from duetide.services import idempotency
 from duetide.services.responses import ErrorBody
 from duetide.web.preconditions import IF_MATCH_PATTERN
 from duetide.web.sink import BATCH, MAX_ATTRIBUTE_CHARS, STRUCTURED
@@ -104,6 +105,15 @@ IF_MATCH = Header(
     "it, the last change wins.",
     '"q2dyZb0mTfWlD4kN1yQzUA"',
     pattern=IF_MATCH_PATTERN,
+)
+IDEMPOTENCY_KEY = Header(
+    idempotency.HEADER,
+    "A key of yours for this request (a new UUID, say): sent again within 24 hours with "
+    "the same method, path and body, the request is answered as the first time, with "
+    f"`{idempotency.REPLAYED}: true`, and makes nothing again; with another request, 422. "
+    "Remembered only once the write has succeeded.",
+    "8e03978e-40d5-43e8-bc93-6894a57f9324",
+    pattern=idempotency.KEY_PATTERN,
 )
 IF_NONE_MATCH = Header(
     "If-None-Match",
