@@ -26,6 +26,13 @@ from tests.integration.conftest import function_client
 WINDOW = timedelta(days=150)
 
 
+@pytest.fixture(autouse=True)
+def unlimited_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests here export a calendar more often than a user may (60 reads each): the read
+    limit has its own tests (test_limits.py)."""
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "0")
+
+
 class Bus:
     """Delivers the outbox's task.completed events to the recurrence function."""
 
@@ -192,6 +199,40 @@ def test_timezones_cover_an_occurrence_moved_before_the_series_start(client, ali
     (zone,) = calendar_of(client, alice).walk("VTIMEZONE")
     onsets = [o.decoded("dtstart") for o in zone.subcomponents]
     assert min(onsets) <= datetime(2027, 10, 25, 9)  # a rule in force at the moved time
+
+
+ZONES = [
+    "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney", "Europe/London",
+    "America/Los_Angeles", "Asia/Kolkata", "America/Sao_Paulo", "Africa/Cairo",
+    "Pacific/Auckland", "America/Chicago", "Asia/Singapore",
+]  # fmt: skip
+
+
+def test_series_in_more_zones_than_the_limit_show_their_occurrence_alone(client, alice, env):
+    """Each zone costs a VTIMEZONE (about 11 ms): the first MAX_CALENDAR_ZONES zones, by
+    the soonest due, get recurring VTODOs; a series in a further zone is its open task."""
+    assert len(ZONES) == calendar_export.MAX_CALENDAR_ZONES + 2
+    made = [
+        recurring(client, alice, f"2030-01-{day:02d}T09:00:00Z", zone, rrule="FREQ=WEEKLY")
+        for day, zone in enumerate(ZONES, start=1)
+    ]
+    also_berlin = recurring(
+        client, alice, "2030-02-01T09:00:00Z", "Europe/Berlin", rrule="FREQ=DAILY"
+    )
+
+    calendar = calendar_of(client, alice)
+
+    written = {str(zone["TZID"]) for zone in calendar.walk("VTIMEZONE")}
+    assert written == set(ZONES[: calendar_export.MAX_CALENDAR_ZONES])
+    recurring_uids = {str(todo["UID"]) for todo in calendar.walk("VTODO") if "RRULE" in todo}
+    assert recurring_uids == {
+        f"series-{task['series_id']}@duetide"
+        for task in [*made[: calendar_export.MAX_CALENDAR_ZONES], also_berlin]  # a zone it has
+    }
+    alone = {str(todo["UID"]): todo for todo in calendar.walk("VTODO")}
+    for task in made[calendar_export.MAX_CALENDAR_ZONES :]:
+        todo = alone[f"{task['id']}@duetide"]
+        assert todo.decoded("due") == datetime.fromisoformat(task["due_at"]).astimezone(UTC)
 
 
 def categories(todo: Any) -> list[str]:

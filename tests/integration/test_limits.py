@@ -497,8 +497,7 @@ def test_the_calendar_feed_and_the_activity_stream_are_reads_of_their_user(
     client = three_reads_a_minute
     url = client.post("/calendar/feed-token", headers=alice).json["url"]
     path = url[url.index("/calendar/") :]
-    for _ in range(3):
-        assert client.get(path).status_code == 200
+    assert client.get(path).status_code == 200  # an export: a full bucket, at most 60 reads
 
     refused(client.get(path), 429, "rate_limited")
     refused(client.get("/activity/stream", headers=alice), 429, "rate_limited")
@@ -519,3 +518,24 @@ def test_a_search_or_a_title_sort_counts_ten_reads(env, alice, monkeypatch):
     for sort in ("due_at", "priority"):  # read from an index: one each
         assert client.get(f"/tasks?sort={sort}", headers=alice).status_code == 200
     assert client.get("/tasks", headers=alice).status_code == 429
+
+
+def test_an_export_a_tag_filter_and_a_long_forecast_count_more_than_one_read(
+    env, alice, bob, monkeypatch
+):
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "70")
+    _reset_caches()
+    client = function_client("tasks")
+    assert client.get("/calendar.ics", headers=alice).status_code == 200  # 60
+    assert client.get("/tasks?tag=home", headers=alice).status_code == 200  # 10
+
+    response = client.get("/tasks", headers=alice)
+
+    refused(response, 429, "rate_limited")
+    assert response.headers["Retry-After"] == "1"  # one read short, 70 a minute
+    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
+    series_id = client.post("/tasks", json=body, headers=bob).json["series_id"]
+    forecast = f"/series/{series_id}/occurrences?count=500"
+    for _ in range(7):
+        assert client.get(forecast, headers=bob).status_code == 200  # 10 each
+    assert client.get(forecast, headers=bob).status_code == 429

@@ -87,6 +87,22 @@ SCAN_READS = 10
 """What a read of every task of a user counts (`tasks.reads_of`): at 200,000 tasks a
 search took 82 ms and a title sort 22, a page read from an index 1.7
 (bench/results/list_scaling.md). As search APIs limit searches below other reads."""
+EXPORT_READS = 60
+"""What a calendar export counts (also a 304, which loads and hashes what it would
+render): up to 500 tasks with their reminders, 0.4 s rendered when plain, 0.36-0.9 s for
+the 304 alone at the fields' limits (a probe, 2026-12-06). Ten a minute by default; a
+calendar app polls every few minutes at most (`Cache-Control: max-age=300`)."""
+OCCURRENCES_PER_READ = 50
+"""A forecast counts one read per this many occurrences asked for: 500 took up to
+0.3 s, the recurrence engine's work budget."""
+
+
+def forecast_reads(count: str | None) -> int:
+    """What `GET /series/{id}/occurrences?count=` counts; a count that is not a number
+    counts one (and is refused when validated)."""
+    if count is None or not count.isdigit() or len(count) > 6:
+        return 1
+    return min(SCAN_READS, max(1, int(count) // OCCURRENCES_PER_READ))
 
 
 class ReadBudget:
@@ -144,7 +160,8 @@ def charge_read(owner: str, reads: int = 1) -> None:
     wait = budget.take(owner, reads)
     if wait > 0:
         raise RateLimited(
-            f"more than {int(budget.capacity)} reads in a minute (a search or a title sort "
-            f"counts {SCAN_READS}); retry later",
+            f"more than {int(budget.capacity)} reads in a minute (a search, a title sort "
+            f"or a tag filter counts {SCAN_READS}, a calendar export {EXPORT_READS}); "
+            "retry later",
             headers={"Retry-After": str(math.ceil(wait))},
         )

@@ -615,7 +615,7 @@ def calendar_feed_ics(request: Request, user: str, feed_token: str) -> Response:
     def owner_of(session: Session) -> str | None:
         owner = calendar_feed.owner_of(session, feed_token)
         if owner is not None:
-            ratelimit.charge_read(owner)
+            ratelimit.charge_read(owner, ratelimit.EXPORT_READS)
         return owner
 
     return _calendar_of(request, owner_of)
@@ -715,8 +715,8 @@ class Endpoint:
 TASK_LIST_DESCRIPTION = (
     "A page in the order of `sort`, then by id; pass `next_cursor` back as `cursor` for the "
     "next one. A page by creation time, due time or priority is read from an index; a "
-    f"search (`q`) or `sort=title` reads every task of yours and counts as {SCAN_READS} "
-    "reads against the per-minute read limit (429 with Retry-After)."
+    f"search (`q`), `sort=title` or a `tag` filter may read every task of yours and counts "
+    f"as {SCAN_READS} reads against the per-minute read limit (429 with Retry-After)."
 )
 
 ACTIVITY_DESCRIPTION = (
@@ -842,7 +842,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         query=TaskQuery,
         responses={200: TaskPage},
         description=TASK_LIST_DESCRIPTION,
-        reads=lambda request: tasks.reads_of(request.args.get("q"), request.args.get("sort")),
+        reads=lambda request: tasks.reads_of(
+            request.args.get("q"), request.args.get("sort"), request.args.get("tag")
+        ),
     ),
     Endpoint(
         "POST",
@@ -986,6 +988,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "The next occurrences of a series",
         query=ForecastQuery,
         responses={200: Forecast},
+        reads=lambda request: ratelimit.forecast_reads(request.args.get("count")),
     ),
     Endpoint(
         "GET",
@@ -1175,6 +1178,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Open tasks and series as an iCalendar (VTODOs), for calendar apps",
         responses={200: None, 304: None},
         produces="text/calendar",
+        reads=lambda _request: ratelimit.EXPORT_READS,
     ),
     Endpoint(
         "POST",
