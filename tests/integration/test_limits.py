@@ -534,8 +534,8 @@ def test_an_export_a_tag_filter_and_a_long_forecast_count_more_than_one_read(
     refused(response, 429, "rate_limited")
     assert response.headers["Retry-After"] == "1"  # one read short, 70 a minute
     body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
-    series_id = client.post("/tasks", json=body, headers=bob).json["series_id"]
-    forecast = f"/series/{series_id}/occurrences?count=500"
+    created = client.post("/tasks", json=body, headers=bob).get_json()
+    forecast = f"/series/{created['series_id']}/occurrences?count=500"
     for _ in range(7):
         assert client.get(forecast, headers=bob).status_code == 200  # 10 each
     assert client.get(forecast, headers=bob).status_code == 429
