@@ -105,6 +105,29 @@ def test_commands_have_the_same_body_limit(small_bodies, alice):
     refused(small_bodies.post("/commands", json=event, headers=headers), 413, "payload_too_large")
 
 
+def test_a_422_names_at_most_twenty_fields_and_counts_the_rest(client, alice):
+    body = {"title": "t", **{f"k{i:05d}": 1 for i in range(60_000)}}  # 780 KB
+
+    response = create(client, alice, **body)
+
+    refused(response, 422, "validation_failed", field="k00000")
+    assert len(response.json["error"]["details"]) == 20
+    assert response.json["error"]["message"].endswith(" and 59980 more")
+    assert len(response.data) < 4_000
+    assert rows()["task"] == 0
+
+
+def test_a_time_whose_plus_arrived_as_a_space_says_to_send_it_encoded(client, alice):
+    response = client.get("/tasks?due_before=2026-12-10T09:00:00+01:00", headers=alice)
+
+    refused(response, 422, "validation_failed", field="due_before")
+    assert "send %2B" in response.json["error"]["details"][0]["message"]
+    assert (
+        client.get("/tasks?due_before=2026-12-10T09:00:00%2B01:00", headers=alice).status_code
+        == 200
+    )
+
+
 # --- field lengths and list sizes ---------------------------------------------------------
 
 TOO_LONG: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {

@@ -79,6 +79,8 @@ def _text(kind: str, pattern: str, native: type) -> BeforeValidator:
         if isinstance(value, native):
             return value
         if not isinstance(value, str) or not shape.fullmatch(value):
+            if isinstance(value, str) and shape.fullmatch(value.replace(" ", "+")):
+                raise ValueError(f"must be {kind}: a `+` in a URL's query is a space, send %2B")
             raise ValueError(f"must be {kind}")
         if re.fullmatch(_DATE, value):
             return date.fromisoformat(value)  # a date UNTIL is inclusive: keep it a date
