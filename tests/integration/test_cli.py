@@ -8,10 +8,12 @@ import contextlib
 import functools
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -448,6 +450,65 @@ def test_an_answer_cut_short_of_its_length_is_an_error_not_the_part_sent(
         ran = cli("task", "ls", "--json")
     assert ran.code == 1 and "cannot reach the duetide API" in ran.err, ran.err
     assert ran.out == ""
+
+
+@contextlib.contextmanager
+def losing_first_answer(upstream: str) -> Iterator[str]:
+    """A loopback proxy to `upstream` that passes each request on and, for the first
+    one, closes the client's connection instead of passing the answer back: the request
+    was made, its answer lost. Yields the proxy's URL."""
+    host, port = urllib.parse.urlsplit(upstream).hostname, urllib.parse.urlsplit(upstream).port
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    lost = threading.Event()
+
+    def relay(client: socket.socket) -> None:
+        with client, socket.create_connection((host, port), timeout=10) as server:
+            client.settimeout(10)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += client.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = next(
+                (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                 if line.lower().startswith(b"content-length:")), 0,
+            )  # fmt: skip
+            while len(body) < length:
+                body += client.recv(65536)
+            server.sendall(head + b"\r\n\r\n" + body)
+            answer = b""
+            while chunk := server.recv(65536):  # urllib asks the server to close after it
+                answer += chunk
+            if lost.is_set():
+                client.sendall(answer)
+            lost.set()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(2):
+                relay(listener.accept()[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+
+
+def test_add_whose_answer_was_lost_is_sent_again_and_makes_one_task(
+    cli: Callable[..., Ran], user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first answer never comes back, though the task was made: the CLI sends the
+    request again with its Idempotency-Key and gets the first's answer, not a second task."""
+    with losing_first_answer(user.url) as proxy:
+        monkeypatch.setenv("DUETIDE_URL", proxy)
+        ran = cli("task", "add", "Pay rent", "--json")
+
+    assert ran.code == 0, ran.err
+    (task,) = user.api("GET", "/tasks")["items"]
+    assert task["title"] == "Pay rent" and ran.json()["id"] == task["id"]
 
 
 def test_login_checks_then_saves_a_private_file_that_commands_use(

@@ -100,7 +100,7 @@ def task_add(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
         body["priority"] = args.priority
     if args.note:
         body["description"] = args.note
-    task = api.post("/tasks", body)
+    task = api.create("/tasks", body)
     return _emit(args, task, lambda: _task_with_reminders(task, zone))
 
 

@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,11 +80,29 @@ class Api:
     def post(self, path: str, body: Any = None) -> Any:
         return self.call("POST", path, body=body)
 
+    def create(self, path: str, body: Any) -> Any:
+        """A POST that makes something, sent with an `Idempotency-Key`: when its answer
+        is lost (the connection reset or cut, or no answer in time), the request may or
+        may not have been made, so it is sent once more with the key, and the server
+        answers that as it answered the first instead of making a second."""
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        try:
+            return self.call("POST", path, body=body, headers=headers)
+        except ApiError:
+            raise
+        except ClientError:
+            return self.call("POST", path, body=body, headers=headers)
+
     def delete(self, path: str) -> Any:
         return self.call("DELETE", path)
 
     def call(
-        self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """The decoded JSON answer (None for a 204), or `ApiError` / `ClientError`."""
         url = self.url.rstrip("/") + path
@@ -96,6 +115,8 @@ class Api:
         request.add_header("Accept", "application/json")
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         with Deadline(self.timeout_s) as deadline:
             _current.deadline = deadline
             try:
