@@ -132,6 +132,11 @@ class Task(SQLModel, table=True):
         Index("ix_task_owner_created", "owner", "created_at", "id"),
         Index("ix_task_owner_due", "owner", "due_at", "id"),
         Index("ix_task_owner_priority", "owner", "priority", "id"),
+        # The same orders within one status (`GET /tasks?status=open`): the three above
+        # read past every done task of the owner to find the few open ones.
+        Index("ix_task_owner_status_created", "owner", "status", "created_at", "id"),
+        Index("ix_task_owner_status_due", "owner", "status", "due_at", "id"),
+        Index("ix_task_owner_status_priority", "owner", "status", "priority", "id"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
