@@ -146,6 +146,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     cursor.close()
+    # SQLite's lower() folds A-Z alone, so a search (`lower(title) LIKE lower(:q)`) for
+    # "épée" missed "Épée"; Python's, like PostgreSQL's in a UTF-8 locale, folds all.
+    dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
