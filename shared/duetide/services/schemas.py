@@ -267,6 +267,9 @@ ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5]
 
 
 class QuietHours(RequestModel):
+    """In the user's zone; may cross midnight (22:00 to 07:00); `start` equal to `end`
+    is no quiet hours."""
+
     start: ClockTime
     end: ClockTime
 
