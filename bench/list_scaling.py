@@ -5,7 +5,9 @@ Two databases on `BENCH_LIST_POSTGRES`, created and dropped here: one migrated b
 baseline's code, one by this branch's (the branch adds an index), seeded alike in SQL
 (generate_series, ids from md5, so both hold the same rows): the owner `heavy` with a
 tenth of its tasks without a due time, a third done, priorities and titles spread; the
-sizes grow in place. Each measurement runs in a fresh process importing the code
+owner `veteran` alike but with one task in 20,000 open (10 of 200,000: a long-time
+user, whose open tasks a status filter must find among the done ones); the sizes grow
+in place. Each measurement runs in a fresh process importing the code
 measured: `tasks.list_tasks` (the query and the rows rendered, no HTTP) once to warm up,
 then `BENCH_LIST_REPEAT` times (default 7), timed one by one; a query's time is the
 median. Each query is also asked for its second page (through `next_cursor`), and the
@@ -47,13 +49,20 @@ QUERIES = [
     {"status": "done", "sort": "due_at"},
     {"sort": "title"},
     {"q": "no such words"},
+    {"owner": "veteran", "status": "open"},
+    {"owner": "veteran", "status": "open", "sort": "due_at"},
+    {"owner": "veteran", "status": "open", "sort": "priority", "order": "desc"},
 ]
+OWNERS = {
+    "heavy": "CASE WHEN i %% 3 = 0 THEN 'done' ELSE 'open' END",
+    "veteran": "CASE WHEN i %% 20000 = 1 THEN 'open' ELSE 'done' END",
+}
 
 SEED = """
 INSERT INTO task (id, owner, title, description, status, priority, due_at, created_at,
                   updated_at)
-SELECT md5('t' || i)::uuid::text, 'heavy', 'task ' || md5('title' || i), '',
-       CASE WHEN i %% 3 = 0 THEN 'done' ELSE 'open' END, i %% 5,
+SELECT md5('{owner}' || i)::uuid::text, '{owner}', 'task ' || md5('title' || i), '',
+       {status}, i %% 5,
        CASE WHEN i %% 10 = 0 THEN NULL
             ELSE timestamptz '2026-12-01 00:00+00' + (i %% 50000) * interval '1 minute' END,
        timestamptz '2026-01-01 00:00+00' + i * interval '1 second',
@@ -69,8 +78,10 @@ from duetide.storage import db
 queries, repeat = json.loads(sys.argv[1]), int(sys.argv[2])
 
 def page(query):
+    query = dict(query)
+    owner = query.pop("owner", "heavy")
     with db.session_scope(read_only=True) as session:
-        return tasks.list_tasks(session, "heavy", TaskQuery(**query))
+        return tasks.list_tasks(session, owner, TaskQuery(**query))
 
 results = []
 for query in queries:
@@ -114,7 +125,9 @@ def databases(sides: dict[str, Path]) -> Iterator[dict[str, str]]:
 
 def grow(database: str, stored: int, to: int) -> None:
     with psycopg.connect(postgres_url(SERVER, database), autocommit=True) as conn:
-        conn.execute(SEED, {"first": stored + 1, "last": to})
+        for owner, status in OWNERS.items():
+            seed = SEED.format(owner=owner, status=status)
+            conn.execute(seed, {"first": stored + 1, "last": to})
         conn.execute("VACUUM ANALYZE task")
 
 
@@ -143,7 +156,8 @@ def run() -> list[dict[str, object]]:
                 for name in names.values():
                     grow(name, stored, size)
                 stored = size
-                progress(f"seeded {size:,} tasks twice in {time.perf_counter() - started:.1f} s")
+                took = time.perf_counter() - started
+                progress(f"seeded {size:,} tasks per owner twice in {took:.1f} s")
                 for round_ in range(ROUNDS):
                     order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
                     pages: dict[str, list[Any]] = {}

@@ -74,6 +74,9 @@ def running(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iter
             "DATABASE_URL": database_url,
             "KAFKA_BOOTSTRAP_SERVERS": "",
             "DUETIDE_COMMAND_KEYS": "",  # the local default: system `local`
+            # one user's tasks polled by tag (10 reads each) all module long: not the
+            # read limit's test (integration/test_limits.py)
+            "DUETIDE_READ_RATE_PER_MINUTE": "0",
         }.items():
             patch.setenv(name, value)
         get_settings.cache_clear()

@@ -63,6 +63,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DUETIDE_ALLOW_LOOPBACK_WEBHOOKS": "true",  # the subscriber below is on loopback
         "DUETIDE_SUBSCRIPTION_RETRY_BASE_S": "1",  # its failed try is retried at once
         "DUETIDE_REMINDERS_PER_EVENT": "50",  # as the manifests set it: reminder.due.batch
+        "DUETIDE_READ_RATE_PER_MINUTE": "0",  # the tests poll; the limit has its own tests
     }
     process = subprocess.Popen(
         [str(ROOT / "scripts" / "up"), "--port", str(port), "--quiet"],
