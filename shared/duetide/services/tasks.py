@@ -488,7 +488,9 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
             absent = stmt.where(column.is_(None))
             last_id = cursor[1] if cursor is not None and cursor[0] is None else None
             by_id = None if last_id is None else (last_id, last_id)  # (id, id): by id alone
-            rows += _ordered(session, absent, col(Task.id), descending, by_id, want - len(rows))
+            rows += _ordered(
+                session, absent, col(Task.id), descending, by_id, want - len(rows), column
+            )
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     return TaskPage(
@@ -504,9 +506,17 @@ def _ordered(
     descending: bool,
     cursor: tuple[Any, str] | None,
     limit: int,
+    all_null: Any = None,
 ) -> list[Row[Any]]:
-    """Up to `limit` rows of `stmt` in (column, id) order, after `cursor` if given."""
+    """Up to `limit` rows of `stmt` in (column, id) order, after `cursor` if given.
+
+    `all_null`: a column NULL in every row of `stmt`, ordered by first, which changes no
+    order but names the index's: PostgreSQL did not take `ORDER BY id` for the order of
+    the (owner, [status,] due_at, id) index under `due_at IS NULL`, and read the whole
+    table by its primary key instead, every owner's tasks (0.4 s at 400,000 for an owner
+    with no task left without a due time)."""
     if cursor is not None:
         stmt = stmt.where(keyset.after(column, col(Task.id), *cursor, descending))
-    ordering = (column.desc(), col(Task.id).desc()) if descending else (column, col(Task.id))
+    keys = [column if all_null is None else all_null, col(Task.id)]
+    ordering = [key.desc() for key in keys] if descending else keys
     return list(session.connection().execute(stmt.order_by(*ordering).limit(limit)).all())
