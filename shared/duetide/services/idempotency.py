@@ -89,13 +89,16 @@ def _claim_statement(insert: Any) -> Any:
     fresh: dict[str, Any] = {
         "fingerprint": bindparam("fingerprint"),
         "created_at": bindparam("now"),
+        "status": 0,  # no answer yet: `record` writes it in the same transaction
+        "body": "",
+        "headers": {},
     }
     statement = insert(IdempotentRequest).values(
-        owner=bindparam("owner"), key=bindparam("key"), status=0, body="", headers={}, **fresh
+        owner=bindparam("owner"), key=bindparam("key"), **fresh
     )
     return statement.on_conflict_do_update(
         index_elements=["owner", "key"],
-        set_={**fresh, "status": 0, "body": "", "headers": {}},
+        set_=fresh,
         where=col(IdempotentRequest.created_at) < bindparam("stale"),
     ).returning(col(IdempotentRequest.key))
 

@@ -123,13 +123,10 @@ def _write(
     row locks the changes take on PostgreSQL (`series.lock`), and no BUSY error for a
     transaction that read before another writer committed.
     """
-    key = _idempotency_key(keyed[0]) if keyed is not None else None
+    claimed = _idempotency_claim(*keyed) if keyed is not None else None
     with db.session_scope() as session:
-        if keyed is not None and key is not None:
-            request, user, spec = keyed
-            content = spec.model_dump_json(exclude_unset=True).encode()
-            sent = idempotency.fingerprint(request.method, request.path, content)
-            found = idempotency.claim(session.connection(), user, key, sent, utcnow())
+        if claimed is not None:
+            found = idempotency.claim(session.connection(), *claimed, utcnow())
             if found is not None:
                 replayed = {**found.headers, idempotency.REPLAYED: "true"}
                 return json_text_response(found.body, found.status, replayed)
@@ -139,10 +136,10 @@ def _write(
             answer = preconditions.tagged_response(body, status, extra)
         else:
             answer = json_response(body, status, extra)
-        if keyed is not None and key is not None:
+        if claimed is not None:
             kept = {h: answer.headers[h] for h in idempotency.KEPT_HEADERS if h in answer.headers}
             recorded = idempotency.Answer(status, answer.get_data(as_text=True), kept)
-            idempotency.record(session.connection(), keyed[1], key, recorded)
+            idempotency.record(session.connection(), *claimed[:2], recorded)
     outbox.publish_after_commit(event_ids)
     return answer
 
@@ -150,11 +147,16 @@ def _write(
 _KEY_SYNTAX = re.compile(idempotency.KEY_PATTERN)
 
 
-def _idempotency_key(request: Request) -> str | None:
+def _idempotency_claim(request: Request, user: str, spec: BaseModel) -> tuple[str, str, str] | None:
+    """(user, key, fingerprint) of a request sent with an `Idempotency-Key`, worked out
+    before its transaction; None without one."""
     key = request.headers.get(idempotency.HEADER)
-    if key is not None and not _KEY_SYNTAX.fullmatch(key):
+    if key is None:
+        return None
+    if not _KEY_SYNTAX.fullmatch(key):
         raise BadRequest(f"{idempotency.HEADER} must be 1 to 255 visible ASCII characters")
-    return key
+    content = spec.model_dump_json(exclude_unset=True).encode()
+    return user, key, idempotency.fingerprint(request.method, request.path, content)
 
 
 def _created_task(task: TaskOut) -> dict[str, str]:
