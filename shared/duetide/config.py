@@ -110,8 +110,9 @@ class Settings(BaseSettings):
         description="PostgreSQL: the longest a new connection may take (a server that "
         "accepts and never answers), a request may wait for a pooled connection or for a "
         "row another transaction holds (lock_timeout), and sent data may go unacknowledged "
-        "(a network cut); then 503. The server ends a transaction idle three times as long. "
-        "Parameters the URL names win.",
+        "(a network cut); then 503. The server cancels a statement running twice as long "
+        "and ends a transaction idle three times as long; a connection held three times "
+        "as long (a server that froze mid-query) is cut. Parameters the URL names win.",
     )
     duetide_db_pool_size: int = Field(
         10,

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from duetide.storage import db
@@ -105,6 +105,100 @@ def test_a_server_that_accepts_and_never_answers_is_a_503_at_the_timeout(
     assert answer.get_json()["error"]["code"] == "unavailable"
 
 
+class FreezableProxy:
+    """A loopback TCP proxy to PostgreSQL that can stop passing bytes on, connections
+    left open: what a client sees of a server that froze (SIGSTOP, a storage stall),
+    whose kernel goes on acknowledging what it is sent."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._sockets: list[socket.socket] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._flowing.set()
+        for sock in [self._server, *self._sockets]:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                return
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._flowing.wait()
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                sock.close()
+
+
+def test_a_server_that_freezes_mid_query_costs_a_503_at_the_bound_then_recovers(
+    env, client, alice, monkeypatch: pytest.MonkeyPatch
+):
+    """A statement the server had accepted before it froze waited for it as long as the
+    freeze lasted (its kernel acknowledges every byte, so no TCP bound fires, and libpq
+    has no statement timeout of its own), holding its request and its thread."""
+    if not env.startswith("postgresql"):
+        pytest.skip("a PostgreSQL connection's bounds")
+    url = make_url(env)
+    proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
+    try:
+        monkeypatch.setenv("DATABASE_URL", url.set(port=proxy.port).render_as_string(False))
+        monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "1")  # a connection is cut after 3 s
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)  # straight to the statement
+        _reset_caches()
+        assert create(client, alice, "before") == 201
+        proxy.freeze()
+        answers: list[Any] = []
+        request = threading.Thread(target=lambda: answers.append(create(client, alice, "x")))
+        request.start()
+        request.join(timeout=30)
+        waited = request.is_alive()
+        proxy.thaw()
+        request.join()
+        assert not waited, "the request still waited for the frozen server after 30 s"
+        assert answers == [503]
+        assert create(client, alice, "after") == 201
+        assert "after" in titles(client, alice)
+    finally:
+        db.get_engine().dispose()
+        proxy.close()
+
+
+def test_statements_are_bounded_on_the_server_except_the_migrations(env) -> None:
+    if not env.startswith("postgresql"):
+        pytest.skip("PostgreSQL's statement_timeout")
+    for long_statements, shown in ((False, "20s"), (True, "0")):
+        engine = db.make_engine(env, long_statements=long_statements)
+        try:
+            with engine.connect() as connection:
+                assert connection.execute(text("SHOW statement_timeout")).scalar() == shown
+        finally:
+            engine.dispose()
+
+
 def test_connection_bounds_the_url_names_are_kept() -> None:
     named = db._bounded_connections("postgresql+psycopg://u@h/d?connect_timeout=30", 10)
     assert "connect_timeout" not in named and named["tcp_user_timeout"] == 10_000
@@ -112,7 +206,10 @@ def test_connection_bounds_the_url_names_are_kept() -> None:
 
 def test_connection_bounds_the_url_names_are_kept_on_the_server_too() -> None:
     url = "postgresql+psycopg://u@h/d?options=-c%20lock_timeout%3D5s%20-csearch_path%3Dx"
-    assert db._session_bounds(url, 10) == {"idle_in_transaction_session_timeout": 30_000}
+    assert db._session_bounds(url, 10) == {
+        "idle_in_transaction_session_timeout": 30_000,
+        "statement_timeout": 20_000,
+    }
 
 
 def test_a_request_waiting_for_a_row_another_transaction_holds_is_a_503_at_the_timeout(

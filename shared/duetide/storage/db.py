@@ -23,13 +23,15 @@ from sqlmodel import Session, create_engine
 
 from duetide.config import get_settings
 from duetide.once import once
+from duetide.storage.watchdog import HoldWatch
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, long_statements: bool = False) -> Engine:
     """An engine tuned per backend: WAL and a busy timeout on SQLite, a small pool on PG.
 
     `hide_parameters` keeps row values (titles, e-mail addresses) out of error messages
-    and logs.
+    and logs. `long_statements` (the migrations) lifts the bounds on how long a
+    statement may run and a connection may be held.
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -58,9 +60,10 @@ def make_engine(url: str) -> Engine:
         connect_args=_bounded_connections(url, timeout_s),
         hide_parameters=True,
     )
-    event.listen(engine, "checkin", _note_checkin)
-    event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine))
-    bounds = _session_bounds(url, timeout_s)
+    watch = None if long_statements else HoldWatch(timeout_s * HOLD_LIMIT_FACTOR)
+    event.listen(engine, "checkin", functools.partial(_checked_in, watch))
+    event.listen(engine, "checkout", functools.partial(_checked_out, engine, watch))
+    bounds = _session_bounds(url, timeout_s, long_statements=long_statements)
     if bounds:
         event.listen(engine, "connect", functools.partial(_set_session_bounds, bounds))
     return engine
@@ -84,7 +87,15 @@ def _bounded_connections(url: str, timeout_s: float) -> dict[str, int]:
     return {name: value for name, value in bounds.items() if name not in named}
 
 
-def _session_bounds(url: str, timeout_s: float) -> dict[str, int]:
+HOLD_LIMIT_FACTOR = 3
+"""A connection checked out this many times DUETIDE_DB_TIMEOUT_S is cut (`watchdog`)."""
+STATEMENT_LIMIT_FACTOR = 2
+"""The server cancels a statement running this many times DUETIDE_DB_TIMEOUT_S: below
+the watchdog's bound, so a server that is merely slow ends the statement itself (and
+stops its work) before the client gives up on it."""
+
+
+def _session_bounds(url: str, timeout_s: float, *, long_statements: bool = False) -> dict[str, int]:
     """The server's bounds on what one session may hold up, in milliseconds.
 
     `lock_timeout`: a statement waiting for a row another transaction holds gives up
@@ -94,12 +105,16 @@ def _session_bounds(url: str, timeout_s: float) -> dict[str, int]:
     sent nothing for three times that, and so frees its locks. No transaction here waits
     on the network (deliveries and publishing run after the commit), so only a client
     that is gone (a pod on a node cut off) stays that long; the server's keepalives
-    would have kept its locks two hours. Settings the URL's `options` names win."""
+    would have kept its locks two hours. `statement_timeout`: a statement that runs
+    longer than any here should is ended by the server (a 503). Settings the URL's
+    `options` names win."""
     named = str(make_url(url).query.get("options", ""))
     bounds = {
         "lock_timeout": round(timeout_s * 1000),
         "idle_in_transaction_session_timeout": round(timeout_s * 3000),
     }
+    if not long_statements:
+        bounds["statement_timeout"] = round(timeout_s * STATEMENT_LIMIT_FACTOR * 1000)
     return {name: value for name, value in bounds.items() if name not in named}
 
 
@@ -123,11 +138,18 @@ connection cut while in use fails its request with 503, and SQLAlchemy then disc
 the whole pool, so the next request connects afresh."""
 
 
-def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+def _checked_in(watch: HoldWatch | None, _dbapi_connection: Any, record: Any) -> None:
     record.info["checked_in"] = time.monotonic()
+    if watch is not None:
+        watch.released(record)
 
 
-def _ping_if_idle(engine: Engine, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+def _checked_out(
+    engine: Engine, watch: HoldWatch | None, dbapi_connection: Any, record: Any, _proxy: Any
+) -> None:
+    """Watched from here (the ping too waits on the server); pinged if it sat idle."""
+    if watch is not None:
+        watch.held(dbapi_connection, record)
     idle = time.monotonic() - record.info.get("checked_in", time.monotonic())
     if idle <= PING_AFTER_IDLE_S:
         return
@@ -135,6 +157,8 @@ def _ping_if_idle(engine: Engine, dbapi_connection: Any, record: Any, _proxy: An
         engine.dialect.do_ping(dbapi_connection)
     except Exception as error:
         # The pool discards this connection and checks out (or opens) another.
+        if watch is not None:
+            watch.released(record)
         raise exc.DisconnectionError() from error
 
 

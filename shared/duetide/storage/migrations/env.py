@@ -14,7 +14,7 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError("no sqlalchemy.url: run the migrations through duetide.storage.migrate")
-    engine = make_engine(url)
+    engine = make_engine(url, long_statements=True)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
