@@ -183,6 +183,29 @@ def test_clock_forward_fires_or_misses_once_and_back_fires_nothing(client, alice
     assert len(due_events()) == 2
 
 
+def test_a_reminder_whose_time_comes_while_its_task_is_done_is_dismissed_unsent(client, alice, env):
+    """Left pending, such a reminder stayed in the due part of the index for good: every
+    ping's claim, and every `/reminders/upcoming`, read past all of them."""
+    open_task, done_task, reopened = (
+        make_task(client, alice, reminders=[{"at": (T0 + timedelta(minutes=m)).isoformat()}])
+        for m in (1, 2, 3)
+    )
+    for task in (done_task, reopened):
+        assert client.post(f"/tasks/{task['id']}/complete", headers=alice).status_code == 200
+    assert client.post(f"/tasks/{reopened['id']}/reopen", headers=alice).status_code == 200
+
+    result = sweep.claim_due(T0 + timedelta(minutes=5), 2)  # a batch shorter than the three
+    assert (result.fired, result.dismissed) == (2, 1)
+    states = reminder_states()
+    assert states == {open_task["id"]: "fired", done_task["id"]: "dismissed",
+                      reopened["id"]: "fired"}  # fmt: skip
+    assert {event["task_id"] for event in due_events()} == {open_task["id"], reopened["id"]}
+    shown = client.get(f"/tasks/{done_task['id']}", headers=alice).json["reminders"]
+    assert [r["state"] for r in shown] == ["dismissed"]
+    assert client.post(f"/tasks/{done_task['id']}/reopen", headers=alice).status_code == 200
+    assert sweep.claim_due(T0 + timedelta(minutes=6), 10).seen == 0  # not fired late
+
+
 def _bulk_reminders(owner: str, count: int, at: datetime) -> None:
     with db.session_scope() as session:
         tasks = [{"id": str(uuid.uuid4()), "owner": owner, "title": "bulk", "description": "",
