@@ -24,10 +24,11 @@ from sqlalchemy import text
 from sqlmodel import col, select
 
 from duetide import events
-from duetide.channels import netguard
+from duetide.channels import netguard, verification
 from duetide.channels.webhook import verify_signature
 from duetide.config import get_settings
-from duetide.services import webhook_deliveries
+from duetide.services import subscriptions, webhook_deliveries
+from duetide.services.schemas import SubscriptionIn, SubscriptionUpdate
 from duetide.services.sweep import purge_processed
 from duetide.storage import db
 from duetide.storage.models import Outbox, Subscription, WebhookDelivery, utcnow
@@ -514,6 +515,53 @@ def test_an_event_fanned_out_while_its_subscription_is_deleted_is_retried_not_dr
         "processed"
     )
     assert _count("activity") == 1 and _count("webhook_delivery") == 0
+
+
+def test_a_new_url_is_not_activated_by_the_echo_of_the_old_one_arriving_meanwhile(
+    env, monkeypatch: pytest.MonkeyPatch
+):
+    """The change read the subscription unlocked; the old URL's echo, recorded between
+    that read and its commit, made it active, and the ORM then wrote the new URL but not
+    `unverified` (the value it had read): a URL that never echoed was active, and was
+    sent the user's signed events."""
+    if not env.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: the change and the echo cannot overlap")
+    old, new, alice_id = "https://old.example/hook", "https://new.example/hook", "alice"
+    with db.session_scope() as session:
+        made, old_challenge = subscriptions.create(
+            session, alice_id, SubscriptionIn(url=old), utcnow()
+        )
+    read, go_on = threading.Event(), threading.Event()
+    challenge = subscriptions._challenge
+
+    def paused(*args: Any) -> Any:  # the change has read the row, and not committed
+        read.set()
+        go_on.wait(30)
+        return challenge(*args)
+
+    monkeypatch.setattr(subscriptions, "_challenge", paused)
+
+    def change() -> None:
+        with db.session_scope() as session:
+            subscriptions.update(session, alice_id, made.id, SubscriptionUpdate(url=new), utcnow())
+
+    changing = threading.Thread(target=change)
+    changing.start()
+    assert read.wait(30)
+    echo = threading.Thread(
+        target=verification._record_subscription, args=(old_challenge, utcnow())
+    )
+    echo.start()
+    try:
+        wait_for(_waiting_on_a_lock, "the old URL's echo to wait for the change")
+    finally:
+        go_on.set()
+        changing.join(timeout=30)
+        echo.join(timeout=30)
+    with db.session_scope(read_only=True) as session:
+        row = session.get(Subscription, made.id)
+        assert row is not None
+        assert (row.url, row.status, row.verified_at) == (new, "unverified", None)
 
 
 def _waiting_on_a_lock() -> bool:

@@ -64,7 +64,12 @@ def create(
 
 
 def read(session: Session, owner: str, subscription_id: str, *, lock: bool = False) -> Subscription:
-    """The owner's subscription (404 for anyone else's), row-locked if `lock`."""
+    """The owner's subscription (404 for anyone else's), row-locked if `lock`: every
+    change locks it. Read unlocked, a change raced the echo of the old URL recorded
+    meanwhile (`verification._record_subscription`, which locks), and the ORM wrote
+    the new URL but not `unverified`, which it took to be the value already there: a
+    URL that never echoed ended up active, sent the user's signed events. A change
+    racing a removal flushed into a row gone (a 500)."""
     subscription = session.get(Subscription, subscription_id, with_for_update=lock)
     if subscription is None or subscription.owner != owner:
         raise NotFound(f"no subscription {subscription_id!r}")
@@ -81,7 +86,7 @@ def update(
 ) -> tuple[Subscription, verification.WebhookChallenge | None]:
     """Apply a `validated` change; a new URL yields its challenge to send after the commit."""
     preference = preferences.locked(session, owner)
-    subscription = read(session, owner, subscription_id)
+    subscription = read(session, owner, subscription_id, lock=True)
     changes = spec.model_fields_set
     challenge = None
     if "types" in changes:
@@ -114,7 +119,7 @@ def challenge(
 ) -> tuple[Subscription, verification.WebhookChallenge]:
     """A new challenge for an unverified subscription (409 for any other)."""
     preference = preferences.locked(session, owner)
-    subscription = read(session, owner, subscription_id)
+    subscription = read(session, owner, subscription_id, lock=True)
     if subscription.status != "unverified":
         raise Conflict(f"the subscription is {subscription.status}, not waiting for verification")
     return subscription, _challenge(session, preference, subscription, now)
@@ -147,7 +152,7 @@ def rotate_secret(
 
 def remove(session: Session, owner: str, subscription_id: str) -> None:
     """The subscription and its delivery log; a try in flight finds it gone."""
-    subscription = read(session, owner, subscription_id)
+    subscription = read(session, owner, subscription_id, lock=True)
     session.exec(
         delete(WebhookDelivery).where(col(WebhookDelivery.subscription_id) == subscription.id)
     )
@@ -177,7 +182,7 @@ def redeliver(
 ) -> tuple[WebhookDelivery, str]:
     """Send a finished delivery again, with the same delivery id (409 while it is still
     being tried, or while the subscription is not active); the outbox event to publish."""
-    subscription = read(session, owner, subscription_id)
+    subscription = read(session, owner, subscription_id, lock=True)
     query = select(WebhookDelivery).where(
         WebhookDelivery.id == delivery_id, WebhookDelivery.subscription_id == subscription.id
     )
