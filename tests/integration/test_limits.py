@@ -20,6 +20,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlmodel import SQLModel, func, select
 
+from duetide import events
+from duetide.events.signing import sign_command
 from duetide.rules import recurrence
 from duetide.services import ratelimit
 from duetide.services.schemas import MAX_FORECAST, MAX_PAGE, MAX_REMINDERS_PER_TASK, MAX_TAGS
@@ -465,6 +467,25 @@ def test_commands_count_against_the_same_budget(three_writes_a_minute, alice):
     response = client.post("/commands", json=structured(id="c-9"), headers=headers)
     refused(response, 429, "rate_limited")
     assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_a_registered_systems_commands_are_not_charged_to_the_user(
+    three_writes_a_minute, alice, monkeypatch
+):
+    """A system's burst for one user came back 429, which a KafkaSource retries for
+    about 31 s, less than the window, then dead-letters: commands were lost."""
+    key = "crm-key-" + "k" * 40
+    monkeypatch.setenv("DUETIDE_COMMAND_KEYS", f"crm={key}")
+    _reset_caches()
+    client = function_client("tasks")
+    for i in range(5):
+        event = events.build(event_id=f"s-{i}", type=events.CMD_TASK_CREATE, source="/crm",
+                             subject="", data={"task": {"title": f"t{i}"}})  # fmt: skip
+        wire, body = events.to_http(sign_command(event, user="alice", system="crm", key=key))
+        assert client.post("/commands", headers=wire, data=body).status_code == 201
+    for _ in range(3):  # the user's own budget is whole
+        assert create(client, alice).status_code == 201
+    assert create(client, alice).status_code == 429
 
 
 def test_the_budget_returns_in_the_next_minute(three_writes_a_minute, alice, monkeypatch):

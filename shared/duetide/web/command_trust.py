@@ -46,6 +46,11 @@ class Actor:
     user: str
     via: str
 
+    @property
+    def own(self) -> bool:
+        """The user's own command (their bearer token), not a registered system's."""
+        return self.via.startswith("user")
+
 
 def actor(request: Request, event: Incoming) -> Actor:
     """The user `event` acts for; 400, 401 or 403 (JSON) when its sender cannot say so."""

@@ -134,7 +134,9 @@ COMMANDS_DESCRIPTION = (
     "(and `ce-duetideuser`, `ce-duetidesystem`, `ce-duetidesig` for a registered system) "
     "headers, the event's data alone as `application/json` (`CommandData`). A batch "
     f"(`{BATCH}`) is refused with 415. (`source`, `id`) makes a retry a no-op: 200 "
-    "`duplicate`."
+    "`duplicate`. A command that can never succeed is a 400 or 422 (a complete command "
+    "naming no task of the user: 422 on `task_id`), never a status a KafkaSource retries "
+    "(404, 408, 409, 429, 5xx)."
 )
 
 

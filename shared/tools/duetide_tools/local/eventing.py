@@ -425,7 +425,8 @@ def dispatcher_fetch_settings() -> dict[str, Any]:
     return {"fetch_max_wait_ms": FLOWING_FETCH_WAIT_MS}
 
 
-def _source_retries(status: int | None) -> bool:
+def source_retries(status: int | None) -> bool:
+    """Whether a KafkaSource sends an event again after this answer (None: no answer)."""
     return status is None or status >= 500 or status in _SOURCE_RETRIED_STATUSES
 
 
@@ -1144,7 +1145,7 @@ class KafkaSourceDispatcher:
                 return response
             if self._stopping.is_set():
                 return None
-            if response.unsendable or not _source_retries(response.status):
+            if response.unsendable or not source_retries(response.status):
                 return response
         return response
 
