@@ -17,6 +17,7 @@ import recurring_ical_events
 from icalendar import Calendar
 
 from duetide import events
+from duetide.rules import ical_recurrence
 from duetide.services import calendar_export
 from duetide.storage import db
 from duetide.storage.models import Outbox
@@ -233,6 +234,35 @@ def test_series_in_more_zones_than_the_limit_show_their_occurrence_alone(client,
     for task in made[calendar_export.MAX_CALENDAR_ZONES :]:
         todo = alone[f"{task['id']}@duetide"]
         assert todo.decoded("due") == datetime.fromisoformat(task["due_at"]).astimezone(UTC)
+
+
+HEAVY_CLAMP = "FREQ=MONTHLY;BYMONTHDAY=31;BYHOUR=" + ",".join(map(str, range(24)))
+
+
+def test_series_past_the_exports_work_budget_show_their_occurrence_alone(
+    client, alice, env, monkeypatch
+):
+    """Each series cost a bounded step of its rule, but nothing bounded their sum: 500
+    series of a clamped rule of many times a day took 14 s to export."""
+    made = [
+        recurring(client, alice, f"2030-01-31T{hour:02d}:00:00+01:00", rrule=HEAVY_CLAMP,
+                  month_end="clamp")
+        for hour in range(4)
+    ]  # fmt: skip
+
+    def rdated() -> set[str]:
+        todos = calendar_of(client, alice).walk("VTODO")
+        return {str(todo["UID"]) for todo in todos if "RDATE" in todo}
+
+    every_series = {f"series-{task['series_id']}@duetide" for task in made}
+    assert rdated() == every_series  # ordinary use is within the budget
+
+    # Room for one series' worst case: the first (soonest due) is written, and what it
+    # cost leaves less than a series may need, so the others show their task alone.
+    monkeypatch.setattr(calendar_export, "RECURRENCE_WORK", ical_recurrence.SERIES_WORK + 1)
+    assert rdated() == {f"series-{made[0]['series_id']}@duetide"}
+    alone = {str(todo["UID"]) for todo in calendar_of(client, alice).walk("VTODO")}
+    assert {f"{task['id']}@duetide" for task in made[1:]} <= alone
 
 
 def categories(todo: Any) -> list[str]:

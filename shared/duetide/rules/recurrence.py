@@ -309,13 +309,15 @@ class SeriesRule:
                 f"{work.budget:,} units of expansion work; the rule is too sparse to go on"
             ) from None
 
-    def nominal_of(self, at: datetime, index: int) -> str | None:
+    def nominal_of(self, at: datetime, index: int, work: Meter | None = None) -> str | None:
         """The nominal wall time of occurrence ``index`` at ``at``, where it was adjusted.
 
         None when the occurrence is at its nominal wall time. Adjusted ones: moved forward
         by a spring-forward gap (02:30 -> 03:30 gives ``...T02:30:00``) or clamped to a
         month's last day (the 31st of February gives ``...-02-31T...``). A re-based rule
         given this as ``nominal`` continues the pattern rather than the adjusted instant.
+        Within ``work`` (a fresh ``NEXT_WORK`` if not given), whose ``used`` then says
+        what it cost.
         """
         exp = self._expansion
         instant = _instant(at, "at")
@@ -324,7 +326,7 @@ class SeriesRule:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise RecurrenceError("index must be a non-negative integer")
         try:
-            wall = exp.anchor(instant, Meter(NEXT_WORK))
+            wall = exp.anchor(instant, work if work is not None else Meter(NEXT_WORK))
         except WorkExhausted:
             wall = _wall(instant, exp.zone).replace(microsecond=0)
         day, last = wall.day, calendar.monthrange(wall.year, wall.month)[1]

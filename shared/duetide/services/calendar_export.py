@@ -14,8 +14,9 @@
 
 Bounded: at most `MAX_EXPORTED_TASKS` open tasks, soonest due first (tasks without a due
 time last); the rest are left out. Each series costs one bounded step of its rule
-(`ical_recurrence`), and its zone a VTIMEZONE, of which there are at most
-`MAX_CALENDAR_ZONES`: series in further zones show their open occurrence alone. The
+(`ical_recurrence`) out of `RECURRENCE_WORK` for the whole export, and its zone a
+VTIMEZONE, of which there are at most `MAX_CALENDAR_ZONES`: series past either bound
+show their open occurrence alone, as a paused one does. The
 output is deterministic (DTSTAMP is the item's last change), and its ETag is a hash of
 what it is rendered from (`Snapshot`), so a polling calendar app that is up to date gets
 a 304 without the calendar being rendered.
@@ -42,6 +43,7 @@ from duetide.errors import ValidationFailed
 from duetide.logs import log_event
 from duetide.rules import ical_recurrence
 from duetide.rules.recurrence import RecurrenceError
+from duetide.rules.rrule_meter import Meter
 from duetide.services import series as series_rules
 from duetide.storage.models import Reminder, Series, Task
 
@@ -59,6 +61,10 @@ MAX_CALENDAR_ZONES = 10
 """Zones with a recurring VTODO, and so a VTIMEZONE, in one export. icalendar builds a
 VTIMEZONE in about 11 ms (15 over a century of transitions): a calendar whose 500
 series were in 500 zones took 9 s to render, on a poll that counts as one request."""
+RECURRENCE_WORK = 4_000_000
+"""What working out the series' recurrences may cost in one export (`rrule_meter` units,
+about 0.4 s): each took a bounded step of its rule, but 500 series of a rule of many
+times a day took 14 s. Ordinary rules cost 1,000-20,000 units each, so 500 fit."""
 ICAL_PRIORITY = (0, 9, 5, 3, 1)
 """RFC 5545 PRIORITY by duetide rank (none, low, medium, high, urgent): 0 is undefined,
 1 the highest, 9 the lowest, 5 the middle."""
@@ -145,13 +151,16 @@ def render(tasks: Iterable[Task], series: dict[str, Series]) -> bytes:
     recurring = _recurring_occurrences(tasks, series)
     starts: list[datetime] = []
     zones: set[str] = set()
-    beyond_zones = 0
+    work = Meter(RECURRENCE_WORK)
+    beyond_zones = beyond_work = 0
     for task in tasks:
         found = series.get(task.series_id) if task.series_id else None
         if found is not None and recurring.get(found.id) is task:
             allowed = _zone_allowed(found, zones)
+            affordable = work.left >= ical_recurrence.SERIES_WORK
             beyond_zones += not allowed
-            todos = _series_todos(found, task) if allowed else []
+            beyond_work += allowed and not affordable
+            todos = _series_todos(found, task, work) if allowed and affordable else []
             if todos:
                 # The instance too: an occurrence moved before the series' start fell
                 # before the VTIMEZONE's first onset, which readers take an hour off.
@@ -161,8 +170,14 @@ def render(tasks: Iterable[Task], series: dict[str, Series]) -> bytes:
                 zones.add(found.timezone)
                 continue
         calendar.add_component(_task_todo(task, f"{task.id}@duetide"))
-    if beyond_zones:
-        log_event(log, "calendar.zone_limit", series=beyond_zones, zones=len(zones))
+    if beyond_zones or beyond_work:
+        log_event(
+            log,
+            "calendar.series_limit",
+            zones=beyond_zones,
+            work=beyond_work,
+            zones_written=len(zones),
+        )
     if starts:
         calendar.add_missing_timezones(*timezone_window([s.date() for s in starts]))
     return bytes(calendar.to_ical())
@@ -206,9 +221,10 @@ def _recurring_occurrences(tasks: Iterable[Task], series: dict[str, Series]) -> 
     return latest
 
 
-def _series_todos(found: Series, task: Task) -> list[Todo]:
+def _series_todos(found: Series, task: Task, work: Meter) -> list[Todo]:
     """The series' recurring VTODO and its open instance, or [] to export the task alone
-    (an occurrence from before a "this and future" change, or a rule that cannot go on)."""
+    (an occurrence from before a "this and future" change, or a rule that cannot go on);
+    what its rule's step cost is charged to `work`."""
     assert task.scheduled_at is not None and task.occurrence_index is not None
     local_index = task.occurrence_index - found.rule_base
     if local_index < 0 or task.scheduled_at < found.dtstart:
@@ -216,6 +232,7 @@ def _series_todos(found: Series, task: Task) -> list[Todo]:
     try:
         rule = series_rules.rule_of(found)
         plan = ical_recurrence.export(rule, task.scheduled_at, local_index)
+        work.charge(plan.work)
     except (RecurrenceError, ValidationFailed) as exc:
         log_event(log, "calendar.series_not_exported", series_id=found.id, error=str(exc)[:200])
         return []

@@ -89,8 +89,10 @@ search took 82 ms and a title sort 22, a page read from an index 1.7
 (bench/results/list_scaling.md). As search APIs limit searches below other reads."""
 EXPORT_READS = 60
 """What a calendar export counts (also a 304, which loads and hashes what it would
-render): up to 500 tasks with their reminders, 0.4 s rendered when plain, 0.36-0.9 s for
-the 304 alone at the fields' limits (a probe, 2026-12-06). Ten a minute by default; a
+render): up to 500 tasks with their reminders, 0.4 s rendered when plain, about 1 s for
+500 series of clamped rules (their RDATEs; the series' rules share a work budget,
+`calendar_export.RECURRENCE_WORK`), 0.36-0.9 s for the 304 alone at the fields' limits
+(probes, 2026-12-06 and 07). Ten a minute by default; a
 calendar app polls every few minutes at most (`Cache-Control: max-age=300`)."""
 OCCURRENCES_PER_READ = 50
 """A forecast counts one read per this many occurrences asked for: 500 took up to
