@@ -583,3 +583,37 @@ def test_an_export_a_tag_filter_and_a_long_forecast_count_more_than_one_read(
     for _ in range(7):
         assert client.get(forecast, headers=bob).status_code == 200  # 10 each
     assert client.get(forecast, headers=bob).status_code == 429
+
+
+def test_a_due_range_on_a_list_not_in_due_order_counts_ten_reads(env, alice, monkeypatch):
+    """No index serves it in the page's order: an empty range of 200,000 tasks took
+    0.12 s by priority, charged one read."""
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "22")
+    _reset_caches()
+    client = function_client("tasks")
+    ranged = "/tasks?due_before=2029-01-01T00:00:00Z"
+    assert client.get(f"{ranged}&sort=due_at", headers=alice).status_code == 200  # 1
+    assert client.get(f"{ranged}&sort=priority", headers=alice).status_code == 200  # 10
+    assert client.get(ranged.replace("before", "after"), headers=alice).status_code == 200
+    refused(client.get("/tasks?due_after=2029-01-01T00:00:00Z", headers=alice), 429, "rate_limited")
+
+
+@pytest.mark.parametrize("count", ["%2B500", "500.0", "5_00", "%20500", "%EF%BC%95"])
+def test_a_count_or_limit_is_digits_as_the_document_says(env, alice, count):
+    """pydantic also read these as numbers, and the forecast's read charge, taken from
+    the text, counted them one read instead of ten."""
+    client = function_client("tasks")
+    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
+    created = client.post("/tasks", json=body, headers=alice).get_json()
+    for path in (f"/series/{created['series_id']}/occurrences?count=", "/tasks?limit="):
+        refused(client.get(path + count, headers=alice), 422, "validation_failed")
+
+
+def test_a_duration_is_whole_seconds(client, alice):
+    """`PT0.5S` was stored, and shown, as `PT0S`."""
+    task = {"title": "t", "due_at": DUE, "reminders": [{"before_due": "PT1.5S"}]}
+    refused(client.post("/tasks", json=task, headers=alice), 422, "validation_failed",
+            "reminders.0.before_due")  # fmt: skip
+    for preference in ({"grace": "PT0.5S"}, {"default_reminders": ["PT9.9S"]}):
+        refused(client.patch("/preferences", json=preference, headers=alice), 422,
+                "validation_failed")  # fmt: skip

@@ -116,6 +116,8 @@ def test_snooze_rearms_and_dismiss_silences(client, alice, env):
         ({"for": "-PT1M"}, "for"),
         ({"for": "P31D"}, "for"),
         ({"until": "2020-01-01T00:00:00Z"}, "until"),
+        ({"for_": "PT10M"}, "for_"),  # the document names `for` alone
+        ({"for": "PT0.5S"}, "for"),  # stored in whole seconds: it was PT0S
         ({"for": "PT1M", "until": "2030-01-01T00:00:00Z"}, None),
         ({}, None),
     ]  # fmt: skip

@@ -94,8 +94,17 @@ Instant = Annotated[
     _text("an RFC 3339 date-time from year 1900 to 8999", _DATE + _TIME + _OFFSET, datetime),
     WithJsonSchema({**_IN_RANGE, "format": "date-time"}),
 ]
+def _whole_seconds(value: timedelta) -> timedelta:
+    """Durations are stored in whole seconds: `PT0.5S` was stored, and shown, as `PT0S`."""
+    if value % timedelta(seconds=1):
+        raise ValueError("must be a whole number of seconds")
+    return value
+
+
 Duration = Annotated[
-    timedelta, _text("an ISO 8601 duration such as PT15M", r"P[0-9A-Z.,]+", timedelta)
+    timedelta,
+    _text("an ISO 8601 duration such as PT15M", r"P[0-9A-Z.,]+", timedelta),
+    AfterValidator(_whole_seconds),
 ]
 Until = Annotated[
     datetime | date,
@@ -116,7 +125,17 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
+def _query_integer(value: Any) -> Any:
+    """A query's integer is its digits: pydantic alone also read `+500`, `500.0`, `5_00`
+    and ` 500`, which the document's `integer` does not allow, and which a read charge
+    taken from the text before validation (`ratelimit.forecast_reads`) read as 1."""
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{1,9}", value):
+        raise ValueError("must be a whole number in digits, such as 10")
+    return value
+
+
 Int = Annotated[int, BeforeValidator(_json_integer)]
+QueryInt = Annotated[int, BeforeValidator(_query_integer)]
 # Bounds go before the validator, or pydantic writes them as `ge`/`le` into the document.
 Count = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
 Interval = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_json_integer)]
@@ -345,9 +364,9 @@ class EmailCodeIn(RequestModel):
 
 
 class SnoozeIn(RequestModel):
-    model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, json_schema_extra=exactly_one("for", "until")
-    )
+    # By its alias alone: with `populate_by_name`, `{"for_": ...}` snoozed too, a field
+    # the document does not have (it says `additionalProperties: false`).
+    model_config = ConfigDict(extra="forbid", json_schema_extra=exactly_one("for", "until"))
 
     for_: Duration | None = Field(None, alias="for")
     until: Instant | None = None
@@ -363,7 +382,7 @@ class TaskQuery(RequestModel):
     series_id: Annotated[str, StringConstraints(max_length=36)] | None = None
     sort: Literal["created_at", "due_at", "priority", "title"] = "created_at"
     order: Literal["asc", "desc"] = "asc"
-    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    limit: QueryInt = Field(50, ge=1, le=MAX_PAGE)
     cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 
@@ -371,7 +390,7 @@ class OffsetPageQuery(RequestModel):
     """A page of a list that only grows at its end (series by creation, a series'
     history), where an offset stays where it was."""
 
-    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    limit: QueryInt = Field(50, ge=1, le=MAX_PAGE)
     # An offset, as the previous page's `next_cursor` gave it.
     cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")] | None = None
 
@@ -379,13 +398,13 @@ class OffsetPageQuery(RequestModel):
 class KeysetPageQuery(RequestModel):
     """A page that starts right after the row the cursor names (`services.keyset`)."""
 
-    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    limit: QueryInt = Field(50, ge=1, le=MAX_PAGE)
     # Where the previous page ended, as its `next_cursor` gave it (opaque).
     cursor: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,200}$")] | None = None
 
 
 class ActivityQuery(RequestModel):
-    limit: int = Field(100, ge=1, le=MAX_PAGE)
+    limit: QueryInt = Field(100, ge=1, le=MAX_PAGE)
     # The opaque token a previous answer gave as `since`; none: from the oldest kept entry.
     since: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
 
@@ -397,7 +416,7 @@ ActivityToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$
 
 class ActivityFeedQuery(ActivityQuery):
     # Seconds to wait for an entry when there is none after `since` (the long-poll).
-    wait: int = Field(0, ge=0, le=MAX_WAIT_S)
+    wait: QueryInt = Field(0, ge=0, le=MAX_WAIT_S)
 
 
 class ActivityStreamQuery(RequestModel):
@@ -412,4 +431,4 @@ class ActivityStreamQuery(RequestModel):
 
 
 class ForecastQuery(RequestModel):
-    count: int = Field(10, ge=1, le=MAX_FORECAST)
+    count: QueryInt = Field(10, ge=1, le=MAX_FORECAST)

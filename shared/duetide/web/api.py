@@ -844,9 +844,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         query=TaskQuery,
         responses={200: TaskPage},
         description=TASK_LIST_DESCRIPTION,
-        reads=lambda request: tasks.reads_of(
-            request.args.get("q"), request.args.get("sort"), request.args.get("tag")
-        ),
+        reads=lambda request: tasks.reads_of(request.args),
     ),
     Endpoint(
         "POST",
