@@ -94,6 +94,8 @@ Instant = Annotated[
     _text("an RFC 3339 date-time from year 1900 to 8999", _DATE + _TIME + _OFFSET, datetime),
     WithJsonSchema({**_IN_RANGE, "format": "date-time"}),
 ]
+
+
 def _whole_seconds(value: timedelta) -> timedelta:
     """Durations are stored in whole seconds: `PT0.5S` was stored, and shown, as `PT0S`."""
     if value % timedelta(seconds=1):
