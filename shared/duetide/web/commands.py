@@ -33,6 +33,27 @@ CONSUMER = "commands"
 log = logging.getLogger("duetide.web.commands")
 
 
+MAX_DATA_VALUES = 1_000
+"""The most JSON values (objects, arrays, texts, numbers...) a command's data may hold. A
+create command's holds about 100 at most (50 tags, 10 reminders, a recurrence); 1 MB of
+empty texts is 340,000, and their canonical JSON for a claimed signature cost 1 s of CPU
+before the signature was found wrong, for anyone who can reach `/commands`."""
+
+
+def _bounded(data: Any) -> None:
+    """400 for data of more than MAX_DATA_VALUES values, found without walking them all."""
+    pending, seen = [data], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > MAX_DATA_VALUES:
+            raise InvalidCloudEvent(f"command data holds more than {MAX_DATA_VALUES} values")
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+
+
 def _payload(event: Incoming) -> Any:
     """The command's data: 400 if it is not the type's shape, 422 (naming each field,
     as `POST /tasks` would) if only the task object of a create command is invalid."""
@@ -86,6 +107,7 @@ def handle(request: Request) -> Response:
             f"{events.CMD_TASK_CREATE} or {events.CMD_TASK_COMPLETE}"
         )
     telemetry.note(f"process {event.type}", **{"cloudevents.event_type": event.type})
+    _bounded(event.data)  # before a signature is worked out over it
     actor = command_trust.actor(request, event)
     user = actor.user
     payload = _payload(event)
