@@ -364,9 +364,38 @@ def test_history_comes_a_page_at_a_time_in_order(client, alice, bus):
         (5, "open"),
     ]  # fmt: skip
     assert paged == history_entries(client, alice, series_id, limit=200)
-    for bad in ("limit=0", "limit=201", "cursor=x", "cursor=%C2%B2"):
+    for bad in ("limit=0", "limit=201", "cursor=x", "cursor=%C2%B2", "cursor=2"):
         refused = client.get(f"/series/{series_id}/history?{bad}", headers=alice)
         assert refused.status_code in (400, 422), bad
+
+
+def test_a_history_page_after_an_earlier_occurrence_was_deleted_skips_nothing(client, alice, bus):
+    """The cursor was an offset: deleting occurrence 0 after the first page moved
+    every later entry up by one, and the second page began a row too far."""
+    first = recurring(client, alice, rrule="FREQ=DAILY")
+    series_id = first["series_id"]
+    for _ in range(4):
+        complete_open(client, alice, bus, series_id)
+    page = client.get(f"/series/{series_id}/history?limit=2", headers=alice).json
+    assert [e["index"] for e in page["items"]] == [0, 1]
+    assert client.delete(f"/tasks/{first['id']}", headers=alice).status_code == 200
+
+    rest = f"/series/{series_id}/history?limit=2&cursor={page['next_cursor']}"
+    assert [e["index"] for e in client.get(rest, headers=alice).json["items"]] == [2, 3]
+
+
+def test_the_series_list_pages_in_creation_order_with_nothing_twice(client, alice):
+    made = [recurring(client, alice, rrule="FREQ=DAILY")["series_id"] for _ in range(5)]
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page = client.get(f"/series?limit=2{cursor}", headers=alice)
+        assert page.status_code == 200, page.json
+        seen += [item["id"] for item in page.json["items"]]
+        if page.json["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page.json['next_cursor']}"
+    assert seen == made
 
 
 def test_patch_changes_the_rule_from_the_next_occurrence_on(client, alice, bus):

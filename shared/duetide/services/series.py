@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -25,10 +25,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from duetide import events
-from duetide.errors import Conflict, NotFound, ValidationFailed
+from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from duetide.logs import log_event
 from duetide.rules import recurrence
-from duetide.services import task_rows
+from duetide.services import keyset, opaque, task_rows
 from duetide.services.task_events import emit
 from duetide.services.task_rows import SERIES, TASK, new_reminder, new_task
 from duetide.storage.models import OccurrenceLog, Series, Task, utcnow
@@ -172,16 +172,17 @@ def get_locked(session: Session, owner: str, series_id: str) -> Series:
     return series
 
 
-def list_series(session: Session, owner: str, offset: int, limit: int) -> list[Series]:
-    return list(
-        session.exec(
-            select(Series)
-            .where(Series.owner == owner)
-            .order_by(col(Series.created_at), col(Series.id))
-            .offset(offset)
-            .limit(limit)
-        ).all()
-    )
+def list_series(
+    session: Session, owner: str, after: tuple[datetime, str] | None, limit: int
+) -> list[Series]:
+    """Up to `limit` of the owner's series, oldest first, after the (created_at, id) a
+    cursor names (`keyset`): an offset skipped or repeated one where a series was made
+    by another replica whose clock was behind, and a deep page read all above it."""
+    created, key = col(Series.created_at), col(Series.id)
+    query = select(Series).where(Series.owner == owner)
+    if after is not None:
+        query = query.where(keyset.after(created, key, *after, descending=False))
+    return list(session.exec(query.order_by(created, key).limit(limit)).all())
 
 
 def forecast(session: Session, series: Series, count: int, now: datetime) -> Forecast:
@@ -572,19 +573,24 @@ def end(session: Session, owner: str, series_id: str) -> None:
 
 
 def history(
-    session: Session, owner: str, series_id: str, offset: int, limit: int
-) -> list[HistoryEntry]:
-    """Up to `limit` of the occurrences so far from `offset`, oldest first: completed,
-    open, skipped or missed (a run of missed ones is one entry). One query over both
-    tables, so a page costs its size, however long the series' past."""
+    session: Session, owner: str, series_id: str, cursor: str | None, limit: int
+) -> tuple[list[HistoryEntry], str | None]:
+    """Up to `limit` of the occurrences so far, oldest first, after the one `cursor`
+    names: completed, open, skipped or missed (a run of missed ones is one entry), and
+    the cursor of the next page. One query over both tables, from where the last page
+    ended (by index and time, unique in a series), so a page costs its size however long
+    the series' past; an offset skipped an entry when an earlier occurrence was deleted."""
     from duetide.services.responses import HistoryEntry, rfc3339  # as in forecast()
 
     series = get_owned(session, owner, series_id)
     zone = ZoneInfo(series.timezone)
-    rows = session.connection().execute(
-        _HISTORY, {"series_id": series.id, "offset": offset, "limit": limit}
-    )
-    return [
+    params: dict[str, object] = {"series_id": series.id, "limit": limit + 1}
+    if cursor is not None:
+        params["after_index"], params["after_at"] = _history_position(cursor)
+    query = _HISTORY_AFTER if cursor is not None else _HISTORY
+    rows = session.connection().execute(query, params).all()
+    more = len(rows) > limit
+    entries = [
         HistoryEntry(
             index=index,
             scheduled_at=rfc3339(scheduled_at, zone),
@@ -594,8 +600,25 @@ def history(
             count=count,
             last_scheduled_at=rfc3339(last, zone),
         )
-        for index, scheduled_at, outcome, at, task_id, count, last in rows
+        for index, scheduled_at, outcome, at, task_id, count, last in rows[:limit]
     ]
+    last_shown = rows[limit - 1] if more else None
+    after = opaque.dump([last_shown[0], last_shown[1].isoformat()]) if last_shown else None
+    return entries, after
+
+
+def _history_position(cursor: str) -> tuple[int, datetime]:
+    """The (index, scheduled_at) a history cursor names; anything else is a 400."""
+    try:
+        index, at = opaque.load(cursor)
+        when = datetime.fromisoformat(at)
+        if isinstance(index, bool) or not isinstance(index, int) or when.tzinfo is None:
+            raise ValueError("not a cursor")
+        if not 0 <= index < 2**31:
+            raise ValueError("not a cursor")
+        return index, when.astimezone(UTC)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise BadRequest("invalid cursor: pass back `next_cursor`") from None
 
 
 _LOG = OccurrenceLog.metadata.tables["occurrence_log"]
@@ -626,6 +649,14 @@ _HISTORY_ROWS = sa.union_all(
 _HISTORY = (
     sa.select(_HISTORY_ROWS)
     .order_by(_HISTORY_ROWS.c.index, _HISTORY_ROWS.c.scheduled_at)
-    .offset(bindparam("offset"))
     .limit(bindparam("limit"))
+)
+_HISTORY_AFTER = _HISTORY.where(
+    sa.or_(
+        _HISTORY_ROWS.c.index > bindparam("after_index"),
+        sa.and_(
+            _HISTORY_ROWS.c.index == bindparam("after_index"),
+            _HISTORY_ROWS.c.scheduled_at > bindparam("after_at"),
+        ),
+    )
 )

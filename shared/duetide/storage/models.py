@@ -93,6 +93,7 @@ class Series(SQLModel, table=True):
     """A recurring series: the rule, its policies, and the template for each occurrence."""
 
     __tablename__ = "series"
+    __table_args__ = (Index("ix_series_owner_created", "owner", "created_at", "id"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     owner: str = _owner()

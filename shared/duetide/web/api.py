@@ -66,7 +66,6 @@ from duetide.services.schemas import (
     EmailCodeIn,
     ForecastQuery,
     KeysetPageQuery,
-    OffsetPageQuery,
     PreferencesUpdate,
     ReminderIn,
     SeriesUpdate,
@@ -335,12 +334,12 @@ def get_reminder(request: Request, user: str, reminder_id: str) -> Response:
 
 
 def list_series(request: Request, user: str) -> Response:
-    query = parse_model(OffsetPageQuery, _query(request))
-    offset = _offset_cursor(query.cursor)
+    query = parse_model(KeysetPageQuery, _query(request))
+    after = keyset.decode(query.cursor) if query.cursor else None
     with db.session_scope(read_only=True) as session:
-        rows = series.list_series(session, user, offset, query.limit + 1)
-        items, cursor = _offset_page(rows, offset, query.limit, series_out)
-        return json_response(SeriesPage(items=items, next_cursor=cursor))
+        rows = series.list_series(session, user, after, query.limit + 1)
+        shown, cursor = keyset.page(rows, query.limit, lambda s: (s.created_at, s.id))
+        return json_response(SeriesPage(items=[series_out(s) for s in shown], next_cursor=cursor))
 
 
 def get_series(request: Request, user: str, series_id: str) -> Response:
@@ -407,11 +406,9 @@ def end_series(request: Request, user: str, series_id: str) -> Response:
 
 
 def series_history(request: Request, user: str, series_id: str) -> Response:
-    query = parse_model(OffsetPageQuery, _query(request))
-    offset = _offset_cursor(query.cursor)
+    query = parse_model(KeysetPageQuery, _query(request))
     with db.session_scope(read_only=True) as session:
-        rows = series.history(session, user, series_id, offset, query.limit + 1)
-        items, cursor = _offset_page(rows, offset, query.limit, lambda entry: entry)
+        items, cursor = series.history(session, user, series_id, query.cursor, query.limit)
         return json_response(History(items=items, next_cursor=cursor))
 
 
@@ -652,23 +649,6 @@ def revoke_feed_token(request: Request, user: str) -> Response:
     with db.session_scope() as session:
         calendar_feed.revoke(session, user)
     return json_response(None, 204)
-
-
-def _offset_page(
-    rows: list[Row], offset: int, limit: int, render: Callable[[Row], Item]
-) -> tuple[list[Item], str | None]:
-    """The first `limit` rows rendered, and the cursor of the next page if `rows` holds
-    one more row than that."""
-    more = len(rows) > limit
-    return [render(row) for row in rows[:limit]], str(offset + limit) if more else None
-
-
-def _offset_cursor(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 9:  # not "²"
-        raise BadRequest("invalid cursor: pass back `next_cursor`")
-    return int(cursor)
 
 
 Handler = Callable[..., Response]
@@ -951,7 +931,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/series",
         list_series,
         "List series",
-        query=OffsetPageQuery,
+        query=KeysetPageQuery,
         responses={200: SeriesPage},
     ),
     Endpoint(
@@ -995,7 +975,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/series/<series_id>/history",
         series_history,
         "A series' occurrences so far, oldest first, a page at a time",
-        query=OffsetPageQuery,
+        query=KeysetPageQuery,
         responses={200: History},
     ),
     Endpoint(
