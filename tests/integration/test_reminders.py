@@ -63,6 +63,7 @@ def test_preferences_defaults_update_and_validation(client, alice):
     assert changed.json["quiet_hours"] == {"start": "22:00", "end": "07:00"}
     for bad in (
         {"timezone": "Nowhere/City"},
+        {"timezone": "localtime"},  # the host's own zone, no IANA name
         {"quiet_hours": {"start": "25:00", "end": "07:00"}},
         {"channels": ["pigeon"]},
         {"channels": ["webhook"]},  # no webhook_url

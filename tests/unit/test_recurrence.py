@@ -650,6 +650,11 @@ def test_count_and_until_together_rejected() -> None:
         ("FREQ=DAILY", "Europe/Atlantis", "unknown time zone"),
         ("FREQ=DAILY", "", "unknown time zone"),
         ("FREQ=DAILY", "../../etc/passwd", "unknown time zone"),
+        # Files of the host's zone folder that are no IANA zone: the host's own zone
+        # (replicas on other hosts computed other times) and leap-second clocks.
+        ("FREQ=DAILY", "localtime", "unknown time zone"),
+        ("FREQ=DAILY", "right/UTC", "unknown time zone"),
+        ("FREQ=DAILY", "posix/Europe/Berlin", "unknown time zone"),
     ],
 )
 def test_invalid_input_is_rejected_with_a_reason(rule: str, zone: str, message: str) -> None:

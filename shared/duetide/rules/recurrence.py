@@ -52,7 +52,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.rrule import DAILY, HOURLY, MINUTELY, MONTHLY, WEEKLY, YEARLY, rrule, weekday
 
-from duetide.rules import rrule_meter
+from duetide.rules import rrule_meter, zones
 from duetide.rules.rrule_meter import INSTANCE_WORK, Meter, WorkExhausted
 from duetide.vocabulary import CatchUp, Mode, MonthEnd
 
@@ -360,6 +360,8 @@ def parse(
     """
     if not isinstance(rrule, str):
         raise RecurrenceError("rrule must be a string such as FREQ=WEEKLY;BYDAY=MO")
+    if not zones.is_iana(timezone):  # a stored rule is read by `ZoneInfo` alone
+        raise _unknown_zone(timezone)
     rule = SeriesRule(_rule_body(rrule), timezone, dtstart, policy, nominal)
     rule._expansion.check_density()
     return rule
@@ -661,9 +663,11 @@ def _zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     # OSError: with the tzdata package installed, a name too long for a file name.
     except (ZoneInfoNotFoundError, ValueError, TypeError, OSError) as exc:
-        raise RecurrenceError(
-            f"unknown time zone {name!r}; use an IANA name like Europe/Berlin"
-        ) from exc
+        raise _unknown_zone(name) from exc
+
+
+def _unknown_zone(name: object) -> RecurrenceError:
+    return RecurrenceError(f"unknown time zone {name!r}; use an IANA name like Europe/Berlin")
 
 
 def _normalise_until(value: str, zone: ZoneInfo) -> datetime:

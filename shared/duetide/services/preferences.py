@@ -11,7 +11,6 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,6 +20,7 @@ from sqlmodel import Session, select
 from duetide.channels import email, netguard, verification, webhook
 from duetide.config import get_settings
 from duetide.errors import Conflict, ValidationFailed
+from duetide.rules import zones
 from duetide.rules.durations import iso_duration
 from duetide.storage.models import Preference
 
@@ -149,10 +149,8 @@ def update(
     outgoing: list[verification.Outgoing] = []
     settings = get_settings()
     if "timezone" in changes:
-        try:
-            ZoneInfo(spec.timezone or "UTC")
-        except (ValueError, KeyError, OSError):
-            raise _invalid("timezone", f"unknown IANA time zone {spec.timezone!r}") from None
+        if not zones.is_iana(spec.timezone or "UTC"):
+            raise _invalid("timezone", f"unknown IANA time zone {spec.timezone!r}")
         preference.timezone = spec.timezone or "UTC"
     if "default_reminders" in changes:
         offsets = spec.default_reminders or []
