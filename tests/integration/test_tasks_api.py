@@ -76,6 +76,19 @@ def test_update_changes_only_given_fields(client, alice):
     assert cleared.json["due_at"] is None
 
 
+def test_a_patch_that_changes_nothing_emits_nothing_and_keeps_the_etag(client, alice):
+    """`PATCH {}` emitted a task.updated with no changes and bumped updated_at."""
+    task = create(client, alice, **RENT)
+    before = client.get(f"/tasks/{task['id']}", headers=alice)
+    for same in ({}, {"title": task["title"], "tags": task["tags"]},
+                 {"due_at": task["due_at"].replace("Z", "+00:00")}):  # fmt: skip
+        answer = client.patch(f"/tasks/{task['id']}", json=same, headers=alice)
+        assert answer.status_code == 200, answer.json
+        assert answer.json["updated_at"] == task["updated_at"]
+        assert answer.headers["ETag"] == before.headers["ETag"]
+    assert events.TASK_UPDATED not in outbox_types()
+
+
 def test_complete_twice_changes_nothing_and_reopen_reopens(client, alice):
     task_id = create(client, alice)["id"]
     first = client.post(f"/tasks/{task_id}/complete", headers=alice).json

@@ -242,9 +242,11 @@ def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tupl
                 reminder.fire_at = reminders.fire_time(
                     reminder.at, reminder.before_due_s, task.due_at
                 )
+    changed = changes_between(before, watched(task))
+    if not changed:  # `{}` or the values it has: no event with nothing in it, same ETag
+        return task, []
     task.updated_at = utcnow()
     session.add(task)
-    changed = changes_between(before, watched(task))
     return task, [emit(session, task, events.TASK_UPDATED, changes=changed)]
 
 
