@@ -108,6 +108,8 @@ KNOWN_REFUSALS = {
     "notifications": (400, r"^invalid cursor"),
     "subscription_deliveries": (400, r"^invalid cursor"),
     "upcoming_reminders": (400, r"^invalid cursor"),
+    "list_series": (400, r"^invalid cursor"),
+    "series_history": (400, r"^invalid cursor"),
     "list_activity": (400, r"^invalid `since`"),
     "task_activity": (400, r"^invalid `since`"),
     "activity_stream": (400, r"^invalid `since`"),
@@ -115,8 +117,9 @@ KNOWN_REFUSALS = {
     # after the first names another request (the pattern lets any key through)
     "create_task": (422, r"^(recurrence|reminders\.\d+|Idempotency-Key): "),
     # a command's data.task: its fields as `task.*` (the model's checks) or as the
-    # service names them (`recurrence` when the rule is built)
-    "commands": (422, r"^(task\.)?(recurrence|reminders\.\d+): "),
+    # service names them (`recurrence` when the rule is built); a complete command's
+    # `task_id` that names no task of the user (a 404 would be retried by a KafkaSource)
+    "commands": (422, r"^((task\.)?(recurrence|reminders\.\d+)|task_id): "),
     "add_reminder": (422, r"^(body: .*`before_due` must be between|Idempotency-Key: )"),
     "update_preferences": (
         422,
