@@ -147,8 +147,9 @@ LOCATION = {
     "schema": {"type": "string", "format": "uri-reference"},
 }
 
-ERRORS = (400, 401, 404, 413, 415, 422, 429)
-"""What any secured operation may answer besides its own responses."""
+ERRORS = (400, 401, 404, 413, 415, 422, 429, 503)
+"""What any secured operation may answer besides its own responses (503: the database
+or the pool is unavailable, with Retry-After; it was left out, though any can)."""
 
 
 def schema_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
