@@ -51,7 +51,7 @@ class HoldWatch:
         """The connection of pool record `record` was checked out now."""
         try:
             duplicate = socket.socket(fileno=os.dup(dbapi_connection.pgconn.socket))
-        except (OSError, AttributeError, ValueError):
+        except Exception:  # psycopg's error for a lost connection, OSError, ...
             return  # not a live psycopg connection: the pool finds out for itself
         with self._lock:
             self._close(self._held.pop(record, None))
