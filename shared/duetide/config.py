@@ -112,7 +112,8 @@ class Settings(BaseSettings):
         "row another transaction holds (lock_timeout), and sent data may go unacknowledged "
         "(a network cut); then 503. The server cancels a statement running twice as long "
         "and ends a transaction idle three times as long; a connection held three times "
-        "as long (a server that froze mid-query) is cut. Parameters the URL names win.",
+        "as long (a server that froze mid-query) is cut; both at least the relay's "
+        "longest send plus this. Parameters the URL names win.",
     )
     duetide_db_pool_size: int = Field(
         10,
@@ -359,6 +360,13 @@ JWT_SECRET_FILE = "jwt-secret"
 """The generated HS256 secret's file in DUETIDE_HOME (`duetide token` reads it)."""
 MIN_COMMAND_KEY_CHARS = 32
 _SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def publish_send_bound_s(publish_timeout_s: float) -> float:
+    """The longest one send to the broker may take: its steps are each bounded by
+    DUETIDE_PUBLISH_TIMEOUT_S (bootstrap, the metadata of each of the two topics, the
+    acks). The relay waits that long for its send, on PostgreSQL holding its rows."""
+    return 4 * publish_timeout_s + 1.0
 
 
 def _items(csv: str) -> list[str]:

@@ -166,7 +166,8 @@ def test_a_server_that_freezes_mid_query_costs_a_503_at_the_bound_then_recovers(
     proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
     try:
         monkeypatch.setenv("DATABASE_URL", url.set(port=proxy.port).render_as_string(False))
-        monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "1")  # a connection is cut after 3 s
+        monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "1")  # a connection is cut after 3 s,
+        monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", "0.25")  # over the relay's send's 2
         monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)  # straight to the statement
         _reset_caches()
         assert create(client, alice, "before") == 201
@@ -199,6 +200,14 @@ def test_statements_are_bounded_on_the_server_except_the_migrations(env) -> None
             engine.dispose()
 
 
+def test_a_transaction_may_stay_open_three_timeouts_or_the_relays_send_and_one() -> None:
+    """The relay keeps its rows locked through its send to the broker: a bound below
+    that send's (9 s by default) would end the relay's transaction, or cut its
+    connection, whenever the broker was slow."""
+    assert db.hold_limit_s(10, 2) == 30  # the defaults
+    assert db.hold_limit_s(2, 2) == 11  # 4 x 2 + 1, and the timeout
+
+
 def test_connection_bounds_the_url_names_are_kept() -> None:
     named = db._bounded_connections("postgresql+psycopg://u@h/d?connect_timeout=30", 10)
     assert "connect_timeout" not in named and named["tcp_user_timeout"] == 10_000
@@ -206,7 +215,7 @@ def test_connection_bounds_the_url_names_are_kept() -> None:
 
 def test_connection_bounds_the_url_names_are_kept_on_the_server_too() -> None:
     url = "postgresql+psycopg://u@h/d?options=-c%20lock_timeout%3D5s%20-csearch_path%3Dx"
-    assert db._session_bounds(url, 10) == {
+    assert db._session_bounds(url, 10, 30) == {
         "idle_in_transaction_session_timeout": 30_000,
         "statement_timeout": 20_000,
     }
@@ -258,6 +267,7 @@ def test_a_transaction_whose_client_went_silent_is_ended_by_the_server(
     if not env.startswith("postgresql"):
         pytest.skip("PostgreSQL's idle_in_transaction_session_timeout")
     monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", "0.1")
     _reset_caches()
     engine = db.make_engine(env)
     admin = create_engine(POSTGRES_URL)
@@ -265,7 +275,7 @@ def test_a_transaction_whose_client_went_silent_is_ended_by_the_server(
         with engine.connect() as connection:
             assert connection.execute(text("SHOW lock_timeout")).scalar() == "500ms"
             shown = connection.execute(text("SHOW idle_in_transaction_session_timeout"))
-            assert shown.scalar() == "1500ms"
+            assert shown.scalar() == "1900ms"  # the relay's longest send (1.4 s) + 0.5 s
             pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
             # In a transaction now, and the client says nothing more.
 

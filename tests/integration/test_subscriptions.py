@@ -564,6 +564,49 @@ def test_a_new_url_is_not_activated_by_the_echo_of_the_old_one_arriving_meanwhil
         assert (row.url, row.status, row.verified_at) == (new, "unverified", None)
 
 
+def test_removing_a_subscription_while_a_try_is_recorded_waits_instead_of_deadlocking(
+    env, client, alice, receiver
+):
+    """A try's record locks its delivery, then the subscription; removal locked the
+    subscription first, then deleted the deliveries: PostgreSQL broke the deadlock
+    after a second by failing one side."""
+    if not env.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: the two cannot overlap")
+    made = subscribe(client, alice, receiver)
+    with db.session_scope() as session:
+        delivery = WebhookDelivery(
+            subscription_id=made["id"], owner="alice", event_id="e-1", event_source="/tasks",
+            event_type="t", task_id="t-1", data={},
+        )  # fmt: skip
+        session.add(delivery)
+    failures: list[BaseException] = []
+
+    def remove() -> None:
+        try:
+            with db.session_scope() as session:
+                subscriptions.remove(session, "alice", made["id"])
+        except BaseException as error:  # reported below
+            failures.append(error)
+
+    with db.get_engine().connect() as recording:
+        record = recording.begin()  # as `webhook_deliveries._record` does
+        recording.execute(
+            text("SELECT id FROM webhook_delivery WHERE id = :id FOR UPDATE"), {"id": delivery.id}
+        )
+        removing = threading.Thread(target=remove)
+        removing.start()
+        wait_for(_waiting_on_a_lock, "the removal to wait for the try's record")
+        try:
+            recording.execute(
+                text("SELECT id FROM subscription WHERE id = :id FOR UPDATE"), {"id": made["id"]}
+            )
+            record.commit()
+        finally:
+            removing.join(timeout=30)
+    assert failures == []
+    assert _count("subscription") == 0
+
+
 def _waiting_on_a_lock() -> bool:
     """From a transaction of its own: pg_stat_activity is a snapshot per transaction."""
     with db.get_engine().connect() as connection:

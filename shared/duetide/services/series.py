@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from duetide import events
 from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from duetide.logs import log_event
-from duetide.rules import recurrence
+from duetide.rules import recurrence, zones
 from duetide.services import keyset, opaque, task_rows
 from duetide.services.task_events import emit
 from duetide.services.task_rows import SERIES, TASK, new_reminder, new_task
@@ -444,11 +444,7 @@ def _in_zone(at: datetime, spec: RecurrenceIn) -> datetime:
 
 
 def _known_zone(spec: RecurrenceIn) -> bool:
-    try:
-        ZoneInfo(spec.timezone)
-        return True
-    except (ValueError, KeyError, OSError):
-        return False  # build_rule reports it as a 422
+    return zones.is_iana(spec.timezone)  # build_rule reports another as a 422
 
 
 def pause(session: Session, owner: str, series_id: str) -> Series:

@@ -65,11 +65,11 @@ def create(
 
 def read(session: Session, owner: str, subscription_id: str, *, lock: bool = False) -> Subscription:
     """The owner's subscription (404 for anyone else's), row-locked if `lock`: every
-    change locks it. Read unlocked, a change raced the echo of the old URL recorded
-    meanwhile (`verification._record_subscription`, which locks), and the ORM wrote
-    the new URL but not `unverified`, which it took to be the value already there: a
-    URL that never echoed ended up active, sent the user's signed events. A change
-    racing a removal flushed into a row gone (a 500)."""
+    change of its columns locks it. Read unlocked, a change raced the echo of the old
+    URL recorded meanwhile (`verification._record_subscription`, which locks), and the
+    ORM wrote the new URL but not `unverified`, which it took to be the value already
+    there: a URL that never echoed ended up active, sent the user's signed events. A
+    change racing a removal flushed into a row gone (a 500)."""
     subscription = session.get(Subscription, subscription_id, with_for_update=lock)
     if subscription is None or subscription.owner != owner:
         raise NotFound(f"no subscription {subscription_id!r}")
@@ -151,8 +151,11 @@ def rotate_secret(
 
 
 def remove(session: Session, owner: str, subscription_id: str) -> None:
-    """The subscription and its delivery log; a try in flight finds it gone."""
-    subscription = read(session, owner, subscription_id, lock=True)
+    """The subscription and its delivery log; a try in flight finds it gone. Read
+    unlocked: its deletes lock the deliveries, then the subscription, the order a try's
+    record takes them in (`webhook_deliveries._record`); locking the subscription first
+    deadlocked with it. A change waiting on the row then finds it gone (404)."""
+    subscription = read(session, owner, subscription_id)
     session.exec(
         delete(WebhookDelivery).where(col(WebhookDelivery.subscription_id) == subscription.id)
     )
@@ -181,8 +184,9 @@ def redeliver(
     session: Session, owner: str, subscription_id: str, delivery_id: str, now: datetime
 ) -> tuple[WebhookDelivery, str]:
     """Send a finished delivery again, with the same delivery id (409 while it is still
-    being tried, or while the subscription is not active); the outbox event to publish."""
-    subscription = read(session, owner, subscription_id, lock=True)
+    being tried, or while the subscription is not active); the outbox event to publish.
+    The subscription unlocked, as in `remove`: the delivery's lock comes first."""
+    subscription = read(session, owner, subscription_id)
     query = select(WebhookDelivery).where(
         WebhookDelivery.id == delivery_id, WebhookDelivery.subscription_id == subscription.id
     )

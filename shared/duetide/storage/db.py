@@ -21,7 +21,7 @@ from sqlalchemy import event, exc, make_url
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
-from duetide.config import get_settings
+from duetide.config import get_settings, publish_send_bound_s
 from duetide.once import once
 from duetide.storage.watchdog import HoldWatch
 
@@ -60,10 +60,12 @@ def make_engine(url: str, *, long_statements: bool = False) -> Engine:
         connect_args=_bounded_connections(url, timeout_s),
         hide_parameters=True,
     )
-    watch = None if long_statements else HoldWatch(timeout_s * HOLD_LIMIT_FACTOR)
+    hold_s = hold_limit_s(timeout_s, settings.duetide_publish_timeout_s)
+    watch = None if long_statements else HoldWatch(hold_s)
     event.listen(engine, "checkin", functools.partial(_checked_in, watch))
+    event.listen(engine, "detach", functools.partial(_detached, watch))
     event.listen(engine, "checkout", functools.partial(_checked_out, engine, watch))
-    bounds = _session_bounds(url, timeout_s, long_statements=long_statements)
+    bounds = _session_bounds(url, timeout_s, hold_s, long_statements=long_statements)
     if bounds:
         event.listen(engine, "connect", functools.partial(_set_session_bounds, bounds))
     return engine
@@ -88,30 +90,45 @@ def _bounded_connections(url: str, timeout_s: float) -> dict[str, int]:
 
 
 HOLD_LIMIT_FACTOR = 3
-"""A connection checked out this many times DUETIDE_DB_TIMEOUT_S is cut (`watchdog`)."""
+"""A transaction may stay open this many times DUETIDE_DB_TIMEOUT_S (`hold_limit_s`)."""
+
+
+def hold_limit_s(db_timeout_s: float, publish_timeout_s: float) -> float:
+    """How long a connection may stay checked out (then `watchdog` cuts it) and a
+    transaction idle (then the server ends it): three times DUETIDE_DB_TIMEOUT_S, and
+    never less than the relay's longest send plus that timeout, since on PostgreSQL the
+    relay keeps its rows locked through the send (`config.publish_send_bound_s`: 9 s
+    by default, under the 30 s this gives)."""
+    return max(
+        HOLD_LIMIT_FACTOR * db_timeout_s, publish_send_bound_s(publish_timeout_s) + db_timeout_s
+    )
+
+
 STATEMENT_LIMIT_FACTOR = 2
 """The server cancels a statement running this many times DUETIDE_DB_TIMEOUT_S: below
 the watchdog's bound, so a server that is merely slow ends the statement itself (and
 stops its work) before the client gives up on it."""
 
 
-def _session_bounds(url: str, timeout_s: float, *, long_statements: bool = False) -> dict[str, int]:
+def _session_bounds(
+    url: str, timeout_s: float, hold_s: float, *, long_statements: bool = False
+) -> dict[str, int]:
     """The server's bounds on what one session may hold up, in milliseconds.
 
     `lock_timeout`: a statement waiting for a row another transaction holds gives up
     after `timeout_s` (a 503, which the client or the KafkaSource retries) instead of
     holding its request, its thread and its connection as long as the other does.
-    `idle_in_transaction_session_timeout`: the server ends a transaction whose client has
-    sent nothing for three times that, and so frees its locks. No transaction here waits
-    on the network (deliveries and publishing run after the commit), so only a client
-    that is gone (a pod on a node cut off) stays that long; the server's keepalives
-    would have kept its locks two hours. `statement_timeout`: a statement that runs
-    longer than any here should is ended by the server (a 503). Settings the URL's
-    `options` names win."""
+    `idle_in_transaction_session_timeout`: the server ends a transaction whose client
+    has sent nothing for `hold_s` (`hold_limit_s`), and so frees its locks. No
+    transaction here waits on the network but the relay's (deliveries and the fast
+    path publish after the commit), so only a client that is gone (a pod on a node
+    cut off) stays that long; the server's keepalives would have kept its locks two
+    hours. `statement_timeout`: a statement that runs longer than any here should is
+    ended by the server (a 503). Settings the URL's `options` names win."""
     named = str(make_url(url).query.get("options", ""))
     bounds = {
         "lock_timeout": round(timeout_s * 1000),
-        "idle_in_transaction_session_timeout": round(timeout_s * 3000),
+        "idle_in_transaction_session_timeout": round(hold_s * 1000),
     }
     if not long_statements:
         bounds["statement_timeout"] = round(timeout_s * STATEMENT_LIMIT_FACTOR * 1000)
@@ -140,6 +157,12 @@ the whole pool, so the next request connects afresh."""
 
 def _checked_in(watch: HoldWatch | None, _dbapi_connection: Any, record: Any) -> None:
     record.info["checked_in"] = time.monotonic()
+    if watch is not None:
+        watch.released(record)
+
+
+def _detached(watch: HoldWatch | None, _dbapi_connection: Any, record: Any) -> None:
+    """A connection leaving the pool for good is no longer the pool's to watch."""
     if watch is not None:
         watch.released(record)
 

@@ -66,7 +66,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select, update
 
 from duetide import events, tracecontext
-from duetide.config import get_settings
+from duetide.config import get_settings, publish_send_bound_s
 from duetide.logs import log_event
 from duetide.storage import db
 from duetide.storage.models import Outbox, new_id, utcnow
@@ -290,9 +290,7 @@ class Publisher:
         timeout_ms = int(timeout_s * 1000)
         self._request_timeout_ms = max(timeout_ms, 1000)
         self._delivery_timeout_ms = max(timeout_ms * 2, 5000)
-        # A send's steps are each bounded by timeout_s: bootstrap, the metadata of each of
-        # the two topics, the acks. The relay waits that long for its send.
-        self.send_bound_s = 4 * timeout_s + 1.0
+        self.send_bound_s = publish_send_bound_s(timeout_s)
         self._close_grace_s = (self._delivery_timeout_ms + self._request_timeout_ms) / 1000
         self._producer: Any = None
         self._open_until = 0.0

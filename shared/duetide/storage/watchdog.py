@@ -9,11 +9,11 @@ already inside a statement for the whole 15 s, each holding a worker thread
 (RELIABILITY.md). A server that works but is slow is bounded by its own
 `statement_timeout` (`db._session_bounds`), which ends the statement cleanly first.
 
-No unit of work here holds a connection for long: a request's or an event's
-transaction is milliseconds, the sweep and the purge work in short batches, and
-nothing waits on the network inside a transaction except the relay's send, itself
-bounded well below this. So a connection checked out longer than the bound is waiting
-for a server that is not answering, and the watchdog shuts its socket down: the
+No unit of work here holds a connection for long: a request's or an event's transaction
+is milliseconds, the sweep and the purge work in short batches, and nothing waits on the
+network inside a transaction except the relay's send, whose bound the limit always
+exceeds (`db.hold_limit_s`). So a connection checked out longer than the bound is
+waiting for a server that is not answering, and the watchdog shuts its socket down: the
 blocked call fails as a lost connection (a 503 the client or the KafkaSource retries),
 SQLAlchemy discards the pool, and the next request connects afresh. Migrations, whose
 statements may rightly run for minutes, make their engine without it.
@@ -113,8 +113,14 @@ def _watching(watch: HoldWatch) -> None:
 
 
 def _run() -> None:
+    """Never ends: a thread that died on one error would leave the process unwatched,
+    and `_watching` starts one per process only."""
     while True:
         time.sleep(TICK_S)
-        now = time.monotonic()
-        for watch in list(_watches):
-            watch.expire(now)
+        with _runner_lock:  # an engine made meanwhile adds to the set
+            watches = list(_watches)
+        for watch in watches:
+            try:
+                watch.expire(time.monotonic())
+            except Exception:
+                log.exception("database.watchdog_failed")

@@ -120,7 +120,8 @@ def handle(request: Request) -> Response:
         # A registered system's commands are not charged to the user they act for: its
         # burst (an import, a backlog after an outage) came back 429, which a KafkaSource
         # retries for about 31 s, less than the 60 s window, and then dead-letters, each
-        # retry charged again. Its pace is its partition's, one command at a time.
+        # retry charged again. Over Kafka its pace is its partition's, one command at a
+        # time; over HTTP only its key limits it (SECURITY.md).
         ratelimit.charge_write(user)
 
     def work(session: Session) -> tuple[CommandResult, list[str]]:
