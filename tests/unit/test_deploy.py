@@ -500,13 +500,15 @@ def test_a_run_applies_kafka_the_configuration_the_migration_then_the_rest(
     # The smoke pod is admitted where Pod Security enforces "restricted".
     [given] = [arg for arg in changes[-1] if arg.startswith("--overrides=")]
     pod = json.loads(given.removeprefix("--overrides="))["spec"]
+    smoke = pod["containers"][0]["command"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     [container] = pod["containers"]
     assert container["name"] == "duetide-smoke-20261202-093000"
-    assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}
+    assert {k: v for k, v in container.items() if k != "command"} == {
+        "name": "duetide-smoke-20261202-093000", "image": deploy.SMOKE_IMAGE,
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }  # fmt: skip
     kafka = kustomize(REPO_ROOT / "kafka")
     assert documents(cluster.calls[[a for a, _ in cluster.calls].index(changes[0])][1]) == kafka
@@ -535,7 +537,7 @@ def test_a_run_applies_kafka_the_configuration_the_migration_then_the_rest(
         waits[2],
         changes[5],
     ]
-    smoke = changes[-1]
+    assert smoke[0] == "curl"
     for service in (
         "duetide-tasks",
         "duetide-recurrence",
@@ -545,6 +547,22 @@ def test_a_run_applies_kafka_the_configuration_the_migration_then_the_rest(
     ):
         assert f"http://{service}.{NAMESPACE}.svc.cluster.local/healthz" in smoke
     assert "database schema is up to date" in capsys.readouterr().out
+
+
+def test_kubectl_runs_the_smoke_pod_with_its_command(tmp_path: Path) -> None:
+    """kubectl applies `--overrides` as a JSON merge patch, which replaces the container
+    list whole: a command passed as `--command -- curl ...` beside them was dropped, and
+    the pod ran the image's bare `curl`. Here kubectl itself builds the pod."""
+    urls = ["http://duetide-tasks.ns.svc.cluster.local/healthz"]
+    overrides = json.dumps(deploy.smoke_pod("duetide-smoke-1", urls))
+    with discovery_server(tmp_path) as server:
+        made = server.kubectl(
+            "run", "duetide-smoke-1", "--namespace", "ns", "--image", deploy.SMOKE_IMAGE,
+            f"--overrides={overrides}", "--restart=Never", "--dry-run=client", "-o", "json",
+        )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    [container] = json.loads(made.stdout)["spec"]["containers"]
+    assert container["command"] == [*deploy.SMOKE_COMMAND, *urls]
 
 
 def test_every_service_is_stamped_with_the_secrets_version() -> None:

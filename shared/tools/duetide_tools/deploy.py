@@ -579,36 +579,31 @@ class Run:
                 ns,
                 "--image",
                 SMOKE_IMAGE,
-                f"--overrides={json.dumps(_restricted(pod))}",
+                f"--overrides={json.dumps(smoke_pod(pod, urls))}",
                 "--restart=Never",
                 "--pod-running-timeout=5m",
                 "--rm",
                 "--attach",
                 "--quiet",
-                "--command",
-                "--",
-                "curl",
-                "--fail-early",
-                "--fail",
-                "--silent",
-                "--show-error",
-                "--max-time",
-                "60",
-                "--retry",
-                "3",
-                "--retry-connrefused",
-                "--write-out",
-                r" %{url_effective} %{http_code}\n",
-                *urls,
             ],
             hint="the functions are deployed but did not answer; see DEPLOY.md step 9",
         )
 
 
-def _restricted(pod: str) -> Doc:
-    """The smoke pod as Pod Security's "restricted" level admits it (a namespace that
-    enforces it refused the pod, after everything was deployed): curl's image runs as its
-    own user, 100."""
+SMOKE_COMMAND = (
+    "curl", "--fail-early", "--fail", "--silent", "--show-error", "--max-time", "60",
+    "--retry", "3", "--retry-connrefused", "--write-out", r" %{url_effective} %{http_code}\n",
+)  # fmt: skip
+
+
+def smoke_pod(pod: str, urls: list[str]) -> Doc:
+    """The smoke pod's overrides: the whole container, its command included. kubectl
+    applies overrides as a JSON merge patch, which replaces a list whole, so a command
+    given as `--command -- curl ...` beside them was dropped with the container kubectl
+    had made, and the pod ran the image's bare `curl` (exit 2): every deployment ended
+    in "did not answer". As Pod Security's "restricted" level admits it (a namespace
+    that enforces it refused the pod, after everything was deployed): curl's image runs
+    as its own user, 100."""
     return {
         "spec": {
             "automountServiceAccountToken": False,  # curl needs no cluster credentials
@@ -621,6 +616,7 @@ def _restricted(pod: str) -> Doc:
                 {
                     "name": pod,
                     "image": SMOKE_IMAGE,
+                    "command": [*SMOKE_COMMAND, *urls],
                     "securityContext": {
                         "allowPrivilegeEscalation": False,
                         "capabilities": {"drop": ["ALL"]},
