@@ -325,6 +325,30 @@ def test_kafka_sources_are_created_reading_from_the_earliest_offset() -> None:
     assert {doc["spec"]["initialOffset"] for doc in sources} == {"earliest"}
 
 
+def test_the_oidc_component_gives_every_source_the_functions_audience(tmp_path: Path) -> None:
+    """With DUETIDE_EVENT_OIDC_AUDIENCE set every event endpoint of every function wants
+    Knative's token, which Knative sends only to a sink with an audience: the docs gave
+    the commands source one, and every other event and every ping was a 401."""
+    root = project_copy(tmp_path)
+    overlay = root / "deploy" / "overlays" / "oidc"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {"resources": ["../kind"], "components": ["../../../knative/components/oidc"]}
+        )
+    )
+    docs = kustomize(overlay)
+    (config,) = of_kind(docs, "ConfigMap").values()
+    audience = config["data"]["DUETIDE_EVENT_OIDC_AUDIENCE"]
+    assert audience and audience != config["data"].get("DUETIDE_JWT_AUDIENCE")
+    senders = [*of_kind(docs, "KafkaSource").values(), *of_kind(docs, "PingSource").values()]
+    base = manifests.load(REPO_ROOT)
+    assert len(senders) == len(base.kafka_sources) + len(base.ping_sources)
+    for sender in senders:
+        assert sender["spec"]["sink"]["audience"] == audience, sender["metadata"]["name"]
+        assert schema_errors(sender) == [], sender["metadata"]["name"]
+
+
 def test_the_cronjob_alternative_replaces_the_ping_source(tmp_path: Path) -> None:
     root = project_copy(tmp_path)
     overlay = root / "deploy" / "overlays" / "cron"

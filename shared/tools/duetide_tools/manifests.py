@@ -135,8 +135,9 @@ def iso_duration_seconds(text: str) -> float:
 
 
 # Folders whose files are not part of the base deployment: kustomize overlays (patches
-# for other environments) and documented alternatives (for example the CronJob ping).
-_SKIPPED_FOLDERS = frozenset({"overlays", "alternatives"})
+# for other environments), documented alternatives (for example the CronJob ping) and
+# components an overlay may take (knative/components/oidc).
+_SKIPPED_FOLDERS = frozenset({"overlays", "alternatives", "components"})
 
 T = TypeVar("T")
 
