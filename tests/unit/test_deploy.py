@@ -210,6 +210,23 @@ def test_dry_run_prints_exactly_what_kustomize_renders(
     assert printed.startswith(f"# scripts/deploy --dry-run {overlay}:")
 
 
+def test_a_copy_of_the_production_overlay_gets_the_three_node_kafka(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Its comment asks for a copy per environment, and only the path
+    `deploy/overlays/production` chose the three-node Kafka: a copy got one node, one
+    replica a topic, which cannot be raised later without Cruise Control."""
+    root = project_copy(tmp_path)
+    shutil.copytree(root / PRODUCTION, root / "deploy" / "overlays" / "prod-eu")
+    for overlay in ("deploy/overlays/prod-eu", str(root / PRODUCTION)):
+        printed = dry_run(capsys, overlay, root=root)
+        kafka = documents(printed)[: len(kustomize(REPO_ROOT / "kafka/overlays/production"))]
+        assert kafka == kustomize(REPO_ROOT / "kafka/overlays/production"), overlay
+    assert deploy.main(["--dry-run", "--root", str(root), KIND]) == 0
+    kind_kafka = documents(capsys.readouterr().out)[: len(kustomize(REPO_ROOT / "kafka"))]
+    assert kind_kafka == kustomize(REPO_ROOT / "kafka")
+
+
 @pytest.mark.parametrize("overlay", [KIND, PRODUCTION])
 def test_dry_run_output_is_valid_for_the_cluster(
     capsys: pytest.CaptureFixture[str], overlay: str

@@ -55,10 +55,12 @@ Doc = dict[str, Any]
 
 DEFAULT_OVERLAY = "deploy/overlays/production"
 DEFAULT_KAFKA = "kafka"
-KAFKA_FOR = {DEFAULT_OVERLAY: "kafka/overlays/production"}
-"""The Kafka an overlay gets without --kafka: production's is the three-node cluster. It
-got the one-node one, whose topics (one replica each) Strimzi cannot move to three
-later without Cruise Control."""
+KAFKA_ANNOTATION = "duetide.dev/kafka"
+"""The Kafka an overlay gets without --kafka, named in its own kustomization.yaml
+(`metadata.annotations`): production's names the three-node cluster, so a copy of it, as
+its comment asks for each environment, does too. The path `deploy/overlays/production`
+alone chose it, and a copy got the one-node cluster, whose topics (one replica each)
+Strimzi cannot move to three later without Cruise Control. Without one: DEFAULT_KAFKA."""
 DEFAULT_TIMEOUT = "600s"
 PLACEHOLDER = "REPLACE-ME"
 COMPONENT = "app.kubernetes.io/component"
@@ -668,13 +670,27 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--kafka",
         default=None,
-        help="the kustomization applied for Strimzi (default: kafka/overlays/production, three "
-        "nodes, for the production overlay; kafka, one node, for the others)",
+        help=f"the kustomization applied for Strimzi (default: the one the overlay's "
+        f"kustomization.yaml names in its {KAFKA_ANNOTATION} annotation, as production's "
+        "names kafka/overlays/production, three nodes; else kafka, one node)",
     )
     cli.add_argument("--no-kafka", dest="kafka", action="store_const", const="")
     cli.add_argument("--timeout", default=DEFAULT_TIMEOUT, help="for each wait (default 600s)")
     cli.add_argument("--root", type=Path, default=None, help="the checkout (default: cwd)")
     return cli
+
+
+def _kafka_of(overlay: Path) -> str:
+    """The Kafka kustomization `overlay` names (KAFKA_ANNOTATION), else DEFAULT_KAFKA."""
+    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+        if (overlay / name).is_file():
+            try:
+                found = yaml.safe_load((overlay / name).read_text()) or {}
+            except yaml.YAMLError:
+                return DEFAULT_KAFKA  # kustomize says what is wrong with it
+            annotations = (found.get("metadata") or {}).get("annotations") or {}
+            return str(annotations.get(KAFKA_ANNOTATION) or DEFAULT_KAFKA)
+    return DEFAULT_KAFKA
 
 
 def _root(given: Path | None) -> Path:
@@ -695,9 +711,9 @@ def main(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> int:
     args = parser().parse_args(argv)
-    if args.kafka is None:
-        args.kafka = KAFKA_FOR.get(Path(args.overlay).as_posix().rstrip("/"), DEFAULT_KAFKA)
     root = _root(args.root)
+    if args.kafka is None:
+        args.kafka = _kafka_of(root / args.overlay)
     if which("kubectl") is None:
         print(
             "duetide deploy: kubectl not found on PATH: install it "
