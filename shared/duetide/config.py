@@ -325,10 +325,16 @@ class Settings(BaseSettings):
     def command_keys(self) -> dict[str, tuple[str, ...]]:
         """Each registered system's signing keys (more than one while a key is rotated).
         In hs256 mode (the local one) without DUETIDE_COMMAND_KEYS: system `local` with a
-        key generated once into DUETIDE_HOME, as the JWT secret is."""
+        key generated once into DUETIDE_HOME, as the JWT secret is; none where that home
+        cannot be written (a container's read-only root, as on the kind overlay: a signed
+        command was a 500 there, retried and dead-lettered, and each pod would have made
+        a key of its own), so a signed command is a 401 until a key is registered."""
         keys = parse_command_keys(self.duetide_command_keys)
         if not keys and self.duetide_auth == "hs256":
-            return {LOCAL_SYSTEM: (self._generated_secret("command-key"),)}
+            try:
+                return {LOCAL_SYSTEM: (self._generated_secret("command-key"),)}
+            except OSError:
+                return {}
         return keys
 
     @property

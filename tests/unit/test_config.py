@@ -126,6 +126,14 @@ def test_hs256_mode_registers_a_generated_local_key_and_jwks_mode_none(tmp_path)
     assert not (tmp_path / "other").exists()
 
 
+def test_hs256_mode_with_a_home_it_cannot_write_registers_no_local_key(tmp_path):
+    """A container's read-only root (the kind overlay): making the key raised, and every
+    signed command was a 500, retried and dead-lettered."""
+    (tmp_path / "a-file").write_text("")
+    home = tmp_path / "a-file" / "home"  # cannot be made, as root too (tests run as root)
+    assert Settings(duetide_home=home, duetide_command_keys="").command_keys() == {}
+
+
 def test_command_senders_need_the_event_oidc_audience(monkeypatch):
     monkeypatch.setenv("DUETIDE_COMMAND_SENDERS", "system:serviceaccount:ns:name")
     with pytest.raises(ConfigError, match="DUETIDE_COMMAND_SENDERS needs"):
