@@ -16,7 +16,7 @@ from sqlmodel import col, func, select
 from duetide.services import sweep
 from duetide.storage import db
 from duetide.storage.models import IdempotentRequest, Outbox, Reminder, Task, utcnow
-from tests.integration.conftest import auth_headers
+from tests.integration.conftest import _reset_caches, auth_headers, function_client
 
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
 TASK = {"title": "file the taxes", "due_at": "2031-04-01T09:00:00Z", "tags": ["admin"]}
@@ -52,6 +52,26 @@ def test_a_create_sent_again_with_its_key_is_answered_the_same_and_makes_nothing
     assert count(Task) == 1 and count(Outbox) == events  # no second task, no second event
     unkeyed = client.post("/tasks", json=TASK, headers=alice)
     assert unkeyed.status_code == 201 and count(Task) == 2  # without a key, a new task
+
+
+def test_a_request_sent_again_with_its_key_is_answered_at_the_write_limit_too(
+    env, alice, monkeypatch
+):
+    """The copy was charged as a new write: a client near its minute's budget that sent
+    a create again because the answer was lost got 429, not the answer it was owed."""
+    monkeypatch.setenv("DUETIDE_WRITE_RATE_PER_MINUTE", "2")
+    _reset_caches()
+    client = function_client("tasks")
+    first = client.post("/tasks", json=TASK, headers=keyed(alice))
+    assert first.status_code == 201, first.json
+    assert client.post("/tasks", json=TASK, headers=alice).status_code == 201  # the budget
+    for _ in range(3):
+        again = client.post("/tasks", json=TASK, headers=keyed(alice))
+        assert again.status_code == 201, again.json
+        assert again.headers["Idempotent-Replayed"] == "true" and again.json == first.json
+    assert client.post("/tasks", json=TASK, headers=alice).status_code == 429
+    other = client.post("/tasks", json=TASK, headers=keyed(alice, "a-new-key"))
+    assert other.status_code == 429  # a new key is a new write
 
 
 def test_a_reminder_added_again_with_its_key_is_added_once(client, alice):

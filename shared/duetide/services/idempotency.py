@@ -106,6 +106,22 @@ def _claim_statement(insert: Any) -> Any:
 _CLAIM = {"postgresql": _claim_statement(pg_insert), "sqlite": _claim_statement(sqlite_insert)}
 
 
+def answered(connection: Connection, owner: str, key: str, now: datetime) -> bool:
+    """Whether `key` has an answer within TTL: a request sent again with it is answered
+    from that, not run again, so it is charged to no write limit. Charged, a client that
+    sent a request once more because the answer was lost, near its minute's budget, got
+    429 instead of the answer it was owed."""
+    found = connection.execute(
+        select(col(IdempotentRequest.key)).where(
+            col(IdempotentRequest.owner) == owner,
+            col(IdempotentRequest.key) == key,
+            col(IdempotentRequest.status) != 0,
+            col(IdempotentRequest.created_at) >= now - TTL,
+        )
+    )
+    return found.first() is not None
+
+
 def record(connection: Connection, owner: str, key: str, answer: Answer) -> None:
     """The answer of the request that claimed `key`, in its transaction."""
     connection.execute(

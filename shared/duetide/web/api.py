@@ -1244,6 +1244,19 @@ def handle(request: Request) -> Response:
     user = auth.authenticate(request)
     if request.method in READS:
         ratelimit.charge_read(user, operation.reads(request))
-    else:
+    elif not _replay(request, operation, user):
         ratelimit.charge_write(user)
     return operation.handler(request, user, **args)
+
+
+def _replay(request: Request, operation: Endpoint, user: str) -> bool:
+    """Whether the request is one sent again with an `Idempotency-Key` that already has
+    its answer (`idempotency.answered`): no new write, so no charge. A copy sent while
+    the first still runs is charged, as any write attempt is."""
+    key = request.headers.get(idempotency.HEADER)
+    if key is None or openapi.IDEMPOTENCY_KEY not in operation.headers:
+        return False
+    if not _KEY_SYNTAX.fullmatch(key):
+        return False  # the handler says what is wrong with it (400)
+    with db.session_scope(read_only=True) as session:
+        return idempotency.answered(session.connection(), user, key, utcnow())
