@@ -321,6 +321,17 @@ def test_a_bad_query_is_a_clear_4xx(client: FlaskClient, alice: dict[str, str], 
     assert error["code"] in ("bad_request", "validation_failed") and error["message"]
 
 
+@pytest.mark.parametrize("since", ["not-a-token", "!!", "a.b", "W10", "%C2%B2"])
+@pytest.mark.parametrize("path", ["/activity", "/activity/stream"])
+def test_a_since_that_is_no_token_is_the_same_400_everywhere(
+    client: FlaskClient, alice: dict[str, str], since: str, path: str
+) -> None:
+    """A pattern made `!!` a 422 where `not-a-token` was a 400."""
+    response = client.get(f"{path}?since={since}", headers=alice)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert json_of(response)["error"]["code"] == "bad_request"
+
+
 def post_event(client: FlaskClient, event_type: str, data: dict[str, Any], event_id: str) -> Any:
     event = events.build(
         event_id=event_id, type=event_type, source=events.SOURCE_TASKS, subject="s", data=data,
