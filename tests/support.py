@@ -157,3 +157,20 @@ def dribbling_server(
         stop.set()
         listener.close()
         server.join(timeout=10)
+
+
+def pipe(
+    source: socket.socket, target: socket.socket, flowing: threading.Event | None = None
+) -> None:
+    """Pass what `source` sends on to `target` until either closes (a loopback proxy's
+    one direction), each chunk once `flowing` is set if given; then close both."""
+    try:
+        while data := source.recv(65536):
+            if flowing is not None:
+                flowing.wait()
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, target):
+            sock.close()

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from duetide.storage import db
 from tests.integration.conftest import POSTGRES_URL, _reset_caches
-from tests.support import wait_for
+from tests.support import pipe, wait_for
 
 
 @pytest.fixture
@@ -140,18 +140,8 @@ class FreezableProxy:
             upstream.settimeout(None)
             self._sockets += [client, upstream]
             for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                self._flowing.wait()
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                sock.close()
+                passing = (source, target, self._flowing)
+                threading.Thread(target=pipe, args=passing, daemon=True).start()
 
 
 def test_a_server_that_freezes_mid_query_costs_a_503_at_the_bound_then_recovers(

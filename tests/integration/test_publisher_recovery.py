@@ -24,7 +24,7 @@ from duetide_tools.local.broker import LOOPBACK, EmbeddedBroker, ensure_topics, 
 from duetide_tools.manifests import TopicSpec
 from tests.integration.conftest import function_client, use_broker
 from tests.integration.test_reliability import ce_id, outbox_rows, pending, ping, read_topic
-from tests.support import wait_for
+from tests.support import pipe, wait_for
 
 
 @pytest.fixture
@@ -112,19 +112,8 @@ class GateProxy:
             return
         upstream.settimeout(None)
         self._sockets.append(upstream)
-        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
-        _pipe(client, upstream)
-
-
-def _pipe(source: socket.socket, target: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            target.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for sock in (source, target):
-            sock.close()
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+        pipe(client, upstream)
 
 
 @pytest.fixture
