@@ -164,3 +164,38 @@ def test_0014_builds_its_index_anew_after_a_lock_timeout_cut_it_off(
     finally:
         holder.dispose()
         get_settings.cache_clear()
+
+
+def test_0019_drops_the_indexes_others_lead_with_and_goes_down(empty_database: str):
+    """Each dropped index's column is still the first of another index of its table, so a
+    lookup by it alone (a user's series, a series' occurrences on its deletion) still
+    reads an index; going down builds them again."""
+    dropped = {"ix_task_owner", "ix_series_owner", "ix_notification_owner", "ix_task_series_id"}
+    config = migrate.alembic_config(empty_database)
+    engine = create_engine(empty_database)
+
+    def indexes() -> dict[str, list[list[str | None]]]:
+        found = inspect(engine)
+        return {
+            table: [list(i["column_names"]) for i in found.get_indexes(table)]
+            + [list(u["column_names"]) for u in found.get_unique_constraints(table)]
+            for table in ("task", "series", "notification")
+        }
+
+    def names() -> set[str | None]:
+        found = inspect(engine)
+        return {i["name"] for t in ("task", "series", "notification") for i in found.get_indexes(t)}
+
+    try:
+        command.upgrade(config, "0018")
+        assert dropped <= names()
+        command.upgrade(config, "0019")
+        assert not dropped & names()
+        left = indexes()
+        for table, column in [("task", "owner"), ("series", "owner"), ("notification", "owner")]:
+            assert any(columns[0] == column for columns in left[table])
+        assert any(columns[0] == "series_id" for columns in left["task"])
+        command.downgrade(config, "0018")
+        assert dropped <= names()
+    finally:
+        engine.dispose()

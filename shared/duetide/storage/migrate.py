@@ -35,6 +35,18 @@ def create_index_concurrently(name: str, table: str, columns: list[str]) -> None
         op.create_index(name, table, columns, postgresql_concurrently=True)
 
 
+def drop_index_concurrently(name: str, table: str) -> None:
+    """In a migration: drop an index of a table the functions keep writing, on PostgreSQL
+    CONCURRENTLY (a plain DROP INDEX waits for, then blocks, every reader and writer)."""
+    from alembic import op
+
+    if op.get_context().dialect.name != "postgresql":
+        op.drop_index(name, table, if_exists=True)
+        return
+    with op.get_context().autocommit_block():
+        op.drop_index(name, table, postgresql_concurrently=True, if_exists=True)
+
+
 def upgrade(url: str | None = None) -> None:
     """Bring the database at `url` (default: the configured one) to the newest schema."""
     command.upgrade(alembic_config(url), "head")

@@ -85,8 +85,10 @@ def _created() -> Any:
     return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
-def _owner() -> Any:
-    return Field(sa_column=Column(String(255), nullable=False, index=True))
+def _owner(index: bool = True) -> Any:
+    """The owning user. A table whose own indexes all lead with `owner` takes no index
+    of the column alone (`index=False`): it would only cost its writes."""
+    return Field(sa_column=Column(String(255), nullable=False, index=index))
 
 
 class Series(SQLModel, table=True):
@@ -96,7 +98,7 @@ class Series(SQLModel, table=True):
     __table_args__ = (Index("ix_series_owner_created", "owner", "created_at", "id"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
-    owner: str = _owner()
+    owner: str = _owner(index=False)
     rrule: str = Field(sa_column=Column(Text, nullable=False))
     timezone: str = Field(max_length=64)
     dtstart: datetime = _utc(nullable=False)
@@ -141,7 +143,7 @@ class Task(SQLModel, table=True):
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
-    owner: str = _owner()
+    owner: str = _owner(index=False)
     title: str = Field(sa_column=Column(Text, nullable=False))
     description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     status: TaskStatus = _word(8, "open")
@@ -150,7 +152,8 @@ class Task(SQLModel, table=True):
     completed_at: datetime | None = _utc()
     series_id: str | None = Field(
         default=None,
-        sa_column=Column(String(36), ForeignKey("series.id", ondelete="SET NULL"), index=True),
+        # No index of its own: uq_task_occurrence leads with it.
+        sa_column=Column(String(36), ForeignKey("series.id", ondelete="SET NULL")),
     )
     occurrence_index: int | None = None
     scheduled_at: datetime | None = _utc()
@@ -284,7 +287,7 @@ class Notification(SQLModel, table=True):
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
-    owner: str = _owner()
+    owner: str = _owner(index=False)
     reminder_id: str = Field(max_length=36)
     task_id: str = Field(max_length=36)
     channel: Channel = _word(16)
