@@ -486,3 +486,50 @@ def test_a_before_due_reminder_on_a_task_without_a_due_time_names_the_field(clie
     assert response.status_code == 422, response.json
     assert [d["field"] for d in response.json["error"]["details"]] == ["before_due"]
     assert client.get(f"/tasks/{task['id']}", headers=alice).json["reminders"] == []
+
+
+def test_moving_the_due_time_keeps_a_snooze_and_leaves_an_at_reminder_where_it_is(
+    client, alice, env
+):
+    """A due change recomputed every pending reminder from its `at`: a snoozed one went
+    back to its first time, in the past, and the next sweep fired it two hours early."""
+    now = utcnow()
+    task = make_task(
+        client,
+        alice,
+        due_at=(now + timedelta(hours=3)).isoformat(),
+        reminders=[{"at": (now - timedelta(minutes=1)).isoformat()}],
+    )
+    reminder_id = task["reminders"][0]["id"]
+    assert sweep.claim_due(utcnow(), 100).fired == 1
+    snoozed = client.post(f"/reminders/{reminder_id}/snooze", json={"for": "PT2H"}, headers=alice)
+    assert snoozed.status_code == 200, snoozed.json
+    later = {"due_at": (now + timedelta(hours=5)).isoformat()}
+    moved = client.patch(f"/tasks/{task['id']}", json=later, headers=alice)
+    assert moved.status_code == 200, moved.json
+    assert client.get(f"/reminders/{reminder_id}", headers=alice).json == snoozed.json
+    assert sweep.claim_due(utcnow() + timedelta(seconds=1), 100).fired == 0
+
+
+def test_a_relative_reminder_that_fired_is_armed_again_when_the_due_time_moves_later(
+    client, alice, env
+):
+    """It fired 15 minutes before the old due time; moved a day later, the task had no
+    reminder left before its new one (only pending reminders were moved)."""
+    task = make_task(
+        client,
+        alice,
+        due_at=(utcnow() + timedelta(minutes=10)).isoformat(),
+        reminders=[{"before_due": "PT15M"}],
+    )
+    assert sweep.claim_due(utcnow(), 100).fired == 1
+    new_due = utcnow().replace(microsecond=0) + timedelta(days=1)
+    later = {"due_at": new_due.isoformat()}
+    moved = client.patch(f"/tasks/{task['id']}", json=later, headers=alice)
+    (reminder,) = moved.json["reminders"]
+    assert reminder["state"] == "pending"
+    assert datetime.fromisoformat(reminder["fire_at"]) == new_due - timedelta(minutes=15)
+    upcoming = client.get("/reminders/upcoming", headers=alice).json["items"]
+    assert [u["id"] for u in upcoming] == [reminder["id"]]
+    assert sweep.claim_due(new_due - timedelta(minutes=15), 100).fired == 1
+    assert len(due_events()) == 2  # once for each due time

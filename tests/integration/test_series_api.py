@@ -535,3 +535,21 @@ def test_series_state_machine(env):
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     machine().runTest()
+
+
+def test_the_users_default_reminders_reach_every_occurrence(client, alice, bus):
+    """A recurring task created without a `reminders` field had the user's defaults on its
+    first occurrence only: the series kept the request's (empty) list for the others."""
+    client.patch("/preferences", json={"default_reminders": ["PT15M"]}, headers=alice)
+    first = recurring(client, alice, rrule="FREQ=DAILY")
+    assert [r["before_due"] for r in first["reminders"]] == ["PT15M"]
+    client.post(f"/tasks/{first['id']}/complete", headers=alice)
+    bus.flush()
+    (second,) = open_occurrences(client, alice, first["series_id"])
+    assert [r["before_due"] for r in second["reminders"]] == ["PT15M"]
+    # what the defaults were when the series began: a later change is not taken back
+    client.patch("/preferences", json={"default_reminders": []}, headers=alice)
+    client.post(f"/tasks/{second['id']}/complete", headers=alice)
+    bus.flush()
+    (third,) = open_occurrences(client, alice, first["series_id"])
+    assert [r["before_due"] for r in third["reminders"]] == ["PT15M"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from duetide.vocabulary import ReminderState
+
 
 def fire_time(
     at: datetime | None, before_due_s: int | None, due_at: datetime | None
@@ -14,6 +16,41 @@ def fire_time(
     if before_due_s is None or due_at is None:
         return None
     return due_at - timedelta(seconds=before_due_s)
+
+
+def moved_with_due(
+    state: ReminderState,
+    fire_at: datetime | None,
+    before_due_s: int | None,
+    old_due: datetime | None,
+    new_due: datetime | None,
+    now: datetime,
+    rearm: bool = True,
+) -> tuple[datetime | None, ReminderState] | None:
+    """A reminder's (fire time, state) after its task's due time moved from `old_due` to
+    `new_due`, or None where it stays as it is.
+
+    - An `at` reminder and a dismissed one do not follow the due time. (Recomputing every
+      pending one from its `at` undid a snooze: the reminder fired at once, early.)
+    - A relative one is set for the new due time minus its offset. If that is still
+      ahead, it is armed again (`rearm`: its task is open), also when it already fired
+      or was missed for the old due time, which no longer holds: moved later, the task
+      had no reminder left before its new time.
+    - If the new time has passed already, only a pending one that still followed the old
+      due time takes it (it fires now, or is missed past the grace); one that fired
+      stays so, and a snooze in progress is kept.
+    - Without a due time a pending one waits (no fire time) until one is set.
+    """
+    if before_due_s is None or state == "dismissed":
+        return None
+    new = fire_time(None, before_due_s, new_due)
+    if new is None:
+        return (None, "pending") if state == "pending" else None
+    if new > now and (state == "pending" or rearm):
+        return new, "pending"
+    if state == "pending" and fire_at == fire_time(None, before_due_s, old_due):
+        return new, "pending"
+    return None
 
 
 def is_missed(fire_at: datetime, now: datetime, grace: timedelta) -> bool:

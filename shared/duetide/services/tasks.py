@@ -164,7 +164,8 @@ def create(session: Session, owner: str, spec: TaskCreate) -> tuple[TaskOut, lis
 
     Core INSERTs on the session's connection, not models: building and flushing four
     SQLModel objects cost more than the statements (`bench/results/api_mix.md`)."""
-    series = _new_series(session, owner, spec)
+    asked = _reminders_of(session, owner, spec)
+    series = _new_series(session, owner, spec, asked)
     task = new_task(
         owner,
         spec.title,
@@ -175,16 +176,18 @@ def create(session: Session, owner: str, spec: TaskCreate) -> tuple[TaskOut, lis
         series_id=series.id if series is not None else None,
         occurrence_index=0 if series is not None else None,
     )
-    attached = [
-        new_reminder(task.due_at, r.at, _seconds(r.before_due))
-        for r in _reminders_of(session, owner, spec)
-    ]
+    attached = [new_reminder(task.due_at, r.at, _seconds(r.before_due)) for r in asked]
     task_rows.insert(session, task, attached)
     zone = ZoneInfo(series.timezone) if series is not None else None
     return task_out(task, task.tags, attached, zone), [emit(session, task, events.TASK_CREATED)]
 
 
-def _new_series(session: Session, owner: str, spec: TaskCreate) -> Series | None:
+def _new_series(
+    session: Session, owner: str, spec: TaskCreate, asked: list[ReminderIn]
+) -> Series | None:
+    """The series of a recurring task. Its occurrences take the relative reminders the
+    first one has, the user's defaults included (as they were at its creation): taken
+    from the request's field alone, every occurrence after the first had none."""
     if spec.recurrence is None or spec.due_at is None:
         return None
     rule = series_rules.build_rule(spec.recurrence, spec.due_at)
@@ -201,7 +204,7 @@ def _new_series(session: Session, owner: str, spec: TaskCreate) -> Series | None
         priority=PRIORITIES.index(spec.priority),
         tags=sorted(set(spec.tags)),
         reminder_offsets=[
-            int(r.before_due.total_seconds()) for r in spec.reminders if r.before_due is not None
+            int(r.before_due.total_seconds()) for r in asked if r.before_due is not None
         ],
         last_index=0,
         last_at=spec.due_at,
@@ -236,12 +239,22 @@ def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tupl
     if "tags" in changes:
         task.set_tags(changes["tags"])
     if "due_at" in changes:
-        task.due_at = spec.due_at
+        old_due, task.due_at = task.due_at, spec.due_at
+        now = utcnow()
         for reminder in _lock_reminders(session, task):
-            if reminder.state == "pending":
-                reminder.fire_at = reminders.fire_time(
-                    reminder.at, reminder.before_due_s, task.due_at
-                )
+            moved = reminders.moved_with_due(
+                reminder.state,
+                reminder.fire_at,
+                reminder.before_due_s,
+                old_due,
+                task.due_at,
+                now,
+                rearm=task.status == "open",
+            )
+            if moved is not None:
+                reminder.fire_at, reminder.state = moved
+                if reminder.state == "pending":
+                    reminder.fired_at = None
     changed = changes_between(before, watched(task))
     if not changed:  # `{}` or the values it has: no event with nothing in it, same ETag
         return task, []
