@@ -553,3 +553,41 @@ def test_the_users_default_reminders_reach_every_occurrence(client, alice, bus):
     bus.flush()
     (third,) = open_occurrences(client, alice, first["series_id"])
     assert [r["before_due"] for r in third["reminders"]] == ["PT15M"]
+
+
+def test_a_new_rule_alone_keeps_the_series_zone_and_policies(client, alice, env):
+    """`{"recurrence": {"rrule": ...}}` reset the zone to UTC and every policy to its
+    default, with a 200: Berlin 09:00 became 08:00 UTC (10:00 in summer), completion
+    mode became schedule mode."""
+    task = recurring(client, alice, rrule="FREQ=MONTHLY", mode="completion",
+                     month_end="clamp", catch_up="next_future")  # fmt: skip
+    series_id = task["series_id"]
+    changed = client.patch(
+        f"/series/{series_id}", json={"recurrence": {"rrule": "FREQ=WEEKLY"}}, headers=alice
+    )
+    assert changed.status_code == 200, changed.json
+    kept = {k: changed.json[k] for k in ("timezone", "mode", "month_end", "catch_up")}
+    assert kept == {"timezone": "Europe/Berlin", "mode": "completion", "month_end": "clamp",
+                    "catch_up": "next_future"}  # fmt: skip
+    assert client.get(f"/series/{series_id}", headers=alice).json == changed.json
+    # what is named is changed, and the rest still kept
+    moved = client.patch(
+        f"/series/{series_id}",
+        json={"recurrence": {"rrule": "FREQ=DAILY", "timezone": "America/New_York"}},
+        headers=alice,
+    )
+    assert (moved.json["timezone"], moved.json["mode"]) == ("America/New_York", "completion")
+
+
+def test_friendly_fields_beside_an_rrule_are_refused_not_ignored(client, alice, env):
+    """`{"rrule": "FREQ=DAILY", "count": 3}` was a 201 for a series that never ended."""
+    for extra in ({"count": 3}, {"until": "2031-01-01"}, {"weekdays": ["MO"], "interval": 2}):
+        recurrence = {"rrule": "FREQ=DAILY", "timezone": "Europe/Berlin", **extra}
+        body = {"title": "r", "due_at": "2030-03-05T09:00:00+01:00", "recurrence": recurrence}
+        refused = client.post("/tasks", json=body, headers=alice)
+        assert refused.status_code == 422, (extra, refused.json)
+        (detail,) = refused.json["error"]["details"]
+        assert detail["field"] == "recurrence"
+        assert all(f"`{name}`" in detail["message"] for name in extra), detail
+    assert client.get("/series", headers=alice).json["items"] == []
+    assert client.get("/tasks", headers=alice).json["items"] == []

@@ -163,10 +163,29 @@ class RequestModel(BaseModel):
         return data
 
 
+FRIENDLY_FIELDS = (
+    "interval", "weekdays", "month_days", "months", "set_positions", "count", "until"
+)  # fmt: skip
+"""What a rule given by `frequency` may add; RRULE text says all of it itself."""
+
+
 class RecurrenceIn(RequestModel):
     """A rule as raw RRULE text, or in friendly fields turned into one."""
 
-    model_config = ConfigDict(json_schema_extra=exactly_one("rrule", "frequency"))
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["rrule"],
+                    "properties": {
+                        "rrule": {"not": {"type": "null"}},
+                        **{name: {"type": "null"} for name in FRIENDLY_FIELDS},
+                    },
+                },
+                {"required": ["frequency"], "properties": {"frequency": {"not": {"type": "null"}}}},
+            ]
+        }
+    )
 
     rrule: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = Field(
         None, description=f"An RFC 5545 RRULE value; FREQ is one of {', '.join(FREQUENCIES)}"
@@ -188,6 +207,13 @@ class RecurrenceIn(RequestModel):
     def _one_form(self) -> RecurrenceIn:
         if (self.rrule is None) == (self.frequency is None):
             raise ValueError("give either `rrule` or `frequency`, not both or neither")
+        beside = [f"`{name}`" for name in FRIENDLY_FIELDS if getattr(self, name) is not None]
+        if self.rrule is not None and beside:
+            # They were ignored: `{"rrule": "FREQ=DAILY", "count": 3}` never ended.
+            raise ValueError(
+                f"{', '.join(beside)} only go with `frequency`: with `rrule`, put them in "
+                "the RRULE text (COUNT=3, UNTIL=..., BYDAY=...)"
+            )
         return self
 
     def friendly(self) -> dict[str, Any]:
@@ -277,7 +303,11 @@ class TaskUpdate(RequestModel):
 class SeriesUpdate(RequestModel):
     """A "this and future" change: a new rule and policies, and the occurrence template."""
 
-    recurrence: RecurrenceIn = None  # type: ignore[assignment]
+    recurrence: RecurrenceIn = Field(  # type: ignore[assignment]
+        None,
+        description="The new rule; `timezone`, `mode`, `month_end` and `catch_up` left out "
+        "keep the series' values",
+    )
     title: Title = None  # type: ignore[assignment]
     description: Description = None  # type: ignore[assignment]
     priority: Priority = None  # type: ignore[assignment]

@@ -394,8 +394,9 @@ def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> 
     if series.status == "ended":
         raise Conflict("the series has ended; create a new recurring task instead")
     if spec.recurrence is not None:
-        anchor = _in_zone(series.last_at, spec.recurrence)
-        rule = build_rule(spec.recurrence, anchor, _nominal_of_latest(series, spec.recurrence))
+        asked = _with_kept_policies(series, spec.recurrence)
+        anchor = _in_zone(series.last_at, asked)
+        rule = build_rule(asked, anchor, _nominal_of_latest(series, asked))
         series.rrule, series.timezone = rule.rrule, rule.timezone
         series.mode, series.month_end, series.catch_up = (
             rule.policy.mode,
@@ -415,6 +416,17 @@ def update(session: Session, owner: str, series_id: str, spec: SeriesUpdate) -> 
     series.updated_at = utcnow()
     session.add(series)
     return series
+
+
+KEPT_POLICIES = ("timezone", "mode", "month_end", "catch_up")
+
+
+def _with_kept_policies(series: Series, spec: RecurrenceIn) -> RecurrenceIn:
+    """The new rule with the zone and policies it leaves out taken from the series, as a
+    PATCH keeps what it does not name: they were reset to their defaults (UTC, schedule
+    mode, skip, next_in_series), so a new RRULE alone moved a Berlin 09:00 to 10:00."""
+    kept = {name: getattr(series, name) for name in KEPT_POLICIES}
+    return spec.model_copy(update={k: v for k, v in kept.items() if k not in spec.model_fields_set})
 
 
 def _nominal_of_latest(series: Series, spec: RecurrenceIn) -> str | None:
