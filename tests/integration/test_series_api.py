@@ -591,3 +591,27 @@ def test_friendly_fields_beside_an_rrule_are_refused_not_ignored(client, alice, 
         assert all(f"`{name}`" in detail["message"] for name in extra), detail
     assert client.get("/series", headers=alice).json["items"] == []
     assert client.get("/tasks", headers=alice).json["items"] == []
+
+
+def test_the_forecast_after_a_reopen_behind_a_rule_change_shows_what_comes(client, alice, bus):
+    """Complete occurrence 0, change the rule (re-based at occurrence 1), reopen 0: the
+    forecast showed occurrence 0 alone, while completing it made the changed rule's
+    first occurrence and the series went on."""
+    task = recurring(client, alice, rrule="FREQ=DAILY", due_at="2030-01-05T09:00:00+01:00")
+    series_id = task["series_id"]
+    client.post(f"/tasks/{task['id']}/complete", headers=alice)
+    bus.flush()
+    changed = {"recurrence": {"rrule": "FREQ=WEEKLY"}}
+    assert client.patch(f"/series/{series_id}", json=changed, headers=alice).status_code == 200
+    assert client.post(f"/tasks/{task['id']}/reopen", headers=alice).status_code == 200
+    url = f"/series/{series_id}/occurrences?count=4"
+    shown = client.get(url, headers=alice).json["items"]
+    assert len(shown) == 4, shown
+    made = []
+    for _ in range(3):  # what completing each open occurrence materialises
+        (open_one,) = open_occurrences(client, alice, series_id)
+        made.append(open_one["due_at"])
+        client.post(f"/tasks/{open_one['id']}/complete", headers=alice)
+        bus.flush()
+    (open_one,) = open_occurrences(client, alice, series_id)
+    assert shown == [*made, open_one["due_at"]]

@@ -213,12 +213,20 @@ def forecast(session: Session, series: Series, count: int, now: datetime) -> For
         completed = max(due, now)
     else:
         completed = latest.completed_at or now
-    local_index = latest.occurrence_index - series.rule_base
+    anchor, local_index = latest.scheduled_at, latest.occurrence_index - series.rule_base
+    if local_index < 0 or anchor < series.dtstart:
+        # An occurrence from before a rule change (its successor withdrawn by a reopen):
+        # `next_for` follows it with the changed rule's first, its DTSTART (the forecast
+        # showed nothing to come, while the series went on).
+        anchor, local_index = series.dtstart, 0
+        if len(items) < count:
+            items.append(anchor)
+            completed = max(anchor, now)
     truncated = False
-    if len(items) < count and local_index >= 0 and latest.scheduled_at >= series.dtstart:
+    if len(items) < count:
         try:
             found = rule_of(series).preview_after(
-                latest.scheduled_at, local_index, count - len(items), completed, now
+                anchor, local_index, count - len(items), completed, now
             )
         except recurrence.RecurrenceError as exc:
             raise _invalid(exc) from None
