@@ -153,6 +153,58 @@ def test_occurrences_in_a_calendar_app_are_duetides_forecast(client, alice, env,
         bus.flush()
 
 
+def test_an_overdue_series_that_skips_to_the_future_shows_no_occurrence_it_will_skip(
+    client, alice, env
+):
+    """Daily, `next_future`, its open occurrence five days overdue: completing it records
+    the days between as missed and makes tomorrow's, but exported from the open one a
+    calendar app listed each of those days as a to-do. Now the series starts at the one
+    completing makes, and the overdue occurrence is a to-do of its own."""
+    now = datetime.now(UTC)
+    # an hour off the day: the export is as of now rounded down to AS_OF_STEP
+    due = (now - timedelta(days=5, hours=1)).replace(microsecond=0)
+    task = recurring(client, alice, due.isoformat(), rrule="FREQ=DAILY", catch_up="next_future")
+    series_id = task["series_id"]
+    calendar = calendar_of(client, alice)
+    shown = expanded(calendar, f"series-{series_id}@duetide", due - timedelta(days=1), now + WINDOW)
+    coming = forecast(client, alice, series_id, due, now + WINDOW)
+    assert coming[0] == due and coming[1] > now  # the open one, then no day before now
+    assert shown == coming[1:]
+    (alone,) = [
+        todo for todo in calendar.walk("VTODO") if str(todo["UID"]) == f"{task['id']}@duetide"
+    ]
+    assert alone.decoded("due").astimezone(UTC) == due
+    assert "recurrence-id" not in alone
+    client.post(f"/tasks/{task['id']}/complete", headers=alice)
+    Bus().flush()
+    assert (
+        open_occurrence(client, alice, series_id)["due_at"]
+        == client.get(f"/series/{series_id}/occurrences?count=1", headers=alice).json["items"][0]
+    )
+    assert datetime.fromisoformat(open_occurrence(client, alice, series_id)["due_at"]) == shown[0]
+
+
+def test_the_etag_of_an_overdue_series_that_skips_to_the_future_follows_the_time(
+    client, alice, env
+):
+    """Its rendering depends on the time (which occurrences it skips), so a poll must not
+    get a 304 for an export made as of another time step; without such a series the
+    time is no part of the ETag."""
+    now = datetime.now(UTC)
+    due = (now - timedelta(days=2)).isoformat()
+    recurring(client, alice, due, rrule="FREQ=DAILY")  # next_in_series: shows every day
+
+    def etag(at: datetime) -> str:
+        with db.session_scope(read_only=True) as session:
+            return calendar_export.snapshot(session, "alice", at).etag
+
+    step = calendar_export.AS_OF_STEP
+    assert etag(now) == etag(now + step) == etag(now + 100 * step)
+    recurring(client, alice, due, rrule="FREQ=DAILY", catch_up="next_future")
+    assert etag(now) != etag(now + step)
+    assert len({etag(now), etag(now + step / 10), etag(now + step / 5)}) <= 2  # within a step
+
+
 def test_a_skipped_occurrence_is_not_shown(client, alice, env):
     series_id = recurring(client, alice, "2026-03-27T09:00:00+01:00", rrule="FREQ=DAILY")[
         "series_id"

@@ -19,6 +19,12 @@ is done, skipped or missed is behind it, and a calendar app shows what is to do.
   A calendar app then shows that many; the feed shows more as they come nearer.
 - In completion mode each occurrence follows from when the one before was done; the
   exported rule is the plan for each done when due (what ``forecast`` shows too).
+- A schedule-mode series that catches up to the future (``catch_up="next_future"``) and
+  whose open occurrence is overdue will never make the occurrences between it and now
+  (completing it records them missed). Exported from the open one, a calendar app listed
+  each of them as a to-do. Its recurrence starts instead at the occurrence completing
+  would make (``next()`` at ``now``), and the open one is exported apart from it
+  (``open_apart``), as a one-off.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from duetide.rules.rrule_meter import Meter
 
 RDATE_OCCURRENCES = 12
 """How many occurrences after the open one a series that no RRULE can say exports."""
-SERIES_WORK = NEXT_WORK + forecast_budget(RDATE_OCCURRENCES)
-"""The most one series' export may cost, in ``rrule_meter`` units: its nominal time and
-its RDATEs. An export of many series checks what it has left against this first."""
+SERIES_WORK = 2 * NEXT_WORK + forecast_budget(RDATE_OCCURRENCES)
+"""The most one series' export may cost, in ``rrule_meter`` units: its catch-up, its
+nominal time and its RDATEs. An export of many series checks what it has left against
+this first."""
 
 
 @dataclass(frozen=True)
@@ -46,23 +53,37 @@ class ExportedRecurrence:
     rrule: str | None
     rdates: tuple[datetime, ...] = ()
     work: int = 0
+    open_apart: bool = False
+    """The open occurrence is not the first of this recurrence (see the module's
+    docstring): it is exported on its own."""
 
 
-def export(rule: SeriesRule, open_at: datetime, local_index: int) -> ExportedRecurrence:
+def export(
+    rule: SeriesRule, open_at: datetime, local_index: int, now: datetime
+) -> ExportedRecurrence | None:
     """The recurrence from the open occurrence (``open_at``, number ``local_index`` of
-    ``rule``) on, within ``SERIES_WORK``."""
+    ``rule``) on, or from the one completing it makes where that skips the ones up to
+    ``now``; None where the series ends among those. Within ``SERIES_WORK``."""
+    spent, apart = 0, False
+    if rule.policy.mode == "schedule" and rule.policy.catch_up == "next_future" and open_at <= now:
+        catching_up = Meter(NEXT_WORK)
+        ahead = rule.next(open_at, local_index, now=now, work=catching_up)
+        if ahead is None:
+            return None
+        open_at, local_index, spent, apart = ahead.scheduled_at, ahead.index, catching_up.used, True
     zone = ZoneInfo(rule.timezone)
     start = open_at.astimezone(zone)
     if rule.clamp_day is not None:
-        return _with_rdates(rule, start, local_index, 0)
+        return _with_rdates(rule, start, local_index, spent, apart)
     anchoring = Meter(NEXT_WORK)
     nominal = rule.nominal_of(open_at, local_index, anchoring)
+    spent += anchoring.used
     if nominal is not None:
         try:
             start = datetime.fromisoformat(nominal).replace(tzinfo=zone)
         except ValueError:  # a day past the month's end: only a clamp has one
-            return _with_rdates(rule, start, local_index, anchoring.used)
-    return ExportedRecurrence(start, _rrule_from(rule, local_index), work=anchoring.used)
+            return _with_rdates(rule, start, local_index, spent, apart)
+    return ExportedRecurrence(start, _rrule_from(rule, local_index), (), spent, apart)
 
 
 def _rrule_from(rule: SeriesRule, local_index: int) -> str:
@@ -81,7 +102,7 @@ def _rrule_from(rule: SeriesRule, local_index: int) -> str:
 
 
 def _with_rdates(
-    rule: SeriesRule, start: datetime, local_index: int, spent: int
+    rule: SeriesRule, start: datetime, local_index: int, spent: int, apart: bool
 ) -> ExportedRecurrence:
     """Up to ``RDATE_OCCURRENCES`` occurrences after the open one (``start``), as
     materialisation yields them (in completion mode: each completed when due), in one
@@ -91,4 +112,4 @@ def _with_rdates(
     following = rule.preview_after(
         start, local_index, RDATE_OCCURRENCES, completed_at=start, now=start
     )
-    return ExportedRecurrence(start, None, following.occurrences, spent + following.work)
+    return ExportedRecurrence(start, None, following.occurrences, spent + following.work, apart)

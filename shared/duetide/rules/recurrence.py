@@ -270,6 +270,7 @@ class SeriesRule:
         previous_index: int,
         completed_at: datetime | None = None,
         now: datetime | None = None,
+        work: Meter | None = None,
     ) -> Next | None:
         """The occurrence after ``previous_at`` (occurrence number ``previous_index``).
 
@@ -283,7 +284,8 @@ class SeriesRule:
         and with ``caught_up`` false: the series goes on from there (the next completion
         catches up further) instead of stopping at an error.
 
-        Budget: ``MAX_WORK`` (see ``NEXT_WORK``); ``WorkLimitExceeded`` past it.
+        Budget: ``work``, by default ``MAX_WORK`` (see ``NEXT_WORK``); ``WorkLimitExceeded``
+        past it.
         """
         exp = self._expansion
         previous = _instant(previous_at, "previous_at")
@@ -294,7 +296,7 @@ class SeriesRule:
         skip_until = None
         if now is not None and self.policy.catch_up == "next_future":
             skip_until = _instant(now, "now")
-        work = Meter(MAX_WORK)
+        work = work if work is not None else Meter(MAX_WORK)
         try:
             if self.policy.mode == "completion":
                 if completed_at is None:

@@ -7,6 +7,9 @@
   09:00 stays 09:00 across DST. The open occurrence itself is that VTODO's instance with
   RECURRENCE-ID: its own title, due time (it may have been moved) and reminders.
   Skipped and missed occurrences are behind DTSTART, so no EXDATE is needed for them.
+  Nor for the ones an overdue series that catches up to the future will skip: its
+  recurrence starts after them and its open occurrence is a one-off VTODO
+  (`ical_recurrence`), as of the export's time rounded down to `AS_OF_STEP`.
 - The occurrence of a paused or ended series is a one-off VTODO: nothing follows it
   until the series is resumed.
 - Reminders are VALARMs: `before_due` ones relative to DUE (TRIGGER;RELATED=END),
@@ -65,7 +68,7 @@ RECURRENCE_WORK = 4_000_000
 """What working out the series' recurrences may cost in one export (`rrule_meter` units,
 about 0.4 s): each took a bounded step of its rule, but 500 series of a rule of many
 times a day took 14 s. A series is worked out while its worst case
-(`ical_recurrence.SERIES_WORK`, 640,000) is left, so 3,360,000 are spent at least. A
+(`ical_recurrence.SERIES_WORK`, 840,000) is left, so 3,160,000 are spent at least. A
 rule an RRULE can say costs next to nothing; a clamped one (its RDATEs) 2,080 units
 when monthly, 10,920 when yearly, 19,300 when hourly on the 31st: 170 to 1,600 of
 those, and every ordinary one, of the 500 tasks an export holds."""
@@ -88,17 +91,25 @@ class Snapshot:
     series: dict[str, Series]
     truncated: bool
     etag: str
+    as_of: datetime
 
     def render(self) -> bytes:
-        return render(self.tasks, self.series)
+        return render(self.tasks, self.series, self.as_of)
 
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 """Bump when the rendering changes, so that calendar apps fetch it again."""
 
 
-def snapshot(session: Session, owner: str) -> Snapshot:
-    """`owner`'s open tasks as the calendar shows them (see the module's docstring)."""
+AS_OF_STEP = timedelta(minutes=5)
+"""The time an export is rendered as of is now rounded down to this (the feed's max-age):
+the rendering of an overdue series that catches up to the future depends on it, so its
+ETag names it, and a poll gets a 304 within the step."""
+
+
+def snapshot(session: Session, owner: str, now: datetime) -> Snapshot:
+    """`owner`'s open tasks as the calendar shows them at `now` (see the module's
+    docstring)."""
     rows = list(
         session.exec(
             select(Task)
@@ -112,11 +123,24 @@ def snapshot(session: Session, owner: str) -> Snapshot:
     tasks, truncated = rows[:MAX_EXPORTED_TASKS], len(rows) > MAX_EXPORTED_TASKS
     series_ids = {t.series_id for t in tasks if t.series_id is not None}
     found = {s.id: s for s in session.exec(select(Series).where(col(Series.id).in_(series_ids)))}
-    return Snapshot(tasks, found, truncated, _etag(tasks, found))
+    as_of = now - (now - datetime.min.replace(tzinfo=now.tzinfo)) % AS_OF_STEP
+    timed = any(_skips_to_the_future(found.get(t.series_id or ""), t, as_of) for t in tasks)
+    return Snapshot(tasks, found, truncated, _etag(tasks, found, as_of if timed else None), as_of)
 
 
-def _etag(tasks: list[Task], series: dict[str, Series]) -> str:
-    digest = hashlib.sha256(f"{FORMAT_VERSION} {_renderer_versions()}".encode())
+def _skips_to_the_future(found: Series | None, task: Task, as_of: datetime) -> bool:
+    """Whether `task` is the overdue occurrence of a series whose export then starts
+    after `as_of` (`ical_recurrence.export`)."""
+    return (
+        found is not None
+        and (found.mode, found.catch_up) == ("schedule", "next_future")
+        and task.scheduled_at is not None
+        and task.scheduled_at <= as_of
+    )
+
+
+def _etag(tasks: list[Task], series: dict[str, Series], as_of: datetime | None) -> str:
+    digest = hashlib.sha256(f"{FORMAT_VERSION} {_renderer_versions()} {as_of}".encode())
     for task in tasks:
         digest.update(repr(sorted(task.model_dump().items())).encode())
         digest.update(repr(task.tags).encode())
@@ -140,9 +164,9 @@ def _renderer_versions() -> str:
     return " ".join(versions)
 
 
-def render(tasks: Iterable[Task], series: dict[str, Series]) -> bytes:
+def render(tasks: Iterable[Task], series: dict[str, Series], as_of: datetime) -> bytes:
     """The VCALENDAR of `tasks` (open ones, with their tags and reminders loaded), and of
-    `series`, the series some of them are occurrences of."""
+    `series`, the series some of them are occurrences of, at `as_of`."""
     from icalendar import Calendar  # see the module's docstring
 
     calendar = Calendar()
@@ -164,7 +188,7 @@ def render(tasks: Iterable[Task], series: dict[str, Series]) -> bytes:
             affordable = work.left >= ical_recurrence.SERIES_WORK
             beyond_zones += not allowed
             beyond_work += allowed and not affordable
-            todos = _series_todos(found, task, work) if allowed and affordable else []
+            todos = _series_todos(found, task, work, as_of) if allowed and affordable else []
             if todos:
                 # The instance too: an occurrence moved before the series' start fell
                 # before the VTIMEZONE's first onset, which readers take an hour off.
@@ -225,21 +249,24 @@ def _recurring_occurrences(tasks: Iterable[Task], series: dict[str, Series]) -> 
     return latest
 
 
-def _series_todos(found: Series, task: Task, work: Meter) -> list[Todo]:
-    """The series' recurring VTODO and its open instance, or [] to export the task alone
-    (an occurrence from before a "this and future" change, or a rule that cannot go on);
-    what its rule's step cost is charged to `work`."""
+def _series_todos(found: Series, task: Task, work: Meter, as_of: datetime) -> list[Todo]:
+    """The series' recurring VTODO and its open instance (or the open occurrence as a
+    one-off after it, `ExportedRecurrence.open_apart`), or [] to export the task alone (an
+    occurrence from before a "this and future" change, or a rule that cannot go on); what
+    its rule's step cost is charged to `work`."""
     assert task.scheduled_at is not None and task.occurrence_index is not None
     local_index = task.occurrence_index - found.rule_base
     if local_index < 0 or task.scheduled_at < found.dtstart:
         return []
     try:
         rule = series_rules.rule_of(found)
-        plan = ical_recurrence.export(rule, task.scheduled_at, local_index)
-        work.charge(plan.work)
+        plan = ical_recurrence.export(rule, task.scheduled_at, local_index, as_of)
     except (RecurrenceError, ValidationFailed) as exc:
         log_event(log, "calendar.series_not_exported", series_id=found.id, error=str(exc)[:200])
         return []
+    if plan is None:  # it ends among the occurrences its catch-up skips
+        return []
+    work.charge(plan.work)
     uid = f"series-{found.id}@duetide"
     master = _open_todo(uid, found, list(found.tags))
     master.add("dtstart", plan.dtstart)
@@ -252,6 +279,8 @@ def _series_todos(found: Series, task: Task, work: Meter) -> list[Todo]:
         master.add("rdate", list(plan.rdates))
     for offset in found.reminder_offsets:
         master.add_component(_relative_alarm(found.title, offset))
+    if plan.open_apart:
+        return [master, _task_todo(task, f"{task.id}@duetide", zone=plan.dtstart.tzinfo)]
     instance = _task_todo(task, uid, zone=plan.dtstart.tzinfo)
     instance.add("recurrence-id", plan.dtstart)
     return [master, instance]

@@ -625,7 +625,7 @@ def _calendar_of(request: Request, owner_of: Callable[[Session], str | None]) ->
         owner = owner_of(session)
         if owner is None:
             raise NotFound("no calendar feed at this URL: it is unknown, replaced or revoked")
-        found = calendar_export.snapshot(session, owner)
+        found = calendar_export.snapshot(session, owner, utcnow())
     headers = {"ETag": f'"{found.etag}"', "Cache-Control": CALENDAR_CACHE_CONTROL}
     if found.truncated:
         headers["Duetide-Truncated"] = str(calendar_export.MAX_EXPORTED_TASKS)
