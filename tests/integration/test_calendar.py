@@ -8,6 +8,7 @@ the occurrences a calendar app would show are the ones duetide's own forecast
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -203,6 +204,24 @@ def test_the_etag_of_an_overdue_series_that_skips_to_the_future_follows_the_time
     recurring(client, alice, due, rrule="FREQ=DAILY", catch_up="next_future")
     assert etag(now) != etag(now + step)
     assert len({etag(now), etag(now + step / 10), etag(now + step / 5)}) <= 2  # within a step
+
+
+def test_an_hourly_completion_series_across_a_dst_change_is_shown_as_duetide_steps_it(
+    client, alice, env
+):
+    """Every 5 hours after completion is 5 elapsed hours; exported with a zoned DTSTART a
+    reader steps wall-clock hours, an hour off after the night clocks go forward."""
+    due = "2027-03-27T22:00:00+01:00"  # Europe/Berlin goes to summer time at 02:00 next
+    series_id = recurring(client, alice, due, rrule="FREQ=HOURLY;INTERVAL=5", mode="completion")[
+        "series_id"
+    ]
+    start = datetime.fromisoformat(due)
+    shown = expanded(
+        calendar_of(client, alice), f"series-{series_id}@duetide", start, start + timedelta(days=2)
+    )
+    coming = forecast(client, alice, series_id, start, start + timedelta(days=2))
+    assert len(shown) > 5 and shown == coming
+    assert all(b - a == timedelta(hours=5) for a, b in itertools.pairwise(shown))
 
 
 def test_a_skipped_occurrence_is_not_shown(client, alice, env):

@@ -18,7 +18,9 @@ is done, skipped or missed is behind it, and a calendar app shows what is to do.
   next ``RDATE_OCCURRENCES`` occurrences, from duetide's own rule, are RDATEs instead.
   A calendar app then shows that many; the feed shows more as they come nearer.
 - In completion mode each occurrence follows from when the one before was done; the
-  exported rule is the plan for each done when due (what ``forecast`` shows too).
+  exported rule is the plan for each done when due (what ``forecast`` shows too). Hourly
+  and minutely, that is a fixed elapsed time, which readers step as wall-clock time in a
+  zoned DTSTART (an hour off after a DST change): its DTSTART is in UTC.
 - A schedule-mode series that catches up to the future (``catch_up="next_future"``) and
   whose open occurrence is overdue will never make the occurrences between it and now
   (completing it records them missed). Exported from the open one, a calendar app listed
@@ -75,6 +77,9 @@ def export(
     start = open_at.astimezone(zone)
     if rule.clamp_day is not None:
         return _with_rdates(rule, start, local_index, spent, apart)
+    if rule.steps_elapsed_time:
+        elapsed = _rrule_from(rule, local_index)
+        return ExportedRecurrence(open_at.astimezone(UTC), elapsed, (), spent)
     anchoring = Meter(NEXT_WORK)
     nominal = rule.nominal_of(open_at, local_index, anchoring)
     spent += anchoring.used

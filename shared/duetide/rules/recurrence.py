@@ -193,6 +193,16 @@ class SeriesRule:
         end is clamped; RFC 5545's RRULE cannot say "the 31st, or the month's last day"."""
         return self._expansion.clamp_day
 
+    @property
+    def steps_elapsed_time(self) -> bool:
+        """Whether each occurrence is a fixed elapsed time after the one before (completion
+        mode, hourly or minutely: ``completion_step``), not a wall-clock time in the zone:
+        across a DST change the two differ by the change."""
+        return self.policy.mode == "completion" and self._expansion.parts.freq in (
+            HOURLY,
+            MINUTELY,
+        )
+
     def forecast(self, count: int) -> list[datetime]:
         """The first ``count`` occurrences from DTSTART, aware in the series' zone.
 
