@@ -136,28 +136,43 @@ def test_a_snooze_waiting_on_the_sweeps_claim_rearms_the_claimed_reminder(
     assert sweep.claim_batch(utcnow() + timedelta(minutes=11), 100).fired == 1
 
 
-def test_a_due_date_moved_while_the_sweep_claims_leaves_what_it_fired(client, alice, monkeypatch):
-    """The claimed firing goes out (notify finds it current); it was `fired` at the new
-    time, which notify found obsolete, and nothing was ever sent."""
+def test_a_due_date_moved_while_the_sweep_claims_arms_the_reminder_for_the_new_one(
+    client, alice, monkeypatch
+):
+    """The move waits for the claim and then applies over what it fired: the reminder is
+    armed again for the new due time, so the claimed firing (for the old one) is obsolete
+    and the new time fires once. Unlocked, it was `fired` at the new time, which notify
+    found obsolete, and nothing was ever sent."""
     due = (utcnow() + timedelta(minutes=15) - timedelta(seconds=1)).isoformat()
     body = {"title": "x", "due_at": due, "reminders": [{"before_due": "PT15M"}]}
     made = client.post("/tasks", json=body, headers=alice).json
-    later = {"due_at": (utcnow() + timedelta(hours=2)).isoformat()}
+    new_due = utcnow() + timedelta(hours=2)
     move = lambda: client.application.test_client().patch(  # noqa: E731
-        f"/tasks/{made['id']}", json=later, headers=alice
+        f"/tasks/{made['id']}", json={"due_at": new_due.isoformat()}, headers=alice
     )
 
     answer = while_the_sweep_claims(monkeypatch, move)
 
     assert answer.status_code == 200
     (stored,) = reminders_of(made["id"])
-    assert stored.state == "fired"
+    assert (stored.state, stored.fire_at) == ("pending", new_due - timedelta(minutes=15))
+    notify = function_client("notify")
     with db.session_scope() as session:
         (data,) = session.exec(
             select(Outbox.data).where(col(Outbox.type) == events.REMINDER_DUE)
         ).all()
-    sent = post(function_client("notify"), events.REMINDER_DUE, data, source="/duetide/sweep")
-    assert sent.json["status"] == "processed"
+    assert post(notify, events.REMINDER_DUE, data, source="/duetide/sweep").json["status"] == (
+        "obsolete"
+    )
+    assert sweep.claim_batch(new_due, 100).fired == 1
+    with db.session_scope() as session:
+        fired = session.exec(
+            select(Outbox.data).where(col(Outbox.type) == events.REMINDER_DUE)
+        ).all()
+    (new,) = [d for d in fired if d != data]
+    assert post(notify, events.REMINDER_DUE, new, source="/duetide/sweep").json["status"] == (
+        "processed"
+    )
     with db.session_scope(read_only=True) as session:
         assert len(session.exec(select(Notification)).all()) == 1
 
