@@ -388,6 +388,65 @@ def test_a_subscription_disabled_by_its_owner_keeps_pending_tries_for_later(
     assert eventing.pump() == ["delivered"]
 
 
+def test_an_outage_longer_than_every_lease_fails_no_delivery_that_was_never_tried(
+    client, alice, receiver, eventing
+):
+    """notify (or the broker) away: each lease that ran out was counted as a try, and
+    after eight of them (40 minutes) the delivery failed without a single POST. A try
+    whose event was never taken is published again as the same attempt, less often the
+    longer it has waited, and sent once when notify is back."""
+    made = subscribe(client, alice, receiver)
+    make_task(client, alice, "during the outage")
+    eventing.pump(only=get_settings().duetide_topic_task_events)  # activity runs, notify not
+    settings = get_settings()
+    lease = timedelta(seconds=settings.duetide_subscription_lease_s)
+    leases = 3 * settings.duetide_subscription_max_attempts
+    start = utcnow()
+    republished = sum(
+        webhook_deliveries.claim_retries(start + k * (lease + timedelta(seconds=1)), 100)
+        for k in range(1, leases + 1)
+    )
+    (delivery,) = deliveries(client, alice, made["id"])
+    assert (delivery["status"], delivery["attempt"], delivery["tries"]) == ("pending", 1, [])
+    assert 0 < republished < leases / 2  # backed off: not one more event every lease
+    answers = eventing.pump()  # notify is back: every queued copy of the try arrives
+    assert sorted(answers) == ["delivered"] + ["duplicate"] * republished
+    assert len(Receiver.seen) == 1
+    (delivery,) = deliveries(client, alice, made["id"])
+    assert (delivery["status"], delivery["attempt"]) == ("delivered", 1)
+
+
+def test_the_sweep_puts_off_a_disabled_subscriptions_tries_and_enabling_resumes_them(
+    client, alice, receiver, eventing
+):
+    """A disabled subscription keeps its pending tries; left due, every ping's claim read
+    past all of them (300,000: 120-190 ms a ping). The sweep puts them off a day, out of
+    the due range the claim reads, and enabling the subscription makes them due again."""
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [503, 503, 503]
+    for title in ("one", "two", "three"):
+        make_task(client, alice, title)
+    assert eventing.pump() == ["retry"] * 3
+    client.patch(f"/subscriptions/{made['id']}", json={"active": False}, headers=alice)
+    later = utcnow() + timedelta(hours=1)
+    assert webhook_deliveries.claim_retries(later, 100) == 0
+
+    def due_at(moment):
+        with db.session_scope(read_only=True) as session:
+            query = select(WebhookDelivery).where(
+                col(WebhookDelivery.status) == "pending",
+                col(WebhookDelivery.next_attempt_at) <= moment,
+            )
+            return len(session.exec(query).all())
+
+    assert due_at(later) == 0  # out of the claim's range
+    assert due_at(later + webhook_deliveries.PARKED) == 3  # looked at again in a day
+    client.patch(f"/subscriptions/{made['id']}", json={"active": True}, headers=alice)
+    assert due_at(utcnow()) == 3
+    assert webhook_deliveries.claim_retries(utcnow(), 100) == 3
+    assert eventing.pump() == ["delivered"] * 3
+
+
 def test_a_new_url_is_verified_before_it_gets_anything(client, alice, receiver, eventing):
     made = subscribe(client, alice, receiver)
     Receiver.echo = False

@@ -16,7 +16,11 @@ The path, and why each step is where it is:
   (a database error is still a 503).
 - The sweep claims what is due again (`claim_retries`): a failed try's retry after its
   backoff, or a try whose sender died before recording it (after the lease), as the
-  next attempt, with a new outbox event.
+  next attempt, with a new outbox event. A try whose event was never taken (a backlog,
+  notify or the broker down past the lease) is published again as the same attempt: it
+  counted as one, and an outage of eight leases failed every delivery made at its start
+  without one POST. Due tries of a subscription that is not active are put off by
+  `PARKED` (`resume` makes them due again when it is enabled or verified).
 
 Each try is numbered (`attempt`), and notify starts a try only once (`started`): a
 stale or repeated event for a try already started changes nothing. A receiver sees a
@@ -51,6 +55,18 @@ log = logging.getLogger("duetide.services.webhook_deliveries")
 MAX_TRIES_KEPT = 20  # the delivery log keeps this many tries per delivery, the last ones
 DELIVERY_TIMEOUT_S = 5.0
 MAX_RETRY_BATCHES = 20  # per ping: 10,000 retries at the default batch
+PARKED = timedelta(days=1)
+"""How far the sweep puts off a due try of a subscription that is not active. Left due,
+every ping's claim read past all of them (a disabled subscription keeps its pending
+tries): 300,000 cost 120-190 ms a ping. Enabling or verifying the subscription makes
+them due at once (`resume`); the day is the net under a `resume` that never ran (its
+process died after the commit)."""
+PARK_BATCH = 5_000
+MAX_PARK_BATCHES = 10  # per ping
+REPUBLISH_CAP = timedelta(hours=1)
+"""The longest wait before a try whose event was never taken is published again; until
+then it waits as long as its delivery has (at least a lease), so a long backlog is not
+fed one more event per delivery every lease."""
 
 
 _ACTIVE = (
@@ -326,6 +342,9 @@ def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHE
     attempt with its outbox event, batch after batch until one comes back short (at most
     `max_batches` per ping: the next ping goes on); give up the ones out of tries. The
     number claimed."""
+    for _ in range(MAX_PARK_BATCHES):
+        if _park_batch(now, PARK_BATCH) < PARK_BATCH:
+            break
     claimed = spent = 0
     for _ in range(max_batches):
         seen, tried, given_up = _claim_batch(now, batch)
@@ -356,17 +375,20 @@ def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
             .limit(limit)
             .with_for_update(skip_locked=True, of=WebhookDelivery)
         ).all()
-        spent = {d.id for d in due if d.attempt >= settings.duetide_subscription_max_attempts}
-        if spent:  # its last try was claimed and never recorded
-            session.execute(
-                update(WebhookDelivery)
-                .where(col(WebhookDelivery.id).in_(spent))
-                .values(status="failed", finished_at=now, next_attempt_at=None)
-            )
-        claimed = [d for d in due if d.id not in spent]
-        for delivery in claimed:
-            delivery.attempt += 1
-            delivery.next_attempt_at = now + lease
+        claimed: list[WebhookDelivery] = []
+        spent: set[str] = set()
+        for delivery in due:
+            if delivery.started < delivery.attempt:  # never taken: the same try again
+                waited = max(lease, now - delivery.created_at)
+                delivery.next_attempt_at = now + min(waited, REPUBLISH_CAP)
+                claimed.append(delivery)
+            elif delivery.attempt >= settings.duetide_subscription_max_attempts:
+                spent.add(delivery.id)  # its last try was started and never recorded
+                _finish(delivery, "failed", now)
+            else:
+                delivery.attempt += 1
+                delivery.next_attempt_at = now + lease
+                claimed.append(delivery)
             session.add(delivery)
         outbox.record_many(
             session,
@@ -381,6 +403,57 @@ def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
             source=events.SOURCE_SWEEP,
         )
     return len(due), len(claimed), len(spent)
+
+
+def _park_batch(now: datetime, limit: int) -> int:
+    """Put off up to `limit` due tries of subscriptions that are not active (`PARKED`);
+    how many. Whether the subscription is active is read again by the UPDATE itself: one
+    enabled after the rows were picked keeps its tries due, and a `resume` committed
+    after this UPDATE's look waits for its row locks, then makes them due again."""
+    active = (
+        select(Subscription.id)
+        .where(
+            col(Subscription.id) == col(WebhookDelivery.subscription_id),
+            col(Subscription.status) == "active",
+        )
+        .exists()
+    )
+    picked = (
+        select(WebhookDelivery.id)
+        .where(
+            col(WebhookDelivery.status) == "pending",
+            col(WebhookDelivery.next_attempt_at) <= now,
+            ~active,
+        )
+        .order_by(col(WebhookDelivery.next_attempt_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with db.session_scope() as session:
+        parked = session.execute(
+            update(WebhookDelivery)
+            .where(col(WebhookDelivery.id).in_(picked), ~active)
+            .values(next_attempt_at=now + PARKED)
+            .execution_options(synchronize_session=False)
+        )
+        return int(parked.rowcount)  # type: ignore[attr-defined]
+
+
+def resume(subscription_id: str, now: datetime) -> None:
+    """Make the pending tries of a subscription just enabled or verified due now, in a
+    transaction of their own after the one that made it active: the sweep parked them
+    (`PARKED`) while it was not. In the same transaction the deliveries' locks would
+    come after the subscription's, the reverse of a try's record (`_record`)."""
+    with db.session_scope() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                col(WebhookDelivery.subscription_id) == subscription_id,
+                col(WebhookDelivery.status) == "pending",
+                col(WebhookDelivery.next_attempt_at) > now,
+            )
+            .values(next_attempt_at=now)
+        )
 
 
 def redeliver(session: Session, delivery: WebhookDelivery, now: datetime) -> str:

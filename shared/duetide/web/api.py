@@ -30,6 +30,7 @@ from duetide.services import (
     series,
     subscriptions,
     tasks,
+    webhook_deliveries,
 )
 from duetide.services.ratelimit import SCAN_READS
 from duetide.services.responses import (
@@ -517,14 +518,20 @@ def _subscription_answer(
     user: str,
     challenge: verification.WebhookChallenge | None,
     status: int = 200,
+    enabled: bool = False,
     **extra: str,
 ) -> Response:
     """Send the challenge a change made (after its commit), then answer with the
-    subscription as it is now: `active` if the URL echoed it, or why not."""
+    subscription as it is now: `active` if the URL echoed it, or why not. Pending tries
+    of one enabled or verified (`enabled`, or the echo) are due again at once
+    (`webhook_deliveries.resume`)."""
     if challenge is not None:
         result = verification.send(challenge)
         if not result.ok:
             extra["verification_error"] = result.error
+        enabled = enabled or result.ok
+    if enabled:
+        webhook_deliveries.resume(subscription_id, utcnow())
     with db.session_scope(read_only=True) as session:
         subscription = subscriptions.read(session, user, subscription_id)
     body = subscription_out(subscription, **extra)
@@ -556,14 +563,14 @@ def update_subscription(request: Request, user: str, subscription_id: str) -> Re
     subscriptions.validated(spec)
     with db.session_scope() as session:
         _, challenge = subscriptions.update(session, user, subscription_id, spec, utcnow())
-    return _subscription_answer(subscription_id, user, challenge)
+    return _subscription_answer(subscription_id, user, challenge, enabled=spec.active is True)
 
 
 def verify_subscription(request: Request, user: str, subscription_id: str) -> Response:
     with db.session_scope() as session:
         _, challenge = subscriptions.challenge(session, user, subscription_id, utcnow())
     _send_challenge(challenge, "url")
-    return _subscription_answer(subscription_id, user, None)
+    return _subscription_answer(subscription_id, user, None, enabled=True)
 
 
 def rotate_subscription_secret(request: Request, user: str, subscription_id: str) -> Response:
