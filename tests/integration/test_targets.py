@@ -8,6 +8,7 @@ confirmation mail, the challenge echoed by the receiver.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
@@ -150,6 +151,24 @@ def test_a_title_with_line_breaks_is_delivered_with_a_folded_subject(client, ali
     assert reminder["Bcc"] is None
     assert "Pay rent" in reminder.get_content()  # the body keeps the title's lines
     assert recorded() == [("email", "delivered", ""), ("log", "delivered", "")]
+
+
+def test_an_encoded_word_in_a_title_adds_no_header(client, alice, inbox, notify):
+    """The email package decodes RFC 2047 encoded words in the subject it is given, and
+    before Python 3.11.10 (CVE-2024-6923) wrote a CR LF decoded from one as it was: a
+    title could add a Reply-To, or end the headers and write the body."""
+    email_channel(client, alice, inbox)
+    hidden = base64.b64encode(b"x\r\nReply-To: attacker@example.test\r\nX-Injected: yes")
+    title = f"Invoice =?utf-8?b?{hidden.decode()}?= =?us-ascii?q?ok?="
+    data = claim_due(client, alice, title=title)
+
+    response = post(notify, events.REMINDER_DUE, data)
+
+    assert response.status_code == 200 and response.json["status"] == "processed"
+    reminder = inbox.parsed(1)
+    assert reminder["Reply-To"] is None and reminder["X-Injected"] is None
+    assert inbox.messages[1].rcpt_tos == ["alice@example.org"]
+    assert reminder["Subject"].replace("\u200b", "") == f"Reminder: {title}"  # as written
 
 
 @pytest.mark.parametrize(

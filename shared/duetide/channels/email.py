@@ -134,7 +134,7 @@ def deliver_email(
     _no_line_breaks("subject", subject)
     if username is not None and not starttls:
         raise ValueError("SMTP credentials are only sent after STARTTLS")
-    message = _email_message(sender, to, subject, body, sender_address)
+    message = _email_message(sender, to_address, subject, body, sender_address)
     try:
         with Deadline(timeout_s) as deadline, _Watched(deadline, host, port, timeout_s) as smtp:
             if starttls:
@@ -176,6 +176,13 @@ def _email_message(
     message["From"] = sender
     message["To"] = to
     message["Subject"] = subject
+    if str(message["Subject"]) != subject:
+        # The email package decodes RFC 2047 encoded words in a header value it is given,
+        # and before Python 3.11.10 (CVE-2024-6923) wrote a CR LF decoded from one as it
+        # was: a title could add headers or end them. A zero-width space after `=` makes
+        # them text, as they were meant (folding made the subject one line).
+        del message["Subject"]
+        message["Subject"] = subject.replace("=?", "=\u200b?")
     message["Date"] = formatdate(localtime=False, usegmt=True)
     # The sender's domain, not socket.getfqdn(): that can block on a DNS lookup.
     message["Message-ID"] = make_msgid(domain=sender_address.rpartition("@")[2])
