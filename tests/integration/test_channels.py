@@ -8,6 +8,7 @@ tests check what each answer is classified as, and that a retry sends the same t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import email
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -491,6 +493,15 @@ class Mailbox:
 
     messages: list[tuple[Any, bool]] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
+    refuse_sender: str = ""  # a reply to MAIL FROM instead of 250
+    refuse_content: str = ""  # a reply to the message instead of 250
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:
+        if self.refuse_sender:
+            return self.refuse_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
         if address in self.refuse:
@@ -499,6 +510,8 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:
+        if self.refuse_content:
+            return self.refuse_content
         self.messages.append((envelope, session.ssl is not None))
         return "250 Message accepted for delivery"
 
@@ -568,6 +581,7 @@ def test_an_email_arrives_with_subject_and_body(relay: Relay):
         ("to", "alice@example.test\r\nBcc: victim@example.test"),
         ("to", "alice@example.test, mallory@example.test"),
         ("to", "not an address"),
+        ("to", "=?utf-8?b?eA0KWC1JbmplY3RlZDogeWVz?= <alice@example.test>"),
         ("to", ""),
         ("sender", "noreply@duetide.test\nBcc: victim@example.test"),
     ],
@@ -578,6 +592,20 @@ def test_header_injection_and_bad_addresses_are_refused_before_sending(
     with pytest.raises(ValueError):
         send(relay, **{field_name: value})
     assert relay.mailbox.messages == []
+
+
+def test_an_encoded_word_in_the_subject_stays_text(relay: Relay):
+    """The email package decodes an RFC 2047 encoded word in a header value, and before
+    Python 3.11.10 (CVE-2024-6923) wrote a CR LF decoded from one as it was."""
+    hidden = base64.b64encode(b"x\r\nX-Injected: yes").decode()
+
+    result = send(relay, subject=f"Hi =?utf-8?b?{hidden}?=")
+
+    assert result.ok, result.error
+    [(envelope, _tls)] = relay.mailbox.messages
+    message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+    assert message["X-Injected"] is None
+    assert message["Subject"].replace("\u200b", "") == f"Hi =?utf-8?b?{hidden}?="
 
 
 def test_a_refused_recipient_is_final_and_a_busy_one_retryable(relay: Relay):
@@ -642,7 +670,33 @@ def test_starttls_upgrades_before_the_message_is_sent(tls: Tls):
         refused = send(relay)  # the relay demands STARTTLS first
         result = send(relay, starttls=True, ssl_context=tls.client)
 
-    assert (refused.ok, refused.status, refused.retryable) == (False, 530, False)
+    # duetide's configuration, not the message: it waits for a fix (and a replay)
+    assert (refused.ok, refused.status, refused.retryable) == (False, 530, True)
     assert result.ok
     [(_envelope, upgraded)] = relay.mailbox.messages
     assert upgraded
+
+
+def test_a_refusal_of_duetides_own_configuration_is_retryable_and_of_the_message_final(
+    relay: Relay, tls: Tls
+):
+    """A 5xx to AUTH (a rotated password) or to the configured sender was recorded as
+    final: every e-mail reminder until the operator noticed was lost. Only RCPT and DATA
+    are about the message."""
+    refuse_login = lambda *_: AuthResult(success=False, handled=False)  # noqa: E731
+    with running_relay(
+        tls_context=tls.server, require_starttls=True, authenticator=refuse_login
+    ) as secured:
+        login = send(
+            secured, starttls=True, ssl_context=tls.client, username="duetide", password="old"
+        )
+    relay.mailbox.refuse_sender = "553 5.7.1 Sender address rejected"
+    sender = send(relay)
+    relay.mailbox.refuse_sender = ""
+    relay.mailbox.refuse_content = "554 5.6.0 Message content rejected"
+    content = send(relay)
+
+    assert (login.ok, login.status, login.retryable) == (False, 535, True)
+    assert (sender.ok, sender.status, sender.retryable) == (False, 553, True)
+    assert (content.ok, content.status, content.retryable) == (False, 554, False)
+    assert relay.mailbox.messages == []

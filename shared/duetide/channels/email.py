@@ -125,29 +125,36 @@ def deliver_email(
     """Send one plain-text message through an SMTP relay.
 
     Credentials are only sent after STARTTLS. A 4xx reply or a broken connection is
-    `retryable`; a 5xx reply is final. `timeout_s` bounds the whole exchange: smtplib's
-    timeout bounds each read, and a relay sending its replies a byte at a time held one
-    of notify's workers for as long as it went on.
+    `retryable`; a 5xx reply is final only where it is about this message: its recipient
+    (RCPT) or its content (DATA). Before that (the greeting, STARTTLS, AUTH, MAIL FROM
+    with the configured sender) a refusal is the relay's or duetide's configuration,
+    say a rotated password: recorded as final, every reminder until it was fixed was
+    lost; retryable, they wait in dead letters for a replay. `timeout_s` bounds the
+    whole exchange: smtplib's timeout bounds each read, and a relay sending its replies
+    a byte at a time held one of notify's workers for as long as it went on.
     """
     sender_address = validate_address(sender)
     to_address = validate_address(to)
     _no_line_breaks("subject", subject)
     if username is not None and not starttls:
         raise ValueError("SMTP credentials are only sent after STARTTLS")
-    message = _email_message(sender, to_address, subject, body, sender_address)
+    message = _email_message(sender, to, subject, body, sender_address)
+    about_the_message = False  # the relay has taken the session: RCPT and DATA are next
     try:
         with Deadline(timeout_s) as deadline, _Watched(deadline, host, port, timeout_s) as smtp:
             if starttls:
                 smtp.starttls(context=ssl_context or ssl.create_default_context())
             if username is not None:
                 smtp.login(username, password or "")
+            about_the_message = True
             smtp.send_message(message, from_addr=sender_address, to_addrs=[to_address])
     except smtplib.SMTPRecipientsRefused as exc:
         code = next(iter(exc.recipients.values()))[0]
         return DeliveryResult(False, code, f"SMTP {code}: recipient refused", code < 500)
     except smtplib.SMTPResponseException as exc:
         error = f"SMTP {exc.smtp_code}: {type(exc).__name__}"
-        return DeliveryResult(False, exc.smtp_code, error, exc.smtp_code < 500)
+        final = about_the_message and not isinstance(exc, smtplib.SMTPSenderRefused)
+        return DeliveryResult(False, exc.smtp_code, error, exc.smtp_code < 500 or not final)
     except (smtplib.SMTPException, OSError) as exc:
         cause = "timed out" if deadline.expired else type(exc).__name__
         return DeliveryResult(False, None, clip(f"SMTP: {cause}"), True)
@@ -173,21 +180,26 @@ def _email_message(
     sender: str, to: str, subject: str, body: str, sender_address: str
 ) -> EmailMessage:
     message = EmailMessage()
-    message["From"] = sender
-    message["To"] = to
-    message["Subject"] = subject
-    if str(message["Subject"]) != subject:
-        # The email package decodes RFC 2047 encoded words in a header value it is given,
-        # and before Python 3.11.10 (CVE-2024-6923) wrote a CR LF decoded from one as it
-        # was: a title could add headers or end them. A zero-width space after `=` makes
-        # them text, as they were meant (folding made the subject one line).
-        del message["Subject"]
-        message["Subject"] = subject.replace("=?", "=\u200b?")
+    _set_text(message, "From", sender)
+    _set_text(message, "To", to)
+    _set_text(message, "Subject", subject)
     message["Date"] = formatdate(localtime=False, usegmt=True)
     # The sender's domain, not socket.getfqdn(): that can block on a DNS lookup.
     message["Message-ID"] = make_msgid(domain=sender_address.rpartition("@")[2])
     message.set_content(body)
     return message
+
+
+def _set_text(message: EmailMessage, name: str, value: str) -> None:
+    """Set a header to `value` as text. The email package decodes RFC 2047 encoded words
+    in a value it is given, and before Python 3.11.10 (CVE-2024-6923) wrote a CR LF
+    decoded from one as it was: a title (or a display name) could add headers or end
+    them. Where the value read back differs, a zero-width space after each `=?` keeps
+    them text, as they were meant."""
+    message[name] = value
+    if "=?" in value and str(message[name]) != value:
+        del message[name]
+        message[name] = value.replace("=?", "=\u200b?")
 
 
 def _no_line_breaks(what: str, value: str) -> None:
