@@ -326,6 +326,27 @@ def test_a_failed_lookup_is_retryable_and_the_retry_resolves_afresh(receiver: Re
     assert len(receiver.requests) == 1
 
 
+def test_a_lookup_slower_than_the_timeout_is_cut_off_retryably(receiver: Receiver):
+    """getaddrinfo has no timeout: whoever runs a webhook name's DNS server could hold each
+    try for the resolver's whole timeout, outside the exchange's. Unbounded, this one
+    would have answered after 10 s, and the POST gone through."""
+    released = threading.Event()
+    resolve = resolving_to("127.0.0.1")
+
+    def stuck(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
+        released.wait(10)
+        return resolve(host, port)
+
+    try:
+        result = post(f"http://slow.example.test:{receiver.port}/", resolver=stuck, timeout_s=0.3)
+    finally:
+        released.set()
+
+    assert (result.ok, result.retryable) == (False, True)
+    assert result.error == "destination slow.example.test does not resolve to a public address"
+    assert receiver.connections == 0
+
+
 def test_a_name_that_does_not_exist_is_final_without_retry(receiver: Receiver):
     def no_such_name(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")

@@ -15,10 +15,13 @@ are checked as the address the operating system would connect to.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -129,14 +132,45 @@ class Target:
         return f"{host}:{self.port}"
 
 
+LOOKUP_TIMEOUT_S = 5.0
+"""The longest a look-up may take where the caller gives no bound of its own."""
+LOOKUP_THREADS = 8
+
+
+@functools.cache
+def _lookups() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="duetide-lookup")
+
+
+def bounded(resolver: Resolver, timeout_s: float) -> Resolver:
+    """`resolver` cut off after `timeout_s` (a `ResolutionFailed` the caller retries).
+    getaddrinfo has no timeout of its own: whoever runs the authoritative server of a
+    webhook's name could hold each try, and each API request saving the URL, for the
+    system resolver's whole timeout (glibc: 5 s for each attempt and server). The
+    look-up runs on one of `LOOKUP_THREADS` threads, where a stuck one finishes in its
+    own time; past them, look-ups queue within the same bound."""
+
+    def lookup(host: str, port: int, **options: Any) -> list[tuple[Any, ...]]:
+        found = _lookups().submit(resolver, host, port, **options)
+        try:
+            return found.result(timeout=max(0.0, timeout_s))
+        except FutureTimeout:
+            found.cancel()
+            raise TimeoutError(f"the look-up of {host} took longer than {timeout_s:g} s") from None
+
+    return lookup
+
+
 def check_url(
     url: str,
     *,
     allow_loopback: bool = False,
     hosts: Sequence[str] = (),
     resolver: Resolver = socket.getaddrinfo,
+    timeout_s: float = LOOKUP_TIMEOUT_S,
 ) -> Target:
-    """Parse `url`, resolve its host once and reject unsafe destinations.
+    """Parse `url`, resolve its host once (within `timeout_s`) and reject unsafe
+    destinations.
 
     Raises `UnsafeDestination` for a bad URL or a disallowed address (any of the
     resolved addresses), `ResolutionFailed` when the name does not resolve.
@@ -147,7 +181,7 @@ def check_url(
     scheme, host, port = _parse(url)
     if hosts and not host_allowed(host, hosts):
         raise UnsafeDestination(f"destination {host} is not in the allowed webhook hosts")
-    addresses = _resolve(host, port, resolver)
+    addresses = _resolve(host, port, bounded(resolver, timeout_s))
     for address in addresses:
         problem = address_problem(address, allow_loopback=allow_loopback)
         if problem and _ip_literal(host) is not None:  # an address (in any notation)

@@ -204,9 +204,10 @@ def post_signed(
         raise ValueError("webhook secret must not be empty")
     if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise ValueError("idempotency key must be 1-255 printable ASCII characters")
+    started = time.monotonic()  # the look-up is part of the exchange `timeout_s` bounds
     try:
         target = netguard.check_url(
-            url, allow_loopback=allow_loopback, hosts=hosts, resolver=resolver
+            url, allow_loopback=allow_loopback, hosts=hosts, resolver=resolver, timeout_s=timeout_s
         )
     except netguard.UnsafeDestination as exc:
         return refused(str(exc))
@@ -224,7 +225,8 @@ def post_signed(
         IDEMPOTENCY_HEADER: idempotency_key,
         "Connection": "close",
     }
-    limits = _Limits(timeout_s, max_response_bytes, capture_bytes)
+    left = timeout_s - (time.monotonic() - started)
+    limits = _Limits(max(left, 0.001), max_response_bytes, capture_bytes)
     return _post(target, sent, data, limits, ssl_context)
 
 
