@@ -240,8 +240,11 @@ def test_a_webhook_subscription_gets_each_change_through_kafka(stack: Stack, mon
         wait_for(settled, "both deliveries recorded as delivered")
 
 
-def test_ctrl_c_stops_everything(stack: Stack):
+def test_closing_the_terminal_stops_everything_as_ctrl_c_does(stack: Stack):
+    """SIGHUP (the terminal closed) killed `up` at once: its children died by the
+    parent-death signal, and no clean stop was recorded, so the next start sent every
+    event since the broker's start again. Ctrl-C has its own test (test_supervision)."""
     assert processes_with_home(stack.home), "the stack's processes should be visible while up"
-    stack.process.send_signal(signal.SIGINT)
+    stack.process.send_signal(signal.SIGHUP)
     assert stack.process.wait(timeout=30) == 0
     wait_for(lambda: not processes_with_home(stack.home), "all stack processes to exit", 10)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from duetide_tools.local.stack import Stack, StackError, _check_port_free, project_root
+from duetide_tools.local.stack import (
+    Stack,
+    StackError,
+    _check_port_free,
+    _lock_home,
+    project_root,
+)
 
 
 def test_a_port_whose_last_connections_wait_in_time_wait_is_free() -> None:
@@ -41,3 +49,41 @@ def test_a_start_refused_for_its_port_logs_no_stop(tmp_path: Path) -> None:
             stack.start()
         stack.stop()
     assert not (tmp_path / "logs" / "up.log").exists()
+
+
+def test_a_second_up_on_the_same_data_folder_is_refused_until_the_first_ends(
+    tmp_path: Path,
+) -> None:
+    """Only the port was checked: a second `up` on another port ran a whole stack on the
+    same data, sent the first one's events again and overwrote its broker's marker."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_HOME, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            free = taken.getsockname()[1]  # closed below: the port is free, the home not
+        stack = Stack(root=project_root(), home=tmp_path, port=free)
+        with pytest.raises(StackError, match=f"already runs .* pid {holder.pid}, API port 8080"):
+            stack.start()
+        stack.stop()
+        assert not (tmp_path / "duetide.db").exists()  # nothing of the home was touched
+    finally:
+        holder.kill()  # as a SIGKILLed `up`: the kernel lets its lock go
+        holder.wait()
+    lock = _lock_home(tmp_path, free)
+    assert lock is not None
+    lock.close()
+
+
+HOLD_THE_HOME = """
+import sys
+from pathlib import Path
+from duetide_tools.local.stack import _lock_home
+held = _lock_home(Path(sys.argv[1]), 8080)
+print("held", flush=True)
+sys.stdin.read()
+"""

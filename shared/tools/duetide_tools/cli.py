@@ -57,8 +57,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Event.wait); setting it from another thread cannot deadlock.
         threading.Thread(target=request_stop, name="duetide-stop", daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP: the terminal was closed. Left to its default, `up` died at once, its
+    # children by the parent-death signal, and no clean stop was recorded.
+    for stop_signal in ("SIGTERM", "SIGINT", "SIGHUP"):
+        if hasattr(signal, stop_signal):  # no SIGHUP on Windows
+            signal.signal(getattr(signal, stop_signal), on_signal)
     started = time.monotonic()
     code = 0
     record: Path | None = None

@@ -185,6 +185,7 @@ class Stack:
     """The dispatchers of brokers that died: what they dead-lettered died with the broker
     (its original events were requeued), which an operator or the soak accounts for."""
     _retiring_until: float = field(default=0.0, init=False, repr=False)
+    _home_lock: IO[str] | None = field(default=None, init=False, repr=False)
 
     @property
     def restarts(self) -> list[Restart]:
@@ -202,6 +203,7 @@ class Stack:
         functions) with StartCancelled. Call `stop()` after it either way."""
         _check_port_free(self.port)
         self.home.mkdir(parents=True, exist_ok=True)
+        self._home_lock = _lock_home(self.home, self.port)
         self.logs.mkdir(exist_ok=True)
         self.wiring = manifests.load(self.root)
         wiring = self.wiring
@@ -479,6 +481,9 @@ class Stack:
                 f"then eventing and logs {eventing_done - functions_done:.2f} s, "
                 f"broker and supervisor {end - eventing_done:.2f} s"
             )
+        if self._home_lock is not None:  # last: nothing of this stack runs any more
+            self._home_lock.close()
+            self._home_lock = None
 
     def _broker_left_nothing(self) -> bool:
         """True when the embedded broker, about to be killed, holds nothing its readers have
@@ -644,6 +649,38 @@ class Stack:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+HOME_LOCK = "up.lock"
+
+
+def _lock_home(home: Path, port: int) -> IO[str] | None:
+    """Hold `home`'s lock for as long as this process runs (the kernel lets it go when
+    the process ends, however it ends), or say which `up` holds it. Only a clash on the
+    port was checked: a second `up` on another port ran a whole stack on the same data,
+    sent the first one's events again, ran a second sweep, and overwrote the marker of
+    its broker's start, so that the first one's clean stop was never recorded."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        return None
+    path = home / HOME_LOCK
+    holder = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder.seek(0)
+        who = holder.read().strip() or "another process"
+        holder.close()
+        raise StackError(
+            f"a stack already runs on this data folder ({home}): {who}; stop it first, or "
+            "give this one its own DUETIDE_HOME"
+        ) from None
+    holder.seek(0)
+    holder.truncate()
+    holder.write(f"`duetide up` pid {os.getpid()}, API port {port}")
+    holder.flush()
+    return holder
 
 
 def _check_port_free(port: int) -> None:
