@@ -19,7 +19,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any, get_args
 from urllib.parse import quote
 
-from duetide.services.schemas import MAX_FORECAST, MAX_PAGE, TaskQuery
+from duetide.services.schemas import MAX_PAGE, TaskQuery
 from duetide.vocabulary import PRIORITIES, TaskStatus
 from duetide_tools.client import config, every, tables, when
 from duetide_tools.client.errors import ApiError, ClientError, UsageError
@@ -61,10 +61,9 @@ def _fail(message: str, code: int) -> int:
 
 
 def _emit(args: argparse.Namespace, answer: Any, human: Callable[[], str]) -> int:
-    """The API's JSON with --json (nothing for a 204), else the readable form."""
+    """The API's JSON with --json, else the readable form."""
     if args.json:
-        if answer is not None:
-            print(json.dumps(answer, indent=2, ensure_ascii=False))
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
     else:
         print(tables.terminal_text(human()))
     return 0
@@ -156,10 +155,11 @@ def task_reopen(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
 
 def task_rm(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
     """A one-off task is deleted (204); a series' open occurrence is skipped (200)."""
-    answer = api.delete(f"/tasks/{_id(args.id)}")
+    # A 204 has no answer: a script reading --json got nothing at all.
+    answer = api.delete(f"/tasks/{_id(args.id)}") or {"id": args.id, "outcome": "deleted"}
 
     def human() -> str:
-        if answer is None:
+        if "series" not in answer:
             return f"deleted {args.id}"
         following = answer.get("open_occurrence")
         line = f"{answer['outcome']} {args.id} (series {answer['series']['id']})"
@@ -180,15 +180,16 @@ def series_show(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
     found = api.get(f"/series/{_id(args.id)}")
     if args.json:
         return _emit(args, found, str)
+    query = {"series_id": found["id"], "status": "open", "limit": 1}
+    open_one = next(iter(api.get("/tasks", query)["items"]), None)
     upcoming: list[str] = []
     if found["status"] == "active":
-        # The forecast counts from the series' start; the ones after the latest are ahead.
-        count = min(MAX_FORECAST, found["last_index"] + 1 + FORECAST)
+        # The forecast starts at the open occurrence (at its due time), if there is one:
+        # filtered by the latest scheduled time, a moved one was listed twice.
+        count = FORECAST + (open_one is not None)
         answer = api.get(f"/series/{_id(args.id)}/occurrences", {"count": count})
-        latest = datetime.fromisoformat(found["last_scheduled_at"])
-        ahead = [at for at in answer["items"] if datetime.fromisoformat(at) > latest]
-        upcoming = ahead[:FORECAST]
-    print(tables.terminal_text(tables.series_detail(found, upcoming, zone)))
+        upcoming = answer["items"][1:] if open_one is not None else answer["items"]
+    print(tables.terminal_text(tables.series_detail(found, open_one, upcoming, zone)))
     return 0
 
 
@@ -202,8 +203,9 @@ def _series_action(action: str) -> Handler:
 
 
 def series_end(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
-    api.delete(f"/series/{_id(args.id)}")
-    return _emit(args, None, lambda: f"ended {args.id} (its history is kept)")
+    api.delete(f"/series/{_id(args.id)}")  # 204: the --json answer is made here
+    ended = {"id": args.id, "outcome": "ended"}
+    return _emit(args, ended, lambda: f"ended {args.id} (its history is kept)")
 
 
 # notifications ----------------------------------------------------------------------

@@ -21,11 +21,13 @@ def terminal_text(text: str) -> str:
 
 
 def when(value: str | None, zone: tzinfo) -> str:
-    """An RFC 3339 instant as local `YYYY-MM-DD HH:MM`; "-" for none."""
+    """An RFC 3339 instant as `YYYY-MM-DD HH:MM` with the reader's zone's abbreviation
+    (`UTC`, `CET`); "-" for none. Without it, `14:00` beside a series' `America/New_York`
+    read as 14:00 in New York."""
     if not value:
         return "-"
     try:
-        return datetime.fromisoformat(value).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+        return datetime.fromisoformat(value).astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
     except ValueError:
         return value
 
@@ -81,7 +83,11 @@ def series(items: Sequence[dict[str, Any]], zone: tzinfo) -> str:
     )
 
 
-def series_detail(found: dict[str, Any], upcoming: Sequence[str], zone: tzinfo) -> str:
+def series_detail(
+    found: dict[str, Any], open_one: dict[str, Any] | None, upcoming: Sequence[str], zone: tzinfo
+) -> str:
+    """The series, its open occurrence (at its due time, which may have been moved from
+    its scheduled one) and the occurrences after it."""
     lines = [
         f"{found['id']}  {found['status']}  {found['title']}",
         f"  rule      {found['rrule']}  ({found['timezone']})",
@@ -90,6 +96,8 @@ def series_detail(found: dict[str, Any], upcoming: Sequence[str], zone: tzinfo) 
         f"  started   {when(found['start'], zone)}",
         f"  latest    {when(found['last_scheduled_at'], zone)} (occurrence {found['last_index']})",
     ]
+    if open_one is not None:
+        lines.append(f"  open      {when(open_one.get('due_at'), zone)}  {open_one['id']}")
     if upcoming:
         lines.append("  next      " + ", ".join(when(at, zone) for at in upcoming))
     return "\n".join(lines)

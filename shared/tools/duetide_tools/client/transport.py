@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +20,8 @@ from duetide.deadline import Deadline
 from duetide_tools.client.errors import ApiError, ClientError
 
 TIMEOUT_S = 15.0
+RESEND_WAITS = (0.0, 0.5, 1.0, 2.0)
+"""The waits before each resend of a creating request whose answer was lost."""
 MAX_ANSWER_BYTES = 16 << 20
 """The most of an answer read: a page of 200 tasks is far less."""
 
@@ -83,15 +86,33 @@ class Api:
     def create(self, path: str, body: Any) -> Any:
         """A POST that makes something, sent with an `Idempotency-Key`: when its answer
         is lost (the connection reset or cut, or no answer in time), the request may or
-        may not have been made, so it is sent once more with the key, and the server
-        answers that as it answered the first instead of making a second."""
+        may not have been made, so it is sent again with the key, and the server answers
+        that as it answered the first instead of making a second. Again after
+        `RESEND_WAITS`: a local function that crashed is back in about 3 s, and a resend
+        at once met its refused port. If none gets an answer, the error says the request
+        may have been carried out."""
         headers = {"Idempotency-Key": str(uuid.uuid4())}
         try:
             return self.call("POST", path, body=body, headers=headers)
         except ApiError:
             raise
-        except ClientError:
-            return self.call("POST", path, body=body, headers=headers)
+        except ClientError as lost:
+            error = lost
+        resending = time.monotonic()
+        for n, wait in enumerate(RESEND_WAITS):
+            if n and time.monotonic() - resending + wait > self.timeout_s:
+                break  # an API that answers nothing: one resend, not one timeout each
+            time.sleep(wait)
+            try:
+                return self.call("POST", path, body=body, headers=headers)
+            except ApiError:
+                raise
+            except ClientError as again:
+                error = again
+        raise ClientError(
+            f"{error}; the request may have been carried out before its answer was lost: "
+            "look (`duetide task ls`) before sending it again"
+        )
 
     def delete(self, path: str) -> Any:
         return self.call("DELETE", path)
