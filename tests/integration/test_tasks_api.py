@@ -245,3 +245,18 @@ def test_moving_due_moves_relative_reminders(client, alice):
         f"/tasks/{task['id']}", json={"due_at": "2030-01-02T09:00:00Z"}, headers=alice
     )
     assert moved.json["reminders"][0]["fire_at"] == "2030-01-02T08:00:00+00:00"
+
+
+def test_a_pattern_refusal_says_what_is_wanted_not_the_regex(client, alice):
+    """pydantic's message showed the user the pattern: "String should match pattern
+    '[^ \\t\\n\\r\\f\\v]'" for a blank title or tag."""
+    refusals = [
+        ("/tasks", "post", {"title": "   "}, "title", "must not be blank"),
+        ("/tasks", "post", {"title": "t", "tags": [" "]}, "tags.0", "must not be blank"),
+        ("/preferences", "patch", {"quiet_hours": {"start": "25:00", "end": "07:00"}},
+         "quiet_hours.start", "must be a time of day as HH:MM, from 00:00 to 23:59"),
+    ]  # fmt: skip
+    for path, method, body, field, words in refusals:
+        response = getattr(client, method)(path, json=body, headers=alice)
+        assert response.status_code == 422, response.json
+        assert response.json["error"]["details"] == [{"field": field, "message": words}]

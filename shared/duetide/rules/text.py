@@ -1,6 +1,19 @@
-"""What text can be stored: the one check every edge (bodies, queries, events) applies."""
+"""What text can be stored: the one check every edge (bodies, queries, events) applies;
+and the patterns text fields are held to, with the words a refusal says."""
 
 from __future__ import annotations
+
+# ASCII blanks only: regex `\s` and str.strip() disagree on which Unicode characters are
+# white space, and the document's pattern must mean here what it means to every client.
+BLANKS = " \t\n\r\f\v"
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+CLOCK_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+PATTERN_WORDS = {
+    NOT_BLANK: "must not be blank",
+    CLOCK_TIME: "must be a time of day as HH:MM, from 00:00 to 23:59",
+}
+"""What a 422 says for a value that does not match one of these patterns: pydantic's
+"String should match pattern '[^ \\t\\n\\r\\f\\v]'" showed a user a regex."""
 
 
 def text_problem(text: str) -> str | None:

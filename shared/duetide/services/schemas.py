@@ -27,6 +27,7 @@ from pydantic.json_schema import JsonDict
 
 from duetide.events import TASK_EVENTS
 from duetide.rules.recurrence import FREQUENCIES
+from duetide.rules.text import BLANKS, CLOCK_TIME, NOT_BLANK
 from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, Priority, TaskStatus
 
 SERVER_OWNED = frozenset(
@@ -37,24 +38,19 @@ MAX_TAGS = 20
 MAX_PAGE = 200
 MAX_FORECAST = 500
 
-# Not blank, and stripped of blanks around it. ASCII blanks only: regex `\s` and
-# str.strip() disagree on which Unicode characters are white space, and the document's
-# pattern must mean here what it means to every client.
-_BLANKS = " \t\n\r\f\v"
-_NOT_BLANK = r"[^ \t\n\r\f\v]"
 
-
+# Not blank, and stripped of blanks around it (`rules.text`).
 def _strip_blanks(value: str) -> str:
-    return value.strip(_BLANKS)
+    return value.strip(BLANKS)
 
 
 Tag = Annotated[
-    str, StringConstraints(max_length=64, pattern=_NOT_BLANK), AfterValidator(_strip_blanks)
+    str, StringConstraints(max_length=64, pattern=NOT_BLANK), AfterValidator(_strip_blanks)
 ]
 MAX_TITLE_CHARS = 500
 Title = Annotated[
     str,
-    StringConstraints(max_length=MAX_TITLE_CHARS, pattern=_NOT_BLANK),
+    StringConstraints(max_length=MAX_TITLE_CHARS, pattern=NOT_BLANK),
     AfterValidator(_strip_blanks),
 ]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
@@ -314,7 +310,7 @@ class SeriesUpdate(RequestModel):
     tags: list[Tag] = Field(None, max_length=MAX_TAGS)  # type: ignore[arg-type]
 
 
-ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+ClockTime = Annotated[str, StringConstraints(pattern=CLOCK_TIME)]
 
 
 class QuietHours(RequestModel):

@@ -32,7 +32,7 @@ from duetide.errors import (
     error_body,
 )
 from duetide.logs import log_event
-from duetide.rules.text import text_problem
+from duetide.rules.text import PATTERN_WORDS, text_problem
 
 log = logging.getLogger("duetide.web.http")
 
@@ -77,15 +77,22 @@ each of them, 4.4 MB built in 0.3 s (a probe, 2026-12-06)."""
 def validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:
     """A pydantic error as a 422 naming each field, up to MAX_DETAILS of them (the
     message says how many more); input values are not echoed back."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    errors = exc.errors(include_url=False, include_input=False)
     details = [
-        {"field": ".".join(str(p) for p in err["loc"]) or None, "message": err["msg"]}
+        {"field": ".".join(str(p) for p in err["loc"]) or None, "message": _words(err)}
         for err in errors[:MAX_DETAILS]
     ]
     fields = ", ".join(d["field"] or "body" for d in details)
     more = len(errors) - len(details)
     message = f"invalid value for {fields}" + (f" and {more} more" if more else "")
     return ValidationFailed(message, details=details)
+
+
+def _words(error: Any) -> str:
+    """The error's message; for a pattern of `schemas.PATTERN_WORDS`, its words."""
+    if error["type"] == "string_pattern_mismatch":
+        return PATTERN_WORDS.get(error.get("ctx", {}).get("pattern"), error["msg"])
+    return str(error["msg"])
 
 
 def read_body(request: Request, max_bytes: int) -> bytes:
