@@ -248,6 +248,19 @@ def test_rm_of_the_open_occurrence_skips_it_and_shows_the_next(
     assert following["id"] in ran.out and following["due_at"] > occurrence["due_at"]
 
 
+def test_a_recurring_task_in_a_zone_with_no_iana_name_asks_for_one(
+    cli: Callable[..., Ran], user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The series took UTC, silently: 09:00 in a POSIX TZ's zone became 09:00 UTC."""
+    monkeypatch.setenv("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")
+    ran = cli("task", "add", "Water", "--every", "daily", "--due", "2027-01-04 09:00")
+    assert ran.code == 2 and "--tz" in ran.err, ran.err
+    assert user.api("GET", "/tasks")["items"] == []
+    given = cli("task", "add", "Water", "--every", "daily", "--due", "2027-01-04 09:00",
+                "--tz", "Europe/Berlin", "--json")  # fmt: skip
+    assert given.json()["due_at"] == "2027-01-04T09:00:00+01:00"
+
+
 def test_series_commands_list_show_skip_pause_resume_and_end(
     cli: Callable[..., Ran], user: User
 ) -> None:

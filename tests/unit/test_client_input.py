@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -177,3 +178,23 @@ def test_the_zone_is_the_given_one_or_the_systems_by_name(monkeypatch: pytest.Mo
         when.local_zone("Mars/Olympus")
     monkeypatch.setenv("TZ", "America/New_York")
     assert when.local_zone(None) == (ZoneInfo("America/New_York"), "America/New_York")
+    monkeypatch.setenv("TZ", ":/usr/share/zoneinfo/Asia/Tokyo")
+    assert when.local_zone(None) == (ZoneInfo("Asia/Tokyo"), "Asia/Tokyo")
+
+
+def test_a_posix_tz_is_read_as_the_c_library_reads_it_not_as_etc_localtime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`TZ=CET-1CEST,...` names no IANA zone, and /etc/localtime (here UTC) was taken
+    instead: 09:00 was read an hour off."""
+    monkeypatch.setenv("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")
+    time.tzset()
+    try:
+        zone, name = when.local_zone(None)
+        assert name is None
+        winter = datetime(2027, 1, 4, 9, 0, tzinfo=zone)
+        summer = datetime(2027, 7, 5, 9, 0, tzinfo=zone)
+        assert (winter.utcoffset(), summer.utcoffset()) == (timedelta(hours=1), timedelta(hours=2))
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -89,7 +89,12 @@ def task_add(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
         raise UsageError("--every and --remind need --due (the first occurrence's time)")
     if args.every:
         _, name = when.local_zone(args.tz)
-        body["recurrence"] = every.recurrence(args.every, name or "UTC")
+        if name is None:  # it was UTC, silently: 09:00 local became 09:00 UTC
+            raise UsageError(
+                "a recurring task's series needs an IANA time zone, and the system's has no "
+                "such name (TZ is a POSIX rule?): give --tz, e.g. --tz Europe/Berlin"
+            )
+        body["recurrence"] = every.recurrence(args.every, name)
     if args.remind:
         offsets = [when.iso_duration(when.duration(text)) for text in args.remind]
         body["reminders"] = [{"before_due": offset} for offset in offsets]

@@ -181,6 +181,8 @@ def local_zone(name: str | None) -> tuple[tzinfo, str | None]:
 
     `name` (--tz) first, then the system's: TZ, the /etc/localtime link, /etc/timezone;
     without a name, dateutil's view of the C library's local time (DST-aware) and None.
+    A TZ that names no IANA zone (a POSIX rule, `CET-1CEST,M3.5.0,M10.5.0/3`) is what
+    the C library reads times in: /etc/localtime, tried next, read them an hour off.
     """
     if name is not None:
         try:
@@ -188,6 +190,12 @@ def local_zone(name: str | None) -> tuple[tzinfo, str | None]:
         except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: `Europe`, a folder
             message = f"unknown time zone {name!r}: give an IANA name such as Europe/Berlin"
             raise UsageError(message) from None
+    env = _tz_name(os.environ.get("TZ", ""))
+    if env:
+        try:
+            return ZoneInfo(env), env
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            return tz.tzlocal(), None
     for candidate in _system_zone_names():
         try:
             return ZoneInfo(candidate), candidate
@@ -196,11 +204,14 @@ def local_zone(name: str | None) -> tuple[tzinfo, str | None]:
     return tz.tzlocal(), None
 
 
+def _tz_name(value: str) -> str:
+    """TZ as a zone name: `:Europe/Berlin` and a path into a zoneinfo folder name one."""
+    value = value.removeprefix(":")
+    return value.split("zoneinfo/", 1)[1] if "zoneinfo/" in value else value
+
+
 def _system_zone_names() -> list[str]:
     names = []
-    env = os.environ.get("TZ", "").removeprefix(":")
-    if env:
-        names.append(env)
     link = Path("/etc/localtime")
     if link.is_symlink():
         target = str(link.resolve())
