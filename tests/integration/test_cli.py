@@ -248,6 +248,20 @@ def test_rm_of_the_open_occurrence_skips_it_and_shows_the_next(
     assert following["id"] in ran.out and following["due_at"] > occurrence["due_at"]
 
 
+def test_a_first_due_time_the_rule_does_not_give_is_kept_and_noted(
+    cli: Callable[..., Ran], user: User
+) -> None:
+    """RFC 5545 makes the first due time the first occurrence whatever the rule: a
+    Tuesday for `--every weekend` was taken without a word."""
+    tuesday = ("task", "add", "Hike", "--due", "2027-01-05 09:00", "--tz", "UTC")
+    off = cli(*tuesday, "--every", "weekend")
+    assert off.code == 0, off.err
+    assert "not one the rule gives" in off.err and "next 2027-01-09 09:00 UTC" in off.err
+    on = cli("task", "add", "Gym", "--due", "2027-01-09 09:00", "--tz", "UTC", "--every", "weekend")
+    assert on.code == 0 and on.err == ""
+    assert len(user.api("GET", "/series")["items"]) == 2
+
+
 def test_a_recurring_task_in_a_zone_with_no_iana_name_asks_for_one(
     cli: Callable[..., Ran], user: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:

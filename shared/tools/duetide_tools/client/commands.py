@@ -104,6 +104,14 @@ def task_add(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
         body["priority"] = args.priority
     if args.note:
         body["description"] = args.note
+    if "recurrence" in body:
+        on_rule = every.first_on_rule(body["recurrence"], datetime.fromisoformat(body["due_at"]))
+        if on_rule is not None:
+            print(
+                f"duetide: note: the due time is not one the rule gives; the series starts "
+                f"there and then follows the rule, next {tables.when(on_rule.isoformat(), zone)}",
+                file=sys.stderr,
+            )
     task = api.create("/tasks", body)
     return _emit(args, task, lambda: _task_with_reminders(task, zone))
 

@@ -8,7 +8,9 @@ only reads the words, and refuses what it cannot read rather than guess.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from duetide_tools.client.errors import UsageError
 
@@ -119,3 +121,26 @@ def _month_days(value: str, text: str) -> list[int]:
             raise UsageError(f"--every {text!r}: give days of the month such as 1st, 15th, last")
         days.append(int(match[1]))
     return days
+
+
+def first_on_rule(spec: dict[str, Any], due: datetime) -> datetime | None:
+    """The rule's own first occurrence after `due` when `due` is not one it gives, else
+    None (also for a rule the server will refuse: it says why). RFC 5545 makes the first
+    due time the series' first occurrence anyway: `--every weekend --due tomorrow` on a
+    Monday is due that Tuesday, then on Saturdays and Sundays, which a user rarely means."""
+    from dateutil.rrule import rrulestr
+
+    from duetide.rules.recurrence import RecurrenceError, friendly_to_rrule
+
+    zone = ZoneInfo(spec["timezone"])
+    friendly = {k: v for k, v in spec.items() if k not in ("rrule", "timezone")}
+    try:
+        text = spec.get("rrule") or friendly_to_rrule(friendly)
+        start = due.astimezone(zone).replace(tzinfo=None)
+        rule = rrulestr(str(text).removeprefix("RRULE:"), dtstart=start)
+        first = rule.after(start, inc=True)
+    except (RecurrenceError, ValueError, TypeError):
+        return None
+    if first is None or first == start:
+        return None
+    return first.replace(tzinfo=zone)
