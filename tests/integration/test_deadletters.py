@@ -167,6 +167,12 @@ def test_replay_without_a_known_destination_asks_for_to_and_sends_nothing(
     assert len(read_topic(kafka, "duetide-task-events")) == before  # not even the known one
 
 
+def test_an_empty_list_says_so(broker, kafka, dead_topic, capsys):
+    """It printed nothing at all, as if it had not run."""
+    code, lines, err = run(capsys, "list", "--topic", dead_topic)
+    assert (code, lines) == (0, []) and f"no dead letters on {dead_topic}" in err
+
+
 def test_list_limit_shows_the_newest(broker, kafka, dead_topic, producer, capsys):
     for n in range(4):
         dead_letter(producer, dead_topic, f"e{n}", "http://x/")

@@ -266,8 +266,12 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
     servers = _bootstrap_servers()
     try:
         if args.action == "list":
+            listed = False
             for letter in deadletters.read(servers, args.topic, args.limit):
                 print(letter.line())
+                listed = True
+            if not listed:  # it printed nothing at all, as a command that had not run
+                print(f"duetide: no dead letters on {args.topic}", file=sys.stderr)
         else:
             _replay(servers, args)
     except BrokenPipeError:  # `duetide deadletters list | head`: the reader has gone
