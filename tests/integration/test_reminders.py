@@ -533,3 +533,19 @@ def test_a_relative_reminder_that_fired_is_armed_again_when_the_due_time_moves_l
     assert [u["id"] for u in upcoming] == [reminder["id"]]
     assert sweep.claim_due(new_due - timedelta(minutes=15), 100).fired == 1
     assert len(due_events()) == 2  # once for each due time
+
+
+def test_a_snoozed_relative_reminder_stays_snoozed_when_the_same_due_time_is_sent(
+    client, alice, env
+):
+    """A client sending the whole task (or a title change with it) sent the due time it
+    had: the reminder went back from its snooze to its first time."""
+    due = (utcnow() + timedelta(hours=3)).replace(microsecond=0)
+    task = make_task(client, alice, due_at=due.isoformat(), reminders=[{"before_due": "PT1H"}])
+    reminder_id = task["reminders"][0]["id"]
+    until = (utcnow() + timedelta(hours=2, minutes=30)).replace(microsecond=0).isoformat()
+    snoozed = client.post(f"/reminders/{reminder_id}/snooze", json={"until": until}, headers=alice)
+    assert snoozed.status_code == 200, snoozed.json
+    same = {"due_at": due.isoformat(), "title": "renamed"}
+    assert client.patch(f"/tasks/{task['id']}", json=same, headers=alice).status_code == 200
+    assert client.get(f"/reminders/{reminder_id}", headers=alice).json == snoozed.json

@@ -238,7 +238,7 @@ def update(session: Session, owner: str, task_id: str, spec: TaskUpdate) -> tupl
         task.priority = PRIORITIES.index(changes["priority"])
     if "tags" in changes:
         task.set_tags(changes["tags"])
-    if "due_at" in changes:
+    if "due_at" in changes and spec.due_at != task.due_at:  # the same one sent: no move
         old_due, task.due_at = task.due_at, spec.due_at
         now = utcnow()
         for reminder in _lock_reminders(session, task):
