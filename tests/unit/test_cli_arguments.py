@@ -3,13 +3,14 @@ expect: one line on stderr, a usage error with exit code 2, never a traceback.""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from duetide.config import get_settings
-from duetide_tools.cli import main
+from duetide_tools.cli import main, stop_on_signals
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +69,26 @@ def test_a_database_that_is_not_there_is_one_line_without_the_password(
     err = capsys.readouterr().err
     assert err.startswith("duetide: database error: ") and err.count("\n") == 1
     assert "PASSWORD-XYZ" not in err and "Traceback" not in err
+
+
+def test_up_stops_on_a_closed_terminal_unless_run_under_nohup() -> None:
+    """SIGHUP killed `up` at once (no clean stop recorded); under `nohup` it is ignored,
+    and must stay so: the stack is meant to outlive the terminal."""
+    before = {number: signal.getsignal(number) for number in STOPS}
+    try:
+
+        def stop(signum: int, frame: object) -> None:
+            pass
+
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        stop_on_signals(stop)
+        assert all(signal.getsignal(number) is stop for number in STOPS)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+        stop_on_signals(stop)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -4,15 +4,17 @@ and the client of the tasks API (task, series, notifications, login)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the commands import what they need when they run
     from duetide_tools.local.stack import Stack
@@ -57,11 +59,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Event.wait); setting it from another thread cannot deadlock.
         threading.Thread(target=request_stop, name="duetide-stop", daemon=True).start()
 
-    # SIGHUP: the terminal was closed. Left to its default, `up` died at once, its
-    # children by the parent-death signal, and no clean stop was recorded.
-    for stop_signal in ("SIGTERM", "SIGINT", "SIGHUP"):
-        if hasattr(signal, stop_signal):  # no SIGHUP on Windows
-            signal.signal(getattr(signal, stop_signal), on_signal)
+    stop_on_signals(on_signal)
     started = time.monotonic()
     code = 0
     record: Path | None = None
@@ -76,10 +74,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         seconds = time.monotonic() - started
         print(_banner(stack, token, args.user, seconds, local_key), flush=True)
         stopping.wait()
-        print("duetide: stopping", flush=True)
+        with contextlib.suppress(OSError):  # the terminal that was closed (EIO)
+            print("duetide: stopping", flush=True)
     except StartCancelled:
-        steps.end_line()
-        print("duetide: stopping before the start finished", flush=True)
+        with contextlib.suppress(OSError):
+            steps.end_line()
+            print("duetide: stopping before the start finished", flush=True)
         code = 130
     except (StackError, ManifestError) as exc:
         steps.end_line()
@@ -91,9 +91,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.stop()
     # Everything `up` owns has stopped; tearing the interpreter down (Kafka clients,
     # SQLAlchemy, thousands of objects) would add about half a second to Ctrl-C.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):  # a closed terminal: the exit code still counts
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(code)
+
+
+def stop_on_signals(handler: Callable[[int, Any], None]) -> None:
+    """`handler` for SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal was closed: left
+    to its default, `up` died at once, its children by the parent-death signal, and no
+    clean stop was recorded); a signal ignored already (`nohup`) stays ignored."""
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        number = getattr(signal, name, None)  # no SIGHUP on Windows
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, handler)
 
 
 def _record(home: Path, port: int, secret_from_env: bool) -> Path | None:
