@@ -714,10 +714,16 @@ def test_a_refusal_of_duetides_own_configuration_is_retryable_and_of_the_message
     relay.mailbox.refuse_sender = "553 5.7.1 Sender address rejected"
     sender = send(relay)
     relay.mailbox.refuse_sender = ""
+    relay.mailbox.refuse["alice@example.test"] = "554 5.7.1 Relay access denied"
+    not_authorised = send(relay)  # what a relay says at RCPT to a client it does not trust
+    del relay.mailbox.refuse["alice@example.test"]
     relay.mailbox.refuse_content = "554 5.6.0 Message content rejected"
     content = send(relay)
 
     assert (login.ok, login.status, login.retryable) == (False, 535, True)
     assert (sender.ok, sender.status, sender.retryable) == (False, 553, True)
+    assert (not_authorised.ok, not_authorised.status, not_authorised.retryable) == (
+        False, 554, True,
+    )  # fmt: skip
     assert (content.ok, content.status, content.retryable) == (False, 554, False)
     assert relay.mailbox.messages == []

@@ -126,7 +126,8 @@ def deliver_email(
 
     Credentials are only sent after STARTTLS. A 4xx reply or a broken connection is
     `retryable`; a 5xx reply is final only where it is about this message: its recipient
-    (RCPT) or its content (DATA). Before that (the greeting, STARTTLS, AUTH, MAIL FROM
+    (RCPT, but for a 530 or 5.7.x there: duetide not authorised) or its content (DATA, a
+    552 to MAIL FROM's SIZE). Before that (the greeting, EHLO, STARTTLS, AUTH, MAIL FROM
     with the configured sender) a refusal is the relay's or duetide's configuration,
     say a rotated password: recorded as final, every reminder until it was fixed was
     lost; retryable, they wait in dead letters for a replay. `timeout_s` bounds the
@@ -146,19 +147,30 @@ def deliver_email(
                 smtp.starttls(context=ssl_context or ssl.create_default_context())
             if username is not None:
                 smtp.login(username, password or "")
+            smtp.ehlo_or_helo_if_needed()  # sent by send_message otherwise: still the session
             about_the_message = True
             smtp.send_message(message, from_addr=sender_address, to_addrs=[to_address])
     except smtplib.SMTPRecipientsRefused as exc:
-        code = next(iter(exc.recipients.values()))[0]
-        return DeliveryResult(False, code, f"SMTP {code}: recipient refused", code < 500)
+        code, reply = next(iter(exc.recipients.values()))
+        final = code >= 500 and not _not_authorised(code, reply)
+        return DeliveryResult(False, code, f"SMTP {code}: recipient refused", not final)
     except smtplib.SMTPResponseException as exc:
         error = f"SMTP {exc.smtp_code}: {type(exc).__name__}"
-        final = about_the_message and not isinstance(exc, smtplib.SMTPSenderRefused)
+        final = about_the_message and (
+            not isinstance(exc, smtplib.SMTPSenderRefused) or exc.smtp_code == 552
+        )  # a sender refused is the configured one, but 552 is the message's SIZE
         return DeliveryResult(False, exc.smtp_code, error, exc.smtp_code < 500 or not final)
     except (smtplib.SMTPException, OSError) as exc:
         cause = "timed out" if deadline.expired else type(exc).__name__
         return DeliveryResult(False, None, clip(f"SMTP: {cause}"), True)
     return DeliveryResult(True, 250)
+
+
+def _not_authorised(code: int, reply: bytes) -> bool:
+    """A refusal at RCPT that is about duetide's standing with the relay, not about the
+    address: 530 (authentication required) or an RFC 3463 5.7.x status ("5.7.1 Relay
+    access denied", sent when the credentials are missing or wrong)."""
+    return code == 530 or reply.lstrip().startswith(b"5.7.")
 
 
 class _Watched(smtplib.SMTP):
