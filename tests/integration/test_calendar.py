@@ -20,6 +20,7 @@ from icalendar import Calendar
 from duetide import events
 from duetide.rules import ical_recurrence
 from duetide.services import calendar_export
+from duetide.services import series as series_rules
 from duetide.storage import db
 from duetide.storage.models import Outbox
 from duetide.web.http import loggable_path
@@ -189,8 +190,9 @@ def test_the_etag_of_an_overdue_series_that_skips_to_the_future_follows_the_time
     client, alice, env
 ):
     """Its rendering depends on the time (which occurrences it skips), so a poll must not
-    get a 304 for an export made as of another time step; without such a series the
-    time is no part of the ETag."""
+    get a 304 for an export made as of another time step: an hour for a daily series (a
+    5-minute step re-rendered each poll of a calendar that changed once a day), 5
+    minutes for one every few minutes; without such a series the time is no part of it."""
     now = datetime.now(UTC)
     due = (now - timedelta(days=2)).isoformat()
     recurring(client, alice, due, rrule="FREQ=DAILY")  # next_in_series: shows every day
@@ -199,11 +201,45 @@ def test_the_etag_of_an_overdue_series_that_skips_to_the_future_follows_the_time
         with db.session_scope(read_only=True) as session:
             return calendar_export.snapshot(session, "alice", at).etag
 
-    step = calendar_export.AS_OF_STEP
-    assert etag(now) == etag(now + step) == etag(now + 100 * step)
+    hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    assert etag(hour) == etag(hour + timedelta(minutes=5)) == etag(hour + timedelta(days=3))
     recurring(client, alice, due, rrule="FREQ=DAILY", catch_up="next_future")
-    assert etag(now) != etag(now + step)
-    assert len({etag(now), etag(now + step / 10), etag(now + step / 5)}) <= 2  # within a step
+    assert etag(hour) == etag(hour + timedelta(minutes=55)) != etag(hour + timedelta(hours=1))
+    recurring(client, alice, due, rrule="FREQ=MINUTELY;INTERVAL=30", catch_up="next_future")
+    assert etag(hour) == etag(hour + timedelta(minutes=4)) != etag(hour + timedelta(minutes=5))
+
+
+def test_an_overdue_series_whose_catch_up_ends_or_runs_out_shows_its_occurrence_alone(
+    client, alice, env
+):
+    """Cut short, the catch-up's last occurrence (still past) started the recurrence,
+    and a calendar app listed thousands of past to-dos; one that ends among the skipped
+    ones cost its work without it being counted against the export's budget."""
+    now = datetime.now(UTC)
+    long_ago = (now - timedelta(days=60)).replace(microsecond=0)
+    until = (long_ago + timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
+    ran_out = recurring(client, alice, long_ago.isoformat(), rrule="FREQ=MINUTELY",
+                        catch_up="next_future")  # fmt: skip
+    ended = recurring(client, alice, long_ago.isoformat(), rrule=f"FREQ=MINUTELY;UNTIL={until}",
+                      catch_up="next_future")  # fmt: skip
+    todos = calendar_of(client, alice).walk("VTODO")
+    assert sorted(str(t["UID"]) for t in todos) == sorted(
+        f"{task['id']}@duetide" for task in (ran_out, ended)
+    )
+    assert not any("rrule" in todo for todo in todos)
+    plan = ical_recurrence.export(
+        series_rules.rule_of(series_row(ended["series_id"])), long_ago, 0, now
+    )
+    assert plan.alone and plan.work > 0  # charged to the export's budget all the same
+
+
+def series_row(series_id: str):
+    from duetide.storage.models import Series
+
+    with db.session_scope(read_only=True) as session:
+        found = session.get(Series, series_id)
+        session.expunge(found)
+        return found
 
 
 def test_an_hourly_completion_series_across_a_dst_change_is_shown_as_duetide_steps_it(

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from duetide.rules.recurrence import NEXT_WORK, SeriesRule, forecast_budget
+from duetide.rules.recurrence import NEXT_WORK, RecurrenceError, SeriesRule, forecast_budget
 from duetide.rules.rrule_meter import Meter
 
 RDATE_OCCURRENCES = 12
@@ -58,22 +58,30 @@ class ExportedRecurrence:
     open_apart: bool = False
     """The open occurrence is not the first of this recurrence (see the module's
     docstring): it is exported on its own."""
+    alone: bool = False
+    """Nothing recurs: the open occurrence is exported alone (the series ends among the
+    ones its catch-up skips, or the catch-up ran out of work among them)."""
 
 
 def export(
     rule: SeriesRule, open_at: datetime, local_index: int, now: datetime
-) -> ExportedRecurrence | None:
+) -> ExportedRecurrence:
     """The recurrence from the open occurrence (``open_at``, number ``local_index`` of
     ``rule``) on, or from the one completing it makes where that skips the ones up to
-    ``now``; None where the series ends among those. Within ``SERIES_WORK``."""
+    ``now``. Within ``SERIES_WORK``; ``work`` says what it cost, whatever came of it."""
     spent, apart = 0, False
+    zone = ZoneInfo(rule.timezone)
     if rule.policy.mode == "schedule" and rule.policy.catch_up == "next_future" and open_at <= now:
         catching_up = Meter(NEXT_WORK)
-        ahead = rule.next(open_at, local_index, now=now, work=catching_up)
-        if ahead is None:
-            return None
+        try:
+            ahead = rule.next(open_at, local_index, now=now, work=catching_up)
+        except RecurrenceError:  # over its budget before any occurrence
+            ahead, catching_up.used = None, catching_up.budget
+        if ahead is None or not ahead.caught_up:  # a past one would list the rest again
+            return ExportedRecurrence(
+                open_at.astimezone(zone), None, (), catching_up.used, True, True
+            )
         open_at, local_index, spent, apart = ahead.scheduled_at, ahead.index, catching_up.used, True
-    zone = ZoneInfo(rule.timezone)
     start = open_at.astimezone(zone)
     if rule.clamp_day is not None:
         return _with_rdates(rule, start, local_index, spent, apart)

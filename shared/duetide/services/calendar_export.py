@@ -34,6 +34,7 @@ import functools
 import hashlib
 import importlib.metadata
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -102,9 +103,13 @@ FORMAT_VERSION = "2"
 
 
 AS_OF_STEP = timedelta(minutes=5)
-"""The time an export is rendered as of is now rounded down to this (the feed's max-age):
-the rendering of an overdue series that catches up to the future depends on it, so its
-ETag names it, and a poll gets a 304 within the step."""
+"""The time an export is rendered as of is now rounded down to this (the feed's max-age),
+or to `AS_OF_STEP_DAILY` where every overdue series that catches up to the future is
+daily or sparser: the rendering of such a series depends on it, so its ETag names it,
+and a poll gets a 304 within the step (every 5 minutes it re-rendered a calendar whose
+daily series changed once a day)."""
+AS_OF_STEP_DAILY = timedelta(hours=1)
+_SUB_DAILY = re.compile(r"FREQ\s*=\s*(MINUTELY|HOURLY)", re.IGNORECASE)
 
 
 def snapshot(session: Session, owner: str, now: datetime) -> Snapshot:
@@ -123,19 +128,24 @@ def snapshot(session: Session, owner: str, now: datetime) -> Snapshot:
     tasks, truncated = rows[:MAX_EXPORTED_TASKS], len(rows) > MAX_EXPORTED_TASKS
     series_ids = {t.series_id for t in tasks if t.series_id is not None}
     found = {s.id: s for s in session.exec(select(Series).where(col(Series.id).in_(series_ids)))}
-    as_of = now - (now - datetime.min.replace(tzinfo=now.tzinfo)) % AS_OF_STEP
-    timed = any(_skips_to_the_future(found.get(t.series_id or ""), t, as_of) for t in tasks)
-    return Snapshot(tasks, found, truncated, _etag(tasks, found, as_of if timed else None), as_of)
+    timed = [
+        found[t.series_id]
+        for t in tasks
+        if t.series_id in found and _skips_to_the_future(found[t.series_id], t, now)
+    ]
+    step = AS_OF_STEP if any(_SUB_DAILY.search(s.rrule) for s in timed) else AS_OF_STEP_DAILY
+    as_of = now - (now - datetime.min.replace(tzinfo=now.tzinfo)) % step
+    etag = _etag(tasks, found, as_of if timed else None)
+    return Snapshot(tasks, found, truncated, etag, as_of)
 
 
-def _skips_to_the_future(found: Series | None, task: Task, as_of: datetime) -> bool:
+def _skips_to_the_future(found: Series, task: Task, now: datetime) -> bool:
     """Whether `task` is the overdue occurrence of a series whose export then starts
-    after `as_of` (`ical_recurrence.export`)."""
+    after it (`ical_recurrence.export`)."""
     return (
-        found is not None
-        and (found.mode, found.catch_up) == ("schedule", "next_future")
+        (found.mode, found.catch_up) == ("schedule", "next_future")
         and task.scheduled_at is not None
-        and task.scheduled_at <= as_of
+        and task.scheduled_at <= now
     )
 
 
@@ -264,9 +274,9 @@ def _series_todos(found: Series, task: Task, work: Meter, as_of: datetime) -> li
     except (RecurrenceError, ValidationFailed) as exc:
         log_event(log, "calendar.series_not_exported", series_id=found.id, error=str(exc)[:200])
         return []
-    if plan is None:  # it ends among the occurrences its catch-up skips
-        return []
     work.charge(plan.work)
+    if plan.alone:
+        return []
     uid = f"series-{found.id}@duetide"
     master = _open_todo(uid, found, list(found.tags))
     master.add("dtstart", plan.dtstart)
