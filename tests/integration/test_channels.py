@@ -20,6 +20,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from duetide.channels import netguard
 from duetide.channels.email import deliver_email
 from duetide.channels.webhook import (
     IDEMPOTENCY_HEADER,
@@ -343,8 +345,36 @@ def test_a_lookup_slower_than_the_timeout_is_cut_off_retryably(receiver: Receive
         released.set()
 
     assert (result.ok, result.retryable) == (False, True)
-    assert result.error == "destination slow.example.test does not resolve to a public address"
+    assert result.error == "the look-up of slow.example.test took longer than 0.3 s"
     assert receiver.connections == 0
+
+
+def test_one_domains_slow_lookups_do_not_hold_up_another_domains(receiver: Receiver):
+    """A pool of eight threads was shared: eight stuck look-ups of one user's names made
+    every other user's wait, and fail. A domain now holds at most its own share; past it
+    its look-ups fail at once, retryably."""
+    released = threading.Event()
+    resolve = resolving_to("127.0.0.1")
+
+    def stuck(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple]:
+        released.wait(10)
+        return resolve(host, port)
+
+    slow = [
+        f"http://n{n}.slow.example.test:{receiver.port}/"
+        for n in range(9)  # more than the pool had threads
+    ]
+    try:
+        with ThreadPoolExecutor(len(slow)) as pool:
+            tries = list(pool.map(lambda url: post(url, resolver=stuck, timeout_s=1), slow))
+            other = post(f"http://hooks.other.test:{receiver.port}/", resolver=resolve)
+    finally:
+        released.set()
+
+    assert (other.ok, len(receiver.requests)) == (True, 1)
+    assert all((t.ok, t.retryable) == (False, True) for t in tries)
+    refused_at_once = [t for t in tries if "under way" in t.error]
+    assert len(refused_at_once) == 9 - netguard.MAX_LOOKUPS_PER_DOMAIN, [t.error for t in tries]
 
 
 def test_a_name_that_does_not_exist_is_final_without_retry(receiver: Receiver):

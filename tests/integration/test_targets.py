@@ -483,3 +483,27 @@ def test_preferences_store_exactly_what_the_email_channel_sends_to(client, alice
         else:
             assert response.status_code == 200, (address, response.json)
             assert response.json["email"] == expected
+
+
+def test_a_webhook_url_whose_name_cannot_be_looked_up_for_now_is_503_not_422(
+    client, alice, monkeypatch
+):
+    """A resolver failing or slow is not the URL's fault: a 422 told the user their URL
+    was wrong. A name that does not exist still is."""
+    from duetide.channels import netguard, webhook
+
+    def failing(url: str, **options: Any) -> netguard.Target:
+        raise netguard.ResolutionFailed("the look-up of hooks.example.org took longer than 5 s")
+
+    monkeypatch.setattr(webhook.netguard, "check_url", failing)
+    url = "https://hooks.example.org/in"
+    saves = [
+        ("/preferences", "patch", {"webhook_url": url}),
+        ("/subscriptions", "post", {"url": url}),
+    ]
+    for path, method, sent in saves:
+        response = getattr(client, method)(path, json=sent, headers=alice)
+        assert response.status_code == 503, response.json
+        assert response.headers["Retry-After"] == "5"
+    assert client.get("/preferences", headers=alice).json["webhook_url"] is None
+    assert client.get("/subscriptions", headers=alice).json["items"] == []

@@ -15,13 +15,12 @@ are checked as the address the operating system would connect to.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import socket
+import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -134,29 +133,54 @@ class Target:
 
 LOOKUP_TIMEOUT_S = 5.0
 """The longest a look-up may take where the caller gives no bound of its own."""
-LOOKUP_THREADS = 8
+MAX_LOOKUPS = 128
+"""Look-ups under way in a process, counting those given up on that still run."""
+MAX_LOOKUPS_PER_DOMAIN = 4
+"""Of those, for names under one domain (its last two labels): whoever runs a slow DNS
+server for their names holds at most these, never the ones of other users' names."""
 
-
-@functools.cache
-def _lookups() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="duetide-lookup")
+_lookups_lock = threading.Lock()
+_lookups: Counter[str] = Counter()
 
 
 def bounded(resolver: Resolver, timeout_s: float) -> Resolver:
-    """`resolver` cut off after `timeout_s` (a `ResolutionFailed` the caller retries).
+    """`resolver` cut off after `timeout_s` (`TimeoutError`, which the caller retries).
     getaddrinfo has no timeout of its own: whoever runs the authoritative server of a
     webhook's name could hold each try, and each API request saving the URL, for the
-    system resolver's whole timeout (glibc: 5 s for each attempt and server). The
-    look-up runs on one of `LOOKUP_THREADS` threads, where a stuck one finishes in its
-    own time; past them, look-ups queue within the same bound."""
+    system resolver's whole timeout (glibc: 5 s for each attempt and server). Each
+    look-up runs on a thread of its own, which a stuck one keeps until the resolver
+    gives up; a domain's look-ups beyond `MAX_LOOKUPS_PER_DOMAIN`, and any beyond
+    `MAX_LOOKUPS`, fail at once (a shared pool of threads let one user's slow names
+    make every other user's look-ups wait, and fail)."""
 
     def lookup(host: str, port: int, **options: Any) -> list[tuple[Any, ...]]:
-        found = _lookups().submit(resolver, host, port, **options)
-        try:
-            return found.result(timeout=max(0.0, timeout_s))
-        except FutureTimeout:
-            found.cancel()
-            raise TimeoutError(f"the look-up of {host} took longer than {timeout_s:g} s") from None
+        domain = ".".join(host.rsplit(".", 2)[-2:])
+        with _lookups_lock:
+            if _lookups[domain] >= MAX_LOOKUPS_PER_DOMAIN or _lookups.total() >= MAX_LOOKUPS:
+                raise TimeoutError(f"too many look-ups of {domain} are under way")
+            _lookups[domain] += 1
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append(resolver(host, port, **options))
+            except BaseException as exc:  # handed to the caller, whatever it is
+                outcome.append(exc)
+            finally:
+                with _lookups_lock:
+                    _lookups[domain] -= 1
+                    if not _lookups[domain]:
+                        del _lookups[domain]
+                done.set()
+
+        threading.Thread(target=run, name="duetide-lookup", daemon=True).start()
+        if not done.wait(max(0.0, timeout_s)):
+            raise TimeoutError(f"the look-up of {host} took longer than {timeout_s:g} s")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        answers: list[tuple[Any, ...]] = outcome[0]
+        return answers
 
     return lookup
 
@@ -280,6 +304,8 @@ def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
         return [literal]
     try:
         answers = resolver(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError as exc:  # said as it is: the name may well resolve a moment later
+        raise ResolutionFailed(str(exc), permanent=False) from None
     except (OSError, UnicodeError) as exc:
         permanent = isinstance(exc, socket.gaierror) and exc.errno in NO_SUCH_NAME
         raise _no_public_address(host, ResolutionFailed, permanent=permanent) from None

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 
 from duetide.channels import email, netguard, verification, webhook
 from duetide.config import get_settings
-from duetide.errors import Conflict, ValidationFailed
+from duetide.errors import Conflict, Unavailable, ValidationFailed
 from duetide.rules import zones
 from duetide.rules.durations import iso_duration
 from duetide.storage.models import Preference
@@ -219,12 +219,18 @@ def challenge_webhook(
 
 def checked_webhook(url: str | None, field: str = "webhook_url") -> str | None:
     """The URL if the webhook client may send there (its SSRF rules, with the same
-    settings), a 422 naming `field` otherwise. Before any transaction: it resolves."""
+    settings), a 422 naming `field` otherwise; a 503 where its name could not be looked
+    up for now (the resolver failing or slow is not the URL's fault). Before any
+    transaction: it resolves."""
     if not url:
         return None
     try:
         return webhook.check_url(url)
-    except (netguard.UnsafeDestination, netguard.ResolutionFailed) as exc:
+    except netguard.ResolutionFailed as exc:
+        if not exc.permanent:
+            raise Unavailable(f"{field}: {exc}; retry", headers={"Retry-After": "5"}) from None
+        raise _invalid(field, str(exc)) from None
+    except netguard.UnsafeDestination as exc:
         raise _invalid(field, str(exc)) from None
 
 
