@@ -27,8 +27,9 @@ Channel = Literal["log", "webhook", "email"]
 SubscriptionStatus = Literal["unverified", "active", "disabled"]
 """A webhook subscription: waiting for its URL to echo the challenge, delivering, or
 stopped (by its owner, or after failing for too long) until its owner enables it."""
-DeliveryStatus = Literal["pending", "delivered", "failed"]
-"""One event to one subscription: being tried (and retried), done, or given up."""
+DeliveryStatus = Literal["pending", "parked", "delivered", "failed"]
+"""One event to one subscription: being tried (and retried), waiting for its
+subscription to be enabled or verified, done, or given up."""
 Priority = Literal["none", "low", "medium", "high", "urgent"]
 PRIORITIES: tuple[Priority, ...] = get_args(Priority)
 """Priorities are stored as their rank here (an integer column, so that tasks sort by it)."""

@@ -416,12 +416,12 @@ def test_an_outage_longer_than_every_lease_fails_no_delivery_that_was_never_trie
     assert (delivery["status"], delivery["attempt"]) == ("delivered", 1)
 
 
-def test_the_sweep_puts_off_a_disabled_subscriptions_tries_and_enabling_resumes_them(
+def test_the_sweep_parks_a_disabled_subscriptions_tries_and_enabling_resumes_them(
     client, alice, receiver, eventing
 ):
     """A disabled subscription keeps its pending tries; left due, every ping's claim read
-    past all of them (300,000: 120-190 ms a ping). The sweep puts them off a day, out of
-    the due range the claim reads, and enabling the subscription makes them due again."""
+    past all of them (300,000: 120-190 ms a ping). The claim parks them, out of the due
+    range, and enabling the subscription makes them due again, and only them."""
     made = subscribe(client, alice, receiver)
     Receiver.script = [503, 503, 503]
     for title in ("one", "two", "three"):
@@ -430,21 +430,75 @@ def test_the_sweep_puts_off_a_disabled_subscriptions_tries_and_enabling_resumes_
     client.patch(f"/subscriptions/{made['id']}", json={"active": False}, headers=alice)
     later = utcnow() + timedelta(hours=1)
     assert webhook_deliveries.claim_retries(later, 100) == 0
+    assert [d["status"] for d in deliveries(client, alice, made["id"])] == ["parked"] * 3
+    assert due_at(later + webhook_deliveries.PARKED) == 0  # out of the claim's range
 
-    def due_at(moment):
-        with db.session_scope(read_only=True) as session:
-            query = select(WebhookDelivery).where(
-                col(WebhookDelivery.status) == "pending",
-                col(WebhookDelivery.next_attempt_at) <= moment,
-            )
-            return len(session.exec(query).all())
-
-    assert due_at(later) == 0  # out of the claim's range
-    assert due_at(later + webhook_deliveries.PARKED) == 3  # looked at again in a day
     client.patch(f"/subscriptions/{made['id']}", json={"active": True}, headers=alice)
+    assert [d["status"] for d in deliveries(client, alice, made["id"])] == ["pending"] * 3
     assert due_at(utcnow()) == 3
     assert webhook_deliveries.claim_retries(utcnow(), 100) == 3
     assert eventing.pump() == ["delivered"] * 3
+
+
+def test_enabling_an_active_subscription_moves_no_retry_forward(client, alice, receiver, eventing):
+    """`{"active": true}` on an active subscription made every pending try due at once:
+    a client sending it with each save skipped every backoff."""
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [503]
+    make_task(client, alice, "one")
+    assert eventing.pump() == ["retry"]
+    (before,) = deliveries(client, alice, made["id"])
+    client.patch(f"/subscriptions/{made['id']}", json={"active": True}, headers=alice)
+    (after,) = deliveries(client, alice, made["id"])
+    assert after["next_attempt_at"] == before["next_attempt_at"] and after["status"] == "pending"
+    assert due_at(utcnow()) == 0
+
+
+def test_a_parked_delivery_whose_resume_never_ran_is_due_again_a_day_later(
+    client, alice, receiver, eventing
+):
+    """The process that enabled the subscription died before its `resume`: the parked
+    tries are looked at again after `PARKED`, and sent, as its subscription is active."""
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [503]
+    make_task(client, alice, "one")
+    assert eventing.pump() == ["retry"]
+    client.patch(f"/subscriptions/{made['id']}", json={"active": False}, headers=alice)
+    webhook_deliveries.claim_retries(utcnow() + timedelta(hours=1), 100)
+    with db.session_scope() as session:  # enabled without the resume
+        session.exec(text("UPDATE subscription SET status = 'active', disabled_at = NULL"))  # type: ignore[call-overload]
+    a_day_later = utcnow() + timedelta(hours=1) + webhook_deliveries.PARKED
+    assert webhook_deliveries.claim_retries(a_day_later, 100) == 0  # due again, now
+    assert webhook_deliveries.claim_retries(a_day_later, 100) == 1
+    assert eventing.pump() == ["delivered"]
+
+
+def test_a_try_notify_never_takes_is_given_up_after_its_publications(
+    client, alice, receiver, eventing
+):
+    """Published again as the same attempt while notify never took it, without a bound:
+    a try notify refuses (a dead letter each time) went on until the purge."""
+    made = subscribe(client, alice, receiver)
+    make_task(client, alice, "refused by notify")
+    eventing.pump(only=get_settings().duetide_topic_task_events)
+    at = utcnow()
+    for _ in range(webhook_deliveries.MAX_REPUBLISHES + 1):
+        at += webhook_deliveries.REPUBLISH_CAP + timedelta(seconds=1)
+        webhook_deliveries.claim_retries(at, 100)
+    (delivery,) = deliveries(client, alice, made["id"])
+    assert (delivery["status"], delivery["attempt"]) == ("failed", 1)
+    assert "never taken" in delivery["tries"][-1]["error"]
+    assert Receiver.seen == []
+
+
+def due_at(moment) -> int:
+    """Deliveries the claim would take at `moment`."""
+    with db.session_scope(read_only=True) as session:
+        query = select(WebhookDelivery).where(
+            col(WebhookDelivery.status) == "pending",
+            col(WebhookDelivery.next_attempt_at) <= moment,
+        )
+        return len(session.exec(query).all())
 
 
 def test_a_new_url_is_verified_before_it_gets_anything(client, alice, receiver, eventing):
@@ -721,3 +775,30 @@ def test_deliveries_are_purged_with_the_activity_log(client, alice, receiver, ev
     assert deliveries(client, alice, made["id"]) == []
     with db.session_scope(read_only=True) as session:
         assert session.exec(select(WebhookDelivery)).all() == []
+
+
+def test_a_claim_during_an_enabling_does_not_park_what_the_enabling_resumes(
+    env, client, alice, receiver, eventing
+):
+    """The claim read a subscription as disabled while its owner was enabling it, and
+    parked its tries after the `resume` had looked: they waited a day. The claim locks
+    the subscriptions of what it takes (SKIP LOCKED): one being enabled is left alone."""
+    if not env.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: the claim and the enabling cannot overlap")
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [503]
+    make_task(client, alice, "one")
+    assert eventing.pump() == ["retry"]
+    client.patch(f"/subscriptions/{made['id']}", json={"active": False}, headers=alice)
+    later = utcnow() + timedelta(hours=1)
+    with db.get_engine().connect() as enabling:
+        change = enabling.begin()  # the owner's PATCH, holding the row, not committed yet
+        enabling.execute(
+            text("UPDATE subscription SET status = 'active' WHERE id = :id"), {"id": made["id"]}
+        )
+        assert webhook_deliveries.claim_retries(later, 100) == 0
+        (waiting,) = deliveries(client, alice, made["id"])
+        assert waiting["status"] == "pending"  # not parked
+        change.commit()
+    assert webhook_deliveries.claim_retries(later, 100) == 1
+    assert eventing.pump() == ["delivered"]

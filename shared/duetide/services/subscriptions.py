@@ -83,10 +83,12 @@ def listed(session: Session, owner: str) -> list[Subscription]:
 
 def update(
     session: Session, owner: str, subscription_id: str, spec: SubscriptionUpdate, now: datetime
-) -> tuple[Subscription, verification.WebhookChallenge | None]:
-    """Apply a `validated` change; a new URL yields its challenge to send after the commit."""
+) -> tuple[Subscription, verification.WebhookChallenge | None, bool]:
+    """Apply a `validated` change; a new URL yields its challenge to send after the commit.
+    The flag: this made it active (its parked deliveries are to be resumed then)."""
     preference = preferences.locked(session, owner)
     subscription = read(session, owner, subscription_id, lock=True)
+    was_active = subscription.status == "active"
     changes = spec.model_fields_set
     challenge = None
     if "types" in changes:
@@ -111,7 +113,7 @@ def update(
             challenge = _challenge(session, preference, subscription, now)
     subscription.updated_at = now
     session.add(subscription)
-    return subscription, challenge
+    return subscription, challenge, subscription.status == "active" and not was_active
 
 
 def challenge(

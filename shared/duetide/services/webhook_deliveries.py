@@ -19,8 +19,12 @@ The path, and why each step is where it is:
   next attempt, with a new outbox event. A try whose event was never taken (a backlog,
   notify or the broker down past the lease) is published again as the same attempt: it
   counted as one, and an outage of eight leases failed every delivery made at its start
-  without one POST. Due tries of a subscription that is not active are put off by
-  `PARKED` (`resume` makes them due again when it is enabled or verified).
+  without one POST. At most `MAX_REPUBLISHES` times, backed off: a try notify can never
+  take is given up rather than published until the purge.
+- A due delivery of a subscription that is not active is `parked` by the same claim:
+  out of the due range every ping reads (left due, each ping read past all of them),
+  until the subscription is enabled or verified (`resume`), or a day has passed (the
+  net under a `resume` that never ran).
 
 Each try is numbered (`attempt`), and notify starts a try only once (`started`): a
 stale or repeated event for a try already started changes nothing. A receiver sees a
@@ -56,17 +60,15 @@ MAX_TRIES_KEPT = 20  # the delivery log keeps this many tries per delivery, the 
 DELIVERY_TIMEOUT_S = 5.0
 MAX_RETRY_BATCHES = 20  # per ping: 10,000 retries at the default batch
 PARKED = timedelta(days=1)
-"""How far the sweep puts off a due try of a subscription that is not active. Left due,
-every ping's claim read past all of them (a disabled subscription keeps its pending
-tries): 300,000 cost 120-190 ms a ping. Enabling or verifying the subscription makes
-them due at once (`resume`); the day is the net under a `resume` that never ran (its
-process died after the commit)."""
-PARK_BATCH = 5_000
-MAX_PARK_BATCHES = 10  # per ping
+"""How long a parked delivery waits before the sweep looks at its subscription again,
+in case the `resume` of its enabling never ran (its process died after the commit)."""
 REPUBLISH_CAP = timedelta(hours=1)
 """The longest wait before a try whose event was never taken is published again; until
 then it waits as long as its delivery has (at least a lease), so a long backlog is not
 fed one more event per delivery every lease."""
+MAX_REPUBLISHES = 30
+"""Publications of one try, never taken, before the delivery is given up: about a day
+of waits growing to `REPUBLISH_CAP`."""
 
 
 _ACTIVE = (
@@ -339,18 +341,16 @@ def disable(subscription: Subscription, reason: str, now: datetime) -> None:
 
 def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHES) -> int:
     """Claim every delivery whose next try is due, of active subscriptions, as its next
-    attempt with its outbox event, batch after batch until one comes back short (at most
-    `max_batches` per ping: the next ping goes on); give up the ones out of tries. The
-    number claimed."""
-    for _ in range(MAX_PARK_BATCHES):
-        if _park_batch(now, PARK_BATCH) < PARK_BATCH:
-            break
+    attempt with its outbox event (park those of the others), batch after batch until
+    one comes back short (at most `max_batches` per ping: the next ping goes on); give
+    up the ones out of tries. The number claimed."""
     claimed = spent = 0
     for _ in range(max_batches):
         seen, tried, given_up = _claim_batch(now, batch)
         claimed, spent = claimed + tried, spent + given_up
         if seen < batch:
             break
+    _recheck_parked(now, batch)
     if claimed or spent:
         log_event(log, "subscription.retries_claimed", claimed=claimed, given_up=spent)
     return claimed
@@ -358,35 +358,43 @@ def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHE
 
 def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
     """One transaction: up to `limit` due deliveries, oldest first; (seen, claimed, given
-    up). PostgreSQL skips rows another sweep holds (SKIP LOCKED); SQLite's write lock at
-    BEGIN serialises two sweeps."""
+    up). Their subscriptions are locked too (after them: the order a try's record takes),
+    so one being enabled meanwhile is skipped or waits for this commit, and never has a
+    delivery parked after its `resume` looked. PostgreSQL skips rows another sweep or
+    change holds (SKIP LOCKED); SQLite's write lock at BEGIN serialises two sweeps."""
     settings = get_settings()
     lease = timedelta(seconds=settings.duetide_subscription_lease_s)
     with db.session_scope() as session:
         due = session.exec(
-            select(WebhookDelivery)
+            select(WebhookDelivery, Subscription.status)
             .join(Subscription, col(Subscription.id) == col(WebhookDelivery.subscription_id))
             .where(
                 col(WebhookDelivery.status) == "pending",
                 col(WebhookDelivery.next_attempt_at) <= now,
-                col(Subscription.status) == "active",
             )
             .order_by(col(WebhookDelivery.next_attempt_at))
             .limit(limit)
-            .with_for_update(skip_locked=True, of=WebhookDelivery)
+            .with_for_update(skip_locked=True, of=[WebhookDelivery, Subscription])
         ).all()
         claimed: list[WebhookDelivery] = []
-        spent: set[str] = set()
-        for delivery in due:
-            if delivery.started < delivery.attempt:  # never taken: the same try again
-                waited = max(lease, now - delivery.created_at)
-                delivery.next_attempt_at = now + min(waited, REPUBLISH_CAP)
-                claimed.append(delivery)
+        spent = 0
+        for delivery, status in due:
+            if status != "active":
+                delivery.status, delivery.next_attempt_at = "parked", now + PARKED
+            elif delivery.started < delivery.attempt:  # never taken: the same try again
+                if delivery.republished >= MAX_REPUBLISHES:
+                    spent += 1
+                    _never_taken(delivery, now)
+                else:
+                    waited = max(lease, now - delivery.created_at)
+                    delivery.next_attempt_at = now + min(waited, REPUBLISH_CAP)
+                    delivery.republished += 1
+                    claimed.append(delivery)
             elif delivery.attempt >= settings.duetide_subscription_max_attempts:
-                spent.add(delivery.id)  # its last try was started and never recorded
+                spent += 1  # its last try was started and never recorded
                 _finish(delivery, "failed", now)
             else:
-                delivery.attempt += 1
+                delivery.attempt, delivery.republished = delivery.attempt + 1, 0
                 delivery.next_attempt_at = now + lease
                 claimed.append(delivery)
             session.add(delivery)
@@ -402,57 +410,63 @@ def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
             ],
             source=events.SOURCE_SWEEP,
         )
-    return len(due), len(claimed), len(spent)
+    return len(due), len(claimed), spent
 
 
-def _park_batch(now: datetime, limit: int) -> int:
-    """Put off up to `limit` due tries of subscriptions that are not active (`PARKED`);
-    how many. Whether the subscription is active is read again by the UPDATE itself: one
-    enabled after the rows were picked keeps its tries due, and a `resume` committed
-    after this UPDATE's look waits for its row locks, then makes them due again."""
-    active = (
-        select(Subscription.id)
-        .where(
-            col(Subscription.id) == col(WebhookDelivery.subscription_id),
-            col(Subscription.status) == "active",
-        )
-        .exists()
+def _never_taken(delivery: WebhookDelivery, now: datetime) -> None:
+    """Give up a delivery whose try notify never took, however often it was published
+    (its event refused, say): logged and shown in its tries."""
+    error = f"try {delivery.attempt} was published {delivery.republished + 1} times, never taken"
+    entry = {"attempt": delivery.attempt, "at": now.isoformat(), "status": None, "error": error}
+    delivery.tries = [*delivery.tries, {**entry, "ms": 0}][-MAX_TRIES_KEPT:]
+    _finish(delivery, "failed", now)
+    log_event(
+        log,
+        "subscription.never_taken",
+        level=logging.WARNING,
+        delivery_id=delivery.id,
+        subscription_id=delivery.subscription_id,
+        attempt=delivery.attempt,
     )
-    picked = (
-        select(WebhookDelivery.id)
-        .where(
-            col(WebhookDelivery.status) == "pending",
-            col(WebhookDelivery.next_attempt_at) <= now,
-            ~active,
-        )
-        .order_by(col(WebhookDelivery.next_attempt_at))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+
+
+def _recheck_parked(now: datetime, limit: int) -> None:
+    """Parked deliveries a day old whose subscription is active again (its `resume`
+    never ran) are due again; the others wait another day. Read from the parked part
+    of the due index alone."""
     with db.session_scope() as session:
-        parked = session.execute(
-            update(WebhookDelivery)
-            .where(col(WebhookDelivery.id).in_(picked), ~active)
-            .values(next_attempt_at=now + PARKED)
-            .execution_options(synchronize_session=False)
-        )
-        return int(parked.rowcount)  # type: ignore[attr-defined]
+        parked = session.exec(
+            select(WebhookDelivery, Subscription.status)
+            .join(Subscription, col(Subscription.id) == col(WebhookDelivery.subscription_id))
+            .where(
+                col(WebhookDelivery.status) == "parked",
+                col(WebhookDelivery.next_attempt_at) <= now,
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
+        ).all()
+        for delivery, status in parked:
+            if status == "active":
+                delivery.status, delivery.next_attempt_at = "pending", now
+            else:
+                delivery.next_attempt_at = now + PARKED
+            session.add(delivery)
 
 
 def resume(subscription_id: str, now: datetime) -> None:
-    """Make the pending tries of a subscription just enabled or verified due now, in a
-    transaction of their own after the one that made it active: the sweep parked them
-    (`PARKED`) while it was not. In the same transaction the deliveries' locks would
-    come after the subscription's, the reverse of a try's record (`_record`)."""
+    """Make the parked deliveries of a subscription just enabled or verified due now, in
+    a transaction of their own after the one that made it active (in that one the
+    deliveries' locks would come after the subscription's, the reverse of a try's
+    record). A claim that parked one meanwhile held the subscription's lock, so that
+    commit waited for it, and this sees what it parked."""
     with db.session_scope() as session:
         session.execute(
             update(WebhookDelivery)
             .where(
                 col(WebhookDelivery.subscription_id) == subscription_id,
-                col(WebhookDelivery.status) == "pending",
-                col(WebhookDelivery.next_attempt_at) > now,
+                col(WebhookDelivery.status) == "parked",
             )
-            .values(next_attempt_at=now)
+            .values(status="pending", next_attempt_at=now)
         )
 
 
@@ -461,7 +475,7 @@ def redeliver(session: Session, delivery: WebhookDelivery, now: datetime) -> str
     the id of the outbox event. The caller holds the row's lock."""
     lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
     delivery.status = "pending"
-    delivery.attempt += 1
+    delivery.attempt, delivery.republished = delivery.attempt + 1, 0
     delivery.next_attempt_at = now + lease
     delivery.finished_at = None
     session.add(delivery)

@@ -457,7 +457,8 @@ class WebhookDelivery(SQLModel, table=True):
     waits for (claimed by the activity function or the sweep, sent by notify) and
     `started` the last try notify began: a try runs once even when its event comes
     twice. `next_attempt_at` is when the sweep may claim the next try (a retry, or a
-    try whose sender died); null once it is delivered or failed."""
+    try whose sender died); null once it is delivered or failed. A delivery of a
+    subscription that is not active is `parked` until it is enabled or verified."""
 
     __tablename__ = "webhook_delivery"
     __table_args__ = (
@@ -483,6 +484,7 @@ class WebhookDelivery(SQLModel, table=True):
     status: DeliveryStatus = _word(16, "pending")
     attempt: int = 1
     started: int = 0
+    republished: int = 0  # how often try `attempt` was published again, never taken
     next_attempt_at: datetime | None = _utc()
     # One entry per finished try: {"at", "status" (HTTP or null), "error", "ms"}.
     tries: list[dict[str, Any]] = Field(

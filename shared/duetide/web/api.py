@@ -522,8 +522,8 @@ def _subscription_answer(
     **extra: str,
 ) -> Response:
     """Send the challenge a change made (after its commit), then answer with the
-    subscription as it is now: `active` if the URL echoed it, or why not. Pending tries
-    of one enabled or verified (`enabled`, or the echo) are due again at once
+    subscription as it is now: `active` if the URL echoed it, or why not. The parked
+    deliveries of one made active (`enabled`, or the echo) are due again at once
     (`webhook_deliveries.resume`)."""
     if challenge is not None:
         result = verification.send(challenge)
@@ -562,8 +562,8 @@ def update_subscription(request: Request, user: str, subscription_id: str) -> Re
     spec = parse_model(SubscriptionUpdate, _body(request))
     subscriptions.validated(spec)
     with db.session_scope() as session:
-        _, challenge = subscriptions.update(session, user, subscription_id, spec, utcnow())
-    return _subscription_answer(subscription_id, user, challenge, enabled=spec.active is True)
+        _, challenge, enabled = subscriptions.update(session, user, subscription_id, spec, utcnow())
+    return _subscription_answer(subscription_id, user, challenge, enabled=enabled)
 
 
 def verify_subscription(request: Request, user: str, subscription_id: str) -> Response:

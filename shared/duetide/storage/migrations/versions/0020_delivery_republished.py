@@ -1,0 +1,35 @@
+"""how often a delivery's current try was published without being taken
+
+Revision ID: 0020
+Revises: 0019
+Create Date: 2026-12-07 04:00:00.000000
+
+A try whose event notify never took is published again as the same attempt (an outage
+no longer spends a delivery's tries); `republished` bounds that, so a try notify can
+never take is given up instead of published again until the retention purge. Rows
+before it have not been published again. Deliveries of a subscription that is not
+active now wait as `parked` (a word in the same VARCHAR column, no schema change).
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0020"
+down_revision: str | None = "0019"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("webhook_delivery", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("republished", sa.Integer(), nullable=False, server_default="0")
+        )
+
+
+def downgrade() -> None:
+    op.execute("UPDATE webhook_delivery SET status = 'pending' WHERE status = 'parked'")
+    with op.batch_alter_table("webhook_delivery", schema=None) as batch_op:
+        batch_op.drop_column("republished")
