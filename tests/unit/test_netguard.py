@@ -104,6 +104,8 @@ REFUSED_LITERALS = {
     "nat64 loopback": ("[64:ff9b::7f00:1]", "NAT64"),
     "nat64 metadata": ("[64:ff9b::a9fe:a9fe]", "NAT64"),
     "nat64 local-use": ("[64:ff9b:1::a00:1]", "64:ff9b:1::/48"),
+    "ipv4-translated loopback": ("[::ffff:0:7f00:1]", "IPv4-translated"),  # is_global: yes
+    "ipv4-translated private": ("[::ffff:0:a00:1]", "IPv4-translated"),
     "teredo": ("[2001:0:4136:e378:8000:63bf:3fff:fdd2]", "2001::/32"),
     "unique local": ("[fc00::1]", "fc00::/7"),
     "ipv6 link-local": ("[fe80::1]", "fe80::/10"),

@@ -70,6 +70,7 @@ BLOCKED_V6 = tuple(
 )
 LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT (RFC 2765): is_global said yes
 HEX_PART = re.compile(r"0[xX][0-9a-fA-F]*")
 OCTAL_PART = re.compile(r"0[0-7]+")
 DECIMAL_PART = re.compile(r"0|[1-9][0-9]*")
@@ -256,6 +257,8 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4A
         return "6to4", address.sixtofour
     if address in NAT64:
         return "NAT64", ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    if address in IPV4_TRANSLATED:
+        return "IPv4-translated", ipaddress.IPv4Address(packed & 0xFFFFFFFF)
     return None
 
 
