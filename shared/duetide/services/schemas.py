@@ -175,10 +175,16 @@ class RecurrenceIn(RequestModel):
                     "required": ["rrule"],
                     "properties": {
                         "rrule": {"not": {"type": "null"}},
-                        **{name: {"type": "null"} for name in FRIENDLY_FIELDS},
+                        **{name: {"type": "null"} for name in ("frequency", *FRIENDLY_FIELDS)},
                     },
                 },
-                {"required": ["frequency"], "properties": {"frequency": {"not": {"type": "null"}}}},
+                {
+                    "required": ["frequency"],
+                    "properties": {
+                        "frequency": {"not": {"type": "null"}},
+                        "rrule": {"type": "null"},
+                    },
+                },
             ]
         }
     )
