@@ -27,6 +27,7 @@ POLL_MS = 200
 ENDS_POLL_MS = 20
 FETCH_WAIT_MS = 100
 DEFAULT_TIMEOUT_S = 15.0
+BOOTSTRAP_TIMEOUT_S = 5.0
 
 
 class TopicReadError(RuntimeError):
@@ -103,6 +104,8 @@ def _batches(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         fetch_max_wait_ms=FETCH_WAIT_MS,  # an empty partition's first fetch answers soon
+        # kafka-python waits 30 s for a broker that is not there; a command says so sooner
+        bootstrap_timeout_ms=int(min(timeout_s, BOOTSTRAP_TIMEOUT_S) * 1000),
     )
     try:
         numbers = consumer.partitions_for_topic(topic)
