@@ -242,6 +242,67 @@ def test_a_signed_command_can_be_posted_in_either_mode(keyed):
     assert owners() == ["xavier", "xavier"]
 
 
+def test_a_signed_command_forwarded_with_its_headers_as_they_were_is_taken(keyed):
+    """A dispatcher that maps Kafka headers to HTTP ones as they are (CloudEvents
+    sdk-java's, which Knative's KafkaSource uses) sends a source with escapes, a valid
+    URI, undecoded; read decoded, `caf%C3%A9` became `café` and the signature failed:
+    401, dead-lettered. The form it was signed in counts, decoded or as received."""
+    source = "https://shop.example/stores/caf%C3%A9"
+    event = command("order%2042")
+    event["source"] = source
+    signed = sign_command(event, user="xavier", system="shop", key=SHOP_KEY)
+    wire, body = events.to_http(signed)
+    as_is = {**wire, "ce-source": source, "ce-id": "order%2042"}  # not percent-encoded
+    first = keyed.post("/commands", headers=as_is, data=body)
+    assert first.status_code == 201, first.json
+    again = post(keyed, signed)  # the same command, encoded as the HTTP binding says
+    assert (again.status_code, again.json["status"]) == (200, "duplicate")
+    with db.session_scope(read_only=True) as session:
+        keys = session.exec(select(ProcessedEvent.source, ProcessedEvent.event_id)).all()
+    assert [tuple(k) for k in keys] == [(source, "order%2042")] and owners() == ["xavier"]
+    forged = {**as_is, "ce-id": "order%2043"}  # not what was signed, in either form
+    assert keyed.post("/commands", headers=forged, data=body).status_code == 401
+
+
+def test_a_create_command_sent_again_is_answered_with_the_task_it_made(keyed):
+    """A system that lost the first answer (a timeout) sent the command again and got a
+    bare `duplicate`: holding only its key, it could never learn the task's id, nor
+    complete the task."""
+    event = sign_command(command("order-7"), user="xavier", system="crm", key=CRM_KEY)
+    first = post(keyed, event)
+    assert first.status_code == 201, first.json
+    again = post(keyed, event)
+    assert (again.status_code, again.json["status"]) == (200, "duplicate")
+    assert again.json["task"]["id"] == first.json["task"]["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    done = events.build(
+        event_id="order-7-done", type=events.CMD_TASK_COMPLETE, source="/crm", subject="",
+        data={"task_id": again.json["task"]["id"]},
+    )  # fmt: skip
+    completed = post(keyed, sign_command(done, user="xavier", system="crm", key=CRM_KEY))
+    assert completed.status_code == 200 and completed.json["task"]["status"] == "done"
+    assert post(keyed, event).json["task"]["status"] == "done"  # the task as it is now
+
+
+def test_a_header_that_is_not_ascii_is_refused_not_read_as_latin_1(keyed):
+    """A dispatcher forwarding a UTF-8 header as it is: `josé` was read as `josÃ©`, so a
+    registered sender's command acted for another user."""
+    event = sign_command(command(), user="xavier", system="crm", key=CRM_KEY)
+    wire, body = events.to_http(event)
+    wire["ce-duetideuser"] = "jos\u00e9".encode().decode("latin-1")
+    answer = keyed.post("/commands", headers=wire, data=body)
+    assert refused(answer, 400, "invalid_cloudevent")["message"].startswith(
+        "header ce-duetideuser is not ASCII"
+    )
+
+
+def test_an_unknown_command_type_is_not_echoed_whole(keyed):
+    event = command()
+    event["type"] = "x" * 900_000
+    answer = post(keyed, event)
+    assert answer.status_code == 400 and len(answer.get_data()) < 2_000
+
+
 def _resigned_then(change: str) -> Any:
     event = sign_command(command(), user="xavier", system="crm", key=CRM_KEY)
     if change == "user":

@@ -149,7 +149,8 @@ BINARY_MODE_REFUSALS = {
         r"^(missing required attributes|not a CloudEvent|invalid dev\.duetide\.task\.\w+\.v1 data"
         r"|unsupported specversion|unknown command type|the (id|source) attribute is longer"
         r"|duetideuser must be|invalid CloudEvent attributes|missing required CloudEvent"
-        r"|the CloudEvent could not be parsed|the event at attributes\.)",
+        r"|the CloudEvent could not be parsed|the event at attributes\."
+        r"|header ce-\S+ is not (ASCII|percent-encoded UTF-8))",
     ),
 }
 

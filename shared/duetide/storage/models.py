@@ -376,6 +376,9 @@ class ProcessedEvent(SQLModel, table=True):
     source: str = Field(primary_key=True, max_length=512)
     event_id: str = Field(primary_key=True, max_length=255)
     processed_at: datetime = _created()
+    # What the event made, for the answer to its redelivery: a create command's task id
+    # (a system that lost the first answer had no other way to learn it).
+    result: str | None = Field(default=None, max_length=36)
 
 
 class ActivityEntry(SQLModel, table=True):

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from duetide.errors import Unavailable
 from duetide.storage import db, outbox
@@ -47,13 +48,29 @@ class EventKey:
         }
 
 
-def seen(key: EventKey) -> bool:
-    """Whether `key` was recorded already: a read of its primary key, outside any write,
-    for a caller that must not charge a redelivery as new work (the command rate limit).
-    A delivery racing this one is still caught by `run_once`."""
+def seen(key: EventKey) -> ProcessedEvent | None:
+    """The record of `key`, if it was recorded already: a read of its primary key,
+    outside any write, for a caller that must not charge a redelivery as new work (the
+    command rate limit). A delivery racing this one is still caught by `run_once`."""
     with db.session_scope(read_only=True) as session:
         row = session.get(ProcessedEvent, (key.consumer, key.scope, key.source, key.event_id))
-        return row is not None
+        if row is not None:
+            session.expunge(row)
+        return row
+
+
+def note_result(session: Session, key: EventKey, result: str) -> None:
+    """Keep what the event made with its record, in the transaction that claimed it."""
+    session.connection().execute(
+        update(ProcessedEvent)
+        .where(
+            col(ProcessedEvent.consumer) == key.consumer,
+            col(ProcessedEvent.scope) == key.scope,
+            col(ProcessedEvent.source) == key.source,
+            col(ProcessedEvent.event_id) == key.event_id,
+        )
+        .values(result=result)
+    )
 
 
 def claim(session: Session, key: EventKey) -> bool:

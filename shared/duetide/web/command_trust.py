@@ -45,6 +45,9 @@ class Actor:
 
     user: str
     via: str
+    event: Incoming | None = None
+    """The command as it was signed, where that is its attributes as received, not
+    percent-decoded (`Incoming.as_received`): its (source, id) and user are those."""
 
     @property
     def own(self) -> bool:
@@ -58,13 +61,13 @@ def actor(request: Request, event: Incoming) -> Actor:
         raise InvalidCloudEvent(TOKEN_IN_EVENT)
     user, sender = _from_header(request)
     signed = signing.SIGNATURE in event.extensions or signing.SYSTEM in event.extensions
-    system = _signed_by(event) if signed else None
-    if system is not None:
+    if signed:
+        system, event = _signed_by(event)
         if user is not None:
             raise BadRequest(
                 "a command is either signed by a system or sent with a user's own token"
             )
-        return Actor(_named_user(event), f"system {system}")
+        return Actor(_named_user(event), f"system {system}", event)
     if sender is not None:
         if sender not in get_settings().command_senders:
             raise Forbidden(f"the sender {sender!r} is not registered to send commands")
@@ -92,9 +95,20 @@ def _from_header(request: Request) -> tuple[str | None, str | None]:
     return auth.verify(token), None
 
 
-def _signed_by(event: Incoming) -> str:
-    """The registered system whose key signed `event`, or 401 (never saying whether the
-    system is known)."""
+def _signed_by(event: Incoming) -> tuple[str, Incoming]:
+    """The registered system whose key signed `event`, and the event as it was signed:
+    as decoded, else as received (`Incoming.as_received`); or 401 (never saying whether
+    the system is known)."""
+    try:
+        return _signer(event), event
+    except Unauthorized:
+        if not event.received:
+            raise
+    undecoded = event.as_received()
+    return _signer(undecoded), undecoded
+
+
+def _signer(event: Incoming) -> str:
     system = event.extensions.get(signing.SYSTEM)
     claimed = event.extensions.get(signing.SIGNATURE)
     keys = get_settings().command_keys().get(system) if isinstance(system, str) else None

@@ -23,7 +23,7 @@ from duetide.errors import InvalidCloudEvent, NotFound, ValidationFailed
 from duetide.logs import log_event
 from duetide.services import ratelimit, task_events, tasks
 from duetide.services.responses import CommandResult
-from duetide.storage import processed
+from duetide.storage import db, processed
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import command_events, command_trust
 from duetide.web.http import json_response, validation_failed
@@ -98,24 +98,42 @@ def _complete(session: Session, user: str, task_id: str) -> tuple[Any, list[str]
         raise ValidationFailed.of("task_id", exc.message) from None
 
 
+def _duplicate(key: EventKey, user: str) -> Response:
+    """The answer to a command sent again: `duplicate`, with the task a create command
+    made as it is now (and its Location), as `POST /tasks` replays its Idempotency-Key.
+    A system holds only its signing key, so the first answer, lost, was its one way to
+    learn the task's id, and it could never complete that task."""
+    record = processed.seen(key)
+    task = None
+    if record is not None and record.result is not None:
+        with db.session_scope(read_only=True) as session:
+            try:
+                task = tasks.read(session, user, record.result)
+            except NotFound:  # deleted since
+                task = None
+    headers = {"Location": f"/tasks/{task.id}"} if task is not None else None
+    return json_response(CommandResult(status="duplicate", task=task), 200, headers)
+
+
 def handle(request: Request) -> Response:
     event = decode(request, get_settings().duetide_max_body_bytes)
     follow_trace(event)
     if event.type not in (events.CMD_TASK_CREATE, events.CMD_TASK_COMPLETE):
-        raise InvalidCloudEvent(
-            f"unknown command type {event.type!r}; expected "
+        raise InvalidCloudEvent(  # the sender's text, bounded (it echoed 900 KB)
+            f"unknown command type {event.type[:255]!r}; expected "
             f"{events.CMD_TASK_CREATE} or {events.CMD_TASK_COMPLETE}"
         )
     telemetry.note(f"process {event.type}", **{"cloudevents.event_type": event.type})
     _bounded(event.data)  # before a signature is worked out over it
     actor = command_trust.actor(request, event)
+    event = actor.event or event  # as it was signed
     user = actor.user
     payload = _payload(event)
     spec = payload.task if isinstance(payload, command_events.CreateCommandData) else None
     key = EventKey(CONSUMER, event.source, event.id, scope=user)
     if processed.seen(key):  # a redelivery is no new write: it costs no budget
         _log_handled(event, actor, "duplicate")
-        return json_response(CommandResult(status="duplicate"))
+        return _duplicate(key, user)
     if actor.own:
         # A registered system's commands are not charged to the user they act for: its
         # burst (an import, a backlog after an outage) came back 429, which a KafkaSource
@@ -127,6 +145,7 @@ def handle(request: Request) -> Response:
     def work(session: Session) -> tuple[CommandResult, list[str]]:
         if spec is not None:
             task, ids = tasks.create(session, user, spec)
+            processed.note_result(session, key, task.id)
         else:
             task, ids = _complete(session, user, payload.task_id)
         return CommandResult(status="processed", task=task), ids
@@ -135,7 +154,7 @@ def handle(request: Request) -> Response:
         body = run_once(key, work)
     _log_handled(event, actor, "duplicate" if body is None else "processed")
     if body is None:
-        return json_response(CommandResult(status="duplicate"))
+        return _duplicate(key, user)
     if spec is None:
         return json_response(body)
     assert body.task is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -51,6 +51,26 @@ class Incoming:
     time: str = ""
     data: Any = None
     extensions: dict[str, Any] = field(default_factory=dict)
+    received: dict[str, str] = field(default_factory=dict)
+    """Binary mode: each attribute whose header was percent-decoded, as it came."""
+
+    def as_received(self) -> Incoming:
+        """The event with its attributes as their headers came, not percent-decoded. The
+        HTTP binding says to decode them, but a dispatcher that maps Kafka headers to
+        HTTP ones as they are (CloudEvents sdk-java's, Knative's) forwards a source such
+        as `https://shop.example/caf%C3%A9` undecoded: its signer meant it as written."""
+        got = self.received
+        extensions = {k: got.get(k, v) for k, v in self.extensions.items()}
+        return replace(
+            self,
+            id=got.get("id", self.id),
+            source=got.get("source", self.source),
+            type=got.get("type", self.type),
+            subject=got.get("subject", self.subject),
+            time=got.get("time", self.time),
+            extensions=extensions,
+            received={},
+        )
 
 
 def _is_json(mimetype: str) -> bool:
@@ -59,7 +79,14 @@ def _is_json(mimetype: str) -> bool:
 
 def _unquoted(name: str, value: str) -> str:
     """Strictly: `unquote` makes U+FFFD of bytes that are not UTF-8, and `evt-%FF` and
-    `evt-%FE` were then one id (the second event answered `duplicate` and dropped)."""
+    `evt-%FE` were then one id (the second event answered `duplicate` and dropped). A
+    header is ASCII (its other characters percent-encoded): the server reads other
+    bytes as Latin-1, and `josé` sent as UTF-8 became the user `josÃ©`."""
+    if not value.isascii():
+        raise InvalidCloudEvent(
+            f"header {name} is not ASCII: percent-encode its other characters "
+            "(CloudEvents HTTP binding, 3.1.3.2)"
+        )
     try:
         return unquote(value, errors="strict")
     except UnicodeDecodeError:
@@ -71,8 +98,11 @@ def decode(request: Request, max_bytes: int) -> Incoming:
     body = read_body(request, max_bytes)
     headers = {k.lower(): v for k, v in request.headers.items()}
     binary = _binary_mode(request, headers)
+    received: dict[str, str] = {}
     if binary:  # attribute values in headers are percent-encoded (HTTP binding, 3.1.3.2)
-        headers = {k: _unquoted(k, v) if k.startswith("ce-") else v for k, v in headers.items()}
+        sent = {k: v for k, v in headers.items() if k.startswith("ce-")}
+        headers = {k: _unquoted(k, v) if k in sent else v for k, v in headers.items()}
+        received = {k[3:]: v for k, v in sent.items() if headers[k] != v}
     else:  # structured: the SDK would go by a stray ce-specversion header
         headers = {k: v for k, v in headers.items() if not k.startswith("ce-")}
     try:
@@ -97,6 +127,7 @@ def decode(request: Request, max_bytes: int) -> Incoming:
         time=str(attributes.get("time") or ""),
         data=_json_data(event.get_data()),
         extensions={k: v for k, v in attributes.items() if k not in _CONTEXT},
+        received=received,
     )
     found = unstorable_at({"data": incoming.data})
     if found is not None:  # text no database can store: a poison event, not a retry

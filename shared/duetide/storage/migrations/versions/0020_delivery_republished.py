@@ -1,4 +1,5 @@
-"""how often a delivery's current try was published without being taken
+"""how often a delivery's current try was published without being taken; what a
+processed event made
 
 Revision ID: 0020
 Revises: 0019
@@ -9,6 +10,9 @@ no longer spends a delivery's tries); `republished` bounds that, so a try notify
 never take is given up instead of published again until the retention purge. Rows
 before it have not been published again. Deliveries of a subscription that is not
 active now wait as `parked` (a word in the same VARCHAR column, no schema change).
+
+`processed_event.result` keeps what a create command made (its task id), so that the
+command sent again is answered with the task, not a bare `duplicate`.
 """
 
 from collections.abc import Sequence
@@ -27,9 +31,13 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("republished", sa.Integer(), nullable=False, server_default="0")
         )
+    with op.batch_alter_table("processed_event", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("result", sa.String(length=36), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("processed_event", schema=None) as batch_op:
+        batch_op.drop_column("result")
     op.execute("UPDATE webhook_delivery SET status = 'pending' WHERE status = 'parked'")
     with op.batch_alter_table("webhook_delivery", schema=None) as batch_op:
         batch_op.drop_column("republished")
