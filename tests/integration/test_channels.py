@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from duetide.channels import netguard
+from duetide.channels.delivery import DeliveryResult
 from duetide.channels.email import deliver_email
 from duetide.channels.webhook import (
     IDEMPOTENCY_HEADER,
@@ -340,19 +341,20 @@ def test_a_lookup_slower_than_the_timeout_is_cut_off_retryably(receiver: Receive
         return resolve(host, port)
 
     try:
-        result = post(f"http://slow.example.test:{receiver.port}/", resolver=stuck, timeout_s=0.3)
+        result = post(f"http://slow.lookup.test:{receiver.port}/", resolver=stuck, timeout_s=0.3)
     finally:
         released.set()
 
     assert (result.ok, result.retryable) == (False, True)
-    assert result.error == "the look-up of slow.example.test took longer than 0.3 s"
+    assert result.error == "the look-up of slow.lookup.test took longer than 0.3 s"
     assert receiver.connections == 0
 
 
-def test_one_domains_slow_lookups_do_not_hold_up_another_domains(receiver: Receiver):
+def test_a_domain_whose_lookups_hang_is_refused_at_once_and_no_other_is(receiver: Receiver):
     """A pool of eight threads was shared: eight stuck look-ups of one user's names made
-    every other user's wait, and fail. A domain now holds at most its own share; past it
-    its look-ups fail at once, retryably."""
+    every other user's wait, and fail. Now a domain with look-ups cut off and still
+    running has its next ones refused at once, retryably; another domain's, even many
+    at once, are not held up (a cap on every look-up in flight refused those)."""
     released = threading.Event()
     resolve = resolving_to("127.0.0.1")
 
@@ -360,21 +362,23 @@ def test_one_domains_slow_lookups_do_not_hold_up_another_domains(receiver: Recei
         released.wait(10)
         return resolve(host, port)
 
-    slow = [
-        f"http://n{n}.slow.example.test:{receiver.port}/"
-        for n in range(9)  # more than the pool had threads
-    ]
+    def hanging(n: int) -> DeliveryResult:
+        return post(f"http://n{n}.hang.test:{receiver.port}/", resolver=stuck, timeout_s=0.3)
+
+    def popular(n: int) -> DeliveryResult:
+        return post(f"http://h{n}.popular.test:{receiver.port}/", resolver=resolve)
+
     try:
-        with ThreadPoolExecutor(len(slow)) as pool:
-            tries = list(pool.map(lambda url: post(url, resolver=stuck, timeout_s=1), slow))
-            other = post(f"http://hooks.other.test:{receiver.port}/", resolver=resolve)
+        with ThreadPoolExecutor(9) as pool:
+            cut_off = list(pool.map(hanging, range(netguard.MAX_STUCK_LOOKUPS_PER_DOMAIN)))
+            again = hanging(99)
+            fast = list(pool.map(popular, range(9)))  # more than the pool had threads
     finally:
         released.set()
 
-    assert (other.ok, len(receiver.requests)) == (True, 1)
-    assert all((t.ok, t.retryable) == (False, True) for t in tries)
-    refused_at_once = [t for t in tries if "under way" in t.error]
-    assert len(refused_at_once) == 9 - netguard.MAX_LOOKUPS_PER_DOMAIN, [t.error for t in tries]
+    assert all("took longer than 0.3 s" in t.error and t.retryable for t in cut_off)
+    assert (again.retryable, again.error) == (True, "look-ups of hang.test are not answering")
+    assert all(t.ok for t in fast) and len(receiver.requests) == 9
 
 
 def test_a_name_that_does_not_exist_is_final_without_retry(receiver: Receiver):
@@ -746,6 +750,8 @@ def test_a_refusal_of_duetides_own_configuration_is_retryable_and_of_the_message
     relay.mailbox.refuse_sender = ""
     relay.mailbox.refuse["alice@example.test"] = "554 5.7.1 Relay access denied"
     not_authorised = send(relay)  # what a relay says at RCPT to a client it does not trust
+    relay.mailbox.refuse["alice@example.test"] = "550 5.7.1 Recipient address rejected"
+    recipients_policy = send(relay)  # the address's own: final
     del relay.mailbox.refuse["alice@example.test"]
     relay.mailbox.refuse_content = "554 5.6.0 Message content rejected"
     content = send(relay)
@@ -756,4 +762,5 @@ def test_a_refusal_of_duetides_own_configuration_is_retryable_and_of_the_message
         False, 554, True,
     )  # fmt: skip
     assert (content.ok, content.status, content.retryable) == (False, 554, False)
+    assert (recipients_policy.status, recipients_policy.retryable) == (550, False)
     assert relay.mailbox.messages == []

@@ -126,7 +126,7 @@ def deliver_email(
 
     Credentials are only sent after STARTTLS. A 4xx reply or a broken connection is
     `retryable`; a 5xx reply is final only where it is about this message: its recipient
-    (RCPT, but for a 530 or 5.7.x there: duetide not authorised) or its content (DATA, a
+    (RCPT, but for a 530, an authentication status or a relay refused there) or its content (DATA, a
     552 to MAIL FROM's SIZE). Before that (the greeting, EHLO, STARTTLS, AUTH, MAIL FROM
     with the configured sender) a refusal is the relay's or duetide's configuration,
     say a rotated password: recorded as final, every reminder until it was fixed was
@@ -168,9 +168,15 @@ def deliver_email(
 
 def _not_authorised(code: int, reply: bytes) -> bool:
     """A refusal at RCPT that is about duetide's standing with the relay, not about the
-    address: 530 (authentication required) or an RFC 3463 5.7.x status ("5.7.1 Relay
-    access denied", sent when the credentials are missing or wrong)."""
-    return code == 530 or reply.lstrip().startswith(b"5.7.")
+    address: 530 (authentication required), an RFC 3463 status of authentication (5.7.0,
+    5.7.8, 5.7.57) or "5.7.1 Relay access denied" (sent when the credentials are missing
+    or wrong). Other 5.7.x refusals are the recipient's policy ("Access denied"): final."""
+    text = reply.strip().lower()
+    return (
+        code == 530
+        or text.startswith((b"5.7.0", b"5.7.8 ", b"5.7.57"))
+        or (text.startswith(b"5.7.1") and b"relay" in text)
+    )
 
 
 class _Watched(smtplib.SMTP):

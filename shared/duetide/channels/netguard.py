@@ -134,14 +134,16 @@ class Target:
 
 LOOKUP_TIMEOUT_S = 5.0
 """The longest a look-up may take where the caller gives no bound of its own."""
-MAX_LOOKUPS = 128
-"""Look-ups under way in a process, counting those given up on that still run."""
-MAX_LOOKUPS_PER_DOMAIN = 4
-"""Of those, for names under one domain (its last two labels): whoever runs a slow DNS
-server for their names holds at most these, never the ones of other users' names."""
+MAX_STUCK_LOOKUPS = 128
+"""Look-ups given up on that still run (the resolver has no timeout), in a process."""
+MAX_STUCK_LOOKUPS_PER_DOMAIN = 4
+"""Of those, for names under one domain (its last two labels, so `co.uk` names share
+one): whoever runs a slow DNS server for their names holds at most these, and their
+further look-ups fail at once, never other users'. Look-ups that answer in time count
+for nothing: a popular receiver's many at once are not refused."""
 
 _lookups_lock = threading.Lock()
-_lookups: Counter[str] = Counter()
+_stuck: Counter[str] = Counter()
 
 
 def bounded(resolver: Resolver, timeout_s: float) -> Resolver:
@@ -149,19 +151,22 @@ def bounded(resolver: Resolver, timeout_s: float) -> Resolver:
     getaddrinfo has no timeout of its own: whoever runs the authoritative server of a
     webhook's name could hold each try, and each API request saving the URL, for the
     system resolver's whole timeout (glibc: 5 s for each attempt and server). Each
-    look-up runs on a thread of its own, which a stuck one keeps until the resolver
-    gives up; a domain's look-ups beyond `MAX_LOOKUPS_PER_DOMAIN`, and any beyond
-    `MAX_LOOKUPS`, fail at once (a shared pool of threads let one user's slow names
-    make every other user's look-ups wait, and fail)."""
+    look-up runs on a thread of its own, which one cut off keeps until the resolver
+    gives up; while a domain has `MAX_STUCK_LOOKUPS_PER_DOMAIN` such, or the process
+    `MAX_STUCK_LOOKUPS`, its look-ups fail at once (a shared pool of threads let one
+    user's slow names make every other user's look-ups wait, and fail)."""
 
     def lookup(host: str, port: int, **options: Any) -> list[tuple[Any, ...]]:
         domain = ".".join(host.rsplit(".", 2)[-2:])
         with _lookups_lock:
-            if _lookups[domain] >= MAX_LOOKUPS_PER_DOMAIN or _lookups.total() >= MAX_LOOKUPS:
-                raise TimeoutError(f"too many look-ups of {domain} are under way")
-            _lookups[domain] += 1
+            if (
+                _stuck[domain] >= MAX_STUCK_LOOKUPS_PER_DOMAIN
+                or _stuck.total() >= MAX_STUCK_LOOKUPS
+            ):
+                raise TimeoutError(f"look-ups of {domain} are not answering")
         outcome: list[Any] = []
         done = threading.Event()
+        abandoned = False
 
         def run() -> None:
             try:
@@ -170,14 +175,20 @@ def bounded(resolver: Resolver, timeout_s: float) -> Resolver:
                 outcome.append(exc)
             finally:
                 with _lookups_lock:
-                    _lookups[domain] -= 1
-                    if not _lookups[domain]:
-                        del _lookups[domain]
-                done.set()
+                    done.set()
+                    if abandoned:
+                        _stuck[domain] -= 1
+                        if not _stuck[domain]:
+                            del _stuck[domain]
 
         threading.Thread(target=run, name="duetide-lookup", daemon=True).start()
         if not done.wait(max(0.0, timeout_s)):
-            raise TimeoutError(f"the look-up of {host} took longer than {timeout_s:g} s")
+            with _lookups_lock:
+                if not done.is_set():  # it may have finished just now
+                    abandoned = True
+                    _stuck[domain] += 1
+            if abandoned:
+                raise TimeoutError(f"the look-up of {host} took longer than {timeout_s:g} s")
         if isinstance(outcome[0], BaseException):
             raise outcome[0]
         answers: list[tuple[Any, ...]] = outcome[0]

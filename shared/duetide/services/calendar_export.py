@@ -104,12 +104,13 @@ FORMAT_VERSION = "2"
 
 AS_OF_STEP = timedelta(minutes=5)
 """The time an export is rendered as of is now rounded down to this (the feed's max-age),
-or to `AS_OF_STEP_DAILY` where every overdue series that catches up to the future is
-daily or sparser: the rendering of such a series depends on it, so its ETag names it,
+or to `AS_OF_STEP_DAILY` where every overdue series that catches up to the future comes
+at most once a day: the rendering of such a series depends on it, so its ETag names it,
 and a poll gets a 304 within the step (every 5 minutes it re-rendered a calendar whose
 daily series changed once a day)."""
 AS_OF_STEP_DAILY = timedelta(hours=1)
-_SUB_DAILY = re.compile(r"FREQ\s*=\s*(MINUTELY|HOURLY)", re.IGNORECASE)
+_SUB_DAILY = re.compile(r"FREQ\s*=\s*(MINUTELY|HOURLY)|BYHOUR|BYMINUTE", re.IGNORECASE)
+"""A rule that may come more than once a day (hours or minutes of its own)."""
 
 
 def snapshot(session: Session, owner: str, now: datetime) -> Snapshot:

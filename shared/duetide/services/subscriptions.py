@@ -83,12 +83,10 @@ def listed(session: Session, owner: str) -> list[Subscription]:
 
 def update(
     session: Session, owner: str, subscription_id: str, spec: SubscriptionUpdate, now: datetime
-) -> tuple[Subscription, verification.WebhookChallenge | None, bool]:
-    """Apply a `validated` change; a new URL yields its challenge to send after the commit.
-    The flag: this made it active (its parked deliveries are to be resumed then)."""
+) -> tuple[Subscription, verification.WebhookChallenge | None]:
+    """Apply a `validated` change; a new URL yields its challenge to send after the commit."""
     preference = preferences.locked(session, owner)
     subscription = read(session, owner, subscription_id, lock=True)
-    was_active = subscription.status == "active"
     changes = spec.model_fields_set
     challenge = None
     if "types" in changes:
@@ -113,7 +111,7 @@ def update(
             challenge = _challenge(session, preference, subscription, now)
     subscription.updated_at = now
     session.add(subscription)
-    return subscription, challenge, subscription.status == "active" and not was_active
+    return subscription, challenge
 
 
 def challenge(

@@ -59,6 +59,7 @@ log = logging.getLogger("duetide.services.webhook_deliveries")
 MAX_TRIES_KEPT = 20  # the delivery log keeps this many tries per delivery, the last ones
 DELIVERY_TIMEOUT_S = 5.0
 MAX_RETRY_BATCHES = 20  # per ping: 10,000 retries at the default batch
+MAX_PARK_BATCHES = 100  # per ping: 50,000 parked, or looked at again, at the default batch
 PARKED = timedelta(days=1)
 """How long a parked delivery waits before the sweep looks at its subscription again,
 in case the `resume` of its enabling never ran (its process died after the commit)."""
@@ -342,15 +343,20 @@ def disable(subscription: Subscription, reason: str, now: datetime) -> None:
 def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHES) -> int:
     """Claim every delivery whose next try is due, of active subscriptions, as its next
     attempt with its outbox event (park those of the others), batch after batch until
-    one comes back short (at most `max_batches` per ping: the next ping goes on); give
-    up the ones out of tries. The number claimed."""
-    claimed = spent = 0
-    for _ in range(max_batches):
+    one comes back short (at most `max_batches` that claim something per ping, and
+    `MAX_PARK_BATCHES` that only park: the next ping goes on); give up the ones out of
+    tries. The number claimed."""
+    _go_on_resuming(now)
+    claimed = spent = claiming = 0
+    for _ in range(max_batches + MAX_PARK_BATCHES):
         seen, tried, given_up = _claim_batch(now, batch)
         claimed, spent = claimed + tried, spent + given_up
-        if seen < batch:
+        claiming += bool(tried or given_up)
+        if seen < batch or claiming >= max_batches:
             break
-    _recheck_parked(now, batch)
+    for _ in range(MAX_PARK_BATCHES):
+        if _recheck_parked(now, batch) < batch:
+            break
     if claimed or spent:
         log_event(log, "subscription.retries_claimed", claimed=claimed, given_up=spent)
     return claimed
@@ -358,24 +364,33 @@ def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHE
 
 def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
     """One transaction: up to `limit` due deliveries, oldest first; (seen, claimed, given
-    up). Their subscriptions are locked too (after them: the order a try's record takes),
-    so one being enabled meanwhile is skipped or waits for this commit, and never has a
-    delivery parked after its `resume` looked. PostgreSQL skips rows another sweep or
-    change holds (SKIP LOCKED); SQLite's write lock at BEGIN serialises two sweeps."""
+    up). Their subscriptions are then locked FOR SHARE (after them: the order a try's
+    record takes), so one being enabled meanwhile is skipped, left for the next ping,
+    or its enabling waits for this commit, and never has a delivery parked after its
+    `resume` looked; FOR SHARE, not FOR UPDATE, lets the activity function go on adding
+    deliveries (their foreign key's lock). PostgreSQL skips rows another sweep or change
+    holds (SKIP LOCKED); SQLite's write lock at BEGIN serialises two sweeps."""
     settings = get_settings()
     lease = timedelta(seconds=settings.duetide_subscription_lease_s)
     with db.session_scope() as session:
-        due = session.exec(
-            select(WebhookDelivery, Subscription.status)
-            .join(Subscription, col(Subscription.id) == col(WebhookDelivery.subscription_id))
+        picked = session.exec(
+            select(WebhookDelivery)
             .where(
                 col(WebhookDelivery.status) == "pending",
                 col(WebhookDelivery.next_attempt_at) <= now,
             )
             .order_by(col(WebhookDelivery.next_attempt_at))
             .limit(limit)
-            .with_for_update(skip_locked=True, of=[WebhookDelivery, Subscription])
+            .with_for_update(skip_locked=True)
         ).all()
+        statuses = dict(
+            session.exec(
+                select(Subscription.id, Subscription.status)
+                .where(col(Subscription.id).in_({d.subscription_id for d in picked}))
+                .with_for_update(read=True, skip_locked=True)
+            ).all()
+        )
+        due = [(d, statuses[d.subscription_id]) for d in picked if d.subscription_id in statuses]
         claimed: list[WebhookDelivery] = []
         spent = 0
         for delivery, status in due:
@@ -410,7 +425,7 @@ def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
             ],
             source=events.SOURCE_SWEEP,
         )
-    return len(due), len(claimed), spent
+    return len(picked), len(claimed), spent
 
 
 def _never_taken(delivery: WebhookDelivery, now: datetime) -> None:
@@ -430,10 +445,11 @@ def _never_taken(delivery: WebhookDelivery, now: datetime) -> None:
     )
 
 
-def _recheck_parked(now: datetime, limit: int) -> None:
+def _recheck_parked(now: datetime, limit: int) -> int:
     """Parked deliveries a day old whose subscription is active again (its `resume`
-    never ran) are due again; the others wait another day. Read from the parked part
-    of the due index alone."""
+    never ran) are due again; the others wait another day (each parked row is written
+    once a day until it is purged). Read from the parked part of the due index alone;
+    how many were looked at."""
     with db.session_scope() as session:
         parked = session.exec(
             select(WebhookDelivery, Subscription.status)
@@ -451,23 +467,72 @@ def _recheck_parked(now: datetime, limit: int) -> None:
             else:
                 delivery.next_attempt_at = now + PARKED
             session.add(delivery)
+        return len(parked)
+
+
+RESUME_BATCH = 5_000
+MAX_RESUME_BATCHES = 10  # per ping
 
 
 def resume(subscription_id: str, now: datetime) -> None:
-    """Make the parked deliveries of a subscription just enabled or verified due now, in
-    a transaction of their own after the one that made it active (in that one the
-    deliveries' locks would come after the subscription's, the reverse of a try's
-    record). A claim that parked one meanwhile held the subscription's lock, so that
-    commit waited for it, and this sees what it parked."""
-    with db.session_scope() as session:
-        session.execute(
-            update(WebhookDelivery)
-            .where(
-                col(WebhookDelivery.subscription_id) == subscription_id,
-                col(WebhookDelivery.status) == "parked",
+    """Make the parked deliveries of an active subscription due now: a batch here (the
+    request that enabled or verified it; 300,000 at once took 20 s), the rest by the
+    sweep (`subscription.resuming`). Each batch is a transaction of its own, after the
+    change that made the subscription active (in that one the deliveries' locks would
+    come after the subscription's, the reverse of a try's record). A claim that parked
+    one meanwhile held the subscription's lock, so that change waited for it, and this
+    sees what it parked. Nothing to do for a subscription with none parked: safe to call
+    again (a retried PATCH, a verify)."""
+    if _unpark(subscription_id, now) == RESUME_BATCH:
+        with db.session_scope() as session:
+            session.execute(
+                update(Subscription)
+                .where(col(Subscription.id) == subscription_id)
+                .values(resuming=True)
             )
-            .values(status="pending", next_attempt_at=now)
+
+
+def _unpark(subscription_id: str, now: datetime) -> int:
+    """One batch of a subscription's parked deliveries due now (`ix_delivery_parked`)."""
+    parked = (
+        select(WebhookDelivery.id)
+        .where(
+            col(WebhookDelivery.subscription_id) == subscription_id,
+            col(WebhookDelivery.status) == "parked",
         )
+        .limit(RESUME_BATCH)
+    )
+    with db.session_scope() as session:
+        done = session.execute(
+            update(WebhookDelivery)
+            .where(col(WebhookDelivery.id).in_(parked), col(WebhookDelivery.status) == "parked")
+            .values(status="pending", next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return int(done.rowcount)  # type: ignore[attr-defined]
+
+
+def _go_on_resuming(now: datetime) -> None:
+    """The sweep's part of `resume`: up to MAX_RESUME_BATCHES batches a ping, of the
+    active subscriptions still marked (`ix_subscription_resuming`)."""
+    with db.session_scope(read_only=True) as session:
+        marked = session.exec(
+            select(Subscription.id)
+            .where(col(Subscription.resuming), col(Subscription.status) == "active")
+            .limit(MAX_RESUME_BATCHES)
+        ).all()
+    batches = 0
+    for subscription_id in marked:
+        while batches < MAX_RESUME_BATCHES:
+            batches += 1
+            if _unpark(subscription_id, now) < RESUME_BATCH:
+                with db.session_scope() as session:
+                    session.execute(
+                        update(Subscription)
+                        .where(col(Subscription.id) == subscription_id)
+                        .values(resuming=False)
+                    )
+                break
 
 
 def redeliver(session: Session, delivery: WebhookDelivery, now: datetime) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -20,19 +21,26 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-def create_index_concurrently(name: str, table: str, columns: list[str]) -> None:
-    """In a migration: an index on a table the functions keep writing. On PostgreSQL it is
-    built CONCURRENTLY, so writes go on meanwhile (a plain CREATE INDEX blocks them for the
-    whole build). Such a build waits for the transactions writing the table, a wait that
-    `lock_timeout` cuts off, leaving an invalid index: each attempt drops that first."""
+def create_index_concurrently(
+    name: str, table: str, columns: list[str], where: str | None = None
+) -> None:
+    """In a migration: an index on a table the functions keep writing (partial: `where`).
+    On PostgreSQL it is built CONCURRENTLY, so writes go on meanwhile (a plain CREATE
+    INDEX blocks them for the whole build). Such a build waits for the transactions
+    writing the table, a wait that `lock_timeout` cuts off, leaving an invalid index:
+    each attempt drops that first."""
     from alembic import op
+    from sqlalchemy import text
 
+    partial: dict[str, Any] = {}
+    if where is not None:
+        partial = {"postgresql_where": text(where), "sqlite_where": text(where)}
     if op.get_context().dialect.name != "postgresql":
-        op.create_index(name, table, columns)
+        op.create_index(name, table, columns, **partial)
         return
     with op.get_context().autocommit_block():
         op.drop_index(name, table, postgresql_concurrently=True, if_exists=True)
-        op.create_index(name, table, columns, postgresql_concurrently=True)
+        op.create_index(name, table, columns, postgresql_concurrently=True, **partial)
 
 
 def drop_index_concurrently(name: str, table: str) -> None:

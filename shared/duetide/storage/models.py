@@ -431,6 +431,14 @@ class Subscription(SQLModel, table=True):
     when it lasts too long (`rules.webhook_retry`)."""
 
     __tablename__ = "subscription"
+    __table_args__ = (  # the few still resuming, for the sweep (partial)
+        Index(
+            "ix_subscription_resuming",
+            "id",
+            postgresql_where=text("resuming"),
+            sqlite_where=text("resuming"),
+        ),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     owner: str = _owner()
@@ -448,6 +456,8 @@ class Subscription(SQLModel, table=True):
     disabled_reason: str = Field(default="", max_length=255)
     failing_since: datetime | None = _utc()
     failures: int = 0
+    # Parked deliveries are left to resume, more than one request's batch: the sweep's.
+    resuming: bool = False
     created_at: datetime = _created()
     updated_at: datetime = _created()
 
@@ -469,6 +479,13 @@ class WebhookDelivery(SQLModel, table=True):
         Index("ix_delivery_subscription_created", "subscription_id", "created_at", "id"),
         Index("ix_delivery_due", "status", "next_attempt_at"),
         Index("ix_delivery_created", "created_at"),  # the sweep's purge
+        # A subscription's parked deliveries, for `resume` (partial: parked ones only).
+        Index(
+            "ix_delivery_parked",
+            "subscription_id",
+            postgresql_where=text("status = 'parked'"),
+            sqlite_where=text("status = 'parked'"),
+        ),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)

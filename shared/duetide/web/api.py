@@ -518,22 +518,20 @@ def _subscription_answer(
     user: str,
     challenge: verification.WebhookChallenge | None,
     status: int = 200,
-    enabled: bool = False,
     **extra: str,
 ) -> Response:
     """Send the challenge a change made (after its commit), then answer with the
     subscription as it is now: `active` if the URL echoed it, or why not. The parked
-    deliveries of one made active (`enabled`, or the echo) are due again at once
-    (`webhook_deliveries.resume`)."""
+    deliveries of one that is active are due again at once (`webhook_deliveries.resume`:
+    nothing for one with none; a retried PATCH that finds it enabled resumes too)."""
     if challenge is not None:
         result = verification.send(challenge)
         if not result.ok:
             extra["verification_error"] = result.error
-        enabled = enabled or result.ok
-    if enabled:
-        webhook_deliveries.resume(subscription_id, utcnow())
     with db.session_scope(read_only=True) as session:
         subscription = subscriptions.read(session, user, subscription_id)
+    if subscription.status == "active":
+        webhook_deliveries.resume(subscription_id, utcnow())
     body = subscription_out(subscription, **extra)
     headers = {"Location": f"/subscriptions/{subscription.id}"} if status == 201 else None
     return json_response(body, status, headers)
@@ -562,15 +560,15 @@ def update_subscription(request: Request, user: str, subscription_id: str) -> Re
     spec = parse_model(SubscriptionUpdate, _body(request))
     subscriptions.validated(spec)
     with db.session_scope() as session:
-        _, challenge, enabled = subscriptions.update(session, user, subscription_id, spec, utcnow())
-    return _subscription_answer(subscription_id, user, challenge, enabled=enabled)
+        _, challenge = subscriptions.update(session, user, subscription_id, spec, utcnow())
+    return _subscription_answer(subscription_id, user, challenge)
 
 
 def verify_subscription(request: Request, user: str, subscription_id: str) -> Response:
     with db.session_scope() as session:
         _, challenge = subscriptions.challenge(session, user, subscription_id, utcnow())
     _send_challenge(challenge, "url")
-    return _subscription_answer(subscription_id, user, None, enabled=True)
+    return _subscription_answer(subscription_id, user, None)
 
 
 def rotate_subscription_secret(request: Request, user: str, subscription_id: str) -> Response:

@@ -9,7 +9,9 @@ A try whose event notify never took is published again as the same attempt (an o
 no longer spends a delivery's tries); `republished` bounds that, so a try notify can
 never take is given up instead of published again until the retention purge. Rows
 before it have not been published again. Deliveries of a subscription that is not
-active now wait as `parked` (a word in the same VARCHAR column, no schema change).
+active now wait as `parked` (a word in the same VARCHAR column), found by subscription
+through a partial index of the parked ones; `subscription.resuming` marks one whose
+parked deliveries were more than its enabling request resumed, for the sweep to go on.
 
 `processed_event.result` keeps what a create command made (its task id), so that the
 command sent again is answered with the task, not a bare `duplicate`.
@@ -19,6 +21,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from duetide.storage.migrate import create_index_concurrently
 
 revision: str = "0020"
 down_revision: str | None = "0019"
@@ -33,9 +37,21 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("processed_event", schema=None) as batch_op:
         batch_op.add_column(sa.Column("result", sa.String(length=36), nullable=True))
+    create_index_concurrently(
+        "ix_delivery_parked", "webhook_delivery", ["subscription_id"], "status = 'parked'"
+    )
+    with op.batch_alter_table("subscription", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("resuming", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+    create_index_concurrently("ix_subscription_resuming", "subscription", ["id"], "resuming")
 
 
 def downgrade() -> None:
+    op.drop_index("ix_subscription_resuming", "subscription")
+    with op.batch_alter_table("subscription", schema=None) as batch_op:
+        batch_op.drop_column("resuming")
+    op.drop_index("ix_delivery_parked", "webhook_delivery")
     with op.batch_alter_table("processed_event", schema=None) as batch_op:
         batch_op.drop_column("result")
     op.execute("UPDATE webhook_delivery SET status = 'pending' WHERE status = 'parked'")
