@@ -296,6 +296,27 @@ def test_a_header_that_is_not_ascii_is_refused_not_read_as_latin_1(keyed):
     )
 
 
+def test_structured_mode_holds_to_the_rules_binary_mode_does(keyed):
+    """A structured command with `datacontenttype: application/xml` was read as JSON and
+    made a task (binary mode: 415); a `time` that is no time, a numeric subject and an
+    attribute name outside lower-case letters and digits were taken in either mode."""
+    event = sign_command(command(), user="xavier", system="crm", key=CRM_KEY)
+    headers, body = to_structured(event, data_marshaller=lambda d: d)
+    as_json = json.loads(body)
+    changes: list[tuple[dict[str, Any], int]] = [
+        ({"datacontenttype": "application/xml"}, 415),
+        ({"time": "not a time"}, 400),
+        ({"subject": 42}, 400),
+        ({"DuetideUser": "mallory"}, 400),  # the SDK lower-cased it into duetideuser
+    ]
+    for change, status in changes:
+        sent = keyed.post("/commands", headers=headers, data=json.dumps({**as_json, **change}))
+        assert sent.status_code == status, (change, sent.json)
+    wire, data = events.to_http(event)
+    assert keyed.post("/commands", headers={**wire, "ce-my-ext": "x"}, data=data).status_code == 400
+    assert owners() == []
+
+
 def test_an_unknown_command_type_is_not_echoed_whole(keyed):
     event = command()
     event["type"] = "x" * 900_000

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 from duetide import events
 from duetide.services import schemas
@@ -39,10 +39,17 @@ class Command(BaseModel):
     registered OIDC sender. Other attributes are passed over, except `authtoken`, which
     is refused (400): bearer tokens do not travel in events."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        # CloudEvents 1.0: attribute names are lower-case ASCII letters and digits.
+        json_schema_extra={"propertyNames": {"pattern": "^([a-z0-9]+|data_base64)$"}},
+    )
     specversion: Literal["1.0"]
     id: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS["id"])
     source: str = Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS["source"])
+    subject: str | None = None
+    time: AwareDatetime | None = Field(None, description="RFC 3339")
+    datacontenttype: Literal["application/json"] | None = None
     duetideuser: str | None = Field(
         None,
         min_length=1,
