@@ -349,10 +349,11 @@ def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHE
     _go_on_resuming(now)
     claimed = spent = claiming = 0
     for _ in range(max_batches + MAX_PARK_BATCHES):
-        seen, tried, given_up = _claim_batch(now, batch)
+        seen, handled, tried, given_up = _claim_batch(now, batch)
         claimed, spent = claimed + tried, spent + given_up
         claiming += bool(tried or given_up)
-        if seen < batch or claiming >= max_batches:
+        # `handled` 0: all of them wait for their subscriptions' locks; the next ping
+        if seen < batch or not handled or claiming >= max_batches:
             break
     for _ in range(MAX_PARK_BATCHES):
         if _recheck_parked(now, batch) < batch:
@@ -362,9 +363,9 @@ def claim_retries(now: datetime, batch: int, max_batches: int = MAX_RETRY_BATCHE
     return claimed
 
 
-def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
-    """One transaction: up to `limit` due deliveries, oldest first; (seen, claimed, given
-    up). Their subscriptions are then locked FOR SHARE (after them: the order a try's
+def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int, int]:
+    """One transaction: up to `limit` due deliveries, oldest first; (seen, handled,
+    claimed, given up). Their subscriptions are then locked FOR SHARE (after them: the order a try's
     record takes), so one being enabled meanwhile is skipped, left for the next ping,
     or its enabling waits for this commit, and never has a delivery parked after its
     `resume` looked; FOR SHARE, not FOR UPDATE, lets the activity function go on adding
@@ -425,7 +426,7 @@ def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int]:
             ],
             source=events.SOURCE_SWEEP,
         )
-    return len(picked), len(claimed), spent
+    return len(picked), len(due), len(claimed), spent
 
 
 def _never_taken(delivery: WebhookDelivery, now: datetime) -> None:
