@@ -26,6 +26,17 @@ def test_writes_declare_the_rate_limit_and_reads_need_a_token():
     assert "security" not in paths["/healthz"]["get"]
 
 
+def test_commands_say_a_signed_one_needs_no_token():
+    """The document said every command needs a bearer token: a client generated from it
+    sent one, or refused to send a signed command without one."""
+    paths = document()["paths"]
+    assert paths["/commands"]["post"]["security"] == [{"bearer": []}, {}]
+    optional = [
+        p for p, ops in paths.items() for op in ops.values() if {} in op.get("security", [])
+    ]
+    assert optional == ["/commands"]
+
+
 def test_every_201_documents_its_location_header():
     created = [
         (path, method, op["responses"]["201"])

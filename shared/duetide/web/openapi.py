@@ -240,7 +240,10 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         return operation
     for status in ERRORS:
         operation["responses"].setdefault(str(status), _error(str(status), components))
-    operation["security"] = [{"bearer": []}]
+    # `/commands` (auth in the handler): a user's bearer token, or none at all for a
+    # command a registered system signed (or Knative's OIDC sender sent).
+    optional = endpoint.auth == "in_handler"
+    operation["security"] = [{"bearer": []}, *([{}] if optional else [])]
     return operation
 
 
