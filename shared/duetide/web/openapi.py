@@ -240,8 +240,9 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         return operation
     for status in ERRORS:
         operation["responses"].setdefault(str(status), _error(str(status), components))
-    # `/commands` (auth in the handler): a user's bearer token, or none at all for a
-    # command a registered system signed (or Knative's OIDC sender sent).
+    # The routes that authenticate in their handler take a bearer token or none at all:
+    # `/commands` a command a registered system signed (or Knative's OIDC sender sent),
+    # `/activity/stream` its `access_token` (an EventSource sends no header).
     optional = endpoint.auth == "in_handler"
     operation["security"] = [{"bearer": []}, *([{}] if optional else [])]
     return operation
