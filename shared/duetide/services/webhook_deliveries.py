@@ -266,14 +266,7 @@ def _record(
         if delivery is None or delivery.attempt != event.attempt or delivery.status != "pending":
             return "obsolete"  # deleted meanwhile, or redelivered by its owner
         subscription = session.get(Subscription, delivery.subscription_id, with_for_update=True)
-        attempt = {
-            "attempt": event.attempt,
-            "at": started.isoformat(),
-            "status": result.status,
-            "error": result.error,
-            "ms": elapsed_ms,
-        }
-        delivery.tries = [*delivery.tries, attempt][-MAX_TRIES_KEPT:]
+        _log_try(delivery, event.attempt, started, result.status, result.error, elapsed_ms)
         if result.ok:
             status = "delivered"
             _finish(delivery, "delivered", now)
@@ -294,6 +287,14 @@ def _record(
             _account(subscription, result.ok, now, settings)
             session.add(subscription)
     return status
+
+
+def _log_try(
+    delivery: WebhookDelivery, attempt: int, at: datetime, status: int | None, error: str, ms: int
+) -> None:
+    """One entry of the delivery log's tries (the last MAX_TRIES_KEPT are kept)."""
+    entry = {"attempt": attempt, "at": at.isoformat(), "status": status, "error": error, "ms": ms}
+    delivery.tries = [*delivery.tries, entry][-MAX_TRIES_KEPT:]
 
 
 def _finish(delivery: WebhookDelivery, status: Any, now: datetime) -> None:
@@ -433,8 +434,7 @@ def _never_taken(delivery: WebhookDelivery, now: datetime) -> None:
     """Give up a delivery whose try notify never took, however often it was published
     (its event refused, say): logged and shown in its tries."""
     error = f"try {delivery.attempt} was published {delivery.republished + 1} times, never taken"
-    entry = {"attempt": delivery.attempt, "at": now.isoformat(), "status": None, "error": error}
-    delivery.tries = [*delivery.tries, {**entry, "ms": 0}][-MAX_TRIES_KEPT:]
+    _log_try(delivery, delivery.attempt, now, None, error, 0)
     _finish(delivery, "failed", now)
     log_event(
         log,
@@ -485,12 +485,16 @@ def resume(subscription_id: str, now: datetime) -> None:
     sees what it parked. Nothing to do for a subscription with none parked: safe to call
     again (a retried PATCH, a verify)."""
     if _unpark(subscription_id, now) == RESUME_BATCH:
-        with db.session_scope() as session:
-            session.execute(
-                update(Subscription)
-                .where(col(Subscription.id) == subscription_id)
-                .values(resuming=True)
-            )
+        _mark_resuming(subscription_id, True)
+
+
+def _mark_resuming(subscription_id: str, resuming: bool) -> None:
+    with db.session_scope() as session:
+        session.execute(
+            update(Subscription)
+            .where(col(Subscription.id) == subscription_id)
+            .values(resuming=resuming)
+        )
 
 
 def _unpark(subscription_id: str, now: datetime) -> int:
@@ -527,12 +531,7 @@ def _go_on_resuming(now: datetime) -> None:
         while batches < MAX_RESUME_BATCHES:
             batches += 1
             if _unpark(subscription_id, now) < RESUME_BATCH:
-                with db.session_scope() as session:
-                    session.execute(
-                        update(Subscription)
-                        .where(col(Subscription.id) == subscription_id)
-                        .values(resuming=False)
-                    )
+                _mark_resuming(subscription_id, False)
                 break
 
 

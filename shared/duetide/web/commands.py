@@ -24,6 +24,7 @@ from duetide.logs import log_event
 from duetide.services import ratelimit, task_events, tasks
 from duetide.services.responses import CommandResult
 from duetide.storage import db, processed
+from duetide.storage.models import ProcessedEvent
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import command_events, command_trust
 from duetide.web.http import json_response, validation_failed
@@ -98,12 +99,11 @@ def _complete(session: Session, user: str, task_id: str) -> tuple[Any, list[str]
         raise ValidationFailed.of("task_id", exc.message) from None
 
 
-def _duplicate(key: EventKey, user: str) -> Response:
-    """The answer to a command sent again: `duplicate`, with the task a create command
-    made as it is now (and its Location), as `POST /tasks` replays its Idempotency-Key.
-    A system holds only its signing key, so the first answer, lost, was its one way to
-    learn the task's id, and it could never complete that task."""
-    record = processed.seen(key)
+def _duplicate(record: ProcessedEvent | None, user: str) -> Response:
+    """The answer to a command sent again (`record`, its key's): `duplicate`, with the
+    task a create command made as it is now (and its Location), as `POST /tasks` replays
+    its Idempotency-Key. A system holds only its signing key, so the first answer, lost,
+    was its one way to learn the task's id, and it could never complete that task."""
     task = None
     if record is not None and record.result is not None:
         with db.session_scope(read_only=True) as session:
@@ -131,9 +131,10 @@ def handle(request: Request) -> Response:
     payload = _payload(event)
     spec = payload.task if isinstance(payload, command_events.CreateCommandData) else None
     key = EventKey(CONSUMER, event.source, event.id, scope=user)
-    if processed.seen(key):  # a redelivery is no new write: it costs no budget
+    record = processed.seen(key)
+    if record is not None:  # a redelivery is no new write: it costs no budget
         _log_handled(event, actor, "duplicate")
-        return _duplicate(key, user)
+        return _duplicate(record, user)
     if actor.own:
         # A registered system's commands are not charged to the user they act for: its
         # burst (an import, a backlog after an outage) came back 429, which a KafkaSource
@@ -153,8 +154,8 @@ def handle(request: Request) -> Response:
     with task_events.acting_as(actor_name(actor)):
         body = run_once(key, work)
     _log_handled(event, actor, "duplicate" if body is None else "processed")
-    if body is None:
-        return _duplicate(key, user)
+    if body is None:  # a copy that raced this one recorded it first
+        return _duplicate(processed.seen(key), user)
     if spec is None:
         return json_response(body)
     assert body.task is not None
