@@ -102,6 +102,11 @@ def test_failed_event_is_listed_without_its_payload_and_replayed_with_the_same_i
             consumer_config=consumer_settings(),
         ):  # fmt: skip
             wait_for(lambda: len(read_topic(kafka, dead_topic)) == 1, "the dead letter")
+            # Keyed as Knative's dead-letter sink keys it: by the event's partitionkey,
+            # which duetide's events carry (without it, a cluster's letter had no key and
+            # its replay went to any partition: a review, 2026-12-07)
+            [letter] = read_topic(kafka, dead_topic)
+            assert letter.key == b"task-1" == headers_of(letter)["ce_partitionkey"].encode()
             code, lines, _ = run(capsys, "list", "--topic", dead_topic)
             assert code == 0
             assert lines == [
@@ -119,6 +124,8 @@ def test_failed_event_is_listed_without_its_payload_and_replayed_with_the_same_i
             assert lines[0].endswith(f"to={topic}")
             wait_for(lambda: len(sink.received()) == 3, "the replayed delivery")
 
+    [original, again] = read_topic(kafka, topic)
+    assert again.key == original.key == b"task-1"
     first, replayed = sink.received()[0], sink.received()[-1]
     assert replayed.headers["ce-id"] == "dl-1"
     assert not [name for name in replayed.headers if name.startswith("ce-knativeerror")]

@@ -197,11 +197,23 @@ class KafkaRecord(NamedTuple):
     value: bytes
 
 
+PARTITION_KEY_HEADER = "ce_partitionkey"
+
+
 def to_kafka(event: CloudEvent, key: str) -> KafkaRecord:
-    """Binary-mode Kafka record: `ce_*` headers, JSON value, the aggregate id as key."""
+    """Binary-mode Kafka record: `ce_*` headers, JSON value, the aggregate id as key, and
+    as the `partitionkey` extension too (the Kafka binding's key mapping).
+
+    The SDK maps `partitionkey` to the key and drops its header; the header is what keeps
+    the key past a failure on a cluster: Knative's dispatcher hands the failed event to
+    the dead-letter KafkaSink, which produces it keyed by its `partitionkey` alone
+    (eventing-kafka-broker, `IngressRequestHandlerImpl` and sdk-java's
+    `PartitionKeyExtensionInterceptor`). Without it a dead letter had no key, and its
+    replay landed on any partition, beside or behind later events of its task."""
     message = to_kafka_binary(event, data_marshaller=_json_bytes, key_mapper=lambda _: key.encode())
     assert isinstance(message.key, bytes) and isinstance(message.value, bytes)  # marshalled so
-    return KafkaRecord(message.headers, message.key, message.value)
+    headers = {**message.headers, PARTITION_KEY_HEADER: message.key}
+    return KafkaRecord(headers, message.key, message.value)
 
 
 def to_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:

@@ -1,7 +1,8 @@
 """Dead letters: list the events a KafkaSource gave up on, and replay them onto their topic.
 
-A dead letter is the original record (binary-mode CloudEvent: same key, value and
-`ce_*` headers) plus the extensions Knative adds on failure: `knativeerrordest` (the
+A dead letter is the original record (binary-mode CloudEvent: same value and `ce_*`
+headers, keyed by its `partitionkey` extension as Knative's dead-letter KafkaSink keys
+it) plus the extensions Knative adds on failure: `knativeerrordest` (the
 sink URL), and with an HTTP answer `knativeerrorcode` and `knativeerrordata` (the
 answer's body, which may echo the payload; it is never printed). A replay produces the
 original record again, without those extensions and with the same `ce_id`, onto the

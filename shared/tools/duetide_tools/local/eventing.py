@@ -78,6 +78,7 @@ _PING_RETRIES = 5
 _PING_BACKOFF_S = 0.05
 _PING_JITTER_S = 0.5
 _REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
+_PARTITION_KEY_HEADER = "ce_partitionkey"
 # How a server's close of an idle kept-alive connection shows on the next request.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -251,6 +252,8 @@ def _binary_event(headers: dict[str, bytes], key: Any, value: Any) -> CloudEvent
         event = kafka_from_binary(KafkaMessage(headers, key, value), data_unmarshaller=_identity)
     except (ce_errors.GenericException, UnicodeDecodeError):
         return None
+    if "partitionkey" in present:  # the SDK puts the record's key (bytes) in its place
+        event["partitionkey"] = headers[_PARTITION_KEY_HEADER].decode()
     return _drop_sdk_defaults(event, present | {"datacontenttype"})
 
 
@@ -331,22 +334,30 @@ def dead_letter_event(
     return _new_event(attributes, event.get_data())
 
 
-def _kafka_parts(event: CloudEvent, key: Any) -> KafkaMessage:
-    """Binary-mode Kafka record for `event`, keyed by `key`, encoded by the CloudEvents SDK."""
+def _kafka_parts(event: CloudEvent) -> KafkaMessage:
+    """Binary-mode Kafka record for `event`, encoded by the CloudEvents SDK, as Knative's
+    dead-letter KafkaSink produces it: keyed by its `partitionkey` extension, which stays a
+    header too (sdk-java's `PartitionKeyExtensionInterceptor`), and without a key when it
+    has none, whatever the failed record's key was."""
+    partition_key = event.get("partitionkey")
+    key = None if partition_key is None else str(partition_key).encode()
     if "datacontenttype" not in event:
         # cloudevents 1.12 kafka.to_binary reads event["datacontenttype"] unguarded;
         # None means "no content-type header" to it.
         event = _new_event(event.get_attributes(), event.get_data())
         event["datacontenttype"] = None
     try:
-        return kafka_to_binary(event, data_marshaller=_identity, key_mapper=lambda _event: key)
+        message = kafka_to_binary(event, data_marshaller=_identity, key_mapper=lambda _: key)
     except UnicodeEncodeError:  # a lone surrogate no header's UTF-8 can carry: U+FFFD
         attributes = {
             name: _utf8_or_replaced(value) if isinstance(value, str) else value
             for name, value in event.get_attributes().items()
         }
         kept = _new_event(attributes, event.get_data())
-        return kafka_to_binary(kept, data_marshaller=_identity, key_mapper=lambda _event: key)
+        message = kafka_to_binary(kept, data_marshaller=_identity, key_mapper=lambda _: key)
+    if key is not None:  # the SDK drops the header it maps to the key; sdk-java keeps it
+        message.headers[_PARTITION_KEY_HEADER] = key
+    return message
 
 
 def _utf8_or_replaced(value: str) -> str:
@@ -1166,7 +1177,7 @@ class KafkaSourceDispatcher:
             )
             return True
         dead = dead_letter_event(event, self.sink_url, response, record.topic)
-        message = _kafka_parts(dead, record.key)
+        message = _kafka_parts(dead)
         for attempt in itertools.count():
             if attempt and self._stopping.wait(min(0.25 * 2**attempt, _DLS_BACKOFF_CAP_S)):
                 return False
