@@ -24,14 +24,15 @@ def on_due(event: Incoming) -> str:
 
 
 def on_due_batch(event: Incoming) -> str:
-    """`processed` if any reminder was delivered now, else `duplicate` if any was before,
-    else `obsolete`."""
+    """The first of `processed` (a reminder delivered now), `duplicate`, `deferred`
+    (quiet hours) and `missed` (past its grace) that any reminder had, else `obsolete`."""
     batch = events.ReminderBatchEvent.model_validate(event.data).reminders
     now = utcnow()
     statuses = deliver_batch(event.source, event.id, batch, now)
     for due, status in zip(batch, statuses, strict=True):
         telemetry.record_lateness((now - due.scheduled_at).total_seconds(), status)
-    return next((s for s in ("processed", "duplicate") if s in statuses), "obsolete")
+    chosen = ("processed", "duplicate", "deferred", "missed")
+    return next((s for s in chosen if s in statuses), "obsolete")
 
 
 def on_delivery(event: Incoming) -> str:

@@ -5,16 +5,18 @@ PostgreSQL, through the served notify function."""
 
 from __future__ import annotations
 
+import socket
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 
 from duetide import events
 from duetide.services import notify as notify_service
 from duetide.services import sweep
 from duetide.storage import db
-from duetide.storage.models import Notification, Outbox, ProcessedEvent
+from duetide.storage.models import Notification, Outbox, Preference, ProcessedEvent, utcnow
 from duetide.storage.processed import EventKey
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import post
@@ -46,15 +48,15 @@ def batches() -> list[dict[str, Any]]:
 
 
 def sweep_due(client, headers, count: int, **body: Any) -> list[dict[str, Any]]:
-    """`count` tasks with a reminder due a minute before T0, claimed by a sweep at T0:
-    the tasks."""
+    """`count` tasks with a reminder due a minute ago, claimed by a sweep now (notify
+    holds a firing it gets later than the owner's grace): the tasks."""
+    now = utcnow()
+    at = (now - timedelta(minutes=1)).isoformat()
     tasks = [
-        make_task(
-            client, headers, title=f"t{n}", reminders=[{"at": "2026-11-23T11:59:00Z"}], **body
-        )
+        make_task(client, headers, title=f"t{n}", reminders=[{"at": at}], **body)
         for n in range(count)
     ]
-    sweep.claim_due(T0, 100)
+    sweep.claim_due(now, 100)
     return tasks
 
 
@@ -113,32 +115,84 @@ def test_a_batch_retries_only_the_reminder_whose_webhook_failed(
     assert prefs.status_code == 200 and prefs.json["webhook_verified"]
     tasks = sweep_due(client, alice, 3)
     [batch] = batches()
-    Receiver.script = [500]  # whichever reminder's webhook goes first fails
+    Receiver.script = [201, 500]  # the second reminder's webhook fails
 
     first = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")
 
     assert first.status_code == 503 and first.json["error"]["code"] == "unavailable"
-    assert len(Receiver.seen) == 3
+    # one receiver's sends go one at a time and stop at its first transient failure: the
+    # third waits for the retry, with the second
+    assert len(Receiver.seen) == 2
     webhooks = [r for r, channel, _ in recorded() if channel == "webhook"]
-    assert len(webhooks) == 2 and len([1 for _, c, _ in recorded() if c == "log"]) == 3
-    with db.session_scope() as session:  # the two finished, by the batch's id and each reminder
+    assert len(webhooks) == 1 and len([1 for _, c, _ in recorded() if c == "log"]) == 3
+    with db.session_scope() as session:  # the one finished, by the batch's id and its reminder
         scopes = session.exec(
             select(ProcessedEvent.scope).where(
                 ProcessedEvent.consumer == notify_service.CONSUMER, ProcessedEvent.event_id == "b1"
             )
         ).all()
-    assert sorted(scopes) == sorted(webhooks)
+    assert scopes == webhooks
 
     second = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")  # Knative's retry
 
     assert second.status_code == 200 and second.json["status"] == "processed"
-    assert len(Receiver.seen) == 4  # the failed one only
+    assert len(Receiver.seen) == 4  # the failed one and the one after it
     ids = sorted(t["reminders"][0]["id"] for t in tasks)
     assert recorded() == sorted(
         [(r, "log", "delivered") for r in ids] + [(r, "webhook", "delivered") for r in ids]
     )
     keys = [request["headers"]["Idempotency-Key"] for request in Receiver.seen]
-    assert len(set(keys)) == 3 and keys[3] in keys[:3]  # the retry under its first try's key
+    assert len(set(keys)) == 3 and keys[2] == keys[1]  # the retry under its first try's key
+
+
+def test_an_owners_hanging_receiver_holds_back_no_other_owners_reminders(
+    client, alice, bob, env, notify, receiver, monkeypatch
+):
+    """Alice's receiver takes each POST and never answers; Bob's, in the same batch,
+    answers at once. Her sends ran first (claim order) on every thread the batch has, a
+    try's whole budget, try after try: Bob's reminder was never sent, then dead-lettered
+    with hers (a review, 2026-12-07)."""
+    monkeypatch.setenv("DUETIDE_REMINDERS_PER_EVENT", "10")
+    _reset_caches()
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(16)  # the kernel completes the connections; nothing reads or answers
+    alices = f"http://127.0.0.1:{hanging.getsockname()[1]}/hook"
+    assert client.patch("/preferences", json={"grace": "PT1H"}, headers=alice).status_code == 200
+    with db.session_scope() as session:  # verified before it started to hang
+        session.execute(
+            update(Preference)
+            .where(col(Preference.owner) == "alice")
+            .values(
+                channels=["webhook"],
+                webhook_url=alices,
+                webhook_secret="s" * 32,
+                webhook_verified_at=utcnow(),
+            )
+        )
+    bobs = client.patch(
+        "/preferences", json={"webhook_url": receiver, "channels": ["webhook"]}, headers=bob
+    )
+    assert bobs.json["webhook_verified"]
+    now = utcnow()
+    for minutes, headers, count in ((2, alice, 8), (1, bob, 1)):  # hers first in the batch
+        at = (now - timedelta(minutes=minutes)).isoformat()
+        for n in range(count):
+            make_task(client, headers, title=f"t{n}", reminders=[{"at": at}])
+    sweep.claim_due(now, 100)
+    [batch] = batches()
+    assert [r["owner"] for r in batch["reminders"]] == ["alice"] * 8 + ["bob"]
+    monkeypatch.setattr(notify_service, "REMOTE_BUDGET_S", 1.0)  # under one webhook timeout
+
+    try:
+        answer = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")
+    finally:
+        hanging.close()
+
+    assert answer.status_code == 503  # hers, for the retry
+    assert len(Receiver.seen) == 1
+    [bobs_reminder] = [r["reminder_id"] for r in batch["reminders"] if r["owner"] == "bob"]
+    assert recorded() == [(bobs_reminder, "webhook", "delivered")]
 
 
 def test_a_reminder_listed_twice_in_a_batch_is_sent_once(

@@ -17,13 +17,13 @@ from typing import Any, Protocol
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import insert
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 
 from duetide import events
 from duetide.channels import webhook
 from duetide.services import sweep
 from duetide.storage import db
-from duetide.storage.models import Notification, Outbox, Reminder, Task, utcnow
+from duetide.storage.models import Notification, Outbox, Preference, Reminder, Task, utcnow
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import post
@@ -341,8 +341,12 @@ def receiver(monkeypatch):
 
 
 def claim_due(client, alice, title: str = "Pay rent") -> dict[str, Any]:
-    make_task(client, alice, title=title, reminders=[{"at": "2026-11-23T11:59:00Z"}])
-    sweep.claim_due(T0, 100)
+    """A reminder due a minute ago, claimed now: its event, as notify gets it at once
+    (notify holds one it gets later than the owner's grace)."""
+    now = utcnow()
+    at = (now - timedelta(minutes=1)).isoformat()
+    make_task(client, alice, title=title, reminders=[{"at": at}])
+    sweep.claim_due(now, 100)
     (data,) = [e for e in due_events() if e["title"] == title]
     return data
 
@@ -475,6 +479,97 @@ def test_a_reminder_first_swept_after_its_quiet_hours_fires_at_their_end(
         (row,) = session.exec(select(Outbox).where(col(Outbox.type).in_(reminder_types))).all()
     assert (row.type, row.key) == (event_type, task["id"])
     assert row.data["scheduled_at"] == "2026-11-24T06:00:00Z"
+
+
+def test_a_reminder_claimed_late_inside_quiet_hours_waits_for_their_end(client, alice, env):
+    """Due at 20:00 Berlin, outside quiet hours (22:00-07:00), and first claimed at 22:20
+    (the sweep was away), within the grace: it was sent then, inside the quiet hours, as
+    only its own time was checked (a review, 2026-12-07)."""
+    client.patch(
+        "/preferences",
+        json={"timezone": "Europe/Berlin", "quiet_hours": {"start": "22:00", "end": "07:00"},
+              "grace": "PT3H"},
+        headers=alice,
+    )  # fmt: skip
+    task = make_task(client, alice, reminders=[{"at": "2026-11-23T19:00:00Z"}])
+    result = sweep.claim_due(datetime.fromisoformat("2026-11-23T21:20:00+00:00"), 100)
+    assert (result.fired, result.deferred) == (0, 1)
+    (reminder,) = client.get(f"/tasks/{task['id']}", headers=alice).json["reminders"]
+    assert (reminder["state"], reminder["fire_at"]) == ("pending", "2026-11-24T06:00:00+00:00")
+    sweep.claim_due(datetime.fromisoformat("2026-11-24T06:00:30+00:00"), 100)
+    assert [e["scheduled_at"] for e in due_events()] == ["2026-11-24T06:00:00Z"]
+
+
+def outbox_of(event_type: str) -> list[Outbox]:
+    with db.session_scope() as session:
+        return list(session.exec(select(Outbox).where(Outbox.type == event_type)).all())
+
+
+def notifications() -> list[tuple[str, str]]:
+    with db.session_scope() as session:
+        return list(session.exec(select(Notification.channel, Notification.status)).all())
+
+
+def test_a_firing_reaching_notify_past_its_grace_is_recorded_missed_not_sent(client, alice, env):
+    """Claimed on time, its event reached notify three hours later (the broker or notify
+    away): every reminder an outage held was sent at once when it ended, however late
+    (a review, 2026-12-07). Now the sweep's rule holds at delivery too."""
+    client.patch("/preferences", json={"grace": "PT1H"}, headers=alice)
+    at = utcnow() - timedelta(hours=3)
+    task = make_task(client, alice, reminders=[{"at": at.isoformat()}])
+    sweep.claim_due(at + timedelta(seconds=30), 100)  # on time: fired, its event written
+    [due] = due_events()
+    notify = function_client("notify")
+
+    answer = post(notify, events.REMINDER_DUE, due, event_id="late-1")
+
+    assert (answer.status_code, answer.json["status"]) == (200, "missed")
+    assert notifications() == [] and reminder_states() == {task["id"]: "missed"}
+    [missed] = outbox_of(events.REMINDER_MISSED)
+    assert (missed.source, missed.key, missed.data) == (events.SOURCE_NOTIFY, task["id"], due)
+    again = post(notify, events.REMINDER_DUE, due, event_id="late-1")
+    assert again.json["status"] == "duplicate" and len(outbox_of(events.REMINDER_MISSED)) == 1
+
+
+def test_a_firing_reaching_notify_inside_quiet_hours_waits_for_their_end(client, alice, env):
+    """Claimed before the quiet hours began, its event reached notify inside them: it
+    was sent then, at any hour (a review, 2026-12-07). Now it is pending again until
+    they end, and the sweep claims it then."""
+    now = utcnow()
+    task = make_task(client, alice, reminders=[{"at": (now - timedelta(minutes=1)).isoformat()}])
+    sweep.claim_due(now, 100)
+    [due] = due_events()
+    end = (now + timedelta(hours=1)).replace(second=0, microsecond=0)
+    quiet = {"start": f"{now - timedelta(hours=1):%H:%M}", "end": f"{end:%H:%M}"}
+    changed = client.patch("/preferences", json={"quiet_hours": quiet}, headers=alice)
+    assert changed.status_code == 200, changed.json
+    notify = function_client("notify")
+
+    answer = post(notify, events.REMINDER_DUE, due, event_id="quiet-1")
+
+    assert (answer.status_code, answer.json["status"]) == (200, "deferred")
+    assert notifications() == []
+    (reminder,) = client.get(f"/tasks/{task['id']}", headers=alice).json["reminders"]
+    assert (reminder["state"], reminder["fire_at"]) == ("pending", end.isoformat())
+    sweep.claim_due(end + timedelta(seconds=1), 100)
+    scheduled = [e["scheduled_at"] for e in due_events()]
+    assert scheduled == [due["scheduled_at"], end.isoformat().replace("+00:00", "Z")]
+
+
+def test_a_grace_under_two_minutes_is_refused_and_one_stored_before_counts_as_two(
+    client, alice, env
+):
+    """The sweep claims once a minute: a grace of PT0S (accepted before) had every
+    reminder claimed on time missed, PT30S about half (a review, 2026-12-07)."""
+    for short in ("PT0S", "PT1M59S"):
+        refused = client.patch("/preferences", json={"grace": short}, headers=alice)
+        assert refused.status_code == 422 and "PT2M" in json.dumps(refused.json)
+    assert client.patch("/preferences", json={"grace": "PT2M"}, headers=alice).status_code == 200
+    with db.session_scope() as session:  # as a preference stored before the bound
+        session.execute(update(Preference).values(grace_s=0))
+    make_task(client, alice, reminders=[{"at": "2026-11-23T12:00:20Z"}])
+    result = sweep.claim_due(datetime.fromisoformat("2026-11-23T12:01:00.3+00:00"), 100)
+    assert (result.fired, result.missed) == (1, 0)
 
 
 def test_a_before_due_reminder_on_a_task_without_a_due_time_names_the_field(client, alice):

@@ -38,6 +38,7 @@ SOURCE_TASKS = "/duetide/tasks"
 SOURCE_SWEEP = "/duetide/sweep"
 SOURCE_RECURRENCE = "/duetide/recurrence"
 SOURCE_ACTIVITY = "/duetide/activity"
+SOURCE_NOTIFY = "/duetide/notify"
 
 
 class Payload(BaseModel):

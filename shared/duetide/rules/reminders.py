@@ -53,6 +53,12 @@ def moved_with_due(
     return None
 
 
+MIN_GRACE = timedelta(minutes=2)
+"""The shortest grace: the sweep claims once a minute (its PingSource), so a reminder is
+claimed up to a minute after its time, more when a ping is slow. A grace of PT0S had
+every reminder missed, PT30S about half of them (a review, 2026-12-07)."""
+
+
 def is_missed(fire_at: datetime, now: datetime, grace: timedelta) -> bool:
     """A reminder claimed later than `grace` after its time is reported missed, not sent."""
     return now - fire_at > grace

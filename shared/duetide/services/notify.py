@@ -17,6 +17,12 @@ allowed, a refusal by the receiver) is permanent: recorded as a `failed` notific
 with a detail that names the cause (never the address or the title), and answered
 2xx, so a poison event never holds its partition for the retry budget. A title is the
 user's content: it is folded into one subject line, never a reason to fail.
+
+The sweep's rules hold at delivery too, since an event can reach notify hours after its
+claim (the broker or notify away, a backlog): a firing later than its owner's grace is
+recorded missed and reported with `reminder.missed`, one arriving inside the owner's
+quiet hours goes back to pending until they end (`_held`). Only while none of its
+channels was sent: a firing started is finished.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, String, TextClause, insert, text
+from sqlalchemy import Connection, String, TextClause, bindparam, insert, text, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeEngine
@@ -41,7 +47,10 @@ from duetide import channels, events, telemetry
 from duetide.channels.delivery import DELIVERED, DeliveryResult, refused
 from duetide.errors import Unavailable
 from duetide.logs import log_event
-from duetide.storage import db
+from duetide.rules.quiet_hours import defer_for_quiet_hours
+from duetide.rules.reminders import is_missed
+from duetide.services import preferences
+from duetide.storage import db, outbox
 from duetide.storage.models import (
     Notification,
     Preference,
@@ -179,18 +188,20 @@ def _send_remote(jobs: list[tuple[_Check, Channel]]) -> list[tuple[_Check, Chann
     """Send and record each (check, channel); those that failed transiently (then retried
     by the event's redelivery, which skips what was recorded).
 
-    One event's own channels go one after the other, as they always did. A batch's run
-    on a few threads, and those not started within REMOTE_BUDGET_S count as transient:
-    every try makes progress, and no request outlives its delivery timeout whatever the
-    receivers do (each webhook try is bounded by its own timeout).
+    One event's own channels go one after the other, as they always did. A batch's go in
+    lanes, one per owner and channel (one receiver), a few lanes at once: a lane sends
+    one at a time and stops at its first transient failure, the rest of it counting as
+    transient too, and nothing is started after REMOTE_BUDGET_S. So every try makes
+    progress for every receiver that answers, and no request outlives its delivery
+    timeout whatever the receivers do (each webhook try is bounded by its own timeout).
+    Before, a batch's sends ran in claim order on the shared threads: one owner's
+    receiver that hung took them all, try after try, and the other owners' reminders in
+    the batch were never sent, then dead-lettered (a review, 2026-12-07).
     """
     deadline = time.monotonic() + REMOTE_BUDGET_S
-    alone = all(check is jobs[0][0] for check, _ in jobs)
 
     def one(job: tuple[_Check, Channel]) -> bool:
         check, channel = job
-        if not alone and time.monotonic() > deadline:
-            return False
         assert check.pref is not None
         result = send(channel, check.due, check.pref)
         if not result.ok and result.retryable:
@@ -198,13 +209,22 @@ def _send_remote(jobs: list[tuple[_Check, Channel]]) -> list[tuple[_Check, Chann
         _record(check.due, channel, result, check.now)
         return True
 
-    if alone:
-        done = [one(job) for job in jobs]
-    else:
-        context = contextvars.copy_context()
-        with ThreadPoolExecutor(min(REMOTE_AT_ONCE, len(jobs))) as pool:
-            done = list(pool.map(lambda job: context.copy().run(one, job), jobs))
-    return [job for job, ok in zip(jobs, done, strict=True) if not ok]
+    if all(check is jobs[0][0] for check, _ in jobs):
+        return [job for job in jobs if not one(job)]
+    lanes: dict[tuple[str, Channel], list[tuple[_Check, Channel]]] = {}
+    for job in jobs:
+        lanes.setdefault((job[0].due.owner, job[1]), []).append(job)
+
+    def lane(queued: list[tuple[_Check, Channel]]) -> list[tuple[_Check, Channel]]:
+        for at, job in enumerate(queued):
+            if time.monotonic() > deadline or not one(job):
+                return queued[at:]
+        return []
+
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(min(REMOTE_AT_ONCE, len(lanes))) as pool:
+        left = pool.map(lambda queued: context.copy().run(lane, queued), lanes.values())
+        return [job for jobs_left in left for job in jobs_left]
 
 
 MAX_GROUP = 64
@@ -364,6 +384,8 @@ def _commit_group(group: list[_Check]) -> None:
             for pref in session.exec(select(Preference).where(col(Preference.owner).in_(owners)))
         }
         done = _delivered(connection, sorted(reminder_ids))
+        missed: list[events.ReminderEvent] = []
+        deferred: list[dict[str, object]] = []
         notifications: list[dict[str, object]] = []
         processed: list[dict[str, object]] = []
         for check in group:
@@ -379,6 +401,19 @@ def _commit_group(group: list[_Check]) -> None:
             pending = [
                 c for c in pref.channels if (due.reminder_id, due.scheduled_at, c) not in done
             ]
+            if len(pending) == len(pref.channels):  # none sent yet: may it go now?
+                held = _held(due, pref, check.now)
+                if held is not None:
+                    check.outcome = "missed" if held is _MISSED else "deferred"
+                    if held is _MISSED:
+                        missed.append(due)
+                    else:
+                        deferred.append({"held_id": due.reminder_id, "held_at": due.scheduled_at,
+                                         "held_to": held})  # fmt: skip
+                    done.update((due.reminder_id, due.scheduled_at, c) for c in pending)
+                    processed.append(check.key.values(check.now))
+                    seen.add(key)
+                    continue
             check.outcome, check.pref = "send", pref
             check.local = [c for c in pending if not channels.REGISTRY[c].NEEDS_NETWORK]
             check.remote = [c for c in pending if channels.REGISTRY[c].NEEDS_NETWORK]
@@ -391,10 +426,57 @@ def _commit_group(group: list[_Check]) -> None:
             if not check.remote:
                 processed.append(check.key.values(check.now))
                 seen.add(key)
+        if missed:
+            connection.execute(
+                _MISS, [{"held_id": d.reminder_id, "held_at": d.scheduled_at} for d in missed]
+            )
+            outbox.record_many(
+                session,
+                (outbox.Event(events.REMINDER_MISSED, d.task_id, d.model_dump(mode="json"))
+                 for d in missed),
+                source=events.SOURCE_NOTIFY,
+            )  # fmt: skip
+        if deferred:
+            connection.execute(_DEFER, deferred)
         if notifications:
             connection.execute(insert(Notification), notifications)
         if processed:
             connection.execute(insert(ProcessedEvent), processed)
+
+
+_MISSED = object()
+
+
+def _held(due: events.ReminderEvent, pref: Preference, now: datetime) -> datetime | object | None:
+    """Why a firing is not sent now: `_MISSED` when it is later than its owner's grace
+    (the sweep's rule, which it applies when it claims), or the end of the quiet hours
+    `now` is in; None to send it. The sweep checks both when it claims a reminder, but an
+    event can reach notify hours later (the broker or notify away, a backlog): without
+    this, an outage ended with every reminder it held sent at once, at any hour (a
+    review, 2026-12-07)."""
+    if is_missed(due.scheduled_at, now, preferences.grace(pref)):
+        return _MISSED
+    window = preferences.quiet_window(pref)
+    if window is not None:
+        end = defer_for_quiet_hours(now, pref.timezone, *window)
+        if end > now:
+            return end
+    return None
+
+
+# A firing notify holds, by (id, scheduled time): another change to the reminder since
+# (a snooze, a dismissal, a due time moved) is left as it is.
+_HELD = (
+    (col(Reminder.id) == bindparam("held_id"))
+    & (col(Reminder.state) == "fired")
+    & (col(Reminder.fire_at) == bindparam("held_at", type_=UTCDateTime()))
+)
+_MISS = update(Reminder).where(_HELD).values(state="missed")
+_DEFER = (
+    update(Reminder)
+    .where(_HELD)
+    .values(state="pending", fired_at=None, fire_at=bindparam("held_to", type_=UTCDateTime()))
+)
 
 
 def _defaults(owner: str) -> Preference:

@@ -22,6 +22,7 @@ from duetide.config import get_settings
 from duetide.errors import Conflict, Unavailable, ValidationFailed
 from duetide.rules import zones
 from duetide.rules.durations import iso_duration
+from duetide.rules.reminders import MIN_GRACE
 from duetide.storage.models import Preference
 
 if TYPE_CHECKING:
@@ -87,8 +88,10 @@ class Timing(Protocol):
 
 
 def grace(preference: Timing) -> timedelta:
+    """The owner's grace, or the deployment's; never under `MIN_GRACE` (a preference
+    stored before it was the least accepted)."""
     if preference.grace_s is not None:
-        return timedelta(seconds=preference.grace_s)
+        return max(timedelta(seconds=preference.grace_s), MIN_GRACE)
     return timedelta(seconds=get_settings().duetide_reminder_grace_s)
 
 

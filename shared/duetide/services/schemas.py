@@ -27,6 +27,7 @@ from pydantic.json_schema import JsonDict
 
 from duetide.events import TASK_EVENTS
 from duetide.rules.recurrence import FREQUENCIES
+from duetide.rules.reminders import MIN_GRACE
 from duetide.rules.text import BLANKS, CLOCK_TIME, NOT_BLANK
 from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, Priority, TaskStatus
 
@@ -349,8 +350,11 @@ class PreferencesUpdate(RequestModel):
     @field_validator("grace")
     @classmethod
     def _grace_in_range(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and not timedelta(0) <= value <= timedelta(days=7):
-            raise ValueError("grace must be between PT0S and P7D")
+        if value is not None and not MIN_GRACE <= value <= timedelta(days=7):
+            raise ValueError(
+                "grace must be between PT2M and P7D: the sweep claims due reminders once a "
+                "minute, so a shorter grace would have reminders claimed on time missed"
+            )
         return value
 
 

@@ -65,14 +65,14 @@ class SweepResult:
 def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> SweepResult:
     """Claim up to `limit` due reminders in one transaction.
 
-    A reminder due inside its owner's quiet hours is moved to their end and stays
-    pending; one claimed later than the owner's grace period is reported missed. One
-    whose task is done by its time is dismissed, with no event: left pending (the claim
-    read only open tasks' reminders), every such reminder stayed in the due part of the
-    index for good, and each ping's claim, and each `/reminders/upcoming`, read past
-    all of them (a task done before its reminder, the common case: 300,000 made an idle
-    ping's claim 142 ms on PostgreSQL, growing without end). Reopened before its time,
-    a task's reminder still fires.
+    A reminder due inside its owner's quiet hours, or claimed inside them (late: the
+    sweep was away), is moved to their end and stays pending; one claimed later than
+    the owner's grace period is reported missed. One whose task is done by its time is
+    dismissed, with no event: left pending (the claim read only open tasks' reminders),
+    every such reminder stayed in the due part of the index for good, and each ping's
+    claim, and each `/reminders/upcoming`, read past all of them (a task done before its
+    reminder, the common case: 300,000 made an idle ping's claim 142 ms on PostgreSQL,
+    growing without end). Reopened before its time, a task's reminder still fires.
 
     Set-based, a constant number of statements per batch: one read of plain rows (the
     reminder, its task and its owner's preferences, locked), the rules in Python over
@@ -102,6 +102,9 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
             fire_at: datetime = row.fire_at  # `fire_at <= now` matches no NULL
             if window is not None:
                 deferred = defer_for_quiet_hours(fire_at, row.timezone, *window)
+                if deferred <= now:  # claimed late (a slow or missed ping): is now quiet?
+                    later = defer_for_quiet_hours(now, row.timezone, *window)
+                    deferred = later if later > now else deferred
                 if deferred != fire_at:
                     moved.append({"moved_id": row.reminder_id, "moved_to": deferred})
                     fire_at = deferred
