@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case
 from sqlmodel import Session, col, select
 
 from duetide.errors import ValidationFailed
@@ -116,16 +115,19 @@ _SUB_DAILY = re.compile(r"FREQ\s*=\s*(MINUTELY|HOURLY)|BYHOUR|BYMINUTE", re.IGNO
 def snapshot(session: Session, owner: str, now: datetime) -> Snapshot:
     """`owner`'s open tasks as the calendar shows them at `now` (see the module's
     docstring)."""
+    # Dated ones, then undated ones if there is room: each by its owner-status-due index.
+    # One ORDER BY (due_at IS NULL, due_at, id) sorted every task in the table (0.27 s).
+    wanted = MAX_EXPORTED_TASKS + 1
+    open_tasks = select(Task).where(Task.owner == owner, Task.status == "open")
+    due = col(Task.due_at)
     rows = list(
         session.exec(
-            select(Task)
-            .where(Task.owner == owner, Task.status == "open")
-            .order_by(
-                case((col(Task.due_at).is_(None), 1), else_=0), col(Task.due_at), col(Task.id)
-            )
-            .limit(MAX_EXPORTED_TASKS + 1)
+            open_tasks.where(due.is_not(None)).order_by(due, col(Task.id)).limit(wanted)
         ).all()
     )
+    if len(rows) < wanted:
+        undated = open_tasks.where(due.is_(None)).order_by(col(Task.id))
+        rows += session.exec(undated.limit(wanted - len(rows))).all()
     tasks, truncated = rows[:MAX_EXPORTED_TASKS], len(rows) > MAX_EXPORTED_TASKS
     series_ids = {t.series_id for t in tasks if t.series_id is not None}
     found = {s.id: s for s in session.exec(select(Series).where(col(Series.id).in_(series_ids)))}

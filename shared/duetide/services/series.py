@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -573,12 +573,12 @@ def _later_exists(session: Session, series_id: str, task: Task) -> bool:
     later = select(Task.id).where(
         Task.series_id == series_id, col(Task.occurrence_index) > (task.occurrence_index or 0)
     )
-    return session.exec(later).first() is not None
+    return session.exec(later.limit(1)).first() is not None
 
 
 def _open_occurrence(session: Session, series_id: str) -> Task | None:
     query = select(Task).where(Task.series_id == series_id, Task.status == "open")
-    return session.exec(query.order_by(col(Task.occurrence_index).desc())).first()
+    return session.exec(query.order_by(col(Task.occurrence_index).desc()).limit(1)).first()
 
 
 def end(session: Session, owner: str, series_id: str) -> None:
@@ -638,41 +638,54 @@ def _history_position(cursor: str) -> tuple[int, datetime]:
 
 
 _LOG = OccurrenceLog.metadata.tables["occurrence_log"]
-_HISTORY_ROWS = sa.union_all(
-    sa.select(
-        TASK.c.occurrence_index.label("index"),
-        TASK.c.scheduled_at,
-        sa.case((TASK.c.status == "done", "completed"), else_="open").label("outcome"),
-        TASK.c.completed_at.label("at"),
-        TASK.c.id.label("task_id"),
-        sa.literal_column("1", sa.Integer).label("count"),
-        sa.type_coerce(sa.null(), _LOG.c.last_scheduled_at.type).label("last_scheduled_at"),
-    ).where(
-        TASK.c.series_id == bindparam("series_id"),
-        TASK.c.occurrence_index.is_not(None),
-        TASK.c.scheduled_at.is_not(None),
-    ),
-    sa.select(
-        _LOG.c.occurrence_index,
-        _LOG.c.scheduled_at,
-        _LOG.c.outcome,
-        _LOG.c.recorded_at,
-        sa.null(),
-        _LOG.c.count,
-        _LOG.c.last_scheduled_at,
-    ).where(_LOG.c.series_id == bindparam("series_id")),
-).subquery("history")
-_HISTORY = (
-    sa.select(_HISTORY_ROWS)
-    .order_by(_HISTORY_ROWS.c.index, _HISTORY_ROWS.c.scheduled_at)
-    .limit(bindparam("limit"))
-)
-_HISTORY_AFTER = _HISTORY.where(
-    sa.or_(
-        _HISTORY_ROWS.c.index > bindparam("after_index"),
-        sa.and_(
-            _HISTORY_ROWS.c.index == bindparam("after_index"),
-            _HISTORY_ROWS.c.scheduled_at > bindparam("after_at"),
+
+
+def _history_query(after: bool) -> sa.Select[Any]:
+    """A page of both tables' rows in (index, scheduled time) order, each table's own
+    page first (ordered, limited and past the cursor by its `*_series_index`), then the
+    two merged: with the order and the limit only outside the union, PostgreSQL read
+    and sorted the whole series' past for every page (0.45 s at 200,000 occurrences)."""
+
+    def page(table: sa.Table, select: sa.Select[Any]) -> sa.Select[Any]:
+        index, at = table.c.occurrence_index, table.c.scheduled_at
+        if after:
+            position = bindparam("after_index", type_=sa.Integer())
+            select = select.where(
+                sa.or_(index > position, sa.and_(index == position, at > bindparam("after_at")))
+            )
+        return select.order_by(index, at).limit(bindparam("limit"))
+
+    tasks = page(
+        TASK,
+        sa.select(
+            TASK.c.occurrence_index.label("index"),
+            TASK.c.scheduled_at,
+            sa.case((TASK.c.status == "done", "completed"), else_="open").label("outcome"),
+            TASK.c.completed_at.label("at"),
+            TASK.c.id.label("task_id"),
+            sa.literal_column("1", sa.Integer).label("count"),
+            sa.cast(sa.null(), _LOG.c.last_scheduled_at.type).label("last_scheduled_at"),
+        ).where(
+            TASK.c.series_id == bindparam("series_id"),
+            TASK.c.occurrence_index.is_not(None),
+            TASK.c.scheduled_at.is_not(None),
         ),
     )
-)
+    logged = page(
+        _LOG,
+        sa.select(
+            _LOG.c.occurrence_index,
+            _LOG.c.scheduled_at,
+            _LOG.c.outcome,
+            _LOG.c.recorded_at,
+            sa.null(),
+            _LOG.c.count,
+            _LOG.c.last_scheduled_at,
+        ).where(_LOG.c.series_id == bindparam("series_id")),
+    )
+    rows = sa.union_all(tasks.subquery().select(), logged.subquery().select()).subquery()
+    return sa.select(rows).order_by(rows.c.index, rows.c.scheduled_at).limit(bindparam("limit"))
+
+
+_HISTORY = _history_query(after=False)
+_HISTORY_AFTER = _history_query(after=True)

@@ -140,6 +140,9 @@ class Task(SQLModel, table=True):
         Index("ix_task_owner_status_created", "owner", "status", "created_at", "id"),
         Index("ix_task_owner_status_due", "owner", "status", "due_at", "id"),
         Index("ix_task_owner_status_priority", "owner", "status", "priority", "id"),
+        # A series' occurrences in order: its latest, its open one, its history's pages
+        # (the unique key is by time, so each of those sorted the whole series' past).
+        Index("ix_task_series_index", "series_id", "occurrence_index", "scheduled_at"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
@@ -194,7 +197,10 @@ class OccurrenceLog(SQLModel, table=True):
     the user was away, not one per occurrence."""
 
     __tablename__ = "occurrence_log"
-    __table_args__ = (UniqueConstraint("series_id", "scheduled_at", name="uq_occurrence_log"),)
+    __table_args__ = (
+        UniqueConstraint("series_id", "scheduled_at", name="uq_occurrence_log"),
+        Index("ix_occurrence_log_series_index", "series_id", "occurrence_index", "scheduled_at"),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     series_id: str = Field(
@@ -225,6 +231,16 @@ class Reminder(SQLModel, table=True):
     __table_args__ = (
         Index("ix_reminder_due", "state", "fire_at"),
         Index("ix_reminder_task_id", "task_id"),
+        # An owner's pending reminders, soonest first (`/reminders/upcoming`): by the due
+        # index it read past every other owner's pending ones (0.7 s among 660,000).
+        Index(
+            "ix_reminder_owner_pending",
+            "owner",
+            "fire_at",
+            "id",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
