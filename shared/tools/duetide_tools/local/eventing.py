@@ -370,7 +370,8 @@ def _utf8_or_replaced(value: str) -> str:
 ORDERED = "ordered"
 UNORDERED = "unordered"
 # Deliveries in flight at once: partitions in parallel (ordered), records (unordered).
-# Knative bounds unordered in-flight records by max.poll.records (500 on a cluster);
+# Knative bounds unordered in-flight records by max.poll.records (50 by default, per
+# consumer across its partitions: eventing-kafka-broker's UnorderedConsumerVerticle);
 # the local stack keeps a smaller bound, one thread and HTTP connection per delivery,
 # still above what one notify pod takes at once (containerConcurrency 32), so a burst
 # keeps it full (issue 16).
