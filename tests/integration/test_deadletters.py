@@ -19,10 +19,11 @@ from kafka.structs import TopicPartition
 
 from duetide import events
 from duetide.config import get_settings
-from duetide_tools import deadletters
+from duetide_tools import deadletters, manifests
 from duetide_tools.cli import main
 from duetide_tools.local.broker import EmbeddedBroker, consumer_settings, ensure_topics
 from duetide_tools.local.eventing import KafkaSourceDispatcher
+from duetide_tools.local.stack import project_root
 from duetide_tools.manifests import TopicSpec
 from tests.integration.test_eventing import RecordingSink, source_spec
 from tests.integration.test_reliability import read_topic
@@ -130,6 +131,16 @@ def test_failed_event_is_listed_without_its_payload_and_replayed_with_the_same_i
     assert replayed.headers["ce-id"] == "dl-1"
     assert not [name for name in replayed.headers if name.startswith("ce-knativeerror")]
     assert (replayed.headers, replayed.body) == (first.headers, first.body)
+
+
+def test_every_kafkasources_dead_letters_on_a_cluster_lead_back_to_its_topic():
+    """On a cluster a letter names its sink by URL alone (`knativeerrordest`): the two
+    notify sources had the same one, so a replay with a notify letter in it stopped,
+    asking for --to (a review against eventing-kafka-broker, 2026-12-07)."""
+    wiring = manifests.load(project_root())
+    for source in wiring.kafka_sources:
+        url = f"http://{source.sink.name}.duetide.svc.cluster.local{source.sink.path}"
+        assert deadletters.resolve_topic(url, wiring) == source.topics[0], source.name
 
 
 def test_replay_finds_the_topic_of_the_kafkasource_whose_sink_failed(

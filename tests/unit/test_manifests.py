@@ -293,7 +293,7 @@ def test_kafka_sources_feed_each_function_from_its_topic(wiring: Wiring) -> None
         "duetide-notify-webhooks": (
             ("duetide-webhooks",),
             "duetide-notify-webhooks",
-            SinkRef("Service", "duetide-notify"),
+            SinkRef("Service", "duetide-notify", "/webhook-deliveries"),  # its dead letters'
             "earliest",
             "unordered",  # a slow receiver must not hold the other subscriptions' tries
         ),
