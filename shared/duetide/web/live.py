@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from duetide.config import get_settings
 from duetide.errors import ApiError, RateLimited, Unavailable
 from duetide.once import once
-from duetide.services import activity_feed
+from duetide.services import activity_feed, ratelimit
 from duetide.services.responses import ActivityItem, ActivityPage
 from duetide.storage import db
 from duetide.storage.models import utcnow
@@ -187,11 +187,24 @@ def _events(
             else:
                 yield b""
             time.sleep(min(poll, deadline - now))
+        else:  # catching up: each batch after a full one is a read, as a page of the feed
+            while (wait := _read_wait(owner)) > 0 and (left := deadline - time.monotonic()) > 0:
+                yield b""
+                time.sleep(min(wait, poll, left))
         try:
             read_at = utcnow()
             batch = _read(owner, since)
         except (ApiError, OperationalError):
             return  # the client reconnects with the last id it saw
+
+
+def _read_wait(owner: str) -> float:
+    """Take one read from `owner`'s budget: 0, or the seconds until there is one. A
+    stream catching up once sent a 30-day log at full speed for the request's one read
+    (97,804 entries, 101 MB and 18 s of CPU in 20 s; a review, 2026-12-07); it now
+    goes at the pace of the user's reads, as paging the feed would."""
+    budget = ratelimit.read_budget()
+    return 0.0 if budget is None else budget.take(owner)
 
 
 class _Held:
