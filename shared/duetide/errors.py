@@ -97,6 +97,13 @@ class ValidationFailed(ApiError):
         )
 
 
+class QueryTooBroad(ApiError):
+    """A read that would take longer than its bound: the same request would again, so
+    not a 503; the message says how to narrow it."""
+
+    status, code = 422, "query_too_broad"
+
+
 class HeadersTooLarge(ApiError):
     status, code = 431, "headers_too_large"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import text as sql_text
 from sqlmodel import SQLModel, func, select
 
 from duetide import events
@@ -665,3 +666,34 @@ def test_a_duration_is_whole_seconds(client, alice):
     for preference in ({"grace": "PT0.5S"}, {"default_reminders": ["PT9.9S"]}):
         refused(client.patch("/preferences", json=preference, headers=alice), 422,
                 "validation_failed")  # fmt: skip
+
+
+def test_a_search_past_its_time_bound_is_a_422_that_says_how_to_narrow_it(
+    client, alice, env, monkeypatch
+):
+    """A search reads every task of its owner: over 20,000 of 10,000-character
+    descriptions it took 3-6 s, and 29 of them, within one user's reads, held another
+    user's lists up to 14 s (a review, 2026-12-07). On PostgreSQL such a list now ends at
+    `SCAN_LIMIT_S`; here at 1 ms, over 5,000 descriptions of 2,000 characters."""
+    from duetide.services import tasks
+
+    if db.get_engine().dialect.name != "postgresql":
+        pytest.skip("SQLite has no statement timeout; its searches run in the caller's process")
+    with db.session_scope() as session:
+        session.execute(
+            sql_text(
+                "INSERT INTO task (id, owner, title, description, status, priority,"
+                " created_at, updated_at) SELECT 'long-' || g, 'alice', 't',"
+                " repeat(md5(g::text), 62), 'open', 0, now(), now()"
+                " FROM generate_series(1, 5000) g"
+            )
+        )
+    monkeypatch.setattr(tasks, "SCAN_LIMIT_S", 0.001)
+
+    searched = client.get("/tasks?q=no+such+words", headers=alice)
+
+    refused(searched, 422, "query_too_broad")
+    assert "narrow it" in searched.json["error"]["message"]
+    assert client.get("/tasks?status=open&limit=5", headers=alice).status_code == 200
+    monkeypatch.setattr(tasks, "SCAN_LIMIT_S", 30.0)
+    assert client.get("/tasks?q=no+such+words", headers=alice).json["items"] == []

@@ -13,11 +13,12 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import bindparam, or_
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import joinedload
 from sqlmodel import Session, col, select
 
 from duetide import events
-from duetide.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from duetide.errors import BadRequest, Conflict, NotFound, QueryTooBroad, ValidationFailed
 from duetide.rules import reminders
 from duetide.rules.text import text_problem
 from duetide.services import keyset, opaque, preferences, ratelimit, task_rows
@@ -41,6 +42,7 @@ from duetide.services.task_rows import (
     new_reminder,
     new_task,
 )
+from duetide.storage import db
 from duetide.storage.aggregates import json_time
 from duetide.storage.models import (
     OccurrenceLog,
@@ -458,9 +460,25 @@ def reads_of(args: Mapping[str, str]) -> int:
     due-time order may read every task of the owner, which no index serves in the
     page's order (README, design notes; a tag held by the 1,000 oldest of 120,000 tasks
     took 0.23 s to page newest first, an empty range of 200,000 tasks by priority 0.12 s)."""
+    return ratelimit.SCAN_READS if _scans(args) else 1
+
+
+def scans(query: TaskQuery) -> bool:
+    """Whether a list may read every task of its owner (no index serves its order)."""
+    return _scans(query.model_dump(exclude_none=True))
+
+
+def _scans(args: Mapping[str, Any]) -> bool:
     ranged = ("due_before" in args or "due_after" in args) and args.get("sort") != "due_at"
-    scans = args.get("q") or args.get("sort") == "title" or args.get("tag") or ranged
-    return ratelimit.SCAN_READS if scans else 1
+    return bool(args.get("q") or args.get("sort") == "title" or args.get("tag") or ranged)
+
+
+SCAN_LIMIT_S = 2.0
+"""How long a list that may read every task of its owner (`_scans`) may run on
+PostgreSQL. A search over 20,000 tasks of 10,000-character descriptions took 3-6 s, and
+29 of them, within one user's reads, held the database for another user's lists for up
+to 14 s (a review, 2026-12-07). Past it the list is a 422 that says how to narrow it
+(`web.api.list_tasks` sets the bound)."""
 
 
 def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
@@ -488,6 +506,26 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
                 col(Task.description).icontains(query.q, autoescape=True),
             )
         )
+    try:
+        rows = _page_rows(session, stmt, query)
+    except OperationalError as exc:
+        if db.cancelled(exc) and scans(query):
+            raise QueryTooBroad(
+                f"this list reads more of your tasks than can be read in {SCAN_LIMIT_S:g} s "
+                "(a search, a tag, a title sort or a due range on another order reads them "
+                "all): narrow it with status, a due range sorted by due_at, or fewer words"
+            ) from None
+        raise
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return TaskPage(
+        items=[_shown(row) for row in rows],
+        next_cursor=encode_cursor(rows[-1], query) if more and rows else None,
+    )
+
+
+def _page_rows(session: Session, stmt: Any, query: TaskQuery) -> list[Row[Any]]:
+    """A page of `stmt` in the query's order and one row more, if there is one."""
     column = SORT_COLUMNS[query.sort]
     descending = query.order == "desc"
     cursor = decode_cursor(query.cursor, query) if query.cursor else None
@@ -510,12 +548,7 @@ def list_tasks(session: Session, owner: str, query: TaskQuery) -> TaskPage:
             rows += _ordered(
                 session, absent, col(Task.id), descending, by_id, want - len(rows), column
             )
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
-    return TaskPage(
-        items=[_shown(row) for row in rows],
-        next_cursor=encode_cursor(rows[-1], query) if more and rows else None,
-    )
+    return rows
 
 
 def _ordered(

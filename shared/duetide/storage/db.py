@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, exc, make_url
+from sqlalchemy import event, exc, make_url, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
@@ -259,6 +259,11 @@ def is_unique_violation(error: exc.IntegrityError) -> bool:
     return code in _UNIQUE_VIOLATIONS
 
 
+def cancelled(error: exc.OperationalError) -> bool:
+    """Whether PostgreSQL ended the statement at its `statement_timeout` (57014)."""
+    return getattr(error.orig, "sqlstate", None) == "57014"
+
+
 @once
 def get_engine() -> Engine:
     """The process's one engine, and so its one pool (DUETIDE_DB_POOL_SIZE)."""
@@ -266,7 +271,9 @@ def get_engine() -> Engine:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> Iterator[Session]:
+def session_scope(
+    engine: Engine | None = None, *, read_only: bool = False, statement_limit_s: float | None = None
+) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception.
 
     On SQLite a unit of work that may write takes the write lock at BEGIN (BEGIN
@@ -280,14 +287,24 @@ def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> I
     On PostgreSQL a `read_only` unit runs without a transaction (autocommit): under READ
     COMMITTED each statement sees its own snapshot whether or not a transaction wraps
     them, so BEGIN and the closing ROLLBACK were two round trips that bought nothing.
+
+    `statement_limit_s`: on PostgreSQL each statement of the unit is ended after that
+    long (`SET LOCAL statement_timeout`, so in a transaction, read-only or not; the
+    connection's own bound comes back with its end); `cancelled` tells that error.
     """
     bind = engine or get_engine()
+    postgres = bind.dialect.name == "postgresql"
+    limited = statement_limit_s is not None and postgres
     if not read_only:
         bind = _variant(bind, "sqlite_begin", "IMMEDIATE")
-    elif bind.dialect.name == "postgresql":
+    elif postgres and not limited:
         bind = _variant(bind, "isolation_level", "AUTOCOMMIT")
     with _write_turn(bind, read_only), Session(bind, expire_on_commit=False) as session:
         try:
+            if limited:
+                assert statement_limit_s is not None
+                milliseconds = max(1, round(statement_limit_s * 1000))
+                session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
             yield session
             session.commit()
         except BaseException:

@@ -169,7 +169,8 @@ def health(request: Request, user: str) -> Response:
 
 def list_tasks(request: Request, user: str) -> Response:
     query = parse_model(TaskQuery, _query(request))
-    with db.session_scope(read_only=True) as session:
+    limit = tasks.SCAN_LIMIT_S if tasks.scans(query) else None
+    with db.session_scope(read_only=True, statement_limit_s=limit) as session:
         return json_response(tasks.list_tasks(session, user, query))
 
 
