@@ -21,8 +21,9 @@ import functools
 import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -144,6 +145,46 @@ class ReadBudget:
             if len(self._buckets) > self.max_users:
                 self._buckets.popitem(last=False)
         return 0.0 if served else (cost - tokens) / self.per_second
+
+
+class InFlight:
+    """At most `per_owner` of one owner's costly reads (those counting more than one
+    read: a search, a tag filter, a title sort, an export, a long forecast) under way at
+    once in this process; one more is a 429 at once. The read budget lets a minute's
+    reads start together: 10 calendar exports of 1.8 s of CPU each, or 29 searches of
+    3-6 s, held every worker thread and the database, and another user's list took up to
+    21 s (a review, 2026-12-07)."""
+
+    def __init__(self, per_owner: int) -> None:
+        self.per_owner = per_owner
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def held(self, owner: str) -> Iterator[None]:
+        with self._lock:
+            if self._held[owner] >= self.per_owner:
+                raise RateLimited(
+                    f"{self.per_owner} searches or exports of yours are under way on this "
+                    "server; retry when one has answered",
+                    headers={"Retry-After": "1"},
+                )
+            self._held[owner] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[owner] -= 1
+                if self._held[owner] <= 0:
+                    del self._held[owner]
+
+
+COSTLY_READS_AT_ONCE = 2
+
+
+@functools.cache
+def costly_reads() -> InFlight:
+    return InFlight(COSTLY_READS_AT_ONCE)
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -621,9 +622,11 @@ def calendar_feed_ics(request: Request, user: str, feed_token: str) -> Response:
         owner = calendar_feed.owner_of(session, feed_token)
         if owner is not None:
             ratelimit.charge_read(owner, ratelimit.EXPORT_READS)
+            held.enter_context(ratelimit.costly_reads().held(owner))
         return owner
 
-    return _calendar_of(request, owner_of)
+    with contextlib.ExitStack() as held:
+        return _calendar_of(request, owner_of)
 
 
 def _calendar_of(request: Request, owner_of: Callable[[Session], str | None]) -> Response:
@@ -1248,11 +1251,16 @@ def handle(request: Request) -> Response:
     if operation.auth != "bearer":
         return operation.handler(request, "", **args)
     user = auth.authenticate(request)
-    if request.method in READS:
-        ratelimit.charge_read(user, operation.reads(request))
-    elif not _replay(request, operation, user):
-        ratelimit.charge_write(user)
-    return operation.handler(request, user, **args)
+    if request.method not in READS:
+        if not _replay(request, operation, user):
+            ratelimit.charge_write(user)
+        return operation.handler(request, user, **args)
+    reads = operation.reads(request)
+    ratelimit.charge_read(user, reads)
+    if reads == 1:
+        return operation.handler(request, user, **args)
+    with ratelimit.costly_reads().held(user):  # a search, an export, a long forecast
+        return operation.handler(request, user, **args)
 
 
 def _replay(request: Request, operation: Endpoint, user: str) -> bool:
