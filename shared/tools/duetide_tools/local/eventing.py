@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cloudevents import exceptions as ce_errors
@@ -189,28 +189,33 @@ class HttpSink:
             conn.close()
 
 
-# What a `ce-*` header value may carry as it is (CloudEvents HTTP binding, 3.1.3.2):
-# printable ASCII but the double quote and the percent sign; the rest is percent-encoded.
-_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+class Unsendable(ValueError):
+    """An event Knative's dispatcher could not deliver as it is (a reason, no value)."""
+
+
+_AS_SENT = re.compile(r"[\t\x20-\x7e]*")
+"""What a `ce-*` header value carries through Knative's dispatcher unchanged."""
 
 
 def _http_parts(event: CloudEvent) -> tuple[dict[str, str], bytes | None]:
-    """Binary-mode HTTP headers and body for `event`, encoded by the CloudEvents SDK.
+    """Binary-mode HTTP headers and body for `event`, encoded by the CloudEvents SDK,
+    each attribute value as it is: Knative's dispatcher (sdk-java) writes values into
+    headers unencoded (cloudevents/sdk-java#748), though the HTTP binding (3.1.3.2) asks
+    for percent-encoding, which duetide's sinks decode. So a value that is not printable
+    ASCII arrives changed on a cluster, or not at all (Vert.x refuses some characters,
+    Netty narrows the rest to bytes): `Unsendable` here, dead-lettered at once, rather
+    than delivered intact as this dispatcher once did by encoding it, so that what works
+    locally works on a cluster. A producer percent-encodes such values itself.
 
-    Every event built here carries its data as bytes (or None), sent as they are. The
-    SDK puts attribute values into headers as they are; a record's key or Kafka headers
-    can hold any bytes (a control character is no header value), so they are
-    percent-encoded as the HTTP binding asks, and the receiving sink decodes them.
-    """
+    Every event built here carries its data as bytes (or None), sent as they are."""
     headers, body = to_binary(event, data_marshaller=_identity)
-    encoded = {  # a lone surrogate (a structured record's JSON can say "\ud800") as WTF-8:
-        # the sink refuses it as content, where UTF-8 raised and stopped the dispatcher
-        name: quote(str(value), safe=_HEADER_SAFE, errors="surrogatepass")
-        if name.startswith("ce-")
-        else value
-        for name, value in headers.items()
-    }
-    return encoded, body
+    for name, value in headers.items():
+        if name.startswith("ce-") and not _AS_SENT.fullmatch(str(value)):
+            raise Unsendable(
+                f"header {name} is not printable ASCII, which Knative's dispatcher sends "
+                "changed or not at all: percent-encode it in the record"
+            )
+    return headers, body
 
 
 # -------------------------------------------------------------- record -> event
@@ -1136,7 +1141,10 @@ class KafkaSourceDispatcher:
     def _handle(self, record: Any, sink: HttpSink) -> bool:
         """Deliver one record; False if stopping interrupted it (it stays uncommitted)."""
         event = record_to_event(record, self.spec.name, self.namespace)
-        headers, body = _http_parts(event)
+        try:
+            headers, body = _http_parts(event)
+        except Unsendable as exc:
+            return self._fail(record, event, SinkResponse(None, error=str(exc), unsendable=True))
         response = self._deliver(sink, headers, body)
         if response is None:
             return False
