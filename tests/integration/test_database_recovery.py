@@ -178,6 +178,41 @@ def test_a_server_that_freezes_mid_query_costs_a_503_at_the_bound_then_recovers(
         proxy.close()
 
 
+def test_the_ping_of_an_idle_connection_to_a_frozen_server_is_cut_short(
+    env, client, alice, monkeypatch: pytest.MonkeyPatch
+):
+    """The ping of a connection that sat idle waited on a frozen server for the
+    watchdog's whole bound (30 s by default) before the pool gave up on it, the request
+    and its thread held all the while (a review, 2026-12-07). It has `PING_LIMIT_S`; the
+    request then fails as connecting does, at the connect timeout."""
+    if not env.startswith("postgresql"):
+        pytest.skip("a PostgreSQL connection's bounds")
+    url = make_url(env)
+    proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
+    try:
+        monkeypatch.setenv("DATABASE_URL", url.set(port=proxy.port).render_as_string(False))
+        monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "4")  # connect 4 s, a connection cut at 12
+        monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", "0.25")
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # every checkout pings
+        monkeypatch.setattr(db, "PING_LIMIT_S", 0.5)
+        _reset_caches()
+        assert create(client, alice, "before") == 201
+        proxy.freeze()
+        answers: list[Any] = []
+        request = threading.Thread(target=lambda: answers.append(create(client, alice, "x")))
+        request.start()
+        request.join(timeout=9)  # the ping's 0.5 s and a connect's 4: 12 s and 4 before
+        waited = request.is_alive()
+        proxy.thaw()
+        request.join()
+        assert not waited, "the ping waited for the watchdog's bound"
+        assert answers == [503]
+        assert create(client, alice, "after") == 201
+    finally:
+        db.get_engine().dispose()
+        proxy.close()
+
+
 def test_statements_are_bounded_on_the_server_except_the_migrations(env) -> None:
     if not env.startswith("postgresql"):
         pytest.skip("PostgreSQL's statement_timeout")

@@ -167,15 +167,24 @@ def _detached(watch: HoldWatch | None, _dbapi_connection: Any, record: Any) -> N
         watch.released(record)
 
 
+PING_LIMIT_S = 2.0
+"""How long the ping of an idle connection may wait for the server: it waited for the
+watchdog's whole bound (30 s), so with the server frozen (accepting, never answering)
+each request began by holding its thread that long before its 503 (a review,
+2026-12-07). A server that cannot answer `SELECT 1` in 2 s is not one to send work to."""
+
+
 def _checked_out(
     engine: Engine, watch: HoldWatch | None, dbapi_connection: Any, record: Any, _proxy: Any
 ) -> None:
     """Watched from here (the ping too waits on the server); pinged if it sat idle."""
-    if watch is not None:
-        watch.held(dbapi_connection, record)
     idle = time.monotonic() - record.info.get("checked_in", time.monotonic())
     if idle <= PING_AFTER_IDLE_S:
+        if watch is not None:
+            watch.held(dbapi_connection, record)
         return
+    if watch is not None:
+        watch.held(dbapi_connection, record, PING_LIMIT_S)
     try:
         engine.dialect.do_ping(dbapi_connection)
     except Exception as error:
@@ -183,6 +192,8 @@ def _checked_out(
         if watch is not None:
             watch.released(record)
         raise exc.DisconnectionError() from error
+    if watch is not None:
+        watch.renew(record)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

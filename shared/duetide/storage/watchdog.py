@@ -47,16 +47,25 @@ class HoldWatch:
         self._held: dict[object, tuple[float, socket.socket]] = {}
         self._lock = threading.Lock()
 
-    def held(self, dbapi_connection: Any, record: object) -> None:
-        """The connection of pool record `record` was checked out now."""
+    def held(self, dbapi_connection: Any, record: object, limit_s: float | None = None) -> None:
+        """The connection of pool record `record` was checked out now, to be cut after
+        `limit_s` (the watch's own limit unless given: `renew` restores it)."""
         try:
             duplicate = socket.socket(fileno=os.dup(dbapi_connection.pgconn.socket))
         except Exception:  # psycopg's error for a lost connection, OSError, ...
             return  # not a live psycopg connection: the pool finds out for itself
+        bound = self.limit_s if limit_s is None else limit_s
         with self._lock:
             self._close(self._held.pop(record, None))
-            self._held[record] = (time.monotonic() + self.limit_s, duplicate)
+            self._held[record] = (time.monotonic() + bound, duplicate)
         _watching(self)
+
+    def renew(self, record: object) -> None:
+        """The connection is cut `limit_s` from now (after a shorter bound of `held`)."""
+        with self._lock:
+            entry = self._held.get(record)
+            if entry is not None and entry[0] != float("inf"):
+                self._held[record] = (time.monotonic() + self.limit_s, entry[1])
 
     def released(self, record: object) -> None:
         with self._lock:
