@@ -213,6 +213,51 @@ def test_the_ping_of_an_idle_connection_to_a_frozen_server_is_cut_short(
         proxy.close()
 
 
+def test_work_on_a_requests_time_after_its_commit_is_cut_at_its_own_bound(
+    env, monkeypatch: pytest.MonkeyPatch
+):
+    """The fast path marks what it sent after the write's commit, on the request's
+    time: during a freeze that waited for the watchdog's 30 s, and a committed write was
+    answered 30 s late, which a client takes for a timeout and sends again (a review,
+    2026-12-07). Its database steps run under `db.hold_limit`, the relay doing what they
+    leave."""
+    if not env.startswith("postgresql"):
+        pytest.skip("a PostgreSQL connection's bounds")
+    url = make_url(env)
+    proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
+    try:
+        monkeypatch.setenv("DATABASE_URL", url.set(port=proxy.port).render_as_string(False))
+        monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "4")  # a connection cut after 12 s
+        monkeypatch.setenv("DUETIDE_PUBLISH_TIMEOUT_S", "0.25")
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)  # straight to the statement
+        _reset_caches()
+        with db.autocommit() as connection:
+            connection.execute(text("SELECT 1"))  # a pooled connection, in steady use
+        proxy.freeze()
+        failed: list[BaseException] = []
+
+        def mark() -> None:
+            try:
+                with db.hold_limit(0.5), db.autocommit() as connection:
+                    connection.execute(text("SELECT 1"))
+            except DBAPIError as error:
+                failed.append(error)
+
+        marking = threading.Thread(target=mark)
+        marking.start()
+        marking.join(timeout=6)  # its 0.5 s and the watchdog's tick: 12 s before
+        waited = marking.is_alive()
+        proxy.thaw()
+        marking.join()
+        assert not waited, "the statement waited for the pool's bound"
+        assert len(failed) == 1
+        with db.autocommit() as connection:  # and the pool starts afresh
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        db.get_engine().dispose()
+        proxy.close()
+
+
 def test_statements_are_bounded_on_the_server_except_the_migrations(env) -> None:
     if not env.startswith("postgresql"):
         pytest.skip("PostgreSQL's statement_timeout")

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -174,17 +175,35 @@ each request began by holding its thread that long before its 503 (a review,
 2026-12-07). A server that cannot answer `SELECT 1` in 2 s is not one to send work to."""
 
 
+_HOLD_LIMIT: ContextVar[float | None] = ContextVar("duetide_hold_limit", default=None)
+
+
+@contextmanager
+def hold_limit(seconds: float) -> Iterator[None]:
+    """Connections checked out in the block are cut after `seconds` (not the pool's
+    `hold_limit_s`): for best-effort work on a request's time, such as the fast path's
+    marking of what it sent, which during a database freeze held a committed write's
+    answer 30 s (a review, 2026-12-07)."""
+    token = _HOLD_LIMIT.set(seconds)
+    try:
+        yield
+    finally:
+        _HOLD_LIMIT.reset(token)
+
+
 def _checked_out(
     engine: Engine, watch: HoldWatch | None, dbapi_connection: Any, record: Any, _proxy: Any
 ) -> None:
     """Watched from here (the ping too waits on the server); pinged if it sat idle."""
+    bound = _HOLD_LIMIT.get()
     idle = time.monotonic() - record.info.get("checked_in", time.monotonic())
     if idle <= PING_AFTER_IDLE_S:
         if watch is not None:
-            watch.held(dbapi_connection, record)
+            watch.held(dbapi_connection, record, bound)
         return
     if watch is not None:
-        watch.held(dbapi_connection, record, PING_LIMIT_S)
+        ping_bound = PING_LIMIT_S if bound is None else min(bound, PING_LIMIT_S)
+        watch.held(dbapi_connection, record, ping_bound)
     try:
         engine.dialect.do_ping(dbapi_connection)
     except Exception as error:
@@ -193,7 +212,7 @@ def _checked_out(
             watch.released(record)
         raise exc.DisconnectionError() from error
     if watch is not None:
-        watch.renew(record)
+        watch.renew(record, bound)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

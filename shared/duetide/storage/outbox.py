@@ -575,23 +575,32 @@ def publish_after_commit(ids: list[str]) -> int:
 def _publish(
     publisher: Publisher, ids: list[str], recorded: Iterable[Outbox | Pending] = ()
 ) -> int:
-    """Send `recorded` rows and the unsent rows of `ids` (read first); mark what was acked."""
+    """Send `recorded` rows and the unsent rows of `ids` (read first); mark what was acked.
+    Each database step is cut after FAST_PATH_HOLD_S: the relay does what this leaves."""
     try:
-        rows = list(recorded)
-        if ids:
-            with db.session_scope(read_only=True) as session:
-                rows += session.exec(
-                    select(Outbox)
-                    .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
-                    .order_by(col(Outbox.created_at))
-                ).all()
-        acked = publisher.try_send(rows)
-        if acked:
-            with db.autocommit() as connection:  # one statement: one round trip
-                mark_sent(connection, acked)
+        with db.hold_limit(FAST_PATH_HOLD_S):
+            return _publish_rows(publisher, ids, list(recorded))
     except SQLAlchemyError as exc:
         log_event(log, "outbox.fast_path_failed", level=logging.WARNING, error=type(exc).__name__)
         return 0
+
+
+FAST_PATH_HOLD_S = 2.0
+"""How long the fast path's read and mark may hold a connection (`db.hold_limit`)."""
+
+
+def _publish_rows(publisher: Publisher, ids: list[str], rows: list[Outbox | Pending]) -> int:
+    if ids:
+        with db.session_scope(read_only=True) as session:
+            rows += session.exec(
+                select(Outbox)
+                .where(col(Outbox.id).in_(ids), col(Outbox.sent_at).is_(None))
+                .order_by(col(Outbox.created_at))
+            ).all()
+    acked = publisher.try_send(rows)
+    if acked:
+        with db.autocommit() as connection:  # one statement: one round trip
+            mark_sent(connection, acked)
     return len(acked)
 
 

@@ -60,12 +60,14 @@ class HoldWatch:
             self._held[record] = (time.monotonic() + bound, duplicate)
         _watching(self)
 
-    def renew(self, record: object) -> None:
-        """The connection is cut `limit_s` from now (after a shorter bound of `held`)."""
+    def renew(self, record: object, limit_s: float | None = None) -> None:
+        """The connection is cut `limit_s` (the watch's own limit unless given) from now,
+        after a shorter bound of `held`."""
+        bound = self.limit_s if limit_s is None else limit_s
         with self._lock:
             entry = self._held.get(record)
             if entry is not None and entry[0] != float("inf"):
-                self._held[record] = (time.monotonic() + self.limit_s, entry[1])
+                self._held[record] = (time.monotonic() + bound, entry[1])
 
     def released(self, record: object) -> None:
         with self._lock:
