@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
 from duetide.config import get_settings, publish_send_bound_s
+from duetide.errors import Unavailable
 from duetide.once import once
 from duetide.storage.watchdog import HoldWatch
 
@@ -336,10 +337,38 @@ def session_scope(
                 milliseconds = max(1, round(statement_limit_s * 1000))
                 session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
             yield session
-            session.commit()
         except BaseException:
             session.rollback()
             raise
+        try:
+            session.commit()
+        except exc.DBAPIError as error:
+            session.rollback()
+            if read_only or not (error.connection_invalidated or _lost(error)):
+                raise
+            raise CommitUnknown() from error
+        except BaseException:
+            session.rollback()
+            raise
+
+
+class CommitUnknown(Unavailable):
+    """The connection was lost while a unit of work committed: it may have been saved.
+    A 503, whose words say so: a plain retry of a create would make a second task."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database connection was lost during the commit: the change may have been "
+            "saved. Send it again with the same Idempotency-Key, or look it up first",
+            headers={"Retry-After": "1"},
+        )
+
+
+def _lost(error: exc.DBAPIError) -> bool:
+    """Whether a commit's error is the connection's (08xxx, or psycopg's own without a
+    SQLSTATE), not the server refusing the transaction (a serialization failure)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08")
 
 
 @functools.lru_cache(maxsize=64)
