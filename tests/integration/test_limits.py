@@ -562,6 +562,19 @@ def test_the_fourth_read_in_a_minute_is_429_and_other_users_and_writes_go_on(
     assert client.patch(f"/tasks/{task_id}", json={"title": "u"}, headers=alice).status_code == 200
 
 
+def test_a_large_answer_counts_a_read_for_each_256_kib_it_holds(three_reads_a_minute, alice):
+    """A page of 200 tasks at their longest (2.6 MB) cost 14 times a small page's CPU for
+    the same one read, and one user's such pages slowed another's lists from 7 ms to
+    0.35 s (a review, 2026-12-07). The size is charged after the answer, as a debt."""
+    client = three_reads_a_minute
+    for n in range(60):
+        create(client, alice, title=f"t{n}", description="x" * 10_000)  # 600 KB listed
+    listed = client.get("/tasks?limit=100", headers=alice)
+    assert listed.status_code == 200 and len(listed.data) > 2 * ratelimit.BYTES_PER_READ
+
+    refused(client.get("/tasks?limit=1", headers=alice), 429, "rate_limited")  # 1 + 2 of 3
+
+
 def test_a_head_is_a_read_not_a_write(env, alice, monkeypatch):
     monkeypatch.setenv("DUETIDE_WRITE_RATE_PER_MINUTE", "1")
     _reset_caches()

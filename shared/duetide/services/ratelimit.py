@@ -146,6 +146,17 @@ class ReadBudget:
                 self._buckets.popitem(last=False)
         return 0.0 if served else (cost - tokens) / self.per_second
 
+    def debit(self, owner: str, reads: int) -> None:
+        """Take `reads` from `owner`'s bucket whatever it holds (a debt the refill pays):
+        for what an answer turned out to cost, after it was served."""
+        with self._lock:
+            now = self.clock()
+            tokens, then = self._buckets.pop(owner, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - then) * self.per_second)
+            self._buckets[owner] = (max(tokens - reads, -self.capacity), now)
+            if len(self._buckets) > self.max_users:
+                self._buckets.popitem(last=False)
+
 
 class InFlight:
     """At most `per_owner` of one owner's costly reads (those counting more than one
@@ -192,6 +203,22 @@ def read_budget() -> ReadBudget | None:
     """This process's read budget, as configured (None: reads are not limited)."""
     per_minute = get_settings().duetide_read_rate_per_minute
     return ReadBudget(per_minute) if per_minute > 0 else None
+
+
+BYTES_PER_READ = 256 * 1024
+"""An answer counts one read more for each this many bytes it holds: a page of 200 tasks
+at their longest (2.6 MB) cost 14 times a small page's CPU for the same one read, and
+one user's such pages, within their budget, slowed another's lists from 7 ms to 0.35 s
+(a review, 2026-12-07)."""
+
+
+def charge_size(owner: str, size: int) -> None:
+    """Charge an answer's size once it is known (`BYTES_PER_READ`), never refusing it:
+    the reads it took beyond the first are a debt on the owner's later reads."""
+    budget = read_budget()
+    extra = size // BYTES_PER_READ
+    if budget is not None and extra > 0:
+        budget.debit(owner, extra)
 
 
 def charge_read(owner: str, reads: int = 1) -> None:

@@ -1258,9 +1258,13 @@ def handle(request: Request) -> Response:
     reads = operation.reads(request)
     ratelimit.charge_read(user, reads)
     if reads == 1:
-        return operation.handler(request, user, **args)
-    with ratelimit.costly_reads().held(user):  # a search, an export, a long forecast
-        return operation.handler(request, user, **args)
+        answer = operation.handler(request, user, **args)
+    else:
+        with ratelimit.costly_reads().held(user):  # a search, an export, a long forecast
+            answer = operation.handler(request, user, **args)
+    if answer.content_length:  # a stream's is not known: it charges as it goes
+        ratelimit.charge_size(user, answer.content_length)
+    return answer
 
 
 def _replay(request: Request, operation: Endpoint, user: str) -> bool:
