@@ -422,3 +422,24 @@ def test_a_browsers_event_source_resumes_without_gaps_or_repeats(
     assert [event_id for _, _, event_id in lines] == logged_ids("alice")
     assert len({last_id for _, last_id, _ in lines}) == 6
     assert [event_type for event_type, _, _ in lines] == [events.TASK_CREATED] * 6
+
+
+def test_a_stream_whose_read_finds_the_pool_exhausted_ends_for_the_client_to_resume(
+    env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database error ends the stream cleanly (EventSource resumes from its last id);
+    a pool's wait that timed out escaped instead, the stream cut off by an error (a
+    review, 2026-12-07)."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from duetide.web import live
+
+    monkeypatch.setenv("DUETIDE_ACTIVITY_POLL_S", "0.05")
+    get_settings.cache_clear()
+
+    def exhausted(owner: str, since: str | None) -> list[Any]:
+        raise PoolTimeout("QueuePool limit reached")
+
+    monkeypatch.setattr(live, "_read", exhausted)
+    chunks = list(live._events("alice", None, [], utcnow()))
+    assert chunks[0].startswith(b"retry: ") and chunks[-1] == b""

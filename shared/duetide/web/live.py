@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from duetide.config import get_settings
 from duetide.errors import ApiError, RateLimited, Unavailable
@@ -194,7 +194,7 @@ def _events(
         try:
             read_at = utcnow()
             batch = _read(owner, since)
-        except (ApiError, OperationalError):
+        except (ApiError, SQLAlchemyError):  # the pool's wait too
             return  # the client reconnects with the last id it saw
 
 
