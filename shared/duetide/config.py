@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         description="PostgreSQL connections kept per process: as many as requests run at once"
         " (THREADS), so a busy process never opens and closes connections per request.",
     )
-    duetide_reminder_grace_s: int = Field(3600, ge=120)  # rules.reminders.MIN_GRACE
+    duetide_reminder_grace_s: int = Field(3600, ge=0)  # under MIN_GRACE counts as it
     duetide_activity_retention_days: int = Field(
         30,
         ge=1,

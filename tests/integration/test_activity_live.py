@@ -443,3 +443,29 @@ def test_a_stream_whose_read_finds_the_pool_exhausted_ends_for_the_client_to_res
     monkeypatch.setattr(live, "_read", exhausted)
     chunks = list(live._events("alice", None, [], utcnow()))
     assert chunks[0].startswith(b"retry: ") and chunks[-1] == b""
+
+
+def test_a_stream_waiting_for_its_users_budget_keeps_its_heartbeat(
+    env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream catching up waits for its user's read budget, which a debt of large
+    answers can hold for a minute: it sent nothing meanwhile, past a proxy's idle timeout
+    (a review of the change, 2026-12-07). It keeps its heartbeat."""
+    from duetide.services import ratelimit
+    from duetide.web import live
+
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "1")
+    monkeypatch.setenv("DUETIDE_ACTIVITY_POLL_S", "0.05")
+    get_settings.cache_clear()
+    ratelimit.read_budget.cache_clear()
+    budget = ratelimit.read_budget()
+    assert budget is not None
+    budget.debit("alice", 1)  # the bucket is empty: a minute to wait
+    monkeypatch.setattr(live, "HEARTBEAT_S", 0.2)
+    full: list[Any] = [("token", None)] * live.STREAM_BATCH  # a full one: more to catch up
+    monkeypatch.setattr(live, "sse_event", lambda token, item: b"data: x\n\n")
+    stream = live._events("alice", None, full, utcnow())
+    chunks = [next(stream) for _ in range(1 + live.STREAM_BATCH)]  # retry:, the batch
+    waiting = next(chunk for chunk in stream if chunk)  # the first bytes while it waits
+    assert chunks[-1] == b"data: x\n\n" and waiting == b": heartbeat\n\n"
+    ratelimit.read_budget.cache_clear()

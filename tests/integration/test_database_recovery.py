@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from duetide.storage import db
+from duetide.storage.models import ProcessedEvent, utcnow
 from tests.integration.conftest import POSTGRES_URL, _reset_caches
 from tests.support import pipe, wait_for
 
@@ -271,6 +272,18 @@ def test_a_connection_lost_at_the_commit_says_the_change_may_have_been_saved(
     assert "Idempotency-Key" in raised.value.message
     with db.session_scope() as session:  # the pool starts afresh
         assert session.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_a_row_refused_at_the_end_of_a_unit_of_work_is_refused_not_unknown(env) -> None:
+    """A unique key refused when the unit of work ends is known not to be saved: on SQLite
+    (no SQLSTATE) it was taken for a lost connection, `CommitUnknown`, and the callers
+    that take a duplicate for a concurrent delivery's win no longer saw it (a review of
+    the change, 2026-12-07)."""
+    values = {"consumer": "test", "scope": "", "source": "/s", "event_id": "e-1"}
+    with db.session_scope() as session:
+        session.add(ProcessedEvent(**values, processed_at=utcnow()))
+    with pytest.raises(IntegrityError), db.session_scope() as session:
+        session.add(ProcessedEvent(**values, processed_at=utcnow()))
 
 
 def test_statements_are_bounded_on_the_server_except_the_migrations(env) -> None:

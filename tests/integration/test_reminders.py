@@ -500,6 +500,22 @@ def test_a_reminder_claimed_late_inside_quiet_hours_waits_for_their_end(client, 
     assert [e["scheduled_at"] for e in due_events()] == ["2026-11-24T06:00:00Z"]
 
 
+def test_a_reminder_past_its_grace_is_missed_even_when_claimed_in_quiet_hours(client, alice, env):
+    """Due at 14:00 and first claimed at 23:30, inside quiet hours (22:00-07:00), with an
+    hour's grace: missed. The deferral of a late claim came first and moved it to 07:00,
+    from which the grace was counted, and it was sent 17 hours late (a review of the
+    change, 2026-12-07)."""
+    client.patch(
+        "/preferences",
+        json={"quiet_hours": {"start": "22:00", "end": "07:00"}, "grace": "PT1H"},
+        headers=alice,
+    )
+    task = make_task(client, alice, reminders=[{"at": "2026-11-23T14:00:00Z"}])
+    result = sweep.claim_due(datetime.fromisoformat("2026-11-23T23:30:00+00:00"), 100)
+    assert (result.missed, result.deferred, result.fired) == (1, 0, 0)
+    assert reminder_states() == {task["id"]: "missed"}
+
+
 def outbox_of(event_type: str) -> list[Outbox]:
     with db.session_scope() as session:
         return list(session.exec(select(Outbox).where(Outbox.type == event_type)).all())

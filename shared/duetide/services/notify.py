@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, String, TextClause, bindparam, insert, text, update
+from sqlalchemy import Connection, String, TextClause, bindparam, insert, text, tuple_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeEngine
@@ -121,7 +121,8 @@ class _ReminderState(Protocol):
 
 
 def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: datetime) -> str:
-    """Deliver one `reminder.due`: its outcome (`duplicate`, `obsolete`, `processed`)."""
+    """Deliver one `reminder.due`: its outcome (`duplicate`, `obsolete`, `processed`, or
+    `missed` and `deferred`: `_held`)."""
     [check] = _deliver([_Check(EventKey(CONSUMER, event_source, event_id), due, now)])
     return check.outcome
 
@@ -234,8 +235,9 @@ group of its own)."""
 
 class _Check:
     """One reminder's turn in a group commit, and what its checks found: `outcome` is
-    `duplicate`, `obsolete` or `send` (then `pref`, and the `local` channels recorded
-    with the commit and the `remote` ones still to send and record)."""
+    `duplicate`, `obsolete`, `missed`, `deferred` (`_held`) or `send` (then `pref`, and
+    the `local` channels recorded with the commit and the `remote` ones still to send
+    and record)."""
 
     def __init__(self, key: EventKey, due: events.ReminderEvent, now: datetime) -> None:
         self.key = key
@@ -426,14 +428,13 @@ def _commit_group(group: list[_Check]) -> None:
             if not check.remote:
                 processed.append(check.key.values(check.now))
                 seen.add(key)
-        if missed:
-            connection.execute(
-                _MISS, [{"held_id": d.reminder_id, "held_at": d.scheduled_at} for d in missed]
-            )
+        if missed:  # reported only where still as read (no snooze or dismissal since)
+            firings = [(d.reminder_id, d.scheduled_at) for d in missed]
+            marked = set(connection.execute(_miss(firings)).scalars())
             outbox.record_many(
                 session,
                 (outbox.Event(events.REMINDER_MISSED, d.task_id, d.model_dump(mode="json"))
-                 for d in missed),
+                 for d in missed if d.reminder_id in marked),
                 source=events.SOURCE_NOTIFY,
             )  # fmt: skip
         if deferred:
@@ -464,17 +465,29 @@ def _held(due: events.ReminderEvent, pref: Preference, now: datetime) -> datetim
     return None
 
 
-# A firing notify holds, by (id, scheduled time): another change to the reminder since
-# (a snooze, a dismissal, a due time moved) is left as it is.
-_HELD = (
-    (col(Reminder.id) == bindparam("held_id"))
-    & (col(Reminder.state) == "fired")
-    & (col(Reminder.fire_at) == bindparam("held_at", type_=UTCDateTime()))
-)
-_MISS = update(Reminder).where(_HELD).values(state="missed")
+def _miss(firings: list[tuple[str, datetime]]) -> Any:
+    """Mark missed the (id, scheduled time) firings still fired at that time (another
+    change to the reminder since, a snooze, a dismissal, a due time moved, is left as it
+    is); the ids it marked."""
+    return (
+        update(Reminder)
+        .where(
+            tuple_(col(Reminder.id), col(Reminder.fire_at)).in_(firings),
+            col(Reminder.state) == "fired",
+        )
+        .values(state="missed")
+        .returning(col(Reminder.id))
+    )
+
+
+# A firing notify puts back until the quiet hours end, likewise if still as it was read.
 _DEFER = (
     update(Reminder)
-    .where(_HELD)
+    .where(
+        (col(Reminder.id) == bindparam("held_id"))
+        & (col(Reminder.state) == "fired")
+        & (col(Reminder.fire_at) == bindparam("held_at", type_=UTCDateTime()))
+    )
     .values(state="pending", fired_at=None, fire_at=bindparam("held_to", type_=UTCDateTime()))
 )
 

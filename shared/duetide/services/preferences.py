@@ -89,10 +89,12 @@ class Timing(Protocol):
 
 def grace(preference: Timing) -> timedelta:
     """The owner's grace, or the deployment's; never under `MIN_GRACE` (a preference
-    stored before it was the least accepted)."""
-    if preference.grace_s is not None:
-        return max(timedelta(seconds=preference.grace_s), MIN_GRACE)
-    return timedelta(seconds=get_settings().duetide_reminder_grace_s)
+    stored, or a deployment configured, before it was the least accepted: refusing the
+    setting would stop every function of such a deployment at its upgrade)."""
+    seconds = preference.grace_s
+    if seconds is None:
+        seconds = get_settings().duetide_reminder_grace_s
+    return max(timedelta(seconds=seconds), MIN_GRACE)
 
 
 def quiet_window(preference: Timing) -> tuple[time, time] | None:

@@ -102,7 +102,9 @@ def claim_batch(now: datetime, limit: int, engine: Engine | None = None) -> Swee
             fire_at: datetime = row.fire_at  # `fire_at <= now` matches no NULL
             if window is not None:
                 deferred = defer_for_quiet_hours(fire_at, row.timezone, *window)
-                if deferred <= now:  # claimed late (a slow or missed ping): is now quiet?
+                if deferred <= now and not is_missed(deferred, now, grace):
+                    # claimed late (a slow or missed ping), within its grace: is now quiet?
+                    # (one past its grace is missed, wherever the quiet hours are)
                     later = defer_for_quiet_hours(now, row.timezone, *window)
                     deferred = later if later > now else deferred
                 if deferred != fire_at:

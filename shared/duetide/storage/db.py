@@ -337,6 +337,7 @@ def session_scope(
                 milliseconds = max(1, round(statement_limit_s * 1000))
                 session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
             yield session
+            session.flush()  # a refused row (a unique key) is refused here, not at COMMIT
         except BaseException:
             session.rollback()
             raise
@@ -344,7 +345,7 @@ def session_scope(
             session.commit()
         except exc.DBAPIError as error:
             session.rollback()
-            if read_only or not (error.connection_invalidated or _lost(error)):
+            if read_only or not postgres or not _lost(error):
                 raise
             raise CommitUnknown() from error
         except BaseException:
@@ -365,10 +366,15 @@ class CommitUnknown(Unavailable):
 
 
 def _lost(error: exc.DBAPIError) -> bool:
-    """Whether a commit's error is the connection's (08xxx, or psycopg's own without a
-    SQLSTATE), not the server refusing the transaction (a serialization failure)."""
+    """Whether PostgreSQL's COMMIT failed for the connection (invalidated, 08xxx, or
+    psycopg's own error without a SQLSTATE), not for the transaction (a serialization
+    failure, a deferred constraint), which is known not to be saved."""
+    if error.connection_invalidated:
+        return True
     sqlstate = getattr(error.orig, "sqlstate", None)
-    return sqlstate is None or sqlstate.startswith("08")
+    return isinstance(error, exc.OperationalError) and (
+        sqlstate is None or sqlstate.startswith("08")
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -621,12 +621,17 @@ def calendar_feed_ics(request: Request, user: str, feed_token: str) -> Response:
     def owner_of(session: Session) -> str | None:
         owner = calendar_feed.owner_of(session, feed_token)
         if owner is not None:
-            ratelimit.charge_read(owner, ratelimit.EXPORT_READS)
             held.enter_context(ratelimit.costly_reads().held(owner))
+            ratelimit.charge_read(owner, ratelimit.EXPORT_READS)
+            owners.append(owner)
         return owner
 
+    owners: list[str] = []
     with contextlib.ExitStack() as held:
-        return _calendar_of(request, owner_of)
+        answer = _calendar_of(request, owner_of)
+    if owners and answer.content_length:
+        ratelimit.charge_size(owners[0], answer.content_length)
+    return answer
 
 
 def _calendar_of(request: Request, owner_of: Callable[[Session], str | None]) -> Response:
@@ -1256,11 +1261,12 @@ def handle(request: Request) -> Response:
             ratelimit.charge_write(user)
         return operation.handler(request, user, **args)
     reads = operation.reads(request)
-    ratelimit.charge_read(user, reads)
     if reads == 1:
+        ratelimit.charge_read(user)
         answer = operation.handler(request, user, **args)
-    else:
-        with ratelimit.costly_reads().held(user):  # a search, an export, a long forecast
+    else:  # a search, an export, a long forecast: its place first, refused without a charge
+        with ratelimit.costly_reads().held(user):
+            ratelimit.charge_read(user, reads)
             answer = operation.handler(request, user, **args)
     if answer.content_length:  # a stream's is not known: it charges as it goes
         ratelimit.charge_size(user, answer.content_length)

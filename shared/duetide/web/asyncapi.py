@@ -151,6 +151,12 @@ def _headers(event_type: str) -> dict[str, Any]:
         },
         "content-type": {"const": "application/json"},
     }
+    if event_type not in command_events.DATA:  # duetide's own events: their key again
+        properties["ce_partitionkey"] = {
+            **_ATTRIBUTE,
+            "description": "The record's key (the aggregate id), by which a dead-letter "
+            "KafkaSink keys the event if it fails.",
+        }
     if event_type in command_events.DATA:
         properties.update(
             ce_duetideuser={**_ATTRIBUTE, "description": "The user the command acts for."},

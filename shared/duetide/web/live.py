@@ -189,7 +189,11 @@ def _events(
             time.sleep(min(poll, deadline - now))
         else:  # catching up: each batch after a full one is a read, as a page of the feed
             while (wait := _read_wait(owner)) > 0 and (left := deadline - time.monotonic()) > 0:
-                yield b""
+                if time.monotonic() - last_sent >= HEARTBEAT_S:  # a debt may last a minute
+                    yield b": heartbeat\n\n"
+                    last_sent = time.monotonic()
+                else:
+                    yield b""
                 time.sleep(min(wait, poll, left))
         try:
             read_at = utcnow()
