@@ -509,3 +509,36 @@ def test_a_stop_that_left_nothing_in_the_broker_has_nothing_sent_again(stack_env
     finally:
         engine.dispose()
     assert not [m for m in messages if "held" in m]
+
+
+def test_a_dispatcher_an_error_stopped_is_replaced_and_its_records_delivered(stack_env: Path):
+    """A KafkaSource dispatcher whose loop an unexpected error ended (a bug, a client
+    library's surprise) is started again after the restart backoff, as Knative restarts
+    its dispatcher pod: the events it left in the broker still make the next occurrence."""
+    messages: list[str] = []
+    stack = new_stack(stack_env, messages)
+    try:
+        stack.start()
+        engine = db.make_engine(stack.database_url)
+        [victim] = [d for d in stack.dispatchers if d.spec.name == "duetide-recurrence"]
+        # In its group: one that dies while joining holds the group's rebalance until
+        # its member expires (the broker's doing, whoever replaces it).
+        assert victim.wait_assigned(30)
+
+        def broken(consumer: Any) -> None:
+            raise RuntimeError("injected into the poll loop")
+
+        victim._poll_once = broken  # type: ignore[method-assign]
+        wait_for(lambda: not victim.running, "the dispatcher to stop")
+        task = _recurring_task_completed(engine, "delivered by the new dispatcher")
+        wait_for(lambda: _next_occurrences(engine, task), "the next occurrence", 60)
+        [successor] = [d for d in stack.dispatchers if d.spec.name == "duetide-recurrence"]
+        assert successor is not victim and successor.running
+    finally:
+        stack.stop()
+        engine.dispose()
+    assert (
+        "duetide: KafkaSource duetide-recurrence's dispatcher stopped: "
+        "RuntimeError('injected into the poll loop'); starting a new one in 0.2 s"
+    ) in messages
+    assert "duetide: KafkaSource duetide-recurrence's dispatcher started again" in messages

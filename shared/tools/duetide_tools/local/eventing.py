@@ -830,6 +830,9 @@ class KafkaSourceDispatcher:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
+        self.failure: Exception | None = None
+        """The error that ended this dispatcher's loop, if one did: Knative's dispatcher pod
+        would be restarted, and `duetide up`'s supervisor starts a `successor`."""
         self.dead_lettered: list[str] = []
         """Ids of the events this dispatcher dead-lettered (diagnostics, the soak's ledger)."""
         self.holes_filled: deque[tuple[TopicPartition, int]] = deque(maxlen=_HOLES_KEPT)
@@ -864,6 +867,21 @@ class KafkaSourceDispatcher:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def successor(self) -> KafkaSourceDispatcher:
+        """A new dispatcher, not started, for the same source and sink: it resumes from the
+        consumer group's committed offsets, so what this one had not finished is sent again."""
+        return KafkaSourceDispatcher(
+            self.spec,
+            self.bootstrap_servers,
+            self.sink_url,
+            dead_letter_topic=self.dead_letter_topic,
+            consumer_config=self._consumer_config,
+            namespace=self.namespace,
+            poll_timeout_s=self._poll_timeout_ms / 1000,
+            max_in_flight=self.max_in_flight,
+            max_buffered_per_partition=self.max_buffered_per_partition,
+        )
 
     def wait_assigned(self, timeout_s: float) -> bool:
         """True once the group join gave this consumer its partitions (within `timeout_s`)."""
@@ -977,7 +995,8 @@ class KafkaSourceDispatcher:
                 if time.monotonic() - committed_at >= COMMIT_INTERVAL_S:
                     self._commit_done(consumer)
                     committed_at = time.monotonic()
-        except Exception:
+        except Exception as exc:
+            self.failure = exc
             log.exception("KafkaSource %s: dispatcher stopped by an error", self.spec.name)
         finally:
             self._halt()
@@ -1132,7 +1151,8 @@ class KafkaSourceDispatcher:
                     handled = self._handle(record, sink)
                 finally:
                     self._queue.finish(tp, epoch, record.offset, handled)
-        except Exception:
+        except Exception as exc:
+            self.failure = exc
             log.exception("KafkaSource %s: dispatcher stopped by an error", self.spec.name)
             self._halt()
         finally:

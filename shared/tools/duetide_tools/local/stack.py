@@ -12,7 +12,8 @@ backoff (`duetide_tools.local.supervision`), at the same port, because the dispa
 timers and the functions were configured with those addresses. A new broker is empty:
 the supervisor re-creates the topics, starts the dispatchers afresh (their consumer
 groups are gone, so they read the new topics from the earliest offset) and calls
-`on_broker_restart`. Every child is SIGKILLed by the kernel if `up` dies without
+`on_broker_restart`. A dispatcher whose loop an error ended is replaced after the same
+backoff. Every child is SIGKILLed by the kernel if `up` dies without
 stopping them (`duetide_tools.local.orphans`), so nothing is left holding a port.
 """
 
@@ -539,12 +540,14 @@ class Stack:
         the kernel SIGKILLs the children this thread spawned when it ends."""
         watches = {name: _Watch(time.monotonic()) for name in self.functions}
         broker_watch = _Watch(time.monotonic())
+        dispatcher_watches: dict[str, _Watch] = {}
         while not self._stopping.wait(WATCH_INTERVAL_S):
             try:
                 for name, child in self.functions.items():
                     self._watch_function(name, child, watches[name])
                 if self.broker is not None:
                     self._watch_broker(self.broker, broker_watch)
+                self._watch_dispatchers(dispatcher_watches)
             except Exception:  # the supervisor must outlive any one failure
                 log.exception("duetide: the supervisor hit an error; it carries on")
         self._released.wait()
@@ -572,6 +575,40 @@ class Stack:
         elif not watch.back and returncode is None and watch.failures and _healthy(child.url):
             watch.back = True
             self._say(f"{name} is back (pid {child.process.pid}) at {child.url}")
+
+    def _watch_dispatchers(self, watches: dict[str, _Watch]) -> None:
+        """A dispatcher whose loop an error ended is replaced after the restart policy's
+        backoff, as Knative restarts a crashed dispatcher pod: until then its KafkaSource
+        delivers nothing, and its records wait in the broker. One stopped with its broker
+        is the broker watch's (`_retire_dispatchers` takes it off this list)."""
+        for index, dispatcher in enumerate(self.dispatchers):
+            if dispatcher.failure is None or dispatcher.running:
+                continue
+            name = f"KafkaSource {dispatcher.spec.name}"
+            watch = watches.setdefault(dispatcher.spec.name, _Watch(time.monotonic()))
+            now = time.monotonic()
+            if watch.due is None:
+                watch.failures = self.restart_policy.failures_after(
+                    watch.failures, now - watch.started
+                )
+                watch.due = now + self.restart_policy.delay(watch.failures)
+                self._say(
+                    f"{name}'s dispatcher stopped: {dispatcher.failure!r}; starting a new "
+                    f"one in {watch.due - now:g} s"
+                    + (f" (failure {watch.failures} in a row)" if watch.failures > 1 else "")
+                )
+            elif now >= watch.due:
+                with self._acting:
+                    if self._stopping.is_set() or self.dispatchers[index] is not dispatcher:
+                        return
+                    try:
+                        self.dispatchers[index] = dispatcher.successor().start()
+                    except (KafkaError, OSError) as exc:  # the next round tries again
+                        self._say(f"{name}'s new dispatcher did not start: {exc!r}")
+                        watch.due = None
+                        return
+                watch.due, watch.started = None, time.monotonic()
+                self._say(f"{name}'s dispatcher started again")
 
     def _watch_broker(self, broker: EmbeddedBroker, watch: _Watch) -> None:
         if watch.due is None:
