@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -814,3 +815,51 @@ def test_a_claim_during_an_enabling_does_not_park_what_the_enabling_resumes(
         change.commit()
     assert webhook_deliveries.claim_retries(later, 100) == 1
     assert eventing.pump() == ["delivered"]
+
+
+def test_a_subscription_created_again_with_its_key_is_made_once(client, alice, receiver):
+    """A system whose connection dropped after `POST /subscriptions` sends it again with
+    its key: the subscription the first made, as it is now, without its secret (the
+    key's record keeps none), its URL not challenged again; another key makes another."""
+    keyed = {**alice, "Idempotency-Key": "subscribe-ci-hook-1"}
+    body = {"url": receiver, "description": "ci"}
+    first = client.post("/subscriptions", json=body, headers=keyed)
+    assert first.status_code == 201, first.json
+    assert first.json["secret"] and first.json["status"] == "active"
+
+    again = client.post("/subscriptions", json=body, headers=keyed)
+
+    assert again.status_code == 201, again.json
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.json["id"] == first.json["id"] and again.json["status"] == "active"
+    assert again.json.get("secret") is None
+    assert len(Receiver.challenges) == 1
+    other = client.post("/subscriptions", json=body, headers={**alice, "Idempotency-Key": "2"})
+    assert other.status_code == 201 and other.json["id"] != first.json["id"]
+    changed = client.post("/subscriptions", json={**body, "description": "x"}, headers=keyed)
+    assert changed.status_code == 422  # the key names another request
+    with db.session_scope(read_only=True) as session:
+        assert len(subscriptions.listed(session, "alice")) == 2
+
+
+def test_copies_of_a_keyed_subscription_sent_at_once_make_one(client, alice, receiver):
+    """Copies sent at once over several connections: one subscription, every answer its
+    (on PostgreSQL the claim's insert waits for the first copy's commit)."""
+    keyed = {**alice, "Idempotency-Key": "subscribe-at-once"}
+    copies = 6
+    start = threading.Barrier(copies)
+
+    def sender(_: int) -> tuple[int, str]:
+        own = client.application.test_client()
+        start.wait(timeout=30)
+        answer = own.post("/subscriptions", json={"url": receiver}, headers=keyed)
+        return answer.status_code, str(answer.json.get("id", answer.json))
+
+    with ThreadPoolExecutor(copies) as pool:
+        results = list(pool.map(sender, range(copies)))
+
+    assert {status for status, _ in results} == {201}, results
+    assert len({made for _, made in results}) == 1
+    with db.session_scope(read_only=True) as session:
+        assert len(subscriptions.listed(session, "alice")) == 1

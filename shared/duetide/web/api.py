@@ -540,10 +540,25 @@ def _subscription_answer(
 
 
 def create_subscription(request: Request, user: str) -> Response:
+    """With an `Idempotency-Key`, a copy is answered with the subscription it made as it
+    is now, and without its secret: the key's record keeps no secret (it is shown in the
+    first answer only; a client that lost that answer rotates it)."""
     spec = parse_model(SubscriptionIn, _body(request))
     subscriptions.validated(spec)
+    claimed = _idempotency_claim(request, user, spec)
     with db.session_scope() as session:
-        made, challenge = subscriptions.create(session, user, spec, utcnow())
+        found = claimed and idempotency.claim(session.connection(), *claimed, utcnow())
+        if found is None:
+            made, challenge = subscriptions.create(session, user, spec, utcnow())
+            if claimed is not None:
+                where = {"Location": f"/subscriptions/{made.id}"}
+                made_answer = idempotency.Answer(201, "", where)
+                idempotency.record(session.connection(), *claimed[:2], made_answer)
+    if found is not None:
+        made_id = found.headers["Location"].removeprefix("/subscriptions/")
+        replayed = _subscription_answer(made_id, user, None, found.status)
+        replayed.headers[idempotency.REPLAYED] = "true"
+        return replayed
     return _subscription_answer(made.id, user, challenge, 201, secret=made.secret)
 
 
@@ -756,7 +771,10 @@ SUBSCRIPTIONS_DESCRIPTION = (
     "for a day (and at least 8 in a row, by default) is disabled; `PATCH` it with `active: "
     "true` to enable "
     "it, then read what it missed from `GET /activity`. Deliveries are not ordered: use "
-    "`ce-time`, or the delta feed, to order them."
+    "`ce-time`, or the delta feed, to order them. This request's own `Idempotency-Key` "
+    "makes a create sent again answer with the subscription the first one made, as it is "
+    "now and without `secret`: if the first answer was lost, rotate the secret "
+    "(`POST /subscriptions/{id}/secret`)."
 )
 
 
@@ -1073,6 +1091,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=SubscriptionIn,
         responses={201: SubscriptionOut, 409: ErrorBody, 429: ErrorBody},
         description=SUBSCRIPTIONS_DESCRIPTION,
+        headers=(openapi.IDEMPOTENCY_KEY,),
     ),
     Endpoint(
         "GET",
