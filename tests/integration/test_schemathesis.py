@@ -127,7 +127,7 @@ KNOWN_REFUSALS = {
     ),
     "verify_email": (422, r"^code: the code is wrong or has expired"),
     "verify_webhook": (422, r"^webhook_url: the webhook did not echo"),
-    "create_subscription": (422, r"^url: "),
+    "create_subscription": (422, r"^(url|Idempotency-Key): "),
     "update_subscription": (422, r"^url: "),
     "verify_subscription": (422, r"^url: the webhook did not echo"),
     "resend_email": (422, r"^email: the mail relay refused"),

@@ -817,10 +817,13 @@ def test_a_claim_during_an_enabling_does_not_park_what_the_enabling_resumes(
     assert eventing.pump() == ["delivered"]
 
 
-def test_a_subscription_created_again_with_its_key_is_made_once(client, alice, receiver):
+def test_a_subscription_created_again_with_its_key_is_made_once(
+    client, alice, receiver, monkeypatch
+):
     """A system whose connection dropped after `POST /subscriptions` sends it again with
     its key: the subscription the first made, as it is now, without its secret (the
-    key's record keeps none), its URL not challenged again; another key makes another."""
+    key's record keeps none), its URL neither checked nor challenged again; another key
+    makes another."""
     keyed = {**alice, "Idempotency-Key": "subscribe-ci-hook-1"}
     body = {"url": receiver, "description": "ci"}
     first = client.post("/subscriptions", json=body, headers=keyed)
@@ -835,6 +838,9 @@ def test_a_subscription_created_again_with_its_key_is_made_once(client, alice, r
     assert again.json["id"] == first.json["id"] and again.json["status"] == "active"
     assert again.json.get("secret") is None
     assert len(Receiver.challenges) == 1
+    setting(monkeypatch, "DUETIDE_ALLOW_LOOPBACK_WEBHOOKS", "false")  # the URL now refused
+    assert client.post("/subscriptions", json=body, headers=keyed).status_code == 201
+    setting(monkeypatch, "DUETIDE_ALLOW_LOOPBACK_WEBHOOKS", "true")
     other = client.post("/subscriptions", json=body, headers={**alice, "Idempotency-Key": "2"})
     assert other.status_code == 201 and other.json["id"] != first.json["id"]
     changed = client.post("/subscriptions", json={**body, "description": "x"}, headers=keyed)

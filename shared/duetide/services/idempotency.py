@@ -67,14 +67,39 @@ def claim(
     values = {"owner": owner, "key": key, "fingerprint": request_fingerprint, "now": now}
     if connection.execute(statement, values | {"stale": now - TTL}).first() is not None:
         return None
-    row = connection.execute(
-        select(
-            col(IdempotentRequest.fingerprint),
-            col(IdempotentRequest.status),
-            col(IdempotentRequest.body),
-            col(IdempotentRequest.headers),
-        ).where(col(IdempotentRequest.owner) == owner, col(IdempotentRequest.key) == key)
-    ).one()
+    found = _recorded(connection, owner, key, request_fingerprint)
+    assert found is not None  # the claim found the key: its row is there
+    return found
+
+
+def recorded(
+    connection: Connection, owner: str, key: str, request_fingerprint: str, now: datetime
+) -> Answer | None:
+    """The answer recorded for `key` within TTL, read without claiming it: a request
+    whose checks cost more than a read (a URL's look-up) is answered from it before
+    they run; None, and it goes on to `claim`."""
+    found = _recorded(connection, owner, key, request_fingerprint, since=now - TTL)
+    return found if found is not None and found.status != 0 else None
+
+
+def _recorded(
+    connection: Connection,
+    owner: str,
+    key: str,
+    request_fingerprint: str,
+    since: datetime | None = None,
+) -> Answer | None:
+    query = select(
+        col(IdempotentRequest.fingerprint),
+        col(IdempotentRequest.status),
+        col(IdempotentRequest.body),
+        col(IdempotentRequest.headers),
+    ).where(col(IdempotentRequest.owner) == owner, col(IdempotentRequest.key) == key)
+    if since is not None:
+        query = query.where(col(IdempotentRequest.created_at) >= since)
+    row = connection.execute(query).first()
+    if row is None:
+        return None
     if row.fingerprint != request_fingerprint:
         raise ValidationFailed.of(
             HEADER,

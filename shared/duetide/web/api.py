@@ -542,10 +542,18 @@ def _subscription_answer(
 def create_subscription(request: Request, user: str) -> Response:
     """With an `Idempotency-Key`, a copy is answered with the subscription it made as it
     is now, and without its secret: the key's record keeps no secret (it is shown in the
-    first answer only; a client that lost that answer rotates it)."""
+    first answer only; a client that lost that answer rotates it). A copy of an answered
+    request is answered before the URL is checked again: that look-up may take seconds,
+    a replay is charged to no write limit, and a URL that no longer resolves would have
+    turned the 201 owed into a 503."""
     spec = parse_model(SubscriptionIn, _body(request))
-    subscriptions.validated(spec)
     claimed = _idempotency_claim(request, user, spec)
+    if claimed is not None:
+        with db.session_scope(read_only=True) as session:
+            found = idempotency.recorded(session.connection(), *claimed, utcnow())
+        if found is not None:
+            return _subscription_replay(found, user)
+    subscriptions.validated(spec)
     with db.session_scope() as session:
         found = claimed and idempotency.claim(session.connection(), *claimed, utcnow())
         if found is None:
@@ -554,12 +562,17 @@ def create_subscription(request: Request, user: str) -> Response:
                 where = {"Location": f"/subscriptions/{made.id}"}
                 made_answer = idempotency.Answer(201, "", where)
                 idempotency.record(session.connection(), *claimed[:2], made_answer)
-    if found is not None:
-        made_id = found.headers["Location"].removeprefix("/subscriptions/")
-        replayed = _subscription_answer(made_id, user, None, found.status)
-        replayed.headers[idempotency.REPLAYED] = "true"
-        return replayed
+    if found is not None:  # a copy that came while the first ran, answered once it had
+        return _subscription_replay(found, user)
     return _subscription_answer(made.id, user, challenge, 201, secret=made.secret)
+
+
+def _subscription_replay(found: idempotency.Answer, user: str) -> Response:
+    """The subscription a keyed create made, as it is now (404 once it was deleted)."""
+    made_id = found.headers["Location"].removeprefix("/subscriptions/")
+    replayed = _subscription_answer(made_id, user, None, found.status)
+    replayed.headers[idempotency.REPLAYED] = "true"
+    return replayed
 
 
 def list_subscriptions(request: Request, user: str) -> Response:
@@ -773,8 +786,8 @@ SUBSCRIPTIONS_DESCRIPTION = (
     "it, then read what it missed from `GET /activity`. Deliveries are not ordered: use "
     "`ce-time`, or the delta feed, to order them. This request's own `Idempotency-Key` "
     "makes a create sent again answer with the subscription the first one made, as it is "
-    "now and without `secret`: if the first answer was lost, rotate the secret "
-    "(`POST /subscriptions/{id}/secret`)."
+    "now and without `secret` (404 if it was deleted since): if the first answer was "
+    "lost, rotate the secret (`POST /subscriptions/{id}/secret`)."
 )
 
 
