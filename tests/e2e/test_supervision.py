@@ -35,6 +35,7 @@ from duetide.storage import db
 from duetide.storage.models import Outbox, Task
 from duetide_tools.local.backlog import count_not_taken
 from duetide_tools.local.broker import LOOPBACK, free_loopback_port
+from duetide_tools.local.eventing import KafkaSourceDispatcher
 from duetide_tools.local.stack import BROKER_START_FILE, Stack
 from duetide_tools.local.supervision import RestartPolicy
 from tests.support import processes_with_home, wait_for
@@ -528,17 +529,35 @@ def test_a_dispatcher_an_error_stopped_is_replaced_and_its_records_delivered(sta
         def broken(consumer: Any) -> None:
             raise RuntimeError("injected into the poll loop")
 
+        # Its first successor does not start either: the next is tried after a backoff.
+        make_successor, made = victim.successor, []
+
+        def refused() -> KafkaSourceDispatcher:
+            raise RuntimeError("no start")
+
+        def successor() -> KafkaSourceDispatcher:
+            made.append(make_successor())
+            if len(made) == 1:
+                made[0].start = refused  # type: ignore[method-assign]
+            return made[-1]
+
+        victim.successor = successor  # type: ignore[method-assign]
         victim._poll_once = broken  # type: ignore[method-assign]
         wait_for(lambda: not victim.running, "the dispatcher to stop")
         task = _recurring_task_completed(engine, "delivered by the new dispatcher")
         wait_for(lambda: _next_occurrences(engine, task), "the next occurrence", 60)
-        [successor] = [d for d in stack.dispatchers if d.spec.name == "duetide-recurrence"]
-        assert successor is not victim and successor.running
+        [running] = [d for d in stack.dispatchers if d.spec.name == "duetide-recurrence"]
+        assert running is made[1] and running.running
+        assert stack.replaced_dispatchers == [victim]
     finally:
         stack.stop()
-        engine.dispose()
+    engine.dispose()
     assert (
         "duetide: KafkaSource duetide-recurrence's dispatcher stopped: "
         "RuntimeError('injected into the poll loop'); starting a new one in 0.2 s"
+    ) in messages
+    assert (
+        "duetide: KafkaSource duetide-recurrence's new dispatcher did not start: "
+        "RuntimeError('no start'); again in 0.4 s"
     ) in messages
     assert "duetide: KafkaSource duetide-recurrence's dispatcher started again" in messages

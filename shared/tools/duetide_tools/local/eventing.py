@@ -853,11 +853,15 @@ class KafkaSourceDispatcher:
         if self._thread is not None:
             raise RuntimeError(f"KafkaSource {self.spec.name} dispatcher already started")
         self._consumer = KafkaConsumer(**self._consumer_kwargs())
-        self._consumer.subscribe(
-            topics=list(self.spec.topics),
-            # kafka-python 3 takes an async listener; its stubs name only the sync kind.
-            listener=_RebalanceListener(self),  # type: ignore[arg-type]
-        )
+        try:
+            self._consumer.subscribe(
+                topics=list(self.spec.topics),
+                # kafka-python 3 takes an async listener; its stubs name only the sync kind.
+                listener=_RebalanceListener(self),  # type: ignore[arg-type]
+            )
+        except Exception:
+            self._consumer.close(autocommit=False, timeout_ms=1000)
+            raise
         self._thread = threading.Thread(
             target=self._run, name=f"kafkasource-{self.spec.name}", daemon=True
         )

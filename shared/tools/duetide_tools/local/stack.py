@@ -185,6 +185,10 @@ class Stack:
     retired_dispatchers: list[KafkaSourceDispatcher] = field(default_factory=list, init=False)
     """The dispatchers of brokers that died: what they dead-lettered died with the broker
     (its original events were requeued), which an operator or the soak accounts for."""
+    replaced_dispatchers: list[KafkaSourceDispatcher] = field(default_factory=list, init=False)
+    """Dispatchers an error stopped, each replaced by a successor (`_watch_dispatchers`):
+    what they dead-lettered is on the broker's dead-letter topics."""
+    _dispatcher_watches: dict[str, _Watch] = field(default_factory=dict, init=False, repr=False)
     _retiring_until: float = field(default=0.0, init=False, repr=False)
     _home_lock: IO[str] | None = field(default=None, init=False, repr=False)
 
@@ -540,14 +544,13 @@ class Stack:
         the kernel SIGKILLs the children this thread spawned when it ends."""
         watches = {name: _Watch(time.monotonic()) for name in self.functions}
         broker_watch = _Watch(time.monotonic())
-        dispatcher_watches: dict[str, _Watch] = {}
         while not self._stopping.wait(WATCH_INTERVAL_S):
             try:
                 for name, child in self.functions.items():
                     self._watch_function(name, child, watches[name])
                 if self.broker is not None:
                     self._watch_broker(self.broker, broker_watch)
-                self._watch_dispatchers(dispatcher_watches)
+                self._watch_dispatchers()
             except Exception:  # the supervisor must outlive any one failure
                 log.exception("duetide: the supervisor hit an error; it carries on")
         self._released.wait()
@@ -576,39 +579,59 @@ class Stack:
             watch.back = True
             self._say(f"{name} is back (pid {child.process.pid}) at {child.url}")
 
-    def _watch_dispatchers(self, watches: dict[str, _Watch]) -> None:
+    def _watch_dispatchers(self) -> None:
         """A dispatcher whose loop an error ended is replaced after the restart policy's
         backoff, as Knative restarts a crashed dispatcher pod: until then its KafkaSource
         delivers nothing, and its records wait in the broker. One stopped with its broker
         is the broker watch's (`_retire_dispatchers` takes it off this list)."""
-        for index, dispatcher in enumerate(self.dispatchers):
+        for dispatcher in list(self.dispatchers):
             if dispatcher.failure is None or dispatcher.running:
                 continue
             name = f"KafkaSource {dispatcher.spec.name}"
-            watch = watches.setdefault(dispatcher.spec.name, _Watch(time.monotonic()))
+            watch = self._dispatcher_watches.setdefault(
+                dispatcher.spec.name, _Watch(time.monotonic())
+            )
             now = time.monotonic()
             if watch.due is None:
-                watch.failures = self.restart_policy.failures_after(
-                    watch.failures, now - watch.started
-                )
-                watch.due = now + self.restart_policy.delay(watch.failures)
+                delay = self._dispatcher_failed(watch, now)
                 self._say(
                     f"{name}'s dispatcher stopped: {dispatcher.failure!r}; starting a new "
-                    f"one in {watch.due - now:g} s"
+                    f"one in {delay:g} s"
                     + (f" (failure {watch.failures} in a row)" if watch.failures > 1 else "")
                 )
             elif now >= watch.due:
-                with self._acting:
-                    if self._stopping.is_set() or self.dispatchers[index] is not dispatcher:
-                        return
-                    try:
-                        self.dispatchers[index] = dispatcher.successor().start()
-                    except (KafkaError, OSError) as exc:  # the next round tries again
-                        self._say(f"{name}'s new dispatcher did not start: {exc!r}")
-                        watch.due = None
-                        return
-                watch.due, watch.started = None, time.monotonic()
-                self._say(f"{name}'s dispatcher started again")
+                self._replace_dispatcher(dispatcher, name, watch)
+
+    def _dispatcher_failed(self, watch: _Watch, now: float) -> float:
+        watch.failures = self.restart_policy.failures_after(watch.failures, now - watch.started)
+        delay = self.restart_policy.delay(watch.failures)
+        watch.due = now + delay
+        return delay
+
+    def _replace_dispatcher(
+        self, dispatcher: KafkaSourceDispatcher, name: str, watch: _Watch
+    ) -> None:
+        """Start the successor outside `_acting`: a consumer's first connection to a broker
+        that is down waits for it (30 s), and `stop` waits on that lock."""
+        successor = dispatcher.successor()
+        try:
+            successor.start()
+        except Exception as exc:  # a broker down, or any surprise: again after a backoff
+            successor.stop(timeout_s=1.0)
+            watch.started = time.monotonic()  # a failed start is a death of its own
+            delay = self._dispatcher_failed(watch, watch.started)
+            self._say(f"{name}'s new dispatcher did not start: {exc!r}; again in {delay:g} s")
+            return
+        with self._acting:
+            taken = not self._stopping.is_set() and dispatcher in self.dispatchers
+            if taken:
+                self.dispatchers[self.dispatchers.index(dispatcher)] = successor
+                self.replaced_dispatchers.append(dispatcher)
+        if not taken:  # stopping, or its broker died meanwhile: not this one's to run
+            successor.stop()
+            return
+        watch.due, watch.started = None, time.monotonic()
+        self._say(f"{name}'s dispatcher started again")
 
     def _watch_broker(self, broker: EmbeddedBroker, watch: _Watch) -> None:
         if watch.due is None:
@@ -666,6 +689,7 @@ class Stack:
     def _retire_dispatchers(self) -> None:
         """Stop the dispatchers of a dead broker (in the background)."""
         old, self.dispatchers = self.dispatchers, []
+        self._dispatcher_watches.clear()  # the broker watch starts every one afresh
         for dispatcher in old:
             threading.Thread(target=dispatcher.stop, daemon=True).start()
         self._retiring = old
