@@ -12,6 +12,8 @@ import re
 import smtplib
 import socket
 import ssl
+import zoneinfo
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 
@@ -39,12 +41,26 @@ def send(due: events.ReminderEvent, pref: Preference) -> DeliveryResult:
         return refused("email address is not valid")
     if pref.email_verified_at is None:
         return refused("email not verified")
-    due_text = due.due_at.isoformat() if due.due_at else "no due time"
     return mail(
         to=address,
         subject=header_text(f"Reminder: {due.title}", SUBJECT_CHARS),
-        body=f"{due.title}\n\nDue: {due_text}\n",
+        body=f"{due.title}\n\nDue: {due_text(due.due_at, pref.timezone)}\n",
     )
+
+
+def due_text(due_at: datetime | None, zone: str) -> str:
+    """The due time as its reader's clock shows it, in the zone of their preferences:
+    the mail said `2026-12-08T09:00:00+00:00` to a user in Berlin, an hour off from
+    what they had typed. The zone's name follows its abbreviation (CET is several
+    places' name). A zone that cannot be read (stored before the IANA check) is UTC."""
+    if due_at is None:
+        return "no due time"
+    try:
+        tz = zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz, zone = zoneinfo.ZoneInfo("UTC"), "UTC"
+    local = due_at.astimezone(tz)
+    return f"{local:%a %d %b %Y, %H:%M} {local.tzname()} ({zone})"
 
 
 def mail(*, to: str, subject: str, body: str, timeout_s: float = 10) -> DeliveryResult:
