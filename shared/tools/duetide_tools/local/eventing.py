@@ -827,6 +827,7 @@ class KafkaSourceDispatcher:
         self._queue = _WorkQueue(ordered=spec.ordering == ORDERED)
         self._stopping = threading.Event()
         self._assigned = threading.Event()
+        self._settled = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
@@ -886,6 +887,12 @@ class KafkaSourceDispatcher:
             max_in_flight=self.max_in_flight,
             max_buffered_per_partition=self.max_buffered_per_partition,
         )
+
+    def wait_settled(self, timeout_s: float) -> bool:
+        """True once a stopping dispatcher has made its last commit and delivers nothing
+        more: its group's offsets are final, though it may still be leaving the group
+        (closing its consumer waits up to 2 s for the coordinator)."""
+        return self._settled.wait(timeout_s)
 
     def wait_assigned(self, timeout_s: float) -> bool:
         """True once the group join gave this consumer its partitions (within `timeout_s`)."""
@@ -1007,6 +1014,7 @@ class KafkaSourceDispatcher:
             self._join_workers()
             with contextlib.suppress(Exception):
                 self._commit_done(consumer, timeout_ms=2000)  # what finished meanwhile
+            self._settled.set()
             self._close_clients()
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
