@@ -340,12 +340,13 @@ def receiver(monkeypatch):
         yield url
 
 
-def claim_due(client, alice, title: str = "Pay rent") -> dict[str, Any]:
+def claim_due(client, alice, title: str = "Pay rent", **task: Any) -> dict[str, Any]:
     """A reminder due a minute ago, claimed now: its event, as notify gets it at once
-    (notify holds one it gets later than the owner's grace)."""
+    (notify holds one it gets later than the owner's grace). `task`: more of the task's
+    fields."""
     now = utcnow()
     at = (now - timedelta(minutes=1)).isoformat()
-    make_task(client, alice, title=title, reminders=[{"at": at}])
+    make_task(client, alice, title=title, reminders=[{"at": at}], **task)
     sweep.claim_due(now, 100)
     (data,) = [e for e in due_events() if e["title"] == title]
     return data
@@ -429,55 +430,43 @@ def verify_email_by_mail(client, headers, inbox: Captures, address: str) -> dict
     return verified.json
 
 
-def test_email_goes_through_the_smtp_relay(client, alice, env, monkeypatch):
+@pytest.fixture
+def relay_inbox(env, monkeypatch) -> Iterator[Inbox]:
+    """An SMTP relay on loopback, configured as the one duetide sends through."""
     inbox = Inbox()
-    port = free_loopback_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_loopback_port())
     controller.start()
+    monkeypatch.setenv("DUETIDE_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("DUETIDE_SMTP_PORT", str(controller.port))
+    monkeypatch.setenv("DUETIDE_SMTP_STARTTLS", "false")
+    _reset_caches()
     try:
-        monkeypatch.setenv("DUETIDE_SMTP_HOST", "127.0.0.1")
-        monkeypatch.setenv("DUETIDE_SMTP_PORT", str(port))
-        monkeypatch.setenv("DUETIDE_SMTP_STARTTLS", "false")
-        _reset_caches()
-        verify_email_by_mail(client, alice, inbox, "alice@example.org")
-        client.patch("/preferences", json={"channels": ["email"]}, headers=alice)
-        data = claim_due(client, alice, title="Dentist")
-        response = post(function_client("notify"), events.REMINDER_DUE, data)
-        assert response.status_code == 200, response.json
+        yield inbox
     finally:
         controller.stop()
-    _confirmation, message = inbox.messages
+
+
+def test_email_goes_through_the_smtp_relay(client, alice, relay_inbox):
+    verify_email_by_mail(client, alice, relay_inbox, "alice@example.org")
+    client.patch("/preferences", json={"channels": ["email"]}, headers=alice)
+    data = claim_due(client, alice, title="Dentist")
+    response = post(function_client("notify"), events.REMINDER_DUE, data)
+    assert response.status_code == 200, response.json
+    _confirmation, message = relay_inbox.messages
     assert message.rcpt_tos == ["alice@example.org"]
     assert b"Subject: Reminder: Dentist" in message.content
     assert b"Due: no due time" in message.content
 
 
-def test_an_email_shows_the_due_time_in_the_users_zone(client, alice, env, monkeypatch):
-    """It said `Due: 2026-12-08T09:00:00+00:00` to a user in Berlin."""
-    inbox = Inbox()
-    port = free_loopback_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        monkeypatch.setenv("DUETIDE_SMTP_HOST", "127.0.0.1")
-        monkeypatch.setenv("DUETIDE_SMTP_PORT", str(port))
-        monkeypatch.setenv("DUETIDE_SMTP_STARTTLS", "false")
-        _reset_caches()
-        verify_email_by_mail(client, alice, inbox, "alice@example.org")
-        prefs = {"channels": ["email"], "timezone": "Europe/Berlin"}
-        assert client.patch("/preferences", json=prefs, headers=alice).status_code == 200
-        now = utcnow()
-        at = (now - timedelta(minutes=1)).isoformat()
-        make_task(
-            client, alice, title="Dentist", due_at="2031-12-08T09:00:00Z", reminders=[{"at": at}]
-        )
-        sweep.claim_due(now, 100)
-        (data,) = [e for e in due_events() if e["title"] == "Dentist"]
-        response = post(function_client("notify"), events.REMINDER_DUE, data)
-        assert response.status_code == 200, response.json
-    finally:
-        controller.stop()
-    _confirmation, message = inbox.messages
+def test_an_email_shows_the_due_time_in_the_users_zone(client, alice, relay_inbox):
+    """It said `Due: 2031-12-08T09:00:00+00:00` to a user in Berlin."""
+    verify_email_by_mail(client, alice, relay_inbox, "alice@example.org")
+    prefs = {"channels": ["email"], "timezone": "Europe/Berlin"}
+    assert client.patch("/preferences", json=prefs, headers=alice).status_code == 200
+    data = claim_due(client, alice, title="Dentist", due_at="2031-12-08T09:00:00Z")
+    response = post(function_client("notify"), events.REMINDER_DUE, data)
+    assert response.status_code == 200, response.json
+    _confirmation, message = relay_inbox.messages
     assert b"Due: Mon 08 Dec 2031, 10:00 CET (Europe/Berlin)" in message.content
 
 
