@@ -565,13 +565,11 @@ class Stack:
         self._released.wait()
 
     def _died(self, name: str, pid: int, returncode: int, watch: _Watch) -> None:
-        now = time.monotonic()
-        failures = self.restart_policy.failures_after(watch.failures, now - watch.started)
-        delay = self.restart_policy.delay(failures)
-        record = Restart(name, pid, returncode, failures, delay, datetime.now(UTC))
+        delay = watch.failed(self.restart_policy, time.monotonic())
+        record = Restart(name, pid, returncode, watch.failures, delay, datetime.now(UTC))
         self._restarts.append(record)
         self._say(record.line())
-        watch.failures, watch.due, watch.back = failures, now + delay, False
+        watch.back = False
 
     def _watch_function(self, name: str, child: FunctionProcess, watch: _Watch) -> None:
         returncode = child.process.poll()
@@ -602,7 +600,7 @@ class Stack:
             )
             now = time.monotonic()
             if watch.due is None:
-                delay = self._dispatcher_failed(watch, now)
+                delay = watch.failed(self.restart_policy, now)
                 self._say(
                     f"{name}'s dispatcher stopped: {dispatcher.failure!r}; starting a new "
                     f"one in {delay:g} s"
@@ -610,12 +608,6 @@ class Stack:
                 )
             elif now >= watch.due:
                 self._replace_dispatcher(dispatcher, name, watch)
-
-    def _dispatcher_failed(self, watch: _Watch, now: float) -> float:
-        watch.failures = self.restart_policy.failures_after(watch.failures, now - watch.started)
-        delay = self.restart_policy.delay(watch.failures)
-        watch.due = now + delay
-        return delay
 
     def _replace_dispatcher(
         self, dispatcher: KafkaSourceDispatcher, name: str, watch: _Watch
@@ -628,7 +620,7 @@ class Stack:
         except Exception as exc:  # a broker down, or any surprise: again after a backoff
             successor.stop(timeout_s=1.0)
             watch.started = time.monotonic()  # a failed start is a death of its own
-            delay = self._dispatcher_failed(watch, watch.started)
+            delay = watch.failed(self.restart_policy, watch.started)
             self._say(f"{name}'s new dispatcher did not start: {exc!r}; again in {delay:g} s")
             return
         with self._acting:
@@ -775,6 +767,13 @@ class _Watch:
     failures: int = 0  # deaths in a row
     due: float | None = None  # when a dead child is to be restarted
     back: bool = True  # False from a death until it answers its health check again
+
+    def failed(self, policy: RestartPolicy, now: float) -> float:
+        """Count a death at `now` and set when to restart; the wait, in seconds."""
+        self.failures = policy.failures_after(self.failures, now - self.started)
+        delay = policy.delay(self.failures)
+        self.due = now + delay
+        return delay
 
 
 def _healthy(url: str) -> bool:
