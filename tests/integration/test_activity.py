@@ -54,15 +54,16 @@ class Pipeline:
         self.activity, self.recurrence = activity, recurrence
         self.delivered: list[tuple[dict[str, str], bytes, str]] = []
 
-    def pump(self) -> list[str]:
+    def pump(self, newest_first: bool = False) -> list[str]:
         """Deliver every row not delivered yet (recurrence's own events too); the
-        activity function's answers."""
+        activity function's answers. `newest_first`: in the reverse of the order the
+        changes were made, as rows the outbox sent late arrive."""
         answers: list[str] = []
         while True:
             fresh = self._undelivered()
             if not fresh:
                 return answers
-            for headers, body, event_type in fresh:
+            for headers, body, event_type in reversed(fresh) if newest_first else fresh:
                 self.delivered.append((headers, body, event_type))
                 answers.append(self._post(self.activity, headers, body))
                 if event_type == events.TASK_COMPLETED:
@@ -113,6 +114,8 @@ class SyncingClient:
             page = json_of(response)
             for item in page["items"]:
                 self.seen.append(item["event_id"])
+                if item["superseded"]:
+                    continue  # history only: a later change of the task came first
                 if item["deleted"]:
                     self.tasks.pop(item["task_id"], None)
                 else:
@@ -206,6 +209,38 @@ def test_a_client_syncing_from_the_feed_ends_with_the_servers_state(
     follower.sync()
     assert len(follower.seen) == seen
     assert entries() == len(pipeline.delivered)
+
+
+def test_an_event_that_arrives_after_a_later_change_of_its_task_is_history_not_state(
+    client: FlaskClient, alice: dict[str, str], pipeline: Pipeline
+) -> None:
+    done = ok(client.post("/tasks", json={"title": "Done"}, headers=alice), 201)
+    ok(client.post(f"/tasks/{done['id']}/complete", headers=alice))
+    gone = ok(client.post("/tasks", json={"title": "Gone"}, headers=alice), 201)
+    ok(client.delete(f"/tasks/{gone['id']}", headers=alice), 204)
+    assert set(pipeline.pump(newest_first=True)) == {"processed"}
+    kept = ok(client.post("/tasks", json={"title": "Kept"}, headers=alice), 201)
+    pipeline.pump()  # in order: nothing superseded
+    follower = SyncingClient(client, alice, limit=2)
+    follower.sync()
+
+    assert {task_id: shown(task) for task_id, task in follower.tasks.items()} == server_state(
+        client, alice
+    )
+    assert set(follower.tasks) == {done["id"], kept["id"]}
+    assert follower.tasks[done["id"]]["status"] == "done"
+    history = ok(client.get(f"/tasks/{done['id']}/activity", headers=alice))["items"]
+    assert [(i["type"], i["superseded"]) for i in history] == [
+        (events.TASK_COMPLETED, False),
+        (events.TASK_CREATED, True),  # kept, at its own time, marked
+    ]
+    assert history[1]["at"] < history[0]["at"]
+    gone_history = ok(client.get(f"/tasks/{gone['id']}/activity", headers=alice))["items"]
+    assert [(i["type"], i["superseded"]) for i in gone_history] == [
+        (events.TASK_DELETED, False),
+        (events.TASK_CREATED, True),
+    ]
+    assert entries(col(ActivityEntry.superseded)) == 2
 
 
 def entries(*where: Any) -> int:

@@ -20,6 +20,7 @@ def item(event_id: str) -> ActivityItem:
         series_id=None,
         deleted=True,
         task=None,
+        superseded=False,
         changes=None,
     )
 

@@ -7,6 +7,17 @@ PostgreSQL an identity value is drawn at INSERT but becomes visible at COMMIT, s
 writers could commit 8 after a reader already moved past 9; a per-owner advisory lock
 held to the commit makes one owner's entries commit in `seq` order (SQLite has one
 writer at a time anyway). A reader that resumes after `seq` therefore misses nothing.
+
+Late events. The Kafka order can still differ from the order of the changes: the outbox
+sends a row its fast path could not send later, after the task's next change went out
+(a broker outage between the two), and a dead letter is replayed after everything that
+followed it. Appended as it comes, such an event would be the task's last entry, and a
+client applying the feed would show it: a `task.created` after the `task.deleted` brings
+the task back, a `task.updated` after the `task.completed` reopens it. So an event whose
+time is earlier than an entry already logged for its task is appended `superseded`: the
+history keeps it, and a client keeping state skips it. Event times are the writers'
+clocks; one task's changes are made one after another under its row lock, so only a
+skew between two pods larger than the gap between two changes could misjudge one.
 """
 
 from __future__ import annotations
@@ -63,9 +74,13 @@ def record(
         else None
     )
     now = utcnow()
+    at = time or now
+    connection = session.connection()
+    latest = connection.execute(_LATEST_AT, {"owner": data.owner, "task_id": data.task_id})
+    last_at = latest.scalar()  # of the task's entries so far; a later one makes this late
     # A Core INSERT: the entry is never read back here, and the ORM's unit of work for
     # one row cost more than the statement (the activity function's profile).
-    session.connection().execute(
+    connection.execute(
         _INSERT_ENTRY,
         {
             "owner": data.owner,
@@ -75,15 +90,20 @@ def record(
             "task_id": data.task_id,
             "series_id": data.series_id,
             "actor": (data.actor or default_actor(source, data.owner))[:300],
-            "at": time or now,
+            "at": at,
             "recorded_at": now,
             "state": state,
             "changes": changes,
+            "superseded": last_at is not None and at < last_at,
         },
     )
 
 
-_INSERT_ENTRY = insert(ActivityEntry.metadata.tables["activity"])  # built once
+_ACTIVITY = ActivityEntry.metadata.tables["activity"]
+_INSERT_ENTRY = insert(_ACTIVITY)  # built once
+_LATEST_AT = sa.select(sa.func.max(_ACTIVITY.c.at)).where(
+    _ACTIVITY.c.owner == sa.bindparam("owner"), _ACTIVITY.c.task_id == sa.bindparam("task_id")
+)
 
 
 def _check_words(event_type: str, data: events.TaskEvent) -> None:

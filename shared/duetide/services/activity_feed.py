@@ -160,4 +160,5 @@ def item_of(row: ActivityEntry) -> ActivityItem:
         deleted=state is None,
         task=ActivityTask.model_validate(state) if state is not None else None,
         changes=row.changes,  # validated into ActivityChange
+        superseded=row.superseded,
     )

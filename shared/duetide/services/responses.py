@@ -129,6 +129,11 @@ class ActivityItem(Out):
     series_id: str | None
     deleted: bool = Field(description="A tombstone: the task is gone (task.deleted)")
     task: ActivityTask | None = Field(description="The task after the change; null when deleted")
+    superseded: bool = Field(
+        description="A change that reached the log after a later change of the same task "
+        "(`at` is earlier than an entry already there): history only. A client keeping "
+        "the tasks' state skips it; the task is as its latest entry that is not superseded"
+    )
     changes: dict[str, ActivityChange] | None = Field(
         description="task.updated: each changed field before and after; null otherwise"
     )

@@ -435,6 +435,8 @@ class ActivityEntry(SQLModel, table=True):
     state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # task.updated: {field: {"before": ..., "after": ...}} when the event carries them.
     changes: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # An event older than one already logged for its task, arrived late: history, not state.
+    superseded: bool = False
 
 
 class Subscription(SQLModel, table=True):
