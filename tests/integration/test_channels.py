@@ -212,6 +212,9 @@ def test_the_signature_fails_for_another_secret_body_or_time(receiver: Receiver)
     assert not verify_signature(SECRET, signature, request.body, now=now + 301)
     assert not verify_signature(SECRET, "", request.body, now=now)
     assert not verify_signature(SECRET, None, request.body, now=now)
+    forged = signature.replace("t=", "t=\u00b2", 1)  # a digit to str.isdigit, not to int
+    assert not verify_signature(SECRET, forged, request.body, now=now)
+    assert not verify_signature(SECRET, "t=" + "9" * 5000 + ",v1=ab", request.body, now=now)
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])

@@ -648,10 +648,28 @@ def test_a_due_range_on_a_list_not_in_due_order_counts_ten_reads(env, alice, mon
     refused(client.get("/tasks?due_after=2029-01-01T00:00:00Z", headers=alice), 429, "rate_limited")
 
 
-@pytest.mark.parametrize("count", ["%2B500", "500.0", "5_00", "%20500", "%EF%BC%95"])
+def test_a_forecast_count_with_leading_zeros_counts_as_its_number(env, bob, monkeypatch):
+    """`0000500` is served as 500 occurrences; its charge, taken from the text before
+    validation, read seven characters as one read (an audit, 2026-12-07)."""
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "30")
+    _reset_caches()
+    client = function_client("tasks")
+    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
+    created = client.post("/tasks", json=body, headers=bob).get_json()
+    forecast = f"/series/{created['series_id']}/occurrences?count=0000500"
+    for _ in range(3):
+        response = client.get(forecast, headers=bob)
+        assert response.status_code == 200 and len(response.get_json()["items"]) == 500
+    refused(client.get(forecast, headers=bob), 429, "rate_limited")
+
+
+@pytest.mark.parametrize(
+    "count", ["%2B500", "500.0", "5_00", "%20500", "%EF%BC%95", "%C2%B2", "%E2%91%A0"]
+)
 def test_a_count_or_limit_is_digits_as_the_document_says(env, alice, count):
     """pydantic also read these as numbers, and the forecast's read charge, taken from
-    the text, counted them one read instead of ten."""
+    the text, counted them one read instead of ten; `²` and `①`, digits to
+    `str.isdigit` but not to `int`, were a 500."""
     client = function_client("tasks")
     body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
     created = client.post("/tasks", json=body, headers=alice).get_json()

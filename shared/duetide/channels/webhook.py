@@ -120,7 +120,8 @@ def _parse_signature(header: str) -> tuple[int | None, list[str]]:
     candidates: list[str] = []
     for item in header.split(","):
         key, _, value = item.strip().partition("=")
-        if key == "t" and value.isdigit() and timestamp is None:
+        # ASCII digits: `str.isdigit` takes `²`, which `int` refuses (a receiver's 500).
+        if key == "t" and re.fullmatch(r"[0-9]{1,15}", value) and timestamp is None:
             timestamp = int(value)
         elif key == "v1" and value:
             candidates.append(value)

@@ -8,6 +8,10 @@ from __future__ import annotations
 BLANKS = " \t\n\r\f\v"
 NOT_BLANK = r"[^ \t\n\r\f\v]"
 CLOCK_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+QUERY_INTEGER = r"[0-9]{1,9}"
+"""An integer in a query: ASCII digits only (`str.isdigit` also takes superscripts,
+which `int` refuses, and `int` takes other scripts' digits), nine at most, leading zeros
+included."""
 PATTERN_WORDS = {
     NOT_BLANK: "must not be blank",
     CLOCK_TIME: "must be a time of day as HH:MM, from 00:00 to 23:59",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -35,6 +36,7 @@ from sqlmodel import col
 
 from duetide.config import get_settings
 from duetide.errors import RateLimited
+from duetide.rules.text import QUERY_INTEGER
 from duetide.storage import db
 from duetide.storage.models import RateWindow, utcnow
 
@@ -101,9 +103,9 @@ OCCURRENCES_PER_READ = 50
 
 
 def forecast_reads(count: str | None) -> int:
-    """What `GET /series/{id}/occurrences?count=` counts; a count that is not a number
-    counts one (and is refused when validated)."""
-    if count is None or not count.isdigit() or len(count) > 6:
+    """What `GET /series/{id}/occurrences?count=` counts, read as validation will read
+    it (`0000500` is 500); a count validation refuses counts one."""
+    if count is None or not re.fullmatch(QUERY_INTEGER, count):
         return 1
     return min(SCAN_READS, max(1, int(count) // OCCURRENCES_PER_READ))
 

@@ -28,7 +28,7 @@ from pydantic.json_schema import JsonDict
 from duetide.events import TASK_EVENTS
 from duetide.rules.recurrence import FREQUENCIES
 from duetide.rules.reminders import MIN_GRACE
-from duetide.rules.text import BLANKS, CLOCK_TIME, NOT_BLANK
+from duetide.rules.text import BLANKS, CLOCK_TIME, NOT_BLANK, QUERY_INTEGER
 from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, Priority, TaskStatus
 
 SERVER_OWNED = frozenset(
@@ -128,7 +128,7 @@ def _query_integer(value: Any) -> Any:
     """A query's integer is its digits: pydantic alone also read `+500`, `500.0`, `5_00`
     and ` 500`, which the document's `integer` does not allow, and which a read charge
     taken from the text before validation (`ratelimit.forecast_reads`) read as 1."""
-    if isinstance(value, str) and not re.fullmatch(r"[0-9]{1,9}", value):
+    if isinstance(value, str) and not re.fullmatch(QUERY_INTEGER, value):
         raise ValueError("must be a whole number in digits, such as 10")
     return value
 
