@@ -203,6 +203,40 @@ def test_malformed_http_is_400_json(quick, data):
     assert answer.error()["code"] == "bad_request"
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n",
+        b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: a\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: a b\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost:\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: a/b\r\n",
+    ],
+    ids=["none", "two", "two-in-1.0", "space", "empty", "slash"],
+)
+def test_a_request_without_one_valid_host_is_400_json(quick, head):
+    """RFC 9112, 3.2. They were served: `POST /calendar/feed-token` with two Host
+    fields answered `http:/calendar/...`, and revoked the URL that worked (an audit)."""
+    answer = exchange(quick, head + b"\r\n")
+    assert answer.status == 400
+    assert "Host" in answer.error()["message"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: duetide.example.com\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: [::1]:8080\r\n",
+        b"GET /healthz HTTP/1.0\r\n",  # HTTP/1.0 needs none
+    ],
+    ids=["name", "address-port", "ipv6", "1.0-without"],
+)
+def test_a_valid_host_is_served(quick, head):
+    assert exchange(quick, head + b"\r\n").status == 200
+
+
 # --- read times --------------------------------------------------------------------------
 
 

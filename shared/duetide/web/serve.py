@@ -19,7 +19,8 @@ Every request is bounded, and every refusal is JSON `{"error": {...}}`:
 - the answer: a client that stops taking it (its send buffer stays full) for
   DUETIDE_HTTP_READ_TIMEOUT_S is dropped, a stream's too;
 - open connections: DUETIDE_HTTP_MAX_CONNECTIONS, more get 503 and are closed;
-- malformed HTTP: 400; a version other than 1.0 and 1.1 (a request line without one,
+- malformed HTTP, and a Host header missing (HTTP/1.1), repeated or not host[:port]:
+  400; a version other than 1.0 and 1.1 (a request line without one,
   HTTP/2.0 in plain text): 505.
 
 Answers are sent whole with their length, except a `text/event-stream` one (the activity
@@ -35,6 +36,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -66,6 +68,24 @@ CHUNK_LINE_BYTES = 32
 share the head limit."""
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
+
+
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(:[0-9]{1,5})?")
+"""RFC 9110's `Host = uri-host [ ":" port ]` (RFC 3986's IP literal or reg-name), not
+empty: the app builds absolute URLs from it (a calendar feed's, shown once)."""
+
+
+def _host_problem(hosts: list[bytes], version: str) -> str | None:
+    """Why a request's Host fields are refused (RFC 9112, 3.2: 400 for an HTTP/1.1
+    request without one, and for any with two or an invalid one): they were served, and
+    `POST /calendar/feed-token` answered `http:/calendar/...` and revoked the old URL."""
+    if not hosts:
+        return "an HTTP/1.1 request needs a Host header" if version == "1.1" else None
+    if len(hosts) > 1:
+        return "a request has one Host header, not several"
+    if not _HOST.fullmatch(hosts[0]):
+        return "the Host header is not a host name or address, with an optional :port"
+    return None
 
 
 def error_bytes(err: ApiError) -> bytes:
@@ -192,6 +212,10 @@ class EdgeProtocol(HttpToolsProtocol):
         version = self.parser.get_http_version()
         if version not in ("1.0", "1.1"):  # llhttp reads a line without one as 0.9
             self._stopped_by = VersionNotSupported(f"HTTP/{version} is not served: use 1.1")
+            raise _StopParsing
+        host_problem = _host_problem([v for n, v in self.headers if n == b"host"], version)
+        if host_problem:
+            self._stopped_by = BadRequest(host_problem)
             raise _StopParsing
         self._in_body, self._framing_bytes = True, 0
         # Its size as sent, give or take optional spaces (a head begun in an earlier read
