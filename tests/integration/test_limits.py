@@ -456,6 +456,48 @@ def test_a_sink_refuses_an_event_id_longer_than_its_dedup_key(env):
     refused(sink.post("/", headers=headers, data=b"{}"), 400, "invalid_cloudevent")
 
 
+LONG_KEY = "k" * 500_000
+
+
+def small_refusal(response: Any, status: int, code: str) -> str:
+    """The refusal's text, checked to be a few hundred bytes whatever the sender sent."""
+    refused(response, status, code)
+    text = response.get_data(as_text=True)
+    assert len(text) < 2_000 and "k" * 65 not in text, len(text)
+    return text
+
+
+def test_a_refusal_names_a_field_the_sender_made_up_in_a_few_bytes(client, alice):
+    """The name of an unknown or unstorable key came back whole, in the message and in
+    `details`: 1 MB for a 500 KB key (an audit, 2026-12-07)."""
+    response = create(client, alice, **{LONG_KEY: 1})
+    small_refusal(response, 422, "validation_failed")
+    assert response.json["error"]["details"][0]["field"] == "k" * 64 + "…"
+    command = {"task": {"title": "t", LONG_KEY: 1}}
+    headers = {**alice, "Content-Type": "application/cloudevents+json"}
+    small_refusal(
+        client.post("/commands", json=structured(data=command), headers=headers),
+        422,
+        "validation_failed",
+    )
+    small_refusal(create(client, alice, **{LONG_KEY: "nul\x00"}), 422, "validation_failed")
+    nested: Any = "nul\x00"
+    for _ in range(200):  # a path of many names: its end is kept
+        nested = {"k" * 64: nested}
+    small_refusal(create(client, alice, description=nested), 422, "validation_failed")
+
+
+def test_a_sink_names_a_field_the_sender_made_up_in_a_few_bytes(env):
+    sink = function_client("activity")
+    data = {"task_id": "x", "owner": "o", "title": "t", "status": "open",
+            "changes": {LONG_KEY: {"before": [[1]]}}}  # fmt: skip
+    headers = {
+        "ce-specversion": "1.0", "ce-id": "long-key", "ce-source": "/test",
+        "ce-type": events.TASK_UPDATED, "Content-Type": "application/json",
+    }  # fmt: skip
+    small_refusal(sink.post("/", headers=headers, json=data), 400, "invalid_cloudevent")
+
+
 # --- per-user write rate --------------------------------------------------------------------
 
 FROZEN = datetime(2031, 3, 2, 9, 41, 45, tzinfo=UTC)

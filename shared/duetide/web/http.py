@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import pydantic
@@ -74,12 +74,33 @@ MAX_DETAILS = 20
 each of them, 4.4 MB built in 0.3 s (a probe, 2026-12-06)."""
 
 
+FIELD_PART_CHARS, FIELD_PATH_CHARS = 64, 255
+"""How much of a field's name, and of its whole path, an answer repeats: the names are
+the sender's (an unknown key, a tag map's key), and a 500 KB key came back whole in the
+message and again in `details` (an audit, 2026-12-07)."""
+
+
+def field_part(part: object) -> str:
+    text = str(part)
+    return text if len(text) <= FIELD_PART_CHARS else text[:FIELD_PART_CHARS] + "…"
+
+
+def field_path(parts: Iterable[object]) -> str:
+    """`task.tags.0` for an error's location, each name and the whole path bounded (a
+    path cut short keeps its end, the field itself)."""
+    return bounded_path(".".join(field_part(part) for part in parts))
+
+
+def bounded_path(path: str) -> str:
+    return path if len(path) <= FIELD_PATH_CHARS else "…" + path[-FIELD_PATH_CHARS:]
+
+
 def validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:
     """A pydantic error as a 422 naming each field, up to MAX_DETAILS of them (the
     message says how many more); input values are not echoed back."""
     errors = exc.errors(include_url=False, include_input=False)
     details = [
-        {"field": ".".join(str(p) for p in err["loc"]) or None, "message": _words(err)}
+        {"field": field_path(err["loc"]) or None, "message": _words(err)}
         for err in errors[:MAX_DETAILS]
     ]
     fields = ", ".join(d["field"] or "body" for d in details)
@@ -146,14 +167,15 @@ def unstorable_at(data: Any) -> tuple[str, str] | None:
     while pending:
         where, value = pending.pop()
         if isinstance(value, str) and (problem := text_problem(value)):
-            return where, problem
+            return bounded_path(where), problem
         if isinstance(value, float) and not math.isfinite(value):
-            return where, "numbers must be finite (NaN and Infinity are not JSON)"
+            return bounded_path(where), "numbers must be finite (NaN and Infinity are not JSON)"
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if isinstance(key, str) and (problem := text_problem(key)):
-                    return where, problem
-                pending.append((f"{where}.{key}" if where else str(key), item))
+                    return bounded_path(where), problem
+                part = field_part(key)
+                pending.append((f"{where}.{part}" if where else part, item))
         elif isinstance(value, list):
             pending.extend((f"{where}.{i}" if where else str(i), v) for i, v in enumerate(value))
     return None

@@ -30,7 +30,14 @@ from duetide.errors import InvalidCloudEvent, MethodNotAllowed, UnsupportedMedia
 from duetide.logs import log_event
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import auth
-from duetide.web.http import Handler, guarded, json_response, read_body, unstorable_at
+from duetide.web.http import (
+    Handler,
+    field_path,
+    guarded,
+    json_response,
+    read_body,
+    unstorable_at,
+)
 
 log = logging.getLogger("duetide.web.sink")
 
@@ -304,7 +311,7 @@ def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
             status = process(event)
         except pydantic.ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
+            where = field_path(first["loc"])
             raise InvalidCloudEvent(
                 f"invalid {event.type} data at {where}: {first['msg']}"
             ) from None
