@@ -264,8 +264,9 @@ def test_notify_delivers_once_per_firing_and_lists_it(client, alice, bob, env, c
     data = due_reminder_event(client, alice)
     with caplog.at_level("INFO", logger="duetide.channels.log"):
         assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
-        # The same firing redelivered under another event id: still one notification.
-        assert post(notify, events.REMINDER_DUE, data).json["status"] == "processed"
+        # The same firing redelivered under another event id: still one notification,
+        # and answered as the duplicate it is (not counted as a delivery, nor as late).
+        assert post(notify, events.REMINDER_DUE, data).json["status"] == "duplicate"
     formatter = JsonFormatter("notify")
     lines = [json.loads(formatter.format(r)) for r in caplog.records]
     delivered = [line for line in lines if line["logger"] == "duetide.channels.log"]

@@ -100,7 +100,7 @@ def test_a_batch_is_delivered_once_per_reminder_and_skips_what_is_obsolete(
     again = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b1")  # a redelivery
     assert again.status_code == 200 and again.json["status"] == "duplicate"
     other = post(notify, events.REMINDER_DUE_BATCH, batch, event_id="b2")  # the same firings
-    assert other.status_code == 200 and other.json["status"] == "processed"
+    assert other.status_code == 200 and other.json["status"] == "duplicate"
     assert recorded() == wanted  # nothing sent twice
 
 
@@ -231,7 +231,7 @@ def test_two_events_of_one_firing_in_one_group_send_it_once(client, alice, per_e
     ]
     notify_service._deliver(checks)  # one request's checks: one group
 
-    assert [check.outcome for check in checks] == ["processed", "processed"]
+    assert [check.outcome for check in checks] == ["processed", "duplicate"]
     assert len(Receiver.seen) == 1 and len(recorded()) == 1
 
 

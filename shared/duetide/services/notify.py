@@ -121,8 +121,9 @@ class _ReminderState(Protocol):
 
 
 def deliver(event_source: str, event_id: str, due: events.ReminderEvent, now: datetime) -> str:
-    """Deliver one `reminder.due`: its outcome (`duplicate`, `obsolete`, `processed`, or
-    `missed` and `deferred`: `_held`)."""
+    """Deliver one `reminder.due`: its outcome (`duplicate`: this event, or its firing
+    under another id, was done before; `obsolete`, `processed`, or `missed` and
+    `deferred`: `_held`)."""
     [check] = _deliver([_Check(EventKey(CONSUMER, event_source, event_id), due, now)])
     return check.outcome
 
@@ -403,6 +404,11 @@ def _commit_group(group: list[_Check]) -> None:
             pending = [
                 c for c in pref.channels if (due.reminder_id, due.scheduled_at, c) not in done
             ]
+            if pref.channels and not pending:  # the firing is done, by another event of it
+                check.outcome = "duplicate"  # (the sweep's again): nothing sent, nor late
+                processed.append(check.key.values(check.now))
+                seen.add(key)
+                continue
             if len(pending) == len(pref.channels):  # none sent yet: may it go now?
                 held = _held(due, pref, check.now)
                 if held is not None:
