@@ -571,6 +571,17 @@ def test_until_date_includes_that_local_day() -> None:
     assert series.next(got[-1], len(got) - 1) is None
 
 
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "UTC", "America/New_York"])
+@pytest.mark.parametrize("until", ["99991231", "99991231T235959"])
+def test_an_until_on_the_last_day_there_is_runs_to_it(zone: str, until: str) -> None:
+    """Its end (the next day, or the time behind UTC) is past the last instant Python
+    has: it was refused as `not a valid date` (an audit, 2026-12-07)."""
+    tz = ZoneInfo(zone)
+    series = parse(f"FREQ=YEARLY;UNTIL={until}", zone, at("9997-12-31 12:00", tz))
+    assert walls(series.forecast(10)) == ["9997-12-31 12:00", "9998-12-31 12:00",
+                                          "9999-12-31 12:00"]  # fmt: skip
+
+
 def test_until_floating_time_is_read_in_the_series_zone() -> None:
     got = parse(
         "FREQ=DAILY;UNTIL=20260103T090000", "America/New_York", at("2026-01-01 09:00")

@@ -96,6 +96,7 @@ _INT_RE = re.compile(r"[+-]?[0-9]{1,7}")
 _UNTIL_RE = re.compile(r"[0-9]{8}(T[0-9]{6}Z?)?")
 _NOMINAL_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})")
 _LAST_WALL = datetime(MAXYEAR, 12, 31, 23, 59, 59)
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
 
 
 class RecurrenceError(ValueError):
@@ -689,14 +690,18 @@ def _normalise_until(value: str, zone: ZoneInfo) -> datetime:
     series' zone (gap/fold as for occurrences), and a date includes that whole local day.
     """
     try:
-        if len(value) == 8:
-            next_day = datetime.strptime(value, "%Y%m%d") + timedelta(days=1)
-            return _to_instant(next_day, zone) - timedelta(microseconds=1)
         if value.endswith("Z"):
             return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-        return _to_instant(datetime.strptime(value, "%Y%m%dT%H%M%S"), zone)
-    except (ValueError, OverflowError) as exc:
+        day = len(value) == 8
+        wall = datetime.strptime(value, "%Y%m%d" if day else "%Y%m%dT%H%M%S")
+    except ValueError as exc:
         raise RecurrenceError(f"UNTIL={value} is not a valid date or date-time") from exc
+    try:
+        if day:
+            return _to_instant(wall + timedelta(days=1), zone) - timedelta(microseconds=1)
+        return _to_instant(wall, zone)
+    except OverflowError:  # its end is past the last instant there is (the day after
+        return _LAST_INSTANT  # 9999-12-31, or late that day behind UTC): none is later
 
 
 def _explicit_defaults(p: _Parts, start: datetime, day: int) -> _Parts:
