@@ -8,6 +8,7 @@ check what the next requests see.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import uuid
@@ -17,9 +18,11 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from duetide import events
 from duetide.storage import db
 from duetide.storage.models import ProcessedEvent, utcnow
-from tests.integration.conftest import POSTGRES_URL, _reset_caches
+from tests.integration.conftest import POSTGRES_URL, _reset_caches, function_client
+from tests.integration.test_event_functions import due_reminder_event, post
 from tests.support import pipe, wait_for
 
 
@@ -392,3 +395,34 @@ def test_a_transaction_whose_client_went_silent_is_ended_by_the_server(
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def test_notify_answers_503_once_its_group_finds_the_database_away(
+    env, client, alice, monkeypatch: pytest.MonkeyPatch
+):
+    """notify's group commit, failed for the database (not on a duplicate's key), was
+    made again event by event, each waiting its connect bound once more: a delivery
+    took twice its bound (60-90 s on a locked SQLite, past the KafkaSource's 30 s
+    timeout; an audit, 2026-12-07). Counted here as connections tried."""
+    if not env.startswith("postgresql"):
+        pytest.skip("a PostgreSQL connection's bounds")
+    data = due_reminder_event(client, alice)
+    notify = function_client("notify")
+    tried: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+
+        def accept() -> None:  # and say nothing
+            with contextlib.suppress(OSError):
+                while True:
+                    tried.append(silent.accept()[0])
+
+        threading.Thread(target=accept, daemon=True).start()
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://duetide@127.0.0.1:{port}/x")
+        monkeypatch.setenv("DUETIDE_DB_TIMEOUT_S", "1")
+        _reset_caches()
+        answer = post(notify, events.REMINDER_DUE, data)
+        assert answer.status_code == 503, answer.get_json()
+        assert len(tried) == 1
+    for sock in tried:
+        sock.close()

@@ -28,6 +28,7 @@ channels was sent: a firing started is finished.
 from __future__ import annotations
 
 import contextvars
+import copy
 import functools
 import logging
 import threading
@@ -255,7 +256,7 @@ class _Ticket:
 
     def __init__(self, checks: list[_Check]) -> None:
         self.checks = checks
-        self.failed = False  # its group's transaction failed: its checks run alone
+        self.failed: Exception | None = None  # why its group's transaction failed
         self.finished = False
         self.woken = threading.Event()
 
@@ -280,9 +281,11 @@ class _GroupCommit:
     Exactly once per channel holds as before: the checks of a group are made in order
     against the stored records and those the group adds itself, and the unique keys
     (`processed_event`, `uq_notification_once`) still decide between concurrent
-    transactions. A group whose transaction fails (a concurrent duplicate won on a key,
-    the database away) commits nothing, and each of its checks is then made alone, as
-    it was before group commits, so one event's conflict never fails the others.
+    transactions. A group whose transaction fails commits nothing. On a unique key (a
+    concurrent duplicate won) each of its checks is then made alone, as it was before
+    group commits, so one event's conflict never fails the others; for any other cause
+    (the database away, its lock not given) every event of the group fails with it, a
+    503, rather than wait for the database once more each.
     """
 
     def __init__(self, limit: int = MAX_GROUP, leaders: int | None = None) -> None:
@@ -293,7 +296,7 @@ class _GroupCommit:
         self._leaders = 0
 
     def run(self, checks: list[_Check]) -> None:
-        """Make and record `checks` in a group; each alone if its group failed."""
+        """Make and record `checks` in a group; each alone if its group failed on a key."""
         ticket = _Ticket(checks)
         leaders = self._max_leaders
         if leaders is None:  # the engine is cached: a look at its dialect costs nothing
@@ -308,9 +311,11 @@ class _GroupCommit:
             ticket.woken.wait()
         if not ticket.finished:  # it leads: at once, or handed the lead
             self._lead(ticket)
-        if ticket.failed:
+        if isinstance(ticket.failed, IntegrityError):  # another delivery won a key
             for check in checks:
                 _commit_alone(check)
+        elif ticket.failed is not None:  # the database itself: alone, each would wait for it
+            raise copy.copy(ticket.failed)  # again (each request its own exception)
 
     def _lead(self, first: _Ticket) -> None:
         with self._lock:
@@ -329,7 +334,7 @@ class _GroupCommit:
                 error=type(exc).__name__,
             )
             for ticket in group:
-                ticket.failed = True
+                ticket.failed = exc
         finally:
             with self._lock:
                 successor = self._queue.popleft() if self._queue else None
