@@ -558,6 +558,36 @@ def test_the_number_of_subscriptions_per_user_is_bounded(client, alice, receiver
     assert response.status_code == 409 and "at most 2" in json_of(response)["error"]["message"]
 
 
+def test_of_two_removals_at_once_one_is_204_and_the_other_404(
+    env, client, alice, receiver, monkeypatch
+):
+    """Both read the subscription before either deleted it, and both answered 204 (a
+    PostgreSQL audit, 2026-12-07), the second with SQLAlchemy's warning of a row it
+    expected to delete. PostgreSQL only: SQLite's write lock, taken at BEGIN, lets the
+    second read only once the first has committed."""
+    if not env.startswith("postgresql"):
+        pytest.skip("SQLite's write lock keeps the two removals apart")
+    made = subscribe(client, alice, receiver)
+    both_read = threading.Barrier(2, timeout=10)
+    read = subscriptions.read
+
+    def read_then_wait(*args: Any, **kwargs: Any) -> Subscription:
+        found = read(*args, **kwargs)
+        both_read.wait()
+        return found
+
+    monkeypatch.setattr(subscriptions, "read", read_then_wait)
+    with ThreadPoolExecutor(2) as pool:
+        removals = [
+            pool.submit(lambda: function_client("tasks").delete(
+                f"/subscriptions/{made['id']}", headers=alice
+            ))
+            for _ in range(2)
+        ]  # fmt: skip
+        statuses = sorted(removal.result().status_code for removal in removals)
+    assert statuses == [204, 404]
+
+
 def test_concurrent_creates_never_exceed_the_bound(env, receiver, monkeypatch):
     setting(monkeypatch, "DUETIDE_SUBSCRIPTIONS_PER_USER", "3")
     setting(monkeypatch, "DUETIDE_VERIFICATION_SENDS_PER_HOUR", "100")

@@ -154,12 +154,16 @@ def remove(session: Session, owner: str, subscription_id: str) -> None:
     """The subscription and its delivery log; a try in flight finds it gone. Read
     unlocked: its deletes lock the deliveries, then the subscription, the order a try's
     record takes them in (`webhook_deliveries._record`); locking the subscription first
-    deadlocked with it. A change waiting on the row then finds it gone (404)."""
+    deadlocked with it. A change waiting on the row then finds it gone (404), and so does
+    a removal racing this one: its DELETE finds no row (it answered 204 too, with
+    SQLAlchemy's warning of a row it expected to delete)."""
     subscription = read(session, owner, subscription_id)
     session.exec(
         delete(WebhookDelivery).where(col(WebhookDelivery.subscription_id) == subscription.id)
     )
-    session.delete(subscription)
+    removed = session.exec(delete(Subscription).where(col(Subscription.id) == subscription.id))
+    if removed.rowcount == 0:
+        raise NotFound(f"no subscription {subscription_id!r}")
 
 
 def deliveries(
