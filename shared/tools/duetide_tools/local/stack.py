@@ -126,22 +126,81 @@ def _pump(name: str, stream: IO[bytes], log_path: Path, echo: bool) -> None:
     function writing four lines per event filled the pipe, and its threads then queued
     on their logging handler's lock (py-spy, 100,000 reminders: issue 16). The file gets
     every chunk as read; the console whole lines only, each with its function's name.
+
+    It reads to the end whatever becomes of the copies: a write that failed (a full disk,
+    a log file made read-only, the console's pipe closed) ended this thread, nothing read
+    the child's output any more, and once the pipe's 64 KB were full the function hung in
+    its logging, every request with it, while /healthz still answered (an audit,
+    2026-12-07). A failed copy is dropped and said once on stderr; the file is tried
+    again with the next chunk.
     """
     read = getattr(stream, "read1", stream.read)
     partial = b""
-    with log_path.open("ab") as log:
+    log = _LogFile(name, log_path)
+    try:
         for chunk in iter(lambda: read(_PUMP_CHUNK), b""):
             log.write(chunk)
-            log.flush()
             if echo:
                 lines = (partial + chunk).split(b"\n")
                 partial = lines.pop()
-                for line in lines:
-                    sys.stdout.write(f"[{name}] {line.decode(errors='replace')}\n")
-                sys.stdout.flush()
+                echo = _echo(name, lines)
         if echo and partial:
-            sys.stdout.write(f"[{name}] {partial.decode(errors='replace')}\n")
-            sys.stdout.flush()
+            _echo(name, [partial])
+    finally:
+        log.close()
+
+
+def _echo(name: str, lines: list[bytes]) -> bool:
+    """Whether the console still takes lines (False once a write to it failed)."""
+    try:
+        for line in lines:
+            sys.stdout.write(f"[{name}] {line.decode(errors='replace')}\n")
+        sys.stdout.flush()
+        return True
+    except (OSError, ValueError) as exc:  # a closed pipe; a closed stdout object
+        _warn(f"{name}'s output is no longer shown on the console ({exc}); see its log file")
+        return False
+
+
+class _LogFile:
+    """A child's log file that never stops its pump (`_pump`)."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name, self.path = name, path
+        self._file: IO[bytes] | None = None
+        self._failing = False
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            if self._file is None:
+                self._file = self.path.open("ab", buffering=0)
+            view = memoryview(chunk)
+            while view:
+                written = self._file.write(view)
+                if not written:
+                    raise OSError("the log file took nothing")
+                view = view[written:]
+        except OSError as exc:
+            self.close()
+            if not self._failing:
+                self._failing = True
+                _warn(f"{self.path} cannot be written ({exc.strerror or exc}): "
+                      f"{self.name}'s output is dropped until it can")  # fmt: skip
+            return
+        if self._failing:
+            self._failing = False
+            _warn(f"{self.path} is written again")
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+
+
+def _warn(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"duetide up: {message}", file=sys.stderr, flush=True)
 
 
 _PUMP_CHUNK = 64 * 1024
