@@ -87,3 +87,23 @@ held = _lock_home(Path(sys.argv[1]), 8080)
 print("held", flush=True)
 sys.stdin.read()
 """
+
+
+def test_a_database_that_takes_no_writes_is_refused_at_the_start(tmp_path: Path) -> None:
+    """A database file this user cannot write passed the start, its migrations having
+    nothing to write, and every write was then a 503 "retry" (an audit, 2026-12-07).
+    Here the file is opened read-only, as SQLite opens one it may not write."""
+    from duetide.storage import migrate
+    from duetide_tools.local.broker import free_loopback_port
+
+    database = tmp_path / "duetide.db"
+    migrate.upgrade(f"sqlite:///{database}")
+    stack = Stack(
+        root=project_root(),
+        home=tmp_path / "home",
+        port=free_loopback_port(),
+        database_url=f"sqlite:///file:{database}?mode=ro&uri=true",
+    )
+    with pytest.raises(StackError, match="takes no writes: attempt to write a readonly"):
+        stack.start()
+    stack.stop()

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import requests
+import sqlalchemy
+import sqlalchemy.exc
 from kafka.errors import KafkaError
 
 from duetide.storage import db, migrate, outbox
@@ -206,6 +208,33 @@ def _warn(message: str) -> None:
 _PUMP_CHUNK = 64 * 1024
 
 
+def _migrate(url: str) -> None:
+    """The newest schema, and a database that takes writes: a file this user cannot
+    write (another user's, read-only) passed a start whose migrations had nothing to
+    write, and every write was then a 503 "retry" that no retry could help (an audit,
+    2026-12-07). SQLite: its header's user version written back as it is; PostgreSQL: a
+    read-only server (a standby) or role."""
+    migrate.upgrade(url)
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                version = int(connection.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+                connection.exec_driver_sql(f"PRAGMA user_version = {version}")
+            elif connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
+                raise StackError(f"the database {_where(engine)} is read-only")
+    except sqlalchemy.exc.OperationalError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise StackError(f"the database {_where(engine)} takes no writes: {cause}") from None
+    finally:
+        engine.dispose()
+
+
+def _where(engine: sqlalchemy.Engine) -> str:
+    url = engine.url
+    return str(url.database) if url.get_backend_name() == "sqlite" else url.render_as_string()
+
+
 @dataclass
 class Stack:
     """The local system: call `start()`, then `stop()` (also after a failed start).
@@ -279,7 +308,7 @@ class Stack:
         self.wiring = manifests.load(self.root)
         wiring = self.wiring
         self.database_url = self.database_url or f"sqlite:///{self.home / 'duetide.db'}"
-        self._step("migrating the database", lambda: migrate.upgrade(self.database_url))
+        self._step("migrating the database", lambda: _migrate(self.database_url))
         previous = self._last_broker_start()
         if previous is not None:  # sent again to whichever broker this run uses
             requeued = self._step(
