@@ -107,3 +107,15 @@ def test_a_database_that_takes_no_writes_is_refused_at_the_start(tmp_path: Path)
     with pytest.raises(StackError, match="takes no writes: attempt to write a readonly"):
         stack.start()
     stack.stop()
+
+
+def test_a_file_that_is_no_database_is_named_at_the_start(tmp_path: Path) -> None:
+    """SQLite's `file is not a database` did not say which file (an audit, 2026-12-07)."""
+    from duetide_tools.local.broker import free_loopback_port
+
+    database = tmp_path / "duetide.db"
+    database.write_bytes(b"not a database, " * 512)
+    stack = Stack(root=project_root(), home=tmp_path, port=free_loopback_port())
+    with pytest.raises(StackError, match=f"{database} cannot be migrated: file is not a database"):
+        stack.start()
+    stack.stop()

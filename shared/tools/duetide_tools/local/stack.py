@@ -214,8 +214,13 @@ def _migrate(url: str) -> None:
     write, and every write was then a 503 "retry" that no retry could help (an audit,
     2026-12-07). SQLite: its header's user version written back as it is; PostgreSQL: a
     read-only server (a standby) or role."""
-    migrate.upgrade(url)
     engine = sqlalchemy.create_engine(url)
+    try:
+        migrate.upgrade(url)
+    except sqlalchemy.exc.DatabaseError as exc:  # not a database, a damaged one: named
+        engine.dispose()
+        cause = getattr(exc, "orig", None) or exc
+        raise StackError(f"the database {_where(engine)} cannot be migrated: {cause}") from None
     try:
         with engine.begin() as connection:
             if connection.dialect.name == "sqlite":
