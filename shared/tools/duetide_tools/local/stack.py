@@ -171,6 +171,7 @@ class _LogFile:
         self.name, self.path = name, path
         self._file: IO[bytes] | None = None
         self._failing = False
+        self.write(b"")  # the file is there from the start, output or not
 
     def write(self, chunk: bytes) -> None:
         try:
