@@ -21,6 +21,7 @@ from duetide import events
 from duetide.channels.delivery import DeliveryResult, clip, refused
 from duetide.config import get_settings
 from duetide.deadline import Deadline
+from duetide.rules import zones
 from duetide.storage.models import Preference
 
 NEEDS_NETWORK = True
@@ -52,14 +53,12 @@ def due_text(due_at: datetime | None, zone: str) -> str:
     """The due time as its reader's clock shows it, in the zone of their preferences:
     the mail said `2026-12-08T09:00:00+00:00` to a user in Berlin, an hour off from
     what they had typed. The zone's name follows its abbreviation (CET is several
-    places' name). A zone that cannot be read (stored before the IANA check) is UTC."""
+    places' name). A zone that is not IANA's (stored before that check) is UTC."""
     if due_at is None:
         return "no due time"
-    try:
-        tz = zoneinfo.ZoneInfo(zone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        tz, zone = zoneinfo.ZoneInfo("UTC"), "UTC"
-    local = due_at.astimezone(tz)
+    if not zones.is_iana(zone):
+        zone = "UTC"
+    local = due_at.astimezone(zoneinfo.ZoneInfo(zone))
     return f"{local:%a %d %b %Y, %H:%M} {local.tzname()} ({zone})"
 
 
