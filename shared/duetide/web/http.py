@@ -280,7 +280,7 @@ def _answer(handler: Handler, request: Request) -> Response:
     except (OperationalError, DataError, PoolTimeout) as exc:  # a pool's wait too
         return _database_error(exc)
     except DBAPIError as exc:
-        if exc.connection_invalidated or _schema_behind(exc):  # (25P03: idle too long)
+        if exc.connection_invalidated or _schema_behind(exc.orig):  # (25P03: idle too long)
             return _database_error(exc)
         return _unhandled(request)
     except Exception:
@@ -291,10 +291,10 @@ _SCHEMA_BEHIND_STATES = ("42P01", "42703")  # PostgreSQL: undefined table, colum
 _SCHEMA_BEHIND_WORDS = ("no such table", "no such column", "has no column named")  # SQLite
 
 
-def _schema_behind(exc: Exception) -> bool:
-    """Whether the database lacks a table or column this code uses: its schema is older
-    (a function started before `duetide migrate` ran, or against a new database)."""
-    cause = getattr(exc, "orig", None) or exc
+def _schema_behind(cause: BaseException | None) -> bool:
+    """Whether the driver's error `cause` says the database lacks a table or column this
+    code uses: its schema is older (a function started before `duetide migrate` ran, or
+    against a new database)."""
     if str(getattr(cause, "sqlstate", None) or "") in _SCHEMA_BEHIND_STATES:
         return True
     return any(words in str(cause) for words in _SCHEMA_BEHIND_WORDS)
@@ -303,7 +303,7 @@ def _schema_behind(exc: Exception) -> bool:
 def _database_error(exc: Exception) -> Response:
     cause = getattr(exc, "orig", None) or exc
     sqlstate = str(getattr(cause, "sqlstate", None) or "")
-    if _schema_behind(exc):
+    if _schema_behind(cause):
         # Not the content (a 4xx), nor a bug (a 500): served again once migrated, so an
         # event's redelivery then succeeds. The operator's log says what to do.
         log_event(log, "database.schema_behind", level=logging.ERROR, error=str(cause)[:200])

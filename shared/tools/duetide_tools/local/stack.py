@@ -215,30 +215,30 @@ def _migrate(url: str) -> None:
     write, and every write was then a 503 "retry" that no retry could help (an audit,
     2026-12-07). SQLite: its header's user version written back as it is; PostgreSQL: a
     read-only server (a standby) or role."""
-    engine = sqlalchemy.create_engine(url)
+    where = _where(url)
     try:
         migrate.upgrade(url)
     except sqlalchemy.exc.DatabaseError as exc:  # not a database, a damaged one: named
-        engine.dispose()
-        cause = getattr(exc, "orig", None) or exc
-        raise StackError(f"the database {_where(engine)} cannot be migrated: {cause}") from None
+        raise StackError(f"the database {where} cannot be migrated: {exc.orig}") from None
+    engine = sqlalchemy.create_engine(url)
     try:
         with engine.begin() as connection:
             if connection.dialect.name == "sqlite":
                 version = int(connection.exec_driver_sql("PRAGMA user_version").scalar() or 0)
                 connection.exec_driver_sql(f"PRAGMA user_version = {version}")
             elif connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
-                raise StackError(f"the database {_where(engine)} is read-only")
+                raise StackError(f"the database {where} is read-only")
     except sqlalchemy.exc.OperationalError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise StackError(f"the database {_where(engine)} takes no writes: {cause}") from None
+        raise StackError(f"the database {where} takes no writes: {exc.orig}") from None
     finally:
         engine.dispose()
 
 
-def _where(engine: sqlalchemy.Engine) -> str:
-    url = engine.url
-    return str(url.database) if url.get_backend_name() == "sqlite" else url.render_as_string()
+def _where(url: str) -> str:
+    """The database as a refusal names it: a file's path, or the URL without its password."""
+    parsed = sqlalchemy.make_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    return str(parsed.database) if sqlite else parsed.render_as_string()
 
 
 @dataclass
