@@ -75,12 +75,9 @@ def record(
     )
     now = utcnow()
     at = time or now
-    connection = session.connection()
-    latest = connection.execute(_LATEST_AT, {"owner": data.owner, "task_id": data.task_id})
-    last_at = latest.scalar()  # of the task's entries so far; a later one makes this late
     # A Core INSERT: the entry is never read back here, and the ORM's unit of work for
     # one row cost more than the statement (the activity function's profile).
-    connection.execute(
+    session.connection().execute(
         _INSERT_ENTRY,
         {
             "owner": data.owner,
@@ -94,15 +91,25 @@ def record(
             "recorded_at": now,
             "state": state,
             "changes": changes,
-            "superseded": last_at is not None and at < last_at,
+            # The same values again, for the subquery: a bindparam may not share a
+            # column's name in an INSERT.
+            "later_owner": data.owner,
+            "later_task_id": data.task_id,
+            "later_at": at,
         },
     )
 
 
 _ACTIVITY = ActivityEntry.metadata.tables["activity"]
-_INSERT_ENTRY = insert(_ACTIVITY)  # built once
-_LATEST_AT = sa.select(sa.func.max(_ACTIVITY.c.at)).where(
-    _ACTIVITY.c.owner == sa.bindparam("owner"), _ACTIVITY.c.task_id == sa.bindparam("task_id")
+_LATER = _ACTIVITY.alias("later")
+# Built once. An entry is late when its task already has one at a later time: decided in
+# the INSERT itself, not by a SELECT before it (a round trip an event).
+_INSERT_ENTRY = insert(_ACTIVITY).values(
+    superseded=sa.exists().where(
+        _LATER.c.owner == sa.bindparam("later_owner"),
+        _LATER.c.task_id == sa.bindparam("later_task_id"),
+        _LATER.c.at > sa.bindparam("later_at"),
+    )
 )
 
 
