@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,20 @@ def test_topics_have_their_partitions_and_dead_letters_are_kept_longest(wiring: 
     longest = max(retention, key=retention.__getitem__)
     assert longest == "duetide-dead-letters"
     assert list(retention.values()).count(retention[longest]) == 1
+
+
+def test_processed_ids_outlive_every_record_a_replay_could_take(wiring: Wiring) -> None:
+    """A dead letter replayed on its last day, whose event was processed before its
+    answer was lost, must still be a duplicate: the sweep keeps processed ids longer
+    than any topic keeps a record, and sent outbox rows as long as the topics they went to."""
+    from duetide.services import sweep
+
+    retention = {t.name: int(t.config["retention.ms"]) for t in wiring.topics}
+    kept = timedelta(milliseconds=max(retention.values()))
+    assert kept == sweep.DEAD_LETTER_RETENTION
+    assert kept < sweep.PROCESSED_EVENT_TTL
+    sent_to = timedelta(milliseconds=retention["duetide-task-events"])
+    assert sent_to == sweep.SENT_OUTBOX_TTL
 
 
 def test_everything_reaches_kafka_through_the_strimzi_bootstrap_service() -> None:

@@ -43,10 +43,19 @@ from duetide.storage.models import (
 
 log = logging.getLogger("duetide.services.sweep")
 
-PROCESSED_EVENT_TTL = timedelta(days=7)
-# Sent outbox rows are kept this long: what a replaced memory-only broker lost can be
-# sent again (consumers deduplicate), and an operator can see what went out.
-SENT_OUTBOX_TTL = PROCESSED_EVENT_TTL
+DEAD_LETTER_RETENTION = timedelta(days=30)
+"""The dead-letters topic's `retention.ms` (kafka/base/topics.yaml): the longest any
+event the functions consume is kept anywhere it can be replayed from."""
+PROCESSED_EVENT_TTL = DEAD_LETTER_RETENTION + timedelta(days=1)
+"""Processed ids outlive every dead letter (and its retries, minutes): an event
+processed whose answer was lost and then dead-lettered, replayed on its last day, is
+still a duplicate. At 7 days, a `task.create` command replayed from the dead letters
+after a week made a second task (it has no natural key), and a task event was logged
+twice in the activity."""
+SENT_OUTBOX_TTL = timedelta(days=7)
+"""Sent outbox rows are kept as long as the topics keep their records: what a replaced
+memory-only broker lost can be sent again (consumers deduplicate), and an operator can
+see what went out."""
 
 
 @dataclass
