@@ -615,3 +615,35 @@ def test_the_forecast_after_a_reopen_behind_a_rule_change_shows_what_comes(clien
         bus.flush()
     (open_one,) = open_occurrences(client, alice, series_id)
     assert shown == [*made, open_one["due_at"]]
+
+
+def test_a_stored_rule_that_cannot_go_on_pauses_its_series_and_a_new_rule_resumes_it(
+    client, alice, bus
+):
+    """A rule stored before a stricter admission check, whose next occurrence is past the
+    work budget: the completion's event was a 422, dead-lettered, and the series stayed
+    active with no open occurrence, which nothing could skip (an audit, 2026-12-07)."""
+    made = recurring(client, alice, rrule="FREQ=DAILY")
+    series_id = made["series_id"]
+    with db.session_scope() as session:  # as such a row was stored then
+        session.execute(
+            text("UPDATE series SET rrule = :rule WHERE id = :id"),
+            {"rule": "FREQ=MINUTELY;BYMONTH=2;BYMONTHDAY=30", "id": series_id},
+        )
+    assert client.post(f"/tasks/{made['id']}/complete", headers=alice).status_code == 200
+    bus.flush()  # each event answered 200: processed, not retried or dead-lettered
+
+    assert client.get(f"/series/{series_id}", headers=alice).json["status"] == "paused"
+    assert open_occurrences(client, alice, series_id) == []
+    refused = client.post(f"/series/{series_id}/resume", headers=alice)
+    assert refused.status_code == 422
+    assert "cannot compute its next occurrence" in refused.json["error"]["message"]
+    assert client.get(f"/series/{series_id}", headers=alice).json["status"] == "paused"
+
+    changed = client.patch(
+        f"/series/{series_id}", json={"recurrence": {"rrule": "FREQ=DAILY"}}, headers=alice
+    )
+    assert changed.status_code == 200, changed.json
+    assert client.post(f"/series/{series_id}/resume", headers=alice).status_code == 200
+    (following,) = open_occurrences(client, alice, series_id)
+    assert following["due_at"] == "2026-01-06T09:00:00+01:00"

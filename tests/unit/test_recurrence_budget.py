@@ -133,6 +133,27 @@ def test_stored_issue_rule_next_is_bounded_by_its_budget() -> None:
         never.next(START, 0)
 
 
+def test_a_rule_with_many_occurrences_on_its_first_day_and_years_between_days_is_refused() -> None:
+    """Eleven occurrences on DTSTART's day passed admission; the next day was 28 years of
+    days later, past MAX_WORK at their BYSETPOS weight, and the series stopped there."""
+    hours = ",".join(map(str, range(12)))
+    positions = ",".join(map(str, range(1, 12)))
+    rule = f"FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO;BYHOUR={hours};BYSETPOS={positions}"
+    with pytest.raises(RecurrenceError, match="too sparse for FREQ=DAILY") as refused:
+        parse(rule, "UTC", datetime(2016, 2, 29, tzinfo=UTC))
+    assert "0 of the 10 days with an occurrence" in str(refused.value)
+    # Dense days with many occurrences each still pass, and go on past the first day.
+    daily = parse(
+        f"FREQ=DAILY;BYHOUR={hours};BYSETPOS=1,-1", "UTC", datetime(2016, 2, 29, tzinfo=UTC)
+    )
+    assert [at.isoformat() for at in daily.forecast(4)] == [
+        "2016-02-29T00:00:00+00:00",
+        "2016-02-29T11:00:00+00:00",
+        "2016-03-01T00:00:00+00:00",
+        "2016-03-01T11:00:00+00:00",
+    ]
+
+
 def test_a_step_wider_than_the_first_gaps_of_an_accepted_rule_is_found() -> None:
     """Admission sees the first occurrences (three Februaries with a weekend 13th or
     29th); the next after 2022-02-13 is five years on, more than NEXT_WORK's share."""
@@ -203,7 +224,12 @@ def sparse_rules(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         parts.append("BYDAY=" + draw(st.sampled_from(["MO", "FR", "SA,SU", "TU"])))
     if freq in ("DAILY", "WEEKLY", "MONTHLY", "YEARLY", "HOURLY") and draw(st.booleans()):
-        parts.append(f"BYHOUR={draw(st.integers(0, 23))}")
+        # Several hours with as many BYSETPOS values: a period dense enough to pass for
+        # a dense rule on DTSTART's day alone.
+        hours = draw(st.sets(st.integers(0, 23), min_size=1, max_size=12))
+        parts.append("BYHOUR=" + ",".join(map(str, sorted(hours))))
+        if len(hours) > 1 and draw(st.booleans()):
+            parts.append("BYSETPOS=" + ",".join(map(str, range(1, len(hours)))))
     if freq in ("HOURLY", "MINUTELY") and draw(st.booleans()):
         parts.append(f"BYMINUTE={draw(st.sampled_from([0, 59, 30]))}")
     return ";".join(parts)

@@ -995,19 +995,29 @@ class _Expansion:
     def check_density(self) -> None:
         """Refuse a rule without occurrences, or too sparse to expand within budget.
 
-        Admission for ``parse()``: the rule must yield ``DENSITY_OCCURRENCES`` occurrences
-        after DTSTART, or end (COUNT, UNTIL), within ``DENSITY_OCCURRENCES * OCCURRENCE_WORK``
-        units, so a later step usually fits ``NEXT_WORK`` (ten average gaps) and always
-        ``MAX_WORK``. A refused rule is diagnosed to say whether it has no occurrence at all.
+        Admission for ``parse()``: the rule must yield occurrences in
+        ``DENSITY_OCCURRENCES`` FREQ periods after DTSTART's, or end (COUNT, UNTIL), within
+        ``DENSITY_OCCURRENCES * OCCURRENCE_WORK`` units, so a later step usually fits
+        ``NEXT_WORK`` (ten average gaps) and ``MAX_WORK`` unless the calendar spaces the
+        periods unevenly (a series that cannot step is paused:
+        ``services.series.materialise_next``). Periods, not occurrences:
+        the gaps a step walks are between periods, and a rule with many occurrences in
+        one (BYHOUR, BYSETPOS) passed on DTSTART's day alone, then stopped its series at
+        the first gap (``FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO`` with twelve hours
+        and eleven BYSETPOS values: 28 years of days to its next Monday, an audit,
+        2026-12-07). A refused rule is diagnosed to say whether it has no occurrence at all.
         """
         if self.parts.count == 1:
             return
         work = Meter(DENSITY_OCCURRENCES * OCCURRENCE_WORK)
         found = 0
+        periods = {_period_number(self.parts, self.start_wall)}
         try:
-            for _ in self.numbered(self.walk(self.start_wall, self.start, work), 0):
+            for _, at in self.numbered(self.walk(self.start_wall, self.start, work), 0):
                 found += 1
-                if found == DENSITY_OCCURRENCES:
+                wall = at.astimezone(self.zone).replace(tzinfo=None)
+                periods.add(_period_number(self.parts, wall))
+                if len(periods) > DENSITY_OCCURRENCES:
                     return
             ended = True  # by COUNT or UNTIL (or year 9999) before that many
         except (WorkExhausted, _Unreachable):
@@ -1023,9 +1033,10 @@ class _Expansion:
             return
         freq = _FREQ_NAMES[self.parts.freq]
         raise RecurrenceError(
-            f"the rule is too sparse for FREQ={freq}: {found} of the first "
-            f"{DENSITY_OCCURRENCES} occurrences after the first were found within "
-            f"{work.budget:,} units of expansion work (FREQ={freq} steps through every "
+            f"the rule is too sparse for FREQ={freq}: {len(periods) - 1} of the "
+            f"{DENSITY_OCCURRENCES} {_STEP_NAMES[self.parts.freq]}s with an occurrence it "
+            f"needs after the first were found within {work.budget:,} units of expansion "
+            f"work (FREQ={freq} steps through every "
             f"{_STEP_NAMES[self.parts.freq]} in between); use a coarser FREQ, "
             "e.g. FREQ=YEARLY with the same BYxxx parts"
         )

@@ -55,10 +55,20 @@ def rule_of(series: Series) -> recurrence.SeriesRule:
         raise _invalid(exc, "the series' stored rule cannot be used") from None
 
 
-def _invalid(exc: recurrence.RecurrenceError, what: str = "invalid recurrence") -> ValidationFailed:
+def _invalid(
+    exc: recurrence.RecurrenceError,
+    what: str = "invalid recurrence",
+    kind: type[ValidationFailed] = ValidationFailed,
+) -> ValidationFailed:
     """The 422 for a rule problem, its reason in `details` as for any invalid field."""
     detail = [{"field": "recurrence", "message": str(exc)}]
-    return ValidationFailed(f"{what}: {exc}", details=detail)
+    return kind(f"{what}: {exc}", details=detail)
+
+
+class NextUnknown(ValidationFailed):
+    """The stored rule cannot give the occurrence after one (a rule stored before a
+    stricter admission check, over its work budget): a 422 to a user's skip or resume;
+    on a completion event the series is paused (`materialise_next`)."""
 
 
 def build_rule(
@@ -107,7 +117,7 @@ def next_for(
             previous.scheduled_at, local_index, completed_at=completed_at, now=now
         )
     except recurrence.RecurrenceError as exc:  # a legacy rule over its work budget
-        raise _invalid(exc, "the series cannot compute its next occurrence") from None
+        raise _invalid(exc, "the series cannot compute its next occurrence", NextUnknown) from None
     if following is None:
         return None
     if not following.caught_up:
@@ -294,7 +304,22 @@ def materialise_next(session: Session, data: events.TaskEvent, now: datetime) ->
     task = _completed(session, data.task_id)
     if task is None or task.series_id != series.id or task.status != "done" or task.moved_past:
         return []
-    return _follow(session, series, task, task.completed_at or now, now)
+    try:
+        return _follow(session, series, task, task.completed_at or now, now)
+    except NextUnknown as exc:
+        # The event is not at fault and a retry computes the same: answered 422 it went
+        # to the dead letters and left the series active with no open occurrence, which
+        # nothing could skip. Paused, it says so; a changed rule and a resume go on.
+        log_event(
+            log,
+            "series.paused_next_unknown",
+            level=logging.WARNING,
+            series_id=series.id,
+            reason=exc.message,
+        )
+        series.status, series.updated_at = "paused", now
+        session.add(series)
+        return []
 
 
 def _completed(session: Session, task_id: str) -> Completed | None:
