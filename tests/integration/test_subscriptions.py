@@ -899,3 +899,43 @@ def test_copies_of_a_keyed_subscription_sent_at_once_make_one(client, alice, rec
     assert len({made for _, made in results}) == 1
     with db.session_scope(read_only=True) as session:
         assert len(subscriptions.listed(session, "alice")) == 1
+
+
+def test_a_try_started_late_in_its_lease_is_not_claimed_again_while_it_runs(
+    client, alice, receiver, eventing, monkeypatch
+):
+    """notify takes a try a second before its lease (counted from the claim) ends, and a
+    ping comes while the receiver answers: the ping claimed the next try, the receiver got
+    the event twice and the first try's 200 was dropped as an older attempt's."""
+    made = subscribe(client, alice, receiver)
+    make_task(client, alice, "taken late")
+    eventing.pump(only=get_settings().duetide_topic_task_events)
+    ((row_id, headers, body, topic),) = eventing._undelivered()  # the try, not taken yet
+    eventing.sent[row_id] = (headers, body, topic)  # taken here, below
+    event = events.WebhookDeliveryEvent.model_validate(json.loads(body))
+    lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
+    taken_at = utcnow() + lease - timedelta(seconds=1)
+    answering, release = threading.Event(), threading.Event()
+    answer = Receiver.do_POST
+
+    def slow(handler: Receiver) -> None:
+        answering.set()
+        release.wait(10)
+        answer(handler)
+
+    monkeypatch.setattr(Receiver, "do_POST", slow)
+    statuses: list[str] = []
+    worker = threading.Thread(
+        target=lambda: statuses.append(webhook_deliveries.send(event, taken_at))
+    )
+    worker.start()
+    assert answering.wait(10)
+    claimed = webhook_deliveries.claim_retries(taken_at + timedelta(seconds=2), 100)
+    release.set()
+    worker.join(10)
+    assert (claimed, statuses) == (0, ["delivered"])
+    assert eventing.pump() == []  # nothing claimed: no second try on its way
+    assert len(Receiver.seen) == 1
+    (delivery,) = deliveries(client, alice, made["id"])
+    assert (delivery["status"], delivery["attempt"]) == ("delivered", 1)
+    assert [one["status"] for one in delivery["tries"]] == [200]

@@ -173,7 +173,12 @@ def send(event: events.WebhookDeliveryEvent, now: datetime) -> str:
         subscription = session.get(Subscription, delivery.subscription_id)
         if subscription is None or subscription.status != "active":
             return "obsolete"  # kept pending: the sweep sends it once the user enables it
+        # The lease runs from the start of the try, not from its claim: a try taken late
+        # (notify's backlog) was claimed again by a ping while its POST ran, sent twice,
+        # and its own outcome dropped as an older attempt's (an audit, 2026-12-07).
+        lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
         delivery.started = event.attempt
+        delivery.next_attempt_at = max(delivery.next_attempt_at or now, now + lease)
         session.add(delivery)
         request = _request(delivery, subscription, now)
     started = time.monotonic()
