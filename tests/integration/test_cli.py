@@ -493,11 +493,14 @@ def test_an_answer_cut_short_of_its_length_is_an_error_not_the_part_sent(
 
 
 @contextlib.contextmanager
-def losing_first_answer(upstream: str, then_drop: int = 0, then: bool = True) -> Iterator[str]:
+def losing_first_answer(
+    upstream: str, then_drop: int = 0, then: bool = True, instead: bytes = b""
+) -> Iterator[str]:
     """A loopback proxy to `upstream` that passes each request on and, for the first
-    one, closes the client's connection instead of passing the answer back: the request
-    was made, its answer lost. The `then_drop` connections after it are closed unread
-    (the API restarting), and the next one passed on (`then`). Yields the proxy's URL."""
+    one, closes the client's connection instead of passing the answer back (or answers
+    `instead`): the request was made, its answer lost. The `then_drop` connections after
+    it are closed unread (the API restarting), and the next one passed on (`then`).
+    Yields the proxy's URL."""
     host, port = urllib.parse.urlsplit(upstream).hostname, urllib.parse.urlsplit(upstream).port
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(10)
@@ -520,8 +523,7 @@ def losing_first_answer(upstream: str, then_drop: int = 0, then: bool = True) ->
             answer = b""
             while chunk := server.recv(65536):  # urllib asks the server to close after it
                 answer += chunk
-            if lost.is_set():
-                client.sendall(answer)
+            client.sendall(answer if lost.is_set() else instead)
             lost.set()
 
     def serve() -> None:
@@ -572,6 +574,27 @@ def test_add_whose_answer_was_lost_waits_for_the_api_to_come_back_or_says_it_may
         gone = cli("task", "add", "Call Bob")
     assert gone.code == 1 and "may have been carried out" in gone.err, gone.err
     assert len(user.api("GET", "/tasks")["items"]) == 2  # it was: `task ls` shows it
+
+
+def test_add_answered_503_as_its_commit_was_cut_is_sent_again_and_makes_one_task(
+    cli: Callable[..., Ran], user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's database connection was lost during the commit: its 503 says the task
+    may have been made. The CLI sends it again with its key (the user, told to, could
+    not: the key was the CLI's), and shows the one task."""
+    body = json.dumps(
+        {"error": {"code": "unavailable", "message": "the change may have been saved"}}
+    ).encode()
+    unknown = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Retry-After: 1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    with losing_first_answer(user.url, instead=unknown) as proxy:
+        monkeypatch.setenv("DUETIDE_URL", proxy)
+        ran = cli("task", "add", "Pay rent", "--json")
+    assert ran.code == 0, ran.err
+    (task,) = user.api("GET", "/tasks")["items"]
+    assert ran.json()["id"] == task["id"]
 
 
 def test_login_checks_then_saves_a_private_file_that_commands_use(

@@ -22,6 +22,10 @@ from duetide_tools.client.errors import ApiError, ClientError
 TIMEOUT_S = 15.0
 RESEND_WAITS = (0.0, 0.5, 1.0, 2.0)
 """The waits before each resend of a creating request whose answer was lost."""
+UNKNOWN_OUTCOME = frozenset({502, 503, 504})
+"""Answers after which a create may or may not have been made: a gateway that lost the
+API's answer, or the API's own 503 (a database connection lost during the commit says
+so; others were refused before any write). Each is sent again with the same key."""
 MAX_ANSWER_BYTES = 16 << 20
 """The most of an answer read: a page of 200 tasks is far less."""
 
@@ -92,27 +96,36 @@ class Api:
         at once met its refused port. If none gets an answer, the error says the request
         may have been carried out."""
         headers = {"Idempotency-Key": str(uuid.uuid4())}
-        try:
-            return self.call("POST", path, body=body, headers=headers)
-        except ApiError:
-            raise
-        except ClientError as lost:
-            error = lost
+        error = self._try_create(path, body, headers)
+        if not isinstance(error, ClientError):
+            return error
         resending = time.monotonic()
         for n, wait in enumerate(RESEND_WAITS):
+            wait = max(wait, _seconds(getattr(error, "retry_after", "")))
             if n and time.monotonic() - resending + wait > self.timeout_s:
                 break  # an API that answers nothing: one resend, not one timeout each
             time.sleep(wait)
-            try:
-                return self.call("POST", path, body=body, headers=headers)
-            except ApiError:
-                raise
-            except ClientError as again:
-                error = again
+            error = self._try_create(path, body, headers)
+            if not isinstance(error, ClientError):
+                return error
         raise ClientError(
             f"{error}; the request may have been carried out before its answer was lost: "
             "look (`duetide task ls`) before sending it again"
         )
+
+    def _try_create(self, path: str, body: Any, headers: dict[str, str]) -> Any:
+        """The answer, or the `ClientError` that leaves the outcome unknown (returned, to
+        resend); any other refusal is raised. A 503 was raised at once, and the user,
+        told to send it again with the same Idempotency-Key, which the CLI had made and
+        not shown, made the task twice (an audit, 2026-12-07)."""
+        try:
+            return self.call("POST", path, body=body, headers=headers)
+        except ApiError as refused:
+            if refused.status not in UNKNOWN_OUTCOME:
+                raise
+            return refused
+        except ClientError as lost:
+            return lost
 
     def delete(self, path: str) -> Any:
         return self.call("DELETE", path)
@@ -218,3 +231,9 @@ def _api_error(exc: urllib.error.HTTPError) -> ApiError:
         code, message, details = "http_error", f"the server answered {exc.code} {exc.reason}", None
     retry_after = exc.headers.get("Retry-After", "") if exc.headers else ""
     return ApiError(exc.code, code, message, details, retry_after)
+
+
+def _seconds(retry_after: str) -> float:
+    """A Retry-After in seconds (0 when absent or a date), at most a resend's whole bound."""
+    digits = retry_after.isascii() and retry_after.isdigit()
+    return min(float(retry_after), TIMEOUT_S) if digits else 0.0
