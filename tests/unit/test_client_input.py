@@ -48,6 +48,13 @@ def local(
         ("2026-12-24T18:00:00+00:00", datetime.fromisoformat("2026-12-24T18:00:00+00:00")),
         ("2026-12-24T18:00-05:00", datetime.fromisoformat("2026-12-24T18:00-05:00")),
         ("dec 31 23:00", local(2026, 12, 31, 23, 0)),
+        ("Dec. 24 18:00", local(2026, 12, 24, 18, 0)),
+        ("24 December 2027", local(2027, 12, 24, 9, 0)),
+        # A date with no year that has passed is next year's, not this year's past one.
+        ("jan 5", local(2027, 1, 5, 9, 0)),
+        # A date alone is at 09:00 in every ISO form, the week dates too.
+        ("20261224", local(2026, 12, 24, 9, 0)),
+        ("2026-W53-4", local(2026, 12, 31, 9, 0)),
         # The spring-forward gap moves forward by the gap, as the API's recurrences do.
         ("2027-03-28 02:30", local(2027, 3, 28, 3, 30)),
         # Summer time: the same wall time, another offset.
@@ -66,8 +73,14 @@ def test_due_reads_in_the_given_zone_not_the_offset_of_now() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["someday", "tomorrow 25:00", "tomorrow noonish", "in 2 fortnights", "in", "fri 9x"]
-)
+    "text",
+    [
+        "someday", "tomorrow 25:00", "tomorrow noonish", "in 2 fortnights", "in", "fri 9x",
+        # dateutil read these silently, as days in the past or the year 1230, and an
+        # offset of a day or more failed later as an unexpected ValueError (exit 1).
+        "5", "-1", "1230", "june", "2026-12-01T09:00+25:00", "dec 24 18:00 +25:00",
+    ],
+)  # fmt: skip
 def test_due_refuses_what_it_cannot_read(text: str) -> None:
     with pytest.raises(UsageError, match="cannot read"):
         when.due(text, NOW, BERLIN)
@@ -100,6 +113,7 @@ def test_durations_become_the_api_offsets(text: str, iso: str) -> None:
     [
         "15", "15x", "m15", "-5m", "P", "PT", "1h 2x", "99999w",
         "P99999999999999W", "PT1" + "0" * 5000 + "S",  # were an OverflowError, a ValueError
+        "P999999999W",  # nine digits of weeks: an OverflowError before the ten-year check
     ],
 )  # fmt: skip
 def test_durations_refuse_what_they_cannot_read(text: str) -> None:

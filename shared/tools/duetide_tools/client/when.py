@@ -25,7 +25,7 @@ morning due time lets a reminder before it land in the day."""
 
 DUE_FORMS = (
     "ISO 8601 (2026-12-01T09:00, 2026-12-01), today/tomorrow [HH:MM], a weekday "
-    "(fri, monday 18:30), or in N m/h/d/w (in 2h)"
+    "(fri, monday 18:30), a month and day (dec 24 18:00), or in N m/h/d/w (in 2h)"
 )
 DURATION_FORMS = "such as 15m, 2h, 1h30m, 1d, 1w or an ISO 8601 duration (PT15M)"
 
@@ -70,7 +70,7 @@ def _iso_duration(value: str) -> timedelta:
         seconds += int(number) * (604800 if unit == "W" else 86400)
     for number, unit in re.findall(r"(\d+)([HMS])", time_part):
         seconds += int(number) * {"H": 3600, "M": 60, "S": 1}[unit]
-    if timedelta(seconds=seconds) > MAX_DURATION:
+    if seconds > MAX_DURATION.total_seconds():  # before a timedelta: P999999999W overflows it
         raise UsageError(f"the duration {value} is longer than ten years")
     return timedelta(seconds=seconds)
 
@@ -159,21 +159,46 @@ def _on(day: date, at: time, zone: tzinfo) -> datetime:
 
 
 def _absolute(text: str, local_now: datetime, zone: tzinfo) -> datetime:
-    """ISO 8601 and the other forms dateutil reads (`dec 24 18:00`), the missing parts of
-    which come from today at `DEFAULT_TIME`."""
-    default = datetime.combine(local_now.date(), DEFAULT_TIME)
+    """ISO 8601, and a month by name with its day (`dec 24 18:00`, a year optional) as
+    dateutil reads it; a day given without a time is at `DEFAULT_TIME`.
+
+    dateutil reads much else, and read it silently wrong (an audit, 2026-12-07): `5` as
+    the 5th of this month, `-1` as the 1st, `1230` as the year 1230, `june` as this
+    June's day of today, all in the past; an offset of +25:00 failed later as an
+    unexpected ValueError. A name of a month is wanted, a date with no year that has
+    passed is next year's, and the offset must be one an instant can have."""
+    value = text.strip()
+    unreadable = UsageError(f"cannot read the time {text!r}: give {DUE_FORMS}")
     try:
-        found = datetime.fromisoformat(text.strip())
-        if len(text.strip()) == 10:  # a date alone
-            found = datetime.combine(found.date(), DEFAULT_TIME)
+        found = datetime.fromisoformat(value)
+        if not re.search(r"[T ]\d", value):  # a date alone (2026-12-24, 20261224, 2026-W52)
+            found = datetime.combine(found.date(), DEFAULT_TIME, found.tzinfo)
     except ValueError:
+        if not _MONTH_AND_DAY.search(value):
+            raise unreadable from None
+        default = datetime.combine(local_now.date(), DEFAULT_TIME)
         try:
-            found = dateparser.parse(text, default=default)
+            found = dateparser.parse(value, default=default)
         except (ValueError, OverflowError):
-            raise UsageError(f"cannot read the time {text!r}: give {DUE_FORMS}") from None
-    if found.tzinfo is not None:
-        return found
-    return _on(found.date(), found.time(), zone)
+            raise unreadable from None
+        if not re.search(r"\d{4}", value) and found.date() < local_now.date():
+            with contextlib.suppress(ValueError):  # Feb 29 of a year without one stays
+                found = found.replace(year=found.year + 1)
+    if found.tzinfo is None:
+        return _on(found.date(), found.time(), zone)
+    try:
+        found.isoformat()  # a UTC offset of a day or more cannot be written
+    except ValueError:
+        raise unreadable from None
+    return found
+
+
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_MONTH_AND_DAY = re.compile(
+    rf"^(?:(?:{_MONTHS})[a-z]*\.?\s+\d{{1,2}}|\d{{1,2}}\s+(?:{_MONTHS})[a-z]*)\b", re.IGNORECASE
+)
+"""What the fallback reads: a month's name and a day, either way round (`dec 24`,
+`24 December 2027`), then whatever time and year dateutil finds after them."""
 
 
 def local_zone(name: str | None) -> tuple[tzinfo, str | None]:
