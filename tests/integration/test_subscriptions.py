@@ -939,3 +939,27 @@ def test_a_try_started_late_in_its_lease_is_not_claimed_again_while_it_runs(
     (delivery,) = deliveries(client, alice, made["id"])
     assert (delivery["status"], delivery["attempt"]) == ("delivered", 1)
     assert [one["status"] for one in delivery["tries"]] == [200]
+
+
+def test_a_url_changed_while_disabled_is_verified_by_its_echo_for_the_enabling(
+    client, alice, receiver, monkeypatch
+):
+    """The new URL's challenge was sent and echoed, the echo thrown away (the subscription
+    was not `unverified`), and the enabling charged another: two of the hourly budget a
+    fix, a 429 once it was spent though the URL had echoed."""
+    setting(monkeypatch, "DUETIDE_VERIFICATION_SENDS_PER_HOUR", "2")
+    made = subscribe(client, alice, receiver)
+    changed = client.patch(f"/subscriptions/{made['id']}", json={"active": False}, headers=alice)
+    assert changed.json["status"] == "disabled"
+    fixed = client.patch(
+        f"/subscriptions/{made['id']}", json={"url": receiver + "/v2"}, headers=alice
+    )
+    assert fixed.status_code == 200 and fixed.json["status"] == "disabled"
+    assert len(Receiver.challenges) == 2  # the new URL's, echoed
+    shown = client.get(f"/subscriptions/{made['id']}", headers=alice).json
+    assert shown["verified_at"] is not None
+
+    enabled = client.patch(f"/subscriptions/{made['id']}", json={"active": True}, headers=alice)
+    assert enabled.status_code == 200, enabled.json
+    assert enabled.json["status"] == "active"
+    assert len(Receiver.challenges) == 2  # nothing charged again

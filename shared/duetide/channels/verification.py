@@ -305,15 +305,23 @@ def _apply(session: Session, preference: Preference, item: Outgoing, now: dateti
 
 
 def _record_subscription(item: WebhookChallenge, now: datetime) -> None:
-    """The subscription is active once its URL echoed, if URL and secret are still the
-    ones challenged and it is waiting for that."""
+    """The subscription's URL is verified once it echoed, if URL and secret are still the
+    ones challenged: one waiting for that is active, and one its owner disabled stays
+    so, verified for its enabling. (The echo of a URL changed while disabled was thrown
+    away, and the enabling charged another challenge: two of the hourly five a fix, an
+    audit, 2026-12-07.)"""
     with db.session_scope() as session:
         query = select(Subscription).where(Subscription.id == item.subscription_id)
         subscription = session.exec(query.with_for_update()).one_or_none()
-        if subscription is None or subscription.status != "unverified":
+        if subscription is None or (subscription.url, subscription.secret) != (
+            item.url,
+            item.secret,
+        ):
             return
-        if (subscription.url, subscription.secret) == (item.url, item.secret):
+        if subscription.status == "unverified":
             subscription.status = "active"
-            subscription.verified_at = now
-            subscription.updated_at = now
-            session.add(subscription)
+        elif subscription.status != "disabled" or subscription.verified_at is not None:
+            return
+        subscription.verified_at = now
+        subscription.updated_at = now
+        session.add(subscription)
