@@ -963,3 +963,31 @@ def test_a_url_changed_while_disabled_is_verified_by_its_echo_for_the_enabling(
     assert enabled.status_code == 200, enabled.json
     assert enabled.json["status"] == "active"
     assert len(Receiver.challenges) == 2  # nothing charged again
+
+
+def test_a_redelivery_has_the_retries_of_a_new_delivery(
+    client, alice, receiver, eventing, monkeypatch
+):
+    """A delivery that spent its tries got one from a redelivery: the receiver's one 503
+    while it came back failed it for good (the policy counted tries since the first)."""
+    setting(monkeypatch, "DUETIDE_SUBSCRIPTION_MAX_ATTEMPTS", "2")
+    made = subscribe(client, alice, receiver)
+    Receiver.script = [503, 503]  # the receiver is down
+    make_task(client, alice, "while it was down")
+    assert eventing.pump() == ["retry"]
+    later = utcnow() + timedelta(seconds=get_settings().duetide_subscription_retry_base_s + 1)
+    assert webhook_deliveries.claim_retries(later, 100) == 1
+    assert eventing.pump() == ["failed"]
+    (failed,) = deliveries(client, alice, made["id"])
+
+    Receiver.script = [503]  # back, one 503 while it warms up
+    path = f"/subscriptions/{made['id']}/deliveries/{failed['id']}/redeliver"
+    assert client.post(path, headers=alice).status_code == 202
+    assert eventing.pump() == ["retry"]
+    (again,) = deliveries(client, alice, made["id"])
+    assert (again["status"], again["attempt"]) == ("pending", 3)
+    assert webhook_deliveries.claim_retries(utcnow() + (later - utcnow()) * 2, 100) == 1
+    assert eventing.pump() == ["delivered"]
+    (done,) = deliveries(client, alice, made["id"])
+    assert (done["status"], done["attempt"]) == ("delivered", 4)
+    assert [one["status"] for one in done["tries"]] == [503, 503, 503, 200]

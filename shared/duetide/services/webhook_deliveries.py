@@ -276,11 +276,11 @@ def _record(
             status = "delivered"
             _finish(delivery, "delivered", now)
         elif webhook_retry.retries(
-            event.attempt, result.retryable, settings.duetide_subscription_max_attempts
+            _in_round(delivery), result.retryable, settings.duetide_subscription_max_attempts
         ):
             status = "retry"
             delivery.next_attempt_at = now + webhook_retry.retry_wait(
-                event.attempt,
+                _in_round(delivery),
                 settings.duetide_subscription_retry_base_s,
                 settings.duetide_subscription_retry_cap_s,
             )
@@ -292,6 +292,12 @@ def _record(
             _account(subscription, result.ok, now, settings)
             session.add(subscription)
     return status
+
+
+def _in_round(delivery: WebhookDelivery) -> int:
+    """Which try of its round the delivery's `attempt` is (1 the first): what the retry
+    policy counts, so a redelivery has the tries of a new delivery."""
+    return delivery.attempt - delivery.round_start + 1
 
 
 def _log_try(
@@ -412,7 +418,7 @@ def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int, int]:
                     delivery.next_attempt_at = now + min(waited, REPUBLISH_CAP)
                     delivery.republished += 1
                     claimed.append(delivery)
-            elif delivery.attempt >= settings.duetide_subscription_max_attempts:
+            elif _in_round(delivery) >= settings.duetide_subscription_max_attempts:
                 spent += 1  # its last try was started and never recorded
                 _finish(delivery, "failed", now)
             else:
@@ -541,11 +547,13 @@ def _go_on_resuming(now: datetime) -> None:
 
 
 def redeliver(session: Session, delivery: WebhookDelivery, now: datetime) -> str:
-    """Try a delivered or failed delivery again (its owner asked), as its next attempt;
-    the id of the outbox event. The caller holds the row's lock."""
+    """Try a delivered or failed delivery again (its owner asked), as its next attempt,
+    the first of a round with the retries of a new delivery; the id of the outbox event.
+    The caller holds the row's lock."""
     lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
     delivery.status = "pending"
     delivery.attempt, delivery.republished = delivery.attempt + 1, 0
+    delivery.round_start = delivery.attempt
     delivery.next_attempt_at = now + lease
     delivery.finished_at = None
     session.add(delivery)

@@ -521,6 +521,7 @@ class WebhookDelivery(SQLModel, table=True):
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     status: DeliveryStatus = _word(16, "pending")
     attempt: int = 1
+    round_start: int = 1  # the first try of the round: a redelivery starts one with its tries
     started: int = 0
     republished: int = 0  # how often try `attempt` was published again, never taken
     next_attempt_at: datetime | None = _utc()
