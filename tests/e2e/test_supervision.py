@@ -9,6 +9,7 @@ child that cannot start.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ from duetide.services.responses import TaskOut
 from duetide.services.schemas import TaskCreate
 from duetide.storage import db
 from duetide.storage.models import Outbox, Task
+from duetide_tools import manifests
 from duetide_tools.local.backlog import count_not_taken
 from duetide_tools.local.broker import LOOPBACK, free_loopback_port
 from duetide_tools.local.eventing import KafkaSourceDispatcher
@@ -395,6 +397,28 @@ def test_a_function_that_cannot_start_is_retried_with_growing_backoff(
         "sweep to come back once its port is free",
         30,
     )
+    assert requests.get(child.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_a_function_that_stops_answering_is_killed_by_its_liveness_probe_and_restarted(
+    supervised: tuple[Stack, list[str]],
+):
+    """The manifests' livenessProbe, run as the kubelet runs it (here every 0.2 s, not the
+    manifests' 10 s): only exits were watched, and a hung function stalled the stack."""
+    stack, messages = supervised
+    child = stack.functions["notify"]
+    assert child.service.liveness == manifests.Probe("/healthz", 10, 2, 3)  # as deployed
+    child.service = dataclasses.replace(
+        child.service, liveness=manifests.Probe("/healthz", 0.2, 0.3, 2)
+    )
+    hung = child.process.pid
+    os.kill(hung, signal.SIGSTOP)  # alive, answering nothing
+    wait_for(lambda: child.process.pid != hung, "a new notify", 30)
+    assert [(r.child, r.pid, r.returncode) for r in stack.restarts] == [
+        ("notify", hung, -signal.SIGKILL)
+    ]
+    assert any(f"notify (pid {hung}) did not answer /healthz" in m for m in messages), messages
+    wait_for(lambda: any(m.startswith("duetide: notify is back") for m in messages), "back", 30)
     assert requests.get(child.url + "/healthz", timeout=5).status_code == 200
 
 

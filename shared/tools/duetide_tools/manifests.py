@@ -55,10 +55,23 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A container's `livenessProbe` (httpGet), Kubernetes' defaults where it is silent:
+    the kubelet restarts the container after `failure_threshold` failures in a row, each
+    `period_s` apart and failing after `timeout_s`."""
+
+    path: str
+    period_s: float = 10.0
+    timeout_s: float = 1.0
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     function: str
     env: dict[str, str] = field(default_factory=dict)
+    liveness: Probe | None = None
 
 
 @dataclass(frozen=True)
@@ -302,7 +315,19 @@ def _service(doc: _Document, name: str) -> ServiceSpec:
     function = env.get("FUNCTION_TARGET")
     if not function:
         raise doc.error(env_path, "FUNCTION_TARGET names no function")
-    return ServiceSpec(name=name, function=function, env=env)
+    return ServiceSpec(name=name, function=function, env=env, liveness=_liveness(doc))
+
+
+def _liveness(doc: _Document) -> Probe | None:
+    probe = "spec.template.spec.containers[0].livenessProbe"
+    if not doc.optional(probe, dict, {}):
+        return None
+    return Probe(
+        path=doc.field(f"{probe}.httpGet.path", str),
+        period_s=_count(doc, f"{probe}.periodSeconds", default=10, minimum=1),
+        timeout_s=_count(doc, f"{probe}.timeoutSeconds", default=1, minimum=1),
+        failure_threshold=_count(doc, f"{probe}.failureThreshold", default=3, minimum=1),
+    )
 
 
 def _topics(doc: _Document) -> tuple[str, ...]:

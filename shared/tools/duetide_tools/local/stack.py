@@ -679,6 +679,33 @@ class Stack:
         elif not watch.back and returncode is None and watch.failures and _healthy(child.url):
             watch.back = True
             self._say(f"{name} is back (pid {child.process.pid}) at {child.url}")
+        elif watch.back and returncode is None and child.service.liveness is not None:
+            self._probe(name, child, child.service.liveness, watch)
+
+    def _probe(
+        self, name: str, child: FunctionProcess, probe: manifests.Probe, watch: _Watch
+    ) -> None:
+        """The Service's livenessProbe, as the kubelet runs it: a function that stopped
+        answering (hung, stopped, its workers all stuck) is killed after
+        `failure_threshold` failed probes in a row and restarted as if it had died. Only
+        exits were watched: a hung function stalled the stack, silently, until someone
+        killed it (an audit, 2026-12-07)."""
+        now = time.monotonic()
+        if now < watch.probe_due:
+            return
+        watch.probe_due = now + probe.period_s
+        if _healthy(child.url, probe.path, probe.timeout_s):
+            watch.probe_failures = 0
+            return
+        watch.probe_failures += 1
+        if watch.probe_failures < probe.failure_threshold:
+            return
+        watch.probe_failures = 0
+        self._say(
+            f"{name} (pid {child.process.pid}) did not answer {probe.path} within "
+            f"{probe.timeout_s:g} s {probe.failure_threshold} times in a row: killing it"
+        )
+        _signal_group(child.process, signal.SIGKILL)
 
     def _watch_dispatchers(self) -> None:
         """A dispatcher whose loop an error ended is replaced after the restart policy's
@@ -861,6 +888,8 @@ class _Watch:
     failures: int = 0  # deaths in a row
     due: float | None = None  # when a dead child is to be restarted
     back: bool = True  # False from a death until it answers its health check again
+    probe_due: float = 0.0  # when its liveness probe is next sent
+    probe_failures: int = 0  # liveness probes failed in a row
 
     def failed(self, policy: RestartPolicy, now: float) -> float:
         """Count a death at `now` and set when to restart; the wait, in seconds."""
@@ -870,9 +899,9 @@ class _Watch:
         return delay
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, path: str = "/healthz", timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
     try:
-        return requests.get(url + "/healthz", timeout=HEALTH_TIMEOUT_S).status_code == 200
+        return requests.get(url + path, timeout=timeout_s).status_code == 200
     except requests.RequestException:
         return False
 
