@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -325,6 +326,61 @@ def test_a_stream_catching_up_spends_a_read_a_batch_as_paging_would(
         stream.close()
     assert len(set(seen)) == 3 * STREAM_BATCH
     assert listed.status_code == 429  # the stream spent the budget; before, 2 reads were left
+
+
+def test_a_stream_is_charged_for_its_size_as_a_page_of_the_feed_is(
+    env: str, tmp_path: Path
+) -> None:
+    """A read a batch whatever its size: 100 MB of large entries streamed in 1.7 s for a
+    few reads, where `GET /activity` charges a read more for each 256 KiB (an audit,
+    2026-12-07). A batch of 100 entries of some 30 KB is 11 reads more."""
+    from duetide.web.live import STREAM_BATCH
+
+    large = "b" * 10_000
+    with db.session_scope() as session:
+        for n in range(STREAM_BATCH):
+            session.add(
+                ActivityEntry(
+                    owner="alice", type=events.TASK_UPDATED, event_id=f"e{n}", source="/t",
+                    task_id=f"t{n}", actor="user:alice", at=utcnow(),
+                    state={"title": "t", "status": "open", "description": large},
+                    changes={"description": {"before": large, "after": large}},
+                )
+            )  # fmt: skip
+    token = issue_local_token("alice")
+    with serving(tmp_path / "paced", DUETIDE_READ_RATE_PER_MINUTE="6") as port:
+        stream = EventStream(port, token)  # a read: 5 left
+        received = sum(len(stream.next_event()["data"]) for _ in range(STREAM_BATCH))
+        listed = requests.get(
+            f"http://127.0.0.1:{port}/tasks",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        stream.close()
+    assert received > 2_900_000
+    assert listed.status_code == 429  # before, 5 reads were left (4 if a batch more was read)
+
+
+def test_a_stream_whose_client_sent_another_request_behind_it_and_left_frees_its_slot(
+    env: str, tmp_path: Path
+) -> None:
+    """uvicorn tells only the latest request read that its client has gone: the stream
+    before it went on, its slot held until a heartbeat's write failed, 30-45 s later, and
+    the same user's new stream was a 429 meanwhile (an audit, 2026-12-07)."""
+    token = issue_local_token("alice")
+    head = f"GET /activity/stream?access_token={token} HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def stream_status() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
+            probe.sendall(head.encode())
+            return probe.recv(200).split(b"\r\n", 1)[0]
+
+    with serving(tmp_path / "serve", DUETIDE_ACTIVITY_MAX_STREAMS="1") as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall((head + "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").encode())
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")  # the stream is on
+        # The client has gone: its slot is free within a poll or two, not a heartbeat.
+        wait_for(lambda: stream_status() == b"HTTP/1.1 200 OK", "the slot back", 5)
 
 
 def max_seq(owner: str) -> int:

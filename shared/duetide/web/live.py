@@ -170,10 +170,18 @@ def _events(
     last_sent = started
     batch = first
     while True:
+        sent = 0
         for token, item in batch:
             since = token
-            yield sse_event(token, item)
+            event = sse_event(token, item)
+            sent += len(event)
+            yield event
             last_sent = time.monotonic()
+        # Charged for its size as a page of the feed is: a read a batch alone let a
+        # stream of large entries send 7-10 times the bytes the same budget gives
+        # `GET /activity` (100 MB in 1.7 s; an audit, 2026-12-07). The debt paces what
+        # follows (`_read_wait`) and the user's other reads.
+        ratelimit.charge_size(owner, sent)
         now = time.monotonic()
         at_end = len(batch) < STREAM_BATCH
         if now >= deadline:

@@ -151,8 +151,16 @@ class EdgeProtocol(HttpToolsProtocol):
         self._start_head_timer()  # the first request's head is due
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Every request of the connection not answered yet reads a disconnect: uvicorn
+        tells only the latest one read (`self.cycle`), so a stream whose client had sent
+        a request behind it and left went on, its slot held until a heartbeat's write
+        failed, 30-45 s later (an audit, 2026-12-07)."""
         self._stop_head_timer()
         self._stop_write_timer()
+        for cycle in (self._running, *(queued[0] for queued in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -184,7 +192,7 @@ class EdgeProtocol(HttpToolsProtocol):
         stream's slot until a write failed, minutes later). uvicorn closed at once: the
         request ran and its answer was lost."""
         self._eof = True
-        cycle = self.cycle
+        cycle = self._running  # not `self.cycle`: a request read behind a stream is that
         streaming = cycle is not None and cycle.response_started and not cycle.response_complete
         incomplete = self._in_head or self._in_body or streaming
         return not incomplete and not self._owes_nothing()
