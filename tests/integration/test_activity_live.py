@@ -370,17 +370,17 @@ def test_a_stream_whose_client_sent_another_request_behind_it_and_left_frees_its
     token = issue_local_token("alice")
     head = f"GET /activity/stream?access_token={token} HTTP/1.1\r\nHost: x\r\n\r\n"
 
-    def stream_status() -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
+    def stream_status(served: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", served), timeout=10) as probe:
             probe.sendall(head.encode())
             return probe.recv(200).split(b"\r\n", 1)[0]
 
-    with serving(tmp_path / "serve", DUETIDE_ACTIVITY_MAX_STREAMS="1") as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+    with serving(tmp_path / "serve", DUETIDE_ACTIVITY_MAX_STREAMS="1") as served:
+        with socket.create_connection(("127.0.0.1", served), timeout=10) as client:
             client.sendall((head + "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").encode())
             assert client.recv(65536).startswith(b"HTTP/1.1 200")  # the stream is on
         # The client has gone: its slot is free within a poll or two, not a heartbeat.
-        wait_for(lambda: stream_status() == b"HTTP/1.1 200 OK", "the slot back", 5)
+        wait_for(lambda: stream_status(served) == b"HTTP/1.1 200 OK", "the slot back", 5)
 
 
 def max_seq(owner: str) -> int:

@@ -617,3 +617,32 @@ def test_a_first_token_made_concurrently_replaces_rather_than_fails(env):
             assert watcher.execute(waiting).scalar(), "the second insert never waited"
     with db.session_scope(read_only=True) as session:
         assert calendar_feed.owner_of(session, token.result(timeout=10)) == "carol"
+
+
+@pytest.mark.parametrize(
+    ("rule", "due", "moved_to"),
+    [
+        ("FREQ=WEEKLY", "2027-03-01T09:00:00+01:00", "2027-03-05T09:00:00+01:00"),
+        ("FREQ=MONTHLY", "2027-01-31T09:00:00+01:00", "2027-02-03T09:00:00+01:00"),  # clamp
+        ("FREQ=HOURLY;INTERVAL=5", "2027-03-01T09:00:00+01:00", "2027-03-01T11:30:00+01:00"),
+    ],
+)
+def test_a_moved_completion_mode_occurrence_is_followed_as_it_would_be_done_when_due(
+    client, alice, env, rule, due, moved_to
+):
+    """In completion mode the next occurrence follows from when the open one is done; the
+    export planned from its schedule, so an occurrence moved to Friday was followed by
+    Mondays a week apart where duetide makes Fridays (an audit, 2026-12-07)."""
+    made = recurring(client, alice, due, rrule=rule, mode="completion", month_end="clamp")
+    moved = client.patch(f"/tasks/{made['id']}", headers=alice, json={"due_at": moved_to})
+    assert moved.status_code == 200, moved.json
+    start, end = datetime(2027, 2, 1, tzinfo=UTC), datetime(2027, 6, 1, tzinfo=UTC)
+    planned = forecast(client, alice, made["series_id"], start, end)[:4]
+    calendar = calendar_of(client, alice)
+    shown = expanded(calendar, f"series-{made['series_id']}@duetide", start, end)
+    (apart,) = [
+        todo.decoded("due").astimezone(UTC)
+        for todo in calendar.walk("VTODO")
+        if str(todo["UID"]) == f"{made['id']}@duetide"
+    ]
+    assert [apart, *shown][:4] == planned

@@ -18,7 +18,9 @@ is done, skipped or missed is behind it, and a calendar app shows what is to do.
   next ``RDATE_OCCURRENCES`` occurrences, from duetide's own rule, are RDATEs instead.
   A calendar app then shows that many; the feed shows more as they come nearer.
 - In completion mode each occurrence follows from when the one before was done; the
-  exported rule is the plan for each done when due (what ``forecast`` shows too). Hourly
+  exported rule is the plan for each done when due (what ``forecast`` shows too). An open
+  occurrence whose due time was moved is exported apart (``open_apart``), and the
+  recurrence starts at the occurrence completing it when due makes. Hourly
   and minutely, that is a fixed elapsed time, which readers step as wall-clock time in a
   zoned DTSTART (an hour off after a DST change): its DTSTART is in UTC.
 - A schedule-mode series that catches up to the future (``catch_up="next_future"``) and
@@ -64,14 +66,36 @@ class ExportedRecurrence:
 
 
 def export(
-    rule: SeriesRule, open_at: datetime, local_index: int, now: datetime
+    rule: SeriesRule,
+    open_at: datetime,
+    local_index: int,
+    now: datetime,
+    due_at: datetime | None = None,
 ) -> ExportedRecurrence:
     """The recurrence from the open occurrence (``open_at``, number ``local_index`` of
-    ``rule``) on, or from the one completing it makes where that skips the ones up to
-    ``now``. Within ``SERIES_WORK``; ``work`` says what it cost, whatever came of it."""
+    ``rule``, due at ``due_at``) on, or from the one completing it makes where that is not
+    the rule's next: it skips the ones up to ``now``, or (completion mode) the open one
+    is due at another time than its schedule's, and the next follows from that. Within
+    ``SERIES_WORK``; ``work`` says what it cost, whatever came of it."""
     spent, apart = 0, False
     zone = ZoneInfo(rule.timezone)
-    if rule.policy.mode == "schedule" and rule.policy.catch_up == "next_future" and open_at <= now:
+    if rule.policy.mode == "completion" and due_at is not None and due_at != open_at:
+        # Exported from its schedule, a moved occurrence's successors were the days the
+        # schedule gives, not those completing it when due makes, which `forecast`
+        # shows and the recurrence creates (an audit, 2026-12-07).
+        following = Meter(NEXT_WORK)
+        try:
+            ahead = rule.next(open_at, local_index, completed_at=due_at, work=following)
+        except RecurrenceError:
+            ahead, following.used = None, following.budget
+        if ahead is None:
+            return ExportedRecurrence(
+                open_at.astimezone(zone), None, (), following.used, True, True
+            )
+        open_at, local_index, spent, apart = ahead.scheduled_at, ahead.index, following.used, True
+    elif (
+        rule.policy.mode == "schedule" and rule.policy.catch_up == "next_future" and open_at <= now
+    ):
         catching_up = Meter(NEXT_WORK)
         try:
             ahead = rule.next(open_at, local_index, now=now, work=catching_up)
@@ -87,7 +111,7 @@ def export(
         return _with_rdates(rule, start, local_index, spent, apart)
     if rule.steps_elapsed_time:
         elapsed = _rrule_from(rule, local_index)
-        return ExportedRecurrence(open_at.astimezone(UTC), elapsed, (), spent)
+        return ExportedRecurrence(open_at.astimezone(UTC), elapsed, (), spent, apart)
     anchoring = Meter(NEXT_WORK)
     nominal = rule.nominal_of(open_at, local_index, anchoring)
     spent += anchoring.used

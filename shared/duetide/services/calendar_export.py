@@ -273,7 +273,7 @@ def _series_todos(found: Series, task: Task, work: Meter, as_of: datetime) -> li
         return []
     try:
         rule = series_rules.rule_of(found)
-        plan = ical_recurrence.export(rule, task.scheduled_at, local_index, as_of)
+        plan = ical_recurrence.export(rule, task.scheduled_at, local_index, as_of, task.due_at)
     except (RecurrenceError, ValidationFailed) as exc:
         log_event(log, "calendar.series_not_exported", series_id=found.id, error=str(exc)[:200])
         return []
