@@ -422,6 +422,24 @@ def test_a_function_that_stops_answering_is_killed_by_its_liveness_probe_and_res
     assert requests.get(child.url + "/healthz", timeout=5).status_code == 200
 
 
+def test_a_database_file_removed_under_the_stack_stops_it_saying_why(
+    supervised: tuple[Stack, list[str]],
+):
+    """The running functions wrote on into the removed file, each one restarted made a
+    new empty one, and events were answered 503 until dead-lettered, while the console
+    said nothing (an audit, 2026-12-07)."""
+    stack, messages = supervised
+    reasons: list[str] = []
+    stack.on_fatal = reasons.append
+    database = stack.home / "duetide.db"
+    assert database.exists()
+    for path in stack.home.glob("duetide.db*"):
+        path.unlink()
+    wait_for(lambda: reasons, "the stack to give up", 10)
+    assert any(reasons[0] in message for message in messages)  # said on the console
+    assert f"the database file {database.resolve()} was removed or replaced" in reasons[0]
+
+
 def _recurring_task_completed(engine: Engine, title: str) -> TaskOut:
     """What the tasks function does for a user: a weekly task created, then completed;
     its two events wait in the outbox for the sweep."""

@@ -49,10 +49,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         progress=None if args.quiet else steps.show,
     )
     stopping = threading.Event()
+    fatal: list[str] = []
 
     def request_stop() -> None:
         stack.request_stop()  # a start under way gives up at its next step
         stopping.set()
+
+    def stop_for(reason: str) -> None:
+        fatal.append(reason)
+        request_stop()
+
+    stack.on_fatal = stop_for
 
     def on_signal(signum: int, _frame: object) -> None:
         # Event.set takes the lock that the interrupted main thread may hold (inside an
@@ -76,6 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         stopping.wait()
         with contextlib.suppress(OSError):  # the terminal that was closed (EIO)
             print("duetide: stopping", flush=True)
+        code = 1 if fatal else 0
     except StartCancelled:
         with contextlib.suppress(OSError):
             steps.end_line()

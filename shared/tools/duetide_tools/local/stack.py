@@ -271,6 +271,9 @@ class Stack:
     None: `requeue_lost_events`."""
     stop_grace_s: float = 1.0
     """How long a function may take to exit after SIGTERM on stop, before SIGKILL."""
+    on_fatal: Callable[[str], object] | None = None
+    """Called once, with the reason, when the stack cannot go on (its SQLite database
+    file was removed or replaced): `up` stops with it. None: said only."""
     report: Callable[[str], None] | None = None
     """Where supervisor messages go (default: stdout, "duetide: ..."); also logs/up.log."""
     progress: Callable[[str, float | None], None] | None = None
@@ -292,6 +295,10 @@ class Stack:
     _dispatcher_watches: dict[str, _Watch] = field(default_factory=dict, init=False, repr=False)
     _retiring_until: float = field(default=0.0, init=False, repr=False)
     _home_lock: IO[str] | None = field(default=None, init=False, repr=False)
+    _database_file: tuple[Path, tuple[int, int] | None] | None = field(
+        default=None, init=False, repr=False
+    )
+    _database_checked: float = field(default=0.0, init=False, repr=False)
 
     @property
     def restarts(self) -> list[Restart]:
@@ -315,6 +322,9 @@ class Stack:
         wiring = self.wiring
         self.database_url = self.database_url or f"sqlite:///{self.home / 'duetide.db'}"
         self._step("migrating the database", lambda: _migrate(self.database_url))
+        path = _sqlite_path(self.database_url)
+        if path is not None:
+            self._database_file = (path, _identity(path))
         previous = self._last_broker_start()
         if previous is not None:  # sent again to whichever broker this run uses
             requeued = self._step(
@@ -654,6 +664,7 @@ class Stack:
                 if self.broker is not None:
                     self._watch_broker(self.broker, broker_watch)
                 self._watch_dispatchers()
+                self._watch_database_file()
             except Exception:  # the supervisor must outlive any one failure
                 log.exception("duetide: the supervisor hit an error; it carries on")
         self._released.wait()
@@ -706,6 +717,29 @@ class Stack:
             f"{probe.timeout_s:g} s {probe.failure_threshold} times in a row: killing it"
         )
         _signal_group(child.process, signal.SIGKILL)
+
+    def _watch_database_file(self) -> None:
+        """The SQLite file the stack started on must stay the one its functions use. One
+        removed (or replaced) while they ran split them across two databases: the running
+        ones wrote on into the removed file, lost when they closed it, and each one
+        restarted made a new, empty file and answered every event 503 (an audit,
+        2026-12-07). The stack stops instead, saying why."""
+        watched, now = self._database_file, time.monotonic()
+        if watched is None or now - self._database_checked < DATABASE_CHECK_S:
+            return
+        self._database_checked = now
+        path, identity = watched
+        if _identity(path) == identity:
+            return
+        self._database_file = None  # said once
+        reason = (
+            f"the database file {path} was removed or replaced while the stack ran; "
+            "stopping, so that no function writes to a database the others do not read "
+            "(what was written since is in the removed file, lost once they close it)"
+        )
+        self._say(reason)
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     def _watch_dispatchers(self) -> None:
         """A dispatcher whose loop an error ended is replaced after the restart policy's
@@ -897,6 +931,27 @@ class _Watch:
         delay = policy.delay(self.failures)
         self.due = now + delay
         return delay
+
+
+DATABASE_CHECK_S = 1.0
+"""How often the supervisor checks that the SQLite file is still the one it started on."""
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database, or SQLite in memory)."""
+    parsed = sqlalchemy.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return None if parsed.database == ":memory:" else Path(parsed.database).resolve()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode: another file at the same path has others."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _healthy(url: str, path: str = "/healthz", timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
