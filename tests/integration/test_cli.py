@@ -492,6 +492,27 @@ def test_an_answer_cut_short_of_its_length_is_an_error_not_the_part_sent(
     assert ran.out == ""
 
 
+@pytest.mark.parametrize(
+    ("body", "command"),
+    [
+        (b'{"count": 3}', ("task", "ls")),
+        (b"[1, 2]", ("task", "ls")),
+        (b'{"items": [1, 2]}', ("task", "ls")),
+        (b"[]", ("task", "rm", "abc")),  # was `deleted abc`, exit 0
+    ],
+)
+def test_an_answer_that_is_not_the_apis_shape_says_so(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch, body: bytes, command: tuple[str]
+) -> None:
+    """Something else at DUETIDE_URL answering JSON: "unexpected KeyError" (exit 1), or a
+    deletion reported done (an audit, 2026-12-07)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with answering(monkeypatch, head + body):
+        ran = cli(*command)
+    assert ran.code == 1 and "did not answer as the duetide API does" in ran.err, ran.err
+    assert "unexpected" not in ran.err and ran.out == ""
+
+
 @contextlib.contextmanager
 def losing_first_answer(
     upstream: str, then_drop: int = 0, then: bool = True, instead: bytes = b""

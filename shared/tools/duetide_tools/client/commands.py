@@ -140,7 +140,7 @@ def task_ls(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
         "limit": args.limit,
         "cursor": args.cursor,
     }
-    page = api.get("/tasks", query)
+    page = api.page("/tasks", query)
     return _emit(args, page, lambda: _page(page, tables.tasks(page["items"], zone), "tasks"))
 
 
@@ -185,7 +185,7 @@ def task_rm(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
 
 
 def series_ls(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
-    page = api.get("/series", {"limit": args.limit, "cursor": args.cursor})
+    page = api.page("/series", {"limit": args.limit, "cursor": args.cursor})
     return _emit(args, page, lambda: _page(page, tables.series(page["items"], zone), "series"))
 
 
@@ -194,13 +194,13 @@ def series_show(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
     if args.json:
         return _emit(args, found, str)
     query = {"series_id": found["id"], "status": "open", "limit": 1}
-    open_one = next(iter(api.get("/tasks", query)["items"]), None)
+    open_one = next(iter(api.page("/tasks", query)["items"]), None)
     upcoming: list[str] = []
     if found["status"] == "active":
         # The forecast starts at the open occurrence (at its due time), if there is one:
         # filtered by the latest scheduled time, a moved one was listed twice.
         count = FORECAST + (open_one is not None)
-        answer = api.get(f"/series/{_id(args.id)}/occurrences", {"count": count})
+        answer = api.page(f"/series/{_id(args.id)}/occurrences", {"count": count}, of=str)
         upcoming = answer["items"][1:] if open_one is not None else answer["items"]
     print(tables.terminal_text(tables.series_detail(found, open_one, upcoming, zone)))
     return 0
@@ -225,7 +225,7 @@ def series_end(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
 
 
 def notifications(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
-    page = api.get("/notifications", {"limit": args.limit, "cursor": args.cursor})
+    page = api.page("/notifications", {"limit": args.limit, "cursor": args.cursor})
     shown = tables.notifications(page["items"], zone)
     return _emit(args, page, lambda: _page(page, shown, "notifications"))
 

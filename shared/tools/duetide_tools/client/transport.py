@@ -84,6 +84,15 @@ class Api:
     def get(self, path: str, query: dict[str, Any] | None = None) -> Any:
         return self.call("GET", path, query=query)
 
+    def page(self, path: str, query: dict[str, Any] | None = None, of: type = dict) -> Any:
+        """A GET of a list: an object whose `items` is a list of `of` (objects, or the
+        times of a forecast)."""
+        answer = self.get(path, query)
+        items = answer.get("items") if isinstance(answer, dict) else None
+        if not isinstance(items, list) or not all(isinstance(item, of) for item in items):
+            raise ClientError(_not_the_api(self.url))
+        return answer
+
     def post(self, path: str, body: Any = None) -> Any:
         return self.call("POST", path, body=body)
 
@@ -211,14 +220,23 @@ def unreachable(url: str, reason: object) -> str:
 
 
 def _decode(raw: bytes, url: str) -> Any:
+    """The answer's JSON object: the API answers nothing else (or nothing, a 204). A
+    list or a number from something else at the URL was an "unexpected KeyError"."""
     if len(raw) > MAX_ANSWER_BYTES:
         raise ClientError(f"the answer from {url} is larger than {MAX_ANSWER_BYTES} bytes")
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        answer = json.loads(raw)
     except ValueError:
         raise ClientError(f"{url} did not answer JSON: is it the duetide API?") from None
+    if not isinstance(answer, dict):
+        raise ClientError(_not_the_api(url))
+    return answer
+
+
+def _not_the_api(url: str) -> str:
+    return f"{url} did not answer as the duetide API does: is DUETIDE_URL the duetide API?"
 
 
 def _api_error(exc: urllib.error.HTTPError) -> ApiError:
