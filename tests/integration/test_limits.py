@@ -252,6 +252,30 @@ def test_a_forged_task_cursor_is_400(client, alice, sort, value):
     refused(response, 400, "bad_request")
 
 
+@pytest.mark.parametrize("title", ["日本語のタスク" * 70, "é" * 499, '"' * 499, "😀" * 499])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_a_title_sorted_list_pages_past_any_title_the_api_takes(client, alice, title, order):
+    """The cursor holds the title it ends on, `\\u`-escaped: past 141 CJK characters it
+    was longer than a cursor may be, and the server refused its own `next_cursor` (422),
+    every later page out of reach (an audit, 2026-12-07)."""
+    made = {
+        client.post("/tasks", json={"title": title[:499] + str(n)}, headers=alice).json["id"]
+        for n in range(3)
+    }
+    seen, cursor = [], ""
+    while True:
+        query = {"sort": "title", "order": order, "limit": 1, "cursor": cursor or None}
+        page = client.get(
+            "/tasks", query_string={k: v for k, v in query.items() if v}, headers=alice
+        )
+        assert page.status_code == 200, page.json
+        seen += [task["id"] for task in page.json["items"]]
+        cursor = page.json["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == 3 and set(seen) == made
+
+
 # --- recurrence expansion -----------------------------------------------------------------
 
 EVERY_MINUTE_OF_A_MONTH = f"FREQ=MONTHLY;BYHOUR={HOURS};BYMINUTE={MINUTES}"  # 44 640 a month

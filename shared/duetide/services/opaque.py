@@ -10,7 +10,10 @@ from typing import Any
 
 
 def dump(value: Any) -> str:
-    raw = json.dumps(value, separators=(",", ":"))
+    """UTF-8 as it is, not `\\u` escapes: an escape is six characters for a character's
+    two to four bytes, and a cursor naming a title of 500 such characters came out longer
+    than a cursor may be (an audit, 2026-12-07). `load` reads both."""
+    raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 

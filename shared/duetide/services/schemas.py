@@ -55,6 +55,11 @@ Title = Annotated[
     AfterValidator(_strip_blanks),
 ]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
+MAX_CURSOR_CHARS = (6 * MAX_TITLE_CHARS + 256) * 4 // 3
+"""A page cursor's bound: one naming a title (`sort=title`) holds it whole, each character
+at most six bytes of JSON (a control character's escape), and base64 makes three bytes
+four characters. A bound of 1,000 refused the server's own cursor past a title of 141
+CJK characters (an audit, 2026-12-07)."""
 
 
 # Years 1900-8999: room for reminder offsets and recurrence maths within Python's years.
@@ -427,7 +432,7 @@ class TaskQuery(RequestModel):
     sort: Literal["created_at", "due_at", "priority", "title"] = "created_at"
     order: Literal["asc", "desc"] = "asc"
     limit: QueryInt = Field(50, ge=1, le=MAX_PAGE)
-    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    cursor: Annotated[str, StringConstraints(max_length=MAX_CURSOR_CHARS)] | None = None
 
 
 class KeysetPageQuery(RequestModel):
