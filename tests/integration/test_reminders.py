@@ -21,7 +21,7 @@ from sqlmodel import col, select, update
 
 from duetide import events
 from duetide.channels import webhook
-from duetide.services import sweep
+from duetide.services import reminder_actions, sweep
 from duetide.storage import db
 from duetide.storage.models import Notification, Outbox, Preference, Reminder, Task, utcnow
 from duetide_tools.local.broker import free_loopback_port
@@ -158,6 +158,34 @@ def test_upcoming_reminders_page_past_the_first_page_and_dismissals_shift_nothin
     assert [i for i in seen if i in set(ids)] == expected
     bad = client.get("/reminders/upcoming?cursor=bm90LWEtY3Vyc29y", headers=alice)
     assert bad.status_code == 400 and bad.json["error"]["code"] == "bad_request"
+
+
+def test_upcoming_reminders_read_a_bounded_window_a_page_and_page_past_done_tasks(
+    client, alice, monkeypatch
+):
+    """A done task's reminders stay pending until their time: a page read past all of
+    them to find open tasks' (1 s for 200,000, an audit, 2026-12-07). A page now reads a
+    window of them (3 here); one that held too few gives a short page whose cursor goes
+    on after it, and following the cursors shows each open task's reminder once, in order."""
+    monkeypatch.setattr(reminder_actions, "UPCOMING_SCAN", 3)
+    opened = []
+    for day in range(1, 10):
+        task = make_task(client, alice, reminders=[{"at": f"2030-01-0{day}T09:00:00Z"}])
+        if day in (1, 2, 3, 4, 5, 7):  # done: their reminders pending, not upcoming
+            assert client.post(f"/tasks/{task['id']}/complete", headers=alice).status_code == 200
+        else:
+            opened.append(task["reminders"][0]["id"])
+    pages, cursor = [], None
+    while True:
+        query = "limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(f"/reminders/upcoming?{query}", headers=alice)
+        assert page.status_code == 200, page.json
+        pages.append([item["id"] for item in page.json["items"]])
+        cursor = page.json["next_cursor"]
+        if cursor is None:
+            break
+    assert [i for page in pages for i in page] == opened  # days 6, 8, 9
+    assert pages[0] == []  # days 1-3, all done: a short page, and a cursor after it
 
 
 def test_reminders_of_another_user_are_not_found(client, alice, bob):

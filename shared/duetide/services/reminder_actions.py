@@ -39,27 +39,41 @@ def _locked(session: Session, owner: str, reminder_id: str) -> Reminder:
     return reminder
 
 
+UPCOMING_SCAN = 2_000
+"""The most pending reminders one page of `upcoming` reads (in `fire_at` order)."""
+
+
 def upcoming(session: Session, owner: str, limit: int, cursor: str | None) -> UpcomingPage:
     """Pending reminders of open tasks, soonest first, a keyset page at a time (by
     `fire_at`, then id: a reminder that fired, or was snoozed, while the client paged
-    moves no other one onto a page already read); each in its task's zone."""
+    moves no other one onto a page already read); each in its task's zone.
+
+    A page reads at most `UPCOMING_SCAN` of the owner's pending reminders: those of done
+    tasks stay pending until their time (a reopen re-arms them), and a page read past
+    all of them, 1 s a page for 200,000 (an audit, 2026-12-07). A window that held too
+    few of open tasks gives a short page, its cursor after the window's last reminder."""
     fire_at, key = col(Reminder.fire_at), col(Reminder.id)
-    query = (
-        select(Reminder, Task, Series.timezone)
-        .join(Task, col(Task.id) == col(Reminder.task_id))
-        .outerjoin(Series, col(Series.id) == col(Task.series_id))
-        .where(
-            Reminder.owner == owner,
-            Reminder.state == "pending",
-            fire_at.is_not(None),
-            Task.status == "open",
-        )
+    pending = select(key, fire_at).where(
+        Reminder.owner == owner, Reminder.state == "pending", fire_at.is_not(None)
     )
     if cursor is not None:
         at, last_id = keyset.decode(cursor)
-        query = query.where(keyset.after(fire_at, key, at, last_id, descending=False))
+        pending = pending.where(keyset.after(fire_at, key, at, last_id, descending=False))
+    pending = pending.order_by(fire_at, key)
+    window = pending.limit(UPCOMING_SCAN).subquery()
+    query = (
+        select(Reminder, Task, Series.timezone)
+        .join(window, window.c.id == key)
+        .join(Task, col(Task.id) == col(Reminder.task_id))
+        .outerjoin(Series, col(Series.id) == col(Task.series_id))
+        .where(Task.status == "open")
+    )
     rows = session.exec(query.order_by(fire_at, key).limit(limit + 1)).all()
     shown, after = keyset.page(list(rows), limit, lambda row: (row[0].fire_at, row[0].id))
+    if after is None:  # the window's end, if it was full: the next page reads on from there
+        last = session.exec(pending.offset(UPCOMING_SCAN - 1).limit(1)).first()
+        if last is not None and last[1] is not None:
+            after = keyset.encode(last[1], last[0])
     return UpcomingPage(
         items=[
             UpcomingReminder(
