@@ -3,6 +3,7 @@ and each goes down again (SQLite through batch operations)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,5 +198,52 @@ def test_0019_drops_the_indexes_others_lead_with_and_goes_down(empty_database: s
         assert any(columns[0] == "series_id" for columns in left["task"])
         command.downgrade(config, "0018")
         assert dropped <= names()
+    finally:
+        engine.dispose()
+
+
+def test_0024_brings_stored_text_to_nfc_and_merges_a_tag_stored_in_both_forms(
+    empty_database: str,
+):
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session
+
+    from duetide.storage.models import Series, Task, TaskTag
+
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0023")
+    engine = create_engine(empty_database)
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    try:
+        with Session(engine) as session:
+            series = Series(
+                owner="alice", rrule="FREQ=DAILY", timezone="UTC", dtstart=at, last_at=at,
+                title=f"{nfd} weekly", description=nfd, tags=[nfd, nfc, "plain"],
+            )  # fmt: skip
+            task = Task(owner="alice", title=f"{nfd} run", description=f"a {nfd}")
+            other = Task(owner="alice", title="ascii only")
+            session.add_all([series, task, other])
+            session.flush()
+            session.add_all(
+                [TaskTag(task_id=task.id, tag=t) for t in (nfd, nfc, f"{nfd}s")]
+                + [TaskTag(task_id=other.id, tag=nfd)]
+            )
+            session.commit()
+            ids = series.id, task.id, other.id
+
+        command.upgrade(config, "0024")
+
+        with engine.connect() as conn:
+            texts = set(conn.execute(text("SELECT title, description FROM task")))
+            texts |= set(conn.execute(text("SELECT title, description FROM series")))
+            tags = sorted(conn.execute(text("SELECT task_id, tag FROM task_tag")))
+            (stored,) = conn.execute(text("SELECT tags FROM series"))
+        assert texts == {(f"{nfc} run", f"a {nfc}"), ("ascii only", ""), (f"{nfc} weekly", nfc)}
+        assert tags == sorted([(ids[1], nfc), (ids[1], f"{nfc}s"), (ids[2], nfc)])
+        series_tags = stored[0] if isinstance(stored[0], list) else json.loads(stored[0])
+        assert series_tags == sorted([nfc, "plain"])
+        command.downgrade(config, "0023")  # nothing to undo, and it goes down
     finally:
         engine.dispose()

@@ -260,3 +260,16 @@ def test_a_pattern_refusal_says_what_is_wanted_not_the_regex(client, alice):
         response = getattr(client, method)(path, json=body, headers=alice)
         assert response.status_code == 422, response.json
         assert response.json["error"]["details"] == [{"field": field, "message": words}]
+
+
+def test_text_in_either_unicode_form_is_one_tag_and_found_in_the_other(client, alice):
+    """`café` typed as é on one device and as e with a combining accent on another (macOS
+    often gives that): two tags on one task, and a filter or search in one form missed
+    the other (an audit, 2026-12-07). Stored, and compared, in NFC."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    made = client.post("/tasks", json={"title": f"{nfd} run", "tags": [nfc, nfd]}, headers=alice)
+    assert made.status_code == 201, made.json
+    assert made.json["tags"] == [nfc] and made.json["title"] == f"{nfc} run"
+    for query in ({"tag": nfc}, {"tag": nfd}, {"q": nfc}, {"q": nfd}):
+        found = client.get("/tasks", query_string=query, headers=alice)
+        assert [task["id"] for task in found.json["items"]] == [made.json["id"]], query

@@ -3,6 +3,8 @@ and the patterns text fields are held to, with the words a refusal says."""
 
 from __future__ import annotations
 
+import unicodedata
+
 # ASCII blanks only: regex `\s` and str.strip() disagree on which Unicode characters are
 # white space, and the document's pattern must mean here what it means to every client.
 BLANKS = " \t\n\r\f\v"
@@ -31,3 +33,9 @@ def text_problem(text: str) -> str | None:
         except UnicodeEncodeError:
             return "lone surrogates (U+D800 to U+DFFF) are not text"
     return None
+
+
+def nfc(text: str) -> str:
+    """`text` in Unicode's composed form (NFC), the one form user text is kept and
+    compared in (`services.schemas`, migration 0024)."""
+    return unicodedata.normalize("NFC", text)

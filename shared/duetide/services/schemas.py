@@ -28,7 +28,7 @@ from pydantic.json_schema import JsonDict
 from duetide.events import TASK_EVENTS
 from duetide.rules.recurrence import FREQUENCIES
 from duetide.rules.reminders import MIN_GRACE
-from duetide.rules.text import BLANKS, CLOCK_TIME, NOT_BLANK, QUERY_INTEGER
+from duetide.rules.text import BLANKS, CLOCK_TIME, NOT_BLANK, QUERY_INTEGER, nfc
 from duetide.vocabulary import CatchUp, Channel, Mode, MonthEnd, Priority, TaskStatus
 
 SERVER_OWNED = frozenset(
@@ -40,21 +40,30 @@ MAX_PAGE = 200
 MAX_FORECAST = 500
 
 
-# Not blank, and stripped of blanks around it (`rules.text`).
-def _strip_blanks(value: str) -> str:
-    return value.strip(BLANKS)
+# Text a user writes is kept, and compared, in one Unicode form (NFC): `café` typed on
+# one device (é) and on another (e and a combining accent, as macOS often gives) were two
+# tags on one task, and a filter or search in one form missed the other (an audit,
+# 2026-12-07). A few characters grow in NFC: the bound is checked again after it.
+def _in_nfc(max_chars: int, strip: bool = False) -> AfterValidator:
+    def tidy(value: str) -> str:
+        value = nfc(value)
+        if strip:  # not blank, and stripped of blanks around it (`rules.text`)
+            value = value.strip(BLANKS)
+        if len(value) > max_chars:
+            raise ValueError(f"String should have at most {max_chars} characters")
+        return value
+
+    return AfterValidator(tidy)
 
 
-Tag = Annotated[
-    str, StringConstraints(max_length=64, pattern=NOT_BLANK), AfterValidator(_strip_blanks)
-]
+Tag = Annotated[str, StringConstraints(max_length=64, pattern=NOT_BLANK), _in_nfc(64, strip=True)]
 MAX_TITLE_CHARS = 500
 Title = Annotated[
     str,
     StringConstraints(max_length=MAX_TITLE_CHARS, pattern=NOT_BLANK),
-    AfterValidator(_strip_blanks),
+    _in_nfc(MAX_TITLE_CHARS, strip=True),
 ]
-Description = Annotated[str, StringConstraints(max_length=10_000)]
+Description = Annotated[str, StringConstraints(max_length=10_000), _in_nfc(10_000)]
 MAX_CURSOR_CHARS = (6 * MAX_TITLE_CHARS + 256) * 4 // 3
 """A page cursor's bound: one naming a title (`sort=title`) holds it whole, each character
 at most six bytes of JSON (a control character's escape), and base64 makes three bytes
@@ -427,7 +436,7 @@ class TaskQuery(RequestModel):
     tag: Tag | None = None
     due_before: Instant | None = None
     due_after: Instant | None = None
-    q: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    q: Annotated[str, StringConstraints(min_length=1, max_length=200), _in_nfc(200)] | None = None
     series_id: Annotated[str, StringConstraints(max_length=36)] | None = None
     sort: Literal["created_at", "due_at", "priority", "title"] = "created_at"
     order: Literal["asc", "desc"] = "asc"
