@@ -4,6 +4,9 @@ and each goes down again (SQLite through batch operations)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +250,105 @@ def test_0024_brings_stored_text_to_nfc_and_merges_a_tag_stored_in_both_forms(
         command.downgrade(config, "0023")  # nothing to undo, and it goes down
     finally:
         engine.dispose()
+
+
+def _differences(url: str) -> list:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(compare_metadata(MigrationContext.configure(connection), SQLModel.metadata))
+    finally:
+        engine.dispose()
+
+
+def test_a_database_that_ran_the_first_versions_of_0012_and_0020_is_repaired(
+    empty_database: str,
+):
+    """0012 and 0020 gained columns and indexes after they were committed: a database that
+    ran their first versions was stamped past them without those, and the functions
+    answered 503 "run the migrations" with none left to run (an audit, 2026-12-07)."""
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0024")
+    engine = create_engine(empty_database)
+    try:
+        with engine.begin() as conn:  # what the first versions left out
+            for index in ("ix_delivery_parked", "ix_subscription_resuming"):
+                conn.execute(text(f"DROP INDEX {index}"))
+            for table, column in (
+                ("subscription", "previous_secret"),
+                ("subscription", "previous_secret_until"),
+                ("subscription", "resuming"),
+                ("processed_event", "result"),
+            ):
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        assert _differences(empty_database)  # as such a database was
+        migrate.upgrade(empty_database)
+        assert _differences(empty_database) == []
+    finally:
+        engine.dispose()
+
+
+def test_0020_cut_off_after_its_columns_runs_again_to_the_end(empty_database: str):
+    """Its concurrent index builds commit the columns added before them: one cut off (a
+    lock timeout, a kill) left them with the version at 0019, and every run after failed
+    on DuplicateColumn (an audit, 2026-12-07)."""
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0019")
+    engine = create_engine(empty_database)
+    try:
+        with engine.begin() as conn:  # what a run cut off in its first index build left
+            conn.execute(
+                text(
+                    "ALTER TABLE webhook_delivery ADD COLUMN republished INTEGER DEFAULT 0 NOT NULL"
+                )
+            )
+            conn.execute(text("ALTER TABLE processed_event ADD COLUMN result VARCHAR(36)"))
+        migrate.upgrade(empty_database)
+        assert migrate.current_revision(empty_database) == migrate.head()
+        assert _differences(empty_database) == []
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_newer_than_the_code_is_nothing_to_do_not_a_failure(empty_database: str):
+    """A rollback's migration Job (the previous image) met a revision it did not know,
+    failed, and stopped the rollback at its first step (an audit, 2026-12-07)."""
+    migrate.upgrade(empty_database)
+    engine = create_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(migrate.SchemaNewer, match=r"\(9999\) is newer than this code's"):
+        migrate.upgrade(empty_database)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="PostgreSQL's advisory lock")
+def test_two_migrations_at_once_on_postgresql_run_one_after_the_other(tmp_path: Path):
+    """Two deploys' Jobs, or two `duetide migrate`, at once: one failed on the other's
+    half-made types (UniqueViolation in pg_type) or both deadlocked (an audit, 2026-12-07).
+    Two processes, as they are (alembic's context is one per process)."""
+    schema = f"mig_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(libpq(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    env = {**os.environ, "DATABASE_URL": url, "DUETIDE_HOME": str(tmp_path)}
+    command_line = [sys.executable, "-m", "duetide.storage.migrate"]
+    try:
+        runs = [
+            subprocess.Popen(command_line, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        answers = [run.communicate(timeout=120) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], answers
+        assert migrate.current_revision(url) == migrate.head()
+        assert _differences(url) == []
+    finally:
+        with psycopg.connect(libpq(POSTGRES_URL), autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -43,6 +43,31 @@ def create_index_concurrently(
         op.create_index(name, table, columns, postgresql_concurrently=True, **partial)
 
 
+def add_column_if_missing(table: str, column: Any) -> None:
+    """In a migration: add `column` unless the table has it. A migration whose columns
+    are committed before an autocommit block (a concurrent index) and that fails in the
+    block is run again from its start: a plain add then failed for good (DuplicateColumn;
+    an audit, 2026-12-07)."""
+    from alembic import op
+    from sqlalchemy import inspect
+
+    present = {c["name"] for c in inspect(op.get_bind()).get_columns(table)}
+    if column.name not in present:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(column)
+
+
+def create_index_if_missing(
+    name: str, table: str, columns: list[str], where: str | None = None
+) -> None:
+    """`create_index_concurrently`, unless an index of that name is on the table."""
+    from alembic import op
+    from sqlalchemy import inspect
+
+    if name not in {index["name"] for index in inspect(op.get_bind()).get_indexes(table)}:
+        create_index_concurrently(name, table, columns, where)
+
+
 def drop_index_concurrently(name: str, table: str) -> None:
     """In a migration: drop an index of a table the functions keep writing, on PostgreSQL
     CONCURRENTLY (a plain DROP INDEX waits for, then blocks, every reader and writer)."""
@@ -55,9 +80,50 @@ def drop_index_concurrently(name: str, table: str) -> None:
         op.drop_index(name, table, postgresql_concurrently=True, if_exists=True)
 
 
+class SchemaNewer(Exception):
+    """The database is at a revision this code does not know: a newer release migrated it."""
+
+
 def upgrade(url: str | None = None) -> None:
-    """Bring the database at `url` (default: the configured one) to the newest schema."""
-    command.upgrade(alembic_config(url), "head")
+    """Bring the database at `url` (default: the configured one) to the newest schema.
+
+    `SchemaNewer` when a newer release's migrations have run: every migration leaves the
+    schema usable by the code before it (DEPLOY.md), so that is nothing to do, and a
+    rollback's migration Job must not fail on it (alembic's "Can't locate revision"
+    stopped the rollback at its first step; an audit, 2026-12-07)."""
+    config = alembic_config(url)
+    current = current_revision(url)
+    if current is not None and current not in known_revisions():
+        raise SchemaNewer(
+            f"the database's schema ({current}) is newer than this code's ({head()}): nothing to do"
+        )
+    command.upgrade(config, "head")
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return {revision.revision for revision in script.walk_revisions()}
+
+
+def head() -> str:
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head())
+
+
+def current_revision(url: str | None = None) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    from duetide.storage.db import make_engine
+
+    engine = make_engine(url or get_settings().effective_database_url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
 
 
 def revision(message: str, url: str) -> None:
@@ -67,7 +133,11 @@ def revision(message: str, url: str) -> None:
 
 def main() -> int:
     """`duetide-migrate`: the production image's migration command (the Job's)."""
-    upgrade()
+    try:
+        upgrade()
+    except SchemaNewer as newer:
+        print(f"duetide-migrate: {newer}")
+        return 0
     print("database schema is up to date")
     return 0
 

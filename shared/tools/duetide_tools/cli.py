@@ -232,7 +232,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from duetide.storage import migrate
 
-    migrate.upgrade()
+    try:
+        migrate.upgrade()
+    except migrate.SchemaNewer as newer:
+        print(f"duetide: {newer}")
+        return 0
     print("database is at the newest schema")
     return 0
 

@@ -218,6 +218,8 @@ def _migrate(url: str) -> None:
     where = _where(url)
     try:
         migrate.upgrade(url)
+    except migrate.SchemaNewer as newer:  # a newer checkout's: its schema serves this code
+        _warn(str(newer))
     except sqlalchemy.exc.DatabaseError as exc:  # not a database, a damaged one: named
         raise StackError(f"the database {where} cannot be migrated: {exc.orig}") from None
     engine = sqlalchemy.create_engine(url)

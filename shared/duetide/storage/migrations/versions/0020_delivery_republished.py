@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from duetide.storage.migrate import create_index_concurrently
+from duetide.storage.migrate import add_column_if_missing, create_index_concurrently
 
 revision: str = "0020"
 down_revision: str | None = "0019"
@@ -31,19 +31,22 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("webhook_delivery", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("republished", sa.Integer(), nullable=False, server_default="0")
-        )
-    with op.batch_alter_table("processed_event", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("result", sa.String(length=36), nullable=True))
+    # Each add skips a column there already: the concurrent index builds below commit
+    # what came before them, and a build cut off (lock_timeout, a kill) left the columns
+    # with the version still 0019, so every run after failed on them (an audit,
+    # 2026-12-07).
+    add_column_if_missing(
+        "webhook_delivery",
+        sa.Column("republished", sa.Integer(), nullable=False, server_default="0"),
+    )
+    add_column_if_missing("processed_event", sa.Column("result", sa.String(length=36)))
     create_index_concurrently(
         "ix_delivery_parked", "webhook_delivery", ["subscription_id"], "status = 'parked'"
     )
-    with op.batch_alter_table("subscription", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("resuming", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+    add_column_if_missing(
+        "subscription",
+        sa.Column("resuming", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     create_index_concurrently("ix_subscription_resuming", "subscription", ["id"], "resuming")
 
 
