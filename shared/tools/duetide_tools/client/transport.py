@@ -105,20 +105,20 @@ class Api:
         at once met its refused port. If none gets an answer, the error says the request
         may have been carried out."""
         headers = {"Idempotency-Key": str(uuid.uuid4())}
-        error = self._try_create(path, body, headers)
-        if not isinstance(error, ClientError):
-            return error
+        outcome = self._try_create(path, body, headers)
+        if not isinstance(outcome, ClientError):
+            return outcome
         resending = time.monotonic()
         for n, wait in enumerate(RESEND_WAITS):
-            wait = max(wait, _seconds(getattr(error, "retry_after", "")))
+            wait = max(wait, _seconds(getattr(outcome, "retry_after", "")))
             if n and time.monotonic() - resending + wait > self.timeout_s:
                 break  # an API that answers nothing: one resend, not one timeout each
             time.sleep(wait)
-            error = self._try_create(path, body, headers)
-            if not isinstance(error, ClientError):
-                return error
+            outcome = self._try_create(path, body, headers)
+            if not isinstance(outcome, ClientError):
+                return outcome
         raise ClientError(
-            f"{error}; the request may have been carried out before its answer was lost: "
+            f"{outcome}; the request may have been carried out before its answer was lost: "
             "look (`duetide task ls`) before sending it again"
         )
 
