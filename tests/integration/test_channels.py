@@ -553,6 +553,12 @@ class Mailbox:
     refuse: dict[str, str] = field(default_factory=dict)
     refuse_sender: str = ""  # a reply to MAIL FROM instead of 250
     refuse_content: str = ""  # a reply to the message instead of 250
+    quit_reply: str = ""  # a reply to QUIT instead of 221
+
+    async def handle_QUIT(self, server, session, envelope) -> Any:
+        from aiosmtpd.smtp import MISSING
+
+        return self.quit_reply or MISSING
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:
         if self.refuse_sender:
@@ -733,6 +739,43 @@ def test_starttls_upgrades_before_the_message_is_sent(tls: Tls):
     assert result.ok
     [(_envelope, upgraded)] = relay.mailbox.messages
     assert upgraded
+
+
+@pytest.mark.parametrize("reply", ["421 4.3.2 Service shutting down", "502 5.5.1 Not implemented"])
+def test_a_message_the_relay_took_is_delivered_whatever_quit_gets(relay: Relay, reply: str):
+    """smtplib's context manager raised on a reply to QUIT other than 221: a 421 (a relay
+    restarting) was retried and the message sent twice, a 5xx recorded a delivered
+    message failed (an audit, 2026-12-07)."""
+    relay.mailbox.quit_reply = reply
+    result = send(relay)
+    assert (result.ok, result.status) == (True, 250)
+    assert len(relay.mailbox.messages) == 1
+
+
+def test_a_title_outside_ascii_reaches_a_relay_without_8bitmime():
+    """Raw UTF-8 needs a relay that says 8BITMIME: one that did not refused every reminder
+    whose title was not ASCII, 500 and final (an audit, 2026-12-07)."""
+    with running_relay(decode_data=True, enable_SMTPUTF8=False) as seven_bit:
+        result = send(seven_bit, subject="Miete zahlen ✓", body="Miete zahlen ✓ ist fällig.\n")
+    assert (result.ok, result.error) == (True, "")
+    [(envelope, _tls)] = seven_bit.mailbox.messages
+    message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+    assert message["Subject"] == "Miete zahlen ✓"
+    assert message.get_content().replace("\r\n", "\n") == "Miete zahlen ✓ ist fällig.\n"
+
+
+def test_credentials_smtplib_cannot_send_are_the_configurations_failure(tls: Tls):
+    """smtplib writes AUTH in ASCII: its UnicodeEncodeError, a ValueError, was taken for
+    the reminder's content and every e-mail reminder recorded failed for good."""
+    accept = lambda *_: AuthResult(success=True)  # noqa: E731
+    with running_relay(
+        tls_context=tls.server, require_starttls=True, authenticator=accept
+    ) as secured:
+        result = send(
+            secured, starttls=True, ssl_context=tls.client, username="duetide", password="pässwörd"
+        )
+    assert (result.ok, result.retryable) == (False, True)
+    assert "pässwörd" not in result.error and secured.mailbox.messages == []
 
 
 def test_a_refusal_of_duetides_own_configuration_is_retryable_and_of_the_message_final(

@@ -8,6 +8,7 @@ bad address, a header value with CR/LF) raises `ValueError` before anything is s
 
 from __future__ import annotations
 
+import contextlib
 import re
 import smtplib
 import socket
@@ -157,14 +158,26 @@ def deliver_email(
     message = _email_message(sender, to, subject, body, sender_address)
     about_the_message = False  # the relay has taken the session: RCPT and DATA are next
     try:
-        with Deadline(timeout_s) as deadline, _Watched(deadline, host, port, timeout_s) as smtp:
-            if starttls:
-                smtp.starttls(context=ssl_context or ssl.create_default_context())
-            if username is not None:
-                smtp.login(username, password or "")
-            smtp.ehlo_or_helo_if_needed()  # sent by send_message otherwise: still the session
-            about_the_message = True
-            smtp.send_message(message, from_addr=sender_address, to_addrs=[to_address])
+        with Deadline(timeout_s) as deadline:
+            smtp = _Watched(deadline, host, port, timeout_s)
+            try:
+                if starttls:
+                    smtp.starttls(context=ssl_context or ssl.create_default_context())
+                if username is not None:
+                    _login(smtp, username, password or "")
+                smtp.ehlo_or_helo_if_needed()  # sent by send_message otherwise: the session
+                about_the_message = True
+                smtp.send_message(message, from_addr=sender_address, to_addrs=[to_address])
+                # Taken (250 to the message): whatever QUIT gets changes nothing. As a
+                # context manager smtplib raised on a reply other than 221, and a relay
+                # answering 421 there (restarting) got the message again from the retry,
+                # a 5xx there recorded a delivered one failed (an audit, 2026-12-07).
+                with contextlib.suppress(smtplib.SMTPException, OSError):
+                    smtp.quit()
+            finally:
+                smtp.close()
+    except _Unencodable as exc:
+        return DeliveryResult(False, None, str(exc), True)
     except smtplib.SMTPRecipientsRefused as exc:
         code, reply = next(iter(exc.recipients.values()))
         final = code >= 500 and not _not_authorised(code, reply)
@@ -179,6 +192,20 @@ def deliver_email(
         cause = "timed out" if deadline.expired else type(exc).__name__
         return DeliveryResult(False, None, clip(f"SMTP: {cause}"), True)
     return DeliveryResult(True, 250)
+
+
+class _Unencodable(Exception):
+    """duetide's relay credentials cannot be sent (smtplib writes AUTH in ASCII)."""
+
+
+def _login(smtp: smtplib.SMTP, username: str, password: str) -> None:
+    """A UnicodeEncodeError of smtplib is a ValueError, which the channel takes for the
+    reminder's content, failing every e-mail reminder for good; it is the configuration's,
+    retried like a refused login (an audit, 2026-12-07; the settings refuse it too)."""
+    try:
+        smtp.login(username, password)
+    except UnicodeError:
+        raise _Unencodable("SMTP: the configured credentials are not ASCII") from None
 
 
 def _not_authorised(code: int, reply: bytes) -> bool:
@@ -219,7 +246,10 @@ def _email_message(
     message["Date"] = formatdate(localtime=False, usegmt=True)
     # The sender's domain, not socket.getfqdn(): that can block on a DNS lookup.
     message["Message-ID"] = make_msgid(domain=sender_address.rpartition("@")[2])
-    message.set_content(body)
+    # 7-bit clean: raw UTF-8 (the default for short lines) needs a relay that says
+    # 8BITMIME, and one that did not refused every reminder whose title was not ASCII
+    # (500, final; an audit, 2026-12-07).
+    message.set_content(body, cte="quoted-printable")
     return message
 
 
