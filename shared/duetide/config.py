@@ -299,6 +299,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"DUETIDE_AUTH=jwks needs {', '.join(missing)}")
         if self.duetide_event_oidc_audience and not self.duetide_event_oidc_jwks_url:
             raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE needs DUETIDE_EVENT_OIDC_JWKS_URL")
+        if self.duetide_event_oidc_audience and not self.duetide_event_oidc_issuer:
+            # Without it a sender token of any issuer the key set verifies was taken, or
+            # one with no `iss` at all (an audit, 2026-12-07); the API's jwks mode wants one.
+            raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE needs DUETIDE_EVENT_OIDC_ISSUER")
         if self.duetide_event_oidc_audience == self.duetide_jwt_audience != "":
             # /commands tells a sender token from a user's by its audience (web/auth.py)
             raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE must differ from DUETIDE_JWT_AUDIENCE")

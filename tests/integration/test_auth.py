@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +21,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import binary
-from tests.support import json_of
+from tests.support import json_of, wait_for
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "duetide-api"
@@ -39,15 +42,42 @@ def jwk(kid: str) -> dict[str, Any]:
 
 class JwksServer(BaseHTTPRequestHandler):
     hits = 0
+    published: tuple[str, ...] = tuple(KEYS)  # the kids the set holds
+    answer = "keys"  # or: "trickle", "huge", "reset", "fail"
 
     def do_GET(self) -> None:
         JwksServer.hits += 1
-        body = json.dumps({"keys": [jwk(kid) for kid in KEYS]}).encode()
+        if self.answer != "keys":
+            self.misbehave()
+            return
+        body = json.dumps({"keys": [jwk(kid) for kid in self.published]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def misbehave(self) -> None:
+        """An identity provider at its worst: a byte every second, an endless answer,
+        a reset connection, or 502."""
+        if self.answer == "fail":
+            self.send_response(502)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.answer == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return
+        self.send_response(200)
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(b'{"keys": [], "padding": "')
+            for _ in range(60 if self.answer == "trickle" else 10_000):
+                self.wfile.write(b" " if self.answer == "trickle" else b"x" * 65536)
+                self.wfile.flush()
+                if self.answer == "trickle":
+                    time.sleep(1)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -57,7 +87,7 @@ class JwksServer(BaseHTTPRequestHandler):
 def jwks(env, monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), JwksServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    JwksServer.hits = 0
+    JwksServer.hits, JwksServer.published, JwksServer.answer = 0, tuple(KEYS), "keys"
     url = f"http://127.0.0.1:{server.server_port}/jwks.json"
     monkeypatch.setenv("DUETIDE_AUTH", "jwks")
     monkeypatch.setenv("DUETIDE_JWKS_URL", url)
@@ -185,6 +215,68 @@ def test_unknown_kids_refetch_the_jwks_at_a_bounded_rate(jwks):
             client.get("/tasks", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
         )
     assert JwksServer.hits <= 2
+
+
+@pytest.mark.parametrize(("signed_by", "named"), [("rsa", "ec"), ("ec", "rsa"), ("rsa", "ed")])
+def test_a_token_naming_a_key_of_another_type_is_401_not_500(jwks, signed_by, named):
+    """PyJWT was handed the bare key and took the token's `alg`: an RS256 token naming
+    the EC key's kid raised TypeError, a 500 to anyone, no signature needed (an audit,
+    2026-12-07)."""
+    private, alg, _ = KEYS[signed_by]
+    now = int(time.time())
+    claims = {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300}
+    crossed = jwt.encode(claims, private, algorithm=alg, headers={"kid": named})
+    response = function_client("tasks").get("/tasks", headers=bearer(crossed))
+    assert response.status_code == 401, response.json
+
+
+def test_a_key_withdrawn_from_the_set_stops_verifying_once_it_is_fetched_again(jwks, monkeypatch):
+    """PyJWT's key cache kept every key it had found, without end: a key withdrawn
+    from the set (say it leaked) went on verifying new tokens until the process ended."""
+    from duetide.web import auth
+
+    monkeypatch.setattr(auth, "JWKS_LIFESPAN_S", 0.5)
+    auth._jwks.cache_clear()
+    client = function_client("tasks")
+    assert client.get("/tasks", headers=bearer(token("ec"))).status_code == 200
+    JwksServer.published = ("rsa",)  # the issuer withdraws the EC key
+    wait_for(
+        lambda: (
+            client.get("/tasks", headers=bearer(token("rsa", jti="a"))).status_code == 200
+            and JwksServer.hits >= 2
+        ),
+        "the set fetched again",
+        10,
+    )
+    fresh = token("ec", jti="never seen")  # not in the cache of verified tokens
+    assert client.get("/tasks", headers=bearer(fresh)).status_code == 401
+
+
+@pytest.mark.parametrize("answer", ["trickle", "huge", "reset", "fail"])
+def test_a_provider_at_its_worst_is_503_in_bounded_time_and_tried_once_meanwhile(
+    jwks, monkeypatch, answer
+):
+    """A key set sent a byte a second held every request needing a key (and `/healthz`
+    once the workers were all waiting), one after another behind PyJWT's lock; 300 MiB
+    of it took 900 MiB of memory; a reset connection was a 500; and while the provider
+    failed, each token with a made-up kid fetched again (an audit, 2026-12-07)."""
+    from duetide.web import jwks as key_sets
+
+    monkeypatch.setattr(key_sets, "FETCH_S", 1.0)
+    JwksServer.answer = answer
+    client = function_client("tasks")
+    started = time.monotonic()
+    statuses = [
+        client.get("/tasks", headers=bearer(token(headers={"kid": f"k{n}"}))).status_code
+        for n in range(5)
+    ]
+    assert statuses == [503] * 5
+    assert time.monotonic() - started < 4  # one fetch's bound, then at once
+    assert JwksServer.hits == 1
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
 
 
 def test_jwks_mode_without_issuer_fails_at_start(monkeypatch, env):

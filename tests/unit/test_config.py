@@ -140,6 +140,9 @@ def test_command_senders_need_the_event_oidc_audience(monkeypatch):
         get_settings()
     monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide-events")
     monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/jwks")
+    with pytest.raises(ConfigError, match="needs DUETIDE_EVENT_OIDC_ISSUER"):
+        get_settings()  # a sender token of any issuer, or of none, was taken
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_ISSUER", "https://kubernetes.default.svc")
     assert get_settings().command_senders == {"system:serviceaccount:ns:name"}
 
 
@@ -164,6 +167,7 @@ def test_relay_settings_duetide_cannot_send_with_are_refused_at_the_start(
 def test_the_event_audience_must_differ_from_the_apis(monkeypatch):
     monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide")
     monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/jwks")
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_ISSUER", "https://kubernetes.default.svc")
     monkeypatch.setenv("DUETIDE_JWT_AUDIENCE", "duetide")
     with pytest.raises(ConfigError, match="must differ"):
         get_settings()

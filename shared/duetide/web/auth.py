@@ -38,6 +38,8 @@ MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_CHARS = 255
 LOCAL_TOKEN_TTL = timedelta(days=30)
 JWKS_COOLDOWN_S = 30.0
+JWKS_LIFESPAN_S = 300.0
+"""How long a fetched key set is used before it is fetched again."""
 LEEWAY_S = 30
 
 
@@ -106,8 +108,12 @@ class Verifier:
             *(["aud"] if self.audience else []),
         ]
         try:
+            # The key as PyJWK, not its `.key`: PyJWT then holds the token's `alg` to the
+            # key's type; a bare key of another type (an RS256 token naming an EC key's
+            # `kid`) raised TypeError from deep in PyJWT, a 500 to anyone (an audit,
+            # 2026-12-07).
             key: Any = (
-                _jwks(self.jwks_url).get_signing_key_from_jwt(token).key
+                _jwks(self.jwks_url).get_signing_key_from_jwt(token)
                 if self.jwks_url
                 else self.secret
             )
@@ -125,7 +131,7 @@ class Verifier:
                 "the identity provider's keys could not be fetched; retry",
                 headers={"Retry-After": "5"},
             ) from None
-        except (jwt.PyJWTError, ValueError):
+        except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthorized("the bearer token is invalid or expired") from None
 
     def subject(self, token: str) -> str:
@@ -166,10 +172,18 @@ def usable_user_id(value: object) -> bool:
 
 @functools.cache
 def _jwks(url: str) -> jwt.PyJWKClient:
-    import jwt  # on the first token checked: see the module's docstring
+    """The key set of `url`, kept `lifespan` seconds. Without PyJWT's `cache_keys`: it
+    keeps each key found in a cache of its own that never expires, and a key withdrawn
+    from the set (leaked) went on verifying new tokens until the process ended (an
+    audit, 2026-12-07); found in the cached set instead, it goes with the set."""
+    from duetide.web.jwks import KeySetClient  # with PyJWT: see the module's docstring
 
-    return jwt.PyJWKClient(
-        url, cache_keys=True, lifespan=300, timeout=5, cooldown_duration=JWKS_COOLDOWN_S
+    return KeySetClient(
+        url,
+        cache_keys=False,
+        lifespan=JWKS_LIFESPAN_S,
+        timeout=5,
+        cooldown_duration=JWKS_COOLDOWN_S,
     )
 
 
