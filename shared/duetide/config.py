@@ -313,13 +313,8 @@ class Settings(BaseSettings):
             # not as a failure of every delivery.
             raise ValueError("DUETIDE_SMTP_USERNAME needs DUETIDE_SMTP_STARTTLS=true")
         if not (self.duetide_smtp_username + self.duetide_smtp_password).isascii():
+            # smtplib writes AUTH in ASCII: every e-mail would fail on it (an audit, 2026-12-07)
             raise ValueError("DUETIDE_SMTP_USERNAME and _PASSWORD must be ASCII (SMTP AUTH)")
-        from duetide.channels.email import validate_address  # it imports this module
-
-        try:
-            validate_address(self.duetide_smtp_sender)
-        except ValueError as exc:  # every e-mail failed for good on it, not at the start
-            raise ValueError(f"DUETIDE_SMTP_SENDER: {exc}") from None
         return self
 
     @property

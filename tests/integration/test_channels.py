@@ -778,6 +778,14 @@ def test_credentials_smtplib_cannot_send_are_the_configurations_failure(tls: Tls
     assert "pässwörd" not in result.error and secured.mailbox.messages == []
 
 
+def test_a_sender_address_duetide_cannot_use_is_the_configurations_failure(relay: Relay):
+    """Its ValueError was taken for the reminder's content: final, every e-mail reminder
+    lost until the operator noticed (an audit, 2026-12-07)."""
+    result = send(relay, sender="Duetide <reminders@mail_relay.example>")
+    assert (result.ok, result.retryable) == (False, True)
+    assert "sender" in result.error and relay.mailbox.messages == []
+
+
 def test_a_refusal_of_duetides_own_configuration_is_retryable_and_of_the_message_final(
     relay: Relay, tls: Tls
 ):

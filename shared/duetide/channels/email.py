@@ -150,7 +150,11 @@ def deliver_email(
     whole exchange: smtplib's timeout bounds each read, and a relay sending its replies
     a byte at a time held one of notify's workers for as long as it went on.
     """
-    sender_address = validate_address(sender)
+    _no_line_breaks("sender", sender)  # never sent on, whatever its source
+    try:
+        sender_address = validate_address(sender)
+    except ValueError:  # the configuration's, not the reminder's: retried, as a login refused
+        return DeliveryResult(False, None, "SMTP: the configured sender is not usable", True)
     to_address = validate_address(to)
     _no_line_breaks("subject", subject)
     if username is not None and not starttls:
