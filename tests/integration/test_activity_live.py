@@ -151,10 +151,12 @@ def test_a_stream_resumed_with_last_event_id_misses_nothing_and_repeats_nothing(
     total = logged_ids("alice")
     assert len(total) > len(first_part) > 5
 
-    # The server frees the one stream slot once it sees the client gone.
+    # The server frees the one stream slot once it sees the client gone (within a poll):
+    # until then the same user's stream is a 429 (its share, taken first) or a 503. Only
+    # a 503 was waited for, and a resume 90 ms after the close failed (a CI run).
     def resumed() -> EventStream | None:
         again = EventStream(port, token, last_id=seen[-1]["id"])
-        if again.response.status == 503:
+        if again.response.status in (429, 503):
             assert again.response.getheader("Retry-After") == "1"
             again.close()
             return None
