@@ -44,10 +44,10 @@ from duetide.storage import db, migrate, outbox
 from duetide_tools import manifests, topic_reader
 from duetide_tools.local import backlog, orphans
 from duetide_tools.local.broker import (
-    LOOPBACK,
     EmbeddedBroker,
     consumer_settings,
     ensure_topics,
+    free_loopback_ports,
 )
 from duetide_tools.local.eventing import KafkaSourceDispatcher, PingTimer
 from duetide_tools.local.supervision import Restart, RestartPolicy
@@ -442,7 +442,7 @@ class Stack:
     def _start_functions(self) -> None:
         assert self.wiring is not None
         services = list(self.wiring.services.values())
-        ports = iter(_distinct_free_ports(len(services)))
+        ports = iter(free_loopback_ports(len(services)))
         for service in services:
             self._start_function(service, self.port if service.function == "tasks" else next(ports))
         self._await_ready()
@@ -938,22 +938,6 @@ class _Watch:
 
 DATABASE_CHECK_S = 1.0
 """How often the supervisor checks that the SQLite file is still the one it started on."""
-
-
-def _distinct_free_ports(count: int) -> list[int]:
-    """Free loopback ports, all different: taken one at a time and let go at once, two
-    functions were once given the same one, and the second, unable to bind, was
-    restarted again and again while the supervisor took the first's answer at that port
-    for its health, and its KafkaSource delivered to the other function (a CI run,
-    2026-12-07). Held together until all are chosen, they cannot repeat."""
-    held = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in held:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in held]
-    finally:
-        for sock in held:
-            sock.close()
 
 
 def _sqlite_path(url: str) -> Path | None:
