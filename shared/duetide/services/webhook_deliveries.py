@@ -102,7 +102,7 @@ def fan_out(
     ]
     if not wanting:  # most users: one indexed read per event, no ORM object
         return []
-    lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
+    lease = _lease()
     published: list[str] = []
     for subscription_id in wanting:
         delivery = WebhookDelivery(
@@ -176,7 +176,7 @@ def send(event: events.WebhookDeliveryEvent, now: datetime) -> str:
         # The lease runs from the start of the try, not from its claim: a try taken late
         # (notify's backlog) was claimed again by a ping while its POST ran, sent twice,
         # and its own outcome dropped as an older attempt's (an audit, 2026-12-07).
-        lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
+        lease = _lease()
         delivery.started = event.attempt
         delivery.next_attempt_at = max(delivery.next_attempt_at or now, now + lease)
         session.add(delivery)
@@ -294,6 +294,11 @@ def _record(
     return status
 
 
+def _lease() -> timedelta:
+    """How long a claimed try, or one started, is its own before the sweep claims again."""
+    return timedelta(seconds=get_settings().duetide_subscription_lease_s)
+
+
 def _in_round(delivery: WebhookDelivery) -> int:
     """Which try of its round the delivery's `attempt` is (1 the first): what the retry
     policy counts, so a redelivery has the tries of a new delivery."""
@@ -384,7 +389,7 @@ def _claim_batch(now: datetime, limit: int) -> tuple[int, int, int, int]:
     deliveries (their foreign key's lock). PostgreSQL skips rows another sweep or change
     holds (SKIP LOCKED); SQLite's write lock at BEGIN serialises two sweeps."""
     settings = get_settings()
-    lease = timedelta(seconds=settings.duetide_subscription_lease_s)
+    lease = _lease()
     with db.session_scope() as session:
         picked = session.exec(
             select(WebhookDelivery)
@@ -550,7 +555,7 @@ def redeliver(session: Session, delivery: WebhookDelivery, now: datetime) -> str
     """Try a delivered or failed delivery again (its owner asked), as its next attempt,
     the first of a round with the retries of a new delivery; the id of the outbox event.
     The caller holds the row's lock."""
-    lease = timedelta(seconds=get_settings().duetide_subscription_lease_s)
+    lease = _lease()
     delivery.status = "pending"
     delivery.attempt, delivery.republished = delivery.attempt + 1, 0
     delivery.round_start = delivery.attempt
