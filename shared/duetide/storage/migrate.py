@@ -101,16 +101,18 @@ def upgrade(url: str | None = None) -> None:
 
 
 def known_revisions() -> set[str]:
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    return {revision.revision for revision in script.walk_revisions()}
+    return {revision.revision for revision in _scripts().walk_revisions()}
 
 
 def head() -> str:
+    return str(_scripts().get_current_head())
+
+
+def _scripts() -> Any:
+    """The migrations as Alembic reads them (no database needed)."""
     from alembic.script import ScriptDirectory
 
-    return str(ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head())
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
 
 
 def current_revision(url: str | None = None) -> str | None:
