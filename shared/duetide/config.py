@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     duetide_event_oidc_audience: str = ""
     duetide_event_oidc_jwks_url: str = ""
     duetide_event_oidc_issuer: str = ""
+    duetide_event_senders: str = Field(
+        "",
+        description="Comma-separated OIDC subjects whose Knative sender tokens the event "
+        "endpoints take: the service accounts of duetide's KafkaSources and PingSource. "
+        "Empty: a token of any service account of the cluster's issuer.",
+    )
     # Who may send commands for any user (web/command_trust.py, SECURITY.md): Knative
     # senders by their OIDC subject, and producing systems by an HMAC key (a Secret).
     duetide_command_senders: str = Field(
@@ -257,7 +263,7 @@ class Settings(BaseSettings):
         parse_command_keys(value)
         return value
 
-    @field_validator("duetide_command_senders")
+    @field_validator("duetide_command_senders", "duetide_event_senders")
     @classmethod
     def _senders_are_subjects(cls, value: str) -> str:
         for subject in _items(value):
@@ -306,8 +312,16 @@ class Settings(BaseSettings):
         if self.duetide_event_oidc_audience == self.duetide_jwt_audience != "":
             # /commands tells a sender token from a user's by its audience (web/auth.py)
             raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE must differ from DUETIDE_JWT_AUDIENCE")
-        if self.duetide_command_senders and not self.duetide_event_oidc_audience:
-            raise ValueError("DUETIDE_COMMAND_SENDERS needs DUETIDE_EVENT_OIDC_AUDIENCE")
+        for name in ("duetide_command_senders", "duetide_event_senders"):
+            if getattr(self, name) and not self.duetide_event_oidc_audience:
+                raise ValueError(f"{name.upper()} needs DUETIDE_EVENT_OIDC_AUDIENCE")
+        unlisted = sorted(self.command_senders - self.event_senders)
+        if self.event_senders and unlisted:
+            # the gate of every event endpoint would refuse them before /commands trusts them
+            raise ValueError(
+                f"DUETIDE_COMMAND_SENDERS names {', '.join(unlisted)}, "
+                "which DUETIDE_EVENT_SENDERS does not"
+            )
         if self.duetide_smtp_username and not self.duetide_smtp_starttls:
             # channels.email.deliver_email refuses to send credentials in clear; say so at start,
             # not as a failure of every delivery.
@@ -328,6 +342,10 @@ class Settings(BaseSettings):
     @property
     def command_senders(self) -> frozenset[str]:
         return frozenset(_items(self.duetide_command_senders))
+
+    @property
+    def event_senders(self) -> frozenset[str]:
+        return frozenset(_items(self.duetide_event_senders))
 
     def command_keys(self) -> dict[str, tuple[str, ...]]:
         """Each registered system's signing keys (more than one while a key is rotated).

@@ -312,3 +312,32 @@ def test_event_endpoints_can_require_knatives_sender_identity(jwks, monkeypatch)
     good = token(aud="duetide-recurrence", sub="system:serviceaccount:default:kafkasource")
     response = sink.post("/", headers={**headers, "Authorization": f"Bearer {good}"}, data=body)
     assert response.status_code == 200 and json_of(response)["status"] == "ignored"
+
+
+SOURCE = "system:serviceaccount:duetide:duetide-recurrence-oidc-sources.knative.dev-kafkasource"
+
+
+@pytest.mark.parametrize("function", ["recurrence", "notify", "activity", "sweep"])
+def test_event_endpoints_take_only_the_listed_senders(function, jwks, monkeypatch):
+    """Any service account of the cluster can have a token for the event audience (a
+    pod's projected token names any audience it asks for): every sink took such a token
+    as Knative's, so any pod could post a ping or an event (SECURITY.md, 2026-12-07)."""
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide-events")
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", jwks)
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_ISSUER", ISSUER)
+    monkeypatch.setenv("DUETIDE_EVENT_SENDERS", f"{SOURCE}, system:serviceaccount:duetide:other")
+    _reset_caches()
+    sink = function_client(function)
+    headers, body = binary("dev.duetide.unknown.v1", {"x": 1})
+
+    def sent_by(subject: str) -> Any:
+        bearer = token(aud="duetide-events", sub=subject)
+        return sink.post("/", headers={**headers, "Authorization": f"Bearer {bearer}"}, data=body)
+
+    stranger = sent_by("system:serviceaccount:default:some-pod")
+    assert stranger.status_code == 403, stranger.json
+    error = json_of(stranger)["error"]
+    assert error["code"] == "forbidden" and "DUETIDE_EVENT_SENDERS" in error["message"]
+    assert sent_by(SOURCE[:-1]).status_code == 403  # the whole subject, not a prefix
+    listed = sent_by(SOURCE)
+    assert listed.status_code == 200 and json_of(listed)["status"] == "ignored"

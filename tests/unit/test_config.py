@@ -146,6 +146,27 @@ def test_command_senders_need_the_event_oidc_audience(monkeypatch):
     assert get_settings().command_senders == {"system:serviceaccount:ns:name"}
 
 
+def test_event_senders_need_the_audience_and_hold_the_command_senders(monkeypatch):
+    """A command sender left out of DUETIDE_EVENT_SENDERS would be refused at the gate
+    of every sink before /commands could trust it: said at the start instead."""
+    source = "system:serviceaccount:ns:duetide-commands-oidc-sources.knative.dev-kafkasource"
+    monkeypatch.setenv("DUETIDE_EVENT_SENDERS", source)
+    with pytest.raises(ConfigError, match="DUETIDE_EVENT_SENDERS needs"):
+        get_settings()
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide-events")
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/jwks")
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_ISSUER", "https://kubernetes.default.svc")
+    monkeypatch.setenv("DUETIDE_COMMAND_SENDERS", "system:serviceaccount:ns:other")
+    with pytest.raises(ConfigError, match="which DUETIDE_EVENT_SENDERS does not"):
+        get_settings()
+    monkeypatch.setenv("DUETIDE_COMMAND_SENDERS", source)
+    assert get_settings().event_senders == {source}
+    monkeypatch.setenv("DUETIDE_EVENT_SENDERS", "system:serviceaccount:ns:a b")
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="without spaces"):
+        get_settings()
+
+
 def test_relay_credentials_smtp_cannot_send_are_refused_at_the_start(monkeypatch):
     """A ValueError at every send, taken for the reminder's content: every e-mail
     reminder recorded failed for good (an audit, 2026-12-07)."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Request
 
 from duetide.config import Settings, get_settings
-from duetide.errors import Unauthorized, Unavailable
+from duetide.errors import Forbidden, Unauthorized, Unavailable
 from duetide.storage.models import utcnow
 
 if TYPE_CHECKING:
@@ -242,11 +242,28 @@ def bearer_token(request: Request) -> str:
 def knative_sender(token: str) -> str | None:
     """The OIDC subject of Knative's sender token, if `token` is one (it names the event
     audience, DUETIDE_EVENT_OIDC_AUDIENCE, which must differ from the API's); None for any
-    other token. 401 for a sender token that does not verify."""
+    other token. 401 for a sender token that does not verify, 403 for a sender not listed."""
     verifier = event_verifier()
     if verifier is None or not verifier.addressed_by(token):
         return None
-    return verifier.subject(token)
+    return _listed(verifier.subject(token))
+
+
+def require_sender(request: Request) -> None:
+    """The gate of every event endpoint while Knative's sender identity is on: a token for
+    the event audience (401 without one), of a listed sender (403 for another)."""
+    verifier = event_verifier()
+    if verifier is not None:
+        _listed(verifier.subject(bearer_token(request)))
+
+
+def _listed(sender: str) -> str:
+    """Any service account of the cluster can have a token for the event audience (a
+    pod's projected token): with DUETIDE_EVENT_SENDERS set, only duetide's sources pass."""
+    allowed = get_settings().event_senders
+    if allowed and sender not in allowed:
+        raise Forbidden(f"the sender {sender!r} is not one of DUETIDE_EVENT_SENDERS")
+    return sender
 
 
 def authenticate(request: Request) -> str:

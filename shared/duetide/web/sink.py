@@ -297,9 +297,7 @@ def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
             return json_response({"status": "ok"})
         if request.method != "POST":
             raise MethodNotAllowed("event sinks accept POST only", headers={"Allow": "POST"})
-        sender = auth.event_verifier()
-        if sender is not None:  # Knative's OIDC sender identity, when the cluster uses it
-            sender.claims(auth.bearer_token(request))
+        auth.require_sender(request)  # Knative's OIDC sender identity, when the cluster uses it
         event = decode(request, get_settings().duetide_max_body_bytes)
         follow_trace(event)
         if event.type not in accepts:
