@@ -375,29 +375,45 @@ def test_the_stack_replaces_the_process_records_the_restart_and_calls_the_hook(
 
 
 def test_a_function_that_cannot_start_is_retried_with_growing_backoff(
-    supervised: tuple[Stack, list[str]],
+    supervised: tuple[Stack, list[str]], monkeypatch: pytest.MonkeyPatch
 ):
     stack, messages = supervised
     child = stack.functions["sweep"]
-    with socket.socket() as squatter:
-        os.kill(child.process.pid, signal.SIGKILL)
-        child.process.wait(timeout=10)
-        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        squatter.bind((LOOPBACK, child.port))
-        squatter.listen()
-        # Each new sweep finds its port taken and exits at once: deaths in a row.
-        wait_for(lambda: len(stack.restarts) >= 4, "four deaths of sweep in a row", 30)
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "-1")  # each new sweep stops at its start
+    os.kill(child.process.pid, signal.SIGKILL)
+    wait_for(lambda: len(stack.restarts) >= 4, "four deaths of sweep in a row", 30)
+    monkeypatch.delenv("DUETIDE_READ_RATE_PER_MINUTE")
     delays = [r.delay_s for r in stack.restarts[:4]]
     assert delays == [0.2, 0.4, 0.8, 0.8]
     assert [r.failures for r in stack.restarts[:4]] == [1, 2, 3, 4]
     assert all(r.child == "sweep" for r in stack.restarts)
-    assert stack.restarts[1].returncode > 0  # exited by itself: the port was taken
+    assert stack.restarts[1].returncode > 0  # exited by itself: its configuration
     wait_for(
         lambda: any(m.startswith("duetide: sweep is back") for m in messages),
-        "sweep to come back once its port is free",
+        "sweep to come back once it can start",
         30,
     )
     assert requests.get(child.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_a_restarting_functions_port_stays_its_own(supervised: tuple[Stack, list[str]]):
+    """Each function bound the port `up` had chosen for it: another program could take
+    it before the function started or while it restarted, and the supervisor then took
+    that program's answers for the function's health (two functions were once given one
+    port, a CI run, 2026-12-07). `up` now holds each function's socket for the stack's
+    life and passes it down: nobody else can bind it, and a request made while the
+    function restarts waits for the new process instead of being refused."""
+    stack, _ = supervised
+    child = stack.functions["sweep"]
+    old = child.process.pid
+    os.kill(old, signal.SIGKILL)
+    child.process.wait(timeout=10)
+    with socket.socket() as squatter, pytest.raises(OSError):
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((LOOPBACK, child.port))
+    assert requests.get(child.url + "/healthz", timeout=30).status_code == 200
+    assert child.process.pid != old
+    assert [(r.child, r.pid) for r in stack.restarts] == [("sweep", old)]
 
 
 def test_a_function_that_stops_answering_is_killed_by_its_liveness_probe_and_restarted(

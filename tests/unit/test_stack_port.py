@@ -12,8 +12,8 @@ import pytest
 from duetide_tools.local.stack import (
     Stack,
     StackError,
-    _check_port_free,
     _lock_home,
+    listen,
     project_root,
 )
 
@@ -29,7 +29,7 @@ def test_a_port_whose_last_connections_wait_in_time_wait_is_free() -> None:
             assert client.recv(1) == b""
     with pytest.raises(OSError), socket.socket() as plain:
         plain.bind(("127.0.0.1", port))  # what the check did
-    _check_port_free(port)
+    listen(port).close()
 
 
 def test_a_port_a_server_listens_on_is_in_use() -> None:
@@ -37,7 +37,7 @@ def test_a_port_a_server_listens_on_is_in_use() -> None:
         socket.create_server(("127.0.0.1", 0)) as listener,
         pytest.raises(StackError, match="is in use"),
     ):
-        _check_port_free(listener.getsockname()[1])
+        listen(listener.getsockname()[1])
 
 
 def test_a_start_refused_for_its_port_logs_no_stop(tmp_path: Path) -> None:

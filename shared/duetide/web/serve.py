@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -617,11 +618,18 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--source", default=env("FUNCTION_SOURCE", "main.py"))
     cli.add_argument("--host", default=env("HOST", "0.0.0.0"))
     cli.add_argument("--port", type=int, default=int(env("PORT", "8080")))
+    cli.add_argument(
+        "--fd",
+        type=int,
+        help="serve this inherited listening socket instead of binding --host/--port "
+        "(duetide up holds each function's socket)",
+    )
     return cli
 
 
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     args = parser().parse_args(argv)
     # The factory reads these, in this process or in each worker process.
@@ -630,7 +638,7 @@ def main(argv: list[str] | None = None) -> None:
         get_settings()  # a bad variable stops us here, named
     except ConfigError as exc:  # one line, as the process's last word (no traceback)
         sys.exit(f"duetide: {exc}")
-    uvicorn.run(
+    config = uvicorn.Config(
         "duetide.web.serve:app_from_env",
         factory=True,
         host=args.host,
@@ -648,6 +656,16 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,
         log_level=os.environ.get("GUNICORN_LOG_LEVEL", "warning"),
     )
+    # uvicorn's own `fd` takes the descriptor for a Unix socket; this one is TCP, its
+    # family read from the descriptor.
+    listener = config.bind_socket() if args.fd is None else socket.socket(fileno=args.fd)
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        Multiprocess(config, sockets=[listener]).run()
+    else:
+        server.run(sockets=[listener])
+        if not server.started:
+            sys.exit(3)  # uvicorn's STARTUP_FAILURE
 
 
 if __name__ == "__main__":

@@ -77,24 +77,12 @@ def broker_binary() -> str:
 
 
 def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    return free_loopback_ports(1)[0]
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    """`count` such ports, all different: taken one at a time and let go at once, two
-    functions of `duetide up` were once given the same one, and the second, unable to
-    bind, was restarted again and again while the supervisor took the first's answer at
-    that port for its health, and its KafkaSource delivered to the other function (a CI
-    run, 2026-12-07). Held together until all are chosen, they cannot repeat."""
-    held = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in held:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in held]
-    finally:
-        for sock in held:
-            sock.close()
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it). Only for
+    what binds it itself (the broker, tests): `duetide up` holds its functions' sockets
+    (`stack.listen`), so another program cannot take one in between."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 class EmbeddedBroker:

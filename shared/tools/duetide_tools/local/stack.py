@@ -47,7 +47,6 @@ from duetide_tools.local.broker import (
     EmbeddedBroker,
     consumer_settings,
     ensure_topics,
-    free_loopback_ports,
 )
 from duetide_tools.local.eventing import KafkaSourceDispatcher, PingTimer
 from duetide_tools.local.supervision import Restart, RestartPolicy
@@ -57,6 +56,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
 WATCH_INTERVAL_S = 0.1
 HEALTH_TIMEOUT_S = 0.5
+LISTEN_BACKLOG = 2048
+"""uvicorn's: connections made while a function restarts wait here for the new process."""
 EXTERNAL_DISPATCHER_STOP_S = 10.0
 EMBEDDED_DISPATCHER_STOP_S = 0.3
 BROKER_STOP_S = 0.0
@@ -107,13 +108,18 @@ def project_root() -> Path:
 
 @dataclass
 class FunctionProcess:
-    """One function server; `process` is replaced when the supervisor restarts it."""
+    """One function server; `process` is replaced when the supervisor restarts it, and
+    each process serves `listener`, the socket `up` holds for the stack's life."""
 
     service: manifests.ServiceSpec
-    port: int
+    listener: socket.socket
     process: subprocess.Popen[bytes]
     log_path: Path
     pump: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.listener.getsockname()[1])
 
     @property
     def url(self) -> str:
@@ -297,6 +303,7 @@ class Stack:
     _dispatcher_watches: dict[str, _Watch] = field(default_factory=dict, init=False, repr=False)
     _retiring_until: float = field(default=0.0, init=False, repr=False)
     _home_lock: IO[str] | None = field(default=None, init=False, repr=False)
+    _api_listener: socket.socket | None = field(default=None, init=False, repr=False)
     _database_file: tuple[Path, tuple[int, int] | None] | None = field(
         default=None, init=False, repr=False
     )
@@ -316,7 +323,8 @@ class Stack:
         """Start everything in order; `request_stop()` from another thread or a signal
         handler makes it give up between steps (and while it waits for the broker or the
         functions) with StartCancelled. Call `stop()` after it either way."""
-        _check_port_free(self.port)
+        self._api_listener = listen(self.port)
+        self.port = self._api_listener.getsockname()[1]  # 0 chooses one
         self.home.mkdir(parents=True, exist_ok=True)
         self._home_lock = _lock_home(self.home, self.port)
         self.logs.mkdir(exist_ok=True)
@@ -441,27 +449,34 @@ class Stack:
 
     def _start_functions(self) -> None:
         assert self.wiring is not None
-        services = list(self.wiring.services.values())
-        ports = iter(free_loopback_ports(len(services)))
-        for service in services:
-            self._start_function(service, self.port if service.function == "tasks" else next(ports))
+        for service in self.wiring.services.values():
+            api = service.function == "tasks" and self._api_listener
+            self._start_function(service, api or listen(0))
         self._await_ready()
 
-    def _start_function(self, service: manifests.ServiceSpec, port: int) -> None:
+    def _start_function(self, service: manifests.ServiceSpec, listener: socket.socket) -> None:
         source = self.root / "functions" / service.function / "main.py"
         if not source.exists():
+            listener.close()
             raise StackError(f"Service {service.name}: no function source at {source}")
         log_path = self.logs / f"{service.function}.log"
-        child = FunctionProcess(service, port, self._spawn_function(service, port), log_path)
+        process = self._spawn_function(service, listener)
+        child = FunctionProcess(service, listener, process, log_path)
         self._pump_output(child)
         self.functions[service.function] = child
 
-    def _spawn_function(self, service: manifests.ServiceSpec, port: int) -> subprocess.Popen[bytes]:
+    def _spawn_function(
+        self, service: manifests.ServiceSpec, listener: socket.socket
+    ) -> subprocess.Popen[bytes]:
+        """The function serves the socket `up` bound, passed down: ports chosen first and
+        bound by each function later were taken in between (two functions were once
+        given one port, and the supervisor took one's answers for the other's health: a
+        CI run, 2026-12-07), and a function restarting left its port free for anyone."""
         source = self.root / "functions" / service.function / "main.py"
         command = [
             sys.executable, "-m", "duetide.web.serve",
             "--source", str(source), "--target", service.function,
-            "--host", "127.0.0.1", "--port", str(port),
+            "--fd", str(listener.fileno()),
         ]  # fmt: skip
         return subprocess.Popen(
             orphans.guarded(command),
@@ -469,6 +484,7 @@ class Stack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=(listener.fileno(),),
         )
 
     def _pump_output(self, child: FunctionProcess) -> None:
@@ -575,6 +591,9 @@ class Stack:
             stopper.start()
         processes = [child.process for child in self.functions.values()]
         _terminate_all(processes, self.stop_grace_s)
+        for listener in {c.listener for c in self.functions.values()} | {self._api_listener}:
+            if listener is not None:
+                listener.close()
         functions_done = time.monotonic()
         # A dispatcher's last commit matters to an external broker; the embedded one is
         # memory only and goes next, so its dispatchers get a moment (counted from the
@@ -687,7 +706,7 @@ class Stack:
             with self._acting:
                 if self._stopping.is_set():
                     return
-                child.process = self._spawn_function(child.service, child.port)
+                child.process = self._spawn_function(child.service, child.listener)
             self._pump_output(child)
             watch.due, watch.started = None, time.monotonic()
         elif not watch.back and returncode is None and watch.failures and _healthy(child.url):
@@ -903,18 +922,21 @@ def _lock_home(home: Path, port: int) -> IO[str] | None:
     return holder
 
 
-def _check_port_free(port: int) -> None:
-    """Whether the API could listen on `port`, as its server binds it (SO_REUSEADDR): the
-    connections the last run closed wait out TIME_WAIT there for a minute, and a plain
-    bind took them for a server already running."""
-    with socket.socket() as sock:
+def listen(port: int) -> socket.socket:
+    """A loopback socket listening on `port` (0: a free one) for a function to serve.
+    SO_REUSEADDR, as servers bind: the connections the last run closed wait out
+    TIME_WAIT there for a minute, and a plain bind took them for a server running."""
+    sock = socket.socket()
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise StackError(
-                f"port {port} is in use; stop what runs there or choose another with --port"
-            ) from None
+        sock.bind(("127.0.0.1", port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise StackError(
+            f"port {port} is in use; stop what runs there or choose another with --port"
+        ) from None
+    return sock
 
 
 @dataclass
