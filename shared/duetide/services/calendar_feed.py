@@ -15,7 +15,8 @@ import re
 import secrets
 from datetime import datetime
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
 from duetide.storage.models import CalendarFeed
@@ -29,21 +30,20 @@ def _hash(token: str) -> str:
 
 
 def issue(session: Session, owner: str, now: datetime) -> tuple[str, CalendarFeed]:
-    """A new token for `owner`, replacing any earlier one (whose URL stops working)."""
+    """A new token for `owner`, replacing any earlier one (whose URL stops working).
+
+    One upsert: read first and inserted when missing, a first token racing a revoke
+    found its conflicting row gone when it read it again, a 500 (an audit, 2026-12-07)."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    feed = session.get(CalendarFeed, owner, with_for_update=True)
-    if feed is None:
-        try:
-            with session.begin_nested():  # a concurrent first token for the same user
-                feed = CalendarFeed(owner=owner, token_hash=_hash(token), created_at=now)
-                session.add(feed)
-            return token, feed
-        except IntegrityError:
-            feed = session.get(CalendarFeed, owner, with_for_update=True, populate_existing=True)
-            assert feed is not None  # the row the other request inserted
-    feed.token_hash, feed.created_at = _hash(token), now
-    session.add(feed)
-    return token, feed
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    values = {"token_hash": _hash(token), "created_at": now}
+    session.execute(
+        insert(CalendarFeed)
+        .values(owner=owner, **values)
+        .on_conflict_do_update(index_elements=["owner"], set_=values)
+    )
+    query = select(CalendarFeed).where(CalendarFeed.owner == owner)
+    return token, session.exec(query.execution_options(populate_existing=True)).one()
 
 
 def revoke(session: Session, owner: str) -> bool:
