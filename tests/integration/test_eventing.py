@@ -417,6 +417,118 @@ def test_a_structured_record_with_a_lone_surrogate_is_dead_lettered_at_once(
     assert attributes["ce_id"] == "\ufffd" and "ce_knativeerrorcode" not in attributes
 
 
+STRUCTURED = {"content-type": "application/cloudevents+json"}
+
+
+def test_records_of_odd_attribute_types_neither_stop_the_dispatcher_nor_its_dead_letters(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    """A structured record whose `datacontenttype` is 5 raised while it was read, and a
+    dead letter of an event with `"type": 5` or an integer extension (which the JSON
+    format allows) raised while it was encoded: each stopped the dispatcher, and each
+    restart stopped on the same uncommitted record (an audit, 2026-12-07). Knative reads
+    the first two as plain records and keeps the integer extension."""
+    envelope = {"specversion": "1.0", "id": "e", "source": "/s", "type": "t", "data": {}}
+    odd = [
+        {**envelope, "id": "odd-content-type", "datacontenttype": 5},
+        {**envelope, "id": "odd-type", "type": 5},
+        {**envelope, "id": "int-extension", "attempt": 3, "urgent": True},
+    ]
+    for event in odd:
+        produce(producer, wiring.topic, json.dumps(event).encode(), **STRUCTURED)
+    produce(
+        producer,
+        wiring.topic,
+        b"after",
+        **ce_headers(specversion="1.0", id="ok", type="t", source="/s"),
+    )
+    sink.script(200, 200, 400, then=200)  # the third refused for good: dead-lettered
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters) as running:
+        [dead] = read_all(broker, wiring.dead_letters, 1)
+        wait_for(lambda: committed_offset(broker, wiring.spec) == 4, "all four committed")
+        assert running.running and running.failure is None
+
+    got = sink.received()
+    assert [r.headers["ce-type"] for r in got[:2]] == ["dev.knative.kafka.event"] * 2
+    assert got[2].headers["ce-attempt"] == "3" and got[2].headers["ce-id"] == "int-extension"
+    assert got[3].headers["ce-id"] == "ok"
+    attributes = {name: value.decode() for name, value in dead.headers}
+    assert attributes["ce_id"] == "int-extension" and attributes["ce_knativeerrorcode"] == "400"
+    assert (attributes["ce_attempt"], attributes["ce_urgent"]) == ("3", "true")
+
+
+def test_a_dead_letter_too_large_for_kafka_goes_without_its_data(
+    broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
+) -> None:
+    """A record that fits Kafka's 1 MiB made a letter that did not once the error
+    extensions were added: the producer refused it, the dispatcher retried every 5 s for
+    good and its partition never moved on (an audit, 2026-12-07)."""
+    big = b"x" * 1_047_000
+    headers = ce_headers(specversion="1.0", id="big", type="t", source="/s")
+    produce(producer, wiring.topic, big, **headers, **JSON)
+    produce(
+        producer,
+        wiring.topic,
+        b"after",
+        **ce_headers(specversion="1.0", id="ok", type="t", source="/s"),
+    )
+    sink.script(400, then=200, error_body=b"too big for me")
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters):
+        [dead] = read_all(broker, wiring.dead_letters, 1)
+        wait_for(lambda: committed_offset(broker, wiring.spec) == 2, "both committed")
+
+    assert [r.headers["ce-id"] for r in sink.received()] == ["big", "ok"]
+    attributes = {name: value.decode() for name, value in dead.headers}
+    assert attributes["ce_id"] == "big" and attributes["ce_knativeerrorcode"] == "400"
+    assert attributes["ce_duetidedatadropped"] == str(len(big)) and not dead.value
+
+
+def test_a_record_the_dispatcher_fails_on_is_dead_lettered_and_the_partition_goes_on(
+    broker: EmbeddedBroker,
+    sink: RecordingSink,
+    producer: KafkaProducer,
+    wiring: Wiring,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever a record makes the dispatcher raise, Knative's goes on with the partition
+    (`RecordDispatcherImpl` discards the record); this one dead-letters it as a plain
+    record and goes on, where it stopped, and stopped again at every restart."""
+    from duetide_tools.local import eventing
+
+    readable = eventing.record_to_event
+
+    def unreadable(record: Any, *args: Any) -> Any:
+        if record.value == b"boom":
+            raise RuntimeError("a bug this record finds")
+        return readable(record, *args)
+
+    monkeypatch.setattr(eventing, "record_to_event", unreadable)
+    produce(
+        producer,
+        wiring.topic,
+        b"boom",
+        **ce_headers(specversion="1.0", id="b", type="t", source="/s"),
+    )
+    produce(
+        producer,
+        wiring.topic,
+        b"after",
+        **ce_headers(specversion="1.0", id="ok", type="t", source="/s"),
+    )
+
+    with dispatcher(broker, wiring.spec, sink.url, wiring.dead_letters) as running:
+        [dead] = read_all(broker, wiring.dead_letters, 1)
+        wait_for(lambda: committed_offset(broker, wiring.spec) == 2, "both committed")
+        assert running.running
+
+    assert [r.headers["ce-id"] for r in sink.received()] == ["ok"]
+    attributes = {name: value.decode() for name, value in dead.headers}
+    assert attributes["ce_type"] == "dev.knative.kafka.event" and dead.value == b"boom"
+    assert "ce_knativeerrorcode" not in attributes
+
+
 def test_sink_failing_k_times_then_succeeding_is_called_k_plus_one_times(
     broker: EmbeddedBroker, sink: RecordingSink, producer: KafkaProducer, wiring: Wiring
 ) -> None:

@@ -774,6 +774,26 @@ def test_a_malformed_manifest_is_named_by_file_and_field(
     assert str(caught.value) == message
 
 
+@pytest.mark.parametrize(
+    ("edit", "retry", "delay_s"),
+    [
+        pytest.param(_delete(["spec", "delivery"]), 10, 0.3, id="no-delivery-block"),
+        pytest.param(_delete(["spec", "delivery", "retry"]), 0, 1.0, id="block-without-retry"),
+        pytest.param(_delete(["spec", "delivery", "backoffDelay"]), 8, 0.2, id="without-delay"),
+    ],
+)
+def test_a_delivery_left_out_gets_knatives_defaults(
+    manifests_copy: Path, edit: Callable[[Doc], None], retry: int, delay_s: float
+) -> None:
+    """Knative defaults a KafkaSource's delivery as a whole (no block: 10 retries); a
+    block without `retry` retries nothing, without `backoffDelay` waits 0.2 s
+    (eventing-kafka-broker's `EgressConfigFromDelivery`). A block that dropped `retry`
+    retried 10 times locally and never on a cluster (an audit, 2026-12-07)."""
+    _object("KafkaSource", "duetide-notify", edit)(manifests_copy / SOURCES)
+    (source,) = [s for s in load(manifests_copy).kafka_sources if s.name == "duetide-notify"]
+    assert (source.delivery.retry, source.delivery.backoff_delay_s) == (retry, delay_s)
+
+
 @pytest.fixture
 def broken_project(manifests_copy: Path) -> Path:
     """A copy of the manifests with a KafkaTopic whose partitions are not a number."""

@@ -288,13 +288,19 @@ def _sink(doc: _Document, path: str) -> SinkRef:
 
 
 def _delivery(doc: _Document) -> Delivery:
-    """spec.delivery, with Knative's defaults for what it leaves out."""
+    """spec.delivery, with Knative's defaults for what it leaves out: a KafkaSource without
+    the block gets `Delivery()`'s; a block without `retry` retries nothing, and one without
+    `backoffDelay` waits 0.2 s (eventing-kafka-broker's `EgressConfigFromDelivery` and the
+    consumer reconciler's default: a block that dropped `retry` retried 10 times locally
+    and never on a cluster, an audit, 2026-12-07)."""
+    if not doc.optional("spec.delivery", dict, {}):
+        return Delivery()
     dead_letters = doc.optional("spec.delivery.deadLetterSink", dict, {})
     timeout = doc.optional("spec.delivery.timeout", str, "")
     return Delivery(
-        retry=_count(doc, "spec.delivery.retry", default=10, minimum=0),
+        retry=_count(doc, "spec.delivery.retry", default=0, minimum=0),
         backoff_policy=_choice(doc, "spec.delivery.backoffPolicy", ("exponential", "linear")),
-        backoff_delay_s=_duration(doc, "spec.delivery.backoffDelay", "PT0.3S"),
+        backoff_delay_s=_duration(doc, "spec.delivery.backoffDelay", "PT0.2S"),
         timeout_s=_duration(doc, "spec.delivery.timeout", "") if timeout else None,
         dead_letter_sink=_sink(doc, "spec.delivery.deadLetterSink") if dead_letters else None,
     )

@@ -65,6 +65,13 @@ DEFAULT_NAMESPACE = "default"
 DEFAULT_ATTEMPT_TIMEOUT_S = 600.0
 # eventing-kafka-broker truncates the failed response body to 1 KiB for knativeerrordata.
 ERROR_DATA_MAX_BYTES = 1024
+DEAD_LETTER_MAX_BYTES = 1_000_000
+"""A dead letter's data and headers, under the producer's and Kafka's 1 MiB for a
+request: a record that fits brings the error extensions along, and one of 1,047,002
+bytes made a letter the producer refused for good, retried every 5 s while its
+partition waited (an audit, 2026-12-07). Past it the letter goes without its data."""
+DATA_DROPPED_EXTENSION = "duetidedatadropped"
+"""On a dead letter sent without its data (DEAD_LETTER_MAX_BYTES): the data's size."""
 # Response bodies are not used beyond knativeerrordata; a longer one closes the connection.
 _RESPONSE_READ_LIMIT = 64 * 1024
 _DLS_BACKOFF_CAP_S = 5.0
@@ -270,7 +277,7 @@ def _structured_event(value: bytes | None) -> CloudEvent | None:
         event = from_json(CloudEvent, value, data_unmarshaller=_identity)
     except (ce_errors.GenericException, ValueError):
         return None
-    if not isinstance(envelope, dict) or not set(_REQUIRED_ATTRIBUTES) <= envelope.keys():
+    if not isinstance(envelope, dict) or not _readable_attributes(envelope):
         return None
     if isinstance(event.data, str):
         # The SDK hands a structured `data` member over as its JSON text. As an HTTP body
@@ -280,6 +287,25 @@ def _structured_event(value: bytes | None) -> CloudEvent | None:
         text = value if isinstance(value, str) and "json" not in content_type else event.data
         event.data = text.encode()
     return _drop_sdk_defaults(event, set(envelope))
+
+
+_TEXT_ATTRIBUTES = (*_REQUIRED_ATTRIBUTES, "datacontenttype", "dataschema", "subject", "time")
+
+
+def _readable_attributes(envelope: dict[str, Any]) -> bool:
+    """Whether Knative's deserializer (sdk-java's JSON format) reads the envelope as an
+    event: its required attributes there, the spec's attributes strings, extensions
+    strings, booleans or integers. Anything else is an InvalidCloudEvent it delivers as
+    a plain record. A `datacontenttype` of 5 raised here, and the dispatcher stopped on
+    the record at every restart (an audit, 2026-12-07)."""
+    if not set(_REQUIRED_ATTRIBUTES) <= envelope.keys():
+        return False
+    for name, value in envelope.items():
+        if name in ("data", "data_base64"):
+            continue
+        if not isinstance(value, str if name in _TEXT_ATTRIBUTES else str | bool | int):
+            return False
+    return True
 
 
 def _drop_sdk_defaults(event: CloudEvent, present: set[str]) -> CloudEvent:
@@ -344,29 +370,31 @@ def _kafka_parts(event: CloudEvent) -> KafkaMessage:
     dead-letter KafkaSink produces it: keyed by its `partitionkey` extension, which stays a
     header too (sdk-java's `PartitionKeyExtensionInterceptor`), and without a key when it
     has none, whatever the failed record's key was."""
-    partition_key = event.get("partitionkey")
-    key = None if partition_key is None else str(partition_key).encode()
-    if "datacontenttype" not in event:
-        # cloudevents 1.12 kafka.to_binary reads event["datacontenttype"] unguarded;
-        # None means "no content-type header" to it.
-        event = _new_event(event.get_attributes(), event.get_data())
-        event["datacontenttype"] = None
-    try:
-        message = kafka_to_binary(event, data_marshaller=_identity, key_mapper=lambda _: key)
-    except UnicodeEncodeError:  # a lone surrogate no header's UTF-8 can carry: U+FFFD
-        attributes = {
-            name: _utf8_or_replaced(value) if isinstance(value, str) else value
-            for name, value in event.get_attributes().items()
-        }
-        kept = _new_event(attributes, event.get_data())
-        message = kafka_to_binary(kept, data_marshaller=_identity, key_mapper=lambda _: key)
+    attributes = {name: _header_text(value) for name, value in event.get_attributes().items()}
+    partition_key = attributes.get("partitionkey")
+    key = None if partition_key is None else partition_key.encode()
+    headed = _new_event(attributes, event.get_data())
+    # cloudevents 1.12 kafka.to_binary reads event["datacontenttype"] unguarded; None
+    # means "no content-type header" to it.
+    headed["datacontenttype"] = attributes.get("datacontenttype")
+    message = kafka_to_binary(headed, data_marshaller=_identity, key_mapper=lambda _: key)
     if key is not None:  # the SDK drops the header it maps to the key; sdk-java keeps it
         message.headers[_PARTITION_KEY_HEADER] = key
     return message
 
 
-def _utf8_or_replaced(value: str) -> str:
-    return re.sub("[\ud800-\udfff]", "\ufffd", value)
+def _size(message: KafkaMessage) -> int:
+    headers = sum(len(name) + len(value) for name, value in message.headers.items())
+    return len(message.key or b"") + len(message.value or b"") + headers
+
+
+def _header_text(value: Any) -> str:
+    """An attribute as a Kafka header's UTF-8 text: an extension may be a boolean or an
+    integer (the SDK encoded only strings: an `attempt: 3` raised, and the dispatcher
+    stopped on the record), and a lone surrogate no UTF-8 can carry becomes U+FFFD."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return re.sub("[\ud800-\udfff]", "\ufffd", str(value))
 
 
 # ------------------------------------------------------------- KafkaSource
@@ -1160,7 +1188,7 @@ class KafkaSourceDispatcher:
                 tp, epoch, record = item
                 handled = False
                 try:
-                    handled = self._handle(record, sink)
+                    handled = self._handle_or_set_aside(record, sink)
                 finally:
                     self._queue.finish(tp, epoch, record.offset, handled)
         except Exception as exc:
@@ -1169,6 +1197,25 @@ class KafkaSourceDispatcher:
             self._halt()
         finally:
             sink.close()
+
+    def _handle_or_set_aside(self, record: Any, sink: HttpSink) -> bool:
+        """`_handle`, and a record it raises on dead-lettered as a plain record, so the
+        partition goes on (Knative's `RecordDispatcherImpl` discards a record it cannot
+        handle): the dispatcher stopped on it, and on it again at every restart, and
+        nothing after it was delivered (an audit, 2026-12-07)."""
+        try:
+            return self._handle(record, sink)
+        except Exception as exc:
+            log.exception(
+                "KafkaSource %s: %s-%s offset %s cannot be dispatched",
+                self.spec.name,
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+            event = _plain_event(record, _record_headers(record), self.spec.name, self.namespace)
+            failed = SinkResponse(None, error=f"cannot be dispatched: {exc!r}", unsendable=True)
+            return self._fail(record, event, failed)
 
     def _handle(self, record: Any, sink: HttpSink) -> bool:
         """Deliver one record; False if stopping interrupted it (it stays uncommitted)."""
@@ -1219,6 +1266,10 @@ class KafkaSourceDispatcher:
             return True
         dead = dead_letter_event(event, self.sink_url, response, record.topic)
         message = _kafka_parts(dead)
+        if _size(message) > DEAD_LETTER_MAX_BYTES:
+            data = dead.get_data() or b""
+            dropped = {**dead.get_attributes(), DATA_DROPPED_EXTENSION: str(len(data))}
+            message = _kafka_parts(_new_event(dropped, b""))  # Kafka wants a key or value
         for attempt in itertools.count():
             if attempt and self._stopping.wait(min(0.25 * 2**attempt, _DLS_BACKOFF_CAP_S)):
                 return False
