@@ -303,6 +303,9 @@ class Settings(BaseSettings):
             ]
             if missing:
                 raise ValueError(f"DUETIDE_AUTH=jwks needs {', '.join(missing)}")
+        if self.duetide_auth == "jwks" and self.duetide_public_url.startswith("http://"):
+            # a calendar feed URL is a credential: never handed out for plain http
+            raise ValueError("DUETIDE_PUBLIC_URL must be https:// with DUETIDE_AUTH=jwks")
         if self.duetide_event_oidc_audience and not self.duetide_event_oidc_jwks_url:
             raise ValueError("DUETIDE_EVENT_OIDC_AUDIENCE needs DUETIDE_EVENT_OIDC_JWKS_URL")
         if self.duetide_event_oidc_audience and not self.duetide_event_oidc_issuer:

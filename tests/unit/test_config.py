@@ -167,6 +167,21 @@ def test_event_senders_need_the_audience_and_hold_the_command_senders(monkeypatc
         get_settings()
 
 
+def test_a_production_public_url_is_https(monkeypatch):
+    """A feed URL is a credential a calendar app polls: behind the ingress's TLS the
+    request was http, and so was every feed URL handed out (an audit, 2026-12-07)."""
+    monkeypatch.setenv("DUETIDE_AUTH", "jwks")
+    monkeypatch.setenv("DUETIDE_JWKS_URL", "https://id.example/jwks")
+    monkeypatch.setenv("DUETIDE_JWT_ISSUER", "https://id.example/")
+    monkeypatch.setenv("DUETIDE_JWT_AUDIENCE", "duetide")
+    monkeypatch.setenv("DUETIDE_PUBLIC_URL", "http://tasks.example.com")
+    with pytest.raises(ConfigError, match="DUETIDE_PUBLIC_URL must be https"):
+        get_settings()
+    monkeypatch.setenv("DUETIDE_PUBLIC_URL", "https://tasks.example.com")
+    get_settings.cache_clear()
+    assert get_settings().duetide_public_url == "https://tasks.example.com"
+
+
 def test_relay_credentials_smtp_cannot_send_are_refused_at_the_start(monkeypatch):
     """A ValueError at every send, taken for the reminder's content: every e-mail
     reminder recorded failed for good (an audit, 2026-12-07)."""
