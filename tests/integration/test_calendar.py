@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -617,6 +618,50 @@ def test_a_first_token_made_concurrently_replaces_rather_than_fails(env):
             assert watcher.execute(waiting).scalar(), "the second insert never waited"
     with db.session_scope(read_only=True) as session:
         assert calendar_feed.owner_of(session, token.result(timeout=10)) == "carol"
+
+
+@pytest.mark.parametrize(
+    ("due", "moved"),
+    [
+        ("2026-10-25T02:30:00+01:00", None),  # the second 02:30 of Berlin's fall-back night
+        ("2026-10-24T02:30:00+02:00", "2026-10-25T02:40:00+01:00"),  # moved into it
+    ],
+)
+def test_a_due_time_in_the_hour_a_fall_back_repeats_is_exported_at_its_instant(
+    client, alice, due, moved
+):
+    """A TZID time in the repeated hour is read as its first instant (RFC 5545, 3.3.5):
+    the second 02:30 was shown and alarmed an hour early (an audit, 2026-12-07)."""
+    task = recurring(client, alice, due, rrule="FREQ=DAILY")
+    if moved:
+        moving = client.patch(f"/tasks/{task['id']}", json={"due_at": moved}, headers=alice)
+        assert moving.status_code == 200, moving.json
+    wanted = datetime.fromisoformat(moved or due).astimezone(UTC)
+    (instance,) = [t for t in calendar_of(client, alice).walk("VTODO") if "RECURRENCE-ID" in t]
+    assert instance.decoded("due").astimezone(UTC) == wanted
+    assert instance.decoded("dtstart").astimezone(UTC) == wanted
+
+
+def test_alarms_and_text_are_what_rfc_5545_allows(client, alice):
+    """An absolute TRIGGER needs VALUE=DATE-TIME (its default type is a duration), and
+    TEXT holds no control character but a tab: both went out as they were (an audit,
+    2026-12-07); line separators other than CR and LF are line breaks, escaped."""
+    title = "esc\x1b[31m bel\x07 vt\x0b del\x7f next\u2028line"
+    body = {
+        "title": title, "description": title, "tags": ["t\x1b"],
+        "due_at": "2027-05-01T10:00:00Z", "reminders": [{"at": "2027-04-30T18:00:00Z"}],
+    }  # fmt: skip
+    assert client.post("/tasks", json=body, headers=alice).status_code == 201
+    data = client.get("/calendar.ics", headers=alice).data
+    lines = data.split(b"\r\n")
+    assert [line for line in lines if line.startswith(b"TRIGGER")] == [
+        b"TRIGGER;VALUE=DATE-TIME:20270430T180000Z"
+    ]
+    assert not [line for line in lines if re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", line)]
+    (todo,) = Calendar.from_ical(data).walk("VTODO")
+    assert str(todo["summary"]) == "esc[31m bel vt\n del next\nline"
+    (alarm,) = todo.walk("VALARM")
+    assert alarm.decoded("trigger") == datetime(2027, 4, 30, 18, tzinfo=UTC)
 
 
 def test_tokens_made_while_others_are_revoked_never_fail(env):

@@ -74,6 +74,10 @@ def test_preferences_defaults_update_and_validation(client, alice):
         response = client.patch("/preferences", json=bad, headers=alice)
         assert response.status_code == 422, (bad, response.json)
     assert client.get("/preferences", headers=alice).json == changed.json
+    # Equal times are no quiet hours (README), shown as null: they came back as set.
+    same = {"quiet_hours": {"start": "22:00", "end": "22:00"}}
+    assert client.patch("/preferences", json=same, headers=alice).json["quiet_hours"] is None
+    assert client.get("/preferences", headers=alice).json["quiet_hours"] is None
 
 
 def test_default_reminders_apply_only_when_none_are_given(client, alice):

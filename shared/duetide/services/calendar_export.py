@@ -97,7 +97,7 @@ class Snapshot:
         return render(self.tasks, self.series, self.as_of)
 
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 """Bump when the rendering changes, so that calendar apps fetch it again."""
 
 
@@ -309,14 +309,26 @@ def _open_todo(uid: str, source: Task | Series, tags: list[str]) -> Todo:
     todo.add("dtstamp", source.updated_at)
     todo.add("created", source.created_at)
     todo.add("last-modified", source.updated_at)
-    todo.add("summary", source.title)
+    todo.add("summary", _text(source.title))
     if source.description:
-        todo.add("description", source.description)
+        todo.add("description", _text(source.description))
     todo.add("status", "NEEDS-ACTION")
     todo.add("priority", ICAL_PRIORITY[source.priority])
     if tags:
-        todo.add("categories", tags)
+        todo.add("categories", [_text(tag) for tag in tags])
     return todo
+
+
+_LINE_BREAKS = re.compile("\r\n?|[\x0b\x0c\x85\u2028\u2029]")
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def _text(value: str) -> str:
+    """`value` as RFC 5545 TEXT holds it: no control character but a tab and the line
+    breaks icalendar escapes as `\\n`. Titles and tags may hold an escape or a bell, which
+    went out raw, and U+2028 or U+0085, which readers splitting lines took for a line's
+    end (an audit, 2026-12-07)."""
+    return _CONTROLS.sub("", _LINE_BREAKS.sub("\n", value))
 
 
 def _task_todo(task: Task, uid: str, zone: tzinfo | None = None) -> Todo:
@@ -324,8 +336,8 @@ def _task_todo(task: Task, uid: str, zone: tzinfo | None = None) -> Todo:
     series' zone, where the user may have moved it from its scheduled time."""
     todo = _open_todo(uid, task, task.tags)
     if task.due_at is not None and zone is not None:
-        todo.add("dtstart", task.due_at.astimezone(zone))
-        todo.add("due", task.due_at.astimezone(zone))
+        todo.add("dtstart", _unambiguous(task.due_at, zone))
+        todo.add("due", _unambiguous(task.due_at, zone))
     elif task.due_at is not None:
         todo.add("due", task.due_at.astimezone(UTC))
     for reminder in task.reminders:
@@ -333,6 +345,18 @@ def _task_todo(task: Task, uid: str, zone: tzinfo | None = None) -> Todo:
         if alarm is not None:
             todo.add_component(alarm)
     return todo
+
+
+def _unambiguous(instant: datetime, zone: tzinfo) -> datetime:
+    """`instant` in `zone`, or in UTC where the zone's wall time names two instants (the
+    hour a fall-back repeats) and it is the second: a TZID time is read as the first
+    (RFC 5545, 3.3.5), so 02:30 after the clocks went back was shown and alarmed an hour
+    early (an audit, 2026-12-07). A master's RECURRENCE-ID stays local: the master's
+    DTSTART is read the same way, so the two still match."""
+    local = instant.astimezone(zone)
+    if local.replace(fold=0).astimezone(UTC) != instant.astimezone(UTC):
+        return instant.astimezone(UTC)
+    return local
 
 
 def _alarm(task: Task, reminder: Reminder) -> Any:
@@ -356,7 +380,7 @@ def _relative_alarm(title: str, before_due_s: int) -> Any:
 
     alarm = Alarm()
     alarm.add("action", "DISPLAY")
-    alarm.add("description", title)
+    alarm.add("description", _text(title))
     alarm.add("trigger", -timedelta(seconds=before_due_s), parameters={"RELATED": "END"})
     return alarm
 
@@ -366,8 +390,9 @@ def _absolute_alarm(title: str, at: datetime) -> Any:
 
     alarm = Alarm()
     alarm.add("action", "DISPLAY")
-    alarm.add("description", title)
-    alarm.add("trigger", at.astimezone(UTC))
+    alarm.add("description", _text(title))
+    # VALUE is required: a TRIGGER's default type is a duration (RFC 5545, 3.8.6.3)
+    alarm.add("trigger", at.astimezone(UTC), parameters={"VALUE": "DATE-TIME"})
     return alarm
 
 

@@ -176,6 +176,8 @@ def update(
         preference.channels = list(dict.fromkeys(spec.channels or ["log"]))
     if "quiet_hours" in changes:
         window = spec.quiet_hours
+        if window is not None and window.start == window.end:
+            window = None  # no quiet hours, as null is (README): shown back as null
         preference.quiet_start = window.start if window else None
         preference.quiet_end = window.end if window else None
     if "grace" in changes:
