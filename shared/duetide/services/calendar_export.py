@@ -30,6 +30,7 @@ function's cold start does not pay for it (tests/unit/test_startup_imports.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -179,23 +180,24 @@ def _renderer_versions() -> str:
 
 def render(tasks: Iterable[Task], series: dict[str, Series], as_of: datetime) -> bytes:
     """The VCALENDAR of `tasks` (open ones, with their tags and reminders loaded), and of
-    `series`, the series some of them are occurrences of, at `as_of`."""
-    from icalendar import Calendar  # see the module's docstring
+    `series`, the series some of them are occurrences of, at `as_of`.
 
-    calendar = Calendar()
-    calendar.add("prodid", PRODID)
-    calendar.add("version", "2.0")
-    calendar.add("calscale", "GREGORIAN")
-    calendar.add("x-wr-calname", "duetide")
-    calendar.add("refresh-interval", REFRESH, parameters={"VALUE": "DURATION"})
-    calendar.add("x-published-ttl", "PT1H")
+    Each VTODO is written out as soon as it is built, and only its text kept: the whole
+    tree of a calendar of 500 long tasks (35 MB written) raised the process's peak memory
+    by 227 MiB, and two such exports at once neared the tasks pod's 512 MiB (an audit,
+    2026-12-07)."""
+    from icalendar import Calendar, Timezone  # see the module's docstring
+
     recurring = _recurring_occurrences(tasks, series)
     starts: list[datetime] = []
     zones: set[str] = set()
+    used_tzids: set[str] = set()
+    written: list[bytes] = []
     work = Meter(RECURRENCE_WORK)
     beyond_zones = beyond_work = 0
     for task in tasks:
         found = series.get(task.series_id) if task.series_id else None
+        todos: list[Todo] = []
         if found is not None and recurring.get(found.id) is task:
             allowed = _zone_allowed(found, zones)
             affordable = work.left >= ical_recurrence.SERIES_WORK
@@ -206,11 +208,10 @@ def render(tasks: Iterable[Task], series: dict[str, Series], as_of: datetime) ->
                 # The instance too: an occurrence moved before the series' start fell
                 # before the VTIMEZONE's first onset, which readers take an hour off.
                 starts.extend(todo.decoded("dtstart") for todo in todos if "dtstart" in todo)
-                for todo in todos:
-                    calendar.add_component(todo)
                 zones.add(found.timezone)
-                continue
-        calendar.add_component(_task_todo(task, f"{task.id}@duetide"))
+        for todo in todos or [_task_todo(task, f"{task.id}@duetide")]:
+            used_tzids |= _tzids(todo)
+            written.append(todo.to_ical())
     if beyond_zones or beyond_work:
         log_event(
             log,
@@ -219,9 +220,28 @@ def render(tasks: Iterable[Task], series: dict[str, Series], as_of: datetime) ->
             work=beyond_work,
             zones_written=len(zones),
         )
+    calendar = Calendar()
+    calendar.add("prodid", PRODID)
+    calendar.add("version", "2.0")
+    calendar.add("calscale", "GREGORIAN")
+    calendar.add("x-wr-calname", "duetide")
+    calendar.add("refresh-interval", REFRESH, parameters={"VALUE": "DURATION"})
+    calendar.add("x-published-ttl", "PT1H")
     if starts:
-        calendar.add_missing_timezones(*timezone_window([s.date() for s in starts]))
-    return bytes(calendar.to_ical())
+        first, last = timezone_window([s.date() for s in starts])
+        for tzid in sorted(used_tzids):
+            with contextlib.suppress(ValueError):  # not a zone icalendar knows: left out
+                calendar.add_component(Timezone.from_tzid(tzid, first_date=first, last_date=last))
+    head = bytes(calendar.to_ical())
+    end = b"END:VCALENDAR\r\n"
+    assert head.endswith(end)
+    return b"".join([head[: -len(end)], *written, end])
+
+
+def _tzids(component: Any) -> set[str]:
+    """The TZIDs `component` and its own components use (Calendar.get_used_tzids')."""
+    items = component.property_items(sorted=False)
+    return {value.params["TZID"] for _, value in items if "TZID" in getattr(value, "params", {})}
 
 
 def _zone_allowed(found: Series, zones: set[str]) -> bool:
