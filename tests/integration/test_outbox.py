@@ -159,3 +159,30 @@ def test_a_relay_waiting_for_the_broker_on_sqlite_holds_no_writer_up(
         for connection in held:
             connection.close()
     assert {row.id for row in pending()} == {row.id for row in _all_rows()}  # none sent
+
+
+def _plan_nodes(plan: dict) -> list[dict]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _plan_nodes(child))]
+
+
+def test_a_relay_batch_reads_a_batch_not_the_whole_backlog(env):
+    """By `ix_outbox_pending (sent_at, created_at)` PostgreSQL could not take unsent rows
+    in order (`IS NULL` is no equality to it) and, the row locks between the limit and
+    the sort, sorted every unsent row for each batch: 150-200 ms and 76-84 MB on disk a
+    batch at 200,000 after a broker outage (an audit, 2026-12-07)."""
+    if not env.startswith("postgresql"):
+        pytest.skip("PostgreSQL's plan (SQLite's searches the index as it is)")
+    backlog = 20_000
+    event = outbox.Event(events.TASK_CREATED, "task-1", {"task_id": "task-1"})
+    with db.session_scope() as session:
+        outbox.insert_pending(session, outbox.pending_rows([event] * backlog, source="/t"))
+        session.connection().exec_driver_sql("ANALYZE outbox")
+    batch = outbox.unsent(500).with_for_update(skip_locked=True)  # the relay's, on PostgreSQL
+    with db.session_scope() as session:
+        connection = session.connection()
+        sql = str(batch.compile(connection, compile_kwargs={"literal_binds": True}))
+        [[plan]] = connection.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql).all()
+    nodes = _plan_nodes(plan[0]["Plan"])
+    read = max(node["Actual Rows"] for node in nodes)
+    assert read <= 500, f"a batch of 500 read {read} rows of {backlog} unsent"
+    assert not [node for node in nodes if node["Node Type"] == "Sort"]

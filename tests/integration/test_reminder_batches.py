@@ -273,3 +273,18 @@ def test_a_batch_is_bounded(client, alice, per_event, notify, count):
             == []
         )
     assert task["id"] == one["task_id"]
+
+
+def test_a_ping_claims_within_its_budget_and_the_next_goes_on(client, alice, env):
+    """A claim went on until the due reminders were done: 200,000 past their grace took
+    37 s of a ping whose request times out at 60 s, before its webhook retries, relay and
+    purge (an audit, 2026-12-07). No batch is begun after the budget; the next ping
+    claims the rest."""
+    now = utcnow()
+    at = (now - timedelta(minutes=1)).isoformat()
+    for n in range(5):
+        make_task(client, alice, title=f"t{n}", reminders=[{"at": at}])
+    first = sweep.claim_due(now, 2, claimers=1, budget_s=0.0)
+    assert (first.batches, first.fired) == (1, 2)  # one batch, then the budget was spent
+    rest = sweep.claim_due(now, 2, claimers=1)
+    assert (rest.batches, rest.fired) == (2, 3)  # 2, then a short 1 ends it

@@ -40,6 +40,7 @@ PINNED = {
     "0023_delivery_round_start.py": "15f27a4f529264e0",
     "0024_text_in_nfc.py": "52bbd20aca9c26e3",
     "0025_repair_edited_migrations.py": "b3f9dcaef0205162",
+    "0026_outbox_unsent_index.py": "4135eddd5e04161b",
 }
 """sha256 (first 16 hex digits) of each migration as committed. 0020's is of its version
 whose column adds are safe to run again (`migrate.add_column_if_missing`)."""

@@ -224,6 +224,13 @@ def _due_events(due: list[events.ReminderEvent], per_event: int) -> list[outbox.
     ]
 
 
+CLAIM_BUDGET_S = 30.0
+"""How long one ping claims at most: the rest of a burst goes with the next pings. The
+ping's webhook retries, relay and purge come after the claim, inside the sweep's 60 s
+request timeout; 200,000 reminders past their grace took a claim of 37 s (an audit,
+2026-12-07), and a ping cut off by its timeout ran none of them."""
+
+
 def claim_due(
     now: datetime,
     batch: int,
@@ -231,8 +238,10 @@ def claim_due(
     *,
     publish: bool = True,
     claimers: int | None = None,
+    budget_s: float = CLAIM_BUDGET_S,
 ) -> SweepResult:
-    """Claim every due reminder, batch after batch, until a batch comes back short.
+    """Claim every due reminder, batch after batch, until a batch comes back short or
+    `budget_s` has passed (no new batch is begun after it).
 
     Each batch's events are sent right after its commit (`outbox.publish_claimed`: one
     produce call, one UPDATE marking them sent), so a burst reaches notify as fast as it
@@ -253,6 +262,7 @@ def claim_due(
     publishing = [publish]
     lock = threading.Lock()
     started = perf_counter()
+    deadline = started + budget_s
 
     def claim_until_short() -> None:
         while True:
@@ -270,7 +280,7 @@ def claim_due(
                 total.dismissed += claimed.dismissed
                 total.batches += 1
                 total.published += sent
-            if claimed.seen < batch:
+            if claimed.seen < batch or perf_counter() >= deadline:
                 return
 
     if count == 1:
@@ -294,6 +304,7 @@ def claim_due(
             batches=total.batches,
             claimers=count,
             published=total.published,
+            budget_spent=perf_counter() >= deadline,
             ms_per_batch=round((perf_counter() - started) * 1000 / total.batches, 1),
         )
     return total

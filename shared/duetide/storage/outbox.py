@@ -64,6 +64,7 @@ from sqlalchemy import select as select_columns
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select, update
+from sqlmodel.sql.expression import SelectOfScalar
 
 from duetide import events, tracecontext
 from duetide.config import get_settings, publish_send_bound_s
@@ -662,12 +663,7 @@ def _relay_batch(limit: int) -> tuple[int, int]:
     publisher = get_publisher()
     if publisher is None:
         return 0, 0
-    pending = (
-        select(Outbox)
-        .where(col(Outbox.sent_at).is_(None))
-        .order_by(col(Outbox.created_at))
-        .limit(limit)
-    )
+    pending = unsent(limit)
     if db.get_engine().dialect.name == "sqlite":
         with db.session_scope(read_only=True) as session:
             rows = session.exec(pending).all()
@@ -680,6 +676,12 @@ def _relay_batch(limit: int) -> tuple[int, int]:
         acked = publisher.send(rows)
         _note_relayed(session, rows, acked)
     return len(rows), len(acked)
+
+
+def unsent(limit: int) -> SelectOfScalar[Outbox]:
+    """The oldest `limit` unsent rows, which `ix_outbox_unsent` holds in this order."""
+    oldest = select(Outbox).where(col(Outbox.sent_at).is_(None)).order_by(col(Outbox.created_at))
+    return oldest.limit(limit)
 
 
 def _note_relayed(session: Session, rows: Sequence[Outbox], acked: list[str]) -> None:
