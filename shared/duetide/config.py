@@ -253,6 +253,20 @@ class Settings(BaseSettings):
     def _known_driver(cls, value: str) -> str:
         if value and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
+        if value.startswith("postgres"):
+            from sqlalchemy.engine import make_url  # what the engine will read it as
+
+            try:
+                host = make_url(value).host or ""
+            except ValueError:
+                host = "@"
+            if "@" in host:
+                # read as a host name, the password's tail went into every connection
+                # error (logs, the migration's output: an audit, 2026-12-07)
+                raise ValueError(
+                    "cannot be read: percent-encode the password's @ : / ? # characters "
+                    "(urllib.parse.quote(password, safe=''))"
+                )
         if value.startswith(("postgresql://", "postgres://")):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
@@ -379,7 +393,7 @@ class Settings(BaseSettings):
 
     def _generated_secret(self, name: str) -> str:
         path = self.duetide_home / name
-        self.duetide_home.mkdir(parents=True, exist_ok=True)
+        self.duetide_home.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
         try:  # O_EXCL: two processes starting together agree on one secret
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -390,6 +404,10 @@ class Settings(BaseSettings):
 
 
 LOCAL_SYSTEM = "local"
+HOME_MODE = 0o700
+"""DUETIDE_HOME's, when made: its SQLite database holds e-mail addresses, webhook URLs
+and their signing secrets, which a home made 0755 (a database 0644) let every user of
+the machine read (an audit, 2026-12-07)."""
 JWT_SECRET_FILE = "jwt-secret"
 """The generated HS256 secret's file in DUETIDE_HOME (`duetide token` reads it)."""
 MIN_COMMAND_KEY_CHARS = 32

@@ -528,7 +528,9 @@ def test_feed_tokens_need_a_bearer_token(client, env):
 
 def test_logged_paths_hide_feed_tokens():
     assert loggable_path("/calendar/abc-DEF_1.ics") == "/calendar/{feed_token}"
-    assert loggable_path("//calendar/abc.ics/x") == "//calendar/{feed_token}/x"
+    assert loggable_path("//calendar/abc.ics/x") == "//calendar/{feed_token}"
+    # a token anywhere after it: `/calendar/%2e%2e/<token>.ics` kept it (an audit, 2026-12-07)
+    assert loggable_path("/calendar/%2e%2e/secret.ics") == "/calendar/{feed_token}"
     assert loggable_path("/calendar/feed-token") == "/calendar/feed-token"
     assert loggable_path("/calendar.ics") == "/calendar.ics"
     assert loggable_path("/calendar//abc.ics") == "/calendar//{feed_token}"

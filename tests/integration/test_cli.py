@@ -412,6 +412,7 @@ def test_connection_refused_names_the_url_and_scripts_up(
         (None, "tok\u20acn-SECRETSIG"),
         ("http://[::1", None),
         ("http://127.0.0.1:9/\u20ac", None),
+        ("http://me:SECRETSIG@127.0.0.1:9", None),  # every message naming the URL showed it
     ],
 )
 def test_a_token_or_url_http_cannot_carry_is_a_usage_error_that_never_shows_the_token(

@@ -182,6 +182,27 @@ def test_a_production_public_url_is_https(monkeypatch):
     assert get_settings().duetide_public_url == "https://tasks.example.com"
 
 
+def test_a_database_password_with_an_at_sign_is_refused_without_being_shown(monkeypatch):
+    """Unencoded, the password's tail after its `@` was read as the host's name and went
+    into every connection error: logs, `duetide migrate`, the migration Job (an audit,
+    2026-12-07)."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:CANARY@SECRETTAIL@db.example:5432/app")
+    with pytest.raises(ConfigError, match="percent-encode the password") as refused:
+        get_settings()
+    assert "CANARY" not in str(refused.value) and "SECRETTAIL" not in str(refused.value)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:CANARY%40SECRETTAIL@db.example/app")
+    get_settings.cache_clear()
+    assert get_settings().database_url.startswith("postgresql+psycopg://app:CANARY%40")
+
+
+def test_a_home_made_for_its_secrets_is_its_owners_alone(tmp_path):
+    """Its SQLite database holds e-mail addresses, webhook URLs and signing secrets: the
+    home was made 0755 and the database 0644, readable by every user (an audit, 2026-12-07)."""
+    home = tmp_path / "made-by-duetide"
+    Settings(duetide_home=home, duetide_jwt_secret="").jwt_secret()
+    assert home.stat().st_mode & 0o777 == 0o700
+
+
 def test_relay_credentials_smtp_cannot_send_are_refused_at_the_start(monkeypatch):
     """A ValueError at every send, taken for the reminder's content: every e-mail
     reminder recorded failed for good (an audit, 2026-12-07)."""

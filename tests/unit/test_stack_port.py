@@ -119,3 +119,28 @@ def test_a_file_that_is_no_database_is_named_at_the_start(tmp_path: Path) -> Non
     with pytest.raises(StackError, match=f"{database} cannot be migrated: file is not a database"):
         stack.start()
     stack.stop()
+
+
+def test_the_banner_names_the_database_without_its_password(tmp_path: Path) -> None:
+    """`up` printed DATABASE_URL whole, password and all, even with --quiet: into
+    terminals, CI logs and `duetide up | tee` (an audit, 2026-12-07)."""
+    from typing import Any, cast
+
+    from duetide_tools.cli import _banner
+    from duetide_tools.local.stack import FunctionProcess
+    from duetide_tools.manifests import ServiceSpec
+
+    stack = Stack(
+        root=project_root(),
+        home=tmp_path,
+        database_url="postgresql+psycopg://app:CANARY-PASSWORD@127.0.0.1:5432/duetide",
+        bootstrap_servers="127.0.0.1:9092",
+    )
+    with listen(0) as listener:
+        tasks = FunctionProcess(
+            ServiceSpec("duetide-tasks", "tasks"), listener, cast(Any, None), tmp_path
+        )
+        stack.functions["tasks"] = tasks
+        shown = _banner(stack, "a-token", "me", 1.0)
+    assert "CANARY-PASSWORD" not in shown
+    assert "postgresql+psycopg://app:***@127.0.0.1:5432/duetide" in shown

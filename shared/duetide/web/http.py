@@ -259,9 +259,11 @@ def traced(request: Request, answer: Callable[[], Response]) -> Response:
     return response
 
 
-_FEED_TOKEN = re.compile(r"(?i)(/calendar/+)(?!feed-token(?:/|$))[^/]+")
+_FEED_TOKEN = re.compile(r"(?i)(/calendar/+)(?!feed-token(?:/|$)).+")
 """A calendar feed token in a path (`/calendar/{feed_token}.ics`), wherever it stands,
-in any case and after any number of slashes: a path that routes nowhere is logged too."""
+in any case and after any number of slashes: a path that routes nowhere is logged too,
+so all that follows `/calendar/` goes (`/calendar/%2e%2e/<token>.ics` kept the token:
+an audit, 2026-12-07)."""
 
 
 def loggable_path(path: str) -> str:

@@ -151,11 +151,13 @@ class _Steps:
 def _banner(
     stack: Stack, token: str, user: str, seconds: float, local_key: Path | None = None
 ) -> str:
+    from duetide_tools.local.stack import shown_database
+
     lines = [f"duetide is up in {seconds:.1f} s", ""]
     lines += [f"  {name:<11} {child.url}" for name, child in stack.functions.items()]
     lines += [
         f"  {'broker':<11} {stack.bootstrap_servers}",
-        f"  {'database':<11} {stack.database_url}",
+        f"  {'database':<11} {shown_database(stack.database_url)}",
         f"  {'logs':<11} {stack.logs}",
         "",
         f"  token for user {user!r} (`duetide token USER` makes more):",

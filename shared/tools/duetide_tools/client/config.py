@@ -62,6 +62,9 @@ def checked_url(url: str) -> str:
         parts.port  # noqa: B018 (it checks the port)
     except ValueError as exc:
         raise UsageError(f"the API URL {url!r} is malformed: {exc}") from None
+    if parts.username is not None or parts.password is not None:
+        # not echoed: every message naming the URL printed the password in it
+        raise UsageError("the API URL holds a user name or password: drop it, the token signs in")
     if not parts.hostname or not url.isascii() or not url.isprintable():
         raise UsageError(f"the API URL {url!r} must name a host, in printable ASCII")
     return url

@@ -40,6 +40,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from kafka.errors import KafkaError
 
+from duetide.config import HOME_MODE
 from duetide.storage import db, migrate, outbox
 from duetide_tools import manifests, topic_reader
 from duetide_tools.local import backlog, orphans
@@ -221,7 +222,7 @@ def _migrate(url: str) -> None:
     write, and every write was then a 503 "retry" that no retry could help (an audit,
     2026-12-07). SQLite: its header's user version written back as it is; PostgreSQL: a
     read-only server (a standby) or role."""
-    where = _where(url)
+    where = shown_database(url)
     try:
         migrate.upgrade(url)
     except migrate.SchemaNewer as newer:  # a newer checkout's: its schema serves this code
@@ -242,8 +243,9 @@ def _migrate(url: str) -> None:
         engine.dispose()
 
 
-def _where(url: str) -> str:
-    """The database as a refusal names it: a file's path, or the URL without its password."""
+def shown_database(url: str) -> str:
+    """The database as `up` names it (its banner, a refusal): a file's path, or the URL
+    without its password (the banner printed it whole, an audit, 2026-12-07)."""
     parsed = sqlalchemy.make_url(url)
     sqlite = parsed.get_backend_name() == "sqlite"
     return str(parsed.database) if sqlite else parsed.render_as_string()
@@ -325,7 +327,7 @@ class Stack:
         functions) with StartCancelled. Call `stop()` after it either way."""
         self._api_listener = listen(self.port)
         self.port = self._api_listener.getsockname()[1]  # 0 chooses one
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
         self._home_lock = _lock_home(self.home, self.port)
         self.logs.mkdir(exist_ok=True)
         self.wiring = manifests.load(self.root)
