@@ -360,14 +360,15 @@ def stack_on(database: str) -> Iterator[Up]:
         assert up.stdout is not None
         for line in up.stdout:
             words = line.split()
-            if len(words) == 2 and words[0] in ("broker", "database"):
+            if len(words) == 2 and words[0] == "broker":
                 banner[words[0]] = words[1]
             if line.startswith("Ctrl-C"):
                 break
         if "broker" not in banner:
             raise RuntimeError(f"duetide up did not start (exit code {up.poll()})")
         threading.Thread(target=up.stdout.read, daemon=True).start()  # keep the pipe drained
-        yield Up(port, banner["broker"], banner["database"], home)
+        # The banner names the database without its password (or SQLite's by its path).
+        yield Up(port, banner["broker"], url or f"sqlite:///{home / 'duetide.db'}", home)
     finally:
         up.send_signal(signal.SIGINT)
         try:
