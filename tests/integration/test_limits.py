@@ -714,6 +714,17 @@ def test_a_due_range_on_a_list_not_in_due_order_counts_ten_reads(env, alice, mon
     refused(client.get("/tasks?due_after=2029-01-01T00:00:00Z", headers=alice), 429, "rate_limited")
 
 
+def test_a_priority_filter_out_of_priority_order_counts_ten_reads(env, alice, monkeypatch):
+    """Served in priority order only: by due time, one priority among 200,000 tasks read
+    100,000 to find none, for one read and with no 2 s bound (an audit, 2026-12-07)."""
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "12")
+    _reset_caches()
+    client = function_client("tasks")
+    assert client.get("/tasks?priority=urgent&sort=priority", headers=alice).status_code == 200
+    assert client.get("/tasks?priority=urgent&sort=due_at", headers=alice).status_code == 200
+    refused(client.get("/tasks?priority=urgent", headers=alice), 429, "rate_limited")
+
+
 def test_a_forecast_count_with_leading_zeros_counts_as_its_number(env, bob, monkeypatch):
     """`0000500` is served as 500 occurrences; its charge, taken from the text before
     validation, read seven characters as one read (an audit, 2026-12-07)."""
@@ -726,6 +737,21 @@ def test_a_forecast_count_with_leading_zeros_counts_as_its_number(env, bob, monk
     for _ in range(3):
         response = client.get(forecast, headers=bob)
         assert response.status_code == 200 and len(response.get_json()["items"]) == 500
+    refused(client.get(forecast, headers=bob), 429, "rate_limited")
+
+
+def test_a_forecast_counts_the_work_its_count_allows(env, bob, monkeypatch):
+    """A count of 90 already gets the engine's whole budget (0.25 s), and 99 counted one
+    read (one per 50 occurrences): on a sparse rule 0.33 s of CPU for one read, outside
+    the two-at-a-time bound of costly reads (an audit, 2026-12-07)."""
+    monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "30")
+    _reset_caches()
+    client = function_client("tasks")
+    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
+    created = client.post("/tasks", json=body, headers=bob).get_json()
+    forecast = f"/series/{created['series_id']}/occurrences?count=99"
+    for _ in range(3):
+        assert client.get(forecast, headers=bob).status_code == 200  # 10 each
     refused(client.get(forecast, headers=bob), 429, "rate_limited")
 
 

@@ -36,6 +36,7 @@ from sqlmodel import col
 
 from duetide.config import get_settings
 from duetide.errors import RateLimited
+from duetide.rules import recurrence
 from duetide.rules.text import QUERY_INTEGER
 from duetide.storage import db
 from duetide.storage.models import RateWindow, utcnow
@@ -97,17 +98,20 @@ render): up to 500 tasks with their reminders, 0.4 s rendered when plain, about 
 `calendar_export.RECURRENCE_WORK`), 0.36-0.9 s for the 304 alone at the fields' limits
 (probes, 2026-12-06 and 07). Ten a minute by default; a
 calendar app polls every few minutes at most (`Cache-Control: max-age=300`)."""
-OCCURRENCES_PER_READ = 50
-"""A forecast counts one read per this many occurrences asked for: 500 took up to
-0.3 s, the recurrence engine's work budget."""
 
 
 def forecast_reads(count: str | None) -> int:
     """What `GET /series/{id}/occurrences?count=` counts, read as validation will read
-    it (`0000500` is 500); a count validation refuses counts one."""
+    it (`0000500` is 500); a count validation refuses counts one. One read for each
+    base forecast's work its budget allows (`recurrence.forecast_budget`): the engine's
+    whole budget (0.25 s of CPU) is 10 reads, and under the two-at-a-time bound of
+    costly reads. It counted one read per 50 occurrences, while 90 already got the whole
+    budget: a forecast of 99 on a sparse rule took 0.33 s of CPU for one read, outside
+    that bound (an audit, 2026-12-07)."""
     if count is None or not re.fullmatch(QUERY_INTEGER, count):
         return 1
-    return min(SCAN_READS, max(1, int(count) // OCCURRENCES_PER_READ))
+    budget = recurrence.forecast_budget(min(int(count), 10**6))
+    return min(SCAN_READS, max(1, budget // recurrence.FORECAST_BASE_WORK))
 
 
 class ReadBudget:
