@@ -368,6 +368,7 @@ def test_usage_errors_exit_2_and_send_nothing(cli: Callable[..., Ran], user: Use
         ("task", "add", "x", "--due", "someday"),
         ("task", "add", "x", "--due", "tomorrow", "--remind", "15x"),
         ("task", "add", "x", "--every", "daily"),
+        ("task", "add", "x", "--every", "", "--due", "tomorrow"),  # was a one-off, silently
         ("task", "add", "x", "--due", "tomorrow", "--tz", "Mars/Olympus"),
         ("task", "ls", "--due-before", "whenever"),
     ):
@@ -663,6 +664,21 @@ def test_the_environment_wins_over_the_file_each_variable_on_its_own(
     assert ran.code == 1 and dead in ran.err
     monkeypatch.setenv("DUETIDE_URL", "")  # empty is unset
     assert "Mine" in cli("task", "ls").out
+
+
+def test_a_damaged_config_file_is_replaced_by_login_and_unread_with_the_environment(
+    cli: Callable[..., Ran], user: User, server: Server, tmp_path: Path
+) -> None:
+    """A corrupt file stopped every command, with both variables set, and `login` too,
+    whose message said to run `login` again (an audit, 2026-12-07)."""
+    path = tmp_path / "config" / "duetide" / "config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{bad")
+    user.api("POST", "/tasks", json={"title": "Mine"})
+    assert "Mine" in cli("task", "ls").out  # DUETIDE_URL and DUETIDE_TOKEN: the file unread
+    ran = cli("login", "--url", server.url, "--token", user.token)
+    assert ran.code == 0, ran.err
+    assert json.loads(path.read_text()) == {"url": server.url, "token": user.token}
 
 
 def duetide(*argv: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:

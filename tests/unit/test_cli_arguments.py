@@ -53,6 +53,9 @@ def test_token_refuses_an_empty_secret_file_and_an_empty_user(
     (home / "jwt-secret").write_text("s" * 40)
     assert main(["token", " "]) == 2
     assert "printable" in capsys.readouterr().err
+    # what the API refuses (a 401 for the token made) or takes as another user
+    for user in ("u" * 256, " me ", "me\t"):
+        assert main(["token", user]) == 2, user
     assert main(["token", "me"]) == 0
     assert capsys.readouterr().out.count(".") == 2  # a JWT: header.claims.signature
 

@@ -52,6 +52,16 @@ def local(
         ("24 December 2027", local(2027, 12, 24, 9, 0)),
         # A date with no year that has passed is next year's, not this year's past one.
         ("jan 5", local(2027, 1, 5, 9, 0)),
+        # A number after the day is its hour, as after `tomorrow`: dateutil read `9` as
+        # the year 2009, rolled to 2010 (an audit, 2026-12-07).
+        ("dec 24 9", local(2026, 12, 24, 9, 0)),
+        ("24 dec 18", local(2026, 12, 24, 18, 0)),
+        ("dec 24, 2027 9pm", local(2027, 12, 24, 21, 0)),
+        # Feb 29 is the next leap year's: it was refused (dateutil's default year has
+        # none) or, in a leap year, this year's even when past.
+        ("feb 29", local(2028, 2, 29, 9, 0)),
+        # Today's date at a time already past is next year's, as a weekday's is next week's.
+        ("dec 2", local(2027, 12, 2, 9, 0)),
         # A date alone is at 09:00 in every ISO form, the week dates too.
         ("20261224", local(2026, 12, 24, 9, 0)),
         ("2026-W53-4", local(2026, 12, 31, 9, 0)),
@@ -79,6 +89,7 @@ def test_due_reads_in_the_given_zone_not_the_offset_of_now() -> None:
         # dateutil read these silently, as days in the past or the year 1230, and an
         # offset of a day or more failed later as an unexpected ValueError (exit 1).
         "5", "-1", "1230", "june", "2026-12-01T09:00+25:00", "dec 24 18:00 +25:00",
+        "dec 24 99", "apr 31", "dec 24 and more",
     ],
 )  # fmt: skip
 def test_due_refuses_what_it_cannot_read(text: str) -> None:

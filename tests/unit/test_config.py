@@ -201,6 +201,11 @@ def test_a_home_made_for_its_secrets_is_its_owners_alone(tmp_path):
     home = tmp_path / "made-by-duetide"
     Settings(duetide_home=home, duetide_jwt_secret="").jwt_secret()
     assert home.stat().st_mode & 0o777 == 0o700
+    # `duetide migrate` on a new home makes it as its database's folder
+    from duetide.storage import db
+
+    db.make_engine(f"sqlite:///{tmp_path / 'migrated' / 'duetide.db'}").dispose()
+    assert (tmp_path / "migrated").stat().st_mode & 0o777 == 0o700
 
 
 def test_relay_credentials_smtp_cannot_send_are_refused_at_the_start(monkeypatch):

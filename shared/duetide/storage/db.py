@@ -22,7 +22,7 @@ from sqlalchemy import event, exc, make_url, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
-from duetide.config import get_settings, publish_send_bound_s
+from duetide.config import HOME_MODE, get_settings, publish_send_bound_s
 from duetide.errors import Unavailable
 from duetide.once import once
 from duetide.storage.watchdog import HoldWatch
@@ -38,7 +38,7 @@ def make_engine(url: str, *, long_statements: bool = False) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},

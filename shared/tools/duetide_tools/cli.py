@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     """A token signed with the secret of the stack the user talks to (never a new one)."""
     from duetide.config import get_settings
-    from duetide.web.auth import issue_local_token
+    from duetide.web.auth import issue_local_token, usable_user_id
     from duetide_tools.local import running, token_secret
 
     settings = get_settings()
@@ -224,8 +224,12 @@ def cmd_token(args: argparse.Namespace) -> int:
             print(f"duetide: the token secret {path} is empty", file=sys.stderr)
             return 1
         settings = settings.model_copy(update={"duetide_jwt_secret": secret})
-    if not args.user.strip() or not args.user.isprintable():
-        print("duetide: the user must be printable text, not empty", file=sys.stderr)
+    if not usable_user_id(args.user) or args.user != args.user.strip():
+        # the API's own rule: a 300-character user's token was made, and refused (401)
+        print(
+            "duetide: the user must be 1 to 255 printable characters, without spaces at either end",
+            file=sys.stderr,
+        )
         return 2
     print(issue_local_token(args.user, settings))
     return 0

@@ -85,9 +85,11 @@ def task_add(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
     body: dict[str, Any] = {"title": args.title}
     if args.due is not None:
         body["due_at"] = when.due(args.due, _now(), zone).isoformat()
-    elif args.every or args.remind:
+    elif args.every is not None or args.remind:
         raise UsageError("--every and --remind need --due (the first occurrence's time)")
-    if args.every:
+    if args.every is not None:
+        if not args.every.strip():  # `--every "$RULE"` unset made a one-off task, silently
+            raise UsageError("--every is empty: give a rule such as daily or 'every 2 weeks'")
         _, name = when.local_zone(args.tz)
         if name is None:  # it was UTC, silently: 09:00 local became 09:00 UTC
             raise UsageError(
@@ -260,11 +262,11 @@ def login(args: argparse.Namespace) -> int:
 
 def _login_answers(args: argparse.Namespace) -> tuple[str, str]:
     interactive = sys.stdin.isatty()
-    default = os.environ.get("DUETIDE_URL") or config.saved().get("url") or config.DEFAULT_URL
     url = args.url
     token = args.token
     try:
         if url is None:
+            default = os.environ.get("DUETIDE_URL") or _saved_url() or config.DEFAULT_URL
             url = (input(f"API URL [{default}]: ").strip() if interactive else "") or default
         if token is None or token == "-":
             token = getpass.getpass("token: ") if interactive else sys.stdin.readline()
@@ -274,6 +276,16 @@ def _login_answers(args: argparse.Namespace) -> tuple[str, str]:
     if not token:
         raise UsageError("no token given: `scripts/up` prints one (DUETIDE_TOKEN=...)")
     return config.checked_url(url).rstrip("/"), config.checked_token(token)
+
+
+def _saved_url() -> str | None:
+    """The saved URL as login's default; none from a damaged file, which login is there
+    to replace (it refused to, naming the file and saying to run login again)."""
+    try:
+        return config.saved().get("url")
+    except UsageError:
+        print(f"duetide: {config.config_path()} cannot be read: replacing it", file=sys.stderr)
+        return None
 
 
 def _subject(token: str) -> str | None:

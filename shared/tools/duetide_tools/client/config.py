@@ -42,10 +42,13 @@ def saved() -> dict[str, str]:
 
 
 def target() -> Target:
-    """DUETIDE_URL and DUETIDE_TOKEN win over the file, each on its own; empty is unset."""
-    stored = saved()
-    url = os.environ.get("DUETIDE_URL") or stored.get("url") or DEFAULT_URL
-    token = (os.environ.get("DUETIDE_TOKEN") or stored.get("token") or "").strip()
+    """DUETIDE_URL and DUETIDE_TOKEN win over the file, each on its own; empty is unset.
+    The file is read only for what they leave out: a damaged one stopped every command
+    with both set (an audit, 2026-12-07)."""
+    url, token = os.environ.get("DUETIDE_URL"), os.environ.get("DUETIDE_TOKEN")
+    stored = saved() if not (url and token) else {}
+    url = url or stored.get("url") or DEFAULT_URL
+    token = (token or stored.get("token") or "").strip()
     if not token:
         raise UsageError(
             "no token: run `duetide login`, or set DUETIDE_TOKEN (`scripts/up` prints one)"

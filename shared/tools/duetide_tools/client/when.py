@@ -159,31 +159,24 @@ def _on(day: date, at: time, zone: tzinfo) -> datetime:
 
 
 def _absolute(text: str, local_now: datetime, zone: tzinfo) -> datetime:
-    """ISO 8601, and a month by name with its day (`dec 24 18:00`, a year optional) as
-    dateutil reads it; a day given without a time is at `DEFAULT_TIME`.
+    """ISO 8601, or a month by name with its day, either way round, then a year of four
+    digits and a clock time, each optional (`dec 24`, `24 December 2027 18:00`, `dec 24
+    9`); a day given without a time is at `DEFAULT_TIME`, and one without a year is the
+    next still ahead (Feb 29 the next leap year's).
 
-    dateutil reads much else, and read it silently wrong (an audit, 2026-12-07): `5` as
-    the 5th of this month, `-1` as the 1st, `1230` as the year 1230, `june` as this
-    June's day of today, all in the past; an offset of +25:00 failed later as an
-    unexpected ValueError. A name of a month is wanted, a date with no year that has
-    passed is next year's, and the offset must be one an instant can have."""
+    dateutil read much else, silently wrong (audits, 2026-12-07): `5` as the 5th of this
+    month, `1230` as the year 1230, `dec 24 9` as 2009 (then rolled to 2010), `feb 29` not
+    at all in a year without one; an offset of +25:00 failed later as an unexpected
+    ValueError. So the month's form is read here, strictly, and the offset must be one
+    an instant can have."""
     value = text.strip()
     unreadable = UsageError(f"cannot read the time {text!r}: give {DUE_FORMS}")
     try:
         found = datetime.fromisoformat(value)
-        if not re.search(r"[T ]\d", value):  # a date alone (2026-12-24, 20261224, 2026-W52)
-            found = datetime.combine(found.date(), DEFAULT_TIME, found.tzinfo)
     except ValueError:
-        if not _MONTH_AND_DAY.search(value):
-            raise unreadable from None
-        default = datetime.combine(local_now.date(), DEFAULT_TIME)
-        try:
-            found = dateparser.parse(value, default=default)
-        except (ValueError, OverflowError):
-            raise unreadable from None
-        if not re.search(r"\d{4}", value) and found.date() < local_now.date():
-            with contextlib.suppress(ValueError):  # Feb 29 of a year without one stays
-                found = found.replace(year=found.year + 1)
+        return _month_and_day(value, text, local_now, zone, unreadable)
+    if not re.search(r"[T ]\d", value):  # a date alone (2026-12-24, 20261224, 2026-W52)
+        found = datetime.combine(found.date(), DEFAULT_TIME, found.tzinfo)
     if found.tzinfo is None:
         return _on(found.date(), found.time(), zone)
     try:
@@ -193,12 +186,35 @@ def _absolute(text: str, local_now: datetime, zone: tzinfo) -> datetime:
     return found
 
 
+def _month_and_day(
+    value: str, text: str, local_now: datetime, zone: tzinfo, unreadable: UsageError
+) -> datetime:
+    matched = _MONTH_AND_DAY.fullmatch(value)
+    if matched is None:
+        raise unreadable
+    month = 1 + _MONTHS.split("|").index((matched["month"] or matched["month_after"])[:3].lower())
+    day = int(matched["day"] or matched["day_before"])
+    at = _clock(matched["clock"], text) if matched["clock"] else DEFAULT_TIME
+    years = [int(matched["year"])] if matched["year"] else range(local_now.year, local_now.year + 9)
+    for year in years:
+        try:
+            found = _on(date(year, month, day), at, zone)
+        except ValueError:  # no such day that year (Feb 29), or none at all (Apr 31)
+            continue
+        if matched["year"] or found > local_now:
+            return found
+    raise unreadable
+
+
 _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
 _MONTH_AND_DAY = re.compile(
-    rf"^(?:(?:{_MONTHS})[a-z]*\.?\s+\d{{1,2}}|\d{{1,2}}\s+(?:{_MONTHS})[a-z]*)\b", re.IGNORECASE
+    rf"(?:(?P<month>(?:{_MONTHS})[a-z]*)\.?\s+(?P<day>\d{{1,2}})"
+    rf"|(?P<day_before>\d{{1,2}})\s+(?P<month_after>(?:{_MONTHS})[a-z]*)\.?)"
+    r"(?:,?\s+(?P<year>\d{4}))?(?:,?\s+(?:at\s+)?(?P<clock>[0-9:]+\s*(?:[ap]m?)?))?",
+    re.IGNORECASE,
 )
-"""What the fallback reads: a month's name and a day, either way round (`dec 24`,
-`24 December 2027`), then whatever time and year dateutil finds after them."""
+"""A month's name and a day, either way round, then a year (four digits) and a clock
+time, each optional: nothing else (`_absolute`)."""
 
 
 def local_zone(name: str | None) -> tuple[tzinfo, str | None]:
