@@ -223,3 +223,18 @@ def test_a_posix_tz_is_read_as_the_c_library_reads_it_not_as_etc_localtime(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_tables_align_wide_and_combining_text_by_the_columns_it_takes() -> None:
+    """Padded by characters, a tag `家` (two columns) pushed every column after it one
+    cell right, and an escaped control (`\\x1b` shown as four characters) one left (an
+    audit, 2026-12-07)."""
+    from duetide_tools.client.tables import table
+
+    rows = [{"a": "家家", "b": "x"}, {"a": "ab", "b": "y"}, {"a": "e\u0301e", "b": "z"}]
+    rows.append({"a": "\x1b[31m", "b": "w"})
+    lines = table(rows, [("A", lambda r: r["a"]), ("B", lambda r: r["b"])]).splitlines()
+    wide = {"家": 2, "\u0301": 0}
+    starts = [sum(wide.get(c, 1) for c in line[:-1]) for line in lines[1:]]
+    assert len(set(starts)) == 1, lines  # the second column starts at one terminal column
+    assert "\x1b" not in "".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
@@ -32,19 +33,42 @@ def when(value: str | None, zone: tzinfo) -> str:
         return value
 
 
+def _columns(char: str) -> int:
+    """The terminal columns `char` takes: two for East Asian wide and full-width ones
+    (CJK, most emoji), none for a combining mark."""
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+def _width(text: str) -> int:
+    return sum(_columns(char) for char in text)
+
+
 def _cell(value: object) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+    """One line, its controls escaped, at most MAX_CELL columns: measured in characters,
+    a tag `家` pushed every column after it one cell right (an audit, 2026-12-07)."""
+    text = terminal_text(" ".join(str(value).split()))
+    if _width(text) <= MAX_CELL:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += _columns(char)
+        if used > MAX_CELL - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, Callable[..., Any]]]) -> str:
     """Left-aligned columns under upper-case headings; the last column is not padded."""
     cells = [[_cell(render(row)) for _, render in columns] for row in rows]
     heads = [name for name, _ in columns]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(heads)]
+    widths = [max([len(h)] + [_width(r[i]) for r in cells]) for i, h in enumerate(heads)]
     lines = [heads, *cells]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+        "  ".join(c + " " * (w - _width(c)) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
     )
 
 
