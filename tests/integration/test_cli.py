@@ -369,6 +369,18 @@ def test_usage_errors_exit_2_and_send_nothing(cli: Callable[..., Ran], user: Use
         ("task", "add", "x", "--due", "tomorrow", "--remind", "15x"),
         ("task", "add", "x", "--every", "daily"),
         ("task", "add", "x", "--every", "", "--due", "tomorrow"),  # was a one-off, silently
+        # a series starting in the hour the clocks skip: every occurrence moved with it
+        (
+            "task",
+            "add",
+            "x",
+            "--every",
+            "daily",
+            "--due",
+            "2027-03-28T02:30",
+            "--tz",
+            "Europe/Berlin",
+        ),
         ("task", "add", "x", "--due", "tomorrow", "--tz", "Mars/Olympus"),
         ("task", "ls", "--due-before", "whenever"),
     ):

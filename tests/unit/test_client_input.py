@@ -238,3 +238,13 @@ def test_tables_align_wide_and_combining_text_by_the_columns_it_takes() -> None:
     starts = [sum(wide.get(c, 1) for c in line[:-1]) for line in lines[1:]]
     assert len(set(starts)) == 1, lines  # the second column starts at one terminal column
     assert "\x1b" not in "".join(lines)
+
+
+def test_a_series_start_in_a_spring_forward_gap_is_refused_not_moved() -> None:
+    """A series' first occurrence is its start: 02:30 on the night the clocks skip it,
+    moved to 03:30 as a one-off is, made every occurrence 03:30 (an audit, 2026-12-07)."""
+    with pytest.raises(UsageError, match="the clocks skip on 2027-03-28"):
+        when.due_as_written("2027-03-28 02:30", NOW, BERLIN)
+    assert when.due("2027-03-28 02:30", NOW, BERLIN) == local(2027, 3, 28, 3, 30)
+    assert when.due_as_written("2027-03-28 03:30", NOW, BERLIN) == local(2027, 3, 28, 3, 30)
+    assert when.due_as_written("tomorrow 9", NOW, BERLIN) == local(2026, 12, 3, 9, 0)

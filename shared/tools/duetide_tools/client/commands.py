@@ -84,7 +84,8 @@ def _now() -> datetime:
 def task_add(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
     body: dict[str, Any] = {"title": args.title}
     if args.due is not None:
-        body["due_at"] = when.due(args.due, _now(), zone).isoformat()
+        read = when.due if args.every is None else when.due_as_written
+        body["due_at"] = read(args.due, _now(), zone).isoformat()
     elif args.every is not None or args.remind:
         raise UsageError("--every and --remind need --due (the first occurrence's time)")
     if args.every is not None:

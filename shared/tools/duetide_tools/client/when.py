@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from contextvars import ContextVar
 from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -97,6 +98,30 @@ def short(value: timedelta) -> str:
     return "".join(parts) or "0m"
 
 
+_MOVED: ContextVar[set[datetime] | None] = ContextVar("duetide_moved_by_a_gap", default=None)
+"""While `due_as_written` reads: the instants `_on` moved out of a spring-forward gap."""
+
+
+def due_as_written(text: str, now: datetime, zone: tzinfo) -> datetime:
+    """`due`, refused where its wall time does not exist (a spring-forward gap): a series'
+    first occurrence is its start, so 02:30 moved to 03:30 moved every occurrence to
+    03:30, where the API moves only an occurrence that falls in a gap (an audit,
+    2026-12-07)."""
+    moved: set[datetime] = set()
+    reading = _MOVED.set(moved)
+    try:
+        found = due(text, now, zone)
+    finally:
+        _MOVED.reset(reading)
+    if found in moved:
+        raise UsageError(
+            f"{text!r} is in the hour the clocks skip on {found.astimezone(zone):%Y-%m-%d}: "
+            "a series starting there would be at the time after it every day; give "
+            "another time (the series' occurrences on such days move by the gap)"
+        )
+    return found
+
+
 def due(text: str, now: datetime, zone: tzinfo) -> datetime:
     """The instant `text` names, read in `zone` (an offset in the text wins).
 
@@ -152,10 +177,15 @@ def _on(day: date, at: time, zone: tzinfo) -> datetime:
     A time in a spring-forward gap is moved forward by the gap, as the API does with
     recurrences: `tz.resolve_imaginary` works for zoneinfo and dateutil zones alike.
     """
+    wall = datetime.combine(day, at, tzinfo=zone)
     try:
-        return tz.resolve_imaginary(datetime.combine(day, at, tzinfo=zone))
+        found = tz.resolve_imaginary(wall)
     except OverflowError:  # a wall time whose instant is before year 1 or after 9999
         raise UsageError(f"{day} {at} in this zone is out of range") from None
+    moved = _MOVED.get()
+    if moved is not None and found.replace(tzinfo=None) != wall.replace(tzinfo=None):
+        moved.add(found)
+    return found
 
 
 def _absolute(text: str, local_now: datetime, zone: tzinfo) -> datetime:
