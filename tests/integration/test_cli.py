@@ -260,6 +260,9 @@ def test_a_first_due_time_the_rule_does_not_give_is_kept_and_noted(
     on = cli("task", "add", "Gym", "--due", "2027-01-09 09:00", "--tz", "UTC", "--every", "weekend")
     assert on.code == 0 and on.err == ""
     assert len(user.api("GET", "/series")["items"]) == 2
+    # said after the answer: of a rule the API refuses, only the refusal (an audit, 2026-12-07)
+    refused = cli(*tuesday, "--every", "FREQ=WEEKLY;BYDAY=+1MO")
+    assert refused.code == 1 and "not one the rule gives" not in refused.err
 
 
 def test_a_recurring_task_in_a_zone_with_no_iana_name_asks_for_one(

@@ -107,7 +107,8 @@ def task_add(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
         body["priority"] = args.priority
     if args.note:
         body["description"] = args.note
-    if "recurrence" in body:
+    task = api.create("/tasks", body)
+    if "recurrence" in body:  # after the answer: said of a rule the API refused too
         on_rule = every.first_on_rule(body["recurrence"], datetime.fromisoformat(body["due_at"]))
         if on_rule is not None:
             print(
@@ -115,7 +116,6 @@ def task_add(args: argparse.Namespace, api: Api, zone: tzinfo) -> int:
                 f"there and then follows the rule, next {tables.when(on_rule.isoformat(), zone)}",
                 file=sys.stderr,
             )
-    task = api.create("/tasks", body)
     return _emit(args, task, lambda: _task_with_reminders(task, zone))
 
 
