@@ -680,6 +680,13 @@ def test_a_search_or_a_title_sort_counts_ten_reads(env, alice, monkeypatch):
     assert client.get("/tasks", headers=alice).status_code == 429
 
 
+def occurrences_of_a_daily_series(client: FlaskClient, headers: dict[str, str]) -> str:
+    """The forecast path of a new daily series of `headers`' user, up to `?count=`."""
+    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
+    created = client.post("/tasks", json=body, headers=headers).get_json()
+    return f"/series/{created['series_id']}/occurrences?count="
+
+
 def test_an_export_a_tag_filter_and_a_long_forecast_count_more_than_one_read(
     env, alice, bob, monkeypatch
 ):
@@ -693,9 +700,7 @@ def test_an_export_a_tag_filter_and_a_long_forecast_count_more_than_one_read(
 
     refused(response, 429, "rate_limited")
     assert response.headers["Retry-After"] == "1"  # one read short, 70 a minute
-    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
-    created = client.post("/tasks", json=body, headers=bob).get_json()
-    forecast = f"/series/{created['series_id']}/occurrences?count=500"
+    forecast = occurrences_of_a_daily_series(client, bob) + "500"
     for _ in range(7):
         assert client.get(forecast, headers=bob).status_code == 200  # 10 each
     assert client.get(forecast, headers=bob).status_code == 429
@@ -731,9 +736,7 @@ def test_a_forecast_count_with_leading_zeros_counts_as_its_number(env, bob, monk
     monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "30")
     _reset_caches()
     client = function_client("tasks")
-    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
-    created = client.post("/tasks", json=body, headers=bob).get_json()
-    forecast = f"/series/{created['series_id']}/occurrences?count=0000500"
+    forecast = occurrences_of_a_daily_series(client, bob) + "0000500"
     for _ in range(3):
         response = client.get(forecast, headers=bob)
         assert response.status_code == 200 and len(response.get_json()["items"]) == 500
@@ -747,9 +750,7 @@ def test_a_forecast_counts_the_work_its_count_allows(env, bob, monkeypatch):
     monkeypatch.setenv("DUETIDE_READ_RATE_PER_MINUTE", "30")
     _reset_caches()
     client = function_client("tasks")
-    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
-    created = client.post("/tasks", json=body, headers=bob).get_json()
-    forecast = f"/series/{created['series_id']}/occurrences?count=99"
+    forecast = occurrences_of_a_daily_series(client, bob) + "99"
     for _ in range(3):
         assert client.get(forecast, headers=bob).status_code == 200  # 10 each
     refused(client.get(forecast, headers=bob), 429, "rate_limited")
@@ -763,9 +764,7 @@ def test_a_count_or_limit_is_digits_as_the_document_says(env, alice, count):
     the text, counted them one read instead of ten; `²` and `①`, digits to
     `str.isdigit` but not to `int`, were a 500."""
     client = function_client("tasks")
-    body = {"title": "t", "due_at": DUE, "recurrence": {"rrule": "FREQ=DAILY", "timezone": "UTC"}}
-    created = client.post("/tasks", json=body, headers=alice).get_json()
-    for path in (f"/series/{created['series_id']}/occurrences?count=", "/tasks?limit="):
+    for path in (occurrences_of_a_daily_series(client, alice), "/tasks?limit="):
         refused(client.get(path + count, headers=alice), 422, "validation_failed")
 
 

@@ -134,6 +134,13 @@ def test_hs256_mode_with_a_home_it_cannot_write_registers_no_local_key(tmp_path)
     assert Settings(duetide_home=home, duetide_command_keys="").command_keys() == {}
 
 
+def event_oidc(monkeypatch: pytest.MonkeyPatch, audience: str = "duetide-events") -> None:
+    """Knative's sender identity on, with a cluster's issuer and key set."""
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", audience)
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/jwks")
+    monkeypatch.setenv("DUETIDE_EVENT_OIDC_ISSUER", "https://kubernetes.default.svc")
+
+
 def test_command_senders_need_the_event_oidc_audience(monkeypatch):
     monkeypatch.setenv("DUETIDE_COMMAND_SENDERS", "system:serviceaccount:ns:name")
     with pytest.raises(ConfigError, match="DUETIDE_COMMAND_SENDERS needs"):
@@ -153,9 +160,7 @@ def test_event_senders_need_the_audience_and_hold_the_command_senders(monkeypatc
     monkeypatch.setenv("DUETIDE_EVENT_SENDERS", source)
     with pytest.raises(ConfigError, match="DUETIDE_EVENT_SENDERS needs"):
         get_settings()
-    monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide-events")
-    monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/jwks")
-    monkeypatch.setenv("DUETIDE_EVENT_OIDC_ISSUER", "https://kubernetes.default.svc")
+    event_oidc(monkeypatch)
     monkeypatch.setenv("DUETIDE_COMMAND_SENDERS", "system:serviceaccount:ns:other")
     with pytest.raises(ConfigError, match="which DUETIDE_EVENT_SENDERS does not"):
         get_settings()
@@ -218,9 +223,7 @@ def test_relay_credentials_smtp_cannot_send_are_refused_at_the_start(monkeypatch
 
 
 def test_the_event_audience_must_differ_from_the_apis(monkeypatch):
-    monkeypatch.setenv("DUETIDE_EVENT_OIDC_AUDIENCE", "duetide")
-    monkeypatch.setenv("DUETIDE_EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/jwks")
-    monkeypatch.setenv("DUETIDE_EVENT_OIDC_ISSUER", "https://kubernetes.default.svc")
+    event_oidc(monkeypatch, audience="duetide")
     monkeypatch.setenv("DUETIDE_JWT_AUDIENCE", "duetide")
     with pytest.raises(ConfigError, match="must differ"):
         get_settings()
