@@ -36,6 +36,7 @@ without depending on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 from dateutil.rrule import DAILY, HOURLY, MINUTELY, MONTHLY, WEEKLY, YEARLY, rrule
 
@@ -74,14 +75,14 @@ class _Members(tuple[int, ...]):
 
     members: frozenset[int]
 
+    @classmethod
+    def of(cls, items: tuple[int, ...]) -> Self:
+        found = cls(items)
+        found.members = frozenset(items)
+        return found
+
     def __contains__(self, value: object) -> bool:
         return value in self.members
-
-
-def _members(items: tuple[int, ...], kind: type[_Members] = _Members) -> _Members:
-    found = kind(items)
-    found.members = frozenset(items)
-    return found
 
 
 _SEARCHED = ("_bymonth", "_byweekday", "_bymonthday", "_bynmonthday", "_byyearday", "_bysecond")
@@ -117,11 +118,10 @@ def meter(rule: rrule, m: Meter) -> rrule:
     parts["_bysetpos"] = period
     for name in _SEARCHED:
         if parts[name]:
-            parts[name] = _members(parts[name])
+            parts[name] = _Members.of(parts[name])
     for name in ("_byhour", "_byminute"):
         if parts[name]:
-            step = _members(parts[name], _StepProbe)
-            assert isinstance(step, _StepProbe)
+            step = _StepProbe.of(parts[name])
             step.meter = m
             parts[name] = step
     return rule
