@@ -210,7 +210,9 @@ def render(tasks: Iterable[Task], series: dict[str, Series], as_of: datetime) ->
                 starts.extend(todo.decoded("dtstart") for todo in todos if "dtstart" in todo)
                 zones.add(found.timezone)
         for todo in todos or [_task_todo(task, f"{task.id}@duetide")]:
-            used_tzids |= _tzids(todo)
+            alone = Calendar()  # icalendar's own account of the TZIDs a component uses
+            alone.add_component(todo)
+            used_tzids |= alone.get_used_tzids()
             written.append(todo.to_ical())
     if beyond_zones or beyond_work:
         log_event(
@@ -236,12 +238,6 @@ def render(tasks: Iterable[Task], series: dict[str, Series], as_of: datetime) ->
     end = b"END:VCALENDAR\r\n"
     assert head.endswith(end)
     return b"".join([head[: -len(end)], *written, end])
-
-
-def _tzids(component: Any) -> set[str]:
-    """The TZIDs `component` and its own components use (Calendar.get_used_tzids')."""
-    items = component.property_items(sorted=False)
-    return {value.params["TZID"] for _, value in items if "TZID" in getattr(value, "params", {})}
 
 
 def _zone_allowed(found: Series, zones: set[str]) -> bool:
