@@ -92,6 +92,15 @@ def processes_with_home(home: Path) -> list[int]:
 def serving_function(home: Path, env: Mapping[str, str], function: str = "tasks") -> Iterator[int]:
     """`function` under duetide.web.serve (as the image runs it) on a free loopback port,
     with `env` as its whole environment and its output in `home/serve.log`; stopped after."""
+    with served_process(home, env, function) as (port, _):
+        yield port
+
+
+@contextmanager
+def served_process(
+    home: Path, env: Mapping[str, str], function: str = "tasks"
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`serving_function`'s port and its process, for a test that signals it."""
     root = Path(__file__).resolve().parents[1]
     home.mkdir(parents=True, exist_ok=True)
     port = free_loopback_port()
@@ -113,7 +122,7 @@ def serving_function(home: Path, env: Mapping[str, str], function: str = "tasks"
                 return False
 
         wait_for(healthy, "duetide.web.serve to answer /healthz")
-        yield port
+        yield port, process
     finally:
         process.terminate()
         try:

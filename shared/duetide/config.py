@@ -386,10 +386,19 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.duetide_home / 'duetide.db'}"
 
     def jwt_secret(self) -> str:
-        """The HS256 secret: from the environment, else generated once into DUETIDE_HOME."""
+        """The HS256 secret: from the environment, else generated once into DUETIDE_HOME.
+        A home it cannot be kept in (a container's read-only root, the kind overlay's
+        Secret without it) is a configuration error: it was a 500 for every
+        authenticated request of a function that had passed its health checks."""
         if self.duetide_jwt_secret:
             return self.duetide_jwt_secret
-        return self._generated_secret(JWT_SECRET_FILE)
+        try:
+            return self._generated_secret(JWT_SECRET_FILE)
+        except OSError as exc:
+            raise ConfigError(
+                "DUETIDE_JWT_SECRET is not set, and no secret can be kept in DUETIDE_HOME "
+                f"({self.duetide_home}: {exc.strerror}): set it (DUETIDE_AUTH=hs256)"
+            ) from None
 
     def _generated_secret(self, name: str) -> str:
         path = self.duetide_home / name

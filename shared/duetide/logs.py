@@ -53,12 +53,16 @@ def log_event(
 
 
 def setup(function: str, level: str = "INFO") -> None:
-    """Route the `duetide` loggers to stderr as JSON lines (idempotent)."""
-    logger = logging.getLogger("duetide")
-    if any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(function))
-    logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False
+    """Route the `duetide` loggers to stderr as JSON lines at `level`, and what the
+    libraries log at WARNING and above (uvicorn's errors, the drivers') the same way
+    (idempotent). Without a handler of the root logger's, Python's last resort wrote
+    those as plain text, a traceback a line, between the JSON lines (an audit,
+    2026-12-07)."""
+    for logger in (logging.getLogger("duetide"), logging.getLogger()):
+        if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JsonFormatter(function))
+            logger.addHandler(handler)
+    duetide = logging.getLogger("duetide")
+    duetide.setLevel(level.upper())
+    duetide.propagate = False  # its own handler writes it once

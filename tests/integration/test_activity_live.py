@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -34,7 +35,7 @@ from duetide.storage.models import ActivityEntry, utcnow
 from duetide.web.auth import issue_local_token
 from tests.integration.conftest import function_client
 from tests.integration.test_activity import Pipeline
-from tests.support import serving_function, wait_for
+from tests.support import served_process, serving_function, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -527,3 +528,24 @@ def test_a_stream_waiting_for_its_users_budget_keeps_its_heartbeat(
     waiting = next(chunk for chunk in stream if chunk)  # the first bytes while it waits
     assert chunks[-1] == b"data: x\n\n" and waiting == b": heartbeat\n\n"
     ratelimit.read_budget.cache_clear()
+
+
+def test_a_stream_open_when_the_server_is_told_to_stop_ends_for_its_client_to_resume(
+    env: str, tmp_path: Path
+) -> None:
+    """SIGTERM (Knative stopping the pod) with a stream open: it ends as at its lifetime,
+    its last chunk sent with an id to resume from, and the process exits with only JSON
+    lines in its log. The stream held the shutdown's whole grace (25 s), was then cut
+    mid-answer, and uvicorn's tracebacks went out as plain text (an audit, 2026-12-07)."""
+    settings = {**os.environ, "THREADS": "4", "DUETIDE_ACTIVITY_POLL_S": "0.1"}
+    with served_process(tmp_path / "serve", settings) as (port, process):
+        stream = EventStream(port, issue_local_token("alice"))
+        assert stream.response.readline().startswith(b"retry: ")
+        process.terminate()
+        rest = stream.response.read()  # to its end: IncompleteRead (or a timeout) if cut
+        assert rest.endswith(b"\n\n") and b"\nid: " in b"\n" + rest, rest
+        # uvicorn ends a graceful shutdown by raising the signal it caught again
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        stream.close()
+    lines = (tmp_path / "serve" / "serve.log").read_text().splitlines()
+    assert all(json.loads(line)["function"] == "tasks" for line in lines), lines

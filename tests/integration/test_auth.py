@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -22,6 +26,8 @@ from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import binary
 from tests.support import json_of, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "duetide-api"
@@ -287,6 +293,29 @@ def test_jwks_mode_without_issuer_fails_at_start(monkeypatch, env):
     get_settings.cache_clear()
     with pytest.raises(ConfigError, match="DUETIDE_JWT_ISSUER"):
         get_settings()
+
+
+def test_hs256_mode_without_a_secret_it_can_keep_stops_the_tasks_function_at_start(env, tmp_path):
+    """DUETIDE_AUTH=hs256 without DUETIDE_JWT_SECRET where DUETIDE_HOME cannot be written
+    (a container's read-only root: the kind overlay with the variable left out of its
+    Secret): the function passed its health checks and answered every authenticated
+    request 500 (an audit, 2026-12-07). Now its start stops, the variable named."""
+    (tmp_path / "file").write_text("")
+    environment = {
+        **{k: v for k, v in os.environ.items() if k != "DUETIDE_JWT_SECRET"},
+        "DUETIDE_AUTH": "hs256",
+        "DUETIDE_HOME": str(tmp_path / "file" / "home"),  # as root, a mode would not stop it
+    }
+    command = [
+        *(sys.executable, "-m", "duetide.web.serve", "--target", "tasks"),
+        *("--source", str(ROOT / "functions" / "tasks" / "main.py")),
+        *("--host", "127.0.0.1", "--port", str(free_loopback_port())),
+    ]
+    ran = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 3, ran.stderr
+    (line,) = ran.stderr.splitlines()
+    logged = json.loads(line)
+    assert logged["event"] == "config.invalid" and "DUETIDE_JWT_SECRET" in logged["message"]
 
 
 def test_symmetric_algorithms_cannot_be_configured_for_jwks(monkeypatch, env):

@@ -101,3 +101,22 @@ def test_a_long_poll_reads_until_an_item_or_the_end_of_the_wait(
     slept.clear()
     assert live.wait_for_page("alice", lambda: empty, 1.2, sleep=sleep) is empty
     assert slept == pytest.approx([0.5, 0.5, 0.2])
+
+
+def test_a_long_poll_answers_once_the_process_is_told_to_stop() -> None:
+    """SIGTERM with a long-poll waiting: it answers what it has at once, instead of
+    holding the shutdown up to its whole wait (an audit, 2026-12-07)."""
+    empty = ActivityPage(items=[], since="s0", more=False)
+    reads: list[ActivityPage] = []
+
+    def read() -> ActivityPage:
+        reads.append(empty)
+        if len(reads) == 1:
+            live.STOPPING.set()  # the signal arrives while it waits
+        return empty
+
+    try:
+        assert live.wait_for_page("alice", read, 25) is empty
+    finally:
+        live.STOPPING.clear()
+    assert len(reads) == 1

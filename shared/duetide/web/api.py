@@ -1260,9 +1260,13 @@ def warm_up() -> None:
     """At start-up, import what every request needs and the other functions import
     lazily: the database driver and the token library. Otherwise the first requests of
     a new pod paid about 0.25 s for them, all at once, and a pod is ready (`/healthz`)
-    before they come (`bench/results/api_mix.md`)."""
+    before they come (`bench/results/api_mix.md`). And the HS256 secret, which a home
+    that cannot keep one would otherwise refuse at the first authenticated request."""
     db.import_driver()
     auth.import_verifier()
+    settings = get_settings()
+    if settings.duetide_auth == "hs256":
+        settings.jwt_secret()  # made now if need be: where it cannot be, the start stops
 
 
 READS = frozenset({"GET", "HEAD"})  # werkzeug routes HEAD wherever GET goes

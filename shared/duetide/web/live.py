@@ -29,6 +29,7 @@ from duetide.services import activity_feed, ratelimit
 from duetide.services.responses import ActivityItem, ActivityPage
 from duetide.storage import db
 from duetide.storage.models import utcnow
+from duetide.web.stopping import STOPPING, pause
 
 HEARTBEAT_S = 15.0
 """A comment line this often keeps proxies and the client from timing the stream out."""
@@ -105,9 +106,10 @@ def wait_for_page(
     owner: str,
     read: Callable[[], ActivityPage],
     wait_s: float,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = pause,
 ) -> ActivityPage:
-    """`read()` until it has items or `wait_s` has passed; its last answer.
+    """`read()` until it has items or `wait_s` has passed, or the process is stopping;
+    its last answer.
 
     The first read is answered at once when it has items (or `wait_s` is 0), so only a
     request that would wait takes a slot.
@@ -121,7 +123,8 @@ def wait_for_page(
         poll = get_settings().duetide_activity_poll_s
         deadline = time.monotonic() + wait_s
         while not page.items and (remaining := deadline - time.monotonic()) > 0:
-            sleep(min(poll, remaining))
+            if sleep(min(poll, remaining)) or STOPPING.is_set():
+                break
             page = read()
     finally:
         give_back()
@@ -156,8 +159,9 @@ def _events(
     owner: str, since: str | None, first: list[tuple[str, ActivityItem]], read_at: datetime
 ) -> Iterator[bytes]:
     """`retry:`, then each entry as it is logged, a heartbeat every HEARTBEAT_S, until
-    DUETIDE_ACTIVITY_STREAM_LIFETIME_S. Between reads an empty chunk is yielded, so the
-    server can see a client that went away within one poll.
+    DUETIDE_ACTIVITY_STREAM_LIFETIME_S, or the process is told to stop (it ends then as
+    at its lifetime). Between reads an empty chunk is yielded, so the server can see a
+    client that went away within one poll.
 
     A heartbeat, and the stream's end, carry an `id:` and no data when the last read
     found nothing more: EventSource takes it as the id to resume from without firing an
@@ -184,7 +188,7 @@ def _events(
         ratelimit.charge_size(owner, sent)
         now = time.monotonic()
         at_end = len(batch) < STREAM_BATCH
-        if now >= deadline:
+        if now >= deadline or STOPPING.is_set():
             if at_end:
                 yield f"id: {activity_feed.caught_up(since, read_at)}\n\n".encode()
             return
@@ -194,7 +198,7 @@ def _events(
                 last_sent = now
             else:
                 yield b""
-            time.sleep(min(poll, deadline - now))
+            pause(min(poll, deadline - now))  # told to stop: the next turn ends it
         else:  # catching up: each batch after a full one is a read, as a page of the feed
             while (wait := _read_wait(owner)) > 0 and (left := deadline - time.monotonic()) > 0:
                 if time.monotonic() - last_sent >= HEARTBEAT_S:  # a debt may last a minute
@@ -202,7 +206,8 @@ def _events(
                     last_sent = time.monotonic()
                 else:
                     yield b""
-                time.sleep(min(wait, poll, left))
+                if pause(min(wait, poll, left)):
+                    break
         try:
             read_at = utcnow()
             batch = _read(owner, since)

@@ -43,10 +43,11 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from duetide import logs
 from duetide.config import ConfigError, get_settings
 from duetide.errors import (
     ApiError,
@@ -58,6 +59,7 @@ from duetide.errors import (
     VersionNotSupported,
     error_body,
 )
+from duetide.web.stopping import STOPPING
 
 log = logging.getLogger("duetide.web.serve")
 
@@ -286,6 +288,9 @@ class EdgeProtocol(HttpToolsProtocol):
         )
 
     def shutdown(self) -> None:
+        """uvicorn stopping (a signal): each connection is told so, in every worker process
+        (`stopping`: the streams and long-polls end now, not at the grace's end)."""
+        STOPPING.set()
         if self._refused:  # answered and lingering: the parser may be in its error state
             self.transport.close()
             return
@@ -604,9 +609,24 @@ def app_from_env() -> WsgiBridge:
     import functions_framework
 
     target, source = os.environ["FUNCTION_TARGET"], os.environ["FUNCTION_SOURCE"]
-    app = functions_framework.create_app(target, source)
+    try:
+        app = functions_framework.create_app(target, source)
+    except ConfigError as exc:  # what the function checks as it starts (its secrets)
+        _refuse(target, exc)
     threads = int(os.environ.get("THREADS") or (os.cpu_count() or 1) * 4)
     return WsgiBridge(app, threads)
+
+
+def _refuse(function: str, exc: ConfigError) -> NoReturn:
+    """Stop the start on a bad variable, named: the process's last word is a log line as
+    any other (JSON, no traceback), its exit uvicorn's for a failed start."""
+    logs.setup(function)
+    log.error(str(exc), extra={"event": "config.invalid"})
+    sys.exit(STARTUP_FAILURE)
+
+
+STARTUP_FAILURE = 3
+"""uvicorn's exit status for a start that failed (`uvicorn.server.STARTUP_FAILURE`)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -636,8 +656,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(FUNCTION_TARGET=args.target, FUNCTION_SOURCE=os.path.abspath(args.source))
     try:
         get_settings()  # a bad variable stops us here, named
-    except ConfigError as exc:  # one line, as the process's last word (no traceback)
-        sys.exit(f"duetide: {exc}")
+    except ConfigError as exc:
+        _refuse(args.target, exc)
     config = uvicorn.Config(
         "duetide.web.serve:app_from_env",
         factory=True,
@@ -665,7 +685,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         server.run(sockets=[listener])
         if not server.started:
-            sys.exit(3)  # uvicorn's STARTUP_FAILURE
+            sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":
