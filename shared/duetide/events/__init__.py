@@ -17,6 +17,8 @@ from cloudevents.http import CloudEvent
 from cloudevents.kafka import to_binary as to_kafka_binary
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from duetide.vocabulary import Priority, TaskStatus
+
 PREFIX = "dev.duetide."
 TASK_CREATED = "dev.duetide.task.created.v1"
 TASK_UPDATED = "dev.duetide.task.updated.v1"
@@ -80,14 +82,14 @@ class TaskEvent(Payload):
     task_id: str = Field(max_length=36)
     owner: str = Field(max_length=255)
     title: str
-    status: str
+    status: TaskStatus
     due_at: Instant | None = None
     completed_at: Instant | None = None
     series_id: str | None = Field(None, max_length=36)
     scheduled_at: Instant | None = None
     occurrence_index: int | None = None
     description: str | None = None
-    priority: str | None = None
+    priority: Priority | None = None
     tags: list[str] | None = None
     actor: str | None = Field(
         None,
@@ -157,6 +159,22 @@ PAYLOADS: dict[str, type[Payload]] = {
 """The data model of each event type duetide publishes. The commands' types (CMD_*) are
 sent to it by other systems; their models are in `web.command_events`, since a create
 command carries a whole task as `POST /tasks` takes it."""
+
+_TASK_KEY = "The task's id: a task's events stay in order (its topic's sources are ordered)."
+_REMINDER_KEY = (
+    "The task's id (of the first reminder, for a batch): it spreads the events over the "
+    "partitions; the reminders' source is unordered, so no order is promised."
+)
+KEYS: dict[str, str] = {
+    **dict.fromkeys(TASK_EVENTS, _TASK_KEY),
+    REMINDER_DUE: _REMINDER_KEY,
+    REMINDER_DUE_BATCH: _REMINDER_KEY,
+    REMINDER_MISSED: _REMINDER_KEY,
+    WEBHOOK_DELIVERY: "The subscription's id: it spreads the tries over the partitions; "
+    "the webhook tries' source is unordered, so no order is promised.",
+}
+"""What the Kafka key (and `partitionkey`) of each event type duetide publishes is, for
+its consumers (docs/asyncapi.json)."""
 
 
 def build(

@@ -154,8 +154,8 @@ def _headers(event_type: str) -> dict[str, Any]:
     if event_type not in command_events.DATA:  # duetide's own events: their key again
         properties["ce_partitionkey"] = {
             **_ATTRIBUTE,
-            "description": "The record's key (the aggregate id), by which a dead-letter "
-            "KafkaSink keys the event if it fails.",
+            "description": "The record's key again, by which a dead-letter KafkaSink keys "
+            "the event if it fails.",
         }
     if event_type in command_events.DATA:
         properties.update(
@@ -185,7 +185,7 @@ def _message(event_type: str, model: type[BaseModel], schemas: dict[str, Any]) -
                     "type": "string",
                     "description": "Any key of the sender's choice"
                     if command
-                    else "The aggregate id (task or reminder): its events stay in order",
+                    else events.KEYS[event_type],
                 },
                 "bindingVersion": KAFKA_BINDING,
             }
