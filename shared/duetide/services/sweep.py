@@ -349,8 +349,9 @@ def purge_processed(now: datetime, engine: Engine | None = None) -> int:
         kinds = left
         if perf_counter() >= deadline:
             break
-    if purged:
-        log_event(log, "sweep.purged", rows=purged, more=bool(kinds))
+    released = db.shrink(engine)  # on SQLite, the pages the purges (and deletes) freed
+    if purged or released:
+        log_event(log, "sweep.purged", rows=purged, more=bool(kinds), pages_released=released)
     return purged
 
 

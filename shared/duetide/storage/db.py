@@ -219,7 +219,12 @@ def _checked_out(
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # Before the first table, or it waits for a VACUUM (`reclaimable`): see `shrink`. A
+    # file opened read-only refuses even its own value: its start refuses it, named.
+    with contextlib.suppress(sqlite3.OperationalError):
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA journal_size_limit={SQLITE_WAL_LIMIT_BYTES}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
@@ -231,6 +236,59 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
+
+
+SQLITE_WAL_LIMIT_BYTES = 4 * 1024 * 1024
+"""What the write-ahead log is cut back to once it is checkpointed and begun again: it
+kept the size of its largest moment for good (the default stack's grew to 9.8 MB while
+readers of other processes held checkpoints back, and stayed so, after a stop too; an
+audit, 2026-12-07). About SQLite's own checkpoint threshold (1,000 pages)."""
+
+SQLITE_SHRINK_PAGES = 2_000
+"""Free pages `shrink` gives back to the file system at most at a time (8 MB of 4 KiB
+pages): a write unit of some milliseconds, however much a purge emptied."""
+
+
+def reclaimable(engine: Engine) -> bool:
+    """SQLite: make a database file that keeps its free pages (one made before
+    `auto_vacuum` was set, NONE) one that can give them back, by rewriting it once
+    (VACUUM: as long as the file takes to copy, so `duetide migrate` does it, before the
+    functions start). Whether it did. A new file gets the setting at its first connect."""
+    if engine.dialect.name != "sqlite":
+        return False
+    raw = engine.raw_connection()  # autocommit (`_sqlite_pragmas`): VACUUM refuses a transaction
+    try:
+        if raw.driver_connection.execute("PRAGMA auto_vacuum").fetchone() != (0,):  # type: ignore[union-attr]
+            return False
+        raw.driver_connection.execute("VACUUM")  # type: ignore[union-attr]
+    except sqlite3.OperationalError:  # in use past the busy timeout: the next migrate
+        return False
+    finally:
+        raw.close()
+    return True
+
+
+def shrink(engine: Engine | None = None) -> int:
+    """SQLite: give up to SQLITE_SHRINK_PAGES free pages back to the file system, so the
+    file follows what it holds; the pages freed. Without it the file stayed at its
+    largest for good: after the sweep's purges 70% of a 44 MB database was free pages
+    (an audit, 2026-12-07). PostgreSQL's own vacuum does this there: 0."""
+    bind = engine or get_engine()
+    if bind.dialect.name != "sqlite":
+        return 0
+    with bind.connect() as connection:
+        free = connection.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+    if not free:
+        return 0
+    with bind.connect() as connection:
+        # A statement of its own (it waits for the write lock in the busy handler, as any
+        # single write may): SQLite frees a page a step, and only executescript steps to
+        # the end (execute frees one page).
+        connection.connection.driver_connection.executescript(  # type: ignore[union-attr]
+            f"PRAGMA incremental_vacuum({SQLITE_SHRINK_PAGES})"
+        )
+        left = connection.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+    return int(free) - int(left)
 
 
 SQLITE_BUSY_TIMEOUT_S = 30.0

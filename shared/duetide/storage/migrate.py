@@ -98,6 +98,13 @@ def upgrade(url: str | None = None) -> None:
             f"the database's schema ({current}) is newer than this code's ({head()}): nothing to do"
         )
     command.upgrade(config, "head")
+    from duetide.storage.db import make_engine, reclaimable
+
+    engine = make_engine(url or get_settings().effective_database_url, long_statements=True)
+    try:
+        reclaimable(engine)
+    finally:
+        engine.dispose()
 
 
 def known_revisions() -> set[str]:
