@@ -357,7 +357,7 @@ def test_event_endpoints_take_only_the_listed_senders(function, jwks, monkeypatc
     monkeypatch.setenv("DUETIDE_EVENT_SENDERS", f"{SOURCE}, system:serviceaccount:duetide:other")
     _reset_caches()
     sink = function_client(function)
-    headers, body = binary("dev.duetide.unknown.v1", {"x": 1})
+    headers, body = binary("org.example.unknown.v1", {"x": 1})  # another system's: ignored
 
     def sent_by(subject: str) -> Any:
         bearer = token(aud="duetide-events", sub=subject)

@@ -147,6 +147,21 @@ def test_other_event_types_are_acknowledged_and_ignored(recurrence):
     assert long.json["status"] == "ignored" and len(long.json["reason"]) < 300
 
 
+def test_a_duetide_type_newer_than_the_function_is_retried_not_ignored():
+    """A newer release's producer rolled out before this consumer (or this one rolled
+    back): notify before `reminder.due.batch` answered a batch "ignored", and its
+    reminders, fired by the sweep, were never sent (an audit, 2026-12-07). A 503 is
+    retried by the KafkaSource until a revision that takes it answers."""
+    notify = function_client("notify")
+    newer = post(notify, f"{events.PREFIX}reminder.due.batch.v2", {"reminders": []})
+    assert newer.status_code == 503, newer.json
+    assert (
+        newer.json["error"]["code"] == "unavailable" and "newer" in newer.json["error"]["message"]
+    )
+    known_elsewhere = post(notify, events.TASK_CREATED, {"anything": 1})  # another's type
+    assert known_elsewhere.status_code == 200 and known_elsewhere.json["status"] == "ignored"
+
+
 MALFORMED = [
     # (headers, body, status, code)
     ({"ce-type": "t", "ce-source": "s", "ce-specversion": "1.0",

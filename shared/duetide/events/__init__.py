@@ -160,6 +160,10 @@ PAYLOADS: dict[str, type[Payload]] = {
 sent to it by other systems; their models are in `web.command_events`, since a create
 command carries a whole task as `POST /tasks` takes it."""
 
+KNOWN = frozenset({*PAYLOADS, CMD_TASK_CREATE, CMD_TASK_COMPLETE})
+"""Every duetide event type this release knows: another `dev.duetide.` type is a newer
+release's (`web.sink.event_endpoint`)."""
+
 _TASK_KEY = "The task's id: a task's events stay in order (its topic's sources are ordered)."
 _REMINDER_KEY = (
     "The task's id (of the first reminder, for a batch): it spreads the events over the "

@@ -24,9 +24,9 @@ from cloudevents.http import from_http
 from flask import Request, Response
 from sqlmodel import Session
 
-from duetide import telemetry, tracecontext
+from duetide import events, telemetry, tracecontext
 from duetide.config import get_settings
-from duetide.errors import InvalidCloudEvent, MethodNotAllowed, UnsupportedMediaType
+from duetide.errors import InvalidCloudEvent, MethodNotAllowed, Unavailable, UnsupportedMediaType
 from duetide.logs import log_event
 from duetide.storage.processed import EventKey, run_once
 from duetide.web import auth
@@ -288,7 +288,12 @@ def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
     """The HTTP side of the sink contract around `process`, which returns a status word.
 
     Events of other types get a 2xx no-op (a KafkaSource on a shared topic delivers
-    every type); data that does not fit its type's model is a 400.
+    every type), except a duetide type this code does not know, which is a 503: it comes
+    from a newer release's producer, rolled out before this consumer (or this one rolled
+    back), and is retried until a revision that takes it answers, or dead-lettered for a
+    replay. Answered "ignored", its reminders were lost: notify before `reminder.due.batch`
+    took a batch so, the reminders fired and never sent (an audit, 2026-12-07). Data that
+    does not fit its type's model is a 400.
     """
 
     @guarded
@@ -301,6 +306,12 @@ def event_endpoint(accepts: frozenset[str], process: Process) -> Handler:
         event = decode(request, get_settings().duetide_max_body_bytes)
         follow_trace(event)
         if event.type not in accepts:
+            if event.type.startswith(events.PREFIX) and event.type not in events.KNOWN:
+                handled(event, "newer")
+                raise Unavailable(
+                    f"type {event.type[:255]} is newer than this function: "
+                    "retried until its upgrade takes it"
+                )
             handled(event, "ignored")
             # The sender's text, bounded as the log line bounds it (it echoed 900 KB).
             reason = f"type {event.type[:255]} not handled"
@@ -341,7 +352,7 @@ def handled(event: Incoming, status: str) -> None:
         source=event.source,
         status=status,
     )
-    known = event.type if status != "ignored" else "other"
+    known = "other" if status in ("ignored", "newer") else event.type
     telemetry.note(f"process {known}", **{"cloudevents.event_type": known})
     telemetry.count_event(known, status)
 
