@@ -5,7 +5,9 @@ A channel module provides what `Sender` describes: `send(due, pref)`, which deli
 `DeliveryResult` (a `ValueError` for content the channel cannot send), and
 `NEEDS_NETWORK`, which tells notify whether the delivery may wait on the wire (then it
 runs outside any transaction and is recorded in its own) or not (the log channel: it
-cannot fail, and is recorded as delivered in the transaction that checks the event).
+cannot fail, and is recorded as delivered in the transaction that checks the event),
+and `LONGEST_S`, the bound of one delivery's whole exchange (notify starts one only
+when it can end inside the request).
 
 To add a channel: its module here, its entry in `REGISTRY`, its name in
 `vocabulary.Channel`, and its target column on `Preference` (with a migration and its
@@ -32,6 +34,7 @@ class Sender(Protocol):
     """What a channel module provides (a module satisfies it, as mypy checks below)."""
 
     NEEDS_NETWORK: bool
+    LONGEST_S: float  # the most one delivery may take, its whole exchange
 
     def send(self, due: events.ReminderEvent, pref: Preference) -> DeliveryResult: ...
 

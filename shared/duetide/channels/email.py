@@ -26,6 +26,7 @@ from duetide.rules import zones
 from duetide.storage.models import Preference
 
 NEEDS_NETWORK = True
+LONGEST_S = 10.0
 SUBJECT_CHARS = 200
 
 
@@ -63,7 +64,7 @@ def due_text(due_at: datetime | None, zone: str) -> str:
     return f"{local:%a %d %b %Y, %H:%M} {local.tzname()} ({zone})"
 
 
-def mail(*, to: str, subject: str, body: str, timeout_s: float = 10) -> DeliveryResult:
+def mail(*, to: str, subject: str, body: str, timeout_s: float = LONGEST_S) -> DeliveryResult:
     """`deliver_email` through the relay the settings name."""
     settings = get_settings()
     return deliver_email(

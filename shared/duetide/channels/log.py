@@ -12,6 +12,7 @@ from duetide.logs import log_event
 from duetide.storage.models import Preference
 
 NEEDS_NETWORK = False
+LONGEST_S = 0.0
 
 log = logging.getLogger("duetide.channels.log")
 

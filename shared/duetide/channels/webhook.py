@@ -36,6 +36,7 @@ from duetide.deadline import Deadline
 from duetide.storage.models import Preference
 
 NEEDS_NETWORK = True
+LONGEST_S = 5.0
 
 SIGNATURE_HEADER = "Duetide-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -64,6 +65,7 @@ def send(due: events.ReminderEvent, pref: Preference) -> DeliveryResult:
         idempotency_key=f"{due.reminder_id}:{due.scheduled_at.isoformat()}",
         allow_loopback=settings.duetide_allow_loopback_webhooks,
         hosts=settings.webhook_hosts,
+        timeout_s=LONGEST_S,
     )
 
 
@@ -183,7 +185,7 @@ def post_signed(
     also_signed_by: Sequence[bytes] = (),
     allow_loopback: bool = False,
     hosts: Sequence[str] = (),
-    timeout_s: float = 5.0,
+    timeout_s: float = LONGEST_S,
     max_response_bytes: int = 64 * 1024,
     capture_bytes: int = 0,
     now: Callable[[], float] = time.time,

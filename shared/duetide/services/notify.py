@@ -179,9 +179,12 @@ def _deliver(checks: list[_Check]) -> list[_Check]:
     return checks
 
 
-REMOTE_BUDGET_S = 20.0
-"""How long a batch starts network deliveries: under the KafkaSource's delivery timeout
-(30 s), so the request answers before the dispatcher gives up on it."""
+REMOTE_DEADLINE_S = 25.0
+"""By when a batch's network deliveries have ended: one starts only if its channel's
+whole bound (`LONGEST_S`) ends by then, under the KafkaSource's delivery timeout (30 s)
+with time left for the records and the answer. (Starting any send up to 20 s let an
+e-mail, bound at 10 s, end at 30: a request answered too late was a failed try to the
+dispatcher, though its mails had gone; an audit, 2026-12-07.)"""
 REMOTE_AT_ONCE = 4
 """A batch's network deliveries under way at once (each a thread, most of it waiting; a
 pod runs 32 requests, and each record takes a pooled connection for its commit)."""
@@ -194,14 +197,15 @@ def _send_remote(jobs: list[tuple[_Check, Channel]]) -> list[tuple[_Check, Chann
     One event's own channels go one after the other, as they always did. A batch's go in
     lanes, one per owner and channel (one receiver), a few lanes at once: a lane sends
     one at a time and stops at its first transient failure, the rest of it counting as
-    transient too, and nothing is started after REMOTE_BUDGET_S. So every try makes
-    progress for every receiver that answers, and no request outlives its delivery
-    timeout whatever the receivers do (each webhook try is bounded by its own timeout).
-    Before, a batch's sends ran in claim order on the shared threads: one owner's
-    receiver that hung took them all, try after try, and the other owners' reminders in
-    the batch were never sent, then dead-lettered (a review, 2026-12-07).
+    transient too, and nothing is started that could end after REMOTE_DEADLINE_S. So no
+    request outlives its delivery timeout whatever the receivers do (each send is bounded
+    by its channel). Lanes whose receiver failed transiently lately (`_LAGGING`) go after
+    the others: the receivers that hang cost a lane its channel's whole bound each, and
+    in the batch's order, try after try, 16 of them took every try's time while the rest
+    of the batch's receivers, which answer, never got a send (an audit, 2026-12-07; a
+    review before found the same with one owner's receiver on the shared threads).
     """
-    deadline = time.monotonic() + REMOTE_BUDGET_S
+    deadline = time.monotonic() + REMOTE_DEADLINE_S
 
     def one(job: tuple[_Check, Channel]) -> bool:
         check, channel = job
@@ -212,22 +216,62 @@ def _send_remote(jobs: list[tuple[_Check, Channel]]) -> list[tuple[_Check, Chann
         _record(check.due, channel, result, check.now)
         return True
 
+    def startable(channel: Channel) -> bool:
+        return time.monotonic() + channels.REGISTRY[channel].LONGEST_S <= deadline
+
     if all(check is jobs[0][0] for check, _ in jobs):
-        return [job for job in jobs if not one(job)]
+        return [job for job in jobs if not (startable(job[1]) and one(job))]
     lanes: dict[tuple[str, Channel], list[tuple[_Check, Channel]]] = {}
     for job in jobs:
         lanes.setdefault((job[0].due.owner, job[1]), []).append(job)
 
-    def lane(queued: list[tuple[_Check, Channel]]) -> list[tuple[_Check, Channel]]:
+    def lane(receiver: tuple[str, Channel]) -> list[tuple[_Check, Channel]]:
+        queued = lanes[receiver]
         for at, job in enumerate(queued):
-            if time.monotonic() > deadline or not one(job):
+            if not startable(job[1]):
                 return queued[at:]
+            if not one(job):
+                _LAGGING.failed(receiver)
+                return queued[at:]
+        _LAGGING.answered(receiver)
         return []
 
     context = contextvars.copy_context()
+    order = sorted(lanes, key=_LAGGING.lagging)  # stable: the batch's order otherwise
     with ThreadPoolExecutor(min(REMOTE_AT_ONCE, len(lanes))) as pool:
-        left = pool.map(lambda queued: context.copy().run(lane, queued), lanes.values())
+        left = pool.map(lambda receiver: context.copy().run(lane, receiver), order)
         return [job for jobs_left in left for job in jobs_left]
+
+
+class _Receivers:
+    """The receivers (owner, channel) whose last send failed transiently within
+    `for_s`, at most `size` of them (the oldest forgotten first): bounded, whatever the
+    batches hold. This process's own memory: a retry that reaches another pod finds the
+    batch's order there, and its own first try teaches it."""
+
+    def __init__(self, size: int = 10_000, for_s: float = 600.0) -> None:
+        self._failed: dict[tuple[str, Channel], float] = {}
+        self._size, self._for_s = size, for_s
+        self._lock = threading.Lock()
+
+    def failed(self, receiver: tuple[str, Channel]) -> None:
+        with self._lock:
+            self._failed.pop(receiver, None)
+            self._failed[receiver] = time.monotonic()
+            while len(self._failed) > self._size:
+                del self._failed[next(iter(self._failed))]
+
+    def answered(self, receiver: tuple[str, Channel]) -> None:
+        with self._lock:
+            self._failed.pop(receiver, None)
+
+    def lagging(self, receiver: tuple[str, Channel]) -> bool:
+        with self._lock:
+            since = self._failed.get(receiver)
+        return since is not None and time.monotonic() - since < self._for_s
+
+
+_LAGGING = _Receivers()
 
 
 MAX_GROUP = 64
