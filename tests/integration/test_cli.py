@@ -408,6 +408,18 @@ def test_a_refused_token_and_a_missing_one(
     assert missing.code == 2 and "no token" in missing.err and "duetide login" in missing.err
 
 
+def test_an_add_whose_every_try_was_refused_does_not_say_it_may_have_been_made(
+    cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused connection sends nothing: "the request may have been carried out" sent
+    the user looking for a task that could not exist (an audit, 2026-12-07)."""
+    monkeypatch.setattr(transport, "RESEND_WAITS", (0.0,))
+    monkeypatch.setenv("DUETIDE_URL", f"http://127.0.0.1:{free_loopback_port()}")
+    ran = cli("task", "add", "Pay rent")
+    assert ran.code == 1 and "connection refused" in ran.err, ran.err
+    assert "carried out" not in ran.err
+
+
 def test_connection_refused_names_the_url_and_scripts_up(
     cli: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
 ) -> None:

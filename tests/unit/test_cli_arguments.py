@@ -74,6 +74,20 @@ def test_a_database_that_is_not_there_is_one_line_without_the_password(
     assert "PASSWORD-XYZ" not in err and "Traceback" not in err
 
 
+def test_outbox_requeue_without_a_database_there_says_so_and_makes_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """With DUETIDE_HOME unset, for a stack run with another home, it made an empty
+    database in the default home and said "no such table: outbox" (an audit, 2026-12-07)."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DUETIDE_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    assert main(["outbox", "requeue", "--since", "2026-12-07T23:59Z"]) == 1
+    err = capsys.readouterr().err
+    assert "no duetide database at" in err and "DUETIDE_HOME" in err
+    assert not (tmp_path / "home" / "duetide.db").exists()
+
+
 def test_up_stops_on_a_closed_terminal_unless_run_under_nohup() -> None:
     """SIGHUP killed `up` at once (no clean stop recorded); under `nohup` it is ignored,
     and must stay so: the stack is meant to outlive the terminal."""

@@ -142,5 +142,9 @@ def test_the_banner_names_the_database_without_its_password(tmp_path: Path) -> N
         )
         stack.functions["tasks"] = tasks
         shown = _banner(stack, "a-token", "me", 1.0)
+        url = tasks.url
     assert "CANARY-PASSWORD" not in shown
     assert "postgresql+psycopg://app:***@127.0.0.1:5432/duetide" in shown
+    # Not on 8080, where the client looks by default: every `duetide` command was
+    # "connection refused" until the user found DUETIDE_URL (an audit, 2026-12-07).
+    assert f"export DUETIDE_URL={url}" in shown

@@ -148,6 +148,14 @@ class _Steps:
             self.open = False
 
 
+def _url_line(url: str) -> list[str]:
+    """The `duetide` client's URL, when it is not the one the client takes by default:
+    on another port every command was "connection refused" at 8080 (an audit, 2026-12-07)."""
+    from duetide_tools.client.config import DEFAULT_URL
+
+    return [] if url.rstrip("/") == DEFAULT_URL else [f"  export DUETIDE_URL={url}"]
+
+
 def _banner(
     stack: Stack, token: str, user: str, seconds: float, local_key: Path | None = None
 ) -> str:
@@ -162,6 +170,7 @@ def _banner(
         "",
         f"  token for user {user!r} (`duetide token USER` makes more):",
         f"  export DUETIDE_TOKEN={token}",
+        *_url_line(stack.functions["tasks"].url),
         "",
         f'  curl -H "Authorization: Bearer $DUETIDE_TOKEN" {stack.functions["tasks"].url}/tasks',
         "",
@@ -342,8 +351,21 @@ def _wiring() -> Wiring:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Send events again that a broker acknowledged and then lost (DATABASE_URL)."""
+    from sqlalchemy import make_url
+
+    from duetide.config import get_settings
     from duetide.storage import outbox
 
+    url = make_url(get_settings().effective_database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        # SQLite would make an empty database there (in the default home, for a stack
+        # run with another) and then say "no such table: outbox"
+        print(
+            f"duetide: no duetide database at {url.database}: set DUETIDE_HOME (the one "
+            "`duetide up` runs with) or DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 1
     count = outbox.requeue_sent_since(args.since)
     print(f"requeued {count} events sent since {args.since.isoformat()}; the next sweep sends them")
     return 0
@@ -435,13 +457,17 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     token = sub.add_parser(
         "token",
-        help="print a local bearer token for USER, signed with the secret of DUETIDE_HOME or "
-        "else of the running `duetide up`",
+        help="print a local bearer token for USER, signed with DUETIDE_JWT_SECRET, else the "
+        "secret of DUETIDE_HOME, else of the running `duetide up` (README, Command line)",
     )
     token.add_argument("user")
     token.set_defaults(func=cmd_token)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
-    schemas = sub.add_parser("schemas", help="write the JSON Schema of each event type")
+    schemas = sub.add_parser(
+        "schemas",
+        help="write the JSON Schema of each event and command type's data (generated: "
+        "docs/events is not kept in the repository)",
+    )
     schemas.add_argument("--out", default="docs/events")
     schemas.set_defaults(func=cmd_schemas)
     catalog = sub.add_parser(

@@ -14,6 +14,10 @@ class ClientError(Exception):
     """The API could not be reached or refused the request: exit code 1."""
 
 
+class NotSent(ClientError):
+    """The connection was refused: the request never reached the API."""
+
+
 class ApiError(ClientError):
     """A 4xx/5xx answer, with the API's `{"error": {"code", "message", "details"}}`."""
 

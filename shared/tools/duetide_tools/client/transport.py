@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from duetide.deadline import Deadline
-from duetide_tools.client.errors import ApiError, ClientError
+from duetide_tools.client.errors import ApiError, ClientError, NotSent
 
 TIMEOUT_S = 15.0
 RESEND_WAITS = (0.0, 0.5, 1.0, 2.0)
@@ -108,6 +108,7 @@ class Api:
         outcome = self._try_create(path, body, headers)
         if not isinstance(outcome, ClientError):
             return outcome
+        reached = not isinstance(outcome, NotSent)
         resending = time.monotonic()
         for n, wait in enumerate(RESEND_WAITS):
             wait = max(wait, _seconds(getattr(outcome, "retry_after", "")))
@@ -117,6 +118,9 @@ class Api:
             outcome = self._try_create(path, body, headers)
             if not isinstance(outcome, ClientError):
                 return outcome
+            reached = reached or not isinstance(outcome, NotSent)
+        if not reached:  # every try refused: nothing was made, nothing to look for
+            raise outcome
         raise ClientError(
             f"{outcome}; the request may have been carried out before its answer was lost: "
             "look (`duetide task ls`) before sending it again"
@@ -179,7 +183,8 @@ class Api:
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
         except urllib.error.URLError as exc:
-            raise ClientError(unreachable(self.url, exc.reason)) from None
+            refused = isinstance(exc.reason, ConnectionRefusedError)
+            raise (NotSent if refused else ClientError)(unreachable(self.url, exc.reason)) from None
         except TimeoutError:
             raise ClientError(f"no answer from {self.url} within {self.timeout_s:g} s") from None
         except (OSError, http.client.HTTPException) as exc:  # reset, closed mid-answer
