@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$",
     )
     duetide_log_level: str = "INFO"
+    # The OTLP exporters' headers (a collector's credentials), which the OpenTelemetry SDK
+    # reads: checked here as it reads them, since it logs a member it cannot read whole,
+    # secret and all, and exports without it (an audit, 2026-12-07).
+    otel_exporter_otlp_headers: str = Field("", repr=False)
+    otel_exporter_otlp_traces_headers: str = Field("", repr=False)
+    otel_exporter_otlp_metrics_headers: str = Field("", repr=False)
     duetide_topic_task_events: str = "duetide-task-events"
     duetide_topic_reminders: str = "duetide-reminders"
     duetide_topic_webhooks: str = "duetide-webhooks"
@@ -285,6 +291,22 @@ class Settings(BaseSettings):
                 raise ValueError("subjects are printable text without spaces")
         return value
 
+    @field_validator(
+        "otel_exporter_otlp_headers",
+        "otel_exporter_otlp_traces_headers",
+        "otel_exporter_otlp_metrics_headers",
+    )
+    @classmethod
+    def _headers_the_sdk_reads(cls, value: str) -> str:
+        for number, member in enumerate(re.split(r"[ \t]*,[ \t]*", value), 1):
+            if member.strip() and not _OTLP_HEADER.fullmatch(member.strip()):
+                raise ValueError(
+                    f"member {number} is not name=value as the OpenTelemetry SDK reads it "
+                    "(percent-encode quotes, commas, semicolons, backslashes and anything "
+                    "outside ASCII); its value is not shown"
+                )
+        return value
+
     @field_validator("duetide_jwt_algorithms_csv")
     @classmethod
     def _asymmetric_only(cls, value: str) -> str:
@@ -421,6 +443,10 @@ JWT_SECRET_FILE = "jwt-secret"
 """The generated HS256 secret's file in DUETIDE_HOME (`duetide token` reads it)."""
 MIN_COMMAND_KEY_CHARS = 32
 _SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_OTLP_HEADER = re.compile(  # opentelemetry.util.re's liberal member: key = value, spaces allowed
+    r"[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a\x7c\x7e]+[ \t]*=[ \t]*"
+    r"[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
+)
 
 
 def publish_send_bound_s(publish_timeout_s: float) -> float:

@@ -65,7 +65,7 @@ class _Export:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.resources import OTELResourceDetector, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -81,17 +81,26 @@ class _Export:
                 span = tracecontext.current()
                 return int(span.trace_id, 16) if span else int(os.urandom(16).hex(), 16) or 1
 
-        attributes = {"service.namespace": "duetide", "faas.name": function}
-        if not os.environ.get("OTEL_SERVICE_NAME"):
-            attributes["service.name"] = f"duetide-{function}"
-        resource = Resource.create(attributes)
+        # Defaults under what OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME say: given to
+        # Resource.create, they overrode the environment (an audit, 2026-12-07).
+        given = OTELResourceDetector().detect().attributes
+        defaults = {
+            "service.namespace": "duetide",
+            "service.name": f"duetide-{function}",
+            "faas.name": function,
+        }
+        resource = Resource.create({k: v for k, v in defaults.items() if k not in given})
         self._trace = trace
         self.provider = TracerProvider(resource=resource, id_generator=OurIds())
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        if _exporting("OTEL_TRACES_EXPORTER"):
+            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.tracer = self.provider.get_tracer("duetide")
-        self.meters = MeterProvider(
-            resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]
+        readers = (
+            [PeriodicExportingMetricReader(OTLPMetricExporter())]
+            if _exporting("OTEL_METRICS_EXPORTER")
+            else []
         )
+        self.meters = MeterProvider(resource=resource, metric_readers=readers)
         meter = self.meters.get_meter("duetide")
         self.deliveries = meter.create_counter(
             "duetide.notifications", unit="{delivery}", description="delivery attempts"
@@ -159,6 +168,12 @@ def configure(function: str) -> None:
     The exporters, built on first use, name their resource after it."""
     global _function
     _function = function
+
+
+def _exporting(variable: str) -> bool:
+    """OTLP, unless the SDK's variable says `none` (the one other value honoured: the
+    OTLP exporters are the only ones duetide builds)."""
+    return os.environ.get(variable, "otlp").strip().lower() != "none"
 
 
 def enabled() -> bool:
@@ -244,11 +259,13 @@ def record_dead_letters(held: int) -> None:
         export.dead_letters.set(held)
 
 
-def flush() -> None:
-    """Export what is buffered now (tests; the SDK also flushes at exit)."""
-    export = _exporter()
-    if export is not None:
-        export.flush()
+def flush(timeout_s: float = 5.0) -> None:
+    """Export what is buffered now, waiting at most `timeout_s` for each of spans and
+    metrics (tests; `duetide.web.serve` as it stops: the SDK's own flush at exit never
+    runs there, the process ending by the signal uvicorn raises again)."""
+    export = _state == "on" and _export
+    if export:
+        export.flush(round(timeout_s * 1000))
 
 
 def shutdown() -> None:

@@ -5,24 +5,28 @@ own message types. The spans carry the ids the logs and the events carry."""
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from kafka import KafkaProducer
 
 from duetide import events, telemetry, tracecontext
 from duetide.storage import outbox
 from duetide.storage.models import utcnow
+from duetide.web.auth import issue_local_token
 from duetide_tools.local.broker import ensure_topics
 from duetide_tools.manifests import TopicSpec
 from tests.integration.conftest import function_client, use_broker
 from tests.integration.test_tracing import CALLER, CALLER_SPAN, TRACE, rows, served
-from tests.support import json_of
+from tests.support import json_of, served_process
 
 pytest.importorskip("opentelemetry.sdk")
 trace_pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
@@ -204,3 +208,51 @@ def test_the_sweep_exports_how_many_dead_letters_the_topic_holds(
 
     [(_, held)] = collector.wait(lambda: collector.points("duetide.deadletters"))
     assert held.as_int == 3
+
+
+def test_a_function_told_to_stop_exports_what_it_holds_before_it_exits(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """uvicorn ends a graceful shutdown by raising SIGTERM again, which killed the process
+    before the SDK's flush at exit: every scale-down lost the last spans (5 s of them)
+    and up to a minute of metrics (an audit, 2026-12-07)."""
+    settings = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "600000"}  # nothing sent on a timer
+    with served_process(tmp_path / "serve", settings) as (port, process):
+        token = issue_local_token("alice")
+        for n in range(3):
+            answer = requests.post(
+                f"http://127.0.0.1:{port}/tasks",
+                json={"title": f"t{n}"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            assert answer.status_code == 201, answer.text
+        assert collector.spans() == []  # held, as the SDK batches them
+        process.terminate()
+        process.wait(timeout=30)
+    posts = [s for s in collector.spans() if s.name == "POST"]
+    assert len(posts) == 3
+
+
+def test_the_sdks_variables_for_the_resource_and_the_exporters_are_honoured(
+    client, alice, collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`OTEL_RESOURCE_ATTRIBUTES` lost its `service.name` and `service.namespace` to
+    duetide's defaults, and `OTEL_TRACES_EXPORTER=none` still exported (an audit,
+    2026-12-07)."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=mine,service.namespace=prod")
+    telemetry.shutdown()
+    assert client.post("/tasks", json={"title": "x"}, headers=alice).status_code == 201
+    telemetry.flush()
+    collector.wait(lambda: collector.spans())
+    resource = {a.key: _value(a.value) for a in collector.received["/v1/traces"][0]
+                .resource_spans[0].resource.attributes}  # fmt: skip
+    assert resource["service.name"] == "mine" and resource["service.namespace"] == "prod"
+    assert resource["faas.name"] == "tasks"  # duetide's, where the environment says nothing
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    telemetry.shutdown()
+    before = len(collector.received["/v1/traces"])
+    assert client.post("/tasks", json={"title": "y"}, headers=alice).status_code == 201
+    telemetry.flush()
+    assert len(collector.received["/v1/traces"]) == before

@@ -252,3 +252,25 @@ def test_up_names_a_bad_ping_interval(monkeypatch, capsys):
     assert main(["up", "--quiet"]) == 2
     said = capsys.readouterr().err
     assert "DUETIDE_PING_INTERVAL" in said and "unexpected" not in said
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    ],
+)
+def test_collector_headers_the_sdk_cannot_read_are_refused_without_their_value(
+    monkeypatch, variable
+):
+    """The OpenTelemetry SDK logged such a member whole, the collector's credential in
+    it, and exported without it (an audit, 2026-12-07)."""
+    monkeypatch.setenv(variable, 'x-team=a, authorization=Bearer "CANARY-SECRET"')
+    with pytest.raises(ConfigError, match=f"{variable}: .*member 2") as refused:
+        get_settings()
+    assert "CANARY-SECRET" not in str(refused.value)
+    monkeypatch.setenv(variable, "x-team=a, authorization=Bearer%20CANARY-SECRET")
+    get_settings.cache_clear()
+    assert get_settings()  # percent-encoded, or with a plain space, it is read whole

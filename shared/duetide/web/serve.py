@@ -47,7 +47,7 @@ from typing import Any, NoReturn
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from duetide import logs
+from duetide import logs, telemetry
 from duetide.config import ConfigError, get_settings
 from duetide.errors import (
     ApiError,
@@ -66,6 +66,9 @@ log = logging.getLogger("duetide.web.serve")
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Scope = dict[str, Any]
 LINGER_S, LINGER_MAX_BYTES = 2.0, 256 * 1024
+EXIT_FLUSH_S = 3.0
+"""How long a stopping process waits for the telemetry exporters (a collector that hangs
+must not hold the stop: what is left is lost)."""
 CHUNK_LINE_BYTES = 32
 """What a chunk's size line and CRLFs may take; its extensions and the trailer fields
 share the head limit."""
@@ -397,7 +400,10 @@ class WsgiBridge:
         self.max_head_bytes = settings.duetide_http_max_head_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan is off; websockets are not served
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # websockets are not served
             return
         try:
             self._check_head(scope)
@@ -416,6 +422,21 @@ class WsgiBridge:
             await self._stream(receive, send, status, headers, payload)
         else:
             await _send(send, status, headers, payload)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """uvicorn's start and stop, in every worker. At the stop, once the requests are
+        done, what the telemetry exporters hold is sent (bounded by EXIT_FLUSH_S): uvicorn
+        ends a graceful shutdown by raising the signal again, which kills the process
+        before the SDK's own flush at exit, and every scale-down lost the last spans and
+        up to a minute of metrics (an audit, 2026-12-07)."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(telemetry.flush, EXIT_FLUSH_S)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def _stream(
         self,
@@ -668,7 +689,7 @@ def main(argv: list[str] | None = None) -> None:
         loop="auto",  # uvloop where it is installed (not on Windows), else asyncio's
         timeout_keep_alive=5,
         timeout_graceful_shutdown=25,
-        lifespan="off",
+        lifespan="on",  # WsgiBridge._lifespan
         interface="asgi3",
         proxy_headers=False,
         server_header=False,
