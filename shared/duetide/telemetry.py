@@ -16,6 +16,7 @@ exported span, and its parent is the caller's (an HTTP `traceparent` header, an 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -152,6 +153,14 @@ class _Export:
             exported.set_status(Status(StatusCode.ERROR))
         exported.end(end_time=end_ns)
 
+    def samples(self, trace_id: str) -> bool:
+        """The configured sampler's decision for a new trace (by its id, as the ratio
+        samplers decide, so the span's export at the end agrees)."""
+        from opentelemetry.sdk.trace.sampling import Decision
+
+        decided = self.provider.sampler.should_sample(None, int(trace_id, 16), "request")
+        return decided.decision == Decision.RECORD_AND_SAMPLE
+
     def flush(self, timeout_ms: int = 5000) -> None:
         self.provider.force_flush(timeout_ms)
         self.meters.force_flush(timeout_ms)
@@ -168,6 +177,18 @@ def configure(function: str) -> None:
     The exporters, built on first use, name their resource after it."""
     global _function
     _function = function
+
+
+def decided(span: tracecontext.Span) -> tracecontext.Span:
+    """A new trace's span with the sampler's decision in its flags, which the answer's
+    `traceresponse` and every event it causes carry: they said sampled whatever the
+    sampler chose, so with a ratio below 1 the event functions exported spans whose
+    parents were never exported (an audit, 2026-12-07). A continued trace keeps its
+    caller's flags (the parent-based samplers follow them)."""
+    export = _exporter()
+    if export is None or span.parent_id is not None or export.samples(span.trace_id):
+        return span
+    return dataclasses.replace(span, flags=tracecontext.NOT_SAMPLED)
 
 
 def _exporting(variable: str) -> bool:

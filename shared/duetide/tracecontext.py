@@ -32,6 +32,7 @@ _FIELDS = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 SAMPLED = "01"
+NOT_SAMPLED = "00"
 
 
 @dataclass(frozen=True)

@@ -256,3 +256,22 @@ def test_the_sdks_variables_for_the_resource_and_the_exporters_are_honoured(
     assert client.post("/tasks", json={"title": "y"}, headers=alice).status_code == 201
     telemetry.flush()
     assert len(collector.received["/v1/traces"]) == before
+
+
+@pytest.mark.parametrize(("ratio", "flags"), [("0", "00"), ("1", "01")])
+def test_a_new_traces_flags_are_the_samplers_decision(
+    client, alice, collector, monkeypatch: pytest.MonkeyPatch, ratio: str, flags: str
+) -> None:
+    """The answer's `traceresponse` and the events a request causes said sampled whatever
+    the sampler chose: with a ratio of 0 the tasks span was dropped and the activity
+    function exported its own under that missing parent (an audit, 2026-12-07)."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    telemetry.shutdown()
+    response = client.post("/tasks", json={"title": "x"}, headers=alice)
+    assert response.status_code == 201
+    assert response.headers["traceresponse"].endswith(f"-{flags}")
+    [row] = rows(events.TASK_CREATED)
+    assert row.traceparent.endswith(f"-{flags}")
+    telemetry.flush()
+    assert bool(collector.spans()) == (flags == "01")

@@ -238,7 +238,7 @@ def traced(request: Request, answer: Callable[[], Response]) -> Response:
     """
     given = request.headers.getlist(tracecontext.HEADER)
     parent = tracecontext.parse(given[0]) if len(given) == 1 else None
-    span = tracecontext.start(parent)
+    span = telemetry.decided(tracecontext.start(parent))
     with tracecontext.bound(span), telemetry.request_span(request.method) as notes:
         started = time.perf_counter()
         response = answer()
