@@ -129,6 +129,7 @@ def collector(env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Collector]:
 
 
 def test_a_request_exports_its_span_with_the_ids_it_logged_and_answered(client, alice, collector):
+    assert client.get("/healthz").status_code == 200  # a probe's: not exported (below)
     response = client.post("/tasks", json={"title": "x"}, headers={**alice, "traceparent": CALLER})
     assert response.status_code == 201
     answered = served(response)
@@ -144,6 +145,7 @@ def test_a_request_exports_its_span_with_the_ids_it_logged_and_answered(client, 
     resource = {a.key: _value(a.value) for a in collector.received["/v1/traces"][0]
                 .resource_spans[0].resource.attributes}  # fmt: skip
     assert resource["service.name"] == "duetide-tasks"
+    assert [s.name for s in collector.spans()] == ["POST"]  # not the probe's GET
 
 
 def test_deliveries_lateness_events_and_the_backlog_are_exported_as_metrics(
@@ -272,6 +274,6 @@ def test_a_new_traces_flags_are_the_samplers_decision(
     assert response.status_code == 201
     assert response.headers["traceresponse"].endswith(f"-{flags}")
     [row] = rows(events.TASK_CREATED)
-    assert row.traceparent.endswith(f"-{flags}")
+    assert row.traceparent is not None and row.traceparent.endswith(f"-{flags}")
     telemetry.flush()
     assert bool(collector.spans()) == (flags == "01")

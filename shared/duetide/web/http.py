@@ -239,7 +239,8 @@ def traced(request: Request, answer: Callable[[], Response]) -> Response:
     given = request.headers.getlist(tracecontext.HEADER)
     parent = tracecontext.parse(given[0]) if len(given) == 1 else None
     span = telemetry.decided(tracecontext.start(parent))
-    with tracecontext.bound(span), telemetry.request_span(request.method) as notes:
+    probe = request.path.rstrip("/") == "/healthz"  # the probes would drown the rest
+    with tracecontext.bound(span), telemetry.request_span(request.method, not probe) as notes:
         started = time.perf_counter()
         response = answer()
         span = tracecontext.current() or span  # an event may have continued its own trace
@@ -247,7 +248,7 @@ def traced(request: Request, answer: Callable[[], Response]) -> Response:
         notes.status(response.status_code)
         path = loggable_path(request.path)
         notes.note(**{"url.path": path})
-        if request.path.rstrip("/") != "/healthz":  # probes would drown the rest
+        if not probe:
             log_event(
                 log,
                 "http.request",
