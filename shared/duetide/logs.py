@@ -66,3 +66,7 @@ def setup(function: str, level: str = "INFO") -> None:
     duetide = logging.getLogger("duetide")
     duetide.setLevel(level.upper())
     duetide.propagate = False  # its own handler writes it once
+    # kafka-python says a lost broker in a dozen error lines a second per producer, where
+    # the outbox says it once (`outbox.publish_failed`); its NullHandler kept them out
+    # before the root had a handler (a review, 2026-12-07).
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)

@@ -295,16 +295,22 @@ def test_jwks_mode_without_issuer_fails_at_start(monkeypatch, env):
         get_settings()
 
 
-def test_hs256_mode_without_a_secret_it_can_keep_stops_the_tasks_function_at_start(env, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_hs256_mode_without_a_secret_it_can_keep_stops_the_tasks_function_at_start(
+    env, tmp_path, workers
+):
     """DUETIDE_AUTH=hs256 without DUETIDE_JWT_SECRET where DUETIDE_HOME cannot be written
     (a container's read-only root: the kind overlay with the variable left out of its
     Secret): the function passed its health checks and answered every authenticated
-    request 500 (an audit, 2026-12-07). Now its start stops, the variable named."""
+    request 500 (an audit, 2026-12-07). Now its start stops, the variable named, in JSON
+    lines, with uvicorn's status for a failed start; with workers, the supervisor's lines
+    were plain text and the process exited 0 (a review, 2026-12-07)."""
     (tmp_path / "file").write_text("")
     environment = {
         **{k: v for k, v in os.environ.items() if k != "DUETIDE_JWT_SECRET"},
         "DUETIDE_AUTH": "hs256",
         "DUETIDE_HOME": str(tmp_path / "file" / "home"),  # as root, a mode would not stop it
+        "WORKERS": workers,
     }
     command = [
         *(sys.executable, "-m", "duetide.web.serve", "--target", "tasks"),
@@ -313,9 +319,12 @@ def test_hs256_mode_without_a_secret_it_can_keep_stops_the_tasks_function_at_sta
     ]
     ran = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 3, ran.stderr
-    (line,) = ran.stderr.splitlines()
-    logged = json.loads(line)
-    assert logged["event"] == "config.invalid" and "DUETIDE_JWT_SECRET" in logged["message"]
+    logged = [json.loads(line) for line in ran.stderr.splitlines()]
+    assert any(
+        line["event"] == "config.invalid" and "DUETIDE_JWT_SECRET" in line["message"]
+        for line in logged
+        if "event" in line
+    )
 
 
 def test_symmetric_algorithms_cannot_be_configured_for_jwks(monkeypatch, env):

@@ -14,13 +14,15 @@ try:
     raise RuntimeError("cancelled")
 except RuntimeError:
     logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+logging.getLogger("kafka.net.connection").error("broker gone")  # the outbox says it once
 logging.getLogger("duetide.web.serve").info("ours")
 """
 
 
 def test_what_a_library_logs_is_a_json_line_too() -> None:
     """uvicorn's errors went to Python's last resort, as plain text with a traceback a
-    line, between the JSON lines (an audit, 2026-12-07)."""
+    line, between the JSON lines (an audit, 2026-12-07); kafka-python's dozen error lines
+    a second for a lost broker stay out (a review, 2026-12-07)."""
     ran = subprocess.run(
         [sys.executable, "-c", LIBRARY_ERROR], capture_output=True, text=True, timeout=60
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import random
 import sqlite3
 import threading
@@ -26,6 +27,8 @@ from duetide.config import HOME_MODE, get_settings, publish_send_bound_s
 from duetide.errors import Unavailable
 from duetide.once import once
 from duetide.storage.watchdog import HoldWatch
+
+log = logging.getLogger("duetide.storage.db")
 
 
 def make_engine(url: str, *, long_statements: bool = False) -> Engine:
@@ -280,14 +283,23 @@ def shrink(engine: Engine | None = None) -> int:
         free = connection.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
     if not free:
         return 0
-    with bind.connect() as connection:
-        # A statement of its own (it waits for the write lock in the busy handler, as any
-        # single write may): SQLite frees a page a step, and only executescript steps to
-        # the end (execute frees one page).
-        connection.connection.driver_connection.executescript(  # type: ignore[union-attr]
-            f"PRAGMA incremental_vacuum({SQLITE_SHRINK_PAGES})"
+    try:
+        with session_scope(bind) as session:  # a write unit, in its turn as any other
+            connection = session.connection()
+            # SQLite frees a page a step, and pysqlite steps a statement once: a page a call
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                for _ in range(min(int(free), SQLITE_SHRINK_PAGES)):
+                    cursor.execute("PRAGMA incremental_vacuum(1)")
+            finally:
+                cursor.close()
+            left = connection.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+    except (sqlite3.Error, exc.SQLAlchemyError) as error:  # best effort: the next ping
+        log.warning(
+            "sqlite.shrink_failed",
+            extra={"event": "sqlite.shrink_failed", "error": str(error)[:200]},
         )
-        left = connection.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+        return 0
     return int(free) - int(left)
 
 

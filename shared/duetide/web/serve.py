@@ -676,9 +676,10 @@ def main(argv: list[str] | None = None) -> None:
     # The factory reads these, in this process or in each worker process.
     os.environ.update(FUNCTION_TARGET=args.target, FUNCTION_SOURCE=os.path.abspath(args.source))
     try:
-        get_settings()  # a bad variable stops us here, named
+        settings = get_settings()  # a bad variable stops us here, named
     except ConfigError as exc:
         _refuse(args.target, exc)
+    logs.setup(args.target, settings.duetide_log_level)  # uvicorn's supervisor's lines too
     config = uvicorn.Config(
         "duetide.web.serve:app_from_env",
         factory=True,
@@ -702,7 +703,10 @@ def main(argv: list[str] | None = None) -> None:
     listener = config.bind_socket() if args.fd is None else socket.socket(fileno=args.fd)
     server = uvicorn.Server(config)
     if config.workers > 1:
-        Multiprocess(config, sockets=[listener]).run()
+        supervisor = Multiprocess(config, sockets=[listener])
+        supervisor.run()
+        if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+            sys.exit(STARTUP_FAILURE)  # a worker's start failed: the supervisor stopped
     else:
         server.run(sockets=[listener])
         if not server.started:
