@@ -731,3 +731,19 @@ def test_a_moved_completion_mode_occurrence_is_followed_as_it_would_be_done_when
         if str(todo["UID"]) == f"{made['id']}@duetide"
     ]
     assert [apart, *shown][:4] == planned
+
+
+def test_a_relative_alarm_is_written_in_elapsed_hours_not_calendar_days(client, alice):
+    """A P1D reminder went out as `TRIGGER;RELATED=END:-P1D`, which RFC 5545 reads as a
+    calendar day (23 or 25 hours across a clock change): duetide's day is 24 hours
+    (an audit, 2026-12-07)."""
+    body = {
+        "title": "r",
+        "due_at": "2027-03-27T03:30:00+01:00",
+        "recurrence": {"rrule": "FREQ=DAILY", "timezone": "Europe/Berlin"},
+        "reminders": [{"before_due": "P1D"}, {"before_due": "PT1H30M"}],
+    }
+    assert client.post("/tasks", json=body, headers=alice).status_code == 201
+    lines = client.get("/calendar.ics", headers=alice).data.split(b"\r\n")
+    triggers = {line for line in lines if line.startswith(b"TRIGGER")}
+    assert triggers == {b"TRIGGER;RELATED=END:-PT24H", b"TRIGGER;RELATED=END:-PT1H30M"}

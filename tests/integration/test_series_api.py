@@ -555,6 +555,42 @@ def test_the_users_default_reminders_reach_every_occurrence(client, alice, bus):
     assert [r["before_due"] for r in third["reminders"]] == ["PT15M"]
 
 
+@pytest.mark.parametrize(
+    ("zone", "due", "before", "fires"),
+    [  # the next occurrence's due time falls on the day its zone's clocks change
+        ("America/New_York", "2027-03-13T03:00:00-05:00", "PT30M", "2027-03-14T06:30:00+00:00"),
+        ("Europe/Berlin", "2027-03-27T03:30:00+01:00", "P1D", "2027-03-27T01:30:00+00:00"),
+        ("America/New_York", "2026-10-31T02:00:00-04:00", "PT1H", "2026-11-01T06:00:00+00:00"),
+    ],
+)
+def test_an_occurrences_relative_reminder_is_its_offset_ahead_in_elapsed_time(
+    client, alice, bus, zone, due, before, fires
+):
+    """The recurrence function's occurrences have their due time in the series' zone, and
+    the offset was taken on its wall clock: across a spring-forward gap a PT30M reminder
+    fired 30 minutes after the due time, a P1D one 23 hours ahead, across a fall-back
+    90 minutes ahead for PT1H (an audit, 2026-12-07). README: a day is 24 hours."""
+    made = client.post(
+        "/tasks",
+        json={
+            "title": "r",
+            "due_at": due,
+            "recurrence": {"rrule": "FREQ=DAILY", "timezone": zone},
+            "reminders": [{"before_due": before}],
+        },
+        headers=alice,
+    )
+    assert made.status_code == 201, made.json
+    client.post(f"/tasks/{made.json['id']}/complete", headers=alice)
+    bus.flush()
+    (second,) = open_occurrences(client, alice, made.json["series_id"])
+    (reminder,) = second["reminders"]
+    assert datetime.fromisoformat(reminder["fire_at"]) == datetime.fromisoformat(fires), (
+        second["due_at"],
+        reminder,
+    )
+
+
 def test_a_new_rule_alone_keeps_the_series_zone_and_policies(client, alice, env):
     """`{"recurrence": {"rrule": ...}}` reset the zone to UTC and every policy to its
     default, with a 200: Berlin 09:00 became 08:00 UTC (10:00 in summer), completion

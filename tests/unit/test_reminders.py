@@ -1,8 +1,11 @@
 """The pure reminder rules."""
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from duetide.rules.reminders import fire_time, is_missed, moved_with_due
 
@@ -17,6 +20,27 @@ def test_absolute_reminder_fires_at_its_time_whatever_the_due():
 
 def test_relative_reminder_fires_ahead_of_due():
     assert fire_time(None, 900, DUE) == datetime(2026, 12, 1, 8, 45, tzinfo=UTC)
+
+
+@example(zone="Europe/Berlin", due=datetime(2027, 3, 28, 1, 30, tzinfo=UTC), before_s=86_400)
+@given(
+    zone=st.sampled_from(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe",
+                          "America/Santiago", "Pacific/Apia", "UTC"]),
+    due=st.datetimes(datetime(2000, 1, 1), datetime(2040, 1, 1), timezones=st.just(UTC)),
+    before_s=st.integers(0, 14 * 86_400),
+)  # fmt: skip
+def test_a_relative_reminder_is_its_offset_ahead_in_elapsed_time_in_any_zone(
+    zone: str, due: datetime, before_s: int
+) -> None:
+    """A due time in a zone (as the recurrence function's occurrences have it) was
+    subtracted on that zone's wall clock: across a clock change a reminder fired an hour
+    early, or after its due time (an audit, 2026-12-07)."""
+    local = due.astimezone(ZoneInfo(zone))
+    fired = fire_time(None, before_s, local)
+    assert fired is not None
+    # in UTC: two times of one zone object subtract on its wall clock, as the bug did
+    assert local.astimezone(UTC) - fired.astimezone(UTC) == timedelta(seconds=before_s)
+    assert fired.tzinfo == local.tzinfo  # shown in the due time's zone
 
 
 def test_relative_reminder_without_due_never_fires():

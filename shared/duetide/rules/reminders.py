@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from duetide.vocabulary import ReminderState
 
@@ -10,12 +10,20 @@ from duetide.vocabulary import ReminderState
 def fire_time(
     at: datetime | None, before_due_s: int | None, due_at: datetime | None
 ) -> datetime | None:
-    """When a reminder fires: its `at`, or `before_due` ahead of the due time (None: no due)."""
+    """When a reminder fires: its `at`, or `before_due` ahead of the due time (None: no
+    due), in the due time's zone.
+
+    Elapsed time, as README promises (a day is 24 hours): Python subtracts on the wall
+    clock of an aware time's zone, so an occurrence the recurrence function made (its
+    due time in the series' zone) had a PT30M reminder fire 30 minutes after its due
+    time across a spring-forward gap, and a P1D one 23 or 25 hours ahead (an audit,
+    2026-12-07)."""
     if at is not None:
         return at
     if before_due_s is None or due_at is None:
         return None
-    return due_at - timedelta(seconds=before_due_s)
+    fire = due_at.astimezone(UTC) - timedelta(seconds=before_due_s)
+    return fire.astimezone(due_at.tzinfo) if due_at.tzinfo is not None else fire
 
 
 def moved_with_due(

@@ -47,6 +47,7 @@ from duetide.errors import ValidationFailed
 from duetide.logs import log_event
 from duetide.rules import ical_recurrence
 from duetide.rules.recurrence import RecurrenceError
+from duetide.rules.reminders import fire_time
 from duetide.rules.rrule_meter import Meter
 from duetide.services import series as series_rules
 from duetide.storage.models import Reminder, Series, Task
@@ -382,11 +383,7 @@ def _alarm(task: Task, reminder: Reminder) -> Any:
         return None
     offset = reminder.before_due_s
     due = task.due_at
-    if (
-        offset is not None
-        and due is not None
-        and reminder.fire_at == due - timedelta(seconds=offset)
-    ):
+    if offset is not None and due is not None and reminder.fire_at == fire_time(None, offset, due):
         return _relative_alarm(task.title, offset)
     return _absolute_alarm(task.title, reminder.fire_at)
 
@@ -397,8 +394,34 @@ def _relative_alarm(title: str, before_due_s: int) -> Any:
     alarm = Alarm()
     alarm.add("action", "DISPLAY")
     alarm.add("description", _text(title))
-    alarm.add("trigger", -timedelta(seconds=before_due_s), parameters={"RELATED": "END"})
+    before = _elapsed()(-timedelta(seconds=before_due_s))
+    alarm.add("trigger", before, parameters={"RELATED": "END"})
     return alarm
+
+
+@functools.cache
+def _elapsed() -> type:
+    """A duration written in hours, minutes and seconds (`PT24H`): RFC 5545 reads a day
+    (`P1D`, what icalendar writes for 86,400 s) as a calendar day, 23 or 25 hours across
+    a clock change, where duetide's day is 24 hours (an audit, 2026-12-07)."""
+    from icalendar import vDuration  # see the module's docstring
+
+    class Elapsed(vDuration):
+        def to_ical(self) -> bytes:
+            return _elapsed_text(self.td).encode()
+
+    return Elapsed
+
+
+def _elapsed_text(delta: timedelta) -> str:
+    sign = "-" if delta < timedelta(0) else ""
+    hours, rest = divmod(int(abs(delta).total_seconds()), 3600)
+    minutes, seconds = divmod(rest, 60)
+    units = [(hours, "H"), (minutes, "M"), (seconds, "S")]
+    shown = [i for i, (value, _) in enumerate(units) if value]
+    if not shown:
+        return "PT0S"
+    return sign + "PT" + "".join(f"{v}{u}" for v, u in units[shown[0] : shown[-1] + 1])
 
 
 def _absolute_alarm(title: str, at: datetime) -> Any:
