@@ -222,10 +222,14 @@ def _checked_out(
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    # Before the first table, or it waits for a VACUUM (`reclaimable`): see `shrink`. A
-    # file opened read-only refuses even its own value: its start refuses it, named.
-    with contextlib.suppress(sqlite3.OperationalError):
-        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    # A new file (no table yet) is made to give free pages back (`shrink`); an older one
+    # waits for `reclaimable`. Only then: setting it takes the write lock, so every new
+    # connection, a reader's too, waited behind whichever writer held it (a CI run,
+    # 2026-12-08). A file opened read-only refuses it: its start refuses the file, named.
+    new_file = cursor.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
+    if new_file and cursor.execute("PRAGMA auto_vacuum").fetchone() == (0,):
+        with contextlib.suppress(sqlite3.OperationalError):
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA journal_size_limit={SQLITE_WAL_LIMIT_BYTES}")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -261,9 +265,11 @@ def reclaimable(engine: Engine) -> bool:
         return False
     raw = engine.raw_connection()  # autocommit (`_sqlite_pragmas`): VACUUM refuses a transaction
     try:
-        if raw.driver_connection.execute("PRAGMA auto_vacuum").fetchone() != (0,):  # type: ignore[union-attr]
+        sqlite = raw.driver_connection
+        if sqlite.execute("PRAGMA auto_vacuum").fetchone() != (0,):  # type: ignore[union-attr]
             return False
-        raw.driver_connection.execute("VACUUM")  # type: ignore[union-attr]
+        sqlite.execute("PRAGMA auto_vacuum=INCREMENTAL")  # type: ignore[union-attr]
+        sqlite.execute("VACUUM")  # type: ignore[union-attr]
     except sqlite3.OperationalError:  # in use past the busy timeout: the next migrate
         return False
     finally:
