@@ -22,8 +22,10 @@ def fire_time(
         return at
     if before_due_s is None or due_at is None:
         return None
-    fire = due_at.astimezone(UTC) - timedelta(seconds=before_due_s)
-    return fire.astimezone(due_at.tzinfo) if due_at.tzinfo is not None else fire
+    before = timedelta(seconds=before_due_s)
+    if due_at.tzinfo is None:  # no zone: no wall clock to be fooled by
+        return due_at - before
+    return (due_at.astimezone(UTC) - before).astimezone(due_at.tzinfo)
 
 
 def moved_with_due(
