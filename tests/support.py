@@ -96,19 +96,24 @@ def serving_function(home: Path, env: Mapping[str, str], function: str = "tasks"
         yield port
 
 
+def serve_command(function: str, port: int) -> list[str]:
+    """`function` under duetide.web.serve on loopback `port`, as the image runs it."""
+    source = Path(__file__).resolve().parents[1] / "functions" / function / "main.py"
+    return [
+        *(sys.executable, "-m", "duetide.web.serve"),
+        *("--source", str(source), "--target", function),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+
+
 @contextmanager
 def served_process(
     home: Path, env: Mapping[str, str], function: str = "tasks"
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """`serving_function`'s port and its process, for a test that signals it."""
-    root = Path(__file__).resolve().parents[1]
     home.mkdir(parents=True, exist_ok=True)
     port = free_loopback_port()
-    command = [
-        *(sys.executable, "-m", "duetide.web.serve"),
-        *("--source", str(root / "functions" / function / "main.py"), "--target", function),
-        *("--host", "127.0.0.1", "--port", str(port)),
-    ]
+    command = serve_command(function, port)
     log_path = home / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT)

@@ -9,11 +9,9 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -25,9 +23,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from duetide_tools.local.broker import free_loopback_port
 from tests.integration.conftest import _reset_caches, function_client
 from tests.integration.test_event_functions import binary
-from tests.support import json_of, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import json_of, serve_command, wait_for
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "duetide-api"
@@ -312,11 +308,7 @@ def test_hs256_mode_without_a_secret_it_can_keep_stops_the_tasks_function_at_sta
         "DUETIDE_HOME": str(tmp_path / "file" / "home"),  # as root, a mode would not stop it
         "WORKERS": workers,
     }
-    command = [
-        *(sys.executable, "-m", "duetide.web.serve", "--target", "tasks"),
-        *("--source", str(ROOT / "functions" / "tasks" / "main.py")),
-        *("--host", "127.0.0.1", "--port", str(free_loopback_port())),
-    ]
+    command = serve_command("tasks", free_loopback_port())
     ran = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 3, ran.stderr
     logged = [json.loads(line) for line in ran.stderr.splitlines()]
